@@ -1,0 +1,37 @@
+# gpupool — the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := bash
+export GPUPOOL_CACHE ?= $(HOME)/.cache/gpupool
+CARGO ?= cargo
+
+.PHONY: demo test tools lint crds fmt bench clean-cache
+
+## Local demo: hub + two member clusters with KWOK GPU nodes, the operator, example jobs and an embedded SVM.
+demo: tools
+	$(CARGO) run --release -p gpupool-e2e --bin gpupool-demo
+
+## Every test: formatting, lints, unit tests, program tests in LiteSVM and e2e tests on real API servers.
+test: tools
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace
+
+## Build (once, cached outside the repo) etcd, kube-apiserver, kubectl, KWOK and Helm from e2e/tools/go.mod.
+tools:
+	@bash e2e/harness/build-tools.sh >/dev/null
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Regenerate crds/ from the Rust types.
+crds:
+	$(CARGO) run -q -p gpupool-operator --bin crdgen
+
+fmt:
+	$(CARGO) fmt --all
+
+bench:
+	$(CARGO) bench -p gpupool-operator --bench allocator
+
+clean-cache:
+	rm -rf "$(GPUPOOL_CACHE)"

@@ -1,0 +1,44 @@
+//! Real Kubernetes control planes for gpupool's integration tests and local demo.
+//!
+//! Each [`ControlPlane`] is its own etcd and kube-apiserver on free loopback ports, with fresh
+//! certificates and a kubeconfig in a temporary directory; a [`Kwok`] instance fakes GPU nodes and
+//! pod lifecycles in a member. [`Federation`] starts a hub and N members in parallel. Everything is
+//! stopped and removed on drop. The upstream binaries are built once from `e2e/tools/go.mod` by
+//! `e2e/harness/build-tools.sh` into a cache outside the repository.
+
+mod control_plane;
+mod federation;
+mod kubectl;
+mod kwok;
+mod tools;
+
+pub use control_plane::ControlPlane;
+pub use federation::{Federation, Member};
+pub use kubectl::Kubectl;
+pub use kwok::{GpuNode, Kwok};
+pub use tools::Tools;
+
+/// Root of the repository (for fixtures, examples and CRDs).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e crate lives one level below the repository root")
+        .to_path_buf()
+}
+
+pub use kwok::{node_ready, wait_node_ready};
+
+/// Applies every YAML in `crds/` with kubectl (as a platform team would) and waits until the API
+/// server reports each CRD Established.
+pub async fn install_crds(cp: &ControlPlane) -> anyhow::Result<()> {
+    let dir = repo_root().join("crds");
+    let kubectl = cp.kubectl();
+    let dir_s = dir.display().to_string();
+    tokio::task::spawn_blocking(move || kubectl.ok(&["apply", "--server-side", "-f", &dir_s])).await??;
+    let out = cp.kubectl();
+    tokio::task::spawn_blocking(move || {
+        out.ok(&["wait", "--for=condition=Established", "--timeout=60s", "crd", "-l", "app.kubernetes.io/part-of=gpupool"])
+    })
+    .await??;
+    Ok(())
+}

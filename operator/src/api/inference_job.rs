@@ -1,0 +1,131 @@
+//! `InferenceJob`: replicated serving, which may spread over member clusters.
+
+use super::common::{ClusterSelector, EnvVar, GpuSelector, NodeGpus, NvLinkMode, conditions_schema};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A replicated inference service.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "gpupool.io",
+    version = "v1alpha1",
+    kind = "InferenceJob",
+    plural = "inferencejobs",
+    shortname = "ij",
+    category = "gpupool",
+    label("app.kubernetes.io/part-of", "gpupool"),
+    namespaced,
+    status = "InferenceJobStatus",
+    doc = "Replicated GPU inference serving, placed by gpupool on one or more member clusters.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "GPUs", type_ = "integer", json_path = ".spec.gpusPerReplica"),
+    printcolumn(name = "Clusters", type_ = "string", json_path = ".status.clusters"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceJobSpec {
+    /// Container image.
+    #[x_kube(validation = Rule::new("size(self) > 0").message("image must not be empty"))]
+    pub image: String,
+    /// Entrypoint override.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
+    pub env: Vec<EnvVar>,
+    /// Port the server listens on; exposed by a Service in each member.
+    #[serde(default = "default_port")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("port must be between 1 and 65535"))]
+    pub port: i32,
+    /// Number of replicas.
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message("replicas must be between 0 and 1000"))]
+    pub replicas: i32,
+    /// GPUs per replica, all on one node.
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 16").message("gpusPerReplica must be between 1 and 16"))]
+    pub gpus_per_replica: i32,
+    /// Which GPUs qualify.
+    #[serde(default)]
+    pub gpu: GpuSelector,
+    /// NVLink requirement for the GPUs inside one replica.
+    #[serde(default)]
+    pub nvlink: NvLinkMode,
+    /// Whether replicas may be spread over several member clusters.
+    #[serde(default)]
+    pub spread_across_clusters: bool,
+    /// Only members whose labels match all of these are considered.
+    #[serde(default, skip_serializing_if = "ClusterSelector::is_empty")]
+    pub cluster_selector: ClusterSelector,
+}
+
+fn default_port() -> i32 {
+    8000
+}
+
+/// Phase of an inference job.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum InferencePhase {
+    /// Waiting for capacity.
+    #[default]
+    Pending,
+    /// Placed; pods are starting.
+    Scheduled,
+    /// All replicas ready.
+    Running,
+    /// Some replicas are not ready or not placed.
+    Degraded,
+}
+
+/// Replicas placed on one member cluster.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterPlacement {
+    /// Member cluster name.
+    pub cluster: String,
+    /// Replica indexes placed there.
+    pub replicas: Vec<i32>,
+    /// Ready replicas there.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Node and GPUs per replica (same order as `replicas`).
+    #[serde(default)]
+    pub gpus: Vec<NodeGpus>,
+}
+
+/// Observed state of an inference job.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceJobStatus {
+    /// Current phase.
+    #[serde(default)]
+    pub phase: InferencePhase,
+    /// Placement per member cluster.
+    #[serde(default)]
+    pub placements: Vec<ClusterPlacement>,
+    /// Comma-separated member clusters in use (for `kubectl get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<String>,
+    /// Ready replicas over all clusters.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Service endpoints (`cluster/namespace/service:port`).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Conditions.
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// GPU-seconds metered so far, over all clusters.
+    #[serde(default)]
+    pub gpu_seconds: i64,
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

@@ -1,0 +1,133 @@
+//! `MemberCluster`: a GPU cluster registered into the pool by its owner.
+
+use super::common::conditions_schema;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A member cluster: how the hub reaches it and who is paid for its GPUs.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "gpupool.io",
+    version = "v1alpha1",
+    kind = "MemberCluster",
+    plural = "memberclusters",
+    shortname = "mc",
+    category = "gpupool",
+    label("app.kubernetes.io/part-of", "gpupool"),
+    status = "MemberClusterStatus",
+    doc = "A GPU cluster federated into the pool. Cluster-scoped; the kubeconfig lives in a Secret.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Region", type_ = "string", json_path = ".spec.region"),
+    printcolumn(name = "GPUs", type_ = "integer", json_path = ".status.capacity.gpusTotal"),
+    printcolumn(name = "Free", type_ = "integer", json_path = ".status.capacity.gpusFree"),
+    printcolumn(name = "Owner", type_ = "string", json_path = ".spec.ownerWallet", priority = 1),
+    printcolumn(name = "Heartbeat", type_ = "date", json_path = ".status.lastHeartbeatTime"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberClusterSpec {
+    /// Secret holding a kubeconfig for the member cluster's API server.
+    pub kubeconfig_secret_ref: SecretKeyRef,
+    /// The cluster owner's Solana wallet (base58 public key); pool tokens are minted to its
+    /// associated token account.
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[1-9A-HJ-NP-Za-km-z]{32,44}$')").message("ownerWallet must be a base58 Solana public key (32-44 characters from the base58 alphabet)"))]
+    pub owner_wallet: String,
+    /// Region label used for display and cluster selectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Extra labels that jobs' `clusterSelector` matches against.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Optional price the owner asks, in pool-token base units per GPU-hour; cheaper members win ties.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("pricePerGpuHour must not be negative"))]
+    pub price_per_gpu_hour: Option<i64>,
+    /// When false, no new work is placed on this member (existing work keeps running).
+    #[serde(default = "default_true")]
+    pub schedulable: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Reference to a key of a Secret.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[x_kube(validation = Rule::new("size(self) > 0").message("kubeconfigSecretRef.name must not be empty"))]
+    pub name: String,
+    /// Secret namespace (defaults to the operator's namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Key inside the Secret (default `kubeconfig`).
+    #[serde(default = "default_kubeconfig_key")]
+    pub key: String,
+}
+
+fn default_kubeconfig_key() -> String {
+    "kubeconfig".into()
+}
+
+/// Observed state of a member cluster.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberClusterStatus {
+    /// `Ready` and `Reachable` conditions.
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Last time the member's API server answered a probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_time: Option<Time>,
+    /// Kubernetes version the member reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
+    /// GPU capacity summary.
+    #[serde(default)]
+    pub capacity: CapacitySummary,
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// GPUs of a member cluster, in total and free.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacitySummary {
+    /// GPU nodes seen.
+    #[serde(default)]
+    pub nodes: i32,
+    /// GPUs on all nodes.
+    #[serde(default)]
+    pub gpus_total: i32,
+    /// GPUs not assigned to any job.
+    #[serde(default)]
+    pub gpus_free: i32,
+    /// Totals per GPU model.
+    #[serde(default)]
+    pub by_model: Vec<ModelCapacity>,
+    /// Sizes of the free fully-NVLinked GPU groups (one entry per group, largest first).
+    #[serde(default)]
+    pub free_nvlink_islands: Vec<i32>,
+}
+
+/// Capacity of one GPU model.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelCapacity {
+    /// Model name as NVML reports it.
+    pub model: String,
+    /// Memory per GPU in MiB.
+    #[serde(rename = "memoryMiB")]
+    pub memory_mib: i64,
+    /// GPUs of this model.
+    pub total: i32,
+    /// Free GPUs of this model.
+    pub free: i32,
+}

@@ -1,0 +1,146 @@
+//! Shared fixture: a pool with two priced GPU classes and one registered cluster.
+
+#![allow(dead_code, clippy::result_large_err)]
+
+use gpupool_ledger_svm::{
+    self as svmx,
+    gpupool_ledger::{
+        error::LedgerError,
+        instruction::{self as ix, UsageEntry},
+        state,
+    },
+    litesvm::{LiteSVM, types::TransactionResult},
+};
+use solana_keypair::Keypair;
+use solana_program::{instruction::Instruction, pubkey::Pubkey};
+use solana_signer::Signer;
+
+/// Base units per GPU-second for class 0 and class 1; classes 2.. are unpriced.
+pub const RATE_0: u64 = 3;
+pub const RATE_1: u64 = 7;
+
+pub struct Fixture {
+    pub svm: LiteSVM,
+    pub admin: Keypair,
+    pub oracle: Keypair,
+    pub mint: Pubkey,
+    pub owner: Keypair,
+    pub cluster_id: [u8; 32],
+    pub cluster: Pubkey,
+    pub ata: Pubkey,
+}
+
+pub fn rates() -> [u64; state::NUM_GPU_CLASSES] {
+    let mut r = [0; state::NUM_GPU_CLASSES];
+    r[0] = RATE_0;
+    r[1] = RATE_1;
+    r
+}
+
+pub fn fixture() -> Fixture {
+    let mut svm = svmx::svm_with_ledger();
+    let pool = svmx::setup_pool(&mut svm, rates(), 6).expect("pool setup");
+    let owner = Keypair::new();
+    svmx::fund(&mut svm, &owner.pubkey()).unwrap();
+    let cluster_id = state::cluster_id_from_name("gpu-east-1");
+    let cluster =
+        svmx::register_cluster(&mut svm, &owner, &owner, &cluster_id, &pool.mint).unwrap();
+    let ata = state::get_associated_token_address(&owner.pubkey(), &pool.mint);
+    assert_eq!(svmx::token_balance(&svm, &ata), Some(0));
+    Fixture {
+        svm,
+        admin: pool.admin,
+        oracle: pool.oracle,
+        mint: pool.mint,
+        owner,
+        cluster_id,
+        cluster,
+        ata,
+    }
+}
+
+pub fn entry(job: u8, period: u64, gpu_seconds: u64, gpu_class: u8) -> UsageEntry {
+    UsageEntry {
+        job_uid: [job; 16],
+        period,
+        gpu_seconds,
+        gpu_class,
+    }
+}
+
+impl Fixture {
+    pub fn record_ix(&self, e: UsageEntry) -> Instruction {
+        ix::record_usage(
+            &self.oracle.pubkey(),
+            &self.oracle.pubkey(),
+            &self.mint,
+            &self.cluster_id,
+            &self.owner.pubkey(),
+            e,
+        )
+    }
+
+    pub fn batch_ix(&self, entries: &[UsageEntry]) -> Instruction {
+        ix::record_usage_batch(
+            &self.oracle.pubkey(),
+            &self.oracle.pubkey(),
+            &self.mint,
+            &self.cluster_id,
+            &self.owner.pubkey(),
+            entries,
+        )
+    }
+
+    /// Sends `ix` signed by the oracle (fee payer) and `extra` signers.
+    pub fn send(&mut self, ix: Instruction, extra: &[&Keypair]) -> TransactionResult {
+        let oracle = self.oracle.insecure_clone();
+        svmx::send(&mut self.svm, &[ix], &oracle, extra)
+    }
+
+    pub fn record(&mut self, e: UsageEntry) -> TransactionResult {
+        let ix = self.record_ix(e);
+        self.send(ix, &[])
+    }
+
+    pub fn balance(&self) -> u64 {
+        svmx::token_balance(&self.svm, &self.ata).unwrap()
+    }
+
+    pub fn supply(&self) -> u64 {
+        svmx::mint_supply(&self.svm, &self.mint).unwrap()
+    }
+
+    pub fn cluster_state(&self) -> state::ClusterAccount {
+        svmx::read_cluster(&self.svm, &self.cluster_id).unwrap()
+    }
+
+    /// Balance, supply and cluster totals, to compare before/after a rejected transaction.
+    pub fn snapshot(&self) -> (u64, u64, u64, u64, u64) {
+        let c = self.cluster_state();
+        (
+            self.balance(),
+            self.supply(),
+            c.total_gpu_seconds,
+            c.total_tokens_minted,
+            c.receipt_count,
+        )
+    }
+}
+
+/// Asserts `res` failed with the ledger error `want`.
+#[track_caller]
+pub fn expect_err(res: TransactionResult, want: LedgerError) {
+    match res {
+        Ok(meta) => panic!(
+            "expected {want:?}, transaction succeeded:\n{}",
+            meta.pretty_logs()
+        ),
+        Err(failed) => assert_eq!(
+            svmx::ledger_error(&failed.err),
+            Some(want),
+            "wrong error {:?}; logs:\n{}",
+            failed.err,
+            failed.meta.pretty_logs()
+        ),
+    }
+}

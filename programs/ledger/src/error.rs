@@ -1,0 +1,169 @@
+//! Errors returned by the ledger program.
+//!
+//! Every variant travels as `ProgramError::Custom(code)` where `code` is the variant's
+//! discriminant; [`LedgerError::from_code`] maps a code from a failed transaction back.
+
+use solana_program::program_error::ProgramError;
+use thiserror::Error;
+
+/// Why a ledger instruction was rejected.
+#[derive(Clone, Copy, Debug, Eq, Error, PartialEq)]
+#[repr(u32)]
+pub enum LedgerError {
+    /// The instruction data could not be decoded.
+    #[error("instruction data could not be decoded")]
+    InvalidInstruction = 0,
+    /// The account list does not match what the instruction expects.
+    #[error("wrong number of accounts for this instruction")]
+    WrongAccountCount = 1,
+    /// The pool config account already exists.
+    #[error("pool is already initialized")]
+    AlreadyInitialized = 2,
+    /// The config account passed is not the config PDA of this program.
+    #[error("config account is not the derived config PDA")]
+    InvalidConfigAddress = 3,
+    /// The mint-authority account passed is not the mint-authority PDA.
+    #[error("mint authority account is not the derived mint-authority PDA")]
+    InvalidMintAuthorityAddress = 4,
+    /// The cluster account passed is not the PDA of the cluster it claims to be.
+    #[error("cluster account is not the derived cluster PDA")]
+    InvalidClusterAddress = 5,
+    /// A receipt account passed is not the PDA of the usage being recorded.
+    #[error("receipt account is not the derived receipt PDA for this usage")]
+    InvalidReceiptAddress = 6,
+    /// The token program passed is not SPL Token.
+    #[error("token program is not the SPL Token program")]
+    InvalidTokenProgram = 7,
+    /// The system program passed is not the system program.
+    #[error("system program account is not the system program")]
+    InvalidSystemProgram = 8,
+    /// A sysvar account is missing or is not the expected sysvar.
+    #[error("sysvar account is not the expected sysvar")]
+    InvalidSysvar = 9,
+    /// The mint is not an initialized SPL Token mint.
+    #[error("mint is not an initialized SPL Token mint")]
+    InvalidMint = 10,
+    /// The mint passed is not the pool's mint.
+    #[error("mint does not match the pool's mint")]
+    MintMismatch = 11,
+    /// The mint's mint authority is not this program's mint-authority PDA.
+    #[error("mint authority of the mint is not the program's mint-authority PDA")]
+    MintAuthorityMismatch = 12,
+    /// The mint has a freeze authority other than the mint-authority PDA.
+    #[error("mint has a freeze authority that the program does not control")]
+    ForeignFreezeAuthority = 13,
+    /// A required signature is missing.
+    #[error("a required signer did not sign")]
+    MissingSignature = 14,
+    /// The signer is not the pool admin.
+    #[error("signer is not the pool admin")]
+    NotAdmin = 15,
+    /// The signer is not the pool's usage oracle.
+    #[error("signer is not the pool's usage oracle")]
+    NotOracle = 16,
+    /// The destination is not the associated token account of (cluster owner, pool mint).
+    #[error("destination is not the cluster owner's associated token account for the pool mint")]
+    InvalidOwnerTokenAccount = 17,
+    /// A cluster with this id is already registered.
+    #[error("cluster is already registered")]
+    ClusterAlreadyRegistered = 18,
+    /// A receipt for this (cluster, job, period) already exists: the usage was already paid.
+    #[error("usage receipt already exists (settlement replayed)")]
+    ReceiptAlreadyExists = 19,
+    /// GPU-seconds of zero were submitted.
+    #[error("usage of zero GPU-seconds")]
+    ZeroUsage = 20,
+    /// The GPU class is outside `0..NUM_GPU_CLASSES`.
+    #[error("GPU class out of range")]
+    UnknownGpuClass = 21,
+    /// The GPU class has a reward rate of zero (not priced).
+    #[error("GPU class has no reward rate")]
+    GpuClassNotPriced = 22,
+    /// `rate * gpu_seconds` or a batch sum does not fit in u64.
+    #[error("token amount overflows u64")]
+    AmountOverflow = 23,
+    /// Adding to the cluster's running totals would overflow.
+    #[error("cluster totals overflow")]
+    TotalsOverflow = 24,
+    /// A batch with no entries.
+    #[error("batch has no entries")]
+    EmptyBatch = 25,
+    /// An account is not owned by the program that must own it.
+    #[error("account has the wrong owner program")]
+    IncorrectAccountOwner = 26,
+    /// An account's data is not what its type says.
+    #[error("account data is malformed or of the wrong type")]
+    InvalidAccountData = 27,
+    /// An account the instruction writes was passed read-only.
+    #[error("account must be writable")]
+    AccountNotWritable = 28,
+    /// The program was invoked under an id other than its declared one.
+    #[error("program invoked under the wrong program id")]
+    WrongProgramId = 29,
+}
+
+impl LedgerError {
+    /// All variants, in code order.
+    pub const ALL: [LedgerError; 30] = [
+        Self::InvalidInstruction,
+        Self::WrongAccountCount,
+        Self::AlreadyInitialized,
+        Self::InvalidConfigAddress,
+        Self::InvalidMintAuthorityAddress,
+        Self::InvalidClusterAddress,
+        Self::InvalidReceiptAddress,
+        Self::InvalidTokenProgram,
+        Self::InvalidSystemProgram,
+        Self::InvalidSysvar,
+        Self::InvalidMint,
+        Self::MintMismatch,
+        Self::MintAuthorityMismatch,
+        Self::ForeignFreezeAuthority,
+        Self::MissingSignature,
+        Self::NotAdmin,
+        Self::NotOracle,
+        Self::InvalidOwnerTokenAccount,
+        Self::ClusterAlreadyRegistered,
+        Self::ReceiptAlreadyExists,
+        Self::ZeroUsage,
+        Self::UnknownGpuClass,
+        Self::GpuClassNotPriced,
+        Self::AmountOverflow,
+        Self::TotalsOverflow,
+        Self::EmptyBatch,
+        Self::IncorrectAccountOwner,
+        Self::InvalidAccountData,
+        Self::AccountNotWritable,
+        Self::WrongProgramId,
+    ];
+
+    /// The `ProgramError::Custom` code of this error.
+    pub const fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// Maps a `Custom` error code back to the variant, if it is one of ours.
+    pub fn from_code(code: u32) -> Option<Self> {
+        Self::ALL.iter().copied().find(|e| e.code() == code)
+    }
+}
+
+impl From<LedgerError> for ProgramError {
+    fn from(e: LedgerError) -> Self {
+        ProgramError::Custom(e.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for (i, e) in LedgerError::ALL.iter().enumerate() {
+            assert_eq!(e.code() as usize, i);
+            assert_eq!(LedgerError::from_code(e.code()), Some(*e));
+        }
+        assert_eq!(LedgerError::from_code(10_000), None);
+    }
+}
