@@ -84,7 +84,11 @@ impl ControlPlane {
 
     /// Process ids of the running etcd and kube-apiserver.
     pub fn pids(&self) -> Vec<u32> {
-        self.etcd.iter().chain(self.apiserver.iter()).map(|c| c.id()).collect()
+        self.etcd
+            .iter()
+            .chain(self.apiserver.iter())
+            .map(|c| c.id())
+            .collect()
     }
 
     /// kubectl bound to this cluster.
@@ -108,7 +112,10 @@ impl ControlPlane {
     }
 
     fn log(&self, what: &str) -> Result<File> {
-        Ok(File::options().create(true).append(true).open(self.dir.path().join(format!("{what}.log")))?)
+        Ok(File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{what}.log")))?)
     }
 
     fn start_etcd(&mut self) -> Result<()> {
@@ -122,7 +129,9 @@ impl ControlPlane {
                 .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
                 .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
                 .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-                .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
+                .arg(format!(
+                    "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+                ))
                 .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer}"))
                 .arg("--unsafe-no-fsync=true")
                 .arg("--log-level=warn"),
@@ -141,16 +150,25 @@ impl ControlPlane {
         let p = |f: &str| d.join("pki").join(f).display().to_string();
         let child = spawn(
             Command::new(&self.tools.kube_apiserver)
-                .arg(format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_port))
+                .arg(format!(
+                    "--etcd-servers=http://127.0.0.1:{}",
+                    self.etcd_port
+                ))
                 .arg(format!("--secure-port={}", self.api_port))
                 .arg("--bind-address=127.0.0.1")
                 .arg("--advertise-address=127.0.0.1")
-                .arg(format!("--cert-dir={}", d.join("apiserver-certs").display()))
+                .arg(format!(
+                    "--cert-dir={}",
+                    d.join("apiserver-certs").display()
+                ))
                 .arg(format!("--tls-cert-file={}", p("server.crt")))
                 .arg(format!("--tls-private-key-file={}", p("server.key")))
                 .arg(format!("--client-ca-file={}", p("ca.crt")))
                 .arg(format!("--service-account-key-file={}", p("sa.pub")))
-                .arg(format!("--service-account-signing-key-file={}", p("sa.key")))
+                .arg(format!(
+                    "--service-account-signing-key-file={}",
+                    p("sa.key")
+                ))
                 .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
                 .arg("--service-cluster-ip-range=10.96.0.0/16")
                 .arg("--authorization-mode=RBAC")
@@ -184,7 +202,10 @@ impl ControlPlane {
         let deadline = Instant::now() + START_TIMEOUT;
         let mut last_err = String::new();
         while Instant::now() < deadline {
-            for (what, child) in [("etcd", &mut self.etcd), ("kube-apiserver", &mut self.apiserver)] {
+            for (what, child) in [
+                ("etcd", &mut self.etcd),
+                ("kube-apiserver", &mut self.apiserver),
+            ] {
                 if let Some(c) = child
                     && let Some(status) = c.try_wait()?
                 {
@@ -229,13 +250,18 @@ impl Drop for ControlPlane {
 }
 
 fn http_get(path: &str) -> http::Request<Vec<u8>> {
-    http::Request::get(path).body(Vec::new()).expect("static request is valid")
+    http::Request::get(path)
+        .body(Vec::new())
+        .expect("static request is valid")
 }
 
 /// Spawns a child in its own process group with output to `log`.
 pub(crate) fn spawn(cmd: &mut Command, log: File) -> Result<Child> {
     let err = log.try_clone()?;
-    cmd.stdin(Stdio::null()).stdout(log).stderr(err).process_group(0);
+    cmd.stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .process_group(0);
     // SAFETY: prctl is async-signal-safe; the child dies with the process that started it.
     unsafe {
         cmd.pre_exec(|| {
@@ -243,7 +269,8 @@ pub(crate) fn spawn(cmd: &mut Command, log: File) -> Result<Child> {
             Ok(())
         });
     }
-    cmd.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))
+    cmd.spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))
 }
 
 /// SIGTERM, then SIGKILL after 5 s; always reaps.
@@ -282,7 +309,11 @@ fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -300,13 +331,27 @@ fn make_pki(dir: &Path, name: &str) -> Result<()> {
     let pki = dir.join("pki");
     std::fs::create_dir_all(&pki)?;
     let run = |args: &[&str]| -> Result<()> {
-        let out = Command::new("openssl").args(args).current_dir(&pki).output().context("running openssl")?;
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&pki)
+            .output()
+            .context("running openssl")?;
         if !out.status.success() {
-            bail!("openssl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "openssl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     let mut ca = vec!["req", "-x509"];
     ca.extend(ec);
     ca.extend(["-keyout", "ca.key", "-out", "ca.crt", "-days", "3", "-subj"]);
@@ -320,7 +365,11 @@ fn make_pki(dir: &Path, name: &str) -> Result<()> {
     std::fs::write(pki.join("client.ext"), "extendedKeyUsage=clientAuth\n")?;
     for (base, subj, ext) in [
         ("server", "/CN=kube-apiserver".to_string(), "server.ext"),
-        ("admin", "/O=system:masters/CN=gpupool-admin".to_string(), "client.ext"),
+        (
+            "admin",
+            "/O=system:masters/CN=gpupool-admin".to_string(),
+            "client.ext",
+        ),
     ] {
         let key = format!("{base}.key");
         let csr = format!("{base}.csr");
@@ -330,8 +379,21 @@ fn make_pki(dir: &Path, name: &str) -> Result<()> {
         req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
         run(&req)?;
         run(&[
-            "x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", &crt,
-            "-days", "3", "-extfile", ext,
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "3",
+            "-extfile",
+            ext,
         ])?;
     }
     run(&["genrsa", "-out", "sa.key", "2048"])?;

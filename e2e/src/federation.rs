@@ -40,7 +40,11 @@ impl Federation {
             ms.push(Member { cp, kwok });
         }
         let startup = t0.elapsed();
-        let fed = Federation { members: ms, hub, startup };
+        let fed = Federation {
+            members: ms,
+            hub,
+            startup,
+        };
         crate::install_crds(&fed.hub).await?;
         for m in &fed.members {
             crate::install_crds(&m.cp).await?;

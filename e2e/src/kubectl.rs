@@ -49,7 +49,12 @@ impl Kubectl {
     /// Runs `kubectl <args>` and fails unless it succeeds; returns stdout.
     pub fn ok(&self, args: &[&str]) -> Result<String> {
         let o = self.run(args)?;
-        anyhow::ensure!(o.success, "kubectl {} failed: {}", args.join(" "), o.stderr.trim());
+        anyhow::ensure!(
+            o.success,
+            "kubectl {} failed: {}",
+            args.join(" "),
+            o.stderr.trim()
+        );
         Ok(o.stdout)
     }
 }

@@ -30,7 +30,9 @@ impl Kwok {
                 .arg(format!("--kubeconfig={}", cp.kubeconfig_path().display()))
                 .arg(format!("--config={}", stages.display()))
                 .arg("--manage-all-nodes=false")
-                .arg(format!("--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake"))
+                .arg(format!(
+                    "--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake"
+                ))
                 .arg("--node-lease-duration-seconds=40")
                 .arg("--cidr=10.244.0.0/16")
                 .arg("--node-ip=10.0.0.1"),
@@ -70,7 +72,12 @@ pub struct GpuNode {
 impl GpuNode {
     /// A node with `gpus` GPUs of `model`.
     pub fn new(name: &str, gpus: u32, model: &str) -> Self {
-        GpuNode { name: name.into(), gpus, model: model.into(), labels: BTreeMap::new() }
+        GpuNode {
+            name: name.into(),
+            gpus,
+            model: model.into(),
+            labels: BTreeMap::new(),
+        }
     }
 
     /// Creates the Node and sets its capacity; KWOK then makes it Ready.
@@ -81,7 +88,10 @@ impl GpuNode {
         labels.insert("type".into(), "kwok".into());
         labels.insert("nvidia.com/gpu.present".into(), "true".into());
         labels.insert("nvidia.com/gpu.count".into(), self.gpus.to_string());
-        labels.insert("nvidia.com/gpu.product".into(), self.model.replace(' ', "-"));
+        labels.insert(
+            "nvidia.com/gpu.product".into(),
+            self.model.replace(' ', "-"),
+        );
         let capacity = json!({
             "cpu": "128", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": self.gpus.to_string()
         });
@@ -95,12 +105,17 @@ impl GpuNode {
             "spec": {},
             "status": { "capacity": capacity, "allocatable": capacity }
         }))?;
-        nodes.create(&PostParams::default(), &node).await.with_context(|| format!("creating node {}", self.name))?;
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .with_context(|| format!("creating node {}", self.name))?;
         nodes
             .patch_status(
                 &self.name,
                 &PatchParams::default(),
-                &Patch::Merge(json!({ "status": { "capacity": capacity, "allocatable": capacity } })),
+                &Patch::Merge(
+                    json!({ "status": { "capacity": capacity, "allocatable": capacity } }),
+                ),
             )
             .await?;
         Ok(())

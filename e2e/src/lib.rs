@@ -10,13 +10,17 @@ mod control_plane;
 mod federation;
 mod kubectl;
 mod kwok;
+mod pool;
 mod tools;
+mod topology;
 
 pub use control_plane::ControlPlane;
 pub use federation::{Federation, Member};
 pub use kubectl::Kubectl;
 pub use kwok::{GpuNode, Kwok};
+pub use pool::{OPERATOR_NAMESPACE, Operator, eventually, register_member};
 pub use tools::Tools;
+pub use topology::{fixture_for_node, node_uuid, publish_fixture};
 
 /// Root of the repository (for fixtures, examples and CRDs).
 pub fn repo_root() -> std::path::PathBuf {
@@ -34,10 +38,18 @@ pub async fn install_crds(cp: &ControlPlane) -> anyhow::Result<()> {
     let dir = repo_root().join("crds");
     let kubectl = cp.kubectl();
     let dir_s = dir.display().to_string();
-    tokio::task::spawn_blocking(move || kubectl.ok(&["apply", "--server-side", "-f", &dir_s])).await??;
+    tokio::task::spawn_blocking(move || kubectl.ok(&["apply", "--server-side", "-f", &dir_s]))
+        .await??;
     let out = cp.kubectl();
     tokio::task::spawn_blocking(move || {
-        out.ok(&["wait", "--for=condition=Established", "--timeout=60s", "crd", "-l", "app.kubernetes.io/part-of=gpupool"])
+        out.ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "-l",
+            "app.kubernetes.io/part-of=gpupool",
+        ])
     })
     .await??;
     Ok(())

@@ -44,7 +44,11 @@ impl Tools {
                     .output()
                     .with_context(|| format!("running {}", script.display()))?;
                 if !out.status.success() {
-                    bail!("{} failed ({}); see its output above", script.display(), out.status);
+                    bail!(
+                        "{} failed ({}); see its output above",
+                        script.display(),
+                        out.status
+                    );
                 }
                 PathBuf::from(String::from_utf8(out.stdout)?.trim())
             }
@@ -52,7 +56,10 @@ impl Tools {
         let tool = |name: &str| -> Result<PathBuf> {
             let p = dir.join(name);
             if !is_executable(&p) {
-                bail!("{} is missing; delete the cache entry and rebuild", p.display());
+                bail!(
+                    "{} is missing; delete the cache entry and rebuild",
+                    p.display()
+                );
             }
             Ok(p)
         };
@@ -68,5 +75,7 @@ impl Tools {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }

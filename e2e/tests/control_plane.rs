@@ -19,26 +19,47 @@ fn yaml_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn examples_are_accepted_and_invalid_specs_rejected_by_the_api_server() {
-    let cp = ControlPlane::start("validation").await.expect("control plane starts");
+    let cp = ControlPlane::start("validation")
+        .await
+        .expect("control plane starts");
     gpupool_e2e::install_crds(&cp).await.expect("CRDs install");
     let kubectl = cp.kubectl();
 
     let valid = yaml_files(&repo_root().join("deploy/examples"));
-    assert!(valid.len() >= 4, "expected the example set, found {valid:?}");
+    assert!(
+        valid.len() >= 4,
+        "expected the example set, found {valid:?}"
+    );
     for f in &valid {
         let out = kubectl.run(&["apply", "-f", f.to_str().unwrap()]).unwrap();
         assert!(out.success, "{} rejected: {}", f.display(), out.stderr);
     }
     // What was applied reads back with the printer columns.
     let tj = kubectl.ok(&["get", "trainingjobs", "-A"]).unwrap();
-    assert!(tj.contains("gpt-pretrain") && tj.contains("PHASE") && tj.contains("CLUSTER"), "{tj}");
-    let tj = kubectl.ok(&["get", "tj", "gpt-pretrain", "-o", "jsonpath={.spec.backoffLimit}"]).unwrap();
+    assert!(
+        tj.contains("gpt-pretrain") && tj.contains("PHASE") && tj.contains("CLUSTER"),
+        "{tj}"
+    );
+    let tj = kubectl
+        .ok(&[
+            "get",
+            "tj",
+            "gpt-pretrain",
+            "-o",
+            "jsonpath={.spec.backoffLimit}",
+        ])
+        .unwrap();
     assert_eq!(tj, "2");
-    let ij = kubectl.ok(&["get", "ij", "llama-serve", "-o", "jsonpath={.spec.nvlink}"]).unwrap();
+    let ij = kubectl
+        .ok(&["get", "ij", "llama-serve", "-o", "jsonpath={.spec.nvlink}"])
+        .unwrap();
     assert_eq!(ij, "preferred");
 
     let invalid = yaml_files(&repo_root().join("deploy/examples/invalid"));
-    assert!(invalid.len() >= 8, "expected the invalid set, found {invalid:?}");
+    assert!(
+        invalid.len() >= 8,
+        "expected the invalid set, found {invalid:?}"
+    );
     for f in &invalid {
         let text = std::fs::read_to_string(f).unwrap();
         let expect = text
@@ -46,14 +67,23 @@ async fn examples_are_accepted_and_invalid_specs_rejected_by_the_api_server() {
             .find_map(|l| l.strip_prefix("# expect: "))
             .unwrap_or_else(|| panic!("{} has no `# expect:` line", f.display()));
         let out = kubectl.run(&["apply", "-f", f.to_str().unwrap()]).unwrap();
-        assert!(!out.success, "{} was accepted but must be rejected", f.display());
+        assert!(
+            !out.success,
+            "{} was accepted but must be rejected",
+            f.display()
+        );
         assert!(
             out.stderr.contains(expect),
             "{}: expected the API server to say {expect:?}, it said: {}",
             f.display(),
             out.stderr
         );
-        assert!(out.stderr.contains("is invalid"), "{}: not an admission rejection: {}", f.display(), out.stderr);
+        assert!(
+            out.stderr.contains("is invalid"),
+            "{}: not an admission rejection: {}",
+            f.display(),
+            out.stderr
+        );
     }
 }
 
@@ -61,7 +91,11 @@ async fn examples_are_accepted_and_invalid_specs_rejected_by_the_api_server() {
 async fn hub_and_two_members_with_kwok_gpu_nodes() {
     let t0 = Instant::now();
     let fed = Federation::start(2).await.expect("federation starts");
-    println!("hub + 2 members ready in {:?} (control planes {:?})", t0.elapsed(), fed.startup);
+    println!(
+        "hub + 2 members ready in {:?} (control planes {:?})",
+        t0.elapsed(),
+        fed.startup
+    );
     assert_eq!(fed.members.len(), 2);
 
     // Each cluster is its own API server with its own data.
@@ -70,19 +104,41 @@ async fn hub_and_two_members_with_kwok_gpu_nodes() {
         .collect();
     assert_eq!(ports.len(), 3, "three distinct API servers");
 
-    fed.add_nodes(0, &[GpuNode::new("dgx-h100-0", 8, "NVIDIA H100 80GB HBM3")]).await.unwrap();
-    fed.add_nodes(1, &[GpuNode::new("pcie-a100-0", 4, "NVIDIA A100 80GB PCIe")]).await.unwrap();
+    fed.add_nodes(0, &[GpuNode::new("dgx-h100-0", 8, "NVIDIA H100 80GB HBM3")])
+        .await
+        .unwrap();
+    fed.add_nodes(
+        1,
+        &[GpuNode::new("pcie-a100-0", 4, "NVIDIA A100 80GB PCIe")],
+    )
+    .await
+    .unwrap();
 
     let m1 = fed.members[0].cp.client().await.unwrap();
-    let node = Api::<Node>::all(m1.clone()).get("dgx-h100-0").await.unwrap();
+    let node = Api::<Node>::all(m1.clone())
+        .get("dgx-h100-0")
+        .await
+        .unwrap();
     assert!(gpupool_e2e::node_ready(&node));
     let cap = node.status.unwrap().allocatable.unwrap();
     assert_eq!(cap["nvidia.com/gpu"].0, "8");
     // The node lives in member-1 only.
     let m2 = fed.members[1].cp.client().await.unwrap();
-    assert!(Api::<Node>::all(m2).get_opt("dgx-h100-0").await.unwrap().is_none());
+    assert!(
+        Api::<Node>::all(m2)
+            .get_opt("dgx-h100-0")
+            .await
+            .unwrap()
+            .is_none()
+    );
     let hub = fed.hub.client().await.unwrap();
-    assert!(Api::<Node>::all(hub).get_opt("dgx-h100-0").await.unwrap().is_none());
+    assert!(
+        Api::<Node>::all(hub)
+            .get_opt("dgx-h100-0")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // KWOK runs a GPU pod bound to the node, and completes one that asks to finish.
     let pods: Api<Pod> = Api::namespaced(m1, "default");
@@ -97,27 +153,55 @@ async fn hub_and_two_members_with_kwok_gpu_nodes() {
         }))
         .unwrap();
         if let Some(d) = ann {
-            p.metadata.annotations = Some([("pod-complete.stage.kwok.x-k8s.io/delay".to_string(), d.to_string())].into());
+            p.metadata.annotations = Some(
+                [(
+                    "pod-complete.stage.kwok.x-k8s.io/delay".to_string(),
+                    d.to_string(),
+                )]
+                .into(),
+            );
         }
         pods.create(&PostParams::default(), &p).await.unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let r = pods.get("gpu-running").await.unwrap().status.and_then(|s| s.phase);
-        let f = pods.get("gpu-finishing").await.unwrap().status.and_then(|s| s.phase);
+        let r = pods
+            .get("gpu-running")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.phase);
+        let f = pods
+            .get("gpu-finishing")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.phase);
         if r.as_deref() == Some("Running") && f.as_deref() == Some("Succeeded") {
             break;
         }
-        assert!(Instant::now() < deadline, "pods did not reach Running/Succeeded: {r:?} {f:?}");
+        assert!(
+            Instant::now() < deadline,
+            "pods did not reach Running/Succeeded: {r:?} {f:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // Stopping is clean: processes gone, directories removed.
-    let pids: Vec<u32> = std::iter::once(&fed.hub).chain(fed.members.iter().map(|m| &m.cp)).flat_map(|c| c.pids()).collect();
-    let dirs: Vec<_> = std::iter::once(&fed.hub).chain(fed.members.iter().map(|m| &m.cp)).map(|c| c.dir().to_path_buf()).collect();
+    let pids: Vec<u32> = std::iter::once(&fed.hub)
+        .chain(fed.members.iter().map(|m| &m.cp))
+        .flat_map(|c| c.pids())
+        .collect();
+    let dirs: Vec<_> = std::iter::once(&fed.hub)
+        .chain(fed.members.iter().map(|m| &m.cp))
+        .map(|c| c.dir().to_path_buf())
+        .collect();
     drop(fed);
     for pid in pids {
-        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} still running");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} still running"
+        );
     }
     for d in dirs {
         assert!(!d.exists(), "{} left behind", d.display());

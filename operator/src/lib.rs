@@ -1,1 +1,13 @@
+pub mod agent;
 pub mod api;
+pub mod cli;
+pub mod controllers;
+pub mod federation;
+pub mod leader;
+pub mod ledger;
+pub mod metering;
+pub mod metrics;
+pub mod placement;
+pub mod telemetry;
+pub mod topology;
+pub mod workloads;

@@ -9,7 +9,10 @@ fn crds_directory_matches_rust_types() {
         let want = gpupool::api::crd_yaml(&crd);
         let have = std::fs::read_to_string(dir.join(&name))
             .unwrap_or_else(|e| panic!("crds/{name} missing ({e}); run `make crds`"));
-        assert!(have == want, "crds/{name} drifted from the Rust types; run `make crds` and commit the result");
+        assert!(
+            have == want,
+            "crds/{name} drifted from the Rust types; run `make crds` and commit the result"
+        );
         expected_files.push(name);
     }
     let mut present: Vec<String> = std::fs::read_dir(&dir)
@@ -19,7 +22,10 @@ fn crds_directory_matches_rust_types() {
         .collect();
     present.sort();
     expected_files.sort();
-    assert_eq!(present, expected_files, "crds/ holds files no Rust type generates");
+    assert_eq!(
+        present, expected_files,
+        "crds/ holds files no Rust type generates"
+    );
 }
 
 #[test]
@@ -27,8 +33,26 @@ fn every_crd_has_status_subresource_short_name_and_printer_columns() {
     for crd in gpupool::api::all_crds() {
         let name = crd.metadata.name.clone().unwrap();
         let v = &crd.spec.versions[0];
-        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{name} lacks /status");
-        assert!(crd.spec.names.short_names.as_ref().is_some_and(|s| !s.is_empty()), "{name} lacks a short name");
-        assert!(v.additional_printer_columns.as_ref().is_some_and(|c| c.len() >= 3), "{name} lacks printer columns");
+        assert!(
+            v.subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some(),
+            "{name} lacks /status"
+        );
+        assert!(
+            crd.spec
+                .names
+                .short_names
+                .as_ref()
+                .is_some_and(|s| !s.is_empty()),
+            "{name} lacks a short name"
+        );
+        assert!(
+            v.additional_printer_columns
+                .as_ref()
+                .is_some_and(|c| c.len() >= 3),
+            "{name} lacks printer columns"
+        );
     }
 }

@@ -7,7 +7,20 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// How strongly a request needs the GPUs inside one worker/replica to be NVLink-connected.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum NvLinkMode {
     /// Every pair of GPUs in the set must be connected by NVLink (directly or through NVSwitch).
@@ -79,7 +92,10 @@ pub fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars:
     let mut schema = generator.subschema_for::<Vec<Condition>>();
     let obj = schema.ensure_object();
     obj.insert("x-kubernetes-list-type".into(), "map".into());
-    obj.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
+    obj.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
     schema
 }
 

@@ -21,7 +21,11 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Model", type_ = "string", json_path = ".spec.gpus[0].model"),
     printcolumn(name = "GPUs", type_ = "integer", json_path = ".status.gpuCount"),
     printcolumn(name = "Source", type_ = "string", json_path = ".spec.source"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.links.all(l, l.a < size(self.gpus) && l.b < size(self.gpus))").message("links must refer to GPU indexes present in gpus"))]
 #[serde(rename_all = "camelCase")]
@@ -86,7 +90,20 @@ pub struct Gpu {
 }
 
 /// PCIe relationship of two GPUs, from NVML's topology common ancestor (closest first).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum PcieLevel {
     /// On the same board (multi-GPU card).

@@ -1,6 +1,8 @@
 //! `InferenceJob`: replicated serving, which may spread over member clusters.
 
-use super::common::{ClusterSelector, EnvVar, GpuSelector, NodeGpus, NvLinkMode, conditions_schema};
+use super::common::{
+    ClusterSelector, EnvVar, GpuSelector, NodeGpus, NvLinkMode, conditions_schema,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -24,7 +26,17 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(name = "GPUs", type_ = "integer", json_path = ".spec.gpusPerReplica"),
     printcolumn(name = "Clusters", type_ = "string", json_path = ".status.clusters"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "GPU-s",
+        type_ = "integer",
+        json_path = ".status.gpuSeconds",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceJobSpec {
@@ -122,9 +134,9 @@ pub struct InferenceJobStatus {
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
-    /// GPU-seconds metered so far, over all clusters.
-    #[serde(default)]
-    pub gpu_seconds: i64,
+    /// GPU-seconds metered so far (written by the meter under its own field manager).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_seconds: Option<i64>,
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

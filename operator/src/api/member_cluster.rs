@@ -19,13 +19,38 @@ use std::collections::BTreeMap;
     label("app.kubernetes.io/part-of", "gpupool"),
     status = "MemberClusterStatus",
     doc = "A GPU cluster federated into the pool. Cluster-scoped; the kubeconfig lives in a Secret.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "Region", type_ = "string", json_path = ".spec.region"),
-    printcolumn(name = "GPUs", type_ = "integer", json_path = ".status.capacity.gpusTotal"),
-    printcolumn(name = "Free", type_ = "integer", json_path = ".status.capacity.gpusFree"),
-    printcolumn(name = "Owner", type_ = "string", json_path = ".spec.ownerWallet", priority = 1),
-    printcolumn(name = "Heartbeat", type_ = "date", json_path = ".status.lastHeartbeatTime"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "GPUs",
+        type_ = "integer",
+        json_path = ".status.capacity.gpusTotal"
+    ),
+    printcolumn(
+        name = "Free",
+        type_ = "integer",
+        json_path = ".status.capacity.gpusFree"
+    ),
+    printcolumn(
+        name = "Owner",
+        type_ = "string",
+        json_path = ".spec.ownerWallet",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Heartbeat",
+        type_ = "date",
+        json_path = ".status.lastHeartbeatTime"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MemberClusterSpec {

@@ -3,21 +3,26 @@
 //! Every type here derives its OpenAPI schema (and CEL validation rules) from the Rust definition;
 //! `crds/` holds the generated YAML and `crdgen` regenerates it.
 
+// kube's `printcolumn(...)` attributes repeat `type_ = "string"` etc., which this lint misreads.
+#![allow(clippy::duplicated_attributes)]
+
 mod common;
 mod gpu_topology;
 mod inference_job;
 mod member_cluster;
 mod training_job;
+mod usage_record;
 
 pub use common::*;
 pub use gpu_topology::*;
 pub use inference_job::*;
 pub use member_cluster::*;
 pub use training_job::*;
+pub use usage_record::*;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use kube::core::crd::merge_crds;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 /// API group of every gpupool resource.
 pub const GROUP: &str = "gpupool.io";
@@ -31,6 +36,7 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
         InferenceJob::crd(),
         TrainingJob::crd(),
         GpuTopology::crd(),
+        UsageRecord::crd(),
     ];
     // Single version each; merge_crds is a no-op check that names/groups agree.
     crds.into_iter()

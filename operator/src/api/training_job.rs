@@ -24,7 +24,17 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Workers", type_ = "integer", json_path = ".spec.workers"),
     printcolumn(name = "GPUs", type_ = "integer", json_path = ".spec.gpusPerWorker"),
     printcolumn(name = "Restarts", type_ = "integer", json_path = ".status.restarts"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "GPU-s",
+        type_ = "integer",
+        json_path = ".status.gpuSeconds",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TrainingJobSpec {
@@ -143,9 +153,9 @@ pub struct TrainingJobStatus {
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
-    /// GPU-seconds metered so far.
-    #[serde(default)]
-    pub gpu_seconds: i64,
+    /// GPU-seconds metered so far (written by the meter under its own field manager).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_seconds: Option<i64>,
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

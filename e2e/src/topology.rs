@@ -1,0 +1,48 @@
+//! Publishing fixture topologies for simulated nodes, as the node agent does with `--topology-file`.
+
+use anyhow::Result;
+use gpupool::agent::{Reading, publish, read_topology_file};
+
+/// Reads `deploy/topologies/<fixture>.yaml` for `node`. GPU UUIDs are made unique per node
+/// (deterministically) so several simulated nodes can share one fixture.
+pub fn fixture_for_node(fixture: &str, node: &str) -> Result<Reading> {
+    let path = crate::repo_root()
+        .join("deploy/topologies")
+        .join(format!("{fixture}.yaml"));
+    let mut r = read_topology_file(&path, Some(node))?;
+    for g in &mut r.spec.gpus {
+        let old = g.uuid.clone();
+        g.uuid = node_uuid(node, g.index);
+        for u in &mut r.in_use {
+            if *u == old {
+                *u = g.uuid.clone();
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` derived from node name and index (FNV-1a).
+pub fn node_uuid(node: &str, index: i32) -> String {
+    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+    for b in node.bytes().chain(index.to_le_bytes()) {
+        h ^= u128::from(b);
+        h = h.wrapping_mul(0x0000000001000000000000000000013B);
+    }
+    let s = format!("{h:032x}");
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        &s[0..8],
+        &s[8..12],
+        &s[12..16],
+        &s[16..20],
+        &s[20..32]
+    )
+}
+
+/// Publishes the fixture as the node's `GpuTopology` in the cluster `client` talks to.
+pub async fn publish_fixture(client: &kube::Client, fixture: &str, node: &str) -> Result<Reading> {
+    let r = fixture_for_node(fixture, node)?;
+    publish(client, &r).await?;
+    Ok(r)
+}

@@ -1,0 +1,401 @@
+//! The Helm chart (charts/gpupool) with the pinned Helm and a real kube-apiserver: it lints clean in
+//! both modes, what it renders in hub and member mode passes a server-side dry-run apply, the
+//! values schema rejects bad values naming the field, and its CRDs are exactly those in `crds/`.
+
+use anyhow::{Context, Result, ensure};
+use gpupool_e2e::{ControlPlane, Tools, repo_root};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const NAMESPACE: &str = "gpupool-system";
+const RELEASE: &str = "gp";
+/// A valid base58 Solana address (32 bytes).
+const ADDRESS: &str = "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU";
+
+fn chart_dir() -> PathBuf {
+    repo_root().join("charts/gpupool")
+}
+
+struct HelmOut {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the pinned `helm` with its config, cache and data homes in a throwaway directory.
+fn helm(args: &[&str]) -> HelmOut {
+    let tools = Tools::get().expect("harness tools (helm) are available");
+    let home = tempfile::tempdir().expect("temporary helm home");
+    let out = Command::new(&tools.helm)
+        .args(args)
+        .env("HELM_CONFIG_HOME", home.path().join("config"))
+        .env("HELM_CACHE_HOME", home.path().join("cache"))
+        .env("HELM_DATA_HOME", home.path().join("data"))
+        .env_remove("KUBECONFIG")
+        .current_dir(repo_root())
+        .output()
+        .expect("helm starts");
+    HelmOut {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `helm template gp charts/gpupool -n gpupool-system <extra>`; panics unless it succeeds.
+fn render(extra: &[&str]) -> String {
+    let chart = chart_dir();
+    let mut args = vec!["template", RELEASE, chart.to_str().unwrap(), "--namespace", NAMESPACE];
+    args.extend_from_slice(extra);
+    let out = helm(&args);
+    assert!(out.success, "helm template {extra:?} failed: {}", out.stderr);
+    out.stdout
+}
+
+/// The YAML documents of a rendered manifest, as JSON values (empty documents dropped).
+fn docs(manifest: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(manifest)
+        .map(|d| Value::deserialize(d).expect("rendered YAML parses"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn kinds(docs: &[Value]) -> Vec<String> {
+    docs.iter().map(|d| format!("{}/{}", d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap())).collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind}/{name} not rendered; rendered: {:?}", kinds(docs)))
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+/// Every CRD in the repository's crds/ directory, by name.
+fn repo_crds() -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(repo_root().join("crds")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            let v: Value = serde_yaml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            out.insert(v["metadata"]["name"].as_str().unwrap().to_string(), v);
+        }
+    }
+    out
+}
+
+/// The CRDs the chart renders, by name, with the chart's `helm.sh/resource-policy` annotation
+/// removed (the only thing it adds).
+fn chart_crds(extra: &[&str]) -> BTreeMap<String, Value> {
+    let mut args = vec!["--show-only", "templates/crds.yaml"];
+    args.extend_from_slice(extra);
+    let mut out = BTreeMap::new();
+    for mut d in docs(&render(&args)) {
+        assert_eq!(d["kind"], "CustomResourceDefinition");
+        let meta = d["metadata"].as_object_mut().unwrap();
+        if let Some(Value::Object(a)) = meta.get_mut("annotations") {
+            assert_eq!(a.remove("helm.sh/resource-policy"), Some(Value::from("keep")));
+            if a.is_empty() {
+                meta.remove("annotations");
+            }
+        }
+        out.insert(d["metadata"]["name"].as_str().unwrap().to_string(), d);
+    }
+    out
+}
+
+#[test]
+fn helm_lint_is_clean_in_hub_and_member_mode() {
+    let chart = chart_dir();
+    for extra in [&[][..], &["--set", "mode=member"][..]] {
+        let mut args = vec!["lint", "--strict", chart.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = helm(&args);
+        assert!(out.success, "helm lint {extra:?} failed:\n{}\n{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains("1 chart(s) linted, 0 chart(s) failed"), "{}", out.stdout);
+        assert!(
+            !out.stdout.contains("[WARNING]") && !out.stdout.contains("[ERROR]"),
+            "helm lint {extra:?} is not clean:\n{}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn chart_crds_equal_the_repository_crds() {
+    // The chart reads crds/ through a symlink rather than a copy, so it cannot drift; this guards
+    // the link itself and the template that filters and annotates the CRDs.
+    let link = chart_dir().join("files/crds");
+    assert_eq!(
+        std::fs::canonicalize(&link).expect("charts/gpupool/files/crds resolves"),
+        std::fs::canonicalize(repo_root().join("crds")).unwrap(),
+        "charts/gpupool/files/crds must be a link to the repository's crds/"
+    );
+    let repo = repo_crds();
+    assert!(repo.len() >= 4, "expected the CRD set in crds/, found {:?}", repo.keys());
+    let hub = chart_crds(&[]);
+    assert_eq!(hub.keys().collect::<Vec<_>>(), repo.keys().collect::<Vec<_>>(), "hub mode renders every CRD in crds/");
+    for (name, crd) in &repo {
+        assert!(hub[name] == *crd, "the chart's {name} differs from crds/{name}.yaml");
+    }
+    // Members only need the CRD the node agent writes.
+    let member = chart_crds(&["--set", "mode=member"]);
+    assert_eq!(member.keys().collect::<Vec<_>>(), vec!["gputopologies.gpupool.io"]);
+    assert!(member["gputopologies.gpupool.io"] == repo["gputopologies.gpupool.io"]);
+    // Without keep, nothing is added at all; with crds.install=false, nothing is rendered.
+    let plain = docs(&render(&["--show-only", "templates/crds.yaml", "--set", "crds.keep=false"]));
+    assert_eq!(plain.len(), repo.len());
+    for d in &plain {
+        assert!(*d == repo[d["metadata"]["name"].as_str().unwrap()], "crds.keep=false must render crds/ verbatim");
+    }
+    let none = helm(&["template", RELEASE, chart_dir().to_str().unwrap(), "--set", "crds.install=false"]);
+    assert!(none.success, "{}", none.stderr);
+    assert!(!none.stdout.contains("kind: CustomResourceDefinition"));
+}
+
+#[test]
+fn schema_and_checks_reject_bad_values_naming_the_field() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--set", "operator.replicas=-1"], "/operator/replicas"),
+        (&["--set", "operator.replicas=two"], "/operator/replicas"),
+        (&["--set", "mode=bogus"], "/mode"),
+        (&["--set", "solana.programId=notbase58!"], "/solana/programId"),
+        // 0, O, I and l are not in the base58 alphabet.
+        (&["--set", "solana.mint=0OIl0OIl0OIl0OIl0OIl0OIl0OIl0OIl"], "/solana/mint"),
+        (&["--set", "operator.image.repository="], "/operator/image/repository"),
+        (&["--set", "agent.image.repository=", "--set", "mode=member"], "/agent/image/repository"),
+        (&["--set", "metrics.port=70000"], "/metrics/port"),
+        (&["--set", "solana.settlementPeriodSeconds=0"], "/solana/settlementPeriodSeconds"),
+        (&["--set", "solana.rpcUrl=ftp://x"], "/solana/rpcUrl"),
+        // Settlement needs the program, the mint and the oracle key.
+        (&["--set", "solana.rpcUrl=https://api.devnet.solana.com"], "/solana/programId"),
+        (&["--set", "solana.rpcUrl=https://api.devnet.solana.com"], "/solana/oracleKeypair/existingSecret"),
+        (&["--set", "agent.nvml.access=magic"], "/agent/nvml/access"),
+        (&["--set", "agent.nvml.access=none"], "/agent/topologyFile"),
+        (&["--set", "operator.heartbeatSeconds=true"], "/operator/heartbeatSeconds"),
+        (&["--set", "opertor.replicas=1"], "opertor"),
+        // Cross-field checks in the templates.
+        (&["--set", "operator.leaderElection.enabled=false"], "operator.leaderElection.enabled"),
+        (&["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.service.enabled=false"], "metrics.service.enabled"),
+    ];
+    let chart = chart_dir();
+    for (extra, field) in cases {
+        let mut args = vec!["template", RELEASE, chart.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = helm(&args);
+        assert!(!out.success, "helm template {extra:?} must fail but rendered");
+        assert!(out.stderr.contains(field), "helm template {extra:?} must name {field}; it said: {}", out.stderr);
+    }
+    // And the good versions of the same values render.
+    render(&[
+        "--set",
+        "operator.replicas=1",
+        "--set",
+        "operator.leaderElection.enabled=false",
+        "--set",
+        "solana.rpcUrl=https://api.devnet.solana.com",
+        "--set",
+        &format!("solana.programId={ADDRESS}"),
+        "--set",
+        &format!("solana.mint={ADDRESS}"),
+        "--set",
+        "solana.oracleKeypair.existingSecret=gpupool-oracle",
+    ]);
+    render(&["--set", "mode=member", "--set", "agent.nvml.access=none", "--set", "agent.topologyFile=/etc/gpupool/topology.yaml"]);
+}
+
+#[test]
+fn rendered_objects_have_the_expected_shape() {
+    // Hub: the operator with leader election, probes, hardened pods, the oracle key read-only.
+    let hub = docs(&render(&[
+        "--set",
+        "solana.rpcUrl=https://api.devnet.solana.com",
+        "--set",
+        &format!("solana.programId={ADDRESS}"),
+        "--set",
+        &format!("solana.mint={ADDRESS}"),
+        "--set",
+        "solana.oracleKeypair.existingSecret=gpupool-oracle",
+    ]));
+    assert!(!hub.iter().any(|d| d["kind"] == "DaemonSet" || d["kind"] == "ServiceMonitor"), "{:?}", kinds(&hub));
+    let dep = find(&hub, "Deployment", "gp-gpupool-operator");
+    assert_eq!(dep["spec"]["replicas"], 2);
+    let pod = &dep["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(args[0], "run");
+    for want in [
+        "--leader-elect",
+        "--lease-name=gpupool-operator",
+        "--metrics-addr=0.0.0.0:8080",
+        "--rpc-url=https://api.devnet.solana.com",
+        "--oracle-keypair=/var/run/secrets/gpupool/oracle/keypair.json",
+        "--settlement-period-seconds=3600",
+    ] {
+        assert!(args.contains(&want), "operator args {args:?} lack {want}");
+    }
+    assert!(args.contains(&format!("--program-id={ADDRESS}").as_str()) && args.contains(&format!("--mint={ADDRESS}").as_str()));
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(c["volumeMounts"][0]["readOnly"], true);
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], "gpupool-oracle");
+    let env = c["env"].as_array().unwrap();
+    assert!(env.iter().any(|e| e["name"] == "GPUPOOL_NAMESPACE" && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"));
+    // Secrets and Leases only in the release namespace.
+    let role = find(&hub, "Role", "gp-gpupool-operator");
+    assert_eq!(role["metadata"]["namespace"], NAMESPACE);
+    let role_resources: Vec<&str> =
+        role["rules"].as_array().unwrap().iter().flat_map(|r| r["resources"].as_array().unwrap()).map(|r| r.as_str().unwrap()).collect();
+    assert_eq!(role_resources, vec!["secrets", "leases"]);
+    let cr = find(&hub, "ClusterRole", "gp-gpupool-operator");
+    assert!(!cr.to_string().contains("secrets"), "the operator's ClusterRole must not grant Secrets: {cr}");
+    // Without settlement: no Solana flags, no keypair volume.
+    let plain = docs(&render(&[]));
+    let c = &find(&plain, "Deployment", "gp-gpupool-operator")["spec"]["template"]["spec"];
+    assert!(!c.to_string().contains("--rpc-url") && c["volumes"].is_null(), "{c}");
+
+    // ServiceMonitor only when enabled.
+    let sm = docs(&render(&["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.labels.release=prom"]));
+    let sm = find(&sm, "ServiceMonitor", "gp-gpupool-operator");
+    assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(sm["metadata"]["labels"]["release"], "prom");
+
+    // Member: the agent DaemonSet and the hub's access, nothing of the operator.
+    let member = docs(&render(&["--set", "mode=member"]));
+    assert!(!member.iter().any(|d| d["kind"] == "Deployment" || d["kind"] == "Service"), "{:?}", kinds(&member));
+    let ds = find(&member, "DaemonSet", "gp-gpupool-agent");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["nodeSelector"]["nvidia.com/gpu.present"], "true");
+    assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
+    let c = &pod["containers"][0];
+    assert!(c["env"].as_array().unwrap().iter().any(|e| e["name"] == "NODE_NAME" && e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"));
+    assert!(c["securityContext"]["privileged"].is_null(), "runtime access must stay unprivileged");
+    let access = find(&member, "ClusterRole", "gp-gpupool-hub-access");
+    let rules: Vec<(String, Vec<String>)> = access["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            let verbs: Vec<String> = r["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+            r["resources"].as_array().unwrap().iter().map(move |res| (res.as_str().unwrap().to_string(), verbs.clone()))
+        })
+        .collect();
+    let expect = |res: &str, verbs: &[&str]| (res.to_string(), verbs.iter().map(|v| v.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        rules,
+        vec![
+            expect("nodes", &["get", "list"]),
+            expect("gputopologies", &["get", "list"]),
+            expect("pods", &["create", "delete", "get", "list"]),
+            expect("services", &["create", "delete", "get", "list"]),
+            expect("namespaces", &["get", "create"]),
+        ]
+    );
+    let token = find(&member, "Secret", "gp-gpupool-hub-token");
+    assert_eq!(token["type"], "kubernetes.io/service-account-token");
+    // hostPath access: one library file, read-only, and privileged for the device cgroup.
+    let hp = docs(&render(&["--set", "mode=member", "--set", "agent.nvml.access=hostPath"]));
+    let pod = &find(&hp, "DaemonSet", "gp-gpupool-agent")["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"][0]["hostPath"]["type"], "File");
+    assert_eq!(pod["containers"][0]["volumeMounts"][0]["readOnly"], true);
+    assert_eq!(pod["containers"][0]["securityContext"]["privileged"], true);
+    assert_eq!(pod["containers"][0]["securityContext"]["runAsNonRoot"], true);
+}
+
+async fn kubectl_ok(cp: &ControlPlane, args: Vec<String>) -> Result<String> {
+    let k = cp.kubectl();
+    tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        k.ok(&a)
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_and_member_manifests_pass_a_server_side_dry_run() -> Result<()> {
+    let cp = ControlPlane::start("chart").await.context("control plane starts")?;
+    let dir = tempfile::tempdir()?;
+    let s = |v: &str| v.to_string();
+
+    // CRDs for real first: the dry-run of everything else is then checked against them too.
+    let crds = write(dir.path(), "crds.yaml", &render(&["--show-only", "templates/crds.yaml"]));
+    kubectl_ok(&cp, vec![s("apply"), s("--server-side"), s("-f"), crds]).await?;
+    kubectl_ok(
+        &cp,
+        vec![s("wait"), s("--for=condition=Established"), s("--timeout=60s"), s("crd"), s("-l"), s("app.kubernetes.io/part-of=gpupool")],
+    )
+    .await?;
+    kubectl_ok(&cp, vec![s("create"), s("namespace"), s(NAMESPACE)]).await?;
+
+    let settle = [
+        "--set",
+        "solana.rpcUrl=https://api.devnet.solana.com",
+        "--set",
+        &format!("solana.programId={ADDRESS}"),
+        "--set",
+        &format!("solana.mint={ADDRESS}"),
+        "--set",
+        "solana.oracleKeypair.existingSecret=gpupool-oracle",
+    ]
+    .map(String::from);
+    let variants: Vec<(&str, Vec<String>)> = vec![
+        ("hub", vec![]),
+        ("hub-settlement-pdb", {
+            let mut v = settle.to_vec();
+            v.extend(["--set", "operator.podDisruptionBudget.enabled=true"].map(String::from));
+            v
+        }),
+        ("member", vec![s("--set"), s("mode=member")]),
+        ("member-hostpath", ["--set", "mode=member", "--set", "agent.nvml.access=hostPath"].map(String::from).to_vec()),
+    ];
+    for (name, extra) in variants {
+        let e: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let manifest = render(&e);
+        let n = docs(&manifest).len();
+        ensure!(n >= 5, "{name}: only {n} objects rendered");
+        let f = write(dir.path(), &format!("{name}.yaml"), &manifest);
+        let out = kubectl_ok(&cp, vec![s("apply"), s("--server-side"), s("--dry-run=server"), s("-f"), f])
+            .await
+            .with_context(|| format!("{name}: server-side dry-run of the rendered chart"))?;
+        ensure!(out.lines().count() == n, "{name}: {n} objects rendered but kubectl reported:\n{out}");
+        ensure!(out.contains("(server dry run)"), "{name}: {out}");
+    }
+    // Nothing but the CRDs and the namespace was created.
+    let deps = kubectl_ok(&cp, vec![s("get"), s("deploy,ds,sa,secrets"), s("-n"), s(NAMESPACE), s("-o"), s("name")]).await?;
+    ensure!(deps.trim().is_empty(), "dry-run created objects: {deps}");
+
+    // Helm itself against the cluster: an install dry-run renders NOTES in both modes.
+    let kubeconfig = cp.kubeconfig_path();
+    let chart = chart_dir();
+    for (mode, note) in [("hub", "kubectl get memberclusters"), ("member", "kubectl get gputopologies")] {
+        let out = helm(&[
+            "install",
+            RELEASE,
+            chart.to_str().unwrap(),
+            "--namespace",
+            NAMESPACE,
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--dry-run=server",
+            "--set",
+            &format!("mode={mode}"),
+        ]);
+        ensure!(out.success, "helm install --dry-run=server ({mode}) failed: {}", out.stderr);
+        ensure!(out.stdout.contains(note), "{mode} NOTES lack {note:?}:\n{}", out.stdout);
+    }
+    Ok(())
+}

@@ -1,0 +1,518 @@
+//! Federation on real API servers: a hub and two members with KWOK GPU nodes whose topology is
+//! published from the fixtures, the operator running its controllers against them.
+
+use gpupool::api::{InferenceJob, MemberCluster, TrainingJob, TrainingPhase};
+use gpupool_e2e::{
+    Federation, GpuNode, Operator, eventually, publish_fixture, register_member, repo_root,
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+const WALLET_1: &str = "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU";
+const WALLET_2: &str = "9WzDXwBbmkg8ZTbNMqUxvQRAyrZzDsGYdLVL9zYtAWWM";
+
+struct Node(&'static str, &'static str, u32, &'static str);
+
+async fn setup(layout: &[&[Node]], grace: u64) -> (Federation, Operator) {
+    let fed = Federation::start(layout.len())
+        .await
+        .expect("federation starts");
+    for (i, nodes) in layout.iter().enumerate() {
+        let gn: Vec<GpuNode> = nodes.iter().map(|n| GpuNode::new(n.0, n.2, n.3)).collect();
+        fed.add_nodes(i, &gn).await.unwrap();
+        let c = fed.members[i].cp.client().await.unwrap();
+        for n in nodes.iter() {
+            publish_fixture(&c, n.1, n.0).await.unwrap();
+        }
+    }
+    let hub = fed.hub.client().await.unwrap();
+    for (i, m) in fed.members.iter().enumerate() {
+        let wallet = if i == 0 { WALLET_1 } else { WALLET_2 };
+        register_member(
+            &hub,
+            &format!("member-{}", i + 1),
+            &m.cp,
+            wallet,
+            &format!("region-{}", i + 1),
+        )
+        .await
+        .unwrap();
+    }
+    let op = Operator::start(hub.clone(), Operator::test_config(grace));
+    let mcs: Api<MemberCluster> = Api::all(hub);
+    for i in 1..=layout.len() {
+        let name = format!("member-{i}");
+        eventually(30, &format!("{name} Ready"), || async {
+            let mc = mcs.get(&name).await?;
+            let st = mc.status.unwrap_or_default();
+            let ready = st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            Ok((ready && st.capacity.gpus_total > 0).then_some(()))
+        })
+        .await
+        .unwrap();
+    }
+    (fed, op)
+}
+
+async fn member_pods(fed: &Federation, i: usize, selector: &str) -> Vec<Pod> {
+    let c = fed.members[i].cp.client().await.unwrap();
+    Api::<Pod>::all(c)
+        .list(&ListParams::default().labels(selector))
+        .await
+        .unwrap()
+        .items
+}
+
+fn gpu_uuids(p: &Pod) -> Vec<String> {
+    p.metadata.annotations.as_ref().unwrap()["gpupool.io/gpu-uuids"]
+        .split(',')
+        .map(String::from)
+        .collect()
+}
+
+fn node_of(p: &Pod) -> String {
+    p.spec.as_ref().unwrap().node_name.clone().unwrap()
+}
+
+/// GPU indexes of `uuids` on `node` (UUIDs are derived from node name and index).
+fn indexes(node: &str, uuids: &[String]) -> BTreeSet<i32> {
+    uuids
+        .iter()
+        .map(|u| {
+            (0..16)
+                .find(|i| gpupool_e2e::node_uuid(node, *i) == *u)
+                .expect("uuid belongs to node")
+        })
+        .collect()
+}
+
+fn tj(name: &str, workers: i32, gpus: i32, model: &str, nvlink: &str) -> TrainingJob {
+    serde_yaml::from_str(&format!(
+        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: default}}\nspec: {{image: trainer, workers: {workers}, gpusPerWorker: {gpus}, gpu: {{model: {model}}}, nvlink: {nvlink}, backoffLimit: 2}}\n"
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_land_on_the_right_gpus_never_share_them_and_are_cleaned_up() {
+    let (fed, op) = setup(
+        &[
+            &[
+                Node("dgx-h100-0", "dgx-h100", 8, "NVIDIA H100 80GB HBM3"),
+                Node("dgx1-v100-0", "dgx1-v100", 8, "Tesla V100-SXM2-16GB"),
+            ],
+            &[
+                Node(
+                    "pcie-a100-0",
+                    "pcie-a100-bridged",
+                    4,
+                    "NVIDIA A100 80GB PCIe",
+                ),
+                Node(
+                    "pcie-a100-1",
+                    "pcie-a100-bridged",
+                    4,
+                    "NVIDIA A100 80GB PCIe",
+                ),
+                Node("l40s-0", "pcie-l40s", 8, "NVIDIA L40S"),
+            ],
+        ],
+        30,
+    )
+    .await;
+    let hub = fed.hub.client().await.unwrap();
+    let kubectl = fed.hub.kubectl();
+    let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
+    let ijs: Api<InferenceJob> = Api::namespaced(hub.clone(), "default");
+
+    // 1. Latency from create on the hub to the pod existing in a member, over 20 jobs.
+    let mut lat = Vec::new();
+    for i in 0..20 {
+        let job: InferenceJob = serde_yaml::from_str(&format!(
+            "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {{name: lat-{i}, namespace: default}}\nspec: {{image: srv, replicas: 1, gpusPerReplica: 1, nvlink: none, spreadAcrossClusters: true}}\n"
+        ))
+        .unwrap();
+        let t0 = Instant::now();
+        ijs.create(&PostParams::default(), &job).await.unwrap();
+        let sel = format!("gpupool.io/job-name=lat-{i}");
+        // Poll both members every 10 ms so the figure is not dominated by the polling period.
+        let m1: Api<Pod> = Api::all(fed.members[0].cp.client().await.unwrap());
+        let m2: Api<Pod> = Api::all(fed.members[1].cp.client().await.unwrap());
+        let lp = ListParams::default().labels(&sel);
+        loop {
+            let (a, b) = tokio::join!(m1.list(&lp), m2.list(&lp));
+            if !a.unwrap().items.is_empty() || !b.unwrap().items.is_empty() {
+                break;
+            }
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(30),
+                "lat-{i} never reached a member"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        lat.push(t0.elapsed());
+    }
+    lat.sort();
+    println!(
+        "apply→pod-in-member latency over {} jobs: median {:?}, worst {:?}",
+        lat.len(),
+        lat[lat.len() / 2],
+        lat[lat.len() - 1]
+    );
+    // All 20 GPUs distinct.
+    let mut all = Vec::new();
+    for i in 0..2 {
+        for p in member_pods(&fed, i, "gpupool.io/job-kind=InferenceJob").await {
+            all.extend(gpu_uuids(&p));
+        }
+    }
+    assert_eq!(all.len(), 20);
+    assert_eq!(
+        all.iter().collect::<BTreeSet<_>>().len(),
+        20,
+        "a GPU was given twice"
+    );
+    // Deleting them cleans the members.
+    for i in 0..20 {
+        ijs.delete(&format!("lat-{i}"), &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    eventually(30, "latency jobs cleaned up", || async {
+        let left = member_pods(&fed, 0, "gpupool.io/job-kind").await.len()
+            + member_pods(&fed, 1, "gpupool.io/job-kind").await.len();
+        let jobs = ijs.list(&ListParams::default()).await?.items.len();
+        Ok((left == 0 && jobs == 0).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // 2. The training example: 2 workers x 4 H100, NVLink required → member-1's DGX H100.
+    kubectl
+        .ok(&[
+            "apply",
+            "-f",
+            repo_root()
+                .join("deploy/examples/training-gpt.yaml")
+                .to_str()
+                .unwrap(),
+        ])
+        .unwrap();
+    let pods = eventually(30, "gpt-pretrain workers", || async {
+        let p = member_pods(&fed, 0, "gpupool.io/job-name=gpt-pretrain").await;
+        Ok((p.len() == 2).then_some(p))
+    })
+    .await
+    .unwrap();
+    let mut seen = BTreeSet::new();
+    for p in &pods {
+        assert_eq!(node_of(p), "dgx-h100-0");
+        let u = gpu_uuids(p);
+        assert_eq!(u.len(), 4);
+        seen.extend(u);
+        let env: Vec<_> = p.spec.as_ref().unwrap().containers[0].env.clone().unwrap();
+        assert!(
+            env.iter()
+                .any(|e| e.name == "WORLD_SIZE" && e.value.as_deref() == Some("2"))
+        );
+    }
+    assert_eq!(seen.len(), 8, "workers share GPUs");
+    let job = eventually(30, "gpt-pretrain Running", || async {
+        let j = tjs.get("gpt-pretrain").await?;
+        Ok(j.status
+            .clone()
+            .filter(|s| s.phase == TrainingPhase::Running)
+            .map(|_| j))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        job.status.as_ref().unwrap().cluster.as_deref(),
+        Some("member-1")
+    );
+    let get = kubectl.ok(&["get", "trainingjobs"]).unwrap();
+    assert!(
+        get.contains("gpt-pretrain") && get.contains("Running") && get.contains("member-1"),
+        "{get}"
+    );
+
+    // 3. The inference example: 3 replicas x 2 GPUs, preferred NVLink → bridged A100 pairs.
+    kubectl
+        .ok(&[
+            "apply",
+            "-f",
+            repo_root()
+                .join("deploy/examples/inference-llama.yaml")
+                .to_str()
+                .unwrap(),
+        ])
+        .unwrap();
+    let pods = eventually(30, "llama replicas", || async {
+        let p = member_pods(&fed, 1, "gpupool.io/job-name=llama-serve").await;
+        Ok((p.len() == 3).then_some(p))
+    })
+    .await
+    .unwrap();
+    for p in &pods {
+        let node = node_of(p);
+        assert!(node.starts_with("pcie-a100-"), "replica on {node}");
+        let ix = indexes(&node, &gpu_uuids(p));
+        assert!(
+            ix == BTreeSet::from([0, 1]) || ix == BTreeSet::from([2, 3]),
+            "replica not on a bridged pair: {ix:?}"
+        );
+    }
+    eventually(30, "llama-serve Running with endpoints", || async {
+        let j = ijs.get("llama-serve").await?;
+        let st = j.status.unwrap_or_default();
+        Ok((st.ready_replicas == 3
+            && st
+                .endpoints
+                .iter()
+                .any(|e| e.starts_with("member-2/default/llama-serve:8000")))
+        .then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // 4. Three jobs race for the DGX-1's two fully connected V100 quads.
+    let pp = PostParams::default();
+    let (ra, rb, rc) = (
+        tj("race-a", 1, 4, "V100", "required"),
+        tj("race-b", 1, 4, "V100", "required"),
+        tj("race-c", 1, 4, "V100", "required"),
+    );
+    let (a, b, c) = tokio::join!(
+        tjs.create(&pp, &ra),
+        tjs.create(&pp, &rb),
+        tjs.create(&pp, &rc)
+    );
+    a.unwrap();
+    b.unwrap();
+    c.unwrap();
+    let placed = eventually(40, "two racers placed, one pending", || async {
+        let mut placed = Vec::new();
+        let mut pending = Vec::new();
+        for n in ["race-a", "race-b", "race-c"] {
+            let st = tjs.get(n).await?.status.unwrap_or_default();
+            if st.cluster.is_some() && !st.workers.is_empty() {
+                placed.push((n.to_string(), st.workers[0].gpu_uuids.clone()));
+            } else if st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Scheduled" && c.reason == "Unschedulable")
+            {
+                pending.push(n.to_string());
+            }
+        }
+        Ok((placed.len() == 2 && pending.len() == 1).then_some(placed))
+    })
+    .await
+    .unwrap();
+    let quads = [BTreeSet::from([0, 1, 2, 3]), BTreeSet::from([4, 5, 6, 7])];
+    let s0 = indexes("dgx1-v100-0", &placed[0].1);
+    let s1 = indexes("dgx1-v100-0", &placed[1].1);
+    assert!(quads.contains(&s0) && quads.contains(&s1), "{s0:?} {s1:?}");
+    assert!(s0.is_disjoint(&s1), "racers share GPUs: {s0:?} {s1:?}");
+    let waiting = ["race-a", "race-b", "race-c"]
+        .into_iter()
+        .find(|n| !placed.iter().any(|(p, _)| p == n))
+        .unwrap();
+    let msg = tjs
+        .get(waiting)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .message
+        .unwrap_or_default();
+    assert!(msg.contains("unschedulable"), "{msg}");
+    let events = kubectl
+        .ok(&[
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            &format!("regarding.name={waiting}"),
+        ])
+        .unwrap_or_default()
+        + &kubectl.ok(&["get", "events", "-n", "default"]).unwrap();
+    assert!(events.contains("Unschedulable"), "{events}");
+
+    // 5. Deleting a placed racer frees its quad; the waiting one gets it; the deleted one's pods go.
+    tjs.delete(&placed[0].0, &DeleteParams::default())
+        .await
+        .unwrap();
+    let sel = format!("gpupool.io/job-name={}", placed[0].0);
+    eventually(30, "deleted job's pods gone", || async {
+        Ok(member_pods(&fed, 0, &sel).await.is_empty().then_some(()))
+    })
+    .await
+    .unwrap();
+    eventually(30, "waiting racer placed", || async {
+        let st = tjs.get(waiting).await?.status.unwrap_or_default();
+        Ok((st.phase == TrainingPhase::Running).then_some(()))
+    })
+    .await
+    .unwrap();
+    let got = indexes(
+        "dgx1-v100-0",
+        &tjs.get(waiting).await.unwrap().status.unwrap().workers[0].gpu_uuids,
+    );
+    assert_eq!(got, s0, "the waiting job should get the freed quad");
+
+    // 6. Member status shows capacity and free islands.
+    let mc = Api::<MemberCluster>::all(hub.clone())
+        .get("member-2")
+        .await
+        .unwrap();
+    let cap = mc.status.unwrap().capacity;
+    assert_eq!(cap.gpus_total, 16);
+    assert_eq!(cap.gpus_free, 16 - 6);
+    let text = op.ctx.metrics.render();
+    assert!(
+        text.contains("gpupool_member_gpus{cluster=\"member-2\"} 16"),
+        "{text}"
+    );
+
+    // 7. Deleting everything leaves nothing behind in the members.
+    kubectl
+        .ok(&[
+            "delete",
+            "trainingjobs,inferencejobs",
+            "--all",
+            "-n",
+            "default",
+            "--wait=true",
+            "--timeout=60s",
+        ])
+        .unwrap();
+    for i in 0..2 {
+        let c = fed.members[i].cp.client().await.unwrap();
+        let pods = Api::<Pod>::all(c.clone())
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=gpupool"))
+            .await
+            .unwrap();
+        assert!(pods.items.is_empty(), "pods left in member-{}", i + 1);
+        let svcs = Api::<k8s_openapi::api::core::v1::Service>::all(c)
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=gpupool"))
+            .await
+            .unwrap();
+        assert!(svcs.items.is_empty(), "services left in member-{}", i + 1);
+    }
+    drop(op);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_member_moves_replicas_and_restarts_the_gang() {
+    let (mut fed, _op) = setup(
+        &[
+            &[Node("h100-a", "dgx-h100", 8, "NVIDIA H100 80GB HBM3")],
+            &[Node("h100-b", "dgx-h100", 8, "NVIDIA H100 80GB HBM3")],
+        ],
+        3,
+    )
+    .await;
+    let hub = fed.hub.client().await.unwrap();
+    let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
+    let ijs: Api<InferenceJob> = Api::namespaced(hub.clone(), "default");
+    tjs.create(
+        &PostParams::default(),
+        &tj("gang", 1, 4, "H100", "required"),
+    )
+    .await
+    .unwrap();
+    let first = eventually(30, "gang running", || async {
+        let st = tjs.get("gang").await?.status.unwrap_or_default();
+        Ok((st.phase == TrainingPhase::Running).then(|| st.cluster.clone().unwrap()))
+    })
+    .await
+    .unwrap();
+    let job: InferenceJob = serde_yaml::from_str(
+        "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {name: web, namespace: default}\nspec: {image: srv, replicas: 2, gpusPerReplica: 2, spreadAcrossClusters: true}\n",
+    )
+    .unwrap();
+    ijs.create(&PostParams::default(), &job).await.unwrap();
+    eventually(30, "web ready", || async {
+        Ok((ijs
+            .get("web")
+            .await?
+            .status
+            .unwrap_or_default()
+            .ready_replicas
+            == 2)
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    let lost_ix = if first == "member-1" { 0 } else { 1 };
+    let other = if first == "member-1" {
+        "member-2"
+    } else {
+        "member-1"
+    };
+
+    // The member running the gang stops answering.
+    fed.members[lost_ix].cp.stop_apiserver();
+    let st = eventually(60, "gang restarted on the other member", || async {
+        let st = tjs.get("gang").await?.status.unwrap_or_default();
+        Ok(
+            (st.phase == TrainingPhase::Running && st.cluster.as_deref() == Some(other))
+                .then_some(st),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(st.restarts, 1);
+    eventually(
+        60,
+        "web replicas all on the surviving member and ready",
+        || async {
+            let st = ijs.get("web").await?.status.unwrap_or_default();
+            let ok = st.ready_replicas == 2 && st.placements.iter().all(|p| p.cluster == other);
+            Ok(ok.then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    let mc = Api::<MemberCluster>::all(hub.clone())
+        .get(&first)
+        .await
+        .unwrap();
+    assert!(
+        mc.status
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "False")
+    );
+    let events = fed.hub.kubectl().ok(&["get", "events", "-A"]).unwrap();
+    for reason in ["MemberLost", "Rescheduled", "Scheduled"] {
+        assert!(events.contains(reason), "no {reason} event: {events}");
+    }
+
+    // It comes back: picked up again, and the stale workloads there are swept.
+    fed.members[lost_ix].cp.restart_apiserver().await.unwrap();
+    eventually(60, "stale pods swept from the returning member", || async {
+        let mc = Api::<MemberCluster>::all(hub.clone()).get(&first).await?;
+        let ready = mc
+            .status
+            .unwrap_or_default()
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        Ok((ready
+            && member_pods(&fed, lost_ix, "app.kubernetes.io/managed-by=gpupool")
+                .await
+                .is_empty())
+        .then_some(()))
+    })
+    .await
+    .unwrap();
+}

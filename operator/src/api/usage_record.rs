@@ -1,0 +1,142 @@
+//! `UsageRecord`: the hub's durable record of one job's GPU-seconds on one member cluster in one
+//! settlement period, written by the meter **before** anything is sent on chain.
+//!
+//! Life cycle (`status.state`): `Open` while the period is still running (the meter may grow
+//! `spec.gpuSeconds`), `Final` once the period is over (waiting for settlement), `Settled` once
+//! the ledger holds its usage receipt (`status.signature`, `status.amount`). A settled record
+//! never changes again; the ledger program accepts one receipt per (cluster, job uid, period).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One job's metered GPU-seconds on one member cluster in one settlement period.
+// `printcolumn(name = ..., type_ = ...)` repeats keys by design.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "gpupool.io",
+    version = "v1alpha1",
+    kind = "UsageRecord",
+    plural = "usagerecords",
+    shortname = "ur",
+    category = "gpupool",
+    label("app.kubernetes.io/part-of", "gpupool"),
+    status = "UsageRecordStatus",
+    doc = "GPU-seconds one job used on one member cluster in one settlement period, and whether the ledger has paid them. Cluster-scoped; written by the operator's meter.",
+    printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.cluster"),
+    printcolumn(name = "Job", type_ = "string", json_path = ".spec.jobName"),
+    printcolumn(name = "Period", type_ = "integer", json_path = ".spec.period"),
+    printcolumn(name = "GPU-s", type_ = "integer", json_path = ".spec.gpuSeconds"),
+    printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
+    printcolumn(
+        name = "Signature",
+        type_ = "string",
+        json_path = ".status.signature",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageRecordSpec {
+    /// Member cluster (its `MemberCluster` name) that ran the pods.
+    pub cluster: String,
+    /// The cluster owner's wallet when the usage was metered (base58).
+    pub owner_wallet: String,
+    /// `TrainingJob` or `InferenceJob`.
+    pub job_kind: String,
+    /// Namespace of the job on the hub.
+    pub job_namespace: String,
+    /// Name of the job on the hub.
+    pub job_name: String,
+    /// `metadata.uid` of the job on the hub (the on-chain receipt is keyed by it).
+    pub job_uid: String,
+    /// Settlement period number: `periodStart / periodSeconds` in unix seconds.
+    #[x_kube(validation = Rule::new("self >= 0").message("period must not be negative"))]
+    pub period: i64,
+    /// Start of the period (inclusive).
+    pub period_start: Time,
+    /// End of the period (exclusive).
+    pub period_end: Time,
+    /// GPU-seconds in this period: the sum of `pods[*].gpuSeconds`.
+    #[x_kube(validation = Rule::new("self >= 0").message("gpuSeconds must not be negative"))]
+    pub gpu_seconds: i64,
+    /// GPU class whose on-chain rate applies (see `metering::gpu_class`).
+    #[x_kube(validation = Rule::new("self >= 0 && self < 8").message("gpuClass must be between 0 and 7"))]
+    pub gpu_class: i32,
+    /// Per-pod contributions, keyed by pod UID. A pod that disappears keeps its last value, so
+    /// the record only grows.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pods: BTreeMap<String, PodUsage>,
+}
+
+/// One pod's contribution to a usage record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodUsage {
+    /// Pod name in the member cluster (`namespace/name`).
+    pub name: String,
+    /// GPUs assigned to the pod.
+    pub gpus: i64,
+    /// GPU model the pod ran on, as annotated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_model: Option<String>,
+    /// GPU-seconds of this pod inside the period.
+    pub gpu_seconds: i64,
+}
+
+/// Settlement state of a usage record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum UsageState {
+    /// The period is still running; GPU-seconds may grow.
+    #[default]
+    Open,
+    /// The period is over; waiting to be settled on chain.
+    Final,
+    /// The ledger holds the usage receipt; tokens were minted.
+    Settled,
+}
+
+impl std::fmt::Display for UsageState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UsageState::Open => "Open",
+            UsageState::Final => "Final",
+            UsageState::Settled => "Settled",
+        })
+    }
+}
+
+/// Observed state of a usage record.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageRecordStatus {
+    /// `Open`, `Final` or `Settled`.
+    #[serde(default)]
+    pub state: UsageState,
+    /// Signature of the transaction that recorded the receipt (absent when the receipt was
+    /// found on chain by reconciliation rather than by this operator's confirmed send).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// Tokens (base units) minted for this record, as stored in the on-chain receipt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<i64>,
+    /// GPU-seconds the on-chain receipt paid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled_gpu_seconds: Option<i64>,
+    /// When the record was marked settled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled_at: Option<Time>,
+    /// Failed settlement attempts so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
+    /// Human-readable note (last settlement error, late usage, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

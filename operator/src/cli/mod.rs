@@ -1,0 +1,3 @@
+//! Command-line tools for cluster owners.
+
+pub mod earnings;

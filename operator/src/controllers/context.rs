@@ -1,0 +1,132 @@
+//! Shared state of the controllers.
+
+use crate::federation::Registry;
+use crate::metrics::Metrics;
+use futures::channel::mpsc;
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::{InferenceJob, TrainingJob};
+
+/// Operator settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Namespace of member kubeconfig Secrets that name none.
+    pub namespace: String,
+    /// Member heartbeat period.
+    pub heartbeat: Duration,
+    /// How long a member may fail probes before it is NotReady.
+    pub member_grace: Duration,
+    /// Timeout for one member API call.
+    pub member_timeout: Duration,
+    /// Status roll-up period for running jobs.
+    pub resync: Duration,
+    /// Retry period for unschedulable jobs (they are also woken when capacity changes).
+    pub pending_retry: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            namespace: "gpupool-system".into(),
+            heartbeat: Duration::from_secs(2),
+            member_grace: Duration::from_secs(30),
+            member_timeout: Duration::from_secs(3),
+            resync: Duration::from_secs(10),
+            pending_retry: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Receivers that wake the job controllers.
+pub struct Triggers {
+    /// One TrainingJob changed in a member.
+    pub training: mpsc::UnboundedReceiver<ObjectRef<TrainingJob>>,
+    /// Capacity changed: look at every TrainingJob.
+    pub training_all: mpsc::UnboundedReceiver<()>,
+    /// One InferenceJob changed in a member.
+    pub inference: mpsc::UnboundedReceiver<ObjectRef<InferenceJob>>,
+    /// Capacity changed: look at every InferenceJob.
+    pub inference_all: mpsc::UnboundedReceiver<()>,
+}
+
+/// Everything a reconcile needs.
+pub struct Context {
+    /// Hub client.
+    pub hub: Client,
+    /// Member views.
+    pub registry: Registry,
+    /// Settings.
+    pub config: Config,
+    /// Publishes Events on hub objects.
+    pub recorder: Recorder,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Serializes placement decisions so two jobs never get the same GPU.
+    pub placement_lock: tokio::sync::Mutex<()>,
+    pub(crate) wake_training: mpsc::UnboundedSender<ObjectRef<TrainingJob>>,
+    pub(crate) wake_training_all: mpsc::UnboundedSender<()>,
+    pub(crate) wake_inference: mpsc::UnboundedSender<ObjectRef<InferenceJob>>,
+    pub(crate) wake_inference_all: mpsc::UnboundedSender<()>,
+}
+
+impl Context {
+    /// A context and the triggers its controllers listen on.
+    pub fn new(hub: Client, config: Config, metrics: Metrics) -> (Arc<Context>, Triggers) {
+        let (wt, rt) = mpsc::unbounded();
+        let (wta, rta) = mpsc::unbounded();
+        let (wi, ri) = mpsc::unbounded();
+        let (wia, ria) = mpsc::unbounded();
+        let reporter = Reporter {
+            controller: "gpupool-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        let ctx = Context {
+            recorder: Recorder::new(hub.clone(), reporter),
+            hub,
+            registry: Registry::default(),
+            config,
+            metrics,
+            placement_lock: tokio::sync::Mutex::new(()),
+            wake_training: wt,
+            wake_training_all: wta,
+            wake_inference: wi,
+            wake_inference_all: wia,
+        };
+        (
+            Arc::new(ctx),
+            Triggers {
+                training: rt,
+                training_all: rta,
+                inference: ri,
+                inference_all: ria,
+            },
+        )
+    }
+
+    /// Wakes every job (capacity or member readiness changed).
+    pub fn wake_all_jobs(&self) {
+        let _ = self.wake_training_all.unbounded_send(());
+        let _ = self.wake_inference_all.unbounded_send(());
+    }
+
+    /// Wakes one hub job by kind/namespace/name.
+    pub fn wake_job(&self, kind: &str, ns: &str, name: &str) {
+        match kind {
+            "TrainingJob" => {
+                let _ = self
+                    .wake_training
+                    .unbounded_send(ObjectRef::new(name).within(ns));
+            }
+            "InferenceJob" => {
+                let _ = self
+                    .wake_inference
+                    .unbounded_send(ObjectRef::new(name).within(ns));
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Controller errors.
+
+/// What can go wrong in a reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A hub API call failed.
+    #[error("hub API error: {0}")]
+    Hub(#[source] kube::Error),
+    /// A member API call failed.
+    #[error("member {cluster} API error: {source}")]
+    Member {
+        /// Member name.
+        cluster: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// A member cannot be used right now.
+    #[error("member {0} is not reachable")]
+    MemberUnavailable(String),
+    /// Finalizer handling failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The object is malformed in a way validation did not catch.
+    #[error("invalid object: {0}")]
+    Invalid(String),
+}
+
+/// Result of controller operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Hub(_) => "hub_api",
+            Error::Member { .. } => "member_api",
+            Error::MemberUnavailable(_) => "member_unavailable",
+            Error::Finalizer(_) => "finalizer",
+            Error::Invalid(_) => "invalid",
+        }
+    }
+}
+
+impl From<kube::Error> for Error {
+    fn from(e: kube::Error) -> Self {
+        Error::Hub(e)
+    }
+}
+
+/// Attaches the member name to a member API error.
+pub trait MemberErr<T> {
+    /// Maps a kube error to [`Error::Member`].
+    fn member(self, cluster: &str) -> Result<T>;
+}
+
+impl<T> MemberErr<T> for std::result::Result<T, kube::Error> {
+    fn member(self, cluster: &str) -> Result<T> {
+        self.map_err(|source| Error::Member {
+            cluster: cluster.to_string(),
+            source,
+        })
+    }
+}

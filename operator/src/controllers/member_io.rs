@@ -1,0 +1,200 @@
+//! Writes into member clusters: namespaces, pods, services, and their cleanup.
+
+use super::error::MemberErr;
+use super::{Context, Result};
+use crate::api::{InferenceJob, TrainingJob, TrainingPhase};
+use crate::federation::labels;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+
+/// Creates `obj` unless an object of that name exists.
+pub async fn create_if_missing<K>(client: &kube::Client, cluster: &str, obj: &K) -> Result<bool>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + Debug,
+{
+    let ns = obj.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e).member(cluster),
+    }
+}
+
+/// Makes sure namespace `ns` exists in the member.
+pub async fn ensure_namespace(client: &kube::Client, cluster: &str, ns: &str) -> Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if api.get_opt(ns).await.member(cluster)?.is_some() {
+        return Ok(());
+    }
+    let mut n = Namespace::default();
+    n.metadata.name = Some(ns.to_string());
+    n.metadata.labels = Some(BTreeMap::from([(
+        labels::MANAGED_BY.to_string(),
+        labels::MANAGER.to_string(),
+    )]));
+    match api.create(&PostParams::default(), &n).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e).member(cluster),
+    }
+}
+
+/// Deletes pods of job `uid` in the member for which `doomed` is true; returns how many.
+pub async fn delete_pods(
+    client: &kube::Client,
+    cluster: &str,
+    ns: &str,
+    uid: &str,
+    doomed: impl Fn(&Pod) -> bool,
+) -> Result<usize> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pods = api
+        .list(&ListParams::default().labels(&format!("{}={uid}", labels::JOB_UID)))
+        .await
+        .member(cluster)?;
+    let mut n = 0;
+    for p in pods.items.iter().filter(|p| doomed(p)) {
+        match api
+            .delete(&p.name_any(), &DeleteParams::background().grace_period(0))
+            .await
+        {
+            Ok(_) => n += 1,
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e).member(cluster),
+        }
+    }
+    Ok(n)
+}
+
+/// Deletes every pod and service of job `uid` in the member.
+pub async fn delete_all(
+    client: &kube::Client,
+    cluster: &str,
+    ns: &str,
+    uid: &str,
+) -> Result<usize> {
+    let n = delete_pods(client, cluster, ns, uid, |_| true).await?;
+    let svc: Api<Service> = Api::namespaced(client.clone(), ns);
+    let list = svc
+        .list(&ListParams::default().labels(&format!("{}={uid}", labels::JOB_UID)))
+        .await
+        .member(cluster)?;
+    for s in list.items {
+        match svc.delete(&s.name_any(), &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e).member(cluster),
+        }
+    }
+    Ok(n)
+}
+
+/// Removes from reachable members whatever no live hub object accounts for: pods and services of
+/// deleted jobs, old training-gang generations, replicas re-placed elsewhere while the member was
+/// unreachable. Returns the number of objects deleted.
+pub async fn sweep_orphans(
+    ctx: &Context,
+    cluster: &str,
+    client: &kube::Client,
+    pods: &[Pod],
+) -> Result<usize> {
+    if pods.is_empty() {
+        return Ok(0);
+    }
+    let tjs: Api<TrainingJob> = Api::all(ctx.hub.clone());
+    let ijs: Api<InferenceJob> = Api::all(ctx.hub.clone());
+    let tjs: BTreeMap<String, TrainingJob> = tjs
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|j| Some((j.uid()?, j)))
+        .collect();
+    let ijs: BTreeMap<String, InferenceJob> = ijs
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|j| Some((j.uid()?, j)))
+        .collect();
+    let mut deleted = 0;
+    let mut dead_uids = BTreeSet::new();
+    for p in pods {
+        let Some(l) = p.metadata.labels.as_ref() else {
+            continue;
+        };
+        let (Some(kind), Some(uid)) = (l.get(labels::JOB_KIND), l.get(labels::JOB_UID)) else {
+            continue;
+        };
+        let ns = p.namespace().unwrap_or_default();
+        let node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        let index: i32 = l
+            .get(labels::INDEX)
+            .and_then(|i| i.parse().ok())
+            .unwrap_or(-1);
+        let keep = match kind.as_str() {
+            "TrainingJob" => tjs.get(uid).is_some_and(|j| {
+                let st = j.status.clone().unwrap_or_default();
+                let gen_ok = l
+                    .get(labels::GENERATION)
+                    .and_then(|g| g.parse::<i32>().ok())
+                    == Some(st.restarts);
+                let finished = matches!(st.phase, TrainingPhase::Succeeded | TrainingPhase::Failed);
+                // Only the current gang generation on the member the job runs on (finished gangs keep
+                // their pods for logs).
+                st.cluster.as_deref() == Some(cluster) && (gen_ok || finished)
+            }),
+            "InferenceJob" => ijs.get(uid).is_some_and(|j| {
+                let st = j.status.clone().unwrap_or_default();
+                st.placements.iter().any(|pl| {
+                    pl.cluster == cluster
+                        && pl
+                            .replicas
+                            .iter()
+                            .zip(&pl.gpus)
+                            .any(|(r, g)| *r == index && g.node == node)
+                })
+            }),
+            _ => true,
+        };
+        if !keep {
+            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            match api
+                .delete(&p.name_any(), &DeleteParams::background().grace_period(0))
+                .await
+            {
+                Ok(_) => {
+                    deleted += 1;
+                    tracing::info!(cluster, pod = %p.name_any(), "deleted orphaned pod");
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e).member(cluster),
+            }
+            let job_gone = match kind.as_str() {
+                "TrainingJob" => !tjs.contains_key(uid),
+                _ => !ijs.contains_key(uid),
+            };
+            if job_gone {
+                dead_uids.insert((ns, uid.clone()));
+            }
+        }
+    }
+    for (ns, uid) in dead_uids {
+        deleted += delete_all(client, cluster, &ns, &uid).await?;
+    }
+    Ok(deleted)
+}

@@ -1,0 +1,91 @@
+//! Helpers shared by the controllers: conditions, status patches, Events.
+
+use super::{Context, FIELD_MANAGER, Result};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+
+/// Now, as a Kubernetes `Time`.
+pub fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// Sets condition `type_` in `conds`, keeping `lastTransitionTime` when the status is unchanged.
+pub fn set_condition(
+    conds: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) {
+    let status_s = if status { "True" } else { "False" };
+    if let Some(c) = conds.iter_mut().find(|c| c.type_ == type_) {
+        if c.status != status_s {
+            c.last_transition_time = now();
+        }
+        c.status = status_s.into();
+        c.reason = reason.into();
+        c.message = message.into();
+        c.observed_generation = generation;
+    } else {
+        conds.push(Condition {
+            type_: type_.into(),
+            status: status_s.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: now(),
+            observed_generation: generation,
+        });
+    }
+}
+
+/// Server-side-applies `status` onto `obj` under the operator's field manager.
+pub async fn apply_status<K, S>(api: &Api<K>, obj: &K, status: &S) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    S: Serialize,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Publishes an Event on a hub object (failures are logged, never fatal).
+pub async fn event<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    warning: bool,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "publishing event failed");
+    }
+}

@@ -1,0 +1,42 @@
+//! Federation: reaching member clusters and keeping an up-to-date view of each one.
+//!
+//! The [`Registry`] holds, per registered member, a client built from its kubeconfig Secret and
+//! the last inventory read from it (nodes, `GpuTopology` objects, the pods gpupool created there).
+//! The MemberCluster controller refreshes it on every heartbeat; placement and the job controllers
+//! read it.
+
+mod client;
+mod inventory;
+mod registry;
+
+pub use client::client_from_kubeconfig;
+pub use inventory::{Inventory, NodeInventory, read_inventory};
+pub use registry::{MemberView, Registry};
+
+/// Labels and annotations gpupool puts on everything it creates in a member cluster.
+pub mod labels {
+    /// `app.kubernetes.io/managed-by` value.
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// Value of [`MANAGED_BY`].
+    pub const MANAGER: &str = "gpupool";
+    /// Kind of the hub object (`TrainingJob` / `InferenceJob`).
+    pub const JOB_KIND: &str = "gpupool.io/job-kind";
+    /// Namespace of the hub object.
+    pub const JOB_NAMESPACE: &str = "gpupool.io/job-namespace";
+    /// Name of the hub object.
+    pub const JOB_NAME: &str = "gpupool.io/job-name";
+    /// UID of the hub object.
+    pub const JOB_UID: &str = "gpupool.io/job-uid";
+    /// Training rank / inference replica index.
+    pub const INDEX: &str = "gpupool.io/index";
+    /// Gang generation (bumped on every restart of a training gang).
+    pub const GENERATION: &str = "gpupool.io/gang-generation";
+    /// Annotation: comma-separated GPU UUIDs assigned to the pod.
+    pub const GPU_UUIDS: &str = "gpupool.io/gpu-uuids";
+    /// Annotation: GPU model of the assigned GPUs.
+    pub const GPU_MODEL: &str = "gpupool.io/gpu-model";
+    /// Annotation: topology score of the assigned GPU set.
+    pub const GPU_SCORE: &str = "gpupool.io/gpu-score";
+    /// Label selector for everything gpupool manages.
+    pub const SELECTOR: &str = "app.kubernetes.io/managed-by=gpupool";
+}

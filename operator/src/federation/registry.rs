@@ -1,0 +1,65 @@
+//! The operator's shared view of all member clusters.
+
+use super::Inventory;
+use crate::api::MemberClusterSpec;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::RwLock;
+
+/// What the operator knows about one member.
+#[derive(Clone)]
+pub struct MemberView {
+    /// MemberCluster name.
+    pub name: String,
+    /// Its spec.
+    pub spec: MemberClusterSpec,
+    /// Client for its API server (None until the kubeconfig could be read).
+    pub client: Option<kube::Client>,
+    /// `resourceVersion` of the Secret the client was built from.
+    pub secret_version: Option<String>,
+    /// Last probe succeeded.
+    pub reachable: bool,
+    /// Usable for placement (reachable, or unreachable for less than the grace period).
+    pub ready: bool,
+    /// Last successful probe.
+    pub last_heartbeat: Option<k8s_openapi::jiff::Timestamp>,
+    /// Last inventory read.
+    pub inventory: Inventory,
+    /// When orphaned workloads were last swept from this member.
+    pub last_sweep: Option<std::time::Instant>,
+}
+
+impl MemberView {
+    /// Whether new work may be placed here.
+    pub fn schedulable(&self) -> bool {
+        self.ready && self.reachable && self.spec.schedulable && self.client.is_some()
+    }
+}
+
+/// Shared map of member name → view.
+#[derive(Clone, Default)]
+pub struct Registry {
+    inner: Arc<RwLock<BTreeMap<String, MemberView>>>,
+}
+
+impl Registry {
+    /// A copy of every member's view, by name.
+    pub async fn snapshot(&self) -> BTreeMap<String, MemberView> {
+        self.inner.read().await.clone()
+    }
+
+    /// One member's view.
+    pub async fn get(&self, name: &str) -> Option<MemberView> {
+        self.inner.read().await.get(name).cloned()
+    }
+
+    /// Inserts or replaces a member's view.
+    pub async fn put(&self, view: MemberView) {
+        self.inner.write().await.insert(view.name.clone(), view);
+    }
+
+    /// Forgets a member.
+    pub async fn remove(&self, name: &str) -> Option<MemberView> {
+        self.inner.write().await.remove(name)
+    }
+}

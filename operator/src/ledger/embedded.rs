@@ -1,0 +1,171 @@
+//! An in-process chain: LiteSVM with the ledger program as a native builtin and the real SPL
+//! Token / Associated Token Account programs, behind a mutex. For the local demo and tests.
+
+use super::{AccountData, Hash, LedgerClient, Pubkey, SendError, Signature, Transaction};
+use anyhow::{Result, anyhow};
+use futures::future::BoxFuture;
+use gpupool_ledger::state::{self, ClusterAccount, NUM_GPU_CLASSES, TAG_CLUSTER};
+use gpupool_ledger_svm::{self as svm, Pool, litesvm::LiteSVM};
+use solana_keypair::Keypair;
+use solana_signer::Signer;
+use std::sync::Mutex;
+
+/// Default demo rates: token base units per GPU-second, by GPU class (see
+/// `metering::gpu_class`): 0 other 1, 1 H100/H200 10, 2 A100 6, 3 V100 3, 4 L40S 4,
+/// 5 A10/L4 2, 6 T4 1, 7 RTX 1.
+pub const DEMO_RATES: [u64; NUM_GPU_CLASSES] = [1, 10, 6, 3, 4, 2, 1, 1];
+
+/// LiteSVM-backed [`LedgerClient`].
+pub struct EmbeddedLedger {
+    svm: Mutex<LiteSVM>,
+}
+
+impl Default for EmbeddedLedger {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EmbeddedLedger {
+    /// A fresh chain with the ledger program (no pool yet).
+    pub fn new() -> Self {
+        EmbeddedLedger {
+            svm: Mutex::new(svm::svm_with_ledger()),
+        }
+    }
+
+    /// A fresh chain with an initialized pool: a new mint (`decimals`), `rates` per GPU class,
+    /// fresh funded admin and oracle keys (returned in [`Pool`]).
+    pub fn with_pool(rates: [u64; NUM_GPU_CLASSES], decimals: u8) -> Result<(Self, Pool)> {
+        let me = Self::new();
+        let pool = me
+            .with_svm(|s| svm::setup_pool(s, rates, decimals))
+            .map_err(|e| anyhow!("setting up the pool failed: {:?}", e.err))?;
+        Ok((me, pool))
+    }
+
+    /// Runs `f` on the chain (tests, demo inspection).
+    pub fn with_svm<R>(&self, f: impl FnOnce(&mut LiteSVM) -> R) -> R {
+        let mut guard = self.svm.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    /// Airdrops lamports to `who`.
+    pub fn fund(&self, who: &Pubkey) -> Result<()> {
+        self.with_svm(|s| {
+            svm::fund(s, who)
+                .map(|_| ())
+                .map_err(|e| anyhow!("airdrop failed: {:?}", e.err))
+        })
+    }
+
+    /// Registers `cluster_name` for `owner` (who signs and pays; funded first) and creates the
+    /// owner's token account. Returns the cluster PDA.
+    pub fn register_cluster(
+        &self,
+        owner: &Keypair,
+        cluster_name: &str,
+        mint: &Pubkey,
+    ) -> Result<Pubkey> {
+        self.fund(&owner.pubkey())?;
+        let id = state::cluster_id_from_name(cluster_name);
+        self.with_svm(|s| svm::register_cluster(s, owner, owner, &id, mint))
+            .map_err(|e| anyhow!("registering cluster {cluster_name} failed: {:?}", e.err))
+    }
+
+    /// Demo shortcut for an owner whose key the demo does not hold: writes the cluster account
+    /// for `owner_wallet` directly into the chain state (a real cluster requires the owner's
+    /// signature) and creates the owner's token account. Returns the cluster PDA.
+    pub fn register_cluster_for_wallet(
+        &self,
+        owner_wallet: &Pubkey,
+        cluster_name: &str,
+        mint: &Pubkey,
+    ) -> Result<Pubkey> {
+        let id = state::cluster_id_from_name(cluster_name);
+        let (pda, bump) = state::find_cluster_address(&id);
+        let account = ClusterAccount {
+            tag: TAG_CLUSTER,
+            cluster_id: id,
+            owner: *owner_wallet,
+            total_gpu_seconds: 0,
+            total_tokens_minted: 0,
+            receipt_count: 0,
+            bump,
+        };
+        let payer = Keypair::new();
+        self.fund(&payer.pubkey())?;
+        self.with_svm(|s| -> Result<()> {
+            if s.get_account(&pda).is_none() {
+                let mut data = vec![0u8; ClusterAccount::LEN];
+                state::pack(&account, &mut data).map_err(|e| anyhow!("{e}"))?;
+                let lamports = s.minimum_balance_for_rent_exemption(ClusterAccount::LEN);
+                s.set_account(
+                    pda,
+                    solana_account::Account {
+                        lamports,
+                        data,
+                        owner: svm::PROGRAM_ID,
+                        executable: false,
+                        rent_epoch: 0,
+                    },
+                )
+                .map_err(|e| anyhow!("writing the cluster account: {e:?}"))?;
+            }
+            svm::create_ata(s, &payer, owner_wallet, mint)
+                .map_err(|e| anyhow!("creating the owner's token account: {:?}", e.err))?;
+            Ok(())
+        })?;
+        Ok(pda)
+    }
+
+    /// Token balance of `wallet`'s associated account for `mint` (0 when none).
+    pub fn wallet_balance(&self, wallet: &Pubkey, mint: &Pubkey) -> u64 {
+        self.with_svm(|s| svm::wallet_token_balance(s, wallet, mint))
+    }
+
+    /// Supply of `mint`.
+    pub fn mint_supply(&self, mint: &Pubkey) -> u64 {
+        self.with_svm(|s| svm::mint_supply(s, mint)).unwrap_or(0)
+    }
+}
+
+impl LedgerClient for EmbeddedLedger {
+    fn latest_blockhash(&self) -> BoxFuture<'_, Result<Hash>> {
+        // A fresh blockhash per call, so a resent identical batch is a new transaction.
+        let h = self.with_svm(|s| {
+            s.expire_blockhash();
+            s.latest_blockhash()
+        });
+        Box::pin(async move { Ok(h) })
+    }
+
+    fn send_and_confirm<'a>(
+        &'a self,
+        tx: &'a Transaction,
+    ) -> BoxFuture<'a, Result<Signature, SendError>> {
+        let sig = tx.signatures.first().copied().unwrap_or_default();
+        let result = self.with_svm(|s| match s.send_transaction(tx.clone()) {
+            Ok(_) => Ok(sig),
+            Err(failed) => Err(SendError::Rejected {
+                ledger_error: svm::ledger_error(&failed.err),
+                message: format!("{:?}", failed.err),
+                logs: failed.meta.logs.clone(),
+            }),
+        });
+        Box::pin(async move { result })
+    }
+
+    fn get_account<'a>(&'a self, key: &'a Pubkey) -> BoxFuture<'a, Result<Option<AccountData>>> {
+        let acc = self.with_svm(|s| s.get_account(key)).map(|a| AccountData {
+            owner: a.owner,
+            lamports: a.lamports,
+            data: a.data,
+        });
+        Box::pin(async move { Ok(acc) })
+    }
+
+    fn describe(&self) -> String {
+        "embedded LiteSVM".into()
+    }
+}

@@ -1,0 +1,341 @@
+//! Client side of the gpupool ledger program.
+//!
+//! [`LedgerClient`] is the small surface the settler and the owner CLI need: latest blockhash,
+//! send a transaction and wait for its confirmation, read an account. Two backends:
+//! * [`rpc::RpcLedger`]: JSON-RPC to any Solana RPC endpoint;
+//! * [`embedded::EmbeddedLedger`]: an in-process LiteSVM running the ledger program natively,
+//!   for the local demo and tests.
+//!
+//! [`Ledger`] pairs a client with the oracle keypair that signs usage.
+
+pub mod embedded;
+pub mod rpc;
+
+pub use embedded::EmbeddedLedger;
+pub use rpc::RpcLedger;
+
+use anyhow::{Context, Result, bail};
+use futures::future::BoxFuture;
+use gpupool_ledger::error::LedgerError;
+use gpupool_ledger::state::{
+    self, ClusterAccount, PoolConfig, TAG_CLUSTER, TAG_CONFIG, TAG_RECEIPT, UsageReceipt, spl,
+};
+pub use solana_hash::Hash;
+pub use solana_keypair::Keypair;
+pub use solana_program::pubkey::Pubkey;
+pub use solana_signature::Signature;
+pub use solana_signer::Signer;
+pub use solana_transaction::Transaction;
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+
+/// An account as read from the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountData {
+    /// Program that owns the account.
+    pub owner: Pubkey,
+    /// Lamports held.
+    pub lamports: u64,
+    /// Account data.
+    pub data: Vec<u8>,
+}
+
+/// Why a transaction did not (provably) land.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    /// The cluster executed or simulated the transaction and rejected it: nothing changed.
+    #[error("transaction rejected: {message}")]
+    Rejected {
+        /// The ledger program's error, when it was one of ours.
+        ledger_error: Option<LedgerError>,
+        /// The error as the backend reported it.
+        message: String,
+        /// Program logs, when available.
+        logs: Vec<String>,
+    },
+    /// The transaction may or may not have landed (timeout, connection lost after sending).
+    /// Resolve by reading the receipt accounts.
+    #[error("transaction outcome unknown: {0}")]
+    Unknown(String),
+    /// The transaction was certainly not submitted (could not connect, could not encode).
+    #[error("transaction not sent: {0}")]
+    NotSent(String),
+}
+
+impl SendError {
+    /// The ledger error this rejection carries.
+    pub fn ledger_error(&self) -> Option<LedgerError> {
+        match self {
+            SendError::Rejected { ledger_error, .. } => *ledger_error,
+            _ => None,
+        }
+    }
+}
+
+/// The operations gpupool needs from a Solana cluster.
+pub trait LedgerClient: Send + Sync {
+    /// A recent blockhash to sign transactions with.
+    fn latest_blockhash(&self) -> BoxFuture<'_, Result<Hash>>;
+    /// Sends a signed transaction and waits until it is confirmed (or rejected).
+    fn send_and_confirm<'a>(
+        &'a self,
+        tx: &'a Transaction,
+    ) -> BoxFuture<'a, Result<Signature, SendError>>;
+    /// Reads an account; `None` if it does not exist.
+    fn get_account<'a>(&'a self, key: &'a Pubkey) -> BoxFuture<'a, Result<Option<AccountData>>>;
+    /// A short description (URL or "embedded") for messages.
+    fn describe(&self) -> String;
+}
+
+impl<T: LedgerClient + ?Sized> LedgerClient for std::sync::Arc<T> {
+    fn latest_blockhash(&self) -> BoxFuture<'_, Result<Hash>> {
+        (**self).latest_blockhash()
+    }
+    fn send_and_confirm<'a>(
+        &'a self,
+        tx: &'a Transaction,
+    ) -> BoxFuture<'a, Result<Signature, SendError>> {
+        (**self).send_and_confirm(tx)
+    }
+    fn get_account<'a>(&'a self, key: &'a Pubkey) -> BoxFuture<'a, Result<Option<AccountData>>> {
+        (**self).get_account(key)
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}
+
+/// Reads the pool config; `None` when the pool is not initialized.
+pub async fn read_config(
+    client: &dyn LedgerClient,
+    program_id: &Pubkey,
+) -> Result<Option<PoolConfig>> {
+    let key = Pubkey::find_program_address(&[state::CONFIG_SEED], program_id).0;
+    decode(client, &key, program_id, PoolConfig::LEN, TAG_CONFIG).await
+}
+
+/// Cluster PDA of a member cluster name under `program_id`.
+pub fn cluster_address(program_id: &Pubkey, cluster_name: &str) -> Pubkey {
+    let id = state::cluster_id_from_name(cluster_name);
+    Pubkey::find_program_address(&[state::CLUSTER_SEED, &id], program_id).0
+}
+
+/// Receipt PDA of `(cluster name, job uid, period)` under `program_id`.
+pub fn receipt_address(
+    program_id: &Pubkey,
+    cluster_name: &str,
+    job_uid: &[u8; 16],
+    period: u64,
+) -> Pubkey {
+    let id = state::cluster_id_from_name(cluster_name);
+    let cluster = Pubkey::find_program_address(&[state::CLUSTER_SEED, &id], program_id).0;
+    let usage = state::usage_id(&id, job_uid, period);
+    Pubkey::find_program_address(&[state::RECEIPT_SEED, cluster.as_ref(), &usage], program_id).0
+}
+
+/// Reads a registered cluster by name.
+pub async fn read_cluster(
+    client: &dyn LedgerClient,
+    program_id: &Pubkey,
+    cluster_name: &str,
+) -> Result<Option<ClusterAccount>> {
+    let key = cluster_address(program_id, cluster_name);
+    decode(client, &key, program_id, ClusterAccount::LEN, TAG_CLUSTER).await
+}
+
+/// Reads the usage receipt of `(cluster name, job uid, period)`.
+pub async fn read_receipt(
+    client: &dyn LedgerClient,
+    program_id: &Pubkey,
+    cluster_name: &str,
+    job_uid: &[u8; 16],
+    period: u64,
+) -> Result<Option<UsageReceipt>> {
+    let key = receipt_address(program_id, cluster_name, job_uid, period);
+    decode(client, &key, program_id, UsageReceipt::LEN, TAG_RECEIPT).await
+}
+
+/// Token balance of an SPL token account (`None` when it does not exist).
+pub async fn token_balance(
+    client: &dyn LedgerClient,
+    token_account: &Pubkey,
+) -> Result<Option<u64>> {
+    Ok(client
+        .get_account(token_account)
+        .await?
+        .filter(|a| a.owner == gpupool_ledger::spl_token::ID)
+        .and_then(|a| spl::unpack_token_account(&a.data))
+        .map(|v| v.amount))
+}
+
+/// Decimals and supply of an SPL mint.
+pub async fn read_mint(client: &dyn LedgerClient, mint: &Pubkey) -> Result<Option<spl::MintView>> {
+    Ok(client
+        .get_account(mint)
+        .await?
+        .filter(|a| a.owner == gpupool_ledger::spl_token::ID)
+        .and_then(|a| spl::unpack_mint(&a.data)))
+}
+
+async fn decode<T: borsh::BorshDeserialize>(
+    client: &dyn LedgerClient,
+    key: &Pubkey,
+    program_id: &Pubkey,
+    len: usize,
+    tag: u8,
+) -> Result<Option<T>> {
+    let Some(acc) = client.get_account(key).await? else {
+        return Ok(None);
+    };
+    if acc.owner != *program_id {
+        bail!(
+            "account {key} is owned by {}, not the ledger program {program_id}",
+            acc.owner
+        );
+    }
+    state::unpack(&acc.data, len, tag)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("account {key} does not decode: {e}"))
+}
+
+/// Parses a base58 wallet address with a clear message.
+pub fn parse_wallet(s: &str) -> Result<Pubkey> {
+    Pubkey::from_str(s.trim()).map_err(|_| {
+        anyhow::anyhow!("{s:?} is not a valid Solana wallet address (expected a base58 public key of 32-44 characters)")
+    })
+}
+
+/// Loads a keypair from a JSON file of 64 numbers, as `solana-keygen new -o FILE` writes
+/// (e.g. mounted from a Secret).
+pub fn load_keypair(path: &Path) -> Result<Keypair> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading keypair file {}", path.display()))?;
+    keypair_from_json(&text).with_context(|| format!("keypair file {}", path.display()))
+}
+
+/// Parses the `solana-keygen` JSON keypair format (`[12, 34, ...]`, 64 bytes).
+pub fn keypair_from_json(text: &str) -> Result<Keypair> {
+    let bytes: Vec<u8> =
+        serde_json::from_str(text.trim()).context("expected a JSON array of 64 numbers 0-255")?;
+    if bytes.len() != 64 {
+        bail!("expected 64 bytes, found {}", bytes.len());
+    }
+    Keypair::try_from(bytes.as_slice()).map_err(|e| anyhow::anyhow!("invalid keypair: {e}"))
+}
+
+/// The `solana-keygen` JSON encoding of a keypair.
+pub fn keypair_to_json(kp: &Keypair) -> String {
+    serde_json::to_string(&kp.to_bytes().to_vec()).expect("a byte vector serializes")
+}
+
+/// A ledger client plus the keys the operator signs with.
+pub struct Ledger {
+    /// The chain.
+    pub client: std::sync::Arc<dyn LedgerClient>,
+    /// The pool's usage oracle; signs and pays for usage transactions.
+    pub oracle: Keypair,
+    /// Owner keypairs the operator may sign `RegisterCluster` with (the owner must sign that
+    /// instruction). Empty in production, where owners register their clusters themselves;
+    /// the local demo hands the demo owners' keys here.
+    pub owner_signers: HashMap<Pubkey, Keypair>,
+}
+
+impl Ledger {
+    /// A ledger with the given oracle and no owner keys.
+    pub fn new(client: std::sync::Arc<dyn LedgerClient>, oracle: Keypair) -> Self {
+        Ledger {
+            client,
+            oracle,
+            owner_signers: HashMap::new(),
+        }
+    }
+
+    /// Lets the operator register clusters owned by `owner` (demo / tests).
+    pub fn with_owner_signer(mut self, owner: Keypair) -> Self {
+        self.owner_signers.insert(owner.pubkey(), owner);
+        self
+    }
+
+    /// Signs `instructions` with the oracle as fee payer (plus `extra` signers) and sends them.
+    pub async fn send(
+        &self,
+        instructions: &[solana_program::instruction::Instruction],
+        extra: &[&Keypair],
+    ) -> Result<Signature, SendError> {
+        let blockhash = self
+            .client
+            .latest_blockhash()
+            .await
+            .map_err(|e| SendError::NotSent(format!("{e:#}")))?;
+        let mut signers: Vec<&Keypair> = vec![&self.oracle];
+        for k in extra {
+            if k.pubkey() != self.oracle.pubkey() {
+                signers.push(k);
+            }
+        }
+        let message = solana_message::Message::new(instructions, Some(&self.oracle.pubkey()));
+        let tx = Transaction::new(&signers, message, blockhash);
+        self.client.send_and_confirm(&tx).await
+    }
+}
+
+/// Maps a JSON `TransactionError` (as Solana RPC reports it, e.g.
+/// `{"InstructionError":[0,{"Custom":19}]}`) to the ledger error it carries.
+pub fn ledger_error_from_json(err: &serde_json::Value) -> Option<LedgerError> {
+    let code = err
+        .get("InstructionError")?
+        .get(1)?
+        .get("Custom")?
+        .as_u64()?;
+    LedgerError::from_code(u32::try_from(code).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keypair_json_round_trip_and_errors() {
+        let kp = Keypair::new();
+        let back = keypair_from_json(&keypair_to_json(&kp)).unwrap();
+        assert_eq!(back.pubkey(), kp.pubkey());
+        assert!(
+            keypair_from_json("[1,2,3]")
+                .unwrap_err()
+                .to_string()
+                .contains("64 bytes")
+        );
+        assert!(keypair_from_json("not json").is_err());
+    }
+
+    #[test]
+    fn wallets_and_rpc_errors_parse() {
+        let k = Pubkey::new_unique();
+        assert_eq!(parse_wallet(&k.to_string()).unwrap(), k);
+        let e = parse_wallet("0OIl-not-base58").unwrap_err().to_string();
+        assert!(e.contains("not a valid Solana wallet address"), "{e}");
+        let err = serde_json::json!({"InstructionError": [0, {"Custom": 19}]});
+        assert_eq!(
+            ledger_error_from_json(&err),
+            Some(LedgerError::ReceiptAlreadyExists)
+        );
+        assert_eq!(
+            ledger_error_from_json(&serde_json::json!("AccountNotFound")),
+            None
+        );
+    }
+
+    #[test]
+    fn pda_helpers_match_the_program() {
+        let uid = [7u8; 16];
+        let id = state::cluster_id_from_name("member-1");
+        let cluster = state::find_cluster_address(&id).0;
+        assert_eq!(cluster_address(&gpupool_ledger::ID, "member-1"), cluster);
+        let usage = state::usage_id(&id, &uid, 42);
+        assert_eq!(
+            receipt_address(&gpupool_ledger::ID, "member-1", &uid, 42),
+            state::find_receipt_address(&cluster, &usage).0
+        );
+    }
+}

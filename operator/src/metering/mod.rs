@@ -1,0 +1,415 @@
+//! Usage metering: GPU-seconds per (job uid, member cluster, settlement period).
+//!
+//! # Model
+//!
+//! A pod's **run** is `[start, end)` in whole unix seconds:
+//! * `start`: the earlier of the pod's `status.startTime` (the kubelet started the pod and holds
+//!   its GPUs from then on) and the earliest container start (`running.startedAt`,
+//!   `terminated.startedAt`, a restarted container's `lastState`); a pod still `Pending` with no
+//!   container started has no run and costs nothing;
+//! * `end`: when every container has terminated, the latest `terminated.finishedAt`; while any
+//!   container still runs (or the pod is not finished), the end is open and "now" is used.
+//!
+//! Its **GPUs** are the UUIDs in the `gpupool.io/gpu-uuids` annotation, else the sum of the
+//! containers' `nvidia.com/gpu` limits (requests when there is no limit).
+//!
+//! **Settlement periods** are fixed windows of `period_seconds` aligned to the unix epoch: period
+//! `p` is `[p * len, (p + 1) * len)`. A pod's GPU-seconds in period `p` are
+//! `gpus * |run ∩ period p|`. Because the run's endpoints are facts stored in the member's API
+//! server, recomputing a closed period after a restart gives the same number. The period length
+//! must not change for a deployment: the ledger keys receipts by (cluster, job uid, period
+//! number), so renumbering periods would pay overlapping windows twice.
+//!
+//! # GPU classes
+//!
+//! The ledger prices GPU-seconds per class (`rates[class]`, `class < 8`). The operator maps the
+//! GPU model name (as NVML reports it, e.g. `NVIDIA H100 80GB HBM3`) to a class by substring,
+//! case-insensitively, first match wins:
+//!
+//! | class | models                                   |
+//! |-------|------------------------------------------|
+//! | 0     | anything else (generic / unknown)        |
+//! | 1     | H100, H200, H800, GH200, B100, B200, GB200 |
+//! | 2     | A100, A800                               |
+//! | 3     | V100                                     |
+//! | 4     | L40S, L40                                |
+//! | 5     | A10, A10G, L4, A30, A40                  |
+//! | 6     | T4                                       |
+//! | 7     | RTX / GeForce / Quadro (consumer and workstation cards) |
+
+pub mod meter;
+pub mod settle;
+
+pub use meter::{MemberRef, MeterConfig, MeterReport, meter_once, record_name};
+pub use settle::{SettleConfig, SettleReport, settle_once};
+
+use k8s_openapi::api::core::v1::Pod;
+use std::collections::BTreeMap;
+
+/// Default settlement period length: one hour.
+pub const DEFAULT_PERIOD_SECONDS: u64 = 3600;
+
+/// Label every pod gpupool creates in a member cluster carries (`= gpupool`).
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Value of [`LABEL_MANAGED_BY`].
+pub const MANAGED_BY: &str = "gpupool";
+/// `TrainingJob` or `InferenceJob`.
+pub const LABEL_JOB_KIND: &str = "gpupool.io/job-kind";
+/// Namespace of the job on the hub.
+pub const LABEL_JOB_NAMESPACE: &str = "gpupool.io/job-namespace";
+/// Name of the job on the hub.
+pub const LABEL_JOB_NAME: &str = "gpupool.io/job-name";
+/// `metadata.uid` of the job on the hub.
+pub const LABEL_JOB_UID: &str = "gpupool.io/job-uid";
+/// Comma-separated NVML UUIDs of the pod's GPUs.
+pub const ANNOTATION_GPU_UUIDS: &str = "gpupool.io/gpu-uuids";
+/// GPU model name of the pod's GPUs.
+pub const ANNOTATION_GPU_MODEL: &str = "gpupool.io/gpu-model";
+/// Extended resource name of NVIDIA GPUs.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// Labels put on usage records (cluster name and job uid) for selection.
+pub const LABEL_RECORD_CLUSTER: &str = "gpupool.io/cluster";
+
+/// The GPU class of a model name (see the module docs for the table).
+pub fn gpu_class(model: &str) -> u8 {
+    let m = model.to_ascii_uppercase();
+    let has = |needles: &[&str]| needles.iter().any(|n| contains_token(&m, n));
+    if has(&["H100", "H200", "H800", "GH200", "B100", "B200", "GB200"]) {
+        1
+    } else if has(&["A100", "A800"]) {
+        2
+    } else if has(&["V100"]) {
+        3
+    } else if has(&["L40S", "L40"]) {
+        4
+    } else if has(&["A10G", "A10", "L4", "A30", "A40"]) {
+        5
+    } else if has(&["T4"]) {
+        6
+    } else if has(&["RTX", "GEFORCE", "QUADRO"]) {
+        7
+    } else {
+        0
+    }
+}
+
+/// `needle` occurs in `hay` as a whole token: not preceded or followed by an alphanumeric
+/// character (so `A10` does not match `A100`, and `L4` does not match `L40S`).
+fn contains_token(hay: &str, needle: &str) -> bool {
+    let bytes = hay.as_bytes();
+    let mut from = 0;
+    while let Some(i) = hay[from..].find(needle) {
+        let at = from + i;
+        let end = at + needle.len();
+        let before_ok = at == 0 || !bytes[at - 1].is_ascii_alphanumeric();
+        let after_ok = end == bytes.len() || !bytes[end].is_ascii_alphanumeric();
+        if before_ok && after_ok {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
+}
+
+/// The period containing unix second `t` (periods before the epoch are clamped to 0).
+pub fn period_of(t: i64, period_seconds: u64) -> u64 {
+    let len = period_seconds.max(1) as i64;
+    (t.max(0) / len) as u64
+}
+
+/// `[start, end)` of period `p` in unix seconds.
+pub fn period_bounds(p: u64, period_seconds: u64) -> (i64, i64) {
+    let len = period_seconds.max(1) as i64;
+    let start = (p as i64).saturating_mul(len);
+    (start, start.saturating_add(len))
+}
+
+/// Seconds of `[start, end)` falling in each period it touches, in period order.
+pub fn split_into_periods(start: i64, end: i64, period_seconds: u64) -> Vec<(u64, i64)> {
+    let mut out = Vec::new();
+    if end <= start {
+        return out;
+    }
+    let mut p = period_of(start, period_seconds);
+    loop {
+        let (ps, pe) = period_bounds(p, period_seconds);
+        let s = start.max(ps);
+        let e = end.min(pe);
+        if e > s {
+            out.push((p, e - s));
+        }
+        if pe >= end {
+            break;
+        }
+        p += 1;
+    }
+    out
+}
+
+/// When a pod ran, in unix seconds; `end == None` while it still runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodRun {
+    /// First second a container ran.
+    pub start: i64,
+    /// First second after the last container stopped; `None` while running.
+    pub end: Option<i64>,
+}
+
+impl PodRun {
+    /// The run closed at `now` when still open (and never ending before it started).
+    pub fn interval(&self, now: i64) -> (i64, i64) {
+        let end = self.end.unwrap_or(now).min(now.max(self.start));
+        (self.start, end.max(self.start))
+    }
+}
+
+/// The run of a pod from its status, or `None` if it never started.
+pub fn pod_run(pod: &Pod) -> Option<PodRun> {
+    let status = pod.status.as_ref()?;
+    let containers = status.container_statuses.as_deref().unwrap_or_default();
+    let mut start: Option<i64> = None;
+    let mut all_terminated = !containers.is_empty();
+    let mut finished: Option<i64> = None;
+    // GPUs are held from the first init container on.
+    for cs in status.init_container_statuses.iter().flatten() {
+        let s = cs.state.as_ref();
+        let started = s
+            .and_then(|s| s.running.as_ref())
+            .and_then(|r| r.started_at.as_ref())
+            .or_else(|| {
+                s.and_then(|s| s.terminated.as_ref())
+                    .and_then(|t| t.started_at.as_ref())
+            });
+        if let Some(t) = started {
+            let t = t.0.as_second();
+            start = Some(start.map_or(t, |x| x.min(t)));
+        }
+    }
+    for cs in containers {
+        let state = cs.state.as_ref();
+        let running = state.and_then(|s| s.running.as_ref());
+        let terminated = state.and_then(|s| s.terminated.as_ref());
+        let started = running
+            .and_then(|r| r.started_at.as_ref())
+            .or_else(|| terminated.and_then(|t| t.started_at.as_ref()))
+            .map(|t| t.0.as_second());
+        // A restarted container's earlier run counts from its first start.
+        let earlier = cs
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .and_then(|t| t.started_at.as_ref())
+            .map(|t| t.0.as_second());
+        for s in started.into_iter().chain(earlier) {
+            start = Some(start.map_or(s, |x| x.min(s)));
+        }
+        match terminated {
+            Some(t) if running.is_none() => {
+                if let Some(f) = t.finished_at.as_ref().map(|t| t.0.as_second()) {
+                    finished = Some(finished.map_or(f, |x| x.max(f)));
+                }
+            }
+            _ => all_terminated = false,
+        }
+    }
+    let phase = status.phase.as_deref().unwrap_or("");
+    // The pod holds its GPUs from the moment the kubelet started it (`status.startTime`), which
+    // also covers image pulls and init containers; a pod still Pending with no container started
+    // is not billed yet.
+    let pod_start = status.start_time.as_ref().map(|t| t.0.as_second());
+    let start = match (start, pod_start) {
+        (Some(c), Some(p)) => c.min(p),
+        (Some(c), None) => c,
+        (None, Some(p)) if phase != "Pending" => p,
+        _ => return None,
+    };
+    let terminal = phase == "Succeeded" || phase == "Failed";
+    let end = if all_terminated || terminal {
+        // A finished pod without any finishedAt: fall back to its last condition change.
+        finished.or_else(|| {
+            status
+                .conditions
+                .iter()
+                .flatten()
+                .filter_map(|c| c.last_transition_time.as_ref().map(|t| t.0.as_second()))
+                .max()
+        })
+    } else {
+        None
+    };
+    if terminal && end.is_none() {
+        // Finished, but nothing says when: bill nothing rather than forever.
+        return Some(PodRun {
+            start,
+            end: Some(start),
+        });
+    }
+    Some(PodRun {
+        start,
+        end: end.map(|e| e.max(start)),
+    })
+}
+
+/// GPUs assigned to a pod: the annotated UUIDs, else the containers' `nvidia.com/gpu` limits
+/// (requests where no limit is set).
+pub fn pod_gpus(pod: &Pod) -> u64 {
+    if let Some(uuids) = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_GPU_UUIDS))
+    {
+        let n = uuids.split(',').filter(|u| !u.trim().is_empty()).count() as u64;
+        if n > 0 {
+            return n;
+        }
+    }
+    let Some(spec) = pod.spec.as_ref() else {
+        return 0;
+    };
+    spec.containers
+        .iter()
+        .map(|c| {
+            let r = c.resources.as_ref();
+            let q = r
+                .and_then(|r| r.limits.as_ref())
+                .and_then(|l| l.get(GPU_RESOURCE))
+                .or_else(|| {
+                    r.and_then(|r| r.requests.as_ref())
+                        .and_then(|l| l.get(GPU_RESOURCE))
+                });
+            q.and_then(|q| q.0.trim().parse::<u64>().ok()).unwrap_or(0)
+        })
+        .sum()
+}
+
+/// GPU-seconds of a run with `gpus` GPUs, per period, up to `now`.
+pub fn run_usage(run: PodRun, gpus: u64, now: i64, period_seconds: u64) -> Vec<(u64, i64)> {
+    if gpus == 0 {
+        return Vec::new();
+    }
+    let (s, e) = run.interval(now);
+    split_into_periods(s, e, period_seconds)
+        .into_iter()
+        .map(|(p, secs)| (p, secs.saturating_mul(gpus as i64)))
+        .collect()
+}
+
+/// Identity of the hub job a pod belongs to, from its labels.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobRef {
+    /// `TrainingJob` or `InferenceJob`.
+    pub kind: String,
+    /// Namespace on the hub.
+    pub namespace: String,
+    /// Name on the hub.
+    pub name: String,
+    /// UID on the hub.
+    pub uid: String,
+}
+
+/// The job a gpupool pod belongs to, or `None` if its labels are incomplete.
+pub fn pod_job(pod: &Pod) -> Option<JobRef> {
+    let labels = pod.metadata.labels.as_ref()?;
+    if labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY) {
+        return None;
+    }
+    let get = |k: &str| labels.get(k).filter(|v| !v.is_empty()).cloned();
+    Some(JobRef {
+        kind: get(LABEL_JOB_KIND)?,
+        namespace: get(LABEL_JOB_NAMESPACE)?,
+        name: get(LABEL_JOB_NAME)?,
+        uid: get(LABEL_JOB_UID)?,
+    })
+}
+
+/// One pod's usage in one period (an input to a usage record).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodPeriodUsage {
+    /// Pod UID.
+    pub pod_uid: String,
+    /// `namespace/name` of the pod.
+    pub pod_name: String,
+    /// GPUs of the pod.
+    pub gpus: u64,
+    /// Annotated GPU model.
+    pub gpu_model: Option<String>,
+    /// GPU-seconds in the period.
+    pub gpu_seconds: i64,
+}
+
+/// Usage of all of one job's pods in one period on one cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobPeriodUsage {
+    /// Per pod (keyed by pod UID).
+    pub pods: BTreeMap<String, PodPeriodUsage>,
+}
+
+impl JobPeriodUsage {
+    /// Sum over pods.
+    pub fn gpu_seconds(&self) -> i64 {
+        self.pods.values().map(|p| p.gpu_seconds).sum()
+    }
+}
+
+/// The GPU class of a set of pod contributions: the class with the most GPU-seconds (ties go to
+/// the lower class number). The ledger pays one class per receipt.
+pub fn dominant_class<'a>(pods: impl IntoIterator<Item = (Option<&'a str>, i64)>) -> u8 {
+    let mut by_class = [0i64; 8];
+    for (model, secs) in pods {
+        let c = model.map(gpu_class).unwrap_or(0) as usize;
+        by_class[c] = by_class[c].saturating_add(secs);
+    }
+    let mut best = 0usize;
+    for (c, v) in by_class.iter().enumerate() {
+        if *v > by_class[best] {
+            best = c;
+        }
+    }
+    best as u8
+}
+
+/// Groups the usage of `pods` (one member cluster) per (job, period), up to `now`.
+pub fn usage_by_job_period(
+    pods: &[Pod],
+    now: i64,
+    period_seconds: u64,
+) -> BTreeMap<(JobRef, u64), JobPeriodUsage> {
+    let mut out: BTreeMap<(JobRef, u64), JobPeriodUsage> = BTreeMap::new();
+    for pod in pods {
+        let Some(job) = pod_job(pod) else { continue };
+        let Some(run) = pod_run(pod) else { continue };
+        let gpus = pod_gpus(pod);
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let name = format!(
+            "{}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+            pod.metadata.name.as_deref().unwrap_or("")
+        );
+        let model = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_GPU_MODEL))
+            .cloned();
+        for (p, secs) in run_usage(run, gpus, now, period_seconds) {
+            if secs <= 0 {
+                continue;
+            }
+            out.entry((job.clone(), p)).or_default().pods.insert(
+                uid.clone(),
+                PodPeriodUsage {
+                    pod_uid: uid.clone(),
+                    pod_name: name.clone(),
+                    gpus,
+                    gpu_model: model.clone(),
+                    gpu_seconds: secs,
+                },
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,283 @@
+use super::*;
+use serde_json::json;
+
+fn pod(v: serde_json::Value) -> Pod {
+    serde_json::from_value(v).expect("valid pod")
+}
+
+fn gp_labels(uid: &str) -> serde_json::Value {
+    json!({
+        "app.kubernetes.io/managed-by": "gpupool",
+        "gpupool.io/job-kind": "TrainingJob",
+        "gpupool.io/job-namespace": "ml",
+        "gpupool.io/job-name": "gpt",
+        "gpupool.io/job-uid": uid,
+    })
+}
+
+const UID: &str = "0b9f4d2a-6c1e-4f5b-9a7d-3e2c1b0a9f8e";
+
+/// A pod whose single container ran `[start, end)` (end None = running) with `gpus` annotated.
+fn run_pod(name: &str, start: &str, end: Option<&str>, gpus: usize) -> Pod {
+    let uuids: Vec<String> = (0..gpus).map(|i| format!("GPU-{i:04}")).collect();
+    let state = match end {
+        Some(e) => json!({"terminated": {"exitCode": 0, "startedAt": start, "finishedAt": e}}),
+        None => json!({"running": {"startedAt": start}}),
+    };
+    pod(json!({
+        "metadata": {
+            "name": name, "namespace": "gp", "uid": format!("uid-{name}"),
+            "labels": gp_labels(UID),
+            "annotations": {"gpupool.io/gpu-uuids": uuids.join(","), "gpupool.io/gpu-model": "NVIDIA H100 80GB HBM3"}
+        },
+        "spec": {"containers": [{"name": "w", "image": "x"}]},
+        "status": {
+            "phase": if end.is_some() { "Succeeded" } else { "Running" },
+            "startTime": start,
+            "containerStatuses": [{"name": "w", "image": "x", "imageID": "", "ready": end.is_none(), "restartCount": 0, "state": state}]
+        }
+    }))
+}
+
+#[test]
+fn gpu_classes_from_model_names() {
+    assert_eq!(gpu_class("NVIDIA H100 80GB HBM3"), 1);
+    assert_eq!(gpu_class("NVIDIA H200"), 1);
+    assert_eq!(gpu_class("NVIDIA GH200 480GB"), 1);
+    assert_eq!(gpu_class("NVIDIA A100-SXM4-80GB"), 2);
+    assert_eq!(gpu_class("NVIDIA A100 80GB PCIe"), 2);
+    assert_eq!(gpu_class("Tesla V100-SXM2-32GB"), 3);
+    assert_eq!(gpu_class("NVIDIA L40S"), 4);
+    assert_eq!(gpu_class("NVIDIA L40"), 4);
+    assert_eq!(gpu_class("NVIDIA A10G"), 5);
+    assert_eq!(gpu_class("NVIDIA A10"), 5);
+    assert_eq!(gpu_class("NVIDIA L4"), 5);
+    assert_eq!(gpu_class("Tesla T4"), 6);
+    assert_eq!(gpu_class("NVIDIA GeForce RTX 4090"), 7);
+    assert_eq!(gpu_class("Some Accelerator"), 0);
+    assert_eq!(gpu_class(""), 0);
+    // Token boundaries: A10 is not A100, L4 is not L40S, T4 is not part of other words.
+    assert_eq!(gpu_class("A1000"), 0);
+}
+
+#[test]
+fn periods_are_epoch_aligned_windows() {
+    assert_eq!(period_of(0, 3600), 0);
+    assert_eq!(period_of(3599, 3600), 0);
+    assert_eq!(period_of(3600, 3600), 1);
+    assert_eq!(period_of(1_700_000_123, 3600), 472_222);
+    assert_eq!(period_bounds(472_222, 3600), (1_699_999_200, 1_700_002_800));
+    assert_eq!(period_of(-5, 10), 0);
+    // [95, 125) with 10 s periods: 5 s in period 9, 10 in 10 and 11, 5 in 12.
+    assert_eq!(
+        split_into_periods(95, 125, 10),
+        vec![(9, 5), (10, 10), (11, 10), (12, 5)]
+    );
+    // Exactly one period.
+    assert_eq!(split_into_periods(100, 110, 10), vec![(10, 10)]);
+    // Empty and inverted intervals cost nothing.
+    assert!(split_into_periods(100, 100, 10).is_empty());
+    assert!(split_into_periods(100, 90, 10).is_empty());
+    // The parts always add up to the interval.
+    let parts = split_into_periods(1_699_999_000, 1_700_011_111, 3600);
+    assert_eq!(parts.iter().map(|p| p.1).sum::<i64>(), 12_111);
+    assert_eq!(parts.len(), 5);
+}
+
+#[test]
+fn finished_pod_times_gpus() {
+    // 2023-11-14T22:13:20Z = 1_700_000_000. Ran 95 s on 4 GPUs; 5-second periods.
+    let p = run_pod(
+        "w0",
+        "2023-11-14T22:13:20Z",
+        Some("2023-11-14T22:14:55Z"),
+        4,
+    );
+    let run = pod_run(&p).unwrap();
+    assert_eq!(
+        run,
+        PodRun {
+            start: 1_700_000_000,
+            end: Some(1_700_000_095)
+        }
+    );
+    assert_eq!(pod_gpus(&p), 4);
+    let u = run_usage(run, 4, 1_800_000_000, 5);
+    assert_eq!(u.len(), 19);
+    assert!(u.iter().all(|(_, s)| *s == 20));
+    assert_eq!(u.iter().map(|x| x.1).sum::<i64>(), 380);
+    // Hourly periods: 1_700_000_000 is 800 s into period 472_222 (starts 1_699_999_200).
+    assert_eq!(run_usage(run, 4, 1_800_000_000, 3600), vec![(472_222, 380)]);
+}
+
+#[test]
+fn running_pod_counts_until_now_and_closed_periods_do_not_change() {
+    let p = run_pod("w0", "2023-11-14T22:13:20Z", None, 2);
+    let run = pod_run(&p).unwrap();
+    assert_eq!(run.end, None);
+    // now = start + 23 with 10 s periods: [0,10) -> 20, [10,20) -> 20, [20,23) -> 6.
+    let at23 = run_usage(run, 2, 1_700_000_023, 10);
+    assert_eq!(
+        at23,
+        vec![(170_000_000, 20), (170_000_001, 20), (170_000_002, 6)]
+    );
+    // Later: the closed periods are identical, the open one grew, a new one appeared.
+    let at35 = run_usage(run, 2, 1_700_000_035, 10);
+    assert_eq!(&at35[..2], &at23[..2]);
+    assert_eq!(at35[2], (170_000_002, 20));
+    assert_eq!(at35[3], (170_000_003, 10));
+    // now before start (clock skew) costs nothing.
+    assert!(run_usage(run, 2, 1_699_999_990, 10).is_empty());
+}
+
+#[test]
+fn gpus_from_limits_when_not_annotated() {
+    let p = pod(json!({
+        "metadata": {"name": "x", "labels": gp_labels(UID)},
+        "spec": {"containers": [
+            {"name": "a", "image": "x", "resources": {"limits": {"nvidia.com/gpu": "2"}}},
+            {"name": "b", "image": "x", "resources": {"requests": {"nvidia.com/gpu": "1"}}},
+            {"name": "c", "image": "x"}
+        ]}
+    }));
+    assert_eq!(pod_gpus(&p), 3);
+}
+
+#[test]
+fn pending_pod_has_no_run_and_restarted_container_counts_from_first_start() {
+    let pending = pod(json!({
+        "metadata": {"name": "x", "labels": gp_labels(UID)},
+        "spec": {"containers": [{"name": "a", "image": "x"}]},
+        "status": {"phase": "Pending", "startTime": "2023-11-14T22:13:20Z",
+            "containerStatuses": [{"name": "a", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ContainerCreating"}}}]}
+    }));
+    assert_eq!(pod_run(&pending), None);
+
+    let restarted = pod(json!({
+        "metadata": {"name": "x", "labels": gp_labels(UID)},
+        "spec": {"containers": [{"name": "a", "image": "x"}]},
+        "status": {"phase": "Running", "startTime": "2023-11-14T22:13:20Z",
+            "containerStatuses": [{"name": "a", "image": "x", "imageID": "", "ready": true, "restartCount": 1,
+                "state": {"running": {"startedAt": "2023-11-14T22:15:00Z"}},
+                "lastState": {"terminated": {"exitCode": 1, "startedAt": "2023-11-14T22:13:30Z", "finishedAt": "2023-11-14T22:14:50Z"}}}]}
+    }));
+    // startTime (22:13:20) is earlier than the first container start (22:13:30).
+    assert_eq!(
+        pod_run(&restarted),
+        Some(PodRun {
+            start: 1_700_000_000,
+            end: None
+        })
+    );
+    let mut no_start_time = restarted.clone();
+    no_start_time.status.as_mut().unwrap().start_time = None;
+    assert_eq!(
+        pod_run(&no_start_time),
+        Some(PodRun {
+            start: 1_700_000_010,
+            end: None
+        })
+    );
+}
+
+#[test]
+fn two_containers_end_when_the_last_one_finishes() {
+    let p = pod(json!({
+        "metadata": {"name": "x", "labels": gp_labels(UID)},
+        "spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "x"}]},
+        "status": {"phase": "Running",
+            "containerStatuses": [
+                {"name": "a", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                 "state": {"terminated": {"exitCode": 0, "startedAt": "2023-11-14T22:13:25Z", "finishedAt": "2023-11-14T22:13:40Z"}}},
+                {"name": "b", "image": "x", "imageID": "", "ready": true, "restartCount": 0,
+                 "state": {"running": {"startedAt": "2023-11-14T22:13:20Z"}}}]}
+    }));
+    assert_eq!(
+        pod_run(&p),
+        Some(PodRun {
+            start: 1_700_000_000,
+            end: None
+        })
+    );
+    let mut p2 = p.clone();
+    let cs = p2
+        .status
+        .as_mut()
+        .unwrap()
+        .container_statuses
+        .as_mut()
+        .unwrap();
+    cs[1].state = serde_json::from_value(json!({"terminated": {"exitCode": 0,
+        "startedAt": "2023-11-14T22:13:20Z", "finishedAt": "2023-11-14T22:13:50Z"}}))
+    .unwrap();
+    assert_eq!(
+        pod_run(&p2),
+        Some(PodRun {
+            start: 1_700_000_000,
+            end: Some(1_700_000_030)
+        })
+    );
+}
+
+#[test]
+fn grouping_by_job_and_period() {
+    // Two workers of one job: w0 ran [0, 12) on 4 GPUs, w1 ran [5, 12) on 2 GPUs (offsets from
+    // 1_700_000_000), 10 s periods. Period 170_000_000: 4*10 + 2*5 = 50. Period 170_000_001:
+    // 4*2 + 2*2 = 12. A pod without gpupool labels is ignored.
+    let w0 = run_pod(
+        "w0",
+        "2023-11-14T22:13:20Z",
+        Some("2023-11-14T22:13:32Z"),
+        4,
+    );
+    let w1 = run_pod(
+        "w1",
+        "2023-11-14T22:13:25Z",
+        Some("2023-11-14T22:13:32Z"),
+        2,
+    );
+    let mut stranger = run_pod("s", "2023-11-14T22:13:20Z", None, 8);
+    stranger
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .remove(LABEL_MANAGED_BY);
+    let by = usage_by_job_period(&[w0, w1, stranger], 1_700_000_100, 10);
+    assert_eq!(by.len(), 2);
+    let mut it = by.iter();
+    let ((job, p0), u0) = it.next().unwrap();
+    assert_eq!(job.uid, UID);
+    assert_eq!(job.kind, "TrainingJob");
+    assert_eq!(*p0, 170_000_000);
+    assert_eq!(u0.gpu_seconds(), 50);
+    assert_eq!(u0.pods["uid-w0"].gpu_seconds, 40);
+    assert_eq!(u0.pods["uid-w1"].gpu_seconds, 10);
+    let ((_, p1), u1) = it.next().unwrap();
+    assert_eq!(*p1, 170_000_001);
+    assert_eq!(u1.gpu_seconds(), 12);
+}
+
+#[test]
+fn dominant_class_picks_most_gpu_seconds() {
+    assert_eq!(
+        dominant_class([(Some("NVIDIA A100"), 10), (Some("NVIDIA H100"), 30)]),
+        1
+    );
+    assert_eq!(
+        dominant_class([(Some("NVIDIA A100"), 30), (Some("NVIDIA H100"), 10)]),
+        2
+    );
+    assert_eq!(dominant_class([(None, 5)]), 0);
+    assert_eq!(dominant_class(std::iter::empty()), 0);
+}
+
+#[test]
+fn record_names_are_deterministic_dns_names() {
+    let a = record_name("member-1", UID, 472_222);
+    assert_eq!(a, format!("member-1.{UID}.472222"));
+    assert_eq!(a, record_name("member-1", UID, 472_222));
+    assert_ne!(a, record_name("member-1", UID, 472_223));
+    assert!(a.len() <= 253);
+}

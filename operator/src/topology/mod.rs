@@ -1,0 +1,586 @@
+//! The GPU interconnect of one node as a graph, built from a [`GpuTopologySpec`]. Pure: no IO.
+//!
+//! # Pair quality
+//!
+//! Every GPU pair gets a quality `q(a, b)` on one scale shared by all nodes, so numbers from
+//! different machines compare directly:
+//!
+//! ```text
+//! q(a, b) = 50 × effective NVLinks(a, b) + PCIe proximity(a, b)
+//! ```
+//!
+//! * effective NVLinks = direct NVLinks between the two GPUs, plus — when both reach each other
+//!   through an NVSwitch fabric — the NVSwitch links of the less-connected GPU (a DGX H100 pair
+//!   counts 18, the GPU's full NVLink bandwidth; NVIDIA's go-gpuallocator counts 0 there).
+//!   One NVLink (NVLink 2, 3 or 4) carries ≈ 50 GB/s both directions together, so the NVLink part
+//!   is roughly the pair's bidirectional NVLink bandwidth in GB/s: 900 for an H100 NVSwitch pair,
+//!   600 for an A100 pair with an NVLink bridge (12 links), 100 / 50 for a DGX-1 V100 NV2 / NV1.
+//! * PCIe proximity breaks ties and ranks PCIe-only pairs: same board 6, single switch 5,
+//!   multiple switches 4, host bridge 3, same NUMA node 2, across sockets 1.
+//!
+//! So any NVLink pair (≥ 50) beats any PCIe-only pair (≤ 6), and a pair that is missing from the
+//! spec is a cross-socket PCIe pair (`q = 1`).
+
+use crate::api::{GpuTopologySpec, PcieLevel};
+use std::fmt;
+
+/// Most GPUs one node may have (the CRD allows 64; sets are `u64` bitmasks).
+pub const MAX_GPUS: usize = 64;
+
+/// Quality of one NVLink, ≈ bidirectional GB/s.
+pub const NVLINK_QUALITY: i64 = 50;
+
+/// A set of GPU indexes on one node, as a bitmask (bit `i` = GPU index `i`).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GpuSet(pub u64);
+
+impl GpuSet {
+    /// No GPUs.
+    pub const EMPTY: GpuSet = GpuSet(0);
+
+    /// GPUs `0..n`.
+    pub fn all(n: usize) -> GpuSet {
+        if n >= 64 {
+            GpuSet(u64::MAX)
+        } else {
+            GpuSet((1u64 << n) - 1)
+        }
+    }
+
+    /// The set of the given indexes (out-of-range indexes are ignored).
+    pub fn from_indexes<I: IntoIterator<Item = usize>>(it: I) -> GpuSet {
+        GpuSet(
+            it.into_iter()
+                .filter(|&i| i < MAX_GPUS)
+                .fold(0, |m, i| m | (1u64 << i)),
+        )
+    }
+
+    /// Whether GPU `i` is in the set.
+    pub fn contains(self, i: usize) -> bool {
+        i < MAX_GPUS && self.0 & (1u64 << i) != 0
+    }
+
+    /// Number of GPUs.
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Adds GPU `i`.
+    pub fn insert(&mut self, i: usize) {
+        self.0 |= 1u64 << i;
+    }
+
+    /// Removes GPU `i`.
+    pub fn remove(&mut self, i: usize) {
+        self.0 &= !(1u64 << i);
+    }
+
+    /// Indexes in ascending order.
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        let mut m = self.0;
+        std::iter::from_fn(move || {
+            if m == 0 {
+                return None;
+            }
+            let i = m.trailing_zeros() as usize;
+            m &= m - 1;
+            Some(i)
+        })
+    }
+
+    /// Indexes in ascending order, collected.
+    pub fn to_vec(self) -> Vec<usize> {
+        self.iter().collect()
+    }
+
+    /// `self ∩ other`.
+    pub fn and(self, other: GpuSet) -> GpuSet {
+        GpuSet(self.0 & other.0)
+    }
+
+    /// `self \ other`.
+    pub fn minus(self, other: GpuSet) -> GpuSet {
+        GpuSet(self.0 & !other.0)
+    }
+
+    /// Whether every GPU of `self` is in `other`.
+    pub fn is_subset(self, other: GpuSet) -> bool {
+        self.0 & !other.0 == 0
+    }
+}
+
+impl fmt::Debug for GpuSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+/// Why a spec does not describe a usable topology.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopologyError {
+    /// No GPUs at all.
+    #[error("topology of node {0:?} lists no GPUs")]
+    NoGpus(String),
+    /// More GPUs than a bitmask holds.
+    #[error("topology lists {0} GPUs; at most {MAX_GPUS} are supported")]
+    TooManyGpus(usize),
+    /// GPU indexes are not exactly 0..n.
+    #[error("GPU indexes must be 0..{n} without gaps or repeats; found index {index}")]
+    BadIndex {
+        /// Number of GPUs.
+        n: usize,
+        /// The offending index.
+        index: i32,
+    },
+    /// A link names a GPU that does not exist, or a GPU with itself.
+    #[error("link {a}-{b} refers to a GPU outside 0..{n} or links a GPU with itself")]
+    LinkOutOfRange {
+        /// First GPU.
+        a: i32,
+        /// Second GPU.
+        b: i32,
+        /// Number of GPUs.
+        n: usize,
+    },
+    /// The same pair appears twice.
+    #[error("GPU pair {a}-{b} has more than one link entry")]
+    DuplicateLink {
+        /// Lower GPU.
+        a: usize,
+        /// Higher GPU.
+        b: usize,
+    },
+    /// Negative link count.
+    #[error("link {a}-{b} has a negative NVLink count {nvlinks}")]
+    NegativeNvlinks {
+        /// First GPU.
+        a: i32,
+        /// Second GPU.
+        b: i32,
+        /// The count.
+        nvlinks: i32,
+    },
+}
+
+/// What connects one GPU pair.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PairLink {
+    /// Direct NVLinks.
+    pub nvlinks: u32,
+    /// Both GPUs sit on the same NVSwitch fabric.
+    pub nvswitch: bool,
+    /// PCIe relationship.
+    pub pcie: PcieLevel,
+}
+
+impl PairLink {
+    /// Whether the pair talks over NVLink (directly or through NVSwitch).
+    pub fn nvlink_connected(&self) -> bool {
+        self.nvlinks > 0 || self.nvswitch
+    }
+}
+
+/// One GPU of the graph.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuNode {
+    /// NVML index (= position in the graph).
+    pub index: usize,
+    /// NVML UUID.
+    pub uuid: String,
+    /// Model name.
+    pub model: String,
+    /// Memory in MiB.
+    pub memory_mib: i64,
+    /// NVLinks into the NVSwitch fabric.
+    pub nvswitch_links: u32,
+}
+
+/// PCIe proximity points, closest = highest (see the module docs).
+pub fn pcie_points(level: PcieLevel) -> i64 {
+    match level {
+        PcieLevel::SameBoard => 6,
+        PcieLevel::SingleSwitch => 5,
+        PcieLevel::MultiSwitch => 4,
+        PcieLevel::HostBridge => 3,
+        PcieLevel::SameNuma => 2,
+        PcieLevel::CrossSocket => 1,
+    }
+}
+
+/// The GPUs of one node and the quality of every pair. Immutable once built.
+#[derive(Clone, Debug)]
+pub struct GpuGraph {
+    node_name: String,
+    gpus: Vec<GpuNode>,
+    links: Vec<PairLink>,
+    quality: Vec<i64>,
+    nvlink_adj: Vec<GpuSet>,
+    /// Maximal cliques of the NVLink graph (sets where every pair is NVLink-connected), each of
+    /// size ≥ 2, sorted by size descending then lowest indexes.
+    cliques: Vec<GpuSet>,
+    /// For each GPU, the other GPUs ordered by pair quality (best first, lowest index on ties).
+    partners: Vec<Vec<usize>>,
+}
+
+impl GpuGraph {
+    /// Builds and validates the graph: indexes must be dense `0..n` (in any order), links must
+    /// name two different existing GPUs, at most one entry per pair. A pair without an entry is a
+    /// cross-socket PCIe pair without NVLink.
+    pub fn from_spec(spec: &GpuTopologySpec) -> Result<GpuGraph, TopologyError> {
+        let n = spec.gpus.len();
+        if n == 0 {
+            return Err(TopologyError::NoGpus(spec.node_name.clone()));
+        }
+        if n > MAX_GPUS {
+            return Err(TopologyError::TooManyGpus(n));
+        }
+        let mut slots: Vec<Option<GpuNode>> = vec![None; n];
+        for g in &spec.gpus {
+            let i = usize::try_from(g.index).ok().filter(|&i| i < n);
+            match i {
+                Some(i) if slots[i].is_none() => {
+                    slots[i] = Some(GpuNode {
+                        index: i,
+                        uuid: g.uuid.clone(),
+                        model: g.model.clone(),
+                        memory_mib: g.memory_mib,
+                        nvswitch_links: g.nvswitch_links.max(0) as u32,
+                    })
+                }
+                _ => return Err(TopologyError::BadIndex { n, index: g.index }),
+            }
+        }
+        let gpus: Vec<GpuNode> = slots
+            .into_iter()
+            .map(|s| s.expect("every slot filled: n distinct indexes in 0..n"))
+            .collect();
+        let mut links = vec![PairLink::default(); n * n];
+        let mut seen = vec![false; n * n];
+        for l in &spec.links {
+            let ok = |x: i32| usize::try_from(x).ok().filter(|&x| x < n);
+            let (Some(a), Some(b)) = (ok(l.a), ok(l.b)) else {
+                return Err(TopologyError::LinkOutOfRange { a: l.a, b: l.b, n });
+            };
+            if a == b {
+                return Err(TopologyError::LinkOutOfRange { a: l.a, b: l.b, n });
+            }
+            if l.nvlinks < 0 {
+                return Err(TopologyError::NegativeNvlinks {
+                    a: l.a,
+                    b: l.b,
+                    nvlinks: l.nvlinks,
+                });
+            }
+            let (lo, hi) = (a.min(b), a.max(b));
+            if seen[lo * n + hi] {
+                return Err(TopologyError::DuplicateLink { a: lo, b: hi });
+            }
+            seen[lo * n + hi] = true;
+            let pl = PairLink {
+                nvlinks: l.nvlinks as u32,
+                nvswitch: l.nvswitch,
+                pcie: l.pcie,
+            };
+            links[lo * n + hi] = pl;
+            links[hi * n + lo] = pl;
+        }
+        let mut quality = vec![0i64; n * n];
+        let mut nvlink_adj = vec![GpuSet::EMPTY; n];
+        for a in 0..n {
+            for b in 0..n {
+                if a == b {
+                    continue;
+                }
+                let l = links[a * n + b];
+                let mut eff = i64::from(l.nvlinks);
+                if l.nvswitch {
+                    let (x, y) = (gpus[a].nvswitch_links, gpus[b].nvswitch_links);
+                    // Unknown switch link counts: still NVLink-connected, count one link.
+                    let sw = if x.min(y) > 0 {
+                        x.min(y)
+                    } else {
+                        x.max(y).max(1)
+                    };
+                    eff += i64::from(sw);
+                }
+                quality[a * n + b] = NVLINK_QUALITY * eff + pcie_points(l.pcie);
+                if l.nvlink_connected() {
+                    nvlink_adj[a].insert(b);
+                }
+            }
+        }
+        let partners = (0..n)
+            .map(|a| {
+                let mut v: Vec<usize> = (0..n).filter(|&b| b != a).collect();
+                v.sort_by_key(|&b| (std::cmp::Reverse(quality[a * n + b]), b));
+                v
+            })
+            .collect();
+        let mut g = GpuGraph {
+            node_name: spec.node_name.clone(),
+            gpus,
+            links,
+            quality,
+            nvlink_adj,
+            cliques: Vec::new(),
+            partners,
+        };
+        g.cliques = g.maximal_cliques();
+        Ok(g)
+    }
+
+    /// Node name from the spec.
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// Number of GPUs.
+    pub fn len(&self) -> usize {
+        self.gpus.len()
+    }
+
+    /// Always false: a graph has at least one GPU.
+    pub fn is_empty(&self) -> bool {
+        self.gpus.is_empty()
+    }
+
+    /// The GPUs, by index.
+    pub fn gpus(&self) -> &[GpuNode] {
+        &self.gpus
+    }
+
+    /// All GPUs.
+    pub fn all(&self) -> GpuSet {
+        GpuSet::all(self.len())
+    }
+
+    /// What connects `a` and `b`.
+    pub fn link(&self, a: usize, b: usize) -> PairLink {
+        self.links[a * self.len() + b]
+    }
+
+    /// Pair quality `q(a, b)` (module docs); 0 for `a == b`.
+    pub fn pair_quality(&self, a: usize, b: usize) -> i64 {
+        self.quality[a * self.len() + b]
+    }
+
+    /// Whether `a` and `b` are NVLink-connected (direct or NVSwitch).
+    pub fn nvlinked(&self, a: usize, b: usize) -> bool {
+        self.nvlink_adj[a].contains(b)
+    }
+
+    /// GPUs NVLink-connected to `a`.
+    pub fn nvlink_neighbours(&self, a: usize) -> GpuSet {
+        self.nvlink_adj[a]
+    }
+
+    /// Whether the node has any NVLink at all.
+    pub fn has_nvlink(&self) -> bool {
+        self.nvlink_adj.iter().any(|s| !s.is_empty())
+    }
+
+    /// Sum of `q` over all pairs of `set` (the set quality objective; 0 for fewer than 2 GPUs).
+    pub fn set_quality(&self, set: GpuSet) -> i64 {
+        let v = set.to_vec();
+        let mut s = 0;
+        for (i, &a) in v.iter().enumerate() {
+            for &b in &v[i + 1..] {
+                s += self.pair_quality(a, b);
+            }
+        }
+        s
+    }
+
+    /// Lowest pair quality inside `set` (0 for fewer than 2 GPUs).
+    pub fn min_pair_quality(&self, set: GpuSet) -> i64 {
+        let v = set.to_vec();
+        let mut m: Option<i64> = None;
+        for (i, &a) in v.iter().enumerate() {
+            for &b in &v[i + 1..] {
+                let q = self.pair_quality(a, b);
+                m = Some(m.map_or(q, |m: i64| m.min(q)));
+            }
+        }
+        m.unwrap_or(0)
+    }
+
+    /// Whether every pair of `set` is NVLink-connected (true for fewer than 2 GPUs).
+    pub fn is_nvlink_clique(&self, set: GpuSet) -> bool {
+        set.iter().all(|a| {
+            set.minus(GpuSet::from_indexes([a]))
+                .is_subset(self.nvlink_adj[a])
+        })
+    }
+
+    /// Maximal NVLink cliques of the whole node (size ≥ 2), largest first.
+    pub fn nvlink_cliques(&self) -> &[GpuSet] {
+        &self.cliques
+    }
+
+    /// Size of the largest set of free GPUs that are pairwise NVLink-connected (1 when some GPU
+    /// is free but none pairs up over NVLink, 0 when nothing is free).
+    pub fn largest_free_nvlink_clique(&self, free: GpuSet) -> usize {
+        let best = self
+            .cliques
+            .iter()
+            .map(|k| k.and(free).len())
+            .max()
+            .unwrap_or(0);
+        best.max(usize::from(!free.is_empty()))
+    }
+
+    /// NVLink islands among the free GPUs: connected components of the NVLink graph restricted
+    /// to `free`, largest first (lowest index on ties). GPUs without a free NVLink peer are
+    /// islands of one.
+    pub fn free_nvlink_islands(&self, free: GpuSet) -> Vec<GpuSet> {
+        let mut left = free;
+        let mut out = Vec::new();
+        while let Some(start) = left.iter().next() {
+            let mut comp = GpuSet::from_indexes([start]);
+            let mut frontier = comp;
+            while !frontier.is_empty() {
+                let mut next = GpuSet::EMPTY;
+                for g in frontier.iter() {
+                    next = GpuSet(next.0 | self.nvlink_adj[g].0);
+                }
+                next = next.and(free).minus(comp);
+                comp = GpuSet(comp.0 | next.0);
+                frontier = next;
+            }
+            left = left.minus(comp);
+            out.push(comp);
+        }
+        out.sort_by_key(|s| (std::cmp::Reverse(s.len()), s.0.trailing_zeros()));
+        out
+    }
+
+    /// Sizes of [`free_nvlink_islands`](Self::free_nvlink_islands), largest first.
+    pub fn free_nvlink_island_sizes(&self, free: GpuSet) -> Vec<usize> {
+        self.free_nvlink_islands(free)
+            .iter()
+            .map(|s| s.len())
+            .collect()
+    }
+
+    /// The free GPUs: all GPUs whose UUID is not in `in_use` (unknown UUIDs are ignored).
+    pub fn free_set<S: AsRef<str>>(&self, in_use: &[S]) -> GpuSet {
+        let mut free = self.all();
+        for u in in_use {
+            if let Some(g) = self.index_of(u.as_ref()) {
+                free.remove(g);
+            }
+        }
+        free
+    }
+
+    /// Index of the GPU with this UUID.
+    pub fn index_of(&self, uuid: &str) -> Option<usize> {
+        self.gpus.iter().position(|g| g.uuid == uuid)
+    }
+
+    /// UUIDs of a set, by ascending index.
+    pub fn uuids(&self, set: GpuSet) -> Vec<String> {
+        set.iter().map(|i| self.gpus[i].uuid.clone()).collect()
+    }
+
+    /// Best pair quality of GPU `g` with any other GPU of `within` (0 if none).
+    pub fn best_partner_quality(&self, g: usize, within: GpuSet) -> i64 {
+        self.partners[g]
+            .iter()
+            .find(|&&h| within.contains(h))
+            .map_or(0, |&h| self.pair_quality(g, h))
+    }
+
+    fn maximal_cliques(&self) -> Vec<GpuSet> {
+        // Bron–Kerbosch with pivoting on bitmasks; n ≤ 64 and real NVLink graphs have few cliques.
+        fn bk(g: &GpuGraph, r: u64, mut p: u64, mut x: u64, out: &mut Vec<GpuSet>) {
+            if p == 0 && x == 0 {
+                if r.count_ones() >= 2 {
+                    out.push(GpuSet(r));
+                }
+                return;
+            }
+            if out.len() >= 4096 {
+                return;
+            }
+            let pivot = (p | x).trailing_zeros() as usize;
+            let mut cand = p & !g.nvlink_adj[pivot].0;
+            while cand != 0 {
+                let v = cand.trailing_zeros() as usize;
+                cand &= cand - 1;
+                let nv = g.nvlink_adj[v].0;
+                bk(g, r | (1 << v), p & nv, x & nv, out);
+                p &= !(1 << v);
+                x |= 1 << v;
+            }
+        }
+        let mut out = Vec::new();
+        bk(self, 0, self.all().0, 0, &mut out);
+        out.sort_by_key(|s| (std::cmp::Reverse(s.len()), s.to_vec()));
+        out
+    }
+}
+
+/// Reads a topology document: either a bare `GpuTopologySpec` (the files in
+/// `deploy/topologies/`) or a whole `GpuTopology` object (its `spec` is used).
+pub fn spec_from_yaml(text: &str) -> Result<GpuTopologySpec, serde_yaml::Error> {
+    let v: serde_yaml::Value = serde_yaml::from_str(text)?;
+    match v.get("spec") {
+        Some(spec) if v.get("kind").is_some() => serde_yaml::from_value(spec.clone()),
+        _ => serde_yaml::from_value(v),
+    }
+}
+
+/// The fixture topologies of `deploy/topologies/`, compiled in (tests, benchmark, demo).
+pub mod fixtures {
+    use crate::api::GpuTopologySpec;
+
+    /// DGX H100: 8× H100 SXM on NVSwitch.
+    pub const DGX_H100: &str = include_str!("../../../deploy/topologies/dgx-h100.yaml");
+    /// DGX-1 V100: 8× V100 SXM2 in the hybrid cube-mesh.
+    pub const DGX1_V100: &str = include_str!("../../../deploy/topologies/dgx1-v100.yaml");
+    /// 4× A100 PCIe with NVLink bridges on 0-1 and 2-3.
+    pub const PCIE_A100_BRIDGED: &str =
+        include_str!("../../../deploy/topologies/pcie-a100-bridged.yaml");
+    /// 8× L40S, PCIe only.
+    pub const PCIE_L40S: &str = include_str!("../../../deploy/topologies/pcie-l40s.yaml");
+
+    /// A DGX-1 V100 with GPUs 4 and 7 in use: a whole `GpuTopology` object with status.
+    pub const DGX1_V100_BUSY: &str = include_str!("../../../deploy/topologies/dgx1-v100-busy.yaml");
+
+    /// [`DGX1_V100_BUSY`] parsed.
+    pub fn dgx1_v100_busy() -> crate::api::GpuTopology {
+        serde_yaml::from_str(DGX1_V100_BUSY).expect("fixture parses")
+    }
+
+    /// `(file stem, spec)` of every fixture topology spec (the busy node is separate).
+    pub fn all() -> Vec<(&'static str, GpuTopologySpec)> {
+        [
+            ("dgx-h100", DGX_H100),
+            ("dgx1-v100", DGX1_V100),
+            ("pcie-a100-bridged", PCIE_A100_BRIDGED),
+            ("pcie-l40s", PCIE_L40S),
+        ]
+        .into_iter()
+        .map(|(n, t)| (n, super::spec_from_yaml(t).expect("fixture parses")))
+        .collect()
+    }
+
+    /// One fixture by file stem.
+    pub fn get(name: &str) -> GpuTopologySpec {
+        all()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| s)
+            .unwrap_or_else(|| panic!("no fixture {name}"))
+    }
+}
+
+#[cfg(test)]
+mod tests;
