@@ -16,9 +16,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # ldconfig (distroless has none, so the library would not be found). The image ships no NVIDIA
 # bits itself: the library always comes from the host driver.
 FROM debian:bookworm-slim
-# Tells the NVIDIA container runtime what to inject when the chart does not set it.
+# Tells the NVIDIA container runtime what to inject when the chart does not set it. The library
+# path lets dlopen() find the injected library even where ld.so.cache could not be refreshed
+# (e.g. a read-only root filesystem).
 ENV NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=utility
+    NVIDIA_DRIVER_CAPABILITIES=utility \
+    LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu
 COPY --from=build /out/gpupool-agent /usr/local/bin/gpupool-agent
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/gpupool-agent"]

@@ -48,10 +48,20 @@ fn helm(args: &[&str]) -> HelmOut {
 /// `helm template gp charts/gpupool -n gpupool-system <extra>`; panics unless it succeeds.
 fn render(extra: &[&str]) -> String {
     let chart = chart_dir();
-    let mut args = vec!["template", RELEASE, chart.to_str().unwrap(), "--namespace", NAMESPACE];
+    let mut args = vec![
+        "template",
+        RELEASE,
+        chart.to_str().unwrap(),
+        "--namespace",
+        NAMESPACE,
+    ];
     args.extend_from_slice(extra);
     let out = helm(&args);
-    assert!(out.success, "helm template {extra:?} failed: {}", out.stderr);
+    assert!(
+        out.success,
+        "helm template {extra:?} failed: {}",
+        out.stderr
+    );
     out.stdout
 }
 
@@ -64,7 +74,15 @@ fn docs(manifest: &str) -> Vec<Value> {
 }
 
 fn kinds(docs: &[Value]) -> Vec<String> {
-    docs.iter().map(|d| format!("{}/{}", d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap())).collect()
+    docs.iter()
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap(),
+                d["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect()
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -102,7 +120,10 @@ fn chart_crds(extra: &[&str]) -> BTreeMap<String, Value> {
         assert_eq!(d["kind"], "CustomResourceDefinition");
         let meta = d["metadata"].as_object_mut().unwrap();
         if let Some(Value::Object(a)) = meta.get_mut("annotations") {
-            assert_eq!(a.remove("helm.sh/resource-policy"), Some(Value::from("keep")));
+            assert_eq!(
+                a.remove("helm.sh/resource-policy"),
+                Some(Value::from("keep"))
+            );
             if a.is_empty() {
                 meta.remove("annotations");
             }
@@ -119,8 +140,16 @@ fn helm_lint_is_clean_in_hub_and_member_mode() {
         let mut args = vec!["lint", "--strict", chart.to_str().unwrap()];
         args.extend_from_slice(extra);
         let out = helm(&args);
-        assert!(out.success, "helm lint {extra:?} failed:\n{}\n{}", out.stdout, out.stderr);
-        assert!(out.stdout.contains("1 chart(s) linted, 0 chart(s) failed"), "{}", out.stdout);
+        assert!(
+            out.success,
+            "helm lint {extra:?} failed:\n{}\n{}",
+            out.stdout, out.stderr
+        );
+        assert!(
+            out.stdout.contains("1 chart(s) linted, 0 chart(s) failed"),
+            "{}",
+            out.stdout
+        );
         assert!(
             !out.stdout.contains("[WARNING]") && !out.stdout.contains("[ERROR]"),
             "helm lint {extra:?} is not clean:\n{}",
@@ -140,23 +169,51 @@ fn chart_crds_equal_the_repository_crds() {
         "charts/gpupool/files/crds must be a link to the repository's crds/"
     );
     let repo = repo_crds();
-    assert!(repo.len() >= 4, "expected the CRD set in crds/, found {:?}", repo.keys());
+    assert!(
+        repo.len() >= 4,
+        "expected the CRD set in crds/, found {:?}",
+        repo.keys()
+    );
     let hub = chart_crds(&[]);
-    assert_eq!(hub.keys().collect::<Vec<_>>(), repo.keys().collect::<Vec<_>>(), "hub mode renders every CRD in crds/");
+    assert_eq!(
+        hub.keys().collect::<Vec<_>>(),
+        repo.keys().collect::<Vec<_>>(),
+        "hub mode renders every CRD in crds/"
+    );
     for (name, crd) in &repo {
-        assert!(hub[name] == *crd, "the chart's {name} differs from crds/{name}.yaml");
+        assert!(
+            hub[name] == *crd,
+            "the chart's {name} differs from crds/{name}.yaml"
+        );
     }
     // Members only need the CRD the node agent writes.
     let member = chart_crds(&["--set", "mode=member"]);
-    assert_eq!(member.keys().collect::<Vec<_>>(), vec!["gputopologies.gpupool.io"]);
+    assert_eq!(
+        member.keys().collect::<Vec<_>>(),
+        vec!["gputopologies.gpupool.io"]
+    );
     assert!(member["gputopologies.gpupool.io"] == repo["gputopologies.gpupool.io"]);
     // Without keep, nothing is added at all; with crds.install=false, nothing is rendered.
-    let plain = docs(&render(&["--show-only", "templates/crds.yaml", "--set", "crds.keep=false"]));
+    let plain = docs(&render(&[
+        "--show-only",
+        "templates/crds.yaml",
+        "--set",
+        "crds.keep=false",
+    ]));
     assert_eq!(plain.len(), repo.len());
     for d in &plain {
-        assert!(*d == repo[d["metadata"]["name"].as_str().unwrap()], "crds.keep=false must render crds/ verbatim");
+        assert!(
+            *d == repo[d["metadata"]["name"].as_str().unwrap()],
+            "crds.keep=false must render crds/ verbatim"
+        );
     }
-    let none = helm(&["template", RELEASE, chart_dir().to_str().unwrap(), "--set", "crds.install=false"]);
+    let none = helm(&[
+        "template",
+        RELEASE,
+        chart_dir().to_str().unwrap(),
+        "--set",
+        "crds.install=false",
+    ]);
     assert!(none.success, "{}", none.stderr);
     assert!(!none.stdout.contains("kind: CustomResourceDefinition"));
 }
@@ -167,32 +224,74 @@ fn schema_and_checks_reject_bad_values_naming_the_field() {
         (&["--set", "operator.replicas=-1"], "/operator/replicas"),
         (&["--set", "operator.replicas=two"], "/operator/replicas"),
         (&["--set", "mode=bogus"], "/mode"),
-        (&["--set", "solana.programId=notbase58!"], "/solana/programId"),
+        (
+            &["--set", "solana.programId=notbase58!"],
+            "/solana/programId",
+        ),
         // 0, O, I and l are not in the base58 alphabet.
-        (&["--set", "solana.mint=0OIl0OIl0OIl0OIl0OIl0OIl0OIl0OIl"], "/solana/mint"),
-        (&["--set", "operator.image.repository="], "/operator/image/repository"),
-        (&["--set", "agent.image.repository=", "--set", "mode=member"], "/agent/image/repository"),
+        (
+            &["--set", "solana.mint=0OIl0OIl0OIl0OIl0OIl0OIl0OIl0OIl"],
+            "/solana/mint",
+        ),
+        (
+            &["--set", "operator.image.repository="],
+            "/operator/image/repository",
+        ),
+        (
+            &["--set", "agent.image.repository=", "--set", "mode=member"],
+            "/agent/image/repository",
+        ),
         (&["--set", "metrics.port=70000"], "/metrics/port"),
-        (&["--set", "solana.settlementPeriodSeconds=0"], "/solana/settlementPeriodSeconds"),
+        (
+            &["--set", "solana.settlementPeriodSeconds=0"],
+            "/solana/settlementPeriodSeconds",
+        ),
         (&["--set", "solana.rpcUrl=ftp://x"], "/solana/rpcUrl"),
         // Settlement needs the program, the mint and the oracle key.
-        (&["--set", "solana.rpcUrl=https://api.devnet.solana.com"], "/solana/programId"),
-        (&["--set", "solana.rpcUrl=https://api.devnet.solana.com"], "/solana/oracleKeypair/existingSecret"),
+        (
+            &["--set", "solana.rpcUrl=https://api.devnet.solana.com"],
+            "/solana/programId",
+        ),
+        (
+            &["--set", "solana.rpcUrl=https://api.devnet.solana.com"],
+            "/solana/oracleKeypair/existingSecret",
+        ),
         (&["--set", "agent.nvml.access=magic"], "/agent/nvml/access"),
         (&["--set", "agent.nvml.access=none"], "/agent/topologyFile"),
-        (&["--set", "operator.heartbeatSeconds=true"], "/operator/heartbeatSeconds"),
+        (
+            &["--set", "operator.heartbeatSeconds=true"],
+            "/operator/heartbeatSeconds",
+        ),
         (&["--set", "opertor.replicas=1"], "opertor"),
         // Cross-field checks in the templates.
-        (&["--set", "operator.leaderElection.enabled=false"], "operator.leaderElection.enabled"),
-        (&["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.service.enabled=false"], "metrics.service.enabled"),
+        (
+            &["--set", "operator.leaderElection.enabled=false"],
+            "operator.leaderElection.enabled",
+        ),
+        (
+            &[
+                "--set",
+                "metrics.serviceMonitor.enabled=true",
+                "--set",
+                "metrics.service.enabled=false",
+            ],
+            "metrics.service.enabled",
+        ),
     ];
     let chart = chart_dir();
     for (extra, field) in cases {
         let mut args = vec!["template", RELEASE, chart.to_str().unwrap()];
         args.extend_from_slice(extra);
         let out = helm(&args);
-        assert!(!out.success, "helm template {extra:?} must fail but rendered");
-        assert!(out.stderr.contains(field), "helm template {extra:?} must name {field}; it said: {}", out.stderr);
+        assert!(
+            !out.success,
+            "helm template {extra:?} must fail but rendered"
+        );
+        assert!(
+            out.stderr.contains(field),
+            "helm template {extra:?} must name {field}; it said: {}",
+            out.stderr
+        );
     }
     // And the good versions of the same values render.
     render(&[
@@ -209,7 +308,14 @@ fn schema_and_checks_reject_bad_values_naming_the_field() {
         "--set",
         "solana.oracleKeypair.existingSecret=gpupool-oracle",
     ]);
-    render(&["--set", "mode=member", "--set", "agent.nvml.access=none", "--set", "agent.topologyFile=/etc/gpupool/topology.yaml"]);
+    render(&[
+        "--set",
+        "mode=member",
+        "--set",
+        "agent.nvml.access=none",
+        "--set",
+        "agent.topologyFile=/etc/gpupool/topology.yaml",
+    ]);
 }
 
 #[test]
@@ -225,12 +331,22 @@ fn rendered_objects_have_the_expected_shape() {
         "--set",
         "solana.oracleKeypair.existingSecret=gpupool-oracle",
     ]));
-    assert!(!hub.iter().any(|d| d["kind"] == "DaemonSet" || d["kind"] == "ServiceMonitor"), "{:?}", kinds(&hub));
+    assert!(
+        !hub.iter()
+            .any(|d| d["kind"] == "DaemonSet" || d["kind"] == "ServiceMonitor"),
+        "{:?}",
+        kinds(&hub)
+    );
     let dep = find(&hub, "Deployment", "gp-gpupool-operator");
     assert_eq!(dep["spec"]["replicas"], 2);
     let pod = &dep["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
-    let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
     assert_eq!(args[0], "run");
     for want in [
         "--leader-elect",
@@ -242,33 +358,56 @@ fn rendered_objects_have_the_expected_shape() {
     ] {
         assert!(args.contains(&want), "operator args {args:?} lack {want}");
     }
-    assert!(args.contains(&format!("--program-id={ADDRESS}").as_str()) && args.contains(&format!("--mint={ADDRESS}").as_str()));
+    assert!(
+        args.contains(&format!("--program-id={ADDRESS}").as_str())
+            && args.contains(&format!("--mint={ADDRESS}").as_str())
+    );
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
     assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
     assert_eq!(c["volumeMounts"][0]["readOnly"], true);
     assert_eq!(pod["volumes"][0]["secret"]["secretName"], "gpupool-oracle");
     let env = c["env"].as_array().unwrap();
-    assert!(env.iter().any(|e| e["name"] == "GPUPOOL_NAMESPACE" && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"));
+    assert!(env.iter().any(|e| e["name"] == "GPUPOOL_NAMESPACE"
+        && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"));
     // Secrets and Leases only in the release namespace.
     let role = find(&hub, "Role", "gp-gpupool-operator");
     assert_eq!(role["metadata"]["namespace"], NAMESPACE);
-    let role_resources: Vec<&str> =
-        role["rules"].as_array().unwrap().iter().flat_map(|r| r["resources"].as_array().unwrap()).map(|r| r.as_str().unwrap()).collect();
+    let role_resources: Vec<&str> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["resources"].as_array().unwrap())
+        .map(|r| r.as_str().unwrap())
+        .collect();
     assert_eq!(role_resources, vec!["secrets", "leases"]);
     let cr = find(&hub, "ClusterRole", "gp-gpupool-operator");
-    assert!(!cr.to_string().contains("secrets"), "the operator's ClusterRole must not grant Secrets: {cr}");
+    assert!(
+        !cr.to_string().contains("secrets"),
+        "the operator's ClusterRole must not grant Secrets: {cr}"
+    );
     // Without settlement: no Solana flags, no keypair volume.
     let plain = docs(&render(&[]));
     let c = &find(&plain, "Deployment", "gp-gpupool-operator")["spec"]["template"]["spec"];
-    assert!(!c.to_string().contains("--rpc-url") && c["volumes"].is_null(), "{c}");
+    assert!(
+        !c.to_string().contains("--rpc-url") && c["volumes"].is_null(),
+        "{c}"
+    );
 
     // ServiceMonitor only when enabled.
-    let sm = docs(&render(&["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.labels.release=prom"]));
+    let sm = docs(&render(&[
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.labels.release=prom",
+    ]));
     let sm = find(&sm, "ServiceMonitor", "gp-gpupool-operator");
     assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
@@ -276,25 +415,55 @@ fn rendered_objects_have_the_expected_shape() {
 
     // Member: the agent DaemonSet and the hub's access, nothing of the operator.
     let member = docs(&render(&["--set", "mode=member"]));
-    assert!(!member.iter().any(|d| d["kind"] == "Deployment" || d["kind"] == "Service"), "{:?}", kinds(&member));
+    assert!(
+        !member
+            .iter()
+            .any(|d| d["kind"] == "Deployment" || d["kind"] == "Service"),
+        "{:?}",
+        kinds(&member)
+    );
     let ds = find(&member, "DaemonSet", "gp-gpupool-agent");
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["nodeSelector"]["nvidia.com/gpu.present"], "true");
     assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
     let c = &pod["containers"][0];
-    assert!(c["env"].as_array().unwrap().iter().any(|e| e["name"] == "NODE_NAME" && e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"));
-    assert!(c["securityContext"]["privileged"].is_null(), "runtime access must stay unprivileged");
+    assert!(
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "NODE_NAME"
+                && e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName")
+    );
+    assert!(
+        c["securityContext"]["privileged"].is_null(),
+        "runtime access must stay unprivileged"
+    );
     let access = find(&member, "ClusterRole", "gp-gpupool-hub-access");
     let rules: Vec<(String, Vec<String>)> = access["rules"]
         .as_array()
         .unwrap()
         .iter()
         .flat_map(|r| {
-            let verbs: Vec<String> = r["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
-            r["resources"].as_array().unwrap().iter().map(move |res| (res.as_str().unwrap().to_string(), verbs.clone()))
+            let verbs: Vec<String> = r["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect();
+            r["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |res| (res.as_str().unwrap().to_string(), verbs.clone()))
         })
         .collect();
-    let expect = |res: &str, verbs: &[&str]| (res.to_string(), verbs.iter().map(|v| v.to_string()).collect::<Vec<_>>());
+    let expect = |res: &str, verbs: &[&str]| {
+        (
+            res.to_string(),
+            verbs.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+        )
+    };
     assert_eq!(
         rules,
         vec![
@@ -308,12 +477,20 @@ fn rendered_objects_have_the_expected_shape() {
     let token = find(&member, "Secret", "gp-gpupool-hub-token");
     assert_eq!(token["type"], "kubernetes.io/service-account-token");
     // hostPath access: one library file, read-only, and privileged for the device cgroup.
-    let hp = docs(&render(&["--set", "mode=member", "--set", "agent.nvml.access=hostPath"]));
+    let hp = docs(&render(&[
+        "--set",
+        "mode=member",
+        "--set",
+        "agent.nvml.access=hostPath",
+    ]));
     let pod = &find(&hp, "DaemonSet", "gp-gpupool-agent")["spec"]["template"]["spec"];
     assert_eq!(pod["volumes"][0]["hostPath"]["type"], "File");
     assert_eq!(pod["containers"][0]["volumeMounts"][0]["readOnly"], true);
     assert_eq!(pod["containers"][0]["securityContext"]["privileged"], true);
-    assert_eq!(pod["containers"][0]["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["containers"][0]["securityContext"]["runAsNonRoot"],
+        true
+    );
 }
 
 async fn kubectl_ok(cp: &ControlPlane, args: Vec<String>) -> Result<String> {
@@ -327,16 +504,29 @@ async fn kubectl_ok(cp: &ControlPlane, args: Vec<String>) -> Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_and_member_manifests_pass_a_server_side_dry_run() -> Result<()> {
-    let cp = ControlPlane::start("chart").await.context("control plane starts")?;
+    let cp = ControlPlane::start("chart")
+        .await
+        .context("control plane starts")?;
     let dir = tempfile::tempdir()?;
     let s = |v: &str| v.to_string();
 
     // CRDs for real first: the dry-run of everything else is then checked against them too.
-    let crds = write(dir.path(), "crds.yaml", &render(&["--show-only", "templates/crds.yaml"]));
+    let crds = write(
+        dir.path(),
+        "crds.yaml",
+        &render(&["--show-only", "templates/crds.yaml"]),
+    );
     kubectl_ok(&cp, vec![s("apply"), s("--server-side"), s("-f"), crds]).await?;
     kubectl_ok(
         &cp,
-        vec![s("wait"), s("--for=condition=Established"), s("--timeout=60s"), s("crd"), s("-l"), s("app.kubernetes.io/part-of=gpupool")],
+        vec![
+            s("wait"),
+            s("--for=condition=Established"),
+            s("--timeout=60s"),
+            s("crd"),
+            s("-l"),
+            s("app.kubernetes.io/part-of=gpupool"),
+        ],
     )
     .await?;
     kubectl_ok(&cp, vec![s("create"), s("namespace"), s(NAMESPACE)]).await?;
@@ -360,7 +550,6 @@ async fn hub_and_member_manifests_pass_a_server_side_dry_run() -> Result<()> {
             v
         }),
         ("member", vec![s("--set"), s("mode=member")]),
-        ("member-hostpath", ["--set", "mode=member", "--set", "agent.nvml.access=hostPath"].map(String::from).to_vec()),
     ];
     for (name, extra) in variants {
         let e: Vec<&str> = extra.iter().map(String::as_str).collect();
@@ -368,20 +557,81 @@ async fn hub_and_member_manifests_pass_a_server_side_dry_run() -> Result<()> {
         let n = docs(&manifest).len();
         ensure!(n >= 5, "{name}: only {n} objects rendered");
         let f = write(dir.path(), &format!("{name}.yaml"), &manifest);
-        let out = kubectl_ok(&cp, vec![s("apply"), s("--server-side"), s("--dry-run=server"), s("-f"), f])
-            .await
-            .with_context(|| format!("{name}: server-side dry-run of the rendered chart"))?;
-        ensure!(out.lines().count() == n, "{name}: {n} objects rendered but kubectl reported:\n{out}");
+        let out = kubectl_ok(
+            &cp,
+            vec![
+                s("apply"),
+                s("--server-side"),
+                s("--dry-run=server"),
+                s("-f"),
+                f,
+            ],
+        )
+        .await
+        .with_context(|| format!("{name}: server-side dry-run of the rendered chart"))?;
+        ensure!(
+            out.lines().count() == n,
+            "{name}: {n} objects rendered but kubectl reported:\n{out}"
+        );
         ensure!(out.contains("(server dry run)"), "{name}: {out}");
     }
+    // hostPath NVML access runs the agent privileged. The harness API server runs without
+    // --allow-privileged (kubeadm and managed clusters enable it), so that one field is refused:
+    // it must be the only complaint, and every other object must pass.
+    let manifest = render(&[
+        "--set",
+        "mode=member",
+        "--set",
+        "agent.nvml.access=hostPath",
+    ]);
+    let n = docs(&manifest).len();
+    let f = write(dir.path(), "member-hostpath.yaml", &manifest);
+    let out = cp.kubectl();
+    let out = tokio::task::spawn_blocking(move || {
+        out.run(&["apply", "--server-side", "--dry-run=server", "-f", &f])
+    })
+    .await??;
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    ensure!(
+        errors.len() == 1
+            && errors[0].contains(r#"DaemonSet "gp-gpupool-agent" is invalid"#)
+            && errors[0].ends_with("spec.template.spec.containers[0].securityContext.privileged: Forbidden: disallowed by cluster policy"),
+        "member-hostpath: expected only the privileged refusal, got:\n{}",
+        out.stderr
+    );
+    ensure!(
+        out.stdout.lines().count() == n - 1,
+        "member-hostpath: {}",
+        out.stdout
+    );
+
     // Nothing but the CRDs and the namespace was created.
-    let deps = kubectl_ok(&cp, vec![s("get"), s("deploy,ds,sa,secrets"), s("-n"), s(NAMESPACE), s("-o"), s("name")]).await?;
+    let deps = kubectl_ok(
+        &cp,
+        vec![
+            s("get"),
+            s("deploy,ds,sa,secrets"),
+            s("-n"),
+            s(NAMESPACE),
+            s("-o"),
+            s("name"),
+        ],
+    )
+    .await?;
     ensure!(deps.trim().is_empty(), "dry-run created objects: {deps}");
 
-    // Helm itself against the cluster: an install dry-run renders NOTES in both modes.
+    // Helm itself against the cluster: an install dry-run renders NOTES in both modes. The CRDs
+    // were applied above with kubectl, so Helm must not try to adopt them (crds.install=false).
     let kubeconfig = cp.kubeconfig_path();
     let chart = chart_dir();
-    for (mode, note) in [("hub", "kubectl get memberclusters"), ("member", "kubectl get gputopologies")] {
+    for (mode, note) in [
+        ("hub", "kubectl get memberclusters"),
+        ("member", "kubectl get gputopologies"),
+    ] {
         let out = helm(&[
             "install",
             RELEASE,
@@ -392,10 +642,20 @@ async fn hub_and_member_manifests_pass_a_server_side_dry_run() -> Result<()> {
             kubeconfig.to_str().unwrap(),
             "--dry-run=server",
             "--set",
+            "crds.install=false",
+            "--set",
             &format!("mode={mode}"),
         ]);
-        ensure!(out.success, "helm install --dry-run=server ({mode}) failed: {}", out.stderr);
-        ensure!(out.stdout.contains(note), "{mode} NOTES lack {note:?}:\n{}", out.stdout);
+        ensure!(
+            out.success,
+            "helm install --dry-run=server ({mode}) failed: {}",
+            out.stderr
+        );
+        ensure!(
+            out.stdout.contains(note),
+            "{mode} NOTES lack {note:?}:\n{}",
+            out.stdout
+        );
     }
     Ok(())
 }

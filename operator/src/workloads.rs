@@ -31,11 +31,6 @@ pub struct PodPlacement {
     pub score: i64,
 }
 
-/// Hub objects' annotations with this prefix are copied onto their pods (prefix removed), e.g.
-/// `pod.gpupool.io/prometheus.io~1scrape` is not supported; use plain keys like
-/// `pod.gpupool.io/pod-complete.stage.kwok.x-k8s.io/delay` → `pod-complete.stage.kwok.x-k8s.io/delay`.
-pub const POD_ANNOTATION_PREFIX: &str = "pod.gpupool.io/";
-
 fn owner_labels(kind: &str, ns: &str, name: &str, uid: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
@@ -44,17 +39,6 @@ fn owner_labels(kind: &str, ns: &str, name: &str, uid: &str) -> BTreeMap<String,
         (labels::JOB_NAME.to_string(), name.to_string()),
         (labels::JOB_UID.to_string(), uid.to_string()),
     ])
-}
-
-fn passthrough_annotations(obj_annotations: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    obj_annotations
-        .iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix(POD_ANNOTATION_PREFIX)
-                .filter(|k| !k.is_empty())
-                .map(|k| (k.to_string(), v.clone()))
-        })
-        .collect()
 }
 
 fn env(list: &[ApiEnv]) -> Vec<EnvVar> {
@@ -145,7 +129,7 @@ pub fn training_pods(job: &TrainingJob, generation: i32, placements: &[PodPlacem
     let master = format!("{name}-w0.{svc}.{ns}.svc");
     let mut base_labels = owner_labels("TrainingJob", &ns, &name, &uid);
     base_labels.insert(labels::GENERATION.into(), generation.to_string());
-    let ann = passthrough_annotations(job.annotations());
+    let ann = job.spec.pod_annotations.clone();
     placements
         .iter()
         .map(|p| {
@@ -249,7 +233,7 @@ pub fn inference_pod(job: &InferenceJob, p: &PodPlacement) -> Pod {
         inference_pod_name(job, p.index),
         &ns,
         owner_labels("InferenceJob", &ns, &name, &uid),
-        passthrough_annotations(job.annotations()),
+        job.spec.pod_annotations.clone(),
         p,
         c,
         None,
@@ -289,8 +273,8 @@ mod tests {
             r#"
 apiVersion: gpupool.io/v1alpha1
 kind: TrainingJob
-metadata: {name: gpt, namespace: ml, uid: 1111-2222, annotations: {"pod.gpupool.io/example.com/x": "y", "other": "z"}}
-spec: {image: img, command: [torchrun], workers: 2, gpusPerWorker: 4, masterPort: 29500, env: [{name: A, value: b}]}
+metadata: {name: gpt, namespace: ml, uid: 1111-2222, annotations: {"other": "z"}}
+spec: {image: img, command: [torchrun], workers: 2, gpusPerWorker: 4, masterPort: 29500, env: [{name: A, value: b}], podAnnotations: {"example.com/x": "y"}}
 "#,
         )
         .unwrap();

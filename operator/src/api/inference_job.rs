@@ -75,6 +75,10 @@ pub struct InferenceJobSpec {
     /// Only members whose labels match all of these are considered.
     #[serde(default, skip_serializing_if = "ClusterSelector::is_empty")]
     pub cluster_selector: ClusterSelector,
+    /// Annotations put on every pod of the job in the member cluster (e.g. for log shippers or
+    /// service meshes).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub pod_annotations: std::collections::BTreeMap<String, String>,
 }
 
 fn default_port() -> i32 {

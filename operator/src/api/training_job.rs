@@ -74,6 +74,10 @@ pub struct TrainingJobSpec {
     /// Only members whose labels match all of these are considered.
     #[serde(default, skip_serializing_if = "ClusterSelector::is_empty")]
     pub cluster_selector: ClusterSelector,
+    /// Annotations put on every pod of the job in the member cluster (e.g. for log shippers or
+    /// service meshes).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub pod_annotations: std::collections::BTreeMap<String, String>,
     /// Port of the rank-0 rendezvous (torchrun `MASTER_PORT`).
     #[serde(default = "default_master_port")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("masterPort must be between 1 and 65535"))]

@@ -50,6 +50,47 @@ pub struct RunArgs {
     /// Name of the leader-election Lease in `--namespace`.
     #[arg(long, default_value = "gpupool-operator")]
     pub lease_name: String,
+    /// Solana RPC URL for settlement; settlement is off when not given.
+    #[arg(long, env = "GPUPOOL_RPC_URL")]
+    pub rpc_url: Option<String>,
+    /// Ledger program id (must match the program this operator was built for).
+    #[arg(long, env = "GPUPOOL_PROGRAM_ID")]
+    pub program_id: Option<String>,
+    /// Pool token mint (checked against the pool config on chain).
+    #[arg(long, env = "GPUPOOL_MINT")]
+    pub mint: Option<String>,
+    /// Oracle keypair (solana-keygen JSON), e.g. from a mounted Secret.
+    #[arg(long, env = "GPUPOOL_ORACLE_KEYPAIR")]
+    pub oracle_keypair: Option<std::path::PathBuf>,
+    /// Length of a settlement period; never change it for a running pool.
+    #[arg(long, default_value_t = 3600)]
+    pub settlement_period_seconds: u64,
+    /// Seconds between metering passes.
+    #[arg(long, default_value_t = 30)]
+    pub meter_interval_seconds: u64,
+}
+
+fn ledger_from_args(args: &RunArgs) -> anyhow::Result<Option<crate::ledger::Ledger>> {
+    let Some(url) = &args.rpc_url else {
+        return Ok(None);
+    };
+    if let Some(p) = &args.program_id {
+        let want = gpupool_ledger::ID.to_string();
+        anyhow::ensure!(
+            *p == want,
+            "--program-id {p} is not the ledger program this operator speaks to ({want})"
+        );
+    }
+    if let Some(m) = &args.mint {
+        crate::ledger::parse_wallet(m).map_err(|e| anyhow::anyhow!("--mint: {e}"))?;
+    }
+    let path = args
+        .oracle_keypair
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("--rpc-url needs --oracle-keypair"))?;
+    let oracle = crate::ledger::load_keypair(path)?;
+    let client = std::sync::Arc::new(crate::ledger::RpcLedger::new(url)?);
+    Ok(Some(crate::ledger::Ledger::new(client, oracle)))
 }
 
 /// Runs the operator against the hub (in-cluster config or KUBECONFIG) until interrupted.
@@ -74,7 +115,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let ledger = ledger_from_args(&args)?;
     let (ctx, triggers) = Context::new(client, cfg, metrics);
+    let runner_cfg = crate::metering::runner::RunnerConfig {
+        interval: Duration::from_secs(args.meter_interval_seconds.max(1)),
+        meter: crate::metering::MeterConfig {
+            period_seconds: args.settlement_period_seconds,
+            ..Default::default()
+        },
+        settle: Default::default(),
+    };
+    let metering = tokio::spawn(crate::metering::runner::run(
+        ctx.clone(),
+        ledger,
+        runner_cfg,
+    ));
     let lost = async move {
         match lost {
             Some(f) => f.await,
@@ -85,6 +140,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         r = run_controllers(ctx, triggers) => r,
         r = server => r?,
         _ = lost => anyhow::bail!("lost leadership"),
+        r = metering => { r?; Ok(()) }
     }
 }
 

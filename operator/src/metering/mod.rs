@@ -38,6 +38,7 @@
 //! | 7     | RTX / GeForce / Quadro (consumer and workstation cards) |
 
 pub mod meter;
+pub mod runner;
 pub mod settle;
 
 pub use meter::{MemberRef, MeterConfig, MeterReport, meter_once, record_name};

@@ -1,0 +1,498 @@
+//! `make demo`: a federated GPU pool on this machine.
+//!
+//! Starts a hub and two member clusters (each a real etcd + kube-apiserver), simulated GPU nodes
+//! (KWOK) whose topology comes from the fixtures, the gpupool operator, and an embedded Solana VM
+//! running the ledger program with the real SPL Token program; applies the example jobs from
+//! `deploy/examples/`, and prints where each job went and why, what `kubectl get` shows, the
+//! metered GPU-seconds and the tokens minted to each cluster owner. Everything is stopped and
+//! removed at the end.
+
+use anyhow::{Context as _, Result};
+use gpupool::api::{InferenceJob, TrainingJob, TrainingPhase, UsageRecord, UsageState};
+use gpupool::cli::earnings::{Selector, earnings_report, format_report};
+use gpupool::ledger::embedded::DEMO_RATES;
+use gpupool::ledger::{EmbeddedLedger, Keypair, Ledger, Signer};
+use gpupool::metering::runner::{RunnerConfig, Totals, pass};
+use gpupool::metering::{MeterConfig, SettleConfig};
+use gpupool_e2e::{
+    Federation, GpuNode, Operator, eventually, fixture_for_node, publish_fixture, register_member,
+    repo_root,
+};
+use k8s_openapi::api::events::v1::Event;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct NodeSpec {
+    name: &'static str,
+    fixture: &'static str,
+    gpus: u32,
+    model: &'static str,
+    what: &'static str,
+}
+
+const MEMBERS: [(&str, &str, &[NodeSpec]); 2] = [
+    (
+        "member-east",
+        "us-east",
+        &[
+            NodeSpec {
+                name: "dgx-h100-0",
+                fixture: "dgx-h100",
+                gpus: 8,
+                model: "NVIDIA H100 80GB HBM3",
+                what: "8x H100 on NVSwitch",
+            },
+            NodeSpec {
+                name: "dgx1-v100-0",
+                fixture: "dgx1-v100",
+                gpus: 8,
+                model: "Tesla V100-SXM2-16GB",
+                what: "8x V100, hybrid cube-mesh",
+            },
+        ],
+    ),
+    (
+        "member-west",
+        "eu-west",
+        &[
+            NodeSpec {
+                name: "pcie-a100-0",
+                fixture: "pcie-a100-bridged",
+                gpus: 4,
+                model: "NVIDIA A100 80GB PCIe",
+                what: "4x A100 PCIe, NVLink-bridged pairs",
+            },
+            NodeSpec {
+                name: "pcie-a100-1",
+                fixture: "pcie-a100-bridged",
+                gpus: 4,
+                model: "NVIDIA A100 80GB PCIe",
+                what: "4x A100 PCIe, NVLink-bridged pairs",
+            },
+            NodeSpec {
+                name: "l40s-0",
+                fixture: "pcie-l40s",
+                gpus: 8,
+                model: "NVIDIA L40S",
+                what: "8x L40S, PCIe only",
+            },
+        ],
+    ),
+];
+
+const EXAMPLES: [&str; 3] = [
+    "training-gpt.yaml",
+    "inference-llama.yaml",
+    "training-finetune-v100.yaml",
+];
+
+fn step(n: usize, total: usize, msg: &str) {
+    println!("\n[{n}/{total}] {msg}");
+    let _ = std::io::stdout().flush();
+}
+
+fn indexes_of(node: &str, fixture: &str, uuids: &[String]) -> String {
+    let r = fixture_for_node(fixture, node).ok();
+    let ix: Vec<String> = uuids
+        .iter()
+        .map(|u| {
+            r.as_ref()
+                .and_then(|r| r.spec.gpus.iter().find(|g| g.uuid == *u))
+                .map(|g| g.index.to_string())
+                .unwrap_or_else(|| u.clone())
+        })
+        .collect();
+    ix.join(",")
+}
+
+fn fixture_of(node: &str) -> &'static str {
+    MEMBERS
+        .iter()
+        .flat_map(|m| m.2.iter())
+        .find(|n| n.name == node)
+        .map(|n| n.fixture)
+        .unwrap_or("")
+}
+
+async fn why(hub: &kube::Client, ns: &str, name: &str) -> Vec<String> {
+    let evs: Api<Event> = Api::namespaced(hub.clone(), ns);
+    let mut v: Vec<Event> = evs
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect();
+    v.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+    v.into_iter()
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() -> Result<()> {
+    let total = 7;
+    let t_all = Instant::now();
+    println!(
+        "gpupool demo: a federated GPU pool on this machine (hub + 2 member clusters, simulated GPU nodes, embedded Solana VM)"
+    );
+
+    step(
+        1,
+        total,
+        "control-plane tools (etcd, kube-apiserver, kubectl, KWOK, Helm) from e2e/tools/go.mod",
+    );
+    let t = Instant::now();
+    gpupool_e2e::Tools::get().context("building the control-plane tools")?;
+    println!(
+        "      ready in {:.1}s (built once, then cached outside the repository)",
+        t.elapsed().as_secs_f64()
+    );
+
+    step(
+        2,
+        total,
+        "starting the hub and two member clusters (etcd + kube-apiserver each, KWOK in the members)",
+    );
+    let fed = Federation::start(2).await?;
+    println!(
+        "      3 API servers ready in {:.1}s: hub {}, members {}",
+        fed.startup.as_secs_f64(),
+        fed.hub.server_url(),
+        fed.members
+            .iter()
+            .map(|m| m.cp.server_url())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    step(
+        3,
+        total,
+        "simulated GPU nodes; their node agents publish GpuTopology from deploy/topologies/",
+    );
+    let mut owners = Vec::new();
+    for (i, (name, region, nodes)) in MEMBERS.iter().enumerate() {
+        let gn: Vec<GpuNode> = nodes
+            .iter()
+            .map(|n| GpuNode::new(n.name, n.gpus, n.model))
+            .collect();
+        fed.add_nodes(i, &gn).await?;
+        let c = fed.members[i].cp.client().await?;
+        for n in nodes.iter() {
+            publish_fixture(&c, n.fixture, n.name).await?;
+            println!("      {name} ({region}): {:<12} {}", n.name, n.what);
+        }
+        owners.push(Keypair::new());
+    }
+
+    step(
+        4,
+        total,
+        "embedded Solana VM: ledger program (native) + SPL Token + ATA programs",
+    );
+    let (chain, pool) = EmbeddedLedger::with_pool(DEMO_RATES, 0)?;
+    let chain = Arc::new(chain);
+    println!(
+        "      pool mint {} (mint authority: the ledger program's PDA)",
+        pool.mint
+    );
+    println!(
+        "      rates (tokens per GPU-second): H100/H200 {}, A100 {}, V100 {}, L40S {}, other {}",
+        DEMO_RATES[1], DEMO_RATES[2], DEMO_RATES[3], DEMO_RATES[4], DEMO_RATES[0]
+    );
+    let mut ledger = Ledger::new(chain.clone(), pool.oracle.insecure_clone());
+    for o in &owners {
+        chain.fund(&o.pubkey())?;
+        ledger = ledger.with_owner_signer(o.insecure_clone());
+    }
+
+    step(
+        5,
+        total,
+        "registering members on the hub and starting the operator",
+    );
+    let hub = fed.hub.client().await?;
+    for (i, (name, region, _)) in MEMBERS.iter().enumerate() {
+        register_member(
+            &hub,
+            name,
+            &fed.members[i].cp,
+            &owners[i].pubkey().to_string(),
+            region,
+        )
+        .await?;
+        println!(
+            "      MemberCluster {name}: owner wallet {}",
+            owners[i].pubkey()
+        );
+    }
+    let op = Operator::start(hub.clone(), Operator::test_config(30));
+    for (name, _, _) in MEMBERS {
+        let mcs: Api<gpupool::api::MemberCluster> = Api::all(hub.clone());
+        eventually(60, &format!("{name} Ready"), || async {
+            let st = mcs.get(name).await?.status.unwrap_or_default();
+            Ok(st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(()))
+        })
+        .await?;
+    }
+    println!(
+        "{}",
+        indent(&fed.hub.kubectl().ok(&["get", "memberclusters"])?)
+    );
+
+    step(
+        6,
+        total,
+        "applying the example jobs from deploy/examples/ with kubectl on the hub",
+    );
+    let kubectl = fed.hub.kubectl();
+    for f in EXAMPLES {
+        let out = kubectl.ok(&[
+            "apply",
+            "-f",
+            repo_root()
+                .join("deploy/examples")
+                .join(f)
+                .to_str()
+                .unwrap_or_default(),
+        ])?;
+        print!("      $ kubectl apply -f deploy/examples/{f}\n      {out}");
+    }
+    let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
+    let ijs: Api<InferenceJob> = Api::namespaced(hub.clone(), "default");
+    eventually(60, "all example jobs running", || async {
+        let gpt = tjs
+            .get("gpt-pretrain")
+            .await?
+            .status
+            .unwrap_or_default()
+            .phase;
+        let ft = tjs
+            .get("bert-finetune")
+            .await?
+            .status
+            .unwrap_or_default()
+            .phase;
+        let ll = ijs
+            .get("llama-serve")
+            .await?
+            .status
+            .unwrap_or_default()
+            .ready_replicas;
+        Ok((gpt == TrainingPhase::Running
+            && matches!(ft, TrainingPhase::Running | TrainingPhase::Succeeded)
+            && ll == 3)
+            .then_some(()))
+    })
+    .await?;
+    println!("\n      Where each job went, and why:");
+    for j in tjs.list(&ListParams::default()).await?.items {
+        let st = j.status.clone().unwrap_or_default();
+        println!(
+            "      TrainingJob {}: {} workers x {} GPUs, nvlink {} -> {}",
+            j.name_any(),
+            j.spec.workers,
+            j.spec.gpus_per_worker,
+            j.spec.nvlink,
+            st.cluster.clone().unwrap_or_default()
+        );
+        for w in &st.workers {
+            println!(
+                "        rank {}: node {} GPUs [{}] score {}",
+                w.rank,
+                w.node,
+                indexes_of(&w.node, fixture_of(&w.node), &w.gpu_uuids),
+                w.score
+            );
+        }
+    }
+    for j in ijs.list(&ListParams::default()).await?.items {
+        let st = j.status.clone().unwrap_or_default();
+        println!(
+            "      InferenceJob {}: {} replicas x {} GPUs, nvlink {}, spread {}",
+            j.name_any(),
+            j.spec.replicas,
+            j.spec.gpus_per_replica,
+            j.spec.nvlink,
+            j.spec.spread_across_clusters
+        );
+        for p in &st.placements {
+            for (r, g) in p.replicas.iter().zip(&p.gpus) {
+                println!(
+                    "        replica {r}: {}/{} GPUs [{}] score {}",
+                    p.cluster,
+                    g.node,
+                    indexes_of(&g.node, fixture_of(&g.node), &g.gpu_uuids),
+                    g.score
+                );
+            }
+        }
+        println!("        endpoints: {}", st.endpoints.join(", "));
+    }
+    println!("\n      $ kubectl get trainingjobs,inferencejobs");
+    println!(
+        "{}",
+        indent(&kubectl.ok(&["get", "trainingjobs,inferencejobs"])?)
+    );
+    println!("\n      Events on the hub objects:");
+    for n in ["gpt-pretrain", "bert-finetune", "llama-serve"] {
+        for e in why(&hub, "default", n).await {
+            println!("        {n}: {e}");
+        }
+    }
+
+    step(
+        7,
+        total,
+        "metering GPU-seconds and settling them on chain (5 s settlement periods for the demo)",
+    );
+    let cfg = RunnerConfig {
+        interval: Duration::from_secs(2),
+        meter: MeterConfig {
+            period_seconds: 5,
+            finalize_delay_seconds: 1,
+        },
+        settle: SettleConfig::default(),
+    };
+    let mut totals = Totals::default();
+    let t = Instant::now();
+    let run_for = Duration::from_secs(24);
+    let mut last = (usize::MAX, usize::MAX);
+    while t.elapsed() < run_for {
+        pass(&op.ctx, Some(&ledger), &cfg, &mut totals).await?;
+        let recs = Api::<UsageRecord>::all(hub.clone())
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let settled = recs
+            .iter()
+            .filter(|r| {
+                r.status
+                    .as_ref()
+                    .is_some_and(|s| s.state == UsageState::Settled)
+            })
+            .count();
+        if (recs.len(), settled) != last {
+            last = (recs.len(), settled);
+            println!(
+                "      {:>2}s: {} usage records, {} settled, {} tokens minted",
+                t.elapsed().as_secs(),
+                recs.len(),
+                settled,
+                chain.mint_supply(&pool.mint)
+            );
+        }
+        tokio::time::sleep(cfg.interval).await;
+    }
+    println!(
+        "\n      $ kubectl get trainingjobs,inferencejobs -o wide   (bert-finetune's simulated run has finished)"
+    );
+    println!(
+        "{}",
+        indent(&kubectl.ok(&["get", "trainingjobs,inferencejobs", "-o", "wide"])?)
+    );
+    // Stop the jobs, then settle what they used to the last second.
+    kubectl.ok(&[
+        "delete",
+        "trainingjobs,inferencejobs",
+        "--all",
+        "-n",
+        "default",
+        "--wait=true",
+        "--timeout=60s",
+    ])?;
+    let final_cfg = RunnerConfig {
+        meter: MeterConfig {
+            period_seconds: 5,
+            finalize_delay_seconds: 0,
+        },
+        ..cfg.clone()
+    };
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    pass(&op.ctx, Some(&ledger), &final_cfg, &mut totals).await?;
+    pass(&op.ctx, Some(&ledger), &final_cfg, &mut totals).await?;
+
+    println!("\n      $ kubectl get usagerecords (first 8 of them)");
+    let get = kubectl.ok(&["get", "usagerecords"])?;
+    println!(
+        "{}",
+        indent(&get.lines().take(9).collect::<Vec<_>>().join("\n"))
+    );
+    let recs = Api::<UsageRecord>::all(hub.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let mut per_cluster: BTreeMap<String, (i64, i64, usize, usize)> = BTreeMap::new();
+    for r in &recs {
+        let e = per_cluster.entry(r.spec.cluster.clone()).or_default();
+        e.0 += r.spec.gpu_seconds;
+        e.2 += 1;
+        if let Some(s) = r.status.as_ref().filter(|s| s.state == UsageState::Settled) {
+            e.1 += s.amount.unwrap_or(0);
+            e.3 += 1;
+        }
+    }
+    for (i, (name, _, _)) in MEMBERS.iter().enumerate() {
+        println!(
+            "\n      Owner of {name}: `gpupool earnings --wallet {}`",
+            owners[i].pubkey()
+        );
+        let rep = earnings_report(
+            Some(&hub),
+            chain.as_ref(),
+            &gpupool_ledger::ID,
+            &Selector::Wallet(owners[i].pubkey()),
+        )
+        .await?;
+        println!("{}", indent(&format_report(&rep)));
+    }
+    let receipts_sum: i64 = per_cluster.values().map(|v| v.1).sum();
+    println!("\n      Summary per member: GPU-seconds / tokens minted / records settled");
+    for (c, (gs, amt, n, s)) in &per_cluster {
+        println!("        {c}: {gs} GPU-s, {amt} tokens, {s}/{n} records settled");
+    }
+    println!(
+        "      mint supply {} == sum of settled receipts {}: {}",
+        chain.mint_supply(&pool.mint),
+        receipts_sum,
+        if chain.mint_supply(&pool.mint) as i64 == receipts_sum {
+            "yes"
+        } else {
+            "NO"
+        }
+    );
+
+    println!(
+        "\ncleaning up: stopping the operator, KWOK, API servers and etcd, removing their directories"
+    );
+    drop(op);
+    drop(fed);
+    println!(
+        "done in {:.0}s; nothing left running.",
+        t_all.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn indent(s: &str) -> String {
+    s.lines()
+        .map(|l| format!("      {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

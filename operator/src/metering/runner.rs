@@ -1,0 +1,129 @@
+//! The metering loop the operator runs: meter every reachable member, settle what is final when
+//! a ledger is configured, and keep the usage/minting metrics.
+
+use super::{MemberRef, MeterConfig, SettleConfig, meter_once, settle_once};
+use crate::api::{UsageRecord, UsageState};
+use crate::controllers::Context;
+use crate::ledger::Ledger;
+use kube::api::{Api, ListParams};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings of the loop.
+#[derive(Clone, Debug)]
+pub struct RunnerConfig {
+    /// Time between passes.
+    pub interval: Duration,
+    /// Metering settings (period length).
+    pub meter: MeterConfig,
+    /// Settlement settings.
+    pub settle: SettleConfig,
+}
+
+/// Members the meter can read now.
+pub async fn member_refs(ctx: &Context) -> Vec<MemberRef> {
+    ctx.registry
+        .snapshot()
+        .await
+        .into_values()
+        .filter(|m| m.reachable)
+        .filter_map(|m| {
+            Some(MemberRef {
+                name: m.name.clone(),
+                owner_wallet: m.spec.owner_wallet.clone(),
+                client: m.client.clone()?,
+            })
+        })
+        .collect()
+}
+
+/// One pass: meter, then settle (when a ledger is given), then refresh metrics.
+pub async fn pass(
+    ctx: &Context,
+    ledger: Option<&Ledger>,
+    cfg: &RunnerConfig,
+    seen: &mut Totals,
+) -> anyhow::Result<()> {
+    let members = member_refs(ctx).await;
+    let m = meter_once(
+        &ctx.hub,
+        &members,
+        k8s_openapi::jiff::Timestamp::now(),
+        &cfg.meter,
+    )
+    .await?;
+    for (cluster, e) in &m.member_errors {
+        tracing::warn!(cluster, error = %e, "metering a member failed");
+    }
+    if let Some(l) = ledger {
+        match settle_once(&ctx.hub, l, &cfg.settle).await {
+            Ok(r) => {
+                if r.batches_failed > 0 {
+                    ctx.metrics.inc_settlement_failure("send");
+                }
+                if r.settled + r.reconciled > 0 {
+                    tracing::info!(
+                        settled = r.settled,
+                        reconciled = r.reconciled,
+                        minted = r.tokens_minted,
+                        "settled usage"
+                    );
+                }
+            }
+            Err(e) => {
+                ctx.metrics.inc_settlement_failure("pass");
+                tracing::warn!(error = %e, "settlement pass failed");
+            }
+        }
+    }
+    seen.update(ctx).await?;
+    Ok(())
+}
+
+/// Per-cluster GPU-seconds and minted tokens already reported to the counters.
+#[derive(Default)]
+pub struct Totals {
+    gpu_seconds: BTreeMap<String, i64>,
+    minted: BTreeMap<String, i64>,
+}
+
+impl Totals {
+    async fn update(&mut self, ctx: &Context) -> anyhow::Result<()> {
+        let recs = Api::<UsageRecord>::all(ctx.hub.clone())
+            .list(&ListParams::default())
+            .await?;
+        let mut gs: BTreeMap<String, i64> = BTreeMap::new();
+        let mut mt: BTreeMap<String, i64> = BTreeMap::new();
+        for r in recs.items {
+            *gs.entry(r.spec.cluster.clone()).or_default() += r.spec.gpu_seconds;
+            if let Some(st) = r.status.as_ref().filter(|s| s.state == UsageState::Settled) {
+                *mt.entry(r.spec.cluster.clone()).or_default() += st.amount.unwrap_or(0);
+            }
+        }
+        for (c, v) in gs {
+            let old = self.gpu_seconds.insert(c.clone(), v).unwrap_or(0);
+            if v > old {
+                ctx.metrics.add_usage(&c, (v - old) as u64);
+            }
+        }
+        for (c, v) in mt {
+            let old = self.minted.insert(c.clone(), v).unwrap_or(0);
+            if v > old {
+                ctx.metrics.add_minted(&c, (v - old) as u64);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs passes forever.
+pub async fn run(ctx: Arc<Context>, ledger: Option<Ledger>, cfg: RunnerConfig) {
+    let mut totals = Totals::default();
+    loop {
+        if let Err(e) = pass(&ctx, ledger.as_ref(), &cfg, &mut totals).await {
+            tracing::warn!(error = %e, "metering pass failed");
+        }
+        tokio::time::sleep(cfg.interval).await;
+    }
+}
