@@ -54,3 +54,25 @@ pub async fn install_crds(cp: &ControlPlane) -> anyhow::Result<()> {
     .await??;
     Ok(())
 }
+
+/// Path of a binary of the operator crate (`gpupool`, `gpupool-agent`), built on demand with
+/// `cargo build -p gpupool-operator --bin <name>` (a no-op when fresh) into the target directory
+/// this test binary runs from. `CARGO_BIN_EXE_*` only exists for a crate's own binaries.
+pub fn operator_bin(name: &str) -> std::path::PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = std::process::Command::new(cargo)
+        .args(["build", "-q", "-p", "gpupool-operator", "--bin", name])
+        .current_dir(repo_root())
+        .status()
+        .expect("running cargo build");
+    assert!(st.success(), "building {name} failed");
+    // Test binaries run as <target>/<profile>/deps/<test>-<hash>.
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("test binary lives in <target>/<profile>/deps");
+    let bin = dir.join(name);
+    assert!(bin.exists(), "{} missing", bin.display());
+    bin
+}

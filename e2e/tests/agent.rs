@@ -2,9 +2,7 @@
 //! `GpuTopology` (owned by the Node, status filled in) and, without an NVIDIA driver, says so in
 //! one line.
 //!
-//! The agent binary belongs to the operator crate, so `CARGO_BIN_EXE_*` is not available here:
-//! the test builds it with `cargo build -p gpupool-operator --bin gpupool-agent` (a no-op when
-//! fresh) and runs it from this test's own target directory.
+//! The agent binary belongs to the operator crate; [`gpupool_e2e::operator_bin`] builds and finds it.
 
 use gpupool::api::{GpuTopology, GpuTopologySpec};
 use gpupool_e2e::{ControlPlane, GpuNode, repo_root};
@@ -14,22 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn agent_bin() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(cargo)
-        .args(["build", "-p", "gpupool-operator", "--bin", "gpupool-agent"])
-        .current_dir(repo_root())
-        .status()
-        .expect("running cargo build");
-    assert!(st.success(), "building gpupool-agent failed");
-    // This test runs as <target>/debug/deps/agent-<hash>.
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("test binary lives in <target>/<profile>/deps");
-    let bin = dir.join("gpupool-agent");
-    assert!(bin.exists(), "{} missing", bin.display());
-    bin
+    gpupool_e2e::operator_bin("gpupool-agent")
 }
 
 fn fixture(name: &str) -> (PathBuf, String) {

@@ -106,6 +106,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = crate::metrics::Metrics::default();
     let server = crate::metrics::serve(args.metrics_addr.parse()?, metrics.clone());
     let server = tokio::spawn(server);
+    // Ready once the hub answers, whether this replica leads or stands by for the Lease.
+    let v = client.apiserver_version().await?;
+    tracing::info!(version = %v.git_version, "hub API reachable");
+    metrics.set_ready();
     let lost = if args.leader_elect {
         let identity = crate::leader::default_identity();
         Some(Box::pin(

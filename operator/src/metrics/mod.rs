@@ -242,7 +242,14 @@ impl Metrics {
         String::from_utf8(buf).expect("exposition is UTF-8")
     }
 
-    /// Whether a reconcile has completed (readiness).
+    /// Marks the process ready: it reached the hub API (leader or standby replica alike).
+    pub fn set_ready(&self) {
+        self.inner
+            .ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the process is ready (hub reached, or a reconcile completed).
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(std::sync::atomic::Ordering::Relaxed)
     }

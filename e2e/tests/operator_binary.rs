@@ -1,0 +1,147 @@
+//! The shipped `gpupool run` binary against a real hub API server: two replicas with
+//! `--leader-elect`, exactly one holds the Lease; both serve /healthz, /readyz and Prometheus
+//! /metrics; the leader reconciles a MemberCluster whose Secret is missing and says why.
+
+use gpupool::api::MemberCluster;
+use gpupool_e2e::{ControlPlane, eventually, operator_bin};
+use kube::api::{Api, Patch, PatchParams};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    Some((
+        code,
+        buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_string(),
+    ))
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_leader_metrics_and_member_status() {
+    let cp = ControlPlane::start("opbin").await.unwrap();
+    gpupool_e2e::install_crds(&cp).await.unwrap();
+    let bin = operator_bin("gpupool");
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let procs: Vec<Proc> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Proc(
+                Command::new(&bin)
+                    .args([
+                        "run",
+                        "--leader-elect",
+                        "--namespace",
+                        "default",
+                        "--metrics-addr",
+                        &format!("127.0.0.1:{p}"),
+                    ])
+                    .env("KUBECONFIG", cp.kubeconfig_path())
+                    .env("POD_NAME", format!("replica-{i}"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    // Both replicas become ready (the standby too) and expose metrics.
+    for p in &ports {
+        eventually(30, "readyz", || async {
+            Ok((http_get(*p, "/readyz").map(|r| r.0) == Some(200)).then_some(()))
+        })
+        .await
+        .unwrap();
+        assert_eq!(http_get(*p, "/healthz").unwrap().0, 200);
+    }
+    let holder = eventually(30, "a lease holder", || async {
+        let h = cp
+            .kubectl()
+            .ok(&[
+                "get",
+                "lease",
+                "gpupool-operator",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ])
+            .unwrap_or_default();
+        Ok((!h.is_empty()).then_some(h))
+    })
+    .await
+    .unwrap();
+    assert!(holder == "replica-0" || holder == "replica-1", "{holder}");
+
+    // The leader reconciles: a member whose kubeconfig Secret is missing is NotReady, with why.
+    let hub = cp.client().await.unwrap();
+    let mc: MemberCluster = serde_yaml::from_str(
+        "apiVersion: gpupool.io/v1alpha1\nkind: MemberCluster\nmetadata: {name: lonely}\nspec: {kubeconfigSecretRef: {name: nope}, ownerWallet: 7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU}\n",
+    )
+    .unwrap();
+    let api: Api<MemberCluster> = Api::all(hub);
+    api.patch("lonely", &PatchParams::apply("test"), &Patch::Apply(&mc))
+        .await
+        .unwrap();
+    let cond = eventually(30, "Reachable=False with a reason", || async {
+        let st = api.get("lonely").await?.status.unwrap_or_default();
+        Ok(st
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Reachable" && c.status == "False"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(cond.reason, "KubeconfigUnavailable");
+    assert!(
+        cond.message.contains("default/nope not found"),
+        "{}",
+        cond.message
+    );
+
+    // Only the leader reconciled.
+    let leader_port = if holder == "replica-0" {
+        ports[0]
+    } else {
+        ports[1]
+    };
+    let standby_port = if holder == "replica-0" {
+        ports[1]
+    } else {
+        ports[0]
+    };
+    let m = http_get(leader_port, "/metrics").unwrap().1;
+    assert!(
+        m.contains("gpupool_reconciles_total{controller=\"membercluster\"}"),
+        "{m}"
+    );
+    let s = http_get(standby_port, "/metrics").unwrap().1;
+    assert!(
+        !s.contains("gpupool_reconciles_total{"),
+        "standby reconciled: {s}"
+    );
+    drop(procs);
+}
