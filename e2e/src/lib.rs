@@ -55,17 +55,12 @@ pub async fn install_crds(cp: &ControlPlane) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Path of a binary of the operator crate (`gpupool`, `gpupool-agent`), built on demand with
-/// `cargo build -p gpupool-operator --bin <name>` (a no-op when fresh) into the target directory
-/// this test binary runs from. `CARGO_BIN_EXE_*` only exists for a crate's own binaries.
+/// Path of a binary of the operator crate (`gpupool`, `gpupool-agent`) in the target directory
+/// this test binary runs from. `cargo test --workspace` builds it before any test runs (it is a
+/// binary of a tested package); when it is missing or older than the operator's sources, as when
+/// only this crate's tests are run, it is built with `cargo build -p gpupool-operator --bin`.
+/// (`CARGO_BIN_EXE_*` only exists for a crate's own binaries.)
 pub fn operator_bin(name: &str) -> std::path::PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = std::process::Command::new(cargo)
-        .args(["build", "-q", "-p", "gpupool-operator", "--bin", name])
-        .current_dir(repo_root())
-        .status()
-        .expect("running cargo build");
-    assert!(st.success(), "building {name} failed");
     // Test binaries run as <target>/<profile>/deps/<test>-<hash>.
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe
@@ -73,6 +68,34 @@ pub fn operator_bin(name: &str) -> std::path::PathBuf {
         .and_then(|d| d.parent())
         .expect("test binary lives in <target>/<profile>/deps");
     let bin = dir.join(name);
+    let built = bin.metadata().and_then(|m| m.modified()).ok();
+    let fresh = built
+        .is_some_and(|b| newest_mtime(&repo_root().join("operator")).is_none_or(|src| src <= b));
+    if !fresh {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = std::process::Command::new(cargo)
+            .args(["build", "-q", "-p", "gpupool-operator", "--bin", name])
+            .current_dir(repo_root())
+            .status()
+            .expect("running cargo build");
+        assert!(st.success(), "building {name} failed");
+    }
     assert!(bin.exists(), "{} missing", bin.display());
     bin
+}
+
+fn newest_mtime(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        let t = if p.is_dir() {
+            newest_mtime(&p)
+        } else {
+            e.metadata().ok().and_then(|m| m.modified().ok())
+        };
+        if let Some(t) = t {
+            newest = newest.max(Some(t));
+        }
+    }
+    newest
 }
