@@ -3,8 +3,8 @@
 
 use super::member_io::{create_if_missing, delete_all, delete_pods, ensure_namespace};
 use super::reservations::taken_gpus;
-use super::status::{apply_status, event, set_condition};
-use super::{Context, Error, FINALIZER, Result};
+use super::status::{apply_status, event, reconcile_finalized, set_condition};
+use super::{Context, Error, Result};
 use crate::api::{
     ClusterPlacement, InferenceJob, InferenceJobStatus, InferencePhase, NodeGpus, condition,
 };
@@ -14,29 +14,20 @@ use crate::workloads::{PodPlacement, inference_pod, inference_service};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::finalizer::Event as Finalizer;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Reconciles one InferenceJob.
 pub async fn reconcile(job: Arc<InferenceJob>, ctx: Arc<Context>) -> Result<Action> {
-    let t0 = Instant::now();
-    let ns = job
-        .namespace()
-        .ok_or_else(|| Error::Invalid("InferenceJob without namespace".into()))?;
-    let api: Api<InferenceJob> = Api::namespaced(ctx.hub.clone(), &ns);
-    let res = finalizer(&api, FINALIZER, job, |ev| async {
+    reconcile_finalized(&ctx, "inferencejob", job, |ev| async {
         match ev {
             Finalizer::Apply(job) => apply(&job, &ctx).await,
             Finalizer::Cleanup(job) => cleanup(&job, &ctx).await,
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.metrics
-        .observe_reconcile("inferencejob", t0.elapsed(), res.as_ref().err());
-    res
 }
 
 /// Retries a failed reconcile with a delay.

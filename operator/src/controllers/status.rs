@@ -1,14 +1,18 @@
 //! Helpers shared by the controllers: conditions, status patches, Events.
 
-use super::{Context, FIELD_MANAGER, Result};
+use super::{Context, Error, FIELD_MANAGER, FINALIZER, Result};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Instant;
 
 /// Now, as a Kubernetes `Time`.
 pub fn now() -> Time {
@@ -88,4 +92,33 @@ pub async fn event<K: Resource<DynamicType = ()>>(
     if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "publishing event failed");
     }
+}
+
+/// Runs a namespaced job's reconcile under the cleanup finalizer and records its metrics.
+pub async fn reconcile_finalized<K, F, Fut>(
+    ctx: &Context,
+    controller: &str,
+    obj: Arc<K>,
+    reconcile: F,
+) -> Result<Action>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + Debug,
+    F: FnOnce(Finalizer<K>) -> Fut,
+    Fut: std::future::Future<Output = Result<Action>>,
+{
+    let t0 = Instant::now();
+    let ns = obj
+        .namespace()
+        .ok_or_else(|| Error::Invalid(format!("{controller} without namespace")))?;
+    let api: Api<K> = Api::namespaced(ctx.hub.clone(), &ns);
+    let res = finalizer(&api, FINALIZER, obj, reconcile)
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .observe_reconcile(controller, t0.elapsed(), res.as_ref().err());
+    res
 }

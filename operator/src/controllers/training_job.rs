@@ -2,8 +2,8 @@
 
 use super::member_io::{create_if_missing, delete_all, delete_pods, ensure_namespace};
 use super::reservations::taken_gpus;
-use super::status::{apply_status, event, now, set_condition};
-use super::{Context, Error, FINALIZER, Result};
+use super::status::{apply_status, event, now, reconcile_finalized, set_condition};
+use super::{Context, Error, Result};
 use crate::api::{TrainingJob, TrainingJobStatus, TrainingPhase, WorkerPlacement, condition};
 use crate::federation::labels;
 use crate::placement::{JobRequest, candidates, place_gang};
@@ -12,28 +12,19 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::finalizer::Event as Finalizer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Reconciles one TrainingJob.
 pub async fn reconcile(job: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action> {
-    let t0 = Instant::now();
-    let ns = job
-        .namespace()
-        .ok_or_else(|| Error::Invalid("TrainingJob without namespace".into()))?;
-    let api: Api<TrainingJob> = Api::namespaced(ctx.hub.clone(), &ns);
-    let res = finalizer(&api, FINALIZER, job, |ev| async {
+    reconcile_finalized(&ctx, "trainingjob", job, |ev| async {
         match ev {
             Finalizer::Apply(job) => apply(&job, &ctx).await,
             Finalizer::Cleanup(job) => cleanup(&job, &ctx).await,
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.metrics
-        .observe_reconcile("trainingjob", t0.elapsed(), res.as_ref().err());
-    res
 }
 
 /// Retries a failed reconcile with a delay.
