@@ -64,3 +64,34 @@ async fn only_one_replica_leads_and_the_other_takes_over() {
     }
     b.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_racing_for_a_new_lease_never_both_lead() {
+    let cp = ControlPlane::start("leader-race").await.unwrap();
+    let client = cp.client().await.unwrap();
+    for round in 0..10 {
+        let lease = format!("race-{round}");
+        let leaders = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..3)
+            .map(|i| {
+                let (c, l, lease) = (client.clone(), leaders.clone(), lease.clone());
+                tokio::spawn(async move {
+                    let lost = gpupool::leader::acquire(c, "default", &lease, &format!("r{i}"))
+                        .await
+                        .unwrap();
+                    l.fetch_add(1, Ordering::SeqCst);
+                    lost.await;
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            leaders.load(Ordering::SeqCst),
+            1,
+            "round {round}: leaders at once"
+        );
+        for t in tasks {
+            t.abort();
+        }
+    }
+}

@@ -7,7 +7,7 @@ use gpupool_e2e::{ControlPlane, eventually, operator_bin};
 use kube::api::{Api, Patch, PatchParams};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -63,8 +63,12 @@ async fn two_replicas_one_leader_metrics_and_member_status() {
                     ])
                     .env("KUBECONFIG", cp.kubeconfig_path())
                     .env("POD_NAME", format!("replica-{i}"))
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
+                    .stdout(
+                        std::fs::File::create(cp.dir().join(format!("replica-{i}.out"))).unwrap(),
+                    )
+                    .stderr(
+                        std::fs::File::create(cp.dir().join(format!("replica-{i}.log"))).unwrap(),
+                    )
                     .spawn()
                     .unwrap(),
             )
@@ -77,7 +81,16 @@ async fn two_replicas_one_leader_metrics_and_member_status() {
         })
         .await
         .unwrap();
-        assert_eq!(http_get(*p, "/healthz").unwrap().0, 200);
+        let h = http_get(*p, "/healthz");
+        if h.as_ref().map(|r| r.0) != Some(200) {
+            let logs: Vec<String> = (0..2)
+                .map(|i| {
+                    std::fs::read_to_string(cp.dir().join(format!("replica-{i}.log")))
+                        .unwrap_or_default()
+                })
+                .collect();
+            panic!("/healthz on {p}: {h:?}; logs:\n{}", logs.join("\n---\n"));
+        }
     }
     let holder = eventually(30, "a lease holder", || async {
         let h = cp
@@ -133,15 +146,27 @@ async fn two_replicas_one_leader_metrics_and_member_status() {
     } else {
         ports[0]
     };
-    let m = http_get(leader_port, "/metrics").unwrap().1;
+    let m = http_get(leader_port, "/metrics")
+        .expect("the leader serves /metrics")
+        .1;
     assert!(
         m.contains("gpupool_reconciles_total{controller=\"membercluster\"}"),
         "{m}"
     );
-    let s = http_get(standby_port, "/metrics").unwrap().1;
-    assert!(
-        !s.contains("gpupool_reconciles_total{"),
-        "standby reconciled: {s}"
-    );
+    let s = http_get(standby_port, "/metrics")
+        .expect("the standby replica still serves /metrics")
+        .1;
+    if s.contains("gpupool_reconciles_total{") {
+        let logs: Vec<String> = (0..2)
+            .map(|i| {
+                std::fs::read_to_string(cp.dir().join(format!("replica-{i}.out")))
+                    .unwrap_or_default()
+            })
+            .collect();
+        panic!(
+            "the standby reconciled (holder {holder}); logs:\n{}",
+            logs.join("\n---\n")
+        );
+    }
     drop(procs);
 }

@@ -1,40 +1,163 @@
 //! Lease-based leader election: of several operator replicas only the lease holder runs the
 //! controllers; one that loses the lease stops acting at once (the process exits and is restarted).
+//!
+//! The algorithm is client-go's: every write of the `coordination.k8s.io/v1` Lease is a `replace`
+//! guarded by the `resourceVersion` just read, so of two replicas racing for a free or expired
+//! lease exactly one write succeeds. Expiry is judged by the local time since this replica last saw
+//! the lease record change (not by comparing clocks with the holder): a holder that stops renewing
+//! for `duration` loses the lease. The holder renews every `duration / 3` and gives up when it has
+//! not managed to renew for `duration - grace`, before anyone else may take over.
 
-use kube_lease_manager::LeaseManagerBuilder;
-use std::time::Duration;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, PostParams};
+use std::time::{Duration, Instant};
 
-/// Blocks until this process holds the lease `name` in `namespace`, then returns a future that
-/// completes when the lease is lost.
+/// Lease timing.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// How long a lease is valid after its last renewal.
+    pub duration: Duration,
+    /// Safety margin: the holder stops acting this long before others may take over.
+    pub grace: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            duration: Duration::from_secs(15),
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
+enum Attempt {
+    Acquired,
+    Held,
+}
+
+fn now() -> MicroTime {
+    MicroTime(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// One try: take the lease if it is free, expired (unchanged for `duration` as seen from here) or ours.
+async fn try_acquire(
+    api: &Api<Lease>,
+    name: &str,
+    identity: &str,
+    timing: Timing,
+    observed: &mut Option<(String, Instant)>,
+) -> kube::Result<Attempt> {
+    let secs = timing.duration.as_secs() as i32;
+    let Some(current) = api.get_opt(name).await? else {
+        let mut lease = Lease::default();
+        lease.metadata.name = Some(name.into());
+        lease.spec = Some(LeaseSpec {
+            holder_identity: Some(identity.into()),
+            lease_duration_seconds: Some(secs),
+            acquire_time: Some(now()),
+            renew_time: Some(now()),
+            lease_transitions: Some(0),
+            ..Default::default()
+        });
+        return match api.create(&PostParams::default(), &lease).await {
+            Ok(_) => Ok(Attempt::Acquired),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::Held),
+            Err(e) => Err(e),
+        };
+    };
+    let rv = current
+        .metadata
+        .resource_version
+        .clone()
+        .unwrap_or_default();
+    let spec = current.spec.clone().unwrap_or_default();
+    let holder = spec.holder_identity.clone().unwrap_or_default();
+    // Track when this replica last saw the record change.
+    let seen_at = match observed {
+        Some((v, t)) if *v == rv => *t,
+        _ => {
+            *observed = Some((rv.clone(), Instant::now()));
+            Instant::now()
+        }
+    };
+    let expired = seen_at.elapsed() >= timing.duration;
+    if !(holder.is_empty() || holder == identity || expired) {
+        return Ok(Attempt::Held);
+    }
+    let mut next = current.clone();
+    let mut s = spec;
+    if holder != identity {
+        s.acquire_time = Some(now());
+        s.lease_transitions = Some(s.lease_transitions.unwrap_or(0) + 1);
+    }
+    s.holder_identity = Some(identity.into());
+    s.lease_duration_seconds = Some(secs);
+    s.renew_time = Some(now());
+    next.spec = Some(s);
+    match api.replace(name, &PostParams::default(), &next).await {
+        Ok(_) => Ok(Attempt::Acquired),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::Held),
+        Err(e) => Err(e),
+    }
+}
+
+/// Blocks until this process holds the Lease `name` in `namespace`, then returns a future that
+/// keeps renewing it and completes when the lease is lost (or could not be renewed in time).
 pub async fn acquire(
     client: kube::Client,
     namespace: &str,
     name: &str,
     identity: &str,
 ) -> anyhow::Result<impl std::future::Future<Output = ()> + use<>> {
-    let manager = LeaseManagerBuilder::new(client, name)
-        .with_namespace(namespace)
-        .with_identity(identity)
-        .with_duration(15)
-        .with_grace(5)
-        .with_field_manager("gpupool-operator-leader")
-        .build()
-        .await?;
-    let (mut rx, task) = manager.watch().await;
+    acquire_with(client, namespace, name, identity, Timing::default()).await
+}
+
+/// [`acquire`] with explicit timing.
+pub async fn acquire_with(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    identity: &str,
+    timing: Timing,
+) -> anyhow::Result<impl std::future::Future<Output = ()> + use<>> {
+    let api: Api<Lease> = Api::namespaced(client, namespace);
+    let retry = timing.duration / 5;
+    let mut observed = None;
     tracing::info!(lease = name, identity, "waiting to become leader");
-    while !*rx.borrow_and_update() {
-        rx.changed().await?;
-    }
-    tracing::info!(lease = name, identity, "became leader");
-    Ok(async move {
-        loop {
-            if rx.changed().await.is_err() || !*rx.borrow() {
-                tracing::error!("lost the leader lease; stopping");
-                break;
+    let mut last_renew = loop {
+        match try_acquire(&api, name, identity, timing, &mut observed).await {
+            Ok(Attempt::Acquired) => break Instant::now(),
+            Ok(Attempt::Held) => {}
+            Err(e) => {
+                tracing::warn!(lease = name, error = %e, "reading the leader lease failed; retrying")
             }
         }
-        task.abort();
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(retry).await;
+    };
+    tracing::info!(lease = name, identity, "became leader");
+    let (name, identity) = (name.to_string(), identity.to_string());
+    Ok(async move {
+        let renew_every = timing.duration / 3;
+        let deadline = timing.duration.saturating_sub(timing.grace);
+        loop {
+            tokio::time::sleep(renew_every).await;
+            let mut obs = None;
+            match try_acquire(&api, &name, &identity, timing, &mut obs).await {
+                Ok(Attempt::Acquired) => last_renew = Instant::now(),
+                Ok(Attempt::Held) => {
+                    tracing::error!(lease = %name, "another replica holds the leader lease; stopping");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(lease = %name, error = %e, "renewing the leader lease failed")
+                }
+            }
+            if last_renew.elapsed() >= deadline {
+                tracing::error!(lease = %name, "could not renew the leader lease in time; stopping");
+                return;
+            }
+        }
     })
 }
 
