@@ -348,7 +348,10 @@ async fn main() -> Result<()> {
     println!("\n      $ kubectl get trainingjobs,inferencejobs");
     println!(
         "{}",
-        indent(&kubectl.ok(&["get", "trainingjobs,inferencejobs"])?)
+        indent(&kubectl_get(
+            &kubectl,
+            &["get", "trainingjobs,inferencejobs"]
+        )?)
     );
     println!("\n      Events on the hub objects:");
     for n in ["gpt-pretrain", "bert-finetune", "llama-serve"] {
@@ -405,7 +408,10 @@ async fn main() -> Result<()> {
     );
     println!(
         "{}",
-        indent(&kubectl.ok(&["get", "trainingjobs,inferencejobs", "-o", "wide"])?)
+        indent(&kubectl_get(
+            &kubectl,
+            &["get", "trainingjobs,inferencejobs", "-o", "wide"]
+        )?)
     );
     // Stop the jobs, then settle what they used to the last second.
     kubectl.ok(&[
@@ -488,6 +494,18 @@ async fn main() -> Result<()> {
         t_all.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `kubectl get …` output, with anything kubectl said on stderr.
+fn kubectl_get(k: &gpupool_e2e::Kubectl, args: &[&str]) -> Result<String> {
+    let o = k.run(args)?;
+    anyhow::ensure!(
+        o.success,
+        "kubectl {} failed: {}",
+        args.join(" "),
+        o.stderr.trim()
+    );
+    Ok(format!("{}{}", o.stdout, o.stderr))
 }
 
 fn indent(s: &str) -> String {
