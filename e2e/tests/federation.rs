@@ -516,3 +516,66 @@ async fn a_lost_member_moves_replicas_and_restarts_the_gang() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn assignments_survive_an_operator_restart() {
+    let (fed, op) = setup(
+        &[&[Node("dgx1-v100-0", "dgx1-v100", 8, "Tesla V100-SXM2-16GB")]],
+        30,
+    )
+    .await;
+    let hub = fed.hub.client().await.unwrap();
+    let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
+    tjs.create(
+        &PostParams::default(),
+        &tj("first", 1, 4, "V100", "required"),
+    )
+    .await
+    .unwrap();
+    let first = eventually(30, "first running", || async {
+        let st = tjs.get("first").await?.status.unwrap_or_default();
+        Ok((st.phase == TrainingPhase::Running).then(|| st.workers[0].gpu_uuids.clone()))
+    })
+    .await
+    .unwrap();
+    let pods_before: Vec<String> = member_pods(&fed, 0, "gpupool.io/job-name=first")
+        .await
+        .iter()
+        .map(|p| p.metadata.uid.clone().unwrap())
+        .collect();
+
+    // A new operator process knows nothing in memory; the record is in the API.
+    drop(op);
+    let _op = Operator::start(hub.clone(), Operator::test_config(30));
+    tjs.create(
+        &PostParams::default(),
+        &tj("second", 1, 4, "V100", "required"),
+    )
+    .await
+    .unwrap();
+    let second = eventually(30, "second running", || async {
+        let st = tjs.get("second").await?.status.unwrap_or_default();
+        Ok((st.phase == TrainingPhase::Running).then(|| st.workers[0].gpu_uuids.clone()))
+    })
+    .await
+    .unwrap();
+    let a = indexes("dgx1-v100-0", &first);
+    let b = indexes("dgx1-v100-0", &second);
+    assert!(
+        a.is_disjoint(&b),
+        "GPU given twice across a restart: {a:?} {b:?}"
+    );
+    assert_eq!(a.union(&b).count(), 8);
+    // The first job was neither moved nor restarted.
+    let st = tjs.get("first").await.unwrap().status.unwrap();
+    assert_eq!((st.restarts, st.workers[0].gpu_uuids.clone()), (0, first));
+    let pods_after: Vec<String> = member_pods(&fed, 0, "gpupool.io/job-name=first")
+        .await
+        .iter()
+        .map(|p| p.metadata.uid.clone().unwrap())
+        .collect();
+    assert_eq!(
+        pods_before, pods_after,
+        "the first job's pods were recreated"
+    );
+}

@@ -73,7 +73,33 @@ pub struct Context {
     pub(crate) wake_inference_all: mpsc::UnboundedSender<()>,
 }
 
+/// What the operator knows about a member a job runs on.
+pub enum MemberHealth {
+    /// Ready: usable (it may be briefly unreachable within the grace period).
+    Ready(Box<crate::federation::MemberView>),
+    /// Registered but not heard from since this operator started: wait for its first heartbeat.
+    Pending,
+    /// NotReady past the grace period, or no longer registered: its work must move.
+    Lost,
+}
+
 impl Context {
+    /// Health of member `name` as the job controllers must treat it.
+    pub async fn member_health(&self, name: &str) -> MemberHealth {
+        match self.registry.get(name).await {
+            Some(m) if m.ready => MemberHealth::Ready(Box::new(m)),
+            Some(_) => MemberHealth::Lost,
+            None => {
+                let api: kube::Api<crate::api::MemberCluster> = kube::Api::all(self.hub.clone());
+                match api.get_opt(name).await {
+                    Ok(None) => MemberHealth::Lost,
+                    // Registered (or the hub did not answer): the heartbeat will tell.
+                    _ => MemberHealth::Pending,
+                }
+            }
+        }
+    }
+
     /// A context and the triggers its controllers listen on.
     pub fn new(hub: Client, config: Config, metrics: Metrics) -> (Arc<Context>, Triggers) {
         let (wt, rt) = mpsc::unbounded();

@@ -119,6 +119,13 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
             scaled_down.entry(c).or_default().push(p.index);
             continue;
         }
+        if !members.contains_key(&c)
+            && matches!(ctx.member_health(&c).await, super::MemberHealth::Pending)
+        {
+            // Not heard from since this operator started: keep the replica, decide after a heartbeat.
+            kept.push((c, p));
+            continue;
+        }
         match members.get(&c) {
             Some(m) if m.ready => {
                 if m.reachable

@@ -135,7 +135,14 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
         .last_heartbeat
         .map(|t| Duration::try_from(Timestamp::now().duration_since(t)).unwrap_or_default())
         .unwrap_or(Duration::MAX);
-    let was_ready = prev.as_ref().map(|p| p.ready).unwrap_or(false);
+    // After an operator restart, the persisted status says whether the member was Ready.
+    let was_ready = prev.as_ref().map(|p| p.ready).unwrap_or_else(|| {
+        mc.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == condition::READY && c.status == "True")
+        })
+    });
     view.ready = view.reachable || (was_ready && since_heartbeat < ctx.config.member_grace);
 
     // Status.

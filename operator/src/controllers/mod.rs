@@ -14,7 +14,7 @@ mod reservations;
 mod status;
 mod training_job;
 
-pub use context::{Config, Context, Triggers};
+pub use context::{Config, Context, MemberHealth, Triggers};
 pub use error::{Error, Result};
 
 use crate::api::{InferenceJob, MemberCluster, TrainingJob};

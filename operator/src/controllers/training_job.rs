@@ -211,15 +211,19 @@ async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context)
     let uid = job.uid().unwrap_or_default();
     let api: Api<TrainingJob> = Api::namespaced(ctx.hub.clone(), &ns);
     let cluster = st.cluster.clone().unwrap_or_default();
-    let Some(member) = ctx.registry.get(&cluster).await.filter(|m| m.ready) else {
-        return restart_gang(
-            job,
-            st,
-            ctx,
-            "MemberLost",
-            format!("member {cluster} is not ready"),
-        )
-        .await;
+    let member = match ctx.member_health(&cluster).await {
+        super::MemberHealth::Ready(m) => m,
+        super::MemberHealth::Pending => return Ok(Action::requeue(ctx.config.heartbeat)),
+        super::MemberHealth::Lost => {
+            return restart_gang(
+                job,
+                st,
+                ctx,
+                "MemberLost",
+                format!("member {cluster} is not ready"),
+            )
+            .await;
+        }
     };
     let Some(client) = member.client.clone().filter(|_| member.reachable) else {
         // Within the grace period: wait for the member to answer again.
