@@ -139,6 +139,33 @@ impl Context {
         let _ = self.wake_inference_all.unbounded_send(());
     }
 
+    /// A callback for member pod watches: wakes the hub job a gpupool pod belongs to.
+    pub fn pod_waker(&self) -> crate::federation::PodChanged {
+        let (t, i) = (self.wake_training.clone(), self.wake_inference.clone());
+        Arc::new(move |pod: &k8s_openapi::api::core::v1::Pod| {
+            use crate::federation::labels;
+            let Some(l) = pod.metadata.labels.as_ref() else {
+                return;
+            };
+            let (Some(kind), Some(ns), Some(name)) = (
+                l.get(labels::JOB_KIND),
+                l.get(labels::JOB_NAMESPACE),
+                l.get(labels::JOB_NAME),
+            ) else {
+                return;
+            };
+            match kind.as_str() {
+                "TrainingJob" => {
+                    let _ = t.unbounded_send(ObjectRef::new(name).within(ns));
+                }
+                "InferenceJob" => {
+                    let _ = i.unbounded_send(ObjectRef::new(name).within(ns));
+                }
+                _ => {}
+            }
+        })
+    }
+
     /// Wakes one hub job by kind/namespace/name.
     pub fn wake_job(&self, kind: &str, ns: &str, name: &str) {
         match kind {

@@ -4,7 +4,9 @@
 use super::status::{apply_status, event, set_condition};
 use super::{Context, Error, Result};
 use crate::api::{CapacitySummary, MemberCluster, MemberClusterStatus, ModelCapacity, condition};
-use crate::federation::{Inventory, MemberView, client_from_kubeconfig, labels, read_inventory};
+use crate::federation::{
+    Inventory, MemberView, MemberWatch, client_from_kubeconfig, labels, read_inventory,
+};
 use crate::placement::free_gpus_by_node;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
@@ -88,6 +90,7 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
             .map(|t| t.0),
         inventory: Inventory::default(),
         last_sweep: None,
+        watch: None,
     });
     view.spec = mc.spec.clone();
 
@@ -98,6 +101,7 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
             if view.client.is_none() || view.secret_version != version {
                 match client_from_kubeconfig(&text, ctx.config.member_timeout).await {
                     Ok(c) => {
+                        view.watch = Some(Arc::new(MemberWatch::start(&c, ctx.pod_waker())));
                         view.client = Some(c);
                         view.secret_version = version;
                     }
@@ -112,7 +116,17 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
     if problem.is_none()
         && let Some(client) = view.client.clone()
     {
-        match tokio::time::timeout(ctx.config.member_timeout * 3, read_inventory(&client)).await {
+        // Probe the API server; the inventory comes from the watches once they have synced
+        // (a full list until then).
+        let watch = view.watch.clone();
+        let read = async {
+            let v = client.apiserver_version().await?;
+            match watch.as_ref().filter(|w| w.synced()) {
+                Some(w) => Ok(w.inventory(v.git_version)),
+                None => read_inventory(&client).await,
+            }
+        };
+        match tokio::time::timeout(ctx.config.member_timeout * 3, read).await {
             Ok(Ok(inv)) => {
                 notify_changed_jobs(ctx, &view.inventory, &inv);
                 view.inventory = inv;

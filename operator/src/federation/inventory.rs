@@ -51,12 +51,27 @@ pub async fn read_inventory(client: &kube::Client) -> Result<Inventory, kube::Er
         },
         pods.list(&mine),
     )?;
+    Ok(inventory_from(
+        version.git_version,
+        nodes.items,
+        topologies,
+        pods.items,
+    ))
+}
+
+/// Builds an inventory from listed (or watched) objects: GPU nodes with their topology.
+pub fn inventory_from(
+    version: String,
+    nodes: Vec<Node>,
+    topologies: Vec<GpuTopology>,
+    pods: Vec<Pod>,
+) -> Inventory {
     let mut topo_by_node: BTreeMap<String, GpuTopology> = topologies
         .into_iter()
         .map(|t| (t.spec.node_name.clone(), t))
         .collect();
     let mut out = BTreeMap::new();
-    for n in nodes.items {
+    for n in nodes {
         let name = n.metadata.name.clone().unwrap_or_default();
         let status = n.status.as_ref();
         let gpus = status
@@ -91,9 +106,9 @@ pub async fn read_inventory(client: &kube::Client) -> Result<Inventory, kube::Er
             },
         );
     }
-    Ok(Inventory {
-        version: version.git_version,
+    Inventory {
+        version,
         nodes: out,
-        pods: pods.items,
-    })
+        pods,
+    }
 }

@@ -1,17 +1,20 @@
 //! Federation: reaching member clusters and keeping an up-to-date view of each one.
 //!
-//! The [`Registry`] holds, per registered member, a client built from its kubeconfig Secret and
-//! the last inventory read from it (nodes, `GpuTopology` objects, the pods gpupool created there).
-//! The MemberCluster controller refreshes it on every heartbeat; placement and the job controllers
-//! read it.
+//! The [`Registry`] holds, per registered member, a client built from its kubeconfig Secret,
+//! watches on its nodes, `GpuTopology` objects and the pods gpupool created there
+//! ([`MemberWatch`]; a pod change wakes its hub job at once), and the inventory taken from them.
+//! The MemberCluster controller probes each member and refreshes its view on every heartbeat;
+//! placement and the job controllers read it.
 
 mod client;
 mod inventory;
 mod registry;
+mod watch;
 
 pub use client::client_from_kubeconfig;
 pub use inventory::{Inventory, NodeInventory, read_inventory};
 pub use registry::{MemberView, Registry};
+pub use watch::{MemberWatch, PodChanged};
 
 /// Labels and annotations gpupool puts on everything it creates in a member cluster.
 pub mod labels {

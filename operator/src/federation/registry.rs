@@ -27,6 +27,8 @@ pub struct MemberView {
     pub inventory: Inventory,
     /// When orphaned workloads were last swept from this member.
     pub last_sweep: Option<std::time::Instant>,
+    /// Watches on the member's nodes, topologies and gpupool pods (restarted with the client).
+    pub watch: Option<Arc<super::MemberWatch>>,
 }
 
 impl MemberView {
