@@ -1,7 +1,7 @@
 //! InferenceJob controller: replicas placed per member (spread when allowed), one Service per
 //! member, re-placement of replicas on lost members, roll-up of readiness and endpoints.
 
-use super::member_io::{create_if_missing, delete_all, delete_pods, ensure_namespace};
+use super::member_io::{cleanup_job, create_if_missing, delete_all, delete_pods, ensure_namespace};
 use super::reservations::taken_gpus;
 use super::status::{apply_status, event, reconcile_finalized, set_condition};
 use super::{Context, Error, Result};
@@ -24,7 +24,7 @@ pub async fn reconcile(job: Arc<InferenceJob>, ctx: Arc<Context>) -> Result<Acti
     reconcile_finalized(&ctx, "inferencejob", job, |ev| async {
         match ev {
             Finalizer::Apply(job) => apply(&job, &ctx).await,
-            Finalizer::Cleanup(job) => cleanup(&job, &ctx).await,
+            Finalizer::Cleanup(job) => cleanup_job(&*job, &ctx).await,
         }
     })
     .await
@@ -397,26 +397,4 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
     } else {
         Action::requeue(ctx.config.resync)
     })
-}
-
-/// Deletes the job's pods and Services in every reachable member.
-async fn cleanup(job: &InferenceJob, ctx: &Context) -> Result<Action> {
-    let ns = job.namespace().unwrap_or_default();
-    let uid = job.uid().unwrap_or_default();
-    for m in ctx.registry.snapshot().await.into_values() {
-        if let (true, Some(c)) = (m.reachable, m.client.as_ref()) {
-            delete_all(c, &m.name, &ns, &uid).await?;
-        }
-    }
-    event(
-        ctx,
-        job,
-        false,
-        "Deleted",
-        "Cleanup",
-        "workloads removed from member clusters".into(),
-    )
-    .await;
-    ctx.wake_all_jobs();
-    Ok(Action::await_change())
 }

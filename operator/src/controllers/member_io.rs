@@ -99,6 +99,35 @@ pub async fn delete_all(
     Ok(n)
 }
 
+/// Finalizer cleanup of a deleted hub job: its pods and Services go from every reachable member;
+/// unreachable members are swept when they come back ([`sweep_orphans`]).
+pub async fn cleanup_job<K: Resource<DynamicType = ()>>(
+    job: &K,
+    ctx: &Context,
+) -> Result<kube::runtime::controller::Action> {
+    let ns = job.namespace().unwrap_or_default();
+    let uid = job.uid().unwrap_or_default();
+    for m in ctx.registry.snapshot().await.into_values() {
+        if let (true, Some(c)) = (m.reachable, m.client.as_ref()) {
+            let n = delete_all(c, &m.name, &ns, &uid).await?;
+            if n > 0 {
+                tracing::info!(job = %job.name_any(), cluster = %m.name, deleted = n, "cleaned up");
+            }
+        }
+    }
+    super::status::event(
+        ctx,
+        job,
+        false,
+        "Deleted",
+        "Cleanup",
+        "workloads removed from member clusters".into(),
+    )
+    .await;
+    ctx.wake_all_jobs();
+    Ok(kube::runtime::controller::Action::await_change())
+}
+
 /// Removes from reachable members whatever no live hub object accounts for: pods and services of
 /// deleted jobs, old training-gang generations, replicas re-placed elsewhere while the member was
 /// unreachable. Returns the number of objects deleted.

@@ -1,6 +1,6 @@
 //! TrainingJob controller: gang placement on one member, worker pods, gang restarts, roll-up.
 
-use super::member_io::{create_if_missing, delete_all, delete_pods, ensure_namespace};
+use super::member_io::{cleanup_job, create_if_missing, delete_pods, ensure_namespace};
 use super::reservations::taken_gpus;
 use super::status::{apply_status, event, now, reconcile_finalized, set_condition};
 use super::{Context, Error, Result};
@@ -21,7 +21,7 @@ pub async fn reconcile(job: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Actio
     reconcile_finalized(&ctx, "trainingjob", job, |ev| async {
         match ev {
             Finalizer::Apply(job) => apply(&job, &ctx).await,
-            Finalizer::Cleanup(job) => cleanup(&job, &ctx).await,
+            Finalizer::Cleanup(job) => cleanup_job(&*job, &ctx).await,
         }
     })
     .await
@@ -522,30 +522,4 @@ async fn restart_gang(
     ctx.metrics.inc_restart("trainingjob");
     ctx.wake_all_jobs();
     Ok(Action::requeue(Duration::from_millis(200)))
-}
-
-/// Deletes the job's pods and Service in every reachable member; unreachable members are swept
-/// when they come back.
-async fn cleanup(job: &TrainingJob, ctx: &Context) -> Result<Action> {
-    let ns = job.namespace().unwrap_or_default();
-    let uid = job.uid().unwrap_or_default();
-    for m in ctx.registry.snapshot().await.into_values() {
-        if let (true, Some(c)) = (m.reachable, m.client.as_ref()) {
-            let n = delete_all(c, &m.name, &ns, &uid).await?;
-            if n > 0 {
-                tracing::info!(job = %job.name_any(), cluster = %m.name, deleted = n, "cleaned up");
-            }
-        }
-    }
-    event(
-        ctx,
-        job,
-        false,
-        "Deleted",
-        "Cleanup",
-        "workloads removed from member clusters".into(),
-    )
-    .await;
-    ctx.wake_all_jobs();
-    Ok(Action::await_change())
 }
