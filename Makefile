@@ -7,6 +7,7 @@ CARGO ?= cargo
 
 ## Local demo: hub + two member clusters with KWOK GPU nodes, the operator, example jobs and an embedded SVM.
 demo: tools
+	$(CARGO) build -p gpupool-operator --bin gpupool
 	$(CARGO) run -p gpupool-e2e --bin gpupool-demo
 
 ## Every test: formatting, lints, unit tests, program tests in LiteSVM and e2e tests on real API servers.

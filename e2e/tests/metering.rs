@@ -550,3 +550,126 @@ async fn settler_crash_between_send_and_mark_neither_double_mints_nor_loses_usag
     assert_eq!(bal(), tokens);
     drop(s.fed);
 }
+
+/// The production path: settlement through Solana JSON-RPC (`RpcLedger`, the client `gpupool run
+/// --rpc-url` uses) against an RPC endpoint serving the embedded chain, and the owner CLI binary
+/// `gpupool earnings --rpc-url` reading the result next to the hub's records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settles_through_json_rpc_and_the_owner_cli_reads_it() {
+    let s = setup(&[("gpt-small-w0", 2, "3s")]).await;
+    let server = gpupool::ledger::rpc_server::serve(s.chain.clone())
+        .await
+        .unwrap();
+    let rpc = Arc::new(gpupool::ledger::RpcLedger::new(&server.url).unwrap());
+    let ledger = Ledger::new(rpc.clone(), s.pool.oracle.insecure_clone())
+        .with_owner_signer(s.owner.insecure_clone());
+    let mcfg = MeterConfig {
+        period_seconds: 2,
+        finalize_delay_seconds: 1,
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let expected = loop {
+        meter_once(&s.hub, &s.members, Timestamp::now(), &mcfg)
+            .await
+            .unwrap();
+        let r = settle_once(&s.hub, &ledger, &SettleConfig::default())
+            .await
+            .unwrap();
+        assert!(r.errors.is_empty() && r.send_failures == 0, "{r:?}");
+        if let Some(expected) = finished_pods_gpu_seconds(&s.member).await {
+            let recs = records(&s.hub).await;
+            if !recs.is_empty() && recs.iter().all(|r| state_of(r) == UsageState::Settled) {
+                break expected;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled: {:#?}",
+            records(&s.hub).await
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    };
+    let tokens = DEMO_RATES[H100_CLASS] * expected as u64;
+    assert_eq!(
+        s.chain.wallet_balance(&s.owner.pubkey(), &s.pool.mint),
+        tokens
+    );
+    assert_eq!(s.chain.mint_supply(&s.pool.mint), tokens);
+
+    // A replayed record over RPC is refused by the program with ReceiptAlreadyExists.
+    let rec = records(&s.hub).await.remove(0);
+    let uid = state::parse_job_uid(&rec.spec.job_uid).unwrap();
+    let cluster_id = state::cluster_id_from_name("member-1");
+    let ix = gpupool_ledger::instruction::record_usage(
+        &s.pool.oracle.pubkey(),
+        &s.pool.oracle.pubkey(),
+        &s.pool.mint,
+        &cluster_id,
+        &s.owner.pubkey(),
+        gpupool_ledger::instruction::UsageEntry {
+            job_uid: uid,
+            period: rec.spec.period as u64,
+            gpu_seconds: rec.spec.gpu_seconds as u64,
+            gpu_class: rec.spec.gpu_class as u8,
+        },
+    );
+    let err = ledger.send(&[ix], &[]).await.expect_err("replay must fail");
+    assert_eq!(
+        err.ledger_error(),
+        Some(LedgerError::ReceiptAlreadyExists),
+        "{err:?}"
+    );
+    assert_eq!(
+        s.chain.mint_supply(&s.pool.mint),
+        tokens,
+        "the replay minted"
+    );
+
+    // The owner asks with the CLI, as on a real cluster.
+    let bin = gpupool_e2e::operator_bin("gpupool");
+    let out = std::process::Command::new(bin)
+        .args([
+            "earnings",
+            "--wallet",
+            &s.owner.pubkey().to_string(),
+            "--rpc-url",
+            &server.url,
+            "--kubeconfig",
+        ])
+        .arg(s.fed.hub.kubeconfig_path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("member-1"))
+        .expect("a row for member-1");
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    // CLUSTER, ON-CHAIN GPU-S, TOKENS MINTED, RECEIPTS, HUB SETTLED GPU-S, HUB SETTLED TOKENS, …
+    assert_eq!(cols[1], expected.to_string(), "{row}");
+    assert_eq!(cols[2], tokens.to_string(), "{row}");
+    assert_eq!(cols[4], expected.to_string(), "{row}");
+    assert_eq!(cols[5], tokens.to_string(), "{row}");
+    let bad = std::process::Command::new(gpupool_e2e::operator_bin("gpupool"))
+        .args([
+            "earnings",
+            "--wallet",
+            "not-a-wallet!",
+            "--rpc-url",
+            &server.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("wallet"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

@@ -212,7 +212,15 @@ async fn main() -> Result<()> {
         "      rates (tokens per GPU-second): H100/H200 {}, A100 {}, V100 {}, L40S {}, other {}",
         DEMO_RATES[1], DEMO_RATES[2], DEMO_RATES[3], DEMO_RATES[4], DEMO_RATES[0]
     );
-    let mut ledger = Ledger::new(chain.clone(), pool.oracle.insecure_clone());
+    // The operator settles through Solana JSON-RPC, as in production, against an endpoint that
+    // serves the embedded chain.
+    let rpc_server = gpupool::ledger::rpc_server::serve(chain.clone()).await?;
+    println!(
+        "      Solana JSON-RPC endpoint for the embedded chain: {}",
+        rpc_server.url
+    );
+    let rpc = Arc::new(gpupool::ledger::RpcLedger::new(&rpc_server.url)?);
+    let mut ledger = Ledger::new(rpc, pool.oracle.insecure_clone());
     for o in &owners {
         chain.fund(&o.pubkey())?;
         ledger = ledger.with_owner_signer(o.insecure_clone());
@@ -455,18 +463,38 @@ async fn main() -> Result<()> {
         }
     }
     for (i, (name, _, _)) in MEMBERS.iter().enumerate() {
+        let wallet = owners[i].pubkey().to_string();
         println!(
-            "\n      Owner of {name}: `gpupool earnings --wallet {}`",
-            owners[i].pubkey()
+            "\n      Owner of {name}: $ gpupool earnings --wallet {wallet} --rpc-url {} --kubeconfig <hub>",
+            rpc_server.url
         );
-        let rep = earnings_report(
-            Some(&hub),
-            chain.as_ref(),
-            &gpupool_ledger::ID,
-            &Selector::Wallet(owners[i].pubkey()),
-        )
-        .await?;
-        println!("{}", indent(&format_report(&rep)));
+        let cli = std::env::current_exe()?.with_file_name("gpupool");
+        let hub_kc = fed.hub.kubeconfig_path();
+        let text = match std::process::Command::new(&cli)
+            .args([
+                "earnings",
+                "--wallet",
+                &wallet,
+                "--rpc-url",
+                &rpc_server.url,
+                "--kubeconfig",
+            ])
+            .arg(&hub_kc)
+            .output()
+        {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+            // Without the CLI binary (`cargo build -p gpupool-operator --bin gpupool`): the same report from the library.
+            _ => format_report(
+                &earnings_report(
+                    Some(&hub),
+                    chain.as_ref(),
+                    &gpupool_ledger::ID,
+                    &Selector::Wallet(owners[i].pubkey()),
+                )
+                .await?,
+            ),
+        };
+        println!("{}", indent(&text));
     }
     let receipts_sum: i64 = per_cluster.values().map(|v| v.1).sum();
     println!("\n      Summary per member: GPU-seconds / tokens minted / records settled");

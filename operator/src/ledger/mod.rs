@@ -10,6 +10,7 @@
 
 pub mod embedded;
 pub mod rpc;
+pub mod rpc_server;
 
 pub use embedded::EmbeddedLedger;
 pub use rpc::RpcLedger;
