@@ -434,6 +434,22 @@ async fn a_lost_member_moves_replicas_and_restarts_the_gang() {
     })
     .await
     .unwrap();
+    let lost_ix = if first == "member-1" { 0 } else { 1 };
+    // A job pinned to that member with no restarts allowed: it must fail when the member is lost,
+    // and its pods there must go when the member comes back.
+    let mut fragile = tj("fragile", 1, 2, "H100", "required");
+    fragile.spec.backoff_limit = 0;
+    fragile.spec.cluster_selector =
+        [("region".to_string(), format!("region-{}", lost_ix + 1))].into();
+    tjs.create(&PostParams::default(), &fragile).await.unwrap();
+    eventually(30, "fragile running", || async {
+        Ok(
+            (tjs.get("fragile").await?.status.unwrap_or_default().phase == TrainingPhase::Running)
+                .then_some(()),
+        )
+    })
+    .await
+    .unwrap();
     let job: InferenceJob = serde_yaml::from_str(
         "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {name: web, namespace: default}\nspec: {image: srv, replicas: 2, gpusPerReplica: 2, spreadAcrossClusters: true}\n",
     )
@@ -451,7 +467,7 @@ async fn a_lost_member_moves_replicas_and_restarts_the_gang() {
     })
     .await
     .unwrap();
-    let lost_ix = if first == "member-1" { 0 } else { 1 };
+
     let other = if first == "member-1" {
         "member-2"
     } else {
@@ -470,6 +486,18 @@ async fn a_lost_member_moves_replicas_and_restarts_the_gang() {
     .await
     .unwrap();
     assert_eq!(st.restarts, 1);
+    let fst = eventually(30, "fragile failed", || async {
+        let st = tjs.get("fragile").await?.status.unwrap_or_default();
+        Ok((st.phase == TrainingPhase::Failed).then_some(st))
+    })
+    .await
+    .unwrap();
+    assert!(
+        fst.conditions
+            .iter()
+            .any(|c| c.type_ == "Failed" && c.reason == "BackoffLimitExceeded"),
+        "{fst:?}"
+    );
     eventually(
         60,
         "web replicas all on the surviving member and ready",

@@ -183,9 +183,15 @@ pub async fn sweep_orphans(
                     .and_then(|g| g.parse::<i32>().ok())
                     == Some(st.restarts);
                 let finished = matches!(st.phase, TrainingPhase::Succeeded | TrainingPhase::Failed);
-                // Only the current gang generation on the member the job runs on (finished gangs keep
-                // their pods for logs).
-                st.cluster.as_deref() == Some(cluster) && (gen_ok || finished)
+                let pod_done = matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                );
+                // On the member the job runs on: the current generation of a job that has not
+                // failed, and the terminated pods of finished gangs (their logs). A failed job's
+                // still-running pods go (e.g. a gang whose member came back after the job failed).
+                st.cluster.as_deref() == Some(cluster)
+                    && ((gen_ok && st.phase != TrainingPhase::Failed) || (finished && pod_done))
             }),
             "InferenceJob" => ijs.get(uid).is_some_and(|j| {
                 let st = j.status.clone().unwrap_or_default();
