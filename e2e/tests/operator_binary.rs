@@ -25,6 +25,16 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     ))
 }
 
+/// Both replicas' output, for failure messages.
+fn replica_logs(cp: &ControlPlane) -> String {
+    (0..2)
+        .map(|i| {
+            std::fs::read_to_string(cp.dir().join(format!("replica-{i}.log"))).unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -51,6 +61,8 @@ async fn two_replicas_one_leader_metrics_and_member_status() {
         .iter()
         .enumerate()
         .map(|(i, p)| {
+            // Logs go to stdout, errors to stderr: one file per replica for both.
+            let log = std::fs::File::create(cp.dir().join(format!("replica-{i}.log"))).unwrap();
             Proc(
                 Command::new(&bin)
                     .args([
@@ -63,12 +75,8 @@ async fn two_replicas_one_leader_metrics_and_member_status() {
                     ])
                     .env("KUBECONFIG", cp.kubeconfig_path())
                     .env("POD_NAME", format!("replica-{i}"))
-                    .stdout(
-                        std::fs::File::create(cp.dir().join(format!("replica-{i}.out"))).unwrap(),
-                    )
-                    .stderr(
-                        std::fs::File::create(cp.dir().join(format!("replica-{i}.log"))).unwrap(),
-                    )
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log)
                     .spawn()
                     .unwrap(),
             )
@@ -83,13 +91,7 @@ async fn two_replicas_one_leader_metrics_and_member_status() {
         .unwrap();
         let h = http_get(*p, "/healthz");
         if h.as_ref().map(|r| r.0) != Some(200) {
-            let logs: Vec<String> = (0..2)
-                .map(|i| {
-                    std::fs::read_to_string(cp.dir().join(format!("replica-{i}.log")))
-                        .unwrap_or_default()
-                })
-                .collect();
-            panic!("/healthz on {p}: {h:?}; logs:\n{}", logs.join("\n---\n"));
+            panic!("/healthz on {p}: {h:?}; logs:\n{}", replica_logs(&cp));
         }
     }
     let holder = eventually(30, "a lease holder", || async {
@@ -147,25 +149,29 @@ async fn two_replicas_one_leader_metrics_and_member_status() {
         ports[0]
     };
     let m = http_get(leader_port, "/metrics")
-        .expect("the leader serves /metrics")
+        .unwrap_or_else(|| {
+            panic!(
+                "the leader stopped serving /metrics; logs:\n{}",
+                replica_logs(&cp)
+            )
+        })
         .1;
     assert!(
         m.contains("gpupool_reconciles_total{controller=\"membercluster\"}"),
         "{m}"
     );
     let s = http_get(standby_port, "/metrics")
-        .expect("the standby replica still serves /metrics")
+        .unwrap_or_else(|| {
+            panic!(
+                "the standby replica stopped serving /metrics; logs:\n{}",
+                replica_logs(&cp)
+            )
+        })
         .1;
     if s.contains("gpupool_reconciles_total{") {
-        let logs: Vec<String> = (0..2)
-            .map(|i| {
-                std::fs::read_to_string(cp.dir().join(format!("replica-{i}.out")))
-                    .unwrap_or_default()
-            })
-            .collect();
         panic!(
             "the standby reconciled (holder {holder}); logs:\n{}",
-            logs.join("\n---\n")
+            replica_logs(&cp)
         );
     }
     drop(procs);

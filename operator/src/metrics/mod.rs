@@ -263,12 +263,27 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics) -> anyhow::Result<()> {
         let (mut sock, _) = listener.accept().await?;
         let m = metrics.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
+            // Read the whole request head (it may arrive in several segments): answering and
+            // closing with request bytes unread would reset the connection.
+            let mut buf = Vec::with_capacity(1024);
+            let head = async {
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+                    let n = sock.read(&mut chunk).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                std::io::Result::Ok(())
             };
-            let req = String::from_utf8_lossy(&buf[..n]);
+            if !matches!(
+                tokio::time::timeout(Duration::from_secs(5), head).await,
+                Ok(Ok(()))
+            ) {
+                return;
+            }
+            let req = String::from_utf8_lossy(&buf);
             let path = req.split_whitespace().nth(1).unwrap_or("/");
             let (code, ctype, body) = match path {
                 "/metrics" => ("200 OK", "text/plain; version=0.0.4", m.render()),
