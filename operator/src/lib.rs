@@ -8,6 +8,7 @@ pub mod ledger;
 pub mod metering;
 pub mod metrics;
 pub mod placement;
+pub mod scheduler;
 pub mod telemetry;
 pub mod topology;
 pub mod workloads;

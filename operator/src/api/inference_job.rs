@@ -75,6 +75,10 @@ pub struct InferenceJobSpec {
     /// Only members whose labels match all of these are considered.
     #[serde(default, skip_serializing_if = "ClusterSelector::is_empty")]
     pub cluster_selector: ClusterSelector,
+    /// Scheduling priority: waiting jobs of higher priority are placed first; within a priority,
+    /// older jobs first.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
     /// Annotations put on every pod of the job in the member cluster (e.g. for log shippers or
     /// service meshes).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -141,7 +145,18 @@ pub struct InferenceJobStatus {
     /// GPU-seconds metered so far (written by the meter under its own field manager).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_seconds: Option<i64>,
+    /// Position in the scheduling queue while the job waits for GPUs (1 = next), as of the
+    /// last attempt to place it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<i32>,
+    /// Why the job waits for GPUs, while it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+fn is_zero(v: &i32) -> bool {
+    *v == 0
 }

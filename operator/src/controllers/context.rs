@@ -1,6 +1,7 @@
 //! Shared state of the controllers.
 
-use crate::federation::Registry;
+use crate::federation::{Change, MemberSink, Registry};
+use crate::scheduler::Scheduler;
 use crate::metrics::Metrics;
 use futures::channel::mpsc;
 use kube::Client;
@@ -22,9 +23,11 @@ pub struct Config {
     pub member_grace: Duration,
     /// Timeout for one member API call.
     pub member_timeout: Duration,
-    /// Status roll-up period for running jobs.
+    /// Unused: running jobs are rolled up on watch events only. Kept so existing configurations
+    /// still build.
     pub resync: Duration,
-    /// Retry period for unschedulable jobs (they are also woken when capacity changes).
+    /// Unused: waiting jobs are retried by the scheduler when capacity that could serve them
+    /// changes. Kept so existing configurations still build.
     pub pending_retry: Duration,
 }
 
@@ -65,8 +68,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Prometheus metrics.
     pub metrics: Metrics,
-    /// Serializes placement decisions so two jobs never get the same GPU.
-    pub placement_lock: tokio::sync::Mutex<()>,
+    /// The scheduler: pool cache, queue of waiting jobs, placement loop.
+    pub scheduler: Arc<Scheduler>,
     pub(crate) wake_training: mpsc::UnboundedSender<ObjectRef<TrainingJob>>,
     pub(crate) wake_training_all: mpsc::UnboundedSender<()>,
     pub(crate) wake_inference: mpsc::UnboundedSender<ObjectRef<InferenceJob>>,
@@ -110,13 +113,21 @@ impl Context {
             controller: "gpupool-operator".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        let recorder = Recorder::new(hub.clone(), reporter);
+        let registry = Registry::default();
+        let scheduler = Scheduler::new(
+            hub.clone(),
+            registry.clone(),
+            recorder.clone(),
+            metrics.clone(),
+        );
         let ctx = Context {
-            recorder: Recorder::new(hub.clone(), reporter),
+            recorder,
             hub,
-            registry: Registry::default(),
+            registry,
             config,
             metrics,
-            placement_lock: tokio::sync::Mutex::new(()),
+            scheduler,
             wake_training: wt,
             wake_training_all: wta,
             wake_inference: wi,
@@ -139,31 +150,21 @@ impl Context {
         let _ = self.wake_inference_all.unbounded_send(());
     }
 
-    /// A callback for member pod watches: wakes the hub job a gpupool pod belongs to.
-    pub fn pod_waker(&self) -> crate::federation::PodChanged {
-        let (t, i) = (self.wake_training.clone(), self.wake_inference.clone());
-        Arc::new(move |pod: &k8s_openapi::api::core::v1::Pod| {
-            use crate::federation::labels;
-            let Some(l) = pod.metadata.labels.as_ref() else {
-                return;
-            };
-            let (Some(kind), Some(ns), Some(name)) = (
-                l.get(labels::JOB_KIND),
-                l.get(labels::JOB_NAMESPACE),
-                l.get(labels::JOB_NAME),
-            ) else {
-                return;
-            };
-            match kind.as_str() {
-                "TrainingJob" => {
-                    let _ = t.unbounded_send(ObjectRef::new(name).within(ns));
-                }
-                "InferenceJob" => {
-                    let _ = i.unbounded_send(ObjectRef::new(name).within(ns));
-                }
-                _ => {}
-            }
+    /// What a member's watches report to: the scheduler's cache, and the hub job a pod belongs
+    /// to (woken at once).
+    pub fn member_sink(self: &Arc<Self>) -> Arc<dyn MemberSink> {
+        Arc::new(Sink {
+            scheduler: self.scheduler.clone(),
+            training: self.wake_training.clone(),
+            inference: self.wake_inference.clone(),
         })
+    }
+
+    /// Wakes the controllers of the hub jobs holding GPUs on `member` (its readiness changed).
+    pub fn wake_jobs_on(&self, member: &str) {
+        for j in self.scheduler.with_cache(|c| c.jobs_on(member)) {
+            self.wake_job(j.kind, &j.namespace, &j.name);
+        }
     }
 
     /// Wakes one hub job by kind/namespace/name.
@@ -180,6 +181,58 @@ impl Context {
                     .unbounded_send(ObjectRef::new(name).within(ns));
             }
             _ => {}
+        }
+    }
+}
+
+struct Sink {
+    scheduler: Arc<Scheduler>,
+    training: mpsc::UnboundedSender<ObjectRef<TrainingJob>>,
+    inference: mpsc::UnboundedSender<ObjectRef<InferenceJob>>,
+}
+
+impl Sink {
+    fn wake(&self, pod: &k8s_openapi::api::core::v1::Pod) {
+        use crate::federation::labels;
+        let Some(l) = pod.metadata.labels.as_ref() else {
+            return;
+        };
+        let (Some(kind), Some(ns), Some(name)) = (
+            l.get(labels::JOB_KIND),
+            l.get(labels::JOB_NAMESPACE),
+            l.get(labels::JOB_NAME),
+        ) else {
+            return;
+        };
+        match kind.as_str() {
+            "TrainingJob" => {
+                let _ = self
+                    .training
+                    .unbounded_send(ObjectRef::new(name).within(ns));
+            }
+            "InferenceJob" => {
+                let _ = self
+                    .inference
+                    .unbounded_send(ObjectRef::new(name).within(ns));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl MemberSink for Sink {
+    fn node(&self, member: &str, change: Change<k8s_openapi::api::core::v1::Node>) {
+        self.scheduler.node_change(member, change);
+    }
+
+    fn topology(&self, member: &str, change: Change<crate::api::GpuTopology>) {
+        self.scheduler.topology_change(member, change);
+    }
+
+    fn pod(&self, member: &str, change: Change<k8s_openapi::api::core::v1::Pod>) {
+        self.scheduler.pod_change(member, &change);
+        if let Change::Applied(p) | Change::Deleted(p) = &change {
+            self.wake(p);
         }
     }
 }

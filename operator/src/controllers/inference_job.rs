@@ -1,23 +1,22 @@
-//! InferenceJob controller: replicas placed per member (spread when allowed), one Service per
-//! member, re-placement of replicas on lost members, roll-up of readiness and endpoints.
+//! InferenceJob controller: one Service per member, replicas of lost members and failed replicas
+//! handed back to the scheduler (removed from the status), roll-up of readiness and endpoints.
+//! Placement itself is the scheduler's.
 
 use super::member_io::{cleanup_job, create_if_missing, delete_all, delete_pods, ensure_namespace};
-use super::reservations::taken_gpus;
 use super::status::{apply_status, event, reconcile_finalized, set_condition};
 use super::{Context, Error, Result};
-use crate::api::{
-    ClusterPlacement, InferenceJob, InferenceJobStatus, InferencePhase, NodeGpus, condition,
-};
+use crate::api::{InferenceJob, InferencePhase, condition};
 use crate::federation::{MemberView, labels};
-use crate::placement::{JobRequest, candidates, place_replicas};
-use crate::workloads::{PodPlacement, inference_pod, inference_service};
+use crate::scheduler::jobs::{flatten, group};
+use crate::workloads::{inference_pod, inference_service};
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::Event as Finalizer;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Reconciles one InferenceJob.
 pub async fn reconcile(job: Arc<InferenceJob>, ctx: Arc<Context>) -> Result<Action> {
@@ -36,57 +35,13 @@ pub fn error_policy(job: Arc<InferenceJob>, err: &Error, _ctx: Arc<Context>) -> 
     Action::requeue(Duration::from_secs(3))
 }
 
-/// Flat view of the status placements: (cluster, placement).
-fn flatten(st: &InferenceJobStatus) -> Vec<(String, PodPlacement)> {
-    st.placements
-        .iter()
-        .flat_map(|cp| {
-            cp.replicas.iter().zip(&cp.gpus).map(|(r, g)| {
-                (
-                    cp.cluster.clone(),
-                    PodPlacement {
-                        index: *r,
-                        node: g.node.clone(),
-                        gpu_uuids: g.gpu_uuids.clone(),
-                        model: String::new(),
-                        score: g.score,
-                    },
-                )
-            })
-        })
-        .collect()
-}
-
-fn group(flat: &[(String, PodPlacement)], ready: &BTreeMap<String, i32>) -> Vec<ClusterPlacement> {
-    let mut by: BTreeMap<String, ClusterPlacement> = BTreeMap::new();
-    let mut sorted = flat.to_vec();
-    sorted.sort_by_key(|(c, p)| (c.clone(), p.index));
-    for (c, p) in sorted {
-        let e = by.entry(c.clone()).or_insert_with(|| ClusterPlacement {
-            cluster: c.clone(),
-            ready_replicas: *ready.get(&c).unwrap_or(&0),
-            ..Default::default()
-        });
-        e.replicas.push(p.index);
-        e.gpus.push(NodeGpus {
-            node: p.node,
-            gpu_uuids: p.gpu_uuids,
-            score: p.score,
-        });
-    }
-    by.into_values().collect()
-}
-
-fn pod_state(m: &MemberView, uid: &str, index: i32, node: &str) -> (Option<String>, bool) {
-    m.inventory
-        .pods
-        .iter()
+fn pod_state(pods: &[Arc<Pod>], index: i32, node: &str) -> (Option<String>, bool) {
+    pods.iter()
         .find(|p| {
             let l = p.metadata.labels.as_ref();
-            l.and_then(|l| l.get(labels::JOB_UID)).map(String::as_str) == Some(uid)
-                && l.and_then(|l| l.get(labels::INDEX))
-                    .and_then(|i| i.parse::<i32>().ok())
-                    == Some(index)
+            l.and_then(|l| l.get(labels::INDEX))
+                .and_then(|i| i.parse::<i32>().ok())
+                == Some(index)
                 && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
         })
         .map(|p| {
@@ -97,6 +52,14 @@ fn pod_state(m: &MemberView, uid: &str, index: i32, node: &str) -> (Option<Strin
             (st.and_then(|s| s.phase.clone()), ready)
         })
         .unwrap_or((None, false))
+}
+
+/// The job's pods in a member, from its pod watch (`None` until the watch has listed them).
+fn pods_in(m: &MemberView, uid: &str) -> Option<Vec<Arc<Pod>>> {
+    m.watch
+        .as_ref()
+        .filter(|w| w.synced())
+        .map(|w| w.pods_of(uid))
 }
 
 async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
@@ -128,8 +91,8 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
         }
         match members.get(&c) {
             Some(m) if m.ready => {
-                if m.reachable
-                    && pod_state(m, &uid, p.index, &p.node).0.as_deref() == Some("Failed")
+                let pods = pods_in(m, &uid).unwrap_or_default();
+                if m.reachable && pod_state(&pods, p.index, &p.node).0.as_deref() == Some("Failed")
                 {
                     failed.push((c, p));
                 } else {
@@ -193,111 +156,31 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
         .await;
     }
 
-    // 2. Place missing replicas.
-    let placed: BTreeSet<i32> = kept.iter().map(|(_, p)| p.index).collect();
-    let missing: Vec<i32> = (0..want).filter(|i| !placed.contains(i)).collect();
-    let mut unplaced_reasons = Vec::new();
-    if !missing.is_empty() {
-        let t0 = Instant::now();
-        let guard = ctx.placement_lock.lock().await;
-        let mut taken = taken_gpus(ctx, &uid).await?;
-        taken.extend(kept.iter().flat_map(|(_, p)| p.gpu_uuids.iter().cloned()));
-        let (cands, member_reasons) = candidates(&members, &taken);
-        let req = JobRequest {
-            gpus_per_pod: job.spec.gpus_per_replica.max(1) as usize,
-            nvlink: job.spec.nvlink,
-            gpu: job.spec.gpu.clone(),
-            cluster_selector: job.spec.cluster_selector.clone(),
-        };
-        let pinned = if job.spec.spread_across_clusters {
-            None
-        } else {
-            kept.first().map(|(c, _)| c.clone())
-        };
-        let mut existing: BTreeMap<String, usize> = BTreeMap::new();
-        for (c, _) in &kept {
-            *existing.entry(c.clone()).or_default() += 1;
-        }
-        let (new, reasons) = place_replicas(
-            &cands,
-            &req,
-            &missing,
-            job.spec.spread_across_clusters,
-            pinned.as_deref(),
-            &existing,
-        );
-        unplaced_reasons = reasons;
-        if new.len() < missing.len() {
-            unplaced_reasons.extend(member_reasons);
-        }
-        if !new.is_empty() {
-            let detail = new
-                .iter()
-                .map(|(c, p)| {
-                    format!(
-                        "replica {} → {c}/{} GPUs [{}] score {}",
-                        p.index,
-                        p.node,
-                        p.gpu_uuids.join(","),
-                        p.score
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
-            kept.extend(new);
-            st.placements = group(&kept, &BTreeMap::new());
-            st.observed_generation = generation;
-            set_condition(
-                &mut st.conditions,
-                condition::SCHEDULED,
-                unplaced_reasons.is_empty(),
-                if unplaced_reasons.is_empty() {
-                    "Placed"
-                } else {
-                    "PartiallyPlaced"
-                },
-                &detail,
-                generation,
-            );
-            apply_status(&api, job, &st).await?;
-            drop(guard);
-            ctx.metrics.observe_placement("inferencejob", t0.elapsed());
-            let reason = if lost.is_empty() && failed.is_empty() {
-                "Scheduled"
-            } else {
-                "Rescheduled"
-            };
-            event(ctx, job, false, reason, "Place", detail).await;
-        } else {
-            drop(guard);
-        }
-    } else if !lost.is_empty() || !failed.is_empty() || !scaled_down.is_empty() {
-        st.placements = group(&kept, &BTreeMap::new());
-    }
-    if !lost.is_empty() || !scaled_down.is_empty() || !failed.is_empty() {
+    // 2. Missing replicas are placed by the scheduler, which sees this status.
+    let changed_placements = !lost.is_empty() || !scaled_down.is_empty() || !failed.is_empty();
+    if changed_placements {
         st.placements = group(&kept, &BTreeMap::new());
     }
 
-    // 3. Create workloads in each member.
+    // 3. Create what is missing in each member (unless the scheduler is creating it now).
     let mut ready: BTreeMap<String, i32> = BTreeMap::new();
     let mut endpoints = Vec::new();
+    let writing = ctx.scheduler.in_flight(&uid);
     for (c, p) in &kept {
         let Some(m) = members.get(c) else { continue };
         let Some(client) = m.client.clone().filter(|_| m.reachable) else {
             continue;
         };
-        let model = m
-            .inventory
-            .nodes
-            .get(&p.node)
-            .and_then(|n| n.topology.as_ref())
-            .and_then(|t| t.gpus.first())
-            .map(|g| g.model.clone())
-            .unwrap_or_default();
-        let mut pl = p.clone();
-        pl.model = model;
-        let (phase, is_ready) = pod_state(m, &uid, p.index, &p.node);
-        if phase.is_none() {
+        let Some(pods) = pods_in(m, &uid) else {
+            continue;
+        };
+        let (phase, is_ready) = pod_state(&pods, p.index, &p.node);
+        if phase.is_none() && !writing {
+            let mut pl = p.clone();
+            pl.model = ctx
+                .scheduler
+                .with_cache(|cache| cache.model_of(c, &p.node))
+                .unwrap_or_default();
             ensure_namespace(&client, c, &ns).await?;
             create_if_missing(&client, c, &inference_service(job)).await?;
             create_if_missing(&client, c, &inference_pod(job, &pl)).await?;
@@ -311,19 +194,15 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
     }
     // Services in members that no longer hold replicas.
     let holding: BTreeSet<&String> = kept.iter().map(|(c, _)| c).collect();
-    for (c, m) in &members {
-        if holding.contains(c) || !m.reachable {
-            continue;
-        }
-        let has_any = m.inventory.pods.iter().any(|p| {
-            p.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(labels::JOB_UID))
-                == Some(&uid)
-        });
-        if has_any && let Some(cl) = &m.client {
-            delete_all(cl, c, &ns, &uid).await?;
+    if !writing {
+        for (c, m) in &members {
+            if holding.contains(c) || !m.reachable {
+                continue;
+            }
+            let has_any = pods_in(m, &uid).is_some_and(|p| !p.is_empty());
+            if has_any && let Some(cl) = &m.client {
+                delete_all(cl, c, &ns, &uid).await?;
+            }
         }
     }
 
@@ -360,41 +239,10 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
         &msg,
         generation,
     );
-    if !unplaced_reasons.is_empty() {
-        let m = unplaced_reasons.join("; ");
-        let changed = !st
-            .conditions
-            .iter()
-            .any(|c| c.type_ == condition::SCHEDULED && c.status == "False" && c.message == m);
-        set_condition(
-            &mut st.conditions,
-            condition::SCHEDULED,
-            false,
-            "Unschedulable",
-            &m,
-            generation,
-        );
-        if changed {
-            event(
-                ctx,
-                job,
-                true,
-                "Unschedulable",
-                "Place",
-                format!("{} replicas unplaced: {m}", want as usize - kept.len()),
-            )
-            .await;
-        }
-    }
     st.observed_generation = generation;
-    ctx.metrics
-        .set_pending("inferencejob", &job.name_any(), kept.len() < want as usize);
     if st != before {
         apply_status(&api, job, &st).await?;
     }
-    Ok(if kept.len() < want as usize {
-        Action::requeue(ctx.config.pending_retry)
-    } else {
-        Action::requeue(ctx.config.resync)
-    })
+    // Pod changes, member readiness and placements wake the job; nothing to poll.
+    Ok(Action::await_change())
 }

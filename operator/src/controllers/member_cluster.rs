@@ -1,24 +1,28 @@
-//! MemberCluster controller: builds a client per member from its kubeconfig Secret, probes it on
-//! every heartbeat, reads its inventory into the registry, and keeps `status` true.
+//! MemberCluster controller: builds a client per member from its kubeconfig Secret and starts its
+//! watches (which feed the scheduler), probes it on every heartbeat, tells the scheduler whether
+//! it may take work, and keeps `status` true (capacity and supply checks from the scheduler).
 
-use super::status::{apply_status, event, set_condition};
+use super::status::{apply_status_unconditionally, event, set_condition};
 use super::{Context, Error, Result};
-use crate::api::{CapacitySummary, MemberCluster, MemberClusterStatus, ModelCapacity, condition};
-use crate::federation::{
-    Inventory, MemberView, MemberWatch, client_from_kubeconfig, labels, read_inventory,
-};
-use crate::placement::free_gpus_by_node;
+use crate::api::{CapacitySummary, MemberCluster, MemberClusterStatus};
+use crate::api::condition;
+use crate::federation::{MemberView, MemberWatch, client_from_kubeconfig};
+use crate::scheduler::MemberInfo;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const MEMBER_FINALIZER: &str = "gpupool.io/member-registry";
+/// Condition on a MemberCluster: every GPU it publishes is usable (none over the node's
+/// allocatable, no UUID published twice).
+pub const SUPPLY_VERIFIED: &str = "SupplyVerified";
+/// Safety-net period of the orphan sweep (it also runs after every reconnect).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Reconciles one MemberCluster.
 pub async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Action> {
@@ -28,7 +32,9 @@ pub async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Acti
         match ev {
             Finalizer::Apply(mc) => heartbeat(&mc, &ctx).await,
             Finalizer::Cleanup(mc) => {
+                ctx.wake_jobs_on(&mc.name_any());
                 ctx.registry.remove(&mc.name_any()).await;
+                ctx.scheduler.remove_member(&mc.name_any());
                 ctx.metrics.forget_member(&mc.name_any());
                 ctx.wake_all_jobs();
                 Ok(Action::await_change())
@@ -73,7 +79,7 @@ async fn kubeconfig(
     Ok((text, s.metadata.resource_version.clone()))
 }
 
-async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
+async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
     let name = mc.name_any();
     let prev = ctx.registry.get(&name).await;
     let mut view = prev.clone().unwrap_or_else(|| MemberView {
@@ -88,7 +94,7 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
             .as_ref()
             .and_then(|s| s.last_heartbeat_time.as_ref())
             .map(|t| t.0),
-        inventory: Inventory::default(),
+        version: String::new(),
         last_sweep: None,
         watch: None,
     });
@@ -101,7 +107,8 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
             if view.client.is_none() || view.secret_version != version {
                 match client_from_kubeconfig(&text, ctx.config.member_timeout).await {
                     Ok(c) => {
-                        view.watch = Some(Arc::new(MemberWatch::start(&c, ctx.pod_waker())));
+                        view.watch =
+                            Some(Arc::new(MemberWatch::start(&c, &name, ctx.member_sink())));
                         view.client = Some(c);
                         view.secret_version = version;
                     }
@@ -112,24 +119,14 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
         Err(e) => problem = Some(("KubeconfigUnavailable".into(), e)),
     }
 
-    // Probe and read the inventory.
+    // Probe the API server; nodes, topologies and pods come from the watches.
     if problem.is_none()
         && let Some(client) = view.client.clone()
     {
-        // Probe the API server; the inventory comes from the watches once they have synced
-        // (a full list until then).
-        let watch = view.watch.clone();
-        let read = async {
-            let v = client.apiserver_version().await?;
-            match watch.as_ref().filter(|w| w.synced()) {
-                Some(w) => Ok(w.inventory(v.git_version)),
-                None => read_inventory(&client).await,
-            }
-        };
-        match tokio::time::timeout(ctx.config.member_timeout * 3, read).await {
-            Ok(Ok(inv)) => {
-                notify_changed_jobs(ctx, &view.inventory, &inv);
-                view.inventory = inv;
+        match tokio::time::timeout(ctx.config.member_timeout * 3, client.apiserver_version()).await
+        {
+            Ok(Ok(v)) => {
+                view.version = v.git_version;
                 view.reachable = true;
                 view.last_heartbeat = Some(Timestamp::now());
             }
@@ -158,6 +155,31 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
         })
     });
     view.ready = view.reachable || (was_ready && since_heartbeat < ctx.config.member_grace);
+    let synced = view.watch.as_ref().is_some_and(|w| w.synced());
+    let mut labels = mc.spec.labels.clone();
+    if let Some(r) = &mc.spec.region {
+        labels.insert("region".into(), r.clone());
+    }
+    ctx.scheduler.set_member(
+        &name,
+        MemberInfo {
+            labels,
+            price: mc.spec.price_per_gpu_hour,
+            schedulable: view.schedulable(),
+            reason: if !mc.spec.schedulable {
+                "not schedulable (spec.schedulable=false)".into()
+            } else if !view.ready {
+                "not ready".into()
+            } else if !view.reachable {
+                "not reachable".into()
+            } else {
+                String::new()
+            },
+        },
+    );
+    let (nodes, capacity, problems) = ctx.scheduler.with_cache(|c| {
+        (c.node_count(&name), c.capacity(&name), c.problems(&name))
+    });
 
     // Status.
     let mut status = mc.status.clone().unwrap_or_default();
@@ -168,7 +190,7 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
             condition::REACHABLE,
             true,
             "ProbeSucceeded",
-            &format!("API server {} answered", view.inventory.version),
+            &format!("API server {} answered", view.version),
             generation,
         ),
         Some((reason, msg)) => set_condition(
@@ -182,7 +204,7 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
     }
     if view.ready {
         let msg = if view.reachable {
-            format!("{} GPU nodes", view.inventory.nodes.len())
+            format!("{nodes} GPU nodes")
         } else {
             format!(
                 "unreachable for {}s, within the {}s grace period",
@@ -214,33 +236,50 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
     status.last_heartbeat_time = view
         .last_heartbeat
         .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time);
-    if view.reachable {
-        status.kubernetes_version = Some(view.inventory.version.clone());
-        status.capacity = capacity(
-            &view.inventory,
-            &crate::placement::uuids_held_by_pods(&view.inventory),
+    if view.reachable && synced {
+        status.kubernetes_version = Some(view.version.clone());
+        status.capacity = capacity;
+    }
+    // Supply the hub does not believe: GPUs over the allocatable, duplicate or squatted UUIDs.
+    let supply_ok = problems.is_empty();
+    let supply_msg = if supply_ok {
+        "every published GPU is usable".to_string()
+    } else {
+        problems.join("; ")
+    };
+    let supply_changed = !status.conditions.iter().any(|c| {
+        c.type_ == SUPPLY_VERIFIED && (c.status == "True") == supply_ok && c.message == supply_msg
+    });
+    if view.reachable && synced {
+        set_condition(
+            &mut status.conditions,
+            SUPPLY_VERIFIED,
+            supply_ok,
+            if supply_ok { "Verified" } else { "SupplyRejected" },
+            &supply_msg,
+            generation,
         );
     }
     status.observed_generation = generation;
     let status_changed = mc.status.as_ref() != Some(&status) || prev.is_none();
     let readiness_changed = was_ready != view.ready || prev.is_none();
-    let capacity_changed = prev
-        .as_ref()
-        .map(|p| p.inventory.nodes.len() != view.inventory.nodes.len())
-        .unwrap_or(true);
 
     // Remove what no hub object accounts for (deleted jobs, old gangs, replicas moved away while
-    // the member was unreachable): on reconnect, then every 10 s.
+    // the member was unreachable): once the pods are listed after every (re)connect, then every
+    // few minutes as a safety net.
     let reconnected = view.reachable && !prev.as_ref().is_some_and(|p| p.reachable);
+    if reconnected {
+        view.last_sweep = None;
+    }
     if view.reachable
-        && (reconnected
-            || view
-                .last_sweep
-                .is_none_or(|t| t.elapsed() > Duration::from_secs(10)))
-        && let Some(client) = view.client.clone()
+        && synced
+        && view
+            .last_sweep
+            .is_none_or(|t| t.elapsed() > SWEEP_INTERVAL)
+        && let (Some(client), Some(watch)) = (view.client.clone(), view.watch.clone())
     {
         view.last_sweep = Some(Instant::now());
-        match super::member_io::sweep_orphans(ctx, &name, &client, &view.inventory.pods).await {
+        match super::member_io::sweep_orphans(ctx, &name, &client, &watch.pods()).await {
             Ok(n) if n > 0 => {
                 tracing::info!(cluster = %name, deleted = n, "swept orphaned workloads")
             }
@@ -258,12 +297,15 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
     );
     ctx.registry.put(view.clone()).await;
     if status_changed {
-        apply_status(
+        apply_status_unconditionally(
             &Api::<MemberCluster>::all(ctx.hub.clone()),
             mc,
             &MemberStatusPatch::from(&status),
         )
         .await?;
+    }
+    if supply_changed && !supply_ok && view.reachable && synced {
+        event(ctx, mc, true, "SupplyRejected", "Verify", supply_msg.clone()).await;
     }
     if readiness_changed {
         if view.ready {
@@ -273,10 +315,7 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
                 false,
                 "MemberReady",
                 "Probe",
-                format!(
-                    "member {name} is ready: {} GPU nodes",
-                    view.inventory.nodes.len()
-                ),
+                format!("member {name} is ready: {nodes} GPU nodes"),
             )
             .await;
         } else if prev.is_some() {
@@ -292,8 +331,10 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
             .await;
         }
     }
-    if readiness_changed || capacity_changed {
-        ctx.wake_all_jobs();
+    if readiness_changed {
+        // Jobs running there must look (their member may be lost); waiting jobs are woken by
+        // the scheduler when the member becomes schedulable.
+        ctx.wake_jobs_on(&name);
     }
     Ok(Action::requeue(ctx.config.heartbeat))
 }
@@ -324,73 +365,3 @@ impl<'a> From<&'a MemberClusterStatus> for MemberStatusPatch<'a> {
     }
 }
 
-/// Capacity summary of a member given the GPUs gpupool has assigned there.
-fn capacity(inv: &Inventory, assigned: &std::collections::BTreeSet<String>) -> CapacitySummary {
-    let free = free_gpus_by_node(inv, assigned);
-    let mut by_model: BTreeMap<(String, i64), ModelCapacity> = BTreeMap::new();
-    let mut islands = Vec::new();
-    let mut total = 0;
-    let mut free_total = 0;
-    for node in inv.nodes.values() {
-        let Some(t) = &node.topology else {
-            total += node.gpus as i32;
-            continue;
-        };
-        let node_free = free.get(&node.name).cloned().unwrap_or_default();
-        for g in &t.gpus {
-            let e = by_model
-                .entry((g.model.clone(), g.memory_mib))
-                .or_insert_with(|| ModelCapacity {
-                    model: g.model.clone(),
-                    memory_mib: g.memory_mib,
-                    ..Default::default()
-                });
-            e.total += 1;
-            total += 1;
-            if node_free.contains(&g.uuid) {
-                e.free += 1;
-                free_total += 1;
-            }
-        }
-        islands.extend(crate::placement::free_island_sizes(t, &node_free));
-    }
-    islands.sort_unstable_by(|a, b| b.cmp(a));
-    CapacitySummary {
-        nodes: inv.nodes.len() as i32,
-        gpus_total: total,
-        gpus_free: free_total,
-        by_model: by_model.into_values().collect(),
-        free_nvlink_islands: islands,
-    }
-}
-
-/// Wakes hub jobs whose pods changed phase/readiness in this member.
-fn notify_changed_jobs(ctx: &Context, old: &Inventory, new: &Inventory) {
-    fn key(p: &k8s_openapi::api::core::v1::Pod) -> Option<(String, String, String, String)> {
-        let l = p.metadata.labels.as_ref()?;
-        let st = p.status.as_ref();
-        let ready = st
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        Some((
-            l.get(labels::JOB_KIND)?.clone(),
-            l.get(labels::JOB_NAMESPACE)?.clone(),
-            l.get(labels::JOB_NAME)?.clone(),
-            format!(
-                "{}:{}:{}",
-                p.name_any(),
-                st.and_then(|s| s.phase.clone()).unwrap_or_default(),
-                ready
-            ),
-        ))
-    }
-    let a: std::collections::BTreeSet<_> = old.pods.iter().filter_map(key).collect();
-    let b: std::collections::BTreeSet<_> = new.pods.iter().filter_map(key).collect();
-    let changed: std::collections::BTreeSet<_> = a
-        .symmetric_difference(&b)
-        .map(|(k, ns, n, _)| (k.clone(), ns.clone(), n.clone()))
-        .collect();
-    for (k, ns, n) in changed {
-        ctx.wake_job(&k, &ns, &n);
-    }
-}

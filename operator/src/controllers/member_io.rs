@@ -4,8 +4,8 @@ use super::error::MemberErr;
 use super::{Context, Result};
 use crate::api::{InferenceJob, TrainingJob, TrainingPhase};
 use crate::federation::labels;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -21,32 +21,16 @@ where
         + Serialize
         + Debug,
 {
-    let ns = obj.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<K> = Api::namespaced(client.clone(), &ns);
-    match api.create(&PostParams::default(), obj).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-        Err(e) => Err(e).member(cluster),
-    }
+    crate::scheduler::writes::create_if_missing(client, obj)
+        .await
+        .member(cluster)
 }
 
 /// Makes sure namespace `ns` exists in the member.
 pub async fn ensure_namespace(client: &kube::Client, cluster: &str, ns: &str) -> Result<()> {
-    let api: Api<Namespace> = Api::all(client.clone());
-    if api.get_opt(ns).await.member(cluster)?.is_some() {
-        return Ok(());
-    }
-    let mut n = Namespace::default();
-    n.metadata.name = Some(ns.to_string());
-    n.metadata.labels = Some(BTreeMap::from([(
-        labels::MANAGED_BY.to_string(),
-        labels::MANAGER.to_string(),
-    )]));
-    match api.create(&PostParams::default(), &n).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e).member(cluster),
-    }
+    crate::scheduler::writes::ensure_namespace(client, ns)
+        .await
+        .member(cluster)
 }
 
 /// Deletes pods of job `uid` in the member for which `doomed` is true; returns how many.
@@ -124,7 +108,6 @@ pub async fn cleanup_job<K: Resource<DynamicType = ()>>(
         "workloads removed from member clusters".into(),
     )
     .await;
-    ctx.wake_all_jobs();
     Ok(kube::runtime::controller::Action::await_change())
 }
 
@@ -135,7 +118,7 @@ pub async fn sweep_orphans(
     ctx: &Context,
     cluster: &str,
     client: &kube::Client,
-    pods: &[Pod],
+    pods: &[std::sync::Arc<Pod>],
 ) -> Result<usize> {
     if pods.is_empty() {
         return Ok(0);

@@ -4,30 +4,35 @@
 //! Each follows the same shape: `reconcile(obj, ctx) -> Result<Action>`, a finalizer where
 //! something in a member must be cleaned up, status written by server-side apply under the field
 //! manager [`FIELD_MANAGER`], and Kubernetes Events on the hub object for every decision.
+//! Placement is not theirs: the job watches also feed the [`crate::scheduler`], whose loop
+//! places waiting jobs; the controllers run what is placed and roll its state up, woken by
+//! watch events (no periodic resync of running jobs).
 
 mod context;
 mod error;
 mod inference_job;
 mod member_cluster;
 mod member_io;
-mod reservations;
 mod status;
 mod training_job;
 
 pub use context::{Config, Context, MemberHealth, Triggers};
 pub use error::{Error, Result};
+pub use member_cluster::SUPPLY_VERIFIED;
 
 use crate::api::{InferenceJob, MemberCluster, TrainingJob};
 use futures::StreamExt;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
 use kube::{Api, Client};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Field manager for everything the operator writes.
-pub const FIELD_MANAGER: &str = "gpupool-operator";
+pub const FIELD_MANAGER: &str = crate::scheduler::FIELD_MANAGER;
 /// Finalizer on hub jobs: their workloads in member clusters are deleted first.
-pub const FINALIZER: &str = "gpupool.io/member-cleanup";
+pub const FINALIZER: &str = crate::scheduler::FINALIZER;
+/// Reconciles of one kind running at once.
+pub const CONTROLLER_CONCURRENCY: u16 = 16;
 
 /// `gpupool run` arguments.
 #[derive(clap::Args, Clone, Debug)]
@@ -148,11 +153,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Runs the three controllers on `ctx` until they stop (Ctrl-C / SIGTERM).
+/// Runs the scheduler loop and the three controllers on `ctx` until they stop (Ctrl-C / SIGTERM).
+/// Each hub job kind is watched once: the watch feeds the scheduler's cache and queue and the
+/// controller's store.
 pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) -> anyhow::Result<()> {
     let hub = ctx.hub.clone();
     let wc = watcher::Config::default().any_semantic();
+    let cc = || controller::Config::default().concurrency(CONTROLLER_CONCURRENCY);
+    let scheduler = tokio::spawn(ctx.scheduler.clone().run());
     let members = Controller::new(Api::<MemberCluster>::all(hub.clone()), wc.clone())
+        .with_config(cc())
         .shutdown_on_signal()
         .run(
             member_cluster::reconcile,
@@ -160,7 +170,20 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) -> anyhow::R
             ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()));
-    let training = Controller::new(Api::<TrainingJob>::all(hub.clone()), wc.clone())
+    let (reader, writer) = reflector::store();
+    let sched = ctx.scheduler.clone();
+    let stream = watcher(Api::<TrainingJob>::all(hub.clone()), wc.clone())
+        .modify(|j: &mut TrainingJob| j.metadata.managed_fields = None)
+        .default_backoff()
+        .reflect(writer)
+        .inspect(move |ev| {
+            if let Ok(ev) = ev {
+                sched.training_event(ev)
+            }
+        })
+        .applied_objects();
+    let training = Controller::for_stream(stream, reader)
+        .with_config(cc())
         .reconcile_on(triggers.training)
         .reconcile_all_on(triggers.training_all)
         .shutdown_on_signal()
@@ -170,7 +193,20 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) -> anyhow::R
             ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()));
-    let inference = Controller::new(Api::<InferenceJob>::all(hub), wc)
+    let (reader, writer) = reflector::store();
+    let sched = ctx.scheduler.clone();
+    let stream = watcher(Api::<InferenceJob>::all(hub), wc)
+        .modify(|j: &mut InferenceJob| j.metadata.managed_fields = None)
+        .default_backoff()
+        .reflect(writer)
+        .inspect(move |ev| {
+            if let Ok(ev) = ev {
+                sched.inference_event(ev)
+            }
+        })
+        .applied_objects();
+    let inference = Controller::for_stream(stream, reader)
+        .with_config(cc())
         .reconcile_on(triggers.inference)
         .reconcile_all_on(triggers.inference_all)
         .shutdown_on_signal()
@@ -181,5 +217,6 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) -> anyhow::R
         )
         .for_each(|_| futures::future::ready(()));
     tokio::join!(members, training, inference);
+    scheduler.abort();
     Ok(())
 }

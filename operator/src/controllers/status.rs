@@ -1,9 +1,9 @@
 //! Helpers shared by the controllers: conditions, status patches, Events.
 
-use super::{Context, Error, FIELD_MANAGER, FINALIZER, Result};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use super::{Context, Error, FINALIZER, Result};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -19,53 +19,28 @@ pub fn now() -> Time {
     Time(Timestamp::now())
 }
 
-/// Sets condition `type_` in `conds`, keeping `lastTransitionTime` when the status is unchanged.
-pub fn set_condition(
-    conds: &mut Vec<Condition>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: &str,
-    generation: Option<i64>,
-) {
-    let status_s = if status { "True" } else { "False" };
-    if let Some(c) = conds.iter_mut().find(|c| c.type_ == type_) {
-        if c.status != status_s {
-            c.last_transition_time = now();
-        }
-        c.status = status_s.into();
-        c.reason = reason.into();
-        c.message = message.into();
-        c.observed_generation = generation;
-    } else {
-        conds.push(Condition {
-            type_: type_.into(),
-            status: status_s.into(),
-            reason: reason.into(),
-            message: message.into(),
-            last_transition_time: now(),
-            observed_generation: generation,
-        });
-    }
-}
+pub use crate::scheduler::jobs::set_condition;
 
-/// Server-side-applies `status` onto `obj` under the operator's field manager.
+/// Server-side-applies `status` onto `obj` under the operator's field manager, only if `obj` is
+/// still the newest version (a roll-up computed from an older view never overwrites a placement
+/// the scheduler wrote meanwhile; the conflict requeues the reconcile at once).
 pub async fn apply_status<K, S>(api: &Api<K>, obj: &K, status: &S) -> Result<()>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
     S: Serialize,
 {
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    crate::scheduler::writes::apply_status(api, obj, obj.resource_version().as_deref(), status)
+        .await?;
+    Ok(())
+}
+
+/// Like [`apply_status`], whatever version the object is at now.
+pub async fn apply_status_unconditionally<K, S>(api: &Api<K>, obj: &K, status: &S) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    S: Serialize,
+{
+    crate::scheduler::writes::apply_status(api, obj, None, status).await?;
     Ok(())
 }
 

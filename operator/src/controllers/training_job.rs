@@ -1,12 +1,11 @@
-//! TrainingJob controller: gang placement on one member, worker pods, gang restarts, roll-up.
+//! TrainingJob controller: worker pods of a placed gang, gang restarts, roll-up from the member's
+//! pod watch. Placement itself is the scheduler's.
 
 use super::member_io::{cleanup_job, create_if_missing, delete_pods, ensure_namespace};
-use super::reservations::taken_gpus;
 use super::status::{apply_status, event, now, reconcile_finalized, set_condition};
 use super::{Context, Error, Result};
-use crate::api::{TrainingJob, TrainingJobStatus, TrainingPhase, WorkerPlacement, condition};
+use crate::api::{TrainingJob, TrainingJobStatus, TrainingPhase, condition};
 use crate::federation::labels;
-use crate::placement::{JobRequest, candidates, place_gang};
 use crate::workloads::{PodPlacement, training_pods, training_service};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -14,7 +13,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::Event as Finalizer;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Reconciles one TrainingJob.
 pub async fn reconcile(job: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action> {
@@ -33,180 +32,34 @@ pub fn error_policy(job: Arc<TrainingJob>, err: &Error, _ctx: Arc<Context>) -> A
     Action::requeue(Duration::from_secs(3))
 }
 
-fn request(job: &TrainingJob) -> JobRequest {
-    JobRequest {
-        gpus_per_pod: job.spec.gpus_per_worker.max(1) as usize,
-        nvlink: job.spec.nvlink,
-        gpu: job.spec.gpu.clone(),
-        cluster_selector: job.spec.cluster_selector.clone(),
-    }
-}
-
-fn placements(st: &TrainingJobStatus, model: &str) -> Vec<PodPlacement> {
-    st.workers
-        .iter()
-        .map(|w| PodPlacement {
-            index: w.rank,
-            node: w.node.clone(),
-            gpu_uuids: w.gpu_uuids.clone(),
-            model: model.into(),
-            score: w.score,
-        })
-        .collect()
+fn placements(st: &TrainingJobStatus, ctx: &Context, cluster: &str) -> Vec<PodPlacement> {
+    ctx.scheduler.with_cache(|c| {
+        st.workers
+            .iter()
+            .map(|w| PodPlacement {
+                index: w.rank,
+                node: w.node.clone(),
+                gpu_uuids: w.gpu_uuids.clone(),
+                model: c.model_of(cluster, &w.node).unwrap_or_default(),
+                score: w.score,
+            })
+            .collect()
+    })
 }
 
 async fn apply(job: &TrainingJob, ctx: &Context) -> Result<Action> {
-    let mut st = job.status.clone().unwrap_or_default();
+    let st = job.status.clone().unwrap_or_default();
     if matches!(st.phase, TrainingPhase::Succeeded | TrainingPhase::Failed) {
         return Ok(Action::await_change());
     }
-    // Not placed yet (or being restarted): place the gang; `Some` means it did not fit.
-    if (st.cluster.is_none() || st.workers.is_empty())
-        && let Some(action) = schedule(job, &mut st, ctx).await?
-    {
-        return Ok(action);
+    // Not placed yet (or being restarted): the scheduler places the gang and writes the status.
+    if st.cluster.is_none() || st.workers.is_empty() {
+        return Ok(Action::await_change());
     }
     run_placed(job, st, ctx).await
 }
 
-/// Places the gang. `Ok(None)`: placed and recorded in `st`; `Ok(Some(action))`: not placed.
-async fn schedule(
-    job: &TrainingJob,
-    st: &mut TrainingJobStatus,
-    ctx: &Context,
-) -> Result<Option<Action>> {
-    let uid = job.uid().unwrap_or_default();
-    let generation = job.metadata.generation;
-    let t0 = Instant::now();
-    let guard = ctx.placement_lock.lock().await;
-    let taken = taken_gpus(ctx, &uid).await?;
-    let members = ctx.registry.snapshot().await;
-    let (cands, mut member_reasons) = candidates(&members, &taken);
-    let indexes: Vec<i32> = (0..job.spec.workers).collect();
-    match place_gang(&cands, &request(job), &indexes) {
-        Ok(choice) => {
-            st.cluster = Some(choice.cluster.clone());
-            st.workers = choice
-                .pods
-                .iter()
-                .map(|p| WorkerPlacement {
-                    rank: p.index,
-                    node: p.node.clone(),
-                    gpu_uuids: p.gpu_uuids.clone(),
-                    score: p.score,
-                    pod_phase: None,
-                })
-                .collect();
-            st.phase = TrainingPhase::Scheduled;
-            st.message = Some(format!(
-                "placed on {} (score {})",
-                choice.cluster, choice.score
-            ));
-            set_condition(
-                &mut st.conditions,
-                condition::SCHEDULED,
-                true,
-                "Placed",
-                st.message.as_deref().unwrap_or(""),
-                generation,
-            );
-            st.observed_generation = generation;
-            // The record of the assignment is durable before the lock is released.
-            apply_status(
-                &Api::<TrainingJob>::namespaced(
-                    ctx.hub.clone(),
-                    &job.namespace().unwrap_or_default(),
-                ),
-                job,
-                &*st,
-            )
-            .await?;
-            drop(guard);
-            ctx.metrics.observe_placement("trainingjob", t0.elapsed());
-            let detail = choice
-                .pods
-                .iter()
-                .map(|p| {
-                    format!(
-                        "rank {} → {} GPUs [{}] score {}",
-                        p.index,
-                        p.node,
-                        p.gpu_uuids.join(","),
-                        p.score
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
-            event(
-                ctx,
-                job,
-                false,
-                "Scheduled",
-                "Place",
-                format!(
-                    "gang of {} placed on member {}: {detail}",
-                    indexes.len(),
-                    choice.cluster
-                ),
-            )
-            .await;
-            Ok(None)
-        }
-        Err(u) => {
-            drop(guard);
-            let mut reasons = u.reasons;
-            reasons.append(&mut member_reasons);
-            let msg = if reasons.is_empty() {
-                "no member clusters registered".to_string()
-            } else {
-                reasons.join("; ")
-            };
-            let changed = !st.conditions.iter().any(|c| {
-                c.type_ == condition::SCHEDULED && c.status == "False" && c.message == msg
-            });
-            if st.phase != TrainingPhase::Restarting {
-                st.phase = TrainingPhase::Pending;
-            }
-            st.message = Some(format!("unschedulable: {msg}"));
-            set_condition(
-                &mut st.conditions,
-                condition::SCHEDULED,
-                false,
-                "Unschedulable",
-                &msg,
-                generation,
-            );
-            st.observed_generation = generation;
-            if changed {
-                apply_status(
-                    &Api::<TrainingJob>::namespaced(
-                        ctx.hub.clone(),
-                        &job.namespace().unwrap_or_default(),
-                    ),
-                    job,
-                    &*st,
-                )
-                .await?;
-                event(
-                    ctx,
-                    job,
-                    true,
-                    "Unschedulable",
-                    "Place",
-                    format!("no member fits the gang: {msg}"),
-                )
-                .await;
-            }
-            ctx.metrics
-                .set_pending("trainingjob", &job.name_any(), true);
-            Ok(Some(Action::requeue(ctx.config.pending_retry)))
-        }
-    }
-}
-
 async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context) -> Result<Action> {
-    ctx.metrics
-        .set_pending("trainingjob", &job.name_any(), false);
     let ns = job.namespace().unwrap_or_default();
     let uid = job.uid().unwrap_or_default();
     let api: Api<TrainingJob> = Api::namespaced(ctx.hub.clone(), &ns);
@@ -225,55 +78,50 @@ async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context)
             .await;
         }
     };
-    let Some(client) = member.client.clone().filter(|_| member.reachable) else {
-        // Within the grace period: wait for the member to answer again.
+    let (Some(client), Some(watch)) = (
+        member.client.clone().filter(|_| member.reachable),
+        member.watch.clone().filter(|w| w.synced()),
+    ) else {
+        // Within the grace period, or the member's pods are not listed yet: look again soon.
         return Ok(Action::requeue(ctx.config.heartbeat));
     };
     let generation = st.restarts;
-    let model = job.spec.gpu.model.clone().unwrap_or_default();
-    let model = member
-        .inventory
-        .nodes
-        .get(
-            &st.workers
-                .first()
-                .map(|w| w.node.clone())
-                .unwrap_or_default(),
-        )
-        .and_then(|n| n.topology.as_ref())
-        .and_then(|t| t.gpus.first().map(|g| g.model.clone()))
-        .unwrap_or(model);
+    let pods = watch.pods_of(&uid);
 
-    // Create what is missing (idempotent).
-    ensure_namespace(&client, &cluster, &ns).await?;
-    create_if_missing(&client, &cluster, &training_service(job)).await?;
-    let mut created = 0;
-    for pod in training_pods(job, generation, &placements(&st, &model)) {
-        if !member
-            .inventory
-            .pods
-            .iter()
-            .any(|p| p.metadata.name == pod.metadata.name && p.namespace() == pod.namespace())
-            && create_if_missing(&client, &cluster, &pod).await?
-        {
-            created += 1;
+    // Create what is missing (idempotent), unless the scheduler is creating it right now.
+    if !ctx.scheduler.in_flight(&uid) {
+        let mut want = training_pods(job, generation, &placements(&st, ctx, &cluster));
+        want.retain(|w| {
+            !pods
+                .iter()
+                .any(|p| p.metadata.name == w.metadata.name && p.namespace() == w.namespace())
+        });
+        if !want.is_empty() {
+            ensure_namespace(&client, &cluster, &ns).await?;
+            create_if_missing(&client, &cluster, &training_service(job)).await?;
+            let mut created = 0;
+            for pod in &want {
+                if create_if_missing(&client, &cluster, pod).await? {
+                    created += 1;
+                }
+            }
+            if created > 0 {
+                tracing::info!(job = %job.name_any(), cluster, created, "created worker pods");
+            }
         }
-    }
-    if created > 0 {
-        tracing::info!(job = %job.name_any(), cluster, created, "created worker pods");
     }
 
     // Observe this generation's pods.
-    let mine: Vec<&Pod> = member
-        .inventory
-        .pods
+    let mine: Vec<&Pod> = pods
         .iter()
+        .map(|p| &**p)
         .filter(|p| {
-            let l = p.metadata.labels.as_ref();
-            l.and_then(|l| l.get(labels::JOB_UID)) == Some(&uid)
-                && l.and_then(|l| l.get(labels::GENERATION))
-                    .and_then(|g| g.parse::<i32>().ok())
-                    == Some(generation)
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(labels::GENERATION))
+                .and_then(|g| g.parse::<i32>().ok())
+                == Some(generation)
         })
         .collect();
     let phase_of = |rank: i32| -> Option<String> {
@@ -320,6 +168,7 @@ async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context)
         )
         .await;
     }
+    let mut deadline = None;
     if let (Some(max), Some(start)) = (job.spec.max_runtime_seconds, st.start_time.as_ref()) {
         let ran = k8s_openapi::jiff::Timestamp::now()
             .duration_since(start.0)
@@ -349,6 +198,7 @@ async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context)
             .await;
             return Ok(Action::await_change());
         }
+        deadline = Some(Duration::from_secs((max - ran).max(0) as u64 + 1));
     }
     let before = job.status.clone().unwrap_or_default();
     if n > 0 && succeeded == n {
@@ -420,10 +270,16 @@ async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context)
         }
     }
     if st.phase == TrainingPhase::Succeeded {
-        ctx.wake_all_jobs(); // GPUs freed
         return Ok(Action::await_change());
     }
-    Ok(Action::requeue(ctx.config.resync))
+    // Pod changes and member readiness wake the job; only a runtime limit needs a timer.
+    Ok(match (deadline, st.phase == TrainingPhase::Running) {
+        (Some(d), true) => Action::requeue(d),
+        (None, true) if job.spec.max_runtime_seconds.is_some() => {
+            Action::requeue(ctx.config.heartbeat)
+        }
+        _ => Action::await_change(),
+    })
 }
 
 /// Restarts the whole gang (re-placed from scratch), or fails the job at the backoff limit.
@@ -470,7 +326,6 @@ async fn restart_gang(
             st.message.clone().unwrap_or_default(),
         )
         .await;
-        ctx.wake_all_jobs();
         return Ok(Action::await_change());
     }
     let from = st.cluster.take().unwrap_or_default();
@@ -520,6 +375,5 @@ async fn restart_gang(
     )
     .await;
     ctx.metrics.inc_restart("trainingjob");
-    ctx.wake_all_jobs();
     Ok(Action::requeue(Duration::from_millis(200)))
 }

@@ -1,10 +1,10 @@
 //! Federation: reaching member clusters and keeping an up-to-date view of each one.
 //!
-//! The [`Registry`] holds, per registered member, a client built from its kubeconfig Secret,
-//! watches on its nodes, `GpuTopology` objects and the pods gpupool created there
-//! ([`MemberWatch`]; a pod change wakes its hub job at once), and the inventory taken from them.
-//! The MemberCluster controller probes each member and refreshes its view on every heartbeat;
-//! placement and the job controllers read it.
+//! The [`Registry`] holds, per registered member, a client built from its kubeconfig Secret
+//! and watches on its nodes, `GpuTopology` objects and the pods gpupool created there
+//! ([`MemberWatch`]), which feed the scheduler's cache and wake hub jobs change by change.
+//! The MemberCluster controller probes each member on every heartbeat; the job controllers read
+//! a job's pods from the watch's index.
 
 mod client;
 mod inventory;
@@ -12,9 +12,9 @@ mod registry;
 mod watch;
 
 pub use client::client_from_kubeconfig;
-pub use inventory::{Inventory, NodeInventory, read_inventory};
+pub use inventory::{allocatable_gpus, node_ready};
 pub use registry::{MemberView, Registry};
-pub use watch::{MemberWatch, PodChanged};
+pub use watch::{Change, MemberSink, MemberWatch};
 
 /// Labels and annotations gpupool puts on everything it creates in a member cluster.
 pub mod labels {

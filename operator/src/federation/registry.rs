@@ -1,6 +1,5 @@
 //! The operator's shared view of all member clusters.
 
-use super::Inventory;
 use crate::api::MemberClusterSpec;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,9 +22,9 @@ pub struct MemberView {
     pub ready: bool,
     /// Last successful probe.
     pub last_heartbeat: Option<k8s_openapi::jiff::Timestamp>,
-    /// Last inventory read.
-    pub inventory: Inventory,
-    /// When orphaned workloads were last swept from this member.
+    /// Kubernetes version the member's API server reported.
+    pub version: String,
+    /// When orphaned workloads were last swept from this member (reset on every reconnect).
     pub last_sweep: Option<std::time::Instant>,
     /// Watches on the member's nodes, topologies and gpupool pods (restarted with the client).
     pub watch: Option<Arc<super::MemberWatch>>,

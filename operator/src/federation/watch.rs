@@ -1,36 +1,61 @@
 //! Watches on a member cluster: nodes, `GpuTopology` objects and the pods gpupool created there,
-//! each mirrored into a reflector store. Pod changes wake the hub job they belong to at once.
+//! each mirrored into a reflector store (managed fields dropped) and reported, change by change,
+//! to a [`MemberSink`] (the scheduler's cache and the job controllers' wake-ups). Pods are also
+//! indexed by the hub job they belong to, so a controller reads a job's pods without scanning.
 
-use super::Inventory;
-use super::inventory::inventory_from;
 use super::labels;
 use crate::api::GpuTopology;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 use tokio::task::JoinHandle;
 
-/// Called with an object a watch saw change.
-pub type OnChange<K> = Arc<dyn Fn(&K) + Send + Sync>;
+/// One change seen by a member watch.
+#[derive(Debug)]
+pub enum Change<K> {
+    /// Added or modified.
+    Applied(Arc<K>),
+    /// Deleted.
+    Deleted(Arc<K>),
+    /// The watch restarted and is listing again; a [`Change::Listed`] follows.
+    Relisting,
+    /// Everything that exists now (after the initial list or a relist).
+    Listed(Vec<Arc<K>>),
+}
 
-/// Called with a gpupool pod that changed in the member.
-pub type PodChanged = OnChange<Pod>;
+/// Receives the changes of a member's watches (called on the watch tasks; keep it short).
+pub trait MemberSink: Send + Sync {
+    /// A node changed.
+    fn node(&self, member: &str, change: Change<Node>);
+    /// A `GpuTopology` changed.
+    fn topology(&self, member: &str, change: Change<GpuTopology>);
+    /// A gpupool pod changed.
+    fn pod(&self, member: &str, change: Change<Pod>);
+}
+
+type PodIndex = Arc<RwLock<HashMap<String, HashSet<ObjectRef<Pod>>>>>;
 
 /// The three watches of one member; aborted on drop.
 pub struct MemberWatch {
     nodes: Store<Node>,
-    topologies: Store<GpuTopology>,
     pods: Store<Pod>,
+    by_job: PodIndex,
     tasks: Vec<JoinHandle<()>>,
+}
+
+fn job_uid(p: &Pod) -> Option<String> {
+    p.labels().get(labels::JOB_UID).cloned()
 }
 
 fn spawn_reflector<K>(
     api: Api<K>,
     cfg: watcher::Config,
-    on_change: Option<OnChange<K>>,
+    mut on_change: impl FnMut(Change<K>, &Store<K>) + Send + 'static,
 ) -> (Store<K>, JoinHandle<()>)
 where
     K: kube::Resource<DynamicType = ()>
@@ -42,14 +67,21 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, cfg))
+    let stream = watcher(api, cfg)
+        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
         .default_backoff()
-        .applied_objects();
+        .reflect(writer);
+    let reader = store.clone();
     let task = tokio::spawn(async move {
         stream
             .for_each(|ev| {
-                if let (Ok(obj), Some(f)) = (&ev, &on_change) {
-                    f(obj);
+                match ev {
+                    Ok(watcher::Event::Apply(o)) => on_change(Change::Applied(Arc::new(o)), &reader),
+                    Ok(watcher::Event::Delete(o)) => on_change(Change::Deleted(Arc::new(o)), &reader),
+                    Ok(watcher::Event::Init) => on_change(Change::Relisting, &reader),
+                    Ok(watcher::Event::InitDone) => on_change(Change::Listed(reader.state()), &reader),
+                    Ok(watcher::Event::InitApply(_)) => {}
+                    Err(e) => tracing::debug!(error = %e, "member watch error (retrying)"),
                 }
                 futures::future::ready(())
             })
@@ -59,27 +91,62 @@ where
 }
 
 impl MemberWatch {
-    /// Starts watching the member `client` talks to.
-    pub fn start(client: &kube::Client, on_pod: PodChanged) -> MemberWatch {
+    /// Starts watching member `member` through `client`, reporting to `sink`.
+    pub fn start(client: &kube::Client, member: &str, sink: Arc<dyn MemberSink>) -> MemberWatch {
+        let (m, s) = (member.to_string(), sink.clone());
         let (nodes, t1) = spawn_reflector(
             Api::<Node>::all(client.clone()),
             watcher::Config::default(),
-            None,
+            move |c, _| s.node(&m, c),
         );
-        let (topologies, t2) = spawn_reflector(
+        let (m, s) = (member.to_string(), sink.clone());
+        let (_topologies, t2) = spawn_reflector(
             Api::<GpuTopology>::all(client.clone()),
             watcher::Config::default(),
-            None,
+            move |c, _| s.topology(&m, c),
         );
+        let by_job: PodIndex = Arc::default();
+        let (m, s, idx) = (member.to_string(), sink, by_job.clone());
         let (pods, t3) = spawn_reflector(
             Api::<Pod>::all(client.clone()),
             watcher::Config::default().labels(labels::SELECTOR),
-            Some(on_pod),
+            move |c, _| {
+                {
+                    let mut idx = idx.write().expect("pod index lock");
+                    match &c {
+                        Change::Applied(p) => {
+                            if let Some(u) = job_uid(p) {
+                                idx.entry(u).or_default().insert(ObjectRef::from_obj(&**p));
+                            }
+                        }
+                        Change::Deleted(p) => {
+                            if let Some(u) = job_uid(p)
+                                && let Some(set) = idx.get_mut(&u)
+                            {
+                                set.remove(&ObjectRef::from_obj(&**p));
+                                if set.is_empty() {
+                                    idx.remove(&u);
+                                }
+                            }
+                        }
+                        Change::Relisting => {}
+                        Change::Listed(all) => {
+                            idx.clear();
+                            for p in all {
+                                if let Some(u) = job_uid(p) {
+                                    idx.entry(u).or_default().insert(ObjectRef::from_obj(&**p));
+                                }
+                            }
+                        }
+                    }
+                }
+                s.pod(&m, c)
+            },
         );
         MemberWatch {
             nodes,
-            topologies,
             pods,
+            by_job,
             tasks: vec![t1, t2, t3],
         }
     }
@@ -92,21 +159,19 @@ impl MemberWatch {
             && ready(self.pods.wait_until_ready().map(|r| r.is_ok()).boxed())
     }
 
-    /// The member's inventory as the watches see it now.
-    pub fn inventory(&self, version: String) -> Inventory {
-        let nodes: Vec<Node> = self.nodes.state().iter().map(|n| (**n).clone()).collect();
-        let topologies: Vec<GpuTopology> = self
-            .topologies
-            .state()
-            .iter()
-            .map(|t| (**t).clone())
-            .collect();
-        let mut pods: Vec<Pod> = self.pods.state().iter().map(|p| (**p).clone()).collect();
-        pods.sort_by(|a, b| {
-            (&a.metadata.namespace, &a.metadata.name)
-                .cmp(&(&b.metadata.namespace, &b.metadata.name))
-        });
-        inventory_from(version, nodes, topologies, pods)
+    /// The pods of hub job `uid` in this member.
+    pub fn pods_of(&self, uid: &str) -> Vec<Arc<Pod>> {
+        let idx = self.by_job.read().expect("pod index lock");
+        idx.get(uid)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| self.pods.get(r))
+            .collect()
+    }
+
+    /// Every gpupool pod in this member.
+    pub fn pods(&self) -> Vec<Arc<Pod>> {
+        self.pods.state()
     }
 }
 

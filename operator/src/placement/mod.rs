@@ -7,6 +7,6 @@ pub mod scheduler;
 
 pub use allocator::{Allocation, GpuRequest, NoFit, allocate, allocate_on, exhaustive_best};
 pub use scheduler::{
-    ClusterCandidate, ClusterChoice, JobRequest, NodeCandidate, Unschedulable, candidates,
-    free_gpus_by_node, free_island_sizes, place_gang, place_replicas, uuids_held_by_pods,
+    ClusterCandidate, ClusterChoice, JobRequest, NodeCandidate, Unschedulable, place_gang,
+    place_replicas,
 };

@@ -1,77 +1,24 @@
 //! Cluster-level placement: which member cluster, node and GPU set each worker or replica gets.
 //!
-//! Pure and deterministic: the inputs are a snapshot of the members and the GPUs already taken;
-//! the output is a placement or the reasons nothing fits. Members are filtered (ready,
+//! Pure and deterministic: the inputs are candidate members and nodes with their free GPUs (built
+//! by the scheduler's cache); the output is a placement or the reasons nothing fits. Members are filtered (ready,
 //! schedulable, cluster selector, GPU model/memory, enough free GPUs satisfying the NVLink mode
 //! via the topology allocator), scored by the mean allocator score of their GPU sets, and ties go
 //! to the cheaper member, then the name.
 
 use super::allocator::{GpuRequest, allocate};
-use crate::api::{GpuSelector, GpuTopologySpec, NvLinkMode};
-use crate::federation::{Inventory, MemberView, labels};
+use crate::api::{GpuSelector, NvLinkMode};
 use crate::topology::{GpuGraph, GpuSet};
 use crate::workloads::PodPlacement;
-use std::collections::{BTreeMap, BTreeSet};
-
-/// GPU UUIDs held by gpupool pods that are not finished.
-pub fn uuids_held_by_pods(inv: &Inventory) -> BTreeSet<String> {
-    inv.pods
-        .iter()
-        .filter(|p| {
-            let phase = p
-                .status
-                .as_ref()
-                .and_then(|s| s.phase.as_deref())
-                .unwrap_or("Pending");
-            phase != "Succeeded" && phase != "Failed"
-        })
-        .filter_map(|p| p.metadata.annotations.as_ref()?.get(labels::GPU_UUIDS))
-        .flat_map(|s| s.split(',').filter(|u| !u.is_empty()).map(str::to_string))
-        .collect()
-}
-
-/// Free GPU UUIDs per node: in the topology, not taken by gpupool, not busy with other processes.
-pub fn free_gpus_by_node(
-    inv: &Inventory,
-    taken: &BTreeSet<String>,
-) -> BTreeMap<String, BTreeSet<String>> {
-    inv.nodes
-        .values()
-        .filter_map(|n| {
-            let t = n.topology.as_ref()?;
-            let busy: BTreeSet<&String> = n.busy_uuids.iter().collect();
-            let free = t
-                .gpus
-                .iter()
-                .filter(|g| !taken.contains(&g.uuid) && !busy.contains(&g.uuid))
-                .map(|g| g.uuid.clone())
-                .collect();
-            Some((n.name.clone(), free))
-        })
-        .collect()
-}
-
-/// Sizes of the free fully-NVLinked GPU groups of a node.
-pub fn free_island_sizes(spec: &GpuTopologySpec, free: &BTreeSet<String>) -> Vec<i32> {
-    match GpuGraph::from_spec(spec) {
-        Ok(g) => {
-            let set = GpuSet::from_indexes(free.iter().filter_map(|u| g.index_of(u)));
-            g.free_nvlink_island_sizes(set)
-                .into_iter()
-                .map(|s| s as i32)
-                .collect()
-        }
-        Err(_) => Vec::new(),
-    }
-}
+use std::collections::BTreeMap;
 
 /// A node that could take work.
 #[derive(Clone, Debug)]
 pub struct NodeCandidate {
     /// Node name.
     pub name: String,
-    /// Its GPU graph.
-    pub graph: GpuGraph,
+    /// Its GPU graph (shared with the scheduler's cache; built once per topology change).
+    pub graph: std::sync::Arc<GpuGraph>,
     /// Free GPUs.
     pub free: GpuSet,
     /// GPU model (of GPU 0).
@@ -93,77 +40,6 @@ pub struct ClusterCandidate {
     pub nodes: Vec<NodeCandidate>,
     /// Why nodes were left out (no topology, not ready, bad topology).
     pub skipped: Vec<String>,
-}
-
-/// Builds candidates from the schedulable members, given the GPUs already taken.
-pub fn candidates(
-    members: &BTreeMap<String, MemberView>,
-    taken: &BTreeSet<String>,
-) -> (Vec<ClusterCandidate>, Vec<String>) {
-    let mut out = Vec::new();
-    let mut reasons = Vec::new();
-    for m in members.values() {
-        if !m.schedulable() {
-            reasons.push(format!(
-                "{}: {}",
-                m.name,
-                if !m.spec.schedulable {
-                    "not schedulable (spec.schedulable=false)"
-                } else {
-                    "not ready"
-                }
-            ));
-            continue;
-        }
-        let mut labels = m.spec.labels.clone();
-        if let Some(r) = &m.spec.region {
-            labels.insert("region".into(), r.clone());
-        }
-        let free = free_gpus_by_node(&m.inventory, taken);
-        let mut nodes = Vec::new();
-        let mut skipped = Vec::new();
-        for n in m.inventory.nodes.values() {
-            if !n.ready {
-                skipped.push(format!("{}: node not ready", n.name));
-                continue;
-            }
-            let Some(t) = &n.topology else {
-                skipped.push(format!(
-                    "{}: no GpuTopology published (is the node agent running?)",
-                    n.name
-                ));
-                continue;
-            };
-            let graph = match GpuGraph::from_spec(t) {
-                Ok(g) => g,
-                Err(e) => {
-                    skipped.push(format!("{}: bad GpuTopology: {e}", n.name));
-                    continue;
-                }
-            };
-            let f = GpuSet::from_indexes(
-                free.get(&n.name)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|u| graph.index_of(u)),
-            );
-            nodes.push(NodeCandidate {
-                name: n.name.clone(),
-                model: t.gpus.first().map(|g| g.model.clone()).unwrap_or_default(),
-                memory_mib: t.gpus.iter().map(|g| g.memory_mib).min().unwrap_or(0),
-                graph,
-                free: f,
-            });
-        }
-        out.push(ClusterCandidate {
-            name: m.name.clone(),
-            labels,
-            price: m.spec.price_per_gpu_hour,
-            nodes,
-            skipped,
-        });
-    }
-    (out, reasons)
 }
 
 /// What one job asks for.

@@ -1,0 +1,866 @@
+//! The pool in memory: members, their GPU nodes, each node's graph and free GPUs, and every GPU
+//! assignment — from hub job statuses, from gpupool pods in the members, and *assumed* ones the
+//! scheduler decided but whose hub status write it has not yet observed.
+//!
+//! Pure and synchronous: fed by watch events, read by the scheduling loop. A decision reads only
+//! the nodes that can take the request (see [`PoolCache::candidates`]), so its cost does not grow
+//! with the number of jobs and barely with the number of nodes.
+//!
+//! Supply is checked, not believed: a node's usable GPUs are capped by its `nvidia.com/gpu`
+//! allocatable; a GPU UUID belongs to the node that published it first (earliest `GpuTopology`
+//! creation, then member and node name) and a later node publishing the same UUID is quarantined
+//! without affecting the first; a UUID listed twice inside one node makes those GPUs unusable
+//! without marking anything else busy; and an assignment only ever holds GPUs on the member and
+//! node it names, so nothing one member publishes or annotates can block another member's GPUs.
+
+use crate::api::{CapacitySummary, GpuTopologySpec, ModelCapacity};
+use crate::placement::{ClusterCandidate, JobRequest, NodeCandidate};
+use crate::topology::{GpuGraph, GpuSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+/// What the scheduler needs to know about a member from its MemberCluster and heartbeat.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MemberInfo {
+    /// Labels for cluster selectors (spec labels plus `region`).
+    pub labels: BTreeMap<String, String>,
+    /// Asking price per GPU-hour.
+    pub price: Option<i64>,
+    /// New work may be placed there.
+    pub schedulable: bool,
+    /// Why not, when not.
+    pub reason: String,
+}
+
+/// What a member's `Node` object says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// Ready and not cordoned.
+    pub ready: bool,
+    /// `nvidia.com/gpu` allocatable.
+    pub allocatable: i64,
+}
+
+/// A published `GpuTopology`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopologyFacts {
+    /// The spec.
+    pub spec: GpuTopologySpec,
+    /// GPUs the node agent saw busy with processes gpupool did not start.
+    pub busy: Vec<String>,
+    /// Creation time of the object (seconds since the epoch); the earliest publisher of a UUID
+    /// keeps it.
+    pub published: i64,
+}
+
+/// One GPU assigned on one node of one member.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Slot {
+    /// Member name.
+    pub member: String,
+    /// Node name.
+    pub node: String,
+    /// GPU UUID.
+    pub uuid: String,
+}
+
+/// Kind, namespace and name of a hub job (to wake or describe it).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobName {
+    /// `TrainingJob` or `InferenceJob`.
+    pub kind: &'static str,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// The derived, placeable state of one node.
+#[derive(Clone, Debug)]
+pub struct NodeState {
+    /// Node name.
+    pub name: String,
+    /// Its GPU graph, rebuilt only when the published topology changes.
+    pub graph: Arc<GpuGraph>,
+    /// Hash of the topology's shape (GPUs and links without names and UUIDs).
+    pub shape: u64,
+    /// GPU model (of GPU 0).
+    pub model: String,
+    /// Smallest memory per GPU, MiB.
+    pub memory_mib: i64,
+    /// GPUs gpupool may use (allocatable cap, UUID checks).
+    pub usable: GpuSet,
+    /// GPUs busy with foreign processes.
+    pub busy: GpuSet,
+    /// GPUs held by assignments.
+    pub held: GpuSet,
+    /// Supply problems found on this node (shown in the member's status).
+    pub problems: Vec<String>,
+}
+
+impl NodeState {
+    /// Free GPUs.
+    pub fn free(&self) -> GpuSet {
+        self.usable.minus(self.busy).minus(self.held)
+    }
+
+    fn class(&self) -> ClassKey {
+        ClassKey {
+            shape: self.shape,
+            free: self.free().0,
+            model: self.model.clone(),
+            memory_mib: self.memory_mib,
+        }
+    }
+}
+
+/// Nodes in one class produce the same allocation for the same request.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ClassKey {
+    shape: u64,
+    free: u64,
+    model: String,
+    memory_mib: i64,
+}
+
+#[derive(Default)]
+struct Member {
+    info: MemberInfo,
+    /// Member pods have been listed at least once (their assignments are known).
+    pods_synced: bool,
+    nodes: BTreeMap<String, NodeFacts>,
+    topologies: BTreeMap<String, TopologyFacts>,
+    /// GpuTopology object name → node name.
+    topology_names: HashMap<String, String>,
+    /// Placeable nodes.
+    ready: BTreeMap<String, NodeState>,
+    /// Nodes that cannot take work, with the reason.
+    unusable: BTreeMap<String, String>,
+    /// Placeable nodes by class.
+    index: BTreeMap<ClassKey, BTreeSet<String>>,
+    /// Graphs by node, kept while the topology spec is unchanged.
+    graphs: HashMap<String, (GpuTopologySpec, Arc<GpuGraph>, u64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Claim {
+    published: i64,
+    member: String,
+    node: String,
+}
+
+#[derive(Default)]
+struct JobHolds {
+    name: Option<JobName>,
+    hub: BTreeSet<Slot>,
+    assumed: Option<BTreeSet<Slot>>,
+}
+
+/// Something that may let a waiting job fit now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Wake {
+    /// Free GPUs on the node that changed.
+    pub free: usize,
+    /// Its GPU model.
+    pub model: String,
+    /// Its memory per GPU.
+    pub memory_mib: i64,
+}
+
+/// Wakes collected since the last [`PoolCache::take_wakes`].
+#[derive(Debug, Default)]
+pub struct Wakes {
+    /// Every waiting job should look again (a member became schedulable).
+    pub all: bool,
+    /// Nodes whose free GPUs grew.
+    pub nodes: Vec<Wake>,
+}
+
+/// The pool.
+#[derive(Default)]
+pub struct PoolCache {
+    members: BTreeMap<String, Member>,
+    claims: HashMap<String, Vec<Claim>>,
+    /// UUIDs each node claims.
+    node_claims: HashMap<(String, String), Vec<String>>,
+    holds: HashMap<Slot, u32>,
+    jobs: HashMap<String, JobHolds>,
+    pods: HashMap<(String, String, String), BTreeSet<Slot>>,
+    wakes: Wakes,
+}
+
+fn shape_of(spec: &GpuTopologySpec) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    let mut gpus: Vec<_> = spec
+        .gpus
+        .iter()
+        .map(|g| (g.index, &g.model, g.memory_mib, g.nvswitch_links))
+        .collect();
+    gpus.sort();
+    gpus.hash(&mut h);
+    let mut links: Vec<_> = spec
+        .links
+        .iter()
+        .map(|l| (l.a.min(l.b), l.a.max(l.b), l.nvlinks, l.nvswitch, l.pcie))
+        .collect();
+    links.sort();
+    links.hash(&mut h);
+    h.finish()
+}
+
+impl PoolCache {
+    /// An empty pool.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    // ----- members -----
+
+    /// Sets what the hub knows about a member; returns whether it changed.
+    pub fn set_member(&mut self, name: &str, info: MemberInfo) -> bool {
+        let m = self.members.entry(name.to_string()).or_default();
+        if m.info == info {
+            return false;
+        }
+        let became = info.schedulable && !m.info.schedulable;
+        m.info = info;
+        if became {
+            self.wakes.all = true;
+        }
+        true
+    }
+
+    /// Forgets a member and everything on it.
+    pub fn remove_member(&mut self, name: &str) {
+        let Some(m) = self.members.remove(name) else {
+            return;
+        };
+        let nodes: Vec<String> = m.topologies.keys().cloned().collect();
+        for n in nodes {
+            self.release_claims(name, &n);
+        }
+        let pods: Vec<_> = self
+            .pods
+            .keys()
+            .filter(|k| k.0 == name)
+            .cloned()
+            .collect();
+        for k in pods {
+            self.set_pod(&k.0, &k.1, &k.2, BTreeSet::new());
+        }
+    }
+
+    /// Whether the member's pods have been listed.
+    pub fn pods_synced(&self, member: &str) -> bool {
+        self.members.get(member).is_some_and(|m| m.pods_synced)
+    }
+
+    // ----- nodes and topologies -----
+
+    /// A node was added or changed (`None`: deleted, or it has no GPUs).
+    pub fn set_node(&mut self, member: &str, node: &str, facts: Option<NodeFacts>) {
+        let m = self.members.entry(member.to_string()).or_default();
+        let facts = facts.filter(|f| f.allocatable > 0);
+        if m.nodes.get(node) == facts.as_ref() {
+            return;
+        }
+        match facts {
+            Some(f) => m.nodes.insert(node.to_string(), f),
+            None => m.nodes.remove(node),
+        };
+        self.refresh(member, node);
+    }
+
+    /// Replaces every node of a member (after a relist).
+    pub fn resync_nodes(&mut self, member: &str, nodes: BTreeMap<String, NodeFacts>) {
+        let m = self.members.entry(member.to_string()).or_default();
+        let gone: Vec<String> = m
+            .nodes
+            .keys()
+            .filter(|n| !nodes.contains_key(*n))
+            .cloned()
+            .collect();
+        for n in gone {
+            self.set_node(member, &n, None);
+        }
+        for (n, f) in nodes {
+            self.set_node(member, &n, Some(f));
+        }
+    }
+
+    /// A `GpuTopology` object was added or changed (`None`: deleted).
+    pub fn set_topology(&mut self, member: &str, object: &str, t: Option<TopologyFacts>) {
+        let m = self.members.entry(member.to_string()).or_default();
+        let old_node = m.topology_names.get(object).cloned();
+        let new_node = t.as_ref().map(|t| t.spec.node_name.clone());
+        if let Some(old) = &old_node
+            && Some(old) != new_node.as_ref()
+        {
+            m.topology_names.remove(object);
+            m.topologies.remove(old);
+            self.refresh(member, old);
+        }
+        let m = self.members.entry(member.to_string()).or_default();
+        if let (Some(t), Some(n)) = (t, new_node) {
+            if m.topologies.get(&n) == Some(&t) {
+                return;
+            }
+            m.topology_names.insert(object.to_string(), n.clone());
+            m.topologies.insert(n.clone(), t);
+            self.refresh(member, &n);
+        }
+    }
+
+    /// Replaces every topology of a member (after a relist): object name → facts.
+    pub fn resync_topologies(&mut self, member: &str, all: BTreeMap<String, TopologyFacts>) {
+        let m = self.members.entry(member.to_string()).or_default();
+        let gone: Vec<String> = m
+            .topology_names
+            .keys()
+            .filter(|o| !all.contains_key(*o))
+            .cloned()
+            .collect();
+        for o in gone {
+            self.set_topology(member, &o, None);
+        }
+        for (o, t) in all {
+            self.set_topology(member, &o, Some(t));
+        }
+    }
+
+    fn release_claims(&mut self, member: &str, node: &str) -> Vec<(String, String)> {
+        let mut affected = Vec::new();
+        let uuids = self
+            .node_claims
+            .remove(&(member.to_string(), node.to_string()))
+            .unwrap_or_default();
+        for u in uuids {
+            if let Some(cs) = self.claims.get_mut(&u) {
+                cs.retain(|c| !(c.member == member && c.node == node));
+                affected.extend(cs.iter().map(|c| (c.member.clone(), c.node.clone())));
+                if cs.is_empty() {
+                    self.claims.remove(&u);
+                }
+            }
+        }
+        affected
+    }
+
+    /// Recomputes a node's claims and derived state, and that of nodes sharing its UUIDs.
+    fn refresh(&mut self, member: &str, node: &str) {
+        let mut affected = self.release_claims(member, node);
+        if let Some(m) = self.members.get(member)
+            && m.nodes.contains_key(node)
+            && let Some(t) = m.topologies.get(node)
+        {
+            let claim = Claim {
+                published: t.published,
+                member: member.to_string(),
+                node: node.to_string(),
+            };
+            let uuids: BTreeSet<String> = t.spec.gpus.iter().map(|g| g.uuid.clone()).collect();
+            self.node_claims.insert(
+                (member.to_string(), node.to_string()),
+                uuids.iter().cloned().collect(),
+            );
+            for u in uuids {
+                let cs = self.claims.entry(u).or_default();
+                affected.extend(cs.iter().map(|c| (c.member.clone(), c.node.clone())));
+                let at = cs.partition_point(|c| *c < claim);
+                cs.insert(at, claim.clone());
+            }
+        }
+        affected.sort();
+        affected.dedup();
+        self.derive(member, node);
+        for (m, n) in affected {
+            if (m.as_str(), n.as_str()) != (member, node) {
+                self.derive(&m, &n);
+            }
+        }
+    }
+
+    /// Rebuilds the placeable state of one node from its facts, claims and holds.
+    fn derive(&mut self, member: &str, node: &str) {
+        let Some(m) = self.members.get_mut(member) else {
+            return;
+        };
+        let old = m.ready.remove(node);
+        if let Some(o) = &old
+            && let Some(set) = m.index.get_mut(&o.class())
+        {
+            set.remove(node);
+            if set.is_empty() {
+                m.index.remove(&o.class());
+            }
+        }
+        m.unusable.remove(node);
+        let Some(facts) = m.nodes.get(node).cloned() else {
+            m.graphs.remove(node);
+            return;
+        };
+        if !facts.ready {
+            m.unusable.insert(node.into(), "node not ready".into());
+            return;
+        }
+        let Some(t) = m.topologies.get(node).cloned() else {
+            m.unusable.insert(
+                node.into(),
+                "no GpuTopology published (is the node agent running?)".into(),
+            );
+            return;
+        };
+        let (graph, shape) = match m.graphs.get(node) {
+            Some((spec, g, s)) if *spec == t.spec => (g.clone(), *s),
+            _ => match GpuGraph::from_spec(&t.spec) {
+                Ok(g) => {
+                    let g = Arc::new(g);
+                    let s = shape_of(&t.spec);
+                    m.graphs
+                        .insert(node.to_string(), (t.spec.clone(), g.clone(), s));
+                    (g, s)
+                }
+                Err(e) => {
+                    m.graphs.remove(node);
+                    m.unusable
+                        .insert(node.into(), format!("bad GpuTopology: {e}"));
+                    return;
+                }
+            },
+        };
+        // A UUID published earlier by another node is not this node's to offer.
+        let squatted: Vec<String> = graph
+            .gpus()
+            .iter()
+            .filter_map(|g| {
+                let owner = self.claims.get(&g.uuid)?.first()?;
+                (owner.member != member || owner.node != node)
+                    .then(|| format!("{} (first published by {}/{})", g.uuid, owner.member, owner.node))
+            })
+            .collect();
+        let m = self.members.get_mut(member).expect("member exists");
+        if !squatted.is_empty() {
+            m.unusable.insert(
+                node.into(),
+                format!(
+                    "quarantined: GPU UUIDs already in the pool: {}",
+                    squatted.join(", ")
+                ),
+            );
+            return;
+        }
+        let mut problems = Vec::new();
+        let n = graph.len();
+        let mut usable = GpuSet::all(n);
+        // The same UUID twice inside the node: neither GPU can be addressed.
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for g in graph.gpus() {
+            *count.entry(g.uuid.as_str()).or_default() += 1;
+        }
+        let dups: BTreeSet<&str> = count
+            .iter()
+            .filter(|(_, c)| **c > 1)
+            .map(|(u, _)| *u)
+            .collect();
+        if !dups.is_empty() {
+            for g in graph.gpus() {
+                if dups.contains(g.uuid.as_str()) {
+                    usable.remove(g.index);
+                }
+            }
+            problems.push(format!(
+                "{node}: UUID listed more than once: {}",
+                dups.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        // Never more GPUs than the kubelet offers.
+        let cap = usize::try_from(facts.allocatable).unwrap_or(0);
+        if usable.len() > cap {
+            let keep = GpuSet::from_indexes(usable.iter().take(cap));
+            problems.push(format!(
+                "{node}: topology lists {} GPUs, nvidia.com/gpu allocatable is {cap}",
+                usable.len()
+            ));
+            usable = keep;
+        }
+        let mut busy = GpuSet::EMPTY;
+        for u in &t.busy {
+            for g in graph.gpus().iter().filter(|g| &g.uuid == u) {
+                busy.insert(g.index);
+            }
+        }
+        let mut held = GpuSet::EMPTY;
+        for g in graph.gpus() {
+            let s = Slot {
+                member: member.to_string(),
+                node: node.to_string(),
+                uuid: g.uuid.clone(),
+            };
+            if self.holds.get(&s).copied().unwrap_or(0) > 0 {
+                held.insert(g.index);
+            }
+        }
+        let st = NodeState {
+            name: node.to_string(),
+            model: t.spec.gpus.first().map(|g| g.model.clone()).unwrap_or_default(),
+            memory_mib: t.spec.gpus.iter().map(|g| g.memory_mib).min().unwrap_or(0),
+            graph,
+            shape,
+            usable,
+            busy,
+            held,
+            problems,
+        };
+        let grew = old.as_ref().is_none_or(|o| !st.free().is_subset(o.free()));
+        if grew && !st.free().is_empty() {
+            self.wakes.nodes.push(Wake {
+                free: st.free().len(),
+                model: st.model.clone(),
+                memory_mib: st.memory_mib,
+            });
+        }
+        let m = self.members.get_mut(member).expect("member exists");
+        m.index
+            .entry(st.class())
+            .or_default()
+            .insert(node.to_string());
+        m.ready.insert(node.to_string(), st);
+    }
+
+    // ----- assignments -----
+
+    fn hold(&mut self, s: &Slot, up: bool) {
+        let c = self.holds.entry(s.clone()).or_default();
+        let before = *c;
+        if up {
+            *c += 1;
+        } else {
+            *c = c.saturating_sub(1);
+        }
+        let after = *c;
+        if after == 0 {
+            self.holds.remove(s);
+        }
+        if (before == 0) != (after == 0) {
+            self.derive(&s.member.clone(), &s.node.clone());
+        }
+    }
+
+    fn replace(&mut self, old: &BTreeSet<Slot>, new: &BTreeSet<Slot>) {
+        for s in new.difference(old) {
+            self.hold(s, true);
+        }
+        for s in old.difference(new) {
+            self.hold(s, false);
+        }
+    }
+
+    /// The hub status of job `uid` holds `slots` (empty: it holds nothing, e.g. finished).
+    /// An assumption the status now covers is dropped.
+    pub fn set_job(&mut self, uid: &str, name: JobName, slots: BTreeSet<Slot>) {
+        let j = self.jobs.remove(uid).unwrap_or_default();
+        let mut j = j;
+        let old = std::mem::take(&mut j.hub);
+        self.replace(&old, &slots);
+        j.hub = slots;
+        j.name = Some(name);
+        if let Some(a) = j.assumed.take() {
+            if a.is_subset(&j.hub) {
+                self.replace(&a, &BTreeSet::new());
+            } else {
+                j.assumed = Some(a);
+            }
+        }
+        self.jobs.insert(uid.to_string(), j);
+    }
+
+    /// Job `uid` is gone from the hub.
+    pub fn forget_job(&mut self, uid: &str) {
+        if let Some(j) = self.jobs.remove(uid) {
+            self.replace(&j.hub, &BTreeSet::new());
+            if let Some(a) = j.assumed {
+                self.replace(&a, &BTreeSet::new());
+            }
+        }
+    }
+
+    /// Jobs the hub no longer has after a relist.
+    pub fn retain_jobs(&mut self, kind: &str, keep: &BTreeSet<String>) {
+        let gone: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|(uid, j)| {
+                j.name.as_ref().is_some_and(|n| n.kind == kind) && !keep.contains(*uid)
+            })
+            .map(|(u, _)| u.clone())
+            .collect();
+        for u in gone {
+            self.forget_job(&u);
+        }
+    }
+
+    /// Holds `slots` for job `uid` until its hub status shows them (or [`Self::unassume`]).
+    pub fn assume(&mut self, uid: &str, slots: BTreeSet<Slot>) {
+        let mut j = self.jobs.remove(uid).unwrap_or_default();
+        let old = j.assumed.take().unwrap_or_default();
+        self.replace(&old, &slots);
+        j.assumed = Some(slots);
+        self.jobs.insert(uid.to_string(), j);
+    }
+
+    /// Drops an assumption (its write failed).
+    pub fn unassume(&mut self, uid: &str) {
+        if let Some(j) = self.jobs.get_mut(uid)
+            && let Some(a) = j.assumed.take()
+        {
+            self.replace(&a, &BTreeSet::new());
+        }
+    }
+
+    /// Whether job `uid` has an assignment not yet seen in its hub status.
+    pub fn is_assumed(&self, uid: &str) -> bool {
+        self.jobs.get(uid).is_some_and(|j| j.assumed.is_some())
+    }
+
+    /// A gpupool pod in a member holds `slots` (empty when it finished or is gone).
+    pub fn set_pod(&mut self, member: &str, ns: &str, name: &str, slots: BTreeSet<Slot>) {
+        let key = (member.to_string(), ns.to_string(), name.to_string());
+        let old = self.pods.remove(&key).unwrap_or_default();
+        // A pod holds GPUs only on its own member.
+        let slots: BTreeSet<Slot> = slots.into_iter().filter(|s| s.member == member).collect();
+        self.replace(&old, &slots);
+        if !slots.is_empty() {
+            self.pods.insert(key, slots);
+        }
+    }
+
+    /// Replaces every pod of a member (after a relist): (namespace, name) → slots.
+    pub fn resync_pods(&mut self, member: &str, pods: BTreeMap<(String, String), BTreeSet<Slot>>) {
+        let gone: Vec<_> = self
+            .pods
+            .keys()
+            .filter(|k| k.0 == member && !pods.contains_key(&(k.1.clone(), k.2.clone())))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.set_pod(&k.0, &k.1, &k.2, BTreeSet::new());
+        }
+        for ((ns, name), s) in pods {
+            self.set_pod(member, &ns, &name, s);
+        }
+        self.members.entry(member.to_string()).or_default().pods_synced = true;
+    }
+
+    /// The member's pod watch restarted: its assignments are unknown until the next resync.
+    pub fn pods_unsynced(&mut self, member: &str) {
+        if let Some(m) = self.members.get_mut(member) {
+            m.pods_synced = false;
+        }
+    }
+
+    /// Hub jobs holding GPUs on `member`.
+    pub fn jobs_on(&self, member: &str) -> Vec<JobName> {
+        self.jobs
+            .values()
+            .filter(|j| j.hub.iter().any(|s| s.member == member))
+            .filter_map(|j| j.name.clone())
+            .collect()
+    }
+
+    /// Wakes collected since the last call.
+    pub fn take_wakes(&mut self) -> Wakes {
+        std::mem::take(&mut self.wakes)
+    }
+
+    // ----- reading -----
+
+    /// GPU model on a node, when known.
+    pub fn model_of(&self, member: &str, node: &str) -> Option<String> {
+        let m = self.members.get(member)?;
+        m.topologies
+            .get(node)
+            .and_then(|t| t.spec.gpus.first().map(|g| g.model.clone()))
+    }
+
+    /// One placeable node.
+    pub fn node(&self, member: &str, node: &str) -> Option<&NodeState> {
+        self.members.get(member)?.ready.get(node)
+    }
+
+    /// Why a node cannot take work, if it cannot.
+    pub fn unusable_reason(&self, member: &str, node: &str) -> Option<&str> {
+        self.members
+            .get(member)?
+            .unusable
+            .get(node)
+            .map(String::as_str)
+    }
+
+    /// GPU nodes the member has (placeable or not).
+    pub fn node_count(&self, member: &str) -> usize {
+        self.members.get(member).map_or(0, |m| m.nodes.len())
+    }
+
+    /// Supply problems and quarantined nodes of a member, one line each.
+    pub fn problems(&self, member: &str) -> Vec<String> {
+        let Some(m) = self.members.get(member) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = m
+            .ready
+            .values()
+            .flat_map(|n| n.problems.iter().cloned())
+            .collect();
+        out.extend(
+            m.unusable
+                .iter()
+                .filter(|(_, r)| r.starts_with("quarantined"))
+                .map(|(n, r)| format!("{n}: {r}")),
+        );
+        out
+    }
+
+    /// Capacity of a member as the scheduler sees it.
+    pub fn capacity(&self, member: &str) -> CapacitySummary {
+        let Some(m) = self.members.get(member) else {
+            return CapacitySummary::default();
+        };
+        let mut by_model: BTreeMap<(String, i64), ModelCapacity> = BTreeMap::new();
+        let mut islands = Vec::new();
+        let (mut total, mut free_total) = (0, 0);
+        for n in m.ready.values() {
+            let free = n.free();
+            for g in n.graph.gpus().iter().filter(|g| n.usable.contains(g.index)) {
+                let e = by_model
+                    .entry((g.model.clone(), g.memory_mib))
+                    .or_insert_with(|| ModelCapacity {
+                        model: g.model.clone(),
+                        memory_mib: g.memory_mib,
+                        ..Default::default()
+                    });
+                e.total += 1;
+                total += 1;
+                if free.contains(g.index) {
+                    e.free += 1;
+                    free_total += 1;
+                }
+            }
+            islands.extend(
+                n.graph
+                    .free_nvlink_island_sizes(free)
+                    .into_iter()
+                    .map(|s| s as i32),
+            );
+        }
+        for (name, f) in &m.nodes {
+            if !m.ready.contains_key(name) && !m.unusable.contains_key(name) {
+                total += f.allocatable as i32;
+            }
+        }
+        islands.sort_unstable_by(|a, b| b.cmp(a));
+        CapacitySummary {
+            nodes: m.nodes.len() as i32,
+            gpus_total: total,
+            gpus_free: free_total,
+            by_model: by_model.into_values().collect(),
+            free_nvlink_islands: islands,
+        }
+    }
+
+    /// The candidates for `pods` pods of `req`: per schedulable member, only the nodes that can
+    /// take one pod, and of nodes that would answer identically (same topology shape, free GPUs,
+    /// model and memory) only the first `pods` by name — which is all a placement of `pods` pods
+    /// can use. Members left out come with the reason.
+    pub fn candidates(&self, req: &JobRequest, pods: usize) -> (Vec<ClusterCandidate>, Vec<String>) {
+        let mut out = Vec::new();
+        let mut reasons = Vec::new();
+        let k = req.gpus_per_pod.max(1);
+        for (name, m) in &self.members {
+            if !m.info.schedulable {
+                let why = if m.info.reason.is_empty() {
+                    "not ready"
+                } else {
+                    m.info.reason.as_str()
+                };
+                reasons.push(format!("{name}: {why}"));
+                continue;
+            }
+            if !m.pods_synced {
+                reasons.push(format!("{name}: its pods are not listed yet"));
+                continue;
+            }
+            let labels = m.info.labels.clone();
+            let mut chosen: Vec<&NodeState> = Vec::new();
+            let (mut too_small, mut wrong_model) = (0usize, 0usize);
+            for (class, nodes) in &m.index {
+                if (class.free.count_ones() as usize) < k {
+                    too_small += nodes.len();
+                    continue;
+                }
+                if let Some(want) = &req.gpu.model
+                    && !class.model.to_lowercase().contains(&want.to_lowercase())
+                {
+                    wrong_model += nodes.len();
+                    continue;
+                }
+                if let Some(min) = req.gpu.min_memory_mib
+                    && class.memory_mib < min
+                {
+                    wrong_model += nodes.len();
+                    continue;
+                }
+                chosen.extend(nodes.iter().take(pods.max(1)).filter_map(|n| m.ready.get(n)));
+            }
+            chosen.sort_by(|a, b| a.name.cmp(&b.name));
+            let mut skipped: Vec<String> = Vec::new();
+            if too_small > 0 {
+                skipped.push(format!("{too_small} node(s) with fewer than {k} free GPUs"));
+            }
+            if wrong_model > 0 {
+                skipped.push(format!(
+                    "{wrong_model} node(s) of another GPU model or with less memory"
+                ));
+            }
+            for (n, why) in m.unusable.iter().take(3) {
+                skipped.push(format!("{n}: {why}"));
+            }
+            if m.unusable.len() > 3 {
+                skipped.push(format!("{} more node(s) unusable", m.unusable.len() - 3));
+            }
+            out.push(ClusterCandidate {
+                name: name.clone(),
+                labels,
+                price: m.info.price,
+                nodes: chosen
+                    .into_iter()
+                    .map(|n| NodeCandidate {
+                        name: n.name.clone(),
+                        graph: n.graph.clone(),
+                        free: n.free(),
+                        model: n.model.clone(),
+                        memory_mib: n.memory_mib,
+                    })
+                    .collect(),
+                skipped,
+            });
+        }
+        (out, reasons)
+    }
+
+    /// Slots of a placement on `member`: (node, UUIDs) per pod.
+    pub fn slots<'a>(
+        member: &str,
+        pods: impl IntoIterator<Item = (&'a str, &'a [String])>,
+    ) -> BTreeSet<Slot> {
+        pods.into_iter()
+            .flat_map(|(node, uuids)| {
+                uuids.iter().map(move |u| Slot {
+                    member: member.to_string(),
+                    node: node.to_string(),
+                    uuid: u.clone(),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,519 @@
+//! What the scheduler reads from hub jobs (the GPUs they hold, whether they wait, what they need)
+//! and the decisions it takes for them. Pure: a decision is a function of the job and the cache.
+
+use super::cache::{JobName, PoolCache, Slot};
+use super::queue::Need;
+use crate::api::{
+    ClusterPlacement, InferenceJob, InferenceJobStatus, InferencePhase, NodeGpus, TrainingJob,
+    TrainingJobStatus, TrainingPhase, WorkerPlacement, condition,
+};
+use crate::placement::{JobRequest, place_gang, place_replicas};
+use crate::workloads::PodPlacement;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// Finalizer the job controllers put on hub jobs; a job is scheduled only once it carries it
+/// (so its workloads are always cleaned up).
+pub const FINALIZER: &str = "gpupool.io/member-cleanup";
+/// Field manager for everything the operator writes.
+pub const FIELD_MANAGER: &str = "gpupool-operator";
+
+/// A job waiting in the queue.
+#[derive(Clone, Debug)]
+pub enum Pending {
+    /// A training gang.
+    Training(Arc<TrainingJob>),
+    /// Inference replicas.
+    Inference(Arc<InferenceJob>),
+}
+
+impl Pending {
+    /// Kind, namespace and name.
+    pub fn name(&self) -> JobName {
+        match self {
+            Pending::Training(j) => training_name(j),
+            Pending::Inference(j) => inference_name(j),
+        }
+    }
+
+    /// `resourceVersion` the decision is based on.
+    pub fn resource_version(&self) -> Option<String> {
+        match self {
+            Pending::Training(j) => j.resource_version(),
+            Pending::Inference(j) => j.resource_version(),
+        }
+    }
+}
+
+/// Kind/namespace/name of a TrainingJob.
+pub fn training_name(j: &TrainingJob) -> JobName {
+    JobName {
+        kind: "TrainingJob",
+        namespace: j.namespace().unwrap_or_default(),
+        name: j.name_any(),
+    }
+}
+
+/// Kind/namespace/name of an InferenceJob.
+pub fn inference_name(j: &InferenceJob) -> JobName {
+    JobName {
+        kind: "InferenceJob",
+        namespace: j.namespace().unwrap_or_default(),
+        name: j.name_any(),
+    }
+}
+
+/// Queue order key of a job: (priority, creation time in seconds, generation).
+pub fn order_of<K: kube::Resource>(j: &K, priority: i32) -> (i64, i64, i64) {
+    let created = j
+        .meta()
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .unwrap_or(i64::MAX);
+    (
+        i64::from(priority),
+        created,
+        j.meta().generation.unwrap_or(0),
+    )
+}
+
+fn ready_to_schedule<K: kube::Resource>(j: &K) -> bool {
+    j.meta().deletion_timestamp.is_none() && j.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// GPUs a TrainingJob's status holds (none once it finished).
+pub fn training_slots(j: &TrainingJob) -> BTreeSet<Slot> {
+    let Some(st) = &j.status else {
+        return BTreeSet::new();
+    };
+    if matches!(st.phase, TrainingPhase::Succeeded | TrainingPhase::Failed) {
+        return BTreeSet::new();
+    }
+    let Some(cluster) = &st.cluster else {
+        return BTreeSet::new();
+    };
+    PoolCache::slots(
+        cluster,
+        st.workers
+            .iter()
+            .map(|w| (w.node.as_str(), w.gpu_uuids.as_slice())),
+    )
+}
+
+/// GPUs an InferenceJob's status holds.
+pub fn inference_slots(j: &InferenceJob) -> BTreeSet<Slot> {
+    let Some(st) = &j.status else {
+        return BTreeSet::new();
+    };
+    st.placements
+        .iter()
+        .flat_map(|p| {
+            PoolCache::slots(
+                &p.cluster,
+                p.gpus
+                    .iter()
+                    .map(|g| (g.node.as_str(), g.gpu_uuids.as_slice())),
+            )
+        })
+        .collect()
+}
+
+/// Whether the gang waits for a placement.
+pub fn training_waits(j: &TrainingJob) -> bool {
+    let st = j.status.clone().unwrap_or_default();
+    ready_to_schedule(j)
+        && !matches!(st.phase, TrainingPhase::Succeeded | TrainingPhase::Failed)
+        && (st.cluster.is_none() || st.workers.is_empty())
+}
+
+/// Replica indexes of an InferenceJob that have no placement.
+pub fn inference_missing(j: &InferenceJob) -> Vec<i32> {
+    let placed: BTreeSet<i32> = j
+        .status
+        .iter()
+        .flat_map(|s| s.placements.iter().flat_map(|p| p.replicas.iter().copied()))
+        .collect();
+    (0..j.spec.replicas.max(0))
+        .filter(|i| !placed.contains(i))
+        .collect()
+}
+
+/// Whether some replicas wait for a placement.
+pub fn inference_waits(j: &InferenceJob) -> bool {
+    ready_to_schedule(j) && !inference_missing(j).is_empty()
+}
+
+fn training_request(j: &TrainingJob) -> JobRequest {
+    JobRequest {
+        gpus_per_pod: j.spec.gpus_per_worker.max(1) as usize,
+        nvlink: j.spec.nvlink,
+        gpu: j.spec.gpu.clone(),
+        cluster_selector: j.spec.cluster_selector.clone(),
+    }
+}
+
+fn inference_request(j: &InferenceJob) -> JobRequest {
+    JobRequest {
+        gpus_per_pod: j.spec.gpus_per_replica.max(1) as usize,
+        nvlink: j.spec.nvlink,
+        gpu: j.spec.gpu.clone(),
+        cluster_selector: j.spec.cluster_selector.clone(),
+    }
+}
+
+fn need_of(r: &JobRequest) -> Need {
+    Need {
+        gpus_per_pod: r.gpus_per_pod,
+        model: r.gpu.model.clone(),
+        min_memory_mib: r.gpu.min_memory_mib,
+    }
+}
+
+/// Sets condition `type_`, keeping `lastTransitionTime` when the status is unchanged.
+pub fn set_condition(
+    conds: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) {
+    let status_s = if status { "True" } else { "False" };
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    if let Some(c) = conds.iter_mut().find(|c| c.type_ == type_) {
+        if c.status != status_s {
+            c.last_transition_time = now;
+        }
+        c.status = status_s.into();
+        c.reason = reason.into();
+        c.message = message.into();
+        c.observed_generation = generation;
+    } else {
+        conds.push(Condition {
+            type_: type_.into(),
+            status: status_s.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: now,
+            observed_generation: generation,
+        });
+    }
+}
+
+/// A new status for a job and what goes with it.
+#[derive(Clone, Debug)]
+pub enum Decision {
+    /// The gang is placed on `cluster`.
+    Training {
+        /// Status to write (the record of the assignment).
+        status: TrainingJobStatus,
+        /// GPUs now held.
+        slots: BTreeSet<Slot>,
+        /// Member.
+        cluster: String,
+        /// Worker placements (with GPU model).
+        pods: Vec<PodPlacement>,
+        /// Event text.
+        note: String,
+    },
+    /// Replicas placed (maybe not all).
+    Inference {
+        /// Status to write.
+        status: InferenceJobStatus,
+        /// GPUs newly held.
+        slots: BTreeSet<Slot>,
+        /// New replicas (member, placement with GPU model).
+        new: Vec<(String, PodPlacement)>,
+        /// Event text.
+        note: String,
+        /// Why the remaining replicas are unplaced (then the job also parks).
+        unplaced: Option<(String, Need)>,
+    },
+    /// Nothing fits now.
+    Wait {
+        /// Why, per member.
+        reason: String,
+        /// What would let it progress.
+        need: Need,
+    },
+}
+
+fn with_models(cache: &PoolCache, cluster: &str, pods: &mut [PodPlacement]) {
+    for p in pods {
+        if let Some(m) = cache.model_of(cluster, &p.node) {
+            p.model = m;
+        }
+    }
+}
+
+fn describe(reasons: Vec<String>) -> String {
+    if reasons.is_empty() {
+        "no member clusters registered".to_string()
+    } else {
+        reasons.join("; ")
+    }
+}
+
+/// Places a gang with the pure placement functions over the cache.
+pub fn decide_training(cache: &PoolCache, j: &TrainingJob) -> Decision {
+    let req = training_request(j);
+    let indexes: Vec<i32> = (0..j.spec.workers.max(1)).collect();
+    let (cands, mut member_reasons) = cache.candidates(&req, indexes.len());
+    match place_gang(&cands, &req, &indexes) {
+        Ok(mut choice) => {
+            with_models(cache, &choice.cluster, &mut choice.pods);
+            let generation = j.metadata.generation;
+            let mut st = j.status.clone().unwrap_or_default();
+            st.cluster = Some(choice.cluster.clone());
+            st.workers = choice
+                .pods
+                .iter()
+                .map(|p| WorkerPlacement {
+                    rank: p.index,
+                    node: p.node.clone(),
+                    gpu_uuids: p.gpu_uuids.clone(),
+                    score: p.score,
+                    pod_phase: None,
+                })
+                .collect();
+            st.phase = TrainingPhase::Scheduled;
+            st.message = Some(format!(
+                "placed on {} (score {})",
+                choice.cluster, choice.score
+            ));
+            st.queue_position = None;
+            st.pending_reason = None;
+            set_condition(
+                &mut st.conditions,
+                condition::SCHEDULED,
+                true,
+                "Placed",
+                st.message.as_deref().unwrap_or(""),
+                generation,
+            );
+            st.observed_generation = generation;
+            let detail = choice
+                .pods
+                .iter()
+                .map(|p| {
+                    format!(
+                        "rank {} → {} GPUs [{}] score {}",
+                        p.index,
+                        p.node,
+                        p.gpu_uuids.join(","),
+                        p.score
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            let slots = PoolCache::slots(
+                &choice.cluster,
+                choice
+                    .pods
+                    .iter()
+                    .map(|p| (p.node.as_str(), p.gpu_uuids.as_slice())),
+            );
+            Decision::Training {
+                status: st,
+                slots,
+                note: format!(
+                    "gang of {} placed on member {}: {detail}",
+                    indexes.len(),
+                    choice.cluster
+                ),
+                cluster: choice.cluster,
+                pods: choice.pods,
+            }
+        }
+        Err(u) => {
+            let mut reasons = u.reasons;
+            reasons.append(&mut member_reasons);
+            Decision::Wait {
+                reason: describe(reasons),
+                need: need_of(&req),
+            }
+        }
+    }
+}
+
+/// The status a waiting gang shows.
+pub fn training_waiting_status(j: &TrainingJob, reason: &str, position: usize) -> TrainingJobStatus {
+    let generation = j.metadata.generation;
+    let mut st = j.status.clone().unwrap_or_default();
+    if st.phase != TrainingPhase::Restarting {
+        st.phase = TrainingPhase::Pending;
+    }
+    st.message = Some(format!("unschedulable: {reason}"));
+    st.queue_position = Some(position as i32);
+    st.pending_reason = Some(reason.to_string());
+    set_condition(
+        &mut st.conditions,
+        condition::SCHEDULED,
+        false,
+        "Unschedulable",
+        reason,
+        generation,
+    );
+    st.observed_generation = generation;
+    st
+}
+
+/// (member, placement) of every replica in an InferenceJob's status.
+pub fn flatten(st: &InferenceJobStatus) -> Vec<(String, PodPlacement)> {
+    st.placements
+        .iter()
+        .flat_map(|cp| {
+            cp.replicas.iter().zip(&cp.gpus).map(|(r, g)| {
+                (
+                    cp.cluster.clone(),
+                    PodPlacement {
+                        index: *r,
+                        node: g.node.clone(),
+                        gpu_uuids: g.gpu_uuids.clone(),
+                        model: String::new(),
+                        score: g.score,
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
+/// Groups replica placements per member (ready counts from `ready`).
+pub fn group(flat: &[(String, PodPlacement)], ready: &BTreeMap<String, i32>) -> Vec<ClusterPlacement> {
+    let mut by: BTreeMap<String, ClusterPlacement> = BTreeMap::new();
+    let mut sorted = flat.to_vec();
+    sorted.sort_by_key(|(c, p)| (c.clone(), p.index));
+    for (c, p) in sorted {
+        let e = by.entry(c.clone()).or_insert_with(|| ClusterPlacement {
+            cluster: c.clone(),
+            ready_replicas: *ready.get(&c).unwrap_or(&0),
+            ..Default::default()
+        });
+        e.replicas.push(p.index);
+        e.gpus.push(NodeGpus {
+            node: p.node,
+            gpu_uuids: p.gpu_uuids,
+            score: p.score,
+        });
+    }
+    by.into_values().collect()
+}
+
+/// Places the missing replicas of an InferenceJob.
+pub fn decide_inference(cache: &PoolCache, j: &InferenceJob) -> Decision {
+    let req = inference_request(j);
+    let before = j.status.clone().unwrap_or_default();
+    let kept = flatten(&before);
+    let missing = inference_missing(j);
+    let (cands, member_reasons) = cache.candidates(&req, missing.len());
+    let pinned = if j.spec.spread_across_clusters {
+        None
+    } else {
+        kept.first().map(|(c, _)| c.clone())
+    };
+    let mut existing: BTreeMap<String, usize> = BTreeMap::new();
+    for (c, _) in &kept {
+        *existing.entry(c.clone()).or_default() += 1;
+    }
+    let (mut new, mut reasons) = place_replicas(
+        &cands,
+        &req,
+        &missing,
+        j.spec.spread_across_clusters,
+        pinned.as_deref(),
+        &existing,
+    );
+    if new.len() < missing.len() {
+        reasons.extend(member_reasons);
+    }
+    if new.is_empty() {
+        return Decision::Wait {
+            reason: describe(reasons),
+            need: need_of(&req),
+        };
+    }
+    for (c, p) in new.iter_mut() {
+        if let Some(m) = cache.model_of(c, &p.node) {
+            p.model = m;
+        }
+    }
+    let generation = j.metadata.generation;
+    let detail = new
+        .iter()
+        .map(|(c, p)| {
+            format!(
+                "replica {} → {c}/{} GPUs [{}] score {}",
+                p.index,
+                p.node,
+                p.gpu_uuids.join(","),
+                p.score
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut st = before.clone();
+    let ready: BTreeMap<String, i32> = before
+        .placements
+        .iter()
+        .map(|p| (p.cluster.clone(), p.ready_replicas))
+        .collect();
+    let mut all = kept;
+    all.extend(new.iter().cloned());
+    st.placements = group(&all, &ready);
+    let clusters: Vec<String> = st.placements.iter().map(|p| p.cluster.clone()).collect();
+    st.clusters = (!clusters.is_empty()).then(|| clusters.join(","));
+    if st.phase == InferencePhase::Pending {
+        st.phase = InferencePhase::Scheduled;
+    }
+    let unplaced = (new.len() < missing.len()).then(|| (describe(reasons), need_of(&req)));
+    set_condition(
+        &mut st.conditions,
+        condition::SCHEDULED,
+        unplaced.is_none(),
+        if unplaced.is_none() {
+            "Placed"
+        } else {
+            "PartiallyPlaced"
+        },
+        &detail,
+        generation,
+    );
+    if unplaced.is_none() {
+        st.queue_position = None;
+        st.pending_reason = None;
+    }
+    st.observed_generation = generation;
+    let slots = new
+        .iter()
+        .flat_map(|(c, p)| PoolCache::slots(c, [(p.node.as_str(), p.gpu_uuids.as_slice())]))
+        .collect();
+    Decision::Inference {
+        status: st,
+        slots,
+        new,
+        note: detail,
+        unplaced,
+    }
+}
+
+/// The status an InferenceJob with unplaced replicas shows.
+pub fn inference_waiting_status(j: &InferenceJob, reason: &str, position: usize) -> InferenceJobStatus {
+    let generation = j.metadata.generation;
+    let mut st = j.status.clone().unwrap_or_default();
+    st.queue_position = Some(position as i32);
+    st.pending_reason = Some(reason.to_string());
+    set_condition(
+        &mut st.conditions,
+        condition::SCHEDULED,
+        false,
+        "Unschedulable",
+        reason,
+        generation,
+    );
+    st.observed_generation = generation;
+    st
+}

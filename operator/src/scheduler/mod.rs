@@ -1,0 +1,696 @@
+//! The scheduler core: one loop placing pending jobs from a queue onto an in-memory cache of the
+//! pool, the shape of kube-scheduler (cache + scheduling queue) and Kueue (cache + queue manager).
+//!
+//! - The **cache** ([`cache::PoolCache`]) is fed by watch events: hub jobs (their statuses hold
+//!   GPUs), member nodes, `GpuTopology` objects and gpupool pods. It is rebuilt from those lists
+//!   before the loop places anything, so assignments survive operator restarts without a global
+//!   LIST per decision.
+//! - The **queue** ([`queue::Queue`]) orders pending jobs by priority, then age; a gang is one
+//!   entry. A job that does not fit is parked until a change that could serve it (GPUs freed on a
+//!   node with enough of the right model, a node or member added); a failed write backs off.
+//! - The **loop** pops a job, decides with the pure placement functions on the cache, *assumes*
+//!   the chosen GPUs (held until the hub status that records them is observed), and hands the
+//!   writes — the hub status (conditional on the resourceVersion decided on), the Event, the
+//!   member namespace/Service/pods — to bounded concurrent workers. A failed write un-assumes and
+//!   requeues the job with backoff.
+
+pub mod cache;
+pub mod jobs;
+pub mod queue;
+pub mod writes;
+
+#[cfg(test)]
+mod tests;
+
+pub use cache::{JobName, MemberInfo, PoolCache, Slot};
+pub use jobs::{FIELD_MANAGER, FINALIZER, Pending};
+pub use queue::{Need, Queue};
+
+use crate::api::{GpuTopology, InferenceJob, TrainingJob};
+use crate::federation::{Change, Registry, allocatable_gpus, labels, node_ready};
+use crate::metrics::Metrics;
+use cache::{NodeFacts, TopologyFacts};
+use jobs::Decision;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::Api;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, Semaphore};
+
+/// Writes (status + member objects of one decision) running at once.
+pub const MAX_CONCURRENT_WRITES: usize = 32;
+/// A waiting job's queue position is rewritten at most this often (its reason at every change).
+const POSITION_REFRESH: Duration = Duration::from_secs(10);
+
+struct State {
+    cache: PoolCache,
+    queue: Queue<Pending>,
+    /// Hub job kinds listed at least once: [TrainingJob, InferenceJob].
+    listed: [bool; 2],
+    /// UIDs seen during a relist of each kind.
+    relist: [Option<BTreeSet<String>>; 2],
+    /// Jobs whose decision is being written.
+    in_flight: HashSet<String>,
+    /// (member, namespace) known to exist.
+    namespaces: HashSet<(String, String)>,
+    /// What was last written as a waiting job's reason and position.
+    reported: HashMap<String, (String, usize, Instant)>,
+}
+
+/// One decision to write.
+struct Work {
+    uid: String,
+    job: Pending,
+    decision: Decision,
+    position: usize,
+    report_event: bool,
+}
+
+enum Step {
+    Idle,
+    Parked,
+    Work(Box<Work>),
+}
+
+/// The scheduler: cache, queue and loop.
+pub struct Scheduler {
+    state: Mutex<State>,
+    notify: Notify,
+    hub: kube::Client,
+    registry: Registry,
+    recorder: Recorder,
+    metrics: Metrics,
+    writes: Arc<Semaphore>,
+}
+
+fn kind_index(kind: &str) -> usize {
+    usize::from(kind == "InferenceJob")
+}
+
+/// GPUs a member pod holds: its annotated UUIDs on its node, until it finishes.
+pub fn pod_slots(member: &str, p: &Pod) -> BTreeSet<Slot> {
+    let phase = p
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending");
+    if phase == "Succeeded" || phase == "Failed" {
+        return BTreeSet::new();
+    }
+    let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+        return BTreeSet::new();
+    };
+    let Some(uuids) = p.annotations().get(labels::GPU_UUIDS) else {
+        return BTreeSet::new();
+    };
+    uuids
+        .split(',')
+        .filter(|u| !u.is_empty())
+        .map(|u| Slot {
+            member: member.to_string(),
+            node: node.to_string(),
+            uuid: u.to_string(),
+        })
+        .collect()
+}
+
+fn node_facts(n: &Node) -> NodeFacts {
+    NodeFacts {
+        ready: node_ready(n),
+        allocatable: allocatable_gpus(n),
+    }
+}
+
+fn topology_facts(t: &GpuTopology) -> TopologyFacts {
+    TopologyFacts {
+        spec: t.spec.clone(),
+        busy: t
+            .status
+            .as_ref()
+            .map(|s| s.gpus_in_use.clone())
+            .unwrap_or_default(),
+        published: t
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|c| c.0.as_second())
+            .unwrap_or(i64::MAX),
+    }
+}
+
+impl State {
+    fn observe_training(&mut self, j: &TrainingJob) {
+        let Some(uid) = j.uid() else { return };
+        self.cache
+            .set_job(&uid, jobs::training_name(j), jobs::training_slots(j));
+        if jobs::training_waits(j) && !self.cache.is_assumed(&uid) {
+            let (p, c, g) = jobs::order_of(j, j.spec.priority);
+            self.queue
+                .upsert(&uid, p, c, g, Pending::Training(Arc::new(j.clone())));
+        } else {
+            self.queue.remove(&uid);
+            self.reported.remove(&uid);
+        }
+    }
+
+    fn observe_inference(&mut self, j: &InferenceJob) {
+        let Some(uid) = j.uid() else { return };
+        self.cache
+            .set_job(&uid, jobs::inference_name(j), jobs::inference_slots(j));
+        if jobs::inference_waits(j) && !self.cache.is_assumed(&uid) {
+            let (p, c, g) = jobs::order_of(j, j.spec.priority);
+            self.queue
+                .upsert(&uid, p, c, g, Pending::Inference(Arc::new(j.clone())));
+        } else {
+            self.queue.remove(&uid);
+            self.reported.remove(&uid);
+        }
+    }
+
+    fn forget(&mut self, uid: &str) {
+        self.cache.forget_job(uid);
+        self.queue.remove(uid);
+        self.reported.remove(uid);
+    }
+
+    fn apply_wakes(&mut self) {
+        let w = self.cache.take_wakes();
+        if w.all {
+            self.queue.wake(|_| true);
+        } else if !w.nodes.is_empty() {
+            self.queue.wake(|n| {
+                w.nodes
+                    .iter()
+                    .any(|x| n.served_by(x.free, &x.model, x.memory_mib))
+            });
+        }
+    }
+
+    fn next(&mut self, metrics: &Metrics) -> Step {
+        if !(self.listed[0] && self.listed[1]) {
+            return Step::Idle;
+        }
+        self.apply_wakes();
+        let Some((uid, job)) = self.queue.pop(Instant::now()) else {
+            return Step::Idle;
+        };
+        let job = job.clone();
+        let t0 = Instant::now();
+        let (decision, kind) = match &job {
+            Pending::Training(j) => (jobs::decide_training(&self.cache, j), "trainingjob"),
+            Pending::Inference(j) => (jobs::decide_inference(&self.cache, j), "inferencejob"),
+        };
+        metrics.observe_placement(kind, t0.elapsed());
+        let position = self.queue.position(&uid).unwrap_or(1);
+        match &decision {
+            Decision::Training { slots, .. } | Decision::Inference { slots, .. } => {
+                self.cache.assume(&uid, slots.clone());
+                self.in_flight.insert(uid.clone());
+                Step::Work(Box::new(Work {
+                    uid,
+                    job,
+                    decision,
+                    position,
+                    report_event: false,
+                }))
+            }
+            Decision::Wait { reason, need } => {
+                self.queue.park(&uid, need.clone());
+                let (report, event) = match self.reported.get(&uid) {
+                    None => (true, true),
+                    Some((r, p, at)) => (
+                        r != reason || (*p != position && at.elapsed() >= POSITION_REFRESH),
+                        r != reason,
+                    ),
+                };
+                if !report {
+                    return Step::Parked;
+                }
+                self.reported
+                    .insert(uid.clone(), (reason.clone(), position, Instant::now()));
+                self.in_flight.insert(uid.clone());
+                Step::Work(Box::new(Work {
+                    uid,
+                    job,
+                    decision,
+                    position,
+                    report_event: event,
+                }))
+            }
+        }
+    }
+}
+
+impl Scheduler {
+    /// A scheduler writing to `hub` and creating workloads through `registry`'s member clients.
+    pub fn new(
+        hub: kube::Client,
+        registry: Registry,
+        recorder: Recorder,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        Arc::new(Scheduler {
+            state: Mutex::new(State {
+                cache: PoolCache::new(),
+                queue: Queue::new(),
+                listed: [false, false],
+                relist: [None, None],
+                in_flight: HashSet::new(),
+                namespaces: HashSet::new(),
+                reported: HashMap::new(),
+            }),
+            notify: Notify::new(),
+            hub,
+            registry,
+            recorder,
+            metrics,
+            writes: Arc::new(Semaphore::new(MAX_CONCURRENT_WRITES)),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // ----- inputs -----
+
+    fn job_event<K: Resource + Clone>(
+        &self,
+        kind: &str,
+        ev: &watcher::Event<K>,
+        observe: impl Fn(&mut State, &K),
+    ) {
+        let i = kind_index(kind);
+        let mut st = self.lock();
+        match ev {
+            watcher::Event::Apply(j) => observe(&mut st, j),
+            watcher::Event::InitApply(j) => {
+                if let (Some(seen), Some(uid)) = (st.relist[i].as_mut(), j.meta().uid.clone()) {
+                    seen.insert(uid);
+                }
+                observe(&mut st, j);
+            }
+            watcher::Event::Delete(j) => {
+                if let Some(uid) = &j.meta().uid {
+                    st.forget(uid);
+                }
+            }
+            watcher::Event::Init => st.relist[i] = Some(BTreeSet::new()),
+            watcher::Event::InitDone => {
+                if let Some(keep) = st.relist[i].take() {
+                    st.cache.retain_jobs(kind, &keep);
+                    let gone: Vec<String> = st
+                        .queue
+                        .positions()
+                        .filter(|(_, u, p)| p.name().kind == kind && !keep.contains(*u))
+                        .map(|(_, u, _)| u.to_string())
+                        .collect();
+                    for u in gone {
+                        st.forget(&u);
+                    }
+                }
+                st.listed[i] = true;
+            }
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// A TrainingJob watch event from the hub.
+    pub fn training_event(&self, ev: &watcher::Event<TrainingJob>) {
+        self.job_event("TrainingJob", ev, |st, j| st.observe_training(j));
+    }
+
+    /// An InferenceJob watch event from the hub.
+    pub fn inference_event(&self, ev: &watcher::Event<InferenceJob>) {
+        self.job_event("InferenceJob", ev, |st, j| st.observe_inference(j));
+    }
+
+    /// A member node changed.
+    pub fn node_change(&self, member: &str, c: Change<Node>) {
+        let mut st = self.lock();
+        match c {
+            Change::Applied(n) => st
+                .cache
+                .set_node(member, &n.name_any(), Some(node_facts(&n))),
+            Change::Deleted(n) => st.cache.set_node(member, &n.name_any(), None),
+            Change::Relisting => {}
+            Change::Listed(all) => st.cache.resync_nodes(
+                member,
+                all.iter().map(|n| (n.name_any(), node_facts(n))).collect(),
+            ),
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// A member `GpuTopology` changed.
+    pub fn topology_change(&self, member: &str, c: Change<GpuTopology>) {
+        let mut st = self.lock();
+        match c {
+            Change::Applied(t) => {
+                st.cache
+                    .set_topology(member, &t.name_any(), Some(topology_facts(&t)))
+            }
+            Change::Deleted(t) => st.cache.set_topology(member, &t.name_any(), None),
+            Change::Relisting => {}
+            Change::Listed(all) => st.cache.resync_topologies(
+                member,
+                all.iter()
+                    .map(|t| (t.name_any(), topology_facts(t)))
+                    .collect(),
+            ),
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// A gpupool pod in a member changed.
+    pub fn pod_change(&self, member: &str, c: &Change<Pod>) {
+        let mut st = self.lock();
+        match c {
+            Change::Applied(p) => {
+                let (ns, name) = (p.namespace().unwrap_or_default(), p.name_any());
+                st.cache.set_pod(member, &ns, &name, pod_slots(member, p));
+            }
+            Change::Deleted(p) => {
+                let (ns, name) = (p.namespace().unwrap_or_default(), p.name_any());
+                st.cache.set_pod(member, &ns, &name, BTreeSet::new());
+            }
+            Change::Relisting => st.cache.pods_unsynced(member),
+            Change::Listed(all) => {
+                let pods: BTreeMap<(String, String), BTreeSet<Slot>> = all
+                    .iter()
+                    .map(|p| {
+                        (
+                            (p.namespace().unwrap_or_default(), p.name_any()),
+                            pod_slots(member, p),
+                        )
+                    })
+                    .collect();
+                st.cache.resync_pods(member, pods);
+            }
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// What the hub knows about a member (from its MemberCluster and heartbeat).
+    pub fn set_member(&self, name: &str, info: MemberInfo) {
+        if self.lock().cache.set_member(name, info) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// A member was deregistered.
+    pub fn remove_member(&self, name: &str) {
+        let mut st = self.lock();
+        st.cache.remove_member(name);
+        st.namespaces.retain(|(m, _)| m != name);
+    }
+
+    // ----- reading -----
+
+    /// Runs `f` on the cache (briefly: the loop waits meanwhile).
+    pub fn with_cache<T>(&self, f: impl FnOnce(&PoolCache) -> T) -> T {
+        f(&self.lock().cache)
+    }
+
+    /// Whether the scheduler is writing a decision for job `uid` (its pods may not exist yet).
+    pub fn in_flight(&self, uid: &str) -> bool {
+        self.lock().in_flight.contains(uid)
+    }
+
+    /// Number of jobs waiting.
+    pub fn pending(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    // ----- the loop -----
+
+    /// Runs the scheduling loop until the task is dropped.
+    pub async fn run(self: Arc<Self>) {
+        let mut since_yield = 0usize;
+        loop {
+            let permit = self
+                .writes
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the write semaphore is never closed");
+            let step = self.lock().next(&self.metrics);
+            match step {
+                Step::Work(w) => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.write(*w).await;
+                        drop(permit);
+                    });
+                }
+                Step::Parked => drop(permit),
+                Step::Idle => {
+                    drop(permit);
+                    let deadline = self.lock().queue.next_deadline();
+                    match deadline {
+                        Some(d) => {
+                            tokio::select! {
+                                _ = self.notify.notified() => {}
+                                _ = tokio::time::sleep_until(d.into()) => {}
+                            }
+                        }
+                        None => self.notify.notified().await,
+                    }
+                    since_yield = 0;
+                    continue;
+                }
+            }
+            since_yield += 1;
+            if since_yield >= 64 {
+                since_yield = 0;
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
+    async fn publish(&self, obj: &impl Resource<DynamicType = ()>, warning: bool, reason: &str, note: String) {
+        let ev = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Place".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "publishing event failed");
+        }
+    }
+
+    /// The write failed: forget the assumption and try the job again later.
+    fn failed(&self, uid: &str, e: &kube::Error) {
+        let conflict = writes::is_conflict(e);
+        if !conflict {
+            tracing::warn!(job = uid, error = %e, "writing a scheduling decision failed");
+        }
+        let mut st = self.lock();
+        st.cache.unassume(uid);
+        st.in_flight.remove(uid);
+        st.reported.remove(uid);
+        st.queue.retry_after_failure(uid, Instant::now());
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    async fn write(&self, w: Work) {
+        let rv = w.job.resource_version();
+        let name = w.job.name();
+        match (w.decision, &w.job) {
+            (
+                Decision::Training {
+                    status,
+                    cluster,
+                    pods,
+                    note,
+                    ..
+                },
+                Pending::Training(job),
+            ) => {
+                let api: Api<TrainingJob> = Api::namespaced(self.hub.clone(), &name.namespace);
+                if let Err(e) = writes::apply_status(&api, &**job, rv.as_deref(), &status).await {
+                    return self.failed(&w.uid, &e);
+                }
+                {
+                    let mut st = self.lock();
+                    st.queue.remove(&w.uid);
+                    st.reported.remove(&w.uid);
+                }
+                self.metrics.set_pending("trainingjob", &name.name, false);
+                let objs = crate::workloads::training_pods(job, status.restarts, &pods);
+                let svc = crate::workloads::training_service(job);
+                self.create_in_member(&cluster, &name.namespace, Some(svc), objs)
+                    .await;
+                self.lock().in_flight.remove(&w.uid);
+                self.publish(&**job, false, "Scheduled", note).await;
+            }
+            (
+                Decision::Inference {
+                    status,
+                    new,
+                    note,
+                    unplaced,
+                    ..
+                },
+                Pending::Inference(job),
+            ) => {
+                let api: Api<InferenceJob> = Api::namespaced(self.hub.clone(), &name.namespace);
+                if let Err(e) = writes::apply_status(&api, &**job, rv.as_deref(), &status).await {
+                    return self.failed(&w.uid, &e);
+                }
+                {
+                    let mut st = self.lock();
+                    match &unplaced {
+                        Some((_, need)) => st.queue.park(&w.uid, need.clone()),
+                        None => {
+                            st.queue.remove(&w.uid);
+                            st.reported.remove(&w.uid);
+                        }
+                    }
+                }
+                self.metrics
+                    .set_pending("inferencejob", &name.name, unplaced.is_some());
+                let mut by_member: BTreeMap<String, Vec<_>> = BTreeMap::new();
+                for (c, p) in &new {
+                    by_member
+                        .entry(c.clone())
+                        .or_default()
+                        .push(crate::workloads::inference_pod(job, p));
+                }
+                for (c, pods) in by_member {
+                    let svc = crate::workloads::inference_service(job);
+                    self.create_in_member(&c, &name.namespace, Some(svc), pods)
+                        .await;
+                }
+                self.lock().in_flight.remove(&w.uid);
+                let recovered = job
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| !s.placements.is_empty());
+                self.publish(
+                    &**job,
+                    false,
+                    if recovered { "Rescheduled" } else { "Scheduled" },
+                    note,
+                )
+                .await;
+                if let Some((reason, _)) = unplaced {
+                    let missing = jobs::inference_missing(job).len() - new.len();
+                    self.publish(
+                        &**job,
+                        true,
+                        "Unschedulable",
+                        format!("{missing} replicas unplaced: {reason}"),
+                    )
+                    .await;
+                }
+            }
+            (Decision::Wait { reason, .. }, job) => {
+                let res = match job {
+                    Pending::Training(j) => {
+                        let api: Api<TrainingJob> =
+                            Api::namespaced(self.hub.clone(), &name.namespace);
+                        let st = jobs::training_waiting_status(j, &reason, w.position);
+                        writes::apply_status(&api, &**j, rv.as_deref(), &st).await
+                    }
+                    Pending::Inference(j) => {
+                        let api: Api<InferenceJob> =
+                            Api::namespaced(self.hub.clone(), &name.namespace);
+                        let st = jobs::inference_waiting_status(j, &reason, w.position);
+                        writes::apply_status(&api, &**j, rv.as_deref(), &st).await
+                    }
+                };
+                {
+                    let mut st = self.lock();
+                    st.in_flight.remove(&w.uid);
+                    if res.is_err() {
+                        // Report again at the next attempt.
+                        st.reported.remove(&w.uid);
+                    }
+                }
+                let kind = if name.kind == "TrainingJob" {
+                    "trainingjob"
+                } else {
+                    "inferencejob"
+                };
+                self.metrics.set_pending(kind, &name.name, true);
+                if let Err(e) = res {
+                    if !writes::is_conflict(&e) {
+                        tracing::warn!(job = %name.name, error = %e, "writing a pending status failed");
+                    }
+                    return;
+                }
+                if w.report_event {
+                    let note = match job {
+                        Pending::Training(_) => format!("no member fits the gang: {reason}"),
+                        Pending::Inference(j) => format!(
+                            "{} replicas unplaced: {reason}",
+                            jobs::inference_missing(j).len()
+                        ),
+                    };
+                    match job {
+                        Pending::Training(j) => self.publish(&**j, true, "Unschedulable", note).await,
+                        Pending::Inference(j) => {
+                            self.publish(&**j, true, "Unschedulable", note).await
+                        }
+                    }
+                }
+            }
+            _ => {
+                tracing::error!(job = %name.name, "decision does not match the job kind");
+                self.lock().in_flight.remove(&w.uid);
+            }
+        }
+    }
+
+    /// Creates a job's namespace (once per member), Service and pods in a member. Failures are
+    /// logged: the job's controller creates what is missing when it next looks.
+    async fn create_in_member(
+        &self,
+        member: &str,
+        ns: &str,
+        svc: Option<k8s_openapi::api::core::v1::Service>,
+        pods: Vec<Pod>,
+    ) {
+        let Some(view) = self.registry.get(member).await else {
+            return;
+        };
+        let Some(client) = view.client.filter(|_| view.reachable) else {
+            return;
+        };
+        let key = (member.to_string(), ns.to_string());
+        let known = self.lock().namespaces.contains(&key);
+        let res = async {
+            if !known {
+                writes::ensure_namespace(&client, ns).await?;
+                self.lock().namespaces.insert(key);
+            }
+            if let Some(s) = &svc {
+                writes::create_if_missing(&client, s).await?;
+            }
+            for p in &pods {
+                writes::create_if_missing(&client, p).await?;
+            }
+            Ok::<_, kube::Error>(())
+        }
+        .await;
+        if let Err(e) = res {
+            tracing::warn!(cluster = member, error = %e, "creating workloads failed; the job controller retries");
+        }
+    }
+}

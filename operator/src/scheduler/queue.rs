@@ -1,0 +1,343 @@
+//! The queue of jobs waiting for GPUs: higher `spec.priority` first, then older jobs first
+//! (creation time, then arrival), a gang as one entry.
+//!
+//! An entry is *active* (to be tried), *in flight* (decided; its writes are running), *parked*
+//! (did not fit; tried again only when something it could use is freed), or *backing off* (a
+//! write failed). Pure: the caller supplies the clock.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+/// Order of the queue: priority (higher first), creation time, arrival.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Order {
+    neg_priority: i64,
+    created: i64,
+    seq: u64,
+}
+
+/// What a waiting job needs from a node to make progress (to decide whether a change can help).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Need {
+    /// GPUs per pod.
+    pub gpus_per_pod: usize,
+    /// GPU model filter (substring, case-insensitive).
+    pub model: Option<String>,
+    /// Minimum memory per GPU.
+    pub min_memory_mib: Option<i64>,
+}
+
+impl Need {
+    /// Whether a node with `free` GPUs of `model`/`memory_mib` could take one pod.
+    pub fn served_by(&self, free: usize, model: &str, memory_mib: i64) -> bool {
+        free >= self.gpus_per_pod.max(1)
+            && self
+                .model
+                .as_ref()
+                .is_none_or(|m| model.to_lowercase().contains(&m.to_lowercase()))
+            && self.min_memory_mib.is_none_or(|m| memory_mib >= m)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum State {
+    Active,
+    InFlight,
+    Parked(Need),
+    Backoff(Instant),
+}
+
+struct Entry<T> {
+    order: Order,
+    generation: i64,
+    state: State,
+    item: T,
+    failures: u32,
+}
+
+/// The pending jobs, by uid.
+pub struct Queue<T> {
+    entries: HashMap<String, Entry<T>>,
+    active: BTreeSet<(Order, String)>,
+    all: BTreeSet<(Order, String)>,
+    backoff: BTreeSet<(Instant, String)>,
+    seq: u64,
+}
+
+impl<T> Default for Queue<T> {
+    fn default() -> Self {
+        Queue {
+            entries: HashMap::new(),
+            active: BTreeSet::new(),
+            all: BTreeSet::new(),
+            backoff: BTreeSet::new(),
+            seq: 0,
+        }
+    }
+}
+
+impl<T> Queue<T> {
+    /// An empty queue.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Jobs waiting (any state).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no job waits.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether `uid` is queued.
+    pub fn contains(&self, uid: &str) -> bool {
+        self.entries.contains_key(uid)
+    }
+
+    fn set_state(&mut self, uid: &str, state: State) {
+        let Some(e) = self.entries.get_mut(uid) else {
+            return;
+        };
+        match &e.state {
+            State::Active => {
+                self.active.remove(&(e.order, uid.to_string()));
+            }
+            State::Backoff(at) => {
+                self.backoff.remove(&(*at, uid.to_string()));
+            }
+            _ => {}
+        }
+        match &state {
+            State::Active => {
+                self.active.insert((e.order, uid.to_string()));
+            }
+            State::Backoff(at) => {
+                self.backoff.insert((*at, uid.to_string()));
+            }
+            _ => {}
+        }
+        e.state = state;
+    }
+
+    /// Adds a job, or updates a queued one. A new job, or a parked one whose spec changed
+    /// (`generation`), becomes active; an in-flight one stays in flight with the newer item.
+    pub fn upsert(&mut self, uid: &str, priority: i64, created: i64, generation: i64, item: T) {
+        let order = Order {
+            neg_priority: -priority,
+            created,
+            seq: self.seq,
+        };
+        if let Some(e) = self.entries.get_mut(uid) {
+            e.item = item;
+            let new_order = Order {
+                seq: e.order.seq,
+                ..order
+            };
+            let regen = e.generation != generation;
+            e.generation = generation;
+            if new_order != e.order {
+                let state = e.state.clone();
+                let old = e.order;
+                self.set_state(uid, State::InFlight);
+                self.all.remove(&(old, uid.to_string()));
+                let e = self.entries.get_mut(uid).expect("present");
+                e.order = new_order;
+                self.all.insert((new_order, uid.to_string()));
+                self.set_state(uid, state);
+            }
+            let e = self.entries.get_mut(uid).expect("present");
+            if regen && matches!(e.state, State::Parked(_)) {
+                self.set_state(uid, State::Active);
+            }
+            return;
+        }
+        self.seq += 1;
+        self.entries.insert(
+            uid.to_string(),
+            Entry {
+                order,
+                generation,
+                state: State::InFlight,
+                item,
+                failures: 0,
+            },
+        );
+        self.all.insert((order, uid.to_string()));
+        self.set_state(uid, State::Active);
+    }
+
+    /// Removes a job (placed, finished or deleted).
+    pub fn remove(&mut self, uid: &str) -> Option<T> {
+        self.set_state(uid, State::InFlight);
+        let e = self.entries.remove(uid)?;
+        self.all.remove(&(e.order, uid.to_string()));
+        Some(e.item)
+    }
+
+    /// Makes jobs whose backoff ended active again.
+    pub fn tick(&mut self, now: Instant) {
+        while let Some((at, uid)) = self.backoff.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.set_state(&uid, State::Active);
+        }
+    }
+
+    /// Takes the first active job (it is in flight until [`Self::remove`], [`Self::park`] or
+    /// [`Self::retry_after_failure`]).
+    pub fn pop(&mut self, now: Instant) -> Option<(String, &T)> {
+        self.tick(now);
+        let (_, uid) = self.active.first().cloned()?;
+        self.set_state(&uid, State::InFlight);
+        let e = self.entries.get(&uid)?;
+        Some((uid, &e.item))
+    }
+
+    /// The job did not fit: it waits until something that could serve `need` changes.
+    pub fn park(&mut self, uid: &str, need: Need) {
+        if let Some(e) = self.entries.get_mut(uid) {
+            e.failures = 0;
+        }
+        self.set_state(uid, State::Parked(need));
+    }
+
+    /// A write for the job failed: try again after an exponential backoff (from 100 ms to 30 s).
+    pub fn retry_after_failure(&mut self, uid: &str, now: Instant) {
+        let Some(e) = self.entries.get_mut(uid) else {
+            return;
+        };
+        e.failures = e.failures.saturating_add(1);
+        let delay = Duration::from_millis(100) * 2u32.saturating_pow(e.failures.min(9) - 1);
+        self.set_state(uid, State::Backoff(now + delay.min(Duration::from_secs(30))));
+    }
+
+    /// Makes active every parked job for which `could_fit` says yes; returns how many.
+    pub fn wake(&mut self, mut could_fit: impl FnMut(&Need) -> bool) -> usize {
+        let woken: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(&e.state, State::Parked(n) if could_fit(n)))
+            .map(|(u, _)| u.clone())
+            .collect();
+        for u in &woken {
+            self.set_state(u, State::Active);
+        }
+        woken.len()
+    }
+
+    /// When the next backoff ends.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.backoff.first().map(|(at, _)| *at)
+    }
+
+    /// Whether some job can be tried now.
+    pub fn has_active(&self) -> bool {
+        !self.active.is_empty()
+    }
+
+    /// Position (1-based) of every queued job in queue order.
+    pub fn positions(&self) -> impl Iterator<Item = (usize, &str, &T)> {
+        self.all
+            .iter()
+            .enumerate()
+            .map(|(i, (_, u))| (i + 1, u.as_str(), &self.entries[u].item))
+    }
+
+    /// Position (1-based) of one job.
+    pub fn position(&self, uid: &str) -> Option<usize> {
+        let e = self.entries.get(uid)?;
+        Some(self.all.range(..(e.order, uid.to_string())).count() + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priority_first_then_creation_then_arrival() {
+        let mut q = Queue::new();
+        let now = Instant::now();
+        q.upsert("old-low", 0, 100, 1, ());
+        q.upsert("new-high", 5, 300, 1, ());
+        q.upsert("new-low", 0, 200, 1, ());
+        q.upsert("same-second-later", 0, 200, 1, ());
+        q.upsert("older-low", 0, 50, 1, ());
+        let order: Vec<String> = std::iter::from_fn(|| q.pop(now).map(|(u, _)| u)).collect();
+        assert_eq!(
+            order,
+            ["new-high", "older-low", "old-low", "new-low", "same-second-later"]
+        );
+        assert_eq!(q.position("new-high"), Some(1));
+        assert_eq!(q.position("same-second-later"), Some(5));
+    }
+
+    #[test]
+    fn parked_jobs_wake_only_for_what_could_serve_them() {
+        let mut q = Queue::new();
+        let now = Instant::now();
+        q.upsert("eight", 0, 1, 1, ());
+        q.upsert("one", 0, 2, 1, ());
+        q.pop(now);
+        q.pop(now);
+        q.park(
+            "eight",
+            Need {
+                gpus_per_pod: 8,
+                ..Default::default()
+            },
+        );
+        q.park(
+            "one",
+            Need {
+                gpus_per_pod: 1,
+                model: Some("h100".into()),
+                ..Default::default()
+            },
+        );
+        assert!(!q.has_active());
+        // One GPU of another model freed: nobody.
+        assert_eq!(q.wake(|n| n.served_by(1, "A100", 80_000)), 0);
+        // One H100 freed: the one-GPU job only.
+        assert_eq!(q.wake(|n| n.served_by(1, "NVIDIA H100 80GB", 80_000)), 1);
+        assert_eq!(q.pop(now).map(|(u, _)| u), Some("one".to_string()));
+        assert!(q.pop(now).is_none());
+        // A parked job whose spec changed is tried again; an unchanged update is not.
+        q.upsert("eight", 0, 1, 1, ());
+        assert!(!q.has_active());
+        q.upsert("eight", 0, 1, 2, ());
+        assert_eq!(q.pop(now).map(|(u, _)| u), Some("eight".to_string()));
+    }
+
+    #[test]
+    fn failed_writes_back_off_and_come_back() {
+        let mut q = Queue::new();
+        let now = Instant::now();
+        q.upsert("a", 0, 1, 1, ());
+        q.pop(now);
+        q.retry_after_failure("a", now);
+        assert!(q.pop(now).is_none());
+        let at = q.next_deadline().expect("a deadline");
+        assert!(at > now && at <= now + Duration::from_millis(100));
+        assert_eq!(q.pop(at).map(|(u, _)| u), Some("a".to_string()));
+        q.retry_after_failure("a", now);
+        assert_eq!(q.next_deadline(), Some(now + Duration::from_millis(200)));
+        assert_eq!(q.remove("a"), Some(()));
+        assert!(q.is_empty() && q.next_deadline().is_none());
+    }
+
+    #[test]
+    fn a_priority_change_moves_the_job() {
+        let mut q = Queue::new();
+        let now = Instant::now();
+        q.upsert("a", 0, 1, 1, ());
+        q.upsert("b", 0, 2, 1, ());
+        q.upsert("b", 10, 2, 2, ());
+        assert_eq!(q.position("b"), Some(1));
+        assert_eq!(q.pop(now).map(|(u, _)| u), Some("b".to_string()));
+    }
+}

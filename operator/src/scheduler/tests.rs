@@ -1,0 +1,285 @@
+//! Scheduler tests: the cache (supply checks, holds, assumptions, the node index) and decisions.
+
+use super::cache::*;
+use super::jobs::{Decision, FINALIZER, decide_training};
+use crate::api::{GpuTopologySpec, NvLinkMode, TrainingJob};
+use crate::placement::JobRequest;
+use crate::topology::fixtures;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The fixture topology `fixture` as published by node `node` (UUIDs made unique per node).
+fn topo(fixture: &str, node: &str) -> GpuTopologySpec {
+    let mut t = fixtures::get(fixture);
+    t.node_name = node.into();
+    for g in &mut t.gpus {
+        g.uuid = format!("GPU-{node}-{}", g.index);
+    }
+    t
+}
+
+fn facts(spec: GpuTopologySpec, published: i64) -> TopologyFacts {
+    TopologyFacts {
+        spec,
+        busy: Vec::new(),
+        published,
+    }
+}
+
+fn ready(gpus: i64) -> Option<NodeFacts> {
+    Some(NodeFacts {
+        ready: true,
+        allocatable: gpus,
+    })
+}
+
+fn schedulable() -> MemberInfo {
+    MemberInfo {
+        schedulable: true,
+        ..Default::default()
+    }
+}
+
+/// A member with nodes (name, fixture), pods listed, schedulable.
+fn pool(members: &[(&str, &[(&str, &str)])]) -> PoolCache {
+    let mut c = PoolCache::new();
+    for (m, nodes) in members {
+        c.set_member(m, schedulable());
+        c.resync_pods(m, BTreeMap::new());
+        for (i, (n, f)) in nodes.iter().enumerate() {
+            let t = topo(f, n);
+            let count = t.gpus.len() as i64;
+            c.set_node(m, n, ready(count));
+            c.set_topology(m, n, Some(facts(t, i as i64)));
+        }
+    }
+    c
+}
+
+fn req(k: usize) -> JobRequest {
+    JobRequest {
+        gpus_per_pod: k,
+        nvlink: NvLinkMode::Preferred,
+        gpu: Default::default(),
+        cluster_selector: Default::default(),
+    }
+}
+
+fn slot(m: &str, n: &str, i: usize) -> Slot {
+    Slot {
+        member: m.into(),
+        node: n.into(),
+        uuid: format!("GPU-{n}-{i}"),
+    }
+}
+
+fn job_name() -> JobName {
+    JobName {
+        kind: "TrainingJob",
+        namespace: "default".into(),
+        name: "j".into(),
+    }
+}
+
+#[test]
+fn usable_gpus_are_capped_by_the_nodes_allocatable() {
+    // The topology claims 8 GPUs; the kubelet offers 4.
+    let mut c = PoolCache::new();
+    c.set_member("m", schedulable());
+    c.resync_pods("m", BTreeMap::new());
+    c.set_node("m", "n", ready(4));
+    c.set_topology("m", "n", Some(facts(topo("dgx-h100", "n"), 0)));
+    let n = c.node("m", "n").expect("placeable");
+    assert_eq!(n.usable.len(), 4);
+    assert_eq!(c.capacity("m").gpus_total, 4);
+    assert!(c.problems("m")[0].contains("allocatable is 4"), "{:?}", c.problems("m"));
+    // An 8-GPU worker does not fit; two 4-GPU ones cannot both land there.
+    let (cands, _) = c.candidates(&req(8), 1);
+    assert!(cands[0].nodes.is_empty());
+    let (cands, _) = c.candidates(&req(4), 2);
+    assert_eq!(cands[0].nodes.len(), 1);
+    assert_eq!(cands[0].nodes[0].free.len(), 4);
+}
+
+#[test]
+fn a_later_node_publishing_the_same_uuids_is_quarantined_and_never_blocks_the_first() {
+    let mut c = pool(&[("a", &[("n1", "dgx-h100")])]);
+    // Member b publishes n1's UUIDs from its own node, later.
+    c.set_member("b", schedulable());
+    c.resync_pods("b", BTreeMap::new());
+    c.set_node("b", "copy", ready(8));
+    let mut stolen = topo("dgx-h100", "n1");
+    stolen.node_name = "copy".into();
+    c.set_topology("b", "copy", Some(facts(stolen, 100)));
+    assert!(c.node("b", "copy").is_none(), "the copy must not be placeable");
+    assert!(
+        c.unusable_reason("b", "copy")
+            .is_some_and(|r| r.starts_with("quarantined")),
+        "{:?}",
+        c.unusable_reason("b", "copy")
+    );
+    assert!(!c.problems("b").is_empty());
+    assert!(c.problems("a").is_empty());
+    // A pod in b annotated with a's UUIDs holds nothing of a's.
+    c.set_pod(
+        "b",
+        "default",
+        "fake",
+        [slot("a", "n1", 0), slot("b", "copy", 1)].into_iter().collect(),
+    );
+    assert_eq!(c.node("a", "n1").expect("placeable").free().len(), 8);
+    // Using the first node's GPUs does not depend on the copy.
+    c.set_job("j", job_name(), [slot("a", "n1", 0)].into_iter().collect());
+    assert_eq!(c.node("a", "n1").expect("placeable").free().len(), 7);
+    // When the first publisher goes away, the copy becomes the owner.
+    c.set_node("a", "n1", None);
+    assert!(c.node("b", "copy").is_some());
+}
+
+#[test]
+fn the_earlier_publisher_keeps_its_uuids_whatever_order_they_are_seen_in() {
+    let mut c = PoolCache::new();
+    for m in ["a", "b"] {
+        c.set_member(m, schedulable());
+        c.resync_pods(m, BTreeMap::new());
+    }
+    // The copy (published later) is seen first, e.g. after an operator restart.
+    let mut copy = topo("dgx-h100", "n1");
+    copy.node_name = "copy".into();
+    c.set_node("b", "copy", ready(8));
+    c.set_topology("b", "copy", Some(facts(copy, 100)));
+    assert!(c.node("b", "copy").is_some());
+    c.set_node("a", "n1", ready(8));
+    c.set_topology("a", "n1", Some(facts(topo("dgx-h100", "n1"), 10)));
+    assert!(c.node("a", "n1").is_some());
+    assert!(c.node("b", "copy").is_none());
+}
+
+#[test]
+fn duplicate_uuids_inside_a_node_do_not_make_an_idle_node_look_used() {
+    let mut t = topo("dgx-h100", "n");
+    t.gpus[7].uuid = t.gpus[6].uuid.clone();
+    let mut c = PoolCache::new();
+    c.set_member("m", schedulable());
+    c.resync_pods("m", BTreeMap::new());
+    c.set_node("m", "n", ready(8));
+    c.set_topology("m", "n", Some(facts(t, 0)));
+    let n = c.node("m", "n").expect("placeable");
+    // The two ambiguous GPUs are not offered; nothing reads as in use.
+    assert_eq!(n.usable.len(), 6);
+    assert!(n.held.is_empty());
+    let cap = c.capacity("m");
+    assert_eq!((cap.gpus_total, cap.gpus_free), (6, 6));
+    assert!(c.problems("m")[0].contains("more than once"));
+}
+
+#[test]
+fn assumptions_hold_gpus_until_the_status_shows_them_or_they_are_dropped() {
+    let mut c = pool(&[("m", &[("n", "dgx-h100")])]);
+    let two: BTreeSet<Slot> = [slot("m", "n", 0), slot("m", "n", 1)].into_iter().collect();
+    c.assume("j", two.clone());
+    assert!(c.is_assumed("j"));
+    assert_eq!(c.node("m", "n").unwrap().free().len(), 6);
+    // An older status without the placement keeps the assumption.
+    c.set_job("j", job_name(), BTreeSet::new());
+    assert!(c.is_assumed("j"));
+    assert_eq!(c.node("m", "n").unwrap().free().len(), 6);
+    // The written status is observed: same GPUs, held once.
+    c.set_job("j", job_name(), two.clone());
+    assert!(!c.is_assumed("j"));
+    assert_eq!(c.node("m", "n").unwrap().free().len(), 6);
+    // Its pods hold them too; the job finishing frees nothing until the pods finish.
+    c.set_pod("m", "default", "p", two.clone());
+    c.set_job("j", job_name(), BTreeSet::new());
+    assert_eq!(c.node("m", "n").unwrap().free().len(), 6);
+    c.take_wakes();
+    c.set_pod("m", "default", "p", BTreeSet::new());
+    assert_eq!(c.node("m", "n").unwrap().free().len(), 8);
+    let w = c.take_wakes();
+    assert!(!w.all);
+    assert_eq!(w.nodes.last().map(|n| n.free), Some(8));
+    // A failed write drops the assumption.
+    c.assume("k", two);
+    c.unassume("k");
+    assert_eq!(c.node("m", "n").unwrap().free().len(), 8);
+}
+
+#[test]
+fn candidates_list_only_nodes_that_can_take_a_pod_and_one_per_pod_of_each_class() {
+    let nodes: Vec<(String, &str)> = (0..50)
+        .map(|i| (format!("h{i:02}"), "dgx-h100"))
+        .chain((0..10).map(|i| (format!("l{i:02}"), "pcie-l40s")))
+        .collect();
+    let refs: Vec<(&str, &str)> = nodes.iter().map(|(n, f)| (n.as_str(), *f)).collect();
+    let mut c = pool(&[("m", &refs)]);
+    // Fill one H100 node.
+    c.set_job(
+        "j",
+        job_name(),
+        (0..8).map(|i| slot("m", "h00", i)).collect(),
+    );
+    let (cands, reasons) = c.candidates(&req(8), 2);
+    assert!(reasons.is_empty());
+    let names: Vec<&str> = cands[0].nodes.iter().map(|n| n.name.as_str()).collect();
+    // Two idle H100 nodes and two idle L40S nodes, first by name; the full node is left out.
+    assert_eq!(names, ["h01", "h02", "l00", "l01"]);
+    assert!(cands[0].skipped[0].contains("1 node(s) with fewer than 8 free"));
+    let mut r = req(8);
+    r.gpu.model = Some("H100".into());
+    let (cands, _) = c.candidates(&r, 1);
+    let names: Vec<&str> = cands[0].nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["h01"]);
+}
+
+#[test]
+fn members_that_cannot_take_work_say_why() {
+    let mut c = pool(&[("m", &[("n", "dgx-h100")])]);
+    c.set_member(
+        "m",
+        MemberInfo {
+            schedulable: false,
+            reason: "not ready".into(),
+            ..Default::default()
+        },
+    );
+    let (cands, reasons) = c.candidates(&req(1), 1);
+    assert!(cands.is_empty());
+    assert_eq!(reasons, ["m: not ready"]);
+    // Becoming schedulable wakes every waiting job.
+    c.take_wakes();
+    c.set_member("m", schedulable());
+    assert!(c.take_wakes().all);
+    c.pods_unsynced("m");
+    let (_, reasons) = c.candidates(&req(1), 1);
+    assert_eq!(reasons, ["m: its pods are not listed yet"]);
+}
+
+fn training(name: &str, workers: i32, gpus: i32) -> TrainingJob {
+    let mut j: TrainingJob = serde_yaml::from_str(&format!(
+        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: default, uid: {name}-uid}}\nspec: {{image: x, workers: {workers}, gpusPerWorker: {gpus}}}\n"
+    ))
+    .unwrap();
+    j.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    j
+}
+
+#[test]
+fn a_gang_decision_assumed_in_the_cache_keeps_the_next_one_off_its_gpus() {
+    let mut c = pool(&[("m", &[("a", "dgx-h100"), ("b", "dgx-h100")])]);
+    let mut seen = BTreeSet::new();
+    for i in 0..2 {
+        let j = training(&format!("j{i}"), 2, 4);
+        let Decision::Training { slots, status, .. } = decide_training(&c, &j) else {
+            panic!("fits")
+        };
+        assert_eq!(status.workers.len(), 2);
+        assert!(slots.is_disjoint(&seen));
+        seen.extend(slots.iter().cloned());
+        c.assume(&format!("j{i}"), slots);
+    }
+    assert_eq!(seen.len(), 16);
+    let Decision::Wait { reason, need } = decide_training(&c, &training("j2", 1, 1)) else {
+        panic!("the pool is full")
+    };
+    assert_eq!(need.gpus_per_pod, 1);
+    assert!(reason.contains("m:"), "{reason}");
+}
