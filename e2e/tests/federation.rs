@@ -16,6 +16,7 @@ const WALLET_2: &str = "9WzDXwBbmkg8ZTbNMqUxvQRAyrZzDsGYdLVL9zYtAWWM";
 struct Node(&'static str, &'static str, u32, &'static str);
 
 async fn setup(layout: &[&[Node]], grace: u64) -> (Federation, Operator) {
+    gpupool::telemetry::init_logging();
     let fed = Federation::start(layout.len())
         .await
         .expect("federation starts");

@@ -1,8 +1,8 @@
 //! Shared state of the controllers.
 
 use crate::federation::{Change, MemberSink, Registry};
-use crate::scheduler::Scheduler;
 use crate::metrics::Metrics;
+use crate::scheduler::Scheduler;
 use futures::channel::mpsc;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};

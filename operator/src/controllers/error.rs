@@ -42,6 +42,25 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Whether the error is a hub write that lost a race with a newer version of the object (the
+    /// reconcile is simply run again on the newer one).
+    pub fn is_conflict(&self) -> bool {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::Hub(e) => crate::scheduler::writes::is_conflict(e),
+            Error::Finalizer(f) => match &**f {
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.is_conflict(),
+                F::AddFinalizer(e) | F::RemoveFinalizer(e) => {
+                    crate::scheduler::writes::is_conflict(e)
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 impl From<kube::Error> for Error {
     fn from(e: kube::Error) -> Self {
         Error::Hub(e)

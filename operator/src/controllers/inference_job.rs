@@ -31,6 +31,10 @@ pub async fn reconcile(job: Arc<InferenceJob>, ctx: Arc<Context>) -> Result<Acti
 
 /// Retries a failed reconcile with a delay.
 pub fn error_policy(job: Arc<InferenceJob>, err: &Error, _ctx: Arc<Context>) -> Action {
+    if err.is_conflict() {
+        // A newer version exists (often the scheduler's placement): look at it right away.
+        return Action::requeue(Duration::from_millis(50));
+    }
     tracing::warn!(job = %job.name_any(), error = %err, "inferencejob reconcile failed");
     Action::requeue(Duration::from_secs(3))
 }
@@ -66,6 +70,10 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
     let ns = job.namespace().unwrap_or_default();
     let uid = job.uid().unwrap_or_default();
     let api: Api<InferenceJob> = Api::namespaced(ctx.hub.clone(), &ns);
+    if ctx.scheduler.in_flight(&uid) {
+        // The scheduler is writing a placement for this job: roll up the version it writes.
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     let before = job.status.clone().unwrap_or_default();
     let mut st = before.clone();
     let generation = job.metadata.generation;

@@ -4,9 +4,11 @@
 
 use super::status::{apply_status_unconditionally, event, set_condition};
 use super::{Context, Error, Result};
-use crate::api::{CapacitySummary, MemberCluster, MemberClusterStatus};
 use crate::api::condition;
-use crate::federation::{MemberView, MemberWatch, client_from_kubeconfig};
+use crate::api::{CapacitySummary, MemberCluster, MemberClusterStatus};
+use crate::federation::{
+    MemberView, MemberWatch, client_from_kubeconfig, watch_client_from_kubeconfig,
+};
 use crate::scheduler::MemberInfo;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
@@ -105,10 +107,16 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
     match kubeconfig(mc, ctx).await {
         Ok((text, version)) => {
             if view.client.is_none() || view.secret_version != version {
-                match client_from_kubeconfig(&text, ctx.config.member_timeout).await {
-                    Ok(c) => {
+                let clients = async {
+                    Ok::<_, String>((
+                        client_from_kubeconfig(&text, ctx.config.member_timeout).await?,
+                        watch_client_from_kubeconfig(&text, ctx.config.member_timeout).await?,
+                    ))
+                };
+                match clients.await {
+                    Ok((c, w)) => {
                         view.watch =
-                            Some(Arc::new(MemberWatch::start(&c, &name, ctx.member_sink())));
+                            Some(Arc::new(MemberWatch::start(&w, &name, ctx.member_sink())));
                         view.client = Some(c);
                         view.secret_version = version;
                     }
@@ -177,9 +185,9 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
             },
         },
     );
-    let (nodes, capacity, problems) = ctx.scheduler.with_cache(|c| {
-        (c.node_count(&name), c.capacity(&name), c.problems(&name))
-    });
+    let (nodes, capacity, problems) = ctx
+        .scheduler
+        .with_cache(|c| (c.node_count(&name), c.capacity(&name), c.problems(&name)));
 
     // Status.
     let mut status = mc.status.clone().unwrap_or_default();
@@ -255,7 +263,11 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
             &mut status.conditions,
             SUPPLY_VERIFIED,
             supply_ok,
-            if supply_ok { "Verified" } else { "SupplyRejected" },
+            if supply_ok {
+                "Verified"
+            } else {
+                "SupplyRejected"
+            },
             &supply_msg,
             generation,
         );
@@ -273,9 +285,7 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
     }
     if view.reachable
         && synced
-        && view
-            .last_sweep
-            .is_none_or(|t| t.elapsed() > SWEEP_INTERVAL)
+        && view.last_sweep.is_none_or(|t| t.elapsed() > SWEEP_INTERVAL)
         && let (Some(client), Some(watch)) = (view.client.clone(), view.watch.clone())
     {
         view.last_sweep = Some(Instant::now());
@@ -305,7 +315,15 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
         .await?;
     }
     if supply_changed && !supply_ok && view.reachable && synced {
-        event(ctx, mc, true, "SupplyRejected", "Verify", supply_msg.clone()).await;
+        event(
+            ctx,
+            mc,
+            true,
+            "SupplyRejected",
+            "Verify",
+            supply_msg.clone(),
+        )
+        .await;
     }
     if readiness_changed {
         if view.ready {
@@ -364,4 +382,3 @@ impl<'a> From<&'a MemberClusterStatus> for MemberStatusPatch<'a> {
         }
     }
 }
-

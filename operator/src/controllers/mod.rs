@@ -160,7 +160,8 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) -> anyhow::R
     let hub = ctx.hub.clone();
     let wc = watcher::Config::default().any_semantic();
     let cc = || controller::Config::default().concurrency(CONTROLLER_CONCURRENCY);
-    let scheduler = tokio::spawn(ctx.scheduler.clone().run());
+    // The loop stops with the controllers (also when this future is dropped).
+    let _scheduler = AbortOnDrop(tokio::spawn(ctx.scheduler.clone().run()));
     let members = Controller::new(Api::<MemberCluster>::all(hub.clone()), wc.clone())
         .with_config(cc())
         .shutdown_on_signal()
@@ -217,6 +218,13 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) -> anyhow::R
         )
         .for_each(|_| futures::future::ready(()));
     tokio::join!(members, training, inference);
-    scheduler.abort();
     Ok(())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

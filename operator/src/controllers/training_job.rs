@@ -28,6 +28,10 @@ pub async fn reconcile(job: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Actio
 
 /// Retries a failed reconcile with a delay.
 pub fn error_policy(job: Arc<TrainingJob>, err: &Error, _ctx: Arc<Context>) -> Action {
+    if err.is_conflict() {
+        // A newer version exists (often the scheduler's placement): look at it right away.
+        return Action::requeue(Duration::from_millis(50));
+    }
     tracing::warn!(job = %job.name_any(), error = %err, "trainingjob reconcile failed");
     Action::requeue(Duration::from_secs(3))
 }

@@ -2,15 +2,33 @@
 
 use std::time::Duration;
 
-/// Builds a client from a kubeconfig document. Errors never include the credentials.
+/// Builds a client from a kubeconfig document for ordinary calls: a call not answered within
+/// `timeout` × 3 fails. Errors never include the credentials.
 pub async fn client_from_kubeconfig(yaml: &str, timeout: Duration) -> Result<kube::Client, String> {
+    build(yaml, timeout, Some(timeout * 3)).await
+}
+
+/// Builds a client for long-running watches (no read timeout: a watch is quiet while nothing
+/// changes, and the server ends it after a few minutes itself).
+pub async fn watch_client_from_kubeconfig(
+    yaml: &str,
+    timeout: Duration,
+) -> Result<kube::Client, String> {
+    build(yaml, timeout, None).await
+}
+
+async fn build(
+    yaml: &str,
+    timeout: Duration,
+    read_timeout: Option<Duration>,
+) -> Result<kube::Client, String> {
     let kc = kube::config::Kubeconfig::from_yaml(yaml)
         .map_err(|e| format!("kubeconfig does not parse: {}", redact(&e.to_string())))?;
     let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .map_err(|e| format!("kubeconfig is not usable: {}", redact(&e.to_string())))?;
     cfg.connect_timeout = Some(timeout);
-    cfg.read_timeout = Some(timeout * 3);
+    cfg.read_timeout = read_timeout;
     cfg.write_timeout = Some(timeout * 3);
     kube::Client::try_from(cfg)
         .map_err(|e| format!("cannot build a client: {}", redact(&e.to_string())))

@@ -11,7 +11,7 @@ mod inventory;
 mod registry;
 mod watch;
 
-pub use client::client_from_kubeconfig;
+pub use client::{client_from_kubeconfig, watch_client_from_kubeconfig};
 pub use inventory::{allocatable_gpus, node_ready};
 pub use registry::{MemberView, Registry};
 pub use watch::{Change, MemberSink, MemberWatch};

@@ -76,10 +76,16 @@ where
         stream
             .for_each(|ev| {
                 match ev {
-                    Ok(watcher::Event::Apply(o)) => on_change(Change::Applied(Arc::new(o)), &reader),
-                    Ok(watcher::Event::Delete(o)) => on_change(Change::Deleted(Arc::new(o)), &reader),
+                    Ok(watcher::Event::Apply(o)) => {
+                        on_change(Change::Applied(Arc::new(o)), &reader)
+                    }
+                    Ok(watcher::Event::Delete(o)) => {
+                        on_change(Change::Deleted(Arc::new(o)), &reader)
+                    }
                     Ok(watcher::Event::Init) => on_change(Change::Relisting, &reader),
-                    Ok(watcher::Event::InitDone) => on_change(Change::Listed(reader.state()), &reader),
+                    Ok(watcher::Event::InitDone) => {
+                        on_change(Change::Listed(reader.state()), &reader)
+                    }
                     Ok(watcher::Event::InitApply(_)) => {}
                     Err(e) => tracing::debug!(error = %e, "member watch error (retrying)"),
                 }

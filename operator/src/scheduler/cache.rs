@@ -240,12 +240,7 @@ impl PoolCache {
         for n in nodes {
             self.release_claims(name, &n);
         }
-        let pods: Vec<_> = self
-            .pods
-            .keys()
-            .filter(|k| k.0 == name)
-            .cloned()
-            .collect();
+        let pods: Vec<_> = self.pods.keys().filter(|k| k.0 == name).cloned().collect();
         for k in pods {
             self.set_pod(&k.0, &k.1, &k.2, BTreeSet::new());
         }
@@ -435,8 +430,12 @@ impl PoolCache {
             .iter()
             .filter_map(|g| {
                 let owner = self.claims.get(&g.uuid)?.first()?;
-                (owner.member != member || owner.node != node)
-                    .then(|| format!("{} (first published by {}/{})", g.uuid, owner.member, owner.node))
+                (owner.member != member || owner.node != node).then(|| {
+                    format!(
+                        "{} (first published by {}/{})",
+                        g.uuid, owner.member, owner.node
+                    )
+                })
             })
             .collect();
         let m = self.members.get_mut(member).expect("member exists");
@@ -503,7 +502,12 @@ impl PoolCache {
         }
         let st = NodeState {
             name: node.to_string(),
-            model: t.spec.gpus.first().map(|g| g.model.clone()).unwrap_or_default(),
+            model: t
+                .spec
+                .gpus
+                .first()
+                .map(|g| g.model.clone())
+                .unwrap_or_default(),
             memory_mib: t.spec.gpus.iter().map(|g| g.memory_mib).min().unwrap_or(0),
             graph,
             shape,
@@ -649,7 +653,12 @@ impl PoolCache {
         for ((ns, name), s) in pods {
             self.set_pod(member, &ns, &name, s);
         }
-        self.members.entry(member.to_string()).or_default().pods_synced = true;
+        let m = self.members.entry(member.to_string()).or_default();
+        if !m.pods_synced {
+            // The member's nodes were held back until its pods were known.
+            m.pods_synced = true;
+            self.wakes.all = true;
+        }
     }
 
     /// The member's pod watch restarted: its assignments are unknown until the next resync.
@@ -772,7 +781,11 @@ impl PoolCache {
     /// take one pod, and of nodes that would answer identically (same topology shape, free GPUs,
     /// model and memory) only the first `pods` by name — which is all a placement of `pods` pods
     /// can use. Members left out come with the reason.
-    pub fn candidates(&self, req: &JobRequest, pods: usize) -> (Vec<ClusterCandidate>, Vec<String>) {
+    pub fn candidates(
+        &self,
+        req: &JobRequest,
+        pods: usize,
+    ) -> (Vec<ClusterCandidate>, Vec<String>) {
         let mut out = Vec::new();
         let mut reasons = Vec::new();
         let k = req.gpus_per_pod.max(1);
@@ -810,7 +823,12 @@ impl PoolCache {
                     wrong_model += nodes.len();
                     continue;
                 }
-                chosen.extend(nodes.iter().take(pods.max(1)).filter_map(|n| m.ready.get(n)));
+                chosen.extend(
+                    nodes
+                        .iter()
+                        .take(pods.max(1))
+                        .filter_map(|n| m.ready.get(n)),
+                );
             }
             chosen.sort_by(|a, b| a.name.cmp(&b.name));
             let mut skipped: Vec<String> = Vec::new();

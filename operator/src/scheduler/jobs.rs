@@ -340,7 +340,11 @@ pub fn decide_training(cache: &PoolCache, j: &TrainingJob) -> Decision {
 }
 
 /// The status a waiting gang shows.
-pub fn training_waiting_status(j: &TrainingJob, reason: &str, position: usize) -> TrainingJobStatus {
+pub fn training_waiting_status(
+    j: &TrainingJob,
+    reason: &str,
+    position: usize,
+) -> TrainingJobStatus {
     let generation = j.metadata.generation;
     let mut st = j.status.clone().unwrap_or_default();
     if st.phase != TrainingPhase::Restarting {
@@ -383,7 +387,10 @@ pub fn flatten(st: &InferenceJobStatus) -> Vec<(String, PodPlacement)> {
 }
 
 /// Groups replica placements per member (ready counts from `ready`).
-pub fn group(flat: &[(String, PodPlacement)], ready: &BTreeMap<String, i32>) -> Vec<ClusterPlacement> {
+pub fn group(
+    flat: &[(String, PodPlacement)],
+    ready: &BTreeMap<String, i32>,
+) -> Vec<ClusterPlacement> {
     let mut by: BTreeMap<String, ClusterPlacement> = BTreeMap::new();
     let mut sorted = flat.to_vec();
     sorted.sort_by_key(|(c, p)| (c.clone(), p.index));
@@ -501,7 +508,11 @@ pub fn decide_inference(cache: &PoolCache, j: &InferenceJob) -> Decision {
 }
 
 /// The status an InferenceJob with unplaced replicas shows.
-pub fn inference_waiting_status(j: &InferenceJob, reason: &str, position: usize) -> InferenceJobStatus {
+pub fn inference_waiting_status(
+    j: &InferenceJob,
+    reason: &str,
+    position: usize,
+) -> InferenceJobStatus {
     let generation = j.metadata.generation;
     let mut st = j.status.clone().unwrap_or_default();
     st.queue_position = Some(position as i32);

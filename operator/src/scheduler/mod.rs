@@ -147,10 +147,14 @@ impl State {
         let Some(uid) = j.uid() else { return };
         self.cache
             .set_job(&uid, jobs::training_name(j), jobs::training_slots(j));
-        if jobs::training_waits(j) && !self.cache.is_assumed(&uid) {
-            let (p, c, g) = jobs::order_of(j, j.spec.priority);
-            self.queue
-                .upsert(&uid, p, c, g, Pending::Training(Arc::new(j.clone())));
+        if jobs::training_waits(j) {
+            // A job whose decision is being written stays in flight with the newer object; one
+            // whose written decision is not yet observed is not queued again.
+            if self.queue.contains(&uid) || !self.cache.is_assumed(&uid) {
+                let (p, c, g) = jobs::order_of(j, j.spec.priority);
+                self.queue
+                    .upsert(&uid, p, c, g, Pending::Training(Arc::new(j.clone())));
+            }
         } else {
             self.queue.remove(&uid);
             self.reported.remove(&uid);
@@ -161,10 +165,14 @@ impl State {
         let Some(uid) = j.uid() else { return };
         self.cache
             .set_job(&uid, jobs::inference_name(j), jobs::inference_slots(j));
-        if jobs::inference_waits(j) && !self.cache.is_assumed(&uid) {
-            let (p, c, g) = jobs::order_of(j, j.spec.priority);
-            self.queue
-                .upsert(&uid, p, c, g, Pending::Inference(Arc::new(j.clone())));
+        if jobs::inference_waits(j) {
+            // A job whose decision is being written stays in flight with the newer object; one
+            // whose written decision is not yet observed is not queued again.
+            if self.queue.contains(&uid) || !self.cache.is_assumed(&uid) {
+                let (p, c, g) = jobs::order_of(j, j.spec.priority);
+                self.queue
+                    .upsert(&uid, p, c, g, Pending::Inference(Arc::new(j.clone())));
+            }
         } else {
             self.queue.remove(&uid);
             self.reported.remove(&uid);
@@ -205,6 +213,7 @@ impl State {
             Pending::Inference(j) => (jobs::decide_inference(&self.cache, j), "inferencejob"),
         };
         metrics.observe_placement(kind, t0.elapsed());
+        tracing::debug!(job = %job.name().name, took = ?t0.elapsed(), placed = !matches!(decision, Decision::Wait { .. }), "scheduling decision");
         let position = self.queue.position(&uid).unwrap_or(1);
         match &decision {
             Decision::Training { slots, .. } | Decision::Inference { slots, .. } => {
@@ -381,7 +390,9 @@ impl Scheduler {
                 let (ns, name) = (p.namespace().unwrap_or_default(), p.name_any());
                 st.cache.set_pod(member, &ns, &name, BTreeSet::new());
             }
-            Change::Relisting => st.cache.pods_unsynced(member),
+            // What is known stays valid while the watch lists again: pods that went away in the
+            // gap stay held until the list says so (conservative), new ones are in hub statuses.
+            Change::Relisting => {}
             Change::Listed(all) => {
                 let pods: BTreeMap<(String, String), BTreeSet<Slot>> = all
                     .iter()
@@ -455,6 +466,7 @@ impl Scheduler {
                 Step::Idle => {
                     drop(permit);
                     let deadline = self.lock().queue.next_deadline();
+                    tracing::trace!(?deadline, "scheduler idle");
                     match deadline {
                         Some(d) => {
                             tokio::select! {
@@ -476,7 +488,13 @@ impl Scheduler {
         }
     }
 
-    async fn publish(&self, obj: &impl Resource<DynamicType = ()>, warning: bool, reason: &str, note: String) {
+    async fn publish(
+        &self,
+        obj: &impl Resource<DynamicType = ()>,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
         let ev = Event {
             type_: if warning {
                 EventType::Warning
@@ -496,6 +514,7 @@ impl Scheduler {
     /// The write failed: forget the assumption and try the job again later.
     fn failed(&self, uid: &str, e: &kube::Error) {
         let conflict = writes::is_conflict(e);
+        tracing::debug!(job = uid, conflict, "write failed");
         if !conflict {
             tracing::warn!(job = uid, error = %e, "writing a scheduling decision failed");
         }
@@ -511,6 +530,7 @@ impl Scheduler {
     async fn write(&self, w: Work) {
         let rv = w.job.resource_version();
         let name = w.job.name();
+        tracing::debug!(job = %name.name, ?rv, "writing a scheduling decision");
         match (w.decision, &w.job) {
             (
                 Decision::Training {
@@ -553,6 +573,7 @@ impl Scheduler {
                 if let Err(e) = writes::apply_status(&api, &**job, rv.as_deref(), &status).await {
                     return self.failed(&w.uid, &e);
                 }
+                tracing::debug!(job = %name.name, "status written");
                 {
                     let mut st = self.lock();
                     match &unplaced {
@@ -585,7 +606,11 @@ impl Scheduler {
                 self.publish(
                     &**job,
                     false,
-                    if recovered { "Rescheduled" } else { "Scheduled" },
+                    if recovered {
+                        "Rescheduled"
+                    } else {
+                        "Scheduled"
+                    },
                     note,
                 )
                 .await;
@@ -644,7 +669,9 @@ impl Scheduler {
                         ),
                     };
                     match job {
-                        Pending::Training(j) => self.publish(&**j, true, "Unschedulable", note).await,
+                        Pending::Training(j) => {
+                            self.publish(&**j, true, "Unschedulable", note).await
+                        }
                         Pending::Inference(j) => {
                             self.publish(&**j, true, "Unschedulable", note).await
                         }
@@ -667,10 +694,19 @@ impl Scheduler {
         svc: Option<k8s_openapi::api::core::v1::Service>,
         pods: Vec<Pod>,
     ) {
+        tracing::debug!(cluster = member, "reading the member");
         let Some(view) = self.registry.get(member).await else {
+            tracing::debug!(
+                cluster = member,
+                "member not registered; its job controller creates the pods"
+            );
             return;
         };
         let Some(client) = view.client.filter(|_| view.reachable) else {
+            tracing::debug!(
+                cluster = member,
+                "member unreachable; its job controller creates the pods"
+            );
             return;
         };
         let key = (member.to_string(), ns.to_string());
@@ -689,8 +725,11 @@ impl Scheduler {
             Ok::<_, kube::Error>(())
         }
         .await;
-        if let Err(e) = res {
-            tracing::warn!(cluster = member, error = %e, "creating workloads failed; the job controller retries");
+        match res {
+            Ok(()) => tracing::debug!(cluster = member, ns, pods = pods.len(), "created workloads"),
+            Err(e) => {
+                tracing::warn!(cluster = member, error = %e, "creating workloads failed; the job controller retries")
+            }
         }
     }
 }

@@ -212,7 +212,10 @@ impl<T> Queue<T> {
         };
         e.failures = e.failures.saturating_add(1);
         let delay = Duration::from_millis(100) * 2u32.saturating_pow(e.failures.min(9) - 1);
-        self.set_state(uid, State::Backoff(now + delay.min(Duration::from_secs(30))));
+        self.set_state(
+            uid,
+            State::Backoff(now + delay.min(Duration::from_secs(30))),
+        );
     }
 
     /// Makes active every parked job for which `could_fit` says yes; returns how many.
@@ -270,7 +273,13 @@ mod tests {
         let order: Vec<String> = std::iter::from_fn(|| q.pop(now).map(|(u, _)| u)).collect();
         assert_eq!(
             order,
-            ["new-high", "older-low", "old-low", "new-low", "same-second-later"]
+            [
+                "new-high",
+                "older-low",
+                "old-low",
+                "new-low",
+                "same-second-later"
+            ]
         );
         assert_eq!(q.position("new-high"), Some(1));
         assert_eq!(q.position("same-second-later"), Some(5));

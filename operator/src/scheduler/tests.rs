@@ -91,7 +91,11 @@ fn usable_gpus_are_capped_by_the_nodes_allocatable() {
     let n = c.node("m", "n").expect("placeable");
     assert_eq!(n.usable.len(), 4);
     assert_eq!(c.capacity("m").gpus_total, 4);
-    assert!(c.problems("m")[0].contains("allocatable is 4"), "{:?}", c.problems("m"));
+    assert!(
+        c.problems("m")[0].contains("allocatable is 4"),
+        "{:?}",
+        c.problems("m")
+    );
     // An 8-GPU worker does not fit; two 4-GPU ones cannot both land there.
     let (cands, _) = c.candidates(&req(8), 1);
     assert!(cands[0].nodes.is_empty());
@@ -110,7 +114,10 @@ fn a_later_node_publishing_the_same_uuids_is_quarantined_and_never_blocks_the_fi
     let mut stolen = topo("dgx-h100", "n1");
     stolen.node_name = "copy".into();
     c.set_topology("b", "copy", Some(facts(stolen, 100)));
-    assert!(c.node("b", "copy").is_none(), "the copy must not be placeable");
+    assert!(
+        c.node("b", "copy").is_none(),
+        "the copy must not be placeable"
+    );
     assert!(
         c.unusable_reason("b", "copy")
             .is_some_and(|r| r.starts_with("quarantined")),
@@ -124,7 +131,9 @@ fn a_later_node_publishing_the_same_uuids_is_quarantined_and_never_blocks_the_fi
         "b",
         "default",
         "fake",
-        [slot("a", "n1", 0), slot("b", "copy", 1)].into_iter().collect(),
+        [slot("a", "n1", 0), slot("b", "copy", 1)]
+            .into_iter()
+            .collect(),
     );
     assert_eq!(c.node("a", "n1").expect("placeable").free().len(), 8);
     // Using the first node's GPUs does not depend on the copy.
