@@ -11,6 +11,7 @@ mod federation;
 mod kubectl;
 mod kwok;
 mod pool;
+pub mod scale;
 mod tools;
 mod topology;
 

@@ -1,0 +1,302 @@
+//! Load driver for the scheduler: a hub and two members with many simulated DGX H100 nodes, N
+//! one-GPU TrainingJobs created as fast as the client allows, the time from each create to its
+//! pod existing in a member, and a check from the member pods that no GPU is assigned twice.
+//! Used by the `gpupool-bench-scale` binary (`make bench-scale`) and a small smoke test.
+
+use crate::{Federation, GpuNode, publish_fixture, register_member};
+use anyhow::{Context as _, Result, bail};
+use futures::{StreamExt, TryStreamExt};
+use gpupool::api::{MemberCluster, TrainingJob};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Namespace the jobs are created in.
+pub const NAMESPACE: &str = "bench";
+const WALLETS: [&str; 2] = [
+    "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU",
+    "9WzDXwBbmkg8ZTbNMqUxvQRAyrZzDsGYdLVL9zYtAWWM",
+];
+
+/// A hub and two members with `nodes_per_member` 8-GPU nodes each, registered on the hub.
+pub struct ScalePool {
+    /// The clusters.
+    pub fed: Federation,
+    /// Hub client.
+    pub hub: kube::Client,
+    /// GPUs in the pool.
+    pub gpus: usize,
+}
+
+/// What one run measured.
+#[derive(Clone, Debug)]
+pub struct ScaleReport {
+    /// Jobs created.
+    pub jobs: usize,
+    /// Jobs whose pod appeared in a member.
+    pub landed: usize,
+    /// Create → pod exists, percentiles and maximum.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Maximum.
+    pub max: Duration,
+    /// Jobs landed per second, from the first create to the last pod.
+    pub jobs_per_sec: f64,
+    /// How long creating the jobs took (client side).
+    pub create_secs: f64,
+    /// GPUs (member/node/UUID) held by more than one pod.
+    pub shared_gpus: Vec<String>,
+}
+
+impl ScalePool {
+    /// Starts the clusters, adds the nodes (DGX H100 topology each) and registers the members.
+    pub async fn start(nodes_per_member: usize) -> Result<ScalePool> {
+        let fed = Federation::start(2).await?;
+        for (i, m) in fed.members.iter().enumerate() {
+            let client = m.cp.client().await?;
+            let nodes: Vec<GpuNode> = (0..nodes_per_member)
+                .map(|n| GpuNode::new(&format!("m{i}-h100-{n:05}"), 8, "NVIDIA H100 80GB HBM3"))
+                .collect();
+            futures::stream::iter(nodes.chunks(25).map(|c| fed.add_nodes(i, c)))
+                .buffer_unordered(8)
+                .try_collect::<Vec<_>>()
+                .await?;
+            futures::stream::iter(
+                nodes
+                    .iter()
+                    .map(|n| publish_fixture(&client, "dgx-h100", &n.name)),
+            )
+            .buffer_unordered(16)
+            .try_collect::<Vec<_>>()
+            .await?;
+        }
+        let hub = fed.hub.client().await?;
+        for (i, m) in fed.members.iter().enumerate() {
+            register_member(
+                &hub,
+                &format!("member-{}", i + 1),
+                &m.cp,
+                WALLETS[i],
+                &format!("region-{}", i + 1),
+            )
+            .await?;
+        }
+        let ns: Api<Namespace> = Api::all(hub.clone());
+        let mut n = Namespace::default();
+        n.metadata.name = Some(NAMESPACE.into());
+        match ns.create(&PostParams::default(), &n).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(ScalePool {
+            fed,
+            hub,
+            gpus: 2 * nodes_per_member * 8,
+        })
+    }
+
+    /// Waits until both members are Ready with all their GPUs counted.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let mcs: Api<MemberCluster> = Api::all(self.hub.clone());
+        let want = self.gpus as i32 / 2;
+        let t0 = Instant::now();
+        loop {
+            let mut ok = 0;
+            for i in 1..=2 {
+                if let Some(mc) = mcs.get_opt(&format!("member-{i}")).await? {
+                    let st = mc.status.unwrap_or_default();
+                    let ready = st
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True");
+                    if ready && st.capacity.gpus_total == want {
+                        ok += 1;
+                    }
+                }
+            }
+            if ok == 2 {
+                return Ok(());
+            }
+            if t0.elapsed() > timeout {
+                bail!("members not Ready with {want} GPUs each after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Creates `jobs` one-GPU TrainingJobs named `<prefix>-<i>` (up to `concurrency` requests in
+    /// flight) and waits until each has a pod in a member (or `timeout`).
+    pub async fn run(
+        &self,
+        prefix: &str,
+        jobs: usize,
+        concurrency: usize,
+        timeout: Duration,
+    ) -> Result<ScaleReport> {
+        // Watch both members' gpupool pods: first sighting of each job's pod.
+        let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let mut watches = Vec::new();
+        for m in &self.fed.members {
+            let client = m.cp.client().await?;
+            let seen = seen.clone();
+            let api: Api<Pod> = Api::namespaced(client, NAMESPACE);
+            let cfg = watcher::Config::default().labels("app.kubernetes.io/managed-by=gpupool");
+            watches.push(tokio::spawn(async move {
+                let mut s = watcher(api, cfg)
+                    .default_backoff()
+                    .applied_objects()
+                    .boxed();
+                while let Some(ev) = s.next().await {
+                    if let Ok(p) = ev
+                        && let Some(job) = p
+                            .metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get("gpupool.io/job-name"))
+                    {
+                        seen.lock()
+                            .expect("lock")
+                            .entry(job.clone())
+                            .or_insert_with(Instant::now);
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let api: Api<TrainingJob> = Api::namespaced(self.hub.clone(), NAMESPACE);
+        let created: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
+        let t0 = Instant::now();
+        futures::stream::iter((0..jobs).map(|i| {
+            let (api, created) = (api.clone(), created.clone());
+            async move {
+                let name = format!("{prefix}-{i}");
+                let job: TrainingJob = serde_yaml::from_str(&format!(
+                    "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\nspec: {{image: trainer, workers: 1, gpusPerWorker: 1, nvlink: none}}\n"
+                ))?;
+                let at = Instant::now();
+                api.create(&PostParams::default(), &job)
+                    .await
+                    .with_context(|| format!("creating {name}"))?;
+                created.lock().expect("lock").insert(name, at);
+                Ok::<_, anyhow::Error>(())
+            }
+        }))
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<Vec<_>>()
+        .await?;
+        let create_secs = t0.elapsed().as_secs_f64();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = {
+                let seen = seen.lock().expect("lock");
+                let created = created.lock().expect("lock");
+                created.keys().filter(|k| seen.contains_key(*k)).count()
+            };
+            if n == jobs || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for w in watches {
+            w.abort();
+        }
+        let seen = seen.lock().expect("lock").clone();
+        let created = created.lock().expect("lock").clone();
+        let mut lat: Vec<Duration> = created
+            .iter()
+            .filter_map(|(k, c)| seen.get(k).map(|s| s.saturating_duration_since(*c)))
+            .collect();
+        lat.sort();
+        let pick = |q: f64| -> Duration {
+            if lat.is_empty() {
+                return Duration::ZERO;
+            }
+            lat[((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1]
+        };
+        let last = created
+            .keys()
+            .filter_map(|k| seen.get(k))
+            .max()
+            .copied()
+            .unwrap_or(t0);
+        let span = last.saturating_duration_since(t0).as_secs_f64().max(1e-3);
+        Ok(ScaleReport {
+            jobs,
+            landed: lat.len(),
+            p50: pick(0.50),
+            p99: pick(0.99),
+            max: lat.last().copied().unwrap_or_default(),
+            jobs_per_sec: lat.len() as f64 / span,
+            create_secs,
+            shared_gpus: self.shared_gpus().await?,
+        })
+    }
+
+    /// GPUs held by more than one unfinished pod, from the members' pods themselves.
+    pub async fn shared_gpus(&self) -> Result<Vec<String>> {
+        let mut holders: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (i, m) in self.fed.members.iter().enumerate() {
+            let pods: Api<Pod> = Api::all(m.cp.client().await?);
+            let list = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/managed-by=gpupool"))
+                .await?;
+            for p in list.items {
+                let phase = p.status.as_ref().and_then(|s| s.phase.clone());
+                if matches!(phase.as_deref(), Some("Succeeded" | "Failed")) {
+                    continue;
+                }
+                let node = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default();
+                let uuids = p
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("gpupool.io/gpu-uuids").cloned())
+                    .unwrap_or_default();
+                for u in uuids.split(',').filter(|u| !u.is_empty()) {
+                    holders
+                        .entry(format!("member-{}/{node}/{u}", i + 1))
+                        .or_default()
+                        .push(p.metadata.name.clone().unwrap_or_default());
+                }
+            }
+        }
+        Ok(holders
+            .into_iter()
+            .filter(|(_, v)| v.len() > 1)
+            .map(|(k, v)| format!("{k}: {}", v.join(",")))
+            .collect())
+    }
+}
+
+/// CPU seconds (user + system) a process used so far.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
+}
+
+/// A `/proc/<pid>/status` field in KiB (e.g. `VmHWM`, `VmRSS`).
+pub fn proc_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
