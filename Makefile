@@ -3,7 +3,7 @@ SHELL := bash
 export GPUPOOL_CACHE ?= $(HOME)/.cache/gpupool
 CARGO ?= cargo
 
-.PHONY: demo test tools lint crds fmt bench clean-cache
+.PHONY: demo test tools lint crds fmt bench bench-scale clean-cache
 
 ## Local demo: hub + two member clusters with KWOK GPU nodes, the operator, example jobs and an embedded SVM.
 demo: tools
@@ -33,6 +33,13 @@ fmt:
 
 bench:
 	$(CARGO) bench -p gpupool-operator --bench allocator
+
+## Scheduler at scale (not part of `make test`): placement microbenchmark over 100 members ×
+## 1 000 nodes, then hub + 2 members with KWOK nodes and the release operator for N jobs.
+## BENCH_SCALE_ARGS, e.g. `--jobs 500,2000 --skip-placement`.
+bench-scale: tools
+	$(CARGO) build --release -p gpupool-operator --bin gpupool -p gpupool-e2e --bin gpupool-bench-scale
+	"$${CARGO_TARGET_DIR:-target}/release/gpupool-bench-scale" $(BENCH_SCALE_ARGS)
 
 clean-cache:
 	rm -rf "$(GPUPOOL_CACHE)"

@@ -123,7 +123,7 @@ fn placement_bench() -> Result<()> {
                 }),
             );
             // A third of the nodes run something already.
-            if rng.next() % 3 == 0 {
+            if rng.next().is_multiple_of(3) {
                 let used = 1 + (rng.next() % 7) as usize;
                 let slots: BTreeSet<Slot> = (0..used)
                     .map(|i| Slot {
