@@ -762,8 +762,9 @@ impl PoolCache {
                     .map(|s| s as i32),
             );
         }
+        // GPU nodes without a topology yet still count (not free: nothing can be placed there).
         for (name, f) in &m.nodes {
-            if !m.ready.contains_key(name) && !m.unusable.contains_key(name) {
+            if !m.topologies.contains_key(name) {
                 total += f.allocatable as i32;
             }
         }
