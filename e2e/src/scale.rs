@@ -237,6 +237,45 @@ impl ScalePool {
         })
     }
 
+    /// Creates a one-GPU TrainingJob `name` (of GPU model `model`, if given) in [`NAMESPACE`].
+    pub async fn create_job(&self, name: &str, model: Option<&str>) -> Result<()> {
+        let gpu = model
+            .map(|m| format!(", gpu: {{model: {m}}}"))
+            .unwrap_or_default();
+        let job: TrainingJob = serde_yaml::from_str(&format!(
+            "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\nspec: {{image: trainer, workers: 1, gpusPerWorker: 1, nvlink: none{gpu}}}\n"
+        ))?;
+        Api::<TrainingJob>::namespaced(self.hub.clone(), NAMESPACE)
+            .create(&PostParams::default(), &job)
+            .await?;
+        Ok(())
+    }
+
+    /// Polls both members (every 10 ms) until job `name` has a pod; the time since `t0`.
+    pub async fn wait_for_pod(
+        &self,
+        name: &str,
+        t0: Instant,
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let lp = ListParams::default().labels(&format!("gpupool.io/job-name={name}"));
+        let mut apis = Vec::new();
+        for m in &self.fed.members {
+            apis.push(Api::<Pod>::namespaced(m.cp.client().await?, NAMESPACE));
+        }
+        loop {
+            for a in &apis {
+                if !a.list(&lp).await?.items.is_empty() {
+                    return Ok(t0.elapsed());
+                }
+            }
+            if t0.elapsed() > timeout {
+                bail!("{name} has no pod after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// GPUs held by more than one unfinished pod, from the members' pods themselves.
     pub async fn shared_gpus(&self) -> Result<Vec<String>> {
         let mut holders: BTreeMap<String, Vec<String>> = BTreeMap::new();
