@@ -354,7 +354,6 @@ fn rendered_objects_have_the_expected_shape() {
         "--metrics-addr=0.0.0.0:8080",
         "--rpc-url=https://api.devnet.solana.com",
         "--oracle-keypair=/var/run/secrets/gpupool/oracle/keypair.json",
-        "--settlement-period-seconds=3600",
     ] {
         assert!(args.contains(&want), "operator args {args:?} lack {want}");
     }
