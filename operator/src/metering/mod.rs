@@ -179,6 +179,17 @@ impl PodRun {
     }
 }
 
+/// The start a terminated container records, when it says anything: a `startedAt` at or after
+/// its `finishedAt` describes no run (KWOK stamps completed containers that way) and is
+/// ignored, leaving the pod's `startTime` to bound the start.
+fn terminated_start(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> Option<i64> {
+    let s = t.started_at.as_ref()?.0.as_second();
+    match t.finished_at.as_ref().map(|f| f.0.as_second()) {
+        Some(f) if f <= s => None,
+        _ => Some(s),
+    }
+}
+
 /// The run of a pod from its status, or `None` if it never started.
 pub fn pod_run(pod: &Pod) -> Option<PodRun> {
     let status = pod.status.as_ref()?;
@@ -192,12 +203,12 @@ pub fn pod_run(pod: &Pod) -> Option<PodRun> {
         let started = s
             .and_then(|s| s.running.as_ref())
             .and_then(|r| r.started_at.as_ref())
+            .map(|t| t.0.as_second())
             .or_else(|| {
                 s.and_then(|s| s.terminated.as_ref())
-                    .and_then(|t| t.started_at.as_ref())
+                    .and_then(terminated_start)
             });
         if let Some(t) = started {
-            let t = t.0.as_second();
             start = Some(start.map_or(t, |x| x.min(t)));
         }
     }
@@ -207,15 +218,14 @@ pub fn pod_run(pod: &Pod) -> Option<PodRun> {
         let terminated = state.and_then(|s| s.terminated.as_ref());
         let started = running
             .and_then(|r| r.started_at.as_ref())
-            .or_else(|| terminated.and_then(|t| t.started_at.as_ref()))
-            .map(|t| t.0.as_second());
+            .map(|t| t.0.as_second())
+            .or_else(|| terminated.and_then(terminated_start));
         // A restarted container's earlier run counts from its first start.
         let earlier = cs
             .last_state
             .as_ref()
             .and_then(|s| s.terminated.as_ref())
-            .and_then(|t| t.started_at.as_ref())
-            .map(|t| t.0.as_second());
+            .and_then(terminated_start);
         for s in started.into_iter().chain(earlier) {
             start = Some(start.map_or(s, |x| x.min(s)));
         }
