@@ -69,6 +69,8 @@ impl EmbeddedLedger {
     /// Airdrops lamports to `who`.
     pub fn fund(&self, who: &Pubkey) -> Result<()> {
         self.with_svm(|s| {
+            // A fresh blockhash, so funding the same key twice is two transactions.
+            s.expire_blockhash();
             svm::fund(s, who)
                 .map(|_| ())
                 .map_err(|e| anyhow!("airdrop failed: {:?}", e.err))
