@@ -654,7 +654,7 @@ async fn hub_users_cannot_rewrite_usage_records() {
             "clusterrolebinding",
             "operator-test",
             "--clusterrole=cluster-admin",
-            &format!("--serviceaccount=gpupool-system:gp-gpupool-operator"),
+            "--serviceaccount=gpupool-system:gp-gpupool-operator",
         ])
         .unwrap();
     let mut other = rec.clone();

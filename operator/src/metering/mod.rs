@@ -513,7 +513,7 @@ pub fn usage_by_job_period(
         let placed = hub
             .slots
             .get(member)
-            .is_some_and(|slots| slots.iter().any(|s| *s == slot));
+            .is_some_and(|slots| slots.contains(&slot));
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let hub_gpus = if placed {
             slot.gpu_uuids.len() as u64
