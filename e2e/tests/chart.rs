@@ -243,8 +243,8 @@ fn schema_and_checks_reject_bad_values_naming_the_field() {
         ),
         (&["--set", "metrics.port=70000"], "/metrics/port"),
         (
-            &["--set", "solana.settlementPeriodSeconds=0"],
-            "/solana/settlementPeriodSeconds",
+            &["--set", "usageRecords.admissionPolicy.enabled=maybe"],
+            "/usageRecords/admissionPolicy/enabled",
         ),
         (&["--set", "solana.rpcUrl=ftp://x"], "/solana/rpcUrl"),
         // Settlement needs the program, the mint and the oracle key.
@@ -354,7 +354,6 @@ fn rendered_objects_have_the_expected_shape() {
         "--metrics-addr=0.0.0.0:8080",
         "--rpc-url=https://api.devnet.solana.com",
         "--oracle-keypair=/var/run/secrets/gpupool/oracle/keypair.json",
-        "--settlement-period-seconds=3600",
     ] {
         assert!(args.contains(&want), "operator args {args:?} lack {want}");
     }

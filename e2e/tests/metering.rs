@@ -12,13 +12,13 @@ use gpupool::ledger::{
     Transaction,
 };
 use gpupool::metering::{MemberRef, MeterConfig, SettleConfig, meter_once, settle_once};
-use gpupool_e2e::{Federation, GpuNode};
+use gpupool_e2e::{Federation, GpuNode, register_member};
 use gpupool_ledger::error::LedgerError;
 use gpupool_ledger::state;
 use gpupool_ledger_svm as svm;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use solana_keypair::Keypair;
 use solana_signer::Signer;
@@ -43,10 +43,47 @@ async fn create_training_job(hub: &Client, name: &str) -> TrainingJob {
         .expect("TrainingJob created in the hub")
 }
 
+/// Writes the job's placement on the hub as the scheduler would: gang on `member-1`, one
+/// worker per pod on `NODE` with the pod's GPUs. The meter pays only pods matching it.
+async fn place_job(hub: &Client, job: &TrainingJob, pods: &[(&str, usize, &str)]) {
+    let workers: Vec<serde_json::Value> = pods
+        .iter()
+        .enumerate()
+        .map(|(rank, (name, gpus, _))| {
+            serde_json::json!({"rank": rank, "node": NODE, "gpuUuids": pod_uuids(name, *gpus), "score": 0})
+        })
+        .collect();
+    Api::<TrainingJob>::namespaced(hub.clone(), "default")
+        .patch_status(
+            &job.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(
+                &serde_json::json!({"status": {"cluster": "member-1", "workers": workers}}),
+            ),
+        )
+        .await
+        .expect("placement written to the job's status");
+}
+
+fn pod_uuids(name: &str, gpus: usize) -> Vec<String> {
+    (0..gpus).map(|i| format!("GPU-{name}-{i}")).collect()
+}
+
+/// UID of a cluster's `kube-system` namespace: its identity on the ledger.
+async fn kube_system_uid(client: &Client) -> String {
+    Api::<Namespace>::all(client.clone())
+        .get("kube-system")
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap()
+}
+
 /// A pod as the federation controller creates it: gpupool labels, GPU annotations, bound to the
 /// node, completing after `run` (KWOK's pod-complete stage).
 async fn create_gpu_pod(member: &Client, job: &TrainingJob, name: &str, gpus: usize, run: &str) {
-    let uuids: Vec<String> = (0..gpus).map(|i| format!("GPU-{name}-{i}")).collect();
+    let uuids = pod_uuids(name, gpus);
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {
             "name": name, "namespace": "default",
@@ -124,27 +161,56 @@ struct Setup {
     chain: Arc<EmbeddedLedger>,
     pool: svm::Pool,
     owner: Keypair,
+    cluster_id: [u8; 32],
 }
 
-async fn setup(pods: &[(&str, usize, &str)]) -> Setup {
+impl Setup {
+    /// The settler with the keys the demo hands it: the owner's (to register), the
+    /// registrar's (to co-sign), the admin's (to set the GPU cap).
+    fn demo_ledger(&self, client: Arc<dyn LedgerClient>) -> Ledger {
+        Ledger::new(client, self.pool.oracle.insecure_clone())
+            .with_owner_signer(self.owner.insecure_clone())
+            .with_registrar(self.pool.registrar.insecure_clone())
+            .with_admin(self.pool.admin.insecure_clone())
+    }
+}
+
+async fn setup(pods: &[(&str, usize, &str)], period_seconds: u64) -> Setup {
     let fed = Federation::start(1).await.expect("hub + member start");
     fed.add_nodes(0, &[GpuNode::new(NODE, 8, MODEL)])
         .await
         .unwrap();
     let hub = fed.hub.client().await.unwrap();
     let member = fed.members[0].cp.client().await.unwrap();
-    let (chain, pool) =
-        EmbeddedLedger::with_pool(DEMO_RATES, 0).expect("pool on the embedded chain");
+    let (chain, pool) = EmbeddedLedger::with_pool(DEMO_RATES, 0, period_seconds)
+        .expect("pool on the embedded chain");
     let owner = Keypair::new();
+    register_member(
+        &hub,
+        "member-1",
+        &fed.members[0].cp,
+        &owner.pubkey().to_string(),
+        "eu",
+    )
+    .await
+    .unwrap();
     let job = create_training_job(&hub, "gpt-small").await;
+    place_job(&hub, &job, pods).await;
     for (name, gpus, run) in pods {
         create_gpu_pod(&member, &job, name, *gpus, run).await;
     }
+    let gpu_models = pods
+        .iter()
+        .flat_map(|(name, gpus, _)| pod_uuids(name, *gpus))
+        .map(|u| (u, MODEL.to_string()))
+        .collect();
     let members = vec![MemberRef {
         name: "member-1".into(),
         owner_wallet: owner.pubkey().to_string(),
         client: member.clone(),
+        gpu_models,
     }];
+    let cluster_id = state::cluster_id(&kube_system_uid(&member).await);
     Setup {
         fed,
         hub,
@@ -154,6 +220,7 @@ async fn setup(pods: &[(&str, usize, &str)]) -> Setup {
         chain: Arc::new(chain),
         pool,
         owner,
+        cluster_id,
     }
 }
 
@@ -188,9 +255,8 @@ async fn meter_until_final(s: &Setup, cfg: &MeterConfig) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_are_metered_recorded_and_settled_exactly_once() {
     // Two workers of one job: 4 GPUs for ~5 s and 2 GPUs for ~7 s; 3-second periods.
-    let s = setup(&[("gpt-small-w0", 4, "5s"), ("gpt-small-w1", 2, "7s")]).await;
-    let ledger = Ledger::new(s.chain.clone(), s.pool.oracle.insecure_clone())
-        .with_owner_signer(s.owner.insecure_clone());
+    let s = setup(&[("gpt-small-w0", 4, "5s"), ("gpt-small-w1", 2, "7s")], 3).await;
+    let ledger = s.demo_ledger(s.chain.clone());
     let mcfg = MeterConfig {
         period_seconds: 3,
         finalize_delay_seconds: 1,
@@ -249,7 +315,7 @@ async fn pods_are_metered_recorded_and_settled_exactly_once() {
     let supply = s.chain.mint_supply(&s.pool.mint);
     let cluster = s
         .chain
-        .with_svm(|v| svm::read_cluster(v, &state::cluster_id_from_name("member-1")))
+        .with_svm(|v| svm::read_cluster(v, &s.cluster_id))
         .expect("cluster registered");
     println!(
         "passes={passes} records={} gpu_seconds={total} (pods say {expected}) tokens: balance={balance} supply={supply} \
@@ -295,14 +361,7 @@ async fn pods_are_metered_recorded_and_settled_exactly_once() {
         let uid = state::parse_job_uid(&r.spec.job_uid).unwrap();
         let receipt = s
             .chain
-            .with_svm(|v| {
-                svm::read_receipt(
-                    v,
-                    &state::cluster_id_from_name("member-1"),
-                    &uid,
-                    r.spec.period as u64,
-                )
-            })
+            .with_svm(|v| svm::read_receipt(v, &s.cluster_id, &uid, r.spec.period as u64))
             .expect("receipt on chain");
         assert_eq!(receipt.gpu_seconds, r.spec.gpu_seconds as u64);
     }
@@ -429,11 +488,11 @@ impl LedgerClient for Faulty {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settler_crash_between_send_and_mark_neither_double_mints_nor_loses_usage() {
-    let s = setup(&[("gpt-small-w0", 4, "4s")]).await;
-    // The operator registers the cluster itself only when it holds the owner key; here the owner
-    // registered beforehand, as in production.
+    let s = setup(&[("gpt-small-w0", 4, "4s")], 2).await;
+    // The operator registers the cluster itself only when it holds the owner's and registrar's
+    // keys; here the owner and the registrar registered it beforehand, as in production.
     s.chain
-        .register_cluster(&s.owner, "member-1", &s.pool.mint)
+        .register_cluster(&s.pool, &s.owner, &s.cluster_id, 8)
         .unwrap();
     let faulty = Arc::new(Faulty {
         inner: s.chain.clone(),
@@ -522,7 +581,7 @@ async fn settler_crash_between_send_and_mark_neither_double_mints_nor_loses_usag
     }
 
     // 4. Even a blind resend of the same usage is refused by the program.
-    let cluster_id = state::cluster_id_from_name("member-1");
+    let cluster_id = s.cluster_id;
     let entries: Vec<_> = recs
         .iter()
         .map(|r| gpupool_ledger::instruction::UsageEntry {
@@ -551,18 +610,108 @@ async fn settler_crash_between_send_and_mark_neither_double_mints_nor_loses_usag
     drop(s.fed);
 }
 
+/// Reads like the chain, except that receipts are invisible while `lagging` is set: a
+/// `finalized` view that has not caught up with `confirmed` yet.
+struct Lagging {
+    inner: Arc<EmbeddedLedger>,
+    lagging: std::sync::atomic::AtomicBool,
+}
+
+impl LedgerClient for Lagging {
+    fn latest_blockhash(&self) -> BoxFuture<'_, anyhow::Result<Hash>> {
+        self.inner.latest_blockhash()
+    }
+    fn send_and_confirm<'a>(
+        &'a self,
+        tx: &'a Transaction,
+    ) -> BoxFuture<'a, Result<Signature, SendError>> {
+        self.inner.send_and_confirm(tx)
+    }
+    fn get_account<'a>(
+        &'a self,
+        key: &'a Pubkey,
+    ) -> BoxFuture<'a, anyhow::Result<Option<AccountData>>> {
+        Box::pin(async move {
+            let acc = self.inner.get_account(key).await?;
+            let receipt = acc.as_ref().is_some_and(|a| {
+                a.owner == gpupool_ledger::ID && a.data.first() == Some(&state::TAG_RECEIPT)
+            });
+            Ok(if receipt && self.lagging.load(Ordering::SeqCst) {
+                None
+            } else {
+                acc
+            })
+        })
+    }
+    fn describe(&self) -> String {
+        "lagging finalized view".into()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_settled_only_once_their_receipts_are_finalized() {
+    let s = setup(&[("gpt-small-w0", 2, "3s")], 2).await;
+    let finalized = Arc::new(Lagging {
+        inner: s.chain.clone(),
+        lagging: std::sync::atomic::AtomicBool::new(true),
+    });
+    let ledger = s
+        .demo_ledger(s.chain.clone())
+        .with_finalized_reader(finalized.clone());
+    let mcfg = MeterConfig {
+        period_seconds: 2,
+        finalize_delay_seconds: 1,
+    };
+    let expected = meter_until_final(&s, &mcfg).await;
+    let n = records(&s.hub).await.len();
+    // Sent and confirmed, not finalized: still Final, with the signature noted; a second pass
+    // neither resends nor settles.
+    for _ in 0..2 {
+        let r = settle_once(&s.hub, &ledger, &SettleConfig::default())
+            .await
+            .unwrap();
+        assert!(r.errors.is_empty(), "{r:?}");
+        assert_eq!(
+            (r.settled, r.reconciled, r.awaiting_finality),
+            (0, 0, n),
+            "{r:?}"
+        );
+    }
+    let recs = records(&s.hub).await;
+    assert!(recs.iter().all(|r| state_of(r) == UsageState::Final));
+    assert!(
+        recs.iter()
+            .all(|r| r.status.as_ref().unwrap().signature.is_some())
+    );
+    let tokens = DEMO_RATES[H100_CLASS] * expected as u64;
+    assert_eq!(s.chain.mint_supply(&s.pool.mint), tokens, "sent once");
+    // Finalized: settled, keeping the signature of the send.
+    finalized.lagging.store(false, Ordering::SeqCst);
+    let r = settle_once(&s.hub, &ledger, &SettleConfig::default())
+        .await
+        .unwrap();
+    assert_eq!((r.reconciled, r.batches_sent), (n, 0), "{r:?}");
+    let recs = records(&s.hub).await;
+    assert!(recs.iter().all(|r| state_of(r) == UsageState::Settled));
+    assert!(
+        recs.iter()
+            .all(|r| r.status.as_ref().unwrap().signature.is_some())
+    );
+    assert_eq!(s.chain.mint_supply(&s.pool.mint), tokens);
+    drop(s.fed);
+}
+
 /// The production path: settlement through Solana JSON-RPC (`RpcLedger`, the client `gpupool run
 /// --rpc-url` uses) against an RPC endpoint serving the embedded chain, and the owner CLI binary
 /// `gpupool earnings --rpc-url` reading the result next to the hub's records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settles_through_json_rpc_and_the_owner_cli_reads_it() {
-    let s = setup(&[("gpt-small-w0", 2, "3s")]).await;
+    let s = setup(&[("gpt-small-w0", 2, "3s")], 2).await;
     let server = gpupool::ledger::rpc_server::serve(s.chain.clone())
         .await
         .unwrap();
     let rpc = Arc::new(gpupool::ledger::RpcLedger::new(&server.url).unwrap());
-    let ledger = Ledger::new(rpc.clone(), s.pool.oracle.insecure_clone())
-        .with_owner_signer(s.owner.insecure_clone());
+    let ledger = s.demo_ledger(rpc.clone());
     let mcfg = MeterConfig {
         period_seconds: 2,
         finalize_delay_seconds: 1,
@@ -599,7 +748,7 @@ async fn settles_through_json_rpc_and_the_owner_cli_reads_it() {
     // A replayed record over RPC is refused by the program with ReceiptAlreadyExists.
     let rec = records(&s.hub).await.remove(0);
     let uid = state::parse_job_uid(&rec.spec.job_uid).unwrap();
-    let cluster_id = state::cluster_id_from_name("member-1");
+    let cluster_id = s.cluster_id;
     let ix = gpupool_ledger::instruction::record_usage(
         &s.pool.oracle.pubkey(),
         &s.pool.oracle.pubkey(),

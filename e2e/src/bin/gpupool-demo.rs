@@ -202,7 +202,8 @@ async fn main() -> Result<()> {
         total,
         "embedded Solana VM: ledger program (native) + SPL Token + ATA programs",
     );
-    let (chain, pool) = EmbeddedLedger::with_pool(DEMO_RATES, 0)?;
+    // 5-second settlement periods for the demo, fixed in the pool config on chain.
+    let (chain, pool) = EmbeddedLedger::with_pool(DEMO_RATES, 0, 5)?;
     let chain = Arc::new(chain);
     println!(
         "      pool mint {} (mint authority: the ledger program's PDA)",
@@ -220,7 +221,11 @@ async fn main() -> Result<()> {
         rpc_server.url
     );
     let rpc = Arc::new(gpupool::ledger::RpcLedger::new(&rpc_server.url)?);
-    let mut ledger = Ledger::new(rpc, pool.oracle.insecure_clone());
+    // The demo operator holds the registrar key (as a hub does) and, unlike a real hub, the
+    // owners' and the pool admin's keys, so it registers the members and caps their GPUs.
+    let mut ledger = Ledger::new(rpc, pool.oracle.insecure_clone())
+        .with_registrar(pool.registrar.insecure_clone())
+        .with_admin(pool.admin.insecure_clone());
     for o in &owners {
         chain.fund(&o.pubkey())?;
         ledger = ledger.with_owner_signer(o.insecure_clone());

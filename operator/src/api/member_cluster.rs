@@ -113,6 +113,11 @@ pub struct MemberClusterStatus {
     /// Kubernetes version the member reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes_version: Option<String>,
+    /// UID of the member's `kube-system` namespace, recorded the first time the meter reads
+    /// the member: the cluster's identity on the ledger (a second `MemberCluster` for the same
+    /// cluster records the same UID and is not paid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_uid: Option<String>,
     /// GPU capacity summary.
     #[serde(default)]
     pub capacity: CapacitySummary,

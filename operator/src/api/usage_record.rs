@@ -5,6 +5,13 @@
 //! `spec.gpuSeconds`), `Final` once the period is over (waiting for settlement), `Settled` once
 //! the ledger holds its usage receipt (`status.signature`, `status.amount`). A settled record
 //! never changes again; the ledger program accepts one receipt per (cluster, job uid, period).
+//!
+//! Records are append-only facts, enforced by the API server itself (CEL transition rules):
+//! the identity fields (cluster, its `kube-system` UID, owner wallet, job, period and its
+//! bounds) never change; `gpuSeconds` never shrinks; the spec changes only while the record is
+//! `Open`; the state only moves forward (Open → Final → Settled); a `Settled` status never
+//! changes. The chart's `ValidatingAdmissionPolicy` lets only the operator's ServiceAccount
+//! create, change or delete them.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
@@ -25,11 +32,17 @@ use std::collections::BTreeMap;
     category = "gpupool",
     label("app.kubernetes.io/part-of", "gpupool"),
     status = "UsageRecordStatus",
+    validation = Rule::new("self.spec == oldSelf.spec || !has(oldSelf.status) || oldSelf.status.state == 'Open'").message("the spec of a Final or Settled usage record is immutable"),
     doc = "GPU-seconds one job used on one member cluster in one settlement period, and whether the ledger has paid them. Cluster-scoped; written by the operator's meter.",
     printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.cluster"),
     printcolumn(name = "Job", type_ = "string", json_path = ".spec.jobName"),
     printcolumn(name = "Period", type_ = "integer", json_path = ".spec.period"),
     printcolumn(name = "GPU-s", type_ = "integer", json_path = ".spec.gpuSeconds"),
+    printcolumn(
+        name = "Unpaid-GPU-s",
+        type_ = "integer",
+        json_path = ".spec.unpaidGpuSeconds"
+    ),
     printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
     printcolumn(
         name = "Signature",
@@ -46,27 +59,47 @@ use std::collections::BTreeMap;
 #[serde(rename_all = "camelCase")]
 pub struct UsageRecordSpec {
     /// Member cluster (its `MemberCluster` name) that ran the pods.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("cluster is immutable"))]
     pub cluster: String,
+    /// UID of the member's `kube-system` namespace when the usage was metered: the cluster's
+    /// identity on the ledger.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("clusterUid is immutable"))]
+    pub cluster_uid: String,
     /// The cluster owner's wallet when the usage was metered (base58).
+    #[x_kube(validation = Rule::new("self == oldSelf").message("ownerWallet is immutable"))]
     pub owner_wallet: String,
     /// `TrainingJob` or `InferenceJob`.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("jobKind is immutable"))]
     pub job_kind: String,
     /// Namespace of the job on the hub.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("jobNamespace is immutable"))]
     pub job_namespace: String,
     /// Name of the job on the hub.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("jobName is immutable"))]
     pub job_name: String,
     /// `metadata.uid` of the job on the hub (the on-chain receipt is keyed by it).
+    #[x_kube(validation = Rule::new("self == oldSelf").message("jobUid is immutable"))]
     pub job_uid: String,
     /// Settlement period number: `periodStart / periodSeconds` in unix seconds.
     #[x_kube(validation = Rule::new("self >= 0").message("period must not be negative"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("period is immutable"))]
     pub period: i64,
     /// Start of the period (inclusive).
+    #[x_kube(validation = Rule::new("self == oldSelf").message("periodStart is immutable"))]
     pub period_start: Time,
     /// End of the period (exclusive).
+    #[x_kube(validation = Rule::new("self == oldSelf").message("periodEnd is immutable"))]
     pub period_end: Time,
-    /// GPU-seconds in this period: the sum of `pods[*].gpuSeconds`.
+    /// GPU-seconds in this period: the sum of `pods[*].gpuSeconds`. Only grows, and only
+    /// while the record is `Open`.
     #[x_kube(validation = Rule::new("self >= 0").message("gpuSeconds must not be negative"))]
+    #[x_kube(validation = Rule::new("self >= oldSelf").message("gpuSeconds never decreases"))]
     pub gpu_seconds: i64,
+    /// GPU-seconds the member's pods claimed in this period beyond what the hub can prove
+    /// (no matching placement, times outside the job's life, more GPUs than placed): not paid.
+    #[serde(default)]
+    pub unpaid_gpu_seconds: i64,
     /// GPU class whose on-chain rate applies (see `metering::gpu_class`).
     #[x_kube(validation = Rule::new("self >= 0 && self < 8").message("gpuClass must be between 0 and 7"))]
     pub gpu_class: i32,
@@ -87,8 +120,11 @@ pub struct PodUsage {
     /// GPU model the pod ran on, as annotated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_model: Option<String>,
-    /// GPU-seconds of this pod inside the period.
+    /// GPU-seconds of this pod inside the period, within the hub's bounds.
     pub gpu_seconds: i64,
+    /// Why part of the pod's claimed usage is not paid, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unpaid_reason: Option<String>,
 }
 
 /// Settlement state of a usage record.
@@ -116,9 +152,11 @@ impl std::fmt::Display for UsageState {
 /// Observed state of a usage record.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(oldSelf.state) || oldSelf.state != 'Settled' || self == oldSelf").message("a Settled usage record is final"))]
 pub struct UsageRecordStatus {
-    /// `Open`, `Final` or `Settled`.
+    /// `Open`, `Final` or `Settled`; moves only forward.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf || (oldSelf == 'Open' && self != 'Open') || (oldSelf == 'Final' && self == 'Settled')").message("state moves only forward: Open, Final, Settled"))]
     pub state: UsageState,
     /// Signature of the transaction that recorded the receipt (absent when the receipt was
     /// found on chain by reconciliation rather than by this operator's confirmed send).

@@ -123,6 +123,8 @@ pub async fn earnings_report(
 
     // Hub view.
     let mut hub_owner: BTreeMap<String, String> = BTreeMap::new();
+    // The cluster's identity (its kube-system UID), which keys its account on chain.
+    let mut hub_uid: BTreeMap<String, String> = BTreeMap::new();
     let mut recs: Vec<UsageRecord> = Vec::new();
     if let Some(hub) = hub {
         let members = Api::<MemberCluster>::all(hub.clone())
@@ -131,6 +133,9 @@ pub async fn earnings_report(
             .context("listing MemberClusters in the hub")?;
         for m in members.items {
             hub_owner.insert(m.name_any(), m.spec.owner_wallet.clone());
+            if let Some(uid) = m.status.as_ref().and_then(|s| s.cluster_uid.clone()) {
+                hub_uid.insert(m.name_any(), uid);
+            }
         }
         recs = Api::<UsageRecord>::all(hub.clone())
             .list(&ListParams::default())
@@ -141,6 +146,11 @@ pub async fn earnings_report(
             hub_owner
                 .entry(r.spec.cluster.clone())
                 .or_insert_with(|| r.spec.owner_wallet.clone());
+            if !r.spec.cluster_uid.is_empty() {
+                hub_uid
+                    .entry(r.spec.cluster.clone())
+                    .or_insert_with(|| r.spec.cluster_uid.clone());
+            }
         }
     } else {
         report
@@ -175,7 +185,17 @@ pub async fn earnings_report(
             hub_owner: hub_owner.get(name).cloned(),
             ..Default::default()
         };
-        if let Some(acc) = ledger::read_cluster(chain, program_id, name).await? {
+        let account = match hub_uid.get(name) {
+            Some(uid) => ledger::read_cluster(chain, program_id, &ledger::cluster_id(uid)).await?,
+            None => {
+                report.notes.push(format!(
+                    "cluster {name}: its identity (kube-system UID) is not known{}, so its on-chain account cannot be found",
+                    if hub.is_none() { " without the hub" } else { " to the hub yet" }
+                ));
+                None
+            }
+        };
+        if let Some(acc) = account {
             owners.insert(acc.owner);
             line.chain = Some(ChainTotals {
                 owner: acc.owner,

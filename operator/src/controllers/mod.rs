@@ -67,9 +67,6 @@ pub struct RunArgs {
     /// Oracle keypair (solana-keygen JSON), e.g. from a mounted Secret.
     #[arg(long, env = "GPUPOOL_ORACLE_KEYPAIR")]
     pub oracle_keypair: Option<std::path::PathBuf>,
-    /// Length of a settlement period; never change it for a running pool.
-    #[arg(long, default_value_t = 3600)]
-    pub settlement_period_seconds: u64,
     /// Seconds between metering passes.
     #[arg(long, default_value_t = 30)]
     pub meter_interval_seconds: u64,
@@ -94,8 +91,7 @@ fn ledger_from_args(args: &RunArgs) -> anyhow::Result<Option<crate::ledger::Ledg
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("--rpc-url needs --oracle-keypair"))?;
     let oracle = crate::ledger::load_keypair(path)?;
-    let client = std::sync::Arc::new(crate::ledger::RpcLedger::new(url)?);
-    Ok(Some(crate::ledger::Ledger::new(client, oracle)))
+    Ok(Some(crate::ledger::Ledger::rpc(url, oracle)?))
 }
 
 /// Runs the operator against the hub (in-cluster config or KUBECONFIG) until interrupted.
@@ -128,10 +124,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (ctx, triggers) = Context::new(client, cfg, metrics);
     let runner_cfg = crate::metering::runner::RunnerConfig {
         interval: Duration::from_secs(args.meter_interval_seconds.max(1)),
-        meter: crate::metering::MeterConfig {
-            period_seconds: args.settlement_period_seconds,
-            ..Default::default()
-        },
+        // With a ledger the runner reads the period length from the pool config.
+        meter: crate::metering::MeterConfig::default(),
         settle: Default::default(),
     };
     let metering = tokio::spawn(crate::metering::runner::run(

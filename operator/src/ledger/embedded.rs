@@ -1,11 +1,14 @@
 //! An in-process chain: LiteSVM with the ledger program as a native builtin and the real SPL
 //! Token / Associated Token Account programs, behind a mutex. For the local demo and tests.
+//!
+//! Its clock follows the wall clock: before every transaction the chain's unix time is moved
+//! forward to now (never back), so the program's "period has ended" check sees real time.
 
 use super::{AccountData, Hash, LedgerClient, Pubkey, SendError, Signature, Transaction};
 use anyhow::{Result, anyhow};
 use futures::future::BoxFuture;
 use gpupool_ledger::state::{self, ClusterAccount, NUM_GPU_CLASSES, TAG_CLUSTER};
-use gpupool_ledger_svm::{self as svm, Pool, litesvm::LiteSVM};
+use gpupool_ledger_svm::{self as svm, Pool, PoolSetup, litesvm::LiteSVM};
 use solana_keypair::Keypair;
 use solana_signer::Signer;
 use std::sync::Mutex;
@@ -35,59 +38,87 @@ impl EmbeddedLedger {
     }
 
     /// A fresh chain with an initialized pool: a new mint (`decimals`), `rates` per GPU class,
-    /// fresh funded admin and oracle keys (returned in [`Pool`]).
-    pub fn with_pool(rates: [u64; NUM_GPU_CLASSES], decimals: u8) -> Result<(Self, Pool)> {
+    /// settlement periods of `period_seconds`, the largest horizon, fresh funded admin (the
+    /// program's upgrade authority), oracle and registrar keys (returned in [`Pool`]).
+    pub fn with_pool(
+        rates: [u64; NUM_GPU_CLASSES],
+        decimals: u8,
+        period_seconds: u64,
+    ) -> Result<(Self, Pool)> {
         let me = Self::new();
+        let setup = PoolSetup {
+            period_seconds,
+            ..PoolSetup::new(rates, decimals)
+        };
         let pool = me
-            .with_svm(|s| svm::setup_pool(s, rates, decimals))
+            .with_svm(|s| svm::setup_pool(s, setup))
             .map_err(|e| anyhow!("setting up the pool failed: {:?}", e.err))?;
         Ok((me, pool))
     }
 
-    /// Runs `f` on the chain (tests, demo inspection).
+    /// Runs `f` on the chain (tests, demo inspection), with the clock moved up to now.
     pub fn with_svm<R>(&self, f: impl FnOnce(&mut LiteSVM) -> R) -> R {
         let mut guard = self.svm.lock().unwrap_or_else(|p| p.into_inner());
+        let wall = k8s_openapi::jiff::Timestamp::now().as_second();
+        if svm::unix_time(&guard) < wall {
+            svm::set_unix_time(&mut guard, wall);
+        }
         f(&mut guard)
     }
 
     /// Airdrops lamports to `who`.
     pub fn fund(&self, who: &Pubkey) -> Result<()> {
         self.with_svm(|s| {
+            // A fresh blockhash, so funding the same key twice is two transactions.
+            s.expire_blockhash();
             svm::fund(s, who)
                 .map(|_| ())
                 .map_err(|e| anyhow!("airdrop failed: {:?}", e.err))
         })
     }
 
-    /// Registers `cluster_name` for `owner` (who signs and pays; funded first) and creates the
-    /// owner's token account. Returns the cluster PDA.
+    /// Registers the cluster `cluster_id` for `owner` (who signs and pays; funded first) with
+    /// the pool's registrar, creates the owner's token account, and gives it `gpu_cap` GPUs
+    /// as the admin. Returns the cluster PDA.
     pub fn register_cluster(
         &self,
+        pool: &Pool,
         owner: &Keypair,
-        cluster_name: &str,
-        mint: &Pubkey,
+        cluster_id: &[u8; 32],
+        gpu_cap: u32,
     ) -> Result<Pubkey> {
         self.fund(&owner.pubkey())?;
-        let id = state::cluster_id_from_name(cluster_name);
-        self.with_svm(|s| svm::register_cluster(s, owner, owner, &id, mint))
-            .map_err(|e| anyhow!("registering cluster {cluster_name} failed: {:?}", e.err))
+        let pda = self
+            .with_svm(|s| {
+                svm::register_cluster(s, owner, owner, &pool.registrar, cluster_id, &pool.mint)
+            })
+            .map_err(|e| anyhow!("registering the cluster failed: {:?}", e.err))?;
+        self.with_svm(|s| {
+            svm::set_gpu_cap(s, &pool.admin, cluster_id, gpu_cap)
+                .map(|_| ())
+                .map_err(|e| anyhow!("setting the cluster's GPU cap failed: {:?}", e.err))
+        })?;
+        Ok(pda)
     }
 
     /// Demo shortcut for an owner whose key the demo does not hold: writes the cluster account
-    /// for `owner_wallet` directly into the chain state (a real cluster requires the owner's
-    /// signature) and creates the owner's token account. Returns the cluster PDA.
+    /// for `owner_wallet` (with `gpu_cap` GPUs) directly into the chain state (a real cluster
+    /// requires the owner's and the registrar's signatures) and creates the owner's token
+    /// account. Returns the cluster PDA.
     pub fn register_cluster_for_wallet(
         &self,
         owner_wallet: &Pubkey,
-        cluster_name: &str,
+        cluster_id: &[u8; 32],
         mint: &Pubkey,
+        gpu_cap: u32,
     ) -> Result<Pubkey> {
-        let id = state::cluster_id_from_name(cluster_name);
-        let (pda, bump) = state::find_cluster_address(&id);
+        let (pda, bump) = state::find_cluster_address(cluster_id);
         let account = ClusterAccount {
             tag: TAG_CLUSTER,
-            cluster_id: id,
+            cluster_id: *cluster_id,
             owner: *owner_wallet,
+            gpu_cap,
+            disabled: false,
             total_gpu_seconds: 0,
             total_tokens_minted: 0,
             receipt_count: 0,
@@ -98,7 +129,7 @@ impl EmbeddedLedger {
         self.with_svm(|s| -> Result<()> {
             if s.get_account(&pda).is_none() {
                 let mut data = vec![0u8; ClusterAccount::LEN];
-                state::pack(&account, &mut data).map_err(|e| anyhow!("{e}"))?;
+                state::pack_cluster(&account, &mut data).map_err(|e| anyhow!("{e}"))?;
                 let lamports = s.minimum_balance_for_rent_exemption(ClusterAccount::LEN);
                 s.set_account(
                     pda,

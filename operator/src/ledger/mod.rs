@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use futures::future::BoxFuture;
 use gpupool_ledger::error::LedgerError;
 use gpupool_ledger::state::{
-    self, ClusterAccount, PoolConfig, TAG_CLUSTER, TAG_CONFIG, TAG_RECEIPT, UsageReceipt, spl,
+    self, ClusterAccount, PoolConfig, TAG_CONFIG, TAG_RECEIPT, UsageReceipt, spl,
 };
 pub use solana_hash::Hash;
 pub use solana_keypair::Keypair;
@@ -116,44 +116,58 @@ pub async fn read_config(
     decode(client, &key, program_id, PoolConfig::LEN, TAG_CONFIG).await
 }
 
-/// Cluster PDA of a member cluster name under `program_id`.
-pub fn cluster_address(program_id: &Pubkey, cluster_name: &str) -> Pubkey {
-    let id = state::cluster_id_from_name(cluster_name);
-    Pubkey::find_program_address(&[state::CLUSTER_SEED, &id], program_id).0
+/// Cluster id of a member cluster whose `kube-system` namespace has UID `kube_system_uid`.
+pub fn cluster_id(kube_system_uid: &str) -> [u8; 32] {
+    state::cluster_id(kube_system_uid)
 }
 
-/// Receipt PDA of `(cluster name, job uid, period)` under `program_id`.
+/// Cluster PDA of `cluster_id` under `program_id`.
+pub fn cluster_address(program_id: &Pubkey, cluster_id: &[u8; 32]) -> Pubkey {
+    Pubkey::find_program_address(&[state::CLUSTER_SEED, cluster_id], program_id).0
+}
+
+/// Receipt PDA of `(cluster id, job uid, period)` under `program_id`.
 pub fn receipt_address(
     program_id: &Pubkey,
-    cluster_name: &str,
+    cluster_id: &[u8; 32],
     job_uid: &[u8; 16],
     period: u64,
 ) -> Pubkey {
-    let id = state::cluster_id_from_name(cluster_name);
-    let cluster = Pubkey::find_program_address(&[state::CLUSTER_SEED, &id], program_id).0;
-    let usage = state::usage_id(&id, job_uid, period);
+    let cluster = cluster_address(program_id, cluster_id);
+    let usage = state::usage_id(cluster_id, job_uid, period);
     Pubkey::find_program_address(&[state::RECEIPT_SEED, cluster.as_ref(), &usage], program_id).0
 }
 
-/// Reads a registered cluster by name.
+/// Reads a registered cluster by id.
 pub async fn read_cluster(
     client: &dyn LedgerClient,
     program_id: &Pubkey,
-    cluster_name: &str,
+    cluster_id: &[u8; 32],
 ) -> Result<Option<ClusterAccount>> {
-    let key = cluster_address(program_id, cluster_name);
-    decode(client, &key, program_id, ClusterAccount::LEN, TAG_CLUSTER).await
+    let key = cluster_address(program_id, cluster_id);
+    let Some(acc) = client.get_account(&key).await? else {
+        return Ok(None);
+    };
+    if acc.owner != *program_id {
+        bail!(
+            "account {key} is owned by {}, not the ledger program {program_id}",
+            acc.owner
+        );
+    }
+    state::unpack_cluster(&acc.data)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("account {key} does not decode: {e}"))
 }
 
-/// Reads the usage receipt of `(cluster name, job uid, period)`.
+/// Reads the usage receipt of `(cluster id, job uid, period)`.
 pub async fn read_receipt(
     client: &dyn LedgerClient,
     program_id: &Pubkey,
-    cluster_name: &str,
+    cluster_id: &[u8; 32],
     job_uid: &[u8; 16],
     period: u64,
 ) -> Result<Option<UsageReceipt>> {
-    let key = receipt_address(program_id, cluster_name, job_uid, period);
+    let key = receipt_address(program_id, cluster_id, job_uid, period);
     decode(client, &key, program_id, UsageReceipt::LEN, TAG_RECEIPT).await
 }
 
@@ -232,29 +246,75 @@ pub fn keypair_to_json(kp: &Keypair) -> String {
 
 /// A ledger client plus the keys the operator signs with.
 pub struct Ledger {
-    /// The chain.
+    /// The chain, for sending and for reads at the sending commitment (`confirmed`).
     pub client: std::sync::Arc<dyn LedgerClient>,
+    /// The chain at `finalized` commitment: a usage record is marked `Settled` only once its
+    /// receipt reads back through this client (for the embedded chain, the same client).
+    pub finalized: std::sync::Arc<dyn LedgerClient>,
     /// The pool's usage oracle; signs and pays for usage transactions.
     pub oracle: Keypair,
+    /// Priority fee (micro-lamports per compute unit) sent with every usage batch.
+    pub compute_unit_price: u64,
+    /// The pool's registrar key, when this operator holds it (it co-signs `RegisterCluster`).
+    pub registrar: Option<Keypair>,
     /// Owner keypairs the operator may sign `RegisterCluster` with (the owner must sign that
     /// instruction). Empty in production, where owners register their clusters themselves;
     /// the local demo hands the demo owners' keys here.
     pub owner_signers: HashMap<Pubkey, Keypair>,
+    /// The pool admin key, when this operator holds it (demo only): then it gives each
+    /// cluster it registers a GPU cap of the member's GPU count.
+    pub admin: Option<Keypair>,
 }
 
+/// Default priority fee of usage batches, in micro-lamports per compute unit.
+pub const DEFAULT_COMPUTE_UNIT_PRICE: u64 = 1_000;
+
 impl Ledger {
-    /// A ledger with the given oracle and no owner keys.
+    /// A ledger with the given oracle and no other keys; `client` also serves finalized reads.
     pub fn new(client: std::sync::Arc<dyn LedgerClient>, oracle: Keypair) -> Self {
         Ledger {
+            finalized: client.clone(),
             client,
             oracle,
+            compute_unit_price: DEFAULT_COMPUTE_UNIT_PRICE,
+            registrar: None,
             owner_signers: HashMap::new(),
+            admin: None,
         }
+    }
+
+    /// A ledger over JSON-RPC at `url`: sends and confirms at `confirmed`, and reads receipts
+    /// at `finalized` before marking records settled.
+    pub fn rpc(url: &str, oracle: Keypair) -> Result<Self> {
+        let client = std::sync::Arc::new(RpcLedger::new(url)?);
+        let mut finalized = RpcLedger::new(url)?;
+        finalized.commitment = "finalized".into();
+        let mut me = Ledger::new(client, oracle);
+        me.finalized = std::sync::Arc::new(finalized);
+        Ok(me)
+    }
+
+    /// Reads finalized state through `finalized` instead of the sending client.
+    pub fn with_finalized_reader(mut self, finalized: std::sync::Arc<dyn LedgerClient>) -> Self {
+        self.finalized = finalized;
+        self
     }
 
     /// Lets the operator register clusters owned by `owner` (demo / tests).
     pub fn with_owner_signer(mut self, owner: Keypair) -> Self {
         self.owner_signers.insert(owner.pubkey(), owner);
+        self
+    }
+
+    /// Lets the operator co-sign registrations.
+    pub fn with_registrar(mut self, registrar: Keypair) -> Self {
+        self.registrar = Some(registrar);
+        self
+    }
+
+    /// Lets the operator set GPU caps of the clusters it registers (demo / tests).
+    pub fn with_admin(mut self, admin: Keypair) -> Self {
+        self.admin = Some(admin);
         self
     }
 
@@ -271,13 +331,31 @@ impl Ledger {
             .map_err(|e| SendError::NotSent(format!("{e:#}")))?;
         let mut signers: Vec<&Keypair> = vec![&self.oracle];
         for k in extra {
-            if k.pubkey() != self.oracle.pubkey() {
+            if !signers.iter().any(|s| s.pubkey() == k.pubkey()) {
                 signers.push(k);
             }
         }
         let message = solana_message::Message::new(instructions, Some(&self.oracle.pubkey()));
         let tx = Transaction::new(&signers, message, blockhash);
         self.client.send_and_confirm(&tx).await
+    }
+
+    /// The instructions of one usage batch: `SetComputeUnitLimit`, `SetComputeUnitPrice`,
+    /// then `RecordUsageBatch` (the oracle signs and pays).
+    pub fn usage_batch_instructions(
+        &self,
+        mint: &Pubkey,
+        cluster_id: &[u8; 32],
+        owner: &Pubkey,
+        entries: &[gpupool_ledger::instruction::UsageEntry],
+    ) -> Vec<solana_program::instruction::Instruction> {
+        use gpupool_ledger::instruction as ix;
+        let oracle = self.oracle.pubkey();
+        vec![
+            ix::raw::set_compute_unit_limit(ix::record_usage_compute_units(entries.len())),
+            ix::raw::set_compute_unit_price(self.compute_unit_price),
+            ix::record_usage_batch(&oracle, &oracle, mint, cluster_id, owner, entries),
+        ]
     }
 }
 
@@ -316,11 +394,15 @@ mod tests {
         assert_eq!(parse_wallet(&k.to_string()).unwrap(), k);
         let e = parse_wallet("0OIl-not-base58").unwrap_err().to_string();
         assert!(e.contains("not a valid Solana wallet address"), "{e}");
-        let err = serde_json::json!({"InstructionError": [0, {"Custom": 19}]});
+        let code = LedgerError::ReceiptAlreadyExists.code();
+        let err = serde_json::json!({"InstructionError": [2, {"Custom": code}]});
         assert_eq!(
             ledger_error_from_json(&err),
             Some(LedgerError::ReceiptAlreadyExists)
         );
+        // SPL Token's `Overflow` (14) returned through the ledger's CPI is not a ledger error.
+        let err = serde_json::json!({"InstructionError": [2, {"Custom": 14}]});
+        assert_eq!(ledger_error_from_json(&err), None);
         assert_eq!(
             ledger_error_from_json(&serde_json::json!("AccountNotFound")),
             None
@@ -330,13 +412,39 @@ mod tests {
     #[test]
     fn pda_helpers_match_the_program() {
         let uid = [7u8; 16];
-        let id = state::cluster_id_from_name("member-1");
+        let id = cluster_id("3c1f6d0e-1111-4222-8333-944455566677");
         let cluster = state::find_cluster_address(&id).0;
-        assert_eq!(cluster_address(&gpupool_ledger::ID, "member-1"), cluster);
+        assert_eq!(cluster_address(&gpupool_ledger::ID, &id), cluster);
         let usage = state::usage_id(&id, &uid, 42);
         assert_eq!(
-            receipt_address(&gpupool_ledger::ID, "member-1", &uid, 42),
+            receipt_address(&gpupool_ledger::ID, &id, &uid, 42),
             state::find_receipt_address(&cluster, &usage).0
         );
+    }
+
+    #[test]
+    fn usage_batches_carry_the_compute_budget() {
+        let ledger = Ledger::new(std::sync::Arc::new(EmbeddedLedger::new()), Keypair::new());
+        let ixs = ledger.usage_batch_instructions(
+            &Pubkey::new_unique(),
+            &[1; 32],
+            &Pubkey::new_unique(),
+            &[gpupool_ledger::instruction::UsageEntry {
+                job_uid: [2; 16],
+                period: 3,
+                gpu_seconds: 4,
+                gpu_class: 0,
+            }],
+        );
+        assert_eq!(ixs.len(), 3);
+        assert_eq!(ixs[0].program_id, gpupool_ledger::compute_budget::ID);
+        assert_eq!(ixs[0].data[0], 2);
+        assert_eq!(ixs[1].program_id, gpupool_ledger::compute_budget::ID);
+        assert_eq!(ixs[1].data, {
+            let mut d = vec![3u8];
+            d.extend_from_slice(&DEFAULT_COMPUTE_UNIT_PRICE.to_le_bytes());
+            d
+        });
+        assert_eq!(ixs[2].program_id, gpupool_ledger::ID);
     }
 }

@@ -1,11 +1,16 @@
-//! One metering pass: member pods → `UsageRecord`s in the hub → jobs' `status.gpuSeconds`.
+//! One metering pass: member pods, bounded by the hub's own jobs → `UsageRecord`s in the hub →
+//! jobs' `status.gpuSeconds`. See the [module docs](super) for what is paid.
 
+use super::settle::Alert;
 use super::{
-    JobPeriodUsage, JobRef, LABEL_JOB_UID, LABEL_MANAGED_BY, LABEL_RECORD_CLUSTER, MANAGED_BY,
+    HubJob, JobPeriodUsage, JobRef, LABEL_JOB_UID, LABEL_MANAGED_BY, LABEL_RECORD_CLUSTER,
+    MANAGED_BY, Slot,
 };
-use crate::api::{InferenceJob, PodUsage, TrainingJob, UsageRecord, UsageRecordSpec, UsageState};
+use crate::api::{
+    InferenceJob, MemberCluster, PodUsage, TrainingJob, UsageRecord, UsageRecordSpec, UsageState,
+};
 use anyhow::{Context, Result};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -25,6 +30,8 @@ pub struct MemberRef {
     pub owner_wallet: String,
     /// Client for the member's API server.
     pub client: Client,
+    /// Model of each GPU (by UUID) of this member, as the hub's inventory knows it.
+    pub gpu_models: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for MemberRef {
@@ -73,6 +80,12 @@ pub struct MeterReport {
     pub jobs_updated: usize,
     /// GPU-seconds observed for periods that were already settled (cannot be paid any more).
     pub late_gpu_seconds: i64,
+    /// Members whose `kube-system` UID was recorded in their status this pass.
+    pub identities_recorded: usize,
+    /// GPU-seconds members claimed this pass that the hub cannot prove (not paid).
+    pub unpaid_gpu_seconds: i64,
+    /// Claims the meter refused, to surface on the members.
+    pub alerts: Vec<Alert>,
     /// Members that could not be listed: (name, error). Their records are left as they are.
     pub member_errors: Vec<(String, String)>,
     /// Other per-object errors (the pass continues past them).
@@ -93,8 +106,158 @@ fn state_of(r: &UsageRecord) -> UsageState {
     r.status.as_ref().map(|s| s.state).unwrap_or_default()
 }
 
-/// Lists the gpupool pods of every member, writes/grows the hub's usage records, finalizes
-/// records of closed periods and writes each job's `status.gpuSeconds` (the sum of its records).
+/// The hub's view of every job, keyed by job uid (pure; see [`HubJob`]).
+pub fn hub_jobs(training: &[TrainingJob], inference: &[InferenceJob]) -> BTreeMap<String, HubJob> {
+    let mut out = BTreeMap::new();
+    let secs = |t: &Time| t.0.as_second();
+    for j in training {
+        let (Some(uid), Some(created)) = (
+            j.metadata.uid.clone(),
+            j.metadata.creation_timestamp.as_ref(),
+        ) else {
+            continue;
+        };
+        let st = j.status.as_ref();
+        let mut not_after: Vec<i64> = Vec::new();
+        if let Some(d) = j.metadata.deletion_timestamp.as_ref() {
+            not_after.push(secs(d));
+        }
+        if let Some(c) = st.and_then(|s| s.completion_time.as_ref()) {
+            not_after.push(secs(c));
+        }
+        if let Some(max) = j.spec.max_runtime_seconds.filter(|m| *m > 0) {
+            let from = st
+                .and_then(|s| s.start_time.as_ref())
+                .map(secs)
+                .unwrap_or(secs(created));
+            not_after.push(from.saturating_add(max));
+        }
+        let mut slots = BTreeMap::new();
+        if let Some(cluster) = st.and_then(|s| s.cluster.clone()) {
+            let v: Vec<Slot> = st
+                .map(|s| {
+                    s.workers
+                        .iter()
+                        .map(|w| Slot::new(&w.node, &w.gpu_uuids))
+                        .collect()
+                })
+                .unwrap_or_default();
+            slots.insert(cluster, v);
+        }
+        out.insert(
+            uid.clone(),
+            HubJob {
+                job: JobRef {
+                    kind: "TrainingJob".into(),
+                    namespace: j.namespace().unwrap_or_default(),
+                    name: j.name_any(),
+                    uid,
+                },
+                not_before: secs(created),
+                not_after: not_after.into_iter().min(),
+                slots,
+                model: j.spec.gpu.model.clone(),
+            },
+        );
+    }
+    for j in inference {
+        let (Some(uid), Some(created)) = (
+            j.metadata.uid.clone(),
+            j.metadata.creation_timestamp.as_ref(),
+        ) else {
+            continue;
+        };
+        let mut slots: BTreeMap<String, Vec<Slot>> = BTreeMap::new();
+        for p in j.status.iter().flat_map(|s| s.placements.iter()) {
+            slots
+                .entry(p.cluster.clone())
+                .or_default()
+                .extend(p.gpus.iter().map(|g| Slot::new(&g.node, &g.gpu_uuids)));
+        }
+        out.insert(
+            uid.clone(),
+            HubJob {
+                job: JobRef {
+                    kind: "InferenceJob".into(),
+                    namespace: j.namespace().unwrap_or_default(),
+                    name: j.name_any(),
+                    uid,
+                },
+                not_before: secs(created),
+                not_after: j.metadata.deletion_timestamp.as_ref().map(secs),
+                slots,
+                model: j.spec.gpu.model.clone(),
+            },
+        );
+    }
+    out
+}
+
+/// Reads the member's `kube-system` namespace UID and checks it against (or records it in)
+/// the `MemberCluster`'s status. `Err` is an alert: the member is not metered this pass.
+pub async fn check_identity(
+    hub: &Client,
+    member: &MemberRef,
+    recorded: Option<&str>,
+) -> Result<(String, bool), Alert> {
+    let alert = |reason: &str, message: String| Alert {
+        cluster: member.name.clone(),
+        reason: reason.into(),
+        message,
+        gpu_seconds: 0,
+    };
+    let ns = Api::<Namespace>::all(member.client.clone())
+        .get("kube-system")
+        .await
+        .map_err(|e| {
+            alert(
+                "IdentityUnreadable",
+                format!("reading the member's kube-system namespace: {e}"),
+            )
+        })?;
+    let uid = ns.metadata.uid.unwrap_or_default();
+    if uid.is_empty() {
+        return Err(alert(
+            "IdentityUnreadable",
+            "the member's kube-system namespace has no UID".into(),
+        ));
+    }
+    match recorded {
+        Some(r) if r == uid => Ok((uid, false)),
+        Some(r) => Err(alert(
+            "IdentityChanged",
+            format!(
+                "MemberCluster {} was joined as the cluster whose kube-system UID is {r}, but its kubeconfig now reaches {uid}; not metered",
+                member.name
+            ),
+        )),
+        None => {
+            let api: Api<MemberCluster> = Api::all(hub.clone());
+            let patch = json!({
+                "apiVersion": "gpupool.io/v1alpha1",
+                "kind": "MemberCluster",
+                "status": {"clusterUid": uid},
+            });
+            api.patch_status(
+                &member.name,
+                &PatchParams::apply(METER_FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(|e| {
+                alert(
+                    "IdentityUnrecorded",
+                    format!("recording the kube-system UID {uid}: {e}"),
+                )
+            })?;
+            Ok((uid, true))
+        }
+    }
+}
+
+/// Lists the gpupool pods of every member, bounds their usage by the hub's jobs, writes/grows
+/// the hub's usage records, finalizes records of closed periods and writes each job's
+/// `status.gpuSeconds` (the sum of its records).
 ///
 /// Records are written **before** anything is settled on chain. A member that cannot be listed
 /// is reported in [`MeterReport::member_errors`] and its records are left untouched (not even
@@ -117,9 +280,44 @@ pub async fn meter_once(
         .into_iter()
         .map(|r| (r.name_any(), r))
         .collect();
+    let member_objs: BTreeMap<String, MemberCluster> = Api::<MemberCluster>::all(hub.clone())
+        .list(&ListParams::default())
+        .await
+        .context("listing MemberClusters in the hub")?
+        .items
+        .into_iter()
+        .map(|m| (m.name_any(), m))
+        .collect();
+    let training = Api::<TrainingJob>::all(hub.clone())
+        .list(&ListParams::default())
+        .await
+        .context("listing TrainingJobs in the hub")?
+        .items;
+    let inference = Api::<InferenceJob>::all(hub.clone())
+        .list(&ListParams::default())
+        .await
+        .context("listing InferenceJobs in the hub")?
+        .items;
+    let jobs = hub_jobs(&training, &inference);
 
     let mut reachable = BTreeSet::new();
     for m in members {
+        let Some(obj) = member_objs.get(&m.name) else {
+            continue;
+        };
+        let recorded = obj.status.as_ref().and_then(|s| s.cluster_uid.as_deref());
+        let cluster_uid = match check_identity(hub, m, recorded).await {
+            Ok((uid, fresh)) => {
+                if fresh {
+                    report.identities_recorded += 1;
+                }
+                uid
+            }
+            Err(alert) => {
+                report.alerts.push(alert);
+                continue;
+            }
+        };
         let pods: Api<Pod> = Api::all(m.client.clone());
         let lp = ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
         let list = match pods.list(&lp).await {
@@ -132,13 +330,43 @@ pub async fn meter_once(
         reachable.insert(m.name.clone());
         report.members_metered += 1;
         report.pods_seen += list.items.len();
-        let usage = super::usage_by_job_period(&list.items, now_s, cfg.period_seconds);
-        for ((job, period), u) in usage {
+        let usage = super::usage_by_job_period(
+            &m.name,
+            &list.items,
+            &jobs,
+            &m.gpu_models,
+            now_s,
+            cfg.period_seconds,
+        );
+        for (reason, (secs, pods)) in &usage.unmatched {
+            report.unpaid_gpu_seconds += secs;
+            let mut names = pods.clone();
+            names.truncate(5);
+            report.alerts.push(Alert {
+                cluster: m.name.clone(),
+                reason: reason.clone(),
+                message: format!(
+                    "{} pod(s) claim {secs} GPU-seconds {} (e.g. {}); not paid",
+                    pods.len(),
+                    if reason == "NoSuchHubJob" {
+                        "for jobs the hub does not have"
+                    } else {
+                        "outside their job's life on the hub"
+                    },
+                    names.join(", ")
+                ),
+                gpu_seconds: *secs,
+            });
+        }
+        let mut unpaid_here = 0i64;
+        for ((job, period), u) in usage.by_job_period {
+            unpaid_here += u.unpaid_gpu_seconds();
             let name = record_name(&m.name, &job.uid, period);
             let existing = by_name.get(&name).cloned();
             match upsert(
                 &records,
                 m,
+                &cluster_uid,
                 &job,
                 period,
                 &u,
@@ -155,6 +383,17 @@ pub async fn meter_once(
                 Ok(None) => {}
                 Err(e) => report.errors.push(format!("usage record {name}: {e:#}")),
             }
+        }
+        if unpaid_here > 0 {
+            report.unpaid_gpu_seconds += unpaid_here;
+            report.alerts.push(Alert {
+                cluster: m.name.clone(),
+                reason: "UnprovableUsage".into(),
+                message: format!(
+                    "pods of hub jobs claim {unpaid_here} GPU-seconds beyond their placements and the jobs' life on the hub; not paid (see unpaidGpuSeconds of the usage records)"
+                ),
+                gpu_seconds: unpaid_here,
+            });
         }
     }
 
@@ -187,6 +426,7 @@ pub async fn meter_once(
 async fn upsert(
     records: &Api<UsageRecord>,
     member: &MemberRef,
+    cluster_uid: &str,
     job: &JobRef,
     period: u64,
     usage: &JobPeriodUsage,
@@ -208,13 +448,18 @@ async fn upsert(
                     gpus: p.gpus as i64,
                     gpu_model: p.gpu_model.clone(),
                     gpu_seconds: p.gpu_seconds,
+                    unpaid_reason: p
+                        .unpaid_reason
+                        .as_ref()
+                        .map(|r| format!("{} GPU-seconds not paid: {r}", p.unpaid_gpu_seconds)),
                 },
             )
         })
         .collect();
 
+    let unpaid = usage.unpaid_gpu_seconds();
     let Some(mut rec) = existing else {
-        let spec = spec_from(member, job, period, start, end, fresh);
+        let spec = spec_from(member, cluster_uid, job, period, start, end, fresh, unpaid);
         let name = record_name(&member.name, &job.uid, period);
         let obj = UsageRecord {
             metadata: ObjectMeta {
@@ -259,8 +504,9 @@ async fn upsert(
         return set_state(records, &created, state).await.map(Some);
     };
 
-    if state_of(&rec) == UsageState::Settled {
-        // Paid already; anything more for this period can no longer be settled.
+    if state_of(&rec) != UsageState::Open {
+        // Final or paid already: the spec is frozen (the API server refuses changes), and
+        // anything more for this period can no longer be settled.
         let paid = rec
             .status
             .as_ref()
@@ -275,7 +521,8 @@ async fn upsert(
     }
 
     let merged = merge_pods(&rec.spec.pods, &fresh);
-    if merged != rec.spec.pods {
+    let unpaid = unpaid.max(rec.spec.unpaid_gpu_seconds);
+    if merged != rec.spec.pods || unpaid != rec.spec.unpaid_gpu_seconds {
         let total: i64 = merged.values().map(|p| p.gpu_seconds).sum();
         // Never shrink (e.g. a record written by an older meter without per-pod detail).
         let total = total.max(rec.spec.gpu_seconds);
@@ -286,7 +533,7 @@ async fn upsert(
         );
         let patch = json!({
             "metadata": {"resourceVersion": rec.resource_version()},
-            "spec": {"pods": merged, "gpuSeconds": total, "gpuClass": class},
+            "spec": {"pods": merged, "gpuSeconds": total, "gpuClass": class, "unpaidGpuSeconds": unpaid},
         });
         rec = records
             .patch(
@@ -304,13 +551,16 @@ async fn upsert(
     Ok(Some(rec))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn spec_from(
     member: &MemberRef,
+    cluster_uid: &str,
     job: &JobRef,
     period: u64,
     start: i64,
     end: i64,
     pods: BTreeMap<String, PodUsage>,
+    unpaid_gpu_seconds: i64,
 ) -> UsageRecordSpec {
     let gpu_seconds = pods.values().map(|p| p.gpu_seconds).sum();
     let gpu_class = super::dominant_class(
@@ -319,6 +569,7 @@ fn spec_from(
     );
     UsageRecordSpec {
         cluster: member.name.clone(),
+        cluster_uid: cluster_uid.to_string(),
         owner_wallet: member.owner_wallet.clone(),
         job_kind: job.kind.clone(),
         job_namespace: job.namespace.clone(),
@@ -329,12 +580,14 @@ fn spec_from(
         period_end: time(end),
         gpu_seconds,
         gpu_class: gpu_class as i32,
+        unpaid_gpu_seconds,
         pods,
     }
 }
 
 /// Per-pod maximum of the stored and the freshly computed contributions; pods no longer seen
-/// keep their stored value.
+/// keep their stored value. Both sides are bounded by the hub's placements and the job's life
+/// as the meter saw them, so the maximum never pays a pod more than the hub observed.
 fn merge_pods(
     stored: &BTreeMap<String, PodUsage>,
     fresh: &BTreeMap<String, PodUsage>,

@@ -2,16 +2,31 @@
 //!
 //! # Model
 //!
-//! A pod's **run** is `[start, end)` in whole unix seconds:
-//! * `start`: the earlier of the pod's `status.startTime` (the kubelet started the pod and holds
-//!   its GPUs from then on) and the earliest container start (`running.startedAt`,
-//!   `terminated.startedAt`, a restarted container's `lastState`); a pod still `Pending` with no
-//!   container started has no run and costs nothing;
+//! A pod's **run** is `[start, end)` in whole unix seconds, as its member reports it:
+//! * `start`: the later of the pod's `status.startTime` and the earliest container start
+//!   (`running.startedAt`, `terminated.startedAt`, a restarted container's `lastState`); a pod
+//!   still `Pending` with no container started has no run and costs nothing;
 //! * `end`: when every container has terminated, the latest `terminated.finishedAt`; while any
 //!   container still runs (or the pod is not finished), the end is open and "now" is used.
 //!
-//! Its **GPUs** are the UUIDs in the `gpupool.io/gpu-uuids` annotation, else the sum of the
-//! containers' `nvidia.com/gpu` limits (requests when there is no limit).
+//! # What is paid: only what the hub can prove
+//!
+//! Everything above comes from the member's API server, which its owner controls. The meter
+//! pays (writes into `gpuSeconds`) only the part of a pod's run the hub can vouch for
+//! ([`HubJob`], from the hub's own job objects):
+//! * the pod's job uid is a job on the hub placed on this member;
+//! * the pod matches a worker/replica placement of that job: same node, same GPU UUIDs;
+//! * its GPU count is the placement's, its GPU class the hub's model of those GPUs;
+//! * its start is no earlier than the job's creation (and its start on the hub), its end no
+//!   later than the job's deletion, completion, or `maxRuntimeSeconds`, and never later than
+//!   now (the meter's own observation);
+//! * per placement and period, at most its GPUs × the period length.
+//!
+//! What a pod claims beyond that is **unpaid** and surfaced: per pod (`unpaidReason`), per
+//! record (`unpaidGpuSeconds`, a `kubectl get usagerecords` column), and as alerts the runner
+//! turns into Events on the `MemberCluster` and a metric. A member owner who controls both the
+//! kubelet and the API server can still fake a *running* workload inside a real placement;
+//! hardware attestation is what would close that.
 //!
 //! **Settlement periods** are fixed windows of `period_seconds` aligned to the unix epoch: period
 //! `p` is `[p * len, (p + 1) * len)`. A pod's GPU-seconds in period `p` are
@@ -164,6 +179,17 @@ impl PodRun {
     }
 }
 
+/// The start a terminated container records, when it says anything: a `startedAt` at or after
+/// its `finishedAt` describes no run (KWOK stamps completed containers that way) and is
+/// ignored, leaving the pod's `startTime` to bound the start.
+fn terminated_start(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> Option<i64> {
+    let s = t.started_at.as_ref()?.0.as_second();
+    match t.finished_at.as_ref().map(|f| f.0.as_second()) {
+        Some(f) if f <= s => None,
+        _ => Some(s),
+    }
+}
+
 /// The run of a pod from its status, or `None` if it never started.
 pub fn pod_run(pod: &Pod) -> Option<PodRun> {
     let status = pod.status.as_ref()?;
@@ -177,12 +203,12 @@ pub fn pod_run(pod: &Pod) -> Option<PodRun> {
         let started = s
             .and_then(|s| s.running.as_ref())
             .and_then(|r| r.started_at.as_ref())
+            .map(|t| t.0.as_second())
             .or_else(|| {
                 s.and_then(|s| s.terminated.as_ref())
-                    .and_then(|t| t.started_at.as_ref())
+                    .and_then(terminated_start)
             });
         if let Some(t) = started {
-            let t = t.0.as_second();
             start = Some(start.map_or(t, |x| x.min(t)));
         }
     }
@@ -192,15 +218,14 @@ pub fn pod_run(pod: &Pod) -> Option<PodRun> {
         let terminated = state.and_then(|s| s.terminated.as_ref());
         let started = running
             .and_then(|r| r.started_at.as_ref())
-            .or_else(|| terminated.and_then(|t| t.started_at.as_ref()))
-            .map(|t| t.0.as_second());
+            .map(|t| t.0.as_second())
+            .or_else(|| terminated.and_then(terminated_start));
         // A restarted container's earlier run counts from its first start.
         let earlier = cs
             .last_state
             .as_ref()
             .and_then(|s| s.terminated.as_ref())
-            .and_then(|t| t.started_at.as_ref())
-            .map(|t| t.0.as_second());
+            .and_then(terminated_start);
         for s in started.into_iter().chain(earlier) {
             start = Some(start.map_or(s, |x| x.min(s)));
         }
@@ -214,12 +239,11 @@ pub fn pod_run(pod: &Pod) -> Option<PodRun> {
         }
     }
     let phase = status.phase.as_deref().unwrap_or("");
-    // The pod holds its GPUs from the moment the kubelet started it (`status.startTime`), which
-    // also covers image pulls and init containers; a pod still Pending with no container started
-    // is not billed yet.
+    // A pod still Pending with no container started is not billed yet.
     let pod_start = status.start_time.as_ref().map(|t| t.0.as_second());
+    // The later of the two: either one alone may be moved back by whoever writes the status.
     let start = match (start, pod_start) {
-        (Some(c), Some(p)) => c.min(p),
+        (Some(c), Some(p)) => c.max(p),
         (Some(c), None) => c,
         (None, Some(p)) if phase != "Pending" => p,
         _ => return None,
@@ -331,12 +355,16 @@ pub struct PodPeriodUsage {
     pub pod_uid: String,
     /// `namespace/name` of the pod.
     pub pod_name: String,
-    /// GPUs of the pod.
+    /// GPUs of the pod, from the hub's placement (0 when it matches none).
     pub gpus: u64,
-    /// Annotated GPU model.
+    /// GPU model of those GPUs as the hub knows them.
     pub gpu_model: Option<String>,
-    /// GPU-seconds in the period.
+    /// GPU-seconds in the period the hub can prove.
     pub gpu_seconds: i64,
+    /// GPU-seconds the member claims beyond that.
+    pub unpaid_gpu_seconds: i64,
+    /// Why, when `unpaid_gpu_seconds > 0`.
+    pub unpaid_reason: Option<String>,
 }
 
 /// Usage of all of one job's pods in one period on one cluster.
@@ -347,9 +375,14 @@ pub struct JobPeriodUsage {
 }
 
 impl JobPeriodUsage {
-    /// Sum over pods.
+    /// Paid GPU-seconds, summed over pods.
     pub fn gpu_seconds(&self) -> i64 {
         self.pods.values().map(|p| p.gpu_seconds).sum()
+    }
+
+    /// Unpaid GPU-seconds, summed over pods.
+    pub fn unpaid_gpu_seconds(&self) -> i64 {
+        self.pods.values().map(|p| p.unpaid_gpu_seconds).sum()
     }
 }
 
@@ -370,43 +403,231 @@ pub fn dominant_class<'a>(pods: impl IntoIterator<Item = (Option<&'a str>, i64)>
     best as u8
 }
 
-/// Groups the usage of `pods` (one member cluster) per (job, period), up to `now`.
+/// One worker/replica placement of a hub job: a node and the exact GPUs on it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Slot {
+    /// Node in the member.
+    pub node: String,
+    /// GPU UUIDs (sorted).
+    pub gpu_uuids: Vec<String>,
+}
+
+impl Slot {
+    /// A slot with its UUIDs sorted.
+    pub fn new(node: &str, uuids: &[String]) -> Self {
+        let mut gpu_uuids: Vec<String> = uuids.iter().map(|u| u.trim().to_string()).collect();
+        gpu_uuids.sort();
+        Slot {
+            node: node.to_string(),
+            gpu_uuids,
+        }
+    }
+}
+
+/// What the hub itself knows about one job: its identity, when it may have run, and where
+/// each of its workers/replicas is placed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubJob {
+    /// Identity on the hub.
+    pub job: JobRef,
+    /// Earliest second any of its pods can have run: the job's creation on the hub (or its
+    /// recorded start, when later).
+    pub not_before: i64,
+    /// Latest second: the earliest of its deletion, completion and `maxRuntimeSeconds`.
+    pub not_after: Option<i64>,
+    /// Placements per member cluster.
+    pub slots: BTreeMap<String, Vec<Slot>>,
+    /// GPU model the job asked for, if any (a fallback for the class when the hub has no
+    /// topology naming the placed GPUs).
+    pub model: Option<String>,
+}
+
+/// Usage of one member's gpupool pods, bounded by what the hub knows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberUsage {
+    /// Per (hub job, period).
+    pub by_job_period: BTreeMap<(JobRef, u64), JobPeriodUsage>,
+    /// Claims no hub job accounts for, by reason (`NoSuchHubJob`, `OutsideJobLife`):
+    /// (GPU-seconds claimed, pod names).
+    pub unmatched: BTreeMap<String, (i64, Vec<String>)>,
+}
+
+/// GPU UUIDs the pod's annotation claims (sorted).
+fn claimed_uuids(pod: &Pod) -> Vec<String> {
+    let mut v: Vec<String> = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_GPU_UUIDS))
+        .map(|s| {
+            s.split(',')
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Meters one member's pods against the hub's jobs (see the module docs), up to `now`.
+/// `gpu_models` maps GPU UUIDs of this member to their model, as the hub knows them.
 pub fn usage_by_job_period(
+    member: &str,
     pods: &[Pod],
+    hub_jobs: &BTreeMap<String, HubJob>,
+    gpu_models: &BTreeMap<String, String>,
     now: i64,
     period_seconds: u64,
-) -> BTreeMap<(JobRef, u64), JobPeriodUsage> {
-    let mut out: BTreeMap<(JobRef, u64), JobPeriodUsage> = BTreeMap::new();
+) -> MemberUsage {
+    let mut out = MemberUsage::default();
+    // GPU-seconds granted per (job uid, slot, period), to cap each placement at its GPUs ×
+    // the period when several pods claim the same one.
+    let mut granted: BTreeMap<(String, Slot, u64), i64> = BTreeMap::new();
+    let len = i64::try_from(period_seconds.max(1)).unwrap_or(i64::MAX);
     for pod in pods {
         let Some(job) = pod_job(pod) else { continue };
         let Some(run) = pod_run(pod) else { continue };
-        let gpus = pod_gpus(pod);
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let claimed_gpus = pod_gpus(pod);
         let name = format!(
             "{}/{}",
             pod.metadata.namespace.as_deref().unwrap_or("default"),
             pod.metadata.name.as_deref().unwrap_or("")
         );
-        let model = pod
-            .metadata
-            .annotations
+        let claimed = run_usage(run, claimed_gpus, now, period_seconds);
+        let Some(hub) = hub_jobs.get(&job.uid).filter(|h| {
+            h.job.kind == job.kind && h.job.namespace == job.namespace && h.job.name == job.name
+        }) else {
+            let e = out.unmatched.entry("NoSuchHubJob".into()).or_default();
+            e.0 =
+                e.0.saturating_add(claimed.iter().map(|(_, s)| s).sum::<i64>());
+            e.1.push(name);
+            continue;
+        };
+        let node = pod
+            .spec
             .as_ref()
-            .and_then(|a| a.get(ANNOTATION_GPU_MODEL))
-            .cloned();
-        for (p, secs) in run_usage(run, gpus, now, period_seconds) {
-            if secs <= 0 {
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        let slot = Slot::new(&node, &claimed_uuids(pod));
+        let placed = hub
+            .slots
+            .get(member)
+            .is_some_and(|slots| slots.contains(&slot));
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let hub_gpus = if placed {
+            slot.gpu_uuids.len() as u64
+        } else {
+            0
+        };
+        let model = slot
+            .gpu_uuids
+            .iter()
+            .find_map(|u| gpu_models.get(u).cloned())
+            .or_else(|| hub.model.clone());
+        // The run, clipped to the hub's bounds.
+        let (s, e) = run.interval(now);
+        let s = s.max(hub.not_before);
+        let e = e.min(hub.not_after.unwrap_or(i64::MAX)).min(now);
+        let paid: BTreeMap<u64, i64> = if placed && e > s {
+            run_usage(
+                PodRun {
+                    start: s,
+                    end: Some(e),
+                },
+                hub_gpus,
+                now,
+                period_seconds,
+            )
+            .into_iter()
+            .collect()
+        } else {
+            BTreeMap::new()
+        };
+        // Periods of the job's life on the hub get per-pod entries; claims outside it are
+        // reported per member, not written into records (a pod backdated by months would
+        // otherwise make a record per period).
+        let life = (
+            period_of(hub.not_before, period_seconds),
+            period_of(hub.not_after.unwrap_or(now).min(now), period_seconds),
+        );
+        let mut periods: std::collections::BTreeSet<u64> =
+            claimed.iter().map(|(p, _)| *p).collect();
+        periods.extend(paid.keys().copied());
+        for p in periods {
+            if p < life.0 || p > life.1 {
+                let claim = claimed
+                    .iter()
+                    .find(|(q, _)| *q == p)
+                    .map(|(_, s)| *s)
+                    .unwrap_or(0);
+                if claim > 0 {
+                    let e = out.unmatched.entry("OutsideJobLife".into()).or_default();
+                    e.0 = e.0.saturating_add(claim);
+                    if !e.1.contains(&name) {
+                        e.1.push(name.clone());
+                    }
+                }
                 continue;
             }
-            out.entry((job.clone(), p)).or_default().pods.insert(
-                uid.clone(),
-                PodPeriodUsage {
-                    pod_uid: uid.clone(),
-                    pod_name: name.clone(),
-                    gpus,
-                    gpu_model: model.clone(),
-                    gpu_seconds: secs,
-                },
-            );
+            let claim = claimed
+                .iter()
+                .find(|(q, _)| *q == p)
+                .map(|(_, s)| *s)
+                .unwrap_or(0);
+            let mut pay = paid.get(&p).copied().unwrap_or(0);
+            let mut reason = if !placed {
+                Some(format!(
+                    "pod on node {node:?} with GPUs {:?} matches no placement of {}/{} on {member}",
+                    slot.gpu_uuids, job.namespace, job.name
+                ))
+            } else if claimed_gpus != hub_gpus {
+                Some(format!(
+                    "claims {claimed_gpus} GPUs, the hub placed {hub_gpus}"
+                ))
+            } else {
+                None
+            };
+            if placed {
+                let g = granted
+                    .entry((job.uid.clone(), slot.clone(), p))
+                    .or_default();
+                let room = (hub_gpus as i64)
+                    .saturating_mul(len)
+                    .saturating_sub(*g)
+                    .max(0);
+                if pay > room {
+                    pay = room;
+                    reason = Some(format!(
+                        "placement already used for {} GPU-seconds in period {p}",
+                        *g
+                    ));
+                }
+                *g = g.saturating_add(pay);
+            }
+            let unpaid = claim.saturating_sub(pay).max(0);
+            if unpaid > 0 && reason.is_none() {
+                reason = Some("runs outside the job's life on the hub".into());
+            }
+            if pay <= 0 && unpaid <= 0 {
+                continue;
+            }
+            out.by_job_period
+                .entry((hub.job.clone(), p))
+                .or_default()
+                .pods
+                .insert(
+                    uid.clone(),
+                    PodPeriodUsage {
+                        pod_uid: uid.clone(),
+                        pod_name: name.clone(),
+                        gpus: hub_gpus,
+                        gpu_model: model.clone(),
+                        gpu_seconds: pay,
+                        unpaid_gpu_seconds: unpaid,
+                        unpaid_reason: if unpaid > 0 { reason } else { None },
+                    },
+                );
         }
     }
     out

@@ -1,11 +1,15 @@
 //! The metering loop the operator runs: meter every reachable member, settle what is final when
-//! a ledger is configured, and keep the usage/minting metrics.
+//! a ledger is configured, surface refused usage (Events on the `MemberCluster`, a metric) and
+//! keep the usage/minting metrics.
 
+use super::settle::Alert;
 use super::{MemberRef, MeterConfig, SettleConfig, meter_once, settle_once};
-use crate::api::{UsageRecord, UsageState};
+use crate::api::{MemberCluster, UsageRecord, UsageState};
 use crate::controllers::Context;
 use crate::ledger::Ledger;
+use kube::Resource;
 use kube::api::{Api, ListParams};
+use kube::runtime::events::{Event, EventType};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +19,7 @@ use std::time::Duration;
 pub struct RunnerConfig {
     /// Time between passes.
     pub interval: Duration,
-    /// Metering settings (period length).
+    /// Metering settings. With a ledger, the period length is the pool's, read from chain.
     pub meter: MeterConfig,
     /// Settlement settings.
     pub settle: SettleConfig,
@@ -29,10 +33,18 @@ pub async fn member_refs(ctx: &Context) -> Vec<MemberRef> {
         .into_values()
         .filter(|m| m.reachable)
         .filter_map(|m| {
+            let gpu_models = m
+                .inventory
+                .nodes
+                .values()
+                .filter_map(|n| n.topology.as_ref())
+                .flat_map(|t| t.gpus.iter().map(|g| (g.uuid.clone(), g.model.clone())))
+                .collect();
             Some(MemberRef {
                 name: m.name.clone(),
                 owner_wallet: m.spec.owner_wallet.clone(),
                 client: m.client.clone()?,
+                gpu_models,
             })
         })
         .collect()
@@ -56,9 +68,11 @@ pub async fn pass(
     for (cluster, e) in &m.member_errors {
         tracing::warn!(cluster, error = %e, "metering a member failed");
     }
+    let mut alerts = m.alerts.clone();
     if let Some(l) = ledger {
         match settle_once(&ctx.hub, l, &cfg.settle).await {
             Ok(r) => {
+                alerts.extend(r.alerts.iter().cloned());
                 if r.batches_failed > 0 {
                     ctx.metrics.inc_settlement_failure("send");
                 }
@@ -77,8 +91,51 @@ pub async fn pass(
             }
         }
     }
+    surface(ctx, &alerts).await;
     seen.update(ctx).await?;
     Ok(())
+}
+
+/// Publishes each alert as a Warning Event on its `MemberCluster` and sets the unpaid-usage
+/// gauge per (cluster, reason).
+pub async fn surface(ctx: &Context, alerts: &[Alert]) {
+    ctx.metrics.set_unpaid(
+        alerts
+            .iter()
+            .map(|a| (a.cluster.as_str(), a.reason.as_str(), a.gpu_seconds)),
+    );
+    if alerts.is_empty() {
+        return;
+    }
+    let members = Api::<MemberCluster>::all(ctx.hub.clone());
+    for a in alerts {
+        tracing::warn!(cluster = %a.cluster, reason = %a.reason, "{}", a.message);
+        let Ok(Some(mc)) = members.get_opt(&a.cluster).await else {
+            continue;
+        };
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: a.reason.clone(),
+            note: Some(a.message.chars().take(1000).collect()),
+            action: "Meter".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &mc.object_ref(&())).await {
+            tracing::warn!(error = %e, "publishing a usage alert failed");
+        }
+    }
+}
+
+/// The pool's period length, read from chain (retried until the pool answers).
+pub async fn pool_period_seconds(ledger: &Ledger) -> u64 {
+    loop {
+        match crate::ledger::read_config(ledger.client.as_ref(), &gpupool_ledger::ID).await {
+            Ok(Some(c)) => return c.period_seconds,
+            Ok(None) => tracing::warn!("the pool is not initialized yet; metering waits"),
+            Err(e) => tracing::warn!(error = %e, "reading the pool config failed"),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
 }
 
 /// Per-cluster GPU-seconds and minted tokens already reported to the counters.
@@ -117,8 +174,11 @@ impl Totals {
     }
 }
 
-/// Runs passes forever.
-pub async fn run(ctx: Arc<Context>, ledger: Option<Ledger>, cfg: RunnerConfig) {
+/// Runs passes forever. With a ledger, the period length comes from the pool config.
+pub async fn run(ctx: Arc<Context>, ledger: Option<Ledger>, mut cfg: RunnerConfig) {
+    if let Some(l) = ledger.as_ref() {
+        cfg.meter.period_seconds = pool_period_seconds(l).await;
+    }
     let mut totals = Totals::default();
     loop {
         if let Err(e) = pass(&ctx, ledger.as_ref(), &cfg, &mut totals).await {

@@ -1,30 +1,40 @@
 //! One settlement pass: `Final` usage records → usage receipts on chain → `Settled`.
 //!
 //! Exactly-once payment rests on the ledger program, which creates one receipt per
-//! (cluster, job uid, period) and rejects a second one; this side makes sure usage is never
-//! lost and never resent blindly:
-//! 1. every `Final` record is first **reconciled** against the chain: if its receipt exists
-//!    (a previous pass sent it but died, or timed out, before marking), the record is marked
-//!    `Settled` with the receipt's amount and nothing is sent;
+//! (cluster id, job uid, period) and rejects a second one; this side makes sure usage is never
+//! lost, never resent blindly, and never sent unless the hub can justify it:
+//! 0. a record is paid only to a **live** `MemberCluster` whose identity (the member's
+//!    `kube-system` namespace UID, recorded by the meter) is known and not shared with an
+//!    older `MemberCluster` (one cluster joined twice), whose on-chain owner equals its
+//!    `spec.ownerWallet`, and only if the settler can **re-derive** the record: its period
+//!    bounds from the pool's on-chain period length, the period over by the hub's clock and
+//!    within the settlement horizon, `gpuSeconds` the sum of its pods, each pod within its GPUs
+//!    × the period, the total within the cluster's on-chain GPU cap. Anything else is left
+//!    unpaid with a message and reported as an [`Alert`];
+//! 1. every `Final` record is first **reconciled** against the chain at `finalized`
+//!    commitment: if its receipt exists (a previous pass sent it, or died before marking), the
+//!    record is marked `Settled` with the receipt's amount and nothing is sent;
 //! 2. the remaining records are sent in `RecordUsageBatch` transactions (at most
-//!    [`MAX_BATCH_RECEIPTS`], one cluster per batch, the oracle signing and paying) and marked
-//!    `Settled` with the transaction signature once confirmed;
+//!    [`MAX_BATCH_RECEIPTS`], one cluster per batch, with compute-budget instructions, the
+//!    oracle signing and paying); once confirmed, a record is marked `Settled` only when its
+//!    receipt reads back at `finalized`, otherwise it keeps the signature and the next pass's
+//!    step 1 decides;
 //! 3. a send whose outcome is unknown leaves its records `Final`: the next pass's step 1 decides.
 //!    A rejected batch is retried record by record (so one bad record cannot block the others);
 //!    a "receipt already exists" rejection is reconciled like step 1.
 
-use crate::api::{UsageRecord, UsageState};
+use crate::api::{MemberCluster, UsageRecord, UsageState};
 use crate::ledger::{self, Ledger, SendError, Signer};
 use anyhow::{Result, bail};
 use gpupool_ledger::MAX_BATCH_RECEIPTS;
 use gpupool_ledger::error::LedgerError;
 use gpupool_ledger::instruction::{self as ix, UsageEntry};
-use gpupool_ledger::state::{self, PoolConfig, UsageReceipt};
+use gpupool_ledger::state::{ClusterAccount, PoolConfig, UsageReceipt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use serde_json::json;
+use serde_json::{Value, json};
 use solana_program::pubkey::Pubkey;
 use std::collections::BTreeMap;
 
@@ -43,15 +53,31 @@ impl Default for SettleConfig {
     }
 }
 
+/// Something about a member's usage that needs a human: the settler (or the meter) refused
+/// to pay it. The runner turns each into an Event on the `MemberCluster` and a metric.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alert {
+    /// `MemberCluster` name.
+    pub cluster: String,
+    /// Short CamelCase reason (Event reason, metric label).
+    pub reason: String,
+    /// What happened.
+    pub message: String,
+    /// GPU-seconds left unpaid because of it.
+    pub gpu_seconds: i64,
+}
+
 /// What one settlement pass did.
 #[derive(Clone, Debug, Default)]
 pub struct SettleReport {
     /// `Final` records found.
     pub final_records: usize,
-    /// Records settled by a transaction this pass confirmed.
+    /// Records settled by a transaction this pass confirmed (and read back finalized).
     pub settled: usize,
     /// Records whose receipt was already on chain (marked `Settled`, nothing sent).
     pub reconciled: usize,
+    /// Records sent and confirmed, waiting for their receipt to be finalized.
+    pub awaiting_finality: usize,
     /// Clusters registered on chain this pass.
     pub clusters_registered: usize,
     /// Transactions confirmed.
@@ -62,10 +88,14 @@ pub struct SettleReport {
     pub send_failures: usize,
     /// Records that cannot be sent now (cluster not registered, GPU class not priced, bad uid).
     pub skipped: usize,
+    /// Records refused because the hub cannot justify paying them (see [`Alert`]).
+    pub refused: usize,
     /// GPU-seconds in records settled this pass (sent or reconciled).
     pub gpu_seconds_settled: u64,
     /// Tokens (base units) minted by transactions this pass confirmed.
     pub tokens_minted: u64,
+    /// Refusals to surface.
+    pub alerts: Vec<Alert>,
     /// Errors that did not stop the pass.
     pub errors: Vec<String>,
 }
@@ -74,6 +104,126 @@ struct Pending {
     rec: UsageRecord,
     uid: [u8; 16],
     entry: UsageEntry,
+}
+
+/// A member as the settler sees it: alive on the hub, with its identity and owner.
+#[derive(Clone, Debug)]
+struct Payee {
+    cluster_uid: String,
+    owner_wallet: String,
+}
+
+/// Why the settler will not pay anything to the `MemberCluster`s in `members` named `name`:
+/// `Err((reason, message))`, or its identity and wallet. A member is payable when it exists,
+/// is not being deleted, has a recorded `kube-system` UID, and no older `MemberCluster`
+/// records the same UID (the same physical cluster joined twice).
+fn payee(members: &[MemberCluster], name: &str) -> Result<Payee, (String, String)> {
+    let Some(m) = members.iter().find(|m| m.name_any() == name) else {
+        return Err((
+            "NotAMember".into(),
+            format!("no MemberCluster {name} exists on the hub; its usage is not paid"),
+        ));
+    };
+    if m.metadata.deletion_timestamp.is_some() {
+        return Err((
+            "MemberDeleted".into(),
+            format!("MemberCluster {name} is being deleted; its usage is not paid"),
+        ));
+    }
+    let Some(uid) = m
+        .status
+        .as_ref()
+        .and_then(|s| s.cluster_uid.clone())
+        .filter(|u| !u.is_empty())
+    else {
+        return Err((
+            "IdentityUnknown".into(),
+            format!("the kube-system UID of {name} is not recorded yet; its usage waits"),
+        ));
+    };
+    let created = |m: &MemberCluster| {
+        (
+            m.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            m.name_any(),
+        )
+    };
+    if let Some(first) = members
+        .iter()
+        .filter(|o| o.status.as_ref().and_then(|s| s.cluster_uid.as_deref()) == Some(&uid))
+        .min_by_key(|o| created(o))
+        && first.name_any() != name
+    {
+        return Err((
+            "DuplicateJoin".into(),
+            format!(
+                "MemberCluster {name} is the same cluster (kube-system UID {uid}) as {}, which joined first; usage is paid only under {}",
+                first.name_any(),
+                first.name_any()
+            ),
+        ));
+    }
+    Ok(Payee {
+        cluster_uid: uid,
+        owner_wallet: m.spec.owner_wallet.clone(),
+    })
+}
+
+/// Checks a record against what the settler can derive itself; `Err` says why it is refused.
+pub fn justify(
+    rec: &UsageRecord,
+    config: &PoolConfig,
+    cluster: &ClusterAccount,
+    now: i64,
+) -> Result<(), String> {
+    let spec = &rec.spec;
+    let period = u64::try_from(spec.period).map_err(|_| "negative period".to_string())?;
+    let start = i64::try_from(period.saturating_mul(config.period_seconds))
+        .map_err(|_| "period out of range".to_string())?;
+    let end = config
+        .period_end(period)
+        .ok_or_else(|| "period out of range".to_string())?;
+    if spec.period_start.0.as_second() != start || spec.period_end.0.as_second() != end {
+        return Err(format!(
+            "period {period} is [{start}, {end}) with the pool's {}-second periods, but the record says [{}, {})",
+            config.period_seconds,
+            spec.period_start.0.as_second(),
+            spec.period_end.0.as_second()
+        ));
+    }
+    if now < end {
+        return Err(format!("period {period} has not ended yet"));
+    }
+    if !config.within_horizon(period, now) {
+        return Err(format!(
+            "period {period} is older than the pool's settlement horizon of {} periods",
+            config.horizon_periods
+        ));
+    }
+    let pods: i64 = spec.pods.values().map(|p| p.gpu_seconds).sum();
+    if spec.gpu_seconds <= 0 || pods != spec.gpu_seconds {
+        return Err(format!(
+            "gpuSeconds {} is not the sum of its pods ({pods})",
+            spec.gpu_seconds
+        ));
+    }
+    let len = i64::try_from(config.period_seconds).unwrap_or(i64::MAX);
+    for (uid, p) in &spec.pods {
+        // A pod the hub could not match is listed with 0 GPUs and 0 paid GPU-seconds.
+        if p.gpus < 0 || p.gpu_seconds < 0 || p.gpu_seconds > p.gpus.saturating_mul(len) {
+            return Err(format!(
+                "pod {} ({uid}) claims {} GPU-seconds on {} GPUs in a {len}-second period",
+                p.name, p.gpu_seconds, p.gpus
+            ));
+        }
+    }
+    let cap = i64::try_from(config.period_cap(cluster.gpu_cap)).unwrap_or(i64::MAX);
+    if spec.gpu_seconds > cap {
+        return Err(format!(
+            "{} GPU-seconds exceed the cluster's on-chain cap of {} GPUs × {len} s",
+            spec.gpu_seconds, cluster.gpu_cap
+        ));
+    }
+    Ok(())
 }
 
 /// Settles every `Final` usage record in the hub on the ledger (see the module docs).
@@ -111,6 +261,10 @@ pub async fn settle_once(
             ledger.oracle.pubkey()
         );
     }
+    let members = Api::<MemberCluster>::all(hub.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
     let mut by_cluster: BTreeMap<String, Vec<UsageRecord>> = BTreeMap::new();
     for r in finals {
         by_cluster
@@ -119,8 +273,24 @@ pub async fn settle_once(
             .push(r);
     }
     for (cluster, recs) in by_cluster {
-        if let Err(e) =
-            settle_cluster(&records, ledger, &config, &cluster, recs, cfg, &mut report).await
+        let payee = match payee(&members, &cluster) {
+            Ok(p) => p,
+            Err((reason, msg)) => {
+                refuse_all(&records, &cluster, &reason, &msg, &recs, &mut report).await;
+                continue;
+            }
+        };
+        if let Err(e) = settle_cluster(
+            &records,
+            ledger,
+            &config,
+            &cluster,
+            &payee,
+            recs,
+            cfg,
+            &mut report,
+        )
+        .await
         {
             report.errors.push(format!("cluster {cluster}: {e:#}"));
         }
@@ -128,26 +298,71 @@ pub async fn settle_once(
     Ok(report)
 }
 
+async fn refuse_all(
+    records: &Api<UsageRecord>,
+    cluster: &str,
+    reason: &str,
+    msg: &str,
+    recs: &[UsageRecord],
+    report: &mut SettleReport,
+) {
+    // Waiting for the identity is not an alarm; everything else is.
+    if reason != "IdentityUnknown" {
+        report.alerts.push(Alert {
+            cluster: cluster.to_string(),
+            reason: reason.to_string(),
+            message: msg.to_string(),
+            gpu_seconds: recs.iter().map(|r| r.spec.gpu_seconds).sum(),
+        });
+        report.refused += recs.len();
+    } else {
+        report.skipped += recs.len();
+    }
+    for r in recs {
+        note(records, r, msg, false).await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn settle_cluster(
     records: &Api<UsageRecord>,
     ledger: &Ledger,
     config: &PoolConfig,
     cluster: &str,
+    payee: &Payee,
     recs: Vec<UsageRecord>,
     cfg: &SettleConfig,
     report: &mut SettleReport,
 ) -> Result<()> {
     let client = ledger.client.as_ref();
     let program = gpupool_ledger::ID;
-    let cluster_id = state::cluster_id_from_name(cluster);
+    let cluster_id = ledger::cluster_id(&payee.cluster_uid);
 
-    // 1. The cluster account (register it when we hold the owner's key).
-    let mut account = ledger::read_cluster(client, &program, cluster).await?;
+    // Records of another physical cluster under this name (the kubeconfig was repointed).
+    let (recs, foreign): (Vec<_>, Vec<_>) = recs
+        .into_iter()
+        .partition(|r| r.spec.cluster_uid.is_empty() || r.spec.cluster_uid == payee.cluster_uid);
+    if !foreign.is_empty() {
+        let msg = format!(
+            "metered on a cluster whose kube-system UID is not {}'s ({}); not paid",
+            cluster, payee.cluster_uid
+        );
+        refuse_all(records, cluster, "IdentityChanged", &msg, &foreign, report).await;
+    }
+    if recs.is_empty() {
+        return Ok(());
+    }
+
+    // 1. The cluster account (register it when we hold the owner's and registrar's keys).
+    let mut account = ledger::read_cluster(client, &program, &cluster_id).await?;
     if account.is_none() {
-        let wallet = recs[0].spec.owner_wallet.clone();
+        let wallet = payee.owner_wallet.clone();
         let owner = ledger::parse_wallet(&wallet).ok();
-        match owner.and_then(|o| ledger.owner_signers.get(&o)) {
-            Some(owner_kp) => {
+        match (
+            owner.and_then(|o| ledger.owner_signers.get(&o)),
+            ledger.registrar.as_ref(),
+        ) {
+            (Some(owner_kp), Some(registrar)) => {
                 let oracle = ledger.oracle.pubkey();
                 let res = ledger
                     .send(
@@ -157,9 +372,14 @@ async fn settle_cluster(
                                 &owner_kp.pubkey(),
                                 &config.mint,
                             ),
-                            ix::register_cluster(&oracle, &owner_kp.pubkey(), &cluster_id),
+                            ix::register_cluster(
+                                &oracle,
+                                &owner_kp.pubkey(),
+                                &registrar.pubkey(),
+                                &cluster_id,
+                            ),
                         ],
-                        &[owner_kp],
+                        &[owner_kp, registrar],
                     )
                     .await;
                 match res {
@@ -167,11 +387,11 @@ async fn settle_cluster(
                     Err(e) if e.ledger_error() == Some(LedgerError::ClusterAlreadyRegistered) => {}
                     Err(e) => bail!("registering the cluster on chain: {e}"),
                 }
-                account = ledger::read_cluster(client, &program, cluster).await?;
+                account = ledger::read_cluster(client, &program, &cluster_id).await?;
             }
-            None => {
+            _ => {
                 let msg = format!(
-                    "cluster {cluster} is not registered on the ledger; its owner ({wallet}) must sign RegisterCluster before its usage can be paid"
+                    "cluster {cluster} is not registered on the ledger; its owner ({wallet}) and the pool's registrar must sign RegisterCluster before its usage can be paid"
                 );
                 for r in &recs {
                     note(records, r, &msg, false).await;
@@ -181,15 +401,58 @@ async fn settle_cluster(
             }
         }
     }
-    let Some(account) = account else {
+    let Some(mut account) = account else {
         bail!("cluster account still missing after registration");
     };
-    let owner = account.owner;
+    if account.gpu_cap == 0
+        && let Some(admin) = ledger.admin.as_ref()
+    {
+        // Demo: the operator holds the admin key and caps the cluster at its GPU count.
+        let gpus: i64 = recs
+            .iter()
+            .flat_map(|r| r.spec.pods.values().map(|p| p.gpus))
+            .max()
+            .unwrap_or(0);
+        let cap = u32::try_from(gpus.max(1)).unwrap_or(u32::MAX).max(64);
+        if ledger
+            .send(
+                &[ix::configure_cluster(
+                    &admin.pubkey(),
+                    &cluster_id,
+                    cap,
+                    false,
+                )],
+                &[admin],
+            )
+            .await
+            .is_ok()
+            && let Some(a) = ledger::read_cluster(client, &program, &cluster_id).await?
+        {
+            account = a;
+        }
+    }
 
-    // 2. Reconcile against receipts; keep what still has to be sent.
+    // The wallet on chain must be the one the hub knows for this member.
+    let owner = account.owner;
+    if owner.to_string() != payee.owner_wallet.trim() {
+        let msg = format!(
+            "the ledger pays cluster {cluster} to {owner}, but MemberCluster {cluster} names {} as its owner; not paid until they agree (SetClusterOwner)",
+            payee.owner_wallet
+        );
+        refuse_all(records, cluster, "OwnerMismatch", &msg, &recs, report).await;
+        return Ok(());
+    }
+    if account.disabled {
+        let msg = format!("cluster {cluster} is disabled on the ledger; not paid");
+        refuse_all(records, cluster, "ClusterDisabled", &msg, &recs, report).await;
+        return Ok(());
+    }
+
+    // 2. Reconcile against finalized receipts; keep what still has to be sent.
+    let now = Timestamp::now().as_second();
     let mut pending = Vec::new();
     for rec in recs {
-        let Some(uid) = state::parse_job_uid(&rec.spec.job_uid) else {
+        let Some(uid) = gpupool_ledger::state::parse_job_uid(&rec.spec.job_uid) else {
             note(
                 records,
                 &rec,
@@ -204,7 +467,15 @@ async fn settle_cluster(
             continue;
         };
         let period = rec.spec.period.max(0) as u64;
-        match ledger::read_receipt(client, &program, cluster, &uid, period).await {
+        match ledger::read_receipt(
+            ledger.finalized.as_ref(),
+            &program,
+            &cluster_id,
+            &uid,
+            period,
+        )
+        .await
+        {
             Ok(Some(receipt)) => {
                 mark_settled(records, &rec, &receipt, None, report).await;
                 report.reconciled += 1;
@@ -218,18 +489,36 @@ async fn settle_cluster(
                 continue;
             }
         }
-        let class = rec.spec.gpu_class;
-        let rate = usize::try_from(class)
-            .ok()
-            .and_then(|c| config.rates.get(c))
-            .copied()
-            .unwrap_or(0);
-        if rate == 0 {
-            note(records, &rec, &format!("GPU class {class} has no rate on the ledger; waiting for the pool admin to price it"), false).await;
-            report.skipped += 1;
+        // Sent and confirmed earlier, not final yet: wait, do not resend.
+        if let Ok(Some(_)) = ledger::read_receipt(client, &program, &cluster_id, &uid, period).await
+        {
+            report.awaiting_finality += 1;
             continue;
         }
         if rec.spec.gpu_seconds <= 0 {
+            // Nothing the hub can prove was used (see unpaidGpuSeconds): nothing to pay.
+            report.skipped += 1;
+            continue;
+        }
+        if let Err(why) = justify(&rec, config, &account, now) {
+            let msg = format!("not paid: {why}");
+            report.alerts.push(Alert {
+                cluster: cluster.to_string(),
+                reason: "UnjustifiedUsage".into(),
+                message: format!("{}: {msg}", rec.name_any()),
+                gpu_seconds: rec.spec.gpu_seconds,
+            });
+            report.refused += 1;
+            note(records, &rec, &msg, false).await;
+            continue;
+        }
+        let class = rec.spec.gpu_class;
+        let rate = u8::try_from(class)
+            .ok()
+            .and_then(|c| config.rate(c, period))
+            .unwrap_or(0);
+        if rate == 0 {
+            note(records, &rec, &format!("GPU class {class} has no rate on the ledger for period {period}; waiting for the pool admin to price it"), false).await;
             report.skipped += 1;
             continue;
         }
@@ -246,7 +535,7 @@ async fn settle_cluster(
     }
 
     // 3. The owner's token account must exist for MintTo.
-    let ata = state::get_associated_token_address(&owner, &config.mint);
+    let ata = gpupool_ledger::state::get_associated_token_address(&owner, &config.mint);
     if client.get_account(&ata).await?.is_none() {
         let oracle = ledger.oracle.pubkey();
         ledger
@@ -271,10 +560,9 @@ async fn settle_cluster(
                 after_confirmed(
                     records,
                     ledger,
-                    cluster,
+                    &cluster_id,
                     chunk,
                     &sig.to_string(),
-                    config,
                     report,
                 )
                 .await;
@@ -285,17 +573,8 @@ async fn settle_cluster(
                     SendError::Rejected { .. } => {
                         // One record may be bad (or already paid): go one by one.
                         for p in chunk {
-                            settle_single(
-                                records,
-                                ledger,
-                                config,
-                                cluster,
-                                &cluster_id,
-                                &owner,
-                                p,
-                                report,
-                            )
-                            .await;
+                            settle_single(records, ledger, config, &cluster_id, &owner, p, report)
+                                .await;
                         }
                     }
                     SendError::Unknown(_) | SendError::NotSent(_) => {
@@ -317,19 +596,15 @@ async fn send_batch(
     owner: &Pubkey,
     chunk: &[Pending],
 ) -> Result<solana_signature::Signature, SendError> {
-    let oracle = ledger.oracle.pubkey();
     let entries: Vec<UsageEntry> = chunk.iter().map(|p| p.entry).collect();
-    let instruction =
-        ix::record_usage_batch(&oracle, &oracle, &config.mint, cluster_id, owner, &entries);
-    ledger.send(&[instruction], &[]).await
+    let instructions = ledger.usage_batch_instructions(&config.mint, cluster_id, owner, &entries);
+    ledger.send(&instructions, &[]).await
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn settle_single(
     records: &Api<UsageRecord>,
     ledger: &Ledger,
     config: &PoolConfig,
-    cluster: &str,
     cluster_id: &[u8; 32],
     owner: &Pubkey,
     p: &Pending,
@@ -337,11 +612,19 @@ async fn settle_single(
 ) {
     let client = ledger.client.as_ref();
     let program = gpupool_ledger::ID;
-    if let Ok(Some(receipt)) =
-        ledger::read_receipt(client, &program, cluster, &p.uid, p.entry.period).await
+    if let Ok(Some(_)) =
+        ledger::read_receipt(client, &program, cluster_id, &p.uid, p.entry.period).await
     {
-        mark_settled(records, &p.rec, &receipt, None, report).await;
-        report.reconciled += 1;
+        // Already on chain (a concurrent or earlier send): settled once finalized.
+        after_confirmed(
+            records,
+            ledger,
+            cluster_id,
+            std::slice::from_ref(p),
+            "",
+            report,
+        )
+        .await;
         return;
     }
     match send_batch(ledger, config, cluster_id, owner, std::slice::from_ref(p)).await {
@@ -350,22 +633,25 @@ async fn settle_single(
             after_confirmed(
                 records,
                 ledger,
-                cluster,
+                cluster_id,
                 std::slice::from_ref(p),
                 &sig.to_string(),
-                config,
                 report,
             )
             .await;
         }
         Err(e) => {
             report.batches_failed += 1;
-            if e.ledger_error() == Some(LedgerError::ReceiptAlreadyExists)
-                && let Ok(Some(receipt)) =
-                    ledger::read_receipt(client, &program, cluster, &p.uid, p.entry.period).await
-            {
-                mark_settled(records, &p.rec, &receipt, None, report).await;
-                report.reconciled += 1;
+            if e.ledger_error() == Some(LedgerError::ReceiptAlreadyExists) {
+                after_confirmed(
+                    records,
+                    ledger,
+                    cluster_id,
+                    std::slice::from_ref(p),
+                    "",
+                    report,
+                )
+                .await;
                 return;
             }
             failed(records, &p.rec, &e, report).await;
@@ -373,46 +659,57 @@ async fn settle_single(
     }
 }
 
-/// Marks the records of a confirmed transaction settled, with the amounts from their receipts.
+/// After a confirmed transaction (`sig`, or "" when the receipt was found instead): marks
+/// each record `Settled` once its receipt reads back at `finalized`, else notes the
+/// signature and leaves it `Final` for the next pass.
 async fn after_confirmed(
     records: &Api<UsageRecord>,
     ledger: &Ledger,
-    cluster: &str,
+    cluster_id: &[u8; 32],
     chunk: &[Pending],
     sig: &str,
-    config: &PoolConfig,
     report: &mut SettleReport,
 ) {
-    let client = ledger.client.as_ref();
     for p in chunk {
-        let receipt = match ledger::read_receipt(
-            client,
+        match ledger::read_receipt(
+            ledger.finalized.as_ref(),
             &gpupool_ledger::ID,
-            cluster,
+            cluster_id,
             &p.uid,
             p.entry.period,
         )
         .await
         {
-            Ok(Some(r)) => r,
-            // Confirmed but not readable yet: the amount the program computes.
-            _ => UsageReceipt {
-                tag: state::TAG_RECEIPT,
-                cluster: Pubkey::default(),
-                usage_id: [0; 32],
-                job_uid: p.uid,
-                period: p.entry.period,
-                gpu_seconds: p.entry.gpu_seconds,
-                gpu_class: p.entry.gpu_class,
-                amount: config.rates[p.entry.gpu_class as usize]
-                    .saturating_mul(p.entry.gpu_seconds),
-                slot: 0,
-                bump: 0,
-            },
-        };
-        report.tokens_minted = report.tokens_minted.saturating_add(receipt.amount);
-        mark_settled(records, &p.rec, &receipt, Some(sig), report).await;
-        report.settled += 1;
+            Ok(Some(receipt)) => {
+                if sig.is_empty() {
+                    mark_settled(records, &p.rec, &receipt, None, report).await;
+                    report.reconciled += 1;
+                } else {
+                    report.tokens_minted = report.tokens_minted.saturating_add(receipt.amount);
+                    mark_settled(records, &p.rec, &receipt, Some(sig), report).await;
+                    report.settled += 1;
+                }
+            }
+            _ => {
+                report.awaiting_finality += 1;
+                let msg = if sig.is_empty() {
+                    "receipt on chain, waiting for finalization".to_string()
+                } else {
+                    format!("sent in {sig}; settled once finalized")
+                };
+                let mut status = json!({"message": msg});
+                if !sig.is_empty() {
+                    status["signature"] = json!(sig);
+                }
+                let _ = records
+                    .patch_status(
+                        &p.rec.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&json!({"status": status})),
+                    )
+                    .await;
+            }
+        }
     }
 }
 
@@ -433,14 +730,17 @@ async fn mark_settled(
             receipt.slot
         )),
     };
-    let patch = json!({"status": {
+    let mut patch = json!({"status": {
         "state": UsageState::Settled,
-        "signature": sig,
         "amount": i64::try_from(receipt.amount).unwrap_or(i64::MAX),
         "settledGpuSeconds": i64::try_from(receipt.gpu_seconds).unwrap_or(i64::MAX),
         "settledAt": Time(Timestamp::now()),
         "message": message,
     }});
+    // Without a signature of its own, keep the one an earlier pass noted.
+    if let Some(sig) = sig {
+        patch["status"]["signature"] = json!(sig);
+    }
     if let Err(e) = records
         .patch_status(
             &rec.name_any(),
@@ -486,5 +786,3 @@ async fn note(records: &Api<UsageRecord>, rec: &UsageRecord, msg: &str, attempt:
         )
         .await;
 }
-
-use serde_json::Value;

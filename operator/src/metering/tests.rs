@@ -162,14 +162,19 @@ fn pending_pod_has_no_run_and_restarted_container_counts_from_first_start() {
                 "state": {"running": {"startedAt": "2023-11-14T22:15:00Z"}},
                 "lastState": {"terminated": {"exitCode": 1, "startedAt": "2023-11-14T22:13:30Z", "finishedAt": "2023-11-14T22:14:50Z"}}}]}
     }));
-    // startTime (22:13:20) is earlier than the first container start (22:13:30).
+    // startTime (22:13:20) is earlier than the first container start (22:13:30): the later
+    // one counts, so moving either back alone gains nothing.
     assert_eq!(
         pod_run(&restarted),
         Some(PodRun {
-            start: 1_700_000_000,
+            start: 1_700_000_010,
             end: None
         })
     );
+    let mut backdated = restarted.clone();
+    backdated.status.as_mut().unwrap().start_time =
+        Some(serde_json::from_value(json!("2023-11-14T16:13:20Z")).unwrap());
+    assert_eq!(pod_run(&backdated).unwrap().start, 1_700_000_010);
     let mut no_start_time = restarted.clone();
     no_start_time.status.as_mut().unwrap().start_time = None;
     assert_eq!(
@@ -220,43 +225,202 @@ fn two_containers_end_when_the_last_one_finishes() {
     );
 }
 
+/// `run_pod` on `node` (the UUIDs `GPU-0000..` as `run_pod` annotates them).
+fn placed_pod(name: &str, node: &str, start: &str, end: Option<&str>, gpus: usize) -> Pod {
+    let mut p = run_pod(name, start, end, gpus);
+    p.spec.as_mut().unwrap().node_name = Some(node.into());
+    p
+}
+
+fn uuids(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("GPU-{i:04}")).collect()
+}
+
+/// The hub's job `UID` (ml/gpt) created at 1_700_000_000, placed on member `m1` with one
+/// worker on `n1` holding `GPU-0000..GPU-0003`.
+fn hub(not_after: Option<i64>) -> BTreeMap<String, HubJob> {
+    BTreeMap::from([(
+        UID.to_string(),
+        HubJob {
+            job: JobRef {
+                kind: "TrainingJob".into(),
+                namespace: "ml".into(),
+                name: "gpt".into(),
+                uid: UID.into(),
+            },
+            not_before: 1_700_000_000,
+            not_after,
+            slots: BTreeMap::from([("m1".to_string(), vec![Slot::new("n1", &uuids(4))])]),
+            model: None,
+        },
+    )])
+}
+
 #[test]
 fn grouping_by_job_and_period() {
-    // Two workers of one job: w0 ran [0, 12) on 4 GPUs, w1 ran [5, 12) on 2 GPUs (offsets from
-    // 1_700_000_000), 10 s periods. Period 170_000_000: 4*10 + 2*5 = 50. Period 170_000_001:
-    // 4*2 + 2*2 = 12. A pod without gpupool labels is ignored.
-    let w0 = run_pod(
+    // One worker ran [0, 12) on its 4 placed GPUs (offsets from 1_700_000_000), 10 s periods:
+    // period 170_000_000 pays 40, period 170_000_001 pays 8. A pod without gpupool labels is
+    // ignored.
+    let w0 = placed_pod(
         "w0",
+        "n1",
         "2023-11-14T22:13:20Z",
         Some("2023-11-14T22:13:32Z"),
         4,
     );
-    let w1 = run_pod(
-        "w1",
-        "2023-11-14T22:13:25Z",
-        Some("2023-11-14T22:13:32Z"),
-        2,
-    );
-    let mut stranger = run_pod("s", "2023-11-14T22:13:20Z", None, 8);
+    let mut stranger = placed_pod("s", "n1", "2023-11-14T22:13:20Z", None, 8);
     stranger
         .metadata
         .labels
         .as_mut()
         .unwrap()
         .remove(LABEL_MANAGED_BY);
-    let by = usage_by_job_period(&[w0, w1, stranger], 1_700_000_100, 10);
-    assert_eq!(by.len(), 2);
-    let mut it = by.iter();
+    let models = BTreeMap::from([("GPU-0000".to_string(), "NVIDIA H100 80GB HBM3".to_string())]);
+    let by = usage_by_job_period(
+        "m1",
+        &[w0, stranger],
+        &hub(None),
+        &models,
+        1_700_000_100,
+        10,
+    );
+    assert!(by.unmatched.is_empty());
+    assert_eq!(by.by_job_period.len(), 2);
+    let mut it = by.by_job_period.iter();
     let ((job, p0), u0) = it.next().unwrap();
     assert_eq!(job.uid, UID);
     assert_eq!(job.kind, "TrainingJob");
     assert_eq!(*p0, 170_000_000);
-    assert_eq!(u0.gpu_seconds(), 50);
-    assert_eq!(u0.pods["uid-w0"].gpu_seconds, 40);
-    assert_eq!(u0.pods["uid-w1"].gpu_seconds, 10);
+    assert_eq!(u0.gpu_seconds(), 40);
+    assert_eq!(u0.unpaid_gpu_seconds(), 0);
+    assert_eq!(
+        u0.pods["uid-w0"].gpu_model.as_deref(),
+        Some("NVIDIA H100 80GB HBM3")
+    );
     let ((_, p1), u1) = it.next().unwrap();
     assert_eq!(*p1, 170_000_001);
-    assert_eq!(u1.gpu_seconds(), 12);
+    assert_eq!(u1.gpu_seconds(), 8);
+}
+
+#[test]
+fn forged_pods_are_not_paid() {
+    let now = 1_700_000_100;
+    // A pod for a job the hub never had, claiming 500 GPUs.
+    let mut ghost = placed_pod("ghost", "n1", "2023-11-14T22:13:20Z", None, 500);
+    ghost.metadata.labels.as_mut().unwrap().insert(
+        LABEL_JOB_UID.into(),
+        "11111111-2222-4333-8444-555555555555".into(),
+    );
+    // A pod of the real job claiming more GPUs than placed (its UUID set differs).
+    let greedy = placed_pod("greedy", "n1", "2023-11-14T22:13:20Z", None, 8);
+    // A pod of the real job on another node.
+    let elsewhere = placed_pod("elsewhere", "n2", "2023-11-14T22:13:20Z", None, 4);
+    let by = usage_by_job_period(
+        "m1",
+        &[ghost, greedy, elsewhere],
+        &hub(None),
+        &BTreeMap::new(),
+        now,
+        1_000,
+    );
+    assert_eq!(by.unmatched["NoSuchHubJob"].0, 500 * 100);
+    let paid: i64 = by.by_job_period.values().map(|u| u.gpu_seconds()).sum();
+    let unpaid: i64 = by
+        .by_job_period
+        .values()
+        .map(|u| u.unpaid_gpu_seconds())
+        .sum();
+    assert_eq!(paid, 0);
+    assert_eq!(unpaid, 8 * 100 + 4 * 100);
+    // The same job's pods on another member are not paid either.
+    let real = placed_pod("w", "n1", "2023-11-14T22:13:20Z", None, 4);
+    let other = usage_by_job_period("m2", &[real], &hub(None), &BTreeMap::new(), now, 1_000);
+    assert_eq!(
+        other
+            .by_job_period
+            .values()
+            .map(|u| u.gpu_seconds())
+            .sum::<i64>(),
+        0
+    );
+}
+
+#[test]
+fn forged_times_are_clipped_to_the_jobs_life_on_the_hub() {
+    // A 2-second pod whose start was moved 6 h back: the job only exists since 1_700_000_000.
+    let mut p = placed_pod(
+        "w",
+        "n1",
+        "2023-11-14T16:13:20Z",
+        Some("2023-11-14T22:13:22Z"),
+        4,
+    );
+    // Both the pod's startTime and its container start are backdated.
+    let st = p.status.as_mut().unwrap();
+    st.start_time = Some(serde_json::from_value(json!("2023-11-14T16:13:20Z")).unwrap());
+    let by = usage_by_job_period(
+        "m1",
+        &[p.clone()],
+        &hub(None),
+        &BTreeMap::new(),
+        1_700_000_100,
+        3_600,
+    );
+    let paid: i64 = by.by_job_period.values().map(|u| u.gpu_seconds()).sum();
+    assert_eq!(paid, 4 * 2);
+    // The claim before the job existed is reported per member, in no record.
+    let unpaid: i64 = by
+        .by_job_period
+        .values()
+        .map(|u| u.unpaid_gpu_seconds())
+        .sum::<i64>()
+        + by.unmatched["OutsideJobLife"].0;
+    assert_eq!(unpaid, 4 * 6 * 3600);
+    assert_eq!(by.by_job_period.len(), 1, "one period of the job's life");
+    // An end after the job's completion (or deletion, or maxRuntimeSeconds) is clipped too,
+    // and nothing is paid beyond "now".
+    let running = placed_pod("w", "n1", "2023-11-14T22:13:20Z", None, 4);
+    let by = usage_by_job_period(
+        "m1",
+        &[running],
+        &hub(Some(1_700_000_030)),
+        &BTreeMap::new(),
+        1_700_000_100,
+        3_600,
+    );
+    let paid: i64 = by.by_job_period.values().map(|u| u.gpu_seconds()).sum();
+    assert_eq!(paid, 4 * 30);
+}
+
+#[test]
+fn a_placement_is_paid_at_most_its_gpus_per_period() {
+    // Two pods claim the same placement at once: together at most 4 GPUs × the period.
+    let a = placed_pod(
+        "a",
+        "n1",
+        "2023-11-14T22:13:20Z",
+        Some("2023-11-14T22:13:30Z"),
+        4,
+    );
+    let mut b = placed_pod(
+        "b",
+        "n1",
+        "2023-11-14T22:13:20Z",
+        Some("2023-11-14T22:13:30Z"),
+        4,
+    );
+    b.metadata.uid = Some("uid-b".into());
+    let by = usage_by_job_period(
+        "m1",
+        &[a, b],
+        &hub(None),
+        &BTreeMap::new(),
+        1_700_000_100,
+        10,
+    );
+    let u = by.by_job_period.values().next().unwrap();
+    assert_eq!(u.gpu_seconds(), 40);
+    assert_eq!(u.unpaid_gpu_seconds(), 40);
 }
 
 #[test]

@@ -30,6 +30,7 @@ struct Inner {
     usage_gpu_seconds: IntCounterVec,
     tokens_minted: IntCounterVec,
     settlement_failures: IntCounterVec,
+    unpaid_gpu_seconds: IntGaugeVec,
     ready: std::sync::atomic::AtomicBool,
 }
 
@@ -119,6 +120,13 @@ impl Default for Metrics {
                     "Settlement transactions that failed"
                 ),
                 &["reason"]
+            )),
+            unpaid_gpu_seconds: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "gpupool_unpaid_gpu_seconds",
+                    "GPU-seconds claimed by members that the hub refuses to pay, by member cluster and reason (last metering pass)"
+                ),
+                &["cluster", "reason"]
             )),
             pending: Mutex::default(),
             ready: std::sync::atomic::AtomicBool::new(false),
@@ -231,6 +239,15 @@ impl Metrics {
             .settlement_failures
             .with_label_values(&[reason])
             .inc();
+    }
+
+    /// Replaces the unpaid-usage gauge with the (cluster, reason, GPU-seconds) of this pass.
+    pub fn set_unpaid<'a>(&self, items: impl IntoIterator<Item = (&'a str, &'a str, i64)>) {
+        let g = &self.inner.unpaid_gpu_seconds;
+        g.reset();
+        for (cluster, reason, secs) in items {
+            g.with_label_values(&[cluster, reason]).add(secs);
+        }
     }
 
     /// The text exposition of every metric.

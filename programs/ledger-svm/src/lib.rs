@@ -28,16 +28,18 @@ use std::{
 
 use gpupool_ledger::{
     error::LedgerError,
-    instruction as ix,
+    instruction::{self as ix, PoolParams},
     state::{
-        self, ClusterAccount, NUM_GPU_CLASSES, PoolConfig, TAG_CLUSTER, TAG_CONFIG, TAG_RECEIPT,
-        UsageReceipt, spl,
+        self, ClusterAccount, NUM_GPU_CLASSES, PoolConfig, TAG_CONFIG, TAG_RECEIPT, UsageReceipt,
+        spl,
     },
+    sysvars::native::{SysvarProvider, set_sysvar_provider},
 };
 use litesvm::{
     LiteSVM,
     types::{FailedTransactionMetadata, TransactionResult},
 };
+use solana_account::Account;
 use solana_keypair::Keypair;
 use solana_message::Message;
 use solana_program::{
@@ -48,6 +50,7 @@ use solana_program::{
     program_stubs::{self, SyscallStubs},
     pubkey::Pubkey,
 };
+use solana_program::{clock::Clock, rent::Rent};
 use solana_program_runtime::{
     declare_process_instruction, invoke_context::InvokeContext, serialization,
     solana_sbpf::program::BuiltinFunctionDefinition, stable_log,
@@ -304,11 +307,40 @@ fn cpi(
     Ok(())
 }
 
-/// Installs the ledger's syscall stubs (once per process; idempotent).
+/// The ledger's sysvar source off chain: the sysvar cache of the transaction running on this
+/// thread (what the `sol_get_clock_sysvar` / `sol_get_rent_sysvar` syscalls read on chain).
+struct HarnessSysvars;
+
+impl SysvarProvider for HarnessSysvars {
+    fn clock(&self) -> Option<Clock> {
+        with_invoke_context(|ic| {
+            ic.environment_config
+                .sysvar_cache()
+                .get_clock()
+                .ok()
+                .map(|c| (*c).clone())
+        })
+        .flatten()
+    }
+
+    fn rent(&self) -> Option<Rent> {
+        with_invoke_context(|ic| {
+            ic.environment_config
+                .sysvar_cache()
+                .get_rent()
+                .ok()
+                .map(|r| (*r).clone())
+        })
+        .flatten()
+    }
+}
+
+/// Installs the ledger's syscall stubs and sysvar provider (once per process; idempotent).
 pub fn install_syscall_stubs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         program_stubs::set_syscall_stubs(Box::new(LedgerSyscallStubs));
+        set_sysvar_provider(Box::new(HarnessSysvars));
     });
 }
 
@@ -423,33 +455,101 @@ pub fn create_ata(
     Ok(state::get_associated_token_address(wallet, mint))
 }
 
+/// Writes the upgradeable loader's `ProgramData` account of the ledger program naming
+/// `upgrade_authority`, as a deployment with `solana program deploy` would. The native builtin
+/// has no loader account of its own, so the harness writes the account the loader would have.
+pub fn install_program_data(svm: &mut LiteSVM, upgrade_authority: &Pubkey) {
+    let data = state::program_data_header(0, Some(upgrade_authority));
+    let lamports = svm.minimum_balance_for_rent_exemption(data.len());
+    svm.set_account(
+        state::program_data_address(&PROGRAM_ID),
+        Account {
+            lamports,
+            data,
+            owner: gpupool_ledger::bpf_loader_upgradeable::ID,
+            executable: false,
+            rent_epoch: 0,
+        },
+    )
+    .expect("writing the ProgramData account");
+}
+
+/// Sets the on-chain clock's unix time (the slot is left as is).
+pub fn set_unix_time(svm: &mut LiteSVM, unix_timestamp: i64) {
+    let mut clock = svm.get_sysvar::<Clock>();
+    clock.unix_timestamp = unix_timestamp;
+    svm.set_sysvar(&clock);
+}
+
+/// The on-chain clock's unix time.
+pub fn unix_time(svm: &LiteSVM) -> i64 {
+    svm.get_sysvar::<Clock>().unix_timestamp
+}
+
+/// Settings of a pool created by [`setup_pool`].
+#[derive(Clone, Copy, Debug)]
+pub struct PoolSetup {
+    /// Initial rates per GPU class.
+    pub rates: [u64; NUM_GPU_CLASSES],
+    /// Mint decimals.
+    pub decimals: u8,
+    /// Settlement period length.
+    pub period_seconds: u64,
+    /// Settlement horizon in periods.
+    pub horizon_periods: u64,
+}
+
+impl PoolSetup {
+    /// Hourly periods and the largest horizon the program allows.
+    pub fn new(rates: [u64; NUM_GPU_CLASSES], decimals: u8) -> Self {
+        PoolSetup {
+            rates,
+            decimals,
+            period_seconds: 3600,
+            horizon_periods: state::MAX_HORIZON_PERIODS,
+        }
+    }
+}
+
 /// The keys of a pool set up by [`setup_pool`].
 #[derive(Debug)]
 pub struct Pool {
+    /// Admin and upgrade authority.
     pub admin: Keypair,
     pub oracle: Keypair,
+    pub registrar: Keypair,
     pub mint: Pubkey,
+    pub period_seconds: u64,
 }
 
-/// Funds fresh admin and oracle keys, creates the mint and initializes the pool.
+/// Funds fresh admin (made the program's upgrade authority), oracle and registrar keys,
+/// creates the mint and initializes the pool.
 pub fn setup_pool(
     svm: &mut LiteSVM,
-    rates: [u64; NUM_GPU_CLASSES],
-    decimals: u8,
+    setup: PoolSetup,
 ) -> Result<Pool, Box<FailedTransactionMetadata>> {
     let admin = Keypair::new();
     let oracle = Keypair::new();
-    fund(svm, &admin.pubkey()).map_err(Box::new)?;
-    fund(svm, &oracle.pubkey()).map_err(Box::new)?;
+    let registrar = Keypair::new();
+    for k in [&admin, &oracle, &registrar] {
+        fund(svm, &k.pubkey()).map_err(Box::new)?;
+    }
+    install_program_data(svm, &admin.pubkey());
     let mint = Keypair::new();
-    create_pool_mint(svm, &admin, &mint, decimals).map_err(Box::new)?;
+    create_pool_mint(svm, &admin, &mint, setup.decimals).map_err(Box::new)?;
+    let params = PoolParams {
+        oracle: oracle.pubkey(),
+        registrar: registrar.pubkey(),
+        period_seconds: setup.period_seconds,
+        horizon_periods: setup.horizon_periods,
+        rates: setup.rates,
+    };
     send(
         svm,
         &[ix::initialize_pool(
             &admin.pubkey(),
             &mint.pubkey(),
-            &oracle.pubkey(),
-            rates,
+            &params,
         )],
         &admin,
         &[],
@@ -458,16 +558,19 @@ pub fn setup_pool(
     Ok(Pool {
         admin,
         oracle,
+        registrar,
         mint: mint.pubkey(),
+        period_seconds: setup.period_seconds,
     })
 }
 
-/// Registers `cluster_id` for `owner` (who signs; `payer` pays) and creates the owner's
-/// associated token account for the pool mint. Returns the cluster PDA.
+/// Registers `cluster_id` for `owner` (who signs with `registrar`; `payer` pays) and creates
+/// the owner's associated token account for the pool mint. Returns the cluster PDA.
 pub fn register_cluster(
     svm: &mut LiteSVM,
     payer: &Keypair,
     owner: &Keypair,
+    registrar: &Keypair,
     cluster_id: &[u8; 32],
     mint: &Pubkey,
 ) -> Result<Pubkey, Box<FailedTransactionMetadata>> {
@@ -475,13 +578,39 @@ pub fn register_cluster(
         svm,
         &[
             ix::create_associated_token_account_idempotent(&payer.pubkey(), &owner.pubkey(), mint),
-            ix::register_cluster(&payer.pubkey(), &owner.pubkey(), cluster_id),
+            ix::register_cluster(
+                &payer.pubkey(),
+                &owner.pubkey(),
+                &registrar.pubkey(),
+                cluster_id,
+            ),
         ],
         payer,
-        &[owner],
+        &[owner, registrar],
     )
     .map_err(Box::new)?;
     Ok(state::find_cluster_address(cluster_id).0)
+}
+
+/// Sets a cluster's GPU cap (and clears its disabled flag) as the admin.
+#[allow(clippy::result_large_err)] // same result type as `LiteSVM::send_transaction`
+pub fn set_gpu_cap(
+    svm: &mut LiteSVM,
+    admin: &Keypair,
+    cluster_id: &[u8; 32],
+    gpu_cap: u32,
+) -> TransactionResult {
+    send(
+        svm,
+        &[ix::configure_cluster(
+            &admin.pubkey(),
+            cluster_id,
+            gpu_cap,
+            false,
+        )],
+        admin,
+        &[],
+    )
 }
 
 // -------------------------------------------------------------------------------------------
@@ -521,7 +650,7 @@ pub fn read_config(svm: &LiteSVM) -> Option<PoolConfig> {
 pub fn read_cluster(svm: &LiteSVM, cluster_id: &[u8; 32]) -> Option<ClusterAccount> {
     let account = svm.get_account(&state::find_cluster_address(cluster_id).0)?;
     (account.owner == PROGRAM_ID)
-        .then(|| state::unpack(&account.data, ClusterAccount::LEN, TAG_CLUSTER).ok())
+        .then(|| state::unpack_cluster(&account.data).ok())
         .flatten()
 }
 

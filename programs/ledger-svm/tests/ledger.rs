@@ -14,7 +14,7 @@ use solana_keypair::Keypair;
 use solana_program::{instruction::AccountMeta, pubkey::Pubkey};
 use solana_signer::Signer;
 
-const RECEIPT_INDEX: usize = 11;
+const RECEIPT_INDEX: usize = 9;
 const CLUSTER_INDEX: usize = 3;
 const CONFIG_INDEX: usize = 2;
 const MINT_INDEX: usize = 4;
@@ -297,17 +297,24 @@ fn forged_pdas_rejected() {
 fn overflow_rejected() {
     let mut f = fixture();
     let admin = f.admin.insecure_clone();
-    f.send(ix::update_rate(&admin.pubkey(), 2, u64::MAX / 2), &[&admin])
+    let mut r = rates();
+    r[2] = u64::MAX / 2;
+    f.send(ix::set_rates(&admin.pubkey(), r, NOW_PERIOD + 1), &[&admin])
         .unwrap();
+    let cluster_id = f.cluster_id;
+    f.send(
+        ix::configure_cluster(&admin.pubkey(), &cluster_id, u32::MAX, false),
+        &[&admin],
+    )
+    .unwrap();
+    // Period NOW_PERIOD + 1 (priced by the new rates) has ended.
+    f.set_time(((NOW_PERIOD + 2) * PERIOD) as i64);
+    let p = NOW_PERIOD + 1;
     let before = f.snapshot();
 
-    expect_err(f.record(entry(1, 1, 3, 2)), LedgerError::AmountOverflow);
-    expect_err(
-        f.record(entry(1, 1, u64::MAX, 1)),
-        LedgerError::AmountOverflow,
-    );
+    expect_err(f.record(entry(1, p, 3, 2)), LedgerError::AmountOverflow);
     // Each entry fits; their sum does not.
-    let ix = f.batch_ix(&[entry(1, 1, 2, 2), entry(2, 1, 1, 2)]);
+    let ix = f.batch_ix(&[entry(1, p, 2, 2), entry(2, p, 1, 2)]);
     expect_err(f.send(ix, &[]), LedgerError::AmountOverflow);
 
     assert_eq!(f.snapshot(), before);
@@ -329,44 +336,64 @@ fn zero_usage_and_bad_classes_rejected() {
 }
 
 #[test]
-fn update_rate_and_rotate_oracle() {
+fn set_rates_and_rotate_oracle() {
     let mut f = fixture();
     let admin = f.admin.insecure_clone();
 
-    f.send(ix::update_rate(&admin.pubkey(), 0, 11), &[&admin])
+    let mut r = rates();
+    r[0] = 11;
+    r[4] = 2;
+    f.send(ix::set_rates(&admin.pubkey(), r, NOW_PERIOD + 1), &[&admin])
         .unwrap();
-    assert_eq!(svmx::read_config(&f.svm).unwrap().rates[0], 11);
-    f.record(entry(1, 1, 10, 0)).unwrap();
-    assert_eq!(f.balance(), 110);
+    let cfg = f.config();
+    assert_eq!(cfg.rate_version_count, 2);
+    assert_eq!(cfg.rate(0, NOW_PERIOD), Some(RATE_0));
+    assert_eq!(cfg.rate(0, NOW_PERIOD + 1), Some(11));
+    // Usage of an ended period keeps the rate it was incurred under.
+    f.record(entry(1, NOW_PERIOD - 1, 10, 0)).unwrap();
+    assert_eq!(f.balance(), 10 * RATE_0);
+    expect_err(
+        f.record(entry(2, NOW_PERIOD - 1, 10, 4)),
+        LedgerError::GpuClassNotPriced,
+    );
+    // Once the new period has ended, its usage is paid at the new rates.
+    f.set_time(((NOW_PERIOD + 2) * PERIOD) as i64);
+    f.record(entry(1, NOW_PERIOD + 1, 10, 0)).unwrap();
+    f.record(entry(2, NOW_PERIOD + 1, 10, 4)).unwrap();
+    assert_eq!(f.balance(), 10 * RATE_0 + 110 + 20);
 
-    // Newly priced class.
-    f.send(ix::update_rate(&admin.pubkey(), 4, 2), &[&admin])
-        .unwrap();
-    f.record(entry(2, 1, 10, 4)).unwrap();
-    assert_eq!(f.balance(), 130);
-
+    // Two-step oracle rotation.
     let new_oracle = Keypair::new();
     svmx::fund(&mut f.svm, &new_oracle.pubkey()).unwrap();
     f.send(
-        ix::rotate_oracle(&admin.pubkey(), &new_oracle.pubkey()),
+        ix::propose_authority(&admin.pubkey(), ix::Authority::Oracle, &new_oracle.pubkey()),
         &[&admin],
     )
     .unwrap();
-    assert_eq!(
-        svmx::read_config(&f.svm).unwrap().oracle,
-        new_oracle.pubkey()
-    );
+    assert_eq!(f.config().pending_oracle, new_oracle.pubkey());
+    assert_eq!(f.config().oracle, f.oracle.pubkey());
+    f.send_as(
+        ix::accept_authority(&new_oracle.pubkey(), ix::Authority::Oracle),
+        &new_oracle,
+    )
+    .unwrap();
+    let cfg = f.config();
+    assert_eq!(cfg.oracle, new_oracle.pubkey());
+    assert_eq!(cfg.pending_oracle, Pubkey::default());
 
     // The old oracle is now rejected.
     let before = f.snapshot();
-    expect_err(f.record(entry(3, 1, 10, 0)), LedgerError::NotOracle);
+    expect_err(
+        f.record(entry(3, NOW_PERIOD, 10, 0)),
+        LedgerError::NotOracle,
+    );
     assert_eq!(f.snapshot(), before);
 
     // The new one works.
     f.oracle = new_oracle;
-    f.record(entry(3, 1, 10, 0)).unwrap();
-    assert_eq!(f.balance(), 240);
-    assert_eq!(f.supply(), 240);
+    f.record(entry(3, NOW_PERIOD, 10, 0)).unwrap();
+    assert_eq!(f.balance(), 2 * 10 * RATE_0 + 110 + 20);
+    assert_eq!(f.supply(), f.balance());
 }
 
 #[test]
@@ -375,47 +402,79 @@ fn non_admin_cannot_update() {
     let before = svmx::read_config(&f.svm).unwrap();
     let mallory = Keypair::new();
     svmx::fund(&mut f.svm, &mallory.pubkey()).unwrap();
+    let future = NOW_PERIOD + 1;
 
     let res = svmx::send(
         &mut f.svm,
-        &[ix::update_rate(&mallory.pubkey(), 0, 1_000_000)],
+        &[ix::set_rates(&mallory.pubkey(), [1_000_000; 8], future)],
         &mallory,
         &[],
     );
     expect_err(res, LedgerError::NotAdmin);
-    let res = svmx::send(
-        &mut f.svm,
-        &[ix::rotate_oracle(&mallory.pubkey(), &mallory.pubkey())],
-        &mallory,
-        &[],
-    );
-    expect_err(res, LedgerError::NotAdmin);
+    for authority in [
+        ix::Authority::Admin,
+        ix::Authority::Oracle,
+        ix::Authority::Registrar,
+    ] {
+        let res = svmx::send(
+            &mut f.svm,
+            &[ix::propose_authority(
+                &mallory.pubkey(),
+                authority,
+                &mallory.pubkey(),
+            )],
+            &mallory,
+            &[],
+        );
+        expect_err(res, LedgerError::NotAdmin);
+        // Nobody proposed mallory: accepting fails.
+        let res = svmx::send(
+            &mut f.svm,
+            &[ix::accept_authority(&mallory.pubkey(), authority)],
+            &mallory,
+            &[],
+        );
+        expect_err(res, LedgerError::NoPendingAuthority);
+    }
     // The oracle is not an admin either.
     let oracle = f.oracle.pubkey();
     expect_err(
-        f.send(ix::update_rate(&oracle, 0, 1_000_000), &[]),
+        f.send(ix::set_rates(&oracle, [1_000_000; 8], future), &[]),
+        LedgerError::NotAdmin,
+    );
+    let cluster_id = f.cluster_id;
+    expect_err(
+        f.send(
+            ix::configure_cluster(&oracle, &cluster_id, u32::MAX, false),
+            &[],
+        ),
         LedgerError::NotAdmin,
     );
     // The admin key without the admin's signature.
-    let mut ix = ix::update_rate(&f.admin.pubkey(), 0, 1_000_000);
+    let mut ix = ix::set_rates(&f.admin.pubkey(), [1_000_000; 8], future);
     ix.accounts[0].is_signer = false;
     let res = svmx::send(&mut f.svm, &[ix], &mallory, &[]);
     expect_err(res, LedgerError::MissingSignature);
-    // Out-of-range class.
-    let admin = f.admin.insecure_clone();
-    expect_err(
-        f.send(ix::update_rate(&admin.pubkey(), 200, 1), &[&admin]),
-        LedgerError::UnknownGpuClass,
-    );
 
     assert_eq!(svmx::read_config(&f.svm).unwrap(), before);
+    assert_eq!(f.cluster_state().gpu_cap, GPU_CAP);
 }
 
 #[test]
 fn initialize_and_register_checks() {
     let mut svm = svmx::svm_with_ledger();
+    svmx::set_unix_time(&mut svm, now());
     let admin = Keypair::new();
+    let registrar = Keypair::new();
     svmx::fund(&mut svm, &admin.pubkey()).unwrap();
+    svmx::install_program_data(&mut svm, &admin.pubkey());
+    let params = ix::PoolParams {
+        oracle: admin.pubkey(),
+        registrar: registrar.pubkey(),
+        period_seconds: PERIOD,
+        horizon_periods: HORIZON,
+        rates: rates(),
+    };
 
     // A mint whose authority is the admin, not the program PDA.
     let bad_mint = Keypair::new();
@@ -436,7 +495,7 @@ fn initialize_and_register_checks() {
         &[&bad_mint],
     )
     .unwrap();
-    let init = |mint: &Pubkey| ix::initialize_pool(&admin.pubkey(), mint, &admin.pubkey(), rates());
+    let init = |mint: &Pubkey| ix::initialize_pool(&admin.pubkey(), mint, &params);
     expect_err(
         svmx::send(&mut svm, &[init(&bad_mint.pubkey())], &admin, &[]),
         LedgerError::MintAuthorityMismatch,
@@ -466,34 +525,104 @@ fn initialize_and_register_checks() {
         LedgerError::ForeignFreezeAuthority,
     );
 
-    // Good mint: initializes once.
+    // Bad parameters.
     let mint = Keypair::new();
     svmx::create_pool_mint(&mut svm, &admin, &mint, 6).unwrap();
+    for (bad, want) in [
+        (
+            ix::PoolParams {
+                oracle: Pubkey::default(),
+                ..params
+            },
+            LedgerError::ZeroKey,
+        ),
+        (
+            ix::PoolParams {
+                registrar: Pubkey::default(),
+                ..params
+            },
+            LedgerError::ZeroKey,
+        ),
+        (
+            ix::PoolParams {
+                period_seconds: 0,
+                ..params
+            },
+            LedgerError::InvalidPeriodLength,
+        ),
+        (
+            ix::PoolParams {
+                horizon_periods: 0,
+                ..params
+            },
+            LedgerError::InvalidHorizon,
+        ),
+        (
+            ix::PoolParams {
+                horizon_periods: state::MAX_HORIZON_PERIODS + 1,
+                ..params
+            },
+            LedgerError::InvalidHorizon,
+        ),
+    ] {
+        expect_err(
+            svmx::send(
+                &mut svm,
+                &[ix::initialize_pool(&admin.pubkey(), &mint.pubkey(), &bad)],
+                &admin,
+                &[],
+            ),
+            want,
+        );
+    }
+
+    // Good mint: initializes once.
     svmx::send(&mut svm, &[init(&mint.pubkey())], &admin, &[]).unwrap();
     let cfg = svmx::read_config(&svm).unwrap();
     assert_eq!(
-        (cfg.admin, cfg.mint, cfg.rates),
-        (admin.pubkey(), mint.pubkey(), rates())
+        (
+            cfg.admin,
+            cfg.mint,
+            cfg.rates_for(0),
+            cfg.period_seconds,
+            cfg.horizon_periods,
+            cfg.registrar
+        ),
+        (
+            admin.pubkey(),
+            mint.pubkey(),
+            rates(),
+            PERIOD,
+            HORIZON,
+            registrar.pubkey()
+        )
     );
     expect_err(
         svmx::send(&mut svm, &[init(&mint.pubkey())], &admin, &[]),
         LedgerError::AlreadyInitialized,
     );
 
-    // Register: owner must sign; once per cluster id.
+    // Register: owner and registrar must sign; once per cluster id.
     let owner = Keypair::new();
-    let id = state::cluster_id_from_name("west");
-    let mut unsigned = ix::register_cluster(&admin.pubkey(), &owner.pubkey(), &id);
+    let id = state::cluster_id("b6f0d1c2-0000-4000-8000-00000000000a");
+    let mut unsigned =
+        ix::register_cluster(&admin.pubkey(), &owner.pubkey(), &registrar.pubkey(), &id);
     unsigned.accounts[1] = AccountMeta::new_readonly(owner.pubkey(), false);
     expect_err(
-        svmx::send(&mut svm, &[unsigned], &admin, &[]),
+        svmx::send(&mut svm, &[unsigned], &admin, &[&registrar]),
         LedgerError::MissingSignature,
     );
-    svmx::register_cluster(&mut svm, &admin, &owner, &id, &mint.pubkey()).unwrap();
+    svmx::register_cluster(&mut svm, &admin, &owner, &registrar, &id, &mint.pubkey()).unwrap();
     let c = svmx::read_cluster(&svm, &id).unwrap();
     assert_eq!(
-        (c.cluster_id, c.owner, c.receipt_count),
-        (id, owner.pubkey(), 0)
+        (
+            c.cluster_id,
+            c.owner,
+            c.receipt_count,
+            c.gpu_cap,
+            c.disabled
+        ),
+        (id, owner.pubkey(), 0, 0, false)
     );
     let squatter = Keypair::new();
     expect_err(
@@ -502,18 +631,24 @@ fn initialize_and_register_checks() {
             &[ix::register_cluster(
                 &admin.pubkey(),
                 &squatter.pubkey(),
+                &registrar.pubkey(),
                 &id,
             )],
             &admin,
-            &[&squatter],
+            &[&squatter, &registrar],
         ),
         LedgerError::ClusterAlreadyRegistered,
     );
     // Forged cluster address for an id.
-    let mut forged = ix::register_cluster(&admin.pubkey(), &owner.pubkey(), &[7; 32]);
-    forged.accounts[3].pubkey = Pubkey::new_unique();
+    let mut forged = ix::register_cluster(
+        &admin.pubkey(),
+        &owner.pubkey(),
+        &registrar.pubkey(),
+        &[7; 32],
+    );
+    forged.accounts[4].pubkey = Pubkey::new_unique();
     expect_err(
-        svmx::send(&mut svm, &[forged], &admin, &[&owner]),
+        svmx::send(&mut svm, &[forged], &admin, &[&owner, &registrar]),
         LedgerError::InvalidClusterAddress,
     );
 }
@@ -566,7 +701,7 @@ fn independent_svms_on_many_threads() {
             std::thread::spawn(move || {
                 let mut f = fixture();
                 for i in 0..5u8 {
-                    f.record(entry(i, t, 10 + t, 0)).unwrap();
+                    f.record(entry(i, t + 1, 10 + t, 0)).unwrap();
                 }
                 assert_eq!(f.balance(), 5 * (10 + t) * RATE_0);
                 assert_eq!(f.supply(), f.balance());

@@ -1,10 +1,16 @@
 //! Errors returned by the ledger program.
 //!
-//! Every variant travels as `ProgramError::Custom(code)` where `code` is the variant's
-//! discriminant; [`LedgerError::from_code`] maps a code from a failed transaction back.
+//! Every variant travels as `ProgramError::Custom(ERROR_CODE_OFFSET + index)`. The offset keeps
+//! the ledger's codes apart from the small codes of the programs it invokes: SPL Token
+//! (`TokenError`, 0..=20) and System (`SystemError`, 0..=8) errors come back through CPI as
+//! `Custom(n)` of the same top-level instruction, and must not be read as ledger errors.
+//! [`LedgerError::from_code`] maps a code from a failed transaction back.
 
 use solana_program::program_error::ProgramError;
 use thiserror::Error;
+
+/// Added to every ledger error's index to form its `Custom` code.
+pub const ERROR_CODE_OFFSET: u32 = 6000;
 
 /// Why a ledger instruction was rejected.
 #[derive(Clone, Copy, Debug, Eq, Error, PartialEq)]
@@ -37,9 +43,9 @@ pub enum LedgerError {
     /// The system program passed is not the system program.
     #[error("system program account is not the system program")]
     InvalidSystemProgram = 8,
-    /// A sysvar account is missing or is not the expected sysvar.
-    #[error("sysvar account is not the expected sysvar")]
-    InvalidSysvar = 9,
+    /// The `ProgramData` account passed is not this program's, or has no upgrade authority.
+    #[error("program data account is not this program's upgradeable-loader ProgramData")]
+    InvalidProgramData = 9,
     /// The mint is not an initialized SPL Token mint.
     #[error("mint is not an initialized SPL Token mint")]
     InvalidMint = 10,
@@ -76,7 +82,7 @@ pub enum LedgerError {
     /// The GPU class is outside `0..NUM_GPU_CLASSES`.
     #[error("GPU class out of range")]
     UnknownGpuClass = 21,
-    /// The GPU class has a reward rate of zero (not priced).
+    /// The GPU class has a reward rate of zero in the rate version of the period.
     #[error("GPU class has no reward rate")]
     GpuClassNotPriced = 22,
     /// `rate * gpu_seconds` or a batch sum does not fit in u64.
@@ -100,11 +106,53 @@ pub enum LedgerError {
     /// The program was invoked under an id other than its declared one.
     #[error("program invoked under the wrong program id")]
     WrongProgramId = 29,
+    /// `InitializePool` was not signed by the program's upgrade authority.
+    #[error("signer is not the program's upgrade authority")]
+    NotUpgradeAuthority = 30,
+    /// An authority (admin, oracle, registrar, owner) of all zeros was given.
+    #[error("the all-zeros key is not a valid authority")]
+    ZeroKey = 31,
+    /// `AcceptAuthority` signed by a key that is not the pending one.
+    #[error("no such authority change is pending for this signer")]
+    NoPendingAuthority = 32,
+    /// The signer is not the pool's registrar.
+    #[error("signer is not the pool's registrar")]
+    NotRegistrar = 33,
+    /// The cluster is disabled by the admin; its usage is not paid.
+    #[error("cluster is disabled")]
+    ClusterDisabled = 34,
+    /// The period has not ended yet by the on-chain clock.
+    #[error("settlement period has not ended yet by the on-chain clock")]
+    PeriodNotEnded = 35,
+    /// The period is older than the pool's settlement horizon.
+    #[error("settlement period is older than the settlement horizon")]
+    PeriodOutsideHorizon = 36,
+    /// The cluster's GPU-seconds in the period would exceed `gpu_cap * period_seconds`.
+    #[error("usage exceeds the cluster's GPU cap for the period")]
+    GpuCapExceeded = 37,
+    /// A period length of zero.
+    #[error("period length must be at least one second")]
+    InvalidPeriodLength = 38,
+    /// A settlement horizon outside `1..=MAX_HORIZON_PERIODS`.
+    #[error("horizon must be between 1 and MAX_HORIZON_PERIODS")]
+    InvalidHorizon = 39,
+    /// A rate change effective in the current or a past period (it would be retroactive).
+    #[error("new rates must take effect in a future period")]
+    RateNotInFuture = 40,
+    /// No room for another rate version until an old one falls behind the horizon.
+    #[error("rate history is full of versions that may still apply")]
+    RateHistoryFull = 41,
+    /// The receipt's period is still inside the horizon; closing it would allow a replay.
+    #[error("receipt is still inside the settlement horizon")]
+    ReceiptNotExpired = 42,
+    /// `CloseReceipt` rent destination is not the payer recorded in the receipt.
+    #[error("rent destination is not the receipt's rent payer")]
+    InvalidRentDestination = 43,
 }
 
 impl LedgerError {
     /// All variants, in code order.
-    pub const ALL: [LedgerError; 30] = [
+    pub const ALL: [LedgerError; 44] = [
         Self::InvalidInstruction,
         Self::WrongAccountCount,
         Self::AlreadyInitialized,
@@ -114,7 +162,7 @@ impl LedgerError {
         Self::InvalidReceiptAddress,
         Self::InvalidTokenProgram,
         Self::InvalidSystemProgram,
-        Self::InvalidSysvar,
+        Self::InvalidProgramData,
         Self::InvalidMint,
         Self::MintMismatch,
         Self::MintAuthorityMismatch,
@@ -135,16 +183,32 @@ impl LedgerError {
         Self::InvalidAccountData,
         Self::AccountNotWritable,
         Self::WrongProgramId,
+        Self::NotUpgradeAuthority,
+        Self::ZeroKey,
+        Self::NoPendingAuthority,
+        Self::NotRegistrar,
+        Self::ClusterDisabled,
+        Self::PeriodNotEnded,
+        Self::PeriodOutsideHorizon,
+        Self::GpuCapExceeded,
+        Self::InvalidPeriodLength,
+        Self::InvalidHorizon,
+        Self::RateNotInFuture,
+        Self::RateHistoryFull,
+        Self::ReceiptNotExpired,
+        Self::InvalidRentDestination,
     ];
 
     /// The `ProgramError::Custom` code of this error.
     pub const fn code(self) -> u32 {
-        self as u32
+        // At most a few dozen variants above the offset: cannot overflow.
+        ERROR_CODE_OFFSET.wrapping_add(self as u32)
     }
 
     /// Maps a `Custom` error code back to the variant, if it is one of ours.
     pub fn from_code(code: u32) -> Option<Self> {
-        Self::ALL.iter().copied().find(|e| e.code() == code)
+        let index = code.checked_sub(ERROR_CODE_OFFSET)?;
+        Self::ALL.get(usize::try_from(index).ok()?).copied()
     }
 }
 
@@ -161,9 +225,17 @@ mod tests {
     #[test]
     fn codes_round_trip() {
         for (i, e) in LedgerError::ALL.iter().enumerate() {
-            assert_eq!(e.code() as usize, i);
+            assert_eq!(e.code() as usize, ERROR_CODE_OFFSET as usize + i);
             assert_eq!(LedgerError::from_code(e.code()), Some(*e));
         }
         assert_eq!(LedgerError::from_code(10_000), None);
+    }
+
+    #[test]
+    fn foreign_small_codes_are_not_ledger_errors() {
+        // SPL Token and System error codes through CPI.
+        for code in 0..100 {
+            assert_eq!(LedgerError::from_code(code), None, "code {code}");
+        }
     }
 }

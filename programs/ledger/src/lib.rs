@@ -21,6 +21,19 @@
 //! A receipt is created exactly once per `(cluster, job uid, settlement period)`; the program
 //! derives `usage_id` itself from those values, so a replayed settlement fails with
 //! [`error::LedgerError::ReceiptAlreadyExists`] and can never mint twice.
+//!
+//! What the program bounds, so that no single key can mint without limit:
+//! * `InitializePool` only by the program's upgrade authority (no front-running);
+//! * the period length is fixed in the pool config; a period is recordable only once it has
+//!   ended by the on-chain clock and while it is within the settlement horizon;
+//! * a cluster's GPU-seconds per period are capped at its admin-set GPU cap times the period
+//!   length, over all receipts (a leaked oracle key mints at most that per cluster and
+//!   period, and is rotated out in two steps by the admin);
+//! * rates are versioned by the period they take effect from, always a future one;
+//! * `RegisterCluster` needs the owner *and* the hub-held registrar; `SetClusterOwner` needs
+//!   the registrar and the new owner; a disabled cluster is not paid;
+//! * receipts of periods past the horizon can be closed (their rent returned to the payer):
+//!   such a period can no longer be recorded, so exactly-once still holds.
 
 #![deny(clippy::arithmetic_side_effects)]
 
@@ -40,6 +53,7 @@ pub mod error;
 pub mod instruction;
 pub mod processor;
 pub mod state;
+pub mod sysvars;
 
 #[cfg(not(feature = "no-entrypoint"))]
 mod entrypoint;
@@ -61,15 +75,27 @@ pub mod system_program {
     solana_program::declare_id!("11111111111111111111111111111111");
 }
 
+/// Compute Budget program (priority fees and compute-unit limits).
+pub mod compute_budget {
+    solana_program::declare_id!("ComputeBudget111111111111111111111111111111");
+}
+
+/// Upgradeable BPF loader (owns the program's `ProgramData`, which names its upgrade authority).
+pub mod bpf_loader_upgradeable {
+    solana_program::declare_id!("BPFLoaderUpgradeab1e11111111111111111111111");
+}
+
 /// Largest [`instruction::LedgerInstruction::RecordUsageBatch`] that fits one legacy
-/// transaction (`PACKET_DATA_SIZE` = 1232 bytes) when the oracle is also the fee payer (one
-/// signature) and the transaction carries nothing else: 11 entries serialize to 1200 bytes,
-/// 12 to 1266. Each entry costs 66 bytes (32-byte receipt key, 1-byte account index, 33 bytes
-/// of data). A separate fee payer costs one more signature and key (96 bytes); see
-/// [`MAX_BATCH_RECEIPTS_SEPARATE_PAYER`]. Both are proven by `tests/batch_size.rs` in the
-/// `gpupool-ledger-svm` crate, which serializes real signed transactions and executes the
-/// maximal batches. (Compute units are not metered for the native build; on SBF an entry
-/// costs roughly one PDA derivation, one SHA-256 and one System `CreateAccount` CPI.)
+/// transaction (`PACKET_DATA_SIZE` = 1232 bytes) together with `SetComputeUnitLimit` and
+/// `SetComputeUnitPrice`, when the oracle is also the fee payer (one signature): 11 entries
+/// serialize to 1186 bytes, 12 to 1252. Each entry costs 66 bytes (32-byte receipt key, 1-byte
+/// account index, 33 bytes of data); the two compute-budget instructions cost 52 bytes, paid
+/// for by reading clock and rent through syscalls instead of passing the sysvar accounts.
+/// Without the compute-budget instructions 12 would fit. A separate fee payer costs one more
+/// signature and key (96 bytes); see [`MAX_BATCH_RECEIPTS_SEPARATE_PAYER`]. Both are proven by
+/// `tests/batch_size.rs` in the `gpupool-ledger-svm` crate, which serializes real signed
+/// transactions and executes the maximal batches. (Compute units are not metered for the
+/// native build; see [`instruction::record_usage_compute_units`] for the requested limit.)
 pub const MAX_BATCH_RECEIPTS: usize = 11;
 
 /// Like [`MAX_BATCH_RECEIPTS`], for a transaction whose fee payer is not the oracle (two

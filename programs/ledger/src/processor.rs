@@ -1,23 +1,26 @@
 //! Instruction processing. One `process_*` per instruction; every account is checked for
 //! address (PDA derivation or well-known id), owner program, signer and writability before
-//! it is used.
+//! it is used. Clock and rent come from the sysvar syscalls ([`crate::sysvars`]).
 
 use borsh::BorshDeserialize;
 use solana_program::{
     account_info::AccountInfo, entrypoint::ProgramResult, program::invoke_signed,
     program_error::ProgramError, pubkey::Pubkey,
 };
-use solana_sysvar::{SysvarSerialize, clock::Clock, rent::Rent};
+use solana_sysvar::rent::Rent;
 
 use crate::{
     error::LedgerError,
-    instruction::{LedgerInstruction, UsageEntry, raw},
+    instruction::{Authority, LedgerInstruction, UsageEntry, raw},
     state::{
-        CLUSTER_SEED, CONFIG_SEED, ClusterAccount, MINT_AUTHORITY_SEED, NUM_GPU_CLASSES,
-        PoolConfig, RECEIPT_SEED, TAG_CLUSTER, TAG_CONFIG, TAG_RECEIPT, UsageReceipt,
-        find_cluster_address, find_config_address, find_mint_authority_address,
-        find_receipt_address, get_associated_token_address, pack, spl, unpack, usage_id,
+        CLUSTER_SEED, CONFIG_SEED, ClusterAccount, MAX_HORIZON_PERIODS, MAX_RATE_VERSIONS,
+        MINT_AUTHORITY_SEED, NUM_GPU_CLASSES, PoolConfig, RECEIPT_SEED, RateVersion, TAG_CLUSTER,
+        TAG_CONFIG, TAG_RECEIPT, UsageReceipt, find_cluster_address, find_config_address,
+        find_mint_authority_address, find_receipt_address, get_associated_token_address, pack,
+        pack_cluster, program_data_address, program_data_upgrade_authority, spl, tally, unpack,
+        unpack_cluster, usage_id,
     },
+    sysvars,
 };
 
 /// Program entry: decodes the instruction and dispatches.
@@ -32,9 +35,22 @@ pub fn process_instruction(
     let instruction = LedgerInstruction::try_from_slice(instruction_data)
         .map_err(|_| ProgramError::from(LedgerError::InvalidInstruction))?;
     match instruction {
-        LedgerInstruction::InitializePool { oracle, rates } => {
+        LedgerInstruction::InitializePool {
+            oracle,
+            registrar,
+            period_seconds,
+            horizon_periods,
+            rates,
+        } => {
             log!("Instruction: InitializePool");
-            process_initialize_pool(accounts, oracle, rates)
+            process_initialize_pool(
+                accounts,
+                oracle,
+                registrar,
+                period_seconds,
+                horizon_periods,
+                rates,
+            )
         }
         LedgerInstruction::RegisterCluster { cluster_id } => {
             log!("Instruction: RegisterCluster");
@@ -42,31 +58,52 @@ pub fn process_instruction(
         }
         LedgerInstruction::RecordUsage { entry } => {
             log!("Instruction: RecordUsage");
-            process_record_usage(accounts, entry)
+            record(accounts, &[entry])
         }
         LedgerInstruction::RecordUsageBatch { entries } => {
             log!("Instruction: RecordUsageBatch");
-            process_record_usage_batch(accounts, &entries)
+            if entries.is_empty() {
+                return Err(LedgerError::EmptyBatch.into());
+            }
+            record(accounts, &entries)
         }
-        LedgerInstruction::UpdateRate { gpu_class, rate } => {
-            log!("Instruction: UpdateRate");
-            process_update_rate(accounts, gpu_class, rate)
+        LedgerInstruction::SetRates {
+            rates,
+            effective_from_period,
+        } => {
+            log!("Instruction: SetRates");
+            process_set_rates(accounts, rates, effective_from_period)
         }
-        LedgerInstruction::RotateOracle { new_oracle } => {
-            log!("Instruction: RotateOracle");
-            process_rotate_oracle(accounts, new_oracle)
+        LedgerInstruction::ProposeAuthority { authority, new_key } => {
+            log!("Instruction: ProposeAuthority");
+            process_propose_authority(accounts, authority, new_key)
+        }
+        LedgerInstruction::AcceptAuthority { authority } => {
+            log!("Instruction: AcceptAuthority");
+            process_accept_authority(accounts, authority)
+        }
+        LedgerInstruction::SetClusterOwner => {
+            log!("Instruction: SetClusterOwner");
+            process_set_cluster_owner(accounts)
+        }
+        LedgerInstruction::ConfigureCluster { gpu_cap, disabled } => {
+            log!("Instruction: ConfigureCluster");
+            process_configure_cluster(accounts, gpu_cap, disabled)
+        }
+        LedgerInstruction::CloseReceipt => {
+            log!("Instruction: CloseReceipt");
+            process_close_receipt(accounts)
         }
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Instructions
-// ---------------------------------------------------------------------------------------------
-
-/// Creates the pool config after checking the mint is ours to mint.
+/// Creates the pool config (upgrade authority only).
 pub fn process_initialize_pool(
     accounts: &[AccountInfo],
     oracle: Pubkey,
+    registrar: Pubkey,
+    period_seconds: u64,
+    horizon_periods: u64,
     rates: [u64; NUM_GPU_CLASSES],
 ) -> ProgramResult {
     let [
@@ -75,7 +112,7 @@ pub fn process_initialize_pool(
         mint,
         mint_authority,
         system_program,
-        rent_sysvar,
+        program_data,
     ] = accounts
     else {
         return Err(LedgerError::WrongAccountCount.into());
@@ -84,7 +121,27 @@ pub fn process_initialize_pool(
     require_writable(admin)?;
     require_writable(config)?;
     check_system_program(system_program)?;
-    let rent = load_rent(rent_sysvar)?;
+
+    // Only the program's upgrade authority: the upgradeable loader creates the ProgramData
+    // account at this address on deployment, and only it can own it.
+    if *program_data.key != program_data_address(&crate::ID)
+        || *program_data.owner != crate::bpf_loader_upgradeable::ID
+    {
+        return Err(LedgerError::InvalidProgramData.into());
+    }
+    let authority = program_data_upgrade_authority(&program_data.try_borrow_data()?)
+        .ok_or(LedgerError::InvalidProgramData)?;
+    if authority != *admin.key {
+        return Err(LedgerError::NotUpgradeAuthority.into());
+    }
+    require_nonzero(&oracle)?;
+    require_nonzero(&registrar)?;
+    if period_seconds == 0 || i64::try_from(period_seconds).is_err() {
+        return Err(LedgerError::InvalidPeriodLength.into());
+    }
+    if horizon_periods == 0 || horizon_periods > MAX_HORIZON_PERIODS {
+        return Err(LedgerError::InvalidHorizon.into());
+    }
 
     let (config_key, bump) = find_config_address();
     if *config.key != config_key {
@@ -111,6 +168,7 @@ pub fn process_initialize_pool(
         return Err(LedgerError::ForeignFreezeAuthority.into());
     }
 
+    let rent = sysvars::rent()?;
     create_pda_account(
         admin,
         config,
@@ -119,30 +177,48 @@ pub fn process_initialize_pool(
         PoolConfig::LEN,
         &[CONFIG_SEED, &[bump]],
     )?;
+    let mut rate_versions = [RateVersion::default(); MAX_RATE_VERSIONS];
+    if let Some(first) = rate_versions.first_mut() {
+        *first = RateVersion {
+            effective_from: 0,
+            rates,
+        };
+    }
     let state = PoolConfig {
         tag: TAG_CONFIG,
         admin: *admin.key,
+        pending_admin: Pubkey::default(),
         oracle,
+        pending_oracle: Pubkey::default(),
+        registrar,
+        pending_registrar: Pubkey::default(),
         mint: *mint.key,
-        rates,
+        period_seconds,
+        horizon_periods,
+        rate_version_count: 1,
+        rate_versions,
         bump,
         mint_authority_bump,
     };
     pack(&state, &mut config.try_borrow_mut_data()?)
 }
 
-/// Creates a cluster account owned by the signing owner wallet.
+/// Creates a cluster account for the signing owner; the registrar co-signs.
 pub fn process_register_cluster(accounts: &[AccountInfo], cluster_id: [u8; 32]) -> ProgramResult {
-    let [payer, owner, config, cluster, system_program, rent_sysvar] = accounts else {
+    let [payer, owner, registrar, config, cluster, system_program] = accounts else {
         return Err(LedgerError::WrongAccountCount.into());
     };
     require_signer(payer)?;
     require_writable(payer)?;
     require_signer(owner)?;
+    require_nonzero(owner.key)?;
     require_writable(cluster)?;
     check_system_program(system_program)?;
-    let rent = load_rent(rent_sysvar)?;
-    load_config(config)?;
+    let config_state = load_config(config)?;
+    if *registrar.key != config_state.registrar {
+        return Err(LedgerError::NotRegistrar.into());
+    }
+    require_signer(registrar)?;
 
     let (cluster_key, bump) = find_cluster_address(&cluster_id);
     if *cluster.key != cluster_key {
@@ -151,6 +227,7 @@ pub fn process_register_cluster(accounts: &[AccountInfo], cluster_id: [u8; 32]) 
     if !is_uninitialized(cluster) {
         return Err(LedgerError::ClusterAlreadyRegistered.into());
     }
+    let rent = sysvars::rent()?;
     create_pda_account(
         payer,
         cluster,
@@ -163,52 +240,196 @@ pub fn process_register_cluster(accounts: &[AccountInfo], cluster_id: [u8; 32]) 
         tag: TAG_CLUSTER,
         cluster_id,
         owner: *owner.key,
+        gpu_cap: 0,
+        disabled: false,
         total_gpu_seconds: 0,
         total_tokens_minted: 0,
         receipt_count: 0,
         bump,
     };
-    pack(&state, &mut cluster.try_borrow_mut_data()?)
+    pack_cluster(&state, &mut cluster.try_borrow_mut_data()?)
 }
 
-/// Records one usage (a batch of one).
-pub fn process_record_usage(accounts: &[AccountInfo], entry: UsageEntry) -> ProgramResult {
-    record(accounts, &[entry])
-}
-
-/// Records several usages of one cluster with one `MintTo`.
-pub fn process_record_usage_batch(
+/// Schedules a rate version from a future period on.
+pub fn process_set_rates(
     accounts: &[AccountInfo],
-    entries: &[UsageEntry],
+    rates: [u64; NUM_GPU_CLASSES],
+    effective_from: u64,
 ) -> ProgramResult {
-    if entries.is_empty() {
-        return Err(LedgerError::EmptyBatch.into());
+    let [admin, config] = accounts else {
+        return Err(LedgerError::WrongAccountCount.into());
+    };
+    let mut state = load_config_as_admin(admin, config)?;
+    require_writable(config)?;
+    let now = sysvars::now()?;
+    let current = state.period_at(now);
+    if effective_from <= current {
+        return Err(LedgerError::RateNotInFuture.into());
     }
-    record(accounts, entries)
-}
-
-/// Sets one class's rate.
-pub fn process_update_rate(accounts: &[AccountInfo], gpu_class: u8, rate: u64) -> ProgramResult {
-    let [admin, config] = accounts else {
-        return Err(LedgerError::WrongAccountCount.into());
+    let mut count = usize::from(state.rate_version_count).clamp(1, MAX_RATE_VERSIONS);
+    let last_from = state
+        .rate_versions
+        .get(count.saturating_sub(1))
+        .map(|v| v.effective_from)
+        .unwrap_or(0);
+    let version = RateVersion {
+        effective_from,
+        rates,
     };
-    let mut state = load_config_as_admin(admin, config)?;
+    if last_from > current && count > 1 {
+        // The last version has not taken effect yet: replace it (no usage was priced by it).
+        count = count.saturating_sub(1);
+    }
+    if count == MAX_RATE_VERSIONS {
+        // Drop the oldest version only if no recordable period can still use it: the next
+        // version starts at or before the oldest period inside the horizon.
+        let next_from = state
+            .rate_versions
+            .get(1)
+            .map(|v| v.effective_from)
+            .unwrap_or(u64::MAX);
+        if next_from.saturating_add(state.horizon_periods) > current {
+            return Err(LedgerError::RateHistoryFull.into());
+        }
+        state.rate_versions.rotate_left(1);
+        count = count.saturating_sub(1);
+    }
     let slot = state
-        .rates
-        .get_mut(usize::from(gpu_class))
-        .ok_or(LedgerError::UnknownGpuClass)?;
-    *slot = rate;
+        .rate_versions
+        .get_mut(count)
+        .ok_or(LedgerError::RateHistoryFull)?;
+    *slot = version;
+    state.rate_version_count = u8::try_from(count.saturating_add(1))
+        .map_err(|_| ProgramError::from(LedgerError::RateHistoryFull))?;
+    for v in state
+        .rate_versions
+        .iter_mut()
+        .skip(usize::from(state.rate_version_count))
+    {
+        *v = RateVersion::default();
+    }
     pack(&state, &mut config.try_borrow_mut_data()?)
 }
 
-/// Replaces the oracle key.
-pub fn process_rotate_oracle(accounts: &[AccountInfo], new_oracle: Pubkey) -> ProgramResult {
+/// Records a proposed authority change.
+pub fn process_propose_authority(
+    accounts: &[AccountInfo],
+    authority: Authority,
+    new_key: Pubkey,
+) -> ProgramResult {
     let [admin, config] = accounts else {
         return Err(LedgerError::WrongAccountCount.into());
     };
     let mut state = load_config_as_admin(admin, config)?;
-    state.oracle = new_oracle;
+    require_writable(config)?;
+    require_nonzero(&new_key)?;
+    match authority {
+        Authority::Admin => state.pending_admin = new_key,
+        Authority::Oracle => state.pending_oracle = new_key,
+        Authority::Registrar => state.pending_registrar = new_key,
+    }
     pack(&state, &mut config.try_borrow_mut_data()?)
+}
+
+/// The pending key takes over.
+pub fn process_accept_authority(accounts: &[AccountInfo], authority: Authority) -> ProgramResult {
+    let [new_key, config] = accounts else {
+        return Err(LedgerError::WrongAccountCount.into());
+    };
+    let mut state = load_config(config)?;
+    require_writable(config)?;
+    let (current, pending) = match authority {
+        Authority::Admin => (&mut state.admin, &mut state.pending_admin),
+        Authority::Oracle => (&mut state.oracle, &mut state.pending_oracle),
+        Authority::Registrar => (&mut state.registrar, &mut state.pending_registrar),
+    };
+    if *pending == Pubkey::default() || *pending != *new_key.key {
+        return Err(LedgerError::NoPendingAuthority.into());
+    }
+    require_signer(new_key)?;
+    *current = *pending;
+    *pending = Pubkey::default();
+    pack(&state, &mut config.try_borrow_mut_data()?)
+}
+
+/// Moves a cluster to a new owner (registrar + new owner sign).
+pub fn process_set_cluster_owner(accounts: &[AccountInfo]) -> ProgramResult {
+    let [registrar, new_owner, config, cluster] = accounts else {
+        return Err(LedgerError::WrongAccountCount.into());
+    };
+    let config_state = load_config(config)?;
+    if *registrar.key != config_state.registrar {
+        return Err(LedgerError::NotRegistrar.into());
+    }
+    require_signer(registrar)?;
+    require_signer(new_owner)?;
+    require_nonzero(new_owner.key)?;
+    require_writable(cluster)?;
+    let mut state = load_cluster(cluster)?;
+    state.owner = *new_owner.key;
+    pack_cluster(&state, &mut cluster.try_borrow_mut_data()?)
+}
+
+/// Sets a cluster's GPU cap and disabled flag (admin).
+pub fn process_configure_cluster(
+    accounts: &[AccountInfo],
+    gpu_cap: u32,
+    disabled: bool,
+) -> ProgramResult {
+    let [admin, config, cluster] = accounts else {
+        return Err(LedgerError::WrongAccountCount.into());
+    };
+    load_config_as_admin(admin, config)?;
+    require_writable(cluster)?;
+    let mut state = load_cluster(cluster)?;
+    state.gpu_cap = gpu_cap;
+    state.disabled = disabled;
+    pack_cluster(&state, &mut cluster.try_borrow_mut_data()?)
+}
+
+/// Closes a receipt older than the horizon and returns its rent to its payer.
+pub fn process_close_receipt(accounts: &[AccountInfo]) -> ProgramResult {
+    let [receipt, rent_destination, config] = accounts else {
+        return Err(LedgerError::WrongAccountCount.into());
+    };
+    let config_state = load_config(config)?;
+    require_writable(receipt)?;
+    require_writable(rent_destination)?;
+    if *receipt.owner != crate::ID {
+        return Err(LedgerError::IncorrectAccountOwner.into());
+    }
+    let state: UsageReceipt = unpack(&receipt.try_borrow_data()?, UsageReceipt::LEN, TAG_RECEIPT)?;
+    let expected = Pubkey::create_program_address(
+        &[
+            RECEIPT_SEED,
+            state.cluster.as_ref(),
+            &state.usage_id,
+            &[state.bump],
+        ],
+        &crate::ID,
+    )
+    .map_err(|_| ProgramError::from(LedgerError::InvalidReceiptAddress))?;
+    if *receipt.key != expected {
+        return Err(LedgerError::InvalidReceiptAddress.into());
+    }
+    if *rent_destination.key != state.rent_payer {
+        return Err(LedgerError::InvalidRentDestination.into());
+    }
+    // Exactly-once survives the close: a period outside the horizon can never be recorded
+    // again, so the receipt is no longer needed to refuse a replay.
+    if config_state.within_horizon(state.period, sysvars::now()?) {
+        return Err(LedgerError::ReceiptNotExpired.into());
+    }
+    let lamports = receipt.lamports();
+    let dest = rent_destination
+        .lamports()
+        .checked_add(lamports)
+        .ok_or(LedgerError::TotalsOverflow)?;
+    **rent_destination.try_borrow_mut_lamports()? = dest;
+    **receipt.try_borrow_mut_lamports()? = 0;
+    receipt.resize(0)?;
+    receipt.assign(&crate::system_program::ID);
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -226,8 +447,6 @@ fn record(accounts: &[AccountInfo], entries: &[UsageEntry]) -> ProgramResult {
         owner_token_account,
         token_program,
         system_program,
-        clock_sysvar,
-        rent_sysvar,
         receipts @ ..,
     ] = accounts
     else {
@@ -251,12 +470,8 @@ fn record(accounts: &[AccountInfo], entries: &[UsageEntry]) -> ProgramResult {
         return Err(LedgerError::InvalidTokenProgram.into());
     }
     check_system_program(system_program)?;
-    if *clock_sysvar.key != solana_sysvar::clock::ID {
-        return Err(LedgerError::InvalidSysvar.into());
-    }
-    let clock = Clock::from_account_info(clock_sysvar)
-        .map_err(|_| ProgramError::from(LedgerError::InvalidSysvar))?;
-    let rent = load_rent(rent_sysvar)?;
+    let clock = sysvars::clock()?;
+    let rent = sysvars::rent()?;
 
     // Mint and its authority.
     if *mint.key != config_state.mint {
@@ -277,25 +492,9 @@ fn record(accounts: &[AccountInfo], entries: &[UsageEntry]) -> ProgramResult {
 
     // Cluster.
     require_writable(cluster)?;
-    if *cluster.owner != crate::ID {
-        return Err(LedgerError::IncorrectAccountOwner.into());
-    }
-    let mut cluster_state: ClusterAccount = unpack(
-        &cluster.try_borrow_data()?,
-        ClusterAccount::LEN,
-        TAG_CLUSTER,
-    )?;
-    let expected_cluster = Pubkey::create_program_address(
-        &[
-            CLUSTER_SEED,
-            &cluster_state.cluster_id,
-            &[cluster_state.bump],
-        ],
-        &crate::ID,
-    )
-    .map_err(|_| ProgramError::from(LedgerError::InvalidClusterAddress))?;
-    if *cluster.key != expected_cluster {
-        return Err(LedgerError::InvalidClusterAddress.into());
+    let mut cluster_state = load_cluster(cluster)?;
+    if cluster_state.disabled {
+        return Err(LedgerError::ClusterDisabled.into());
     }
 
     // Destination: the owner's associated token account for the pool mint.
@@ -315,18 +514,35 @@ fn record(accounts: &[AccountInfo], entries: &[UsageEntry]) -> ProgramResult {
     }
 
     // Receipts.
+    let period_cap = config_state.period_cap(cluster_state.gpu_cap);
+    let horizon = config_state.horizon_periods;
     let mut total_amount: u64 = 0;
     let mut total_seconds: u64 = 0;
     for (entry, receipt) in entries.iter().zip(receipts) {
         if entry.gpu_seconds == 0 {
             return Err(LedgerError::ZeroUsage.into());
         }
-        let rate = *config_state
-            .rates
-            .get(usize::from(entry.gpu_class))
+        config_state.recordable(entry.period, clock.unix_timestamp)?;
+        let rate = config_state
+            .rate(entry.gpu_class, entry.period)
             .ok_or(LedgerError::UnknownGpuClass)?;
         if rate == 0 {
             return Err(LedgerError::GpuClassNotPriced.into());
+        }
+        // The cluster's paid GPU-seconds in this period, this entry included, stay within
+        // its GPU cap times the period length.
+        {
+            let mut data = cluster.try_borrow_mut_data()?;
+            let paid =
+                tally::get(&data, entry.period, horizon).ok_or(LedgerError::InvalidAccountData)?;
+            let paid = paid
+                .checked_add(entry.gpu_seconds)
+                .ok_or(LedgerError::GpuCapExceeded)?;
+            if paid > period_cap {
+                return Err(LedgerError::GpuCapExceeded.into());
+            }
+            tally::set(&mut data, entry.period, horizon, paid)
+                .ok_or(LedgerError::InvalidAccountData)?;
         }
         let amount = rate
             .checked_mul(entry.gpu_seconds)
@@ -365,6 +581,7 @@ fn record(accounts: &[AccountInfo], entries: &[UsageEntry]) -> ProgramResult {
             gpu_class: entry.gpu_class,
             amount,
             slot: clock.slot,
+            rent_payer: *payer.key,
             bump,
         };
         pack(&state, &mut receipt.try_borrow_mut_data()?)?;
@@ -384,7 +601,7 @@ fn record(accounts: &[AccountInfo], entries: &[UsageEntry]) -> ProgramResult {
         .receipt_count
         .checked_add(count)
         .ok_or(LedgerError::TotalsOverflow)?;
-    pack(&cluster_state, &mut cluster.try_borrow_mut_data()?)?;
+    pack_cluster(&cluster_state, &mut cluster.try_borrow_mut_data()?)?;
 
     invoke_signed(
         &raw::spl_mint_to(
@@ -430,19 +647,20 @@ fn require_writable(account: &AccountInfo) -> ProgramResult {
     }
 }
 
+fn require_nonzero(key: &Pubkey) -> ProgramResult {
+    if *key == Pubkey::default() {
+        Err(LedgerError::ZeroKey.into())
+    } else {
+        Ok(())
+    }
+}
+
 fn check_system_program(account: &AccountInfo) -> ProgramResult {
     if *account.key == crate::system_program::ID {
         Ok(())
     } else {
         Err(LedgerError::InvalidSystemProgram.into())
     }
-}
-
-fn load_rent(account: &AccountInfo) -> Result<Rent, ProgramError> {
-    if *account.key != solana_sysvar::rent::ID {
-        return Err(LedgerError::InvalidSysvar.into());
-    }
-    Rent::from_account_info(account).map_err(|_| LedgerError::InvalidSysvar.into())
 }
 
 /// An address nobody has created yet (system-owned, no data). It may hold lamports: anyone can
@@ -465,6 +683,23 @@ fn load_config(config: &AccountInfo) -> Result<PoolConfig, ProgramError> {
     Ok(state)
 }
 
+/// Loads and checks a cluster account: owner, layout and PDA address.
+fn load_cluster(cluster: &AccountInfo) -> Result<ClusterAccount, ProgramError> {
+    if *cluster.owner != crate::ID {
+        return Err(LedgerError::IncorrectAccountOwner.into());
+    }
+    let state = unpack_cluster(&cluster.try_borrow_data()?)?;
+    let expected = Pubkey::create_program_address(
+        &[CLUSTER_SEED, &state.cluster_id, &[state.bump]],
+        &crate::ID,
+    )
+    .map_err(|_| ProgramError::from(LedgerError::InvalidClusterAddress))?;
+    if *cluster.key != expected {
+        return Err(LedgerError::InvalidClusterAddress.into());
+    }
+    Ok(state)
+}
+
 fn load_config_as_admin(
     admin: &AccountInfo,
     config: &AccountInfo,
@@ -474,7 +709,6 @@ fn load_config_as_admin(
         return Err(LedgerError::NotAdmin.into());
     }
     require_signer(admin)?;
-    require_writable(config)?;
     Ok(state)
 }
 

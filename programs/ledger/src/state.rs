@@ -1,15 +1,18 @@
 //! Account layouts, sizes and address derivations.
 //!
-//! All three account types are borsh-encoded, fixed-size, and start with a one-byte type tag
-//! so one can never be read as another.
+//! All account types start with a one-byte type tag so one can never be read as another.
+//! [`PoolConfig`] and [`UsageReceipt`] are borsh-encoded and fixed-size; a cluster account is
+//! a borsh-encoded [`ClusterAccount`] header followed by its per-period tally ring (see
+//! [`tally`]), read and written in place so the program never copies 8 KiB onto its stack.
 //!
 //! Identifiers:
-//! * **cluster id**: 32 opaque bytes. The operator derives it from the member cluster's name
-//!   with [`cluster_id_from_name`] (`sha256("gpupool/cluster/v1" || name)`), so names of any
-//!   length map to a fixed-size seed.
+//! * **cluster id**: 32 opaque bytes, [`cluster_id`] of the member's `kube-system` namespace
+//!   UID. That UID is created with the member's API server and cannot be chosen, so one
+//!   physical cluster joined twice (under two names) still has one cluster id, and a squatter
+//!   cannot pre-register an id for a cluster it does not control without its UID.
 //! * **job uid**: the 16 bytes of the Kubernetes object UID (a UUID); see [`parse_job_uid`].
-//! * **settlement period**: a `u64` chosen by the operator (e.g. the period's start as unix
-//!   seconds divided by the period length).
+//! * **settlement period**: period `p` is `[p * period_seconds, (p + 1) * period_seconds)` in
+//!   unix seconds, with `period_seconds` fixed in the pool config at initialization.
 //! * **usage id**: [`usage_id`] of `(cluster id, job uid, period)`; the receipt PDA is derived
 //!   from `(cluster PDA, usage id)`, and the program recomputes the usage id itself.
 
@@ -19,8 +22,15 @@ use solana_program::{hash::hashv, program_error::ProgramError, pubkey::Pubkey};
 use crate::error::LedgerError;
 
 /// Number of GPU classes that can carry a reward rate. Class numbers are operator-defined
-/// (e.g. 0 = generic, 1 = A100, 2 = H100, ...); a class whose rate is 0 is not payable.
+/// (e.g. 0 = generic, 1 = H100, ...); a class whose rate is 0 is not payable.
 pub const NUM_GPU_CLASSES: usize = 8;
+
+/// Rate versions the config keeps (see [`PoolConfig::rate_versions`]).
+pub const MAX_RATE_VERSIONS: usize = 4;
+
+/// Largest settlement horizon in periods. Bounded by the cluster account's tally ring, which
+/// must stay below the 10 KiB a program may allocate through a CPI.
+pub const MAX_HORIZON_PERIODS: u64 = 512;
 
 /// Seed of the pool config PDA.
 pub const CONFIG_SEED: &[u8] = b"config";
@@ -33,8 +43,8 @@ pub const RECEIPT_SEED: &[u8] = b"receipt";
 
 /// Domain prefix of [`usage_id`].
 pub const USAGE_ID_DOMAIN: &[u8] = b"gpupool/usage/v1";
-/// Domain prefix of [`cluster_id_from_name`].
-pub const CLUSTER_ID_DOMAIN: &[u8] = b"gpupool/cluster/v1";
+/// Domain prefix of [`cluster_id`].
+pub const CLUSTER_ID_DOMAIN: &[u8] = b"gpupool/cluster/v2";
 
 /// Type tag of [`PoolConfig`].
 pub const TAG_CONFIG: u8 = 1;
@@ -43,19 +53,43 @@ pub const TAG_CLUSTER: u8 = 2;
 /// Type tag of [`UsageReceipt`].
 pub const TAG_RECEIPT: u8 = 3;
 
-/// Pool-wide configuration (PDA `["config"]`).
+/// The rates of all GPU classes from one settlement period on.
+#[derive(BorshSerialize, BorshDeserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateVersion {
+    /// First period these rates apply to.
+    pub effective_from: u64,
+    /// Token base units paid per GPU-second, indexed by GPU class.
+    pub rates: [u64; NUM_GPU_CLASSES],
+}
+
+/// Pool-wide configuration (PDA `["config"]`). A `pending_*` key of all zeros means "none".
 #[derive(BorshSerialize, BorshDeserialize, Clone, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
     /// Always [`TAG_CONFIG`].
     pub tag: u8,
-    /// May change rates and rotate the oracle.
+    /// Sets rates, cluster GPU caps and the disabled flag; proposes new authorities.
     pub admin: Pubkey,
+    /// Proposed next admin (accepts with its own signature).
+    pub pending_admin: Pubkey,
     /// The only key allowed to record usage.
     pub oracle: Pubkey,
+    /// Proposed next oracle.
+    pub pending_oracle: Pubkey,
+    /// The hub-held key that must co-sign `RegisterCluster` and `SetClusterOwner`.
+    pub registrar: Pubkey,
+    /// Proposed next registrar.
+    pub pending_registrar: Pubkey,
     /// The pool token (an SPL Token mint whose mint authority is the mint-authority PDA).
     pub mint: Pubkey,
-    /// Token base units paid per GPU-second, indexed by GPU class.
-    pub rates: [u64; NUM_GPU_CLASSES],
+    /// Length of a settlement period in seconds; fixed for the life of the pool.
+    pub period_seconds: u64,
+    /// A period can be recorded while `period + horizon_periods >= current period`, and its
+    /// receipts closed once it is older than that.
+    pub horizon_periods: u64,
+    /// Number of valid entries in [`Self::rate_versions`] (at least 1).
+    pub rate_version_count: u8,
+    /// Rate versions in increasing `effective_from` order; the first has `effective_from` 0.
+    pub rate_versions: [RateVersion; MAX_RATE_VERSIONS],
     /// Bump of the config PDA.
     pub bump: u8,
     /// Bump of the mint-authority PDA.
@@ -64,10 +98,70 @@ pub struct PoolConfig {
 
 impl PoolConfig {
     /// Serialized size in bytes.
-    pub const LEN: usize = 1 + 32 + 32 + 32 + 8 * NUM_GPU_CLASSES + 1 + 1;
+    pub const LEN: usize =
+        1 + 32 * 7 + 8 + 8 + 1 + (8 + 8 * NUM_GPU_CLASSES) * MAX_RATE_VERSIONS + 1 + 1;
+
+    /// The valid rate versions.
+    pub fn versions(&self) -> &[RateVersion] {
+        let n = usize::from(self.rate_version_count).clamp(1, MAX_RATE_VERSIONS);
+        self.rate_versions.get(..n).unwrap_or_default()
+    }
+
+    /// The rates that apply to usage in `period`.
+    pub fn rates_for(&self, period: u64) -> [u64; NUM_GPU_CLASSES] {
+        self.versions()
+            .iter()
+            .rev()
+            .find(|v| v.effective_from <= period)
+            .map(|v| v.rates)
+            .unwrap_or([0; NUM_GPU_CLASSES])
+    }
+
+    /// The rate of `gpu_class` for usage in `period` (`None` for an unknown class).
+    pub fn rate(&self, gpu_class: u8, period: u64) -> Option<u64> {
+        self.rates_for(period).get(usize::from(gpu_class)).copied()
+    }
+
+    /// The period containing unix second `now` (0 before the epoch).
+    pub fn period_at(&self, now: i64) -> u64 {
+        let len = self.period_seconds.max(1);
+        u64::try_from(now)
+            .unwrap_or(0)
+            .checked_div(len)
+            .unwrap_or(0)
+    }
+
+    /// First unix second after period `p` (`None` on overflow).
+    pub fn period_end(&self, p: u64) -> Option<i64> {
+        let end = p.checked_add(1)?.checked_mul(self.period_seconds)?;
+        i64::try_from(end).ok()
+    }
+
+    /// Whether usage of period `p` may be recorded at unix second `now`: the period has
+    /// ended and is not older than the horizon.
+    pub fn recordable(&self, p: u64, now: i64) -> Result<(), LedgerError> {
+        let end = self.period_end(p).ok_or(LedgerError::PeriodNotEnded)?;
+        if now < end {
+            return Err(LedgerError::PeriodNotEnded);
+        }
+        if !self.within_horizon(p, now) {
+            return Err(LedgerError::PeriodOutsideHorizon);
+        }
+        Ok(())
+    }
+
+    /// `p + horizon >= current period`.
+    pub fn within_horizon(&self, p: u64, now: i64) -> bool {
+        p.saturating_add(self.horizon_periods) >= self.period_at(now)
+    }
+
+    /// Most GPU-seconds one cluster may be paid per period with `gpu_cap` GPUs.
+    pub fn period_cap(&self, gpu_cap: u32) -> u64 {
+        u64::from(gpu_cap).saturating_mul(self.period_seconds)
+    }
 }
 
-/// One member cluster (PDA `["cluster", cluster_id]`).
+/// One member cluster (PDA `["cluster", cluster_id]`): this header, then the tally ring.
 #[derive(BorshSerialize, BorshDeserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ClusterAccount {
     /// Always [`TAG_CLUSTER`].
@@ -76,6 +170,11 @@ pub struct ClusterAccount {
     pub cluster_id: [u8; 32],
     /// Wallet paid for this cluster's usage (tokens go to its associated token account).
     pub owner: Pubkey,
+    /// Most GPUs the admin lets this cluster be paid for: GPU-seconds per period are capped
+    /// at `gpu_cap * period_seconds` (0 until the admin sets it: nothing is payable).
+    pub gpu_cap: u32,
+    /// A disabled cluster is not paid.
+    pub disabled: bool,
     /// Sum of GPU-seconds over all receipts.
     pub total_gpu_seconds: u64,
     /// Sum of tokens (base units) minted to the owner.
@@ -86,9 +185,54 @@ pub struct ClusterAccount {
     pub bump: u8,
 }
 
+// A program may allocate at most 10 KiB through a CPI.
+const _: () = assert!(ClusterAccount::LEN <= 10_240);
+
 impl ClusterAccount {
-    /// Serialized size in bytes.
-    pub const LEN: usize = 1 + 32 + 32 + 8 + 8 + 8 + 1;
+    /// Size of the borsh header.
+    pub const HEADER_LEN: usize = 1 + 32 + 32 + 4 + 1 + 8 + 8 + 8 + 1;
+    /// Size of the whole account: header and tally ring.
+    pub const LEN: usize = Self::HEADER_LEN + tally::SLOT_LEN * MAX_HORIZON_PERIODS as usize;
+}
+
+/// The per-period GPU-seconds already paid to a cluster, in a ring of
+/// [`MAX_HORIZON_PERIODS`] slots after the [`ClusterAccount`] header. Period `p` lives in slot
+/// `p % horizon`; each slot holds `(period u64 LE, gpu_seconds u64 LE)`. Because only the
+/// `horizon` periods before the current one are recordable, two recordable periods never share
+/// a slot, and a slot holding another period holds one that can no longer be recorded.
+pub mod tally {
+    use super::ClusterAccount;
+
+    /// Bytes per slot.
+    pub const SLOT_LEN: usize = 16;
+
+    fn offset(slot: usize) -> Option<usize> {
+        ClusterAccount::HEADER_LEN.checked_add(slot.checked_mul(SLOT_LEN)?)
+    }
+
+    /// GPU-seconds already paid for `period` (0 when its slot holds another period).
+    pub fn get(data: &[u8], period: u64, horizon: u64) -> Option<u64> {
+        let slot = usize::try_from(period.checked_rem(horizon)?).ok()?;
+        let at = offset(slot)?;
+        let p = u64::from_le_bytes(data.get(at..at.checked_add(8)?)?.try_into().ok()?);
+        let s = u64::from_le_bytes(
+            data.get(at.checked_add(8)?..at.checked_add(16)?)?
+                .try_into()
+                .ok()?,
+        );
+        Some(if p == period { s } else { 0 })
+    }
+
+    /// Stores `gpu_seconds` as the paid total of `period`.
+    pub fn set(data: &mut [u8], period: u64, horizon: u64, gpu_seconds: u64) -> Option<()> {
+        let slot = usize::try_from(period.checked_rem(horizon)?).ok()?;
+        let at = offset(slot)?;
+        data.get_mut(at..at.checked_add(8)?)?
+            .copy_from_slice(&period.to_le_bytes());
+        data.get_mut(at.checked_add(8)?..at.checked_add(16)?)?
+            .copy_from_slice(&gpu_seconds.to_le_bytes());
+        Some(())
+    }
 }
 
 /// Proof that one job's usage in one settlement period was paid
@@ -113,13 +257,15 @@ pub struct UsageReceipt {
     pub amount: u64,
     /// Slot at which the receipt was recorded.
     pub slot: u64,
+    /// Who paid the receipt's rent; `CloseReceipt` returns it there.
+    pub rent_payer: Pubkey,
     /// Bump of this PDA.
     pub bump: u8,
 }
 
 impl UsageReceipt {
     /// Serialized size in bytes.
-    pub const LEN: usize = 1 + 32 + 32 + 16 + 8 + 8 + 1 + 8 + 8 + 1;
+    pub const LEN: usize = 1 + 32 + 32 + 16 + 8 + 8 + 1 + 8 + 8 + 32 + 1;
 }
 
 /// Decodes one of the account types, checking size and tag.
@@ -167,9 +313,63 @@ pub fn usage_id(cluster_id: &[u8; 32], job_uid: &[u8; 16], period: u64) -> [u8; 
     hashv(&[USAGE_ID_DOMAIN, cluster_id, job_uid, &period.to_le_bytes()]).to_bytes()
 }
 
-/// `sha256("gpupool/cluster/v1" || name)`: the cluster id of a member cluster name.
-pub fn cluster_id_from_name(name: &str) -> [u8; 32] {
-    hashv(&[CLUSTER_ID_DOMAIN, name.as_bytes()]).to_bytes()
+/// `sha256("gpupool/cluster/v2" || uid)`: the cluster id of a member cluster whose
+/// `kube-system` namespace has the UID `kube_system_uid`.
+pub fn cluster_id(kube_system_uid: &str) -> [u8; 32] {
+    hashv(&[CLUSTER_ID_DOMAIN, kube_system_uid.trim().as_bytes()]).to_bytes()
+}
+
+/// Decodes a cluster account header, checking the whole account's size and tag.
+pub fn unpack_cluster(data: &[u8]) -> Result<ClusterAccount, ProgramError> {
+    if data.len() != ClusterAccount::LEN || data.first() != Some(&TAG_CLUSTER) {
+        return Err(LedgerError::InvalidAccountData.into());
+    }
+    let header = data
+        .get(..ClusterAccount::HEADER_LEN)
+        .ok_or(LedgerError::InvalidAccountData)?;
+    ClusterAccount::try_from_slice(header).map_err(|_| LedgerError::InvalidAccountData.into())
+}
+
+/// Writes a cluster account header into the account data (the tally ring is left as is).
+pub fn pack_cluster(value: &ClusterAccount, data: &mut [u8]) -> Result<(), ProgramError> {
+    let header = data
+        .get_mut(..ClusterAccount::HEADER_LEN)
+        .ok_or(LedgerError::InvalidAccountData)?;
+    pack(value, header)
+}
+
+/// The upgradeable BPF loader's `ProgramData` address of `program_id`.
+pub fn program_data_address(program_id: &Pubkey) -> Pubkey {
+    Pubkey::find_program_address(&[program_id.as_ref()], &crate::bpf_loader_upgradeable::ID).0
+}
+
+/// The upgrade authority stored in an upgradeable loader `ProgramData` account
+/// (`UpgradeableLoaderState::ProgramData { slot, upgrade_authority_address }`: a u32 LE tag
+/// of 3, a u64 slot, then a bincode `Option<Pubkey>`). `None` when the data is not a
+/// `ProgramData` header or the program is immutable.
+pub fn program_data_upgrade_authority(data: &[u8]) -> Option<Pubkey> {
+    let tag = u32::from_le_bytes(data.get(0..4)?.try_into().ok()?);
+    if tag != 3 || *data.get(12)? != 1 {
+        return None;
+    }
+    let key: [u8; 32] = data.get(13..45)?.try_into().ok()?;
+    Some(Pubkey::new_from_array(key))
+}
+
+/// The `ProgramData` header the upgradeable loader writes for a program deployed at `slot`
+/// with `authority` (the inverse of [`program_data_upgrade_authority`]).
+pub fn program_data_header(slot: u64, authority: Option<&Pubkey>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(45);
+    out.extend_from_slice(&3u32.to_le_bytes());
+    out.extend_from_slice(&slot.to_le_bytes());
+    match authority {
+        Some(k) => {
+            out.push(1);
+            out.extend_from_slice(k.as_ref());
+        }
+        None => out.push(0),
+    }
+    out
 }
 
 /// Parses a Kubernetes UID (`8-4-4-4-12` hex UUID, any case, hyphens optional) into its 16
@@ -295,28 +495,48 @@ mod tests {
     use super::*;
     use borsh::to_vec;
 
-    #[test]
-    fn sizes_match_borsh() {
-        let c = PoolConfig {
+    fn config(period_seconds: u64, horizon_periods: u64) -> PoolConfig {
+        PoolConfig {
             tag: TAG_CONFIG,
             admin: Pubkey::new_unique(),
+            pending_admin: Pubkey::default(),
             oracle: Pubkey::new_unique(),
+            pending_oracle: Pubkey::default(),
+            registrar: Pubkey::new_unique(),
+            pending_registrar: Pubkey::default(),
             mint: Pubkey::new_unique(),
-            rates: [7; NUM_GPU_CLASSES],
+            period_seconds,
+            horizon_periods,
+            rate_version_count: 1,
+            rate_versions: [RateVersion {
+                effective_from: 0,
+                rates: [7; NUM_GPU_CLASSES],
+            }; MAX_RATE_VERSIONS],
             bump: 1,
             mint_authority_bump: 2,
-        };
+        }
+    }
+
+    #[test]
+    fn sizes_match_borsh() {
+        let c = config(3600, 24);
         assert_eq!(to_vec(&c).unwrap().len(), PoolConfig::LEN);
         let k = ClusterAccount {
             tag: TAG_CLUSTER,
             cluster_id: [3; 32],
             owner: Pubkey::new_unique(),
+            gpu_cap: 8,
+            disabled: false,
             total_gpu_seconds: 1,
             total_tokens_minted: 2,
             receipt_count: 3,
             bump: 4,
         };
-        assert_eq!(to_vec(&k).unwrap().len(), ClusterAccount::LEN);
+        assert_eq!(to_vec(&k).unwrap().len(), ClusterAccount::HEADER_LEN);
+        let mut data = vec![0u8; ClusterAccount::LEN];
+        pack_cluster(&k, &mut data).unwrap();
+        assert_eq!(unpack_cluster(&data).unwrap(), k);
+        assert!(unpack_cluster(&data[..ClusterAccount::HEADER_LEN]).is_err());
         let r = UsageReceipt {
             tag: TAG_RECEIPT,
             cluster: Pubkey::new_unique(),
@@ -327,6 +547,7 @@ mod tests {
             gpu_class: 5,
             amount: 6,
             slot: 7,
+            rent_payer: Pubkey::new_unique(),
             bump: 8,
         };
         let mut buf = vec![0u8; UsageReceipt::LEN];
@@ -334,6 +555,76 @@ mod tests {
         let back: UsageReceipt = unpack(&buf, UsageReceipt::LEN, TAG_RECEIPT).unwrap();
         assert_eq!(back, r);
         assert!(unpack::<UsageReceipt>(&buf, UsageReceipt::LEN, TAG_CLUSTER).is_err());
+    }
+
+    #[test]
+    fn periods_and_horizon() {
+        let c = config(3600, 24);
+        assert_eq!(c.period_at(7_199), 1);
+        assert_eq!(c.period_end(1), Some(7_200));
+        // Period 1 ends at 7200: not before.
+        assert_eq!(c.recordable(1, 7_199), Err(LedgerError::PeriodNotEnded));
+        assert_eq!(c.recordable(1, 7_200), Ok(()));
+        // Period 1 + 24 = 25: still recordable while the current period is 25.
+        assert_eq!(c.recordable(1, 25 * 3600 + 10), Ok(()));
+        assert_eq!(
+            c.recordable(1, 26 * 3600),
+            Err(LedgerError::PeriodOutsideHorizon)
+        );
+        assert_eq!(
+            c.recordable(u64::MAX, i64::MAX),
+            Err(LedgerError::PeriodNotEnded)
+        );
+        assert_eq!(c.period_cap(8), 8 * 3600);
+    }
+
+    #[test]
+    fn rate_versions_apply_by_period() {
+        let mut c = config(60, 10);
+        c.rate_versions[1] = RateVersion {
+            effective_from: 100,
+            rates: [9; NUM_GPU_CLASSES],
+        };
+        c.rate_version_count = 2;
+        assert_eq!(c.rate(0, 99), Some(7));
+        assert_eq!(c.rate(0, 100), Some(9));
+        assert_eq!(c.rate(8, 100), None);
+        c.rate_version_count = 1;
+        assert_eq!(c.rate(0, 100), Some(7));
+    }
+
+    #[test]
+    fn tally_ring_keeps_one_period_per_slot() {
+        let mut data = vec![0u8; ClusterAccount::LEN];
+        assert_eq!(tally::get(&data, 5, 24), Some(0));
+        tally::set(&mut data, 5, 24, 100).unwrap();
+        assert_eq!(tally::get(&data, 5, 24), Some(100));
+        // 29 shares slot 5 with period 5: it reads as empty, and overwrites it.
+        assert_eq!(tally::get(&data, 29, 24), Some(0));
+        tally::set(&mut data, 29, 24, 1).unwrap();
+        assert_eq!(tally::get(&data, 5, 24), Some(0));
+        assert_eq!(tally::get(&data, 29, 24), Some(1));
+        assert_eq!(tally::get(&data, 29, 0), None);
+        // The last slot of the largest horizon is inside the account.
+        let last = MAX_HORIZON_PERIODS - 1;
+        tally::set(&mut data, last, MAX_HORIZON_PERIODS, 3).unwrap();
+        assert_eq!(tally::get(&data, last, MAX_HORIZON_PERIODS), Some(3));
+    }
+
+    #[test]
+    fn program_data_header_round_trips() {
+        let k = Pubkey::new_unique();
+        assert_eq!(
+            program_data_upgrade_authority(&program_data_header(9, Some(&k))),
+            Some(k)
+        );
+        assert_eq!(
+            program_data_upgrade_authority(&program_data_header(9, None)),
+            None
+        );
+        let mut bad = program_data_header(9, Some(&k));
+        bad[0] = 2;
+        assert_eq!(program_data_upgrade_authority(&bad), None);
     }
 
     #[test]
@@ -349,11 +640,14 @@ mod tests {
 
     #[test]
     fn usage_id_binds_all_inputs() {
-        let c = cluster_id_from_name("east-1");
+        let c = cluster_id("5d7e1f0a-0000-4000-8000-000000000001");
         let j = [9u8; 16];
         let a = usage_id(&c, &j, 1);
         assert_ne!(a, usage_id(&c, &j, 2));
-        assert_ne!(a, usage_id(&cluster_id_from_name("east-2"), &j, 1));
+        assert_ne!(
+            a,
+            usage_id(&cluster_id("5d7e1f0a-0000-4000-8000-000000000002"), &j, 1)
+        );
         assert_ne!(a, usage_id(&c, &[8u8; 16], 1));
         assert_eq!(a, usage_id(&c, &j, 1));
     }

@@ -19,10 +19,23 @@ use solana_signer::Signer;
 pub const RATE_0: u64 = 3;
 pub const RATE_1: u64 = 7;
 
+/// Settlement period length of the fixture pool.
+pub const PERIOD: u64 = 3600;
+/// Horizon of the fixture pool, in periods.
+pub const HORIZON: u64 = 512;
+/// The fixture's clock stands in this period, so periods `0..NOW_PERIOD` have ended and are
+/// all inside the horizon.
+pub const NOW_PERIOD: u64 = 300;
+/// GPU cap the admin gives the fixture cluster.
+pub const GPU_CAP: u32 = 10_000;
+/// The member's `kube-system` namespace UID the fixture's cluster id is derived from.
+pub const KUBE_SYSTEM_UID: &str = "1f0e6c1a-8b1d-4c55-9d1e-6a7b8c9d0e1f";
+
 pub struct Fixture {
     pub svm: LiteSVM,
     pub admin: Keypair,
     pub oracle: Keypair,
+    pub registrar: Keypair,
     pub mint: Pubkey,
     pub owner: Keypair,
     pub cluster_id: [u8; 32],
@@ -37,20 +50,44 @@ pub fn rates() -> [u64; state::NUM_GPU_CLASSES] {
     r
 }
 
+/// Unix time inside [`NOW_PERIOD`].
+pub fn now() -> i64 {
+    (NOW_PERIOD * PERIOD + 100) as i64
+}
+
+pub fn setup() -> svmx::PoolSetup {
+    svmx::PoolSetup {
+        rates: rates(),
+        decimals: 6,
+        period_seconds: PERIOD,
+        horizon_periods: HORIZON,
+    }
+}
+
 pub fn fixture() -> Fixture {
     let mut svm = svmx::svm_with_ledger();
-    let pool = svmx::setup_pool(&mut svm, rates(), 6).expect("pool setup");
+    svmx::set_unix_time(&mut svm, now());
+    let pool = svmx::setup_pool(&mut svm, setup()).expect("pool setup");
     let owner = Keypair::new();
     svmx::fund(&mut svm, &owner.pubkey()).unwrap();
-    let cluster_id = state::cluster_id_from_name("gpu-east-1");
-    let cluster =
-        svmx::register_cluster(&mut svm, &owner, &owner, &cluster_id, &pool.mint).unwrap();
+    let cluster_id = state::cluster_id(KUBE_SYSTEM_UID);
+    let cluster = svmx::register_cluster(
+        &mut svm,
+        &owner,
+        &owner,
+        &pool.registrar,
+        &cluster_id,
+        &pool.mint,
+    )
+    .unwrap();
+    svmx::set_gpu_cap(&mut svm, &pool.admin, &cluster_id, GPU_CAP).unwrap();
     let ata = state::get_associated_token_address(&owner.pubkey(), &pool.mint);
     assert_eq!(svmx::token_balance(&svm, &ata), Some(0));
     Fixture {
         svm,
         admin: pool.admin,
         oracle: pool.oracle,
+        registrar: pool.registrar,
         mint: pool.mint,
         owner,
         cluster_id,
@@ -108,6 +145,20 @@ impl Fixture {
 
     pub fn supply(&self) -> u64 {
         svmx::mint_supply(&self.svm, &self.mint).unwrap()
+    }
+
+    /// Sends `ix` with `signer` paying and signing.
+    pub fn send_as(&mut self, ix: Instruction, signer: &Keypair) -> TransactionResult {
+        svmx::send(&mut self.svm, &[ix], signer, &[])
+    }
+
+    /// Moves the clock to unix time `t`.
+    pub fn set_time(&mut self, t: i64) {
+        svmx::set_unix_time(&mut self.svm, t);
+    }
+
+    pub fn config(&self) -> state::PoolConfig {
+        svmx::read_config(&self.svm).unwrap()
     }
 
     pub fn cluster_state(&self) -> state::ClusterAccount {
