@@ -209,7 +209,8 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
             gpu: job.spec.gpu.clone(),
             cluster_selector: job.spec.cluster_selector.clone(),
         };
-        let pinned = if job.spec.spread_across_clusters {
+        let policy = job.spec.effective_placement();
+        let pinned = if policy.multi_cluster() {
             None
         } else {
             kept.first().map(|(c, _)| c.clone())
@@ -222,7 +223,7 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
             &cands,
             &req,
             &missing,
-            job.spec.spread_across_clusters,
+            &policy,
             pinned.as_deref(),
             &existing,
         );

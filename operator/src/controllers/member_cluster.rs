@@ -360,7 +360,7 @@ fn capacity(inv: &Inventory, assigned: &std::collections::BTreeSet<String>) -> C
         gpus_total: total,
         gpus_free: free_total,
         by_model: by_model.into_values().collect(),
-        free_nvlink_islands: islands,
+        largest_free_nvlink_cliques: islands,
     }
 }
 
