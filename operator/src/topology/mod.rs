@@ -788,6 +788,15 @@ pub mod fixtures {
         include_str!("../../../deploy/topologies/pcie-a100-bridged.yaml");
     /// 8× L40S, PCIe only.
     pub const PCIE_L40S: &str = include_str!("../../../deploy/topologies/pcie-l40s.yaml");
+    /// DGX-2: 16× V100 SXM3 on NVSwitch.
+    pub const DGX2_V100: &str = include_str!("../../../deploy/topologies/dgx2-v100.yaml");
+    /// DGX A100: 8× A100 SXM4 on NVSwitch, four NUMA pairs.
+    pub const DGX_A100: &str = include_str!("../../../deploy/topologies/dgx-a100.yaml");
+    /// HGX H100 (cloud instance): 8× H100 on NVSwitch, every GPU on its own PCIe root.
+    pub const HGX_H100: &str = include_str!("../../../deploy/topologies/hgx-h100.yaml");
+    /// Workstation: 4× RTX A6000, one NVLink-bridged pair.
+    pub const WORKSTATION_A6000: &str =
+        include_str!("../../../deploy/topologies/workstation-a6000.yaml");
 
     /// A DGX-1 V100 with GPUs 4 and 7 in use: a whole `GpuTopology` object with status.
     pub const DGX1_V100_BUSY: &str = include_str!("../../../deploy/topologies/dgx1-v100-busy.yaml");
@@ -804,6 +813,10 @@ pub mod fixtures {
             ("dgx1-v100", DGX1_V100),
             ("pcie-a100-bridged", PCIE_A100_BRIDGED),
             ("pcie-l40s", PCIE_L40S),
+            ("dgx2-v100", DGX2_V100),
+            ("dgx-a100", DGX_A100),
+            ("hgx-h100", HGX_H100),
+            ("workstation-a6000", WORKSTATION_A6000),
         ]
         .into_iter()
         .map(|(n, t)| (n, super::spec_from_yaml(t).expect("fixture parses")))
