@@ -230,7 +230,10 @@ fn simulate(placer: Placer, jobs: &[Job], t: &mut Tally) {
             continue;
         };
         let n = &mut cands[ci].nodes[ni];
-        assert!(set.is_subset(n.free) && set.len() == k, "placer returned a bad set");
+        assert!(
+            set.is_subset(n.free) && set.len() == k,
+            "placer returned a bad set"
+        );
         let g = &n.graph;
         let good = good_class(g, set, k);
         if n.free == g.all() && partial_ok {
@@ -307,10 +310,14 @@ fn main() {
             (free, GpuRequest::new(k, mode))
         })
         .collect();
-    let eight: Vec<(GpuSet, GpuRequest)> = cases
-        .iter()
-        .filter(|(f, r)| r.count == 8 && f.len() >= 14)
-        .copied()
+    // The worst case for the exact search: 8 of 14-16 free GPUs (up to C(16, 8) = 12 870 sets).
+    let eight: Vec<(GpuSet, GpuRequest)> = (0..200)
+        .map(|_| {
+            let busy = (1u64 << rng.below(16)) | (1u64 << rng.below(16));
+            let mode = [NvLinkMode::Clique, NvLinkMode::Ring, NvLinkMode::Preferred]
+                [rng.below(3) as usize];
+            (GpuSet(0xFFFF & !busy), GpuRequest::new(8, mode))
+        })
         .collect();
     let time = |f: &dyn Fn(&(GpuSet, GpuRequest))| {
         let t0 = Instant::now();

@@ -102,6 +102,8 @@ pub struct Allocation {
     pub nvlink_ring: bool,
     /// GPUs free on the node before the allocation.
     pub free_before: usize,
+    /// GPUs the node has.
+    pub node_gpus: usize,
     /// Largest pairwise NVLink-connected set free before.
     pub largest_free_nvlink_set_before: usize,
     /// Largest pairwise NVLink-connected set still free afterwards.
@@ -351,6 +353,7 @@ impl Scored {
             nvlink_connected: self.nvlink_connected,
             nvlink_ring: self.nvlink_ring,
             free_before: self.free_before,
+            node_gpus: g.len(),
             largest_free_nvlink_set_before: self.largest_before,
             largest_free_nvlink_set_after: self.largest_after,
         }
