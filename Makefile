@@ -3,7 +3,7 @@ SHELL := bash
 export GPUPOOL_CACHE ?= $(HOME)/.cache/gpupool
 CARGO ?= cargo
 
-.PHONY: demo test tools lint crds fmt bench bench-scale clean-cache
+.PHONY: demo test tools lint crds fmt bench bench-placement bench-scale clean-cache
 
 ## Local demo: hub + two member clusters with KWOK GPU nodes, the operator, example jobs and an embedded SVM.
 demo: tools
@@ -31,8 +31,13 @@ crds:
 fmt:
 	$(CARGO) fmt --all
 
-bench:
+## Allocator quality against baselines, then cluster-level placement quality.
+bench: bench-placement
 	$(CARGO) bench -p gpupool-operator --bench allocator
+
+## Cluster-level placement quality: gpupool against best fit, first fit and a go-gpuallocator-style greedy.
+bench-placement:
+	$(CARGO) bench -p gpupool-operator --bench placement
 
 ## Scheduler at scale (not part of `make test`): placement microbenchmark over 100 members ×
 ## 1 000 nodes, then hub + 2 members with KWOK nodes and the release operator for N jobs.

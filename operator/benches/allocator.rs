@@ -70,7 +70,7 @@ fn main() {
         }
         let count = sizes[rng.below(sizes.len() as u64) as usize];
         let nvlink = if rng.below(2) == 0 {
-            NvLinkMode::Required
+            NvLinkMode::Clique
         } else {
             NvLinkMode::Preferred
         };
@@ -110,7 +110,7 @@ fn main() {
         st.secs = t0.elapsed().as_secs_f64();
         st.calls = cases.len();
         for ((c, r), opt) in cases.iter().zip(&results).zip(&optimum) {
-            if c.req.nvlink == NvLinkMode::Required
+            if c.req.nvlink == NvLinkMode::Clique
                 && let Ok(a) = r
             {
                 st.required_ok += 1;
@@ -123,7 +123,7 @@ fn main() {
             match r {
                 Err(_) => st.false_nofit += 1,
                 Ok(a) => {
-                    let valid = c.req.nvlink != NvLinkMode::Required || a.nvlink_connected;
+                    let valid = c.req.nvlink != NvLinkMode::Clique || a.nvlink_connected;
                     if valid && a.set_quality == opt.set_quality {
                         st.optimal += 1;
                     }
@@ -187,7 +187,7 @@ fn main() {
                     .iter()
                     .fold(GpuSet::EMPTY, |m, (_, s)| GpuSet(m.0 | s.0));
                 let free = g.all().minus(used);
-                if let Ok(a) = algo(g, free, &GpuRequest::new(size, NvLinkMode::Required)) {
+                if let Ok(a) = algo(g, free, &GpuRequest::new(size, NvLinkMode::Clique)) {
                     accepted += 1;
                     if !a.nvlink_connected {
                         non_nv += 1;

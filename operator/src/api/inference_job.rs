@@ -66,12 +66,19 @@ pub struct InferenceJobSpec {
     /// Which GPUs qualify.
     #[serde(default)]
     pub gpu: GpuSelector,
-    /// NVLink requirement for the GPUs inside one replica.
+    /// NVLink rule for each replica's GPUs. `clique`: every pair NVLink-connected (directly or
+    /// through NVSwitch). `ring`: an all-NVLink cycle through all of them exists. `preferred`
+    /// (default): the best-connected free set, PCIe-only if nothing better is free. `none`:
+    /// topology ignored. `required`: alias of `clique`.
     #[serde(default)]
     pub nvlink: NvLinkMode,
-    /// Whether replicas may be spread over several member clusters.
+    /// Deprecated: `true` means `placement.spread.maxSkew: 1` (ignored when `placement.spread`
+    /// is set).
     #[serde(default)]
     pub spread_across_clusters: bool,
+    /// Which member clusters replicas may share. Without it all replicas run on one member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<ReplicaPlacement>,
     /// Only members whose labels match all of these are considered.
     #[serde(default, skip_serializing_if = "ClusterSelector::is_empty")]
     pub cluster_selector: ClusterSelector,
@@ -87,6 +94,68 @@ pub struct InferenceJobSpec {
 
 fn default_port() -> i32 {
     8000
+}
+
+/// How an inference job's replicas are distributed over member clusters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaPlacement {
+    /// Spread replicas evenly over members (or over the values of a member label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<SpreadPolicy>,
+    /// At most this many replicas on one member cluster; setting it lets replicas use several
+    /// members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("maxReplicasPerCluster must be at least 1"))]
+    pub max_replicas_per_cluster: Option<i32>,
+}
+
+/// Even spread over domains (members, or groups of members sharing a label value).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpreadPolicy {
+    /// Largest allowed difference between the replicas in one domain and in the emptiest domain
+    /// that can still take a replica (a full domain does not hold the others back).
+    #[serde(default = "default_max_skew")]
+    #[x_kube(validation = Rule::new("self >= 1").message("maxSkew must be at least 1"))]
+    pub max_skew: i32,
+    /// Member label whose values are the domains (`region` is the member's `spec.region`).
+    /// Unset: every member is its own domain. Members without the label get no replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("size(self) > 0 && size(self) <= 317").message("topologyKey must be 1-317 characters"))]
+    pub topology_key: Option<String>,
+}
+
+fn default_max_skew() -> i32 {
+    1
+}
+
+impl Default for SpreadPolicy {
+    fn default() -> Self {
+        SpreadPolicy {
+            max_skew: 1,
+            topology_key: None,
+        }
+    }
+}
+
+impl ReplicaPlacement {
+    /// Whether replicas may use more than one member.
+    pub fn multi_cluster(&self) -> bool {
+        self.spread.is_some() || self.max_replicas_per_cluster.is_some()
+    }
+}
+
+impl InferenceJobSpec {
+    /// The placement policy in force: `placement`, with the deprecated `spreadAcrossClusters:
+    /// true` read as `spread: {maxSkew: 1}` when `placement.spread` is unset.
+    pub fn effective_placement(&self) -> ReplicaPlacement {
+        let mut p = self.placement.clone().unwrap_or_default();
+        if self.spread_across_clusters && p.spread.is_none() {
+            p.spread = Some(SpreadPolicy::default());
+        }
+        p
+    }
 }
 
 /// Phase of an inference job.

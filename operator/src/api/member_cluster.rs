@@ -142,9 +142,11 @@ pub struct CapacitySummary {
     /// Totals per GPU model.
     #[serde(default)]
     pub by_model: Vec<ModelCapacity>,
-    /// Sizes of the free fully-NVLinked GPU groups (one entry per group, largest first).
+    /// Per node with free GPUs, the size of its largest free set of pairwise NVLink-connected
+    /// GPUs (directly or through NVSwitch), largest first: the most GPUs an `nvlink: clique`
+    /// worker can get there (an idle DGX-1 shows 4; a free GPU without a free NVLink peer, 1).
     #[serde(default)]
-    pub free_nvlink_islands: Vec<i32>,
+    pub largest_free_nvlink_cliques: Vec<i32>,
 }
 
 /// Capacity of one GPU model.

@@ -60,7 +60,11 @@ pub struct TrainingJobSpec {
     /// Which GPUs qualify.
     #[serde(default)]
     pub gpu: GpuSelector,
-    /// Whether each worker's GPUs must form one NVLink island.
+    /// NVLink rule for each worker's GPUs. `clique`: every pair NVLink-connected (directly or
+    /// through NVSwitch). `ring`: an all-NVLink cycle through all of them exists (NCCL's ring
+    /// never leaves NVLink; a DGX-1 fits 5, 6 or 8 GPUs this way, at most 4 as a clique).
+    /// `preferred` (default): the best-connected free set, PCIe-only if nothing better is free.
+    /// `none`: topology ignored. `required`: alias of `clique`.
     #[serde(default)]
     pub nvlink: NvLinkMode,
     /// How many times the whole gang is restarted after a failure before the job fails.

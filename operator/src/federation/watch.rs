@@ -43,6 +43,7 @@ type PodIndex = Arc<RwLock<HashMap<String, HashSet<ObjectRef<Pod>>>>>;
 /// The three watches of one member; aborted on drop.
 pub struct MemberWatch {
     nodes: Store<Node>,
+    topologies: Store<GpuTopology>,
     pods: Store<Pod>,
     by_job: PodIndex,
     tasks: Vec<JoinHandle<()>>,
@@ -106,7 +107,7 @@ impl MemberWatch {
             move |c, _| s.node(&m, c),
         );
         let (m, s) = (member.to_string(), sink.clone());
-        let (_topologies, t2) = spawn_reflector(
+        let (topologies, t2) = spawn_reflector(
             Api::<GpuTopology>::all(client.clone()),
             watcher::Config::default(),
             move |c, _| s.topology(&m, c),
@@ -151,6 +152,7 @@ impl MemberWatch {
         );
         MemberWatch {
             nodes,
+            topologies,
             pods,
             by_job,
             tasks: vec![t1, t2, t3],
@@ -172,6 +174,20 @@ impl MemberWatch {
             .into_iter()
             .flatten()
             .filter_map(|r| self.pods.get(r))
+            .collect()
+    }
+
+    /// GPU UUID → model over every published `GpuTopology` in this member.
+    pub fn gpu_models(&self) -> std::collections::BTreeMap<String, String> {
+        self.topologies
+            .state()
+            .iter()
+            .flat_map(|t| {
+                t.spec
+                    .gpus
+                    .iter()
+                    .map(|g| (g.uuid.clone(), g.model.clone()))
+            })
             .collect()
     }
 

@@ -33,13 +33,7 @@ pub async fn member_refs(ctx: &Context) -> Vec<MemberRef> {
         .into_values()
         .filter(|m| m.reachable)
         .filter_map(|m| {
-            let gpu_models = m
-                .inventory
-                .nodes
-                .values()
-                .filter_map(|n| n.topology.as_ref())
-                .flat_map(|t| t.gpus.iter().map(|g| (g.uuid.clone(), g.model.clone())))
-                .collect();
+            let gpu_models = m.watch.as_ref().map(|w| w.gpu_models()).unwrap_or_default();
             Some(MemberRef {
                 name: m.name.clone(),
                 owner_wallet: m.spec.owner_wallet.clone(),

@@ -5,41 +5,59 @@
 //! For a candidate set `S` of the free GPUs `F` (remainder `R = F \ S`):
 //!
 //! ```text
-//! score(S) = quality(S) − fragmentation(S)                       (Preferred, Required)
-//! score(S) = quality(S) − 2 × fragmentation(S)                   (None)
-//! quality(S) = mean pair quality q over the pairs of S            (0 for one GPU)
-//! fragmentation(S) = 8 × (C(F) − C(R)) + loss(R) / 2
+//! score(S) = quality(S) − fragmentation(S)                      (clique, ring, preferred)
+//! score(S) = quality(S) − 2 × fragmentation(S)                  (none)
+//! quality(S) = (mean pair quality of S + ring bottleneck of S) / 2      (0 for one GPU)
+//! fragmentation(S) = 0 when R is empty, otherwise
+//!                    u × (C(F) − C(R) + 2 × (L(F) − L(R))) + loss(R) / 2
+//!   u       = the node's weakest NVLink pair quality / 6 (its own unit of one NVLink hop)
 //!   C(X)    = Σ over the node's maximal NVLink cliques K of |K ∩ X|²
-//!   loss(R) = Σ over g in R of (best q of g within F) − (best q of g within R)
+//!   L(X)    = size of the largest NVLink clique inside X
+//!   loss(R) = Σ over g in R of (best NVLink bandwidth of g within F) − (… within R)
 //! ```
 //!
 //! `q` is the pair quality of [`crate::topology`] (≈ bidirectional NVLink GB/s, plus 1–6 for PCIe
-//! proximity), so `quality` reads as "GB/s between any two GPUs of the set, on average": 900+ for
-//! H100 on NVSwitch, ≈ 600 for a bridged A100 pair, 50–105 for DGX-1 V100 NVLink pairs, 1–6 for
-//! PCIe-only sets. `fragmentation` is in the same unit: the clique term is convex, so taking GPUs
-//! from a small NVLink island costs less than carving up a large one (a 2-GPU request leaves a
-//! free 4-GPU quad alone when a free NVLink pair exists elsewhere), and the partner term charges
-//! for leaving GPUs without their best NVLink peer. This is go-gpuallocator's "score the whole
-//! partition" idea reduced to one cheap look at the remainder.
+//! proximity). The *ring bottleneck* is the best weakest hop over all cycles through the set —
+//! what NCCL's ring all-reduce runs at — so a set with one PCIe hop in its only ring loses to an
+//! all-NVLink ring even when its mean pair quality is higher. `fragmentation` is measured in the
+//! node's own NVLink unit, so it weighs the same against quality on a DGX-1 (NV1 ≈ 50) as on an
+//! H100 NVSwitch node (≈ 900), and is 0 on PCIe-only nodes (no NVLink to fragment) and whenever
+//! the request takes every free GPU. The clique term is convex (carving a small island costs less
+//! than a large one), the `L` term keeps the largest free NVLink clique whole when it can, and
+//! the partner term charges for leaving GPUs without their best NVLink peer.
 //!
-//! Scores of different nodes for the same request compare directly: higher is better. They can
-//! be negative (a one-GPU request has quality 0 and only pays for fragmentation).
+//! Scores rank sets *within* a node. Which node gets the pod is decided by best fit in
+//! [`super::scheduler`], from the other fields of [`Allocation`].
 //!
-//! # Search
+//! # Modes
 //!
-//! Exact: all `C(|F|, count)` subsets (in lexicographic order, so ties go to the lowest indexes)
-//! when there are at most [`EXACT_LIMIT`] of them (every node of ≤ 16 GPUs), otherwise a greedy
-//! grow from every seed followed by swap improvement. [`exhaustive_best`] is the reference
-//! optimum of `quality` alone, for tests and the benchmark.
+//! `clique`: every pair NVLink-connected. `ring`: an all-NVLink Hamiltonian cycle through the set
+//! exists (two GPUs: NVLink-connected). `preferred`: any set, but one with an all-NVLink ring
+//! whenever the free GPUs have one (then the best score within that class). `none`: any set,
+//! the pool's NVLink structure protected more.
+//!
+//! # Search and cost
+//!
+//! Exact: all `C(|F|, count)` subsets (lexicographic, so ties go to the lowest indexes) when there
+//! are at most [`EXACT_LIMIT`] of them (every node of ≤ 16 GPUs), otherwise a greedy grow from
+//! every seed followed by swap improvement. Answers are memoized per (topology shape, free mask,
+//! count, mode): every node of one shape shares them, so visiting a node is a table look-up
+//! after the first time a free mask is seen (an 8-GPU shape has 256 masks).
+//! [`exhaustive_best`] is the reference optimum of `Σ q` alone, for tests and the benchmark.
 
 use crate::api::{GpuTopology, NvLinkMode};
-use crate::topology::{GpuGraph, GpuSet};
+use crate::topology::{GpuGraph, GpuSet, pcie_points};
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{LazyLock, Mutex};
 
 /// Largest number of candidate sets searched exactly (C(16, 8) = 12 870 fits).
 pub const EXACT_LIMIT: u128 = 20_000;
-/// Weight of the clique term, quality units per GPU².
-pub const CLIQUE_WEIGHT: i64 = 8;
+/// Divisor of the node's weakest NVLink pair quality giving the fragmentation unit `u`
+/// (a DGX-1 V100: 51 / 6 = 8).
+pub const UNIT_DIVISOR: i64 = 6;
+/// Memoized answers kept before the table is cleared (≈ 100 bytes each).
+pub const MEMO_CAPACITY: usize = 1 << 20;
 
 /// What a worker needs on one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,20 +84,37 @@ pub struct Allocation {
     pub set: GpuSet,
     /// NVML UUIDs, in the order of `gpus`.
     pub uuids: Vec<String>,
-    /// Node-ranking score: `quality − fragmentation` (module docs); higher is better.
+    /// Within-node score: `quality − fragmentation` (module docs); higher is better.
     pub score: i64,
-    /// Mean pair quality of the set (0 for one GPU).
+    /// `(mean pair quality + ring bottleneck) / 2` (0 for one GPU).
     pub quality: i64,
     /// Sum of pair qualities (the objective [`exhaustive_best`] maximises).
     pub set_quality: i64,
     /// Weakest pair of the set (0 for one GPU).
     pub min_pair_quality: i64,
-    /// Quality lost by the GPUs left free.
+    /// Best weakest hop over the cycles through the set (pair quality for two GPUs, 0 for one).
+    pub ring_bottleneck: i64,
+    /// Quality lost by the GPUs left free, in the node's NVLink unit (0 if none are left).
     pub fragmentation: i64,
     /// Every pair of the set is NVLink-connected.
     pub nvlink_connected: bool,
+    /// An all-NVLink cycle runs through the set (true for one GPU).
+    pub nvlink_ring: bool,
+    /// GPUs free on the node before the allocation.
+    pub free_before: usize,
+    /// GPUs the node has.
+    pub node_gpus: usize,
+    /// Largest pairwise NVLink-connected set free before.
+    pub largest_free_nvlink_set_before: usize,
     /// Largest pairwise NVLink-connected set still free afterwards.
     pub largest_free_nvlink_set_after: usize,
+}
+
+impl Allocation {
+    /// GPUs the node has left free afterwards.
+    pub fn free_after(&self) -> usize {
+        self.free_before - self.gpus.len()
+    }
 }
 
 /// No acceptable set exists on this node.
@@ -101,6 +136,85 @@ fn no_fit(reason: String) -> NoFit {
     NoFit { reason }
 }
 
+/// Why nothing fits, without the node's name (memoized per shape; named when reported).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Refusal {
+    ZeroCount,
+    NodeTooSmall {
+        n: usize,
+        count: usize,
+    },
+    TooFewFree {
+        nf: usize,
+        n: usize,
+        count: usize,
+    },
+    NoNvlink {
+        count: usize,
+    },
+    CliqueTooSmall {
+        count: usize,
+        whole: usize,
+    },
+    FreeCliqueTooSmall {
+        count: usize,
+        biggest: usize,
+        nf: usize,
+        n: usize,
+        islands: Vec<usize>,
+    },
+    RingTooSmall {
+        count: usize,
+        whole: usize,
+    },
+    NoFreeRing {
+        count: usize,
+        nf: usize,
+        n: usize,
+        islands: Vec<usize>,
+    },
+}
+
+impl Refusal {
+    fn message(&self, node: &str) -> String {
+        match self {
+            Refusal::ZeroCount => "the request asks for 0 GPUs".into(),
+            Refusal::NodeTooSmall { n, count } => {
+                format!("node {node} has {n} GPUs; the request needs {count}")
+            }
+            Refusal::TooFewFree { nf, n, count } => {
+                format!("only {nf} of {n} GPUs are free on node {node}; the request needs {count}")
+            }
+            Refusal::NoNvlink { count } => format!(
+                "node {node} has no NVLink (PCIe only); the request needs {count} NVLink-connected GPUs"
+            ),
+            Refusal::CliqueTooSmall { count, whole } => format!(
+                "no {count} free GPUs on node {node} are all NVLink-connected: the node's largest NVLink-connected GPU set has {whole} GPUs"
+            ),
+            Refusal::FreeCliqueTooSmall {
+                count,
+                biggest,
+                nf,
+                n,
+                islands,
+            } => format!(
+                "no {count} free GPUs on node {node} are all NVLink-connected: the largest free NVLink-connected set has {biggest} GPUs ({nf} of {n} free; free NVLink islands {islands:?})"
+            ),
+            Refusal::RingTooSmall { count, whole } => format!(
+                "no {count} GPUs on node {node} form an all-NVLink ring: the node's largest NVLink-connected group has {whole} GPUs"
+            ),
+            Refusal::NoFreeRing {
+                count,
+                nf,
+                n,
+                islands,
+            } => format!(
+                "no {count} free GPUs on node {node} form an all-NVLink ring ({nf} of {n} free; free NVLink islands {islands:?})"
+            ),
+        }
+    }
+}
+
 fn pairs(k: usize) -> i64 {
     (k * k.saturating_sub(1) / 2) as i64
 }
@@ -117,11 +231,17 @@ fn binomial(n: usize, k: usize) -> u128 {
     r
 }
 
+fn mode_weight(mode: NvLinkMode) -> i64 {
+    if mode == NvLinkMode::None { 2 } else { 1 }
+}
+
 /// Precomputed per-call state: the free set and what its GPUs have before allocation.
 pub(crate) struct Ctx<'a> {
     g: &'a GpuGraph,
     free: GpuSet,
+    unit: i64,
     clique_before: i64,
+    largest_before: usize,
     best_before: Vec<i64>,
 }
 
@@ -131,7 +251,7 @@ impl<'a> Ctx<'a> {
         let best_before = (0..g.len())
             .map(|i| {
                 if free.contains(i) {
-                    g.best_partner_quality(i, free.minus(GpuSet::from_indexes([i])))
+                    best_nvlink_partner(g, i, free)
                 } else {
                     0
                 }
@@ -140,51 +260,117 @@ impl<'a> Ctx<'a> {
         Ctx {
             g,
             free,
+            unit: (g.min_nvlink_quality().unwrap_or(0) / UNIT_DIVISOR).max(1),
             clique_before: clique_potential(g, free),
+            largest_before: g.largest_free_nvlink_clique(free),
             best_before,
         }
     }
 
     fn fragmentation(&self, set: GpuSet) -> i64 {
         let rest = self.free.minus(set);
+        if rest.is_empty() {
+            return 0;
+        }
         let dc = self.clique_before - clique_potential(self.g, rest);
+        let dl = (self.largest_before - self.g.largest_free_nvlink_clique(rest)) as i64;
         let mut loss = 0;
         for r in rest.iter() {
-            loss += self.best_before[r]
-                - self
-                    .g
-                    .best_partner_quality(r, rest.minus(GpuSet::from_indexes([r])));
+            loss += self.best_before[r] - best_nvlink_partner(self.g, r, rest);
         }
-        CLIQUE_WEIGHT * dc + loss / 2
+        self.unit * (dc + 2 * dl) + loss / 2
     }
 
-    /// Exact comparison key: `set_quality − npairs × weight × fragmentation` (= npairs × score).
+    /// Exact comparison key, `2 × npairs × score`:
+    /// `set_quality + npairs × bottleneck − 2 × npairs × weight × fragmentation`.
     fn key(&self, set: GpuSet, set_quality: i64, mode: NvLinkMode) -> i64 {
-        let np = pairs(set.len()).max(1);
-        let w = if mode == NvLinkMode::None { 2 } else { 1 };
-        set_quality - np * w * self.fragmentation(set)
+        let np = pairs(set.len());
+        let bottleneck = self.g.ring_bottleneck(set);
+        set_quality + np * bottleneck - 2 * np.max(1) * mode_weight(mode) * self.fragmentation(set)
     }
 
-    pub(crate) fn build(&self, set: GpuSet, mode: NvLinkMode) -> Allocation {
+    fn scored(&self, set: GpuSet, mode: NvLinkMode) -> Scored {
         let g = self.g;
         let set_quality = g.set_quality(set);
         let np = pairs(set.len());
         let frag = self.fragmentation(set);
-        let w = if mode == NvLinkMode::None { 2 } else { 1 };
-        let quality = if np > 0 { set_quality / np } else { 0 };
-        Allocation {
-            gpus: set.to_vec(),
+        let bottleneck = g.ring_bottleneck(set);
+        let quality = if np > 0 {
+            (set_quality / np + bottleneck) / 2
+        } else {
+            0
+        };
+        Scored {
             set,
-            uuids: g.uuids(set),
-            score: quality - w * frag,
+            score: quality - mode_weight(mode) * frag,
             quality,
             set_quality,
             min_pair_quality: g.min_pair_quality(set),
+            ring_bottleneck: bottleneck,
             fragmentation: frag,
             nvlink_connected: g.is_nvlink_clique(set),
-            largest_free_nvlink_set_after: g.largest_free_nvlink_clique(self.free.minus(set)),
+            nvlink_ring: g.has_nvlink_ring(set),
+            free_before: self.free.len(),
+            largest_before: self.largest_before,
+            largest_after: g.largest_free_nvlink_clique(self.free.minus(set)),
         }
     }
+
+    pub(crate) fn build(&self, set: GpuSet, mode: NvLinkMode) -> Allocation {
+        self.scored(set, mode).into_allocation(self.g)
+    }
+}
+
+/// The node-independent part of an [`Allocation`] (what the memo keeps).
+#[derive(Clone, Debug)]
+struct Scored {
+    set: GpuSet,
+    score: i64,
+    quality: i64,
+    set_quality: i64,
+    min_pair_quality: i64,
+    ring_bottleneck: i64,
+    fragmentation: i64,
+    nvlink_connected: bool,
+    nvlink_ring: bool,
+    free_before: usize,
+    largest_before: usize,
+    largest_after: usize,
+}
+
+impl Scored {
+    fn into_allocation(self, g: &GpuGraph) -> Allocation {
+        Allocation {
+            gpus: self.set.to_vec(),
+            set: self.set,
+            uuids: g.uuids(self.set),
+            score: self.score,
+            quality: self.quality,
+            set_quality: self.set_quality,
+            min_pair_quality: self.min_pair_quality,
+            ring_bottleneck: self.ring_bottleneck,
+            fragmentation: self.fragmentation,
+            nvlink_connected: self.nvlink_connected,
+            nvlink_ring: self.nvlink_ring,
+            free_before: self.free_before,
+            node_gpus: g.len(),
+            largest_free_nvlink_set_before: self.largest_before,
+            largest_free_nvlink_set_after: self.largest_after,
+        }
+    }
+}
+
+/// Best NVLink bandwidth of `gpu` to another GPU of `within` (the NVLink part of the pair
+/// quality, without the PCIe proximity points; 0 if none). PCIe proximity is not worth
+/// protecting in a remainder — trading it against the set's own quality split 3-GPU sets across
+/// NUMA nodes to keep 1–2 points of leftover proximity — NVLink is.
+fn best_nvlink_partner(g: &GpuGraph, gpu: usize, within: GpuSet) -> i64 {
+    g.nvlink_neighbours(gpu)
+        .and(within)
+        .iter()
+        .map(|h| g.pair_quality(gpu, h) - pcie_points(g.link(gpu, h).pcie))
+        .max()
+        .unwrap_or(0)
 }
 
 fn clique_potential(g: &GpuGraph, x: GpuSet) -> i64 {
@@ -194,168 +380,246 @@ fn clique_potential(g: &GpuGraph, x: GpuSet) -> i64 {
         .sum()
 }
 
+/// Largest NVLink-connected group (connected component) among `free`.
+fn largest_free_island(g: &GpuGraph, free: GpuSet) -> usize {
+    g.free_nvlink_islands(free).first().map_or(0, |s| s.len())
+}
+
 /// Checks that `req` can be met at all on `free`; the reason when not.
-fn precheck(g: &GpuGraph, free: GpuSet, req: &GpuRequest) -> Result<(), NoFit> {
+fn precheck(g: &GpuGraph, free: GpuSet, req: &GpuRequest) -> Result<(), Refusal> {
     let n = g.len();
     let nf = free.len();
-    if req.count == 0 {
-        return Err(no_fit("the request asks for 0 GPUs".into()));
+    let count = req.count;
+    if count == 0 {
+        return Err(Refusal::ZeroCount);
     }
-    if req.count > n {
-        return Err(no_fit(format!(
-            "node {} has {n} GPUs; the request needs {}",
-            g.node_name(),
-            req.count
-        )));
+    if count > n {
+        return Err(Refusal::NodeTooSmall { n, count });
     }
-    if req.count > nf {
-        return Err(no_fit(format!(
-            "only {nf} of {n} GPUs are free on node {}; the request needs {}",
-            g.node_name(),
-            req.count
-        )));
+    if count > nf {
+        return Err(Refusal::TooFewFree { nf, n, count });
     }
-    if req.nvlink == NvLinkMode::Required && req.count > 1 {
-        if !g.has_nvlink() {
-            return Err(no_fit(format!(
-                "node {} has no NVLink (PCIe only); the request needs {} NVLink-connected GPUs",
-                g.node_name(),
-                req.count
-            )));
+    if req.nvlink.is_hard() && count > 1 && !g.has_nvlink() {
+        return Err(Refusal::NoNvlink { count });
+    }
+    let islands = || g.free_nvlink_island_sizes(free);
+    match req.nvlink {
+        NvLinkMode::Clique if count > 1 => {
+            let biggest = g.largest_free_nvlink_clique(free);
+            if biggest < count {
+                let whole = g.largest_free_nvlink_clique(g.all());
+                return Err(if whole < count {
+                    Refusal::CliqueTooSmall { count, whole }
+                } else {
+                    Refusal::FreeCliqueTooSmall {
+                        count,
+                        biggest,
+                        nf,
+                        n,
+                        islands: islands(),
+                    }
+                });
+            }
         }
-        let biggest = g.largest_free_nvlink_clique(free);
-        if biggest < req.count {
-            let whole = g.largest_free_nvlink_clique(g.all());
-            let why = if whole < req.count {
-                format!("the node's largest NVLink-connected GPU set has {whole} GPUs")
-            } else {
-                format!(
-                    "the largest free NVLink-connected set has {biggest} GPUs ({nf} of {n} free; free NVLink islands {:?})",
-                    g.free_nvlink_island_sizes(free)
-                )
-            };
-            return Err(no_fit(format!(
-                "no {} free GPUs on node {} are all NVLink-connected: {why}",
-                req.count,
-                g.node_name()
-            )));
+        NvLinkMode::Ring if count > 1 => {
+            let whole = largest_free_island(g, g.all());
+            if whole < count {
+                return Err(Refusal::RingTooSmall { count, whole });
+            }
+            if largest_free_island(g, free) < count {
+                return Err(Refusal::NoFreeRing {
+                    count,
+                    nf,
+                    n,
+                    islands: islands(),
+                });
+            }
         }
+        _ => {}
     }
     Ok(())
 }
 
-/// Visits every `k`-subset of `free` (lexicographic by index) that satisfies the NVLink rule,
-/// with its sum of pair qualities.
+/// Visits every `k`-subset of `free` (lexicographic by index) that can satisfy the mode, with
+/// its sum of pair qualities. `clique` is enforced while growing; `ring` is checked on complete
+/// sets (growing only prunes GPUs without any free NVLink peer).
 fn for_each_subset(
     g: &GpuGraph,
     free: GpuSet,
     k: usize,
-    required: bool,
+    mode: NvLinkMode,
     mut visit: impl FnMut(GpuSet, i64),
 ) {
+    let clique = mode == NvLinkMode::Clique && k > 1;
+    let ring = mode == NvLinkMode::Ring && k > 1;
+    let free = if ring {
+        // A ring member needs an NVLink peer in the set (two of them for k ≥ 3).
+        let need = if k >= 3 { 2 } else { 1 };
+        GpuSet::from_indexes(
+            free.iter()
+                .filter(|&i| g.nvlink_neighbours(i).and(free).len() >= need),
+        )
+    } else {
+        free
+    };
     let list = free.to_vec();
-    #[allow(clippy::too_many_arguments)]
-    fn rec(
-        g: &GpuGraph,
-        list: &[usize],
-        start: usize,
+    struct Walk<'a> {
+        g: &'a GpuGraph,
+        list: &'a [usize],
         k: usize,
-        chosen: &mut Vec<usize>,
+        clique: bool,
+        ring: bool,
+        chosen: Vec<usize>,
+    }
+    fn rec(
+        w: &mut Walk<'_>,
+        start: usize,
         set: GpuSet,
         sum: i64,
         allowed: GpuSet,
-        required: bool,
         visit: &mut dyn FnMut(GpuSet, i64),
     ) {
-        if chosen.len() == k {
-            visit(set, sum);
+        if w.chosen.len() == w.k {
+            if !w.ring || w.g.has_nvlink_ring(set) {
+                visit(set, sum);
+            }
             return;
         }
-        let need = k - chosen.len();
-        for idx in start..list.len() {
-            if list.len() - idx < need {
+        let need = w.k - w.chosen.len();
+        for idx in start..w.list.len() {
+            if w.list.len() - idx < need {
                 break;
             }
-            let c = list[idx];
-            if required && !allowed.contains(c) {
+            let c = w.list[idx];
+            if w.clique && !allowed.contains(c) {
                 continue;
             }
-            let add: i64 = chosen.iter().map(|&p| g.pair_quality(p, c)).sum();
-            let next_allowed = if required {
-                allowed.and(g.nvlink_neighbours(c))
+            let add: i64 = w.chosen.iter().map(|&p| w.g.pair_quality(p, c)).sum();
+            let next_allowed = if w.clique {
+                allowed.and(w.g.nvlink_neighbours(c))
             } else {
                 allowed
             };
-            if required && next_allowed.len() < need - 1 {
+            if w.clique && next_allowed.len() < need - 1 {
                 continue;
             }
-            chosen.push(c);
+            w.chosen.push(c);
             let mut s2 = set;
             s2.insert(c);
-            rec(
-                g,
-                list,
-                idx + 1,
-                k,
-                chosen,
-                s2,
-                sum + add,
-                next_allowed,
-                required,
-                visit,
-            );
-            chosen.pop();
+            rec(w, idx + 1, s2, sum + add, next_allowed, visit);
+            w.chosen.pop();
         }
     }
-    let mut chosen = Vec::with_capacity(k);
-    rec(
+    let mut w = Walk {
         g,
-        &list,
-        0,
+        list: &list,
         k,
-        &mut chosen,
-        GpuSet::EMPTY,
-        0,
-        free,
-        required,
-        &mut visit,
-    );
+        clique,
+        ring,
+        chosen: Vec::with_capacity(k),
+    };
+    rec(&mut w, 0, GpuSet::EMPTY, 0, free, &mut visit);
 }
 
-/// Picks the GPUs for `req` among `free` on the node `g` (module docs). Deterministic.
+/// Memo key: (shape id, free mask, count, mode).
+type MemoKey = (u64, u64, usize, NvLinkMode);
+
+static MEMO: LazyLock<Mutex<HashMap<MemoKey, Result<Scored, Refusal>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Picks the GPUs for `req` among `free` on the node `g` (module docs). Deterministic; memoized
+/// per (shape, free mask, count, mode), so the same question about any node of the same shape
+/// is answered from a table.
 pub fn allocate(g: &GpuGraph, free: GpuSet, req: &GpuRequest) -> Result<Allocation, NoFit> {
     let free = free.and(g.all());
+    let key = (g.shape_id(), free.0, req.count, req.nvlink);
+    let hit = MEMO
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .cloned();
+    let answer = match hit {
+        Some(a) => a,
+        None => {
+            let a = search(g, free, req);
+            let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
+            if memo.len() >= MEMO_CAPACITY {
+                memo.clear();
+            }
+            memo.insert(key, a.clone());
+            a
+        }
+    };
+    answer
+        .map(|s| s.into_allocation(g))
+        .map_err(|r| no_fit(r.message(g.node_name())))
+}
+
+/// [`allocate`] without the memo (what the memo stores; also for measuring the cold cost).
+pub fn allocate_uncached(
+    g: &GpuGraph,
+    free: GpuSet,
+    req: &GpuRequest,
+) -> Result<Allocation, NoFit> {
+    search(g, free.and(g.all()), req)
+        .map(|s| s.into_allocation(g))
+        .map_err(|r| no_fit(r.message(g.node_name())))
+}
+
+fn search(g: &GpuGraph, free: GpuSet, req: &GpuRequest) -> Result<Scored, Refusal> {
     precheck(g, free, req)?;
     let ctx = Ctx::new(g, free);
-    let required = req.nvlink == NvLinkMode::Required;
-    let mut best: Option<(i64, GpuSet)> = None;
+    // `preferred` wants NVLink: any set with an all-NVLink ring beats every set without one
+    // (the same class the node ranking uses), the score decides within a class.
+    let ring_class = req.nvlink == NvLinkMode::Preferred && req.count > 1 && g.has_nvlink();
+    let mut best: Option<((bool, i64), GpuSet)> = None;
     if binomial(free.len(), req.count) <= EXACT_LIMIT {
-        for_each_subset(g, free, req.count, required, |set, sq| {
-            let key = ctx.key(set, sq, req.nvlink);
+        for_each_subset(g, free, req.count, req.nvlink, |set, sq| {
+            let key = (
+                ring_class && g.has_nvlink_ring(set),
+                ctx.key(set, sq, req.nvlink),
+            );
             if best.is_none_or(|(b, _)| key > b) {
                 best = Some((key, set));
             }
         });
     } else {
-        best = heuristic(&ctx, req);
+        best = heuristic(&ctx, req).map(|(k, s)| ((false, k), s));
     }
     match best {
-        Some((_, set)) => Ok(ctx.build(set, req.nvlink)),
-        None => Err(no_fit(format!(
-            "no {} free GPUs on node {} are all NVLink-connected (free NVLink islands {:?})",
-            req.count,
-            g.node_name(),
-            g.free_nvlink_island_sizes(free)
-        ))),
+        Some((_, set)) => Ok(ctx.scored(set, req.nvlink)),
+        None => Err(match req.nvlink {
+            NvLinkMode::Ring => Refusal::NoFreeRing {
+                count: req.count,
+                nf: free.len(),
+                n: g.len(),
+                islands: g.free_nvlink_island_sizes(free),
+            },
+            _ => Refusal::FreeCliqueTooSmall {
+                count: req.count,
+                biggest: g.largest_free_nvlink_clique(free),
+                nf: free.len(),
+                n: g.len(),
+                islands: g.free_nvlink_island_sizes(free),
+            },
+        }),
+    }
+}
+
+/// Whether `set` satisfies the mode's NVLink rule.
+fn admissible(g: &GpuGraph, set: GpuSet, mode: NvLinkMode) -> bool {
+    match mode {
+        NvLinkMode::Clique => g.is_nvlink_clique(set),
+        NvLinkMode::Ring => g.has_nvlink_ring(set),
+        NvLinkMode::Preferred | NvLinkMode::None => true,
     }
 }
 
 /// Greedy grow from every free seed, then first-improvement swaps; for very large nodes only.
 fn heuristic(ctx: &Ctx<'_>, req: &GpuRequest) -> Option<(i64, GpuSet)> {
     let g = ctx.g;
-    let required = req.nvlink == NvLinkMode::Required;
-    let ok = |s: GpuSet| !required || g.is_nvlink_clique(s);
-    let eval = |s: GpuSet| ctx.key(s, g.set_quality(s), req.nvlink);
+    let mode = req.nvlink;
+    let eval = |s: GpuSet| ctx.key(s, g.set_quality(s), mode);
     let mut best: Option<(i64, GpuSet)> = None;
     for seed in ctx.free.iter() {
         let mut set = GpuSet::from_indexes([seed]);
@@ -364,7 +628,11 @@ fn heuristic(ctx: &Ctx<'_>, req: &GpuRequest) -> Option<(i64, GpuSet)> {
                 .free
                 .minus(set)
                 .iter()
-                .filter(|&c| !required || set.is_subset(g.nvlink_neighbours(c)))
+                .filter(|&c| match mode {
+                    NvLinkMode::Clique => set.is_subset(g.nvlink_neighbours(c)),
+                    NvLinkMode::Ring => !g.nvlink_neighbours(c).and(set).is_empty(),
+                    _ => true,
+                })
                 .max_by_key(|&c| {
                     (
                         set.iter().map(|p| g.pair_quality(p, c)).sum::<i64>(),
@@ -379,7 +647,8 @@ fn heuristic(ctx: &Ctx<'_>, req: &GpuRequest) -> Option<(i64, GpuSet)> {
         if set.len() < req.count {
             continue;
         }
-        let mut key = eval(set);
+        let mut valid = admissible(g, set, mode);
+        let mut key = if valid { eval(set) } else { i64::MIN };
         for _ in 0..64 {
             let mut improved = false;
             'outer: for out in set.iter() {
@@ -387,11 +656,12 @@ fn heuristic(ctx: &Ctx<'_>, req: &GpuRequest) -> Option<(i64, GpuSet)> {
                     let mut cand = set;
                     cand.remove(out);
                     cand.insert(inn);
-                    if ok(cand) {
+                    if admissible(g, cand, mode) {
                         let k2 = eval(cand);
                         if k2 > key {
                             set = cand;
                             key = k2;
+                            valid = true;
                             improved = true;
                             break 'outer;
                         }
@@ -402,7 +672,7 @@ fn heuristic(ctx: &Ctx<'_>, req: &GpuRequest) -> Option<(i64, GpuSet)> {
                 break;
             }
         }
-        if best.is_none_or(|(b, bs)| key > b || (key == b && set.to_vec() < bs.to_vec())) {
+        if valid && best.is_none_or(|(b, bs)| key > b || (key == b && set.to_vec() < bs.to_vec())) {
             best = Some((key, set));
         }
     }
@@ -414,10 +684,9 @@ fn heuristic(ctx: &Ctx<'_>, req: &GpuRequest) -> Option<(i64, GpuSet)> {
 /// and benchmarks on nodes of up to ~20 GPUs.
 pub fn exhaustive_best(g: &GpuGraph, free: GpuSet, req: &GpuRequest) -> Result<Allocation, NoFit> {
     let free = free.and(g.all());
-    precheck(g, free, req)?;
-    let required = req.nvlink == NvLinkMode::Required;
+    precheck(g, free, req).map_err(|r| no_fit(r.message(g.node_name())))?;
     let mut best: Option<(i64, GpuSet)> = None;
-    for_each_subset(g, free, req.count, required, |set, sq| {
+    for_each_subset(g, free, req.count, req.nvlink, |set, sq| {
         if best.is_none_or(|(b, _)| sq > b) {
             best = Some((sq, set));
         }
@@ -425,9 +694,10 @@ pub fn exhaustive_best(g: &GpuGraph, free: GpuSet, req: &GpuRequest) -> Result<A
     let ctx = Ctx::new(g, free);
     best.map(|(_, s)| ctx.build(s, req.nvlink)).ok_or_else(|| {
         no_fit(format!(
-            "no {} free GPUs on node {} are all NVLink-connected",
+            "no {} free GPUs on node {} satisfy nvlink {}",
             req.count,
-            g.node_name()
+            g.node_name(),
+            req.nvlink
         ))
     })
 }

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::api::GpuTopologyStatus;
-use crate::api::NvLinkMode::{Preferred, Required};
+use crate::api::NvLinkMode::{Clique, Preferred};
 use crate::placement::baselines;
 use crate::topology::fixtures;
 
@@ -34,20 +34,20 @@ fn dgx1_required_sets() {
     let g = graph("dgx1-v100");
     // 4 required: only the quads are fully NVLink-connected; both score 472 (2×NV2 HostBridge,
     // NV2 same switch, NV1 same switch, 2×NV1 HostBridge) → the lower quad.
-    let a = allocate(&g, g.all(), &GpuRequest::new(4, Required)).unwrap();
+    let a = allocate(&g, g.all(), &GpuRequest::new(4, Clique)).unwrap();
     assert_eq!(a.gpus, vec![0, 1, 2, 3]);
     assert_eq!(a.set_quality, 103 + 103 + 105 + 55 + 53 + 53);
     assert!(a.nvlink_connected);
     assert_eq!(a.largest_free_nvlink_set_after, 4);
     // 2 required: the best pairs are NV2 on a shared PCIe switch: 2-3 and 6-7 → 2-3.
-    assert_eq!(pick(&g, &[], 2, Required), vec![2, 3]);
+    assert_eq!(pick(&g, &[], 2, Clique), vec![2, 3]);
     // 3 required: a triangle inside a quad. {0,2,3} = 53+103+105 = 261 and {1,2,3} = 103+53+105
     // = 261 beat {0,1,2} = {0,1,3} = 211 (the mirror triangles in 4-7 tie with them); every
     // best triangle leaves the same remainder shape (a lone GPU plus the other quad), so the
     // lowest indexes win.
-    assert_eq!(pick(&g, &[], 3, Required), vec![0, 2, 3]);
+    assert_eq!(pick(&g, &[], 3, Clique), vec![0, 2, 3]);
     // 8 required cannot be met (largest NVLink clique is a quad); preferred takes all eight.
-    let why = refuse(&g, &[], 8, Required);
+    let why = refuse(&g, &[], 8, Clique);
     assert!(
         why.contains("largest NVLink-connected GPU set has 4 GPUs"),
         "{why}"
@@ -59,18 +59,22 @@ fn dgx1_required_sets() {
 fn dgx1_occupancy() {
     let g = graph("dgx1-v100");
     // GPU 0 busy: the only free quad is 4-7.
-    assert_eq!(pick(&g, &[0], 4, Required), vec![4, 5, 6, 7]);
+    assert_eq!(pick(&g, &[0], 4, Clique), vec![4, 5, 6, 7]);
     // One GPU busy in each quad: no four free GPUs are pairwise NVLinked.
-    let why = refuse(&g, &[0, 4], 4, Required);
+    let why = refuse(&g, &[0, 4], 4, Clique);
     assert!(
         why.contains("largest free NVLink-connected set has 3 GPUs"),
         "{why}"
     );
-    // Preferred still gets four GPUs: the free triangle 1-2-3 (261) plus GPU 5, which has an NV2
-    // to 1: 261 + 101 + 1 + 1 = 364. The mirror {1,5,6,7} also has 364 and leaves the same
-    // shape behind (the pair 6-7 vs 2-3, both NV2 on one switch); {1,2,5,6} = 360 would strand
-    // 3 and 7. Lowest of the tie: {1,2,3,5}.
-    assert_eq!(pick(&g, &[0, 4], 4, Preferred), vec![1, 2, 3, 5]);
+    // Preferred still gets four GPUs, and on an all-NVLink ring where one exists. The free
+    // triangle 1-2-3 plus GPU 5 has the highest Σq (261 + 101 + 1 + 1 = 364), but 5's only NVLink
+    // in that set is to 1, so every ring through it has a PCIe hop. Rings: 2-3-7-6 (NV2, NV1,
+    // NV2, NV1: Σq 314) leaves the NV2 pair 1-5 free; 1-2-6-5 (Σq 360) would leave only the NV1
+    // pair 3-7, and 1-3-7-5 the same loss in mirror.
+    let a = allocate(&g, free_except(&g, &[0, 4]), &GpuRequest::new(4, Preferred)).unwrap();
+    assert_eq!(a.gpus, vec![2, 3, 6, 7]);
+    assert!(a.nvlink_ring);
+    assert_eq!(a.ring_bottleneck, 51);
 }
 
 #[test]
@@ -79,13 +83,13 @@ fn two_gpus_leave_the_only_free_quad_alone() {
     // 4 and 7 busy: free are the quad 0-3 and the NV2 pair 5-6. The single best pair is 2-3
     // (NV2, same switch, 105) but taking it destroys the only free 4-GPU NVLink clique;
     // 5-6 (NV2 via host bridge, 103) is nearly as good and keeps the quad for a 4-GPU job.
-    assert_eq!(pick(&g, &[4, 7], 2, Required), vec![5, 6]);
+    assert_eq!(pick(&g, &[4, 7], 2, Clique), vec![5, 6]);
     assert_eq!(pick(&g, &[4, 7], 2, Preferred), vec![5, 6]);
     // The myopic optimum would have taken 2-3.
-    let opt = exhaustive_best(&g, free_except(&g, &[4, 7]), &GpuRequest::new(2, Required)).unwrap();
+    let opt = exhaustive_best(&g, free_except(&g, &[4, 7]), &GpuRequest::new(2, Clique)).unwrap();
     assert_eq!(opt.gpus, vec![2, 3]);
     // Afterwards the quad is still there.
-    assert_eq!(pick(&g, &[4, 7, 5, 6], 4, Required), vec![0, 1, 2, 3]);
+    assert_eq!(pick(&g, &[4, 7, 5, 6], 4, Clique), vec![0, 1, 2, 3]);
     // A single GPU comes from the leftover pair, not the quad: GPU 6 (GPU 5 keeps its NV2 to 1;
     // taking 5 would leave 6 with only NV1 links).
     assert_eq!(pick(&g, &[4, 7], 1, Preferred), vec![6]);
@@ -96,15 +100,15 @@ fn bridged_pairs() {
     let g = graph("pcie-a100-bridged");
     // 2 GPUs: a bridged pair (602), both equal → 0-1.
     assert_eq!(pick(&g, &[], 2, Preferred), vec![0, 1]);
-    assert_eq!(pick(&g, &[], 2, Required), vec![0, 1]);
+    assert_eq!(pick(&g, &[], 2, Clique), vec![0, 1]);
     assert_eq!(pick(&g, &[], 2, NvLinkMode::None), vec![0, 1]);
     // GPU 0 busy: the intact pair 2-3, never 1 with a PCIe peer.
-    assert_eq!(pick(&g, &[0], 2, Required), vec![2, 3]);
+    assert_eq!(pick(&g, &[0], 2, Clique), vec![2, 3]);
     assert_eq!(pick(&g, &[0], 2, Preferred), vec![2, 3]);
     // One GPU: take the orphan 1, keep the bridged pair.
     assert_eq!(pick(&g, &[0], 1, Preferred), vec![1]);
     // 0 and 2 busy: no free bridged pair.
-    let why = refuse(&g, &[0, 2], 2, Required);
+    let why = refuse(&g, &[0, 2], 2, Clique);
     assert!(
         why.contains("no 2 free GPUs on node pcie-a100-0 are all NVLink-connected"),
         "{why}"
@@ -115,19 +119,19 @@ fn bridged_pairs() {
     );
     assert_eq!(pick(&g, &[0, 2], 2, Preferred), vec![1, 3]);
     // 4 GPUs required: the node's NVLink cliques are pairs.
-    assert!(refuse(&g, &[], 4, Required).contains("largest NVLink-connected GPU set has 2 GPUs"));
+    assert!(refuse(&g, &[], 4, Clique).contains("largest NVLink-connected GPU set has 2 GPUs"));
 }
 
 #[test]
 fn pcie_only_node() {
     let g = graph("pcie-l40s");
-    let why = refuse(&g, &[], 2, Required);
+    let why = refuse(&g, &[], 2, Clique);
     assert_eq!(
         why,
         "node pcie-l40s-0 has no NVLink (PCIe only); the request needs 2 NVLink-connected GPUs"
     );
     // One GPU needs no NVLink.
-    assert_eq!(pick(&g, &[], 1, Required), vec![0]);
+    assert_eq!(pick(&g, &[], 1, Clique), vec![0]);
     // Preferred: a pair on one PCIe switch; four GPUs on one socket (5+5+4×2 = 18 beats
     // two switch pairs across sockets, 5+5+4×1 = 14).
     assert_eq!(pick(&g, &[], 2, Preferred), vec![0, 1]);
@@ -139,19 +143,21 @@ fn pcie_only_node() {
 #[test]
 fn nvswitch_node() {
     let g = graph("dgx-h100");
-    assert_eq!(pick(&g, &[], 2, Required), vec![0, 1]);
-    // Four on one socket: 2 switch pairs (905) + 4 same-NUMA pairs (902).
-    let a = allocate(&g, g.all(), &GpuRequest::new(4, Required)).unwrap();
+    assert_eq!(pick(&g, &[], 2, Clique), vec![0, 1]);
+    // Four on one socket: 2 switch pairs (905) + 4 same-NUMA pairs (902); the ring 0-1-3-2
+    // alternates 905 and 902 hops, so its bottleneck is 902.
+    let a = allocate(&g, g.all(), &GpuRequest::new(4, Clique)).unwrap();
     assert_eq!(a.gpus, vec![0, 1, 2, 3]);
-    assert_eq!(a.quality, (2 * 905 + 4 * 902) / 6);
-    assert_eq!(pick(&g, &[], 8, Required), (0..8).collect::<Vec<_>>());
+    assert_eq!(a.ring_bottleneck, 902);
+    assert_eq!(a.quality, ((2 * 905 + 4 * 902) / 6 + 902) / 2);
+    assert_eq!(pick(&g, &[], 8, Clique), (0..8).collect::<Vec<_>>());
     // 1, 2, 5, 6 busy: 0-3 (same socket, 902) beats 0-4 (901); 0-3 and 4-7 tie → 0-3.
-    assert_eq!(pick(&g, &[1, 2, 5, 6], 2, Required), vec![0, 3]);
+    assert_eq!(pick(&g, &[1, 2, 5, 6], 2, Clique), vec![0, 3]);
     // go-gpuallocator's view misses NVSwitch: the greedy baseline finds no NVLink pair at all.
-    let greedy = baselines::greedy(&g, g.all(), &GpuRequest::new(2, Required));
+    let greedy = baselines::greedy(&g, g.all(), &GpuRequest::new(2, Clique));
     assert!(greedy.is_err());
     assert!(
-        exhaustive_best(&g, g.all(), &GpuRequest::new(8, Required))
+        exhaustive_best(&g, g.all(), &GpuRequest::new(8, Clique))
             .unwrap()
             .nvlink_connected
     );
@@ -185,21 +191,32 @@ fn deterministic_and_independent_of_listing_order() {
         let g2 = GpuGraph::from_spec(&rev).unwrap();
         for busy in [vec![], vec![1], vec![0, 5], vec![2, 3, 6]] {
             let busy: Vec<usize> = busy.into_iter().filter(|&b| b < g.len()).collect();
-            for count in 1..=g.len() {
-                for mode in [Required, Preferred, NvLinkMode::None] {
+            // Every count on 8-GPU nodes; on the 16-GPU DGX-2 the cheap ones (the middle counts
+            // have up to 12 870 candidate sets per call in a debug build).
+            let counts: Vec<usize> = if g.len() <= 8 {
+                (1..=g.len()).collect()
+            } else {
+                vec![1, 2, 3, g.len() - 1, g.len()]
+            };
+            for count in counts {
+                for mode in [Clique, NvLinkMode::Ring, Preferred, NvLinkMode::None] {
                     let req = GpuRequest::new(count, mode);
                     let a = allocate(&g, free_except(&g, &busy), &req);
                     assert_eq!(a, allocate(&g, free_except(&g, &busy), &req), "{name}");
+                    // Same shape, so `allocate` would answer from the memo: search afresh.
                     assert_eq!(
                         a,
-                        allocate(&g2, free_except(&g2, &busy), &req),
+                        allocate_uncached(&g2, free_except(&g2, &busy), &req),
                         "{name} reversed"
                     );
                     if let Ok(a) = &a {
                         assert_eq!(a.gpus.len(), count);
                         assert!(a.set.is_subset(free_except(&g, &busy)));
-                        if mode == Required {
+                        if mode == Clique {
                             assert!(a.nvlink_connected, "{name}: {:?}", a.gpus);
+                        }
+                        if mode == NvLinkMode::Ring {
+                            assert!(a.nvlink_ring, "{name}: {:?}", a.gpus);
                         }
                     }
                     // A required request fits exactly when the reference optimum finds a set.
@@ -218,7 +235,7 @@ fn deterministic_and_independent_of_listing_order() {
 fn allocate_on_a_published_topology_uses_status() {
     let spec = fixtures::get("pcie-a100-bridged");
     let mut t = GpuTopology::new("pcie-a100-0", spec.clone());
-    let req = GpuRequest::new(2, Required);
+    let req = GpuRequest::new(2, Clique);
     assert_eq!(
         allocate_on(&t, &req).unwrap().uuids,
         vec![spec.gpus[0].uuid.clone(), spec.gpus[1].uuid.clone()]
@@ -262,7 +279,7 @@ fn large_nodes_use_the_heuristic_and_stay_valid() {
     let g = GpuGraph::from_spec(&spec).unwrap();
     let a = allocate(&g, g.all(), &GpuRequest::new(10, Preferred)).unwrap();
     assert_eq!(a.gpus.len(), 10);
-    let q = allocate(&g, g.all(), &GpuRequest::new(4, Required)).unwrap();
+    let q = allocate(&g, g.all(), &GpuRequest::new(4, Clique)).unwrap();
     assert!(q.nvlink_connected);
     assert_eq!(q.set_quality, 472);
 }
@@ -276,11 +293,11 @@ fn busy_fixture_keeps_its_quad() {
         vec![t.spec.gpus[4].uuid.clone(), t.spec.gpus[7].uuid.clone()]
     );
     assert_eq!(
-        allocate_on(&t, &GpuRequest::new(2, Required)).unwrap().gpus,
+        allocate_on(&t, &GpuRequest::new(2, Clique)).unwrap().gpus,
         vec![5, 6]
     );
     assert_eq!(
-        allocate_on(&t, &GpuRequest::new(4, Required)).unwrap().gpus,
+        allocate_on(&t, &GpuRequest::new(4, Clique)).unwrap().gpus,
         vec![0, 1, 2, 3]
     );
     assert!(
@@ -289,4 +306,156 @@ fn busy_fixture_keeps_its_quad() {
             .reason
             .contains("only 6 of 8 GPUs are free")
     );
+}
+
+#[test]
+fn required_is_an_alias_of_clique() {
+    let m: NvLinkMode = serde_yaml::from_str("required").unwrap();
+    assert_eq!(m, Clique);
+    for (text, mode) in [
+        ("clique", Clique),
+        ("ring", NvLinkMode::Ring),
+        ("preferred", Preferred),
+        ("none", NvLinkMode::None),
+    ] {
+        assert_eq!(serde_yaml::from_str::<NvLinkMode>(text).unwrap(), mode);
+        assert_eq!(mode.to_string(), text);
+    }
+}
+
+#[test]
+fn ring_mode_fits_dgx1_eight_six_and_five() {
+    // NCCL builds all-NVLink rings over the whole cube-mesh; `clique` stops at the quads.
+    let g = graph("dgx1-v100");
+    for count in [5, 6, 7, 8] {
+        let a = allocate(&g, g.all(), &GpuRequest::new(count, NvLinkMode::Ring))
+            .unwrap_or_else(|e| panic!("{count} GPUs ring: {e}"));
+        assert!(a.nvlink_ring, "{:?}", a.gpus);
+        assert!(a.ring_bottleneck >= 50, "{a:?}");
+        assert!(refuse(&g, &[], count, Clique).contains("largest NVLink-connected GPU set has 4"));
+    }
+    // 24, 28 and 8 of the 5-, 6- and 7-subsets have an all-NVLink ring.
+    let rings = |k: usize| {
+        (0u64..256)
+            .map(GpuSet)
+            .filter(|s| s.len() == k && g.has_nvlink_ring(*s))
+            .count()
+    };
+    assert_eq!((rings(5), rings(6), rings(7), rings(8)), (24, 28, 8, 1));
+    // A ring never has a PCIe hop: with 5, 6 and 7 busy, GPU 4's only free NVLink peer is 0.
+    let why = refuse(&g, &[5, 6, 7], 5, NvLinkMode::Ring);
+    assert!(why.contains("form an all-NVLink ring"), "{why}");
+    // Two GPUs as a ring = an NVLink pair.
+    assert!(
+        allocate(&g, g.all(), &GpuRequest::new(2, NvLinkMode::Ring))
+            .unwrap()
+            .nvlink_connected
+    );
+    let l40s = graph("pcie-l40s");
+    assert!(refuse(&l40s, &[], 2, NvLinkMode::Ring).contains("has no NVLink"));
+}
+
+#[test]
+fn five_gpus_preferred_take_an_all_nvlink_ring() {
+    // Σ pair quality chose {0,1,2,3,4}: GPU 4's only NVLink in the set is to 0, so every ring
+    // through the five crosses sockets over PCIe once.
+    let g = graph("dgx1-v100");
+    let a = allocate(&g, g.all(), &GpuRequest::new(5, Preferred)).unwrap();
+    assert!(!g.has_nvlink_ring(GpuSet::from_indexes([0, 1, 2, 3, 4])));
+    assert_ne!(a.gpus, vec![0, 1, 2, 3, 4]);
+    assert!(a.nvlink_ring, "{:?}", a.gpus);
+    assert!(a.ring_bottleneck >= 50, "{a:?}");
+}
+
+#[test]
+fn two_gpus_do_not_strand_a_pcie_pair() {
+    // Free {0, 2, 4, 5}: NV2 0-4 is the best pair, but it leaves 2 and 5, which only share a
+    // cross-socket PCIe path. 0-2 or 4-5 leave an NVLink pair behind.
+    let g = graph("dgx1-v100");
+    let a = allocate(
+        &g,
+        GpuSet::from_indexes([0, 2, 4, 5]),
+        &GpuRequest::new(2, Preferred),
+    )
+    .unwrap();
+    assert_ne!(a.gpus, vec![0, 4]);
+    assert_eq!(a.largest_free_nvlink_set_after, 2, "{:?}", a.gpus);
+}
+
+#[test]
+fn no_fragmentation_charge_when_nothing_is_left() {
+    for name in ["dgx1-v100", "dgx-h100", "pcie-l40s", "pcie-a100-bridged"] {
+        let g = graph(name);
+        let a = allocate(&g, g.all(), &GpuRequest::new(g.len(), Preferred)).unwrap();
+        assert_eq!(a.fragmentation, 0, "{name}");
+        assert_eq!(a.score, a.quality, "{name}");
+    }
+}
+
+#[test]
+fn memo_answers_every_node_of_a_shape_with_its_own_names() {
+    let spec = fixtures::get("dgx1-v100");
+    let mut other = spec.clone();
+    other.node_name = "twin".into();
+    for gpu in &mut other.gpus {
+        gpu.uuid = format!("twin-{}", gpu.index);
+    }
+    let (a, b) = (
+        GpuGraph::from_spec(&spec).unwrap(),
+        GpuGraph::from_spec(&other).unwrap(),
+    );
+    assert!(a.same_shape(&b));
+    assert_eq!(a.shape_id(), b.shape_id());
+    assert_eq!(a.shape_fingerprint(), b.shape_fingerprint());
+    for count in 1..=8 {
+        for mode in [Clique, NvLinkMode::Ring, Preferred, NvLinkMode::None] {
+            let req = GpuRequest::new(count, mode);
+            let free = free_except(&a, &[3]);
+            match (allocate(&a, free, &req), allocate(&b, free, &req)) {
+                (Ok(x), Ok(y)) => {
+                    assert_eq!(x.gpus, y.gpus);
+                    assert_eq!(y.uuids[0], format!("twin-{}", y.gpus[0]));
+                    assert_eq!(Ok(x), allocate_uncached(&a, free, &req));
+                }
+                (Err(x), Err(y)) => {
+                    assert!(y.reason.contains("twin") || !x.reason.contains("dgx1-v100-0"));
+                }
+                (x, y) => panic!("{x:?} vs {y:?}"),
+            }
+        }
+    }
+    // A different shape gets a different id.
+    let h = graph("dgx-h100");
+    assert_ne!(h.shape_id(), a.shape_id());
+    assert!(!h.same_shape(&a));
+}
+
+#[test]
+fn three_gpus_stay_on_one_numa_node_when_they_can() {
+    // Every occupancy of the 8-GPU fixtures: when three free GPUs share a NUMA node (a CPU
+    // socket), a 3-GPU preferred set never spans sockets to keep a point or two of PCIe
+    // proximity in the leftover.
+    for name in ["dgx-h100", "pcie-l40s"] {
+        let spec = fixtures::get(name);
+        let g = GpuGraph::from_spec(&spec).unwrap();
+        let numa = |i: usize| {
+            spec.gpus
+                .iter()
+                .find(|x| x.index as usize == i)
+                .unwrap()
+                .numa_node
+        };
+        for mask in 0u64..256 {
+            let free = GpuSet(mask);
+            let one_socket_possible = [0, 1]
+                .iter()
+                .any(|&n| free.iter().filter(|&i| numa(i) == Some(n)).count() >= 3);
+            if !one_socket_possible {
+                continue;
+            }
+            let a = allocate(&g, free, &GpuRequest::new(3, Preferred)).unwrap();
+            let sockets: std::collections::BTreeSet<_> = a.gpus.iter().map(|&i| numa(i)).collect();
+            assert_eq!(sockets.len(), 1, "{name} free {free:?} → {:?}", a.gpus);
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! [`Allocation`] as the allocator, scored on the true topology, so one objective judges all.
 
 use super::allocator::{Allocation, Ctx, GpuRequest, NoFit};
-use crate::api::{NvLinkMode, PcieLevel};
+use crate::api::PcieLevel;
 use crate::topology::{GpuGraph, GpuSet};
 
 /// First fit: the lowest free indexes. Topology-blind: it never refuses a `Required` request for
@@ -44,7 +44,7 @@ pub fn greedy(g: &GpuGraph, free: GpuSet, req: &GpuRequest) -> Result<Allocation
             reason: format!("{} GPUs free, {} requested", free.len(), req.count),
         });
     }
-    let required = req.nvlink == NvLinkMode::Required;
+    let required = req.nvlink.is_hard();
     let linked = |a: usize, b: usize| g.link(a, b).nvlinks > 0;
     let list = free.to_vec();
     let mut set = GpuSet::EMPTY;

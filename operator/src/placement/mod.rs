@@ -3,6 +3,7 @@
 
 pub mod allocator;
 pub mod baselines;
+pub mod rank;
 pub mod scheduler;
 
 pub use allocator::{Allocation, GpuRequest, NoFit, allocate, allocate_on, exhaustive_best};

@@ -6,11 +6,28 @@
 //! via the topology allocator), scored by the mean allocator score of their GPU sets, and ties go
 //! to the cheaper member, then the name.
 
-use super::allocator::{GpuRequest, allocate};
-use crate::api::{GpuSelector, NvLinkMode};
+use super::allocator::{Allocation, GpuRequest, allocate};
+use super::rank::{GangFit, NodeFit, node_fit};
+use crate::api::{GpuSelector, GpuTopologySpec, NvLinkMode, ReplicaPlacement};
 use crate::topology::{GpuGraph, GpuSet};
 use crate::workloads::PodPlacement;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The size of the node's largest free set of pairwise NVLink-connected GPUs — the most GPUs an
+/// `nvlink: clique` worker can get there — as a one-entry list (empty when nothing is free or
+/// the topology is invalid), for `capacity.largestFreeNvlinkCliques`.
+pub fn free_island_sizes(spec: &GpuTopologySpec, free: &BTreeSet<String>) -> Vec<i32> {
+    match GpuGraph::from_spec(spec) {
+        Ok(g) => {
+            let set = GpuSet::from_indexes(free.iter().filter_map(|u| g.index_of(u)));
+            match g.largest_free_nvlink_clique(set) {
+                0 => Vec::new(),
+                k => vec![k as i32],
+            }
+        }
+        Err(_) => Vec::new(),
+    }
+}
 
 /// A node that could take work.
 #[derive(Clone, Debug)]
@@ -111,16 +128,17 @@ impl std::fmt::Display for Unschedulable {
     }
 }
 
-/// Best node for one pod in `c` given the current free sets; returns (node idx, placement).
+/// Best node for one pod in `c` given the current free sets, by best fit ([`super::rank`]);
+/// returns (node idx, placement, GPUs taken, rank).
 fn best_node(
     c: &ClusterCandidate,
     free: &[GpuSet],
     req: &JobRequest,
     index: i32,
     why: &mut Vec<String>,
-) -> Option<(usize, PodPlacement, GpuSet)> {
+) -> Option<(usize, PodPlacement, GpuSet, NodeFit)> {
     let gr = GpuRequest::new(req.gpus_per_pod, req.nvlink);
-    let mut best: Option<(i64, usize, usize, PodPlacement, GpuSet)> = None;
+    let mut best: Option<(NodeFit, usize, Allocation)> = None;
     for (i, n) in c.nodes.iter().enumerate() {
         if let Err(e) = req.node_matches(n) {
             why.push(e);
@@ -128,43 +146,45 @@ fn best_node(
         }
         match allocate(&n.graph, free[i], &gr) {
             Ok(a) => {
-                let left = free[i].len() - a.gpus.len();
-                // Higher score wins; then the fuller node (packing keeps big nodes whole); then name order.
-                let better = match &best {
-                    None => true,
-                    Some((s, l, _, _, _)) => a.score > *s || (a.score == *s && left < *l),
-                };
-                if better {
-                    let p = PodPlacement {
-                        index,
-                        node: n.name.clone(),
-                        gpu_uuids: a.uuids.clone(),
-                        model: n.model.clone(),
-                        score: a.score,
-                    };
-                    best = Some((a.score, left, i, p, a.set));
+                let fit = node_fit(&a, &gr);
+                // Ties keep the earlier node (candidates come in name order).
+                if best.as_ref().is_none_or(|(b, _, _)| fit < *b) {
+                    best = Some((fit, i, a));
                 }
             }
             Err(e) => why.push(format!("{}: {e}", n.name)),
         }
     }
-    best.map(|(_, _, i, p, s)| (i, p, s))
+    best.map(|(fit, i, a)| {
+        let n = &c.nodes[i];
+        let p = PodPlacement {
+            index,
+            node: n.name.clone(),
+            gpu_uuids: a.uuids,
+            model: n.model.clone(),
+            score: a.score,
+        };
+        (i, p, a.set, fit)
+    })
 }
 
-/// Places `indexes.len()` pods on one cluster, all or nothing.
-fn fit_all(
+/// Places pods of `indexes` one by one on `c` (each on its best node) until one does not fit.
+/// Returns the placements, their summed rank and, if not all fit, why.
+fn fit_greedy(
     c: &ClusterCandidate,
     req: &JobRequest,
     indexes: &[i32],
-) -> Result<ClusterChoice, String> {
+) -> (Vec<PodPlacement>, GangFit, Option<String>) {
     let mut free: Vec<GpuSet> = c.nodes.iter().map(|n| n.free).collect();
     let mut pods = Vec::new();
+    let mut fit = GangFit::default();
     for &ix in indexes {
         let mut why = Vec::new();
         match best_node(c, &free, req, ix, &mut why) {
-            Some((i, p, set)) => {
+            Some((i, p, set, f)) => {
                 free[i] = free[i].minus(set);
                 pods.push(p);
+                fit.add(&f);
             }
             None => {
                 why.extend(c.skipped.iter().cloned());
@@ -173,52 +193,69 @@ fn fit_all(
                 } else {
                     why.join(", ")
                 };
-                return Err(format!(
+                let reason = format!(
                     "{}: only {} of {} pods of {} GPU(s) fit ({detail})",
                     c.name,
                     pods.len(),
                     indexes.len(),
                     req.gpus_per_pod
-                ));
+                );
+                return (pods, fit, Some(reason));
             }
         }
     }
+    (pods, fit, None)
+}
+
+/// The choice made of the pods placed on `c`.
+fn choice_of(c: &ClusterCandidate, pods: Vec<PodPlacement>) -> ClusterChoice {
     let score = if pods.is_empty() {
         0
     } else {
         pods.iter().map(|p| p.score).sum::<i64>() / pods.len() as i64
     };
-    Ok(ClusterChoice {
+    ClusterChoice {
         cluster: c.name.clone(),
         pods,
         score,
-    })
+    }
 }
 
+/// Places `indexes.len()` pods on one cluster, all or nothing.
+fn fit_all(
+    c: &ClusterCandidate,
+    req: &JobRequest,
+    indexes: &[i32],
+) -> Result<(ClusterChoice, GangFit), String> {
+    let (pods, fit, failed) = fit_greedy(c, req, indexes);
+    match failed {
+        Some(reason) => Err(reason),
+        None => Ok((choice_of(c, pods), fit)),
+    }
+}
+
+/// Ranking of a member's choice: best fit first, then the cheaper member, then the name.
 fn better_choice(
     a: &ClusterChoice,
+    a_fit: &GangFit,
     a_price: Option<i64>,
     b: &ClusterChoice,
+    b_fit: &GangFit,
     b_price: Option<i64>,
 ) -> bool {
-    (
-        a.score,
-        std::cmp::Reverse(a_price.unwrap_or(0)),
-        std::cmp::Reverse(&a.cluster),
-    ) > (
-        b.score,
-        std::cmp::Reverse(b_price.unwrap_or(0)),
-        std::cmp::Reverse(&b.cluster),
-    )
+    (a_fit, a_price.unwrap_or(0), &a.cluster) < (b_fit, b_price.unwrap_or(0), &b.cluster)
 }
 
-/// Places a gang (all `indexes`) on the single best member that fits all of them.
+/// Places a gang (all `indexes`) on the single member that fits all of them best, summing each
+/// pod's best-fit rank ([`super::rank`]): most pods with the NVLink class they prefer, then the
+/// fewest GPUs left free where each pod lands (so idle nodes stay whole), then the least damage
+/// to free NVLink cliques, then set quality; then the lower price, then the name.
 pub fn place_gang(
     cands: &[ClusterCandidate],
     req: &JobRequest,
     indexes: &[i32],
 ) -> Result<ClusterChoice, Unschedulable> {
-    let mut best: Option<(ClusterChoice, Option<i64>)> = None;
+    let mut best: Option<(ClusterChoice, GangFit, Option<i64>)> = None;
     let mut reasons = Vec::new();
     for c in cands {
         if !req.cluster_matches(c) {
@@ -226,32 +263,36 @@ pub fn place_gang(
             continue;
         }
         match fit_all(c, req, indexes) {
-            Ok(ch) => {
+            Ok((ch, fit)) => {
                 if best
                     .as_ref()
-                    .is_none_or(|(b, bp)| better_choice(&ch, c.price, b, *bp))
+                    .is_none_or(|(b, bf, bp)| better_choice(&ch, &fit, c.price, b, bf, *bp))
                 {
-                    best = Some((ch, c.price));
+                    best = Some((ch, fit, c.price));
                 }
             }
             Err(e) => reasons.push(e),
         }
     }
-    best.map(|(c, _)| c).ok_or(Unschedulable { reasons })
+    best.map(|(c, _, _)| c).ok_or(Unschedulable { reasons })
 }
 
-/// Ranking of a replica's candidate: score, then fewer replicas held, then lower price.
-type SpreadKey = (i64, usize, std::cmp::Reverse<i64>);
-
-/// Places inference replicas. With `spread`, each replica goes to the best (member, node); among
-/// equally good sets, to the member holding fewer replicas of this job (`existing`: member → count);
-/// without it, all go to `pinned` (if set) or to the one member that fits the most of them.
-/// Returns the placements and the reasons for replicas left unplaced.
+/// Places inference replicas under `policy` (`existing`: member → replicas of this job already
+/// there). Returns the placements and the reasons for replicas left unplaced.
+///
+/// * Without `spread` or `maxReplicasPerCluster`, all replicas go to one member: `pinned` (the
+///   member already holding some) if set, otherwise the member that fits the most of them, then
+///   by best fit, price and name. Each member is tried once, replica by replica.
+/// * Otherwise each replica goes to its best (member, node) by best fit among the members
+///   allowed: under `maxReplicasPerCluster`, and — with `spread` — in a domain (a member, or the
+///   members sharing a value of `topologyKey`) holding at most `maxSkew − 1` more replicas than
+///   the emptiest domain that can still take one; ties go to the domain, then the member,
+///   holding fewer, then the cheaper member.
 pub fn place_replicas(
     cands: &[ClusterCandidate],
     req: &JobRequest,
     indexes: &[i32],
-    spread: bool,
+    policy: &ReplicaPlacement,
     pinned: Option<&str>,
     existing: &BTreeMap<String, usize>,
 ) -> (Vec<(String, PodPlacement)>, Vec<String>) {
@@ -266,82 +307,73 @@ pub fn place_replicas(
         };
         return (Vec::new(), vec![r]);
     }
-    if !spread {
-        // One member: the one that fits the most replicas (then score, price, name).
-        let mut best: Option<(usize, ClusterChoice, Option<i64>)> = None;
-        let mut reasons = Vec::new();
-        for c in &eligible {
-            let mut n = indexes.len();
-            let choice = loop {
-                match fit_all(c, req, &indexes[..n]) {
-                    Ok(ch) => break Some(ch),
-                    Err(e) => {
-                        if n == indexes.len() {
-                            reasons.push(e);
-                        }
-                        if n == 0 {
-                            break None;
-                        }
-                        n -= 1;
-                    }
-                }
-            };
-            if let Some(ch) = choice
-                && n > 0
-                && best.as_ref().is_none_or(|(bn, b, bp)| {
-                    n > *bn || (n == *bn && better_choice(&ch, c.price, b, *bp))
-                })
-            {
-                best = Some((n, ch, c.price));
-            }
-        }
-        return match best {
-            Some((_, ch, _)) => {
-                let placed = ch
-                    .pods
-                    .iter()
-                    .map(|p| (ch.cluster.clone(), p.clone()))
-                    .collect::<Vec<_>>();
-                let left = if placed.len() < indexes.len() {
-                    reasons
-                } else {
-                    Vec::new()
-                };
-                (placed, left)
-            }
-            None => (Vec::new(), reasons),
-        };
+    if !policy.multi_cluster() {
+        return place_on_one_member(&eligible, req, indexes);
     }
-    let mut free: Vec<Vec<GpuSet>> = eligible
+    let mut member_reasons = Vec::new();
+    let key = policy
+        .spread
+        .as_ref()
+        .and_then(|s| s.topology_key.as_deref());
+    let mut members: Vec<(&ClusterCandidate, String)> = Vec::new();
+    for c in eligible {
+        match key {
+            Some(k) => match c.labels.get(k) {
+                Some(v) => members.push((c, v.clone())),
+                None => member_reasons.push(format!(
+                    "{}: no label {k:?} to spread by (spread.topologyKey)",
+                    c.name
+                )),
+            },
+            None => members.push((c, c.name.clone())),
+        }
+    }
+    let max_skew = policy.spread.as_ref().map(|s| s.max_skew.max(1) as usize);
+    let cap = policy.max_replicas_per_cluster.map(|m| m.max(1) as usize);
+    let mut free: Vec<Vec<GpuSet>> = members
         .iter()
-        .map(|c| c.nodes.iter().map(|n| n.free).collect())
+        .map(|(c, _)| c.nodes.iter().map(|n| n.free).collect())
         .collect();
-    let mut count: BTreeMap<String, usize> = existing.clone();
+    let mut held: BTreeMap<String, usize> = existing.clone();
+    let mut in_domain: BTreeMap<String, usize> = BTreeMap::new();
+    for (c, d) in &members {
+        *in_domain.entry(d.clone()).or_default() += held.get(&c.name).copied().unwrap_or(0);
+    }
     let mut out = Vec::new();
     let mut reasons = Vec::new();
     for &ix in indexes {
-        let mut best: Option<(usize, usize, PodPlacement, GpuSet, SpreadKey)> = None;
         let mut why = Vec::new();
-        for (ci, c) in eligible.iter().enumerate() {
-            if let Some((ni, p, set)) = best_node(c, &free[ci], req, ix, &mut why) {
-                let held = *count.get(&c.name).unwrap_or(&0);
-                // Best GPU set first; among equals the member holding fewer replicas of this job
-                // (spreading), then the cheaper one.
-                let key = (
-                    p.score,
-                    usize::MAX - held,
-                    std::cmp::Reverse(c.price.unwrap_or(0)),
-                );
-                if best.as_ref().is_none_or(|b| key > b.4) {
-                    best = Some((ci, ni, p, set, key));
-                }
+        // Every member's best node for this replica.
+        let mut options = Vec::new();
+        for (ci, (c, d)) in members.iter().enumerate() {
+            let h = held.get(&c.name).copied().unwrap_or(0);
+            if cap.is_some_and(|m| h >= m) {
+                why.push(format!(
+                    "{}: holds {h} replicas (maxReplicasPerCluster)",
+                    c.name
+                ));
+                continue;
+            }
+            if let Some((ni, p, set, fit)) = best_node(c, &free[ci], req, ix, &mut why) {
+                options.push((ci, ni, p, set, fit, in_domain[d], h));
             }
         }
+        let min_domain = options.iter().map(|o| o.5).min();
+        let best = options
+            .into_iter()
+            .filter(|o| max_skew.is_none_or(|s| min_domain.is_none_or(|m| o.5 + 1 - m <= s)))
+            .min_by(|a, b| {
+                let ka = (a.4, a.5, a.6, members[a.0].0.price.unwrap_or(0), a.0);
+                let kb = (b.4, b.5, b.6, members[b.0].0.price.unwrap_or(0), b.0);
+                ka.cmp(&kb)
+            });
         match best {
-            Some((ci, ni, p, set, _)) => {
+            Some((ci, ni, p, set, _, _, _)) => {
+                let (c, d) = &members[ci];
                 free[ci][ni] = free[ci][ni].minus(set);
-                *count.entry(eligible[ci].name.clone()).or_default() += 1;
-                out.push((eligible[ci].name.clone(), p));
+                *held.entry(c.name.clone()).or_default() += 1;
+                *in_domain.entry(d.clone()).or_default() += 1;
+                out.push((c.name.clone(), p));
             }
             None => reasons.push(format!(
                 "replica {ix}: {}",
@@ -353,5 +385,58 @@ pub fn place_replicas(
             )),
         }
     }
+    if out.len() < indexes.len() {
+        reasons.extend(member_reasons);
+    }
     (out, reasons)
 }
+
+/// All replicas on one member: the one that fits the most, then best fit, price, name. Each
+/// member is filled once, replica by replica (a replica that does not fit means no later one
+/// does: they are the same size and the free GPUs only shrink).
+fn place_on_one_member(
+    eligible: &[&ClusterCandidate],
+    req: &JobRequest,
+    indexes: &[i32],
+) -> (Vec<(String, PodPlacement)>, Vec<String>) {
+    let mut best: Option<(usize, ClusterChoice, GangFit, Option<i64>)> = None;
+    let mut reasons = Vec::new();
+    for c in eligible {
+        let (pods, fit, failed) = fit_greedy(c, req, indexes);
+        if let Some(r) = failed {
+            reasons.push(r);
+        }
+        let n = pods.len();
+        if n == 0 {
+            continue;
+        }
+        let ch = choice_of(c, pods);
+        if best.as_ref().is_none_or(|(bn, b, bf, bp)| {
+            n > *bn || (n == *bn && better_choice(&ch, &fit, c.price, b, bf, *bp))
+        }) {
+            best = Some((n, ch, fit, c.price));
+        }
+    }
+    match best {
+        Some((n, ch, _, _)) => {
+            let placed = ch
+                .pods
+                .iter()
+                .map(|p| (ch.cluster.clone(), p.clone()))
+                .collect::<Vec<_>>();
+            (
+                placed,
+                if n < indexes.len() {
+                    reasons
+                } else {
+                    Vec::new()
+                },
+            )
+        }
+        None => (Vec::new(), reasons),
+    }
+}
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;

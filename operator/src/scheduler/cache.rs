@@ -755,12 +755,11 @@ impl PoolCache {
                     free_total += 1;
                 }
             }
-            islands.extend(
-                n.graph
-                    .free_nvlink_island_sizes(free)
-                    .into_iter()
-                    .map(|s| s as i32),
-            );
+            // What an `nvlink: clique` worker can get on this node: its largest free clique.
+            match n.graph.largest_free_nvlink_clique(free) {
+                0 => {}
+                k => islands.push(k as i32),
+            }
         }
         // GPU nodes without a topology yet still count (not free: nothing can be placed there).
         for (name, f) in &m.nodes {
@@ -774,7 +773,7 @@ impl PoolCache {
             gpus_total: total,
             gpus_free: free_total,
             by_model: by_model.into_values().collect(),
-            free_nvlink_islands: islands,
+            largest_free_nvlink_cliques: islands,
         }
     }
 

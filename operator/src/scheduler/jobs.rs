@@ -417,7 +417,8 @@ pub fn decide_inference(cache: &PoolCache, j: &InferenceJob) -> Decision {
     let kept = flatten(&before);
     let missing = inference_missing(j);
     let (cands, member_reasons) = cache.candidates(&req, missing.len());
-    let pinned = if j.spec.spread_across_clusters {
+    let policy = j.spec.effective_placement();
+    let pinned = if policy.multi_cluster() {
         None
     } else {
         kept.first().map(|(c, _)| c.clone())
@@ -430,7 +431,7 @@ pub fn decide_inference(cache: &PoolCache, j: &InferenceJob) -> Decision {
         &cands,
         &req,
         &missing,
-        j.spec.spread_across_clusters,
+        &policy,
         pinned.as_deref(),
         &existing,
     );

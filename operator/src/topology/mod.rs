@@ -22,13 +22,29 @@
 //! spec is a cross-socket PCIe pair (`q = 1`).
 
 use crate::api::{GpuTopologySpec, PcieLevel};
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 
 /// Most GPUs one node may have (the CRD allows 64; sets are `u64` bitmasks).
 pub const MAX_GPUS: usize = 64;
 
 /// Quality of one NVLink, ≈ bidirectional GB/s.
 pub const NVLINK_QUALITY: i64 = 50;
+
+/// Most maximal NVLink cliques a topology may have. Real NVLink graphs have a handful (a DGX-1
+/// has 6, an NVSwitch node 1); a graph beyond this is refused with
+/// [`TopologyError::TooManyNvlinkCliques`] rather than enumerated partially.
+pub const MAX_NVLINK_CLIQUES: usize = 1 << 16;
+
+/// Largest set checked exactly for an NVLink ring (2^k dynamic-programming states); larger sets
+/// (beyond what one pod may request) count as a ring only when every pair qualifies.
+pub const MAX_RING_DP: usize = 20;
+
+/// Distinct topology shapes interned per process (see [`GpuGraph::shape_id`]); a pool has a
+/// handful. Beyond this, graphs get a private id and simply share no memoized results.
+const MAX_INTERNED_SHAPES: usize = 4096;
 
 /// A set of GPU indexes on one node, as a bitmask (bit `i` = GPU index `i`).
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -156,6 +172,11 @@ pub enum TopologyError {
         /// Higher GPU.
         b: usize,
     },
+    /// The NVLink graph has more maximal cliques than [`MAX_NVLINK_CLIQUES`].
+    #[error(
+        "the NVLink graph has more than {MAX_NVLINK_CLIQUES} maximal cliques; not a real GPU topology"
+    )]
+    TooManyNvlinkCliques,
     /// Negative link count.
     #[error("link {a}-{b} has a negative NVLink count {nvlinks}")]
     NegativeNvlinks {
@@ -226,6 +247,51 @@ pub struct GpuGraph {
     cliques: Vec<GpuSet>,
     /// For each GPU, the other GPUs ordered by pair quality (best first, lowest index on ties).
     partners: Vec<Vec<usize>>,
+    /// Distinct pair qualities of NVLink-connected pairs, ascending (empty without NVLink).
+    nvlink_levels: Vec<i64>,
+    /// Content hash of the shape (GPU count, pair qualities, NVLink adjacency).
+    fingerprint: u64,
+    /// Process-wide id of the shape: equal for two graphs exactly when their shapes are equal
+    /// (interned), unless the interning table is full.
+    shape_id: u64,
+}
+
+/// The shape of a graph: what placement depends on (not names, UUIDs or models).
+#[derive(PartialEq, Eq, Hash)]
+struct ShapeKey {
+    n: usize,
+    quality: Vec<i64>,
+    nvlink_adj: Vec<u64>,
+}
+
+static NEXT_SHAPE_ID: AtomicU64 = AtomicU64::new(1);
+static SHAPES: LazyLock<Mutex<HashMap<Arc<ShapeKey>, u64>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The id of `key`'s shape, interning it when new (full equality, so no hash collisions).
+fn intern_shape(key: ShapeKey) -> u64 {
+    let mut shapes = SHAPES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&id) = shapes.get(&key) {
+        return id;
+    }
+    let id = NEXT_SHAPE_ID.fetch_add(1, Ordering::Relaxed);
+    if shapes.len() < MAX_INTERNED_SHAPES {
+        shapes.insert(Arc::new(key), id);
+    }
+    id
+}
+
+/// FNV-1a over 64-bit words: a stable content hash (the standard library's hasher makes no
+/// stability promise across releases, and ten lines do not justify a dependency).
+fn fnv1a(words: impl IntoIterator<Item = u64>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for w in words {
+        for b in w.to_le_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
 }
 
 impl GpuGraph {
@@ -322,6 +388,22 @@ impl GpuGraph {
                 v
             })
             .collect();
+        let mut nvlink_levels: Vec<i64> = (0..n)
+            .flat_map(|a| nvlink_adj[a].iter().map(move |b| (a, b)))
+            .map(|(a, b)| quality[a * n + b])
+            .collect();
+        nvlink_levels.sort_unstable();
+        nvlink_levels.dedup();
+        let fingerprint = fnv1a(
+            std::iter::once(n as u64)
+                .chain(quality.iter().map(|&q| q as u64))
+                .chain(nvlink_adj.iter().map(|s| s.0)),
+        );
+        let shape_id = intern_shape(ShapeKey {
+            n,
+            quality: quality.clone(),
+            nvlink_adj: nvlink_adj.iter().map(|s| s.0).collect(),
+        });
         let mut g = GpuGraph {
             node_name: spec.node_name.clone(),
             gpus,
@@ -330,9 +412,158 @@ impl GpuGraph {
             nvlink_adj,
             cliques: Vec::new(),
             partners,
+            nvlink_levels,
+            fingerprint,
+            shape_id,
         };
-        g.cliques = g.maximal_cliques();
+        g.cliques = g
+            .maximal_cliques()
+            .ok_or(TopologyError::TooManyNvlinkCliques)?;
         Ok(g)
+    }
+
+    /// Content hash of the shape — GPU count, every pair quality and the NVLink adjacency —
+    /// computed once at construction. Equal shapes have equal fingerprints on every run and
+    /// machine; a scheduler cache can key on it (and confirm with [`same_shape`](Self::same_shape)).
+    pub fn shape_fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// Process-wide id of the shape: two graphs have the same id exactly when they have the
+    /// same shape (interned at construction with a full comparison). The allocator memoizes its
+    /// answers under this id, so every node of one shape shares them.
+    pub fn shape_id(&self) -> u64 {
+        self.shape_id
+    }
+
+    /// Whether `other` has the same shape (GPU count, pair qualities, NVLink adjacency), so the
+    /// allocator gives both the same answers for the same free mask.
+    pub fn same_shape(&self, other: &GpuGraph) -> bool {
+        self.fingerprint == other.fingerprint
+            && self.quality == other.quality
+            && self.nvlink_adj == other.nvlink_adj
+    }
+
+    /// Lowest pair quality among NVLink-connected pairs (`None` without NVLink): the node's own
+    /// unit of "one NVLink hop", used to scale fragmentation.
+    pub fn min_nvlink_quality(&self) -> Option<i64> {
+        self.nvlink_levels.first().copied()
+    }
+
+    /// Whether the NVLink graph restricted to `set` has a Hamiltonian cycle: an all-NVLink ring
+    /// through every GPU of the set. One GPU is a ring; two need an NVLink between them.
+    pub fn has_nvlink_ring(&self, set: GpuSet) -> bool {
+        match set.len() {
+            0 | 1 => true,
+            _ if self.is_nvlink_clique(set) => true,
+            _ => self.has_ring_with(set, |a, b| self.nvlinked(a, b)),
+        }
+    }
+
+    /// Ring bottleneck of `set`: over all cycles through every GPU of the set, the best
+    /// achievable weakest hop (pair quality). What a ring all-reduce over the set is limited by.
+    /// For two GPUs the pair quality; 0 for fewer than two.
+    pub fn ring_bottleneck(&self, set: GpuSet) -> i64 {
+        let k = set.len();
+        if k < 2 {
+            return 0;
+        }
+        if k <= 3 {
+            return self.min_pair_quality(set);
+        }
+        // Bounds: every GPU uses two of its hops, so the bottleneck is at most the smallest
+        // second-best partner quality; it is at least the weakest pair (the set is complete).
+        let lo = self.min_pair_quality(set);
+        let hi = set
+            .iter()
+            .map(|a| {
+                let mut best = [i64::MIN; 2];
+                for b in set.iter().filter(|&b| b != a) {
+                    let q = self.pair_quality(a, b);
+                    if q > best[0] {
+                        best = [q, best[0]];
+                    } else if q > best[1] {
+                        best[1] = q;
+                    }
+                }
+                best[1]
+            })
+            .min()
+            .unwrap_or(lo);
+        if lo >= hi {
+            return lo;
+        }
+        let mut levels: Vec<i64> = set
+            .iter()
+            .flat_map(|a| set.iter().filter(move |&b| b > a).map(move |b| (a, b)))
+            .map(|(a, b)| self.pair_quality(a, b))
+            .filter(|&q| q > lo && q <= hi)
+            .collect();
+        levels.sort_unstable();
+        levels.dedup();
+        // Largest level with a ring using only hops ≥ level (monotone: binary search).
+        let (mut ok, mut lo_i, mut hi_i) = (lo, 0usize, levels.len());
+        while lo_i < hi_i {
+            let mid = (lo_i + hi_i) / 2;
+            let t = levels[mid];
+            if self.has_ring_with(set, |a, b| self.pair_quality(a, b) >= t) {
+                ok = t;
+                lo_i = mid + 1;
+            } else {
+                hi_i = mid;
+            }
+        }
+        ok
+    }
+
+    /// Hamiltonian-cycle test on `set` (≥ 2 GPUs) under the edge predicate `edge`: dynamic
+    /// programming over subsets, paths anchored at the lowest GPU, endpoint sets as bitmasks.
+    fn has_ring_with(&self, set: GpuSet, edge: impl Fn(usize, usize) -> bool) -> bool {
+        let v = set.to_vec();
+        let k = v.len();
+        if k == 2 {
+            return edge(v[0], v[1]);
+        }
+        if k > MAX_RING_DP {
+            // 2^k states would not fit: fall back to the sufficient condition "every pair".
+            return v
+                .iter()
+                .enumerate()
+                .all(|(i, &a)| v[i + 1..].iter().all(|&b| edge(a, b)));
+        }
+        let adj: Vec<u32> = (0..k)
+            .map(|i| {
+                (0..k)
+                    .filter(|&j| j != i && edge(v[i], v[j]))
+                    .fold(0u32, |m, j| m | (1 << j))
+            })
+            .collect();
+        if adj.iter().any(|m| m.count_ones() < 2) {
+            return false;
+        }
+        // ends[mask] = vertices j such that a path from vertex 0 through exactly `mask` ends
+        // at j (mask always contains vertex 0).
+        let full = (1usize << k) - 1;
+        let mut ends = vec![0u32; 1 << k];
+        ends[1] = 1;
+        for mask in (1..=full).step_by(2) {
+            let e = ends[mask];
+            if e == 0 {
+                continue;
+            }
+            let mut it = e;
+            while it != 0 {
+                let j = it.trailing_zeros() as usize;
+                it &= it - 1;
+                let mut next = adj[j] & !(mask as u32);
+                while next != 0 {
+                    let x = next.trailing_zeros() as usize;
+                    next &= next - 1;
+                    ends[mask | (1 << x)] |= 1 << x;
+                }
+            }
+        }
+        ends[full] & adj[0] != 0
     }
 
     /// Node name from the spec.
@@ -497,17 +728,19 @@ impl GpuGraph {
             .map_or(0, |&h| self.pair_quality(g, h))
     }
 
-    fn maximal_cliques(&self) -> Vec<GpuSet> {
-        // Bron–Kerbosch with pivoting on bitmasks; n ≤ 64 and real NVLink graphs have few cliques.
-        fn bk(g: &GpuGraph, r: u64, mut p: u64, mut x: u64, out: &mut Vec<GpuSet>) {
+    /// All maximal cliques of the NVLink graph (size ≥ 2), or `None` when there are more than
+    /// [`MAX_NVLINK_CLIQUES`].
+    fn maximal_cliques(&self) -> Option<Vec<GpuSet>> {
+        // Bron–Kerbosch with pivoting on bitmasks.
+        fn bk(g: &GpuGraph, r: u64, mut p: u64, mut x: u64, out: &mut Vec<GpuSet>) -> bool {
             if p == 0 && x == 0 {
                 if r.count_ones() >= 2 {
+                    if out.len() >= MAX_NVLINK_CLIQUES {
+                        return false;
+                    }
                     out.push(GpuSet(r));
                 }
-                return;
-            }
-            if out.len() >= 4096 {
-                return;
+                return true;
             }
             let pivot = (p | x).trailing_zeros() as usize;
             let mut cand = p & !g.nvlink_adj[pivot].0;
@@ -515,15 +748,20 @@ impl GpuGraph {
                 let v = cand.trailing_zeros() as usize;
                 cand &= cand - 1;
                 let nv = g.nvlink_adj[v].0;
-                bk(g, r | (1 << v), p & nv, x & nv, out);
+                if !bk(g, r | (1 << v), p & nv, x & nv, out) {
+                    return false;
+                }
                 p &= !(1 << v);
                 x |= 1 << v;
             }
+            true
         }
         let mut out = Vec::new();
-        bk(self, 0, self.all().0, 0, &mut out);
+        if !bk(self, 0, self.all().0, 0, &mut out) {
+            return None;
+        }
         out.sort_by_key(|s| (std::cmp::Reverse(s.len()), s.to_vec()));
-        out
+        Some(out)
     }
 }
 
@@ -550,6 +788,15 @@ pub mod fixtures {
         include_str!("../../../deploy/topologies/pcie-a100-bridged.yaml");
     /// 8× L40S, PCIe only.
     pub const PCIE_L40S: &str = include_str!("../../../deploy/topologies/pcie-l40s.yaml");
+    /// DGX-2: 16× V100 SXM3 on NVSwitch.
+    pub const DGX2_V100: &str = include_str!("../../../deploy/topologies/dgx2-v100.yaml");
+    /// DGX A100: 8× A100 SXM4 on NVSwitch, four NUMA pairs.
+    pub const DGX_A100: &str = include_str!("../../../deploy/topologies/dgx-a100.yaml");
+    /// HGX H100 (cloud instance): 8× H100 on NVSwitch, every GPU on its own PCIe root.
+    pub const HGX_H100: &str = include_str!("../../../deploy/topologies/hgx-h100.yaml");
+    /// Workstation: 4× RTX A6000, one NVLink-bridged pair.
+    pub const WORKSTATION_A6000: &str =
+        include_str!("../../../deploy/topologies/workstation-a6000.yaml");
 
     /// A DGX-1 V100 with GPUs 4 and 7 in use: a whole `GpuTopology` object with status.
     pub const DGX1_V100_BUSY: &str = include_str!("../../../deploy/topologies/dgx1-v100-busy.yaml");
@@ -566,6 +813,10 @@ pub mod fixtures {
             ("dgx1-v100", DGX1_V100),
             ("pcie-a100-bridged", PCIE_A100_BRIDGED),
             ("pcie-l40s", PCIE_L40S),
+            ("dgx2-v100", DGX2_V100),
+            ("dgx-a100", DGX_A100),
+            ("hgx-h100", HGX_H100),
+            ("workstation-a6000", WORKSTATION_A6000),
         ]
         .into_iter()
         .map(|(n, t)| (n, super::spec_from_yaml(t).expect("fixture parses")))

@@ -17,7 +17,11 @@ fn fixtures_parse_validate_and_have_unique_uuids() {
     let mut uuids = std::collections::BTreeSet::new();
     for (name, spec) in fixtures::all() {
         let g = GpuGraph::from_spec(&spec).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let expect = if name == "pcie-a100-bridged" { 4 } else { 8 };
+        let expect = match name {
+            "pcie-a100-bridged" | "workstation-a6000" => 4,
+            "dgx2-v100" => 16,
+            _ => 8,
+        };
         assert_eq!(g.len(), expect, "{name}");
         assert_eq!(spec.source, crate::api::TopologySource::File);
         for gpu in &spec.gpus {
@@ -219,4 +223,106 @@ fn whole_object_or_bare_spec() {
     assert_eq!(spec_from_yaml(obj).unwrap().node_name, "x");
     let bare = "nodeName: y\ngpus: [{index: 0, uuid: GPU-a, model: m, memoryMiB: 1}]\n";
     assert_eq!(spec_from_yaml(bare).unwrap().node_name, "y");
+}
+
+#[test]
+fn published_fixtures_read_as_their_matrices_say() {
+    // DGX-2: NV6 to every other GPU through NVSwitch → 6 × 50 + PCIe proximity; one clique of 16.
+    let g = graph("dgx2-v100");
+    assert_eq!(g.pair_quality(0, 1), 300 + 5);
+    assert_eq!(g.pair_quality(0, 2), 300 + 4);
+    assert_eq!(g.pair_quality(0, 7), 300 + 2);
+    assert_eq!(g.pair_quality(0, 8), 300 + 1);
+    assert_eq!(g.nvlink_cliques(), &[g.all()]);
+    assert_eq!(g.ring_bottleneck(g.all()), 301);
+    // DGX A100: NV12 everywhere (600), PXB pairs on one switch complex.
+    let a = graph("dgx-a100");
+    assert_eq!(a.pair_quality(0, 1), 600 + 4);
+    assert_eq!(a.pair_quality(0, 2), 600 + 1);
+    assert_eq!(a.largest_free_nvlink_clique(a.all()), 8);
+    // HGX H100: NV18 everywhere, every pair SYS over PCIe.
+    let h = graph("hgx-h100");
+    assert!((0..8).all(|x| (0..8).all(|y| x == y || h.pair_quality(x, y) == 901)));
+    // Workstation: one bridged pair (NV4 = 200 + 2), the rest PCIe.
+    let w = graph("workstation-a6000");
+    assert_eq!(w.pair_quality(0, 1), 202);
+    assert_eq!(w.nvlink_cliques(), &[set(&[0, 1])]);
+    assert_eq!(w.largest_free_nvlink_clique(w.all()), 2);
+    assert_eq!(w.min_nvlink_quality(), Some(202));
+}
+
+#[test]
+fn shape_fingerprint_ignores_names_and_is_stable() {
+    let spec = fixtures::get("dgx-h100");
+    let mut twin = spec.clone();
+    twin.node_name = "other".into();
+    for g in &mut twin.gpus {
+        g.uuid.push_str("-x");
+    }
+    let (a, b) = (
+        GpuGraph::from_spec(&spec).unwrap(),
+        GpuGraph::from_spec(&twin).unwrap(),
+    );
+    assert_eq!(a.shape_fingerprint(), b.shape_fingerprint());
+    assert_eq!(a.shape_id(), b.shape_id());
+    assert!(a.same_shape(&b));
+    // One PCIe level changed: another shape.
+    let mut moved = spec.clone();
+    moved.links[0].pcie = crate::api::PcieLevel::CrossSocket;
+    let m = GpuGraph::from_spec(&moved).unwrap();
+    assert_ne!(m.shape_fingerprint(), a.shape_fingerprint());
+    assert_ne!(m.shape_id(), a.shape_id());
+    // Every fixture has its own shape.
+    let ids: std::collections::BTreeSet<u64> = fixtures::all()
+        .iter()
+        .map(|(_, s)| GpuGraph::from_spec(s).unwrap().shape_fingerprint())
+        .collect();
+    assert_eq!(ids.len(), fixtures::all().len());
+}
+
+#[test]
+fn ring_bottleneck_and_nvlink_rings_on_the_cube_mesh() {
+    let g = graph("dgx1-v100");
+    // The quad 0-3: GPU 0 has one NV2 inside it (to 3), so its ring uses 0-1 (NV1, 55) or 0-2
+    // (NV1, 53): best 0-3-2-1-0 = 103, 105, 103, 55 → 55.
+    assert_eq!(g.ring_bottleneck(set(&[0, 1, 2, 3])), 55);
+    // All eight: the NV2 links alone form a ring, 0-3-2-1-5-6-7-4-0, whose weakest hops are the
+    // cross-socket NV2s (101).
+    assert!(g.has_nvlink_ring(g.all()));
+    assert_eq!(g.ring_bottleneck(g.all()), 101);
+    // {0,1,2,3,4}: GPU 4's only NVLink in the set is to 0 → PCIe hop (4-1 cross-socket = 1).
+    assert!(!g.has_nvlink_ring(set(&[0, 1, 2, 3, 4])));
+    assert_eq!(g.ring_bottleneck(set(&[0, 1, 2, 3, 4])), 1);
+    // Pairs and singles.
+    assert_eq!(g.ring_bottleneck(set(&[0, 4])), 101);
+    assert_eq!(g.ring_bottleneck(set(&[0])), 0);
+    assert!(g.has_nvlink_ring(set(&[5])));
+    assert!(!g.has_nvlink_ring(set(&[0, 5])));
+}
+
+#[test]
+fn clique_enumeration_is_exact_beyond_four_thousand() {
+    // 26 GPUs in 13 pairs where every GPU is NVLinked to every GPU except its partner (the
+    // cocktail-party graph): 2^13 = 8192 maximal cliques of 13 GPUs. Enumeration used to stop at
+    // 4096 without saying so.
+    let n = 26;
+    let gpus: Vec<i32> = (0..n).collect();
+    let mut links = Vec::new();
+    for a in 0..n {
+        for b in a + 1..n {
+            if b != a + 1 || a % 2 == 1 {
+                links.push(GpuLink {
+                    a,
+                    b,
+                    nvlinks: 1,
+                    nvswitch: false,
+                    pcie: crate::api::PcieLevel::SameNuma,
+                });
+            }
+        }
+    }
+    let g = GpuGraph::from_spec(&tiny(&gpus, links)).unwrap();
+    assert_eq!(g.nvlink_cliques().len(), 8192);
+    assert!(g.nvlink_cliques().iter().all(|k| k.len() == 13));
+    assert_eq!(g.largest_free_nvlink_clique(g.all()), 13);
 }

@@ -1,0 +1,360 @@
+//! Cluster-level placement quality: streams of arriving and departing 1/2/4/8-GPU jobs over a
+//! mixed pool of three members (NVSwitch, cube-mesh, bridged and PCIe-only nodes), placed by
+//! gpupool's real `place_gang` and by three baselines on exactly the same event streams.
+//!
+//! `cargo bench -p gpupool-operator --bench placement` (or `make bench-placement`) prints:
+//! 1. per placer, summed over the streams:
+//!    - idle nodes broken needlessly: a job put on an idle node although a partly used node could
+//!      take it with as good an NVLink class (an all-NVLink ring for multi-GPU jobs);
+//!    - 8-GPU jobs rejected while the pool had at least 8 GPUs free;
+//!    - multi-GPU jobs given a set without an all-NVLink ring (a PCIe hop) while some node could
+//!      have given them one;
+//!    - mean ring bottleneck of multi-GPU sets (≈ GB/s of the weakest hop of the best ring);
+//!    - jobs placed and decisions per second.
+//! 2. the cost of one node visit of the allocator on a 16-GPU DGX-2 (memoized and cold).
+//!
+//! Baselines: best fit (the node with the fewest free GPUs that has enough, then its lowest free
+//! indexes — bin packing without topology), first fit (the first node with enough free GPUs, its
+//! lowest indexes) and a go-gpuallocator-style greedy (kube-scheduler's default LeastAllocated
+//! node choice — the node with the most free GPUs — and go-gpuallocator's greedy set on it).
+
+use gpupool::api::{GpuSelector, NvLinkMode};
+use gpupool::placement::allocator::{GpuRequest, allocate, allocate_uncached};
+use gpupool::placement::baselines::greedy;
+use gpupool::placement::{ClusterCandidate, JobRequest, NodeCandidate, place_gang};
+use gpupool::topology::{GpuGraph, GpuSet, fixtures};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+/// splitmix64: tiny, deterministic, good enough for workloads.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+// `.into()` keeps this working whether the candidate holds the graph or an `Arc` of it.
+#[allow(clippy::useless_conversion)]
+fn node(fixture: &str, name: String) -> NodeCandidate {
+    let mut spec = fixtures::get(fixture);
+    spec.node_name = name.clone();
+    for g in &mut spec.gpus {
+        g.uuid = format!("{name}-{}", g.index);
+    }
+    let graph = GpuGraph::from_spec(&spec).expect("fixture");
+    NodeCandidate {
+        name,
+        model: spec.gpus[0].model.clone(),
+        memory_mib: spec.gpus[0].memory_mib,
+        free: graph.all(),
+        graph: graph.into(),
+    }
+}
+
+/// Three members, 336 GPUs: NVSwitch (DGX H100, DGX-2, DGX A100, HGX H100), the DGX-1 cube-mesh,
+/// bridged pairs (A100 PCIe, A6000 workstations) and PCIe-only L40S.
+fn pool() -> Vec<ClusterCandidate> {
+    let spec: [(&str, &[(&str, usize)]); 3] = [
+        ("member-a", &[("dgx-h100", 8), ("dgx1-v100", 8)]),
+        (
+            "member-b",
+            &[
+                ("pcie-l40s", 8),
+                ("pcie-a100-bridged", 8),
+                ("workstation-a6000", 4),
+            ],
+        ),
+        (
+            "member-c",
+            &[("dgx2-v100", 2), ("dgx-a100", 4), ("hgx-h100", 4)],
+        ),
+    ];
+    spec.iter()
+        .map(|(m, kinds)| ClusterCandidate {
+            name: m.to_string(),
+            labels: BTreeMap::new(),
+            price: None,
+            nodes: kinds
+                .iter()
+                .flat_map(|(f, n)| (0..*n).map(move |i| node(f, format!("{m}-{f}-{i}"))))
+                .collect(),
+            skipped: Vec::new(),
+        })
+        .collect()
+}
+
+/// One job of the stream: GPUs and lifetime (in arrivals).
+#[derive(Clone, Copy)]
+struct Job {
+    gpus: usize,
+    life: usize,
+}
+
+fn stream(seed: u64, n: usize) -> Vec<Job> {
+    let mut rng = Rng(seed);
+    (0..n)
+        .map(|_| {
+            let r = rng.below(100);
+            let gpus = match r {
+                0..40 => 1,
+                40..65 => 2,
+                65..85 => 4,
+                _ => 8,
+            };
+            Job {
+                gpus,
+                life: 1 + rng.below(180) as usize,
+            }
+        })
+        .collect()
+}
+
+/// Where a placer put a job: (member, node, GPUs).
+type Spot = (usize, usize, GpuSet);
+type Placer = fn(&[ClusterCandidate], &JobRequest) -> Option<Spot>;
+
+fn gpupool_placer(cands: &[ClusterCandidate], req: &JobRequest) -> Option<Spot> {
+    let ch = place_gang(cands, req, &[0]).ok()?;
+    let ci = cands.iter().position(|c| c.name == ch.cluster)?;
+    let p = &ch.pods[0];
+    let ni = cands[ci].nodes.iter().position(|n| n.name == p.node)?;
+    let g = &cands[ci].nodes[ni].graph;
+    let set = GpuSet::from_indexes(p.gpu_uuids.iter().filter_map(|u| g.index_of(u)));
+    Some((ci, ni, set))
+}
+
+fn nodes(cands: &[ClusterCandidate]) -> impl Iterator<Item = (usize, usize, &NodeCandidate)> {
+    cands
+        .iter()
+        .enumerate()
+        .flat_map(|(ci, c)| c.nodes.iter().enumerate().map(move |(ni, n)| (ci, ni, n)))
+}
+
+fn lowest(free: GpuSet, k: usize) -> GpuSet {
+    GpuSet::from_indexes(free.iter().take(k))
+}
+
+fn best_fit(cands: &[ClusterCandidate], req: &JobRequest) -> Option<Spot> {
+    let k = req.gpus_per_pod;
+    nodes(cands)
+        .filter(|(_, _, n)| n.free.len() >= k)
+        .min_by_key(|(_, _, n)| n.free.len())
+        .map(|(ci, ni, n)| (ci, ni, lowest(n.free, k)))
+}
+
+fn first_fit(cands: &[ClusterCandidate], req: &JobRequest) -> Option<Spot> {
+    let k = req.gpus_per_pod;
+    nodes(cands)
+        .find(|(_, _, n)| n.free.len() >= k)
+        .map(|(ci, ni, n)| (ci, ni, lowest(n.free, k)))
+}
+
+fn least_allocated_greedy(cands: &[ClusterCandidate], req: &JobRequest) -> Option<Spot> {
+    let k = req.gpus_per_pod;
+    let (ci, ni, n) = nodes(cands)
+        .filter(|(_, _, n)| n.free.len() >= k)
+        .max_by_key(|(ci, ni, n)| (n.free.len(), std::cmp::Reverse((*ci, *ni))))?;
+    let a = greedy(&n.graph, n.free, &GpuRequest::new(k, req.nvlink)).ok()?;
+    Some((ci, ni, a.set))
+}
+
+#[derive(Default)]
+struct Tally {
+    placed: usize,
+    idle_broken: usize,
+    rejected_8: usize,
+    pcie_detours: usize,
+    bottleneck_sum: i64,
+    multi: usize,
+    decisions: usize,
+    secs: f64,
+}
+
+/// Whether `set` has the NVLink class a job of `k` GPUs prefers.
+fn good_class(g: &GpuGraph, set: GpuSet, k: usize) -> bool {
+    k < 2 || g.has_nvlink_ring(set)
+}
+
+fn simulate(placer: Placer, jobs: &[Job], t: &mut Tally) {
+    let mut cands = pool();
+    let mut running: Vec<(usize, Spot)> = Vec::new();
+    for (now, job) in jobs.iter().enumerate() {
+        running.retain(|&(end, (ci, ni, set))| {
+            if end <= now {
+                let n = &mut cands[ci].nodes[ni];
+                n.free = GpuSet(n.free.0 | set.0);
+                false
+            } else {
+                true
+            }
+        });
+        let req = JobRequest {
+            gpus_per_pod: job.gpus,
+            nvlink: NvLinkMode::Preferred,
+            gpu: GpuSelector::default(),
+            cluster_selector: BTreeMap::new(),
+        };
+        // What the pool could offer, judged the same way for every placer: per node with room,
+        // whether it is partly used and whether it can give an all-NVLink ring.
+        let k = job.gpus;
+        let ring_req = GpuRequest::new(k, NvLinkMode::Ring);
+        let offers: Vec<(bool, bool)> = nodes(&cands)
+            .filter(|(_, _, n)| n.free.len() >= k)
+            .map(|(_, _, n)| {
+                let good = k < 2 || allocate(&n.graph, n.free, &ring_req).is_ok();
+                (n.free != n.graph.all(), good)
+            })
+            .collect();
+        let ring_possible = offers.iter().any(|&(_, good)| good);
+        // A partly used node could take the job in the best class available anywhere.
+        let partial_ok = offers
+            .iter()
+            .any(|&(partial, good)| partial && (good || !ring_possible));
+        let free_total: usize = nodes(&cands).map(|(_, _, n)| n.free.len()).sum();
+        let t0 = Instant::now();
+        let spot = placer(&cands, &req);
+        t.secs += t0.elapsed().as_secs_f64();
+        t.decisions += 1;
+        let Some((ci, ni, set)) = spot else {
+            if k == 8 && free_total >= 8 {
+                t.rejected_8 += 1;
+            }
+            continue;
+        };
+        let n = &mut cands[ci].nodes[ni];
+        assert!(
+            set.is_subset(n.free) && set.len() == k,
+            "placer returned a bad set"
+        );
+        let g = &n.graph;
+        let good = good_class(g, set, k);
+        if n.free == g.all() && partial_ok {
+            t.idle_broken += 1;
+        }
+        if k >= 2 {
+            t.multi += 1;
+            t.bottleneck_sum += g.ring_bottleneck(set);
+            if !good && ring_possible {
+                t.pcie_detours += 1;
+            }
+        }
+        t.placed += 1;
+        n.free = n.free.minus(set);
+        running.push((now + job.life, (ci, ni, set)));
+    }
+}
+
+fn main() {
+    let streams: Vec<Vec<Job>> = [0x5eed_0001u64, 0x5eed_0002, 0x5eed_0003]
+        .iter()
+        .map(|&s| stream(s, 6000))
+        .collect();
+    let placers: [(&str, Placer); 4] = [
+        ("gpupool (place_gang)", gpupool_placer),
+        ("best fit", best_fit),
+        ("first fit", first_fit),
+        ("greedy (go-gpuallocator)", least_allocated_greedy),
+    ];
+    let total: usize = streams.iter().map(Vec::len).sum();
+    println!(
+        "cluster placement: {} streams × {} jobs (1/2/4/8 GPUs 40/25/20/15 %, nvlink preferred, \
+         each held 1..180 arrivals) over 3 members, {} nodes, {} GPUs",
+        streams.len(),
+        total / streams.len(),
+        pool().iter().map(|c| c.nodes.len()).sum::<usize>(),
+        pool()
+            .iter()
+            .flat_map(|c| &c.nodes)
+            .map(|n| n.graph.len())
+            .sum::<usize>()
+    );
+    println!(
+        "{:<26} {:>8} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "placer", "placed", "idle broken", "8-GPU rej.", "PCIe detour", "ring GB/s", "decisions/s"
+    );
+    for (name, placer) in placers {
+        let mut t = Tally::default();
+        for s in &streams {
+            simulate(placer, s, &mut t);
+        }
+        println!(
+            "{:<26} {:>8} {:>12} {:>12} {:>12} {:>12.1} {:>12.0}",
+            name,
+            t.placed,
+            t.idle_broken,
+            t.rejected_8,
+            t.pcie_detours,
+            t.bottleneck_sum as f64 / t.multi.max(1) as f64,
+            t.decisions as f64 / t.secs
+        );
+    }
+
+    // Cost of one node visit on a 16-GPU NVSwitch node: cold (searched) and memoized.
+    println!();
+    let g = GpuGraph::from_spec(&fixtures::get("dgx2-v100")).expect("fixture");
+    let mut rng = Rng(0xD6_2000);
+    let cases: Vec<(GpuSet, GpuRequest)> = (0..2000)
+        .map(|_| {
+            let free = GpuSet(rng.next() & 0xFFFF);
+            let k = [1, 2, 4, 8][rng.below(4) as usize];
+            let mode = [NvLinkMode::Clique, NvLinkMode::Ring, NvLinkMode::Preferred]
+                [rng.below(3) as usize];
+            (free, GpuRequest::new(k, mode))
+        })
+        .collect();
+    // The worst case for the exact search: 8 of 14-16 free GPUs (up to C(16, 8) = 12 870 sets).
+    let eight: Vec<(GpuSet, GpuRequest)> = (0..200)
+        .map(|_| {
+            let busy = (1u64 << rng.below(16)) | (1u64 << rng.below(16));
+            let mode = [NvLinkMode::Clique, NvLinkMode::Ring, NvLinkMode::Preferred]
+                [rng.below(3) as usize];
+            (GpuSet(0xFFFF & !busy), GpuRequest::new(8, mode))
+        })
+        .collect();
+    let time = |f: &dyn Fn(&(GpuSet, GpuRequest))| {
+        let t0 = Instant::now();
+        for c in &cases {
+            f(c);
+        }
+        t0.elapsed().as_secs_f64() * 1e6 / cases.len() as f64
+    };
+    let cold = time(&|(f, r)| {
+        let _ = allocate_uncached(&g, *f, r);
+    });
+    let _warmup = time(&|(f, r)| {
+        let _ = allocate(&g, *f, r);
+    });
+    let warm = time(&|(f, r)| {
+        let _ = allocate(&g, *f, r);
+    });
+    let t0 = Instant::now();
+    for (f, r) in &eight {
+        let _ = allocate_uncached(&g, *f, r);
+    }
+    let cold8 = t0.elapsed().as_secs_f64() * 1e6 / eight.len().max(1) as f64;
+    let mut by_shape: HashMap<u64, usize> = HashMap::new();
+    for c in pool() {
+        for n in &c.nodes {
+            *by_shape.entry(n.graph.shape_id()).or_default() += 1;
+        }
+    }
+    println!(
+        "node visit, 16-GPU DGX-2, {} random (free mask, 1/2/4/8 GPUs, clique/ring/preferred): \
+         memoized {warm:.2} µs, cold {cold:.1} µs; cold 8 of ≥14 free: {cold8:.0} µs ({} cases)",
+        cases.len(),
+        eight.len()
+    );
+    println!(
+        "the pool's {} nodes have {} distinct shapes (one memo table each)",
+        by_shape.values().sum::<usize>(),
+        by_shape.len()
+    );
+}
