@@ -69,6 +69,8 @@ impl EmbeddedLedger {
     /// Airdrops lamports to `who`.
     pub fn fund(&self, who: &Pubkey) -> Result<()> {
         self.with_svm(|s| {
+            // A fresh blockhash, so funding the same key twice is two transactions.
+            s.expire_blockhash();
             svm::fund(s, who)
                 .map(|_| ())
                 .map_err(|e| anyhow!("airdrop failed: {:?}", e.err))
@@ -91,8 +93,11 @@ impl EmbeddedLedger {
                 svm::register_cluster(s, owner, owner, &pool.registrar, cluster_id, &pool.mint)
             })
             .map_err(|e| anyhow!("registering the cluster failed: {:?}", e.err))?;
-        self.with_svm(|s| svm::set_gpu_cap(s, &pool.admin, cluster_id, gpu_cap))
-            .map_err(|e| anyhow!("setting the cluster's GPU cap failed: {:?}", e.err))?;
+        self.with_svm(|s| {
+            svm::set_gpu_cap(s, &pool.admin, cluster_id, gpu_cap)
+                .map(|_| ())
+                .map_err(|e| anyhow!("setting the cluster's GPU cap failed: {:?}", e.err))
+        })?;
         Ok(pda)
     }
 

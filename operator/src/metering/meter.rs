@@ -346,8 +346,13 @@ pub async fn meter_once(
                 cluster: m.name.clone(),
                 reason: reason.clone(),
                 message: format!(
-                    "{} pod(s) claim {secs} GPU-seconds for jobs the hub does not have (e.g. {}); not paid",
+                    "{} pod(s) claim {secs} GPU-seconds {} (e.g. {}); not paid",
                     pods.len(),
+                    if reason == "NoSuchHubJob" {
+                        "for jobs the hub does not have"
+                    } else {
+                        "outside their job's life on the hub"
+                    },
                     names.join(", ")
                 ),
                 gpu_seconds: *secs,

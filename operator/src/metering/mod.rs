@@ -447,7 +447,8 @@ pub struct HubJob {
 pub struct MemberUsage {
     /// Per (hub job, period).
     pub by_job_period: BTreeMap<(JobRef, u64), JobPeriodUsage>,
-    /// Claims no hub job accounts for: (reason, GPU-seconds claimed, pod names).
+    /// Claims no hub job accounts for, by reason (`NoSuchHubJob`, `OutsideJobLife`):
+    /// (GPU-seconds claimed, pod names).
     pub unmatched: BTreeMap<String, (i64, Vec<String>)>,
 }
 
@@ -512,7 +513,7 @@ pub fn usage_by_job_period(
         let placed = hub
             .slots
             .get(member)
-            .is_some_and(|slots| slots.iter().any(|s| *s == slot));
+            .is_some_and(|slots| slots.contains(&slot));
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let hub_gpus = if placed {
             slot.gpu_uuids.len() as u64
@@ -543,10 +544,32 @@ pub fn usage_by_job_period(
         } else {
             BTreeMap::new()
         };
+        // Periods of the job's life on the hub get per-pod entries; claims outside it are
+        // reported per member, not written into records (a pod backdated by months would
+        // otherwise make a record per period).
+        let life = (
+            period_of(hub.not_before, period_seconds),
+            period_of(hub.not_after.unwrap_or(now).min(now), period_seconds),
+        );
         let mut periods: std::collections::BTreeSet<u64> =
             claimed.iter().map(|(p, _)| *p).collect();
         periods.extend(paid.keys().copied());
         for p in periods {
+            if p < life.0 || p > life.1 {
+                let claim = claimed
+                    .iter()
+                    .find(|(q, _)| *q == p)
+                    .map(|(_, s)| *s)
+                    .unwrap_or(0);
+                if claim > 0 {
+                    let e = out.unmatched.entry("OutsideJobLife".into()).or_default();
+                    e.0 = e.0.saturating_add(claim);
+                    if !e.1.contains(&name) {
+                        e.1.push(name.clone());
+                    }
+                }
+                continue;
+            }
             let claim = claimed
                 .iter()
                 .find(|(q, _)| *q == p)

@@ -208,7 +208,8 @@ pub fn justify(
     }
     let len = i64::try_from(config.period_seconds).unwrap_or(i64::MAX);
     for (uid, p) in &spec.pods {
-        if p.gpus <= 0 || p.gpu_seconds < 0 || p.gpu_seconds > p.gpus.saturating_mul(len) {
+        // A pod the hub could not match is listed with 0 GPUs and 0 paid GPU-seconds.
+        if p.gpus < 0 || p.gpu_seconds < 0 || p.gpu_seconds > p.gpus.saturating_mul(len) {
             return Err(format!(
                 "pod {} ({uid}) claims {} GPU-seconds on {} GPUs in a {len}-second period",
                 p.name, p.gpu_seconds, p.gpus

@@ -368,12 +368,15 @@ fn forged_times_are_clipped_to_the_jobs_life_on_the_hub() {
     );
     let paid: i64 = by.by_job_period.values().map(|u| u.gpu_seconds()).sum();
     assert_eq!(paid, 4 * 2);
+    // The claim before the job existed is reported per member, in no record.
     let unpaid: i64 = by
         .by_job_period
         .values()
         .map(|u| u.unpaid_gpu_seconds())
-        .sum();
+        .sum::<i64>()
+        + by.unmatched["OutsideJobLife"].0;
     assert_eq!(unpaid, 4 * 6 * 3600);
+    assert_eq!(by.by_job_period.len(), 1, "one period of the job's life");
     // An end after the job's completion (or deletion, or maxRuntimeSeconds) is clipped too,
     // and nothing is paid beyond "now".
     let running = placed_pod("w", "n1", "2023-11-14T22:13:20Z", None, 4);

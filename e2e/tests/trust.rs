@@ -1,0 +1,695 @@
+//! Trying to cheat the pool, on real API servers (hub + KWOK member) and the embedded ledger:
+//! a member admin forging pods, timestamps and annotations is not paid for the forgery; a hub
+//! user cannot rewrite usage records (CEL in the CRD; the chart's admission policy lets only
+//! the operator write them); a squatted registration and a cluster joined twice are not paid.
+//! Every refusal is surfaced: unpaid GPU-seconds on the records, Events on the
+//! `MemberCluster`, the `gpupool_unpaid_gpu_seconds` metric.
+
+use gpupool::api::{MemberCluster, TrainingJob, UsageRecord, UsageState};
+use gpupool::controllers::{Config, Context};
+use gpupool::ledger::embedded::DEMO_RATES;
+use gpupool::ledger::{EmbeddedLedger, Ledger, LedgerClient};
+use gpupool::metering::runner::surface;
+use gpupool::metering::settle::Alert;
+use gpupool::metering::{MemberRef, MeterConfig, SettleConfig, meter_once, settle_once};
+use gpupool::metrics::Metrics;
+use gpupool_e2e::{ControlPlane, Federation, GpuNode, Tools, install_crds, register_member};
+use gpupool_ledger::instruction as ix;
+use gpupool_ledger::state;
+use gpupool_ledger_svm as svm;
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use solana_keypair::Keypair;
+use solana_signer::Signer;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const NODE: &str = "dgx-h100-0";
+const MODEL: &str = "NVIDIA H100 80GB HBM3";
+const H100_RATE: u64 = DEMO_RATES[1];
+
+fn uuids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("GPU-{prefix}-{i}")).collect()
+}
+
+async fn create_job(hub: &Client, name: &str, workers: usize) -> TrainingJob {
+    let tj: TrainingJob = serde_json::from_value(json!({
+        "apiVersion": "gpupool.io/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"image": "ghcr.io/example/train:1", "workers": workers, "gpusPerWorker": 2}
+    }))
+    .unwrap();
+    Api::<TrainingJob>::namespaced(hub.clone(), "default")
+        .create(&PostParams::default(), &tj)
+        .await
+        .unwrap()
+}
+
+/// The hub's placement: worker `rank` on `NODE` with GPUs `uuids(job-w<rank>, 2)`.
+async fn place(hub: &Client, job: &TrainingJob, workers: usize) {
+    let ws: Vec<_> = (0..workers)
+        .map(|r| json!({"rank": r, "node": NODE, "score": 0, "gpuUuids": uuids(&format!("{}-w{r}", job.name_any()), 2)}))
+        .collect();
+    Api::<TrainingJob>::namespaced(hub.clone(), "default")
+        .patch_status(
+            &job.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"cluster": "member-1", "workers": ws}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// A gpupool-labelled pod in the member, as its admin may write one.
+async fn pod(
+    member: &Client,
+    name: &str,
+    job_name: &str,
+    job_uid: &str,
+    gpu_uuids: &[String],
+    run: &str,
+) {
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": name, "namespace": "default",
+            "labels": {
+                "app.kubernetes.io/managed-by": "gpupool",
+                "gpupool.io/job-kind": "TrainingJob",
+                "gpupool.io/job-namespace": "default",
+                "gpupool.io/job-name": job_name,
+                "gpupool.io/job-uid": job_uid,
+            },
+            "annotations": {
+                "gpupool.io/gpu-uuids": gpu_uuids.join(","),
+                "gpupool.io/gpu-model": MODEL,
+                "pod-complete.stage.kwok.x-k8s.io/delay": run,
+            }
+        },
+        "spec": {"nodeName": NODE, "restartPolicy": "Never",
+            "containers": [{"name": "w", "image": "x",
+                "resources": {"limits": {"nvidia.com/gpu": gpu_uuids.len().to_string()}}}]}
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(member.clone(), "default")
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap();
+}
+
+async fn records(hub: &Client) -> Vec<UsageRecord> {
+    Api::<UsageRecord>::all(hub.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+}
+
+fn state_of(r: &UsageRecord) -> UsageState {
+    r.status.as_ref().map(|s| s.state).unwrap_or_default()
+}
+
+async fn kube_system_uid(client: &Client) -> String {
+    Api::<Namespace>::all(client.clone())
+        .get("kube-system")
+        .await
+        .unwrap()
+        .uid()
+        .unwrap()
+}
+
+async fn all_pods_done(member: &Client) -> bool {
+    let pods = Api::<Pod>::namespaced(member.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    pods.items
+        .iter()
+        .all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"))
+}
+
+struct World {
+    fed: Federation,
+    hub: Client,
+    member: Client,
+    chain: Arc<EmbeddedLedger>,
+    pool: svm::Pool,
+    owner: Keypair,
+    cluster_id: [u8; 32],
+}
+
+async fn world() -> World {
+    let fed = Federation::start(1).await.expect("hub + member");
+    fed.add_nodes(0, &[GpuNode::new(NODE, 8, MODEL)])
+        .await
+        .unwrap();
+    let hub = fed.hub.client().await.unwrap();
+    let member = fed.members[0].cp.client().await.unwrap();
+    let (chain, pool) = EmbeddedLedger::with_pool(DEMO_RATES, 0, 2).unwrap();
+    let owner = Keypair::new();
+    chain.fund(&owner.pubkey()).unwrap();
+    register_member(
+        &hub,
+        "member-1",
+        &fed.members[0].cp,
+        &owner.pubkey().to_string(),
+        "eu",
+    )
+    .await
+    .unwrap();
+    let cluster_id = state::cluster_id(&kube_system_uid(&member).await);
+    World {
+        fed,
+        hub,
+        member,
+        chain: Arc::new(chain),
+        pool,
+        owner,
+        cluster_id,
+    }
+}
+
+impl World {
+    fn member_ref(&self, name: &str) -> MemberRef {
+        MemberRef {
+            name: name.into(),
+            owner_wallet: self.owner.pubkey().to_string(),
+            client: self.member.clone(),
+            gpu_models: Default::default(),
+        }
+    }
+
+    fn ledger(&self) -> Ledger {
+        Ledger::new(
+            self.chain.clone() as Arc<dyn LedgerClient>,
+            self.pool.oracle.insecure_clone(),
+        )
+    }
+
+    fn minted(&self) -> u64 {
+        self.chain.mint_supply(&self.pool.mint)
+    }
+
+    /// Meters (and settles) until the member's pods are done and every record is past
+    /// `Open`; returns the alerts of the last passes.
+    async fn run_until_final(&self, members: &[MemberRef], ledger: Option<&Ledger>) -> Vec<Alert> {
+        let cfg = MeterConfig {
+            period_seconds: 2,
+            finalize_delay_seconds: 1,
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let m = meter_once(&self.hub, members, Timestamp::now(), &cfg)
+                .await
+                .unwrap();
+            assert!(m.errors.is_empty() && m.member_errors.is_empty(), "{m:?}");
+            let mut alerts = m.alerts.clone();
+            if let Some(l) = ledger {
+                let r = settle_once(&self.hub, l, &SettleConfig::default())
+                    .await
+                    .unwrap();
+                assert!(r.errors.is_empty(), "{r:?}");
+                alerts.extend(r.alerts);
+            }
+            let recs = records(&self.hub).await;
+            if all_pods_done(&self.member).await
+                && !recs.is_empty()
+                && recs.iter().all(|r| state_of(r) != UsageState::Open)
+            {
+                return alerts;
+            }
+            assert!(Instant::now() < deadline, "never final: {recs:#?}");
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_admin_forgeries_are_not_paid() {
+    let w = world().await;
+    w.chain
+        .register_cluster(&w.pool, &w.owner, &w.cluster_id, 8)
+        .unwrap();
+    let job = create_job(&w.hub, "real", 2).await;
+    place(&w.hub, &job, 2).await;
+    let uid = job.uid().unwrap();
+    // The honest worker.
+    pod(
+        &w.member,
+        "real-w0",
+        "real",
+        &uid,
+        &uuids("real-w0", 2),
+        "3s",
+    )
+    .await;
+    // A pod for a job the hub never had, claiming 500 GPUs of an 8-GPU node.
+    pod(
+        &w.member,
+        "ghost",
+        "ghost",
+        "0f0e0d0c-0b0a-4908-8706-050403020100",
+        &uuids("ghost", 500),
+        "3s",
+    )
+    .await;
+    // A pod of the real job claiming all 8 GPUs instead of its 2.
+    pod(&w.member, "greedy", "real", &uid, &uuids("greedy", 8), "3s").await;
+    // The second worker, whose start the member's admin moves 6 hours back once it runs.
+    pod(
+        &w.member,
+        "real-w1",
+        "real",
+        &uid,
+        &uuids("real-w1", 2),
+        "5s",
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(w.member.clone(), "default");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = pods.get("real-w1").await.unwrap();
+        if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "real-w1 never ran");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Both the pod's startTime and its container's start, as the member's admin can write them.
+    let six_hours_ago = Timestamp::from_second(Timestamp::now().as_second() - 6 * 3600).unwrap();
+    pods.patch_status(
+        "real-w1",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": {
+            "startTime": six_hours_ago.to_string(),
+            "containerStatuses": [{"name": "w", "image": "x", "imageID": "", "ready": true,
+                "restartCount": 0, "state": {"running": {"startedAt": six_hours_ago.to_string()}}}],
+        }})),
+    )
+    .await
+    .unwrap();
+
+    let ledger = w.ledger();
+    let alerts = w
+        .run_until_final(&[w.member_ref("member-1")], Some(&ledger))
+        .await;
+    // Settle what is final.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while records(&w.hub)
+        .await
+        .iter()
+        .any(|r| state_of(r) == UsageState::Final && r.spec.gpu_seconds > 0)
+    {
+        settle_once(&w.hub, &ledger, &SettleConfig::default())
+            .await
+            .unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "not settled: {:#?}",
+            records(&w.hub)
+                .await
+                .iter()
+                .map(|r| (r.name_any(), r.spec.gpu_seconds, r.status.clone()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let recs = records(&w.hub).await;
+    // No record for the invented job.
+    assert!(recs.iter().all(|r| r.spec.job_uid == uid), "{recs:#?}");
+    let paid: i64 = recs.iter().map(|r| r.spec.gpu_seconds).sum();
+    let unpaid: i64 = recs.iter().map(|r| r.spec.unpaid_gpu_seconds).sum();
+    // The honest pods ran a few seconds on 2 GPUs each (and real-w1 is at most paid from the
+    // job's creation, seconds before it started): far from the 6 hours it claims.
+    let job_age = Timestamp::now().as_second()
+        - job
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .unwrap()
+            .0
+            .as_second();
+    println!("paid {paid} GPU-s, unpaid {unpaid} GPU-s, job age {job_age} s");
+    assert!(paid > 0 && paid <= 2 * 2 * job_age, "paid {paid}");
+    assert!(unpaid > 0, "the greedy pod's claim is unpaid");
+    for r in &recs {
+        for (puid, p) in &r.spec.pods {
+            if p.name.ends_with("/greedy") {
+                assert_eq!(p.gpu_seconds, 0, "{puid}: {p:?}");
+                assert!(
+                    p.unpaid_reason
+                        .as_deref()
+                        .unwrap_or("")
+                        .contains("matches no placement"),
+                    "{p:?}"
+                );
+            }
+            assert!(p.gpus <= 2, "{p:?}");
+        }
+    }
+    // Paid on chain: exactly the provable part. The class comes from the hub's knowledge of
+    // the GPUs (here it has no topology for them: the generic class), not from the pods'
+    // annotations.
+    let chain_paid: u64 = recs
+        .iter()
+        .filter(|r| state_of(r) == UsageState::Settled)
+        .map(|r| r.status.as_ref().unwrap().amount.unwrap() as u64)
+        .sum();
+    assert_eq!(w.minted(), chain_paid);
+    assert_eq!(
+        w.minted(),
+        DEMO_RATES[0] * paid as u64,
+        "paid at the generic rate, not the H100 rate the pods annotate ({H100_RATE})"
+    );
+
+    // Surfaced: alerts, Events on the MemberCluster, the metric, a kubectl column.
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.reason == "NoSuchHubJob" && a.gpu_seconds > 0),
+        "{alerts:?}"
+    );
+    let before_job: i64 = alerts
+        .iter()
+        .filter(|a| a.reason == "OutsideJobLife")
+        .map(|a| a.gpu_seconds)
+        .sum();
+    assert!(
+        before_job >= 2 * 6 * 3600 - 120,
+        "the 6 hours before the job existed are refused: {alerts:?}"
+    );
+    assert!(
+        alerts.iter().any(|a| a.reason == "UnprovableUsage"),
+        "{alerts:?}"
+    );
+    let (ctx, _triggers) = Context::new(w.hub.clone(), Config::default(), Metrics::default());
+    surface(&ctx, &alerts).await;
+    let metrics = ctx.metrics.render();
+    assert!(
+        metrics
+            .contains("gpupool_unpaid_gpu_seconds{cluster=\"member-1\",reason=\"NoSuchHubJob\"}"),
+        "{metrics}"
+    );
+    let events = gpupool_e2e::eventually(30, "Events on the MemberCluster", || async {
+        let evs = Api::<Event>::all(w.hub.clone())
+            .list(&ListParams::default().fields("involvedObject.name=member-1"))
+            .await?;
+        let reasons: Vec<String> = evs.items.iter().filter_map(|e| e.reason.clone()).collect();
+        Ok(reasons
+            .iter()
+            .any(|r| r == "NoSuchHubJob")
+            .then_some(reasons))
+    })
+    .await
+    .unwrap();
+    assert!(events.iter().any(|r| r == "UnprovableUsage"), "{events:?}");
+    let table = w.fed.hub.kubectl().ok(&["get", "usagerecords"]).unwrap();
+    println!("{table}");
+    assert!(table.contains("UNPAID-GPU-S"), "{table}");
+    drop(w.fed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn squatted_registration_and_double_join_are_not_paid() {
+    let w = world().await;
+    // A squatter got the member's cluster id registered to its own wallet.
+    let squatter = Keypair::new();
+    w.chain
+        .register_cluster_for_wallet(&squatter.pubkey(), &w.cluster_id, &w.pool.mint, 8)
+        .unwrap();
+    // The same member cluster joined a second time under another name.
+    register_member(
+        &w.hub,
+        "member-1-again",
+        &w.fed.members[0].cp,
+        &w.owner.pubkey().to_string(),
+        "eu",
+    )
+    .await
+    .unwrap();
+    let job = create_job(&w.hub, "real", 1).await;
+    place(&w.hub, &job, 1).await;
+    pod(
+        &w.member,
+        "real-w0",
+        "real",
+        &job.uid().unwrap(),
+        &uuids("real-w0", 2),
+        "3s",
+    )
+    .await;
+    let ledger = w.ledger();
+    // Meter member-1 first, so it holds the older identity record... both record the same
+    // kube-system UID; the younger MemberCluster is the duplicate.
+    let members = [w.member_ref("member-1"), w.member_ref("member-1-again")];
+    let alerts = w.run_until_final(&members, Some(&ledger)).await;
+    for name in ["member-1", "member-1-again"] {
+        let mc = Api::<MemberCluster>::all(w.hub.clone())
+            .get(name)
+            .await
+            .unwrap();
+        assert_eq!(
+            mc.status.unwrap().cluster_uid.as_deref(),
+            Some(kube_system_uid(&w.member).await.as_str())
+        );
+    }
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.cluster == "member-1" && a.reason == "OwnerMismatch"),
+        "{alerts:?}"
+    );
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.cluster == "member-1-again" && a.reason == "DuplicateJoin"),
+        "{alerts:?}"
+    );
+    assert_eq!(w.minted(), 0, "nothing paid to the squatter");
+    assert_eq!(w.chain.wallet_balance(&squatter.pubkey(), &w.pool.mint), 0);
+    let recs = records(&w.hub).await;
+    assert!(
+        recs.iter().all(|r| state_of(r) == UsageState::Final),
+        "{recs:#?}"
+    );
+
+    // The registrar and the rightful owner move the cluster; the next pass pays, once, under
+    // the first MemberCluster only.
+    let registrar = w.pool.registrar.insecure_clone();
+    ledger
+        .send(
+            &[ix::set_cluster_owner(
+                &registrar.pubkey(),
+                &w.owner.pubkey(),
+                &w.cluster_id,
+            )],
+            &[&registrar, &w.owner],
+        )
+        .await
+        .unwrap();
+    let r = settle_once(&w.hub, &ledger, &SettleConfig::default())
+        .await
+        .unwrap();
+    assert!(r.errors.is_empty(), "{r:?}");
+    let recs = records(&w.hub).await;
+    let settled: Vec<_> = recs
+        .iter()
+        .filter(|r| state_of(r) == UsageState::Settled)
+        .collect();
+    assert!(!settled.is_empty());
+    assert!(settled.iter().all(|r| r.spec.cluster == "member-1"));
+    let paid: i64 = settled.iter().map(|r| r.spec.gpu_seconds).sum();
+    assert!(
+        recs.iter()
+            .filter(|r| r.spec.cluster == "member-1-again")
+            .all(|r| state_of(r) == UsageState::Final),
+        "{recs:#?}"
+    );
+    let balance = w.chain.wallet_balance(&w.owner.pubkey(), &w.pool.mint);
+    assert_eq!(balance, DEMO_RATES[0] * paid as u64);
+    assert_eq!(w.minted(), balance);
+    assert_eq!(w.chain.wallet_balance(&squatter.pubkey(), &w.pool.mint), 0);
+    drop(w.fed);
+}
+
+/// A hub user with write access to `UsageRecord`s tries to raise, move and resurrect records;
+/// the API server's CEL rules refuse each. Then the chart's admission policy refuses them even
+/// the rewrites CEL allows, unless they come from the operator's ServiceAccount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_users_cannot_rewrite_usage_records() {
+    let cp = ControlPlane::start("hub").await.unwrap();
+    install_crds(&cp).await.unwrap();
+    let hub = cp.client().await.unwrap();
+    let api: Api<UsageRecord> = Api::all(hub.clone());
+    let rec: UsageRecord = serde_json::from_value(json!({
+        "apiVersion": "gpupool.io/v1alpha1", "kind": "UsageRecord",
+        "metadata": {"name": "member-1.abc.10"},
+        "spec": {
+            "cluster": "member-1", "clusterUid": "u-1", "ownerWallet": "w",
+            "jobKind": "TrainingJob", "jobNamespace": "default", "jobName": "j",
+            "jobUid": "0b9f4d2a-6c1e-4f5b-9a7d-3e2c1b0a9f8e",
+            "period": 10, "periodStart": "1970-01-01T00:00:20Z", "periodEnd": "1970-01-01T00:00:22Z",
+            "gpuSeconds": 4, "gpuClass": 1
+        }
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &rec).await.unwrap();
+    let name = "member-1.abc.10";
+    let spec = |v: serde_json::Value| Patch::Merge(json!({"spec": v}));
+    let status = |v: serde_json::Value| Patch::Merge(json!({"status": v}));
+    let pp = PatchParams::default();
+    let refused = |r: Result<UsageRecord, kube::Error>, what: &str| match r {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422, "{what}: {e:?}");
+            e.message
+        }
+        other => panic!("{what} was accepted: {other:?}"),
+    };
+
+    // While Open: it may grow, never shrink; identity never changes.
+    api.patch(name, &pp, &spec(json!({"gpuSeconds": 6})))
+        .await
+        .unwrap();
+    let m = refused(
+        api.patch(name, &pp, &spec(json!({"gpuSeconds": 5}))).await,
+        "shrinking",
+    );
+    assert!(m.contains("never decreases"), "{m}");
+    for (field, value) in [
+        ("cluster", json!("member-2")),
+        ("clusterUid", json!("u-2")),
+        ("ownerWallet", json!("thief")),
+        ("jobUid", json!("11111111-2222-4333-8444-555555555555")),
+        ("period", json!(11)),
+        ("periodStart", json!("1970-01-01T00:00:22Z")),
+    ] {
+        let m = refused(
+            api.patch(name, &pp, &spec(json!({ field: value }))).await,
+            field,
+        );
+        assert!(m.contains("immutable"), "{field}: {m}");
+    }
+
+    // Final: the spec is frozen, and the state does not go back.
+    api.patch_status(name, &pp, &status(json!({"state": "Final"})))
+        .await
+        .unwrap();
+    let m = refused(
+        api.patch(name, &pp, &spec(json!({"gpuSeconds": 1_000_000})))
+            .await,
+        "raising a Final record",
+    );
+    assert!(m.contains("immutable"), "{m}");
+    let m = refused(
+        api.patch_status(name, &pp, &status(json!({"state": "Open"})))
+            .await,
+        "reopening",
+    );
+    assert!(m.contains("forward"), "{m}");
+
+    // Settled is terminal: no moving back to Final, no new amount, no new period.
+    api.patch_status(
+        name,
+        &pp,
+        &status(json!({"state": "Settled", "amount": 60, "signature": "sig"})),
+    )
+    .await
+    .unwrap();
+    let m = refused(
+        api.patch_status(name, &pp, &status(json!({"state": "Final"})))
+            .await,
+        "un-settling",
+    );
+    assert!(m.contains("Settled"), "{m}");
+    refused(
+        api.patch_status(name, &pp, &status(json!({"amount": 6_000_000})))
+            .await,
+        "a new amount",
+    );
+    refused(
+        api.patch(name, &pp, &spec(json!({"period": 12}))).await,
+        "moving to another period",
+    );
+    let kept = api.get(name).await.unwrap();
+    assert_eq!(kept.spec.gpu_seconds, 6);
+    assert_eq!(kept.status.unwrap().amount, Some(60));
+
+    // The chart's admission policy: only the operator's ServiceAccount writes UsageRecords.
+    let tools = Tools::get().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(&tools.helm)
+        .args([
+            "template",
+            "gp",
+            "charts/gpupool",
+            "--namespace",
+            "gpupool-system",
+            "--show-only",
+            "templates/usagerecord-admission-policy.yaml",
+        ])
+        .env("HELM_CONFIG_HOME", home.path().join("config"))
+        .env("HELM_CACHE_HOME", home.path().join("cache"))
+        .env("HELM_DATA_HOME", home.path().join("data"))
+        .env_remove("KUBECONFIG")
+        .current_dir(gpupool_e2e::repo_root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest = home.path().join("policy.yaml");
+    std::fs::write(&manifest, &out.stdout).unwrap();
+    cp.kubectl()
+        .ok(&["apply", "--server-side", "-f", manifest.to_str().unwrap()])
+        .unwrap();
+    let operator_sa = "system:serviceaccount:gpupool-system:gp-gpupool-operator";
+    cp.kubectl()
+        .ok(&[
+            "create",
+            "clusterrolebinding",
+            "operator-test",
+            "--clusterrole=cluster-admin",
+            "--serviceaccount=gpupool-system:gp-gpupool-operator",
+        ])
+        .unwrap();
+    let mut other = rec.clone();
+    other.metadata = kube::api::ObjectMeta {
+        name: Some("member-1.abc.11".into()),
+        ..Default::default()
+    };
+    other.spec.period = 11;
+    // Cluster admin (not the operator): refused once the policy is active.
+    let denied = gpupool_e2e::eventually(30, "the admission policy to take effect", || {
+        let api = api.clone();
+        let other = other.clone();
+        async move {
+            match api.create(&PostParams::default(), &other).await {
+                Err(kube::Error::Api(e)) if e.code == 403 || e.code == 422 => Ok(Some(e.message)),
+                Ok(_) => {
+                    api.delete("member-1.abc.11", &Default::default()).await?;
+                    Ok(None)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(denied.contains("only the gpupool operator"), "{denied}");
+    // The operator's ServiceAccount: allowed.
+    let kc = kube::config::Kubeconfig::read_from(cp.kubeconfig_path()).unwrap();
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    cfg.auth_info.impersonate = Some(operator_sa.into());
+    let as_operator: Api<UsageRecord> = Api::all(Client::try_from(cfg).unwrap());
+    as_operator
+        .create(&PostParams::default(), &other)
+        .await
+        .expect("the operator writes usage records");
+}
