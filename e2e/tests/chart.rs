@@ -243,8 +243,8 @@ fn schema_and_checks_reject_bad_values_naming_the_field() {
         ),
         (&["--set", "metrics.port=70000"], "/metrics/port"),
         (
-            &["--set", "solana.settlementPeriodSeconds=0"],
-            "/solana/settlementPeriodSeconds",
+            &["--set", "usageRecords.admissionPolicy.enabled=maybe"],
+            "/usageRecords/admissionPolicy/enabled",
         ),
         (&["--set", "solana.rpcUrl=ftp://x"], "/solana/rpcUrl"),
         // Settlement needs the program, the mint and the oracle key.
