@@ -610,6 +610,97 @@ async fn settler_crash_between_send_and_mark_neither_double_mints_nor_loses_usag
     drop(s.fed);
 }
 
+/// Reads like the chain, except that receipts are invisible while `lagging` is set: a
+/// `finalized` view that has not caught up with `confirmed` yet.
+struct Lagging {
+    inner: Arc<EmbeddedLedger>,
+    lagging: std::sync::atomic::AtomicBool,
+}
+
+impl LedgerClient for Lagging {
+    fn latest_blockhash(&self) -> BoxFuture<'_, anyhow::Result<Hash>> {
+        self.inner.latest_blockhash()
+    }
+    fn send_and_confirm<'a>(
+        &'a self,
+        tx: &'a Transaction,
+    ) -> BoxFuture<'a, Result<Signature, SendError>> {
+        self.inner.send_and_confirm(tx)
+    }
+    fn get_account<'a>(
+        &'a self,
+        key: &'a Pubkey,
+    ) -> BoxFuture<'a, anyhow::Result<Option<AccountData>>> {
+        Box::pin(async move {
+            let acc = self.inner.get_account(key).await?;
+            let receipt = acc.as_ref().is_some_and(|a| {
+                a.owner == gpupool_ledger::ID && a.data.first() == Some(&state::TAG_RECEIPT)
+            });
+            Ok(if receipt && self.lagging.load(Ordering::SeqCst) {
+                None
+            } else {
+                acc
+            })
+        })
+    }
+    fn describe(&self) -> String {
+        "lagging finalized view".into()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_settled_only_once_their_receipts_are_finalized() {
+    let s = setup(&[("gpt-small-w0", 2, "3s")], 2).await;
+    let finalized = Arc::new(Lagging {
+        inner: s.chain.clone(),
+        lagging: std::sync::atomic::AtomicBool::new(true),
+    });
+    let ledger = s
+        .demo_ledger(s.chain.clone())
+        .with_finalized_reader(finalized.clone());
+    let mcfg = MeterConfig {
+        period_seconds: 2,
+        finalize_delay_seconds: 1,
+    };
+    let expected = meter_until_final(&s, &mcfg).await;
+    let n = records(&s.hub).await.len();
+    // Sent and confirmed, not finalized: still Final, with the signature noted; a second pass
+    // neither resends nor settles.
+    for _ in 0..2 {
+        let r = settle_once(&s.hub, &ledger, &SettleConfig::default())
+            .await
+            .unwrap();
+        assert!(r.errors.is_empty(), "{r:?}");
+        assert_eq!(
+            (r.settled, r.reconciled, r.awaiting_finality),
+            (0, 0, n),
+            "{r:?}"
+        );
+    }
+    let recs = records(&s.hub).await;
+    assert!(recs.iter().all(|r| state_of(r) == UsageState::Final));
+    assert!(
+        recs.iter()
+            .all(|r| r.status.as_ref().unwrap().signature.is_some())
+    );
+    let tokens = DEMO_RATES[H100_CLASS] * expected as u64;
+    assert_eq!(s.chain.mint_supply(&s.pool.mint), tokens, "sent once");
+    // Finalized: settled, keeping the signature of the send.
+    finalized.lagging.store(false, Ordering::SeqCst);
+    let r = settle_once(&s.hub, &ledger, &SettleConfig::default())
+        .await
+        .unwrap();
+    assert_eq!((r.reconciled, r.batches_sent), (n, 0), "{r:?}");
+    let recs = records(&s.hub).await;
+    assert!(recs.iter().all(|r| state_of(r) == UsageState::Settled));
+    assert!(
+        recs.iter()
+            .all(|r| r.status.as_ref().unwrap().signature.is_some())
+    );
+    assert_eq!(s.chain.mint_supply(&s.pool.mint), tokens);
+    drop(s.fed);
+}
+
 /// The production path: settlement through Solana JSON-RPC (`RpcLedger`, the client `gpupool run
 /// --rpc-url` uses) against an RPC endpoint serving the embedded chain, and the owner CLI binary
 /// `gpupool earnings --rpc-url` reading the result next to the hub's records.

@@ -98,7 +98,7 @@ pub struct UsageRecordSpec {
     pub gpu_seconds: i64,
     /// GPU-seconds the member's pods claimed in this period beyond what the hub can prove
     /// (no matching placement, times outside the job's life, more GPUs than placed): not paid.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default)]
     pub unpaid_gpu_seconds: i64,
     /// GPU class whose on-chain rate applies (see `metering::gpu_class`).
     #[x_kube(validation = Rule::new("self >= 0 && self < 8").message("gpuClass must be between 0 and 7"))]
@@ -107,10 +107,6 @@ pub struct UsageRecordSpec {
     /// the record only grows.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pods: BTreeMap<String, PodUsage>,
-}
-
-fn is_zero(v: &i64) -> bool {
-    *v == 0
 }
 
 /// One pod's contribution to a usage record.
