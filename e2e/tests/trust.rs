@@ -442,8 +442,7 @@ async fn squatted_registration_and_double_join_are_not_paid() {
     )
     .await;
     let ledger = w.ledger();
-    // Meter member-1 first, so it holds the older identity record... both record the same
-    // kube-system UID; the younger MemberCluster is the duplicate.
+    // Both MemberClusters record the same kube-system UID; the younger one is the duplicate.
     let members = [w.member_ref("member-1"), w.member_ref("member-1-again")];
     let alerts = w.run_until_final(&members, Some(&ledger)).await;
     for name in ["member-1", "member-1-again"] {

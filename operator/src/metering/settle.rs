@@ -38,6 +38,10 @@ use serde_json::{Value, json};
 use solana_program::pubkey::Pubkey;
 use std::collections::BTreeMap;
 
+/// GPU cap the settler gives a cluster it registers when it holds the pool admin's key (the
+/// local demo); a real pool's admin sets each cluster's cap itself.
+pub const DEMO_GPU_CAP: u32 = 64;
+
 /// Settlement settings.
 #[derive(Clone, Debug)]
 pub struct SettleConfig {
@@ -407,19 +411,13 @@ async fn settle_cluster(
     if account.gpu_cap == 0
         && let Some(admin) = ledger.admin.as_ref()
     {
-        // Demo: the operator holds the admin key and caps the cluster at its GPU count.
-        let gpus: i64 = recs
-            .iter()
-            .flat_map(|r| r.spec.pods.values().map(|p| p.gpus))
-            .max()
-            .unwrap_or(0);
-        let cap = u32::try_from(gpus.max(1)).unwrap_or(u32::MAX).max(64);
+        // Demo only: the operator holds the admin key and gives the cluster a GPU cap.
         if ledger
             .send(
                 &[ix::configure_cluster(
                     &admin.pubkey(),
                     &cluster_id,
-                    cap,
+                    DEMO_GPU_CAP,
                     false,
                 )],
                 &[admin],
