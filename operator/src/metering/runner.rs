@@ -57,6 +57,7 @@ pub async fn pass(
         tracing::warn!(cluster, error = %e, "metering a member failed");
     }
     if let Some(l) = ledger {
+        ctx.metrics.refresh_oracle_balance(l).await;
         match settle_once(&ctx.hub, l, &cfg.settle).await {
             Ok(r) => {
                 if r.batches_failed > 0 {
