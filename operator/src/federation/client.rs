@@ -12,7 +12,7 @@ pub async fn client_from_kubeconfig(yaml: &str, timeout: Duration) -> Result<kub
     cfg.connect_timeout = Some(timeout);
     cfg.read_timeout = Some(timeout * 3);
     cfg.write_timeout = Some(timeout * 3);
-    kube::Client::try_from(cfg)
+    super::errors::client_with_described_errors(cfg)
         .map_err(|e| format!("cannot build a client: {}", redact(&e.to_string())))
 }
 

@@ -7,11 +7,13 @@
 //! placement and the job controllers read it.
 
 mod client;
+mod errors;
 mod inventory;
 mod registry;
 mod watch;
 
 pub use client::client_from_kubeconfig;
+pub use errors::describe_client_error;
 pub use inventory::{Inventory, NodeInventory, read_inventory};
 pub use registry::{MemberView, Registry};
 pub use watch::{MemberWatch, PodChanged};
