@@ -103,7 +103,11 @@ async fn handle(st: &State, req: &Value) -> Value {
                     s.as_str()
                         .and_then(|s| s.parse::<Signature>().ok())
                         .and_then(|sig| map.get(&sig))
-                        .map(|(slot, err)| json!({"slot": slot, "confirmations": null, "err": err, "confirmationStatus": "finalized"}))
+                        .map(|(slot, err)| {
+                            // `status` is the legacy Result form clients still require.
+                            let status = if err.is_null() { json!({"Ok": null}) } else { json!({"Err": err}) };
+                            json!({"slot": slot, "confirmations": null, "err": err, "status": status, "confirmationStatus": "finalized"})
+                        })
                         .unwrap_or(Value::Null)
                 })
                 .collect();
@@ -257,7 +261,21 @@ mod tests {
             .await
             .unwrap();
         match l.send(&[register], &[&owner]).await {
-            Err(SendError::Rejected { message, .. }) => assert!(!message.is_empty()),
+            Err(SendError::Rejected {
+                message,
+                ledger_error,
+                logs,
+            }) => {
+                assert_eq!(
+                    ledger_error,
+                    Some(gpupool_ledger::error::LedgerError::ClusterAlreadyRegistered),
+                    "{message}"
+                );
+                assert!(
+                    logs.iter().any(|l| l.contains("RegisterCluster")),
+                    "{logs:?}"
+                );
+            }
             other => panic!("a second registration must be rejected: {other:?}"),
         }
         // An unknown method is a JSON-RPC error, not a transport failure.
