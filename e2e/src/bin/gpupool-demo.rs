@@ -489,12 +489,40 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// The `kubectl-gpupool` plugin next to this binary in the target directory, built (or brought up
+/// to date: a no-op when it is) on first use.
+fn plugin_dir() -> Result<&'static std::path::Path> {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    if let Some(d) = DIR.get() {
+        return Ok(d);
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("directory of the demo binary")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "gpupool-operator",
+            "--bin",
+            "kubectl-gpupool",
+        ])
+        .current_dir(repo_root())
+        .status()
+        .context("running cargo build for kubectl-gpupool")?;
+    anyhow::ensure!(
+        st.success() && dir.join("kubectl-gpupool").exists(),
+        "building kubectl-gpupool failed"
+    );
+    Ok(DIR.get_or_init(|| dir.to_path_buf()))
+}
+
 /// `kubectl gpupool …` against the hub, run by kubectl itself (the plugin binary on PATH).
 fn kubectl_gpupool(fed: &Federation, args: &[&str]) -> Result<String> {
-    let plugin = gpupool_e2e::operator_bin("kubectl-gpupool");
     let path = format!(
         "{}:{}",
-        plugin.parent().context("plugin directory")?.display(),
+        plugin_dir()?.display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let out = std::process::Command::new(gpupool_e2e::Tools::get()?.kubectl)

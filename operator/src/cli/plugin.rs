@@ -154,8 +154,23 @@ fn unschedulable_condition(job: &Value) -> Option<&Value> {
 /// Splits a "member-a: reason; member-b: reason" message into per-member reasons; parts that do
 /// not start with a known member's name are pool-wide (key `""`).
 pub fn reasons_by_member(message: &str, members: &[String]) -> Vec<(String, String)> {
-    message
-        .split("; ")
+    // "; " inside parentheses belongs to one member's reason (its per-node details).
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0usize);
+    for (i, c) in message.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ';' if depth <= 0 && message[i..].starts_with("; ") => {
+                parts.push(&message[start..i]);
+                start = i + 2;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&message[start..]);
+    parts
+        .into_iter()
         .filter(|p| !p.trim().is_empty())
         .map(|part| {
             match part
@@ -842,7 +857,7 @@ mod tests {
                 "conditions": [
                     {"type": "Scheduled", "status": "False", "reason": "Unschedulable",
                      "lastTransitionTime": "2026-01-01T00:00:00Z",
-                     "message": "east: only 8 free GPUs on the largest node, 16 needed; west: is not ready; no member in region eu"}
+                     "message": "east: only 8 free GPUs on the largest node, 16 needed; west: 0 of 1 pods fit (n1: has 8 GPUs; the request needs 16, n2: model L40S); no member in region eu"}
                 ]
             }
         });
@@ -854,7 +869,11 @@ mod tests {
             blamed["east"],
             "only 8 free GPUs on the largest node, 16 needed"
         );
-        assert_eq!(blamed["west"], "is not ready");
+        assert_eq!(
+            blamed["west"],
+            "0 of 1 pods fit (n1: has 8 GPUs; the request needs 16, n2: model L40S)"
+        );
+        assert_eq!(r["reasons"].as_array().unwrap().len(), 3);
         assert_eq!(r["reasons"][2]["member"], Value::Null);
         let text = format_why(&r);
         assert!(
