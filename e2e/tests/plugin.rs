@@ -133,7 +133,10 @@ async fn why_where_and_members_answer_from_the_hub() {
     // Each member's reason stays whole (its per-node details are not split off as pool-wide).
     for r in why["reasons"].as_array().unwrap() {
         assert!(!r["reason"].as_str().unwrap().is_empty(), "{why}");
-        assert!(r["member"].is_string(), "a reason without its member: {why}");
+        assert!(
+            r["member"].is_string(),
+            "a reason without its member: {why}"
+        );
     }
     let (ok, text, err) = kubectl_gpupool(&fed, &["why", "tj/too-big"]);
     assert!(ok, "{err}");

@@ -945,6 +945,42 @@ mod tests {
     }
 
     #[test]
+    fn earnings_as_json_carry_chain_and_hub_figures() {
+        use crate::ledger::Pubkey;
+        let owner = Pubkey::new_unique();
+        let r = earnings::EarningsReport {
+            ledger: "Solana RPC http://127.0.0.1:8899".into(),
+            mint: Some(Pubkey::new_unique()),
+            decimals: 0,
+            clusters: vec![earnings::ClusterEarnings {
+                cluster: "east".into(),
+                hub_owner: Some(owner.to_string()),
+                chain: Some(earnings::ChainTotals {
+                    owner,
+                    gpu_seconds: 120,
+                    tokens: 1200,
+                    receipts: 3,
+                }),
+                settled_gpu_seconds: 120,
+                settled_tokens: 1200,
+                final_gpu_seconds: 10,
+                open_gpu_seconds: 4,
+                records: 5,
+            }],
+            balances: vec![(owner, 1200)],
+            notes: vec!["a note".into()],
+        };
+        let j = earnings_json(&r);
+        assert_eq!(j["clusters"][0]["chain"]["tokens"], 1200);
+        assert_eq!(j["clusters"][0]["chain"]["owner"], owner.to_string());
+        assert_eq!(j["clusters"][0]["unsettledGpuSeconds"], 10);
+        assert_eq!(j["balances"][0]["tokens"], 1200);
+        assert_eq!(j["notes"][0], "a note");
+        let y = emit(Output::Yaml, &j, |_| String::new()).unwrap();
+        assert!(y.contains("receipts: 3"), "{y}");
+    }
+
+    #[test]
     fn members_show_capacity_islands_owner_and_earnings() {
         let m = json!({
             "metadata": {"name": "east"},
