@@ -545,7 +545,15 @@ async fn hub_and_member_manifests_pass_a_server_side_dry_run() -> Result<()> {
         ("hub", vec![]),
         ("hub-settlement-pdb", {
             let mut v = settle.to_vec();
-            v.extend(["--set", "operator.podDisruptionBudget.enabled=true"].map(String::from));
+            v.extend(
+                [
+                    "--set",
+                    "operator.podDisruptionBudget.enabled=true",
+                    "--set",
+                    "metrics.grafanaDashboard.enabled=true",
+                ]
+                .map(String::from),
+            );
             v
         }),
         ("member", vec![s("--set"), s("mode=member")]),
@@ -654,6 +662,491 @@ async fn hub_and_member_manifests_pass_a_server_side_dry_run() -> Result<()> {
             out.stdout.contains(note),
             "{mode} NOTES lack {note:?}:\n{}",
             out.stdout
+        );
+    }
+    Ok(())
+}
+
+/// promtool from the same pinned tool set as helm (built by e2e/harness/build-tools.sh).
+fn promtool() -> PathBuf {
+    let tools = Tools::get().expect("harness tools are available");
+    let p = tools.helm.with_file_name("promtool");
+    assert!(p.is_file(), "{} is missing: rebuild the tools", p.display());
+    p
+}
+
+/// `promtool <args>`: (success, stdout + stderr).
+fn run_promtool(args: &[&str]) -> (bool, String) {
+    let out = Command::new(promtool())
+        .args(args)
+        .output()
+        .expect("promtool starts");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Every `expr` string anywhere in a JSON value (Grafana targets, rule groups).
+fn exprs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("expr", Value::String(s)) => out.push(s.clone()),
+                    _ => exprs(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| exprs(x, out)),
+        _ => {}
+    }
+}
+
+/// The `gpupool_*` metric names a PromQL expression reads (histogram series by their base name).
+fn gpupool_metrics(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let b = expr.as_bytes();
+    let mut i = 0;
+    while let Some(off) = expr[i..].find("gpupool_") {
+        let start = i + off;
+        let boundary =
+            start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
+        let mut end = start;
+        while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+            end += 1;
+        }
+        if boundary {
+            names.push(expr[start..end].to_string());
+        }
+        i = end;
+    }
+    names
+}
+
+#[test]
+fn dashboard_and_alerts_are_off_by_default_and_valid_promql_on_real_metrics() {
+    // Off by default.
+    let plain = docs(&render(&[]));
+    assert!(
+        !plain
+            .iter()
+            .any(|d| d["kind"] == "PrometheusRule" || d["kind"] == "ConfigMap"),
+        "{:?}",
+        kinds(&plain)
+    );
+    let on = docs(&render(&[
+        "--set",
+        "metrics.grafanaDashboard.enabled=true",
+        "--set",
+        "metrics.grafanaDashboard.annotations.grafana_folder=GPU",
+        "--set",
+        "metrics.prometheusRule.enabled=true",
+        "--set",
+        "metrics.prometheusRule.labels.release=prom",
+        "--set",
+        "metrics.prometheusRule.jobPendingMinutes=20",
+    ]));
+    // Member mode renders neither (no operator there).
+    let member = docs(&render(&[
+        "--set",
+        "mode=member",
+        "--set",
+        "metrics.grafanaDashboard.enabled=true",
+        "--set",
+        "metrics.prometheusRule.enabled=true",
+    ]));
+    assert!(
+        !member
+            .iter()
+            .any(|d| d["kind"] == "PrometheusRule" || d["kind"] == "ConfigMap")
+    );
+
+    // The dashboard: a ConfigMap the Grafana sidecar picks up, holding a dashboard with the panels
+    // an SRE needs.
+    let cm = find(&on, "ConfigMap", "gp-gpupool-dashboard");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(cm["metadata"]["annotations"]["grafana_folder"], "GPU");
+    let dash: Value = serde_json::from_str(cm["data"]["gpupool.json"].as_str().unwrap())
+        .expect("the dashboard is JSON");
+    assert_eq!(dash["uid"], "gpupool-overview");
+    let titles: Vec<&str> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["type"] != "row")
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    for want in [
+        "GPUs in the pool, by member and model",
+        "GPUs allocated to gpupool jobs, by member and model",
+        "Pending jobs",
+        "Oldest pending job age",
+        "Placement latency p50 / p99",
+        "Member readiness",
+        "GPU-seconds metered per member (per hour)",
+        "Tokens minted per member (per hour)",
+        "Settlement failures (per hour)",
+        "Oracle SOL balance",
+    ] {
+        assert!(
+            titles.contains(&want),
+            "panel {want:?} missing from {titles:?}"
+        );
+    }
+    let mut dash_exprs = Vec::new();
+    exprs(&dash, &mut dash_exprs);
+    assert!(dash_exprs.len() >= titles.len(), "{dash_exprs:?}");
+
+    // The alerts.
+    let rule = find(&on, "PrometheusRule", "gp-gpupool-operator");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prom");
+    let alerts: Vec<&str> = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["alert"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        alerts,
+        vec![
+            "GpupoolMemberNotReady",
+            "GpupoolJobPendingTooLong",
+            "GpupoolSettlementFailing",
+            "GpupoolOracleBalanceLow"
+        ]
+    );
+    let mut rule_exprs = Vec::new();
+    exprs(&rule["spec"], &mut rule_exprs);
+    assert!(
+        rule_exprs.iter().any(|e| e.ends_with("> 1200")),
+        "{rule_exprs:?}"
+    );
+
+    // Every expression parses with Prometheus's own parser (promtool check rules): the rule file
+    // as Prometheus loads it, and the dashboard's queries as recording rules.
+    let dir = tempfile::tempdir().unwrap();
+    let rules_file = write(
+        dir.path(),
+        "alerts.yaml",
+        &serde_yaml::to_string(&rule["spec"]).unwrap(),
+    );
+    let (ok, out) = run_promtool(&["check", "rules", &rules_file]);
+    assert!(ok && out.contains("SUCCESS: 4 rules found"), "{out}");
+    let dash_rules = serde_json::json!({"groups": [{
+        "name": "dashboard",
+        "rules": dash_exprs.iter().enumerate()
+            .map(|(i, e)| serde_json::json!({"record": format!("gpupool:dashboard_query:{i}"), "expr": e}))
+            .collect::<Vec<_>>(),
+    }]});
+    let dash_file = write(
+        dir.path(),
+        "dashboard.yaml",
+        &serde_yaml::to_string(&dash_rules).unwrap(),
+    );
+    let (ok, out) = run_promtool(&["check", "rules", &dash_file]);
+    assert!(
+        ok && out.contains(&format!("SUCCESS: {} rules found", dash_exprs.len())),
+        "{out}"
+    );
+    // The check can fail: a broken query is refused.
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "groups:\n- name: x\n  rules:\n  - record: a:b\n    expr: sum(rate(gpupool_reconciles_total[5m]) by\n",
+    );
+    let (ok, out) = run_promtool(&["check", "rules", &bad]);
+    assert!(!ok && out.contains("parse error"), "{out}");
+
+    // Every gpupool metric they read is one the operator exposes.
+    let registry = gpupool::metrics::Metrics::default().metric_names();
+    let mut used = std::collections::BTreeSet::new();
+    for e in dash_exprs.iter().chain(&rule_exprs) {
+        for name in gpupool_metrics(e) {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    name.strip_suffix(s)
+                        .filter(|b| registry.iter().any(|r| r == b))
+                })
+                .unwrap_or(&name)
+                .to_string();
+            assert!(
+                registry.contains(&base),
+                "{e:?} reads {name}, which the operator does not expose ({registry:?})"
+            );
+            used.insert(base);
+        }
+    }
+    for must in [
+        "gpupool_member_model_gpus",
+        "gpupool_member_model_gpus_allocated",
+        "gpupool_pending_jobs",
+        "gpupool_pending_job_oldest_age_seconds",
+        "gpupool_placement_duration_seconds",
+        "gpupool_member_ready",
+        "gpupool_usage_gpu_seconds_total",
+        "gpupool_tokens_minted_total",
+        "gpupool_settlement_failures_total",
+        "gpupool_oracle_balance_lamports",
+    ] {
+        assert!(used.contains(must), "nothing reads {must}: {used:?}");
+    }
+}
+
+#[test]
+fn alerts_fire_on_the_conditions_they_name() {
+    // promtool's rule unit tests: synthetic series in, expected alerts out.
+    let on = docs(&render(&[
+        "--set",
+        "metrics.prometheusRule.enabled=true",
+        "--set",
+        "metrics.prometheusRule.memberNotReadyFor=5m",
+        "--set",
+        "metrics.prometheusRule.jobPendingMinutes=30",
+        "--set",
+        "metrics.prometheusRule.oracleMinBalanceLamports=100000000",
+    ]));
+    let rule = find(&on, "PrometheusRule", "gp-gpupool-operator");
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "alerts.yaml",
+        &serde_yaml::to_string(&rule["spec"]).unwrap(),
+    );
+    let tests = r#"
+rule_files: [alerts.yaml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      # east goes NotReady at minute 2; west stays Ready. Two operator replicas report east.
+      - series: 'gpupool_member_ready{cluster="east",pod="a"}'
+        values: '1 1 0x20'
+      - series: 'gpupool_member_ready{cluster="east",pod="b"}'
+        values: '1 1 0x20'
+      - series: 'gpupool_member_ready{cluster="west",pod="a"}'
+        values: '1x22'
+      # The oldest pending training job ages one minute per minute from minute 0.
+      - series: 'gpupool_pending_job_oldest_age_seconds{kind="trainingjob"}'
+        values: '0+60x40'
+      - series: 'gpupool_pending_job_oldest_age_seconds{kind="inferencejob"}'
+        values: '0x40'
+      - series: 'gpupool_settlement_failures_total{reason="send"}'
+        values: '0x10 1+1x30'
+      - series: 'gpupool_oracle_balance_lamports'
+        values: '500000000x5 50000000x20'
+    alert_rule_test:
+      - eval_time: 4m
+        alertname: GpupoolMemberNotReady
+        exp_alerts: []
+      - eval_time: 8m
+        alertname: GpupoolMemberNotReady
+        exp_alerts:
+          - exp_labels: {severity: warning, cluster: east}
+            exp_annotations:
+              summary: Member cluster east is NotReady
+              description: "Member cluster east has been NotReady for more than 5m: its jobs are being moved to other members. Check its API server and the hub's kubeconfig Secret for it (kubectl describe membercluster east)."
+      - eval_time: 29m
+        alertname: GpupoolJobPendingTooLong
+        exp_alerts: []
+      - eval_time: 31m
+        alertname: GpupoolJobPendingTooLong
+        exp_alerts:
+          - exp_labels: {severity: warning, kind: trainingjob}
+            exp_annotations:
+              summary: A trainingjob has waited for GPUs for more than 30 minutes
+              description: "The oldest pending trainingjob has waited 31m 0s. Ask gpupool why: kubectl gpupool why <job>."
+      - eval_time: 10m
+        alertname: GpupoolSettlementFailing
+        exp_alerts: []
+      - eval_time: 35m
+        alertname: GpupoolSettlementFailing
+        exp_alerts:
+          - exp_labels: {severity: warning}
+            exp_annotations:
+              summary: Settlement of metered GPU usage on Solana is failing
+              description: "15 settlement failures in the last window; usage stays Final in the hub and is paid once settlement succeeds. Check the operator log and the Solana RPC endpoint."
+      - eval_time: 12m
+        alertname: GpupoolOracleBalanceLow
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: GpupoolOracleBalanceLow
+        exp_alerts:
+          - exp_labels: {severity: warning}
+            exp_annotations:
+              summary: The gpupool usage oracle is running out of SOL
+              description: "The oracle wallet holds 50M lamports; it pays the fees of settlement transactions. Top it up before settlement stops."
+"#;
+    let f = write(dir.path(), "alerts_test.yaml", tests);
+    let (ok, out) = run_promtool(&["test", "rules", &f]);
+    assert!(ok && out.contains("SUCCESS"), "{out}");
+}
+
+/// Whether `selector` (a LabelSelector with matchLabels only, as the bootstrap roles use) selects
+/// an object with `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let ml = selector["matchLabels"].as_object();
+    selector["matchExpressions"].is_null()
+        && ml.is_some_and(|ml| !ml.is_empty() && ml.iter().all(|(k, v)| labels[k] == *v))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregated_roles_let_edit_and_view_users_work_with_jobs() -> Result<()> {
+    let cp = ControlPlane::start("chart-rbac")
+        .await
+        .context("control plane starts")?;
+    let dir = tempfile::tempdir()?;
+    let s = |v: &str| v.to_string();
+    let crds = write(
+        dir.path(),
+        "crds.yaml",
+        &render(&["--show-only", "templates/crds.yaml"]),
+    );
+    kubectl_ok(&cp, vec![s("apply"), s("--server-side"), s("-f"), crds]).await?;
+    let manifest = render(&["--show-only", "templates/rbac-aggregated.yaml"]);
+    let roles = docs(&manifest);
+    ensure!(
+        kinds(&roles) == ["ClusterRole/gp-gpupool-edit", "ClusterRole/gp-gpupool-view"],
+        "{:?}",
+        kinds(&roles)
+    );
+    let f = write(dir.path(), "roles.yaml", &manifest);
+    kubectl_ok(&cp, vec![s("apply"), s("--server-side"), s("-f"), f]).await?;
+
+    // The API server's own bootstrap `edit`, `admin` and `view` roles select ours by label.
+    for (standard, ours) in [
+        ("edit", "gp-gpupool-edit"),
+        ("admin", "gp-gpupool-edit"),
+        ("view", "gp-gpupool-view"),
+    ] {
+        let role: Value = serde_json::from_str(
+            &kubectl_ok(
+                &cp,
+                vec![s("get"), s("clusterrole"), s(standard), s("-o"), s("json")],
+            )
+            .await?,
+        )?;
+        let labels = &find(&roles, "ClusterRole", ours)["metadata"]["labels"];
+        let selectors = role["aggregationRule"]["clusterRoleSelectors"]
+            .as_array()
+            .with_context(|| format!("clusterrole {standard} has no aggregationRule: {role}"))?;
+        ensure!(
+            selectors.iter().any(|sel| selects(sel, labels)),
+            "clusterrole {standard} ({selectors:?}) does not aggregate {ours} ({labels})"
+        );
+    }
+    // `view` must not pick up the write verbs.
+    let view: Value = serde_json::from_str(
+        &kubectl_ok(
+            &cp,
+            vec![s("get"), s("clusterrole"), s("view"), s("-o"), s("json")],
+        )
+        .await?,
+    )?;
+    let edit_labels = &find(&roles, "ClusterRole", "gp-gpupool-edit")["metadata"]["labels"];
+    ensure!(
+        !view["aggregationRule"]["clusterRoleSelectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|sel| selects(sel, edit_labels)),
+        "view aggregates the edit role"
+    );
+
+    // What the roles grant, asked of the API server's RBAC authorizer as the users themselves.
+    // The harness runs no kube-controller-manager, whose aggregation controller would copy these
+    // rules into edit/view; the users are therefore bound to the gpupool roles directly, which
+    // grants exactly what aggregation adds to edit/view.
+    kubectl_ok(&cp, vec![s("create"), s("namespace"), s("team-a")]).await?;
+    for (user, role) in [("alice", "gp-gpupool-edit"), ("bob", "gp-gpupool-view")] {
+        kubectl_ok(
+            &cp,
+            vec![
+                s("-n"),
+                s("team-a"),
+                s("create"),
+                s("rolebinding"),
+                format!("{user}-gpupool"),
+                format!("--clusterrole={role}"),
+                format!("--user={user}"),
+            ],
+        )
+        .await?;
+    }
+    let can = |user: &str, verb: &str, resource: &str, ns: &str| {
+        let k = cp.kubectl();
+        // `kind/status` is a subresource (`kind/name` would name an object).
+        let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
+        let mut args: Vec<String> = vec![
+            s("auth"),
+            s("can-i"),
+            s(verb),
+            s(resource),
+            s("-n"),
+            s(ns),
+            format!("--as={user}"),
+        ];
+        if !sub.is_empty() {
+            args.push(format!("--subresource={sub}"));
+        }
+        async move {
+            let out = tokio::task::spawn_blocking(move || {
+                let a: Vec<&str> = args.iter().map(String::as_str).collect();
+                k.run(&a)
+            })
+            .await??;
+            anyhow::Ok(out.stdout.trim() == "yes")
+        }
+    };
+    let expect = [
+        ("alice", "create", "trainingjobs.gpupool.io", "team-a", true),
+        (
+            "alice",
+            "delete",
+            "inferencejobs.gpupool.io",
+            "team-a",
+            true,
+        ),
+        ("alice", "patch", "trainingjobs.gpupool.io", "team-a", true),
+        ("alice", "watch", "inferencejobs.gpupool.io", "team-a", true),
+        (
+            "alice",
+            "create",
+            "trainingjobs.gpupool.io",
+            "default",
+            false,
+        ),
+        (
+            "alice",
+            "update",
+            "trainingjobs.gpupool.io/status",
+            "team-a",
+            false,
+        ),
+        (
+            "alice",
+            "create",
+            "memberclusters.gpupool.io",
+            "team-a",
+            false,
+        ),
+        ("bob", "get", "trainingjobs.gpupool.io", "team-a", true),
+        ("bob", "list", "inferencejobs.gpupool.io", "team-a", true),
+        ("bob", "create", "trainingjobs.gpupool.io", "team-a", false),
+        ("bob", "delete", "inferencejobs.gpupool.io", "team-a", false),
+        ("carol", "get", "trainingjobs.gpupool.io", "team-a", false),
+    ];
+    for (user, verb, resource, ns, want) in expect {
+        let got = can(user, verb, resource, ns).await?;
+        ensure!(
+            got == want,
+            "kubectl auth can-i {verb} {resource} -n {ns} --as={user}: expected {want}, got {got}"
         );
     }
     Ok(())

@@ -15,8 +15,7 @@ use gpupool::ledger::{EmbeddedLedger, Keypair, Ledger, Signer};
 use gpupool::metering::runner::{RunnerConfig, Totals, pass};
 use gpupool::metering::{MeterConfig, SettleConfig};
 use gpupool_e2e::{
-    Federation, GpuNode, Operator, eventually, fixture_for_node, publish_fixture, register_member,
-    repo_root,
+    Federation, GpuNode, Operator, eventually, publish_fixture, register_member, repo_root,
 };
 use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
@@ -93,29 +92,6 @@ const EXAMPLES: [&str; 3] = [
 fn step(n: usize, total: usize, msg: &str) {
     println!("\n[{n}/{total}] {msg}");
     let _ = std::io::stdout().flush();
-}
-
-fn indexes_of(node: &str, fixture: &str, uuids: &[String]) -> String {
-    let r = fixture_for_node(fixture, node).ok();
-    let ix: Vec<String> = uuids
-        .iter()
-        .map(|u| {
-            r.as_ref()
-                .and_then(|r| r.spec.gpus.iter().find(|g| g.uuid == *u))
-                .map(|g| g.index.to_string())
-                .unwrap_or_else(|| u.clone())
-        })
-        .collect();
-    ix.join(",")
-}
-
-fn fixture_of(node: &str) -> &'static str {
-    MEMBERS
-        .iter()
-        .flat_map(|m| m.2.iter())
-        .find(|n| n.name == node)
-        .map(|n| n.fixture)
-        .unwrap_or("")
 }
 
 async fn why(hub: &kube::Client, ns: &str, name: &str) -> Vec<String> {
@@ -314,50 +290,39 @@ async fn main() -> Result<()> {
             .then_some(()))
     })
     .await?;
-    println!("\n      Where each job went, and why:");
+    println!("\n      Where each job went (member, node, GPU indexes, topology score), and why:");
+    let mut jobs: Vec<String> = Vec::new();
     for j in tjs.list(&ListParams::default()).await?.items {
-        let st = j.status.clone().unwrap_or_default();
-        println!(
-            "      TrainingJob {}: {} workers x {} GPUs, nvlink {} -> {}",
-            j.name_any(),
-            j.spec.workers,
-            j.spec.gpus_per_worker,
-            j.spec.nvlink,
-            st.cluster.clone().unwrap_or_default()
-        );
-        for w in &st.workers {
-            println!(
-                "        rank {}: node {} GPUs [{}] score {}",
-                w.rank,
-                w.node,
-                indexes_of(&w.node, fixture_of(&w.node), &w.gpu_uuids),
-                w.score
-            );
-        }
+        jobs.push(format!("trainingjob/{}", j.name_any()));
     }
     for j in ijs.list(&ListParams::default()).await?.items {
-        let st = j.status.clone().unwrap_or_default();
-        println!(
-            "      InferenceJob {}: {} replicas x {} GPUs, nvlink {}, spread {}",
-            j.name_any(),
-            j.spec.replicas,
-            j.spec.gpus_per_replica,
-            j.spec.nvlink,
-            j.spec.spread_across_clusters
-        );
-        for p in &st.placements {
-            for (r, g) in p.replicas.iter().zip(&p.gpus) {
-                println!(
-                    "        replica {r}: {}/{} GPUs [{}] score {}",
-                    p.cluster,
-                    g.node,
-                    indexes_of(&g.node, fixture_of(&g.node), &g.gpu_uuids),
-                    g.score
-                );
-            }
-        }
-        println!("        endpoints: {}", st.endpoints.join(", "));
+        jobs.push(format!("inferencejob/{}", j.name_any()));
     }
+    for j in &jobs {
+        println!("\n      $ kubectl gpupool where {j}");
+        println!("{}", indent(&kubectl_gpupool(&fed, &["where", j])?));
+    }
+    // A gang no member can hold: 16 NVLinked H100s for one worker, on 8-GPU nodes.
+    let huge: TrainingJob = serde_yaml::from_str(
+        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {name: gpt-huge, namespace: default}\nspec: {image: trainer, workers: 1, gpusPerWorker: 16, gpu: {model: H100}, nvlink: required}\n",
+    )?;
+    tjs.create(&Default::default(), &huge).await?;
+    eventually(60, "gpt-huge reported unschedulable", || async {
+        let st = tjs.get("gpt-huge").await?.status.unwrap_or_default();
+        Ok(st
+            .conditions
+            .iter()
+            .any(|c| c.reason == "Unschedulable")
+            .then_some(()))
+    })
+    .await?;
+    println!("\n      $ kubectl gpupool why gpt-huge");
+    println!("{}", indent(&kubectl_gpupool(&fed, &["why", "gpt-huge"])?));
+    tjs.delete("gpt-huge", &Default::default()).await?;
+    eventually(30, "gpt-huge deleted", || async {
+        Ok(tjs.get_opt("gpt-huge").await?.is_none().then_some(()))
+    })
+    .await?;
     println!("\n      $ kubectl get trainingjobs,inferencejobs");
     println!(
         "{}",
@@ -527,6 +492,58 @@ async fn main() -> Result<()> {
         t_all.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The `kubectl-gpupool` plugin next to this binary in the target directory, built (or brought up
+/// to date: a no-op when it is) on first use.
+fn plugin_dir() -> Result<&'static std::path::Path> {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    if let Some(d) = DIR.get() {
+        return Ok(d);
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("directory of the demo binary")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "gpupool-operator",
+            "--bin",
+            "kubectl-gpupool",
+        ])
+        .current_dir(repo_root())
+        .status()
+        .context("running cargo build for kubectl-gpupool")?;
+    anyhow::ensure!(
+        st.success() && dir.join("kubectl-gpupool").exists(),
+        "building kubectl-gpupool failed"
+    );
+    Ok(DIR.get_or_init(|| dir.to_path_buf()))
+}
+
+/// `kubectl gpupool …` against the hub, run by kubectl itself (the plugin binary on PATH).
+fn kubectl_gpupool(fed: &Federation, args: &[&str]) -> Result<String> {
+    let path = format!(
+        "{}:{}",
+        plugin_dir()?.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new(gpupool_e2e::Tools::get()?.kubectl)
+        .arg("gpupool")
+        .args(args)
+        .env("PATH", path)
+        .env("KUBECONFIG", fed.hub.kubeconfig_path())
+        .output()
+        .context("running kubectl gpupool")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "kubectl gpupool {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// `kubectl get …` output, with anything kubectl said on stderr.

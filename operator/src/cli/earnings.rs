@@ -212,19 +212,12 @@ pub async fn earnings_report(
                 ));
             }
         }
-        for r in recs.iter().filter(|r| r.spec.cluster == *name) {
-            line.records += 1;
-            let st = r.status.clone().unwrap_or_default();
-            match st.state {
-                UsageState::Settled => {
-                    line.settled_gpu_seconds +=
-                        st.settled_gpu_seconds.unwrap_or(r.spec.gpu_seconds);
-                    line.settled_tokens += st.amount.unwrap_or(0);
-                }
-                UsageState::Final => line.final_gpu_seconds += r.spec.gpu_seconds,
-                UsageState::Open => line.open_gpu_seconds += r.spec.gpu_seconds,
-            }
-        }
+        let tally = hub_tally(name, &recs);
+        line.records = tally.records;
+        line.settled_gpu_seconds = tally.settled_gpu_seconds;
+        line.settled_tokens = tally.settled_tokens;
+        line.final_gpu_seconds = tally.final_gpu_seconds;
+        line.open_gpu_seconds = tally.open_gpu_seconds;
         if line.chain.is_none() && line.hub_owner.is_none() && line.records == 0 {
             if let Selector::Cluster(_) = selector {
                 bail!(
@@ -256,6 +249,27 @@ pub async fn earnings_report(
         }
     }
     Ok(report)
+}
+
+/// The hub's records of one cluster, summed by state (only the hub figures of the line are set).
+pub fn hub_tally(cluster: &str, recs: &[UsageRecord]) -> ClusterEarnings {
+    let mut line = ClusterEarnings {
+        cluster: cluster.to_string(),
+        ..Default::default()
+    };
+    for r in recs.iter().filter(|r| r.spec.cluster == cluster) {
+        line.records += 1;
+        let st = r.status.clone().unwrap_or_default();
+        match st.state {
+            UsageState::Settled => {
+                line.settled_gpu_seconds += st.settled_gpu_seconds.unwrap_or(r.spec.gpu_seconds);
+                line.settled_tokens += st.amount.unwrap_or(0);
+            }
+            UsageState::Final => line.final_gpu_seconds += r.spec.gpu_seconds,
+            UsageState::Open => line.open_gpu_seconds += r.spec.gpu_seconds,
+        }
+    }
+    line
 }
 
 /// `amount` base units with `decimals` as a decimal string.
@@ -379,6 +393,13 @@ async fn hub_client(kubeconfig: Option<&PathBuf>) -> Result<Client> {
 
 /// Entry point of `gpupool earnings`.
 pub async fn run(args: EarningsArgs) -> Result<()> {
+    let report = report_for_args(&args).await?;
+    print!("{}", format_report(&report));
+    Ok(())
+}
+
+/// The report `gpupool earnings` prints for these arguments (also `kubectl gpupool earnings`).
+pub async fn report_for_args(args: &EarningsArgs) -> Result<EarningsReport> {
     let selector = match (&args.wallet, &args.cluster) {
         (Some(w), _) => Selector::Wallet(ledger::parse_wallet(w)?),
         (None, Some(c)) if !c.trim().is_empty() => Selector::Cluster(c.trim().to_string()),
@@ -411,9 +432,7 @@ pub async fn run(args: EarningsArgs) -> Result<()> {
             None
         }
     };
-    let report = earnings_report(hub.as_ref(), &rpc, &program_id, &selector).await?;
-    print!("{}", format_report(&report));
-    Ok(())
+    earnings_report(hub.as_ref(), &rpc, &program_id, &selector).await
 }
 
 #[cfg(test)]

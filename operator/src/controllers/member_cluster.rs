@@ -299,12 +299,8 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
             }
         }
     }
-    ctx.metrics.set_member(
-        &name,
-        view.ready,
-        status.capacity.gpus_total,
-        status.capacity.gpus_total - status.capacity.gpus_free,
-    );
+    ctx.metrics
+        .set_member_capacity(&name, view.ready, &status.capacity);
     ctx.registry.put(view.clone()).await;
     if status_changed {
         apply_status_unconditionally(

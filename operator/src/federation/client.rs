@@ -30,7 +30,7 @@ async fn build(
     cfg.connect_timeout = Some(timeout);
     cfg.read_timeout = read_timeout;
     cfg.write_timeout = Some(timeout * 3);
-    kube::Client::try_from(cfg)
+    super::errors::client_with_described_errors(cfg)
         .map_err(|e| format!("cannot build a client: {}", redact(&e.to_string())))
 }
 

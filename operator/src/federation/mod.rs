@@ -7,11 +7,13 @@
 //! a job's pods from the watch's index.
 
 mod client;
+mod errors;
 mod inventory;
 mod registry;
 mod watch;
 
 pub use client::{client_from_kubeconfig, watch_client_from_kubeconfig};
+pub use errors::describe_client_error;
 pub use inventory::{allocatable_gpus, node_ready};
 pub use registry::{MemberView, Registry};
 pub use watch::{Change, MemberSink, MemberWatch};

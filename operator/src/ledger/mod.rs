@@ -288,7 +288,7 @@ impl Ledger {
     pub fn rpc(url: &str, oracle: Keypair) -> Result<Self> {
         let client = std::sync::Arc::new(RpcLedger::new(url)?);
         let mut finalized = RpcLedger::new(url)?;
-        finalized.commitment = "finalized".into();
+        finalized.commitment = solana_commitment_config::CommitmentConfig::finalized();
         let mut me = Ledger::new(client, oracle);
         me.finalized = std::sync::Arc::new(finalized);
         Ok(me)

@@ -64,6 +64,7 @@ pub async fn pass(
     }
     let mut alerts = m.alerts.clone();
     if let Some(l) = ledger {
+        ctx.metrics.refresh_oracle_balance(l).await;
         match settle_once(&ctx.hub, l, &cfg.settle).await {
             Ok(r) => {
                 alerts.extend(r.alerts.iter().cloned());

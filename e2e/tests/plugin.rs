@@ -1,0 +1,210 @@
+//! `kubectl gpupool` on real API servers: a hub and two members with KWOK GPU nodes, the operator
+//! placing jobs, and the plugin binary (run by kubectl itself, found on PATH as kubectl-gpupool)
+//! explaining a job that cannot fit, showing where a placed job's GPUs are, and listing members.
+
+use gpupool::api::{MemberCluster, TrainingJob};
+use gpupool_e2e::{
+    Federation, GpuNode, Operator, Tools, eventually, operator_bin, publish_fixture,
+    register_member,
+};
+use kube::api::{Api, PostParams};
+use serde_json::Value;
+use std::process::Command;
+
+const WALLET_1: &str = "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU";
+const WALLET_2: &str = "9WzDXwBbmkg8ZTbNMqUxvQRAyrZzDsGYdLVL9zYtAWWM";
+
+fn tj(name: &str, workers: i32, gpus: i32, model: &str) -> TrainingJob {
+    serde_yaml::from_str(&format!(
+        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: default}}\nspec: {{image: trainer, workers: {workers}, gpusPerWorker: {gpus}, gpu: {{model: {model}}}, nvlink: required}}\n"
+    ))
+    .unwrap()
+}
+
+/// `kubectl gpupool <args>` through kubectl's plugin mechanism, against the hub.
+fn kubectl_gpupool(fed: &Federation, args: &[&str]) -> (bool, String, String) {
+    let plugin = operator_bin("kubectl-gpupool");
+    let path = format!(
+        "{}:{}",
+        plugin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(Tools::get().unwrap().kubectl)
+        .arg("gpupool")
+        .args(args)
+        .env("PATH", path)
+        .env("KUBECONFIG", fed.hub.kubeconfig_path())
+        .output()
+        .expect("kubectl starts");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json_of(fed: &Federation, args: &[&str]) -> Value {
+    let (ok, out, err) = kubectl_gpupool(fed, args);
+    assert!(ok, "kubectl gpupool {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn why_where_and_members_answer_from_the_hub() {
+    let fed = Federation::start(2).await.expect("federation starts");
+    let layout = [
+        ("dgx-h100-0", "dgx-h100", 8, "NVIDIA H100 80GB HBM3"),
+        ("l40s-0", "pcie-l40s", 8, "NVIDIA L40S"),
+    ];
+    for (i, (node, fixture, gpus, model)) in layout.iter().enumerate() {
+        fed.add_nodes(i, &[GpuNode::new(node, *gpus, model)])
+            .await
+            .unwrap();
+        let c = fed.members[i].cp.client().await.unwrap();
+        publish_fixture(&c, fixture, node).await.unwrap();
+    }
+    let hub = fed.hub.client().await.unwrap();
+    for (i, m) in fed.members.iter().enumerate() {
+        let wallet = if i == 0 { WALLET_1 } else { WALLET_2 };
+        register_member(&hub, &format!("member-{}", i + 1), &m.cp, wallet, "eu")
+            .await
+            .unwrap();
+    }
+    let op = Operator::start(hub.clone(), Operator::test_config(30));
+    let mcs: Api<MemberCluster> = Api::all(hub.clone());
+    for name in ["member-1", "member-2"] {
+        eventually(60, &format!("{name} Ready"), || async {
+            let st = mcs.get(name).await?.status.unwrap_or_default();
+            let ready = st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            Ok((ready && st.capacity.gpus_total > 0).then_some(()))
+        })
+        .await
+        .unwrap();
+    }
+
+    // members: both, with their capacity and owners.
+    let m = json_of(&fed, &["members", "-o", "json"]);
+    let names: Vec<&str> = m["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["member-1", "member-2"], "{m}");
+    assert_eq!(m["members"][0]["gpusTotal"], 8);
+    assert_eq!(m["members"][0]["ready"], "True");
+    assert_eq!(m["members"][1]["owner"], WALLET_2);
+    let (ok, table, err) = kubectl_gpupool(&fed, &["members"]);
+    assert!(ok, "{err}");
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("member-2") && l.contains("8/8")),
+        "{table}"
+    );
+
+    // A job no member can fit: 16 H100s in one NVLink domain, on nodes of 8.
+    let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
+    tjs.create(&PostParams::default(), &tj("too-big", 1, 16, "H100"))
+        .await
+        .unwrap();
+    let why = eventually(60, "too-big is reported unschedulable", || async {
+        let w = json_of(&fed, &["why", "too-big", "-o", "json"]);
+        Ok((w["unschedulable"] == true).then_some(w))
+    })
+    .await
+    .unwrap();
+    assert_eq!(why["kind"], "TrainingJob");
+    assert_eq!(why["phase"], "Pending");
+    let blamed: Vec<&str> = why["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["member"].as_str())
+        .collect();
+    assert!(
+        blamed.contains(&"member-1") && blamed.contains(&"member-2"),
+        "every member must say why it does not fit: {why}"
+    );
+    // Each member's reason stays whole (its per-node details are not split off as pool-wide).
+    for r in why["reasons"].as_array().unwrap() {
+        assert!(!r["reason"].as_str().unwrap().is_empty(), "{why}");
+        assert!(
+            r["member"].is_string(),
+            "a reason without its member: {why}"
+        );
+    }
+    let (ok, text, err) = kubectl_gpupool(&fed, &["why", "tj/too-big"]);
+    assert!(ok, "{err}");
+    assert!(
+        text.starts_with("TrainingJob default/too-big: Pending"),
+        "{text}"
+    );
+    assert!(
+        text.contains("MEMBER") && text.contains("member-2"),
+        "{text}"
+    );
+    let (ok, text, _) = kubectl_gpupool(&fed, &["where", "too-big"]);
+    assert!(
+        ok && text.contains("Not placed. Ask why: kubectl gpupool why trainingjob/too-big"),
+        "{text}"
+    );
+
+    // A job that fits: 4 NVLinked H100s on member-1's DGX.
+    tjs.create(&PostParams::default(), &tj("fits", 1, 4, "H100"))
+        .await
+        .unwrap();
+    let job = eventually(60, "fits is placed", || async {
+        let j = tjs.get("fits").await?;
+        Ok(j.status
+            .filter(|s| s.cluster.is_some() && !s.workers.is_empty()))
+    })
+    .await
+    .unwrap();
+    let w = json_of(&fed, &["where", "fits", "-o", "json"]);
+    let p = &w["placements"][0];
+    assert_eq!(p["worker"], "rank 0");
+    assert_eq!(p["member"], "member-1");
+    assert_eq!(p["node"], "dgx-h100-0");
+    let uuids = &job.workers[0].gpu_uuids;
+    assert_eq!(p["gpus"]["uuids"], serde_json::json!(uuids));
+    // Indexes come from the member's GpuTopology and agree with how the fixture names GPUs.
+    let expected: Vec<i64> = uuids
+        .iter()
+        .map(|u| {
+            (0..8)
+                .find(|i| gpupool_e2e::node_uuid("dgx-h100-0", *i) == *u)
+                .expect("uuid of the node") as i64
+        })
+        .collect();
+    assert_eq!(p["gpus"]["indexes"], serde_json::json!(expected), "{w}");
+    assert_eq!(w["notes"], serde_json::json!([]), "{w}");
+    let (ok, text, err) = kubectl_gpupool(&fed, &["where", "fits"]);
+    assert!(ok, "{err}");
+    let idx = expected
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    assert!(
+        text.lines().any(|l| l.starts_with("rank 0")
+            && l.contains("member-1")
+            && l.contains("dgx-h100-0")
+            && l.contains(&idx)),
+        "{text}"
+    );
+    let y = kubectl_gpupool(&fed, &["why", "fits", "-o", "yaml"]);
+    assert!(y.0 && y.1.contains("placedOn:\n- member-1"), "{}", y.1);
+
+    // Errors name what is wrong.
+    let (ok, _, err) = kubectl_gpupool(&fed, &["where", "nope"]);
+    assert!(
+        !ok && err.contains("no TrainingJob or InferenceJob named \"nope\""),
+        "{err}"
+    );
+    drop(op);
+}
