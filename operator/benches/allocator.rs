@@ -4,8 +4,8 @@
 //!
 //! `cargo bench -p gpupool-operator --bench allocator` prints two tables:
 //! 1. single requests: how often each allocator hits the optimum, its mean quality ratio, wrong
-//!    refusals, NVLink violations for `required`, and allocations per second;
-//! 2. a churn simulation per node type (jobs arrive and leave; `required` requests), where
+//!    refusals, NVLink violations for `clique`, and allocations per second;
+//! 2. a churn simulation per node type (jobs arrive and leave; `clique` requests), where
 //!    fragmentation decides how many later requests still fit.
 
 use gpupool::api::NvLinkMode;
@@ -92,13 +92,13 @@ fn main() {
         ("exhaustive optimum", exhaustive_best),
     ];
     println!(
-        "single requests: {} over {} node types (sizes 1/2/4/8 that fit, required/preferred, 0/25/50% busy)",
+        "single requests: {} over {} node types (sizes 1/2/4/8 that fit, clique/preferred, 0/25/50% busy)",
         cases.len(),
         nodes.len()
     );
     println!(
         "{:<26} {:>9} {:>11} {:>12} {:>16} {:>12}",
-        "allocator", "optimal", "mean ratio", "false NoFit", "required non-NV", "allocs/s"
+        "allocator", "optimal", "mean ratio", "false NoFit", "clique non-NV", "allocs/s"
     );
     for (name, algo) in algos {
         let mut st = Stats::default();
@@ -150,11 +150,11 @@ fn main() {
         optimum.iter().filter(|o| o.is_ok()).count()
     );
 
-    // Churn: one node per type, 3000 arrivals of `required` jobs (sizes 1/2/4, 8 on 8-GPU nodes),
+    // Churn: one node per type, 3000 arrivals of `clique` jobs (sizes 1/2/4, 8 on 8-GPU nodes),
     // each holding its GPUs for 1..12 arrivals. Same event stream for every allocator.
     println!();
     println!(
-        "churn: 3000 required-NVLink arrivals per node type, each job holds its GPUs for 1..12 arrivals"
+        "churn: 3000 clique-NVLink arrivals per node type, each job holds its GPUs for 1..12 arrivals"
     );
     println!(
         "{:<20} {:<26} {:>10} {:>14} {:>16}",

@@ -11,6 +11,8 @@
 //!      have given them one;
 //!    - mean ring bottleneck of multi-GPU sets (≈ GB/s of the weakest hop of the best ring);
 //!    - jobs placed and decisions per second.
+//!
+//!    For reference, one more row: gpupool with every job asking `nvlink: none` (pure packing).
 //! 2. the cost of one node visit of the allocator on a 16-GPU DGX-2 (memoized and cold).
 //!
 //! Baselines: best fit (the node with the fewest free GPUs that has enough, then its lowest free
@@ -183,7 +185,7 @@ fn good_class(g: &GpuGraph, set: GpuSet, k: usize) -> bool {
     k < 2 || g.has_nvlink_ring(set)
 }
 
-fn simulate(placer: Placer, jobs: &[Job], t: &mut Tally) {
+fn simulate(placer: Placer, mode: NvLinkMode, jobs: &[Job], t: &mut Tally) {
     let mut cands = pool();
     let mut running: Vec<(usize, Spot)> = Vec::new();
     for (now, job) in jobs.iter().enumerate() {
@@ -198,7 +200,7 @@ fn simulate(placer: Placer, jobs: &[Job], t: &mut Tally) {
         });
         let req = JobRequest {
             gpus_per_pod: job.gpus,
-            nvlink: NvLinkMode::Preferred,
+            nvlink: mode,
             gpu: GpuSelector::default(),
             cluster_selector: BTreeMap::new(),
         };
@@ -257,11 +259,25 @@ fn main() {
         .iter()
         .map(|&s| stream(s, 6000))
         .collect();
-    let placers: [(&str, Placer); 4] = [
-        ("gpupool (place_gang)", gpupool_placer),
-        ("best fit", best_fit),
-        ("first fit", first_fit),
-        ("greedy (go-gpuallocator)", least_allocated_greedy),
+    let placers: [(&str, Placer, NvLinkMode); 5] = [
+        (
+            "gpupool (place_gang)",
+            gpupool_placer,
+            NvLinkMode::Preferred,
+        ),
+        ("best fit", best_fit, NvLinkMode::Preferred),
+        ("first fit", first_fit, NvLinkMode::Preferred),
+        (
+            "greedy (go-gpuallocator)",
+            least_allocated_greedy,
+            NvLinkMode::Preferred,
+        ),
+        // For reference: the same jobs asking for no NVLink at all.
+        (
+            "gpupool, all nvlink: none",
+            gpupool_placer,
+            NvLinkMode::None,
+        ),
     ];
     let total: usize = streams.iter().map(Vec::len).sum();
     println!(
@@ -280,10 +296,10 @@ fn main() {
         "{:<26} {:>8} {:>12} {:>12} {:>12} {:>12} {:>12}",
         "placer", "placed", "idle broken", "8-GPU rej.", "PCIe detour", "ring GB/s", "decisions/s"
     );
-    for (name, placer) in placers {
+    for (name, placer, mode) in placers {
         let mut t = Tally::default();
         for s in &streams {
-            simulate(placer, s, &mut t);
+            simulate(placer, mode, s, &mut t);
         }
         println!(
             "{:<26} {:>8} {:>12} {:>12} {:>12} {:>12.1} {:>12.0}",

@@ -285,8 +285,13 @@ impl<'a> Ctx<'a> {
     /// `set_quality + npairs × bottleneck − 2 × npairs × weight × fragmentation`.
     fn key(&self, set: GpuSet, set_quality: i64, mode: NvLinkMode) -> i64 {
         let np = pairs(set.len());
-        let bottleneck = self.g.ring_bottleneck(set);
-        set_quality + np * bottleneck - 2 * np.max(1) * mode_weight(mode) * self.fragmentation(set)
+        self.key_without_bottleneck(set, set_quality, mode) + np * self.g.ring_bottleneck(set)
+    }
+
+    /// [`key`](Self::key) less its `npairs × bottleneck` term.
+    fn key_without_bottleneck(&self, set: GpuSet, set_quality: i64, mode: NvLinkMode) -> i64 {
+        let np = pairs(set.len());
+        set_quality - 2 * np.max(1) * mode_weight(mode) * self.fragmentation(set)
     }
 
     fn scored(&self, set: GpuSet, mode: NvLinkMode) -> Scored {
@@ -574,11 +579,17 @@ fn search(g: &GpuGraph, free: GpuSet, req: &GpuRequest) -> Result<Scored, Refusa
     let ring_class = req.nvlink == NvLinkMode::Preferred && req.count > 1 && g.has_nvlink();
     let mut best: Option<((bool, i64), GpuSet)> = None;
     if binomial(free.len(), req.count) <= EXACT_LIMIT {
+        // The ring bottleneck is the costly part of a key and never exceeds the best free pair:
+        // skip it for sets that cannot beat the best so far even with that bound.
+        let np = pairs(req.count);
+        let best_pair = g.max_pair_quality(free);
         for_each_subset(g, free, req.count, req.nvlink, |set, sq| {
-            let key = (
-                ring_class && g.has_nvlink_ring(set),
-                ctx.key(set, sq, req.nvlink),
-            );
+            let class = ring_class && g.has_nvlink_ring(set);
+            let base = ctx.key_without_bottleneck(set, sq, req.nvlink);
+            if best.is_some_and(|(b, _)| (class, base + np * best_pair) <= b) {
+                return;
+            }
+            let key = (class, base + np * g.ring_bottleneck(set));
             if best.is_none_or(|(b, _)| key > b) {
                 best = Some((key, set));
             }

@@ -3,8 +3,9 @@
 //! Pure and deterministic: the inputs are candidate members and nodes with their free GPUs (built
 //! by the scheduler's cache); the output is a placement or the reasons nothing fits. Members are filtered (ready,
 //! schedulable, cluster selector, GPU model/memory, enough free GPUs satisfying the NVLink mode
-//! via the topology allocator), scored by the mean allocator score of their GPU sets, and ties go
-//! to the cheaper member, then the name.
+//! via the topology allocator), and ranked by best fit ([`super::rank`]): each pod goes to the
+//! node its rank prefers, a gang to the member where its pods' summed rank is best; ties go to
+//! the cheaper member, then the name.
 
 use super::allocator::{Allocation, GpuRequest, allocate};
 use super::rank::{GangFit, NodeFit, node_fit};

@@ -628,6 +628,18 @@ impl GpuGraph {
         s
     }
 
+    /// Highest pair quality inside `set` (0 for fewer than 2 GPUs).
+    pub fn max_pair_quality(&self, set: GpuSet) -> i64 {
+        let v = set.to_vec();
+        let mut m = 0;
+        for (i, &a) in v.iter().enumerate() {
+            for &b in &v[i + 1..] {
+                m = m.max(self.pair_quality(a, b));
+            }
+        }
+        m
+    }
+
     /// Lowest pair quality inside `set` (0 for fewer than 2 GPUs).
     pub fn min_pair_quality(&self, set: GpuSet) -> i64 {
         let v = set.to_vec();
