@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 
 /// Writes (status + member objects of one decision) running at once.
-pub const MAX_CONCURRENT_WRITES: usize = 32;
+pub const MAX_CONCURRENT_WRITES: usize = 64;
 /// A waiting job's queue position is rewritten at most this often (its reason at every change).
 const POSITION_REFRESH: Duration = Duration::from_secs(10);
 
