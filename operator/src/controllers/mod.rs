@@ -32,7 +32,7 @@ pub const FIELD_MANAGER: &str = crate::scheduler::FIELD_MANAGER;
 /// Finalizer on hub jobs: their workloads in member clusters are deleted first.
 pub const FINALIZER: &str = crate::scheduler::FINALIZER;
 /// Reconciles of one kind running at once.
-pub const CONTROLLER_CONCURRENCY: u16 = 16;
+pub const CONTROLLER_CONCURRENCY: u16 = 64;
 
 /// `gpupool run` arguments.
 #[derive(clap::Args, Clone, Debug)]

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 
 /// Writes (status + member objects of one decision) running at once.
-pub const MAX_CONCURRENT_WRITES: usize = 32;
+pub const MAX_CONCURRENT_WRITES: usize = 64;
 /// A waiting job's queue position is rewritten at most this often (its reason at every change).
 const POSITION_REFRESH: Duration = Duration::from_secs(10);
 
@@ -466,7 +466,6 @@ impl Scheduler {
                 Step::Idle => {
                     drop(permit);
                     let deadline = self.lock().queue.next_deadline();
-                    tracing::trace!(?deadline, "scheduler idle");
                     match deadline {
                         Some(d) => {
                             tokio::select! {
@@ -573,7 +572,6 @@ impl Scheduler {
                 if let Err(e) = writes::apply_status(&api, &**job, rv.as_deref(), &status).await {
                     return self.failed(&w.uid, &e);
                 }
-                tracing::debug!(job = %name.name, "status written");
                 {
                     let mut st = self.lock();
                     match &unplaced {
@@ -694,7 +692,6 @@ impl Scheduler {
         svc: Option<k8s_openapi::api::core::v1::Service>,
         pods: Vec<Pod>,
     ) {
-        tracing::debug!(cluster = member, "reading the member");
         let Some(view) = self.registry.get(member).await else {
             tracing::debug!(
                 cluster = member,
