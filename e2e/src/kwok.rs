@@ -67,6 +67,9 @@ pub struct GpuNode {
     pub model: String,
     /// Extra labels.
     pub labels: BTreeMap<String, String>,
+    /// Whether the node advertises `nvidia.com/gpu` as the NVIDIA device plugin does (DRA nodes
+    /// publish ResourceSlices instead).
+    pub device_plugin: bool,
 }
 
 impl GpuNode {
@@ -77,6 +80,7 @@ impl GpuNode {
             gpus,
             model: model.into(),
             labels: BTreeMap::new(),
+            device_plugin: true,
         }
     }
 
@@ -92,9 +96,10 @@ impl GpuNode {
             "nvidia.com/gpu.product".into(),
             self.model.replace(' ', "-"),
         );
-        let capacity = json!({
-            "cpu": "128", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": self.gpus.to_string()
-        });
+        let mut capacity = json!({ "cpu": "128", "memory": "1Ti", "pods": "110" });
+        if self.device_plugin {
+            capacity["nvidia.com/gpu"] = self.gpus.to_string().into();
+        }
         let node: Node = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {

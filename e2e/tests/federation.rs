@@ -93,7 +93,7 @@ fn indexes(node: &str, uuids: &[String]) -> BTreeSet<i32> {
 
 fn tj(name: &str, workers: i32, gpus: i32, model: &str, nvlink: &str) -> TrainingJob {
     serde_yaml::from_str(&format!(
-        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: default}}\nspec: {{image: trainer, workers: {workers}, gpusPerWorker: {gpus}, gpu: {{model: {model}}}, nvlink: {nvlink}, backoffLimit: 2}}\n"
+        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: default}}\nspec: {{template: {{spec: {{containers: [{{name: trainer, image: ghcr.io/example/trainer:1}}]}}}}, workers: {workers}, gpusPerWorker: {gpus}, gpu: {{model: {model}}}, nvlink: {nvlink}, backoffLimit: 2}}\n"
     ))
     .unwrap()
 }
@@ -134,7 +134,7 @@ async fn jobs_land_on_the_right_gpus_never_share_them_and_are_cleaned_up() {
     let mut lat = Vec::new();
     for i in 0..20 {
         let job: InferenceJob = serde_yaml::from_str(&format!(
-            "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {{name: lat-{i}, namespace: default}}\nspec: {{image: srv, replicas: 1, gpusPerReplica: 1, nvlink: none, spreadAcrossClusters: true}}\n"
+            "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {{name: lat-{i}, namespace: default}}\nspec: {{template: {{spec: {{containers: [{{name: srv, image: ghcr.io/example/srv:1}}]}}}}, replicas: 1, gpusPerReplica: 1, nvlink: none, spreadAcrossClusters: true}}\n"
         ))
         .unwrap();
         let t0 = Instant::now();
@@ -451,7 +451,7 @@ async fn a_lost_member_moves_replicas_and_restarts_the_gang() {
     .await
     .unwrap();
     let job: InferenceJob = serde_yaml::from_str(
-        "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {name: web, namespace: default}\nspec: {image: srv, replicas: 2, gpusPerReplica: 2, spreadAcrossClusters: true}\n",
+        "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {name: web, namespace: default}\nspec: {template: {spec: {containers: [{name: srv, image: ghcr.io/example/srv:1}]}}, replicas: 2, gpusPerReplica: 2, spreadAcrossClusters: true}\n",
     )
     .unwrap();
     ijs.create(&PostParams::default(), &job).await.unwrap();

@@ -1,6 +1,7 @@
 //! The node agent: reads the node's GPUs (from NVML, or from a topology file on simulated nodes)
 //! and publishes them as the node's `GpuTopology` with server-side apply.
 
+pub mod dra;
 pub mod nvml;
 
 use crate::api::{GpuTopology, GpuTopologySpec, TopologySource};
@@ -70,13 +71,24 @@ pub fn topology_object(spec: &GpuTopologySpec, node: &Node) -> GpuTopology {
     t
 }
 
+/// The Node the agent publishes for; refuses one that does not exist (a typo in `--node-name`
+/// would otherwise publish GPUs nobody can use, and placement would pick them).
+pub async fn node_of(client: &kube::Client, name: &str) -> Result<Node> {
+    Api::<Node>::all(client.clone())
+        .get_opt(name)
+        .await
+        .with_context(|| format!("reading Node {name}"))?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "node {name:?} does not exist in this cluster; refusing to publish its GPUs (check --node-name / NODE_NAME)"
+            )
+        })
+}
+
 /// Server-side applies the node's `GpuTopology` (owned by its Node) and then its status.
 pub async fn publish(client: &kube::Client, reading: &Reading) -> Result<()> {
     let name = reading.spec.node_name.as_str();
-    let node = Api::<Node>::all(client.clone())
-        .get(name)
-        .await
-        .with_context(|| format!("reading Node {name} (the GpuTopology is owned by it)"))?;
+    let node = node_of(client, name).await?;
     let api: Api<GpuTopology> = Api::all(client.clone());
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let obj = topology_object(&reading.spec, &node);

@@ -37,6 +37,11 @@ struct Args {
     /// Seconds between refreshes.
     #[arg(long, default_value_t = 30)]
     interval: u64,
+    /// Also publish the GPUs as a ResourceSlice of NVIDIA's DRA driver (`gpu.nvidia.com`).
+    /// SIMULATION for nodes without the driver (KWOK nodes in tests and demos): nothing prepares
+    /// the devices on the node. Never use it where NVIDIA's DRA driver runs.
+    #[arg(long)]
+    simulate_dra: bool,
     /// Kubeconfig to use (default: in-cluster config or $KUBECONFIG).
     #[arg(long, value_name = "FILE")]
     kubeconfig: Option<PathBuf>,
@@ -98,6 +103,9 @@ async fn run(args: Args) -> Result<()> {
     let mut reading = reading;
     loop {
         agent::publish(&client, &reading).await?;
+        if args.simulate_dra {
+            agent::dra::publish_simulated_slice(&client, &reading.spec).await?;
+        }
         tracing::info!(node = %reading.spec.node_name, gpus = reading.spec.gpus.len(), in_use = reading.in_use.len(), "published GpuTopology");
         if args.once {
             return Ok(());

@@ -1,6 +1,7 @@
 //! InferenceJob controller: replicas placed per member (spread when allowed), one Service per
 //! member, re-placement of replicas on lost members, roll-up of readiness and endpoints.
 
+use super::error::MemberErr;
 use super::member_io::{cleanup_job, create_if_missing, delete_all, delete_pods, ensure_namespace};
 use super::reservations::taken_gpus;
 use super::status::{apply_status, event, reconcile_finalized, set_condition};
@@ -10,7 +11,7 @@ use crate::api::{
 };
 use crate::federation::{MemberView, labels};
 use crate::placement::{JobRequest, candidates, place_replicas};
-use crate::workloads::{PodPlacement, inference_pod, inference_service};
+use crate::workloads::{PodPlacement, inference_objects, pod_node};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
@@ -87,7 +88,7 @@ fn pod_state(m: &MemberView, uid: &str, index: i32, node: &str) -> (Option<Strin
                 && l.and_then(|l| l.get(labels::INDEX))
                     .and_then(|i| i.parse::<i32>().ok())
                     == Some(index)
-                && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+                && pod_node(p) == Some(node)
         })
         .map(|p| {
             let st = p.status.as_ref();
@@ -299,8 +300,15 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
         let (phase, is_ready) = pod_state(m, &uid, p.index, &p.node);
         if phase.is_none() {
             ensure_namespace(&client, c, &ns).await?;
-            create_if_missing(&client, c, &inference_service(job)).await?;
-            create_if_missing(&client, c, &inference_pod(job, &pl)).await?;
+            let objects = inference_objects(job, std::slice::from_ref(&pl), m.binding_mode());
+            for svc in &objects.services {
+                create_if_missing(&client, c, svc).await?;
+            }
+            for mp in &objects.pods {
+                crate::federation::dra::create_member_pod(&client, mp)
+                    .await
+                    .member(c)?;
+            }
         }
         if is_ready {
             *ready.entry(c.clone()).or_default() += 1;

@@ -91,6 +91,7 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
         inventory: Inventory::default(),
         last_sweep: None,
         watch: None,
+        binding: None,
     });
     view.spec = mc.spec.clone();
 
@@ -128,6 +129,22 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
         };
         match tokio::time::timeout(ctx.config.member_timeout * 3, read).await {
             Ok(Ok(inv)) => {
+                if view
+                    .binding
+                    .is_none_or(|b| b.at.elapsed() > crate::federation::dra::RECHECK)
+                {
+                    match crate::federation::dra::detect(&client).await {
+                        Ok(mode) => {
+                            view.binding = Some(crate::federation::dra::BindingProbe {
+                                mode,
+                                at: Instant::now(),
+                            })
+                        }
+                        Err(e) => {
+                            tracing::warn!(cluster = %name, error = %e, "DRA detection failed")
+                        }
+                    }
+                }
                 notify_changed_jobs(ctx, &view.inventory, &inv);
                 view.inventory = inv;
                 view.reachable = true;
@@ -158,6 +175,11 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
         })
     });
     view.ready = view.reachable || (was_ready && since_heartbeat < ctx.config.member_grace);
+    // A wallet that passes CEL but is not a 32-byte key cannot be paid: not Ready, with the reason.
+    let wallet_problem = crate::api::wallet_problem(&mc.spec.owner_wallet);
+    if wallet_problem.is_some() {
+        view.ready = false;
+    }
 
     // Status.
     let mut status = mc.status.clone().unwrap_or_default();
@@ -199,8 +221,10 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
             generation,
         );
     } else {
-        let (reason, msg) = problem
+        let (reason, msg) = wallet_problem
             .clone()
+            .map(|m| ("InvalidOwnerWallet".to_string(), m))
+            .or_else(|| problem.clone())
             .unwrap_or_else(|| ("NotReady".into(), "not reachable".into()));
         set_condition(
             &mut status.conditions,
@@ -214,6 +238,9 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
     status.last_heartbeat_time = view
         .last_heartbeat
         .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time);
+    if let Some(b) = view.binding {
+        status.binding_mode = Some(b.mode);
+    }
     if view.reachable {
         status.kubernetes_version = Some(view.inventory.version.clone());
         status.capacity = capacity(
@@ -309,6 +336,8 @@ struct MemberStatusPatch<'a> {
     kubernetes_version: &'a Option<String>,
     capacity: &'a CapacitySummary,
     #[serde(skip_serializing_if = "Option::is_none")]
+    binding_mode: &'a Option<crate::api::BindingMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     observed_generation: &'a Option<i64>,
 }
 
@@ -319,6 +348,7 @@ impl<'a> From<&'a MemberClusterStatus> for MemberStatusPatch<'a> {
             last_heartbeat_time: &s.last_heartbeat_time,
             kubernetes_version: &s.kubernetes_version,
             capacity: &s.capacity,
+            binding_mode: &s.binding_mode,
             observed_generation: &s.observed_generation,
         }
     }

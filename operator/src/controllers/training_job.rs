@@ -1,5 +1,6 @@
 //! TrainingJob controller: gang placement on one member, worker pods, gang restarts, roll-up.
 
+use super::error::MemberErr;
 use super::member_io::{cleanup_job, create_if_missing, delete_pods, ensure_namespace};
 use super::reservations::taken_gpus;
 use super::status::{apply_status, event, now, reconcile_finalized, set_condition};
@@ -7,7 +8,7 @@ use super::{Context, Error, Result};
 use crate::api::{TrainingJob, TrainingJobStatus, TrainingPhase, WorkerPlacement, condition};
 use crate::federation::labels;
 use crate::placement::{JobRequest, candidates, place_gang};
-use crate::workloads::{PodPlacement, training_pods, training_service};
+use crate::workloads::{PodPlacement, training_objects};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -246,15 +247,26 @@ async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context)
 
     // Create what is missing (idempotent).
     ensure_namespace(&client, &cluster, &ns).await?;
-    create_if_missing(&client, &cluster, &training_service(job)).await?;
+    let objects = training_objects(
+        job,
+        generation,
+        &placements(&st, &model),
+        member.binding_mode(),
+    );
+    for svc in &objects.services {
+        create_if_missing(&client, &cluster, svc).await?;
+    }
     let mut created = 0;
-    for pod in training_pods(job, generation, &placements(&st, &model)) {
+    for mp in &objects.pods {
+        let pod = &mp.pod;
         if !member
             .inventory
             .pods
             .iter()
             .any(|p| p.metadata.name == pod.metadata.name && p.namespace() == pod.namespace())
-            && create_if_missing(&client, &cluster, &pod).await?
+            && crate::federation::dra::create_member_pod(&client, mp)
+                .await
+                .member(&cluster)?
         {
             created += 1;
         }

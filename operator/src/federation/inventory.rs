@@ -74,10 +74,14 @@ pub fn inventory_from(
     for n in nodes {
         let name = n.metadata.name.clone().unwrap_or_default();
         let status = n.status.as_ref();
+        // Device-plugin nodes advertise `nvidia.com/gpu`; DRA nodes publish ResourceSlices
+        // instead, and count through their GpuTopology.
         let gpus = status
             .and_then(|s| s.allocatable.as_ref())
             .and_then(|a| a.get("nvidia.com/gpu"))
             .and_then(|q| q.0.parse::<i64>().ok())
+            .filter(|g| *g > 0)
+            .or_else(|| topo_by_node.get(&name).map(|t| t.spec.gpus.len() as i64))
             .unwrap_or(0);
         if gpus == 0 {
             continue;
