@@ -117,6 +117,7 @@ impl Federation {
         }
         for n in nodes {
             crate::kwok::wait_node_ready(&client, &n.name, Duration::from_secs(60)).await?;
+            crate::kwok::clear_not_ready_taint(&client, &n.name).await?;
         }
         Ok(())
     }

@@ -144,6 +144,35 @@ pub async fn wait_node_ready(client: &kube::Client, node: &str, timeout: Duratio
     }
 }
 
+/// Removes the `node.kubernetes.io/not-ready` taint that the API server's TaintNodesByCondition
+/// admission puts on every new Node, as the node lifecycle controller does once the node is Ready.
+/// The harness does not run that controller: it would judge KWOK's simulated heartbeats, which a
+/// loaded test machine delays, and taint nodes mid-test.
+pub async fn clear_not_ready_taint(client: &kube::Client, node: &str) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let n = nodes.get(node).await?;
+    let taints = n
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    let keep: Vec<_> = taints
+        .iter()
+        .filter(|t| t.key != "node.kubernetes.io/not-ready")
+        .cloned()
+        .collect();
+    if keep.len() != taints.len() {
+        nodes
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "taints": keep } })),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
 /// Whether a Node's Ready condition is True.
 pub fn node_ready(n: &Node) -> bool {
     n.status
