@@ -144,6 +144,9 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
         .await
         .unwrap();
     }
+    // The member's API server reports the release it was built from (stamped at link time).
+    let v = mcs.get("member-1").await.unwrap().status.unwrap().kubernetes_version;
+    assert!(v.as_deref().is_some_and(|v| v.starts_with("v1.") && !v.contains("0.0.0")), "{v:?}");
     let get = fed.hub.kubectl().ok(&["get", "memberclusters"]).unwrap();
     assert!(
         get.contains("BINDING") && get.contains("DRA") && get.contains("DevicePlugin"),
