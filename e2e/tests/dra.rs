@@ -145,8 +145,18 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
         .unwrap();
     }
     // The member's API server reports the release it was built from (stamped at link time).
-    let v = mcs.get("member-1").await.unwrap().status.unwrap().kubernetes_version;
-    assert!(v.as_deref().is_some_and(|v| v.starts_with("v1.") && !v.contains("0.0.0")), "{v:?}");
+    let v = mcs
+        .get("member-1")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .kubernetes_version;
+    assert!(
+        v.as_deref()
+            .is_some_and(|v| v.starts_with("v1.") && !v.contains("0.0.0")),
+        "{v:?}"
+    );
     let get = fed.hub.kubectl().ok(&["get", "memberclusters"]).unwrap();
     assert!(
         get.contains("BINDING") && get.contains("DRA") && get.contains("DevicePlugin"),
@@ -374,4 +384,87 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubelet_assignments_on_a_device_plugin_member_are_reconciled() {
+    let fed = Federation::start_with(&[MemberKind::DevicePlugin])
+        .await
+        .expect("federation starts");
+    fed.add_nodes(0, &[GpuNode::new("dgx-h100-0", 8, H100)])
+        .await
+        .unwrap();
+    let m1 = fed.members[0].cp.client().await.unwrap();
+    let mut reading = publish_fixture(&m1, "dgx-h100", "dgx-h100-0")
+        .await
+        .unwrap();
+    let hub = fed.hub.client().await.unwrap();
+    register_member(&hub, "member-1", &fed.members[0].cp, WALLET_1, "region-1")
+        .await
+        .unwrap();
+    let op = Operator::start(hub.clone(), Operator::test_config(30));
+    let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
+    let mut job = training_job("first", 1, "region-1");
+    job.spec.nvlink = gpupool::api::NvLinkMode::None;
+    tjs.create(&PostParams::default(), &job).await.unwrap();
+    let chosen = eventually(30, "first Running", || async {
+        let st = tjs.get("first").await?.status.unwrap_or_default();
+        Ok((st.phase == TrainingPhase::Running).then(|| st.workers[0].gpu_uuids.clone()))
+    })
+    .await
+    .unwrap();
+    let free: Vec<String> = reading
+        .spec
+        .gpus
+        .iter()
+        .map(|g| g.uuid.clone())
+        .filter(|u| !chosen.contains(u))
+        .collect();
+
+    // The kubelet gave the pod two of the GPUs gpupool chose and two others (the node agent reads
+    // that from the kubelet's pod-resources API; here it is published as the agent would).
+    let kubelet: Vec<String> = chosen[..2].iter().chain(&free[..2]).cloned().collect();
+    reading.pod_devices = vec![gpupool::api::PodDevices {
+        namespace: "default".into(),
+        pod: "first-g0-w0".into(),
+        container: "trainer".into(),
+        device_ids: kubelet.clone(),
+    }];
+    gpupool::agent::publish(&m1, &reading).await.unwrap();
+
+    // The hub says so (Event + metric) and counts the kubelet's GPUs held: 8 - 4 - 2 free.
+    let mcs: Api<MemberCluster> = Api::all(hub.clone());
+    eventually(30, "capacity to count the kubelet's GPUs", || async {
+        let st = mcs.get("member-1").await?.status.unwrap_or_default();
+        Ok((st.capacity.gpus_free == 2).then_some(()))
+    })
+    .await
+    .unwrap();
+    let events = fed.hub.kubectl().ok(&["get", "events", "-A"]).unwrap();
+    assert!(
+        events.contains("KubeletChoseOtherGPUs") && events.contains("first-g0-w0"),
+        "{events}"
+    );
+    assert!(
+        op.ctx
+            .metrics
+            .render()
+            .contains("gpupool_kubelet_gpu_mismatches{cluster=\"member-1\"} 1"),
+        "{}",
+        op.ctx.metrics.render()
+    );
+    // A new job never gets a GPU the kubelet handed out: 2 GPUs fit, exactly the truly free ones.
+    let mut second = training_job("second", 1, "region-1");
+    second.spec.gpus_per_worker = 2;
+    second.spec.nvlink = gpupool::api::NvLinkMode::None;
+    tjs.create(&PostParams::default(), &second).await.unwrap();
+    let got = eventually(30, "second Running", || async {
+        let st = tjs.get("second").await?.status.unwrap_or_default();
+        Ok((st.phase == TrainingPhase::Running).then(|| st.workers[0].gpu_uuids.clone()))
+    })
+    .await
+    .unwrap();
+    let got: BTreeSet<String> = got.into_iter().collect();
+    let want: BTreeSet<String> = free[2..].iter().cloned().collect();
+    assert_eq!(got, want, "the second job got a GPU the kubelet holds");
 }

@@ -3,6 +3,7 @@
 
 pub mod dra;
 pub mod nvml;
+pub mod pod_resources;
 
 use crate::api::{GpuTopology, GpuTopologySpec, TopologySource};
 use anyhow::{Context, Result};
@@ -20,6 +21,8 @@ pub struct Reading {
     pub spec: GpuTopologySpec,
     /// UUIDs of GPUs with running compute processes.
     pub in_use: Vec<String>,
+    /// `nvidia.com/gpu` devices the kubelet assigned, per container (empty without a kubelet).
+    pub pod_devices: Vec<crate::api::PodDevices>,
 }
 
 /// Reads a topology file: a bare `GpuTopologySpec` or a whole `GpuTopology` object (whose
@@ -41,7 +44,11 @@ pub fn read_topology_file(path: &std::path::Path, node_name: Option<&str>) -> Re
     spec.source = TopologySource::File;
     crate::topology::GpuGraph::from_spec(&spec)
         .with_context(|| format!("topology file {}", path.display()))?;
-    Ok(Reading { spec, in_use })
+    Ok(Reading {
+        spec,
+        in_use,
+        pod_devices: Vec::new(),
+    })
 }
 
 /// The `GpuTopology` object the agent applies for `node` (uid from the Node object).
@@ -95,12 +102,22 @@ pub async fn publish(client: &kube::Client, reading: &Reading) -> Result<()> {
     api.patch(name, &pp, &Patch::Apply(&obj))
         .await
         .with_context(|| format!("applying GpuTopology {name}"))?;
+    // A GPU the kubelet assigned to a pod is in use even before a process opens it.
+    let mut in_use = reading.in_use.clone();
+    for d in &reading.pod_devices {
+        for id in &d.device_ids {
+            if !in_use.contains(id) {
+                in_use.push(id.clone());
+            }
+        }
+    }
     let status = serde_json::json!({
         "apiVersion": "gpupool.io/v1alpha1",
         "kind": "GpuTopology",
         "status": {
             "gpuCount": reading.spec.gpus.len(),
-            "gpusInUse": reading.in_use,
+            "gpusInUse": in_use,
+            "podDevices": reading.pod_devices,
             "lastUpdateTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         }
     });

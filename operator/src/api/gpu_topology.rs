@@ -157,10 +157,28 @@ pub struct GpuTopologyStatus {
     /// Number of GPUs.
     #[serde(default)]
     pub gpu_count: i32,
-    /// UUIDs of GPUs with running compute processes.
+    /// UUIDs of GPUs in use: with running compute processes, or assigned to a pod by the kubelet.
     #[serde(default)]
     pub gpus_in_use: Vec<String>,
+    /// Which `nvidia.com/gpu` devices the kubelet gave each container (its pod-resources API;
+    /// device-plugin nodes). The hub compares them with the GPUs it chose.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_devices: Vec<PodDevices>,
     /// When the agent last refreshed this object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update_time: Option<Time>,
+}
+
+/// Devices the kubelet assigned to one container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDevices {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Container name.
+    pub container: String,
+    /// Device IDs (GPU UUIDs with the NVIDIA device plugin).
+    pub device_ids: Vec<String>,
 }

@@ -277,6 +277,32 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
             }
         }
     }
+    // Device-plugin members: where the kubelet gave a pod other GPUs than gpupool chose, say so
+    // (the agent already counts the kubelet's GPUs in use, so none of them is offered as free).
+    let mismatches = crate::federation::dra::kubelet_mismatches(&view.inventory);
+    ctx.metrics.set_kubelet_mismatches(&name, mismatches.len());
+    let known = prev
+        .as_ref()
+        .map(|p| crate::federation::dra::kubelet_mismatches(&p.inventory))
+        .unwrap_or_default();
+    for m in mismatches.iter().filter(|m| !known.contains(m)) {
+        event(
+            ctx,
+            mc,
+            true,
+            "KubeletChoseOtherGPUs",
+            "Reconcile",
+            format!(
+                "kubelet on {} gave pod {}/{} GPUs [{}], gpupool chose [{}]",
+                m.node,
+                m.namespace,
+                m.pod,
+                m.assigned.join(","),
+                m.chosen.join(",")
+            ),
+        )
+        .await;
+    }
     ctx.metrics.set_member(
         &name,
         view.ready,

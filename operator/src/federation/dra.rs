@@ -60,3 +60,142 @@ pub async fn create_member_pod(client: &kube::Client, mp: &MemberPod) -> Result<
     }
     Ok(created)
 }
+
+/// A device-plugin pod whose GPUs, as the kubelet assigned them, are not the ones gpupool chose.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubeletMismatch {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Node.
+    pub node: String,
+    /// GPUs gpupool chose (`gpupool.io/gpu-uuids`).
+    pub chosen: Vec<String>,
+    /// GPUs the kubelet gave the pod's containers.
+    pub assigned: Vec<String>,
+}
+
+/// Compares the GPUs gpupool chose for its device-plugin pods with what the nodes' kubelets
+/// assigned (published by the node agents). Pods the kubelet reports nothing for are skipped
+/// (not started yet, or no agent reads the kubelet there).
+pub fn kubelet_mismatches(inv: &super::Inventory) -> Vec<KubeletMismatch> {
+    use super::labels;
+    let mut out = Vec::new();
+    for p in &inv.pods {
+        let ann = p.metadata.annotations.as_ref();
+        if ann.and_then(|a| a.get(labels::BINDING)).map(String::as_str)
+            == Some(&BindingMode::Dra.to_string())
+        {
+            continue;
+        }
+        let Some(node) = crate::workloads::pod_node(p) else {
+            continue;
+        };
+        let Some(n) = inv.nodes.get(node) else {
+            continue;
+        };
+        let ns = p.namespace().unwrap_or_default();
+        let name = p.name_any();
+        let mut assigned: Vec<String> = n
+            .pod_devices
+            .iter()
+            .filter(|d| d.namespace == ns && d.pod == name)
+            .flat_map(|d| d.device_ids.iter().cloned())
+            .collect();
+        if assigned.is_empty() {
+            continue;
+        }
+        let mut chosen: Vec<String> = ann
+            .and_then(|a| a.get(labels::GPU_UUIDS))
+            .map(|s| {
+                s.split(',')
+                    .filter(|u| !u.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        chosen.sort();
+        assigned.sort();
+        assigned.dedup();
+        if chosen != assigned {
+            out.push(KubeletMismatch {
+                namespace: ns,
+                pod: name,
+                node: node.to_string(),
+                chosen,
+                assigned,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::PodDevices;
+    use crate::federation::{Inventory, NodeInventory};
+
+    fn pod(name: &str, node: &str, uuids: &str, binding: BindingMode) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "ml", "annotations": {
+                "gpupool.io/gpu-uuids": uuids, "gpupool.io/node": node,
+                "gpupool.io/gpu-binding": binding.to_string()}},
+            "spec": {"containers": [{"name": "c"}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn reports_pods_the_kubelet_gave_other_gpus() {
+        let node = NodeInventory {
+            name: "n1".into(),
+            ready: true,
+            gpus: 8,
+            topology: None,
+            busy_uuids: vec![],
+            pod_devices: vec![
+                PodDevices {
+                    namespace: "ml".into(),
+                    pod: "same".into(),
+                    container: "c".into(),
+                    device_ids: vec!["GPU-b".into(), "GPU-a".into()],
+                },
+                PodDevices {
+                    namespace: "ml".into(),
+                    pod: "moved".into(),
+                    container: "c".into(),
+                    device_ids: vec!["GPU-c".into(), "GPU-x".into()],
+                },
+                PodDevices {
+                    namespace: "ml".into(),
+                    pod: "dra".into(),
+                    container: "c".into(),
+                    device_ids: vec!["GPU-z".into()],
+                },
+            ],
+        };
+        let inv = Inventory {
+            version: "v1.36.3".into(),
+            nodes: [("n1".to_string(), node)].into(),
+            pods: vec![
+                pod("same", "n1", "GPU-a,GPU-b", BindingMode::DevicePlugin),
+                pod("moved", "n1", "GPU-c,GPU-d", BindingMode::DevicePlugin),
+                pod("dra", "n1", "GPU-e", BindingMode::Dra),
+                pod("not-started", "n1", "GPU-f", BindingMode::DevicePlugin),
+            ],
+        };
+        let m = kubelet_mismatches(&inv);
+        assert_eq!(
+            m,
+            vec![KubeletMismatch {
+                namespace: "ml".into(),
+                pod: "moved".into(),
+                node: "n1".into(),
+                chosen: vec!["GPU-c".into(), "GPU-d".into()],
+                assigned: vec!["GPU-c".into(), "GPU-x".into()],
+            }]
+        );
+    }
+}

@@ -19,6 +19,8 @@ pub struct NodeInventory {
     pub topology: Option<GpuTopologySpec>,
     /// GPUs the node agent saw busy with processes gpupool did not start.
     pub busy_uuids: Vec<String>,
+    /// Devices the kubelet assigned per container, as the node agent read them.
+    pub pod_devices: Vec<crate::api::PodDevices>,
 }
 
 /// A consistent read of a member cluster.
@@ -105,6 +107,11 @@ pub fn inventory_from(
                     .as_ref()
                     .and_then(|t| t.status.as_ref())
                     .map(|s| s.gpus_in_use.clone())
+                    .unwrap_or_default(),
+                pod_devices: topo
+                    .as_ref()
+                    .and_then(|t| t.status.as_ref())
+                    .map(|s| s.pod_devices.clone())
                     .unwrap_or_default(),
                 topology: topo.map(|t| t.spec),
             },

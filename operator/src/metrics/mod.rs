@@ -26,6 +26,7 @@ struct Inner {
     member_ready: IntGaugeVec,
     member_gpus: IntGaugeVec,
     member_gpus_allocated: IntGaugeVec,
+    kubelet_mismatches: IntGaugeVec,
     gang_restarts: IntCounterVec,
     usage_gpu_seconds: IntCounterVec,
     tokens_minted: IntCounterVec,
@@ -89,6 +90,13 @@ impl Default for Metrics {
                 Opts::new(
                     "gpupool_member_gpus_allocated",
                     "GPUs of the member assigned to gpupool jobs"
+                ),
+                &["cluster"]
+            )),
+            kubelet_mismatches: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "gpupool_kubelet_gpu_mismatches",
+                    "Device-plugin pods whose GPUs, as the kubelet assigned them, differ from gpupool's choice"
                 ),
                 &["cluster"]
             )),
@@ -194,8 +202,20 @@ impl Metrics {
             .set(allocated as i64);
     }
 
+    /// Pods in the member whose kubelet-assigned GPUs differ from gpupool's choice.
+    pub fn set_kubelet_mismatches(&self, cluster: &str, n: usize) {
+        self.inner
+            .kubelet_mismatches
+            .with_label_values(&[cluster])
+            .set(n as i64);
+    }
+
     /// Drops a deleted member's series.
     pub fn forget_member(&self, cluster: &str) {
+        let _ = self
+            .inner
+            .kubelet_mismatches
+            .remove_label_values(&[cluster]);
         let _ = self.inner.member_ready.remove_label_values(&[cluster]);
         let _ = self.inner.member_gpus.remove_label_values(&[cluster]);
         let _ = self
