@@ -472,6 +472,8 @@ fn rendered_objects_have_the_expected_shape() {
             expect("pods", &["create", "delete", "get", "list"]),
             expect("services", &["create", "delete", "get", "list"]),
             expect("namespaces", &["get", "create"]),
+            expect("deviceclasses", &["get"]),
+            expect("resourceclaims", &["create", "delete", "get", "list"]),
         ]
     );
     let token = find(&member, "Secret", "gp-gpupool-hub-token");

@@ -169,7 +169,10 @@ pub fn claim_owned_by(mut claim: ResourceClaim, pod: &Pod) -> ResourceClaim {
             name: pod.name_any(),
             uid: pod.uid().unwrap_or_default(),
             controller: Some(true),
-            block_owner_deletion: Some(true),
+            // Setting blockOwnerDeletion needs update on pods/finalizers where the
+            // OwnerReferencesPermissionEnforcement admission plugin runs; the garbage collector
+            // deletes the claim with the pod without it.
+            block_owner_deletion: None,
         },
     ]);
     claim
