@@ -73,6 +73,10 @@ async fn examples_are_accepted_and_invalid_specs_rejected_by_the_api_server() {
             r#"{"spec":{"template":{"metadata":{"labels":{"team":"other"}}}}}"#,
             "template is immutable",
         ),
+        (
+            r#"{"spec":{"template":{"spec":{"volumes":[{"name":"x","emptyDir":{}}]}}}}"#,
+            "template is immutable",
+        ),
     ] {
         let out = kubectl
             .run(&["patch", "tj", "gpt-pretrain", "--type=merge", "-p", patch])
