@@ -384,6 +384,23 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
     })
     .await
     .unwrap();
+
+    // GPUs taken outside gpupool are invisible to the hub until an agent reports them; the
+    // member's scheduler still refuses to hand them out, and the hub says so.
+    let mut blocked = training_job("blocked", 2, "region-1");
+    blocked.spec.gpus_per_worker = 8;
+    blocked.spec.nvlink = gpupool::api::NvLinkMode::None;
+    tjs.create(&PostParams::default(), &blocked).await.unwrap();
+    let ev = eventually(60, "a MemberSchedulerRefused event", || async {
+        let out = fed
+            .hub
+            .kubectl()
+            .ok(&["get", "events", "-A", "-o", "json"])?;
+        Ok((out.contains("MemberSchedulerRefused") && out.contains("blocked-g0-w")).then_some(out))
+    })
+    .await
+    .unwrap();
+    assert!(ev.contains("cannot allocate all claims"), "{ev}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

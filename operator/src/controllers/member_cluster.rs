@@ -303,6 +303,33 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
+    // Pods the member's own scheduler refuses (on DRA members: claims it cannot allocate, e.g. GPUs
+    // taken outside gpupool): said once per pod, with the scheduler's words.
+    let refused = crate::federation::dra::scheduler_refusals(&view.inventory);
+    let known: Vec<String> = prev
+        .as_ref()
+        .map(|p| crate::federation::dra::scheduler_refusals(&p.inventory))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| format!("{}/{}", r.namespace, r.pod))
+        .collect();
+    for r in refused
+        .iter()
+        .filter(|r| !known.contains(&format!("{}/{}", r.namespace, r.pod)))
+    {
+        event(
+            ctx,
+            mc,
+            true,
+            "MemberSchedulerRefused",
+            "Reconcile",
+            format!(
+                "the member's scheduler cannot place pod {}/{}: {}",
+                r.namespace, r.pod, r.message
+            ),
+        )
+        .await;
+    }
     ctx.metrics.set_member(
         &name,
         view.ready,

@@ -131,6 +131,37 @@ pub fn kubelet_mismatches(inv: &super::Inventory) -> Vec<KubeletMismatch> {
     out
 }
 
+/// A gpupool pod the member's scheduler refused (`PodScheduled=False`, `Unschedulable`): on a DRA
+/// member, typically a claim it cannot allocate because something else holds those GPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchedulerRefusal {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// The scheduler's message.
+    pub message: String,
+}
+
+/// gpupool pods that the member's scheduler currently refuses to schedule.
+pub fn scheduler_refusals(inv: &super::Inventory) -> Vec<SchedulerRefusal> {
+    inv.pods
+        .iter()
+        .filter_map(|p| {
+            let c = p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
+            })?;
+            Some(SchedulerRefusal {
+                namespace: p.namespace().unwrap_or_default(),
+                pod: p.name_any(),
+                message: c.message.clone().unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +226,36 @@ mod tests {
                 node: "n1".into(),
                 chosen: vec!["GPU-c".into(), "GPU-d".into()],
                 assigned: vec!["GPU-c".into(), "GPU-x".into()],
+            }]
+        );
+    }
+
+    #[test]
+    fn lists_pods_the_member_scheduler_refused() {
+        let mut refused = pod("a", "n1", "GPU-a", BindingMode::Dra);
+        refused.status = serde_json::from_value(serde_json::json!({"conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/2 nodes are available: 2 cannot allocate all claims."}]}))
+        .unwrap();
+        let mut scheduled = pod("b", "n1", "GPU-b", BindingMode::Dra);
+        scheduled.status = serde_json::from_value(serde_json::json!({"conditions": [{
+            "type": "PodScheduled", "status": "True"}]}))
+        .unwrap();
+        let inv = Inventory {
+            version: String::new(),
+            nodes: Default::default(),
+            pods: vec![
+                refused,
+                scheduled,
+                pod("c", "n1", "GPU-c", BindingMode::Dra),
+            ],
+        };
+        assert_eq!(
+            scheduler_refusals(&inv),
+            vec![SchedulerRefusal {
+                namespace: "ml".into(),
+                pod: "a".into(),
+                message: "0/2 nodes are available: 2 cannot allocate all claims.".into(),
             }]
         );
     }
