@@ -1,5 +1,6 @@
 //! One Kubernetes control plane: etcd + kube-apiserver on loopback, certificates and kubeconfig in
-//! a temporary directory.
+//! a temporary directory; member clusters also run kube-scheduler and kube-controller-manager
+//! ([`ControlPlane::start_scheduling`]).
 
 use crate::{Kubectl, Tools};
 use anyhow::{Context, Result, bail};
@@ -16,6 +17,8 @@ pub struct ControlPlane {
     dir: tempfile::TempDir,
     etcd: Option<Child>,
     apiserver: Option<Child>,
+    scheduler: Option<Child>,
+    controller_manager: Option<Child>,
     api_port: u16,
     etcd_port: u16,
     tools: Tools,
@@ -39,6 +42,8 @@ impl ControlPlane {
             dir,
             etcd: None,
             apiserver: None,
+            scheduler: None,
+            controller_manager: None,
             api_port: 0,
             etcd_port: 0,
             tools,
@@ -82,13 +87,75 @@ impl ControlPlane {
         Ok(kube::Client::try_from(cfg)?)
     }
 
-    /// Process ids of the running etcd and kube-apiserver.
+    /// Process ids of the running etcd, kube-apiserver, kube-scheduler and controller-manager.
     pub fn pids(&self) -> Vec<u32> {
         self.etcd
             .iter()
             .chain(self.apiserver.iter())
+            .chain(self.scheduler.iter())
+            .chain(self.controller_manager.iter())
             .map(|c| c.id())
             .collect()
+    }
+
+    /// Starts kube-scheduler and kube-controller-manager against this API server, as a member
+    /// cluster has them. The scheduler binds pods that are not pre-bound and allocates their DRA
+    /// ResourceClaims (`resource.k8s.io/v1` is GA and on by default since 1.34); the
+    /// controller-manager runs only what pods and claims need here: the garbage collector
+    /// (claims are owned by their pods) and the ResourceClaim controller (releases a deleted
+    /// pod's reservation). The node lifecycle controller is left out: KWOK's leases are not
+    /// meant to be judged by it.
+    pub fn start_scheduling(&mut self) -> Result<()> {
+        let kc = self.kubeconfig_path().display().to_string();
+        if self.scheduler.is_none() {
+            let child = spawn(
+                Command::new(&self.tools.kube_scheduler)
+                    .arg(format!("--kubeconfig={kc}"))
+                    .arg(format!("--authentication-kubeconfig={kc}"))
+                    .arg(format!("--authorization-kubeconfig={kc}"))
+                    .arg("--leader-elect=false")
+                    .arg("--secure-port=0")
+                    .arg("--v=1"),
+                self.log("kube-scheduler")?,
+            )?;
+            self.scheduler = Some(child);
+        }
+        if self.controller_manager.is_none() {
+            let child = spawn(
+                Command::new(&self.tools.kube_controller_manager)
+                    .arg(format!("--kubeconfig={kc}"))
+                    .arg(format!("--authentication-kubeconfig={kc}"))
+                    .arg(format!("--authorization-kubeconfig={kc}"))
+                    .arg("--leader-elect=false")
+                    .arg("--secure-port=0")
+                    .arg("--controllers=garbage-collector-controller,resourceclaim-controller")
+                    .arg("--concurrent-gc-syncs=5")
+                    .arg("--v=1"),
+                self.log("kube-controller-manager")?,
+            )?;
+            self.controller_manager = Some(child);
+        }
+        Ok(())
+    }
+
+    /// Whether kube-scheduler and kube-controller-manager are still running (they exit when
+    /// their flags are wrong); the error carries their log tails.
+    pub fn check_scheduling(&mut self) -> Result<()> {
+        for (what, child) in [
+            ("kube-scheduler", &mut self.scheduler),
+            ("kube-controller-manager", &mut self.controller_manager),
+        ] {
+            if let Some(c) = child
+                && let Some(status) = c.try_wait()?
+            {
+                bail!(
+                    "{what} of cluster {} exited with {status}; log tail:\n{}",
+                    self.name,
+                    tail(&self.dir.path().join(format!("{what}.log")), 30)
+                );
+            }
+        }
+        Ok(())
     }
 
     /// kubectl bound to this cluster.
@@ -240,6 +307,12 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        for c in [self.scheduler.take(), self.controller_manager.take()]
+            .into_iter()
+            .flatten()
+        {
+            stop_child(c);
+        }
         if let Some(c) = self.apiserver.take() {
             stop_child(c);
         }

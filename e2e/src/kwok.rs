@@ -67,6 +67,9 @@ pub struct GpuNode {
     pub model: String,
     /// Extra labels.
     pub labels: BTreeMap<String, String>,
+    /// Whether the node advertises `nvidia.com/gpu` as the NVIDIA device plugin does (DRA nodes
+    /// publish ResourceSlices instead).
+    pub device_plugin: bool,
 }
 
 impl GpuNode {
@@ -77,6 +80,7 @@ impl GpuNode {
             gpus,
             model: model.into(),
             labels: BTreeMap::new(),
+            device_plugin: true,
         }
     }
 
@@ -92,9 +96,10 @@ impl GpuNode {
             "nvidia.com/gpu.product".into(),
             self.model.replace(' ', "-"),
         );
-        let capacity = json!({
-            "cpu": "128", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": self.gpus.to_string()
-        });
+        let mut capacity = json!({ "cpu": "128", "memory": "1Ti", "pods": "110" });
+        if self.device_plugin {
+            capacity["nvidia.com/gpu"] = self.gpus.to_string().into();
+        }
         let node: Node = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {
@@ -137,6 +142,35 @@ pub async fn wait_node_ready(client: &kube::Client, node: &str, timeout: Duratio
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Removes the `node.kubernetes.io/not-ready` taint that the API server's TaintNodesByCondition
+/// admission puts on every new Node, as the node lifecycle controller does once the node is Ready.
+/// The harness does not run that controller: it would judge KWOK's simulated heartbeats, which a
+/// loaded test machine delays, and taint nodes mid-test.
+pub async fn clear_not_ready_taint(client: &kube::Client, node: &str) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let n = nodes.get(node).await?;
+    let taints = n
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    let keep: Vec<_> = taints
+        .iter()
+        .filter(|t| t.key != "node.kubernetes.io/not-ready")
+        .cloned()
+        .collect();
+    if keep.len() != taints.len() {
+        nodes
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "taints": keep } })),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// Whether a Node's Ready condition is True.

@@ -176,7 +176,7 @@ impl ScalePool {
             async move {
                 let name = format!("{prefix}-{i}");
                 let job: TrainingJob = serde_yaml::from_str(&format!(
-                    "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\nspec: {{image: trainer, workers: 1, gpusPerWorker: 1, nvlink: none}}\n"
+                    "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\nspec: {{template: {{spec: {{containers: [{{name: main, image: trainer}}]}}}}, workers: 1, gpusPerWorker: 1, nvlink: none}}\n"
                 ))?;
                 let at = Instant::now();
                 api.create(&PostParams::default(), &job)
@@ -243,7 +243,7 @@ impl ScalePool {
             .map(|m| format!(", gpu: {{model: {m}}}"))
             .unwrap_or_default();
         let job: TrainingJob = serde_yaml::from_str(&format!(
-            "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\nspec: {{image: trainer, workers: 1, gpusPerWorker: 1, nvlink: none{gpu}}}\n"
+            "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\nspec: {{template: {{spec: {{containers: [{{name: main, image: trainer}}]}}}}, workers: 1, gpusPerWorker: 1, nvlink: none{gpu}}}\n"
         ))?;
         Api::<TrainingJob>::namespaced(self.hub.clone(), NAMESPACE)
             .create(&PostParams::default(), &job)

@@ -12,6 +12,10 @@ pub struct Tools {
     pub etcd: PathBuf,
     /// kube-apiserver.
     pub kube_apiserver: PathBuf,
+    /// kube-scheduler (allocates DRA claims in the members).
+    pub kube_scheduler: PathBuf,
+    /// kube-controller-manager (garbage collector, ResourceClaim controller).
+    pub kube_controller_manager: PathBuf,
     /// kubectl (same version as the API server).
     pub kubectl: PathBuf,
     /// KWOK controller.
@@ -66,6 +70,8 @@ impl Tools {
         Ok(Tools {
             etcd: tool("etcd")?,
             kube_apiserver: tool("kube-apiserver")?,
+            kube_scheduler: tool("kube-scheduler")?,
+            kube_controller_manager: tool("kube-controller-manager")?,
             kubectl: tool("kubectl")?,
             kwok: tool("kwok")?,
             helm: tool("helm")?,

@@ -40,9 +40,14 @@ pub fn node_uuid(node: &str, index: i32) -> String {
     )
 }
 
-/// Publishes the fixture as the node's `GpuTopology` in the cluster `client` talks to.
+/// Publishes the fixture as the node's `GpuTopology` in the cluster `client` talks to, and, in a
+/// cluster with the `gpu.nvidia.com` DeviceClass, also the simulated ResourceSlice (as the agent
+/// does there with `--simulate-dra`).
 pub async fn publish_fixture(client: &kube::Client, fixture: &str, node: &str) -> Result<Reading> {
     let r = fixture_for_node(fixture, node)?;
     publish(client, &r).await?;
+    if gpupool::federation::dra::detect(client).await? == gpupool::api::BindingMode::Dra {
+        gpupool::agent::dra::publish_simulated_slice(client, &r.spec).await?;
+    }
     Ok(r)
 }

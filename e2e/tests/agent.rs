@@ -116,11 +116,69 @@ async fn agent_publishes_a_topology_file_that_round_trips() {
         .status()
         .unwrap();
     assert!(st.success());
-    let after = Api::<GpuTopology>::all(client)
+    let after = Api::<GpuTopology>::all(client.clone())
         .get("dgx1-v100-0")
         .await
         .unwrap();
     assert_eq!(before.metadata.generation, after.metadata.generation);
+
+    // A node that does not exist: the agent refuses, and publishes nothing.
+    let out = Command::new(&bin)
+        .arg("--topology-file")
+        .arg(&path)
+        .args(["--once", "--node-name", "no-such-node", "--kubeconfig"])
+        .arg(cp.kubeconfig_path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("node \"no-such-node\" does not exist in this cluster; refusing to publish"),
+        "{stderr}"
+    );
+    assert!(
+        Api::<GpuTopology>::all(client.clone())
+            .get_opt("no-such-node")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // --simulate-dra also publishes the node's GPUs as a ResourceSlice of NVIDIA's driver name.
+    let st = Command::new(&bin)
+        .arg("--topology-file")
+        .arg(&path)
+        .args([
+            "--once",
+            "--simulate-dra",
+            "--node-name",
+            "dgx1-v100-0",
+            "--kubeconfig",
+        ])
+        .arg(cp.kubeconfig_path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let slice = Api::<k8s_openapi::api::resource::v1::ResourceSlice>::all(client.clone())
+        .get("dgx1-v100-0-gpu-nvidia-com")
+        .await
+        .unwrap();
+    assert_eq!(slice.spec.driver, "gpu.nvidia.com");
+    assert_eq!(slice.spec.devices.as_ref().unwrap().len(), 8);
+    assert_eq!(
+        slice.metadata.labels.as_ref().unwrap()["gpupool.io/simulated"],
+        "true"
+    );
+    let topo = Api::<GpuTopology>::all(client)
+        .get("dgx1-v100-0")
+        .await
+        .unwrap();
+    let uuid0 = &topo.spec.gpus.iter().find(|g| g.index == 0).unwrap().uuid;
+    let d0 = &slice.spec.devices.as_ref().unwrap()[0];
+    assert_eq!(d0.name, "gpu-0");
+    let attrs = d0.attributes.as_ref().unwrap();
+    assert_eq!(attrs["uuid"].string.as_ref(), Some(uuid0));
 }
 
 #[test]

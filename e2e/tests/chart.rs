@@ -466,11 +466,14 @@ fn rendered_objects_have_the_expected_shape() {
     assert_eq!(
         rules,
         vec![
-            expect("nodes", &["get", "list"]),
-            expect("gputopologies", &["get", "list"]),
-            expect("pods", &["create", "delete", "get", "list"]),
+            expect("nodes", &["get", "list", "watch"]),
+            expect("gputopologies", &["get", "list", "watch"]),
+            expect("pods", &["create", "delete", "get", "list", "watch"]),
             expect("services", &["create", "delete", "get", "list"]),
             expect("namespaces", &["get", "create"]),
+            expect("deviceclasses", &["get"]),
+            expect("resourceclaims", &["create", "delete", "get", "list"]),
+            expect("resourceslices", &["get", "list", "watch"]),
         ]
     );
     let token = find(&member, "Secret", "gp-gpupool-hub-token");

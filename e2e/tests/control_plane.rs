@@ -55,6 +55,50 @@ async fn examples_are_accepted_and_invalid_specs_rejected_by_the_api_server() {
         .unwrap();
     assert_eq!(ij, "preferred");
 
+    // A TrainingJob's gang-shaping fields are immutable; the others may change.
+    for (patch, expect) in [
+        (r#"{"spec":{"workers":3}}"#, "workers is immutable"),
+        (
+            r#"{"spec":{"gpusPerWorker":2}}"#,
+            "gpusPerWorker is immutable",
+        ),
+        (r#"{"spec":{"nvlink":"none"}}"#, "nvlink is immutable"),
+        (r#"{"spec":{"gpu":{"model":"A100"}}}"#, "gpu is immutable"),
+        (r#"{"spec":{"masterPort":1234}}"#, "masterPort is immutable"),
+        (
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"trainer","image":"nvcr.io/nvidia/pytorch:25.01-py3"}]}}}}"#,
+            "template is immutable",
+        ),
+        (
+            r#"{"spec":{"template":{"metadata":{"labels":{"team":"other"}}}}}"#,
+            "template is immutable",
+        ),
+        (
+            r#"{"spec":{"template":{"spec":{"volumes":[{"name":"x","emptyDir":{}}]}}}}"#,
+            "template is immutable",
+        ),
+    ] {
+        let out = kubectl
+            .run(&["patch", "tj", "gpt-pretrain", "--type=merge", "-p", patch])
+            .unwrap();
+        assert!(!out.success, "patch {patch} was accepted");
+        assert!(out.stderr.contains(expect), "{patch}: {}", out.stderr);
+    }
+    kubectl
+        .ok(&[
+            "patch",
+            "tj",
+            "gpt-pretrain",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"backoffLimit":5,"maxRuntimeSeconds":3600,"clusterSelector":{"tier":"a"}}}"#,
+        ])
+        .unwrap();
+    let explain = kubectl
+        .ok(&["explain", "trainingjob.spec.workers"])
+        .unwrap();
+    assert!(explain.contains("Immutable"), "{explain}");
+
     let invalid = yaml_files(&repo_root().join("deploy/examples/invalid"));
     assert!(
         invalid.len() >= 8,

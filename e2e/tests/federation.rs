@@ -3,7 +3,8 @@
 
 use gpupool::api::{InferenceJob, MemberCluster, TrainingJob, TrainingPhase};
 use gpupool_e2e::{
-    Federation, GpuNode, Operator, eventually, publish_fixture, register_member, repo_root,
+    Federation, GpuNode, MemberKind, Operator, eventually, publish_fixture, register_member,
+    repo_root,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -16,8 +17,13 @@ const WALLET_2: &str = "9WzDXwBbmkg8ZTbNMqUxvQRAyrZzDsGYdLVL9zYtAWWM";
 struct Node(&'static str, &'static str, u32, &'static str);
 
 async fn setup(layout: &[&[Node]], grace: u64) -> (Federation, Operator) {
+    setup_with(MemberKind::DevicePlugin, layout, grace).await
+}
+
+/// Members of one kind (DRA members bind GPUs through ResourceClaims their scheduler allocates).
+async fn setup_with(kind: MemberKind, layout: &[&[Node]], grace: u64) -> (Federation, Operator) {
     gpupool::telemetry::init_logging();
-    let fed = Federation::start(layout.len())
+    let fed = Federation::start_with(&vec![kind; layout.len()])
         .await
         .expect("federation starts");
     for (i, nodes) in layout.iter().enumerate() {
@@ -77,7 +83,7 @@ fn gpu_uuids(p: &Pod) -> Vec<String> {
 }
 
 fn node_of(p: &Pod) -> String {
-    p.spec.as_ref().unwrap().node_name.clone().unwrap()
+    gpupool::workloads::pod_node(p).unwrap().to_string()
 }
 
 /// GPU indexes of `uuids` on `node` (UUIDs are derived from node name and index).
@@ -94,7 +100,7 @@ fn indexes(node: &str, uuids: &[String]) -> BTreeSet<i32> {
 
 fn tj(name: &str, workers: i32, gpus: i32, model: &str, nvlink: &str) -> TrainingJob {
     serde_yaml::from_str(&format!(
-        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: default}}\nspec: {{image: trainer, workers: {workers}, gpusPerWorker: {gpus}, gpu: {{model: {model}}}, nvlink: {nvlink}, backoffLimit: 2}}\n"
+        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: default}}\nspec: {{template: {{spec: {{containers: [{{name: trainer, image: ghcr.io/example/trainer:1}}]}}}}, workers: {workers}, gpusPerWorker: {gpus}, gpu: {{model: {model}}}, nvlink: {nvlink}, backoffLimit: 2}}\n"
     ))
     .unwrap()
 }
@@ -135,7 +141,7 @@ async fn jobs_land_on_the_right_gpus_never_share_them_and_are_cleaned_up() {
     let mut lat = Vec::new();
     for i in 0..20 {
         let job: InferenceJob = serde_yaml::from_str(&format!(
-            "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {{name: lat-{i}, namespace: default}}\nspec: {{image: srv, replicas: 1, gpusPerReplica: 1, nvlink: none, spreadAcrossClusters: true}}\n"
+            "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {{name: lat-{i}, namespace: default}}\nspec: {{template: {{spec: {{containers: [{{name: srv, image: ghcr.io/example/srv:1}}]}}}}, replicas: 1, gpusPerReplica: 1, nvlink: none, spreadAcrossClusters: true}}\n"
         ))
         .unwrap();
         let t0 = Instant::now();
@@ -412,7 +418,17 @@ async fn jobs_land_on_the_right_gpus_never_share_them_and_are_cleaned_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_member_moves_replicas_and_restarts_the_gang() {
-    let (mut fed, _op) = setup(
+    lost_member(MemberKind::DevicePlugin).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_dra_member_moves_replicas_and_restarts_the_gang() {
+    lost_member(MemberKind::Dra).await
+}
+
+async fn lost_member(kind: MemberKind) {
+    let (mut fed, _op) = setup_with(
+        kind,
         &[
             &[Node("h100-a", "dgx-h100", 8, "NVIDIA H100 80GB HBM3")],
             &[Node("h100-b", "dgx-h100", 8, "NVIDIA H100 80GB HBM3")],
@@ -452,7 +468,7 @@ async fn a_lost_member_moves_replicas_and_restarts_the_gang() {
     .await
     .unwrap();
     let job: InferenceJob = serde_yaml::from_str(
-        "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {name: web, namespace: default}\nspec: {image: srv, replicas: 2, gpusPerReplica: 2, spreadAcrossClusters: true}\n",
+        "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {name: web, namespace: default}\nspec: {template: {spec: {containers: [{name: srv, image: ghcr.io/example/srv:1}]}}, replicas: 2, gpusPerReplica: 2, spreadAcrossClusters: true}\n",
     )
     .unwrap();
     ijs.create(&PostParams::default(), &job).await.unwrap();
@@ -544,11 +560,33 @@ async fn a_lost_member_moves_replicas_and_restarts_the_gang() {
     })
     .await
     .unwrap();
+    if kind == MemberKind::Dra {
+        let claims: Api<k8s_openapi::api::resource::v1::ResourceClaim> =
+            Api::all(fed.members[lost_ix].cp.client().await.unwrap());
+        eventually(60, "the swept pods' claims garbage-collected", || async {
+            let l = claims
+                .list(&ListParams::default().labels("app.kubernetes.io/managed-by=gpupool"))
+                .await?;
+            Ok(l.items.is_empty().then_some(()))
+        })
+        .await
+        .unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn assignments_survive_an_operator_restart() {
-    let (fed, op) = setup(
+    operator_restart(MemberKind::DevicePlugin).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dra_assignments_survive_an_operator_restart() {
+    operator_restart(MemberKind::Dra).await
+}
+
+async fn operator_restart(kind: MemberKind) {
+    let (fed, op) = setup_with(
+        kind,
         &[&[Node("dgx1-v100-0", "dgx1-v100", 8, "Tesla V100-SXM2-16GB")]],
         30,
     )
@@ -607,4 +645,40 @@ async fn assignments_survive_an_operator_restart() {
         pods_before, pods_after,
         "the first job's pods were recreated"
     );
+    if kind == MemberKind::Dra {
+        // Each job has exactly one claim, allocated by the member's scheduler to its GPUs.
+        let claims: Api<k8s_openapi::api::resource::v1::ResourceClaim> =
+            Api::namespaced(fed.members[0].cp.client().await.unwrap(), "default");
+        for (job, want) in [("first", &a), ("second", &b)] {
+            let list = eventually(30, "claims allocated", || async {
+                let l = claims
+                    .list(&ListParams::default().labels(&format!("gpupool.io/job-name={job}")))
+                    .await?
+                    .items;
+                Ok(l.iter()
+                    .all(|c| c.status.as_ref().is_some_and(|s| s.allocation.is_some()))
+                    .then_some(l))
+            })
+            .await
+            .unwrap();
+            assert_eq!(list.len(), 1, "{job}: {list:?}");
+            let got: BTreeSet<i32> = list[0]
+                .status
+                .as_ref()
+                .unwrap()
+                .allocation
+                .as_ref()
+                .unwrap()
+                .devices
+                .as_ref()
+                .unwrap()
+                .results
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|r| r.device.strip_prefix("gpu-").unwrap().parse().unwrap())
+                .collect();
+            assert_eq!(&got, want, "{job}: the member allocated other GPUs");
+        }
+    }
 }

@@ -34,7 +34,7 @@ async fn create_training_job(hub: &Client, name: &str) -> TrainingJob {
     let tj: TrainingJob = serde_json::from_value(serde_json::json!({
         "apiVersion": "gpupool.io/v1alpha1", "kind": "TrainingJob",
         "metadata": {"name": name, "namespace": "default"},
-        "spec": {"image": "ghcr.io/example/train:1", "workers": 2, "gpusPerWorker": 4}
+        "spec": {"template": {"spec": {"containers": [{"name": "worker", "image": "ghcr.io/example/train:1"}]}}, "workers": 2, "gpusPerWorker": 4}
     }))
     .unwrap();
     Api::<TrainingJob>::namespaced(hub.clone(), "default")

@@ -16,7 +16,7 @@ const WALLET_2: &str = "9WzDXwBbmkg8ZTbNMqUxvQRAyrZzDsGYdLVL9zYtAWWM";
 
 fn tj(name: &str, workers: i32, gpus: i32, model: &str) -> TrainingJob {
     serde_yaml::from_str(&format!(
-        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: default}}\nspec: {{image: trainer, workers: {workers}, gpusPerWorker: {gpus}, gpu: {{model: {model}}}, nvlink: required}}\n"
+        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: default}}\nspec: {{template: {{spec: {{containers: [{{name: main, image: trainer}}]}}}}, workers: {workers}, gpusPerWorker: {gpus}, gpu: {{model: {model}}}, nvlink: required}}\n"
     ))
     .unwrap()
 }

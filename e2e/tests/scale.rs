@@ -29,7 +29,7 @@ async fn a_burst_of_jobs_all_land_and_never_share_a_gpu() {
 
 fn job(name: &str, priority: i32) -> TrainingJob {
     serde_yaml::from_str(&format!(
-        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\nspec: {{image: t, workers: 1, gpusPerWorker: 1, nvlink: none, priority: {priority}}}\n"
+        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\nspec: {{template: {{spec: {{containers: [{{name: main, image: t}}]}}}}, workers: 1, gpusPerWorker: 1, nvlink: none, priority: {priority}}}\n"
     ))
     .unwrap()
 }

@@ -39,7 +39,7 @@ async fn create_job(hub: &Client, name: &str, workers: usize) -> TrainingJob {
     let tj: TrainingJob = serde_json::from_value(json!({
         "apiVersion": "gpupool.io/v1alpha1", "kind": "TrainingJob",
         "metadata": {"name": name, "namespace": "default"},
-        "spec": {"image": "ghcr.io/example/train:1", "workers": workers, "gpusPerWorker": 2}
+        "spec": {"template": {"spec": {"containers": [{"name": "worker", "image": "ghcr.io/example/train:1"}]}}, "workers": workers, "gpusPerWorker": 2}
     }))
     .unwrap();
     Api::<TrainingJob>::namespaced(hub.clone(), "default")

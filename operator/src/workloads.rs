@@ -1,20 +1,52 @@
 //! Pure builders for what gpupool creates in a member cluster: one Pod per training worker or
-//! inference replica, bound to the chosen node and carrying the chosen GPU UUIDs, plus Services.
+//! inference replica, made from the job's pod template, bound to the chosen node and GPUs, plus
+//! the Services and (on DRA members) one ResourceClaim per pod naming the exact GPUs.
 //!
 //! Why bare Pods rather than Jobs/Deployments: every worker/replica gets its *own* GPU set on its
 //! own node, chosen by topology. A Deployment or indexed Job stamps identical pods from one
 //! template and leaves node/GPU choice to the member's scheduler, which is exactly the decision
 //! gpupool exists to make; gang restarts and re-placement across clusters are driven by the hub.
+//!
+//! What gpupool adds to the user's template (and nothing else):
+//! - labels `gpupool.io/*` and `app.kubernetes.io/managed-by`, annotations `gpupool.io/gpu-*`
+//!   (they win over the template's on a clash);
+//! - the GPU binding of the **first** container: on [`BindingMode::Dra`] members a pod-level claim
+//!   `gpupool-gpus` referencing a ResourceClaim that selects the chosen GPUs by UUID (the DRA
+//!   driver then sets the visible devices); on [`BindingMode::DevicePlugin`] members
+//!   `nvidia.com/gpu: k` in requests and limits plus `NVIDIA_VISIBLE_DEVICES`;
+//! - node pinning: a required node affinity on `metadata.name` (DRA: the member's scheduler must
+//!   allocate the claim, so the pod is not pre-bound) or `spec.nodeName` (device plugin);
+//! - the environment `RANK`, `NODE_RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`,
+//!   `GPUPOOL_GANG_GENERATION` (training) or `REPLICA_INDEX` (inference) in every container;
+//! - a toleration for the `nvidia.com/gpu` NoSchedule taint; `restartPolicy: Never` for training
+//!   (gang restarts are the hub's) and when unset for inference (a failed replica is re-placed);
+//!   `automountServiceAccountToken: false` when unset; `hostname`/`subdomain` for training workers;
+//!   the rendezvous / serving port on the first container when it does not list it.
+//!
+//! CEL on the CRDs rejects templates that would clash with these (`nodeName`, `nvidia.com/gpu`
+//! requests, reserved environment names, the claim name `gpupool-gpus`).
 
-use crate::api::{EnvVar as ApiEnv, InferenceJob, TrainingJob};
+use crate::api::{BindingMode, GPU_CLAIM_NAME, InferenceJob, RESERVED_RESOURCES, TrainingJob};
 use crate::federation::labels;
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, Pod, PodSpec, ResourceRequirements, Service, ServicePort, ServiceSpec,
+    Affinity, ContainerPort, EnvVar, NodeAffinity, NodeSelector, NodeSelectorRequirement,
+    NodeSelectorTerm, Pod, PodResourceClaim, PodSpec, PodTemplateSpec,
+    ResourceClaim as ContainerClaim, ResourceRequirements, Service, ServicePort, ServiceSpec,
+    Toleration,
 };
+use k8s_openapi::api::resource::v1::ResourceClaim;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use std::collections::BTreeMap;
+
+/// Driver name and DeviceClass of NVIDIA's DRA driver (k8s-dra-driver-gpu); the attribute
+/// `uuid` lives under this domain.
+pub const NVIDIA_DRA_DRIVER: &str = "gpu.nvidia.com";
+/// DeviceClass the claims use.
+pub const GPU_DEVICE_CLASS: &str = "gpu.nvidia.com";
+/// Name of the request inside each claim.
+pub const CLAIM_REQUEST: &str = "gpus";
 
 /// A GPU set chosen for one pod.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +63,41 @@ pub struct PodPlacement {
     pub score: i64,
 }
 
+/// One pod to create in a member and, on DRA members, the claim it references. Create the pod
+/// first, then the claim owned by it ([`claim_owned_by`]): the member's scheduler waits for the
+/// claim, and the garbage collector deletes the claim with the pod.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberPod {
+    /// The pod.
+    pub pod: Pod,
+    /// Its ResourceClaim (DRA binding only).
+    pub claim: Option<ResourceClaim>,
+}
+
+/// Everything gpupool creates in one member for a job's placements there.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct MemberObjects {
+    /// Services (the training gang's headless Service, the inference Service).
+    pub services: Vec<Service>,
+    /// Pods with their claims.
+    pub pods: Vec<MemberPod>,
+}
+
+/// The node a gpupool pod is (or will be) on: `spec.nodeName` once bound, else the node gpupool
+/// chose (`gpupool.io/node` annotation; DRA pods wait for the member's scheduler to bind them).
+pub fn pod_node(p: &Pod) -> Option<&str> {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .or_else(|| {
+            p.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(labels::NODE))
+                .map(String::as_str)
+        })
+}
+
 fn owner_labels(kind: &str, ns: &str, name: &str, uid: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
@@ -41,48 +108,201 @@ fn owner_labels(kind: &str, ns: &str, name: &str, uid: &str) -> BTreeMap<String,
     ])
 }
 
-fn env(list: &[ApiEnv]) -> Vec<EnvVar> {
-    list.iter()
-        .map(|e| EnvVar {
-            name: e.name.clone(),
-            value: Some(e.value.clone()),
-            ..Default::default()
-        })
-        .collect()
+fn env(name: &str, value: String) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value),
+        ..Default::default()
+    }
 }
 
+/// The CEL selector that matches exactly `uuids` among the driver's devices.
+pub fn uuid_selector(uuids: &[String]) -> String {
+    let list: Vec<String> = uuids
+        .iter()
+        .map(|u| format!("\"{}\"", u.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!(
+        "device.attributes[\"{NVIDIA_DRA_DRIVER}\"].uuid in [{}]",
+        list.join(", ")
+    )
+}
+
+/// Name of the ResourceClaim of a pod.
+pub fn claim_name(pod_name: &str) -> String {
+    format!("{pod_name}-gpus")
+}
+
+/// The ResourceClaim naming exactly the pod's GPUs.
+fn gpu_claim(pod: &Pod, p: &PodPlacement) -> ResourceClaim {
+    let name = claim_name(&pod.name_any());
+    let mut l = pod.metadata.labels.clone().unwrap_or_default();
+    l.retain(|k, _| k.starts_with("gpupool.io/") || k == labels::MANAGED_BY);
+    let claim = serde_json::json!({
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {
+            "name": name,
+            "namespace": pod.namespace(),
+            "labels": l,
+            "annotations": { labels::GPU_UUIDS: p.gpu_uuids.join(","), labels::NODE: p.node },
+        },
+        "spec": { "devices": { "requests": [{
+            "name": CLAIM_REQUEST,
+            "exactly": {
+                "deviceClassName": GPU_DEVICE_CLASS,
+                "allocationMode": "ExactCount",
+                "count": p.gpu_uuids.len(),
+                "selectors": [{ "cel": { "expression": uuid_selector(&p.gpu_uuids) } }],
+            },
+        }]}},
+    });
+    serde_json::from_value(claim).expect("static claim shape is a valid ResourceClaim")
+}
+
+/// The claim with its pod as controller owner (so it is deleted with the pod).
+pub fn claim_owned_by(mut claim: ResourceClaim, pod: &Pod) -> ResourceClaim {
+    claim.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: pod.name_any(),
+            uid: pod.uid().unwrap_or_default(),
+            controller: Some(true),
+            // Setting blockOwnerDeletion needs update on pods/finalizers where the
+            // OwnerReferencesPermissionEnforcement admission plugin runs; the garbage collector
+            // deletes the claim with the pod without it.
+            block_owner_deletion: None,
+        },
+    ]);
+    claim
+}
+
+/// Requires `node` in every node-selector term (terms are ORed; adding a term would widen them).
+fn pin_by_affinity(spec: &mut PodSpec, node: &str) {
+    let req = NodeSelectorRequirement {
+        key: "metadata.name".into(),
+        operator: "In".into(),
+        values: Some(vec![node.to_string()]),
+    };
+    let aff = spec.affinity.get_or_insert_with(Affinity::default);
+    let na = aff.node_affinity.get_or_insert_with(NodeAffinity::default);
+    let sel = na
+        .required_during_scheduling_ignored_during_execution
+        .get_or_insert_with(|| NodeSelector {
+            node_selector_terms: vec![],
+        });
+    if sel.node_selector_terms.is_empty() {
+        sel.node_selector_terms.push(NodeSelectorTerm::default());
+    }
+    for t in &mut sel.node_selector_terms {
+        t.match_fields
+            .get_or_insert_with(Vec::new)
+            .push(req.clone());
+    }
+}
+
+/// Builds one pod from the template. `extra_env` goes into every container; the first container
+/// gets the GPUs and `port` (named `port_name`) when it does not list it.
+#[allow(clippy::too_many_arguments)]
 fn gpu_pod(
     name: String,
     ns: &str,
-    mut pod_labels: BTreeMap<String, String>,
-    mut annotations: BTreeMap<String, String>,
+    template: &PodTemplateSpec,
+    owner: BTreeMap<String, String>,
     p: &PodPlacement,
-    container: Container,
-    dns: Option<(String, String)>,
-) -> Pod {
-    let (hostname, subdomain) = dns.unzip();
+    mode: BindingMode,
+    extra_env: &[EnvVar],
+    port: (i32, &str),
+) -> MemberPod {
+    let mut pod_labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    pod_labels.extend(owner);
     pod_labels.insert(labels::INDEX.into(), p.index.to_string());
+    let mut annotations = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
     annotations.insert(labels::GPU_UUIDS.into(), p.gpu_uuids.join(","));
     annotations.insert(labels::GPU_MODEL.into(), p.model.clone());
     annotations.insert(labels::GPU_SCORE.into(), p.score.to_string());
+    annotations.insert(labels::NODE.into(), p.node.clone());
+    annotations.insert(labels::BINDING.into(), mode.to_string());
+    let mut spec = template.spec.clone().unwrap_or_default();
+    for c in &mut spec.containers {
+        let e = c.env.get_or_insert_with(Vec::new);
+        e.retain(|v| !extra_env.iter().any(|x| x.name == v.name));
+        e.extend(extra_env.iter().cloned());
+    }
+    if spec.containers.is_empty() {
+        // CEL requires a container; an empty template only reaches here from code.
+        spec.containers.push(Default::default());
+    }
     let gpus = Quantity(p.gpu_uuids.len().to_string());
-    let mut container = container;
-    let mut envs = container.env.take().unwrap_or_default();
-    envs.push(EnvVar {
-        name: "NVIDIA_VISIBLE_DEVICES".into(),
-        value: Some(p.gpu_uuids.join(",")),
-        ..Default::default()
-    });
-    container.env = Some(envs);
-    container.resources = Some(ResourceRequirements {
-        limits: Some(BTreeMap::from([(
-            "nvidia.com/gpu".to_string(),
-            gpus.clone(),
-        )])),
-        requests: Some(BTreeMap::from([("nvidia.com/gpu".to_string(), gpus)])),
-        ..Default::default()
-    });
-    Pod {
+    let c = &mut spec.containers[0];
+    let res = c
+        .resources
+        .get_or_insert_with(ResourceRequirements::default);
+    match mode {
+        BindingMode::Dra => {
+            res.claims
+                .get_or_insert_with(Vec::new)
+                .push(ContainerClaim {
+                    name: GPU_CLAIM_NAME.into(),
+                    request: None,
+                });
+        }
+        BindingMode::DevicePlugin => {
+            for r in RESERVED_RESOURCES {
+                res.limits
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert((*r).into(), gpus.clone());
+                res.requests
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert((*r).into(), gpus.clone());
+            }
+            c.env
+                .get_or_insert_with(Vec::new)
+                .push(env("NVIDIA_VISIBLE_DEVICES", p.gpu_uuids.join(",")));
+        }
+    }
+    let ports = c.ports.get_or_insert_with(Vec::new);
+    if !ports.iter().any(|cp| cp.container_port == port.0) {
+        ports.push(ContainerPort {
+            container_port: port.0,
+            name: (!ports.iter().any(|cp| cp.name.as_deref() == Some(port.1)))
+                .then(|| port.1.to_string()),
+            ..Default::default()
+        });
+    }
+    match mode {
+        BindingMode::Dra => {
+            pin_by_affinity(&mut spec, &p.node);
+            spec.resource_claims
+                .get_or_insert_with(Vec::new)
+                .push(PodResourceClaim {
+                    name: GPU_CLAIM_NAME.into(),
+                    resource_claim_name: Some(claim_name(&name)),
+                    resource_claim_template_name: None,
+                });
+        }
+        BindingMode::DevicePlugin => spec.node_name = Some(p.node.clone()),
+    }
+    spec.tolerations
+        .get_or_insert_with(Vec::new)
+        .push(Toleration {
+            key: Some("nvidia.com/gpu".into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Default::default()
+        });
+    spec.restart_policy.get_or_insert_with(|| "Never".into());
+    spec.automount_service_account_token.get_or_insert(false);
+    let pod = Pod {
         metadata: ObjectMeta {
             name: Some(name),
             namespace: Some(ns.to_string()),
@@ -90,23 +310,11 @@ fn gpu_pod(
             annotations: Some(annotations),
             ..Default::default()
         },
-        spec: Some(PodSpec {
-            node_name: Some(p.node.clone()),
-            restart_policy: Some("Never".into()),
-            automount_service_account_token: Some(false),
-            hostname,
-            subdomain,
-            containers: vec![container],
-            tolerations: Some(vec![k8s_openapi::api::core::v1::Toleration {
-                key: Some("nvidia.com/gpu".into()),
-                operator: Some("Exists".into()),
-                effect: Some("NoSchedule".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
+        spec: Some(spec),
         status: None,
-    }
+    };
+    let claim = (mode == BindingMode::Dra).then(|| gpu_claim(&pod, p));
+    MemberPod { pod, claim }
 }
 
 /// Name of the headless Service giving training workers stable DNS names.
@@ -119,8 +327,14 @@ pub fn training_pod_name(job: &TrainingJob, generation: i32, rank: i32) -> Strin
     format!("{}-g{}-w{}", job.name_any(), generation, rank)
 }
 
-/// Pods for a training gang: rank, world size and master address for torchrun-style launchers.
-pub fn training_pods(job: &TrainingJob, generation: i32, placements: &[PodPlacement]) -> Vec<Pod> {
+/// Pods (and claims) for a training gang: rank, world size and master address for
+/// torchrun-style launchers.
+pub fn training_pods(
+    job: &TrainingJob,
+    generation: i32,
+    placements: &[PodPlacement],
+    mode: BindingMode,
+) -> Vec<MemberPod> {
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let name = job.name_any();
     let uid = job.uid().unwrap_or_default();
@@ -129,47 +343,32 @@ pub fn training_pods(job: &TrainingJob, generation: i32, placements: &[PodPlacem
     let master = format!("{name}-w0.{svc}.{ns}.svc");
     let mut base_labels = owner_labels("TrainingJob", &ns, &name, &uid);
     base_labels.insert(labels::GENERATION.into(), generation.to_string());
-    let ann = job.spec.pod_annotations.clone();
     placements
         .iter()
         .map(|p| {
-            let mut e = env(&job.spec.env);
-            for (k, v) in [
-                ("RANK", p.index.to_string()),
-                ("NODE_RANK", p.index.to_string()),
-                ("WORLD_SIZE", world.to_string()),
-                ("MASTER_ADDR", master.clone()),
-                ("MASTER_PORT", job.spec.master_port.to_string()),
-                ("GPUPOOL_GANG_GENERATION", generation.to_string()),
-            ] {
-                e.push(EnvVar {
-                    name: k.into(),
-                    value: Some(v),
-                    ..Default::default()
-                });
-            }
-            let c = Container {
-                name: "worker".into(),
-                image: Some(job.spec.image.clone()),
-                command: (!job.spec.command.is_empty()).then(|| job.spec.command.clone()),
-                args: (!job.spec.args.is_empty()).then(|| job.spec.args.clone()),
-                env: Some(e),
-                ports: Some(vec![k8s_openapi::api::core::v1::ContainerPort {
-                    container_port: job.spec.master_port,
-                    name: Some("rendezvous".into()),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            };
-            gpu_pod(
+            let e = [
+                env("RANK", p.index.to_string()),
+                env("NODE_RANK", p.index.to_string()),
+                env("WORLD_SIZE", world.to_string()),
+                env("MASTER_ADDR", master.clone()),
+                env("MASTER_PORT", job.spec.master_port.to_string()),
+                env("GPUPOOL_GANG_GENERATION", generation.to_string()),
+            ];
+            let mut mp = gpu_pod(
                 training_pod_name(job, generation, p.index),
                 &ns,
+                &job.spec.template,
                 base_labels.clone(),
-                ann.clone(),
                 p,
-                c,
-                Some((format!("{name}-w{}", p.index), svc.clone())),
-            )
+                mode,
+                &e,
+                (job.spec.master_port, "rendezvous"),
+            );
+            let spec = mp.pod.spec.as_mut().expect("built with a spec");
+            spec.hostname = Some(format!("{name}-w{}", p.index));
+            spec.subdomain = Some(svc.clone());
+            spec.restart_policy = Some("Never".into());
+            mp
         })
         .collect()
 }
@@ -200,43 +399,38 @@ pub fn training_service(job: &TrainingJob) -> Service {
     }
 }
 
+/// Everything to create in the gang's member: the headless Service, the pods and their claims.
+pub fn training_objects(
+    job: &TrainingJob,
+    generation: i32,
+    placements: &[PodPlacement],
+    mode: BindingMode,
+) -> MemberObjects {
+    MemberObjects {
+        services: vec![training_service(job)],
+        pods: training_pods(job, generation, placements, mode),
+    }
+}
+
 /// Pod name of an inference replica.
 pub fn inference_pod_name(job: &InferenceJob, index: i32) -> String {
     format!("{}-r{}", job.name_any(), index)
 }
 
-/// Pod for one inference replica.
-pub fn inference_pod(job: &InferenceJob, p: &PodPlacement) -> Pod {
+/// Pod (and claim) for one inference replica.
+pub fn inference_pod(job: &InferenceJob, p: &PodPlacement, mode: BindingMode) -> MemberPod {
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let name = job.name_any();
     let uid = job.uid().unwrap_or_default();
-    let mut e = env(&job.spec.env);
-    e.push(EnvVar {
-        name: "REPLICA_INDEX".into(),
-        value: Some(p.index.to_string()),
-        ..Default::default()
-    });
-    let c = Container {
-        name: "server".into(),
-        image: Some(job.spec.image.clone()),
-        command: (!job.spec.command.is_empty()).then(|| job.spec.command.clone()),
-        args: (!job.spec.args.is_empty()).then(|| job.spec.args.clone()),
-        env: Some(e),
-        ports: Some(vec![k8s_openapi::api::core::v1::ContainerPort {
-            container_port: job.spec.port,
-            name: Some("http".into()),
-            ..Default::default()
-        }]),
-        ..Default::default()
-    };
     gpu_pod(
         inference_pod_name(job, p.index),
         &ns,
+        &job.spec.template,
         owner_labels("InferenceJob", &ns, &name, &uid),
-        job.spec.pod_annotations.clone(),
         p,
-        c,
-        None,
+        mode,
+        &[env("REPLICA_INDEX", p.index.to_string())],
+        (job.spec.port, "http"),
     )
 }
 
@@ -264,6 +458,21 @@ pub fn inference_service(job: &InferenceJob) -> Service {
     }
 }
 
+/// Everything to create in one member for the inference replicas placed there.
+pub fn inference_objects(
+    job: &InferenceJob,
+    placements: &[PodPlacement],
+    mode: BindingMode,
+) -> MemberObjects {
+    MemberObjects {
+        services: vec![inference_service(job)],
+        pods: placements
+            .iter()
+            .map(|p| inference_pod(job, p, mode))
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,8 +482,34 @@ mod tests {
             r#"
 apiVersion: gpupool.io/v1alpha1
 kind: TrainingJob
-metadata: {name: gpt, namespace: ml, uid: 1111-2222, annotations: {"other": "z"}}
-spec: {image: img, command: [torchrun], workers: 2, gpusPerWorker: 4, masterPort: 29500, env: [{name: A, value: b}], podAnnotations: {"example.com/x": "y"}}
+metadata: {name: gpt, namespace: ml, annotations: {"other": "z"}}
+spec:
+  workers: 2
+  gpusPerWorker: 4
+  masterPort: 29500
+  template:
+    metadata:
+      labels: {team: nlp, "gpupool.io/job-uid": "forged"}
+      annotations: {"example.com/x": "y"}
+    spec:
+      restartPolicy: OnFailure
+      affinity:
+        nodeAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            nodeSelectorTerms:
+            - matchExpressions: [{key: zone, operator: In, values: [a]}]
+            - matchExpressions: [{key: zone, operator: In, values: [b]}]
+      volumes:
+      - {name: shm, emptyDir: {medium: Memory, sizeLimit: 16Gi}}
+      containers:
+      - name: trainer
+        image: nvcr.io/nvidia/pytorch:24.05-py3
+        command: [torchrun]
+        env: [{name: A, value: b}]
+        resources: {requests: {cpu: "8", memory: 64Gi}, limits: {memory: 64Gi}}
+        volumeMounts: [{name: shm, mountPath: /dev/shm}]
+      - name: logs
+        image: fluent/fluent-bit:3.0
 "#,
         )
         .unwrap();
@@ -292,8 +527,8 @@ spec: {image: img, command: [torchrun], workers: 2, gpusPerWorker: 4, masterPort
         }
     }
 
-    fn env_of(p: &Pod) -> BTreeMap<String, String> {
-        p.spec.as_ref().unwrap().containers[0]
+    fn env_of(p: &Pod, c: usize) -> BTreeMap<String, String> {
+        p.spec.as_ref().unwrap().containers[c]
             .env
             .as_ref()
             .unwrap()
@@ -302,48 +537,150 @@ spec: {image: img, command: [torchrun], workers: 2, gpusPerWorker: 4, masterPort
             .collect()
     }
 
+    fn placements() -> Vec<PodPlacement> {
+        vec![
+            place(0, "n1", &["GPU-a", "GPU-b"]),
+            place(1, "n2", &["GPU-c", "GPU-d"]),
+        ]
+    }
+
     #[test]
-    fn training_pods_carry_rank_world_master_and_gpus() {
+    fn training_pods_keep_the_template_and_add_rank_world_master() {
         let j = tj();
-        let pods = training_pods(
-            &j,
-            3,
-            &[
-                place(0, "n1", &["GPU-a", "GPU-b"]),
-                place(1, "n2", &["GPU-c", "GPU-d"]),
-            ],
+        for mode in [BindingMode::Dra, BindingMode::DevicePlugin] {
+            let objs = training_objects(&j, 3, &placements(), mode);
+            assert_eq!(objs.pods.len(), 2);
+            assert_eq!(objs.services.len(), 1);
+            let p1 = &objs.pods[1].pod;
+            assert_eq!(p1.metadata.name.as_deref(), Some("gpt-g3-w1"));
+            let spec = p1.spec.as_ref().unwrap();
+            assert_eq!(spec.hostname.as_deref(), Some("gpt-w1"));
+            assert_eq!(spec.subdomain.as_deref(), Some("gpt-workers"));
+            assert_eq!(
+                spec.restart_policy.as_deref(),
+                Some("Never"),
+                "training forces Never"
+            );
+            // The template's volumes, mounts, resources and second container survive.
+            assert_eq!(spec.volumes.as_ref().unwrap()[0].name, "shm");
+            assert_eq!(spec.containers.len(), 2);
+            assert_eq!(spec.containers[1].name, "logs");
+            let c0 = &spec.containers[0];
+            assert_eq!(c0.volume_mounts.as_ref().unwrap()[0].mount_path, "/dev/shm");
+            let res = c0.resources.as_ref().unwrap();
+            assert_eq!(res.requests.as_ref().unwrap()["cpu"].0, "8");
+            for c in 0..2 {
+                let e = env_of(p1, c);
+                assert_eq!(e["RANK"], "1");
+                assert_eq!(e["WORLD_SIZE"], "2");
+                assert_eq!(e["MASTER_ADDR"], "gpt-w0.gpt-workers.ml.svc");
+                assert_eq!(e["MASTER_PORT"], "29500");
+            }
+            assert_eq!(env_of(p1, 0)["A"], "b");
+            let ann = p1.metadata.annotations.as_ref().unwrap();
+            assert_eq!(ann[labels::GPU_UUIDS], "GPU-c,GPU-d");
+            assert_eq!(ann[labels::NODE], "n2");
+            assert_eq!(ann["example.com/x"], "y");
+            assert!(
+                !ann.contains_key("other"),
+                "hub object annotations stay on the hub"
+            );
+            let l = p1.metadata.labels.as_ref().unwrap();
+            assert_eq!(l[labels::JOB_UID], "1111-2222", "gpupool's labels win");
+            assert_eq!(l["team"], "nlp");
+            assert_eq!(l[labels::GENERATION], "3");
+            assert_eq!(pod_node(p1), Some("n2"));
+            // The GPU binding is on the first container only.
+            assert!(spec.containers[1].resources.is_none());
+        }
+    }
+
+    #[test]
+    fn dra_binding_uses_a_claim_and_node_affinity() {
+        let j = tj();
+        let objs = training_objects(&j, 0, &placements(), BindingMode::Dra);
+        let mp = &objs.pods[1];
+        let spec = mp.pod.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.node_name, None,
+            "the member's scheduler binds DRA pods"
         );
-        assert_eq!(pods.len(), 2);
-        let p1 = &pods[1];
-        assert_eq!(p1.metadata.name.as_deref(), Some("gpt-g3-w1"));
-        let spec = p1.spec.as_ref().unwrap();
-        assert_eq!(spec.node_name.as_deref(), Some("n2"));
-        assert_eq!(spec.hostname.as_deref(), Some("gpt-w1"));
-        assert_eq!(spec.subdomain.as_deref(), Some("gpt-workers"));
-        let e = env_of(p1);
-        assert_eq!(e["RANK"], "1");
-        assert_eq!(e["WORLD_SIZE"], "2");
-        assert_eq!(e["MASTER_ADDR"], "gpt-w0.gpt-workers.ml.svc");
-        assert_eq!(e["MASTER_PORT"], "29500");
-        assert_eq!(e["NVIDIA_VISIBLE_DEVICES"], "GPU-c,GPU-d");
-        assert_eq!(e["A"], "b");
-        let lim = spec.containers[0]
-            .resources
+        let terms = &spec
+            .affinity
             .as_ref()
             .unwrap()
-            .limits
+            .node_affinity
             .as_ref()
-            .unwrap();
-        assert_eq!(lim["nvidia.com/gpu"].0, "2");
-        let ann = p1.metadata.annotations.as_ref().unwrap();
-        assert_eq!(ann[labels::GPU_UUIDS], "GPU-c,GPU-d");
-        assert_eq!(ann["example.com/x"], "y");
-        assert!(!ann.contains_key("other"));
-        let l = p1.metadata.labels.as_ref().unwrap();
-        assert_eq!(l[labels::JOB_UID], "1111-2222");
-        assert_eq!(l[labels::JOB_KIND], "TrainingJob");
-        assert_eq!(l[labels::GENERATION], "3");
-        let svc = training_service(&j);
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .as_ref()
+            .unwrap()
+            .node_selector_terms;
+        assert_eq!(terms.len(), 2, "the user's terms are kept");
+        for t in terms {
+            let f = &t.match_fields.as_ref().unwrap()[0];
+            assert_eq!(
+                (f.key.as_str(), f.operator.as_str()),
+                ("metadata.name", "In")
+            );
+            assert_eq!(f.values.as_deref(), Some(&["n2".to_string()][..]));
+            assert!(t.match_expressions.is_some());
+        }
+        let rc = &spec.resource_claims.as_ref().unwrap()[0];
+        assert_eq!(rc.name, GPU_CLAIM_NAME);
+        assert_eq!(rc.resource_claim_name.as_deref(), Some("gpt-g0-w1-gpus"));
+        let c0 = &spec.containers[0];
+        let res = c0.resources.as_ref().unwrap();
+        assert_eq!(res.claims.as_ref().unwrap()[0].name, GPU_CLAIM_NAME);
+        assert!(!res.limits.as_ref().unwrap().contains_key("nvidia.com/gpu"));
+        assert!(!env_of(&mp.pod, 0).contains_key("NVIDIA_VISIBLE_DEVICES"));
+
+        let claim = mp.claim.as_ref().unwrap();
+        assert_eq!(claim.metadata.name.as_deref(), Some("gpt-g0-w1-gpus"));
+        assert_eq!(claim.metadata.namespace.as_deref(), Some("ml"));
+        assert_eq!(
+            claim.metadata.labels.as_ref().unwrap()[labels::JOB_UID],
+            "1111-2222"
+        );
+        assert!(!claim.metadata.labels.as_ref().unwrap().contains_key("team"));
+        let v = serde_json::to_value(claim).unwrap();
+        let req = &v["spec"]["devices"]["requests"][0];
+        assert_eq!(req["name"], CLAIM_REQUEST);
+        assert_eq!(req["exactly"]["deviceClassName"], "gpu.nvidia.com");
+        assert_eq!(req["exactly"]["allocationMode"], "ExactCount");
+        assert_eq!(req["exactly"]["count"], 2);
+        assert_eq!(
+            req["exactly"]["selectors"][0]["cel"]["expression"],
+            r#"device.attributes["gpu.nvidia.com"].uuid in ["GPU-c", "GPU-d"]"#
+        );
+        let pod = {
+            let mut p = mp.pod.clone();
+            p.metadata.uid = Some("pod-uid".into());
+            p
+        };
+        let owned = claim_owned_by(claim.clone(), &pod);
+        let o = &owned.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (o.kind.as_str(), o.uid.as_str(), o.controller),
+            ("Pod", "pod-uid", Some(true))
+        );
+    }
+
+    #[test]
+    fn device_plugin_binding_requests_nvidia_gpu_and_binds_the_node() {
+        let j = tj();
+        let objs = training_objects(&j, 0, &placements(), BindingMode::DevicePlugin);
+        let mp = &objs.pods[0];
+        assert!(mp.claim.is_none());
+        let spec = mp.pod.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert!(spec.resource_claims.is_none());
+        let res = spec.containers[0].resources.as_ref().unwrap();
+        assert_eq!(res.limits.as_ref().unwrap()["nvidia.com/gpu"].0, "2");
+        assert_eq!(res.limits.as_ref().unwrap()["memory"].0, "64Gi");
+        assert_eq!(res.requests.as_ref().unwrap()["nvidia.com/gpu"].0, "2");
+        assert_eq!(env_of(&mp.pod, 0)["NVIDIA_VISIBLE_DEVICES"], "GPU-a,GPU-b");
+        let svc = &objs.services[0];
         assert_eq!(
             svc.spec.as_ref().unwrap().cluster_ip.as_deref(),
             Some("None")
@@ -351,6 +688,62 @@ spec: {image: img, command: [torchrun], workers: 2, gpusPerWorker: 4, masterPort
         assert_eq!(
             svc.spec.as_ref().unwrap().selector.as_ref().unwrap()[labels::JOB_UID],
             "1111-2222"
+        );
+    }
+
+    #[test]
+    fn inference_pods_keep_probes_and_default_to_never_restart() {
+        let mut j: InferenceJob = serde_yaml::from_str(
+            r#"
+apiVersion: gpupool.io/v1alpha1
+kind: InferenceJob
+metadata: {name: llm, namespace: serve}
+spec:
+  replicas: 1
+  gpusPerReplica: 1
+  port: 8000
+  template:
+    spec:
+      containers:
+      - name: server
+        image: vllm/vllm-openai:v0.6.0
+        ports: [{containerPort: 8000, name: api}]
+        readinessProbe: {httpGet: {path: /health, port: 8000}}
+"#,
+        )
+        .unwrap();
+        j.metadata.uid = Some("u".into());
+        let objs = inference_objects(&j, &[place(4, "n9", &["GPU-z"])], BindingMode::Dra);
+        let p = &objs.pods[0].pod;
+        assert_eq!(p.metadata.name.as_deref(), Some("llm-r4"));
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        let c = &spec.containers[0];
+        assert!(c.readiness_probe.is_some());
+        assert_eq!(
+            c.ports.as_ref().unwrap().len(),
+            1,
+            "port 8000 already listed"
+        );
+        assert_eq!(env_of(p, 0)["REPLICA_INDEX"], "4");
+        assert_eq!(
+            objs.services[0]
+                .spec
+                .as_ref()
+                .unwrap()
+                .ports
+                .as_ref()
+                .unwrap()[0]
+                .port,
+            8000
+        );
+    }
+
+    #[test]
+    fn uuid_selector_quotes_every_uuid() {
+        assert_eq!(
+            uuid_selector(&["GPU-1".into(), "GPU-\"x".into()]),
+            r#"device.attributes["gpu.nvidia.com"].uuid in ["GPU-1", "GPU-\"x"]"#
         );
     }
 }

@@ -151,14 +151,14 @@ fn placement_bench() -> Result<()> {
     );
     let tj = |workers: i32, gpus: i32| -> TrainingJob {
         let mut j: TrainingJob = serde_yaml::from_str(&format!(
-            "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: t, namespace: bench, uid: t}}\nspec: {{image: x, workers: {workers}, gpusPerWorker: {gpus}, nvlink: required}}\n"
+            "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: t, namespace: bench, uid: t}}\nspec: {{template: {{spec: {{containers: [{{name: main, image: x}}]}}}}, workers: {workers}, gpusPerWorker: {gpus}, nvlink: required}}\n"
         ))
         .expect("job parses");
         j.metadata.finalizers = Some(vec![FINALIZER.into()]);
         j
     };
     let ij: InferenceJob = serde_yaml::from_str(
-        "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {name: i, namespace: bench, uid: i}\nspec: {image: x, replicas: 16, gpusPerReplica: 1, nvlink: none, spreadAcrossClusters: true}\n",
+        "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {name: i, namespace: bench, uid: i}\nspec: {template: {spec: {containers: [{name: main, image: x}]}}, replicas: 16, gpusPerReplica: 1, nvlink: none, spreadAcrossClusters: true}\n",
     )?;
     println!("| decision | p50 | p99 | decisions |");
     println!("|---|---|---|---|");

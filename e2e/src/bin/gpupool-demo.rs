@@ -15,7 +15,8 @@ use gpupool::ledger::{EmbeddedLedger, Keypair, Ledger, Signer};
 use gpupool::metering::runner::{RunnerConfig, Totals, pass};
 use gpupool::metering::{MeterConfig, SettleConfig};
 use gpupool_e2e::{
-    Federation, GpuNode, Operator, eventually, publish_fixture, register_member, repo_root,
+    Federation, GpuNode, MemberKind, Operator, eventually, example_claims, fixture_for_node,
+    publish_fixture, register_member, repo_root,
 };
 use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
@@ -83,6 +84,10 @@ const MEMBERS: [(&str, &str, &[NodeSpec]); 2] = [
     ),
 ];
 
+/// member-east binds GPUs with DRA (NVIDIA's DeviceClass installed; its nodes' agents publish
+/// simulated ResourceSlices), member-west with the device plugin.
+const KINDS: [MemberKind; 2] = [MemberKind::Dra, MemberKind::DevicePlugin];
+
 const EXAMPLES: [&str; 3] = [
     "training-gpt.yaml",
     "inference-llama.yaml",
@@ -92,6 +97,31 @@ const EXAMPLES: [&str; 3] = [
 fn step(n: usize, total: usize, msg: &str) {
     println!("\n[{n}/{total}] {msg}");
     let _ = std::io::stdout().flush();
+}
+
+/// GPU indexes of `uuids` on `node` (from its fixture), or the UUIDs where unknown.
+fn indexes_of(node: &str, fixture: &str, uuids: &[String]) -> String {
+    let r = fixture_for_node(fixture, node).ok();
+    let ix: Vec<String> = uuids
+        .iter()
+        .map(|u| {
+            r.as_ref()
+                .and_then(|r| r.spec.gpus.iter().find(|g| g.uuid == *u))
+                .map(|g| g.index.to_string())
+                .unwrap_or_else(|| u.clone())
+        })
+        .collect();
+    ix.join(",")
+}
+
+/// The fixture a demo node was published from.
+fn fixture_of(node: &str) -> &'static str {
+    MEMBERS
+        .iter()
+        .flat_map(|m| m.2.iter())
+        .find(|n| n.name == node)
+        .map(|n| n.fixture)
+        .unwrap_or("")
 }
 
 async fn why(hub: &kube::Client, ns: &str, name: &str) -> Vec<String> {
@@ -139,9 +169,9 @@ async fn main() -> Result<()> {
     step(
         2,
         total,
-        "starting the hub and two member clusters (etcd + kube-apiserver each, KWOK in the members)",
+        "starting the hub and two member clusters (etcd + kube-apiserver each; kube-scheduler, kube-controller-manager and KWOK in the members)",
     );
-    let fed = Federation::start(2).await?;
+    let fed = Federation::start_with(&KINDS).await?;
     println!(
         "      3 API servers ready in {:.1}s: hub {}, members {}",
         fed.startup.as_secs_f64(),
@@ -169,6 +199,15 @@ async fn main() -> Result<()> {
         for n in nodes.iter() {
             publish_fixture(&c, n.fixture, n.name).await?;
             println!("      {name} ({region}): {:<12} {}", n.name, n.what);
+        }
+        if KINDS[i] == MemberKind::Dra {
+            // The volumes the training example mounts (pre-bound; nothing is stored behind them).
+            example_claims(&c, "default").await?;
+            println!(
+                "      {name}: DRA member: DeviceClass gpu.nvidia.com, a simulated ResourceSlice per node (driver gpu.nvidia.com), PVCs tokens-v3 and gpt-checkpoints"
+            );
+        } else {
+            println!("      {name}: device-plugin member: nodes advertise nvidia.com/gpu");
         }
         owners.push(Keypair::new());
     }
@@ -304,7 +343,7 @@ async fn main() -> Result<()> {
     }
     // A gang no member can hold: 16 NVLinked H100s for one worker, on 8-GPU nodes.
     let huge: TrainingJob = serde_yaml::from_str(
-        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {name: gpt-huge, namespace: default}\nspec: {image: trainer, workers: 1, gpusPerWorker: 16, gpu: {model: H100}, nvlink: required}\n",
+        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {name: gpt-huge, namespace: default}\nspec: {template: {spec: {containers: [{name: trainer, image: trainer}]}}, workers: 1, gpusPerWorker: 16, gpu: {model: H100}, nvlink: required}\n",
     )?;
     tjs.create(&Default::default(), &huge).await?;
     eventually(60, "gpt-huge reported unschedulable", || async {
@@ -323,6 +362,12 @@ async fn main() -> Result<()> {
         Ok(tjs.get_opt("gpt-huge").await?.is_none().then_some(()))
     })
     .await?;
+    println!("\n      How the GPUs are bound in each member:");
+    for (i, (name, _, _)) in MEMBERS.iter().enumerate() {
+        for line in binding_report(&fed.members[i].cp.client().await?, KINDS[i]).await? {
+            println!("        {name}: {line}");
+        }
+    }
     println!("\n      $ kubectl get trainingjobs,inferencejobs");
     println!(
         "{}",
@@ -547,6 +592,83 @@ fn kubectl_gpupool(fed: &Federation, args: &[&str]) -> Result<String> {
 }
 
 /// `kubectl get …` output, with anything kubectl said on stderr.
+/// One line per gpupool pod: on a DRA member its ResourceClaim as the member's kube-scheduler
+/// allocated it, checked against the GPUs the hub chose; on a device-plugin member the request.
+async fn binding_report(member: &kube::Client, kind: MemberKind) -> Result<Vec<String>> {
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::resource::v1::ResourceClaim;
+    let pods = Api::<Pod>::all(member.clone())
+        .list(&ListParams::default().labels(gpupool::federation::labels::SELECTOR))
+        .await?
+        .items;
+    let claims: BTreeMap<String, ResourceClaim> = Api::<ResourceClaim>::all(member.clone())
+        .list(&ListParams::default().labels(gpupool::federation::labels::SELECTOR))
+        .await?
+        .items
+        .into_iter()
+        .map(|c| (c.name_any(), c))
+        .collect();
+    let mut out = Vec::new();
+    for p in pods {
+        let ann = p.metadata.annotations.clone().unwrap_or_default();
+        let hub: Vec<&str> = ann
+            .get(gpupool::federation::labels::GPU_UUIDS)
+            .map(|s| s.split(',').collect())
+            .unwrap_or_default();
+        let node = gpupool::workloads::pod_node(&p)
+            .unwrap_or_default()
+            .to_string();
+        let fixture = fixture_of(&node);
+        let hub_ix = indexes_of(
+            &node,
+            fixture,
+            &hub.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        );
+        if kind == MemberKind::Dra {
+            let cn = gpupool::workloads::claim_name(&p.name_any());
+            let results = claims
+                .get(&cn)
+                .and_then(|c| {
+                    c.status
+                        .as_ref()?
+                        .allocation
+                        .as_ref()?
+                        .devices
+                        .as_ref()?
+                        .results
+                        .clone()
+                })
+                .unwrap_or_default();
+            let devices: Vec<String> = results.iter().map(|r| r.device.clone()).collect();
+            let got: Vec<String> = results
+                .iter()
+                .filter_map(|r| r.device.strip_prefix("gpu-").map(String::from))
+                .collect();
+            let same = {
+                let mut a = got.clone();
+                a.sort();
+                let mut b: Vec<String> = hub_ix.split(',').map(String::from).collect();
+                b.sort();
+                a == b && !a.is_empty()
+            };
+            out.push(format!(
+                "pod {} -> ResourceClaim {cn} allocated by the member's kube-scheduler on {} to [{}]; hub chose GPUs [{hub_ix}]: {}",
+                p.name_any(),
+                results.first().map(|r| r.pool.as_str()).unwrap_or("(not yet)"),
+                devices.join(","),
+                if same { "identical" } else { "NOT the hub's choice" }
+            ));
+        } else {
+            out.push(format!(
+                "pod {} -> nvidia.com/gpu: {} on {node} (device plugin: the kubelet picks the devices; hub chose [{hub_ix}])",
+                p.name_any(),
+                hub.len()
+            ));
+        }
+    }
+    Ok(out)
+}
+
 fn kubectl_get(k: &gpupool_e2e::Kubectl, args: &[&str]) -> Result<String> {
     let o = k.run(args)?;
     anyhow::ensure!(

@@ -1,7 +1,9 @@
 //! The node agent: reads the node's GPUs (from NVML, or from a topology file on simulated nodes)
 //! and publishes them as the node's `GpuTopology` with server-side apply.
 
+pub mod dra;
 pub mod nvml;
+pub mod pod_resources;
 
 use crate::api::{GpuTopology, GpuTopologySpec, TopologySource};
 use anyhow::{Context, Result};
@@ -19,6 +21,8 @@ pub struct Reading {
     pub spec: GpuTopologySpec,
     /// UUIDs of GPUs with running compute processes.
     pub in_use: Vec<String>,
+    /// `nvidia.com/gpu` devices the kubelet assigned, per container (empty without a kubelet).
+    pub pod_devices: Vec<crate::api::PodDevices>,
 }
 
 /// Reads a topology file: a bare `GpuTopologySpec` or a whole `GpuTopology` object (whose
@@ -40,7 +44,11 @@ pub fn read_topology_file(path: &std::path::Path, node_name: Option<&str>) -> Re
     spec.source = TopologySource::File;
     crate::topology::GpuGraph::from_spec(&spec)
         .with_context(|| format!("topology file {}", path.display()))?;
-    Ok(Reading { spec, in_use })
+    Ok(Reading {
+        spec,
+        in_use,
+        pod_devices: Vec::new(),
+    })
 }
 
 /// The `GpuTopology` object the agent applies for `node` (uid from the Node object).
@@ -70,25 +78,46 @@ pub fn topology_object(spec: &GpuTopologySpec, node: &Node) -> GpuTopology {
     t
 }
 
+/// The Node the agent publishes for; refuses one that does not exist (a typo in `--node-name`
+/// would otherwise publish GPUs nobody can use, and placement would pick them).
+pub async fn node_of(client: &kube::Client, name: &str) -> Result<Node> {
+    Api::<Node>::all(client.clone())
+        .get_opt(name)
+        .await
+        .with_context(|| format!("reading Node {name}"))?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "node {name:?} does not exist in this cluster; refusing to publish its GPUs (check --node-name / NODE_NAME)"
+            )
+        })
+}
+
 /// Server-side applies the node's `GpuTopology` (owned by its Node) and then its status.
 pub async fn publish(client: &kube::Client, reading: &Reading) -> Result<()> {
     let name = reading.spec.node_name.as_str();
-    let node = Api::<Node>::all(client.clone())
-        .get(name)
-        .await
-        .with_context(|| format!("reading Node {name} (the GpuTopology is owned by it)"))?;
+    let node = node_of(client, name).await?;
     let api: Api<GpuTopology> = Api::all(client.clone());
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let obj = topology_object(&reading.spec, &node);
     api.patch(name, &pp, &Patch::Apply(&obj))
         .await
         .with_context(|| format!("applying GpuTopology {name}"))?;
+    // A GPU the kubelet assigned to a pod is in use even before a process opens it.
+    let mut in_use = reading.in_use.clone();
+    for d in &reading.pod_devices {
+        for id in &d.device_ids {
+            if !in_use.contains(id) {
+                in_use.push(id.clone());
+            }
+        }
+    }
     let status = serde_json::json!({
         "apiVersion": "gpupool.io/v1alpha1",
         "kind": "GpuTopology",
         "status": {
             "gpuCount": reading.spec.gpus.len(),
-            "gpusInUse": reading.in_use,
+            "gpusInUse": in_use,
+            "podDevices": reading.pod_devices,
             "lastUpdateTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         }
     });

@@ -156,6 +156,7 @@ pub fn read(nvml: &Nvml, node_name: &str) -> Result<Reading, NvmlError> {
             links,
         },
         in_use,
+        pod_devices: Vec::new(),
     })
 }
 

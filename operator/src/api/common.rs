@@ -91,17 +91,105 @@ pub struct GpuSelector {
     pub min_memory_mib: Option<i64>,
 }
 
-/// One environment variable for the workload's containers.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct EnvVar {
-    /// Variable name.
-    #[schemars(length(min = 1, max = 256))]
-    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z_][A-Za-z0-9_]*$')").message("env name must be a C identifier"))]
-    pub name: String,
-    /// Variable value.
-    #[serde(default)]
-    pub value: String,
+/// Environment variables gpupool sets in the GPU container of every pod it creates; a template
+/// that sets one of them is rejected (the value would be silently replaced otherwise).
+pub const RESERVED_ENV: &[&str] = &[
+    "NVIDIA_VISIBLE_DEVICES",
+    "CUDA_VISIBLE_DEVICES",
+    "RANK",
+    "NODE_RANK",
+    "WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "REPLICA_INDEX",
+    "GPUPOOL_GANG_GENERATION",
+];
+
+/// Extended resource names gpupool requests itself (device-plugin members); a template container
+/// that asks for one is rejected.
+pub const RESERVED_RESOURCES: &[&str] = &["nvidia.com/gpu"];
+
+/// Name of the pod-level resource claim gpupool adds for the GPUs (DRA members).
+pub const GPU_CLAIM_NAME: &str = "gpupool-gpus";
+
+/// Longest image reference accepted in a template (Docker's own limit on a reference is 255 for
+/// the name plus tag and digest; 512 leaves room for registries with long host names).
+pub const MAX_IMAGE_LEN: usize = 512;
+
+/// An image reference: `[host[:port]/]path[:tag][@algorithm:hex]`, the grammar of
+/// `github.com/distribution/reference` (RE2 syntax, usable from CEL).
+pub const IMAGE_REFERENCE_PATTERN: &str = r"^(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:[.](?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$";
+
+/// Schema of a pod template field: the fields gpupool validates are declared (with the bounds the
+/// API server's CEL cost estimator needs); everything else in a `PodTemplateSpec` is kept as
+/// written (`x-kubernetes-preserve-unknown-fields`) and validated by the member's API server when
+/// the pod is created. JobSet and Kueue embed the full pod schema instead (≈ 500 KiB per CRD);
+/// the trimmed schema keeps each CRD small and the hub independent of the members' Kubernetes
+/// versions.
+pub fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let bounded_map = serde_json::json!({
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": {"x-kubernetes-int-or-string": true, "anyOf": [{"type": "integer"}, {"type": "string"}]},
+    });
+    let container = serde_json::json!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "maxLength": 63},
+            "image": {"type": "string", "maxLength": MAX_IMAGE_LEN},
+            "env": {
+                "type": "array",
+                "maxItems": 256,
+                "items": {
+                    "type": "object",
+                    "x-kubernetes-preserve-unknown-fields": true,
+                    "required": ["name"],
+                    "properties": {"name": {"type": "string", "maxLength": 256}},
+                },
+            },
+            "resources": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": true,
+                "properties": {"limits": bounded_map, "requests": bounded_map},
+            },
+        },
+    });
+    let string_map =
+        serde_json::json!({"type": "object", "additionalProperties": {"type": "string"}});
+    serde_json::from_value(serde_json::json!({
+        "description": "Pod template (a core/v1 PodTemplateSpec) for every pod of the job. gpupool keeps it as written and adds only what it owns: the GPU binding of the first container (a ResourceClaim on DRA members, `nvidia.com/gpu` and `NVIDIA_VISIBLE_DEVICES` on device-plugin members), node pinning (node affinity on DRA members, `nodeName` otherwise), the reserved environment variables, gpupool's labels and annotations, and for training `hostname`, `subdomain` and `restartPolicy: Never`. Templates that set `nodeName`, request `nvidia.com/gpu`, set a reserved environment variable or use the claim name `gpupool-gpus` are rejected.",
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "metadata": {
+                "type": "object",
+                "properties": {"labels": string_map, "annotations": string_map},
+            },
+            "spec": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": true,
+                "required": ["containers"],
+                "properties": {
+                    "nodeName": {"type": "string", "maxLength": 253},
+                    "containers": {"type": "array", "minItems": 1, "maxItems": 32, "items": container},
+                    "initContainers": {"type": "array", "maxItems": 32, "items": container},
+                    "resourceClaims": {
+                        "type": "array",
+                        "maxItems": 32,
+                        "items": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": true,
+                            "required": ["name"],
+                            "properties": {"name": {"type": "string", "maxLength": 63}},
+                        },
+                    },
+                },
+            },
+        },
+    }))
+    .expect("static schema is valid")
 }
 
 /// Key/value labels a job uses to restrict which member clusters it may land on.

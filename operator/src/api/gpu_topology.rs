@@ -27,7 +27,11 @@ use serde::{Deserialize, Serialize};
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("self.links.all(l, l.a < size(self.gpus) && l.b < size(self.gpus))").message("links must refer to GPU indexes present in gpus"))]
+#[x_kube(
+    validation = Rule::new("self.links.all(l, l.a < size(self.gpus) && l.b < size(self.gpus))").message("links must refer to GPU indexes present in gpus"),
+    validation = Rule::new("self.gpus.all(g, self.gpus.exists_one(h, h.uuid == g.uuid))").message("gpu uuids must be unique within a node"),
+    validation = Rule::new("self.gpus.all(g, self.gpus.exists_one(h, h.index == g.index))").message("gpu indexes must be unique within a node")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct GpuTopologySpec {
     /// Node the GPUs belong to.
@@ -74,6 +78,7 @@ pub struct Gpu {
     pub model: String,
     /// Total memory in MiB.
     #[serde(rename = "memoryMiB")]
+    #[x_kube(validation = Rule::new("self >= 0").message("memoryMiB must not be negative"))]
     pub memory_mib: i64,
     /// PCI bus id (`00000000:18:00.0`).
     #[serde(default)]
@@ -86,6 +91,7 @@ pub struct Gpu {
     pub mig_enabled: bool,
     /// Active NVLinks that end in an NVSwitch.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self >= 0").message("nvswitchLinks must not be negative"))]
     pub nvswitch_links: i32,
 }
 
@@ -122,15 +128,19 @@ pub enum PcieLevel {
 }
 
 /// The link between two GPUs.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("self.a < self.b").message("a link's a must be lower than its b (one entry per unordered pair)"))]
 #[serde(rename_all = "camelCase")]
 pub struct GpuLink {
     /// Lower GPU index.
+    #[x_kube(validation = Rule::new("self >= 0").message("link GPU indexes must not be negative"))]
     pub a: i32,
     /// Higher GPU index.
+    #[x_kube(validation = Rule::new("self >= 0").message("link GPU indexes must not be negative"))]
     pub b: i32,
     /// Direct NVLink links between the two GPUs (NVLink bridges, hybrid cube-mesh).
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self >= 0").message("nvlinks must not be negative"))]
     pub nvlinks: i32,
     /// Both GPUs reach each other through an NVSwitch fabric.
     #[serde(default)]
@@ -147,10 +157,28 @@ pub struct GpuTopologyStatus {
     /// Number of GPUs.
     #[serde(default)]
     pub gpu_count: i32,
-    /// UUIDs of GPUs with running compute processes.
+    /// UUIDs of GPUs in use: with running compute processes, or assigned to a pod by the kubelet.
     #[serde(default)]
     pub gpus_in_use: Vec<String>,
+    /// Which `nvidia.com/gpu` devices the kubelet gave each container (its pod-resources API;
+    /// device-plugin nodes). The hub compares them with the GPUs it chose.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_devices: Vec<PodDevices>,
     /// When the agent last refreshed this object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update_time: Option<Time>,
+}
+
+/// Devices the kubelet assigned to one container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDevices {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Container name.
+    pub container: String,
+    /// Device IDs (GPU UUIDs with the NVIDIA device plugin).
+    pub device_ids: Vec<String>,
 }

@@ -1,8 +1,9 @@
 //! `InferenceJob`: replicated serving, which may spread over member clusters.
 
 use super::common::{
-    ClusterSelector, EnvVar, GpuSelector, NodeGpus, NvLinkMode, conditions_schema,
+    ClusterSelector, GpuSelector, NodeGpus, NvLinkMode, conditions_schema, pod_template_schema,
 };
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -40,20 +41,20 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceJobSpec {
-    /// Container image.
-    #[x_kube(validation = Rule::new("size(self) > 0").message("image must not be empty"))]
-    pub image: String,
-    /// Entrypoint override.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub command: Vec<String>,
-    /// Arguments.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub args: Vec<String>,
-    /// Environment variables.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 128))]
-    pub env: Vec<EnvVar>,
-    /// Port the server listens on; exposed by a Service in each member.
+    /// The replicas' pod template. A replica counts as ready only when its pod is Ready, so give
+    /// the server container a readiness probe.
+    #[x_kube(
+        validation = Rule::new("!has(self.spec.nodeName)").message("template.spec.nodeName must not be set: gpupool pins every pod to the node it chose"),
+        validation = Rule::new("self.spec.containers.all(c, has(c.image) && size(c.image) > 0) && (!has(self.spec.initContainers) || self.spec.initContainers.all(c, has(c.image) && size(c.image) > 0))").message("every container in the template needs an image"),
+        validation = Rule::new("self.spec.containers.all(c, !has(c.image) || c.image.matches('^(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:[.](?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$')) && (!has(self.spec.initContainers) || self.spec.initContainers.all(c, !has(c.image) || c.image.matches('^(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:[.](?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$')))").message("container image must be an image reference such as registry.example.com/team/app:1.0 or name@sha256:<digest>"),
+        validation = Rule::new("self.spec.containers.all(c, !has(c.resources) || ((!has(c.resources.limits) || !('nvidia.com/gpu' in c.resources.limits)) && (!has(c.resources.requests) || !('nvidia.com/gpu' in c.resources.requests)))) && (!has(self.spec.initContainers) || self.spec.initContainers.all(c, !has(c.resources) || ((!has(c.resources.limits) || !('nvidia.com/gpu' in c.resources.limits)) && (!has(c.resources.requests) || !('nvidia.com/gpu' in c.resources.requests)))))").message("template containers must not request nvidia.com/gpu: gpupool binds the exact GPUs it chose (set gpusPerReplica instead)"),
+        validation = Rule::new("self.spec.containers.all(c, !has(c.env) || c.env.all(e, !(e.name in ['NVIDIA_VISIBLE_DEVICES', 'CUDA_VISIBLE_DEVICES', 'RANK', 'NODE_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT', 'REPLICA_INDEX', 'GPUPOOL_GANG_GENERATION']))) && (!has(self.spec.initContainers) || self.spec.initContainers.all(c, !has(c.env) || c.env.all(e, !(e.name in ['NVIDIA_VISIBLE_DEVICES', 'CUDA_VISIBLE_DEVICES', 'RANK', 'NODE_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT', 'REPLICA_INDEX', 'GPUPOOL_GANG_GENERATION']))))").message("template env must not set NVIDIA_VISIBLE_DEVICES, CUDA_VISIBLE_DEVICES, RANK, NODE_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, REPLICA_INDEX or GPUPOOL_GANG_GENERATION: gpupool sets them"),
+        validation = Rule::new("!has(self.spec.resourceClaims) || self.spec.resourceClaims.all(r, r.name != 'gpupool-gpus')").message("the resource claim name gpupool-gpus is reserved for the GPUs gpupool binds")
+    )]
+    #[schemars(schema_with = "pod_template_schema")]
+    pub template: PodTemplateSpec,
+    /// Port the server listens on (the template's container must listen there); exposed by a
+    /// Service in each member.
     #[serde(default = "default_port")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("port must be between 1 and 65535"))]
     pub port: i32,
@@ -86,10 +87,6 @@ pub struct InferenceJobSpec {
     /// older jobs first.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
-    /// Annotations put on every pod of the job in the member cluster (e.g. for log shippers or
-    /// service meshes).
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub pod_annotations: std::collections::BTreeMap<String, String>,
 }
 
 fn default_port() -> i32 {

@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(name = "Region", type_ = "string", json_path = ".spec.region"),
+    printcolumn(name = "Binding", type_ = "string", json_path = ".status.bindingMode"),
     printcolumn(
         name = "GPUs",
         type_ = "integer",
@@ -58,8 +59,12 @@ pub struct MemberClusterSpec {
     pub kubeconfig_secret_ref: SecretKeyRef,
     /// The cluster owner's Solana wallet (base58 public key); pool tokens are minted to its
     /// associated token account.
+    /// The 32-byte decode is checked by the operator (`Ready=False`, reason `InvalidOwnerWallet`).
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.matches('^[1-9A-HJ-NP-Za-km-z]{32,44}$')").message("ownerWallet must be a base58 Solana public key (32-44 characters from the base58 alphabet)"))]
+    #[x_kube(
+        validation = Rule::new("size(self) >= 32 && size(self) <= 44").message("ownerWallet must be 32-44 characters long (a base58 Solana public key)"),
+        validation = Rule::new("self.matches('^[1-9A-HJ-NP-Za-km-z]*$')").message("ownerWallet must use only the base58 alphabet (no 0, O, I or l)")
+    )]
     pub owner_wallet: String,
     /// Region label used for display and cluster selectors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,6 +126,12 @@ pub struct MemberClusterStatus {
     /// GPU capacity summary.
     #[serde(default)]
     pub capacity: CapacitySummary,
+    /// How gpupool binds the GPUs it chose in this member: `DRA` (a ResourceClaim naming the
+    /// exact GPUs, allocated by the member's scheduler; needs `resource.k8s.io/v1` and the
+    /// `gpu.nvidia.com` DeviceClass) or `DevicePlugin` (`nvidia.com/gpu` requests; the kubelet
+    /// picks the devices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding_mode: Option<BindingMode>,
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -162,4 +173,56 @@ pub struct ModelCapacity {
     pub total: i32,
     /// Free GPUs of this model.
     pub free: i32,
+}
+
+/// How the GPUs gpupool chose are bound to a pod in a member cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum BindingMode {
+    /// Dynamic Resource Allocation: a `resource.k8s.io/v1` ResourceClaim selects the exact GPUs
+    /// by UUID; the member's kube-scheduler allocates it and the DRA driver enforces it.
+    #[serde(rename = "DRA")]
+    Dra,
+    /// The NVIDIA device plugin: pods request `nvidia.com/gpu` and the kubelet picks the devices;
+    /// gpupool's choice is a hint (`NVIDIA_VISIBLE_DEVICES`), not enforced.
+    #[default]
+    DevicePlugin,
+}
+
+impl std::fmt::Display for BindingMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BindingMode::Dra => "DRA",
+            BindingMode::DevicePlugin => "DevicePlugin",
+        })
+    }
+}
+
+/// Why an owner wallet cannot receive tokens, or `None` when it is a 32-byte base58 key. CEL
+/// checks length and alphabet; only decoding tells a 44-character string that is not a key.
+pub fn wallet_problem(wallet: &str) -> Option<String> {
+    match bs58::decode(wallet).into_vec() {
+        Ok(b) if b.len() == 32 => None,
+        Ok(b) => Some(format!(
+            "ownerWallet {wallet} decodes to {} bytes, not a 32-byte Solana public key",
+            b.len()
+        )),
+        Err(e) => Some(format!("ownerWallet {wallet} is not base58: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wallet_must_decode_to_32_bytes() {
+        assert_eq!(
+            wallet_problem("6t8Z1FuhqhTaKer3FdWnM2m1xbw28tEKZhVSsUfhN34S"),
+            None
+        );
+        // 44 base58 characters, but 33 bytes.
+        let long = "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz";
+        assert!(wallet_problem(long).unwrap().contains("bytes"), "{long}");
+        assert!(wallet_problem("0OIl").unwrap().contains("not base58"));
+    }
 }

@@ -1,6 +1,9 @@
 //! `TrainingJob`: a gang of workers, all-or-nothing, on one member cluster.
 
-use super::common::{ClusterSelector, EnvVar, GpuSelector, NvLinkMode, conditions_schema};
+use super::common::{
+    ClusterSelector, GpuSelector, NvLinkMode, conditions_schema, pod_template_schema,
+};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -18,7 +21,7 @@ use serde::{Deserialize, Serialize};
     label("app.kubernetes.io/part-of", "gpupool"),
     namespaced,
     status = "TrainingJobStatus",
-    doc = "A gang of training workers placed all-or-nothing on one member cluster.",
+    doc = "A gang of training workers placed all-or-nothing on one member cluster. The gang-shaping fields (template, workers, gpusPerWorker, gpu, nvlink, masterPort) are immutable; backoffLimit, maxRuntimeSeconds and clusterSelector may change.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Cluster", type_ = "string", json_path = ".status.cluster"),
     printcolumn(name = "Workers", type_ = "integer", json_path = ".spec.workers"),
@@ -38,57 +41,66 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TrainingJobSpec {
-    /// Container image.
-    #[x_kube(validation = Rule::new("size(self) > 0").message("image must not be empty"))]
-    pub image: String,
-    /// Command run in every worker.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub command: Vec<String>,
-    /// Arguments.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub args: Vec<String>,
-    /// Environment variables.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 128))]
-    pub env: Vec<EnvVar>,
-    /// Number of workers in the gang.
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 1024").message("workers must be between 1 and 1024"))]
+    /// The workers' pod template. Immutable: a TrainingJob's pods are one run of one program;
+    /// delete and recreate the job to change it.
+    #[x_kube(
+        validation = Rule::new("!has(self.spec.nodeName)").message("template.spec.nodeName must not be set: gpupool pins every pod to the node it chose"),
+        validation = Rule::new("self.spec.containers.all(c, has(c.image) && size(c.image) > 0) && (!has(self.spec.initContainers) || self.spec.initContainers.all(c, has(c.image) && size(c.image) > 0))").message("every container in the template needs an image"),
+        validation = Rule::new("self.spec.containers.all(c, !has(c.image) || c.image.matches('^(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:[.](?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$')) && (!has(self.spec.initContainers) || self.spec.initContainers.all(c, !has(c.image) || c.image.matches('^(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:[.](?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$')))").message("container image must be an image reference such as registry.example.com/team/app:1.0 or name@sha256:<digest>"),
+        validation = Rule::new("self.spec.containers.all(c, !has(c.resources) || ((!has(c.resources.limits) || !('nvidia.com/gpu' in c.resources.limits)) && (!has(c.resources.requests) || !('nvidia.com/gpu' in c.resources.requests)))) && (!has(self.spec.initContainers) || self.spec.initContainers.all(c, !has(c.resources) || ((!has(c.resources.limits) || !('nvidia.com/gpu' in c.resources.limits)) && (!has(c.resources.requests) || !('nvidia.com/gpu' in c.resources.requests)))))").message("template containers must not request nvidia.com/gpu: gpupool binds the exact GPUs it chose (set gpusPerWorker instead)"),
+        validation = Rule::new("self.spec.containers.all(c, !has(c.env) || c.env.all(e, !(e.name in ['NVIDIA_VISIBLE_DEVICES', 'CUDA_VISIBLE_DEVICES', 'RANK', 'NODE_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT', 'REPLICA_INDEX', 'GPUPOOL_GANG_GENERATION']))) && (!has(self.spec.initContainers) || self.spec.initContainers.all(c, !has(c.env) || c.env.all(e, !(e.name in ['NVIDIA_VISIBLE_DEVICES', 'CUDA_VISIBLE_DEVICES', 'RANK', 'NODE_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT', 'REPLICA_INDEX', 'GPUPOOL_GANG_GENERATION']))))").message("template env must not set NVIDIA_VISIBLE_DEVICES, CUDA_VISIBLE_DEVICES, RANK, NODE_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, REPLICA_INDEX or GPUPOOL_GANG_GENERATION: gpupool sets them"),
+        validation = Rule::new("!has(self.spec.resourceClaims) || self.spec.resourceClaims.all(r, r.name != 'gpupool-gpus')").message("the resource claim name gpupool-gpus is reserved for the GPUs gpupool binds")
+    )]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("template is immutable: delete and recreate the TrainingJob to change it"))]
+    #[schemars(schema_with = "pod_template_schema")]
+    pub template: PodTemplateSpec,
+    /// Number of workers in the gang. Immutable (it shapes the gang: placement, WORLD_SIZE).
+    #[x_kube(
+        validation = Rule::new("self >= 1 && self <= 1024").message("workers must be between 1 and 1024"),
+        validation = Rule::new("self == oldSelf").message("workers is immutable: delete and recreate the TrainingJob to change the gang")
+    )]
     pub workers: i32,
-    /// GPUs per worker, all on one node.
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 16").message("gpusPerWorker must be between 1 and 16"))]
+    /// GPUs per worker, all on one node. Immutable.
+    #[x_kube(
+        validation = Rule::new("self >= 1 && self <= 16").message("gpusPerWorker must be between 1 and 16"),
+        validation = Rule::new("self == oldSelf").message("gpusPerWorker is immutable: delete and recreate the TrainingJob to change the gang")
+    )]
     pub gpus_per_worker: i32,
-    /// Which GPUs qualify.
+    /// Which GPUs qualify. Immutable.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("gpu is immutable: delete and recreate the TrainingJob to change the gang"))]
     pub gpu: GpuSelector,
     /// NVLink rule for each worker's GPUs. `clique`: every pair NVLink-connected (directly or
     /// through NVSwitch). `ring`: an all-NVLink cycle through all of them exists (NCCL's ring
     /// never leaves NVLink; a DGX-1 fits 5, 6 or 8 GPUs this way, at most 4 as a clique).
     /// `preferred` (default): the best-connected free set, PCIe-only if nothing better is free.
-    /// `none`: topology ignored. `required`: alias of `clique`.
+    /// `none`: topology ignored. `required`: alias of `clique`. Immutable.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("nvlink is immutable: delete and recreate the TrainingJob to change the gang"))]
     pub nvlink: NvLinkMode,
-    /// How many times the whole gang is restarted after a failure before the job fails.
+    /// How many times the whole gang is restarted after a failure before the job fails. Mutable;
+    /// applies from the next failure on.
     #[serde(default = "default_backoff")]
     #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("backoffLimit must be between 0 and 100"))]
     pub backoff_limit: i32,
-    /// Wall-clock limit for one run; the job fails when exceeded.
+    /// Wall-clock limit for one run; the job fails when exceeded. Mutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self > 0").message("maxRuntimeSeconds must be positive"))]
     pub max_runtime_seconds: Option<i64>,
-    /// Only members whose labels match all of these are considered.
+    /// Only members whose labels match all of these are considered. Mutable; applies to the next
+    /// placement (a running gang is not moved).
     #[serde(default, skip_serializing_if = "ClusterSelector::is_empty")]
     pub cluster_selector: ClusterSelector,
     /// Scheduling priority: waiting jobs of higher priority are placed first; within a priority,
     /// older jobs first.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
-    /// Annotations put on every pod of the job in the member cluster (e.g. for log shippers or
-    /// service meshes).
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub pod_annotations: std::collections::BTreeMap<String, String>,
-    /// Port of the rank-0 rendezvous (torchrun `MASTER_PORT`).
+    /// Port of the rank-0 rendezvous (torchrun `MASTER_PORT`). Immutable.
     #[serde(default = "default_master_port")]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("masterPort must be between 1 and 65535"))]
+    #[x_kube(
+        validation = Rule::new("self >= 1 && self <= 65535").message("masterPort must be between 1 and 65535"),
+        validation = Rule::new("self == oldSelf").message("masterPort is immutable: delete and recreate the TrainingJob to change it")
+    )]
     pub master_port: i32,
 }
 

@@ -37,9 +37,32 @@ struct Args {
     /// Seconds between refreshes.
     #[arg(long, default_value_t = 30)]
     interval: u64,
+    /// Also publish the GPUs as a ResourceSlice of NVIDIA's DRA driver (`gpu.nvidia.com`).
+    /// SIMULATION for nodes without the driver (KWOK nodes in tests and demos): nothing prepares
+    /// the devices on the node. Never use it where NVIDIA's DRA driver runs.
+    #[arg(long)]
+    simulate_dra: bool,
+    /// The kubelet's pod-resources socket: when it exists, the `nvidia.com/gpu` devices the
+    /// kubelet gave each pod are published (and counted in use). Absent on simulated nodes.
+    #[arg(long, value_name = "SOCKET", default_value = agent::pod_resources::DEFAULT_SOCKET)]
+    pod_resources_socket: PathBuf,
     /// Kubeconfig to use (default: in-cluster config or $KUBECONFIG).
     #[arg(long, value_name = "FILE")]
     kubeconfig: Option<PathBuf>,
+}
+
+/// Adds what the kubelet says each pod got, when its pod-resources socket is there.
+async fn with_kubelet_devices(args: &Args, mut r: Reading) -> Reading {
+    let sock = &args.pod_resources_socket;
+    if !sock.exists() {
+        tracing::debug!(socket = %sock.display(), "no kubelet pod-resources socket; not reading device assignments");
+        return r;
+    }
+    match agent::pod_resources::list(sock).await {
+        Ok(resp) => r.pod_devices = agent::pod_resources::gpu_assignments(&resp),
+        Err(e) => tracing::warn!("reading the kubelet's device assignments failed: {e:#}"),
+    }
+    r
 }
 
 fn read(args: &Args) -> Result<Reading> {
@@ -75,13 +98,14 @@ async fn client(args: &Args) -> Result<kube::Client> {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let reading = read(&args)?;
+    let reading = with_kubelet_devices(&args, read(&args)?).await;
     if args.print {
         let mut t = gpupool::api::GpuTopology::new(&reading.spec.node_name, reading.spec.clone());
         t.status = Some(gpupool::api::GpuTopologyStatus {
             gpu_count: reading.spec.gpus.len() as i32,
             gpus_in_use: reading.in_use.clone(),
             last_update_time: None,
+            pod_devices: reading.pod_devices.clone(),
         });
         let out = match args.format {
             Format::Yaml => serde_yaml::to_string(&t)?,
@@ -98,13 +122,16 @@ async fn run(args: Args) -> Result<()> {
     let mut reading = reading;
     loop {
         agent::publish(&client, &reading).await?;
+        if args.simulate_dra {
+            agent::dra::publish_simulated_slice(&client, &reading.spec).await?;
+        }
         tracing::info!(node = %reading.spec.node_name, gpus = reading.spec.gpus.len(), in_use = reading.in_use.len(), "published GpuTopology");
         if args.once {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_secs(args.interval.max(1))).await;
         match read(&args) {
-            Ok(r) => reading = r,
+            Ok(r) => reading = with_kubelet_devices(&args, r).await,
             Err(e) => {
                 tracing::warn!("re-reading the topology failed, publishing the last one: {e:#}")
             }

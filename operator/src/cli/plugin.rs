@@ -436,18 +436,12 @@ pub fn members_report(members: &[Value], records: &[UsageRecord]) -> Value {
             "schedulable": m.pointer("/spec/schedulable").cloned().unwrap_or(json!(true)),
             "region": m.pointer("/spec/region"),
             "owner": m.pointer("/spec/ownerWallet"),
-            "bindingMode": m.pointer("/spec/binding/mode")
-                .or_else(|| m.pointer("/spec/bindingMode"))
-                .or_else(|| m.pointer("/status/bindingMode")),
+            "bindingMode": m.pointer("/status/bindingMode"),
             "nodes": cap.get("nodes"),
             "gpusTotal": cap.get("gpusTotal"),
             "gpusFree": cap.get("gpusFree"),
             "byModel": cap.get("byModel"),
-            // Whatever the capacity calls its free NVLink groups in this build.
-            "freeNvlinkIslands": cap.as_object().and_then(|o| {
-                o.iter().find(|(k, _)| k.starts_with("freeNvlink") || k.starts_with("largestFreeNvlink"))
-                    .map(|(_, v)| v.clone())
-            }),
+            "freeNvlinkIslands": cap.get("largestFreeNvlinkCliques"),
             "earned": {
                 "settledGpuSeconds": tally.settled_gpu_seconds,
                 "settledTokens": tally.settled_tokens,

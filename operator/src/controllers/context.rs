@@ -229,6 +229,10 @@ impl MemberSink for Sink {
         self.scheduler.topology_change(member, change);
     }
 
+    fn slice_devices(&self, member: &str, per_node: std::collections::BTreeMap<String, i64>) {
+        self.scheduler.slice_devices_change(member, per_node);
+    }
+
     fn pod(&self, member: &str, change: Change<k8s_openapi::api::core::v1::Pod>) {
         self.scheduler.pod_change(member, &change);
         if let Change::Applied(p) | Change::Deleted(p) = &change {

@@ -2,13 +2,14 @@
 //! handed back to the scheduler (removed from the status), roll-up of readiness and endpoints.
 //! Placement itself is the scheduler's.
 
+use super::error::MemberErr;
 use super::member_io::{cleanup_job, create_if_missing, delete_all, delete_pods, ensure_namespace};
 use super::status::{apply_status, event, reconcile_finalized, set_condition};
 use super::{Context, Error, Result};
 use crate::api::{InferenceJob, InferencePhase, condition};
 use crate::federation::{MemberView, labels};
 use crate::scheduler::jobs::{flatten, group};
-use crate::workloads::{inference_pod, inference_service};
+use crate::workloads::{inference_objects, pod_node};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -46,7 +47,7 @@ fn pod_state(pods: &[Arc<Pod>], index: i32, node: &str) -> (Option<String>, bool
             l.and_then(|l| l.get(labels::INDEX))
                 .and_then(|i| i.parse::<i32>().ok())
                 == Some(index)
-                && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+                && pod_node(p) == Some(node)
         })
         .map(|p| {
             let st = p.status.as_ref();
@@ -190,8 +191,15 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
                 .with_cache(|cache| cache.model_of(c, &p.node))
                 .unwrap_or_default();
             ensure_namespace(&client, c, &ns).await?;
-            create_if_missing(&client, c, &inference_service(job)).await?;
-            create_if_missing(&client, c, &inference_pod(job, &pl)).await?;
+            let objects = inference_objects(job, std::slice::from_ref(&pl), m.binding_mode());
+            for svc in &objects.services {
+                create_if_missing(&client, c, svc).await?;
+            }
+            for mp in &objects.pods {
+                crate::federation::dra::create_member_pod(&client, mp)
+                    .await
+                    .member(c)?;
+            }
         }
         if is_ready {
             *ready.entry(c.clone()).or_default() += 1;

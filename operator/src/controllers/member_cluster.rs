@@ -99,6 +99,9 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
         version: String::new(),
         last_sweep: None,
         watch: None,
+        binding: None,
+        kubelet_mismatches: Vec::new(),
+        refused_pods: Default::default(),
     });
     view.spec = mc.spec.clone();
 
@@ -135,6 +138,22 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
         {
             Ok(Ok(v)) => {
                 view.version = v.git_version;
+                if view
+                    .binding
+                    .is_none_or(|b| b.at.elapsed() > crate::federation::dra::RECHECK)
+                {
+                    match crate::federation::dra::detect(&client).await {
+                        Ok(mode) => {
+                            view.binding = Some(crate::federation::dra::BindingProbe {
+                                mode,
+                                at: Instant::now(),
+                            })
+                        }
+                        Err(e) => {
+                            tracing::warn!(cluster = %name, error = %e, "DRA detection failed")
+                        }
+                    }
+                }
                 view.reachable = true;
                 view.last_heartbeat = Some(Timestamp::now());
             }
@@ -163,6 +182,11 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
         })
     });
     view.ready = view.reachable || (was_ready && since_heartbeat < ctx.config.member_grace);
+    // A wallet that passes CEL but is not a 32-byte key cannot be paid: not Ready, with the reason.
+    let wallet_problem = crate::api::wallet_problem(&mc.spec.owner_wallet);
+    if wallet_problem.is_some() {
+        view.ready = false;
+    }
     let synced = view.watch.as_ref().is_some_and(|w| w.synced());
     let mut labels = mc.spec.labels.clone();
     if let Some(r) = &mc.spec.region {
@@ -176,6 +200,8 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
             schedulable: view.schedulable(),
             reason: if !mc.spec.schedulable {
                 "not schedulable (spec.schedulable=false)".into()
+            } else if wallet_problem.is_some() {
+                "owner wallet invalid".into()
             } else if !view.ready {
                 "not ready".into()
             } else if !view.reachable {
@@ -183,6 +209,7 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
             } else {
                 String::new()
             },
+            binding: view.binding_mode(),
         },
     );
     let (nodes, capacity, problems) = ctx
@@ -229,8 +256,10 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
             generation,
         );
     } else {
-        let (reason, msg) = problem
+        let (reason, msg) = wallet_problem
             .clone()
+            .map(|m| ("InvalidOwnerWallet".to_string(), m))
+            .or_else(|| problem.clone())
             .unwrap_or_else(|| ("NotReady".into(), "not reachable".into()));
         set_condition(
             &mut status.conditions,
@@ -244,6 +273,9 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
     status.last_heartbeat_time = view
         .last_heartbeat
         .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time);
+    if let Some(b) = view.binding {
+        status.binding_mode = Some(b.mode);
+    }
     if view.reachable && synced {
         status.kubernetes_version = Some(view.version.clone());
         status.capacity = capacity;
@@ -298,6 +330,62 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
                 tracing::warn!(cluster = %name, error = %e, "sweeping orphaned workloads failed")
             }
         }
+    }
+    // Device-plugin members: where the kubelet gave a pod other GPUs than gpupool chose, say so
+    // (the agent already counts the kubelet's GPUs in use, so none of them is offered as free).
+    let (pods, pod_devices) = view
+        .watch
+        .as_ref()
+        .filter(|_| synced)
+        .map(|w| (w.pods(), w.pod_devices()))
+        .unwrap_or_default();
+    let mismatches = crate::federation::dra::kubelet_mismatches(&pods, &pod_devices);
+    ctx.metrics.set_kubelet_mismatches(&name, mismatches.len());
+    let known = std::mem::replace(&mut view.kubelet_mismatches, mismatches.clone());
+    for m in mismatches.iter().filter(|m| !known.contains(m)) {
+        event(
+            ctx,
+            mc,
+            true,
+            "KubeletChoseOtherGPUs",
+            "Reconcile",
+            format!(
+                "kubelet on {} gave pod {}/{} GPUs [{}], gpupool chose [{}]",
+                m.node,
+                m.namespace,
+                m.pod,
+                m.assigned.join(","),
+                m.chosen.join(",")
+            ),
+        )
+        .await;
+    }
+    // Pods the member's own scheduler refuses (on DRA members: claims it cannot allocate, e.g. GPUs
+    // taken outside gpupool): said once per pod, with the scheduler's words.
+    let refused = crate::federation::dra::scheduler_refusals(&pods);
+    let known = std::mem::replace(
+        &mut view.refused_pods,
+        refused
+            .iter()
+            .map(|r| format!("{}/{}", r.namespace, r.pod))
+            .collect(),
+    );
+    for r in refused
+        .iter()
+        .filter(|r| !known.contains(&format!("{}/{}", r.namespace, r.pod)))
+    {
+        event(
+            ctx,
+            mc,
+            true,
+            "MemberSchedulerRefused",
+            "Reconcile",
+            format!(
+                "the member's scheduler cannot place pod {}/{}: {}",
+                r.namespace, r.pod, r.message
+            ),
+        )
+        .await;
     }
     ctx.metrics
         .set_member_capacity(&name, view.ready, &status.capacity);
@@ -364,6 +452,8 @@ struct MemberStatusPatch<'a> {
     kubernetes_version: &'a Option<String>,
     capacity: &'a CapacitySummary,
     #[serde(skip_serializing_if = "Option::is_none")]
+    binding_mode: &'a Option<crate::api::BindingMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     observed_generation: &'a Option<i64>,
 }
 
@@ -374,6 +464,7 @@ impl<'a> From<&'a MemberClusterStatus> for MemberStatusPatch<'a> {
             last_heartbeat_time: &s.last_heartbeat_time,
             kubernetes_version: &s.kubernetes_version,
             capacity: &s.capacity,
+            binding_mode: &s.binding_mode,
             observed_generation: &s.observed_generation,
         }
     }

@@ -149,11 +149,9 @@ pub async fn sweep_orphans(
             continue;
         };
         let ns = p.namespace().unwrap_or_default();
-        let node = p
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default();
+        let node = crate::workloads::pod_node(p)
+            .unwrap_or_default()
+            .to_string();
         let index: i32 = l
             .get(labels::INDEX)
             .and_then(|i| i.parse().ok())

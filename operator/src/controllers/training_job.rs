@@ -1,12 +1,13 @@
 //! TrainingJob controller: worker pods of a placed gang, gang restarts, roll-up from the member's
 //! pod watch. Placement itself is the scheduler's.
 
+use super::error::MemberErr;
 use super::member_io::{cleanup_job, create_if_missing, delete_pods, ensure_namespace};
 use super::status::{apply_status, event, now, reconcile_finalized, set_condition};
 use super::{Context, Error, Result};
 use crate::api::{TrainingJob, TrainingJobStatus, TrainingPhase, condition};
 use crate::federation::labels;
-use crate::workloads::{PodPlacement, training_pods, training_service};
+use crate::workloads::{PodPlacement, training_objects};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -94,18 +95,28 @@ async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context)
 
     // Create what is missing (idempotent), unless the scheduler is creating it right now.
     if !ctx.scheduler.in_flight(&uid) {
-        let mut want = training_pods(job, generation, &placements(&st, ctx, &cluster));
-        want.retain(|w| {
-            !pods
-                .iter()
-                .any(|p| p.metadata.name == w.metadata.name && p.namespace() == w.namespace())
+        let mut want = training_objects(
+            job,
+            generation,
+            &placements(&st, ctx, &cluster),
+            member.binding_mode(),
+        );
+        want.pods.retain(|w| {
+            !pods.iter().any(|p| {
+                p.metadata.name == w.pod.metadata.name && p.namespace() == w.pod.namespace()
+            })
         });
-        if !want.is_empty() {
+        if !want.pods.is_empty() {
             ensure_namespace(&client, &cluster, &ns).await?;
-            create_if_missing(&client, &cluster, &training_service(job)).await?;
+            for svc in &want.services {
+                create_if_missing(&client, &cluster, svc).await?;
+            }
             let mut created = 0;
-            for pod in &want {
-                if create_if_missing(&client, &cluster, pod).await? {
+            for mp in &want.pods {
+                if crate::federation::dra::create_member_pod(&client, mp)
+                    .await
+                    .member(&cluster)?
+                {
                     created += 1;
                 }
             }

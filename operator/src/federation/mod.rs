@@ -7,6 +7,7 @@
 //! a job's pods from the watch's index.
 
 mod client;
+pub mod dra;
 mod errors;
 mod inventory;
 mod registry;
@@ -42,6 +43,10 @@ pub mod labels {
     pub const GPU_MODEL: &str = "gpupool.io/gpu-model";
     /// Annotation: topology score of the assigned GPU set.
     pub const GPU_SCORE: &str = "gpupool.io/gpu-score";
+    /// Annotation: the node gpupool chose (DRA pods are bound by the member's scheduler).
+    pub const NODE: &str = "gpupool.io/node";
+    /// Annotation: how the GPUs are bound (`DRA` or `DevicePlugin`).
+    pub const BINDING: &str = "gpupool.io/gpu-binding";
     /// Label selector for everything gpupool manages.
     pub const SELECTOR: &str = "app.kubernetes.io/managed-by=gpupool";
 }

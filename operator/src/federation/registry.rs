@@ -28,9 +28,20 @@ pub struct MemberView {
     pub last_sweep: Option<std::time::Instant>,
     /// Watches on the member's nodes, topologies and gpupool pods (restarted with the client).
     pub watch: Option<Arc<super::MemberWatch>>,
+    /// How GPUs are bound in this member, once probed ([`super::dra::detect`]).
+    pub binding: Option<super::dra::BindingProbe>,
+    /// Kubelet mismatches already reported by an Event (each is reported once).
+    pub kubelet_mismatches: Vec<super::dra::KubeletMismatch>,
+    /// Pods (`namespace/name`) whose refusal by the member's scheduler was already reported.
+    pub refused_pods: std::collections::BTreeSet<String>,
 }
 
 impl MemberView {
+    /// The binding mode to use for new pods (the device plugin until DRA was detected).
+    pub fn binding_mode(&self) -> crate::api::BindingMode {
+        self.binding.map(|b| b.mode).unwrap_or_default()
+    }
+
     /// Whether new work may be placed here.
     pub fn schedulable(&self) -> bool {
         self.ready && self.reachable && self.spec.schedulable && self.client.is_some()

@@ -1,4 +1,5 @@
-//! Watches on a member cluster: nodes, `GpuTopology` objects and the pods gpupool created there,
+//! Watches on a member cluster: nodes, `GpuTopology` objects, the pods gpupool created there and
+//! the ResourceSlices of NVIDIA's DRA driver (GPU devices per node on DRA members),
 //! each mirrored into a reflector store (managed fields dropped) and reported, change by change,
 //! to a [`MemberSink`] (the scheduler's cache and the job controllers' wake-ups). Pods are also
 //! indexed by the hub job they belong to, so a controller reads a job's pods without scanning.
@@ -7,6 +8,7 @@ use super::labels;
 use crate::api::GpuTopology;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::resource::v1::ResourceSlice;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -36,11 +38,13 @@ pub trait MemberSink: Send + Sync {
     fn topology(&self, member: &str, change: Change<GpuTopology>);
     /// A gpupool pod changed.
     fn pod(&self, member: &str, change: Change<Pod>);
+    /// The ResourceSlices changed: GPU devices of NVIDIA's DRA driver per node, all of them.
+    fn slice_devices(&self, member: &str, per_node: std::collections::BTreeMap<String, i64>);
 }
 
 type PodIndex = Arc<RwLock<HashMap<String, HashSet<ObjectRef<Pod>>>>>;
 
-/// The three watches of one member; aborted on drop.
+/// The watches of one member; aborted on drop.
 pub struct MemberWatch {
     nodes: Store<Node>,
     topologies: Store<GpuTopology>,
@@ -113,6 +117,7 @@ impl MemberWatch {
             move |c, _| s.topology(&m, c),
         );
         let by_job: PodIndex = Arc::default();
+        let sink_slices = sink.clone();
         let (m, s, idx) = (member.to_string(), sink, by_job.clone());
         let (pods, t3) = spawn_reflector(
             Api::<Pod>::all(client.clone()),
@@ -150,12 +155,25 @@ impl MemberWatch {
                 s.pod(&m, c)
             },
         );
+        // A member that does not serve `resource.k8s.io/v1` answers 404 and the watch keeps
+        // retrying with backoff: such a member has no DRA, and nothing is reported.
+        let m = member.to_string();
+        let (_, t4) = spawn_reflector(
+            Api::<ResourceSlice>::all(client.clone()),
+            watcher::Config::default(),
+            move |c, store| match c {
+                Change::Relisting => {}
+                _ => {
+                    sink_slices.slice_devices(&m, super::dra::gpu_devices_per_node(&store.state()))
+                }
+            },
+        );
         MemberWatch {
             nodes,
             topologies,
             pods,
             by_job,
-            tasks: vec![t1, t2, t3],
+            tasks: vec![t1, t2, t3, t4],
         }
     }
 
@@ -187,6 +205,18 @@ impl MemberWatch {
                     .gpus
                     .iter()
                     .map(|g| (g.uuid.clone(), g.model.clone()))
+            })
+            .collect()
+    }
+
+    /// Devices the kubelet assigned per pod container, by node, as the node agents published them.
+    pub fn pod_devices(&self) -> std::collections::BTreeMap<String, Vec<crate::api::PodDevices>> {
+        self.topologies
+            .state()
+            .iter()
+            .filter_map(|t| {
+                let s = t.status.as_ref()?;
+                Some((t.spec.node_name.clone(), s.pod_devices.clone()))
             })
             .collect()
     }

@@ -42,6 +42,7 @@ struct Inner {
     oracle_balance: IntGauge,
     /// Every metric family name in the registry (histograms without their series suffixes).
     names: Vec<String>,
+    kubelet_mismatches: IntGaugeVec,
     gang_restarts: IntCounterVec,
     usage_gpu_seconds: IntCounterVec,
     tokens_minted: IntCounterVec,
@@ -136,6 +137,13 @@ impl Default for Metrics {
                 "gpupool_oracle_balance_lamports",
                 "SOL balance of the usage oracle that signs and pays for settlements, in lamports"
             ))),
+            kubelet_mismatches: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "gpupool_kubelet_gpu_mismatches",
+                    "Device-plugin pods whose GPUs, as the kubelet assigned them, differ from gpupool's choice"
+                ),
+                &["cluster"]
+            )),
             gang_restarts: reg!(IntCounterVec::new(
                 Opts::new(
                     "gpupool_job_restarts_total",
@@ -344,8 +352,20 @@ impl Metrics {
             .set(allocated as i64);
     }
 
+    /// Pods in the member whose kubelet-assigned GPUs differ from gpupool's choice.
+    pub fn set_kubelet_mismatches(&self, cluster: &str, n: usize) {
+        self.inner
+            .kubelet_mismatches
+            .with_label_values(&[cluster])
+            .set(n as i64);
+    }
+
     /// Drops a deleted member's series.
     pub fn forget_member(&self, cluster: &str) {
+        let _ = self
+            .inner
+            .kubelet_mismatches
+            .remove_label_values(&[cluster]);
         let _ = self.inner.member_ready.remove_label_values(&[cluster]);
         let _ = self.inner.member_gpus.remove_label_values(&[cluster]);
         let _ = self

@@ -244,6 +244,7 @@ fn allocate_on_a_published_topology_uses_status() {
         gpu_count: 4,
         gpus_in_use: vec![spec.gpus[1].uuid.clone()],
         last_update_time: None,
+        pod_devices: Vec::new(),
     });
     assert_eq!(allocate_on(&t, &req).unwrap().gpus, vec![2, 3]);
     t.spec.gpus.clear();

@@ -7,13 +7,15 @@
 //! with the number of jobs and barely with the number of nodes.
 //!
 //! Supply is checked, not believed: a node's usable GPUs are capped by its `nvidia.com/gpu`
-//! allocatable; a GPU UUID belongs to the node that published it first (earliest `GpuTopology`
+//! allocatable on device-plugin members, and on DRA members (whose nodes advertise no
+//! `nvidia.com/gpu`: their GPUs are ResourceSlice devices) by the node's devices of the GPU driver
+//! in its ResourceSlices, or by its published topology while no slice is known; a GPU UUID belongs to the node that published it first (earliest `GpuTopology`
 //! creation, then member and node name) and a later node publishing the same UUID is quarantined
 //! without affecting the first; a UUID listed twice inside one node makes those GPUs unusable
 //! without marking anything else busy; and an assignment only ever holds GPUs on the member and
 //! node it names, so nothing one member publishes or annotates can block another member's GPUs.
 
-use crate::api::{CapacitySummary, GpuTopologySpec, ModelCapacity};
+use crate::api::{BindingMode, CapacitySummary, GpuTopologySpec, ModelCapacity};
 use crate::placement::{ClusterCandidate, JobRequest, NodeCandidate};
 use crate::topology::{GpuGraph, GpuSet};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -31,6 +33,8 @@ pub struct MemberInfo {
     pub schedulable: bool,
     /// Why not, when not.
     pub reason: String,
+    /// How GPUs are bound to pods there (decides what caps a node's usable GPUs).
+    pub binding: BindingMode,
 }
 
 /// What a member's `Node` object says.
@@ -47,7 +51,8 @@ pub struct NodeFacts {
 pub struct TopologyFacts {
     /// The spec.
     pub spec: GpuTopologySpec,
-    /// GPUs the node agent saw busy with processes gpupool did not start.
+    /// GPUs held outside gpupool's bookkeeping: busy with processes gpupool did not start, or
+    /// assigned to a pod by the kubelet (its pod-resources API, as the node agent read it).
     pub busy: Vec<String>,
     /// Creation time of the object (seconds since the epoch); the earliest publisher of a UUID
     /// keeps it.
@@ -130,6 +135,8 @@ struct Member {
     /// Member pods have been listed at least once (their assignments are known).
     pods_synced: bool,
     nodes: BTreeMap<String, NodeFacts>,
+    /// GPU devices each node offers in the member's ResourceSlices (DRA members).
+    slice_devices: BTreeMap<String, i64>,
     topologies: BTreeMap<String, TopologyFacts>,
     /// GpuTopology object name → node name.
     topology_names: HashMap<String, String>,
@@ -141,6 +148,26 @@ struct Member {
     index: BTreeMap<ClassKey, BTreeSet<String>>,
     /// Graphs by node, kept while the topology spec is unchanged.
     graphs: HashMap<String, (GpuTopologySpec, Arc<GpuGraph>, u64)>,
+}
+
+impl Member {
+    /// How many GPUs a node may offer and what says so, or `None` when it is no GPU node: the
+    /// `nvidia.com/gpu` allocatable on device-plugin members; on DRA members the node's devices
+    /// in the ResourceSlices, or its published topology's GPU count while no slice is known.
+    fn gpu_cap(&self, node: &str) -> Option<(i64, &'static str)> {
+        let facts = self.nodes.get(node)?;
+        let cap = match self.info.binding {
+            BindingMode::DevicePlugin => (facts.allocatable, "nvidia.com/gpu allocatable"),
+            BindingMode::Dra => match self.slice_devices.get(node) {
+                Some(d) => (*d, "ResourceSlice GPU devices"),
+                None => (
+                    self.topologies.get(node)?.spec.gpus.len() as i64,
+                    "published GPU count",
+                ),
+            },
+        };
+        (cap.0 > 0).then_some(cap)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -224,9 +251,16 @@ impl PoolCache {
             return false;
         }
         let became = info.schedulable && !m.info.schedulable;
+        let rebind = info.binding != m.info.binding;
         m.info = info;
         if became {
             self.wakes.all = true;
+        }
+        if rebind {
+            let nodes: Vec<String> = m.nodes.keys().cloned().collect();
+            for n in nodes {
+                self.refresh(name, &n);
+            }
         }
         true
     }
@@ -253,10 +287,10 @@ impl PoolCache {
 
     // ----- nodes and topologies -----
 
-    /// A node was added or changed (`None`: deleted, or it has no GPUs).
+    /// A node was added or changed (`None`: deleted). Nodes without GPUs are kept too: on a DRA
+    /// member a node's GPUs are not in its `Node` object.
     pub fn set_node(&mut self, member: &str, node: &str, facts: Option<NodeFacts>) {
         let m = self.members.entry(member.to_string()).or_default();
-        let facts = facts.filter(|f| f.allocatable > 0);
         if m.nodes.get(node) == facts.as_ref() {
             return;
         }
@@ -281,6 +315,36 @@ impl PoolCache {
         }
         for (n, f) in nodes {
             self.set_node(member, &n, Some(f));
+        }
+    }
+
+    /// How many GPU devices a node offers in the member's ResourceSlices (`None`: none known).
+    pub fn set_slice_devices(&mut self, member: &str, node: &str, devices: Option<i64>) {
+        let m = self.members.entry(member.to_string()).or_default();
+        if m.slice_devices.get(node).copied() == devices {
+            return;
+        }
+        match devices {
+            Some(d) => m.slice_devices.insert(node.to_string(), d),
+            None => m.slice_devices.remove(node),
+        };
+        self.refresh(member, node);
+    }
+
+    /// Replaces the ResourceSlice device counts of every node of a member (after a relist).
+    pub fn resync_slice_devices(&mut self, member: &str, all: BTreeMap<String, i64>) {
+        let m = self.members.entry(member.to_string()).or_default();
+        let gone: Vec<String> = m
+            .slice_devices
+            .keys()
+            .filter(|n| !all.contains_key(*n))
+            .cloned()
+            .collect();
+        for n in gone {
+            self.set_slice_devices(member, &n, None);
+        }
+        for (n, d) in all {
+            self.set_slice_devices(member, &n, Some(d));
         }
     }
 
@@ -346,7 +410,7 @@ impl PoolCache {
     fn refresh(&mut self, member: &str, node: &str) {
         let mut affected = self.release_claims(member, node);
         if let Some(m) = self.members.get(member)
-            && m.nodes.contains_key(node)
+            && m.gpu_cap(node).is_some()
             && let Some(t) = m.topologies.get(node)
         {
             let claim = Claim {
@@ -391,7 +455,7 @@ impl PoolCache {
             }
         }
         m.unusable.remove(node);
-        let Some(facts) = m.nodes.get(node).cloned() else {
+        let (Some(facts), Some(cap)) = (m.nodes.get(node).cloned(), m.gpu_cap(node)) else {
             m.graphs.remove(node);
             return;
         };
@@ -473,12 +537,13 @@ impl PoolCache {
                 dups.into_iter().collect::<Vec<_>>().join(", ")
             ));
         }
-        // Never more GPUs than the kubelet offers.
-        let cap = usize::try_from(facts.allocatable).unwrap_or(0);
+        // Never more GPUs than the kubelet (device plugin) or the DRA driver offers.
+        let (cap, source) = cap;
+        let cap = usize::try_from(cap).unwrap_or(0);
         if usable.len() > cap {
             let keep = GpuSet::from_indexes(usable.iter().take(cap));
             problems.push(format!(
-                "{node}: topology lists {} GPUs, nvidia.com/gpu allocatable is {cap}",
+                "{node}: topology lists {} GPUs, {source} is {cap}",
                 usable.len()
             ));
             usable = keep;
@@ -708,7 +773,9 @@ impl PoolCache {
 
     /// GPU nodes the member has (placeable or not).
     pub fn node_count(&self, member: &str) -> usize {
-        self.members.get(member).map_or(0, |m| m.nodes.len())
+        self.members.get(member).map_or(0, |m| {
+            m.nodes.keys().filter(|n| m.gpu_cap(n).is_some()).count()
+        })
     }
 
     /// Supply problems and quarantined nodes of a member, one line each.
@@ -762,14 +829,19 @@ impl PoolCache {
             }
         }
         // GPU nodes without a topology yet still count (not free: nothing can be placed there).
-        for (name, f) in &m.nodes {
+        let mut nodes = 0;
+        for name in m.nodes.keys() {
+            let Some((cap, _)) = m.gpu_cap(name) else {
+                continue;
+            };
+            nodes += 1;
             if !m.topologies.contains_key(name) {
-                total += f.allocatable as i32;
+                total += cap as i32;
             }
         }
         islands.sort_unstable_by(|a, b| b.cmp(a));
         CapacitySummary {
-            nodes: m.nodes.len() as i32,
+            nodes,
             gpus_total: total,
             gpus_free: free_total,
             by_model: by_model.into_values().collect(),

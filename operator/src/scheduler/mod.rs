@@ -101,7 +101,8 @@ pub fn pod_slots(member: &str, p: &Pod) -> BTreeSet<Slot> {
     if phase == "Succeeded" || phase == "Failed" {
         return BTreeSet::new();
     }
-    let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+    // DRA pods carry no `nodeName` until the member's scheduler binds them: the chosen node.
+    let Some(node) = crate::workloads::pod_node(p) else {
         return BTreeSet::new();
     };
     let Some(uuids) = p.annotations().get(labels::GPU_UUIDS) else {
@@ -128,10 +129,21 @@ fn node_facts(n: &Node) -> NodeFacts {
 fn topology_facts(t: &GpuTopology) -> TopologyFacts {
     TopologyFacts {
         spec: t.spec.clone(),
+        // GPUs the kubelet reports held by a pod are never free, whoever chose them.
         busy: t
             .status
             .as_ref()
-            .map(|s| s.gpus_in_use.clone())
+            .map(|s| {
+                let mut busy = s.gpus_in_use.clone();
+                busy.extend(
+                    s.pod_devices
+                        .iter()
+                        .flat_map(|d| d.device_ids.iter().cloned()),
+                );
+                busy.sort();
+                busy.dedup();
+                busy
+            })
             .unwrap_or_default(),
         published: t
             .metadata
@@ -378,6 +390,12 @@ impl Scheduler {
         self.notify.notify_one();
     }
 
+    /// GPU devices per node in a member's ResourceSlices (all nodes, after any slice change).
+    pub fn slice_devices_change(&self, member: &str, per_node: BTreeMap<String, i64>) {
+        self.lock().cache.resync_slice_devices(member, per_node);
+        self.notify.notify_one();
+    }
+
     /// A gpupool pod in a member changed.
     pub fn pod_change(&self, member: &str, c: &Change<Pod>) {
         let mut st = self.lock();
@@ -551,10 +569,10 @@ impl Scheduler {
                     st.reported.remove(&w.uid);
                 }
                 self.metrics.set_pending("trainingjob", &name.name, false);
-                let objs = crate::workloads::training_pods(job, status.restarts, &pods);
-                let svc = crate::workloads::training_service(job);
-                self.create_in_member(&cluster, &name.namespace, Some(svc), objs)
-                    .await;
+                self.create_in_member(&cluster, &name.namespace, |mode| {
+                    crate::workloads::training_objects(job, status.restarts, &pods, mode)
+                })
+                .await;
                 self.lock().in_flight.remove(&w.uid);
                 self.publish(&**job, false, "Scheduled", note).await;
             }
@@ -586,15 +604,13 @@ impl Scheduler {
                     .set_pending("inferencejob", &name.name, unplaced.is_some());
                 let mut by_member: BTreeMap<String, Vec<_>> = BTreeMap::new();
                 for (c, p) in &new {
-                    by_member
-                        .entry(c.clone())
-                        .or_default()
-                        .push(crate::workloads::inference_pod(job, p));
+                    by_member.entry(c.clone()).or_default().push(p.clone());
                 }
-                for (c, pods) in by_member {
-                    let svc = crate::workloads::inference_service(job);
-                    self.create_in_member(&c, &name.namespace, Some(svc), pods)
-                        .await;
+                for (c, placements) in by_member {
+                    self.create_in_member(&c, &name.namespace, |mode| {
+                        crate::workloads::inference_objects(job, &placements, mode)
+                    })
+                    .await;
                 }
                 self.lock().in_flight.remove(&w.uid);
                 let recovered = job
@@ -683,14 +699,14 @@ impl Scheduler {
         }
     }
 
-    /// Creates a job's namespace (once per member), Service and pods in a member. Failures are
-    /// logged: the job's controller creates what is missing when it next looks.
+    /// Creates a job's namespace (once per member), Services, pods and (on DRA members) their
+    /// ResourceClaims in a member, built for the member's binding mode. Failures are logged: the
+    /// job's controller creates what is missing when it next looks.
     async fn create_in_member(
         &self,
         member: &str,
         ns: &str,
-        svc: Option<k8s_openapi::api::core::v1::Service>,
-        pods: Vec<Pod>,
+        build: impl FnOnce(crate::api::BindingMode) -> crate::workloads::MemberObjects,
     ) {
         let Some(view) = self.registry.get(member).await else {
             tracing::debug!(
@@ -699,6 +715,7 @@ impl Scheduler {
             );
             return;
         };
+        let objects = build(view.binding_mode());
         let Some(client) = view.client.filter(|_| view.reachable) else {
             tracing::debug!(
                 cluster = member,
@@ -713,17 +730,24 @@ impl Scheduler {
                 writes::ensure_namespace(&client, ns).await?;
                 self.lock().namespaces.insert(key);
             }
-            if let Some(s) = &svc {
+            for s in &objects.services {
                 writes::create_if_missing(&client, s).await?;
             }
-            for p in &pods {
-                writes::create_if_missing(&client, p).await?;
+            for p in &objects.pods {
+                crate::federation::dra::create_member_pod(&client, p).await?;
             }
             Ok::<_, kube::Error>(())
         }
         .await;
         match res {
-            Ok(()) => tracing::debug!(cluster = member, ns, pods = pods.len(), "created workloads"),
+            Ok(()) => {
+                tracing::debug!(
+                    cluster = member,
+                    ns,
+                    pods = objects.pods.len(),
+                    "created workloads"
+                )
+            }
             Err(e) => {
                 tracing::warn!(cluster = member, error = %e, "creating workloads failed; the job controller retries")
             }

@@ -264,7 +264,7 @@ fn members_that_cannot_take_work_say_why() {
 
 fn training(name: &str, workers: i32, gpus: i32) -> TrainingJob {
     let mut j: TrainingJob = serde_yaml::from_str(&format!(
-        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: default, uid: {name}-uid}}\nspec: {{image: x, workers: {workers}, gpusPerWorker: {gpus}}}\n"
+        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: default, uid: {name}-uid}}\nspec: {{template: {{spec: {{containers: [{{name: main, image: x}}]}}}}, workers: {workers}, gpusPerWorker: {gpus}}}\n"
     ))
     .unwrap();
     j.metadata.finalizers = Some(vec![FINALIZER.into()]);

@@ -1,0 +1,487 @@
+//! Exact GPUs enforced in the member: on a DRA member the hub's choice becomes a ResourceClaim that
+//! the member's own kube-scheduler allocates; a device-plugin member keeps working beside it.
+//! Real API servers, real kube-scheduler and kube-controller-manager in the members, KWOK nodes
+//! with simulated ResourceSlices (NVIDIA's driver name and attributes).
+
+use gpupool::api::{BindingMode, MemberCluster, TrainingJob, TrainingPhase};
+use gpupool_e2e::{
+    Federation, GpuNode, MemberKind, Operator, eventually, node_uuid, publish_fixture,
+    register_member,
+};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::resource::v1::ResourceClaim;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+const WALLET_1: &str = "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU";
+const WALLET_2: &str = "9WzDXwBbmkg8ZTbNMqUxvQRAyrZzDsGYdLVL9zYtAWWM";
+/// 44 base58 characters that decode to 33 bytes: passes CEL, is no Solana key.
+const WALLET_33_BYTES: &str = "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz";
+const H100: &str = "NVIDIA H100 80GB HBM3";
+
+fn training_job(name: &str, workers: i32, region: &str) -> TrainingJob {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "gpupool.io/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "workers": workers, "gpusPerWorker": 4, "gpu": {"model": "H100"}, "nvlink": "required",
+            "clusterSelector": {"region": region},
+            "template": {"spec": {
+                "containers": [{"name": "trainer", "image": "ghcr.io/example/train:1",
+                    "resources": {"requests": {"cpu": "4", "memory": "16Gi"}}}],
+            }},
+        }
+    }))
+    .unwrap()
+}
+
+fn running(p: &Pod) -> bool {
+    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+async fn job_pods(c: &kube::Client, name: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(c.clone(), "default")
+        .list(&ListParams::default().labels(&format!("gpupool.io/job-name={name}")))
+        .await
+        .unwrap()
+        .items
+}
+
+/// Creates the job and waits until all its pods run in the member; returns the time it took.
+async fn create_and_time(
+    hub: &Api<TrainingJob>,
+    member: &kube::Client,
+    job: &TrainingJob,
+) -> Duration {
+    let name = job.metadata.name.clone().unwrap();
+    let want = job.spec.workers as usize;
+    let t0 = Instant::now();
+    hub.create(&PostParams::default(), job).await.unwrap();
+    loop {
+        let pods = job_pods(member, &name).await;
+        if pods.len() == want && pods.iter().all(running) {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "{name} pods not Running: {pods:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// UUIDs of the devices the member's scheduler allocated to a claim (device `gpu-<index>` in the
+/// pool named after the node).
+fn allocated_uuids(claim: &ResourceClaim) -> (String, BTreeSet<String>) {
+    let results = claim
+        .status
+        .as_ref()
+        .and_then(|s| s.allocation.as_ref())
+        .and_then(|a| a.devices.as_ref())
+        .and_then(|d| d.results.clone())
+        .unwrap_or_default();
+    let pool = results.first().map(|r| r.pool.clone()).unwrap_or_default();
+    let uuids = results
+        .iter()
+        .map(|r| {
+            assert_eq!(r.driver, "gpu.nvidia.com");
+            let ix: i32 = r.device.strip_prefix("gpu-").unwrap().parse().unwrap();
+            node_uuid(&r.pool, ix)
+        })
+        .collect();
+    (pool, uuids)
+}
+
+fn pod_scheduled_message(p: &Pod) -> Option<String> {
+    p.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        .map(|c| c.message.clone().unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_member() {
+    let fed = Federation::start_with(&[MemberKind::Dra, MemberKind::DevicePlugin])
+        .await
+        .expect("federation starts");
+    let layout: [&[&str]; 2] = [&["dgx-h100-0", "dgx-h100-1"], &["dgx-h100-2"]];
+    for (i, nodes) in layout.iter().enumerate() {
+        let gn: Vec<GpuNode> = nodes.iter().map(|n| GpuNode::new(n, 8, H100)).collect();
+        fed.add_nodes(i, &gn).await.unwrap();
+        let c = fed.members[i].cp.client().await.unwrap();
+        for n in nodes.iter() {
+            publish_fixture(&c, "dgx-h100", n).await.unwrap();
+        }
+    }
+    let hub = fed.hub.client().await.unwrap();
+    register_member(&hub, "member-1", &fed.members[0].cp, WALLET_1, "region-1")
+        .await
+        .unwrap();
+    register_member(&hub, "member-2", &fed.members[1].cp, WALLET_2, "region-2")
+        .await
+        .unwrap();
+    let _op = Operator::start(hub.clone(), Operator::test_config(30));
+    let mcs: Api<MemberCluster> = Api::all(hub.clone());
+    for (name, mode) in [
+        ("member-1", BindingMode::Dra),
+        ("member-2", BindingMode::DevicePlugin),
+    ] {
+        eventually(30, &format!("{name} Ready in {mode} mode"), || async {
+            let st = mcs.get(name).await?.status.unwrap_or_default();
+            let ready = st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            Ok(
+                (ready && st.binding_mode == Some(mode) && st.capacity.gpus_total > 0)
+                    .then_some(()),
+            )
+        })
+        .await
+        .unwrap();
+    }
+    // The member's API server reports the release it was built from (stamped at link time).
+    let v = mcs
+        .get("member-1")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .kubernetes_version;
+    assert!(
+        v.as_deref()
+            .is_some_and(|v| v.starts_with("v1.") && !v.contains("0.0.0")),
+        "{v:?}"
+    );
+    let get = fed.hub.kubectl().ok(&["get", "memberclusters"]).unwrap();
+    assert!(
+        get.contains("BINDING") && get.contains("DRA") && get.contains("DevicePlugin"),
+        "{get}"
+    );
+
+    // A wallet that passes CEL but is not a 32-byte key: the member is not Ready, and says why.
+    let mut bad = mcs.get("member-2").await.unwrap();
+    bad.metadata = kube::api::ObjectMeta {
+        name: Some("bad-wallet".into()),
+        ..Default::default()
+    };
+    bad.status = None;
+    bad.spec.owner_wallet = WALLET_33_BYTES.into();
+    bad.spec.kubeconfig_secret_ref.name = "no-such-secret".into();
+    mcs.create(&PostParams::default(), &bad).await.unwrap();
+    let cond = eventually(30, "bad-wallet Ready=False", || async {
+        let st = mcs.get("bad-wallet").await?.status.unwrap_or_default();
+        Ok(st
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready" && c.status == "False"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(cond.reason, "InvalidOwnerWallet", "{cond:?}");
+    assert!(cond.message.contains("33 bytes"), "{cond:?}");
+
+    // The same gang on each member; create → all pods Running.
+    let m1 = fed.members[0].cp.client().await.unwrap();
+    let m2 = fed.members[1].cp.client().await.unwrap();
+    let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
+    let dp = create_and_time(&tjs, &m2, &training_job("plugin-gang", 2, "region-2")).await;
+    let dra = create_and_time(&tjs, &m1, &training_job("dra-gang", 2, "region-1")).await;
+    println!(
+        "create -> pods Running: DRA member (2 workers, claims allocated by kube-scheduler) {dra:?}; device-plugin member (2 workers, pre-bound) {dp:?}"
+    );
+
+    // DRA: each worker's claim is allocated by the member's scheduler to exactly the hub's UUIDs
+    // on the hub's node; the pod was bound by that scheduler, not pre-bound.
+    let job = eventually(30, "dra-gang Running", || async {
+        let j = tjs.get("dra-gang").await?;
+        Ok(j.status
+            .clone()
+            .filter(|s| s.phase == TrainingPhase::Running)
+            .map(|_| j))
+    })
+    .await
+    .unwrap();
+    let st = job.status.unwrap();
+    assert_eq!(st.cluster.as_deref(), Some("member-1"));
+    let claims: Api<ResourceClaim> = Api::namespaced(m1.clone(), "default");
+    let pods = job_pods(&m1, "dra-gang").await;
+    let mut hub_uuids = BTreeSet::new();
+    for w in &st.workers {
+        let pod = pods
+            .iter()
+            .find(|p| p.metadata.labels.as_ref().unwrap()["gpupool.io/index"] == w.rank.to_string())
+            .unwrap();
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.node_name.as_deref(),
+            Some(w.node.as_str()),
+            "scheduler bound the pod to the hub's node"
+        );
+        assert_eq!(
+            pod.metadata.annotations.as_ref().unwrap()["gpupool.io/gpu-binding"],
+            "DRA"
+        );
+        let res = spec.containers[0].resources.as_ref().unwrap();
+        assert!(
+            res.limits
+                .as_ref()
+                .is_none_or(|l| !l.contains_key("nvidia.com/gpu"))
+        );
+        let claim_name = format!("{}-gpus", pod.metadata.name.as_ref().unwrap());
+        let claim = claims.get(&claim_name).await.unwrap();
+        let (pool, uuids) = allocated_uuids(&claim);
+        assert_eq!(pool, w.node);
+        let want: BTreeSet<String> = w.gpu_uuids.iter().cloned().collect();
+        assert_eq!(
+            uuids, want,
+            "worker {} got other GPUs than the hub chose",
+            w.rank
+        );
+        hub_uuids.extend(want);
+        let reserved = claim.status.as_ref().unwrap().reserved_for.clone().unwrap();
+        assert_eq!(reserved[0].name, *pod.metadata.name.as_ref().unwrap());
+        let owner = &claim.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), Some(&owner.uid)),
+            ("Pod", pod.metadata.uid.as_ref())
+        );
+    }
+    assert_eq!(hub_uuids.len(), 8);
+
+    // Device plugin: pre-bound with nodeName and nvidia.com/gpu, no claim.
+    let dp_pod = &job_pods(&m2, "plugin-gang").await[0];
+    let spec = dp_pod.spec.as_ref().unwrap();
+    assert_eq!(spec.node_name.as_deref(), Some("dgx-h100-2"));
+    assert_eq!(
+        spec.containers[0]
+            .resources
+            .as_ref()
+            .unwrap()
+            .limits
+            .as_ref()
+            .unwrap()["nvidia.com/gpu"]
+            .0,
+        "4"
+    );
+    assert!(spec.resource_claims.is_none());
+    assert_eq!(
+        dp_pod.metadata.annotations.as_ref().unwrap()["gpupool.io/gpu-binding"],
+        "DevicePlugin"
+    );
+
+    // Behind gpupool's back: a pod whose claim wants one of the gang's GPUs cannot get it.
+    let taken = hub_uuids.iter().next().unwrap().clone();
+    let node = st
+        .workers
+        .iter()
+        .find(|w| w.gpu_uuids.contains(&taken))
+        .unwrap()
+        .node
+        .clone();
+    let rogue_claim: ResourceClaim = serde_json::from_value(serde_json::json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+        "metadata": {"name": "rogue", "namespace": "default"},
+        "spec": {"devices": {"requests": [{"name": "g", "exactly": {
+            "deviceClassName": "gpu.nvidia.com",
+            "selectors": [{"cel": {"expression": format!("device.attributes[\"gpu.nvidia.com\"].uuid == \"{taken}\"")}}],
+        }}]}},
+    }))
+    .unwrap();
+    claims
+        .create(&PostParams::default(), &rogue_claim)
+        .await
+        .unwrap();
+    let rogue_pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "rogue", "namespace": "default"},
+        "spec": {
+            "containers": [{"name": "c", "image": "busybox", "resources": {"claims": [{"name": "g"}]}}],
+            "resourceClaims": [{"name": "g", "resourceClaimName": "rogue"}],
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    }))
+    .unwrap();
+    let m1_pods: Api<Pod> = Api::namespaced(m1.clone(), "default");
+    m1_pods
+        .create(&PostParams::default(), &rogue_pod)
+        .await
+        .unwrap();
+    let refused = eventually(
+        30,
+        "the member scheduler to refuse the rogue pod",
+        || async { Ok(pod_scheduled_message(&m1_pods.get("rogue").await?)) },
+    )
+    .await
+    .unwrap();
+    println!(
+        "member kube-scheduler refused a pod asking for {taken} (held by the gang on {node}): {refused}"
+    );
+    // A claim for any free GPU there gets one the hub did not hand out.
+    let any: ResourceClaim = serde_json::from_value(serde_json::json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+        "metadata": {"name": "any-gpu", "namespace": "default"},
+        "spec": {"devices": {"requests": [{"name": "g", "exactly": {"deviceClassName": "gpu.nvidia.com"}}]}},
+    }))
+    .unwrap();
+    claims.create(&PostParams::default(), &any).await.unwrap();
+    let mut any_pod = rogue_pod.clone();
+    any_pod.metadata.name = Some("any-gpu".into());
+    any_pod
+        .spec
+        .as_mut()
+        .unwrap()
+        .resource_claims
+        .as_mut()
+        .unwrap()[0]
+        .resource_claim_name = Some("any-gpu".into());
+    m1_pods
+        .create(&PostParams::default(), &any_pod)
+        .await
+        .unwrap();
+    let got = eventually(30, "a free GPU for the other pod", || async {
+        let c = claims.get("any-gpu").await?;
+        let (_, u) = allocated_uuids(&c);
+        Ok((!u.is_empty()).then_some(u))
+    })
+    .await
+    .unwrap();
+    assert!(
+        got.is_disjoint(&hub_uuids),
+        "{got:?} is one of the gang's GPUs"
+    );
+    assert_eq!(
+        claims
+            .get("rogue")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.allocation),
+        None
+    );
+
+    // Deleting the job deletes its pods, the garbage collector their claims, and the GPU the
+    // rogue pod wanted becomes free: the member's scheduler now gives it to that pod.
+    tjs.delete("dra-gang", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(60, "the gang's claims deleted", || async {
+        let left = claims
+            .list(&ListParams::default().labels("gpupool.io/job-name=dra-gang"))
+            .await?
+            .items;
+        Ok(left.is_empty().then_some(()))
+    })
+    .await
+    .unwrap();
+    eventually(60, "the rogue pod to get the freed GPU", || async {
+        let (_, u) = allocated_uuids(&claims.get("rogue").await?);
+        Ok((u == BTreeSet::from([taken.clone()])).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // GPUs taken outside gpupool are invisible to the hub until an agent reports them; the
+    // member's scheduler still refuses to hand them out, and the hub says so.
+    let mut blocked = training_job("blocked", 2, "region-1");
+    blocked.spec.gpus_per_worker = 8;
+    blocked.spec.nvlink = gpupool::api::NvLinkMode::None;
+    tjs.create(&PostParams::default(), &blocked).await.unwrap();
+    let ev = eventually(60, "a MemberSchedulerRefused event", || async {
+        let out = fed
+            .hub
+            .kubectl()
+            .ok(&["get", "events", "-A", "-o", "json"])?;
+        Ok((out.contains("MemberSchedulerRefused") && out.contains("blocked-g0-w")).then_some(out))
+    })
+    .await
+    .unwrap();
+    assert!(ev.contains("cannot allocate all claims"), "{ev}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubelet_assignments_on_a_device_plugin_member_are_reconciled() {
+    let fed = Federation::start_with(&[MemberKind::DevicePlugin])
+        .await
+        .expect("federation starts");
+    fed.add_nodes(0, &[GpuNode::new("dgx-h100-0", 8, H100)])
+        .await
+        .unwrap();
+    let m1 = fed.members[0].cp.client().await.unwrap();
+    let mut reading = publish_fixture(&m1, "dgx-h100", "dgx-h100-0")
+        .await
+        .unwrap();
+    let hub = fed.hub.client().await.unwrap();
+    register_member(&hub, "member-1", &fed.members[0].cp, WALLET_1, "region-1")
+        .await
+        .unwrap();
+    let op = Operator::start(hub.clone(), Operator::test_config(30));
+    let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
+    let mut job = training_job("first", 1, "region-1");
+    job.spec.nvlink = gpupool::api::NvLinkMode::None;
+    tjs.create(&PostParams::default(), &job).await.unwrap();
+    let chosen = eventually(30, "first Running", || async {
+        let st = tjs.get("first").await?.status.unwrap_or_default();
+        Ok((st.phase == TrainingPhase::Running).then(|| st.workers[0].gpu_uuids.clone()))
+    })
+    .await
+    .unwrap();
+    let free: Vec<String> = reading
+        .spec
+        .gpus
+        .iter()
+        .map(|g| g.uuid.clone())
+        .filter(|u| !chosen.contains(u))
+        .collect();
+
+    // The kubelet gave the pod two of the GPUs gpupool chose and two others (the node agent reads
+    // that from the kubelet's pod-resources API; here it is published as the agent would).
+    let kubelet: Vec<String> = chosen[..2].iter().chain(&free[..2]).cloned().collect();
+    reading.pod_devices = vec![gpupool::api::PodDevices {
+        namespace: "default".into(),
+        pod: "first-g0-w0".into(),
+        container: "trainer".into(),
+        device_ids: kubelet.clone(),
+    }];
+    gpupool::agent::publish(&m1, &reading).await.unwrap();
+
+    // The hub says so (Event + metric) and counts the kubelet's GPUs held: 8 - 4 - 2 free.
+    let mcs: Api<MemberCluster> = Api::all(hub.clone());
+    eventually(30, "capacity to count the kubelet's GPUs", || async {
+        let st = mcs.get("member-1").await?.status.unwrap_or_default();
+        Ok((st.capacity.gpus_free == 2).then_some(()))
+    })
+    .await
+    .unwrap();
+    let events = fed.hub.kubectl().ok(&["get", "events", "-A"]).unwrap();
+    assert!(
+        events.contains("KubeletChoseOtherGPUs") && events.contains("first-g0-w0"),
+        "{events}"
+    );
+    assert!(
+        op.ctx
+            .metrics
+            .render()
+            .contains("gpupool_kubelet_gpu_mismatches{cluster=\"member-1\"} 1"),
+        "{}",
+        op.ctx.metrics.render()
+    );
+    // A new job never gets a GPU the kubelet handed out: 2 GPUs fit, exactly the truly free ones.
+    let mut second = training_job("second", 1, "region-1");
+    second.spec.gpus_per_worker = 2;
+    second.spec.nvlink = gpupool::api::NvLinkMode::None;
+    tjs.create(&PostParams::default(), &second).await.unwrap();
+    let got = eventually(30, "second Running", || async {
+        let st = tjs.get("second").await?.status.unwrap_or_default();
+        Ok((st.phase == TrainingPhase::Running).then(|| st.workers[0].gpu_uuids.clone()))
+    })
+    .await
+    .unwrap();
+    let got: BTreeSet<String> = got.into_iter().collect();
+    let want: BTreeSet<String> = free[2..].iter().cloned().collect();
+    assert_eq!(got, want, "the second job got a GPU the kubelet holds");
+}
