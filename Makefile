@@ -16,7 +16,8 @@ test: tools
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
 
-## Build (once, cached outside the repo) etcd, kube-apiserver, kubectl, KWOK and Helm from e2e/tools/go.mod.
+## Build (once, cached outside the repo) etcd, kube-apiserver, kube-scheduler, kube-controller-manager,
+## kubectl, KWOK and Helm from e2e/tools/go.mod, and promtool from e2e/tools/promtool/go.mod.
 tools:
 	@bash e2e/harness/build-tools.sh >/dev/null
 

@@ -981,9 +981,10 @@ mod tests {
             "spec": {"ownerWallet": "Own3r", "region": "eu", "schedulable": true},
             "status": {
                 "conditions": [{"type": "Ready", "status": "True"}],
+                "bindingMode": "DRA",
                 "capacity": {"nodes": 2, "gpusTotal": 16, "gpusFree": 10,
                     "byModel": [{"model": "H100", "memoryMiB": 81920, "total": 16, "free": 10}],
-                    "freeNvlinkIslands": [8, 2]}
+                    "largestFreeNvlinkCliques": [8, 2]}
             }
         });
         let rec: UsageRecord = serde_json::from_value(json!({
@@ -999,6 +1000,7 @@ mod tests {
         let r = members_report(&[m], &[rec]);
         assert_eq!(r["members"][0]["earned"]["settledTokens"], 1200);
         assert_eq!(r["members"][0]["freeNvlinkIslands"], json!([8, 2]));
+        assert_eq!(r["members"][0]["bindingMode"], "DRA");
         let text = format_members(&r);
         let row = text.lines().nth(1).unwrap();
         for want in [
@@ -1008,6 +1010,7 @@ mod tests {
             "10/16",
             "H100:10/16",
             "8,2",
+            "DRA",
             "Own3r",
             "120 GPU-s / 1200 tokens",
         ] {

@@ -1,8 +1,10 @@
 //! Federation: reaching member clusters and keeping an up-to-date view of each one.
 //!
 //! The [`Registry`] holds, per registered member, a client built from its kubeconfig Secret
-//! and watches on its nodes, `GpuTopology` objects and the pods gpupool created there
-//! ([`MemberWatch`]), which feed the scheduler's cache and wake hub jobs change by change.
+//! and watches on its nodes, `GpuTopology` objects, the pods gpupool created there and the
+//! ResourceSlices of NVIDIA's DRA driver ([`MemberWatch`]), which feed the scheduler's cache and
+//! wake hub jobs change by change. [`dra`] detects each member's binding mode and creates pods
+//! with their ResourceClaims.
 //! The MemberCluster controller probes each member on every heartbeat; the job controllers read
 //! a job's pods from the watch's index.
 

@@ -239,7 +239,7 @@ fn spread_with_max_skew_one_evens_out_uneven_members() {
     );
     // The deprecated flag means the same.
     let spec: crate::api::InferenceJobSpec = serde_yaml::from_str(
-        "{image: srv, replicas: 6, gpusPerReplica: 1, spreadAcrossClusters: true}",
+        "{template: {spec: {containers: [{name: srv, image: srv}]}}, replicas: 6, gpusPerReplica: 1, spreadAcrossClusters: true}",
     )
     .unwrap();
     assert_eq!(spec.effective_placement(), policy);

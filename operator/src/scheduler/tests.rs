@@ -292,3 +292,76 @@ fn a_gang_decision_assumed_in_the_cache_keeps_the_next_one_off_its_gpus() {
     assert_eq!(need.gpus_per_pod, 1);
     assert!(reason.contains("m:"), "{reason}");
 }
+
+#[test]
+fn dra_nodes_are_capped_by_their_resource_slices_or_their_topology() {
+    // A DRA node advertises no nvidia.com/gpu: on a device-plugin member it is no GPU node.
+    let mut c = PoolCache::new();
+    c.set_member("m", schedulable());
+    c.resync_pods("m", BTreeMap::new());
+    c.set_node("m", "n", ready(0));
+    c.set_topology("m", "n", Some(facts(topo("dgx-h100", "n"), 0)));
+    assert!(c.node("m", "n").is_none());
+    assert_eq!(c.node_count("m"), 0);
+    assert_eq!(c.capacity("m").gpus_total, 0);
+    // Once the member binds with DRA, the published topology counts while no slice is known.
+    c.set_member(
+        "m",
+        MemberInfo {
+            binding: crate::api::BindingMode::Dra,
+            ..schedulable()
+        },
+    );
+    assert_eq!(c.node("m", "n").expect("placeable").usable.len(), 8);
+    assert_eq!(c.node_count("m"), 1);
+    assert_eq!(
+        (c.capacity("m").gpus_total, c.capacity("m").gpus_free),
+        (8, 8)
+    );
+    let (cands, _) = c.candidates(&req(8), 1);
+    assert_eq!(cands[0].nodes.len(), 1);
+    // The DRA driver's ResourceSlices offer 4 devices on the node: only 4 are usable.
+    c.set_slice_devices("m", "n", Some(4));
+    assert_eq!(c.node("m", "n").expect("placeable").usable.len(), 4);
+    assert!(
+        c.problems("m")[0].contains("ResourceSlice GPU devices is 4"),
+        "{:?}",
+        c.problems("m")
+    );
+    let (cands, _) = c.candidates(&req(8), 1);
+    assert!(cands[0].nodes.is_empty());
+    // Slices gone (driver restarting): back to the topology; a CPU node stays out.
+    c.resync_slice_devices("m", BTreeMap::new());
+    assert_eq!(c.node("m", "n").expect("placeable").usable.len(), 8);
+    c.set_node("m", "cpu", ready(0));
+    assert_eq!(c.node_count("m"), 1);
+    assert!(c.unusable_reason("m", "cpu").is_none());
+}
+
+#[test]
+fn gpus_the_kubelet_handed_out_or_saw_busy_are_never_free() {
+    let mut c = pool(&[("m", &[("n", "dgx-h100")])]);
+    let mut t = facts(topo("dgx-h100", "n"), 0);
+    t.busy = vec!["GPU-n-1".into(), "GPU-n-6".into()];
+    c.set_topology("m", "n", Some(t));
+    let n = c.node("m", "n").expect("placeable");
+    assert_eq!(n.free().len(), 6);
+    assert!(!n.free().contains(1) && !n.free().contains(6));
+}
+
+#[test]
+fn the_kubelets_pod_devices_count_as_busy() {
+    let t: crate::api::GpuTopology = serde_json::from_value(serde_json::json!({
+        "apiVersion": "gpupool.io/v1alpha1", "kind": "GpuTopology",
+        "metadata": {"name": "n"},
+        "spec": topo("dgx-h100", "n"),
+        "status": {"gpuCount": 8, "gpusInUse": ["GPU-n-0"], "podDevices": [
+            {"namespace": "ml", "pod": "p", "container": "c", "deviceIds": ["GPU-n-3", "GPU-n-0"]}
+        ]},
+    }))
+    .unwrap();
+    assert_eq!(
+        super::topology_facts(&t).busy,
+        vec!["GPU-n-0".to_string(), "GPU-n-3".to_string()]
+    );
+}
