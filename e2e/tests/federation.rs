@@ -682,3 +682,82 @@ async fn operator_restart(kind: MemberKind) {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn supply_a_member_cannot_prove_is_not_used() {
+    // member-2 claims more GPUs than its kubelet offers, and republishes member-1's GPU UUIDs
+    // from a node of its own (after member-1 published them).
+    let (fed, _op) = setup(
+        &[
+            &[Node("honest-0", "dgx-h100", 8, "NVIDIA H100 80GB HBM3")],
+            &[
+                Node("inflated-0", "dgx-h100", 4, "NVIDIA H100 80GB HBM3"),
+                Node("squatter-0", "dgx-h100", 8, "NVIDIA H100 80GB HBM3"),
+            ],
+        ],
+        30,
+    )
+    .await;
+    let m2 = fed.members[1].cp.client().await.unwrap();
+    let mut copy = gpupool_e2e::fixture_for_node("dgx-h100", "honest-0").unwrap();
+    copy.spec.node_name = "squatter-0".into();
+    gpupool::agent::publish(&m2, &copy).await.unwrap();
+    let hub = fed.hub.client().await.unwrap();
+    let mcs: Api<MemberCluster> = Api::all(hub.clone());
+    let (total, msg) = eventually(30, "member-2 supply rejected", || async {
+        let st = mcs.get("member-2").await?.status.unwrap_or_default();
+        let c = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "SupplyVerified" && c.status == "False")
+            .map(|c| c.message.clone());
+        Ok(c.filter(|m| m.contains("quarantined"))
+            .map(|m| (st.capacity.gpus_total, m)))
+    })
+    .await
+    .unwrap();
+    assert!(msg.contains("allocatable is 4"), "{msg}");
+    // Only the 4 GPUs the kubelet offers count; the squatting node offers none.
+    assert_eq!(total, 4, "{msg}");
+    let st = mcs.get("member-1").await.unwrap().status.unwrap();
+    assert!(
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "SupplyVerified" && c.status == "True"),
+        "{:?}",
+        st.conditions
+    );
+    assert_eq!(st.capacity.gpus_free, 8);
+    // An 8-GPU job lands on the honest node; two more 4-GPU jobs cannot both fit on member-2.
+    let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
+    tjs.create(
+        &PostParams::default(),
+        &tj("eight", 1, 8, "H100", "required"),
+    )
+    .await
+    .unwrap();
+    eventually(30, "eight placed", || async {
+        let st = tjs.get("eight").await?.status.unwrap_or_default();
+        Ok(st.cluster.clone().map(|c| (c, st.workers[0].node.clone())))
+    })
+    .await
+    .map(|(c, n)| assert_eq!((c.as_str(), n.as_str()), ("member-1", "honest-0")))
+    .unwrap();
+    for name in ["four-a", "four-b"] {
+        tjs.create(&PostParams::default(), &tj(name, 1, 4, "H100", "none"))
+            .await
+            .unwrap();
+    }
+    eventually(30, "one 4-GPU job placed, one waiting", || async {
+        let a = tjs.get("four-a").await?.status.unwrap_or_default();
+        let b = tjs.get("four-b").await?.status.unwrap_or_default();
+        let placed = [&a, &b].iter().filter(|s| s.cluster.is_some()).count();
+        let waiting = [&a, &b]
+            .iter()
+            .filter(|s| s.pending_reason.is_some())
+            .count();
+        Ok((placed == 1 && waiting == 1).then_some(()))
+    })
+    .await
+    .unwrap();
+}
