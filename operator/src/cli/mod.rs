@@ -1,3 +1,4 @@
-//! Command-line tools for cluster owners.
+//! Command-line tools for cluster owners and pool admins.
 
 pub mod earnings;
+pub mod members;
