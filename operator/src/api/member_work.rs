@@ -53,7 +53,7 @@ pub struct MemberWorkSpec {
     /// needs `apiVersion`, `kind`, `metadata.name` and `metadata.namespace`.
     #[schemars(schema_with = "manifests_schema")]
     #[x_kube(validation = Rule::new("self.all(m, m.kind in ['Pod', 'Service', 'ResourceClaim'])").message("manifests may only be Pods, Services or ResourceClaims"))]
-    #[x_kube(validation = Rule::new("self.all(m, has(m.metadata.name) && has(m.metadata.namespace))").message("every manifest needs metadata.name and metadata.namespace"))]
+    #[x_kube(validation = Rule::new("self.all(m, has(m.metadata.name))").message("every manifest needs metadata.name"))]
     pub manifests: Vec<serde_json::Value>,
 }
 
@@ -82,6 +82,15 @@ fn manifests_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
             "x-kubernetes-embedded-resource": true,
             "x-kubernetes-preserve-unknown-fields": true
         }
+    })
+}
+
+/// Schema of an embedded topology: an object kept as sent.
+fn topology_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "nullable": true,
+        "x-kubernetes-preserve-unknown-fields": true
     })
 }
 
@@ -195,8 +204,10 @@ pub struct NodeReport {
     pub ready: bool,
     /// `nvidia.com/gpu` allocatable.
     pub gpus: i64,
-    /// Topology published by the node agent, if any.
+    /// Topology published by the node agent, if any (a `GpuTopology` spec, already validated by
+    /// the member's API server; not validated again here, which keeps the CRD's CEL cost bounded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "topology_schema")]
     pub topology: Option<GpuTopologySpec>,
     /// GPUs busy with processes gpupool did not start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

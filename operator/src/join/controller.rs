@@ -290,6 +290,8 @@ async fn reconcile_request(req: Arc<JoinRequest>, ctx: Arc<Ctx>) -> Result<Actio
             if let (Some(h), Some(r)) = (handed_over, renewed)
                 && r >= h
             {
+                // Spend the token first: a request reported Joined has no usable token.
+                token::revoke(hub, &id).await?;
                 set_status(
                     hub,
                     &req,
@@ -303,7 +305,6 @@ async fn reconcile_request(req: Arc<JoinRequest>, ctx: Arc<Ctx>) -> Result<Actio
                     },
                 )
                 .await?;
-                token::revoke(hub, &id).await?;
                 return Ok(Action::await_change());
             }
             set_status(

@@ -1,0 +1,552 @@
+//! Pull-mode members on real API servers. The member's agent runs as its own process with the
+//! member's kubeconfig and dials out to the hub; the hub is never given the member's kubeconfig.
+//! Covered: join → pending → approve → credential; the member's identity recorded and a second
+//! join of the same cluster under another name refused; a work object's pod applied in the member
+//! and its status flowing back; the inventory report; a spent, a revoked and an expired join token
+//! refused; the issued credential Forbidden on everything but the member's own objects; the
+//! heartbeat Lease renewed and stopping with the agent; a revoked member refused and re-joining.
+
+use gpupool::api::{
+    Approval, JoinPhase, JoinRequest, MemberCluster, MemberMode, MemberReport, MemberWork,
+    MemberWorkSpec,
+};
+use gpupool::join::{self, controller::JoinConfig, names};
+use gpupool::member_agent::hub::{self, HubEndpoint};
+use gpupool_e2e::{Federation, GpuNode, eventually, operator_bin, publish_fixture};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WALLET: &str = "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU";
+const MEMBER: &str = "pull-1";
+
+/// The agent process; killed on drop.
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(fed: &Federation, token: Option<&str>, name: &str, agent_ns: &str) -> Agent {
+        let m = &fed.members[0].cp;
+        let log = m.dir().join(format!("agent-{name}-{agent_ns}.log"));
+        let f = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut cmd = Command::new(operator_bin("gpupool"));
+        cmd.arg("member-agent")
+            .args(["--hub-url", &fed.hub.server_url()])
+            .arg("--hub-ca-file")
+            .arg(fed.hub.dir().join("pki/ca.crt"))
+            .args(["--member-name", name, "--owner-wallet", WALLET])
+            .args(["--namespace", agent_ns, "--identity", "agent-0"])
+            .args(["--heartbeat-seconds", "1", "--report-seconds", "1"])
+            .args(["--region", "home", "--label", "tier=consumer"])
+            // Only the member's kubeconfig: the agent is the member's process.
+            .env("KUBECONFIG", m.kubeconfig_path())
+            .env("RUST_LOG", "info,kube=warn")
+            .env_remove("GPUPOOL_JOIN_TOKEN")
+            .stdout(Stdio::from(f.try_clone().unwrap()))
+            .stderr(Stdio::from(f));
+        if let Some(t) = token {
+            cmd.env("GPUPOOL_JOIN_TOKEN", t);
+        }
+        Agent {
+            child: cmd.spawn().unwrap(),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit; returns (success, log).
+    async fn exit(&mut self, secs: u64) -> (bool, String) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (st.success(), self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent still running:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn gpupool_cli(fed: &Federation, args: &[&str]) -> String {
+    let out = Command::new(operator_bin("gpupool"))
+        .args(args)
+        .env("KUBECONFIG", fed.hub.kubeconfig_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gpupool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn code(e: &kube::Error) -> u16 {
+    match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("expected an API error, got {other}"),
+    }
+}
+
+async fn join_phase(hub: &kube::Client, id: &str) -> Option<JoinPhase> {
+    Api::<JoinRequest>::namespaced(hub.clone(), names::JOIN_NAMESPACE)
+        .get_opt(id)
+        .await
+        .unwrap()
+        .and_then(|r| r.status)
+        .map(|s| s.phase)
+}
+
+async fn renew_time(hub: &kube::Client, ns: &str) -> Option<String> {
+    Api::<Lease>::namespaced(hub.clone(), ns)
+        .get_opt(names::HEARTBEAT_LEASE)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.renew_time)
+        .map(|t| t.0.to_string())
+}
+
+fn work(name: &str, pods: &[(&str, &str)]) -> MemberWork {
+    let manifests = pods
+        .iter()
+        .map(|(pod, node)| {
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod, "namespace": "ml",
+                             "labels": {"app.kubernetes.io/managed-by": "gpupool"},
+                             "annotations": {"gpupool.io/gpu-uuids": "GPU-0"}},
+                "spec": {"nodeName": node,
+                         "tolerations": [{"operator": "Exists"}],
+                         "containers": [{"name": "worker", "image": "trainer",
+                                         "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}
+            })
+        })
+        .collect();
+    MemberWork::new(
+        name,
+        MemberWorkSpec {
+            job_ref: None,
+            manifests,
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
+    let fed = Federation::start(1).await.expect("federation starts");
+    fed.add_nodes(0, &[GpuNode::new("gpu-0", 8, "NVIDIA H100 80GB HBM3")])
+        .await
+        .unwrap();
+    let member = fed.members[0].cp.client().await.unwrap();
+    publish_fixture(&member, "dgx-h100", "gpu-0").await.unwrap();
+    let member_id = join::member_identity(&member).await.unwrap();
+    let hub = fed.hub.client().await.unwrap();
+    let endpoint = HubEndpoint {
+        url: fed.hub.server_url(),
+        ca_pem: Some(std::fs::read_to_string(fed.hub.dir().join("pki/ca.crt")).unwrap()),
+    };
+    let controller = tokio::spawn(join::controller::run(
+        hub.clone(),
+        JoinConfig {
+            auto_approve: false,
+            credential_ttl: Duration::from_secs(3600),
+            resync: Duration::from_secs(1),
+        },
+    ));
+    let mcs: Api<MemberCluster> = Api::all(hub.clone());
+    let ns = names::member_namespace(MEMBER);
+
+    // --- Join: pending until a pool admin approves.
+    let token = join::token::create(&hub, Duration::from_secs(3600), None)
+        .await
+        .unwrap();
+    let mut agent = Agent::start(&fed, Some(&token.token), MEMBER, "gpupool-system");
+    let mc = eventually(60, "pending pull member", || async {
+        Ok(mcs.get_opt(MEMBER).await?)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    assert_eq!(mc.spec.mode, MemberMode::Pull);
+    assert_eq!(mc.spec.approval, Approval::Pending);
+    assert_eq!(mc.spec.cluster_id.as_deref(), Some(member_id.as_str()));
+    assert!(mc.spec.kubeconfig_ref().is_none());
+    assert_eq!(mc.spec.labels["tier"], "consumer");
+    eventually(30, "join request Pending", || async {
+        Ok((join_phase(&hub, &token.id).await == Some(JoinPhase::Pending)).then_some(()))
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        Api::<ServiceAccount>::namespaced(hub.clone(), &ns)
+            .get_opt(names::MEMBER_AGENT_SA)
+            .await
+            .unwrap()
+            .is_none(),
+        "no credential before approval"
+    );
+
+    let approved_at = Instant::now();
+    gpupool_cli(&fed, &["approve", MEMBER]);
+    eventually(60, "join complete", || async {
+        Ok((join_phase(&hub, &token.id).await == Some(JoinPhase::Joined)).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    println!("approve → joined: {:?}", approved_at.elapsed());
+    let stored = hub::load(&member, "gpupool-system", "gpupool-hub-credential")
+        .await
+        .unwrap()
+        .expect("credential stored in the member");
+    assert_eq!(
+        (stored.member.as_str(), stored.namespace.as_str()),
+        (MEMBER, ns.as_str())
+    );
+    // The join token is spent.
+    let spent = hub::client(&endpoint, &token.token).await.unwrap();
+    eventually(10, "spent join token refused", || async {
+        let r = Api::<JoinRequest>::namespaced(spent.clone(), names::JOIN_NAMESPACE)
+            .get(&token.id)
+            .await;
+        Ok(matches!(r, Err(kube::Error::Api(e)) if e.code == 401).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // --- Heartbeat Lease renewed.
+    let first = renew_time(&hub, &ns).await.unwrap();
+    eventually(10, "lease renewed", || async {
+        Ok(renew_time(&hub, &ns).await.filter(|t| *t != first))
+    })
+    .await
+    .unwrap();
+
+    // --- Inventory reported.
+    let report = eventually(30, "member report", || async {
+        Ok(Api::<MemberReport>::namespaced(hub.clone(), &ns)
+            .get_opt(MEMBER)
+            .await?
+            .filter(|r| !r.spec.nodes.is_empty()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.spec.cluster_id, member_id);
+    let n = &report.spec.nodes[0];
+    assert_eq!((n.name.as_str(), n.gpus, n.ready), ("gpu-0", 8, true));
+    assert_eq!(n.topology.as_ref().unwrap().gpus.len(), 8);
+
+    // --- Work: the hub writes, the agent applies in the member; status flows back.
+    let works: Api<MemberWork> = Api::namespaced(hub.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(member.clone(), "ml");
+    let mut latencies = Vec::new();
+    for i in 0..5 {
+        let name = format!("job-{i}");
+        let pod = format!("worker-{i}");
+        let t0 = Instant::now();
+        works
+            .create(&PostParams::default(), &work(&name, &[(&pod, "gpu-0")]))
+            .await
+            .unwrap();
+        loop {
+            if pods.get_opt(&pod).await.unwrap().is_some() {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "{}", agent.log());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        latencies.push(t0.elapsed());
+    }
+    // The push path for comparison: the hub's create in the member itself (one API call).
+    let mut push = Vec::new();
+    for i in 0..5 {
+        let mut p: Pod =
+            serde_json::from_value(work("x", &[("x", "gpu-0")]).spec.manifests[0].clone()).unwrap();
+        p.metadata.name = Some(format!("push-{i}"));
+        let t0 = Instant::now();
+        pods.create(&PostParams::default(), &p).await.unwrap();
+        push.push(t0.elapsed());
+        pods.delete(&format!("push-{i}"), &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    latencies.sort();
+    push.sort();
+    println!(
+        "MemberWork create → member pod exists (pull): median {:?}, max {:?}; direct create (push): median {:?}",
+        latencies[2], latencies[4], push[2]
+    );
+    let st = eventually(60, "pod Running reported to the hub", || async {
+        let w = works.get("job-0").await?;
+        Ok(w.status.filter(|s| {
+            s.pods
+                .first()
+                .is_some_and(|p| p.phase == "Running" && p.start_time.is_some())
+                && s.observed_generation == w.metadata.generation
+                && s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Applied" && c.status == "True")
+        }))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    assert_eq!(st.pods[0].node.as_deref(), Some("gpu-0"));
+    let applied = pods.get("worker-0").await.unwrap();
+    assert_eq!(
+        applied.labels()["gpupool.io/applied-by"],
+        "gpupool-member-agent"
+    );
+    assert!(
+        applied
+            .metadata
+            .managed_fields
+            .unwrap()
+            .iter()
+            .any(|f| f.manager.as_deref() == Some("gpupool-member-agent"))
+    );
+    // A hostile manifest is refused and said so; nothing is created.
+    let mut bad = work("job-bad", &[("evil", "gpu-0")]);
+    bad.spec.manifests[0]["spec"]["hostPID"] = true.into();
+    works.create(&PostParams::default(), &bad).await.unwrap();
+    eventually(30, "refusal reported", || async {
+        let w = works.get("job-bad").await?;
+        Ok(w.status.filter(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.status == "False" && c.message.contains("hostPID"))
+        }))
+    })
+    .await
+    .unwrap();
+    assert!(pods.get_opt("evil").await.unwrap().is_none());
+    // Deleting the work deletes its pod; other work stays.
+    works
+        .delete("job-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(30, "pod of deleted work gone", || async {
+        Ok(pods.get_opt("worker-0").await?.is_none().then_some(()))
+    })
+    .await
+    .unwrap();
+    assert!(pods.get_opt("worker-1").await.unwrap().is_some());
+
+    // --- The issued credential reaches only this member's own objects.
+    let other_ns = names::member_namespace("other");
+    let mut o = Namespace::default();
+    o.metadata.name = Some(other_ns.clone());
+    Api::<Namespace>::all(hub.clone())
+        .create(&PostParams::default(), &o)
+        .await
+        .unwrap();
+    Api::<MemberWork>::namespaced(hub.clone(), &other_ns)
+        .create(&PostParams::default(), &work("theirs", &[("t", "n")]))
+        .await
+        .unwrap();
+    let cred = hub::client(&endpoint, &stored.token).await.unwrap();
+    let theirs: Api<MemberWork> = Api::namespaced(cred.clone(), &other_ns);
+    assert_eq!(
+        code(&theirs.list(&ListParams::default()).await.unwrap_err()),
+        403
+    );
+    assert_eq!(code(&theirs.get("theirs").await.unwrap_err()), 403);
+    assert_eq!(
+        code(
+            &theirs
+                .create(&PostParams::default(), &work("x", &[]))
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+    assert_eq!(
+        code(
+            &theirs
+                .delete("theirs", &DeleteParams::default())
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+    let own: Api<MemberWork> = Api::namespaced(cred.clone(), &ns);
+    assert!(own.list(&ListParams::default()).await.is_ok());
+    assert_eq!(
+        code(
+            &own.create(&PostParams::default(), &work("self-made", &[]))
+                .await
+                .unwrap_err()
+        ),
+        403,
+        "the agent reads its work, it does not write it"
+    );
+    assert_eq!(
+        code(
+            &Api::<MemberCluster>::all(cred.clone())
+                .list(&ListParams::default())
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+    assert_eq!(
+        code(
+            &Api::<Secret>::namespaced(cred.clone(), &ns)
+                .list(&ListParams::default())
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+    assert_eq!(
+        code(
+            &Api::<Secret>::namespaced(cred.clone(), names::JOIN_NAMESPACE)
+                .list(&ListParams::default())
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+
+    // --- The hub holds nothing that reaches the member.
+    let member_kc = fed.members[0].cp.kubeconfig_yaml();
+    let member_ca = member_kc
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+        .unwrap()
+        .to_string();
+    let member_url = fed.members[0].cp.server_url();
+    for s in Api::<Secret>::all(hub.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+    {
+        for v in s.data.unwrap_or_default().values() {
+            let text = String::from_utf8_lossy(&v.0);
+            assert!(
+                !text.contains(&member_url) && !text.contains(&member_ca),
+                "hub Secret {} holds a way into the member",
+                s.metadata.name.unwrap_or_default()
+            );
+        }
+    }
+    assert!(
+        mcs.get(MEMBER)
+            .await
+            .unwrap()
+            .spec
+            .kubeconfig_ref()
+            .is_none()
+    );
+
+    // --- Join tokens: revoked, expired, and the same cluster under a second name.
+    let revoked = join::token::create(&hub, Duration::from_secs(3600), None)
+        .await
+        .unwrap();
+    gpupool_cli(&fed, &["join-token", "revoke", &revoked.id]);
+    let mut a2 = Agent::start(&fed, Some(&revoked.token), "pull-2", "agent-two");
+    let (ok, log) = a2.exit(60).await;
+    assert!(!ok && log.contains("refused the join token"), "{log}");
+    let expiring = join::token::create(&hub, Duration::from_secs(1), None)
+        .await
+        .unwrap();
+    let expired_client = hub::client(&endpoint, &expiring.token).await.unwrap();
+    eventually(30, "expired join token refused", || async {
+        let r = Api::<JoinRequest>::namespaced(expired_client.clone(), names::JOIN_NAMESPACE)
+            .get(&expiring.id)
+            .await;
+        Ok(matches!(r, Err(kube::Error::Api(e)) if e.code == 401).then_some(()))
+    })
+    .await
+    .unwrap();
+    let dup = join::token::create(&hub, Duration::from_secs(3600), None)
+        .await
+        .unwrap();
+    let mut a3 = Agent::start(&fed, Some(&dup.token), "pull-dup", "agent-three");
+    let (ok, log) = a3.exit(60).await;
+    assert!(
+        !ok && log.contains("already joined the pool as pull-1"),
+        "{log}"
+    );
+    assert!(mcs.get_opt("pull-dup").await.unwrap().is_none());
+
+    // --- Agent stopped: the heartbeat stops.
+    let _ = agent.child.kill();
+    let _ = agent.child.wait();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let last = renew_time(&hub, &ns).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        renew_time(&hub, &ns).await.unwrap(),
+        last,
+        "lease not renewed without agent"
+    );
+
+    // --- Revocation: the member's credential stops working; re-join with a new token.
+    gpupool_cli(&fed, &["deny", MEMBER]);
+    eventually(30, "revoked credential refused", || async {
+        let r = own.list(&ListParams::default()).await;
+        Ok(matches!(r, Err(kube::Error::Api(e)) if e.code == 401).then_some(()))
+    })
+    .await
+    .unwrap();
+    let mut a4 = Agent::start(&fed, None, MEMBER, "gpupool-system");
+    let (ok, log) = a4.exit(60).await;
+    assert!(!ok && log.contains("revoked"), "{log}");
+    let again = join::token::create(&hub, Duration::from_secs(3600), Some(MEMBER))
+        .await
+        .unwrap();
+    let _a5 = Agent::start(&fed, Some(&again.token), MEMBER, "gpupool-system");
+    eventually(60, "re-join pending", || async {
+        Ok((join_phase(&hub, &again.id).await == Some(JoinPhase::Pending)).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        mcs.get(MEMBER).await.unwrap().spec.approval,
+        Approval::Pending
+    );
+    gpupool_cli(&fed, &["approve", MEMBER]);
+    eventually(60, "re-joined", || async {
+        Ok((join_phase(&hub, &again.id).await == Some(JoinPhase::Joined)).then_some(()))
+    })
+    .await
+    .unwrap();
+    let renewed = hub::load(&member, "gpupool-system", "gpupool-hub-credential")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(renewed.token, stored.token);
+    let c2 = hub::client(&endpoint, &renewed.token).await.unwrap();
+    assert!(
+        Api::<MemberWork>::namespaced(c2, &ns)
+            .list(&ListParams::default())
+            .await
+            .is_ok()
+    );
+    controller.abort();
+}
