@@ -41,6 +41,12 @@ pub struct Prepared {
 /// (kind, namespace, name) of an object in the member.
 pub type ObjectKey = (String, String, String);
 
+/// Every wanted object: key → (work name, manifest as applied).
+pub type Wanted = BTreeMap<ObjectKey, (String, Value)>;
+
+/// Per work name, why some of its manifests were refused.
+pub type Refusals = BTreeMap<String, Vec<String>>;
+
 fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
 }
@@ -146,13 +152,7 @@ fn pod_is_safe(pod: &Value) -> Result<(), String> {
 
 /// Every object the works want, by key (first work wins on a duplicate key), and per work the
 /// manifests it failed to prepare.
-pub fn desired(
-    works: &[MemberWork],
-    policy: &Policy,
-) -> (
-    BTreeMap<ObjectKey, (String, Value)>,
-    BTreeMap<String, Vec<String>>,
-) {
+pub fn desired(works: &[MemberWork], policy: &Policy) -> (Wanted, Refusals) {
     let mut want = BTreeMap::new();
     let mut refused: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for w in works {
@@ -181,7 +181,7 @@ pub fn desired(
 /// Objects the agent applied that no work wants any more.
 pub fn orphans<'a>(
     existing: impl IntoIterator<Item = &'a ObjectKey>,
-    want: &BTreeMap<ObjectKey, (String, Value)>,
+    want: &Wanted,
 ) -> Vec<ObjectKey> {
     existing
         .into_iter()

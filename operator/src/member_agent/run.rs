@@ -474,7 +474,7 @@ async fn work_loop(
 
 fn work_status(
     w: &MemberWork,
-    want: &BTreeMap<ObjectKey, (String, serde_json::Value)>,
+    want: &apply::Wanted,
     pods: &Store<Pod>,
     applied_generation: Option<&i64>,
     errors: Option<&Vec<String>>,
