@@ -10,6 +10,7 @@ pub mod member_agent;
 pub mod metering;
 pub mod metrics;
 pub mod placement;
+pub mod pull;
 pub mod telemetry;
 pub mod topology;
 pub mod workloads;

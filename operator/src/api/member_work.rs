@@ -138,6 +138,13 @@ pub struct PodReport {
     /// When the last container finished (terminal pods).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish_time: Option<Time>,
+    /// When the pod began holding its GPUs, as the hub's meter reads it (first container or
+    /// pod start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_start: Option<Time>,
+    /// When it stopped holding them (all containers finished); absent while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_end: Option<Time>,
     /// Reason of a failure or eviction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

@@ -3,6 +3,7 @@
 
 use crate::api::{MemberWork, PodReport, WORK_KINDS};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -204,7 +205,11 @@ pub fn pod_report(p: &Pod) -> PodReport {
         .and_then(|s| s.phase.clone())
         .unwrap_or_else(|| "Pending".into());
     let terminal = phase == "Succeeded" || phase == "Failed";
+    let run = crate::metering::pod_run(p);
+    let at = |s: i64| k8s_openapi::jiff::Timestamp::from_second(s).ok().map(Time);
     PodReport {
+        run_start: run.and_then(|r| at(r.start)),
+        run_end: run.and_then(|r| r.end).and_then(at),
         namespace: p.namespace().unwrap_or_default(),
         name: p.name_any(),
         uid: p.metadata.uid.clone(),
