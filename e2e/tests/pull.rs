@@ -12,6 +12,7 @@ use gpupool::api::{
 };
 use gpupool::join::{self, controller::JoinConfig, names};
 use gpupool::member_agent::hub::{self, HubEndpoint};
+use gpupool::pull;
 use gpupool_e2e::{Federation, GpuNode, eventually, operator_bin, publish_fixture};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
@@ -269,8 +270,14 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
         let name = format!("job-{i}");
         let pod = format!("worker-{i}");
         let t0 = Instant::now();
-        works
-            .create(&PostParams::default(), &work(&name, &[(&pod, "gpu-0")]))
+        let w = work(&name, &[(&pod, "gpu-0")]);
+        let job = gpupool::api::WorkJobRef {
+            kind: "TrainingJob".into(),
+            namespace: "ml".into(),
+            name: name.clone(),
+            uid: None,
+        };
+        pull::put_work(&hub, MEMBER, job, w.spec.manifests)
             .await
             .unwrap();
         loop {
@@ -302,7 +309,7 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
         latencies[2], latencies[4], push[2]
     );
     let st = eventually(60, "pod Running reported to the hub", || async {
-        let w = works.get("job-0").await?;
+        let w = works.get("tj-ml-job-0").await?;
         Ok(w.status.filter(|s| {
             s.pods
                 .first()
@@ -345,8 +352,27 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
     .unwrap();
     assert!(pods.get_opt("evil").await.unwrap().is_none());
     // Deleting the work deletes its pod; other work stays.
-    works
-        .delete("job-0", &DeleteParams::default())
+    // The hub's view through the pull interface: nodes, pods and liveness as for a push member.
+    let seen = pull::observe(&hub, MEMBER).await.unwrap();
+    assert_eq!(seen.cluster_id.as_deref(), Some(member_id.as_str()));
+    assert!(pull::alive(
+        seen.heartbeat,
+        k8s_openapi::jiff::Timestamp::now(),
+        Duration::from_secs(5)
+    ));
+    assert_eq!(seen.inventory.nodes["gpu-0"].gpus, 8);
+    let p0 = seen
+        .inventory
+        .pods
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("worker-0"))
+        .expect("worker-0 in the observed inventory");
+    assert_eq!(p0.labels()["app.kubernetes.io/managed-by"], "gpupool");
+    assert!(
+        gpupool::metering::pod_run(p0).is_some(),
+        "running pod is metered"
+    );
+    pull::delete_work(&hub, MEMBER, "tj-ml-job-0")
         .await
         .unwrap();
     eventually(30, "pod of deleted work gone", || async {

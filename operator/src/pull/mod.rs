@@ -19,7 +19,6 @@ use k8s_openapi::api::core::v1::{
     PodCondition, PodStatus,
 };
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::Value;
 use std::collections::BTreeMap;
