@@ -265,7 +265,24 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
     // --- Work: the hub writes, the agent applies in the member; status flows back.
     let works: Api<MemberWork> = Api::namespaced(hub.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(member.clone(), "ml");
+    // A watch of the work objects from the hub side, to measure one watch round-trip alone.
+    let (tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let watch_works = works.clone();
+    let watch_task = tokio::spawn(async move {
+        use futures::StreamExt;
+        let mut s = std::pin::pin!(kube::runtime::watcher(
+            watch_works,
+            kube::runtime::watcher::Config::default()
+        ));
+        while let Some(ev) = s.next().await {
+            if let Ok(kube::runtime::watcher::Event::Apply(w)) = ev {
+                let _ = tx.send((w.name_any(), Instant::now()));
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut latencies = Vec::new();
+    let mut watch_rtt = Vec::new();
     for i in 0..5 {
         let name = format!("job-{i}");
         let pod = format!("worker-{i}");
@@ -280,6 +297,10 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
         pull::put_work(&hub, MEMBER, job, w.spec.manifests)
             .await
             .unwrap();
+        eprintln!(
+            "put_work {name} returned at {}",
+            k8s_openapi::jiff::Timestamp::now()
+        );
         loop {
             if pods.get_opt(&pod).await.unwrap().is_some() {
                 break;
@@ -288,7 +309,24 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         latencies.push(t0.elapsed());
+        let want = pull::work_name("TrainingJob", "ml", &name);
+        loop {
+            let (n, at) = seen_rx.recv().await.unwrap();
+            if n == want {
+                watch_rtt.push(at - t0);
+                break;
+            }
+        }
     }
+    watch_task.abort();
+    for l in agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("watch event") || l.contains("apply"))
+    {
+        eprintln!("AGENT {l}");
+    }
+    watch_rtt.sort();
     // The push path for comparison: the hub's create in the member itself (one API call).
     let mut push = Vec::new();
     for i in 0..5 {
@@ -305,8 +343,8 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
     latencies.sort();
     push.sort();
     println!(
-        "MemberWork create → member pod exists (pull): median {:?}, max {:?}; direct create (push): median {:?}",
-        latencies[2], latencies[4], push[2]
+        "MemberWork create → member pod exists (pull): median {:?}, max {:?}; one watch round-trip (create → event at a hub watcher): median {:?}; direct pod create (push): median {:?}",
+        latencies[2], latencies[4], watch_rtt[2], push[2]
     );
     let st = eventually(60, "pod Running reported to the hub", || async {
         let w = works.get("tj-ml-job-0").await?;

@@ -257,11 +257,11 @@ async fn serve(
     }
 }
 
-/// Spawns a reflector for `api` that wakes `notify` on every event; returns its store.
+/// Spawns a reflector for `api` that wakes every `notify` on each event; returns its store.
 fn reflect<K>(
     api: Api<K>,
     cfg: watcher::Config,
-    notify: Arc<Notify>,
+    notify: Vec<Arc<Notify>>,
 ) -> (Store<K>, tokio::task::JoinHandle<()>)
 where
     K: Resource<DynamicType = ()>
@@ -277,7 +277,10 @@ where
     let task = tokio::spawn(async move {
         stream
             .for_each(|_| {
-                notify.notify_one();
+                tracing::trace!(kind = K::kind(&()).as_ref(), "watch event");
+                for n in &notify {
+                    n.notify_one();
+                }
                 futures::future::ready(())
             })
             .await;
@@ -310,53 +313,104 @@ fn kind_resource(kind: &str) -> ApiResource {
     }
 }
 
+/// What the apply loop did, read by the status loop.
+#[derive(Default)]
+struct Applied {
+    /// Work UID → generation applied in full.
+    generations: BTreeMap<String, i64>,
+    /// Work name → why some of its manifests are not in the member.
+    errors: BTreeMap<String, Vec<String>>,
+}
+
+fn current_works(works: &Store<MemberWork>) -> Vec<MemberWork> {
+    let mut ws: Vec<MemberWork> = works.state().iter().map(|w| (**w).clone()).collect();
+    ws.sort_by_key(|w| w.name_any());
+    ws
+}
+
+/// Two loops over the same watches: applying work into the member reacts to work changes alone
+/// (so a new work is applied one watch event after the hub wrote it, whatever else is going
+/// on), reporting status reacts to pod and work changes.
 async fn work_loop(
     args: &AgentArgs,
     member: kube::Client,
     hub: kube::Client,
     cred: &Credential,
 ) -> anyhow::Result<()> {
-    let notify = Arc::new(Notify::new());
+    let (to_apply, to_report) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let works_api: Api<MemberWork> = Api::namespaced(hub.clone(), &cred.namespace);
     let (works, t1) = reflect(
         works_api.clone(),
         watcher::Config::default(),
-        notify.clone(),
+        vec![to_apply.clone(), to_report.clone()],
     );
     let (pods, t2) = reflect(
         Api::<Pod>::all(member.clone()),
         watcher::Config::default().labels(apply::SELECTOR),
-        notify.clone(),
+        vec![to_report.clone()],
     );
-    let _tasks = AbortOnDrop(vec![t1, t2]);
+    // Services are only read to find orphans; a watch keeps that off the apply path.
+    let (services, t3) = reflect(
+        Api::<Service>::all(member.clone()),
+        watcher::Config::default().labels(apply::SELECTOR),
+        vec![],
+    );
+    let _tasks = AbortOnDrop(vec![t1, t2, t3]);
     works.wait_until_ready().await?;
     pods.wait_until_ready().await?;
+    services.wait_until_ready().await?;
     let policy = Policy {
         namespaces: args.allow_namespaces.iter().cloned().collect(),
         own_namespace: args.namespace.clone(),
     };
-    let mut applied: BTreeMap<String, i64> = BTreeMap::new();
+    let state = Arc::new(std::sync::Mutex::new(Applied::default()));
+    let apply = apply_loop(
+        member.clone(),
+        &works,
+        &pods,
+        &services,
+        &policy,
+        state.clone(),
+        to_apply,
+        to_report.clone(),
+        Duration::from_secs(args.resync_seconds),
+    );
+    let report = status_loop(works_api, &works, &pods, &policy, state, to_report);
+    tokio::try_join!(apply, report)?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn apply_loop(
+    member: kube::Client,
+    works: &Store<MemberWork>,
+    pods: &Store<Pod>,
+    services: &Store<Service>,
+    policy: &Policy,
+    state: Arc<std::sync::Mutex<Applied>>,
+    wake: Arc<Notify>,
+    report: Arc<Notify>,
+    resync: Duration,
+) -> anyhow::Result<()> {
     let mut namespaces: BTreeSet<String> = BTreeSet::new();
-    let mut errors: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let resync = Duration::from_secs(args.resync_seconds);
     let mut next_full = tokio::time::Instant::now();
     loop {
         let full = tokio::time::Instant::now() >= next_full;
         if full {
             next_full = tokio::time::Instant::now() + resync;
         }
-        let mut ws: Vec<Arc<MemberWork>> = works.state();
-        ws.sort_by_key(|w| w.name_any());
-        let owned: Vec<MemberWork> = ws.iter().map(|w| (**w).clone()).collect();
-        let (want, refused) = apply::desired(&owned, &policy);
+        let owned = current_works(works);
+        let (want, refused) = apply::desired(&owned, policy);
+        let done = state.lock().expect("state lock").generations.clone();
         // Apply every work whose spec changed since it was last applied (all of them on resync).
         let mut changed = full;
+        let mut results: Vec<(String, String, i64, Vec<String>)> = Vec::new();
         for w in &owned {
             let (uid, generation) = (
                 w.uid().unwrap_or_default(),
                 w.metadata.generation.unwrap_or(0),
             );
-            if !full && applied.get(&uid) == Some(&generation) {
+            if !full && done.get(&uid) == Some(&generation) {
                 continue;
             }
             changed = true;
@@ -377,6 +431,7 @@ async fn work_loop(
                 }
                 let api: Api<DynamicObject> =
                     Api::namespaced_with(member.clone(), ns, &api_resource(manifest));
+                tracing::debug!(%kind, %ns, %name, "applying");
                 if let Err(e) = api
                     .patch(
                         name,
@@ -388,19 +443,28 @@ async fn work_loop(
                     errs.push(format!("{kind} {ns}/{name}: {e}"));
                 }
             }
-            if errs.is_empty() {
-                applied.insert(uid, generation);
-                errors.remove(&w.name_any());
-            } else {
-                applied.remove(&uid);
-                errors.insert(w.name_any(), errs);
-            }
+            tracing::debug!(work = %w.name_any(), errors = errs.len(), "applied");
+            results.push((uid, w.name_any(), generation, errs));
         }
-        let live: BTreeSet<String> = owned.iter().filter_map(|w| w.uid()).collect();
-        applied.retain(|uid, _| live.contains(uid));
-        errors.retain(|n, _| owned.iter().any(|w| &w.name_any() == n));
-        // Delete what the agent applied that no work wants.
+        {
+            let mut st = state.lock().expect("state lock");
+            for (uid, name, generation, errs) in results {
+                if errs.is_empty() {
+                    st.generations.insert(uid, generation);
+                    st.errors.remove(&name);
+                } else {
+                    st.generations.remove(&uid);
+                    st.errors.insert(name, errs);
+                }
+            }
+            let live: BTreeSet<String> = owned.iter().filter_map(|w| w.uid()).collect();
+            st.generations.retain(|uid, _| live.contains(uid));
+            st.errors
+                .retain(|n, _| owned.iter().any(|w| &w.name_any() == n));
+        }
         if changed {
+            report.notify_one();
+            // Delete what the agent applied that no work wants.
             let mut existing: Vec<ObjectKey> = pods
                 .state()
                 .iter()
@@ -412,10 +476,7 @@ async fn work_loop(
                     )
                 })
                 .collect();
-            let svcs = Api::<Service>::all(member.clone())
-                .list(&ListParams::default().labels(apply::SELECTOR))
-                .await?;
-            existing.extend(svcs.items.iter().map(|s| {
+            existing.extend(services.state().iter().map(|s| {
                 (
                     "Service".into(),
                     s.namespace().unwrap_or_default(),
@@ -432,15 +493,35 @@ async fn work_loop(
                 }
             }
         }
-        // Report each work's state.
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep_until(next_full) => {}
+        }
+    }
+}
+
+async fn status_loop(
+    works_api: Api<MemberWork>,
+    works: &Store<MemberWork>,
+    pods: &Store<Pod>,
+    policy: &Policy,
+    state: Arc<std::sync::Mutex<Applied>>,
+    wake: Arc<Notify>,
+) -> anyhow::Result<()> {
+    loop {
+        let owned = current_works(works);
+        let (want, _) = apply::desired(&owned, policy);
         for w in &owned {
-            let status = work_status(
-                w,
-                &want,
-                &pods,
-                applied.get(&w.uid().unwrap_or_default()),
-                errors.get(&w.name_any()),
-            );
+            let status = {
+                let st = state.lock().expect("state lock");
+                work_status(
+                    w,
+                    &want,
+                    pods,
+                    st.generations.get(&w.uid().unwrap_or_default()),
+                    st.errors.get(&w.name_any()),
+                )
+            };
             if w.status.as_ref().map(strip_times) == Some(strip_times(&status)) {
                 continue;
             }
@@ -465,9 +546,10 @@ async fn work_loop(
                 Err(e) => tracing::warn!(work = %w.name_any(), error = %e, "status"),
             }
         }
+        // Also retry a failed report now and then without an event.
         tokio::select! {
-            _ = notify.notified() => {}
-            _ = tokio::time::sleep_until(next_full) => {}
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
         }
     }
 }
