@@ -3,6 +3,7 @@ use crate::api::{MemberReportSpec, MemberWorkStatus};
 use crate::member_agent::apply::pod_report;
 use crate::metering::pod_run;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 use serde_json::json;
 
 fn manifest(name: &str) -> Value {
