@@ -173,8 +173,10 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
         url: fed.hub.server_url(),
         ca_pem: Some(std::fs::read_to_string(fed.hub.dir().join("pki/ca.crt")).unwrap()),
     };
+    // The join controller runs with exactly the identity and RBAC the chart gives it.
+    let jc = join_controller_client(&fed, &hub, &endpoint).await;
     let controller = tokio::spawn(join::controller::run(
-        hub.clone(),
+        jc,
         JoinConfig {
             auto_approve: false,
             credential_ttl: Duration::from_secs(3600),
@@ -603,6 +605,49 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
             .is_ok()
     );
     controller.abort();
+}
+
+/// Applies the hub chart's join-controller objects (ServiceAccount, join namespace, RBAC) to the
+/// hub and returns a client with that ServiceAccount's token.
+async fn join_controller_client(
+    fed: &Federation,
+    hub: &kube::Client,
+    endpoint: &HubEndpoint,
+) -> kube::Client {
+    let (ok, out, err) = helm_template(&[]);
+    assert!(ok, "{err}");
+    let docs: Vec<String> = chart_docs(&out)
+        .into_iter()
+        .filter(|d| {
+            (d["metadata"]["labels"]["app.kubernetes.io/component"] == "join-controller"
+                && d["kind"] != "Deployment")
+                || (d["kind"] == "Namespace" && d["metadata"]["name"] == names::JOIN_NAMESPACE)
+        })
+        .map(|d| d.to_string())
+        .collect();
+    assert!(docs.len() >= 6, "{docs:?}");
+    let f = fed.hub.dir().join("join-controller.yaml");
+    std::fs::write(&f, docs.join("\n---\n")).unwrap();
+    let kubectl = fed.hub.kubectl();
+    let f = f.display().to_string();
+    tokio::task::spawn_blocking(move || {
+        let _ = kubectl.run(&["create", "namespace", "gpupool-system"]);
+        kubectl.ok(&["apply", "-f", &f])
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let tr = Api::<ServiceAccount>::namespaced(hub.clone(), "gpupool-system")
+        .create_token_request(
+            "gp-gpupool-join-controller",
+            &PostParams::default(),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    hub::client(endpoint, &tr.status.unwrap().token.unwrap())
+        .await
+        .unwrap()
 }
 
 /// Renders the chart like `helm template`, with helm's homes in a throwaway directory.
