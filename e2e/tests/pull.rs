@@ -179,7 +179,6 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
         jc,
         JoinConfig {
             auto_approve: false,
-            credential_ttl: Duration::from_secs(3600),
             resync: Duration::from_secs(1),
         },
     ));
@@ -619,13 +618,12 @@ async fn join_controller_client(
     let docs: Vec<String> = chart_docs(&out)
         .into_iter()
         .filter(|d| {
-            (d["metadata"]["labels"]["app.kubernetes.io/component"] == "join-controller"
-                && d["kind"] != "Deployment")
-                || (d["kind"] == "Namespace" && d["metadata"]["name"] == names::JOIN_NAMESPACE)
+            d["metadata"]["labels"]["app.kubernetes.io/component"] == "join-controller"
+                && d["kind"] != "Deployment"
         })
         .map(|d| d.to_string())
         .collect();
-    assert!(docs.len() >= 6, "{docs:?}");
+    assert_eq!(docs.len(), 3, "{docs:?}");
     let f = fed.hub.dir().join("join-controller.yaml");
     std::fs::write(&f, docs.join("\n---\n")).unwrap();
     let kubectl = fed.hub.kubectl();

@@ -2,8 +2,8 @@
 //!
 //! The agent creates it on the hub with its join token (a ServiceAccount token whose only right is
 //! to create this object, named after the token, and read its answer). The hub's join controller
-//! answers in `status`; once a pool admin approved the `MemberCluster`, the answer names the Secret
-//! holding the member's own hub credential.
+//! answers in `status`; once a pool admin approved the `MemberCluster`, the join token may mint the
+//! member's own hub credential in the namespace the answer names.
 
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -76,7 +76,7 @@ pub enum JoinPhase {
     /// Waiting for a pool admin to approve the member.
     #[default]
     Pending,
-    /// Approved; `credentialSecret` holds the member's hub credential.
+    /// Approved; the join token may now mint the member agent's credential.
     Approved,
     /// The agent heartbeats with its own credential; the join token is spent.
     Joined,
@@ -102,10 +102,6 @@ pub struct JoinRequestStatus {
     /// Why (for `Refused`/`Denied`) or what happens next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// Name of the Secret next to this request that holds the member's hub credential
-    /// (`token`, `namespace`, `member`), readable only with this request's join token.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credential_secret: Option<String>,
     /// The member's hub namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hub_namespace: Option<String>,

@@ -164,6 +164,7 @@ pub struct PodReport {
     category = "gpupool",
     namespaced,
     label("app.kubernetes.io/part-of", "gpupool"),
+    status = "MemberReportStatus",
     doc = "Inventory of a pull-mode member (nodes, GPU topologies, GPUs in use), written by its agent into the member's hub namespace. Large inventories are split into shards.",
     printcolumn(name = "Nodes", type_ = "integer", json_path = ".spec.nodeCount"),
     printcolumn(name = "Shard", type_ = "integer", json_path = ".spec.shard"),
@@ -172,7 +173,8 @@ pub struct PodReport {
         type_ = "string",
         json_path = ".spec.kubernetesVersion"
     ),
-    printcolumn(name = "Reported", type_ = "date", json_path = ".spec.reportTime")
+    printcolumn(name = "Reported", type_ = "date", json_path = ".spec.reportTime"),
+    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.accepted")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.shard < self.shards").message("shard must be below shards"))]
@@ -219,4 +221,16 @@ pub struct NodeReport {
     /// GPUs busy with processes gpupool did not start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub busy_gpu_uuids: Vec<String>,
+}
+
+/// The hub's verdict on a report (the agent cannot write it: its role has no `status` right).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberReportStatus {
+    /// The report is used for placement (its `clusterId` matches the member's identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<bool>,
+    /// Why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }

@@ -6,10 +6,8 @@ use super::policy::{self, Decision};
 use super::token::{self, with_type};
 use crate::api::{Approval, JoinPhase, JoinRequest, JoinRequestStatus, MemberCluster, MemberMode};
 use futures::StreamExt;
-use k8s_openapi::ByteString;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -26,8 +24,6 @@ use std::time::Duration;
 pub struct JoinConfig {
     /// Approve joining members without an admin.
     pub auto_approve: bool,
-    /// Lifetime of an issued member credential (the agent renews it at two thirds).
-    pub credential_ttl: Duration,
     /// How often waiting requests are looked at again and expired tokens swept.
     pub resync: Duration,
 }
@@ -36,7 +32,6 @@ impl Default for JoinConfig {
     fn default() -> Self {
         JoinConfig {
             auto_approve: false,
-            credential_ttl: Duration::from_secs(24 * 3600),
             resync: Duration::from_secs(10),
         }
     }
@@ -53,9 +48,6 @@ pub enum Error {
     /// The hub's API answered with an error.
     #[error("hub API: {0}")]
     Kube(#[from] kube::Error),
-    /// The API server issued no token.
-    #[error("the API server issued no token for {0}")]
-    NoToken(String),
 }
 
 fn ssa() -> PatchParams {
@@ -251,35 +243,9 @@ async fn reconcile_request(req: Arc<JoinRequest>, ctx: Arc<Ctx>) -> Result<Actio
         }
         Approval::Approved => {
             ensure_member_access(hub, &mc).await?;
-            let secrets: Api<Secret> = Api::namespaced(hub.clone(), JOIN_NAMESPACE);
-            let cred_name = names::credential_secret(&id);
-            let cred = match secrets.get_opt(&cred_name).await? {
-                Some(s) => s,
-                None => {
-                    let token = issue_credential(hub, &ns, ctx.cfg.credential_ttl).await?;
-                    let s = Secret {
-                        metadata: ObjectMeta {
-                            name: Some(cred_name.clone()),
-                            namespace: Some(JOIN_NAMESPACE.into()),
-                            labels: Some(part_of()),
-                            ..Default::default()
-                        },
-                        data: Some(
-                            [
-                                ("token".to_string(), ByteString(token.into_bytes())),
-                                ("namespace".to_string(), ByteString(ns.clone().into_bytes())),
-                                ("member".to_string(), ByteString(name.clone().into_bytes())),
-                            ]
-                            .into(),
-                        ),
-                        type_: Some("Opaque".into()),
-                        ..Default::default()
-                    };
-                    secrets.create(&PostParams::default(), &s).await?
-                }
-            };
-            // Joined once the agent heartbeats with the credential handed over here.
-            let handed_over = cred.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            let binding = ensure_handover(hub, &ns, &id).await?;
+            // Joined once the agent heartbeats with the credential it minted after approval.
+            let handed_over = binding.metadata.creation_timestamp.as_ref().map(|t| t.0);
             let lease = Api::<Lease>::namespaced(hub.clone(), &ns)
                 .get_opt(names::HEARTBEAT_LEASE)
                 .await?;
@@ -292,6 +258,7 @@ async fn reconcile_request(req: Arc<JoinRequest>, ctx: Arc<Ctx>) -> Result<Actio
             {
                 // Spend the token first: a request reported Joined has no usable token.
                 token::revoke(hub, &id).await?;
+                remove_handover(hub, &ns).await?;
                 set_status(
                     hub,
                     &req,
@@ -300,7 +267,6 @@ async fn reconcile_request(req: Arc<JoinRequest>, ctx: Arc<Ctx>) -> Result<Actio
                         message: Some(format!(
                             "member {name} heartbeats with its own credential; join token spent"
                         )),
-                        credential_secret: None,
                         hub_namespace: Some(ns),
                     },
                 )
@@ -312,8 +278,9 @@ async fn reconcile_request(req: Arc<JoinRequest>, ctx: Arc<Ctx>) -> Result<Actio
                 &req,
                 JoinRequestStatus {
                     phase: JoinPhase::Approved,
-                    message: Some(format!("approved; credential for {name} ready")),
-                    credential_secret: Some(cred_name),
+                    message: Some(format!(
+                        "approved; the join token may now mint the credential of {name}"
+                    )),
                     hub_namespace: Some(ns),
                 },
             )
@@ -390,24 +357,73 @@ async fn ensure_member_access(hub: &kube::Client, mc: &MemberCluster) -> Result<
     Ok(())
 }
 
-/// A token of the member agent's ServiceAccount.
-async fn issue_credential(hub: &kube::Client, ns: &str, ttl: Duration) -> Result<String, Error> {
-    let tr = Api::<ServiceAccount>::namespaced(hub.clone(), ns)
-        .create_token_request(
-            names::MEMBER_AGENT_SA,
-            &PostParams::default(),
-            &TokenRequest {
-                spec: Some(TokenRequestSpec {
-                    expiration_seconds: Some(ttl.as_secs() as i64),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
+/// Lets the join token mint one thing: a token of the member agent's ServiceAccount (the agent
+/// mints its credential itself, so no credential is ever stored on the hub). Returns the
+/// RoleBinding (its creation time is when the hand-over began).
+async fn ensure_handover(
+    hub: &kube::Client,
+    ns: &str,
+    token_id: &str,
+) -> Result<RoleBinding, Error> {
+    let meta = ObjectMeta {
+        name: Some(names::HANDOVER.into()),
+        namespace: Some(ns.into()),
+        labels: Some(part_of()),
+        ..Default::default()
+    };
+    Api::<Role>::namespaced(hub.clone(), ns)
+        .patch(
+            names::HANDOVER,
+            &ssa(),
+            &Patch::Apply(with_type(&Role {
+                metadata: meta.clone(),
+                rules: Some(policy::handover_rules()),
+            })),
         )
         .await?;
-    tr.status
-        .and_then(|s| s.token)
-        .ok_or_else(|| Error::NoToken(ns.to_string()))
+    let rb = Api::<RoleBinding>::namespaced(hub.clone(), ns)
+        .patch(
+            names::HANDOVER,
+            &ssa(),
+            &Patch::Apply(with_type(&RoleBinding {
+                metadata: meta,
+                role_ref: RoleRef {
+                    api_group: Some("rbac.authorization.k8s.io".into()),
+                    kind: "Role".into(),
+                    name: names::HANDOVER.into(),
+                },
+                subjects: Some(vec![Subject {
+                    kind: "ServiceAccount".into(),
+                    name: token_id.into(),
+                    namespace: Some(JOIN_NAMESPACE.into()),
+                    api_group: None,
+                }]),
+            })),
+        )
+        .await?;
+    Ok(rb)
+}
+
+/// Ends a hand-over (idempotent).
+async fn remove_handover(hub: &kube::Client, ns: &str) -> Result<(), Error> {
+    let dp = DeleteParams::default();
+    for r in [
+        Api::<RoleBinding>::namespaced(hub.clone(), ns)
+            .delete(names::HANDOVER, &dp)
+            .await
+            .map(|_| ()),
+        Api::<Role>::namespaced(hub.clone(), ns)
+            .delete(names::HANDOVER, &dp)
+            .await
+            .map(|_| ()),
+    ] {
+        match r {
+            Ok(()) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// A pull member that is not approved holds no working credential: its agent's ServiceAccount
@@ -434,5 +450,6 @@ async fn reconcile_access(mc: Arc<MemberCluster>, ctx: Arc<Ctx>) -> Result<Actio
             Err(e) => return Err(e.into()),
         }
     }
+    remove_handover(&ctx.hub, &ns).await?;
     Ok(Action::await_change())
 }

@@ -13,9 +13,10 @@
 //!   `kube-system` namespace UID), refuses the same cluster under a second name, creates the
 //!   `MemberCluster` (`mode: Pull`, `approval: Pending`, unless the pool auto-approves) and, once
 //!   approved, the member's hub namespace `gpupool-member-<name>` with a ServiceAccount whose Role
-//!   reaches only that namespace's `MemberWork`/`MemberReport`/Lease objects. The credential (a
-//!   token of that ServiceAccount) is handed over in a Secret only the join token can read; when
-//!   the agent heartbeats with it, the join token is spent (its ServiceAccount deleted).
+//!   reaches only that namespace's `MemberWork`/`MemberReport`/Lease objects, and lets the join
+//!   token mint one token of that ServiceAccount: the agent mints its own credential, so no
+//!   credential is ever stored on the hub. When the agent heartbeats with it, the join token is
+//!   spent (its ServiceAccount and the hand-over binding deleted).
 //! - Denying or revoking a member (`gpupool deny`) deletes its ServiceAccount: every credential it
 //!   was issued stops working. A new join token lets the same cluster join again (back to
 //!   `Pending`).
@@ -46,17 +47,15 @@ pub mod names {
     pub const JOIN_REQUEST: &str = "gpupool.io/join-request";
     /// Label on a member's hub namespace: the member's name.
     pub const MEMBER_LABEL: &str = "gpupool.io/member";
+    /// Role and RoleBinding in a member's hub namespace that let an approved join token mint
+    /// the member agent's first credential.
+    pub const HANDOVER: &str = "gpupool-join-handover";
     /// Name of the admission policy that pins a join request's name to its token.
     pub const ADMISSION_POLICY: &str = "gpupool-join-request-name";
 
     /// A member's hub namespace.
     pub fn member_namespace(member: &str) -> String {
         format!("gpupool-member-{member}")
-    }
-
-    /// The Secret a join request's member credential is handed over in.
-    pub fn credential_secret(token_id: &str) -> String {
-        format!("{token_id}-credential")
     }
 
     /// The username a join token authenticates as.

@@ -95,10 +95,9 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str], names: &[&str]) -> Poli
 }
 
 /// Rights of a join token (in the join namespace): create its own `JoinRequest` (the name is
-/// enforced by an admission policy, RBAC cannot restrict names on create), read that request
-/// and, once approved, the one Secret holding the member credential. Nothing else.
+/// enforced by an admission policy, RBAC cannot restrict names on create) and read that request.
+/// Nothing else; once approved, [`handover_rules`] add one right in the member's namespace.
 pub fn joiner_rules(token_id: &str) -> Vec<PolicyRule> {
-    let cred = names::credential_secret(token_id);
     vec![
         rule("gpupool.io", &["joinrequests"], &["create"], &[]),
         rule(
@@ -107,8 +106,18 @@ pub fn joiner_rules(token_id: &str) -> Vec<PolicyRule> {
             &["get", "watch"],
             &[token_id],
         ),
-        rule("", &["secrets"], &["get"], &[&cred]),
     ]
+}
+
+/// The one right an approved join token gets in its member's hub namespace: mint a token of the
+/// member agent's ServiceAccount (its credential), until the join completes.
+pub fn handover_rules() -> Vec<PolicyRule> {
+    vec![rule(
+        "",
+        &["serviceaccounts/token"],
+        &["create"],
+        &[names::MEMBER_AGENT_SA],
+    )]
 }
 
 /// Rights of a member agent's credential, all inside the member's own hub namespace: read its
@@ -276,9 +285,15 @@ mod tests {
             }
             assert!(!verbs.iter().any(|v| v == "list" || v == "*"), "{r:?}");
         }
+        assert!(
+            !j.iter()
+                .any(|r| r.resources.as_ref().unwrap().iter().any(|x| x == "secrets"))
+        );
+        let h = handover_rules();
+        assert_eq!(h.len(), 1);
         assert_eq!(
-            j[2].resource_names.as_deref(),
-            Some(&["join-abc12-credential".to_string()][..])
+            h[0].resource_names.as_deref(),
+            Some(&[names::MEMBER_AGENT_SA.to_string()][..])
         );
         let m = member_agent_rules();
         for r in &m {

@@ -8,7 +8,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicySpec, Validation,
 };
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -267,8 +267,8 @@ pub async fn list(hub: &kube::Client) -> kube::Result<Vec<TokenInfo>> {
     Ok(l.items.iter().map(info).collect())
 }
 
-/// Revokes a join token at once (its ServiceAccount, Role, RoleBinding and any credential
-/// hand-over Secret are deleted; the API server refuses the token from then on). Idempotent.
+/// Revokes a join token at once (its ServiceAccount, Role and RoleBinding are deleted; the API
+/// server refuses the token from then on). Idempotent.
 pub async fn revoke(hub: &kube::Client, id: &str) -> kube::Result<()> {
     let dp = DeleteParams::default();
     let ignore_missing = |r: kube::Result<()>| match r {
@@ -290,12 +290,6 @@ pub async fn revoke(hub: &kube::Client, id: &str) -> kube::Result<()> {
     ignore_missing(
         Api::<Role>::namespaced(hub.clone(), JOIN_NAMESPACE)
             .delete(id, &dp)
-            .await
-            .map(|_| ()),
-    )?;
-    ignore_missing(
-        Api::<Secret>::namespaced(hub.clone(), JOIN_NAMESPACE)
-            .delete(&names::credential_secret(id), &dp)
             .await
             .map(|_| ()),
     )?;

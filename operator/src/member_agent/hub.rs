@@ -5,7 +5,8 @@ use crate::api::{JoinPhase, JoinRequest, JoinRequestSpec};
 use crate::join::names::JOIN_NAMESPACE;
 use base64::Engine;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use std::time::Duration;
 
@@ -99,6 +100,7 @@ pub async fn join(
     poll: Duration,
 ) -> anyhow::Result<Credential> {
     let id = join_token_id(join_token)?;
+    let member = spec.member_name.clone();
     let c = client(hub, join_token).await?;
     let api: Api<JoinRequest> = Api::namespaced(c.clone(), JOIN_NAMESPACE);
     let req = JoinRequest::new(&id, spec);
@@ -131,11 +133,23 @@ pub async fn join(
                 }
             }
             JoinPhase::Approved => {
-                if let Some(name) = st.credential_secret {
-                    let s = Api::<Secret>::namespaced(c.clone(), JOIN_NAMESPACE)
-                        .get(&name)
-                        .await?;
-                    return credential_from(&s);
+                if let Some(ns) = st.hub_namespace {
+                    // The join token may now mint the member agent's own credential; the
+                    // hand-over binding can take a moment to reach the hub's authorizer.
+                    match mint(&c, &ns, CREDENTIAL_TTL).await {
+                        Ok(token) => {
+                            return Ok(Credential {
+                                token,
+                                namespace: ns,
+                                member: member.clone(),
+                            });
+                        }
+                        Err(kube::Error::Api(e)) if e.code == 403 => {}
+                        Err(e) if unauthorized(&e) => anyhow::bail!(
+                            "the hub refused the join token (revoked, expired or already spent)"
+                        ),
+                        Err(e) => return Err(e.into()),
+                    }
                 }
             }
             JoinPhase::Denied | JoinPhase::Refused | JoinPhase::Joined => {
@@ -146,7 +160,29 @@ pub async fn join(
     }
 }
 
-/// Reads a credential from a Secret (the hub's hand-over Secret or the agent's own copy).
+/// Lifetime the agent asks for its credential (renewed at two thirds).
+pub const CREDENTIAL_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A token of the member agent's ServiceAccount in its hub namespace, minted with `client`
+/// (the approved join token at first, the agent's own credential when renewing).
+pub async fn mint(client: &kube::Client, ns: &str, ttl: Duration) -> kube::Result<String> {
+    let tr = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request(
+            crate::join::names::MEMBER_AGENT_SA,
+            &PostParams::default(),
+            &TokenRequest {
+                spec: Some(TokenRequestSpec {
+                    expiration_seconds: Some(ttl.as_secs() as i64),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(tr.status.and_then(|s| s.token).unwrap_or_default())
+}
+
+/// Reads the agent's stored credential from its Secret.
 pub fn credential_from(s: &Secret) -> anyhow::Result<Credential> {
     let data = s.data.clone().unwrap_or_default();
     let get = |k: &str| -> anyhow::Result<String> {

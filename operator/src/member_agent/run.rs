@@ -9,9 +9,8 @@ use crate::api::{
 };
 use crate::join::names;
 use futures::StreamExt;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{
@@ -224,23 +223,13 @@ async fn serve(
         let at = iat + (exp - iat) * 2 / 3;
         let wait = (at - Timestamp::now().as_second()).max(0) as u64;
         tokio::time::sleep(Duration::from_secs(wait)).await;
-        let tr = Api::<ServiceAccount>::namespaced(hub.clone(), &cred.namespace)
-            .create_token_request(
-                names::MEMBER_AGENT_SA,
-                &PostParams::default(),
-                &TokenRequest {
-                    spec: Some(TokenRequestSpec {
-                        expiration_seconds: Some(exp - iat),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let token = tr
-            .status
-            .and_then(|s| s.token)
-            .ok_or_else(|| anyhow::anyhow!("the hub issued no token"))?;
+        let token = hub::mint(
+            &hub,
+            &cred.namespace,
+            Duration::from_secs((exp - iat) as u64),
+        )
+        .await?;
+        anyhow::ensure!(!token.is_empty(), "the hub issued no token");
         let renewed = Credential {
             token,
             ..cred.clone()
