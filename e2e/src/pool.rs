@@ -66,6 +66,7 @@ pub async fn register_member(
             labels: Default::default(),
             price_per_gpu_hour: None,
             schedulable: true,
+            ..Default::default()
         },
     );
     Api::<MemberCluster>::all(hub.clone())

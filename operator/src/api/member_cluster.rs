@@ -18,12 +18,14 @@ use std::collections::BTreeMap;
     category = "gpupool",
     label("app.kubernetes.io/part-of", "gpupool"),
     status = "MemberClusterStatus",
-    doc = "A GPU cluster federated into the pool. Cluster-scoped; the kubeconfig lives in a Secret.",
+    doc = "A GPU cluster federated into the pool. Cluster-scoped. Push members name a kubeconfig Secret; Pull members join with an agent and hold no credential on the hub.",
     printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(name = "Approval", type_ = "string", json_path = ".spec.approval"),
     printcolumn(name = "Region", type_ = "string", json_path = ".spec.region"),
     printcolumn(name = "Binding", type_ = "string", json_path = ".status.bindingMode"),
     printcolumn(
@@ -54,8 +56,24 @@ use std::collections::BTreeMap;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mode == 'Pull' || has(self.kubeconfigSecretRef)").message("a Push member needs kubeconfigSecretRef"))]
+#[x_kube(validation = Rule::new("self.mode != 'Pull' || !has(self.kubeconfigSecretRef)").message("a Pull member has no kubeconfig on the hub; remove kubeconfigSecretRef"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.clusterId) || (has(self.clusterId) && self.clusterId == oldSelf.clusterId)").message("clusterId cannot be changed once recorded"))]
+#[x_kube(validation = Rule::new("self.mode == oldSelf.mode").message("mode cannot be changed; delete the member and join again"))]
 pub struct MemberClusterSpec {
-    /// Secret holding a kubeconfig for the member cluster's API server.
+    /// How the hub reaches the member: `Push` (the hub holds a kubeconfig and writes into the
+    /// member) or `Pull` (the member's agent dials out to the hub and applies `MemberWork`).
+    #[serde(default)]
+    pub mode: MemberMode,
+    /// Whether a pool admin let this member in. Members created by a join start `Pending`.
+    #[serde(default)]
+    pub approval: Approval,
+    /// The member's identity, UID of its `kube-system` namespace (recorded at join; immutable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// Secret holding a kubeconfig for the member cluster's API server (Push mode only; Pull
+    /// members have none).
+    #[serde(default, skip_serializing_if = "SecretKeyRef::is_unset")]
     pub kubeconfig_secret_ref: SecretKeyRef,
     /// The cluster owner's Solana wallet (base58 public key); pool tokens are minted to its
     /// associated token account.
@@ -85,6 +103,69 @@ fn default_true() -> bool {
     true
 }
 
+impl Default for MemberClusterSpec {
+    fn default() -> Self {
+        MemberClusterSpec {
+            mode: MemberMode::Push,
+            approval: Approval::Approved,
+            cluster_id: None,
+            kubeconfig_secret_ref: SecretKeyRef::default(),
+            owner_wallet: String::new(),
+            region: None,
+            labels: BTreeMap::new(),
+            price_per_gpu_hour: None,
+            schedulable: true,
+        }
+    }
+}
+
+impl MemberClusterSpec {
+    /// The kubeconfig Secret of a Push member; `None` for a Pull member (the hub holds none).
+    pub fn kubeconfig_ref(&self) -> Option<&SecretKeyRef> {
+        (self.mode == MemberMode::Push && !self.kubeconfig_secret_ref.is_unset())
+            .then_some(&self.kubeconfig_secret_ref)
+    }
+
+    /// Approved by a pool admin (new work may only be placed on approved members).
+    pub fn approved(&self) -> bool {
+        self.approval == Approval::Approved
+    }
+}
+
+/// How desired state reaches a member and observed state comes back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum MemberMode {
+    /// The hub holds a kubeconfig of the member and writes into it directly.
+    #[default]
+    Push,
+    /// The member's agent dials out to the hub, applies `MemberWork` objects and reports back.
+    Pull,
+}
+
+impl std::fmt::Display for MemberMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A pool admin's decision about a member.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Approval {
+    /// Waiting for a pool admin (`gpupool approve MEMBER`).
+    Pending,
+    /// Let in (the default for members an admin registers directly).
+    #[default]
+    Approved,
+    /// Refused or revoked; the member's hub credential is withdrawn.
+    Denied,
+}
+
+impl std::fmt::Display for Approval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
 /// Reference to a key of a Secret.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -102,6 +183,13 @@ pub struct SecretKeyRef {
 
 fn default_kubeconfig_key() -> String {
     "kubeconfig".into()
+}
+
+impl SecretKeyRef {
+    /// No Secret named (a Pull member's spec carries none).
+    pub fn is_unset(&self) -> bool {
+        self.name.is_empty()
+    }
 }
 
 /// Observed state of a member cluster.

@@ -9,14 +9,18 @@
 mod common;
 mod gpu_topology;
 mod inference_job;
+mod join_request;
 mod member_cluster;
+mod member_work;
 mod training_job;
 mod usage_record;
 
 pub use common::*;
 pub use gpu_topology::*;
 pub use inference_job::*;
+pub use join_request::*;
 pub use member_cluster::*;
+pub use member_work::*;
 pub use training_job::*;
 pub use usage_record::*;
 
@@ -37,6 +41,9 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
         TrainingJob::crd(),
         GpuTopology::crd(),
         UsageRecord::crd(),
+        MemberWork::crd(),
+        MemberReport::crd(),
+        JoinRequest::crd(),
     ];
     // Single version each; merge_crds is a no-op check that names/groups agree.
     crds.into_iter()

@@ -19,6 +19,27 @@ enum Command {
     Run(gpupool::controllers::RunArgs),
     /// Show GPU-seconds and tokens earned by a wallet or member cluster, on chain and in the hub's records.
     Earnings(gpupool::cli::earnings::EarningsArgs),
+    /// Run in a member cluster: join the pool in pull mode and apply the hub's work here.
+    MemberAgent(gpupool::member_agent::AgentArgs),
+    /// Run the hub's join controller (answers join requests, hands out member credentials).
+    JoinController {
+        /// Approve joining members without an admin.
+        #[arg(long)]
+        auto_approve: bool,
+    },
+    /// Manage join tokens for pull members (pool admin).
+    #[command(subcommand)]
+    JoinToken(gpupool::cli::members::TokenCommand),
+    /// Approve a pending member.
+    Approve {
+        /// MemberCluster name.
+        member: String,
+    },
+    /// Deny a pending member, or revoke an approved one (its hub credential stops working).
+    Deny {
+        /// MemberCluster name.
+        member: String,
+    },
 }
 
 #[tokio::main]
@@ -27,5 +48,25 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => gpupool::controllers::run(args).await,
         Command::Earnings(args) => gpupool::cli::earnings::run(args).await,
+        Command::MemberAgent(args) => {
+            gpupool::telemetry::init_logging();
+            gpupool::member_agent::run(args).await
+        }
+        Command::JoinController { auto_approve } => {
+            gpupool::telemetry::init_logging();
+            let hub = kube::Client::try_default().await?;
+            let cfg = gpupool::join::controller::JoinConfig {
+                auto_approve,
+                ..Default::default()
+            };
+            gpupool::join::controller::run(hub, cfg).await
+        }
+        Command::JoinToken(cmd) => gpupool::cli::members::token(cmd).await,
+        Command::Approve { member } => {
+            gpupool::cli::members::set_approval(&member, gpupool::api::Approval::Approved).await
+        }
+        Command::Deny { member } => {
+            gpupool::cli::members::set_approval(&member, gpupool::api::Approval::Denied).await
+        }
     }
 }

@@ -1,4 +1,6 @@
-//! Command-line tools: `gpupool earnings` for cluster owners and the `kubectl gpupool` plugin.
+//! Command-line tools: `gpupool earnings` for cluster owners, member administration for pool
+//! admins, and the `kubectl gpupool` plugin.
 
 pub mod earnings;
+pub mod members;
 pub mod plugin;

@@ -1,0 +1,776 @@
+//! Pull-mode members on real API servers. The member's agent runs as its own process with the
+//! member's kubeconfig and dials out to the hub; the hub is never given the member's kubeconfig.
+//! Covered: join → pending → approve → credential; the member's identity recorded and a second
+//! join of the same cluster under another name refused; a work object's pod applied in the member
+//! and its status flowing back; the inventory report; a spent, a revoked and an expired join token
+//! refused; the issued credential Forbidden on everything but the member's own objects; the
+//! heartbeat Lease renewed and stopping with the agent; a revoked member refused and re-joining.
+
+use gpupool::api::{
+    Approval, JoinPhase, JoinRequest, MemberCluster, MemberMode, MemberReport, MemberWork,
+    MemberWorkSpec,
+};
+use gpupool::join::{self, controller::JoinConfig, names};
+use gpupool::member_agent::hub::{self, HubEndpoint};
+use gpupool::pull;
+use gpupool_e2e::{Federation, GpuNode, eventually, operator_bin, publish_fixture};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use std::time::{Duration, Instant};
+
+const WALLET: &str = "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU";
+const MEMBER: &str = "pull-1";
+
+/// The agent process; killed on drop.
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(fed: &Federation, token: Option<&str>, name: &str, agent_ns: &str) -> Agent {
+        let m = &fed.members[0].cp;
+        let log = m.dir().join(format!("agent-{name}-{agent_ns}.log"));
+        let f = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut cmd = Command::new(operator_bin("gpupool"));
+        cmd.arg("member-agent")
+            .args(["--hub-url", &fed.hub.server_url()])
+            .arg("--hub-ca-file")
+            .arg(fed.hub.dir().join("pki/ca.crt"))
+            .args(["--member-name", name, "--owner-wallet", WALLET])
+            .args(["--namespace", agent_ns, "--identity", "agent-0"])
+            .args(["--heartbeat-seconds", "1", "--report-seconds", "1"])
+            .args(["--region", "home", "--label", "tier=consumer"])
+            // Only the member's kubeconfig: the agent is the member's process.
+            .env("KUBECONFIG", m.kubeconfig_path())
+            .env("RUST_LOG", "info,kube=warn")
+            .env_remove("GPUPOOL_JOIN_TOKEN")
+            .stdout(Stdio::from(f.try_clone().unwrap()))
+            .stderr(Stdio::from(f));
+        if let Some(t) = token {
+            cmd.env("GPUPOOL_JOIN_TOKEN", t);
+        }
+        Agent {
+            child: cmd.spawn().unwrap(),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit; returns (success, log).
+    async fn exit(&mut self, secs: u64) -> (bool, String) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (st.success(), self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent still running:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn gpupool_cli(fed: &Federation, args: &[&str]) -> String {
+    let out = Command::new(operator_bin("gpupool"))
+        .args(args)
+        .env("KUBECONFIG", fed.hub.kubeconfig_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gpupool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn code(e: &kube::Error) -> u16 {
+    match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("expected an API error, got {other}"),
+    }
+}
+
+async fn join_phase(hub: &kube::Client, id: &str) -> Option<JoinPhase> {
+    Api::<JoinRequest>::namespaced(hub.clone(), names::JOIN_NAMESPACE)
+        .get_opt(id)
+        .await
+        .unwrap()
+        .and_then(|r| r.status)
+        .map(|s| s.phase)
+}
+
+async fn renew_time(hub: &kube::Client, ns: &str) -> Option<String> {
+    Api::<Lease>::namespaced(hub.clone(), ns)
+        .get_opt(names::HEARTBEAT_LEASE)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.renew_time)
+        .map(|t| t.0.to_string())
+}
+
+fn work(name: &str, pods: &[(&str, &str)]) -> MemberWork {
+    let manifests = pods
+        .iter()
+        .map(|(pod, node)| {
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod, "namespace": "ml",
+                             "labels": {"app.kubernetes.io/managed-by": "gpupool"},
+                             "annotations": {"gpupool.io/gpu-uuids": "GPU-0"}},
+                "spec": {"nodeName": node,
+                         "tolerations": [{"operator": "Exists"}],
+                         "containers": [{"name": "worker", "image": "trainer",
+                                         "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}
+            })
+        })
+        .collect();
+    MemberWork::new(
+        name,
+        MemberWorkSpec {
+            job_ref: None,
+            manifests,
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
+    let fed = Federation::start(1).await.expect("federation starts");
+    fed.add_nodes(0, &[GpuNode::new("gpu-0", 8, "NVIDIA H100 80GB HBM3")])
+        .await
+        .unwrap();
+    let member = fed.members[0].cp.client().await.unwrap();
+    publish_fixture(&member, "dgx-h100", "gpu-0").await.unwrap();
+    let member_id = join::member_identity(&member).await.unwrap();
+    let hub = fed.hub.client().await.unwrap();
+    let endpoint = HubEndpoint {
+        url: fed.hub.server_url(),
+        ca_pem: Some(std::fs::read_to_string(fed.hub.dir().join("pki/ca.crt")).unwrap()),
+    };
+    // The join controller runs with exactly the identity and RBAC the chart gives it.
+    let jc = join_controller_client(&fed, &hub, &endpoint).await;
+    let controller = tokio::spawn(join::controller::run(
+        jc,
+        JoinConfig {
+            auto_approve: false,
+            resync: Duration::from_secs(1),
+        },
+    ));
+    let mcs: Api<MemberCluster> = Api::all(hub.clone());
+    let ns = names::member_namespace(MEMBER);
+
+    // --- Join: pending until a pool admin approves.
+    let token = join::token::create(&hub, Duration::from_secs(3600), None)
+        .await
+        .unwrap();
+    let mut agent = Agent::start(&fed, Some(&token.token), MEMBER, "gpupool-system");
+    let mc = eventually(60, "pending pull member", || async {
+        Ok(mcs.get_opt(MEMBER).await?)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    assert_eq!(mc.spec.mode, MemberMode::Pull);
+    assert_eq!(mc.spec.approval, Approval::Pending);
+    assert_eq!(mc.spec.cluster_id.as_deref(), Some(member_id.as_str()));
+    assert!(mc.spec.kubeconfig_ref().is_none());
+    assert_eq!(mc.spec.labels["tier"], "consumer");
+    eventually(30, "join request Pending", || async {
+        Ok((join_phase(&hub, &token.id).await == Some(JoinPhase::Pending)).then_some(()))
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        Api::<ServiceAccount>::namespaced(hub.clone(), &ns)
+            .get_opt(names::MEMBER_AGENT_SA)
+            .await
+            .unwrap()
+            .is_none(),
+        "no credential before approval"
+    );
+
+    let approved_at = Instant::now();
+    gpupool_cli(&fed, &["approve", MEMBER]);
+    eventually(60, "join complete", || async {
+        Ok((join_phase(&hub, &token.id).await == Some(JoinPhase::Joined)).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    println!("approve → joined: {:?}", approved_at.elapsed());
+    let stored = hub::load(&member, "gpupool-system", "gpupool-hub-credential")
+        .await
+        .unwrap()
+        .expect("credential stored in the member");
+    assert_eq!(
+        (stored.member.as_str(), stored.namespace.as_str()),
+        (MEMBER, ns.as_str())
+    );
+    // The join token is spent.
+    let spent = hub::client(&endpoint, &token.token).await.unwrap();
+    eventually(10, "spent join token refused", || async {
+        let r = Api::<JoinRequest>::namespaced(spent.clone(), names::JOIN_NAMESPACE)
+            .get(&token.id)
+            .await;
+        Ok(matches!(r, Err(kube::Error::Api(e)) if e.code == 401).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // --- Heartbeat Lease renewed.
+    let first = renew_time(&hub, &ns).await.unwrap();
+    eventually(10, "lease renewed", || async {
+        Ok(renew_time(&hub, &ns).await.filter(|t| *t != first))
+    })
+    .await
+    .unwrap();
+
+    // --- Inventory reported.
+    let report = eventually(30, "member report", || async {
+        Ok(Api::<MemberReport>::namespaced(hub.clone(), &ns)
+            .get_opt(MEMBER)
+            .await?
+            .filter(|r| !r.spec.nodes.is_empty()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.spec.cluster_id, member_id);
+    let n = &report.spec.nodes[0];
+    assert_eq!((n.name.as_str(), n.gpus, n.ready), ("gpu-0", 8, true));
+    assert_eq!(n.topology.as_ref().unwrap().gpus.len(), 8);
+
+    // --- Work: the hub writes, the agent applies in the member; status flows back.
+    let works: Api<MemberWork> = Api::namespaced(hub.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(member.clone(), "ml");
+    // A watch of the work objects from the hub side, to measure one watch round-trip alone.
+    let (tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let watch_works = works.clone();
+    let watch_task = tokio::spawn(async move {
+        use futures::StreamExt;
+        let mut s = std::pin::pin!(kube::runtime::watcher(
+            watch_works,
+            kube::runtime::watcher::Config::default()
+        ));
+        while let Some(ev) = s.next().await {
+            if let Ok(kube::runtime::watcher::Event::Apply(w)) = ev {
+                let _ = tx.send((w.name_any(), Instant::now()));
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut latencies = Vec::new();
+    let mut watch_rtt = Vec::new();
+    for i in 0..5 {
+        let name = format!("job-{i}");
+        let pod = format!("worker-{i}");
+        let t0 = Instant::now();
+        let w = work(&name, &[(&pod, "gpu-0")]);
+        let job = gpupool::api::WorkJobRef {
+            kind: "TrainingJob".into(),
+            namespace: "ml".into(),
+            name: name.clone(),
+            uid: None,
+        };
+        pull::put_work(&hub, MEMBER, job, w.spec.manifests)
+            .await
+            .unwrap();
+        loop {
+            if pods.get_opt(&pod).await.unwrap().is_some() {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "{}", agent.log());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        latencies.push(t0.elapsed());
+        let want = pull::work_name("TrainingJob", "ml", &name);
+        loop {
+            let (n, at) = seen_rx.recv().await.unwrap();
+            if n == want {
+                watch_rtt.push(at - t0);
+                break;
+            }
+        }
+    }
+    watch_task.abort();
+    watch_rtt.sort();
+    // The push path for comparison: the hub's create in the member itself (one API call).
+    let mut push = Vec::new();
+    for i in 0..5 {
+        let mut p: Pod =
+            serde_json::from_value(work("x", &[("x", "gpu-0")]).spec.manifests[0].clone()).unwrap();
+        p.metadata.name = Some(format!("push-{i}"));
+        let t0 = Instant::now();
+        pods.create(&PostParams::default(), &p).await.unwrap();
+        push.push(t0.elapsed());
+        pods.delete(&format!("push-{i}"), &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    latencies.sort();
+    push.sort();
+    println!(
+        "MemberWork create → member pod exists (pull): median {:?}, max {:?}; one watch round-trip (create → event at a hub watcher): median {:?}; direct pod create (push): median {:?}",
+        latencies[2], latencies[4], watch_rtt[2], push[2]
+    );
+    let st = eventually(60, "pod Running reported to the hub", || async {
+        let w = works.get("tj-ml-job-0").await?;
+        Ok(w.status.filter(|s| {
+            s.pods
+                .first()
+                .is_some_and(|p| p.phase == "Running" && p.start_time.is_some())
+                && s.observed_generation == w.metadata.generation
+                && s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Applied" && c.status == "True")
+        }))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    assert_eq!(st.pods[0].node.as_deref(), Some("gpu-0"));
+    let applied = pods.get("worker-0").await.unwrap();
+    assert_eq!(
+        applied.labels()["gpupool.io/applied-by"],
+        "gpupool-member-agent"
+    );
+    assert!(
+        applied
+            .metadata
+            .managed_fields
+            .unwrap()
+            .iter()
+            .any(|f| f.manager.as_deref() == Some("gpupool-member-agent"))
+    );
+    // A hostile manifest is refused and said so; nothing is created.
+    let mut bad = work("job-bad", &[("evil", "gpu-0")]);
+    bad.spec.manifests[0]["spec"]["hostPID"] = true.into();
+    works.create(&PostParams::default(), &bad).await.unwrap();
+    eventually(30, "refusal reported", || async {
+        let w = works.get("job-bad").await?;
+        Ok(w.status.filter(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.status == "False" && c.message.contains("hostPID"))
+        }))
+    })
+    .await
+    .unwrap();
+    assert!(pods.get_opt("evil").await.unwrap().is_none());
+    // Deleting the work deletes its pod; other work stays.
+    // The hub's view through the pull interface: nodes, pods and liveness as for a push member.
+    let seen = pull::observe(&hub, MEMBER).await.unwrap();
+    assert_eq!(seen.cluster_id.as_deref(), Some(member_id.as_str()));
+    assert!(pull::alive(
+        seen.heartbeat,
+        k8s_openapi::jiff::Timestamp::now(),
+        Duration::from_secs(5)
+    ));
+    assert_eq!(seen.inventory.nodes["gpu-0"].gpus, 8);
+    let p0 = seen
+        .inventory
+        .pods
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("worker-0"))
+        .expect("worker-0 in the observed inventory");
+    assert_eq!(p0.labels()["app.kubernetes.io/managed-by"], "gpupool");
+    assert!(
+        gpupool::metering::pod_run(p0).is_some(),
+        "running pod is metered"
+    );
+    pull::delete_work(&hub, MEMBER, "tj-ml-job-0")
+        .await
+        .unwrap();
+    eventually(30, "pod of deleted work gone", || async {
+        Ok(pods.get_opt("worker-0").await?.is_none().then_some(()))
+    })
+    .await
+    .unwrap();
+    assert!(pods.get_opt("worker-1").await.unwrap().is_some());
+
+    // --- The issued credential reaches only this member's own objects.
+    let other_ns = names::member_namespace("other");
+    let mut o = Namespace::default();
+    o.metadata.name = Some(other_ns.clone());
+    Api::<Namespace>::all(hub.clone())
+        .create(&PostParams::default(), &o)
+        .await
+        .unwrap();
+    Api::<MemberWork>::namespaced(hub.clone(), &other_ns)
+        .create(&PostParams::default(), &work("theirs", &[("t", "n")]))
+        .await
+        .unwrap();
+    let cred = hub::client(&endpoint, &stored.token).await.unwrap();
+    let theirs: Api<MemberWork> = Api::namespaced(cred.clone(), &other_ns);
+    assert_eq!(
+        code(&theirs.list(&ListParams::default()).await.unwrap_err()),
+        403
+    );
+    assert_eq!(code(&theirs.get("theirs").await.unwrap_err()), 403);
+    assert_eq!(
+        code(
+            &theirs
+                .create(&PostParams::default(), &work("x", &[]))
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+    assert_eq!(
+        code(
+            &theirs
+                .delete("theirs", &DeleteParams::default())
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+    let own: Api<MemberWork> = Api::namespaced(cred.clone(), &ns);
+    assert!(own.list(&ListParams::default()).await.is_ok());
+    assert_eq!(
+        code(
+            &own.create(&PostParams::default(), &work("self-made", &[]))
+                .await
+                .unwrap_err()
+        ),
+        403,
+        "the agent reads its work, it does not write it"
+    );
+    assert_eq!(
+        code(
+            &Api::<MemberCluster>::all(cred.clone())
+                .list(&ListParams::default())
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+    assert_eq!(
+        code(
+            &Api::<Secret>::namespaced(cred.clone(), &ns)
+                .list(&ListParams::default())
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+    assert_eq!(
+        code(
+            &Api::<Secret>::namespaced(cred.clone(), names::JOIN_NAMESPACE)
+                .list(&ListParams::default())
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+
+    // --- The hub holds nothing that reaches the member.
+    let member_kc = fed.members[0].cp.kubeconfig_yaml();
+    let member_ca = member_kc
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+        .unwrap()
+        .to_string();
+    let member_url = fed.members[0].cp.server_url();
+    for s in Api::<Secret>::all(hub.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+    {
+        for v in s.data.unwrap_or_default().values() {
+            let text = String::from_utf8_lossy(&v.0);
+            assert!(
+                !text.contains(&member_url) && !text.contains(&member_ca),
+                "hub Secret {} holds a way into the member",
+                s.metadata.name.unwrap_or_default()
+            );
+        }
+    }
+    assert!(
+        mcs.get(MEMBER)
+            .await
+            .unwrap()
+            .spec
+            .kubeconfig_ref()
+            .is_none()
+    );
+
+    // --- Join tokens: revoked, expired, and the same cluster under a second name.
+    let revoked = join::token::create(&hub, Duration::from_secs(3600), None)
+        .await
+        .unwrap();
+    gpupool_cli(&fed, &["join-token", "revoke", &revoked.id]);
+    let mut a2 = Agent::start(&fed, Some(&revoked.token), "pull-2", "agent-two");
+    let (ok, log) = a2.exit(60).await;
+    assert!(!ok && log.contains("refused the join token"), "{log}");
+    let expiring = join::token::create(&hub, Duration::from_secs(1), None)
+        .await
+        .unwrap();
+    let expired_client = hub::client(&endpoint, &expiring.token).await.unwrap();
+    eventually(30, "expired join token refused", || async {
+        let r = Api::<JoinRequest>::namespaced(expired_client.clone(), names::JOIN_NAMESPACE)
+            .get(&expiring.id)
+            .await;
+        Ok(matches!(r, Err(kube::Error::Api(e)) if e.code == 401).then_some(()))
+    })
+    .await
+    .unwrap();
+    let dup = join::token::create(&hub, Duration::from_secs(3600), None)
+        .await
+        .unwrap();
+    let mut a3 = Agent::start(&fed, Some(&dup.token), "pull-dup", "agent-three");
+    let (ok, log) = a3.exit(60).await;
+    assert!(
+        !ok && log.contains("already joined the pool as pull-1"),
+        "{log}"
+    );
+    assert!(mcs.get_opt("pull-dup").await.unwrap().is_none());
+
+    // --- Agent stopped: the heartbeat stops.
+    let _ = agent.child.kill();
+    let _ = agent.child.wait();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let last = renew_time(&hub, &ns).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        renew_time(&hub, &ns).await.unwrap(),
+        last,
+        "lease not renewed without agent"
+    );
+
+    // --- Revocation: the member's credential stops working; re-join with a new token.
+    gpupool_cli(&fed, &["deny", MEMBER]);
+    eventually(30, "revoked credential refused", || async {
+        let r = own.list(&ListParams::default()).await;
+        Ok(matches!(r, Err(kube::Error::Api(e)) if e.code == 401).then_some(()))
+    })
+    .await
+    .unwrap();
+    let mut a4 = Agent::start(&fed, None, MEMBER, "gpupool-system");
+    let (ok, log) = a4.exit(60).await;
+    assert!(!ok && log.contains("revoked"), "{log}");
+    let again = join::token::create(&hub, Duration::from_secs(3600), Some(MEMBER))
+        .await
+        .unwrap();
+    let _a5 = Agent::start(&fed, Some(&again.token), MEMBER, "gpupool-system");
+    eventually(60, "re-join pending", || async {
+        Ok((join_phase(&hub, &again.id).await == Some(JoinPhase::Pending)).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        mcs.get(MEMBER).await.unwrap().spec.approval,
+        Approval::Pending
+    );
+    gpupool_cli(&fed, &["approve", MEMBER]);
+    eventually(60, "re-joined", || async {
+        Ok((join_phase(&hub, &again.id).await == Some(JoinPhase::Joined)).then_some(()))
+    })
+    .await
+    .unwrap();
+    let renewed = hub::load(&member, "gpupool-system", "gpupool-hub-credential")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(renewed.token, stored.token);
+    let c2 = hub::client(&endpoint, &renewed.token).await.unwrap();
+    assert!(
+        Api::<MemberWork>::namespaced(c2, &ns)
+            .list(&ListParams::default())
+            .await
+            .is_ok()
+    );
+    controller.abort();
+}
+
+/// Applies the hub chart's join-controller objects (ServiceAccount, join namespace, RBAC) to the
+/// hub and returns a client with that ServiceAccount's token.
+async fn join_controller_client(
+    fed: &Federation,
+    hub: &kube::Client,
+    endpoint: &HubEndpoint,
+) -> kube::Client {
+    let (ok, out, err) = helm_template(&[]);
+    assert!(ok, "{err}");
+    let docs: Vec<String> = chart_docs(&out)
+        .into_iter()
+        .filter(|d| {
+            d["metadata"]["labels"]["app.kubernetes.io/component"] == "join-controller"
+                && d["kind"] != "Deployment"
+        })
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(docs.len(), 3, "{docs:?}");
+    let f = fed.hub.dir().join("join-controller.yaml");
+    std::fs::write(&f, docs.join("\n---\n")).unwrap();
+    let kubectl = fed.hub.kubectl();
+    let f = f.display().to_string();
+    tokio::task::spawn_blocking(move || {
+        let _ = kubectl.run(&["create", "namespace", "gpupool-system"]);
+        kubectl.ok(&["apply", "-f", &f])
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let tr = Api::<ServiceAccount>::namespaced(hub.clone(), "gpupool-system")
+        .create_token_request(
+            "gp-gpupool-join-controller",
+            &PostParams::default(),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    hub::client(endpoint, &tr.status.unwrap().token.unwrap())
+        .await
+        .unwrap()
+}
+
+/// Renders the chart like `helm template`, with helm's homes in a throwaway directory.
+fn helm_template(extra: &[&str]) -> (bool, String, String) {
+    let tools = gpupool_e2e::Tools::get().expect("harness tools (helm) are available");
+    let home = tempfile::tempdir().unwrap();
+    let chart = gpupool_e2e::repo_root().join("charts/gpupool");
+    let out = Command::new(&tools.helm)
+        .args([
+            "template",
+            "gp",
+            chart.to_str().unwrap(),
+            "-n",
+            "gpupool-system",
+        ])
+        .args(extra)
+        .env("HELM_CONFIG_HOME", home.path().join("config"))
+        .env("HELM_CACHE_HOME", home.path().join("cache"))
+        .env("HELM_DATA_HOME", home.path().join("data"))
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn chart_docs(manifest: &str) -> Vec<serde_json::Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(manifest)
+        .filter_map(|d| serde_json::Value::deserialize(d).ok())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_deploys_the_member_agent_for_a_pull_join() {
+    let pull_values = [
+        "--set",
+        "mode=member",
+        "--set",
+        "member.hubAccess.enabled=false",
+        "--set",
+        "hub.url=https://hub.example:6443",
+        "--set",
+        "hub.joinToken=eyJhbGciOiJSUzI1NiJ9.e30.sig",
+        "--set",
+        "hub.caCert=-----BEGIN CERTIFICATE-----",
+        "--set",
+        "memberAgent.memberName=east",
+        "--set",
+        &format!("memberAgent.ownerWallet={WALLET}"),
+        "--set",
+        "memberAgent.labels.tier=home",
+    ];
+    let (ok, out, err) = helm_template(&pull_values);
+    assert!(ok, "{err}");
+    let docs = chart_docs(&out);
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{kind} {name} not rendered"))
+    };
+    let dep = find("Deployment", "gp-gpupool-member-agent");
+    let c = &dep["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "member-agent");
+    assert!(args.contains(&"--member-name=east") && args.contains(&"--label=tier=home"));
+    let env = c["env"].as_array().unwrap();
+    let token = env
+        .iter()
+        .find(|e| e["name"] == "GPUPOOL_JOIN_TOKEN")
+        .unwrap();
+    assert_eq!(
+        token["valueFrom"]["secretKeyRef"]["name"],
+        "gp-gpupool-member-agent-join-token"
+    );
+    assert!(env.iter().any(|e| e["name"] == "GPUPOOL_HUB_CA_FILE"));
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    // The agent's Secret access in its namespace is pinned to its credential.
+    let role = find("Role", "gp-gpupool-member-agent");
+    let pinned = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["verbs"].as_array().unwrap().iter().any(|v| v == "get"))
+        .unwrap();
+    assert_eq!(pinned["resourceNames"][0], "gpupool-hub-credential");
+    // Pull join: no hub-access identity for the hub is rendered.
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["metadata"]["name"] == "gp-gpupool-hub-access")
+    );
+
+    // Without hub.url the member chart renders no agent; missing required values fail clearly.
+    let (ok, out, _) = helm_template(&["--set", "mode=member"]);
+    assert!(ok && !out.contains("member-agent"));
+    let (ok, _, err) = helm_template(&["--set", "mode=member", "--set", "hub.url=https://h:6443"]);
+    assert!(
+        !ok && err.contains("memberAgent.memberName is required"),
+        "{err}"
+    );
+
+    // What it renders is accepted by a real API server.
+    let cp = gpupool_e2e::ControlPlane::start("chart-pull")
+        .await
+        .unwrap();
+    let f = cp.dir().join("pull-agent.yaml");
+    let (_, rendered, _) = helm_template(&pull_values);
+    std::fs::write(&f, rendered).unwrap();
+    let kubectl = cp.kubectl();
+    kubectl
+        .ok(&["create", "namespace", "gpupool-system"])
+        .unwrap();
+    let f = f.display().to_string();
+    tokio::task::spawn_blocking(move || kubectl.ok(&["apply", "--dry-run=server", "-f", &f]))
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -1,0 +1,371 @@
+//! Pure logic of the member agent: what it accepts from the hub, how it labels what it applies,
+//! which objects it must delete, and what it reports about pods.
+
+use crate::api::{MemberWork, PodReport, WORK_KINDS};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Label on everything the agent applies (it deletes only objects carrying it).
+pub const APPLIED_BY: &str = "gpupool.io/applied-by";
+/// Value of [`APPLIED_BY`].
+pub const AGENT: &str = "gpupool-member-agent";
+/// Label: the `MemberWork` an object came from.
+pub const WORK_LABEL: &str = "gpupool.io/member-work";
+/// Label selector for everything the agent applied.
+pub const SELECTOR: &str = "gpupool.io/applied-by=gpupool-member-agent";
+
+/// Namespaces the agent never writes into.
+const SYSTEM_NAMESPACES: &[&str] = &["kube-system", "kube-public", "kube-node-lease"];
+
+/// What the member's owner lets the hub do here.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    /// Namespaces the hub may place objects in (empty: any but the system namespaces and the
+    /// agent's own).
+    pub namespaces: BTreeSet<String>,
+    /// The agent's own namespace (holds its credential; never written by work).
+    pub own_namespace: String,
+}
+
+/// An object the agent will apply: its key and the manifest with the agent's labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prepared {
+    /// (kind, namespace, name).
+    pub key: ObjectKey,
+    /// The manifest as applied.
+    pub manifest: Value,
+}
+
+/// (kind, namespace, name) of an object in the member.
+pub type ObjectKey = (String, String, String);
+
+/// Every wanted object: key → (work name, manifest as applied).
+pub type Wanted = BTreeMap<ObjectKey, (String, Value)>;
+
+/// Per work name, why some of its manifests were refused.
+pub type Refusals = BTreeMap<String, Vec<String>>;
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
+}
+
+/// Checks one manifest of `work` against the owner's policy and labels it. The error says why
+/// the agent refuses it (reported in the work's status).
+pub fn prepare(manifest: &Value, work: &str, policy: &Policy) -> Result<Prepared, String> {
+    let kind = str_at(manifest, &["kind"]).unwrap_or_default();
+    let name = str_at(manifest, &["metadata", "name"]).unwrap_or_default();
+    let ns = str_at(manifest, &["metadata", "namespace"]).unwrap_or_default();
+    if !WORK_KINDS.contains(&kind) {
+        return Err(format!("kind {kind:?} is not accepted from the hub"));
+    }
+    if name.is_empty() || ns.is_empty() {
+        return Err(format!(
+            "{kind} without metadata.name and metadata.namespace"
+        ));
+    }
+    if SYSTEM_NAMESPACES.contains(&ns) || ns == policy.own_namespace {
+        return Err(format!("{kind} {ns}/{name}: namespace {ns} is off limits"));
+    }
+    if !policy.namespaces.is_empty() && !policy.namespaces.contains(ns) {
+        return Err(format!(
+            "{kind} {ns}/{name}: namespace {ns} is not in the owner's allowed namespaces"
+        ));
+    }
+    if kind == "Pod" {
+        pod_is_safe(manifest).map_err(|why| format!("Pod {ns}/{name}: {why}"))?;
+    }
+    let mut m = manifest.clone();
+    let labels = m["metadata"]
+        .as_object_mut()
+        .expect("metadata is an object (it has a name)")
+        .entry("labels")
+        .or_insert_with(|| Value::Object(Default::default()));
+    let Some(labels) = labels.as_object_mut() else {
+        return Err(format!("{kind} {ns}/{name}: metadata.labels is not a map"));
+    };
+    labels.insert(APPLIED_BY.into(), AGENT.into());
+    labels.insert(WORK_LABEL.into(), work.into());
+    // Server-side apply owns what it sends; status and server-set fields are not ours.
+    if let Some(o) = m.as_object_mut() {
+        o.remove("status");
+    }
+    if let Some(meta) = m["metadata"].as_object_mut() {
+        for k in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "managedFields",
+            "generation",
+        ] {
+            meta.remove(k);
+        }
+    }
+    Ok(Prepared {
+        key: (kind.into(), ns.into(), name.into()),
+        manifest: m,
+    })
+}
+
+/// Refuses pods that would escape their container onto the owner's host or borrow another
+/// identity in the member: host namespaces, host paths, privileged or capability-adding
+/// containers, a non-default ServiceAccount.
+fn pod_is_safe(pod: &Value) -> Result<(), String> {
+    let spec = &pod["spec"];
+    for f in ["hostNetwork", "hostPID", "hostIPC"] {
+        if spec[f].as_bool() == Some(true) {
+            return Err(format!("spec.{f} is not allowed"));
+        }
+    }
+    if let Some(sa) = spec["serviceAccountName"].as_str()
+        && sa != "default"
+    {
+        return Err(format!("serviceAccountName {sa} is not allowed"));
+    }
+    if let Some(vols) = spec["volumes"].as_array()
+        && vols.iter().any(|v| v.get("hostPath").is_some())
+    {
+        return Err("hostPath volumes are not allowed".into());
+    }
+    let containers = ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .filter_map(|k| spec[k].as_array())
+        .flatten();
+    for c in containers {
+        let sc = &c["securityContext"];
+        if sc["privileged"].as_bool() == Some(true) {
+            return Err("privileged containers are not allowed".into());
+        }
+        if sc["allowPrivilegeEscalation"].as_bool() == Some(true) {
+            return Err("allowPrivilegeEscalation is not allowed".into());
+        }
+        if sc["capabilities"]["add"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+        {
+            return Err("adding capabilities is not allowed".into());
+        }
+    }
+    Ok(())
+}
+
+/// Every object the works want, by key (first work wins on a duplicate key), and per work the
+/// manifests it failed to prepare.
+pub fn desired(works: &[MemberWork], policy: &Policy) -> (Wanted, Refusals) {
+    let mut want = BTreeMap::new();
+    let mut refused: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for w in works {
+        let wn = w.name_any();
+        for m in &w.spec.manifests {
+            match prepare(m, &wn, policy) {
+                Ok(p) => {
+                    if let Some((other, _)) = want.get(&p.key)
+                        && other != &wn
+                    {
+                        refused.entry(wn.clone()).or_default().push(format!(
+                            "{} {}/{} is already wanted by work {other}",
+                            p.key.0, p.key.1, p.key.2
+                        ));
+                        continue;
+                    }
+                    want.insert(p.key, (wn.clone(), p.manifest));
+                }
+                Err(e) => refused.entry(wn.clone()).or_default().push(e),
+            }
+        }
+    }
+    (want, refused)
+}
+
+/// Objects the agent applied that no work wants any more.
+pub fn orphans<'a>(
+    existing: impl IntoIterator<Item = &'a ObjectKey>,
+    want: &Wanted,
+) -> Vec<ObjectKey> {
+    existing
+        .into_iter()
+        .filter(|k| !want.contains_key(*k))
+        .cloned()
+        .collect()
+}
+
+/// What the hub learns about one pod.
+pub fn pod_report(p: &Pod) -> PodReport {
+    let st = p.status.as_ref();
+    let finish = st
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| {
+            cs.iter()
+                .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.clone())
+                .max_by_key(|t| t.0)
+        });
+    let phase = st
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_else(|| "Pending".into());
+    let terminal = phase == "Succeeded" || phase == "Failed";
+    let run = crate::metering::pod_run(p);
+    let at = |s: i64| k8s_openapi::jiff::Timestamp::from_second(s).ok().map(Time);
+    PodReport {
+        run_start: run.and_then(|r| at(r.start)),
+        run_end: run.and_then(|r| r.end).and_then(at),
+        namespace: p.namespace().unwrap_or_default(),
+        name: p.name_any(),
+        uid: p.metadata.uid.clone(),
+        ready: st
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+        node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
+        start_time: st.and_then(|s| s.start_time.clone()),
+        finish_time: if terminal { finish } else { None },
+        reason: st.and_then(|s| s.reason.clone()),
+        message: st.and_then(|s| s.message.clone()),
+        phase,
+    }
+}
+
+/// A pod the work wants that the member does not have.
+pub fn missing_pod(ns: &str, name: &str) -> PodReport {
+    PodReport {
+        namespace: ns.into(),
+        name: name.into(),
+        phase: "Missing".into(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::MemberWorkSpec;
+    use serde_json::json;
+
+    fn pod(ns: &str, name: &str, spec: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "gpupool"}, "uid": "x"},
+               "spec": spec, "status": {"phase": "Running"}})
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            namespaces: BTreeSet::new(),
+            own_namespace: "gpupool-system".into(),
+        }
+    }
+
+    #[test]
+    fn a_plain_gpu_pod_is_labelled_and_stripped_of_server_fields() {
+        let p = prepare(
+            &pod(
+                "ml",
+                "gpt-0",
+                json!({"nodeName": "n1", "containers": [{"name": "w", "image": "t"}]}),
+            ),
+            "w1",
+            &policy(),
+        )
+        .unwrap();
+        assert_eq!(p.key, ("Pod".into(), "ml".into(), "gpt-0".into()));
+        let labels = &p.manifest["metadata"]["labels"];
+        assert_eq!(labels[APPLIED_BY], AGENT);
+        assert_eq!(labels[WORK_LABEL], "w1");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "gpupool");
+        assert!(p.manifest.get("status").is_none());
+        assert!(p.manifest["metadata"].get("uid").is_none());
+    }
+
+    #[test]
+    fn the_owner_is_protected_from_a_hostile_hub() {
+        let c =
+            |sc: Value| json!({"containers": [{"name": "w", "image": "t", "securityContext": sc}]});
+        let bad = [
+            json!({"hostNetwork": true, "containers": []}),
+            json!({"hostPID": true, "containers": []}),
+            json!({"serviceAccountName": "cluster-admin-sa", "containers": []}),
+            json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}], "containers": []}),
+            c(json!({"privileged": true})),
+            c(json!({"allowPrivilegeEscalation": true})),
+            c(json!({"capabilities": {"add": ["SYS_ADMIN"]}})),
+        ];
+        for spec in bad {
+            let r = prepare(&pod("ml", "p", spec.clone()), "w", &policy());
+            assert!(r.is_err(), "accepted {spec}");
+        }
+        for ns in ["kube-system", "gpupool-system"] {
+            let e = prepare(&pod(ns, "p", json!({"containers": []})), "w", &policy()).unwrap_err();
+            assert!(e.contains("off limits"), "{e}");
+        }
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ml"}});
+        assert!(
+            prepare(&cm, "w", &policy())
+                .unwrap_err()
+                .contains("not accepted")
+        );
+        let mut only_ml = policy();
+        only_ml.namespaces.insert("ml".into());
+        assert!(prepare(&pod("ml", "p", json!({"containers": []})), "w", &only_ml).is_ok());
+        assert!(prepare(&pod("other", "p", json!({"containers": []})), "w", &only_ml).is_err());
+    }
+
+    fn work(name: &str, manifests: Vec<Value>) -> MemberWork {
+        MemberWork::new(
+            name,
+            MemberWorkSpec {
+                job_ref: None,
+                manifests,
+            },
+        )
+    }
+
+    #[test]
+    fn desired_set_orphans_and_conflicts() {
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "gpt", "namespace": "ml"}, "spec": {"clusterIP": "None"}});
+        let works = [
+            work(
+                "a",
+                vec![pod("ml", "gpt-0", json!({"containers": []})), svc],
+            ),
+            work(
+                "b",
+                vec![
+                    pod("ml", "gpt-0", json!({"containers": []})),
+                    pod("ml", "x", json!({"hostPID": true})),
+                ],
+            ),
+        ];
+        let (want, refused) = desired(&works, &policy());
+        assert_eq!(want.len(), 2);
+        assert_eq!(want[&("Pod".into(), "ml".into(), "gpt-0".into())].0, "a");
+        assert_eq!(refused["b"].len(), 2, "{refused:?}");
+        let existing: Vec<ObjectKey> = vec![
+            ("Pod".into(), "ml".into(), "gpt-0".into()),
+            ("Pod".into(), "ml".into(), "old-1".into()),
+            ("Service".into(), "ml".into(), "gpt".into()),
+        ];
+        assert_eq!(
+            orphans(&existing, &want),
+            vec![("Pod".to_string(), "ml".to_string(), "old-1".to_string())]
+        );
+    }
+
+    #[test]
+    fn pod_reports_carry_phase_times_and_readiness() {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "gpt-0", "namespace": "ml", "uid": "u1"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "w"}]},
+            "status": {"phase": "Succeeded", "startTime": "2026-01-01T00:00:00Z",
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [{"name": "w", "ready": false, "restartCount": 0, "image": "t", "imageID": "",
+                    "state": {"terminated": {"exitCode": 0, "finishedAt": "2026-01-01T01:00:00Z"}}}]}
+        }))
+        .unwrap();
+        let r = pod_report(&p);
+        assert_eq!(r.phase, "Succeeded");
+        assert_eq!(r.node.as_deref(), Some("n1"));
+        assert!(!r.ready);
+        assert_eq!(r.start_time.unwrap().0.to_string(), "2026-01-01T00:00:00Z");
+        assert_eq!(r.finish_time.unwrap().0.to_string(), "2026-01-01T01:00:00Z");
+        assert_eq!(missing_pod("ml", "x").phase, "Missing");
+    }
+}

@@ -1,0 +1,129 @@
+//! The inventory a pull member reports to the hub, split into shards that each stay well below
+//! the API server's object size limit.
+
+use crate::api::{GpuTopology, NodeReport};
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+use std::collections::BTreeMap;
+
+/// Largest serialized node list per `MemberReport` (etcd refuses objects above ~1.5 MiB).
+pub const SHARD_BYTES: usize = 512 * 1024;
+
+/// GPU nodes of the member with their topology and busy GPUs (nodes without GPUs are left out,
+/// as in push mode).
+/// (The same reading of a node as the hub's push-mode inventory.)
+pub fn node_reports(nodes: Vec<Node>, topologies: Vec<GpuTopology>) -> Vec<NodeReport> {
+    let mut topo: BTreeMap<String, GpuTopology> = topologies
+        .into_iter()
+        .map(|t| (t.spec.node_name.clone(), t))
+        .collect();
+    let mut out = Vec::new();
+    for n in nodes {
+        let name = n.name_any();
+        let status = n.status.as_ref();
+        let gpus = status
+            .and_then(|s| s.allocatable.as_ref())
+            .and_then(|a| a.get("nvidia.com/gpu"))
+            .and_then(|q| q.0.parse::<i64>().ok())
+            .unwrap_or(0);
+        if gpus == 0 {
+            continue;
+        }
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            && !n
+                .spec
+                .as_ref()
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false);
+        let t = topo.remove(&name);
+        out.push(NodeReport {
+            name,
+            ready,
+            gpus,
+            busy_gpu_uuids: t
+                .as_ref()
+                .and_then(|t| t.status.as_ref())
+                .map(|s| s.gpus_in_use.clone())
+                .unwrap_or_default(),
+            topology: t.map(|t| t.spec),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Splits nodes (in order) into shards whose serialized size stays below `max_bytes`; always at
+/// least one shard, and a node larger than the limit gets a shard of its own.
+pub fn shards(nodes: Vec<NodeReport>, max_bytes: usize) -> Vec<Vec<NodeReport>> {
+    let mut out: Vec<Vec<NodeReport>> = vec![Vec::new()];
+    let mut size = 0;
+    for n in nodes {
+        let s = serde_json::to_vec(&n).map(|v| v.len()).unwrap_or(0) + 1;
+        if size + s > max_bytes && !out.last().expect("one shard").is_empty() {
+            out.push(Vec::new());
+            size = 0;
+        }
+        size += s;
+        out.last_mut().expect("one shard").push(n);
+    }
+    out
+}
+
+/// Name of shard `i` of member `member`'s report.
+pub fn shard_name(member: &str, i: usize) -> String {
+    if i == 0 {
+        member.to_string()
+    } else {
+        format!("{member}-{i}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str, gpus: i64) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "status": {"allocatable": {"nvidia.com/gpu": gpus.to_string()},
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_gpu_nodes_are_reported() {
+        let r = node_reports(vec![node("cpu", 0), node("g1", 8)], vec![]);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].name.as_str(), r[0].gpus, r[0].ready), ("g1", 8, true));
+    }
+
+    #[test]
+    fn shards_stay_under_the_limit_and_keep_every_node() {
+        let nodes: Vec<NodeReport> = (0..100)
+            .map(|i| NodeReport {
+                name: format!("node-{i:03}"),
+                ready: true,
+                gpus: 8,
+                topology: None,
+                busy_gpu_uuids: vec![format!("GPU-{i}")],
+            })
+            .collect();
+        let one = serde_json::to_vec(&nodes[0]).unwrap().len() + 1;
+        let sh = shards(nodes.clone(), one * 30);
+        assert_eq!(sh.len(), 4);
+        assert!(sh.iter().all(|s| s.len() <= 30));
+        assert_eq!(sh.concat(), nodes);
+        assert_eq!(shards(vec![], 10).len(), 1, "an empty member still reports");
+        assert_eq!(
+            shards(nodes[..2].to_vec(), 1).len(),
+            2,
+            "oversized nodes get own shards"
+        );
+        assert_eq!(shard_name("east", 0), "east");
+        assert_eq!(shard_name("east", 2), "east-2");
+    }
+}

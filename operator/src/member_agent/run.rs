@@ -1,0 +1,682 @@
+//! The agent's loops: work, reports, heartbeat and credential renewal.
+
+use super::apply::{self, ObjectKey, Policy};
+use super::hub::{self, Credential, HubEndpoint};
+use super::report;
+use crate::api::{
+    GpuTopology, JoinRequestSpec, MemberReport, MemberReportSpec, MemberWork, MemberWorkStatus,
+    PodReport,
+};
+use crate::join::names;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams,
+};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// `gpupool member-agent`: join the pool in pull mode and serve the hub's work in this cluster.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AgentArgs {
+    /// URL of the hub's API server.
+    #[arg(long, env = "GPUPOOL_HUB_URL")]
+    pub hub_url: String,
+    /// PEM file of the CA of the hub's API server (default: system roots).
+    #[arg(long, env = "GPUPOOL_HUB_CA_FILE")]
+    pub hub_ca_file: Option<std::path::PathBuf>,
+    /// Join token from the pool admin (`gpupool join-token create`); needed only until joined.
+    #[arg(long, env = "GPUPOOL_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// Name to join under (the MemberCluster name on the hub).
+    #[arg(long, env = "GPUPOOL_MEMBER_NAME")]
+    pub member_name: String,
+    /// The owner's Solana wallet (base58); pool tokens are minted to it.
+    #[arg(long, env = "GPUPOOL_OWNER_WALLET")]
+    pub owner_wallet: String,
+    /// Region label.
+    #[arg(long, env = "GPUPOOL_REGION")]
+    pub region: Option<String>,
+    /// Price asked per GPU-hour, in pool-token base units.
+    #[arg(long)]
+    pub price_per_gpu_hour: Option<i64>,
+    /// Member labels for jobs' clusterSelector, `key=value` (repeatable).
+    #[arg(long = "label", value_parser = parse_kv)]
+    pub labels: Vec<(String, String)>,
+    /// Namespaces the hub may place work in (repeatable; default: any but system namespaces).
+    #[arg(long = "allow-namespace")]
+    pub allow_namespaces: Vec<String>,
+    /// The agent's own namespace in the member (holds the credential Secret).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "gpupool-system")]
+    pub namespace: String,
+    /// Name of the Secret the hub credential is kept in.
+    #[arg(long, default_value = "gpupool-hub-credential")]
+    pub credential_secret: String,
+    /// Identity written into the heartbeat Lease.
+    #[arg(long, env = "POD_NAME", default_value = "member-agent")]
+    pub identity: String,
+    /// Seconds between heartbeat Lease renewals.
+    #[arg(long, default_value_t = 10)]
+    pub heartbeat_seconds: u64,
+    /// Seconds between inventory checks (a report is written when the inventory changed).
+    #[arg(long, default_value_t = 15)]
+    pub report_seconds: u64,
+    /// Seconds between full re-applies of every work (repairs drift in the member).
+    #[arg(long, default_value_t = 60)]
+    pub resync_seconds: u64,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, got {s}"))
+}
+
+/// Why a serving round ended without an error.
+enum Ended {
+    /// The credential was renewed; serve again with the new one.
+    Renewed,
+}
+
+/// Runs the agent until it fails (the hub refuses its credential, the member is unreachable, …).
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let member = kube::Client::try_default().await?;
+    let hub = HubEndpoint {
+        url: args.hub_url.clone(),
+        ca_pem: match &args.hub_ca_file {
+            Some(p) => Some(std::fs::read_to_string(p)?),
+            None => None,
+        },
+    };
+    let cluster_id = crate::join::member_identity(&member).await?;
+    loop {
+        let cred = credential(&args, &member, &hub, &cluster_id).await?;
+        let hub_client = hub::client(&hub, &cred.token).await?;
+        match serve(&args, member.clone(), hub_client, &cred, &cluster_id).await? {
+            Ended::Renewed => continue,
+        }
+    }
+}
+
+/// The stored credential if the hub still accepts it, else a fresh join.
+async fn credential(
+    args: &AgentArgs,
+    member: &kube::Client,
+    hub: &HubEndpoint,
+    cluster_id: &str,
+) -> anyhow::Result<Credential> {
+    if let Some(c) = hub::load(member, &args.namespace, &args.credential_secret).await? {
+        let client = hub::client(hub, &c.token).await?;
+        let probe = Api::<MemberWork>::namespaced(client, &c.namespace)
+            .list(&ListParams::default().limit(1))
+            .await;
+        match probe {
+            Ok(_) => return Ok(c),
+            Err(kube::Error::Api(e)) if e.code == 401 || e.code == 403 => {
+                tracing::warn!("the hub no longer accepts the stored credential");
+                if args.join_token.is_none() {
+                    anyhow::bail!(
+                        "the hub refused this member's credential (revoked); get a new join token"
+                    );
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let token = args
+        .join_token
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("not joined yet and no join token given"))?;
+    let version = member.apiserver_version().await?.git_version;
+    let spec = JoinRequestSpec {
+        member_name: args.member_name.clone(),
+        cluster_id: cluster_id.to_string(),
+        owner_wallet: args.owner_wallet.clone(),
+        kubernetes_version: Some(version),
+        region: args.region.clone(),
+        labels: args.labels.iter().cloned().collect(),
+        price_per_gpu_hour: args.price_per_gpu_hour,
+    };
+    let cred = hub::join(hub, token, spec, Duration::from_secs(1)).await?;
+    ensure_namespace(member, &args.namespace).await?;
+    hub::store(member, &args.namespace, &args.credential_secret, &cred).await?;
+    tracing::info!(member = %cred.member, namespace = %cred.namespace, "joined the pool");
+    Ok(cred)
+}
+
+async fn ensure_namespace(member: &kube::Client, ns: &str) -> kube::Result<()> {
+    let api: Api<Namespace> = Api::all(member.clone());
+    if api.get_opt(ns).await?.is_some() {
+        return Ok(());
+    }
+    let mut n = Namespace::default();
+    n.metadata.name = Some(ns.into());
+    n.metadata.labels = Some([(apply::APPLIED_BY.to_string(), apply::AGENT.to_string())].into());
+    match api.create(&PostParams::default(), &n).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn unauthorized(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 401)
+}
+
+async fn serve(
+    args: &AgentArgs,
+    member: kube::Client,
+    hub: kube::Client,
+    cred: &Credential,
+    cluster_id: &str,
+) -> anyhow::Result<Ended> {
+    let work = work_loop(args, member.clone(), hub.clone(), cred);
+    let heartbeat = async {
+        let leases: Api<Lease> = Api::namespaced(hub.clone(), &cred.namespace);
+        let pp = PatchParams::apply(apply::AGENT).force();
+        loop {
+            let lease = Lease {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(names::HEARTBEAT_LEASE.into()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(args.identity.clone()),
+                    lease_duration_seconds: Some((args.heartbeat_seconds * 3) as i32),
+                    renew_time: Some(MicroTime(Timestamp::now())),
+                    ..Default::default()
+                }),
+            };
+            match leases
+                .patch(
+                    names::HEARTBEAT_LEASE,
+                    &pp,
+                    &Patch::Apply(crate::join::token::with_type(&lease)),
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if unauthorized(&e) => {
+                    anyhow::bail!("the hub refused this member's credential (revoked)")
+                }
+                Err(e) => tracing::warn!(error = %e, "heartbeat"),
+            }
+            tokio::time::sleep(Duration::from_secs(args.heartbeat_seconds)).await;
+        }
+    };
+    let reports = report_loop(args, member.clone(), hub.clone(), cred, cluster_id);
+    let renew = async {
+        let c = hub::claims(&cred.token)?;
+        let (Some(exp), Some(iat)) = (c.expires, c.issued) else {
+            // A token without expiry needs no renewal.
+            return futures::future::pending::<anyhow::Result<Ended>>().await;
+        };
+        let at = iat + (exp - iat) * 2 / 3;
+        let wait = (at - Timestamp::now().as_second()).max(0) as u64;
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        let token = hub::mint(
+            &hub,
+            &cred.namespace,
+            Duration::from_secs((exp - iat) as u64),
+        )
+        .await?;
+        anyhow::ensure!(!token.is_empty(), "the hub issued no token");
+        let renewed = Credential {
+            token,
+            ..cred.clone()
+        };
+        hub::store(&member, &args.namespace, &args.credential_secret, &renewed).await?;
+        tracing::info!("hub credential renewed");
+        Ok(Ended::Renewed)
+    };
+    tokio::select! {
+        r = work => r.map(|_| Ended::Renewed),
+        r = heartbeat => r,
+        r = reports => r.map(|_| Ended::Renewed),
+        r = renew => r,
+    }
+}
+
+/// Spawns a reflector for `api` that wakes every `notify` on each event; returns its store.
+fn reflect<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    notify: Vec<Arc<Notify>>,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, cfg)).default_backoff();
+    let task = tokio::spawn(async move {
+        stream
+            .for_each(|_| {
+                tracing::trace!(kind = K::kind(&()).as_ref(), "watch event");
+                for n in &notify {
+                    n.notify_one();
+                }
+                futures::future::ready(())
+            })
+            .await;
+    });
+    (store, task)
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+fn api_resource(manifest: &serde_json::Value) -> ApiResource {
+    let av = manifest["apiVersion"].as_str().unwrap_or("v1");
+    let kind = manifest["kind"].as_str().unwrap_or_default();
+    let (group, version) = av.split_once('/').unwrap_or(("", av));
+    ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
+}
+
+fn kind_resource(kind: &str) -> ApiResource {
+    match kind {
+        "ResourceClaim" => {
+            ApiResource::from_gvk(&GroupVersionKind::gvk("resource.k8s.io", "v1", kind))
+        }
+        _ => ApiResource::from_gvk(&GroupVersionKind::gvk("", "v1", kind)),
+    }
+}
+
+/// What the apply loop did, read by the status loop.
+#[derive(Default)]
+struct Applied {
+    /// Work UID → generation applied in full.
+    generations: BTreeMap<String, i64>,
+    /// Work name → why some of its manifests are not in the member.
+    errors: BTreeMap<String, Vec<String>>,
+}
+
+fn current_works(works: &Store<MemberWork>) -> Vec<MemberWork> {
+    let mut ws: Vec<MemberWork> = works.state().iter().map(|w| (**w).clone()).collect();
+    ws.sort_by_key(|w| w.name_any());
+    ws
+}
+
+/// Two loops over the same watches: applying work into the member reacts to work changes alone
+/// (so a new work is applied one watch event after the hub wrote it, whatever else is going
+/// on), reporting status reacts to pod and work changes.
+async fn work_loop(
+    args: &AgentArgs,
+    member: kube::Client,
+    hub: kube::Client,
+    cred: &Credential,
+) -> anyhow::Result<()> {
+    let (to_apply, to_report) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let works_api: Api<MemberWork> = Api::namespaced(hub.clone(), &cred.namespace);
+    let (works, t1) = reflect(
+        works_api.clone(),
+        watcher::Config::default(),
+        vec![to_apply.clone(), to_report.clone()],
+    );
+    let (pods, t2) = reflect(
+        Api::<Pod>::all(member.clone()),
+        watcher::Config::default().labels(apply::SELECTOR),
+        vec![to_report.clone()],
+    );
+    // Services are only read to find orphans; a watch keeps that off the apply path.
+    let (services, t3) = reflect(
+        Api::<Service>::all(member.clone()),
+        watcher::Config::default().labels(apply::SELECTOR),
+        vec![],
+    );
+    let _tasks = AbortOnDrop(vec![t1, t2, t3]);
+    works.wait_until_ready().await?;
+    pods.wait_until_ready().await?;
+    services.wait_until_ready().await?;
+    let policy = Policy {
+        namespaces: args.allow_namespaces.iter().cloned().collect(),
+        own_namespace: args.namespace.clone(),
+    };
+    let state = Arc::new(std::sync::Mutex::new(Applied::default()));
+    let apply = apply_loop(
+        member.clone(),
+        &works,
+        &pods,
+        &services,
+        &policy,
+        state.clone(),
+        to_apply,
+        to_report.clone(),
+        Duration::from_secs(args.resync_seconds),
+    );
+    let report = status_loop(works_api, &works, &pods, &policy, state, to_report);
+    tokio::try_join!(apply, report)?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn apply_loop(
+    member: kube::Client,
+    works: &Store<MemberWork>,
+    pods: &Store<Pod>,
+    services: &Store<Service>,
+    policy: &Policy,
+    state: Arc<std::sync::Mutex<Applied>>,
+    wake: Arc<Notify>,
+    report: Arc<Notify>,
+    resync: Duration,
+) -> anyhow::Result<()> {
+    let mut namespaces: BTreeSet<String> = BTreeSet::new();
+    let mut next_full = tokio::time::Instant::now();
+    loop {
+        let full = tokio::time::Instant::now() >= next_full;
+        if full {
+            next_full = tokio::time::Instant::now() + resync;
+        }
+        let owned = current_works(works);
+        let (want, refused) = apply::desired(&owned, policy);
+        let done = state.lock().expect("state lock").generations.clone();
+        // Apply every work whose spec changed since it was last applied (all of them on resync).
+        let mut changed = full;
+        let mut results: Vec<(String, String, i64, Vec<String>)> = Vec::new();
+        for w in &owned {
+            let (uid, generation) = (
+                w.uid().unwrap_or_default(),
+                w.metadata.generation.unwrap_or(0),
+            );
+            if !full && done.get(&uid) == Some(&generation) {
+                continue;
+            }
+            changed = true;
+            let mut errs = refused.get(&w.name_any()).cloned().unwrap_or_default();
+            for ((kind, ns, name), (_, manifest)) in
+                want.iter().filter(|(_, (wn, _))| *wn == w.name_any())
+            {
+                if !namespaces.contains(ns) {
+                    match ensure_namespace(&member, ns).await {
+                        Ok(()) => {
+                            namespaces.insert(ns.clone());
+                        }
+                        Err(e) => {
+                            errs.push(format!("namespace {ns}: {e}"));
+                            continue;
+                        }
+                    }
+                }
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(member.clone(), ns, &api_resource(manifest));
+                tracing::debug!(%kind, %ns, %name, "applying");
+                if let Err(e) = api
+                    .patch(
+                        name,
+                        &PatchParams::apply(apply::AGENT).force(),
+                        &Patch::Apply(manifest),
+                    )
+                    .await
+                {
+                    errs.push(format!("{kind} {ns}/{name}: {e}"));
+                }
+            }
+            tracing::debug!(work = %w.name_any(), errors = errs.len(), "applied");
+            results.push((uid, w.name_any(), generation, errs));
+        }
+        {
+            let mut st = state.lock().expect("state lock");
+            for (uid, name, generation, errs) in results {
+                if errs.is_empty() {
+                    st.generations.insert(uid, generation);
+                    st.errors.remove(&name);
+                } else {
+                    st.generations.remove(&uid);
+                    st.errors.insert(name, errs);
+                }
+            }
+            let live: BTreeSet<String> = owned.iter().filter_map(|w| w.uid()).collect();
+            st.generations.retain(|uid, _| live.contains(uid));
+            st.errors
+                .retain(|n, _| owned.iter().any(|w| &w.name_any() == n));
+        }
+        if changed {
+            report.notify_one();
+            // Delete what the agent applied that no work wants.
+            let mut existing: Vec<ObjectKey> = pods
+                .state()
+                .iter()
+                .map(|p| {
+                    (
+                        "Pod".into(),
+                        p.namespace().unwrap_or_default(),
+                        p.name_any(),
+                    )
+                })
+                .collect();
+            existing.extend(services.state().iter().map(|s| {
+                (
+                    "Service".into(),
+                    s.namespace().unwrap_or_default(),
+                    s.name_any(),
+                )
+            }));
+            for (kind, ns, name) in apply::orphans(&existing, &want) {
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(member.clone(), &ns, &kind_resource(&kind));
+                match api.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => tracing::info!(%kind, %ns, %name, "deleted: no work wants it"),
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => tracing::warn!(%kind, %ns, %name, error = %e, "delete"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep_until(next_full) => {}
+        }
+    }
+}
+
+async fn status_loop(
+    works_api: Api<MemberWork>,
+    works: &Store<MemberWork>,
+    pods: &Store<Pod>,
+    policy: &Policy,
+    state: Arc<std::sync::Mutex<Applied>>,
+    wake: Arc<Notify>,
+) -> anyhow::Result<()> {
+    loop {
+        let owned = current_works(works);
+        let (want, _) = apply::desired(&owned, policy);
+        for w in &owned {
+            let status = {
+                let st = state.lock().expect("state lock");
+                work_status(
+                    w,
+                    &want,
+                    pods,
+                    st.generations.get(&w.uid().unwrap_or_default()),
+                    st.errors.get(&w.name_any()),
+                )
+            };
+            if w.status.as_ref().map(strip_times) == Some(strip_times(&status)) {
+                continue;
+            }
+            let status = keep_transition_times(w.status.as_ref(), status);
+            let r = works_api
+                .patch_status(
+                    &w.name_any(),
+                    &PatchParams::apply(apply::AGENT).force(),
+                    &Patch::Apply(serde_json::json!({
+                        "apiVersion": MemberWork::api_version(&()),
+                        "kind": MemberWork::kind(&()),
+                        "status": status,
+                    })),
+                )
+                .await;
+            match r {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) if unauthorized(&e) => {
+                    anyhow::bail!("the hub refused this member's credential (revoked)")
+                }
+                Err(e) => tracing::warn!(work = %w.name_any(), error = %e, "status"),
+            }
+        }
+        // Also retry a failed report now and then without an event.
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+    }
+}
+
+fn work_status(
+    w: &MemberWork,
+    want: &apply::Wanted,
+    pods: &Store<Pod>,
+    applied_generation: Option<&i64>,
+    errors: Option<&Vec<String>>,
+) -> MemberWorkStatus {
+    let name = w.name_any();
+    let mine: Vec<&ObjectKey> = want
+        .iter()
+        .filter(|(_, (wn, _))| *wn == name)
+        .map(|(k, _)| k)
+        .collect();
+    let pod_reports: Vec<PodReport> = mine
+        .iter()
+        .filter(|(k, _, _)| k == "Pod")
+        .map(|(_, ns, n)| {
+            pods.get(&ObjectRef::new(n).within(ns))
+                .map(|p| apply::pod_report(&p))
+                .unwrap_or_else(|| apply::missing_pod(ns, n))
+        })
+        .collect();
+    let ok = applied_generation.is_some() && errors.is_none_or(|e| e.is_empty());
+    let cond = Condition {
+        type_: "Applied".into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: if ok { "Applied" } else { "ApplyFailed" }.into(),
+        message: errors.map(|e| e.join("; ")).unwrap_or_default(),
+        last_transition_time: Time(Timestamp::now()),
+        observed_generation: w.metadata.generation,
+    };
+    MemberWorkStatus {
+        observed_generation: applied_generation.copied(),
+        objects: mine.len() as i32,
+        conditions: vec![cond],
+        pods: pod_reports,
+    }
+}
+
+fn strip_times(s: &MemberWorkStatus) -> MemberWorkStatus {
+    let mut s = s.clone();
+    for c in &mut s.conditions {
+        c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
+    }
+    s
+}
+
+fn keep_transition_times(
+    old: Option<&MemberWorkStatus>,
+    mut new: MemberWorkStatus,
+) -> MemberWorkStatus {
+    for c in &mut new.conditions {
+        if let Some(o) = old
+            .into_iter()
+            .flat_map(|o| o.conditions.iter())
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+        {
+            c.last_transition_time = o.last_transition_time.clone();
+        }
+    }
+    new
+}
+
+async fn report_loop(
+    args: &AgentArgs,
+    member: kube::Client,
+    hub: kube::Client,
+    cred: &Credential,
+    cluster_id: &str,
+) -> anyhow::Result<()> {
+    let reports: Api<MemberReport> = Api::namespaced(hub, &cred.namespace);
+    let agent_version = env!("CARGO_PKG_VERSION").to_string();
+    let mut last: Option<(String, Vec<crate::api::NodeReport>)> = None;
+    loop {
+        let version = member.apiserver_version().await?.git_version;
+        let nodes = Api::<Node>::all(member.clone())
+            .list(&ListParams::default())
+            .await?;
+        let topologies = match Api::<GpuTopology>::all(member.clone())
+            .list(&ListParams::default())
+            .await
+        {
+            Ok(l) => l.items,
+            Err(kube::Error::Api(e)) if e.code == 404 => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let nodes = report::node_reports(nodes.items, topologies);
+        let now = (version.clone(), nodes.clone());
+        if last.as_ref() != Some(&now) {
+            let shards = report::shards(nodes, report::SHARD_BYTES);
+            let n = shards.len();
+            let report_time = Time(Timestamp::now());
+            for (i, shard) in shards.into_iter().enumerate() {
+                let name = report::shard_name(&cred.member, i);
+                let mut r = MemberReport::new(
+                    &name,
+                    MemberReportSpec {
+                        cluster_id: cluster_id.to_string(),
+                        kubernetes_version: version.clone(),
+                        agent_version: agent_version.clone(),
+                        shard: i as i32,
+                        shards: n as i32,
+                        node_count: shard.len() as i32,
+                        report_time: report_time.clone(),
+                        nodes: shard,
+                    },
+                );
+                r.metadata.labels =
+                    Some([(names::MEMBER_LABEL.to_string(), cred.member.clone())].into());
+                match reports
+                    .patch(
+                        &name,
+                        &PatchParams::apply(apply::AGENT).force(),
+                        &Patch::Apply(&r),
+                    )
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if unauthorized(&e) => {
+                        anyhow::bail!("the hub refused this member's credential (revoked)")
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            // Shards beyond the current count are stale.
+            for old in reports.list(&ListParams::default()).await?.items {
+                if old.spec.shard as usize >= n {
+                    let _ = reports
+                        .delete(&old.name_any(), &DeleteParams::default())
+                        .await;
+                }
+            }
+            last = Some(now);
+        }
+        tokio::time::sleep(Duration::from_secs(args.report_seconds)).await;
+    }
+}

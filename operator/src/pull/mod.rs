@@ -1,0 +1,303 @@
+//! The hub's side of a pull-mode member: the one place where desired state goes to a pull member
+//! and observed state comes back, shaped like the push path so the same controllers serve both.
+//!
+//! - Desired state: [`put_work`] server-side applies one `MemberWork` per hub job and member (its
+//!   pods and Services as manifests) into the member's hub namespace; [`delete_work`] withdraws
+//!   it. The agent applies and deletes in the member.
+//! - Observed state: [`observe`] reads the member's `MemberReport` shards, its works' statuses and
+//!   its heartbeat Lease and returns them as the same [`Inventory`] a push member's watches give
+//!   (nodes with topology and busy GPUs; the gpupool pods, rebuilt from manifest + reported status
+//!   so that labels, annotations, node, phase and metered run time read exactly as in push mode).
+//! - Liveness: a pull member is reachable while its Lease is renewed ([`alive`]).
+//!
+//! The scheduler core does not route pull members through this module yet: placement serves
+//! push members only until the scheduler's member writes and cache feed take a pull member's
+//! [`Inventory`] from [`observe`] and its writes go through [`put_work`] / [`delete_work`].
+
+use crate::api::{MemberReport, MemberWork, MemberWorkSpec, NodeReport, PodReport, WorkJobRef};
+use crate::join::names;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus, Pod,
+    PodCondition, PodStatus,
+};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// One GPU node of a pull member, as its agent reported it.
+#[derive(Clone, Debug)]
+pub struct NodeInventory {
+    /// Node name.
+    pub name: String,
+    /// Node is Ready and schedulable.
+    pub ready: bool,
+    /// GPUs the node offers (`nvidia.com/gpu` allocatable, or its topology's GPUs under DRA).
+    pub gpus: i64,
+    /// Topology published by the node agent, if any.
+    pub topology: Option<crate::api::GpuTopologySpec>,
+    /// GPUs the node agent saw busy with processes gpupool did not start.
+    pub busy_uuids: Vec<String>,
+}
+
+/// What a pull member reported: its GPU nodes and the gpupool pods its agent runs, shaped as a
+/// push member's watches would show them.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    /// Kubernetes version.
+    pub version: String,
+    /// GPU nodes by name.
+    pub nodes: BTreeMap<String, NodeInventory>,
+    /// Pods gpupool manages there.
+    pub pods: Vec<Pod>,
+}
+
+/// Field manager of the hub's writes of work objects.
+pub const FIELD_MANAGER: &str = "gpupool-hub";
+
+/// Name of the `MemberWork` for a hub job: `<kind>-<namespace>-<name>`, shortened with a hash
+/// when too long for an object name.
+pub fn work_name(kind: &str, namespace: &str, name: &str) -> String {
+    let short = match kind {
+        "TrainingJob" => "tj",
+        "InferenceJob" => "ij",
+        other => other,
+    }
+    .to_ascii_lowercase();
+    let full = format!("{short}-{namespace}-{name}");
+    if full.len() <= 200 {
+        return full;
+    }
+    // FNV-1a keeps distinct long names distinct after truncation.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in full.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{}-{h:016x}", &full[..183].trim_end_matches(['-', '.']))
+}
+
+/// Writes (creates or replaces) the objects the hub wants in a pull member for one job.
+pub async fn put_work(
+    hub: &kube::Client,
+    member: &str,
+    job: WorkJobRef,
+    manifests: Vec<Value>,
+) -> kube::Result<MemberWork> {
+    let name = work_name(&job.kind, &job.namespace, &job.name);
+    let mut w = MemberWork::new(
+        &name,
+        MemberWorkSpec {
+            job_ref: Some(job),
+            manifests,
+        },
+    );
+    w.metadata.labels = Some(
+        [
+            (
+                "app.kubernetes.io/part-of".to_string(),
+                "gpupool".to_string(),
+            ),
+            (names::MEMBER_LABEL.to_string(), member.to_string()),
+        ]
+        .into(),
+    );
+    Api::<MemberWork>::namespaced(hub.clone(), &names::member_namespace(member))
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&w),
+        )
+        .await
+}
+
+/// Withdraws a job's work from a pull member (the agent deletes its objects). Idempotent.
+pub async fn delete_work(hub: &kube::Client, member: &str, work: &str) -> kube::Result<()> {
+    match Api::<MemberWork>::namespaced(hub.clone(), &names::member_namespace(member))
+        .delete(work, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// What the hub knows about a pull member from its hub namespace.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// Nodes and gpupool pods, as for a push member.
+    pub inventory: Inventory,
+    /// Last heartbeat of the agent.
+    pub heartbeat: Option<Timestamp>,
+    /// Identity the agent reports (must match the MemberCluster's `clusterId`).
+    pub cluster_id: Option<String>,
+    /// When the inventory was read by the agent.
+    pub report_time: Option<Timestamp>,
+}
+
+/// Reads a pull member's reports, work statuses and heartbeat from the hub.
+pub async fn observe(hub: &kube::Client, member: &str) -> kube::Result<Observed> {
+    let ns = names::member_namespace(member);
+    let lp = ListParams::default();
+    let (reports, works, leases) = (
+        Api::<MemberReport>::namespaced(hub.clone(), &ns),
+        Api::<MemberWork>::namespaced(hub.clone(), &ns),
+        Api::<Lease>::namespaced(hub.clone(), &ns),
+    );
+    let (reports, works, lease) = tokio::try_join!(
+        reports.list(&lp),
+        works.list(&lp),
+        leases.get_opt(names::HEARTBEAT_LEASE),
+    )?;
+    let current = current_report(&reports.items);
+    Ok(Observed {
+        inventory: inventory(&current, &works.items),
+        heartbeat: lease
+            .and_then(|l| l.spec)
+            .and_then(|s| s.renew_time)
+            .map(|t| t.0),
+        cluster_id: current.first().map(|r| r.spec.cluster_id.clone()),
+        report_time: current.first().map(|r| r.spec.report_time.0),
+    })
+}
+
+/// The shards of the newest complete report (older shards left behind are ignored).
+pub fn current_report(reports: &[MemberReport]) -> Vec<MemberReport> {
+    let Some(newest) = reports.iter().map(|r| r.spec.report_time.0).max() else {
+        return Vec::new();
+    };
+    let mut cur: Vec<MemberReport> = reports
+        .iter()
+        .filter(|r| r.spec.report_time.0 == newest)
+        .cloned()
+        .collect();
+    cur.sort_by_key(|r| r.spec.shard);
+    cur
+}
+
+/// The member's inventory from its reports and its works' statuses.
+pub fn inventory(reports: &[MemberReport], works: &[MemberWork]) -> Inventory {
+    let nodes: BTreeMap<String, NodeInventory> = reports
+        .iter()
+        .flat_map(|r| r.spec.nodes.iter())
+        .map(|n: &NodeReport| {
+            (
+                n.name.clone(),
+                NodeInventory {
+                    name: n.name.clone(),
+                    ready: n.ready,
+                    gpus: n.gpus,
+                    topology: n.topology.clone(),
+                    busy_uuids: n.busy_gpu_uuids.clone(),
+                },
+            )
+        })
+        .collect();
+    let mut pods = Vec::new();
+    for w in works {
+        let reported: BTreeMap<(&str, &str), &PodReport> = w
+            .status
+            .iter()
+            .flat_map(|s| s.pods.iter())
+            .map(|p| ((p.namespace.as_str(), p.name.as_str()), p))
+            .collect();
+        for m in w.spec.manifests.iter().filter(|m| m["kind"] == "Pod") {
+            let key = (
+                m["metadata"]["namespace"].as_str().unwrap_or_default(),
+                m["metadata"]["name"].as_str().unwrap_or_default(),
+            );
+            if let Some(r) = reported.get(&key)
+                && let Some(p) = pod_from_report(m, r)
+            {
+                pods.push(p);
+            }
+        }
+    }
+    pods.sort_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
+    Inventory {
+        version: reports
+            .first()
+            .map(|r| r.spec.kubernetes_version.clone())
+            .unwrap_or_default(),
+        nodes,
+        pods,
+    }
+}
+
+/// The pod as the member has it: the hub's manifest with the reported status. `None` when the
+/// pod does not exist in the member (`Missing`).
+pub fn pod_from_report(manifest: &Value, r: &PodReport) -> Option<Pod> {
+    if r.phase == "Missing" {
+        return None;
+    }
+    let mut pod: Pod = serde_json::from_value(manifest.clone()).ok()?;
+    pod.metadata.uid = r.uid.clone();
+    if let (Some(spec), Some(node)) = (pod.spec.as_mut(), r.node.as_ref()) {
+        spec.node_name = Some(node.clone());
+    }
+    let container = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
+    // One container status carrying the metered run: the hub's meter reads the same interval
+    // the member's pod had.
+    let state = r.run_start.as_ref().map(|start| match &r.run_end {
+        Some(end) => ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                started_at: Some(start.clone()),
+                finished_at: Some(end.clone()),
+                exit_code: if r.phase == "Failed" { 1 } else { 0 },
+                reason: r.reason.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        None => ContainerState {
+            running: Some(ContainerStateRunning {
+                started_at: Some(start.clone()),
+            }),
+            ..Default::default()
+        },
+    });
+    pod.status = Some(PodStatus {
+        phase: Some(r.phase.clone()),
+        start_time: r.start_time.clone(),
+        reason: r.reason.clone(),
+        message: r.message.clone(),
+        conditions: Some(vec![PodCondition {
+            type_: "Ready".into(),
+            status: if r.ready { "True" } else { "False" }.into(),
+            ..Default::default()
+        }]),
+        container_statuses: state.map(|s| {
+            vec![ContainerStatus {
+                name: container,
+                ready: r.ready,
+                state: Some(s),
+                ..Default::default()
+            }]
+        }),
+        ..Default::default()
+    });
+    Some(pod)
+}
+
+/// A pull member is alive while its agent renewed the Lease within `grace`.
+pub fn alive(heartbeat: Option<Timestamp>, now: Timestamp, grace: Duration) -> bool {
+    heartbeat.is_some_and(|h| {
+        now.duration_since(h)
+            .try_into()
+            .is_ok_and(|d: Duration| d <= grace)
+            || h > now
+    })
+}
+
+#[cfg(test)]
+mod tests;
