@@ -120,7 +120,15 @@ impl ControlPlane {
             )?;
             self.scheduler = Some(child);
         }
+        self.start_controller_manager(&["garbage-collector-controller", "resourceclaim-controller"])
+    }
+
+    /// Starts kube-controller-manager against this API server with only `controllers` (e.g.
+    /// `clusterrole-aggregation-controller` on a hub, to aggregate ClusterRoles for real). A
+    /// no-op when it already runs.
+    pub fn start_controller_manager(&mut self, controllers: &[&str]) -> Result<()> {
         if self.controller_manager.is_none() {
+            let kc = self.kubeconfig_path().display().to_string();
             let child = spawn(
                 Command::new(&self.tools.kube_controller_manager)
                     .arg(format!("--kubeconfig={kc}"))
@@ -128,7 +136,7 @@ impl ControlPlane {
                     .arg(format!("--authorization-kubeconfig={kc}"))
                     .arg("--leader-elect=false")
                     .arg("--secure-port=0")
-                    .arg("--controllers=garbage-collector-controller,resourceclaim-controller")
+                    .arg(format!("--controllers={}", controllers.join(",")))
                     .arg("--concurrent-gc-syncs=5")
                     .arg("--v=1"),
                 self.log("kube-controller-manager")?,

@@ -1001,9 +1001,12 @@ fn selects(selector: &Value, labels: &Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregated_roles_let_edit_and_view_users_work_with_jobs() -> Result<()> {
-    let cp = ControlPlane::start("chart-rbac")
+    let mut cp = ControlPlane::start("chart-rbac")
         .await
         .context("control plane starts")?;
+    // The aggregation controller copies the rules of roles its selectors match into
+    // edit/admin/view, as on any real cluster.
+    cp.start_controller_manager(&["clusterrole-aggregation-controller"])?;
     let dir = tempfile::tempdir()?;
     let s = |v: &str| v.to_string();
     let crds = write(
@@ -1062,12 +1065,11 @@ async fn aggregated_roles_let_edit_and_view_users_work_with_jobs() -> Result<()>
         "view aggregates the edit role"
     );
 
-    // What the roles grant, asked of the API server's RBAC authorizer as the users themselves.
-    // The harness runs no kube-controller-manager, whose aggregation controller would copy these
-    // rules into edit/view; the users are therefore bound to the gpupool roles directly, which
-    // grants exactly what aggregation adds to edit/view.
+    // What the roles grant, asked of the API server's RBAC authorizer as the users themselves,
+    // who are bound to the standard edit/view roles only: gpupool's rules reach them through
+    // aggregation.
     kubectl_ok(&cp, vec![s("create"), s("namespace"), s("team-a")]).await?;
-    for (user, role) in [("alice", "gp-gpupool-edit"), ("bob", "gp-gpupool-view")] {
+    for (user, role) in [("alice", "edit"), ("bob", "view")] {
         kubectl_ok(
             &cp,
             vec![
@@ -1145,6 +1147,13 @@ async fn aggregated_roles_let_edit_and_view_users_work_with_jobs() -> Result<()>
         ("bob", "delete", "inferencejobs.gpupool.io", "team-a", false),
         ("carol", "get", "trainingjobs.gpupool.io", "team-a", false),
     ];
+    // Aggregation is asynchronous: wait until both standard roles carry gpupool's rules.
+    gpupool_e2e::eventually(60, "edit and view aggregate gpupool's roles", || async {
+        let alice = can("alice", "create", "trainingjobs.gpupool.io", "team-a").await?;
+        let bob = can("bob", "list", "inferencejobs.gpupool.io", "team-a").await?;
+        Ok((alice && bob).then_some(()))
+    })
+    .await?;
     for (user, verb, resource, ns, want) in expect {
         let got = can(user, verb, resource, ns).await?;
         ensure!(

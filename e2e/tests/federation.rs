@@ -374,14 +374,23 @@ async fn jobs_land_on_the_right_gpus_never_share_them_and_are_cleaned_up() {
     );
     assert_eq!(got, s0, "the waiting job should get the freed quad");
 
-    // 6. Member status shows capacity and free islands.
-    let mc = Api::<MemberCluster>::all(hub.clone())
-        .get("member-2")
-        .await
-        .unwrap();
-    let cap = mc.status.unwrap().capacity;
-    assert_eq!(cap.gpus_total, 16);
-    assert_eq!(cap.gpus_free, 16 - 6);
+    // 6. Member status shows capacity (written on the member's next heartbeat).
+    let mcs = Api::<MemberCluster>::all(hub.clone());
+    eventually(
+        30,
+        "member-2 capacity with llama-serve's GPUs held",
+        || async {
+            let cap = mcs
+                .get("member-2")
+                .await?
+                .status
+                .unwrap_or_default()
+                .capacity;
+            Ok((cap.gpus_total == 16 && cap.gpus_free == 16 - 6).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
     let text = op.ctx.metrics.render();
     assert!(
         text.contains("gpupool_member_gpus{cluster=\"member-2\"} 16"),

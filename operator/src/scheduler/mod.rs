@@ -11,8 +11,8 @@
 //! - The **loop** pops a job, decides with the pure placement functions on the cache, *assumes*
 //!   the chosen GPUs (held until the hub status that records them is observed), and hands the
 //!   writes — the hub status (conditional on the resourceVersion decided on), the Event, the
-//!   member namespace/Service/pods — to bounded concurrent workers. A failed write un-assumes and
-//!   requeues the job with backoff.
+//!   member namespace/Service/pods/claims — to bounded concurrent workers. A failed write
+//!   un-assumes and requeues the job with backoff.
 
 pub mod cache;
 pub mod jobs;
