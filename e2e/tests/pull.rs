@@ -13,7 +13,7 @@ use gpupool::api::{
 use gpupool::join::{self, controller::JoinConfig, names};
 use gpupool::member_agent::hub::{self, HubEndpoint};
 use gpupool::pull;
-use gpupool_e2e::{Federation, GpuNode, eventually, operator_bin, publish_fixture};
+use gpupool_e2e::{Federation, GpuNode, Tools, eventually, operator_bin, publish_fixture};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use kube::ResourceExt;
@@ -585,7 +585,28 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
         mcs.get(MEMBER).await.unwrap().spec.approval,
         Approval::Pending
     );
-    gpupool_cli(&fed, &["approve", MEMBER]);
+    // This time through `kubectl gpupool approve` (kubectl's plugin mechanism), as an admin would.
+    let plugin = operator_bin("kubectl-gpupool");
+    let out = Command::new(Tools::get().unwrap().kubectl)
+        .args(["gpupool", "approve", MEMBER, "-o", "json"])
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                plugin.parent().unwrap().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("KUBECONFIG", fed.hub.kubeconfig_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl gpupool approve: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["approval"], "Approved", "{answer}");
     eventually(60, "re-joined", || async {
         Ok((join_phase(&hub, &again.id).await == Some(JoinPhase::Joined)).then_some(()))
     })
@@ -650,7 +671,7 @@ async fn join_controller_client(
 
 /// Renders the chart like `helm template`, with helm's homes in a throwaway directory.
 fn helm_template(extra: &[&str]) -> (bool, String, String) {
-    let tools = gpupool_e2e::Tools::get().expect("harness tools (helm) are available");
+    let tools = Tools::get().expect("harness tools (helm) are available");
     let home = tempfile::tempdir().unwrap();
     let chart = gpupool_e2e::repo_root().join("charts/gpupool");
     let out = Command::new(&tools.helm)

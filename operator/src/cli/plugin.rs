@@ -78,6 +78,16 @@ pub enum PluginCommand {
     Members,
     /// GPU-seconds and tokens earned by a wallet or member cluster (`gpupool earnings`).
     Earnings(EarningsArgs),
+    /// Let a pull member that asked to join into the pool (`gpupool approve`).
+    Approve {
+        /// MemberCluster name.
+        member: String,
+    },
+    /// Refuse or revoke a member: its hub credential is withdrawn (`gpupool deny`).
+    Deny {
+        /// MemberCluster name.
+        member: String,
+    },
 }
 
 /// The two job kinds.
@@ -791,6 +801,25 @@ pub async fn run(args: PluginArgs) -> Result<String> {
                 args.output,
                 &members_report(&sorted, &records),
                 format_members,
+            )
+        }
+        PluginCommand::Approve { member } | PluginCommand::Deny { member } => {
+            let approval = if matches!(args.command, PluginCommand::Approve { .. }) {
+                crate::api::Approval::Approved
+            } else {
+                crate::api::Approval::Denied
+            };
+            crate::join::admin::set_approval(&hub.client, member, approval).await?;
+            emit(
+                args.output,
+                &json!({"member": member, "approval": approval.to_string()}),
+                |d| {
+                    format!(
+                        "member {}: {}\n",
+                        d["member"].as_str().unwrap_or(""),
+                        d["approval"].as_str().unwrap_or("")
+                    )
+                },
             )
         }
         PluginCommand::Earnings(_) => unreachable!("handled above"),
