@@ -10,7 +10,7 @@ use crate::api::{
     InferenceJob, MemberCluster, PodUsage, TrainingJob, UsageRecord, UsageRecordSpec, UsageState,
 };
 use anyhow::{Context, Result};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -206,8 +206,7 @@ pub async fn check_identity(
         message,
         gpu_seconds: 0,
     };
-    let ns = Api::<Namespace>::all(member.client.clone())
-        .get("kube-system")
+    let uid = crate::join::member_identity(&member.client)
         .await
         .map_err(|e| {
             alert(
@@ -215,7 +214,6 @@ pub async fn check_identity(
                 format!("reading the member's kube-system namespace: {e}"),
             )
         })?;
-    let uid = ns.metadata.uid.unwrap_or_default();
     if uid.is_empty() {
         return Err(alert(
             "IdentityUnreadable",
