@@ -8,7 +8,7 @@ use gpupool_e2e::{
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 const WALLET_1: &str = "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU";
@@ -103,6 +103,34 @@ fn tj(name: &str, workers: i32, gpus: i32, model: &str, nvlink: &str) -> Trainin
         "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: default}}\nspec: {{template: {{spec: {{containers: [{{name: trainer, image: ghcr.io/example/trainer:1}}]}}}}, workers: {workers}, gpusPerWorker: {gpus}, gpu: {{model: {model}}}, nvlink: {nvlink}, backoffLimit: 2}}\n"
     ))
     .unwrap()
+}
+
+/// The printer columns `kubectl get KIND NAME` shows, by header (cells cut at the header's column
+/// offsets, so an empty cell reads as "").
+fn columns(kubectl: &gpupool_e2e::Kubectl, kind: &str, name: &str) -> BTreeMap<String, String> {
+    let out = kubectl.ok(&["get", kind, name, "-n", "default"]).unwrap();
+    let mut lines = out.lines();
+    let (header, row) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    let mut starts: Vec<(usize, &str)> = Vec::new();
+    let mut prev_space = true;
+    for (i, c) in header.char_indices() {
+        if !c.is_whitespace() && prev_space {
+            let end = header[i..]
+                .find(char::is_whitespace)
+                .map_or(header.len(), |e| i + e);
+            starts.push((i, &header[i..end]));
+        }
+        prev_space = c.is_whitespace();
+    }
+    starts
+        .iter()
+        .enumerate()
+        .map(|(k, (start, title))| {
+            let end = starts.get(k + 1).map_or(row.len(), |n| n.0.min(row.len()));
+            let cell = row.get((*start).min(row.len())..end).unwrap_or("").trim();
+            (title.to_string(), cell.to_string())
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -247,6 +275,15 @@ async fn jobs_land_on_the_right_gpus_never_share_them_and_are_cleaned_up() {
         get.contains("gpt-pretrain") && get.contains("Running") && get.contains("member-1"),
         "{get}"
     );
+    // The WORKERS column counts running workers, DESIRED the gang size.
+    eventually(30, "gpt-pretrain shows 2/2 workers", || async {
+        let cols = columns(&kubectl, "trainingjob", "gpt-pretrain");
+        Ok((cols.get("WORKERS").map(String::as_str) == Some("2")
+            && cols.get("DESIRED").map(String::as_str) == Some("2"))
+        .then_some(()))
+    })
+    .await
+    .unwrap();
 
     // 3. The inference example: 3 replicas x 2 GPUs, preferred NVLink → bridged A100 pairs.
     kubectl
@@ -286,6 +323,12 @@ async fn jobs_land_on_the_right_gpus_never_share_them_and_are_cleaned_up() {
     })
     .await
     .unwrap();
+    let cols = columns(&kubectl, "inferencejob", "llama-serve");
+    assert_eq!(
+        (cols["READY"].as_str(), cols["REPLICAS"].as_str()),
+        ("3", "3"),
+        "{cols:?}"
+    );
 
     // 4. Three jobs race for the DGX-1's two fully connected V100 quads.
     let pp = PostParams::default();
@@ -339,6 +382,12 @@ async fn jobs_land_on_the_right_gpus_never_share_them_and_are_cleaned_up() {
         .message
         .unwrap_or_default();
     assert!(msg.contains("unschedulable"), "{msg}");
+    let cols = columns(&kubectl, "trainingjob", waiting);
+    assert_eq!(
+        (cols["WORKERS"].as_str(), cols["DESIRED"].as_str()),
+        ("0", "1"),
+        "{cols:?}"
+    );
     let events = kubectl
         .ok(&[
             "get",
