@@ -819,3 +819,155 @@ async fn supply_a_member_cannot_prove_is_not_used() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cordoned_member_keeps_its_jobs_and_a_removed_one_is_drained() {
+    let (fed, _op) = setup_with(
+        MemberKind::Dra,
+        &[
+            &[Node("h100-a", "dgx-h100", 8, "NVIDIA H100 80GB HBM3")],
+            &[Node("h100-b", "dgx-h100", 8, "NVIDIA H100 80GB HBM3")],
+        ],
+        30,
+    )
+    .await;
+    let hub = fed.hub.client().await.unwrap();
+    let kubectl = fed.hub.kubectl();
+    let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
+    let ijs: Api<InferenceJob> = Api::namespaced(hub.clone(), "default");
+    let mcs: Api<MemberCluster> = Api::all(hub.clone());
+    tjs.create(
+        &PostParams::default(),
+        &tj("gang", 1, 4, "H100", "required"),
+    )
+    .await
+    .unwrap();
+    let first = eventually(30, "gang running", || async {
+        let st = tjs.get("gang").await?.status.unwrap_or_default();
+        Ok((st.phase == TrainingPhase::Running).then(|| st.cluster.clone().unwrap()))
+    })
+    .await
+    .unwrap();
+    let (ix, other) = if first == "member-1" {
+        (0, "member-2")
+    } else {
+        (1, "member-1")
+    };
+    let job: InferenceJob = serde_yaml::from_str(
+        "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {name: web, namespace: default}\nspec: {template: {spec: {containers: [{name: srv, image: ghcr.io/example/srv:1}]}}, replicas: 2, gpusPerReplica: 2, placement: {maxReplicasPerCluster: 1}}\n",
+    )
+    .unwrap();
+    ijs.create(&PostParams::default(), &job).await.unwrap();
+    eventually(30, "web ready on both members", || async {
+        let st = ijs.get("web").await?.status.unwrap_or_default();
+        Ok((st.ready_replicas == 2 && st.placements.len() == 2).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // Cordon: no new placements there, the running gang stays.
+    kubectl
+        .ok(&[
+            "patch",
+            "membercluster",
+            &first,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"schedulable":false}}"#,
+        ])
+        .unwrap();
+    let mut pinned = tj("pinned", 1, 2, "H100", "required");
+    pinned.spec.cluster_selector = [("region".to_string(), format!("region-{}", ix + 1))].into();
+    eventually(
+        30,
+        "pinned job waits while its member is cordoned",
+        || async {
+            if tjs.get_opt("pinned").await?.is_none() {
+                tjs.create(&PostParams::default(), &pinned).await?;
+            }
+            let st = tjs.get("pinned").await?.status.unwrap_or_default();
+            Ok(st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Scheduled" && c.reason == "Unschedulable")
+                .then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    let st = tjs.get("gang").await.unwrap().status.unwrap_or_default();
+    assert_eq!(
+        (st.phase, st.cluster.as_deref(), st.restarts),
+        (TrainingPhase::Running, Some(first.as_str()), 0),
+        "a cordoned member keeps its running gang"
+    );
+    assert!(
+        tjs.get("pinned")
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default()
+            .workers
+            .is_empty(),
+        "placed on a cordoned member"
+    );
+
+    // Remove it: gpupool's pods, Services and claims there are deleted, its work moves.
+    let member = fed.members[ix].cp.client().await.unwrap();
+    assert!(
+        !member_pods(&fed, ix, "app.kubernetes.io/managed-by=gpupool")
+            .await
+            .is_empty()
+    );
+    mcs.delete(&first, &DeleteParams::default()).await.unwrap();
+    eventually(60, "removed member drained and gone", || async {
+        let gone = mcs.get_opt(&first).await?.is_none();
+        let lp = ListParams::default().labels("app.kubernetes.io/managed-by=gpupool");
+        let pods = Api::<Pod>::all(member.clone()).list(&lp).await?.items.len();
+        let svcs = Api::<k8s_openapi::api::core::v1::Service>::all(member.clone())
+            .list(&lp)
+            .await?
+            .items
+            .len();
+        let claims = Api::<k8s_openapi::api::resource::v1::ResourceClaim>::all(member.clone())
+            .list(&lp)
+            .await?
+            .items
+            .len();
+        Ok((gone && pods + svcs + claims == 0).then_some(()))
+    })
+    .await
+    .unwrap();
+    let st = eventually(60, "gang restarted on the other member", || async {
+        let st = tjs.get("gang").await?.status.unwrap_or_default();
+        Ok(
+            (st.phase == TrainingPhase::Running && st.cluster.as_deref() == Some(other))
+                .then_some(st),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(st.restarts, 1);
+    eventually(60, "web replicas all on the remaining member", || async {
+        let st = ijs.get("web").await?.status.unwrap_or_default();
+        Ok(st
+            .placements
+            .iter()
+            .all(|p| p.cluster == other)
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    let events = eventually(30, "Deregistered and Drained events", || async {
+        let ev = kubectl.ok(&["get", "events", "-A"])?;
+        Ok((ev.contains("Deregistered") && ev.contains("Drained")).then_some(ev))
+    })
+    .await
+    .unwrap();
+    assert!(events.contains("was removed from the pool"), "{events}");
+    assert!(
+        !events.contains("MemberLost"),
+        "a removal reads as a loss: {events}"
+    );
+}

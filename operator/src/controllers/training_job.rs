@@ -82,6 +82,16 @@ async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context)
             )
             .await;
         }
+        super::MemberHealth::Removed => {
+            return restart_gang(
+                job,
+                st,
+                ctx,
+                "Deregistered",
+                format!("member {cluster} was removed from the pool"),
+            )
+            .await;
+        }
     };
     let (Some(client), Some(watch)) = (
         member.client.clone().filter(|_| member.reachable),
@@ -377,12 +387,12 @@ async fn restart_gang(
         generation,
     );
     apply_status(&api, job, &st).await?;
-    if reason == "MemberLost" {
+    if matches!(reason, "MemberLost" | "Deregistered") {
         event(
             ctx,
             job,
             true,
-            "MemberLost",
+            reason,
             "Restart",
             format!("{why}: the gang on {from} is lost"),
         )
