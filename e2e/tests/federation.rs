@@ -8,7 +8,7 @@ use gpupool_e2e::{
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 const WALLET_1: &str = "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU";
@@ -103,6 +103,34 @@ fn tj(name: &str, workers: i32, gpus: i32, model: &str, nvlink: &str) -> Trainin
         "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: default}}\nspec: {{template: {{spec: {{containers: [{{name: trainer, image: ghcr.io/example/trainer:1}}]}}}}, workers: {workers}, gpusPerWorker: {gpus}, gpu: {{model: {model}}}, nvlink: {nvlink}, backoffLimit: 2}}\n"
     ))
     .unwrap()
+}
+
+/// The printer columns `kubectl get KIND NAME` shows, by header (cells cut at the header's column
+/// offsets, so an empty cell reads as "").
+fn columns(kubectl: &gpupool_e2e::Kubectl, kind: &str, name: &str) -> BTreeMap<String, String> {
+    let out = kubectl.ok(&["get", kind, name, "-n", "default"]).unwrap();
+    let mut lines = out.lines();
+    let (header, row) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    let mut starts: Vec<(usize, &str)> = Vec::new();
+    let mut prev_space = true;
+    for (i, c) in header.char_indices() {
+        if !c.is_whitespace() && prev_space {
+            let end = header[i..]
+                .find(char::is_whitespace)
+                .map_or(header.len(), |e| i + e);
+            starts.push((i, &header[i..end]));
+        }
+        prev_space = c.is_whitespace();
+    }
+    starts
+        .iter()
+        .enumerate()
+        .map(|(k, (start, title))| {
+            let end = starts.get(k + 1).map_or(row.len(), |n| n.0.min(row.len()));
+            let cell = row.get((*start).min(row.len())..end).unwrap_or("").trim();
+            (title.to_string(), cell.to_string())
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -247,6 +275,15 @@ async fn jobs_land_on_the_right_gpus_never_share_them_and_are_cleaned_up() {
         get.contains("gpt-pretrain") && get.contains("Running") && get.contains("member-1"),
         "{get}"
     );
+    // The WORKERS column counts running workers, DESIRED the gang size.
+    eventually(30, "gpt-pretrain shows 2/2 workers", || async {
+        let cols = columns(&kubectl, "trainingjob", "gpt-pretrain");
+        Ok((cols.get("WORKERS").map(String::as_str) == Some("2")
+            && cols.get("DESIRED").map(String::as_str) == Some("2"))
+        .then_some(()))
+    })
+    .await
+    .unwrap();
 
     // 3. The inference example: 3 replicas x 2 GPUs, preferred NVLink → bridged A100 pairs.
     kubectl
@@ -286,6 +323,12 @@ async fn jobs_land_on_the_right_gpus_never_share_them_and_are_cleaned_up() {
     })
     .await
     .unwrap();
+    let cols = columns(&kubectl, "inferencejob", "llama-serve");
+    assert_eq!(
+        (cols["READY"].as_str(), cols["REPLICAS"].as_str()),
+        ("3", "3"),
+        "{cols:?}"
+    );
 
     // 4. Three jobs race for the DGX-1's two fully connected V100 quads.
     let pp = PostParams::default();
@@ -339,6 +382,12 @@ async fn jobs_land_on_the_right_gpus_never_share_them_and_are_cleaned_up() {
         .message
         .unwrap_or_default();
     assert!(msg.contains("unschedulable"), "{msg}");
+    let cols = columns(&kubectl, "trainingjob", waiting);
+    assert_eq!(
+        (cols["WORKERS"].as_str(), cols["DESIRED"].as_str()),
+        ("0", "1"),
+        "{cols:?}"
+    );
     let events = kubectl
         .ok(&[
             "get",
@@ -769,4 +818,156 @@ async fn supply_a_member_cannot_prove_is_not_used() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cordoned_member_keeps_its_jobs_and_a_removed_one_is_drained() {
+    let (fed, _op) = setup_with(
+        MemberKind::Dra,
+        &[
+            &[Node("h100-a", "dgx-h100", 8, "NVIDIA H100 80GB HBM3")],
+            &[Node("h100-b", "dgx-h100", 8, "NVIDIA H100 80GB HBM3")],
+        ],
+        30,
+    )
+    .await;
+    let hub = fed.hub.client().await.unwrap();
+    let kubectl = fed.hub.kubectl();
+    let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
+    let ijs: Api<InferenceJob> = Api::namespaced(hub.clone(), "default");
+    let mcs: Api<MemberCluster> = Api::all(hub.clone());
+    tjs.create(
+        &PostParams::default(),
+        &tj("gang", 1, 4, "H100", "required"),
+    )
+    .await
+    .unwrap();
+    let first = eventually(30, "gang running", || async {
+        let st = tjs.get("gang").await?.status.unwrap_or_default();
+        Ok((st.phase == TrainingPhase::Running).then(|| st.cluster.clone().unwrap()))
+    })
+    .await
+    .unwrap();
+    let (ix, other) = if first == "member-1" {
+        (0, "member-2")
+    } else {
+        (1, "member-1")
+    };
+    let job: InferenceJob = serde_yaml::from_str(
+        "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {name: web, namespace: default}\nspec: {template: {spec: {containers: [{name: srv, image: ghcr.io/example/srv:1}]}}, replicas: 2, gpusPerReplica: 2, placement: {maxReplicasPerCluster: 1}}\n",
+    )
+    .unwrap();
+    ijs.create(&PostParams::default(), &job).await.unwrap();
+    eventually(30, "web ready on both members", || async {
+        let st = ijs.get("web").await?.status.unwrap_or_default();
+        Ok((st.ready_replicas == 2 && st.placements.len() == 2).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // Cordon: no new placements there, the running gang stays.
+    kubectl
+        .ok(&[
+            "patch",
+            "membercluster",
+            &first,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"schedulable":false}}"#,
+        ])
+        .unwrap();
+    let mut pinned = tj("pinned", 1, 2, "H100", "required");
+    pinned.spec.cluster_selector = [("region".to_string(), format!("region-{}", ix + 1))].into();
+    eventually(
+        30,
+        "pinned job waits while its member is cordoned",
+        || async {
+            if tjs.get_opt("pinned").await?.is_none() {
+                tjs.create(&PostParams::default(), &pinned).await?;
+            }
+            let st = tjs.get("pinned").await?.status.unwrap_or_default();
+            Ok(st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Scheduled" && c.reason == "Unschedulable")
+                .then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    let st = tjs.get("gang").await.unwrap().status.unwrap_or_default();
+    assert_eq!(
+        (st.phase, st.cluster.as_deref(), st.restarts),
+        (TrainingPhase::Running, Some(first.as_str()), 0),
+        "a cordoned member keeps its running gang"
+    );
+    assert!(
+        tjs.get("pinned")
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default()
+            .workers
+            .is_empty(),
+        "placed on a cordoned member"
+    );
+
+    // Remove it: gpupool's pods, Services and claims there are deleted, its work moves.
+    let member = fed.members[ix].cp.client().await.unwrap();
+    assert!(
+        !member_pods(&fed, ix, "app.kubernetes.io/managed-by=gpupool")
+            .await
+            .is_empty()
+    );
+    mcs.delete(&first, &DeleteParams::default()).await.unwrap();
+    eventually(60, "removed member drained and gone", || async {
+        let gone = mcs.get_opt(&first).await?.is_none();
+        let lp = ListParams::default().labels("app.kubernetes.io/managed-by=gpupool");
+        let pods = Api::<Pod>::all(member.clone()).list(&lp).await?.items.len();
+        let svcs = Api::<k8s_openapi::api::core::v1::Service>::all(member.clone())
+            .list(&lp)
+            .await?
+            .items
+            .len();
+        let claims = Api::<k8s_openapi::api::resource::v1::ResourceClaim>::all(member.clone())
+            .list(&lp)
+            .await?
+            .items
+            .len();
+        Ok((gone && pods + svcs + claims == 0).then_some(()))
+    })
+    .await
+    .unwrap();
+    let st = eventually(60, "gang restarted on the other member", || async {
+        let st = tjs.get("gang").await?.status.unwrap_or_default();
+        Ok(
+            (st.phase == TrainingPhase::Running && st.cluster.as_deref() == Some(other))
+                .then_some(st),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(st.restarts, 1);
+    eventually(60, "web replicas all on the remaining member", || async {
+        let st = ijs.get("web").await?.status.unwrap_or_default();
+        Ok(st
+            .placements
+            .iter()
+            .all(|p| p.cluster == other)
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    let events = eventually(30, "Deregistered and Drained events", || async {
+        let ev = kubectl.ok(&["get", "events", "-A"])?;
+        Ok((ev.contains("Deregistered") && ev.contains("Drained")).then_some(ev))
+    })
+    .await
+    .unwrap();
+    assert!(events.contains("was removed from the pool"), "{events}");
+    assert!(
+        !events.contains("MemberLost"),
+        "a removal reads as a loss: {events}"
+    );
 }

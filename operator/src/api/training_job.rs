@@ -24,7 +24,18 @@ use serde::{Deserialize, Serialize};
     doc = "A gang of training workers placed all-or-nothing on one member cluster. The gang-shaping fields (template, workers, gpusPerWorker, gpu, nvlink, masterPort) are immutable; backoffLimit, maxRuntimeSeconds and clusterSelector may change.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Cluster", type_ = "string", json_path = ".status.cluster"),
-    printcolumn(name = "Workers", type_ = "integer", json_path = ".spec.workers"),
+    printcolumn(
+        name = "Workers",
+        type_ = "integer",
+        description = "Workers whose pods are running now",
+        json_path = ".status.runningWorkers"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        description = "Workers in the gang (spec.workers)",
+        json_path = ".spec.workers"
+    ),
     printcolumn(name = "GPUs", type_ = "integer", json_path = ".spec.gpusPerWorker"),
     printcolumn(name = "Restarts", type_ = "integer", json_path = ".status.restarts"),
     printcolumn(
@@ -187,6 +198,10 @@ pub struct TrainingJobStatus {
     /// Why the job waits for GPUs, while it waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_reason: Option<String>,
+    /// Workers of the current gang whose pods are running in the member now (the `Workers`
+    /// printer column; `spec.workers` is the `Desired` one).
+    #[serde(default)]
+    pub running_workers: i32,
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -82,8 +82,10 @@ pub enum MemberHealth {
     Ready(Box<crate::federation::MemberView>),
     /// Registered but not heard from since this operator started: wait for its first heartbeat.
     Pending,
-    /// NotReady past the grace period, or no longer registered: its work must move.
+    /// NotReady past the grace period: its work must move.
     Lost,
+    /// Deleted from the hub (being drained, or gone): its work must move.
+    Removed,
 }
 
 impl Context {
@@ -95,7 +97,10 @@ impl Context {
             None => {
                 let api: kube::Api<crate::api::MemberCluster> = kube::Api::all(self.hub.clone());
                 match api.get_opt(name).await {
-                    Ok(None) => MemberHealth::Lost,
+                    Ok(None) => MemberHealth::Removed,
+                    Ok(Some(mc)) if mc.metadata.deletion_timestamp.is_some() => {
+                        MemberHealth::Removed
+                    }
                     // Registered (or the hub did not answer): the heartbeat will tell.
                     _ => MemberHealth::Pending,
                 }

@@ -112,13 +112,17 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
         }
     }
     for (c, idx) in &lost {
+        let (reason, why) = match ctx.member_health(c).await {
+            super::MemberHealth::Removed => ("Deregistered", "was removed from the pool"),
+            _ => ("MemberLost", "is not ready"),
+        };
         event(
             ctx,
             job,
             true,
-            "MemberLost",
+            reason,
             "Replace",
-            format!("member {c} is not ready; replicas {idx:?} will be re-placed"),
+            format!("member {c} {why}; replicas {idx:?} will be re-placed"),
         )
         .await;
     }

@@ -34,9 +34,12 @@ pub async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Acti
         match ev {
             Finalizer::Apply(mc) => heartbeat(&mc, &ctx).await,
             Finalizer::Cleanup(mc) => {
+                // Out of the registry and the scheduler first, so that nothing is placed on or
+                // re-created in the member while it is drained.
+                let member = ctx.registry.remove(&mc.name_any()).await;
                 ctx.wake_jobs_on(&mc.name_any());
-                ctx.registry.remove(&mc.name_any()).await;
                 ctx.scheduler.remove_member(&mc.name_any());
+                drain(&mc, member, &ctx).await;
                 ctx.metrics.forget_member(&mc.name_any());
                 ctx.wake_all_jobs();
                 Ok(Action::await_change())
@@ -48,6 +51,63 @@ pub async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Acti
     ctx.metrics
         .observe_reconcile("membercluster", t0.elapsed(), res.as_ref().err());
     res
+}
+
+/// How long removing a member waits for its gpupool objects to be deleted.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A member leaves the pool: delete gpupool's pods, Services and ResourceClaims in it while it is
+/// reachable (bounded by [`DRAIN_TIMEOUT`]), and say on the MemberCluster what was left. Jobs on it
+/// are moved by their controllers (`Deregistered`) once it is out of the registry; what could not
+/// be deleted here belongs to no job placed on this member any more, so the orphan sweep deletes
+/// it when the same cluster joins again.
+async fn drain(mc: &MemberCluster, member: Option<MemberView>, ctx: &Context) {
+    let name = mc.name_any();
+    let client = member
+        .as_ref()
+        .filter(|m| m.reachable)
+        .and_then(|m| m.client.clone());
+    let (warning, reason, note) = match client {
+        Some(c) => {
+            match tokio::time::timeout(DRAIN_TIMEOUT, super::member_io::drain_member(&c)).await {
+                Ok(d) if d.failed.is_empty() => (
+                    false,
+                    "Drained",
+                    format!(
+                        "removed from the pool; deleted {} gpupool objects",
+                        d.deleted
+                    ),
+                ),
+                Ok(d) => (
+                    true,
+                    "DrainIncomplete",
+                    format!(
+                        "removed from the pool; deleted {} gpupool objects, could not delete: {}",
+                        d.deleted,
+                        d.failed.join("; ")
+                    ),
+                ),
+                Err(_) => (
+                    true,
+                    "DrainIncomplete",
+                    format!(
+                        "removed from the pool; deleting gpupool objects took over {}s, the rest \
+                         is deleted by the orphan sweep if the cluster joins again",
+                        DRAIN_TIMEOUT.as_secs()
+                    ),
+                ),
+            }
+        }
+        None => (
+            true,
+            "DrainIncomplete",
+            "removed from the pool while unreachable: its gpupool objects are deleted by the \
+             orphan sweep if the cluster joins again"
+                .to_string(),
+        ),
+    };
+    tracing::info!(cluster = %name, reason, note, "member removed");
+    event(ctx, mc, warning, reason, "Deregister", note).await;
 }
 
 /// Retries a failed reconcile after a short delay.

@@ -214,3 +214,66 @@ pub async fn sweep_orphans(
     }
     Ok(deleted)
 }
+
+/// What draining a removed member left behind.
+#[derive(Debug, Default)]
+pub struct Drain {
+    /// Objects deleted.
+    pub deleted: usize,
+    /// `kind namespace/name: why` of each object that could not be deleted.
+    pub failed: Vec<String>,
+}
+
+/// Deletes every pod, Service and ResourceClaim gpupool created in a member (all namespaces, by
+/// the managed-by label): the member is leaving the pool. Members without the DRA API have no
+/// claims to delete.
+pub async fn drain_member(client: &kube::Client) -> Drain {
+    let mut out = Drain::default();
+    let lp = ListParams::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
+    drain_kind::<Pod>(
+        client,
+        &lp,
+        DeleteParams::background().grace_period(0),
+        &mut out,
+    )
+    .await;
+    drain_kind::<Service>(client, &lp, DeleteParams::background(), &mut out).await;
+    drain_kind::<k8s_openapi::api::resource::v1::ResourceClaim>(
+        client,
+        &lp,
+        DeleteParams::background(),
+        &mut out,
+    )
+    .await;
+    out
+}
+
+async fn drain_kind<K>(client: &kube::Client, lp: &ListParams, dp: DeleteParams, out: &mut Drain)
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let kind = K::kind(&());
+    let list = match Api::<K>::all(client.clone()).list(lp).await {
+        Ok(l) => l,
+        // The member does not serve this API (no DRA): nothing of this kind to delete.
+        Err(kube::Error::Api(e)) if e.code == 404 => return,
+        Err(e) => {
+            out.failed.push(format!("{kind} (listing failed: {e})"));
+            return;
+        }
+    };
+    for o in list.items {
+        let (ns, name) = (o.namespace().unwrap_or_default(), o.name_any());
+        match Api::<K>::namespaced(client.clone(), &ns)
+            .delete(&name, &dp)
+            .await
+        {
+            Ok(_) => out.deleted += 1,
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => out.failed.push(format!("{kind} {ns}/{name}: {e}")),
+        }
+    }
+}

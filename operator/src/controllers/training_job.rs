@@ -82,6 +82,16 @@ async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context)
             )
             .await;
         }
+        super::MemberHealth::Removed => {
+            return restart_gang(
+                job,
+                st,
+                ctx,
+                "Deregistered",
+                format!("member {cluster} was removed from the pool"),
+            )
+            .await;
+        }
     };
     let (Some(client), Some(watch)) = (
         member.client.clone().filter(|_| member.reachable),
@@ -170,6 +180,11 @@ async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context)
         .iter()
         .filter(|w| matches!(w.pod_phase.as_deref(), Some("Running") | Some("Succeeded")))
         .count();
+    st.running_workers = st
+        .workers
+        .iter()
+        .filter(|w| w.pod_phase.as_deref() == Some("Running"))
+        .count() as i32;
     let generation_meta = job.metadata.generation;
 
     if let Some(rank) = failed {
@@ -190,6 +205,7 @@ async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context)
             .as_secs();
         if ran > max && succeeded < n {
             delete_pods(&client, &cluster, &ns, &uid, |_| true).await?;
+            st.running_workers = 0;
             st.phase = TrainingPhase::Failed;
             st.completion_time = Some(now());
             st.message = Some(format!("ran {ran}s, over maxRuntimeSeconds {max}"));
@@ -308,6 +324,8 @@ async fn restart_gang(
     let api: Api<TrainingJob> =
         Api::namespaced(ctx.hub.clone(), &job.namespace().unwrap_or_default());
     let generation = job.metadata.generation;
+    // The gang's pods are deleted (or out of reach): none of them counts as running any more.
+    st.running_workers = 0;
     if st.restarts >= job.spec.backoff_limit {
         st.phase = TrainingPhase::Failed;
         st.completion_time = Some(now());
@@ -369,12 +387,12 @@ async fn restart_gang(
         generation,
     );
     apply_status(&api, job, &st).await?;
-    if reason == "MemberLost" {
+    if matches!(reason, "MemberLost" | "Deregistered") {
         event(
             ctx,
             job,
             true,
-            "MemberLost",
+            reason,
             "Restart",
             format!("{why}: the gang on {from} is lost"),
         )
