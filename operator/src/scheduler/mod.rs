@@ -157,37 +157,49 @@ fn topology_facts(t: &GpuTopology) -> TopologyFacts {
 impl State {
     fn observe_training(&mut self, j: &TrainingJob) {
         let Some(uid) = j.uid() else { return };
-        self.cache
-            .set_job(&uid, jobs::training_name(j), jobs::training_slots(j));
-        if jobs::training_waits(j) {
-            // A job whose decision is being written stays in flight with the newer object; one
-            // whose written decision is not yet observed is not queued again.
-            if self.queue.contains(&uid) || !self.cache.is_assumed(&uid) {
-                let (p, c, g) = jobs::order_of(j, j.spec.priority);
-                self.queue
-                    .upsert(&uid, p, c, g, Pending::Training(Arc::new(j.clone())));
-            }
-        } else {
-            self.queue.remove(&uid);
-            self.reported.remove(&uid);
-        }
+        self.observe_job(
+            &uid,
+            jobs::training_name(j),
+            jobs::training_slots(j),
+            jobs::training_waits(j),
+            jobs::order_of(j, j.spec.priority),
+            || Pending::Training(Arc::new(j.clone())),
+        );
     }
 
     fn observe_inference(&mut self, j: &InferenceJob) {
         let Some(uid) = j.uid() else { return };
-        self.cache
-            .set_job(&uid, jobs::inference_name(j), jobs::inference_slots(j));
-        if jobs::inference_waits(j) {
+        self.observe_job(
+            &uid,
+            jobs::inference_name(j),
+            jobs::inference_slots(j),
+            jobs::inference_waits(j),
+            jobs::order_of(j, j.spec.priority),
+            || Pending::Inference(Arc::new(j.clone())),
+        );
+    }
+
+    /// Records a job's placed GPUs in the cache and keeps it queued exactly while it waits.
+    fn observe_job(
+        &mut self,
+        uid: &str,
+        name: JobName,
+        slots: BTreeSet<Slot>,
+        waits: bool,
+        (priority, created, generation): (i64, i64, i64),
+        pending: impl FnOnce() -> Pending,
+    ) {
+        self.cache.set_job(uid, name, slots);
+        if waits {
             // A job whose decision is being written stays in flight with the newer object; one
             // whose written decision is not yet observed is not queued again.
-            if self.queue.contains(&uid) || !self.cache.is_assumed(&uid) {
-                let (p, c, g) = jobs::order_of(j, j.spec.priority);
+            if self.queue.contains(uid) || !self.cache.is_assumed(uid) {
                 self.queue
-                    .upsert(&uid, p, c, g, Pending::Inference(Arc::new(j.clone())));
+                    .upsert(uid, priority, created, generation, pending());
             }
         } else {
-            self.queue.remove(&uid);
-            self.reported.remove(&uid);
+            self.queue.remove(uid);
+            self.reported.remove(uid);
         }
     }
 
