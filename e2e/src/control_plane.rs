@@ -149,21 +149,14 @@ impl ControlPlane {
     /// Whether kube-scheduler and kube-controller-manager are still running (they exit when
     /// their flags are wrong); the error carries their log tails.
     pub fn check_scheduling(&mut self) -> Result<()> {
-        for (what, child) in [
-            ("kube-scheduler", &mut self.scheduler),
-            ("kube-controller-manager", &mut self.controller_manager),
-        ] {
-            if let Some(c) = child
-                && let Some(status) = c.try_wait()?
-            {
-                bail!(
-                    "{what} of cluster {} exited with {status}; log tail:\n{}",
-                    self.name,
-                    tail(&self.dir.path().join(format!("{what}.log")), 30)
-                );
-            }
-        }
-        Ok(())
+        exited(
+            &self.name,
+            self.dir.path(),
+            [
+                ("kube-scheduler", &mut self.scheduler),
+                ("kube-controller-manager", &mut self.controller_manager),
+            ],
+        )
     }
 
     /// kubectl bound to this cluster.
@@ -277,20 +270,14 @@ impl ControlPlane {
         let deadline = Instant::now() + START_TIMEOUT;
         let mut last_err = String::new();
         while Instant::now() < deadline {
-            for (what, child) in [
-                ("etcd", &mut self.etcd),
-                ("kube-apiserver", &mut self.apiserver),
-            ] {
-                if let Some(c) = child
-                    && let Some(status) = c.try_wait()?
-                {
-                    bail!(
-                        "{what} of cluster {} exited with {status}; log tail:\n{}",
-                        self.name,
-                        tail(&self.dir.path().join(format!("{what}.log")), 30)
-                    );
-                }
-            }
+            exited(
+                &self.name,
+                self.dir.path(),
+                [
+                    ("etcd", &mut self.etcd),
+                    ("kube-apiserver", &mut self.apiserver),
+                ],
+            )?;
             match self.client().await {
                 Ok(client) => {
                     let req = http_get("/readyz");
@@ -378,6 +365,26 @@ pub(crate) fn stop_child(mut c: Child) {
 /// A port that was free a moment ago on 127.0.0.1.
 pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Fails with the log tail of the first of `procs` (name, process; logs in `dir/<name>.log`) that
+/// has exited.
+fn exited<const N: usize>(
+    cluster: &str,
+    dir: &Path,
+    procs: [(&str, &mut Option<Child>); N],
+) -> Result<()> {
+    for (what, child) in procs {
+        if let Some(c) = child
+            && let Some(status) = c.try_wait()?
+        {
+            bail!(
+                "{what} of cluster {cluster} exited with {status}; log tail:\n{}",
+                tail(&dir.join(format!("{what}.log")), 30)
+            );
+        }
+    }
+    Ok(())
 }
 
 fn tail(path: &Path, lines: usize) -> String {

@@ -4,8 +4,9 @@
 use super::cache::{JobName, PoolCache, Slot};
 use super::queue::Need;
 use crate::api::{
-    ClusterPlacement, InferenceJob, InferenceJobStatus, InferencePhase, NodeGpus, TrainingJob,
-    TrainingJobStatus, TrainingPhase, WorkerPlacement, condition,
+    ClusterPlacement, ClusterSelector, GpuSelector, InferenceJob, InferenceJobStatus,
+    InferencePhase, NodeGpus, NvLinkMode, TrainingJob, TrainingJobStatus, TrainingPhase,
+    WorkerPlacement, condition,
 };
 use crate::placement::{JobRequest, place_gang, place_replicas};
 use crate::workloads::PodPlacement;
@@ -146,22 +147,29 @@ pub fn inference_waits(j: &InferenceJob) -> bool {
     ready_to_schedule(j) && !inference_missing(j).is_empty()
 }
 
-fn training_request(j: &TrainingJob) -> JobRequest {
+/// What one worker/replica asks for, from the fields both job kinds share.
+fn request(
+    gpus_per_pod: i32,
+    nvlink: NvLinkMode,
+    gpu: &GpuSelector,
+    cluster_selector: &ClusterSelector,
+) -> JobRequest {
     JobRequest {
-        gpus_per_pod: j.spec.gpus_per_worker.max(1) as usize,
-        nvlink: j.spec.nvlink,
-        gpu: j.spec.gpu.clone(),
-        cluster_selector: j.spec.cluster_selector.clone(),
+        gpus_per_pod: gpus_per_pod.max(1) as usize,
+        nvlink,
+        gpu: gpu.clone(),
+        cluster_selector: cluster_selector.clone(),
     }
 }
 
+fn training_request(j: &TrainingJob) -> JobRequest {
+    let s = &j.spec;
+    request(s.gpus_per_worker, s.nvlink, &s.gpu, &s.cluster_selector)
+}
+
 fn inference_request(j: &InferenceJob) -> JobRequest {
-    JobRequest {
-        gpus_per_pod: j.spec.gpus_per_replica.max(1) as usize,
-        nvlink: j.spec.nvlink,
-        gpu: j.spec.gpu.clone(),
-        cluster_selector: j.spec.cluster_selector.clone(),
-    }
+    let s = &j.spec;
+    request(s.gpus_per_replica, s.nvlink, &s.gpu, &s.cluster_selector)
 }
 
 fn need_of(r: &JobRequest) -> Need {
