@@ -48,11 +48,33 @@ impl ControlPlane {
             etcd_port: 0,
             tools,
         };
-        cp.start_etcd()?;
-        cp.start_apiserver_process()?;
-        cp.write_kubeconfig()?;
-        cp.wait_ready().await?;
-        Ok(cp)
+        // Ports are picked free and then bound by the child a moment later; another process can
+        // take one in between. Such a start is retried on fresh ports (the data dir is new each
+        // time); any other failure is returned at once.
+        let mut attempt = 1;
+        loop {
+            cp.start_etcd()?;
+            cp.start_apiserver_process()?;
+            cp.write_kubeconfig()?;
+            match cp.wait_ready().await {
+                Ok(()) => return Ok(cp),
+                Err(e) if attempt < 3 && format!("{e:#}").contains("address already in use") => {
+                    tracing::warn!(
+                        cluster = name,
+                        attempt,
+                        "a port was taken meanwhile; starting again on new ports"
+                    );
+                    cp.stop_apiserver();
+                    if let Some(c) = cp.etcd.take() {
+                        stop_child(c);
+                    }
+                    cp.api_port = 0;
+                    let _ = std::fs::remove_dir_all(cp.dir.path().join("etcd"));
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Cluster name (used in logs and kubeconfig contexts).
