@@ -209,6 +209,7 @@ async fn setup(pods: &[(&str, usize, &str)], period_seconds: u64) -> Setup {
         owner_wallet: owner.pubkey().to_string(),
         client: member.clone(),
         gpu_models,
+        observed_ends: Default::default(),
     }];
     let cluster_id = state::cluster_id(&kube_system_uid(&member).await);
     Setup {
@@ -260,6 +261,7 @@ async fn pods_are_metered_recorded_and_settled_exactly_once() {
     let mcfg = MeterConfig {
         period_seconds: 3,
         finalize_delay_seconds: 1,
+        ..Default::default()
     };
     // Small batches so several transactions are needed.
     let scfg = SettleConfig { max_batch: 2 };
@@ -503,6 +505,7 @@ async fn settler_crash_between_send_and_mark_neither_double_mints_nor_loses_usag
     let mcfg = MeterConfig {
         period_seconds: 2,
         finalize_delay_seconds: 1,
+        ..Default::default()
     };
     let scfg = SettleConfig::default();
     let expected = meter_until_final(&s, &mcfg).await;
@@ -661,6 +664,7 @@ async fn records_are_settled_only_once_their_receipts_are_finalized() {
     let mcfg = MeterConfig {
         period_seconds: 2,
         finalize_delay_seconds: 1,
+        ..Default::default()
     };
     let expected = meter_until_final(&s, &mcfg).await;
     let n = records(&s.hub).await.len();
@@ -715,6 +719,7 @@ async fn settles_through_json_rpc_and_the_owner_cli_reads_it() {
     let mcfg = MeterConfig {
         period_seconds: 2,
         finalize_delay_seconds: 1,
+        ..Default::default()
     };
     let deadline = Instant::now() + Duration::from_secs(90);
     let expected = loop {

@@ -7,6 +7,7 @@
 
 use gpupool::api::{MemberCluster, TrainingJob, UsageRecord, UsageState};
 use gpupool::controllers::{Config, Context};
+use gpupool::federation::{Change, MemberSink, MemberWatch};
 use gpupool::ledger::embedded::DEMO_RATES;
 use gpupool::ledger::{EmbeddedLedger, Ledger, LedgerClient};
 use gpupool::metering::runner::surface;
@@ -178,6 +179,7 @@ impl World {
             owner_wallet: self.owner.pubkey().to_string(),
             client: self.member.clone(),
             gpu_models: Default::default(),
+            observed_ends: Default::default(),
         }
     }
 
@@ -198,6 +200,7 @@ impl World {
         let cfg = MeterConfig {
             period_seconds: 2,
             finalize_delay_seconds: 1,
+            ..Default::default()
         };
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
@@ -451,7 +454,7 @@ async fn squatted_registration_and_double_join_are_not_paid() {
             .await
             .unwrap();
         assert_eq!(
-            mc.status.unwrap().cluster_uid.as_deref(),
+            mc.cluster_id(),
             Some(kube_system_uid(&w.member).await.as_str())
         );
     }
@@ -691,4 +694,435 @@ async fn hub_users_cannot_rewrite_usage_records() {
         .create(&PostParams::default(), &other)
         .await
         .expect("the operator writes usage records");
+}
+
+/// Watches a member for the test, reporting nowhere: only the watch's own pod-end record is
+/// read (as the meter does through the operator's registry).
+struct NoSink;
+
+impl MemberSink for NoSink {
+    fn node(&self, _: &str, _: Change<k8s_openapi::api::core::v1::Node>) {}
+    fn topology(&self, _: &str, _: Change<gpupool::api::GpuTopology>) {}
+    fn pod(&self, _: &str, _: Change<Pod>) {}
+    fn slice_devices(&self, _: &str, _: std::collections::BTreeMap<String, i64>) {}
+}
+
+fn paid_and_unpaid(recs: &[UsageRecord], pod: &str) -> (i64, i64) {
+    let mut out = (0, 0);
+    for r in recs {
+        for p in r
+            .spec
+            .pods
+            .values()
+            .filter(|p| p.name.ends_with(&format!("/{pod}")))
+        {
+            out.0 += p.gpu_seconds;
+        }
+        out.1 += r.spec.unpaid_gpu_seconds;
+    }
+    out
+}
+
+fn created(job: &TrainingJob) -> i64 {
+    job.metadata
+        .creation_timestamp
+        .as_ref()
+        .unwrap()
+        .0
+        .as_second()
+}
+
+/// A member admin moves a finished pod's `finishedAt` hours later: the meter pays it only up
+/// to the instant the hub's own watch saw it end (plus the configured slack).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finish_time_moved_later_is_not_paid_past_what_the_hub_saw() {
+    let w = world().await;
+    let job = create_job(&w.hub, "fin", 1).await;
+    place(&w.hub, &job, 1).await;
+    let uid = job.uid().unwrap();
+    let watch = MemberWatch::start(&w.member, "member-1", Arc::new(NoSink));
+    pod(&w.member, "fin-w0", "fin", &uid, &uuids("fin-w0", 2), "2s").await;
+    let pods: Api<Pod> = Api::namespaced(w.member.clone(), "default");
+    let seen_end = gpupool_e2e::eventually(60, "the hub's watch to see the pod end", || {
+        let (pods, watch) = (pods.clone(), &watch);
+        async move {
+            let p = pods.get("fin-w0").await?;
+            Ok(watch.observed_ends().get(&p.uid().unwrap()).copied())
+        }
+    })
+    .await
+    .unwrap();
+    // The member's admin rewrites the finished container: it "ran" three more hours.
+    let p = pods.get("fin-w0").await.unwrap();
+    let started = p.status.as_ref().unwrap().start_time.clone().unwrap().0;
+    let later = Timestamp::from_second(Timestamp::now().as_second() + 3 * 3600).unwrap();
+    pods.patch_status(
+        "fin-w0",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": {
+            "containerStatuses": [{"name": "w", "image": "x", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"terminated": {"exitCode": 0,
+                    "startedAt": started.to_string(), "finishedAt": later.to_string()}}}],
+        }})),
+    )
+    .await
+    .unwrap();
+    let cfg = MeterConfig {
+        period_seconds: 2,
+        finalize_delay_seconds: 1,
+        observed_end_slack_seconds: 1,
+    };
+    // Meter for a while past the observed end (long enough for an unbounded run to show).
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        let mut m = w.member_ref("member-1");
+        m.observed_ends = watch.observed_ends();
+        let r = meter_once(&w.hub, &[m], Timestamp::now(), &cfg)
+            .await
+            .unwrap();
+        assert!(r.errors.is_empty() && r.member_errors.is_empty(), "{r:?}");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let recs = records(&w.hub).await;
+    let (paid, unpaid) = paid_and_unpaid(&recs, "fin-w0");
+    let bound = 2 * (seen_end + 1 - created(&job));
+    println!("paid {paid} GPU-s (bound {bound}), unpaid {unpaid} GPU-s");
+    assert!(paid > 0, "the real run is paid: {recs:#?}");
+    assert!(
+        paid <= bound,
+        "paid {paid} beyond the hub's sight ({bound})"
+    );
+    assert!(unpaid > 0, "the rewritten finish is surfaced as unpaid");
+    drop(watch);
+    drop(w.fed);
+}
+
+/// A gang restarted on other GPUs: the pods of its earlier placement are paid for the time
+/// that placement was current (and no longer), the new ones from the restart on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_gang_placement_is_paid_for_the_time_it_was_current() {
+    let w = world().await;
+    let job = create_job(&w.hub, "gang", 1).await;
+    place(&w.hub, &job, 1).await;
+    let uid = job.uid().unwrap();
+    pod(
+        &w.member,
+        "gang-w0",
+        "gang",
+        &uid,
+        &uuids("gang-w0", 2),
+        "6s",
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(w.member.clone(), "default");
+    gpupool_e2e::eventually(30, "the first worker to run", || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get("gang-w0").await?;
+            Ok((p.status.and_then(|s| s.phase).as_deref() == Some("Running")).then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The gang restarts onto other GPUs, as the TrainingJob controller records it.
+    let jobs: Api<TrainingJob> = Api::namespaced(w.hub.clone(), "default");
+    let mut st = jobs.get("gang").await.unwrap().status.unwrap();
+    let restart = Timestamp::now();
+    st.retire_placement(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        restart,
+    ));
+    st.cluster = Some("member-1".into());
+    st.workers = vec![gpupool::api::WorkerPlacement {
+        rank: 0,
+        node: NODE.into(),
+        gpu_uuids: uuids("gang-new-w0", 2),
+        score: 0,
+        pod_phase: None,
+    }];
+    jobs.patch_status(
+        "gang",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "status": st })),
+    )
+    .await
+    .unwrap();
+    pod(
+        &w.member,
+        "gang-new-w0",
+        "gang",
+        &uid,
+        &uuids("gang-new-w0", 2),
+        "2s",
+    )
+    .await;
+    w.run_until_final(&[w.member_ref("member-1")], None).await;
+    let recs = records(&w.hub).await;
+    let (old_paid, _) = paid_and_unpaid(&recs, "gang-w0");
+    let (new_paid, unpaid) = paid_and_unpaid(&recs, "gang-new-w0");
+    let restart = restart.as_second();
+    println!("old placement {old_paid} GPU-s, new {new_paid} GPU-s, unpaid {unpaid} GPU-s");
+    assert!(old_paid > 0, "the earlier placement is paid: {recs:#?}");
+    assert!(
+        old_paid <= 2 * (restart + 1 - created(&job)),
+        "not past the restart: {old_paid}"
+    );
+    assert!(new_paid > 0, "{recs:#?}");
+    assert!(
+        unpaid > 0,
+        "the old pod's run after the restart is not paid"
+    );
+    drop(w.fed);
+}
+
+/// The same cluster registered as a second push `MemberCluster`: the later one is
+/// `Ready=False` (`DuplicateCluster`) with an Event, and the scheduler places nothing there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_member_joined_twice_gets_no_work() {
+    let w = world().await;
+    // Registered a moment later: the duplicate.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    register_member(
+        &w.hub,
+        "member-1-again",
+        &w.fed.members[0].cp,
+        &w.owner.pubkey().to_string(),
+        "eu",
+    )
+    .await
+    .unwrap();
+    let _op = gpupool_e2e::Operator::start(w.hub.clone(), gpupool_e2e::Operator::test_config(30));
+    let mcs: Api<MemberCluster> = Api::all(w.hub.clone());
+    let ready = |name: &'static str| {
+        let mcs = mcs.clone();
+        async move {
+            let mc = mcs.get(name).await?;
+            Ok::<_, anyhow::Error>(
+                mc.status
+                    .unwrap_or_default()
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Ready"),
+            )
+        }
+    };
+    gpupool_e2e::eventually(60, "member-1 Ready", || async {
+        Ok(ready("member-1").await?.filter(|c| c.status == "True"))
+    })
+    .await
+    .unwrap();
+    let dup = gpupool_e2e::eventually(60, "member-1-again refused", || async {
+        Ok(ready("member-1-again")
+            .await?
+            .filter(|c| c.status == "False" && c.reason == "DuplicateCluster"))
+    })
+    .await
+    .unwrap();
+    assert!(dup.message.contains("member-1"), "{dup:?}");
+    let uid = kube_system_uid(&w.member).await;
+    for name in ["member-1", "member-1-again"] {
+        assert_eq!(
+            mcs.get(name).await.unwrap().cluster_id(),
+            Some(uid.as_str())
+        );
+    }
+    gpupool_e2e::eventually(30, "a DuplicateCluster Event", || async {
+        let evs = Api::<Event>::all(w.hub.clone())
+            .list(&ListParams::default().fields("involvedObject.name=member-1-again"))
+            .await?;
+        Ok(evs
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("DuplicateCluster"))
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    // With the first member closed to new work, a job has nowhere to go: not the duplicate.
+    mcs.patch(
+        "member-1",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"schedulable": false}})),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    create_job(&w.hub, "waits", 1).await;
+    let jobs: Api<TrainingJob> = Api::namespaced(w.hub.clone(), "default");
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        let st = jobs.get("waits").await.unwrap().status.unwrap_or_default();
+        assert_eq!(st.cluster, None, "placed on a duplicate member: {st:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Open again: it goes to the first member.
+    mcs.patch(
+        "member-1",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"schedulable": true}})),
+    )
+    .await
+    .unwrap();
+    let placed = gpupool_e2e::eventually(60, "the job placed", || {
+        let jobs = jobs.clone();
+        async move { Ok(jobs.get("waits").await?.status.and_then(|s| s.cluster)) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(placed, "member-1");
+    drop(w.fed);
+}
+
+/// Receipts of periods past the settlement horizon are closed by the operator's sweep, their
+/// rent returned to the oracle that paid it, the records marked, the metric counted; a replay
+/// of a closed receipt is refused (its period is outside the horizon).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_past_the_horizon_are_closed_and_cannot_be_replayed() {
+    let w = world().await;
+    w.chain
+        .register_cluster(&w.pool, &w.owner, &w.cluster_id, 8)
+        .unwrap();
+    let job = create_job(&w.hub, "old", 1).await;
+    place(&w.hub, &job, 1).await;
+    pod(
+        &w.member,
+        "old-w0",
+        "old",
+        &job.uid().unwrap(),
+        &uuids("old-w0", 2),
+        "3s",
+    )
+    .await;
+    let ledger = w.ledger();
+    w.run_until_final(&[w.member_ref("member-1")], Some(&ledger))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while records(&w.hub)
+        .await
+        .iter()
+        .any(|r| state_of(r) == UsageState::Final && r.spec.gpu_seconds > 0)
+    {
+        settle_once(&w.hub, &ledger, &SettleConfig::default())
+            .await
+            .unwrap();
+        assert!(Instant::now() < deadline, "not settled");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let settled: Vec<UsageRecord> = records(&w.hub)
+        .await
+        .into_iter()
+        .filter(|r| state_of(r) == UsageState::Settled)
+        .collect();
+    assert!(!settled.is_empty());
+    let receipt_of = |r: &UsageRecord| {
+        gpupool::ledger::receipt_address(
+            &gpupool_ledger::ID,
+            &w.cluster_id,
+            &state::parse_job_uid(&r.spec.job_uid).unwrap(),
+            r.spec.period as u64,
+        )
+    };
+    let rent: u64 = settled
+        .iter()
+        .map(|r| {
+            w.chain
+                .with_svm(|s| s.get_account(&receipt_of(r)).unwrap().lamports)
+        })
+        .sum();
+    // Inside the horizon: nothing is closed.
+    let r = gpupool::metering::close_expired_receipts(&w.hub, &ledger)
+        .await
+        .unwrap();
+    assert_eq!((r.closed, r.waiting), (0, settled.len()), "{r:?}");
+
+    // The chain's clock passes the horizon (512 periods of 2 s).
+    w.chain.with_svm(|s| {
+        let t = svm::unix_time(s);
+        svm::set_unix_time(s, t + 2 * (512 + 2));
+    });
+    let oracle = w.pool.oracle.pubkey();
+    let before = w.chain.with_svm(|s| s.get_balance(&oracle).unwrap_or(0));
+    let (ctx, _triggers) = Context::new(w.hub.clone(), Config::default(), Metrics::default());
+    let cfg = gpupool::metering::runner::RunnerConfig {
+        interval: Duration::from_secs(1),
+        meter: MeterConfig {
+            period_seconds: 2,
+            ..Default::default()
+        },
+        settle: SettleConfig::default(),
+    };
+    gpupool::metering::runner::pass(&ctx, Some(&ledger), &cfg, &mut Default::default())
+        .await
+        .unwrap();
+    let after = w.chain.with_svm(|s| s.get_balance(&oracle).unwrap_or(0));
+    let txs = settled
+        .len()
+        .div_ceil(gpupool::metering::settle::MAX_CLOSES_PER_TX) as u64;
+    println!(
+        "closed {} receipts: {rent} lamports of rent back, oracle {before} -> {after}",
+        settled.len()
+    );
+    assert_eq!(
+        after + 5_000 * txs,
+        before + rent,
+        "rent back to the payer, less fees"
+    );
+    for r in &settled {
+        let gone = w
+            .chain
+            .with_svm(|s| s.get_account(&receipt_of(r)))
+            .is_none_or(|a| a.lamports == 0);
+        assert!(gone, "receipt of {} still open", r.name_any());
+    }
+    let recs = records(&w.hub).await;
+    assert!(
+        recs.iter()
+            .filter(|r| state_of(r) == UsageState::Settled)
+            .all(|r| r.status.as_ref().unwrap().receipt_closed_at.is_some()),
+        "{recs:#?}"
+    );
+    let metrics = ctx.metrics.render();
+    assert!(
+        metrics.contains(&format!(
+            "gpupool_receipt_rent_reclaimed_lamports_total {rent}"
+        )),
+        "{metrics}"
+    );
+    // A replay of a closed receipt: refused for its period, nothing minted.
+    let minted = w.minted();
+    let r0 = &settled[0];
+    let entry = gpupool_ledger::instruction::UsageEntry {
+        job_uid: state::parse_job_uid(&r0.spec.job_uid).unwrap(),
+        period: r0.spec.period as u64,
+        gpu_seconds: r0.spec.gpu_seconds as u64,
+        gpu_class: r0.spec.gpu_class as u8,
+    };
+    let err = ledger
+        .send(
+            &ledger.usage_batch_instructions(
+                &w.pool.mint,
+                &w.cluster_id,
+                &w.owner.pubkey(),
+                &[entry],
+            ),
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.ledger_error(),
+        Some(gpupool_ledger::error::LedgerError::PeriodOutsideHorizon),
+        "{err}"
+    );
+    assert_eq!(w.minted(), minted);
+    // Settled records stay final: the close mark is set once.
+    let again = Api::<UsageRecord>::all(w.hub.clone())
+        .patch_status(
+            &r0.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"receiptClosedAt": "2030-01-01T00:00:00Z"}})),
+        )
+        .await;
+    assert!(matches!(again, Err(kube::Error::Api(e)) if e.code == 422));
+    drop(w.fed);
 }

@@ -393,6 +393,7 @@ async fn main() -> Result<()> {
         meter: MeterConfig {
             period_seconds: 5,
             finalize_delay_seconds: 1,
+            ..Default::default()
         },
         settle: SettleConfig::default(),
     };
@@ -450,6 +451,7 @@ async fn main() -> Result<()> {
         meter: MeterConfig {
             period_seconds: 5,
             finalize_delay_seconds: 0,
+            ..Default::default()
         },
         ..cfg.clone()
     };

@@ -68,7 +68,12 @@ pub struct MemberClusterSpec {
     /// Whether a pool admin let this member in. Members created by a join start `Pending`.
     #[serde(default)]
     pub approval: Approval,
-    /// The member's identity, UID of its `kube-system` namespace (recorded at join; immutable).
+    /// The member's identity: the UID of its `kube-system` namespace. The one source of truth
+    /// for "which physical cluster is this": recorded at join for a Pull member, and by the
+    /// operator the first time it reaches a Push member (or given by the admin, then checked
+    /// against the member); immutable once set. The ledger's cluster id is derived from it
+    /// (`ledger::cluster_id`); a second `MemberCluster` with the same value is a duplicate
+    /// (`Ready=False`, reason `DuplicateCluster`) and is neither given work nor paid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_id: Option<String>,
     /// Secret holding a kubeconfig for the member cluster's API server (Push mode only; Pull
@@ -192,6 +197,42 @@ impl SecretKeyRef {
     }
 }
 
+impl MemberCluster {
+    /// The member's identity (`spec.clusterId`, the UID of its `kube-system` namespace), once
+    /// recorded.
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.spec.cluster_id.as_deref().filter(|u| !u.is_empty())
+    }
+}
+
+/// Reason of `Ready=False` on a `MemberCluster` that names a cluster an older one already is.
+pub const DUPLICATE_CLUSTER: &str = "DuplicateCluster";
+
+/// If `name` is the same physical cluster as an older `MemberCluster` (same
+/// [`MemberCluster::cluster_id`]), the name of the one that joined first: the first joined keeps
+/// the cluster (older `creationTimestamp`, then name); members being deleted do not count.
+pub fn duplicate_of(members: &[MemberCluster], name: &str) -> Option<String> {
+    let me = members
+        .iter()
+        .find(|m| m.metadata.name.as_deref() == Some(name))?;
+    let id = me.cluster_id()?;
+    let key = |m: &MemberCluster| {
+        (
+            m.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            m.metadata.name.clone().unwrap_or_default(),
+        )
+    };
+    let first = members
+        .iter()
+        .filter(|m| m.cluster_id() == Some(id))
+        .filter(|m| {
+            m.metadata.deletion_timestamp.is_none() || m.metadata.name.as_deref() == Some(name)
+        })
+        .min_by_key(|m| key(m))?;
+    let first_name = first.metadata.name.clone().unwrap_or_default();
+    (first_name != name).then_some(first_name)
+}
+
 /// Observed state of a member cluster.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -206,11 +247,6 @@ pub struct MemberClusterStatus {
     /// Kubernetes version the member reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes_version: Option<String>,
-    /// UID of the member's `kube-system` namespace, recorded the first time the meter reads
-    /// the member: the cluster's identity on the ledger (a second `MemberCluster` for the same
-    /// cluster records the same UID and is not paid).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cluster_uid: Option<String>,
     /// GPU capacity summary.
     #[serde(default)]
     pub capacity: CapacitySummary,
@@ -301,6 +337,41 @@ pub fn wallet_problem(wallet: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn member(name: &str, created: i64, id: Option<&str>) -> MemberCluster {
+        let mut m = MemberCluster::new(
+            name,
+            MemberClusterSpec {
+                cluster_id: id.map(String::from),
+                ..Default::default()
+            },
+        );
+        m.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(created).unwrap(),
+        ));
+        m
+    }
+
+    #[test]
+    fn the_later_join_of_a_cluster_is_the_duplicate() {
+        let mut ms = vec![
+            member("b-second", 200, Some("uid-1")),
+            member("a-first", 100, Some("uid-1")),
+            member("other", 50, Some("uid-2")),
+            member("unknown", 10, None),
+        ];
+        assert_eq!(duplicate_of(&ms, "b-second").as_deref(), Some("a-first"));
+        assert_eq!(duplicate_of(&ms, "a-first"), None);
+        assert_eq!(duplicate_of(&ms, "other"), None);
+        assert_eq!(duplicate_of(&ms, "unknown"), None);
+        // Same second: the name decides, deterministically.
+        ms.push(member("a-0", 100, Some("uid-1")));
+        assert_eq!(duplicate_of(&ms, "a-first").as_deref(), Some("a-0"));
+        // The first one leaves: the next oldest keeps the cluster.
+        ms.retain(|m| m.metadata.name.as_deref() != Some("a-0"));
+        ms[1].metadata.deletion_timestamp = ms[1].metadata.creation_timestamp.clone();
+        assert_eq!(duplicate_of(&ms, "b-second"), None);
+    }
 
     #[test]
     fn wallet_must_decode_to_32_bytes() {

@@ -159,6 +159,55 @@ pub struct WorkerPlacement {
     pub pod_phase: Option<String>,
 }
 
+/// How many earlier placements a `TrainingJob` keeps in `status.pastPlacements`.
+pub const MAX_PAST_PLACEMENTS: usize = 8;
+
+/// A placement a gang had before a restart, and when it was current.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PastPlacement {
+    /// Member cluster the gang ran on.
+    pub cluster: String,
+    /// Its workers: node and GPUs.
+    pub workers: Vec<WorkerPlacement>,
+    /// Earliest it can have been current: the restart before it (absent: since the job's
+    /// creation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Time>,
+    /// When it was replaced (the gang restart).
+    pub until: Time,
+}
+
+impl TrainingJobStatus {
+    /// Moves the current placement (cluster and workers) into `pastPlacements`, as replaced at
+    /// `now`, keeping the last [`MAX_PAST_PLACEMENTS`]; the current placement is left empty.
+    pub fn retire_placement(&mut self, now: Time) {
+        let cluster = self.cluster.take();
+        let workers = std::mem::take(&mut self.workers);
+        let Some(cluster) = cluster.filter(|_| !workers.is_empty()) else {
+            return;
+        };
+        let from = self.past_placements.last().map(|p| p.until.clone());
+        self.past_placements.push(PastPlacement {
+            cluster,
+            workers: workers
+                .into_iter()
+                .map(|w| WorkerPlacement {
+                    pod_phase: None,
+                    ..w
+                })
+                .collect(),
+            from,
+            until: now,
+        });
+        let excess = self
+            .past_placements
+            .len()
+            .saturating_sub(MAX_PAST_PLACEMENTS);
+        self.past_placements.drain(..excess);
+    }
+}
+
 /// Observed state of a training job.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -181,6 +230,11 @@ pub struct TrainingJobStatus {
     /// Gang restarts so far.
     #[serde(default)]
     pub restarts: i32,
+    /// Placements the gang had before its restarts, oldest first (the last
+    /// [`MAX_PAST_PLACEMENTS`]): the meter pays a pod of an earlier placement for the time that
+    /// placement was current, and nothing else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub past_placements: Vec<PastPlacement>,
     /// Human-readable reason for the current phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -209,4 +263,62 @@ pub struct TrainingJobStatus {
 
 fn is_zero(v: &i32) -> bool {
     *v == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap())
+    }
+
+    fn placed(cluster: &str, gpu: &str) -> TrainingJobStatus {
+        TrainingJobStatus {
+            cluster: Some(cluster.into()),
+            workers: vec![WorkerPlacement {
+                rank: 0,
+                node: "n1".into(),
+                gpu_uuids: vec![gpu.into()],
+                score: 0,
+                pod_phase: Some("Running".into()),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn restarts_keep_a_bounded_history_of_placements() {
+        let mut st = placed("m1", "GPU-a");
+        st.retire_placement(at(100));
+        assert!(st.cluster.is_none() && st.workers.is_empty());
+        assert_eq!(st.past_placements.len(), 1);
+        let p = &st.past_placements[0];
+        assert_eq!(
+            (p.cluster.as_str(), p.from.clone(), p.until.clone()),
+            ("m1", None, at(100))
+        );
+        assert_eq!(p.workers[0].gpu_uuids, vec!["GPU-a".to_string()]);
+        assert_eq!(p.workers[0].pod_phase, None);
+        // Nothing placed: nothing to keep.
+        st.retire_placement(at(150));
+        assert_eq!(st.past_placements.len(), 1);
+        // The next one was current since the previous restart.
+        st.cluster = Some("m2".into());
+        st.workers = placed("m2", "GPU-b").workers;
+        st.retire_placement(at(200));
+        assert_eq!(st.past_placements[1].from, Some(at(100)));
+        for i in 0..20 {
+            st.cluster = Some("m1".into());
+            st.workers = placed("m1", &format!("GPU-{i}")).workers;
+            st.retire_placement(at(300 + i));
+        }
+        assert_eq!(st.past_placements.len(), MAX_PAST_PLACEMENTS);
+        assert_eq!(st.past_placements.last().unwrap().until, at(319));
+        assert_eq!(
+            st.past_placements.last().unwrap().from,
+            Some(at(318)),
+            "oldest dropped first"
+        );
+    }
 }

@@ -10,7 +10,8 @@
 //! the identity fields (cluster, its `kube-system` UID, owner wallet, job, period and its
 //! bounds) never change; `gpuSeconds` never shrinks; the spec changes only while the record is
 //! `Open`; the state only moves forward (Open → Final → Settled); a `Settled` status never
-//! changes. The chart's `ValidatingAdmissionPolicy` lets only the operator's ServiceAccount
+//! changes, except that `receiptClosedAt` is set once when the operator closes the on-chain
+//! receipt past the settlement horizon. The chart's `ValidatingAdmissionPolicy` lets only the operator's ServiceAccount
 //! create, change or delete them.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -152,7 +153,7 @@ impl std::fmt::Display for UsageState {
 /// Observed state of a usage record.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(oldSelf.state) || oldSelf.state != 'Settled' || self == oldSelf").message("a Settled usage record is final"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.state) || oldSelf.state != 'Settled' || self == oldSelf || (has(self.receiptClosedAt) && !has(oldSelf.receiptClosedAt) && self.state == 'Settled' && (has(self.signature) == has(oldSelf.signature) && (!has(self.signature) || self.signature == oldSelf.signature)) && (has(self.amount) == has(oldSelf.amount) && (!has(self.amount) || self.amount == oldSelf.amount)) && (has(self.settledGpuSeconds) == has(oldSelf.settledGpuSeconds) && (!has(self.settledGpuSeconds) || self.settledGpuSeconds == oldSelf.settledGpuSeconds)) && (has(self.settledAt) == has(oldSelf.settledAt) && (!has(self.settledAt) || self.settledAt == oldSelf.settledAt)) && (has(self.attempts) == has(oldSelf.attempts) && (!has(self.attempts) || self.attempts == oldSelf.attempts)) && (has(self.message) == has(oldSelf.message) && (!has(self.message) || self.message == oldSelf.message)))").message("a Settled usage record is final (only receiptClosedAt may be set, once)"))]
 pub struct UsageRecordStatus {
     /// `Open`, `Final` or `Settled`; moves only forward.
     #[serde(default)]
@@ -177,4 +178,9 @@ pub struct UsageRecordStatus {
     /// Human-readable note (last settlement error, late usage, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When the operator closed the record's on-chain receipt (its period is past the pool's
+    /// settlement horizon, so it can never be recorded again) and its rent went back to the
+    /// payer. The only change a `Settled` record accepts, once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_closed_at: Option<Time>,
 }

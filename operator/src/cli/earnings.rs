@@ -133,7 +133,7 @@ pub async fn earnings_report(
             .context("listing MemberClusters in the hub")?;
         for m in members.items {
             hub_owner.insert(m.name_any(), m.spec.owner_wallet.clone());
-            if let Some(uid) = m.status.as_ref().and_then(|s| s.cluster_uid.clone()) {
+            if let Some(uid) = m.cluster_id().map(String::from) {
                 hub_uid.insert(m.name_any(), uid);
             }
         }

@@ -247,6 +247,15 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
     if wallet_problem.is_some() {
         view.ready = false;
     }
+    // The same physical cluster joined twice: only the first MemberCluster gets work.
+    let duplicate = if view.reachable {
+        identity_problem(mc, view.client.as_ref(), ctx).await
+    } else {
+        None
+    };
+    if duplicate.is_some() {
+        view.ready = false;
+    }
     let synced = view.watch.as_ref().is_some_and(|w| w.synced());
     let mut labels = mc.spec.labels.clone();
     if let Some(r) = &mc.spec.region {
@@ -262,6 +271,8 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
                 "not schedulable (spec.schedulable=false)".into()
             } else if wallet_problem.is_some() {
                 "owner wallet invalid".into()
+            } else if duplicate.is_some() {
+                "duplicate of another member (same cluster)".into()
             } else if !view.ready {
                 "not ready".into()
             } else if !view.reachable {
@@ -319,6 +330,11 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
         let (reason, msg) = wallet_problem
             .clone()
             .map(|m| ("InvalidOwnerWallet".to_string(), m))
+            .or_else(|| {
+                duplicate
+                    .clone()
+                    .map(|m| (crate::api::DUPLICATE_CLUSTER.to_string(), m))
+            })
             .or_else(|| problem.clone())
             .unwrap_or_else(|| ("NotReady".into(), "not reachable".into()));
         set_condition(
@@ -365,6 +381,12 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
         );
     }
     status.observed_generation = generation;
+    let newly_duplicate = duplicate.is_some()
+        && !mc.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == condition::READY && c.reason == crate::api::DUPLICATE_CLUSTER)
+        });
     let status_changed = mc.status.as_ref() != Some(&status) || prev.is_none();
     let readiness_changed = was_ready != view.ready || prev.is_none();
 
@@ -469,6 +491,17 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
         )
         .await;
     }
+    if newly_duplicate && let Some(msg) = &duplicate {
+        event(
+            ctx,
+            mc,
+            true,
+            crate::api::DUPLICATE_CLUSTER,
+            "Verify",
+            msg.clone(),
+        )
+        .await;
+    }
     if readiness_changed {
         if view.ready {
             event(
@@ -499,6 +532,54 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
         ctx.wake_jobs_on(&name);
     }
     Ok(Action::requeue(ctx.config.heartbeat))
+}
+
+/// Records the member's identity (`spec.clusterId`, its `kube-system` UID) the first time it is
+/// reached, then says whether an older `MemberCluster` is the same cluster: `Some(message)`
+/// makes this one `Ready=False` (`DuplicateCluster`) so nothing is placed on it. A failed read
+/// is logged and retried on the next heartbeat (the member is not refused for it).
+async fn identity_problem(
+    mc: &MemberCluster,
+    client: Option<&kube::Client>,
+    ctx: &Context,
+) -> Option<String> {
+    let name = mc.name_any();
+    let api: Api<MemberCluster> = Api::all(ctx.hub.clone());
+    if mc.cluster_id().is_none() {
+        let client = client?;
+        let uid = match crate::join::member_identity(client).await {
+            Ok(u) if !u.is_empty() => u,
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::warn!(cluster = %name, error = %e, "reading the member's kube-system UID failed");
+                return None;
+            }
+        };
+        if let Err(e) = crate::metering::meter::record_identity(&api, &name, &uid).await {
+            tracing::warn!(cluster = %name, error = %e, "recording the member's identity failed");
+            return None;
+        }
+    }
+    // From the API server's watch cache: cheap, and a stale answer is corrected next heartbeat.
+    let members = match api
+        .list(&kube::api::ListParams::default().match_any())
+        .await
+    {
+        Ok(l) => l.items,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing MemberClusters for duplicates failed");
+            return None;
+        }
+    };
+    let first = crate::api::duplicate_of(&members, &name)?;
+    let id = members
+        .iter()
+        .find(|m| m.name_any() == name)
+        .and_then(|m| m.cluster_id().map(String::from))
+        .unwrap_or_default();
+    Some(format!(
+        "the same cluster (kube-system UID {id}) as MemberCluster {first}, which joined first; nothing is placed on or paid to {name}"
+    ))
 }
 
 /// The status fields the MemberCluster controller owns.

@@ -361,9 +361,10 @@ async fn restart_gang(
         .await;
         return Ok(Action::await_change());
     }
-    let from = st.cluster.take().unwrap_or_default();
+    let from = st.cluster.clone().unwrap_or_default();
+    // The replaced placement stays on record, so its pods' usage until now is still paid.
+    st.retire_placement(now());
     st.restarts += 1;
-    st.workers.clear();
     st.phase = TrainingPhase::Restarting;
     st.start_time = None;
     st.message = Some(format!(

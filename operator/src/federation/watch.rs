@@ -3,6 +3,13 @@
 //! each mirrored into a reflector store (managed fields dropped) and reported, change by change,
 //! to a [`MemberSink`] (the scheduler's cache and the job controllers' wake-ups). Pods are also
 //! indexed by the hub job they belong to, so a controller reads a job's pods without scanning.
+//!
+//! The pod watch also keeps, per pod, **when the hub first saw it end** (a terminal phase, or every
+//! container terminated under `restartPolicy: Never`): the meter never pays a pod past that
+//! instant, whatever `finishedAt` the member writes later. Entries live as long as the pod exists
+//! in the member (dropped on delete and on relist), so memory is bounded by the member's pods.
+//! Nothing survives an operator restart: a pod that ended before it is "seen ended" at the first
+//! list after the restart, which then bounds it.
 
 use super::labels;
 use crate::api::GpuTopology;
@@ -43,6 +50,36 @@ pub trait MemberSink: Send + Sync {
 }
 
 type PodIndex = Arc<RwLock<HashMap<String, HashSet<ObjectRef<Pod>>>>>;
+/// Pod UID → unix second the watch first saw the pod ended.
+type EndIndex = Arc<RwLock<HashMap<String, i64>>>;
+
+/// Whether a pod has ended for good: phase `Succeeded`/`Failed` (the kubelet never leaves them),
+/// or, under `restartPolicy: Never`, every container terminated (nothing restarts it).
+pub fn pod_ended(p: &Pod) -> bool {
+    let Some(st) = p.status.as_ref() else {
+        return false;
+    };
+    if matches!(st.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return true;
+    }
+    let never = p.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) == Some("Never");
+    let cs = st.container_statuses.as_deref().unwrap_or_default();
+    never
+        && !cs.is_empty()
+        && cs.iter().all(|c| {
+            c.state
+                .as_ref()
+                .is_some_and(|s| s.terminated.is_some() && s.running.is_none())
+        })
+}
+
+fn note_end(ends: &mut HashMap<String, i64>, p: &Pod, now: i64) {
+    if let Some(uid) = p.metadata.uid.as_ref()
+        && pod_ended(p)
+    {
+        ends.entry(uid.clone()).or_insert(now);
+    }
+}
 
 /// The watches of one member; aborted on drop.
 pub struct MemberWatch {
@@ -50,6 +87,7 @@ pub struct MemberWatch {
     topologies: Store<GpuTopology>,
     pods: Store<Pod>,
     by_job: PodIndex,
+    ends: EndIndex,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -117,12 +155,36 @@ impl MemberWatch {
             move |c, _| s.topology(&m, c),
         );
         let by_job: PodIndex = Arc::default();
+        let ends: EndIndex = Arc::default();
         let sink_slices = sink.clone();
-        let (m, s, idx) = (member.to_string(), sink, by_job.clone());
+        let (m, s, idx, ends_w) = (member.to_string(), sink, by_job.clone(), ends.clone());
         let (pods, t3) = spawn_reflector(
             Api::<Pod>::all(client.clone()),
             watcher::Config::default().labels(labels::SELECTOR),
             move |c, _| {
+                {
+                    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+                    let mut ends = ends_w.write().expect("pod end index lock");
+                    match &c {
+                        Change::Applied(p) => note_end(&mut ends, p, now),
+                        Change::Deleted(p) => {
+                            if let Some(uid) = p.metadata.uid.as_ref() {
+                                ends.remove(uid);
+                            }
+                        }
+                        Change::Relisting => {}
+                        Change::Listed(all) => {
+                            let live: HashSet<&str> = all
+                                .iter()
+                                .filter_map(|p| p.metadata.uid.as_deref())
+                                .collect();
+                            ends.retain(|uid, _| live.contains(uid.as_str()));
+                            for p in all {
+                                note_end(&mut ends, p, now);
+                            }
+                        }
+                    }
+                }
                 {
                     let mut idx = idx.write().expect("pod index lock");
                     match &c {
@@ -173,6 +235,7 @@ impl MemberWatch {
             topologies,
             pods,
             by_job,
+            ends,
             tasks: vec![t1, t2, t3, t4],
         }
     }
@@ -193,6 +256,12 @@ impl MemberWatch {
             .flatten()
             .filter_map(|r| self.pods.get(r))
             .collect()
+    }
+
+    /// Pod UID → unix second this watch first saw the pod ended (see the module docs).
+    pub fn observed_ends(&self) -> std::collections::BTreeMap<String, i64> {
+        let ends = self.ends.read().expect("pod end index lock");
+        ends.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
     /// GPU UUID → model over every published `GpuTopology` in this member.

@@ -171,6 +171,23 @@ pub async fn read_receipt(
     decode(client, &key, program_id, UsageReceipt::LEN, TAG_RECEIPT).await
 }
 
+/// The chain's clock (unix seconds), from the Clock sysvar account; `None` if it cannot be
+/// read. Layout (bincode): slot, epoch start timestamp, epoch, leader schedule epoch, unix
+/// timestamp, each 8 bytes little-endian.
+pub async fn chain_unix_time(client: &dyn LedgerClient) -> Result<Option<i64>> {
+    let Some(acc) = client
+        .get_account(&solana_program::sysvar::clock::ID)
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(acc
+        .data
+        .get(32..40)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(i64::from_le_bytes))
+}
+
 /// Token balance of an SPL token account (`None` when it does not exist).
 pub async fn token_balance(
     client: &dyn LedgerClient,

@@ -32,6 +32,9 @@ pub struct MemberRef {
     pub client: Client,
     /// Model of each GPU (by UUID) of this member, as the hub's inventory knows it.
     pub gpu_models: BTreeMap<String, String>,
+    /// Pod UID → unix second the hub's watch of this member first saw the pod end
+    /// ([`crate::federation::MemberWatch::observed_ends`]).
+    pub observed_ends: BTreeMap<String, i64>,
 }
 
 impl std::fmt::Debug for MemberRef {
@@ -52,6 +55,9 @@ pub struct MeterConfig {
     /// How long after a period ends its records stay `Open` before becoming `Final`, to let
     /// late pod status updates arrive (default 60 s).
     pub finalize_delay_seconds: u64,
+    /// Seconds a pod is paid past the instant the hub's watch first saw it end: room for clock
+    /// skew between the member (which stamps `finishedAt`) and the hub (default 30 s).
+    pub observed_end_slack_seconds: u64,
 }
 
 impl Default for MeterConfig {
@@ -59,6 +65,7 @@ impl Default for MeterConfig {
         MeterConfig {
             period_seconds: super::DEFAULT_PERIOD_SECONDS,
             finalize_delay_seconds: 60,
+            observed_end_slack_seconds: 30,
         }
     }
 }
@@ -80,7 +87,7 @@ pub struct MeterReport {
     pub jobs_updated: usize,
     /// GPU-seconds observed for periods that were already settled (cannot be paid any more).
     pub late_gpu_seconds: i64,
-    /// Members whose `kube-system` UID was recorded in their status this pass.
+    /// Members whose `kube-system` UID was recorded as their `spec.clusterId` this pass.
     pub identities_recorded: usize,
     /// GPU-seconds members claimed this pass that the hub cannot prove (not paid).
     pub unpaid_gpu_seconds: i64,
@@ -132,6 +139,24 @@ pub fn hub_jobs(training: &[TrainingJob], inference: &[InferenceJob]) -> BTreeMa
                 .unwrap_or(secs(created));
             not_after.push(from.saturating_add(max));
         }
+        let past: Vec<super::PastSlots> = st
+            .map(|s| {
+                s.past_placements
+                    .iter()
+                    .map(|p| super::PastSlots {
+                        member: p.cluster.clone(),
+                        slots: p
+                            .workers
+                            .iter()
+                            .map(|w| Slot::new(&w.node, &w.gpu_uuids))
+                            .collect(),
+                        from: p.from.as_ref().map(secs),
+                        until: secs(&p.until),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let current_since = past.iter().map(|p| p.until).max();
         let mut slots = BTreeMap::new();
         if let Some(cluster) = st.and_then(|s| s.cluster.clone()) {
             let v: Vec<Slot> = st
@@ -156,6 +181,8 @@ pub fn hub_jobs(training: &[TrainingJob], inference: &[InferenceJob]) -> BTreeMa
                 not_before: secs(created),
                 not_after: not_after.into_iter().min(),
                 slots,
+                current_since,
+                past,
                 model: j.spec.gpu.model.clone(),
             },
         );
@@ -186,6 +213,8 @@ pub fn hub_jobs(training: &[TrainingJob], inference: &[InferenceJob]) -> BTreeMa
                 not_before: secs(created),
                 not_after: j.metadata.deletion_timestamp.as_ref().map(secs),
                 slots,
+                current_since: None,
+                past: Vec::new(),
                 model: j.spec.gpu.model.clone(),
             },
         );
@@ -193,8 +222,8 @@ pub fn hub_jobs(training: &[TrainingJob], inference: &[InferenceJob]) -> BTreeMa
     out
 }
 
-/// Reads the member's `kube-system` namespace UID and checks it against (or records it in)
-/// the `MemberCluster`'s status. `Err` is an alert: the member is not metered this pass.
+/// Reads the member's `kube-system` namespace UID and checks it against (or records it as)
+/// the `MemberCluster`'s identity, `spec.clusterId` (immutable once set). `Err` is an alert: the member is not metered this pass.
 pub async fn check_identity(
     hub: &Client,
     member: &MemberRef,
@@ -231,26 +260,32 @@ pub async fn check_identity(
         )),
         None => {
             let api: Api<MemberCluster> = Api::all(hub.clone());
-            let patch = json!({
-                "apiVersion": "gpupool.io/v1alpha1",
-                "kind": "MemberCluster",
-                "status": {"clusterUid": uid},
-            });
-            api.patch_status(
-                &member.name,
-                &PatchParams::apply(METER_FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .map_err(|e| {
-                alert(
-                    "IdentityUnrecorded",
-                    format!("recording the kube-system UID {uid}: {e}"),
-                )
-            })?;
+            record_identity(&api, &member.name, &uid)
+                .await
+                .map_err(|e| {
+                    alert(
+                        "IdentityUnrecorded",
+                        format!("recording the kube-system UID {uid}: {e}"),
+                    )
+                })?;
             Ok((uid, true))
         }
     }
+}
+
+/// Records `uid` as `spec.clusterId` of MemberCluster `name` (a merge patch: the rest of the
+/// spec stays the admin's; the API server refuses it once another value is recorded).
+pub async fn record_identity(
+    api: &Api<MemberCluster>,
+    name: &str,
+    uid: &str,
+) -> kube::Result<MemberCluster> {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"clusterId": uid}})),
+    )
+    .await
 }
 
 /// Lists the gpupool pods of every member, bounds their usage by the hub's jobs, writes/grows
@@ -303,7 +338,7 @@ pub async fn meter_once(
         let Some(obj) = member_objs.get(&m.name) else {
             continue;
         };
-        let recorded = obj.status.as_ref().and_then(|s| s.cluster_uid.as_deref());
+        let recorded = obj.cluster_id();
         let cluster_uid = match check_identity(hub, m, recorded).await {
             Ok((uid, fresh)) => {
                 if fresh {
@@ -332,7 +367,12 @@ pub async fn meter_once(
             &m.name,
             &list.items,
             &jobs,
-            &m.gpu_models,
+            super::HubObservations {
+                gpu_models: &m.gpu_models,
+                observed_ends: &m.observed_ends,
+                end_slack_seconds: i64::try_from(cfg.observed_end_slack_seconds)
+                    .unwrap_or(i64::MAX),
+            },
             now_s,
             cfg.period_seconds,
         );

@@ -20,6 +20,15 @@
 //! * its start is no earlier than the job's creation (and its start on the hub), its end no
 //!   later than the job's deletion, completion, or `maxRuntimeSeconds`, and never later than
 //!   now (the meter's own observation);
+//! * its end is no later than the instant the hub's own watch of the member first saw the pod
+//!   end (terminal phase, or every container terminated under `restartPolicy: Never`), plus
+//!   [`MeterConfig::observed_end_slack_seconds`] for clock skew between member and hub: a
+//!   `finishedAt` the member rewrites later (or a status flipped back to running) is not paid.
+//!   The watch keeps this in memory only; after an operator restart, a pod that had already
+//!   ended is bounded by the first time the new watch lists it;
+//! * a gang restarted on new GPUs keeps its older placements (`status.pastPlacements`, the
+//!   last [`crate::api::MAX_PAST_PLACEMENTS`]): a pod of an earlier placement is paid for the
+//!   time that placement was current, the current one only since the last restart;
 //! * per placement and period, at most its GPUs × the period length.
 //!
 //! What a pod claims beyond that is **unpaid** and surfaced: per pod (`unpaidReason`), per
@@ -57,7 +66,7 @@ pub mod runner;
 pub mod settle;
 
 pub use meter::{MemberRef, MeterConfig, MeterReport, meter_once, record_name};
-pub use settle::{SettleConfig, SettleReport, settle_once};
+pub use settle::{SettleConfig, SettleReport, SweepReport, close_expired_receipts, settle_once};
 
 use k8s_openapi::api::core::v1::Pod;
 use std::collections::BTreeMap;
@@ -424,6 +433,19 @@ impl Slot {
     }
 }
 
+/// A placement a job had before a gang restart, and when it was current.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PastSlots {
+    /// Member cluster.
+    pub member: String,
+    /// Its worker placements.
+    pub slots: Vec<Slot>,
+    /// Earliest second it can have been current (`None`: the job's creation).
+    pub from: Option<i64>,
+    /// When it was replaced (the gang restart).
+    pub until: i64,
+}
+
 /// What the hub itself knows about one job: its identity, when it may have run, and where
 /// each of its workers/replicas is placed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -437,6 +459,10 @@ pub struct HubJob {
     pub not_after: Option<i64>,
     /// Placements per member cluster.
     pub slots: BTreeMap<String, Vec<Slot>>,
+    /// Since when the current placements hold (the last gang restart; `None`: the job's life).
+    pub current_since: Option<i64>,
+    /// Earlier placements of a restarted gang, oldest first.
+    pub past: Vec<PastSlots>,
     /// GPU model the job asked for, if any (a fallback for the class when the hub has no
     /// topology naming the placed GPUs).
     pub model: Option<String>,
@@ -470,16 +496,63 @@ fn claimed_uuids(pod: &Pod) -> Vec<String> {
     v
 }
 
+/// The windows `[from, until)` in which `slot` was a placement of `hub` on `member`, within
+/// the job's life, sorted and merged.
+fn placement_windows(hub: &HubJob, member: &str, slot: &Slot) -> Vec<(i64, i64)> {
+    let life_end = hub.not_after.unwrap_or(i64::MAX);
+    let mut w: Vec<(i64, i64)> = Vec::new();
+    if hub.slots.get(member).is_some_and(|s| s.contains(slot)) {
+        w.push((
+            hub.current_since
+                .unwrap_or(hub.not_before)
+                .max(hub.not_before),
+            life_end,
+        ));
+    }
+    for p in hub
+        .past
+        .iter()
+        .filter(|p| p.member == member && p.slots.contains(slot))
+    {
+        w.push((
+            p.from.unwrap_or(hub.not_before).max(hub.not_before),
+            p.until.min(life_end),
+        ));
+    }
+    w.retain(|(a, b)| b > a);
+    w.sort();
+    let mut merged: Vec<(i64, i64)> = Vec::new();
+    for (a, b) in w {
+        match merged.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    merged
+}
+
+/// What the hub observed of one member beyond its own jobs.
+#[derive(Clone, Copy, Debug)]
+pub struct HubObservations<'a> {
+    /// GPU UUID → model, as the hub's inventory knows this member's GPUs.
+    pub gpu_models: &'a BTreeMap<String, String>,
+    /// Pod UID → unix second the hub's watch first saw the pod end.
+    pub observed_ends: &'a BTreeMap<String, i64>,
+    /// Seconds a pod is paid past its observed end (clock skew between member and hub).
+    pub end_slack_seconds: i64,
+}
+
 /// Meters one member's pods against the hub's jobs (see the module docs), up to `now`.
-/// `gpu_models` maps GPU UUIDs of this member to their model, as the hub knows them.
+/// `seen` is what the hub itself observed of this member (GPU models, pod ends).
 pub fn usage_by_job_period(
     member: &str,
     pods: &[Pod],
     hub_jobs: &BTreeMap<String, HubJob>,
-    gpu_models: &BTreeMap<String, String>,
+    seen: HubObservations<'_>,
     now: i64,
     period_seconds: u64,
 ) -> MemberUsage {
+    let gpu_models = seen.gpu_models;
     let mut out = MemberUsage::default();
     // GPU-seconds granted per (job uid, slot, period), to cap each placement at its GPUs ×
     // the period when several pods claim the same one.
@@ -510,10 +583,8 @@ pub fn usage_by_job_period(
             .and_then(|s| s.node_name.clone())
             .unwrap_or_default();
         let slot = Slot::new(&node, &claimed_uuids(pod));
-        let placed = hub
-            .slots
-            .get(member)
-            .is_some_and(|slots| slots.contains(&slot));
+        let windows = placement_windows(hub, member, &slot);
+        let placed = !windows.is_empty();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let hub_gpus = if placed {
             slot.gpu_uuids.len() as u64
@@ -525,25 +596,29 @@ pub fn usage_by_job_period(
             .iter()
             .find_map(|u| gpu_models.get(u).cloned())
             .or_else(|| hub.model.clone());
-        // The run, clipped to the hub's bounds.
+        // The run, clipped to the hub's bounds: the job's life, the hub's own sight of the
+        // pod's end, now, and the windows in which its placement was current.
         let (s, e) = run.interval(now);
         let s = s.max(hub.not_before);
-        let e = e.min(hub.not_after.unwrap_or(i64::MAX)).min(now);
-        let paid: BTreeMap<u64, i64> = if placed && e > s {
-            run_usage(
-                PodRun {
-                    start: s,
-                    end: Some(e),
-                },
-                hub_gpus,
-                now,
-                period_seconds,
-            )
-            .into_iter()
-            .collect()
-        } else {
-            BTreeMap::new()
-        };
+        let mut e = e.min(hub.not_after.unwrap_or(i64::MAX)).min(now);
+        if let Some(seen_end) = seen.observed_ends.get(&uid) {
+            e = e.min(seen_end.saturating_add(seen.end_slack_seconds.max(0)));
+        }
+        let mut paid: BTreeMap<u64, i64> = BTreeMap::new();
+        for (ws, we) in &windows {
+            let (s, e) = (s.max(*ws), e.min(*we));
+            if e <= s {
+                continue;
+            }
+            let run = PodRun {
+                start: s,
+                end: Some(e),
+            };
+            for (p, secs) in run_usage(run, hub_gpus, now, period_seconds) {
+                let v = paid.entry(p).or_default();
+                *v = v.saturating_add(secs);
+            }
+        }
         // Periods of the job's life on the hub get per-pod entries; claims outside it are
         // reported per member, not written into records (a pod backdated by months would
         // otherwise make a record per period).
@@ -607,7 +682,10 @@ pub fn usage_by_job_period(
             }
             let unpaid = claim.saturating_sub(pay).max(0);
             if unpaid > 0 && reason.is_none() {
-                reason = Some("runs outside the job's life on the hub".into());
+                reason = Some(
+                    "runs outside what the hub saw: the job's life, the time its placement was current, or past the pod's observed end"
+                        .into(),
+                );
             }
             if pay <= 0 && unpaid <= 0 {
                 continue;

@@ -3,7 +3,9 @@
 //! keep the usage/minting metrics.
 
 use super::settle::Alert;
-use super::{MemberRef, MeterConfig, SettleConfig, meter_once, settle_once};
+use super::{
+    MemberRef, MeterConfig, SettleConfig, close_expired_receipts, meter_once, settle_once,
+};
 use crate::api::{MemberCluster, UsageRecord, UsageState};
 use crate::controllers::Context;
 use crate::ledger::Ledger;
@@ -34,11 +36,17 @@ pub async fn member_refs(ctx: &Context) -> Vec<MemberRef> {
         .filter(|m| m.reachable)
         .filter_map(|m| {
             let gpu_models = m.watch.as_ref().map(|w| w.gpu_models()).unwrap_or_default();
+            let observed_ends = m
+                .watch
+                .as_ref()
+                .map(|w| w.observed_ends())
+                .unwrap_or_default();
             Some(MemberRef {
                 name: m.name.clone(),
                 owner_wallet: m.spec.owner_wallet.clone(),
                 client: m.client.clone()?,
                 gpu_models,
+                observed_ends,
             })
         })
         .collect()
@@ -84,6 +92,24 @@ pub async fn pass(
                 ctx.metrics.inc_settlement_failure("pass");
                 tracing::warn!(error = %e, "settlement pass failed");
             }
+        }
+        // Receipts past the settlement horizon: rent back to the oracle that paid it.
+        match close_expired_receipts(&ctx.hub, l).await {
+            Ok(r) => {
+                ctx.metrics
+                    .add_receipts_closed(r.closed as u64, r.rent_reclaimed_lamports);
+                for e in &r.errors {
+                    tracing::warn!(error = %e, "closing a usage receipt failed");
+                }
+                if r.closed > 0 {
+                    tracing::info!(
+                        closed = r.closed,
+                        lamports = r.rent_reclaimed_lamports,
+                        "closed usage receipts past the settlement horizon"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "receipt sweep failed"),
         }
     }
     surface(ctx, &alerts).await;

@@ -3,8 +3,8 @@
 //! Exactly-once payment rests on the ledger program, which creates one receipt per
 //! (cluster id, job uid, period) and rejects a second one; this side makes sure usage is never
 //! lost, never resent blindly, and never sent unless the hub can justify it:
-//! 0. a record is paid only to a **live** `MemberCluster` whose identity (the member's
-//!    `kube-system` namespace UID, recorded by the meter) is known and not shared with an
+//! 0. a record is paid only to a **live** `MemberCluster` whose identity (`spec.clusterId`, the
+//!    member's `kube-system` namespace UID) is known and not shared with an
 //!    older `MemberCluster` (one cluster joined twice), whose on-chain owner equals its
 //!    `spec.ownerWallet`, and only if the settler can **re-derive** the record: its period
 //!    bounds from the pool's on-chain period length, the period over by the hub's clock and
@@ -134,35 +134,17 @@ fn payee(members: &[MemberCluster], name: &str) -> Result<Payee, (String, String
             format!("MemberCluster {name} is being deleted; its usage is not paid"),
         ));
     }
-    let Some(uid) = m
-        .status
-        .as_ref()
-        .and_then(|s| s.cluster_uid.clone())
-        .filter(|u| !u.is_empty())
-    else {
+    let Some(uid) = m.cluster_id().map(String::from) else {
         return Err((
             "IdentityUnknown".into(),
             format!("the kube-system UID of {name} is not recorded yet; its usage waits"),
         ));
     };
-    let created = |m: &MemberCluster| {
-        (
-            m.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            m.name_any(),
-        )
-    };
-    if let Some(first) = members
-        .iter()
-        .filter(|o| o.status.as_ref().and_then(|s| s.cluster_uid.as_deref()) == Some(&uid))
-        .min_by_key(|o| created(o))
-        && first.name_any() != name
-    {
+    if let Some(first) = crate::api::duplicate_of(members, name) {
         return Err((
             "DuplicateJoin".into(),
             format!(
-                "MemberCluster {name} is the same cluster (kube-system UID {uid}) as {}, which joined first; usage is paid only under {}",
-                first.name_any(),
-                first.name_any()
+                "MemberCluster {name} is the same cluster (kube-system UID {uid}) as {first}, which joined first; usage is paid only under {first}"
             ),
         ));
     }
@@ -783,4 +765,214 @@ async fn note(records: &Api<UsageRecord>, rec: &UsageRecord, msg: &str, attempt:
             &Patch::Merge(&json!({"status": status})),
         )
         .await;
+}
+
+/// Close instructions per transaction in [`close_expired_receipts`] (each names a distinct
+/// receipt; a dozen keep the transaction well under the packet size).
+pub const MAX_CLOSES_PER_TX: usize = 12;
+
+/// What one receipt sweep did.
+#[derive(Clone, Debug, Default)]
+pub struct SweepReport {
+    /// Receipts closed by this sweep's transactions.
+    pub closed: usize,
+    /// Records whose receipt was already gone (closed earlier, e.g. before a crash), marked.
+    pub already_closed: usize,
+    /// Lamports of rent the closed receipts returned to their payers.
+    pub rent_reclaimed_lamports: u64,
+    /// Settled records whose period is still inside the horizon by the chain's clock.
+    pub waiting: usize,
+    /// Errors that did not stop the sweep.
+    pub errors: Vec<String>,
+}
+
+struct Closable {
+    rec: UsageRecord,
+    receipt: Pubkey,
+    rent_payer: Pubkey,
+    lamports: u64,
+}
+
+/// Closes the on-chain receipts of `Settled` records whose period is past the pool's
+/// settlement horizon by the chain's clock, returning each receipt's rent to its payer (the
+/// oracle, which paid it), and marks the records `receiptClosedAt`.
+///
+/// Exactly-once still holds after a close: the program refuses to record a period outside the
+/// horizon, so a replayed receipt is refused for its period, not for the missing account. A
+/// receipt already gone (a sweep that died before marking) is just marked. Transactions close
+/// up to [`MAX_CLOSES_PER_TX`] receipts; a refused one is retried receipt by receipt.
+pub async fn close_expired_receipts(hub: &Client, ledger: &Ledger) -> Result<SweepReport> {
+    let mut report = SweepReport::default();
+    let records: Api<UsageRecord> = Api::all(hub.clone());
+    let settled: Vec<UsageRecord> = records
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.state == UsageState::Settled && s.receipt_closed_at.is_none())
+        })
+        .collect();
+    if settled.is_empty() {
+        return Ok(report);
+    }
+    let client = ledger.client.as_ref();
+    let program = gpupool_ledger::ID;
+    let Some(config) = ledger::read_config(client, &program).await? else {
+        bail!(
+            "the gpupool pool is not initialized on {}",
+            client.describe()
+        );
+    };
+    // The program decides by its own clock; asking it for receipts it will refuse is waste.
+    let chain_now = ledger::chain_unix_time(client)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Timestamp::now().as_second());
+    let mut members: Option<Vec<MemberCluster>> = None;
+    let mut closable = Vec::new();
+    for rec in settled {
+        let period = rec.spec.period.max(0) as u64;
+        if config.within_horizon(period, chain_now) {
+            report.waiting += 1;
+            continue;
+        }
+        // The identity the record was metered (and paid) under; older records without one
+        // were paid under their member's.
+        let uid = if rec.spec.cluster_uid.is_empty() {
+            if members.is_none() {
+                members = Some(
+                    Api::<MemberCluster>::all(hub.clone())
+                        .list(&ListParams::default())
+                        .await?
+                        .items,
+                );
+            }
+            members
+                .iter()
+                .flatten()
+                .find(|m| m.name_any() == rec.spec.cluster)
+                .and_then(|m| m.cluster_id().map(String::from))
+        } else {
+            Some(rec.spec.cluster_uid.clone())
+        };
+        let (Some(uid), Some(job)) = (uid, gpupool_ledger::state::parse_job_uid(&rec.spec.job_uid))
+        else {
+            report.errors.push(format!(
+                "{}: cannot derive its receipt address (cluster identity or job uid unknown)",
+                rec.name_any()
+            ));
+            continue;
+        };
+        let key = ledger::receipt_address(&program, &ledger::cluster_id(&uid), &job, period);
+        let acc = match client.get_account(&key).await {
+            Ok(a) => a,
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("{}: reading receipt {key}: {e:#}", rec.name_any()));
+                continue;
+            }
+        };
+        // Closed accounts read back empty (or as a system account someone sent lamports to).
+        let receipt = acc
+            .filter(|a| a.owner == program && a.lamports > 0)
+            .and_then(|a| {
+                gpupool_ledger::state::unpack::<UsageReceipt>(
+                    &a.data,
+                    UsageReceipt::LEN,
+                    gpupool_ledger::state::TAG_RECEIPT,
+                )
+                .ok()
+                .map(|r| (r, a.lamports))
+            });
+        match receipt {
+            Some((r, lamports)) => closable.push(Closable {
+                rec,
+                receipt: key,
+                rent_payer: r.rent_payer,
+                lamports,
+            }),
+            None => {
+                if mark_closed(&records, &rec, &mut report).await {
+                    report.already_closed += 1;
+                }
+            }
+        }
+    }
+    for chunk in closable.chunks(MAX_CLOSES_PER_TX) {
+        let ixs: Vec<_> = chunk
+            .iter()
+            .map(|c| ix::close_receipt(&c.receipt, &c.rent_payer))
+            .collect();
+        match ledger.send(&ixs, &[]).await {
+            Ok(_) => {
+                for c in chunk {
+                    closed(&records, c, &mut report).await;
+                }
+            }
+            Err(_) if chunk.len() > 1 => {
+                for c in chunk {
+                    match ledger
+                        .send(&[ix::close_receipt(&c.receipt, &c.rent_payer)], &[])
+                        .await
+                    {
+                        Ok(_) => closed(&records, c, &mut report).await,
+                        Err(e) => close_failed(c, &e, &mut report),
+                    }
+                }
+            }
+            Err(e) => close_failed(&chunk[0], &e, &mut report),
+        }
+    }
+    Ok(report)
+}
+
+fn close_failed(c: &Closable, e: &SendError, report: &mut SweepReport) {
+    // Not expired by the chain's clock after all: the next sweep tries again, quietly.
+    if e.ledger_error() == Some(LedgerError::ReceiptNotExpired) {
+        report.waiting += 1;
+    } else {
+        report.errors.push(format!(
+            "{}: closing receipt {}: {e}",
+            c.rec.name_any(),
+            c.receipt
+        ));
+    }
+}
+
+async fn closed(records: &Api<UsageRecord>, c: &Closable, report: &mut SweepReport) {
+    report.closed += 1;
+    report.rent_reclaimed_lamports = report.rent_reclaimed_lamports.saturating_add(c.lamports);
+    mark_closed(records, &c.rec, report).await;
+}
+
+/// Sets `receiptClosedAt` (a failure leaves it for the next sweep, which finds the receipt
+/// gone and marks it then).
+async fn mark_closed(
+    records: &Api<UsageRecord>,
+    rec: &UsageRecord,
+    report: &mut SweepReport,
+) -> bool {
+    let patch = json!({"status": {"receiptClosedAt": Time(Timestamp::now())}});
+    match records
+        .patch_status(
+            &rec.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => true,
+        Err(e) => {
+            report.errors.push(format!(
+                "{}: marking its receipt closed: {e}",
+                rec.name_any()
+            ));
+            false
+        }
+    }
 }

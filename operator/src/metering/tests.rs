@@ -232,6 +232,17 @@ fn placed_pod(name: &str, node: &str, start: &str, end: Option<&str>, gpus: usiz
     p
 }
 
+static NO_ENDS: BTreeMap<String, i64> = BTreeMap::new();
+
+/// The hub knows `models` of the member's GPUs and saw no pod end.
+fn seen(models: &BTreeMap<String, String>) -> HubObservations<'_> {
+    HubObservations {
+        gpu_models: models,
+        observed_ends: &NO_ENDS,
+        end_slack_seconds: 0,
+    }
+}
+
 fn uuids(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("GPU-{i:04}")).collect()
 }
@@ -251,6 +262,8 @@ fn hub(not_after: Option<i64>) -> BTreeMap<String, HubJob> {
             not_before: 1_700_000_000,
             not_after,
             slots: BTreeMap::from([("m1".to_string(), vec![Slot::new("n1", &uuids(4))])]),
+            current_since: None,
+            past: Vec::new(),
             model: None,
         },
     )])
@@ -280,7 +293,7 @@ fn grouping_by_job_and_period() {
         "m1",
         &[w0, stranger],
         &hub(None),
-        &models,
+        seen(&models),
         1_700_000_100,
         10,
     );
@@ -319,7 +332,7 @@ fn forged_pods_are_not_paid() {
         "m1",
         &[ghost, greedy, elsewhere],
         &hub(None),
-        &BTreeMap::new(),
+        seen(&BTreeMap::new()),
         now,
         1_000,
     );
@@ -334,7 +347,14 @@ fn forged_pods_are_not_paid() {
     assert_eq!(unpaid, 8 * 100 + 4 * 100);
     // The same job's pods on another member are not paid either.
     let real = placed_pod("w", "n1", "2023-11-14T22:13:20Z", None, 4);
-    let other = usage_by_job_period("m2", &[real], &hub(None), &BTreeMap::new(), now, 1_000);
+    let other = usage_by_job_period(
+        "m2",
+        &[real],
+        &hub(None),
+        seen(&BTreeMap::new()),
+        now,
+        1_000,
+    );
     assert_eq!(
         other
             .by_job_period
@@ -362,7 +382,7 @@ fn forged_times_are_clipped_to_the_jobs_life_on_the_hub() {
         "m1",
         &[p.clone()],
         &hub(None),
-        &BTreeMap::new(),
+        seen(&BTreeMap::new()),
         1_700_000_100,
         3_600,
     );
@@ -384,7 +404,7 @@ fn forged_times_are_clipped_to_the_jobs_life_on_the_hub() {
         "m1",
         &[running],
         &hub(Some(1_700_000_030)),
-        &BTreeMap::new(),
+        seen(&BTreeMap::new()),
         1_700_000_100,
         3_600,
     );
@@ -414,7 +434,7 @@ fn a_placement_is_paid_at_most_its_gpus_per_period() {
         "m1",
         &[a, b],
         &hub(None),
-        &BTreeMap::new(),
+        seen(&BTreeMap::new()),
         1_700_000_100,
         10,
     );
@@ -444,4 +464,113 @@ fn record_names_are_deterministic_dns_names() {
     assert_eq!(a, record_name("member-1", UID, 472_222));
     assert_ne!(a, record_name("member-1", UID, 472_223));
     assert!(a.len() <= 253);
+}
+
+#[test]
+fn a_pod_is_not_paid_past_the_end_the_hub_saw() {
+    // The hub's watch saw the pod end at 1_700_000_010; the member later says it ran to
+    // 1_700_000_090 (or flips it back to running).
+    let rewritten = placed_pod(
+        "w",
+        "n1",
+        "2023-11-14T22:13:20Z",
+        Some("2023-11-14T22:14:50Z"),
+        4,
+    );
+    let reopened = placed_pod("w", "n1", "2023-11-14T22:13:20Z", None, 4);
+    let ends = BTreeMap::from([("uid-w".to_string(), 1_700_000_010)]);
+    let models = BTreeMap::new();
+    for (pod, slack, claimed) in [
+        (rewritten.clone(), 0, 90),
+        (reopened, 0, 100),
+        (rewritten, 5, 90),
+    ] {
+        let by = usage_by_job_period(
+            "m1",
+            &[pod],
+            &hub(None),
+            HubObservations {
+                gpu_models: &models,
+                observed_ends: &ends,
+                end_slack_seconds: slack,
+            },
+            1_700_000_100,
+            3_600,
+        );
+        let paid: i64 = by.by_job_period.values().map(|u| u.gpu_seconds()).sum();
+        let unpaid: i64 = by
+            .by_job_period
+            .values()
+            .map(|u| u.unpaid_gpu_seconds())
+            .sum();
+        assert_eq!(paid, 4 * (10 + slack));
+        assert_eq!(paid + unpaid, 4 * claimed, "the rest is surfaced as unpaid");
+    }
+}
+
+#[test]
+fn earlier_gang_placements_are_paid_for_the_time_they_were_current() {
+    // Placed on GPU-0000..3 until a restart at +40, then on GPU-0004..7 of n1.
+    let mut jobs = hub(None);
+    let j = jobs.get_mut(UID).unwrap();
+    let old = j.slots.remove("m1").unwrap();
+    let new: Vec<String> = (4..8).map(|i| format!("GPU-{i:04}")).collect();
+    j.slots.insert("m1".into(), vec![Slot::new("n1", &new)]);
+    j.past = vec![PastSlots {
+        member: "m1".into(),
+        slots: old,
+        from: None,
+        until: 1_700_000_040,
+    }];
+    j.current_since = Some(1_700_000_040);
+    // The old worker claims to have run to +60 (its pod outlived the restart by 20 s).
+    let old_pod = placed_pod(
+        "old",
+        "n1",
+        "2023-11-14T22:13:20Z",
+        Some("2023-11-14T22:14:20Z"),
+        4,
+    );
+    // The new worker claims to have started with the job (before its placement existed).
+    let mut new_pod = placed_pod("new", "n1", "2023-11-14T22:13:20Z", None, 4);
+    new_pod.metadata.uid = Some("uid-new".into());
+    new_pod.metadata.annotations = Some(BTreeMap::from([(
+        ANNOTATION_GPU_UUIDS.to_string(),
+        new.join(","),
+    )]));
+    let by = usage_by_job_period(
+        "m1",
+        &[old_pod, new_pod],
+        &jobs,
+        seen(&BTreeMap::new()),
+        1_700_000_100,
+        3_600,
+    );
+    let u = by.by_job_period.values().next().unwrap();
+    assert_eq!(
+        u.pods["uid-old"].gpu_seconds,
+        4 * 40,
+        "old placement: [0, 40)"
+    );
+    assert_eq!(u.pods["uid-old"].unpaid_gpu_seconds, 4 * 20);
+    assert_eq!(
+        u.pods["uid-new"].gpu_seconds,
+        4 * 60,
+        "new placement: [40, now)"
+    );
+    assert_eq!(u.pods["uid-new"].unpaid_gpu_seconds, 4 * 40);
+    // A pod on the old GPUs of a job that never had them is still refused.
+    let mut never = hub(None);
+    never.get_mut(UID).unwrap().slots.clear();
+    let p = placed_pod("w", "n1", "2023-11-14T22:13:20Z", None, 4);
+    let by = usage_by_job_period(
+        "m1",
+        &[p],
+        &never,
+        seen(&BTreeMap::new()),
+        1_700_000_100,
+        3_600,
+    );
+    let paid: i64 = by.by_job_period.values().map(|u| u.gpu_seconds()).sum();
+    assert_eq!(paid, 0);
 }

@@ -8,8 +8,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -46,6 +46,8 @@ struct Inner {
     gang_restarts: IntCounterVec,
     usage_gpu_seconds: IntCounterVec,
     tokens_minted: IntCounterVec,
+    receipt_rent_reclaimed: IntCounter,
+    receipts_closed: IntCounter,
     settlement_failures: IntCounterVec,
     unpaid_gpu_seconds: IntGaugeVec,
     ready: std::sync::atomic::AtomicBool,
@@ -164,6 +166,14 @@ impl Default for Metrics {
                     "Pool token base units minted to owners, by member cluster"
                 ),
                 &["cluster"]
+            )),
+            receipt_rent_reclaimed: reg!(IntCounter::new(
+                "gpupool_receipt_rent_reclaimed_lamports_total",
+                "Lamports of rent returned to the payer by closing usage receipts past the settlement horizon"
+            )),
+            receipts_closed: reg!(IntCounter::new(
+                "gpupool_receipts_closed_total",
+                "Usage receipts closed past the settlement horizon"
             )),
             settlement_failures: reg!(IntCounterVec::new(
                 Opts::new(
@@ -411,6 +421,12 @@ impl Metrics {
             .tokens_minted
             .with_label_values(&[cluster])
             .inc_by(amount);
+    }
+
+    /// Counts usage receipts closed and the rent they returned.
+    pub fn add_receipts_closed(&self, receipts: u64, lamports: u64) {
+        self.inner.receipts_closed.inc_by(receipts);
+        self.inner.receipt_rent_reclaimed.inc_by(lamports);
     }
 
     /// Counts a failed settlement.
