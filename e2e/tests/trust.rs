@@ -880,11 +880,15 @@ async fn an_earlier_gang_placement_is_paid_for_the_time_it_was_current() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_member_joined_twice_gets_no_work() {
     let w = world().await;
-    // Registered a moment later: the duplicate.
+    gpupool_e2e::publish_fixture(&w.member, "dgx-h100", NODE)
+        .await
+        .unwrap();
+    // Registered a moment later: the duplicate. Its name sorts first, so where both publish the
+    // same GPUs at the same instant, the pool's UUID check alone would hand them to it.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     register_member(
         &w.hub,
-        "member-1-again",
+        "a-second-join",
         &w.fed.members[0].cp,
         &w.owner.pubkey().to_string(),
         "eu",
@@ -911,8 +915,8 @@ async fn a_push_member_joined_twice_gets_no_work() {
     })
     .await
     .unwrap();
-    let dup = gpupool_e2e::eventually(60, "member-1-again refused", || async {
-        Ok(ready("member-1-again")
+    let dup = gpupool_e2e::eventually(60, "a-second-join refused", || async {
+        Ok(ready("a-second-join")
             .await?
             .filter(|c| c.status == "False" && c.reason == "DuplicateCluster"))
     })
@@ -920,7 +924,7 @@ async fn a_push_member_joined_twice_gets_no_work() {
     .unwrap();
     assert!(dup.message.contains("member-1"), "{dup:?}");
     let uid = kube_system_uid(&w.member).await;
-    for name in ["member-1", "member-1-again"] {
+    for name in ["member-1", "a-second-join"] {
         assert_eq!(
             mcs.get(name).await.unwrap().cluster_id(),
             Some(uid.as_str())
@@ -928,7 +932,7 @@ async fn a_push_member_joined_twice_gets_no_work() {
     }
     gpupool_e2e::eventually(30, "a DuplicateCluster Event", || async {
         let evs = Api::<Event>::all(w.hub.clone())
-            .list(&ListParams::default().fields("involvedObject.name=member-1-again"))
+            .list(&ListParams::default().fields("involvedObject.name=a-second-join"))
             .await?;
         Ok(evs
             .items

@@ -165,11 +165,21 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
     });
     view.spec = mc.spec.clone();
 
+    // A member found to be a duplicate keeps no watch (its inventory would squat the first
+    // member's GPU UUIDs in the scheduler); it gets one again once it no longer is.
+    let was_duplicate = mc.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == condition::READY && c.reason == crate::api::DUPLICATE_CLUSTER)
+    });
     // Client from the Secret (rebuilt when the Secret changes).
     let mut problem: Option<(String, String)> = None;
     match kubeconfig(mc, ctx).await {
         Ok((text, version)) => {
-            if view.client.is_none() || view.secret_version != version {
+            if view.client.is_none()
+                || view.secret_version != version
+                || (view.watch.is_none() && !was_duplicate)
+            {
                 let clients = async {
                     Ok::<_, String>((
                         client_from_kubeconfig(&text, ctx.config.member_timeout).await?,
@@ -178,8 +188,8 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
                 };
                 match clients.await {
                     Ok((c, w)) => {
-                        view.watch =
-                            Some(Arc::new(MemberWatch::start(&w, &name, ctx.member_sink())));
+                        view.watch = (!was_duplicate)
+                            .then(|| Arc::new(MemberWatch::start(&w, &name, ctx.member_sink())));
                         view.client = Some(c);
                         view.secret_version = version;
                     }
@@ -255,6 +265,9 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
     };
     if duplicate.is_some() {
         view.ready = false;
+        if view.watch.take().is_some() {
+            ctx.scheduler.remove_member(&name);
+        }
     }
     let synced = view.watch.as_ref().is_some_and(|w| w.synced());
     let mut labels = mc.spec.labels.clone();
@@ -381,12 +394,7 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
         );
     }
     status.observed_generation = generation;
-    let newly_duplicate = duplicate.is_some()
-        && !mc.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == condition::READY && c.reason == crate::api::DUPLICATE_CLUSTER)
-        });
+    let newly_duplicate = duplicate.is_some() && !was_duplicate;
     let status_changed = mc.status.as_ref() != Some(&status) || prev.is_none();
     let readiness_changed = was_ready != view.ready || prev.is_none();
 

@@ -271,12 +271,20 @@ impl PoolCache {
             return;
         };
         let nodes: Vec<String> = m.topologies.keys().cloned().collect();
+        let mut affected = Vec::new();
         for n in nodes {
-            self.release_claims(name, &n);
+            affected.extend(self.release_claims(name, &n));
         }
         let pods: Vec<_> = self.pods.keys().filter(|k| k.0 == name).cloned().collect();
         for k in pods {
             self.set_pod(&k.0, &k.1, &k.2, BTreeSet::new());
+        }
+        // Nodes elsewhere that published the same UUIDs later were quarantined behind this
+        // member's claim: now they may own them.
+        affected.sort();
+        affected.dedup();
+        for (m, n) in affected.into_iter().filter(|(m, _)| m != name) {
+            self.derive(&m, &n);
         }
     }
 

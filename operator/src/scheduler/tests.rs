@@ -365,3 +365,23 @@ fn the_kubelets_pod_devices_count_as_busy() {
         vec!["GPU-n-0".to_string(), "GPU-n-3".to_string()]
     );
 }
+
+#[test]
+fn removing_the_first_publisher_frees_the_nodes_quarantined_behind_it() {
+    // The same cluster seen through two members: b's node is quarantined behind a's.
+    let mut c = pool(&[("a", &[("n1", "dgx-h100")])]);
+    c.set_member("b", schedulable());
+    c.resync_pods("b", BTreeMap::new());
+    c.set_node("b", "n1", ready(8));
+    c.set_topology("b", "n1", Some(facts(topo("dgx-h100", "n1"), 100)));
+    assert!(c.node("b", "n1").is_none());
+    c.remove_member("a");
+    assert_eq!(
+        c.node("b", "n1")
+            .expect("placeable once a is gone")
+            .free()
+            .len(),
+        8
+    );
+    assert!(c.problems("b").is_empty(), "{:?}", c.problems("b"));
+}
