@@ -595,7 +595,19 @@ fn search(g: &GpuGraph, free: GpuSet, req: &GpuRequest) -> Result<Scored, Refusa
             }
         });
     } else {
-        best = heuristic(&ctx, req).map(|(k, s)| ((false, k), s));
+        // Ring first, as above: an all-NVLink-ring set when the heuristic finds one (searched
+        // with the `ring` rule, scored as the request's mode), any set otherwise.
+        let ring = if ring_class {
+            heuristic(&ctx, req.count, NvLinkMode::Ring, req.nvlink)
+        } else {
+            None
+        };
+        best = match ring {
+            Some((k, s)) => Some(((true, k), s)),
+            None => {
+                heuristic(&ctx, req.count, req.nvlink, req.nvlink).map(|(k, s)| ((false, k), s))
+            }
+        };
     }
     match best {
         Some((_, set)) => Ok(ctx.scored(set, req.nvlink)),
@@ -627,14 +639,20 @@ fn admissible(g: &GpuGraph, set: GpuSet, mode: NvLinkMode) -> bool {
 }
 
 /// Greedy grow from every free seed, then first-improvement swaps; for very large nodes only.
-fn heuristic(ctx: &Ctx<'_>, req: &GpuRequest) -> Option<(i64, GpuSet)> {
+/// Sets must satisfy `admit`'s NVLink rule and are compared by the key of `score`.
+fn heuristic(
+    ctx: &Ctx<'_>,
+    count: usize,
+    admit: NvLinkMode,
+    score: NvLinkMode,
+) -> Option<(i64, GpuSet)> {
     let g = ctx.g;
-    let mode = req.nvlink;
-    let eval = |s: GpuSet| ctx.key(s, g.set_quality(s), mode);
+    let mode = admit;
+    let eval = |s: GpuSet| ctx.key(s, g.set_quality(s), score);
     let mut best: Option<(i64, GpuSet)> = None;
     for seed in ctx.free.iter() {
         let mut set = GpuSet::from_indexes([seed]);
-        while set.len() < req.count {
+        while set.len() < count {
             let pick = ctx
                 .free
                 .minus(set)
@@ -655,7 +673,7 @@ fn heuristic(ctx: &Ctx<'_>, req: &GpuRequest) -> Option<(i64, GpuSet)> {
                 None => break,
             }
         }
-        if set.len() < req.count {
+        if set.len() < count {
             continue;
         }
         let mut valid = admissible(g, set, mode);

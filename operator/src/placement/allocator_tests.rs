@@ -256,33 +256,69 @@ fn allocate_on_a_published_topology_uses_status() {
     );
 }
 
-#[test]
-fn large_nodes_use_the_heuristic_and_stay_valid() {
-    // 32 GPUs as four 8-GPU DGX-1 cube-meshes side by side (C(32, 4) > EXACT_LIMIT).
-    let base = fixtures::get("dgx1-v100");
+/// `copies` boards of fixture `name` side by side in one node (PCIe between boards): a node
+/// big enough for the heuristic search.
+fn tiled(name: &str, copies: i32) -> GpuGraph {
+    let base = fixtures::get(name);
+    let n = base.gpus.len() as i32;
     let mut spec = base.clone();
+    spec.node_name = format!("{name}-x{copies}");
     spec.gpus.clear();
     spec.links.clear();
-    for k in 0..4i32 {
+    for k in 0..copies {
         for gpu in &base.gpus {
             let mut g = gpu.clone();
-            g.index += 8 * k;
+            g.index += n * k;
             g.uuid = format!("{}-{k}", gpu.uuid);
             spec.gpus.push(g);
         }
         for l in &base.links {
             let mut l = l.clone();
-            l.a += 8 * k;
-            l.b += 8 * k;
+            l.a += n * k;
+            l.b += n * k;
             spec.links.push(l);
         }
     }
-    let g = GpuGraph::from_spec(&spec).unwrap();
+    GpuGraph::from_spec(&spec).unwrap()
+}
+
+#[test]
+fn large_nodes_use_the_heuristic_and_stay_valid() {
+    // 32 GPUs as four 8-GPU DGX-1 cube-meshes side by side (C(32, 4) > EXACT_LIMIT).
+    let g = tiled("dgx1-v100", 4);
     let a = allocate(&g, g.all(), &GpuRequest::new(10, Preferred)).unwrap();
     assert_eq!(a.gpus.len(), 10);
     let q = allocate(&g, g.all(), &GpuRequest::new(4, Clique)).unwrap();
     assert!(q.nvlink_connected);
     assert_eq!(q.set_quality, 472);
+}
+
+#[test]
+fn the_heuristic_search_takes_an_all_nvlink_ring_first_too() {
+    // Nodes past EXACT_LIMIT candidate sets: `preferred` must still put a set with an
+    // all-NVLink ring ahead of every set without one, as the exact search does.
+    // Four DGX-1 cube-meshes (32 GPUs): 5, 6 and 8 GPUs have rings inside one board, and the
+    // best Σ pair quality 5-set ({0,1,2,3,4} on a board) has none.
+    let g = tiled("dgx1-v100", 4);
+    for count in [5, 6, 8] {
+        assert!(binomial(g.len(), count) > EXACT_LIMIT);
+        let a = allocate(&g, g.all(), &GpuRequest::new(count, Preferred)).unwrap();
+        assert!(a.nvlink_ring, "{count} GPUs: {:?}", a.gpus);
+        assert!(a.ring_bottleneck >= 50, "{a:?}");
+        let r = allocate(&g, g.all(), &GpuRequest::new(count, NvLinkMode::Ring)).unwrap();
+        assert_eq!(r.ring_bottleneck, a.ring_bottleneck, "{count} GPUs");
+    }
+    // Two DGX-2 NVSwitch boards (32 GPUs) with a large request: 12 GPUs on one board (an
+    // NVSwitch ring), never split over the PCIe path between the boards.
+    let g = tiled("dgx2-v100", 2);
+    for busy in [vec![], vec![0, 1, 2, 3, 4, 5, 16, 17]] {
+        let free = free_except(&g, &busy);
+        assert!(binomial(free.len(), 12) > EXACT_LIMIT);
+        let a = allocate(&g, free, &GpuRequest::new(12, Preferred)).unwrap();
+        assert!(a.nvlink_ring, "busy {busy:?}: {:?}", a.gpus);
+        let board = a.gpus[0] / 16;
+        assert!(a.gpus.iter().all(|&i| i / 16 == board), "{:?}", a.gpus);
+    }
 }
 
 #[test]
