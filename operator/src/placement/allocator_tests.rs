@@ -496,3 +496,51 @@ fn three_gpus_stay_on_one_numa_node_when_they_can() {
         }
     }
 }
+
+#[test]
+fn min_link_gbps_refuses_sets_whose_ring_has_a_slower_hop() {
+    // DGX-1 NV2 links (≈ 100 GB/s): 0-3, 3-2, 2-1, 1-5, 5-6, 6-7, 7-4, 4-0 — one 8-cycle and no
+    // shorter one, every other NVLink is NV1 (≈ 50 GB/s).
+    let g = graph("dgx1-v100");
+    let fast = |count: usize, mode: NvLinkMode| {
+        allocate(&g, g.all(), &GpuRequest::new(count, mode).with_min_link(60))
+    };
+    let pair = fast(2, Preferred).unwrap();
+    assert_eq!(
+        g.link(pair.gpus[0], pair.gpus[1]).nvlinks,
+        2,
+        "{:?}",
+        pair.gpus
+    );
+    let eight = fast(8, NvLinkMode::Ring).unwrap();
+    assert!(eight.ring_bottleneck >= 60, "{eight:?}");
+    assert_eq!(fast(8, Preferred).unwrap().gpus, eight.gpus);
+    // Without the minimum, 4 GPUs take a quad (NV1 hops in every ring through it); with it,
+    // no 4-set has an NV2 ring, whatever the mode.
+    assert!(allocate(&g, g.all(), &GpuRequest::new(4, Clique)).is_ok());
+    for mode in [Clique, NvLinkMode::Ring, Preferred, NvLinkMode::None] {
+        let why = fast(4, mode).unwrap_err().reason;
+        assert!(
+            why.contains("form a ring whose every hop reaches gpu.minLinkGBps 60"),
+            "{mode}: {why}"
+        );
+    }
+    // One GPU has no hop: the minimum does not apply.
+    assert!(fast(1, Preferred).is_ok());
+    // PCIe only: refused before any search, with the fastest link named.
+    let l40s = graph("pcie-l40s");
+    let why = allocate(
+        &l40s,
+        l40s.all(),
+        &GpuRequest::new(2, Preferred).with_min_link(10),
+    )
+    .unwrap_err()
+    .reason;
+    assert!(
+        why.contains("no link between free GPUs on node")
+            && why.contains("reaches gpu.minLinkGBps 10"),
+        "{why}"
+    );
+    // The memo keeps answers with and without a minimum apart.
+    assert!(allocate(&l40s, l40s.all(), &GpuRequest::new(2, Preferred)).is_ok());
+}
