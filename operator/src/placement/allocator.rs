@@ -725,8 +725,7 @@ fn heuristic(
 ) -> Option<(i64, GpuSet)> {
     let g = ctx.g;
     let mode = admit;
-    let admissible =
-        |s: GpuSet| admissible(g, s, mode) && (min == 0 || g.ring_bottleneck(s) >= min);
+    let fits = |s: GpuSet| admissible(g, s, mode) && (min == 0 || g.ring_bottleneck(s) >= min);
     let eval = |s: GpuSet| ctx.key(s, g.set_quality(s), score);
     let mut best: Option<(i64, GpuSet)> = None;
     for seed in ctx.free.iter() {
@@ -755,7 +754,7 @@ fn heuristic(
         if set.len() < count {
             continue;
         }
-        let mut valid = admissible(set);
+        let mut valid = fits(set);
         let mut key = if valid { eval(set) } else { i64::MIN };
         for _ in 0..64 {
             let mut improved = false;
@@ -764,7 +763,7 @@ fn heuristic(
                     let mut cand = set;
                     cand.remove(out);
                     cand.insert(inn);
-                    if admissible(cand) {
+                    if fits(cand) {
                         let k2 = eval(cand);
                         if k2 > key {
                             set = cand;
