@@ -2,8 +2,11 @@
 //! mixed pool of three members (NVSwitch, cube-mesh, bridged and PCIe-only nodes), placed by
 //! gpupool's real `place_gang` and by three baselines on exactly the same event streams.
 //!
-//! `cargo bench -p gpupool-operator --bench placement` (or `make bench-placement`) prints:
-//! 1. per placer, summed over the streams:
+//! `cargo bench -p gpupool-operator --bench placement` (or `make bench-placement`; add
+//! `-- --sim-only` to skip the timing part) prints:
+//! 1. per placer, per stream as mean ± standard deviation over the [`SEEDS`] streams (every
+//!    placer gets the same streams and starts from the same idle pool; a job that does not fit
+//!    is dropped):
 //!    - idle nodes broken needlessly: a job put on an idle node although a partly used node could
 //!      take it with as good an NVLink class (an all-NVLink ring for multi-GPU jobs);
 //!    - 8-GPU jobs rejected while the pool had at least 8 GPUs free;
@@ -254,11 +257,40 @@ fn simulate(placer: Placer, mode: NvLinkMode, jobs: &[Job], t: &mut Tally) {
     }
 }
 
+/// Seeds of the job streams: every placer gets exactly the same streams.
+const SEEDS: [u64; 16] = [
+    0x5eed_0009,
+    0x5eed_000a,
+    0x5eed_000b,
+    0x5eed_000c,
+    0x5eed_000d,
+    0x5eed_000e,
+    0x5eed_000f,
+    0x5eed_0010,
+    0x5eed_0001,
+    0x5eed_0002,
+    0x5eed_0003,
+    0x5eed_0004,
+    0x5eed_0005,
+    0x5eed_0006,
+    0x5eed_0007,
+    0x5eed_0008,
+];
+/// Jobs per stream.
+const JOBS: usize = 6000;
+
+/// Mean and sample standard deviation.
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    let var = xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0).max(1.0);
+    (m, var.sqrt())
+}
+
 fn main() {
-    let streams: Vec<Vec<Job>> = [0x5eed_0001u64, 0x5eed_0002, 0x5eed_0003]
-        .iter()
-        .map(|&s| stream(s, 6000))
-        .collect();
+    // `--sim-only` skips the node-visit timing (the slow part in a debug build).
+    let sim_only = std::env::args().any(|a| a == "--sim-only");
+    let streams: Vec<Vec<Job>> = SEEDS.iter().map(|&s| stream(s, JOBS)).collect();
     let placers: [(&str, Placer, NvLinkMode); 5] = [
         (
             "gpupool (place_gang)",
@@ -279,12 +311,11 @@ fn main() {
             NvLinkMode::None,
         ),
     ];
-    let total: usize = streams.iter().map(Vec::len).sum();
     println!(
-        "cluster placement: {} streams × {} jobs (1/2/4/8 GPUs 40/25/20/15 %, nvlink preferred, \
-         each held 1..180 arrivals) over 3 members, {} nodes, {} GPUs",
+        "cluster placement: {} streams × {JOBS} jobs (1/2/4/8 GPUs 40/25/20/15 %, nvlink \
+         preferred, each held 1..180 arrivals) over 3 members, {} nodes, {} GPUs; \
+         per stream: mean ± standard deviation over the streams",
         streams.len(),
-        total / streams.len(),
         pool().iter().map(|c| c.nodes.len()).sum::<usize>(),
         pool()
             .iter()
@@ -293,24 +324,37 @@ fn main() {
             .sum::<usize>()
     );
     println!(
-        "{:<26} {:>8} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "{:<26} {:>13} {:>13} {:>13} {:>13} {:>13} {:>11}",
         "placer", "placed", "idle broken", "8-GPU rej.", "PCIe detour", "ring GB/s", "decisions/s"
     );
     for (name, placer, mode) in placers {
-        let mut t = Tally::default();
-        for s in &streams {
-            simulate(placer, mode, s, &mut t);
-        }
+        let tallies: Vec<Tally> = streams
+            .iter()
+            .map(|s| {
+                let mut t = Tally::default();
+                simulate(placer, mode, s, &mut t);
+                t
+            })
+            .collect();
+        let col = |f: &dyn Fn(&Tally) -> f64| {
+            let (m, sd) = mean_sd(&tallies.iter().map(f).collect::<Vec<_>>());
+            format!("{m:.1} ± {sd:.1}")
+        };
+        let decisions: usize = tallies.iter().map(|t| t.decisions).sum();
+        let secs: f64 = tallies.iter().map(|t| t.secs).sum();
         println!(
-            "{:<26} {:>8} {:>12} {:>12} {:>12} {:>12.1} {:>12.0}",
+            "{:<26} {:>13} {:>13} {:>13} {:>13} {:>13} {:>11.0}",
             name,
-            t.placed,
-            t.idle_broken,
-            t.rejected_8,
-            t.pcie_detours,
-            t.bottleneck_sum as f64 / t.multi.max(1) as f64,
-            t.decisions as f64 / t.secs
+            col(&|t| t.placed as f64),
+            col(&|t| t.idle_broken as f64),
+            col(&|t| t.rejected_8 as f64),
+            col(&|t| t.pcie_detours as f64),
+            col(&|t| t.bottleneck_sum as f64 / t.multi.max(1) as f64),
+            decisions as f64 / secs
         );
+    }
+    if sim_only {
+        return;
     }
 
     // Cost of one node visit on a 16-GPU NVSwitch node: cold (searched) and memoized.

@@ -89,6 +89,15 @@ pub struct GpuSelector {
     #[x_kube(validation = Rule::new("self > 0").message("gpu.minMemoryMiB must be positive"))]
     #[serde(rename = "minMemoryMiB")]
     pub min_memory_mib: Option<i64>,
+    /// Minimum bandwidth of every hop between the GPUs of one worker/replica, in GB/s
+    /// (bidirectional, as the placement scores links: H100 NVSwitch ≈ 900, A100 ≈ 600, V100 NV2
+    /// ≈ 100, NV1 ≈ 50, PCIe below 10). A set fits only if its best ring — the cycle through its
+    /// GPUs whose weakest hop is strongest, what a ring all-reduce runs at — has no hop below
+    /// it. Ignored for one GPU per pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0 && self <= 100000").message("gpu.minLinkGBps must be between 1 and 100000"))]
+    #[serde(rename = "minLinkGBps")]
+    pub min_link_gbps: Option<i64>,
 }
 
 /// Environment variables gpupool sets in the GPU container of every pod it creates; a template

@@ -66,12 +66,30 @@ pub struct GpuRequest {
     pub count: usize,
     /// How strongly the GPUs must be NVLink-connected.
     pub nvlink: NvLinkMode,
+    /// Smallest acceptable ring bottleneck (pair-quality units ≈ GB/s); 0 for no minimum.
+    /// Applies to two GPUs or more.
+    pub min_link: i64,
 }
 
 impl GpuRequest {
     /// `count` GPUs with the given NVLink mode.
     pub fn new(count: usize, nvlink: NvLinkMode) -> Self {
-        GpuRequest { count, nvlink }
+        GpuRequest {
+            count,
+            nvlink,
+            min_link: 0,
+        }
+    }
+
+    /// The same request, refusing sets whose ring bottleneck is below `gbps` (`gpu.minLinkGBps`).
+    pub fn with_min_link(mut self, gbps: i64) -> Self {
+        self.min_link = gbps.max(0);
+        self
+    }
+
+    /// The minimum that applies (none for one GPU).
+    fn link_floor(&self) -> i64 {
+        if self.count > 1 { self.min_link } else { 0 }
     }
 }
 
@@ -173,6 +191,17 @@ enum Refusal {
         n: usize,
         islands: Vec<usize>,
     },
+    LinksTooSlow {
+        min: i64,
+        fastest: i64,
+    },
+    NoFastRing {
+        count: usize,
+        min: i64,
+        best: i64,
+        nf: usize,
+        n: usize,
+    },
 }
 
 impl Refusal {
@@ -211,6 +240,25 @@ impl Refusal {
             } => format!(
                 "no {count} free GPUs on node {node} form an all-NVLink ring ({nf} of {n} free; free NVLink islands {islands:?})"
             ),
+            Refusal::LinksTooSlow { min, fastest } => format!(
+                "no link between free GPUs on node {node} reaches gpu.minLinkGBps {min} (the fastest reaches {fastest} GB/s)"
+            ),
+            Refusal::NoFastRing {
+                count,
+                min,
+                best,
+                nf,
+                n,
+            } => {
+                let best = if *best > 0 {
+                    format!("the best ring of the others reaches {best} GB/s; ")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "no {count} free GPUs on node {node} form a ring whose every hop reaches gpu.minLinkGBps {min} ({best}{nf} of {n} GPUs free)"
+                )
+            }
         }
     }
 }
@@ -407,6 +455,13 @@ fn precheck(g: &GpuGraph, free: GpuSet, req: &GpuRequest) -> Result<(), Refusal>
     if req.nvlink.is_hard() && count > 1 && !g.has_nvlink() {
         return Err(Refusal::NoNvlink { count });
     }
+    let min = req.link_floor();
+    if min > 0 {
+        let fastest = g.max_pair_quality(free);
+        if fastest < min {
+            return Err(Refusal::LinksTooSlow { min, fastest });
+        }
+    }
     let islands = || g.free_nvlink_island_sizes(free);
     match req.nvlink {
         NvLinkMode::Clique if count > 1 => {
@@ -526,8 +581,8 @@ fn for_each_subset(
     rec(&mut w, 0, GpuSet::EMPTY, 0, free, &mut visit);
 }
 
-/// Memo key: (shape id, free mask, count, mode).
-type MemoKey = (u64, u64, usize, NvLinkMode);
+/// Memo key: (shape id, free mask, count, mode, minimum ring bottleneck).
+type MemoKey = (u64, u64, usize, NvLinkMode, i64);
 
 static MEMO: LazyLock<Mutex<HashMap<MemoKey, Result<Scored, Refusal>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
@@ -537,7 +592,13 @@ static MEMO: LazyLock<Mutex<HashMap<MemoKey, Result<Scored, Refusal>>>> =
 /// is answered from a table.
 pub fn allocate(g: &GpuGraph, free: GpuSet, req: &GpuRequest) -> Result<Allocation, NoFit> {
     let free = free.and(g.all());
-    let key = (g.shape_id(), free.0, req.count, req.nvlink);
+    let key = (
+        g.shape_id(),
+        free.0,
+        req.count,
+        req.nvlink,
+        req.link_floor(),
+    );
     let hit = MEMO
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -578,6 +639,9 @@ fn search(g: &GpuGraph, free: GpuSet, req: &GpuRequest) -> Result<Scored, Refusa
     // (the same class the node ranking uses), the score decides within a class.
     let ring_class = req.nvlink == NvLinkMode::Preferred && req.count > 1 && g.has_nvlink();
     let mut best: Option<((bool, i64), GpuSet)> = None;
+    // `gpu.minLinkGBps`: sets whose ring bottleneck is below it do not fit at all.
+    let min = req.link_floor();
+    let mut best_below = 0;
     if binomial(free.len(), req.count) <= EXACT_LIMIT {
         // The ring bottleneck is the costly part of a key and never exceeds the best free pair:
         // skip it for sets that cannot beat the best so far even with that bound.
@@ -589,16 +653,39 @@ fn search(g: &GpuGraph, free: GpuSet, req: &GpuRequest) -> Result<Scored, Refusa
             if best.is_some_and(|(b, _)| (class, base + np * best_pair) <= b) {
                 return;
             }
-            let key = (class, base + np * g.ring_bottleneck(set));
+            let bottleneck = g.ring_bottleneck(set);
+            if bottleneck < min {
+                best_below = best_below.max(bottleneck);
+                return;
+            }
+            let key = (class, base + np * bottleneck);
             if best.is_none_or(|(b, _)| key > b) {
                 best = Some((key, set));
             }
         });
     } else {
-        best = heuristic(&ctx, req).map(|(k, s)| ((false, k), s));
+        // Ring first, as above: an all-NVLink-ring set when the heuristic finds one (searched
+        // with the `ring` rule, scored as the request's mode), any set otherwise.
+        let ring = if ring_class {
+            heuristic(&ctx, req.count, NvLinkMode::Ring, req.nvlink, min)
+        } else {
+            None
+        };
+        best = match ring {
+            Some((k, s)) => Some(((true, k), s)),
+            None => heuristic(&ctx, req.count, req.nvlink, req.nvlink, min)
+                .map(|(k, s)| ((false, k), s)),
+        };
     }
     match best {
         Some((_, set)) => Ok(ctx.scored(set, req.nvlink)),
+        None if min > 0 => Err(Refusal::NoFastRing {
+            count: req.count,
+            min,
+            best: best_below,
+            nf: free.len(),
+            n: g.len(),
+        }),
         None => Err(match req.nvlink {
             NvLinkMode::Ring => Refusal::NoFreeRing {
                 count: req.count,
@@ -627,14 +714,23 @@ fn admissible(g: &GpuGraph, set: GpuSet, mode: NvLinkMode) -> bool {
 }
 
 /// Greedy grow from every free seed, then first-improvement swaps; for very large nodes only.
-fn heuristic(ctx: &Ctx<'_>, req: &GpuRequest) -> Option<(i64, GpuSet)> {
+/// Sets must satisfy `admit`'s NVLink rule and have a ring bottleneck of at least `min`; they
+/// are compared by the key of `score`.
+fn heuristic(
+    ctx: &Ctx<'_>,
+    count: usize,
+    admit: NvLinkMode,
+    score: NvLinkMode,
+    min: i64,
+) -> Option<(i64, GpuSet)> {
     let g = ctx.g;
-    let mode = req.nvlink;
-    let eval = |s: GpuSet| ctx.key(s, g.set_quality(s), mode);
+    let mode = admit;
+    let fits = |s: GpuSet| admissible(g, s, mode) && (min == 0 || g.ring_bottleneck(s) >= min);
+    let eval = |s: GpuSet| ctx.key(s, g.set_quality(s), score);
     let mut best: Option<(i64, GpuSet)> = None;
     for seed in ctx.free.iter() {
         let mut set = GpuSet::from_indexes([seed]);
-        while set.len() < req.count {
+        while set.len() < count {
             let pick = ctx
                 .free
                 .minus(set)
@@ -655,10 +751,10 @@ fn heuristic(ctx: &Ctx<'_>, req: &GpuRequest) -> Option<(i64, GpuSet)> {
                 None => break,
             }
         }
-        if set.len() < req.count {
+        if set.len() < count {
             continue;
         }
-        let mut valid = admissible(g, set, mode);
+        let mut valid = fits(set);
         let mut key = if valid { eval(set) } else { i64::MIN };
         for _ in 0..64 {
             let mut improved = false;
@@ -667,7 +763,7 @@ fn heuristic(ctx: &Ctx<'_>, req: &GpuRequest) -> Option<(i64, GpuSet)> {
                     let mut cand = set;
                     cand.remove(out);
                     cand.insert(inn);
-                    if admissible(g, cand, mode) {
+                    if fits(cand) {
                         let k2 = eval(cand);
                         if k2 > key {
                             set = cand;

@@ -256,33 +256,69 @@ fn allocate_on_a_published_topology_uses_status() {
     );
 }
 
-#[test]
-fn large_nodes_use_the_heuristic_and_stay_valid() {
-    // 32 GPUs as four 8-GPU DGX-1 cube-meshes side by side (C(32, 4) > EXACT_LIMIT).
-    let base = fixtures::get("dgx1-v100");
+/// `copies` boards of fixture `name` side by side in one node (PCIe between boards): a node
+/// big enough for the heuristic search.
+fn tiled(name: &str, copies: i32) -> GpuGraph {
+    let base = fixtures::get(name);
+    let n = base.gpus.len() as i32;
     let mut spec = base.clone();
+    spec.node_name = format!("{name}-x{copies}");
     spec.gpus.clear();
     spec.links.clear();
-    for k in 0..4i32 {
+    for k in 0..copies {
         for gpu in &base.gpus {
             let mut g = gpu.clone();
-            g.index += 8 * k;
+            g.index += n * k;
             g.uuid = format!("{}-{k}", gpu.uuid);
             spec.gpus.push(g);
         }
         for l in &base.links {
             let mut l = l.clone();
-            l.a += 8 * k;
-            l.b += 8 * k;
+            l.a += n * k;
+            l.b += n * k;
             spec.links.push(l);
         }
     }
-    let g = GpuGraph::from_spec(&spec).unwrap();
+    GpuGraph::from_spec(&spec).unwrap()
+}
+
+#[test]
+fn large_nodes_use_the_heuristic_and_stay_valid() {
+    // 32 GPUs as four 8-GPU DGX-1 cube-meshes side by side (C(32, 4) > EXACT_LIMIT).
+    let g = tiled("dgx1-v100", 4);
     let a = allocate(&g, g.all(), &GpuRequest::new(10, Preferred)).unwrap();
     assert_eq!(a.gpus.len(), 10);
     let q = allocate(&g, g.all(), &GpuRequest::new(4, Clique)).unwrap();
     assert!(q.nvlink_connected);
     assert_eq!(q.set_quality, 472);
+}
+
+#[test]
+fn the_heuristic_search_takes_an_all_nvlink_ring_first_too() {
+    // Nodes past EXACT_LIMIT candidate sets: `preferred` must still put a set with an
+    // all-NVLink ring ahead of every set without one, as the exact search does.
+    // Four DGX-1 cube-meshes (32 GPUs): 5, 6 and 8 GPUs have rings inside one board, and the
+    // best Σ pair quality 5-set ({0,1,2,3,4} on a board) has none.
+    let g = tiled("dgx1-v100", 4);
+    for count in [5, 6, 8] {
+        assert!(binomial(g.len(), count) > EXACT_LIMIT);
+        let a = allocate(&g, g.all(), &GpuRequest::new(count, Preferred)).unwrap();
+        assert!(a.nvlink_ring, "{count} GPUs: {:?}", a.gpus);
+        assert!(a.ring_bottleneck >= 50, "{a:?}");
+        let r = allocate(&g, g.all(), &GpuRequest::new(count, NvLinkMode::Ring)).unwrap();
+        assert_eq!(r.ring_bottleneck, a.ring_bottleneck, "{count} GPUs");
+    }
+    // Two DGX-2 NVSwitch boards (32 GPUs) with a large request: 12 GPUs on one board (an
+    // NVSwitch ring), never split over the PCIe path between the boards.
+    let g = tiled("dgx2-v100", 2);
+    for busy in [vec![], vec![0, 1, 2, 3, 4, 5, 16, 17]] {
+        let free = free_except(&g, &busy);
+        assert!(binomial(free.len(), 12) > EXACT_LIMIT);
+        let a = allocate(&g, free, &GpuRequest::new(12, Preferred)).unwrap();
+        assert!(a.nvlink_ring, "busy {busy:?}: {:?}", a.gpus);
+        let board = a.gpus[0] / 16;
+        assert!(a.gpus.iter().all(|&i| i / 16 == board), "{:?}", a.gpus);
+    }
 }
 
 #[test]
@@ -459,4 +495,52 @@ fn three_gpus_stay_on_one_numa_node_when_they_can() {
             assert_eq!(sockets.len(), 1, "{name} free {free:?} → {:?}", a.gpus);
         }
     }
+}
+
+#[test]
+fn min_link_gbps_refuses_sets_whose_ring_has_a_slower_hop() {
+    // DGX-1 NV2 links (≈ 100 GB/s): 0-3, 3-2, 2-1, 1-5, 5-6, 6-7, 7-4, 4-0 — one 8-cycle and no
+    // shorter one, every other NVLink is NV1 (≈ 50 GB/s).
+    let g = graph("dgx1-v100");
+    let fast = |count: usize, mode: NvLinkMode| {
+        allocate(&g, g.all(), &GpuRequest::new(count, mode).with_min_link(60))
+    };
+    let pair = fast(2, Preferred).unwrap();
+    assert_eq!(
+        g.link(pair.gpus[0], pair.gpus[1]).nvlinks,
+        2,
+        "{:?}",
+        pair.gpus
+    );
+    let eight = fast(8, NvLinkMode::Ring).unwrap();
+    assert!(eight.ring_bottleneck >= 60, "{eight:?}");
+    assert_eq!(fast(8, Preferred).unwrap().gpus, eight.gpus);
+    // Without the minimum, 4 GPUs take a quad (NV1 hops in every ring through it); with it,
+    // no 4-set has an NV2 ring, whatever the mode.
+    assert!(allocate(&g, g.all(), &GpuRequest::new(4, Clique)).is_ok());
+    for mode in [Clique, NvLinkMode::Ring, Preferred, NvLinkMode::None] {
+        let why = fast(4, mode).unwrap_err().reason;
+        assert!(
+            why.contains("form a ring whose every hop reaches gpu.minLinkGBps 60"),
+            "{mode}: {why}"
+        );
+    }
+    // One GPU has no hop: the minimum does not apply.
+    assert!(fast(1, Preferred).is_ok());
+    // PCIe only: refused before any search, with the fastest link named.
+    let l40s = graph("pcie-l40s");
+    let why = allocate(
+        &l40s,
+        l40s.all(),
+        &GpuRequest::new(2, Preferred).with_min_link(10),
+    )
+    .unwrap_err()
+    .reason;
+    assert!(
+        why.contains("no link between free GPUs on node")
+            && why.contains("reaches gpu.minLinkGBps 10"),
+        "{why}"
+    );
+    // The memo keeps answers with and without a minimum apart.
+    assert!(allocate(&l40s, l40s.all(), &GpuRequest::new(2, Preferred)).is_ok());
 }

@@ -138,7 +138,8 @@ fn best_node(
     index: i32,
     why: &mut Vec<String>,
 ) -> Option<(usize, PodPlacement, GpuSet, NodeFit)> {
-    let gr = GpuRequest::new(req.gpus_per_pod, req.nvlink);
+    let gr = GpuRequest::new(req.gpus_per_pod, req.nvlink)
+        .with_min_link(req.gpu.min_link_gbps.unwrap_or(0));
     let mut best: Option<(NodeFit, usize, Allocation)> = None;
     for (i, n) in c.nodes.iter().enumerate() {
         if let Err(e) = req.node_matches(n) {

@@ -339,3 +339,32 @@ fn capacity_reports_the_largest_free_nvlink_clique() {
     assert_eq!(free_island_sizes(&h100, &free), vec![5]);
     assert!(free_island_sizes(&h100, &BTreeSet::new()).is_empty());
 }
+
+#[test]
+fn min_link_gbps_skips_nodes_whose_links_are_too_slow() {
+    // A partly used DGX-1 (best fit would take it) has only NV1 rings left for 2 GPUs; an
+    // idle DGX H100 NVSwitch node reaches ≈ 900 GB/s per hop.
+    let cands = vec![member(
+        "m",
+        vec![
+            node("dgx1-v100", "dgx1", &[0, 3, 4, 5, 6, 7]),
+            node("dgx-h100", "h100", &[]),
+            node("pcie-l40s", "l40s", &[]),
+        ],
+    )];
+    let mut req = job(2, NvLinkMode::Preferred);
+    assert_eq!(place_gang(&cands, &req, &[0]).unwrap().pods[0].node, "dgx1");
+    req.gpu.min_link_gbps = Some(200);
+    assert_eq!(place_gang(&cands, &req, &[0]).unwrap().pods[0].node, "h100");
+    // Nothing that fast: every node says why.
+    req.gpu.min_link_gbps = Some(5000);
+    let err = place_gang(&cands, &req, &[0]).unwrap_err().to_string();
+    for n in ["dgx1", "h100", "l40s"] {
+        assert!(
+            err.contains(&format!(
+                "no link between free GPUs on node {n} reaches gpu.minLinkGBps 5000"
+            )),
+            "{err}"
+        );
+    }
+}
