@@ -124,7 +124,10 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
     register_member(&hub, "member-2", &fed.members[1].cp, WALLET_2, "region-2")
         .await
         .unwrap();
-    let _op = Operator::start(hub.clone(), Operator::test_config(30));
+    // A pod the member's scheduler refuses for 10 s is withdrawn (see the end).
+    let mut config = Operator::test_config(30);
+    config.member_refusal = std::time::Duration::from_secs(10);
+    let _op = Operator::start(hub.clone(), config);
     let mcs: Api<MemberCluster> = Api::all(hub.clone());
     for (name, mode) in [
         ("member-1", BindingMode::Dra),
@@ -363,6 +366,20 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
             .and_then(|s| s.allocation),
         None
     );
+    // That pod goes again: from here on only the rogue pod holds a GPU outside gpupool.
+    m1_pods
+        .delete("any-gpu", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    claims
+        .delete("any-gpu", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(60, "the other pod's claim deleted", || async {
+        Ok(claims.get_opt("any-gpu").await?.is_none().then_some(()))
+    })
+    .await
+    .unwrap();
 
     // Deleting the job deletes its pods, the garbage collector their claims, and the GPU the
     // rogue pod wanted becomes free: the member's scheduler now gives it to that pod.
@@ -401,6 +418,76 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
     .await
     .unwrap();
     assert!(ev.contains("cannot allocate all claims"), "{ev}");
+
+    // The hub does not leave it there: after 10 s of refusal the whole gang is withdrawn, with an
+    // Event on the job saying what the member refused, and the refused node's GPUs are kept out of
+    // placement. member-1's one other node cannot take the gang alone, so it waits; a third node
+    // joins, and the gang runs on the two nodes the member's scheduler did not refuse.
+    let refused_ev = eventually(90, "the gang withdrawn after the refusal", || async {
+        let out = fed.hub.kubectl().ok(&[
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            "involvedObject.name=blocked,reason=MemberSchedulerRefused",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])?;
+        Ok((!out.is_empty()).then_some(out))
+    })
+    .await
+    .unwrap();
+    assert!(
+        refused_ev.contains("the scheduler of member member-1 refused worker pod blocked-g0-w")
+            && refused_ev.contains(&format!("on node {node}"))
+            && refused_ev.contains("cannot allocate all claims")
+            && refused_ev.contains("withdrawn"),
+        "{refused_ev}"
+    );
+    let st = eventually(30, "blocked restarted and waiting", || async {
+        let st = tjs.get("blocked").await?.status.unwrap_or_default();
+        Ok((st.restarts == 1 && st.workers.is_empty()).then_some(st))
+    })
+    .await
+    .unwrap();
+    assert!(st.cluster.is_none(), "{st:?}");
+    eventually(30, "the refused gang's pods deleted", || async {
+        let left = job_pods(&m1, "blocked").await;
+        Ok(left
+            .iter()
+            .all(|p| p.metadata.deletion_timestamp.is_some())
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    fed.add_nodes(0, &[GpuNode::new("dgx-h100-3", 8, H100)])
+        .await
+        .unwrap();
+    publish_fixture(&m1, "dgx-h100", "dgx-h100-3")
+        .await
+        .unwrap();
+    let job = eventually(120, "blocked Running on other nodes", || async {
+        let j = tjs.get("blocked").await?;
+        Ok(j.status
+            .clone()
+            .filter(|s| s.phase == TrainingPhase::Running)
+            .map(|_| j))
+    })
+    .await
+    .unwrap();
+    let st = job.status.unwrap();
+    let mut nodes: Vec<&str> = st.workers.iter().map(|w| w.node.as_str()).collect();
+    nodes.sort();
+    let other = if node == "dgx-h100-0" {
+        "dgx-h100-1"
+    } else {
+        "dgx-h100-0"
+    };
+    let mut want = vec![other, "dgx-h100-3"];
+    want.sort();
+    assert_eq!(nodes, want, "the refused node {node} was picked again");
+    assert_eq!(st.restarts, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
