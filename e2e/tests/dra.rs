@@ -407,6 +407,29 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
     let mut blocked = training_job("blocked", 2, "region-1");
     blocked.spec.gpus_per_worker = 8;
     blocked.spec.nvlink = gpupool::api::NvLinkMode::None;
+    // A second container that shares the GPUs (DRA: both reference the one claim).
+    let mut sidecar = blocked.spec.template.spec.as_ref().unwrap().containers[0].clone();
+    sidecar.name = "profiler".into();
+    sidecar.resources = None;
+    blocked
+        .spec
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers
+        .push(sidecar);
+    blocked.spec.gpu_containers = vec!["trainer".into(), "no-such-container".into()];
+    let err = tjs
+        .create(&PostParams::default(), &blocked)
+        .await
+        .expect_err("a gpuContainers name that is no container is refused");
+    assert!(
+        err.to_string()
+            .contains("gpuContainers must name containers of the template"),
+        "{err}"
+    );
+    blocked.spec.gpu_containers = vec!["trainer".into(), "profiler".into()];
     tjs.create(&PostParams::default(), &blocked).await.unwrap();
     let ev = eventually(60, "a MemberSchedulerRefused event", || async {
         let out = fed
@@ -488,6 +511,26 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
     want.sort();
     assert_eq!(nodes, want, "the refused node {node} was picked again");
     assert_eq!(st.restarts, 1);
+    // Both named containers got the GPUs: each references the pod's GPU claim.
+    let pods: Vec<Pod> = job_pods(&m1, "blocked")
+        .await
+        .into_iter()
+        .filter(running)
+        .collect();
+    assert_eq!(pods.len(), 2);
+    for pod in &pods {
+        let spec = pod.spec.as_ref().unwrap();
+        for c in &spec.containers {
+            let claims = c.resources.as_ref().and_then(|r| r.claims.clone());
+            assert_eq!(
+                claims.map(|cl| cl.into_iter().map(|x| x.name).collect::<Vec<_>>()),
+                Some(vec!["gpupool-gpus".to_string()]),
+                "container {} of {:?}",
+                c.name,
+                pod.metadata.name
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
