@@ -615,3 +615,128 @@ async fn kubelet_assignments_on_a_device_plugin_member_are_reconciled() {
     let want: BTreeSet<String> = free[2..].iter().cloned().collect();
     assert_eq!(got, want, "the second job got a GPU the kubelet holds");
 }
+
+/// An inference replica the DRA member's scheduler refuses (a GPU on its node was taken by a pod
+/// gpupool does not know about) is withdrawn after the refusal limit, with an Event on the job, and
+/// re-placed on another node; the refused node's GPUs are not picked again meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_the_member_scheduler_refuses_is_placed_elsewhere() {
+    let fed = Federation::start_with(&[MemberKind::Dra])
+        .await
+        .expect("federation starts");
+    fed.add_nodes(0, &[GpuNode::new("dgx-h100-0", 8, H100)])
+        .await
+        .unwrap();
+    let m1 = fed.members[0].cp.client().await.unwrap();
+    publish_fixture(&m1, "dgx-h100", "dgx-h100-0")
+        .await
+        .unwrap();
+    let hub = fed.hub.client().await.unwrap();
+    register_member(&hub, "member-1", &fed.members[0].cp, WALLET_1, "region-1")
+        .await
+        .unwrap();
+    let mut config = Operator::test_config(30);
+    config.member_refusal = Duration::from_secs(8);
+    let _op = Operator::start(hub.clone(), config);
+    let mcs: Api<MemberCluster> = Api::all(hub.clone());
+    eventually(30, "member-1 Ready in DRA mode", || async {
+        let st = mcs.get("member-1").await?.status.unwrap_or_default();
+        let ready = st
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        Ok((ready && st.binding_mode == Some(BindingMode::Dra)).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // Behind gpupool's back: a pod whose claim takes any one GPU of the only node.
+    let claims: Api<ResourceClaim> = Api::namespaced(m1.clone(), "default");
+    let any: ResourceClaim = serde_json::from_value(serde_json::json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+        "metadata": {"name": "outside", "namespace": "default"},
+        "spec": {"devices": {"requests": [{"name": "g", "exactly": {"deviceClassName": "gpu.nvidia.com"}}]}},
+    }))
+    .unwrap();
+    claims.create(&PostParams::default(), &any).await.unwrap();
+    let outside: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "outside", "namespace": "default"},
+        "spec": {
+            "containers": [{"name": "c", "image": "busybox", "resources": {"claims": [{"name": "g"}]}}],
+            "resourceClaims": [{"name": "g", "resourceClaimName": "outside"}],
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(m1.clone(), "default")
+        .create(&PostParams::default(), &outside)
+        .await
+        .unwrap();
+    eventually(30, "the outside pod's claim allocated", || async {
+        let (_, u) = allocated_uuids(&claims.get("outside").await?);
+        Ok((!u.is_empty()).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // The hub sees 8 free GPUs and places the 8-GPU replica there; the member refuses it.
+    let ijs: Api<gpupool::api::InferenceJob> = Api::namespaced(hub.clone(), "default");
+    let job: gpupool::api::InferenceJob = serde_yaml::from_str(
+        "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {name: llm, namespace: default}\nspec: {template: {spec: {containers: [{name: srv, image: ghcr.io/example/srv:1}]}}, replicas: 1, gpusPerReplica: 8, nvlink: none}\n",
+    )
+    .unwrap();
+    ijs.create(&PostParams::default(), &job).await.unwrap();
+    let ev = eventually(90, "the refused replica withdrawn", || async {
+        let out = fed.hub.kubectl().ok(&[
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            "involvedObject.name=llm,reason=MemberSchedulerRefused",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])?;
+        Ok((!out.is_empty()).then_some(out))
+    })
+    .await
+    .unwrap();
+    assert!(
+        ev.contains("the scheduler of member member-1 refused replica 0")
+            && ev.contains("on node dgx-h100-0")
+            && ev.contains("cannot allocate all claims"),
+        "{ev}"
+    );
+    // Withdrawn and not placed on the refused GPUs again: no placement while that node is all
+    // there is.
+    eventually(30, "no replica placed", || async {
+        let st = ijs.get("llm").await?.status.unwrap_or_default();
+        Ok(st.placements.is_empty().then_some(()))
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let st = ijs.get("llm").await.unwrap().status.unwrap_or_default();
+    assert!(st.placements.is_empty(), "{st:?}");
+
+    // Another node joins: the replica runs there and is ready.
+    fed.add_nodes(0, &[GpuNode::new("dgx-h100-1", 8, H100)])
+        .await
+        .unwrap();
+    publish_fixture(&m1, "dgx-h100", "dgx-h100-1")
+        .await
+        .unwrap();
+    let st = eventually(90, "llm ready on the other node", || async {
+        let st = ijs.get("llm").await?.status.unwrap_or_default();
+        Ok((st.ready_replicas == 1).then_some(st))
+    })
+    .await
+    .unwrap();
+    let nodes: Vec<&str> = st
+        .placements
+        .iter()
+        .flat_map(|p| p.gpus.iter().map(|g| g.node.as_str()))
+        .collect();
+    assert_eq!(nodes, vec!["dgx-h100-1"], "{st:?}");
+}
