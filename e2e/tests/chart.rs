@@ -3,7 +3,7 @@
 //! values schema rejects bad values naming the field, and its CRDs are exactly those in `crds/`.
 
 use anyhow::{Context, Result, ensure};
-use gpupool_e2e::{ControlPlane, Tools, repo_root};
+use gpupool_e2e::{ControlPlane, GpuNode, Tools, repo_root};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -476,6 +476,86 @@ fn rendered_objects_have_the_expected_shape() {
             expect("resourceslices", &["get", "list", "watch"]),
         ]
     );
+    // The kubelet's pod-resources directory, read-only, and the agent pointed at its socket;
+    // root (the socket's owner) with no capability, no escalation, read-only root filesystem.
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.contains(&"--pod-resources-socket=/var/lib/kubelet/pod-resources/kubelet.sock"),
+        "{args:?}"
+    );
+    assert!(!args.contains(&"--simulate-dra"), "{args:?}");
+    let vol = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "pod-resources")
+        .expect("pod-resources volume");
+    assert_eq!(vol["hostPath"]["path"], "/var/lib/kubelet/pod-resources");
+    assert_eq!(vol["hostPath"]["type"], "Directory");
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "pod-resources")
+        .expect("pod-resources mount");
+    assert_eq!(mount["mountPath"], "/var/lib/kubelet/pod-resources");
+    assert_eq!(mount["readOnly"], true);
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsUser"], 0);
+    assert_eq!(sc["runAsNonRoot"], false);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    // The agent's role without --simulate-dra grants nothing on resourceslices.
+    let agent_role = find(&member, "ClusterRole", "gp-gpupool-agent");
+    assert!(
+        !agent_role.to_string().contains("resourceslices"),
+        "{agent_role}"
+    );
+    // Turned off: no mount, no flag, the pod's non-root user; another kubelet root dir is followed.
+    let off = docs(&render(&[
+        "--set",
+        "mode=member",
+        "--set",
+        "agent.podResources.enabled=false",
+    ]));
+    let pod_off = &find(&off, "DaemonSet", "gp-gpupool-agent")["spec"]["template"]["spec"];
+    assert!(pod_off["volumes"].is_null(), "{pod_off}");
+    assert!(pod_off["containers"][0]["volumeMounts"].is_null());
+    assert!(pod_off["containers"][0]["securityContext"]["runAsUser"].is_null());
+    assert_eq!(
+        pod_off["containers"][0]["securityContext"]["runAsNonRoot"],
+        true
+    );
+    assert!(
+        !pod_off["containers"][0]["args"]
+            .to_string()
+            .contains("pod-resources")
+    );
+    let moved = docs(&render(&[
+        "--set",
+        "mode=member",
+        "--set",
+        "agent.podResources.hostDirectory=/data/kubelet/pod-resources",
+        "--set",
+        "agent.simulateDra=true",
+    ]));
+    let ds_moved = find(&moved, "DaemonSet", "gp-gpupool-agent");
+    let pod_moved = &ds_moved["spec"]["template"]["spec"];
+    assert_eq!(
+        pod_moved["volumes"][0]["hostPath"]["path"],
+        "/data/kubelet/pod-resources"
+    );
+    assert!(
+        pod_moved["containers"][0]["args"]
+            .to_string()
+            .contains("\"--simulate-dra\"")
+    );
     let token = find(&member, "Secret", "gp-gpupool-hub-token");
     assert_eq!(token["type"], "kubernetes.io/service-account-token");
     // hostPath access: one library file, read-only, and privileged for the device cgroup.
@@ -489,10 +569,9 @@ fn rendered_objects_have_the_expected_shape() {
     assert_eq!(pod["volumes"][0]["hostPath"]["type"], "File");
     assert_eq!(pod["containers"][0]["volumeMounts"][0]["readOnly"], true);
     assert_eq!(pod["containers"][0]["securityContext"]["privileged"], true);
-    assert_eq!(
-        pod["containers"][0]["securityContext"]["runAsNonRoot"],
-        true
-    );
+    // Both: privileged for the devices, uid 0 for the kubelet's socket.
+    assert_eq!(pod["containers"][0]["securityContext"]["runAsUser"], 0);
+    assert_eq!(pod["volumes"][1]["name"], "pod-resources");
 }
 
 async fn kubectl_ok(cp: &ControlPlane, args: Vec<String>) -> Result<String> {
@@ -1161,5 +1240,187 @@ async fn aggregated_roles_let_edit_and_view_users_work_with_jobs() -> Result<()>
             "kubectl auth can-i {verb} {resource} -n {ns} --as={user}: expected {want}, got {got}"
         );
     }
+    Ok(())
+}
+
+/// The node agent itself, authenticated as the chart's agent ServiceAccount (a real token from the
+/// TokenRequest API) against a real API server that enforces the chart's RBAC: every call it
+/// makes is allowed, with `--simulate-dra` too, and nothing more is granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_runs_under_the_charts_rbac_and_needs_nothing_more() -> Result<()> {
+    let agent = gpupool_e2e::operator_bin("gpupool-agent");
+    let cp = ControlPlane::start("chart-agent")
+        .await
+        .context("control plane starts")?;
+    let dir = tempfile::tempdir()?;
+    let s = |v: &str| v.to_string();
+    let crds = write(
+        dir.path(),
+        "crds.yaml",
+        &render(&["--show-only", "templates/crds.yaml"]),
+    );
+    kubectl_ok(&cp, vec![s("apply"), s("--server-side"), s("-f"), crds]).await?;
+    kubectl_ok(
+        &cp,
+        vec![
+            s("wait"),
+            s("--for=condition=Established"),
+            s("--timeout=60s"),
+            s("crd"),
+            s("-l"),
+            s("app.kubernetes.io/part-of=gpupool"),
+        ],
+    )
+    .await?;
+    kubectl_ok(&cp, vec![s("create"), s("namespace"), s(NAMESPACE)]).await?;
+    let apply_rbac = |simulate: bool| {
+        let manifest = render(&[
+            "--set",
+            "mode=member",
+            "--set",
+            &format!("agent.simulateDra={simulate}"),
+            "--show-only",
+            "templates/agent-rbac.yaml",
+        ]);
+        let f = write(
+            dir.path(),
+            &format!("agent-rbac-{simulate}.yaml"),
+            &manifest,
+        );
+        kubectl_ok(&cp, vec![s("apply"), s("--server-side"), s("-f"), f])
+    };
+    apply_rbac(true).await?;
+    let client = cp.client().await?;
+    let node = "dgx1-v100-0";
+    GpuNode::new(node, 8, "Tesla V100-SXM2-16GB")
+        .create(&client)
+        .await?;
+
+    // A kubeconfig whose only credential is the ServiceAccount's token.
+    let token = kubectl_ok(
+        &cp,
+        vec![
+            s("create"),
+            s("token"),
+            s("gp-gpupool-agent"),
+            s("-n"),
+            s(NAMESPACE),
+        ],
+    )
+    .await?;
+    let sa_kubeconfig = dir.path().join("agent-kubeconfig");
+    std::fs::copy(cp.kubeconfig_path(), &sa_kubeconfig)?;
+    let k = gpupool_e2e::Kubectl::new(sa_kubeconfig.clone());
+    k.ok(&[
+        "config",
+        "set-credentials",
+        "gpupool-agent",
+        &format!("--token={}", token.trim()),
+    ])?;
+    k.ok(&["config", "set-context", "--current", "--user=gpupool-agent"])?;
+    ensure!(
+        k.ok(&[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}"
+        ])? == format!("system:serviceaccount:{NAMESPACE}:gp-gpupool-agent"),
+        "the kubeconfig does not authenticate as the agent's ServiceAccount"
+    );
+
+    let topology = repo_root().join("deploy/topologies/dgx1-v100-busy.yaml");
+    let run_agent = |simulate: bool| {
+        let mut cmd = Command::new(&agent);
+        cmd.arg("--topology-file")
+            .arg(&topology)
+            .args(["--once", "--node-name", node, "--kubeconfig"])
+            .arg(&sa_kubeconfig);
+        if simulate {
+            cmd.arg("--simulate-dra");
+        }
+        let out = cmd.output().expect("agent runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let sa = format!("--as=system:serviceaccount:{NAMESPACE}:gp-gpupool-agent");
+    let can = |verb: &str, resource: &str| -> Result<bool> {
+        let out = cp.kubectl().run(&["auth", "can-i", verb, resource, &sa])?;
+        Ok(out.stdout.trim() == "yes")
+    };
+    // The authorizer follows role changes through a watch: wait until it has this one.
+    gpupool_e2e::eventually(30, "the agent's role is in force", || async {
+        Ok(can("patch", "resourceslices.resource.k8s.io")?.then_some(()))
+    })
+    .await?;
+    // Twice: the first apply creates the objects, the second updates them.
+    for round in 0..2 {
+        let (ok, stderr) = run_agent(true);
+        ensure!(
+            ok,
+            "agent run {round} under the chart's RBAC failed: {stderr}"
+        );
+    }
+    let topo = kubectl_ok(
+        &cp,
+        vec![
+            s("get"),
+            s("gputopology"),
+            s(node),
+            s("-o"),
+            s("jsonpath={.status.gpuCount}/{.status.gpusInUse[*]}"),
+        ],
+    )
+    .await?;
+    ensure!(
+        topo.starts_with("8/") && topo.split(' ').count() == 2,
+        "{topo}"
+    );
+    let slice = kubectl_ok(
+        &cp,
+        vec![
+            s("get"),
+            s("resourceslice"),
+            format!("{node}-gpu-nvidia-com"),
+            s("-o"),
+            s("jsonpath={.spec.driver}"),
+        ],
+    )
+    .await?;
+    ensure!(slice == "gpu.nvidia.com", "{slice}");
+
+    // Nothing beyond those calls: asked of the RBAC authorizer as the ServiceAccount.
+    for (verb, resource, want) in [
+        ("get", "nodes", true),
+        ("patch", "gputopologies.gpupool.io", true),
+        ("list", "nodes", false),
+        ("patch", "nodes", false),
+        ("delete", "gputopologies.gpupool.io", false),
+        ("list", "gputopologies.gpupool.io", false),
+        ("delete", "resourceslices.resource.k8s.io", false),
+        ("list", "pods", false),
+        ("get", "secrets", false),
+    ] {
+        ensure!(
+            can(verb, resource)? == want,
+            "can the agent {verb} {resource}? expected {want}"
+        );
+    }
+
+    // Without agent.simulateDra the role has no resourceslices: --simulate-dra is refused by the
+    // API server (so the rule above is needed), and the agent's ordinary work still runs.
+    apply_rbac(false).await?;
+    gpupool_e2e::eventually(30, "the narrower role is in force", || async {
+        Ok((!can("patch", "resourceslices.resource.k8s.io")?).then_some(()))
+    })
+    .await?;
+    let (ok, stderr) = run_agent(true);
+    ensure!(
+        !ok && stderr.contains("forbidden") && stderr.contains("resourceslices"),
+        "--simulate-dra without the resourceslices rule: {ok} {stderr}"
+    );
+    let (ok, stderr) = run_agent(false);
+    ensure!(ok, "the agent without --simulate-dra: {stderr}");
     Ok(())
 }

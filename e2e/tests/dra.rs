@@ -124,7 +124,10 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
     register_member(&hub, "member-2", &fed.members[1].cp, WALLET_2, "region-2")
         .await
         .unwrap();
-    let _op = Operator::start(hub.clone(), Operator::test_config(30));
+    // A pod the member's scheduler refuses for 10 s is withdrawn (see the end).
+    let mut config = Operator::test_config(30);
+    config.member_refusal = std::time::Duration::from_secs(10);
+    let _op = Operator::start(hub.clone(), config);
     let mcs: Api<MemberCluster> = Api::all(hub.clone());
     for (name, mode) in [
         ("member-1", BindingMode::Dra),
@@ -363,6 +366,20 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
             .and_then(|s| s.allocation),
         None
     );
+    // That pod goes again: from here on only the rogue pod holds a GPU outside gpupool.
+    m1_pods
+        .delete("any-gpu", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    claims
+        .delete("any-gpu", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(60, "the other pod's claim deleted", || async {
+        Ok(claims.get_opt("any-gpu").await?.is_none().then_some(()))
+    })
+    .await
+    .unwrap();
 
     // Deleting the job deletes its pods, the garbage collector their claims, and the GPU the
     // rogue pod wanted becomes free: the member's scheduler now gives it to that pod.
@@ -390,6 +407,29 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
     let mut blocked = training_job("blocked", 2, "region-1");
     blocked.spec.gpus_per_worker = 8;
     blocked.spec.nvlink = gpupool::api::NvLinkMode::None;
+    // A second container that shares the GPUs (DRA: both reference the one claim).
+    let mut sidecar = blocked.spec.template.spec.as_ref().unwrap().containers[0].clone();
+    sidecar.name = "profiler".into();
+    sidecar.resources = None;
+    blocked
+        .spec
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers
+        .push(sidecar);
+    blocked.spec.gpu_containers = vec!["trainer".into(), "no-such-container".into()];
+    let err = tjs
+        .create(&PostParams::default(), &blocked)
+        .await
+        .expect_err("a gpuContainers name that is no container is refused");
+    assert!(
+        err.to_string()
+            .contains("gpuContainers must name containers of the template"),
+        "{err}"
+    );
+    blocked.spec.gpu_containers = vec!["trainer".into(), "profiler".into()];
     tjs.create(&PostParams::default(), &blocked).await.unwrap();
     let ev = eventually(60, "a MemberSchedulerRefused event", || async {
         let out = fed
@@ -401,6 +441,96 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
     .await
     .unwrap();
     assert!(ev.contains("cannot allocate all claims"), "{ev}");
+
+    // The hub does not leave it there: after 10 s of refusal the whole gang is withdrawn, with an
+    // Event on the job saying what the member refused, and the refused node's GPUs are kept out of
+    // placement. member-1's one other node cannot take the gang alone, so it waits; a third node
+    // joins, and the gang runs on the two nodes the member's scheduler did not refuse.
+    let refused_ev = eventually(90, "the gang withdrawn after the refusal", || async {
+        let out = fed.hub.kubectl().ok(&[
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            "involvedObject.name=blocked,reason=MemberSchedulerRefused",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])?;
+        Ok((!out.is_empty()).then_some(out))
+    })
+    .await
+    .unwrap();
+    assert!(
+        refused_ev.contains("the scheduler of member member-1 refused worker pod blocked-g0-w")
+            && refused_ev.contains(&format!("on node {node}"))
+            && refused_ev.contains("cannot allocate all claims")
+            && refused_ev.contains("withdrawn"),
+        "{refused_ev}"
+    );
+    let st = eventually(30, "blocked restarted and waiting", || async {
+        let st = tjs.get("blocked").await?.status.unwrap_or_default();
+        Ok((st.restarts == 1 && st.workers.is_empty()).then_some(st))
+    })
+    .await
+    .unwrap();
+    assert!(st.cluster.is_none(), "{st:?}");
+    eventually(30, "the refused gang's pods deleted", || async {
+        let left = job_pods(&m1, "blocked").await;
+        Ok(left
+            .iter()
+            .all(|p| p.metadata.deletion_timestamp.is_some())
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    fed.add_nodes(0, &[GpuNode::new("dgx-h100-3", 8, H100)])
+        .await
+        .unwrap();
+    publish_fixture(&m1, "dgx-h100", "dgx-h100-3")
+        .await
+        .unwrap();
+    let job = eventually(120, "blocked Running on other nodes", || async {
+        let j = tjs.get("blocked").await?;
+        Ok(j.status
+            .clone()
+            .filter(|s| s.phase == TrainingPhase::Running)
+            .map(|_| j))
+    })
+    .await
+    .unwrap();
+    let st = job.status.unwrap();
+    let mut nodes: Vec<&str> = st.workers.iter().map(|w| w.node.as_str()).collect();
+    nodes.sort();
+    let other = if node == "dgx-h100-0" {
+        "dgx-h100-1"
+    } else {
+        "dgx-h100-0"
+    };
+    let mut want = vec![other, "dgx-h100-3"];
+    want.sort();
+    assert_eq!(nodes, want, "the refused node {node} was picked again");
+    assert_eq!(st.restarts, 1);
+    // Both named containers got the GPUs: each references the pod's GPU claim.
+    let pods: Vec<Pod> = job_pods(&m1, "blocked")
+        .await
+        .into_iter()
+        .filter(running)
+        .collect();
+    assert_eq!(pods.len(), 2);
+    for pod in &pods {
+        let spec = pod.spec.as_ref().unwrap();
+        for c in &spec.containers {
+            let claims = c.resources.as_ref().and_then(|r| r.claims.clone());
+            assert_eq!(
+                claims.map(|cl| cl.into_iter().map(|x| x.name).collect::<Vec<_>>()),
+                Some(vec!["gpupool-gpus".to_string()]),
+                "container {} of {:?}",
+                c.name,
+                pod.metadata.name
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -484,4 +614,129 @@ async fn kubelet_assignments_on_a_device_plugin_member_are_reconciled() {
     let got: BTreeSet<String> = got.into_iter().collect();
     let want: BTreeSet<String> = free[2..].iter().cloned().collect();
     assert_eq!(got, want, "the second job got a GPU the kubelet holds");
+}
+
+/// An inference replica the DRA member's scheduler refuses (a GPU on its node was taken by a pod
+/// gpupool does not know about) is withdrawn after the refusal limit, with an Event on the job, and
+/// re-placed on another node; the refused node's GPUs are not picked again meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_the_member_scheduler_refuses_is_placed_elsewhere() {
+    let fed = Federation::start_with(&[MemberKind::Dra])
+        .await
+        .expect("federation starts");
+    fed.add_nodes(0, &[GpuNode::new("dgx-h100-0", 8, H100)])
+        .await
+        .unwrap();
+    let m1 = fed.members[0].cp.client().await.unwrap();
+    publish_fixture(&m1, "dgx-h100", "dgx-h100-0")
+        .await
+        .unwrap();
+    let hub = fed.hub.client().await.unwrap();
+    register_member(&hub, "member-1", &fed.members[0].cp, WALLET_1, "region-1")
+        .await
+        .unwrap();
+    let mut config = Operator::test_config(30);
+    config.member_refusal = Duration::from_secs(8);
+    let _op = Operator::start(hub.clone(), config);
+    let mcs: Api<MemberCluster> = Api::all(hub.clone());
+    eventually(30, "member-1 Ready in DRA mode", || async {
+        let st = mcs.get("member-1").await?.status.unwrap_or_default();
+        let ready = st
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        Ok((ready && st.binding_mode == Some(BindingMode::Dra)).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // Behind gpupool's back: a pod whose claim takes any one GPU of the only node.
+    let claims: Api<ResourceClaim> = Api::namespaced(m1.clone(), "default");
+    let any: ResourceClaim = serde_json::from_value(serde_json::json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+        "metadata": {"name": "outside", "namespace": "default"},
+        "spec": {"devices": {"requests": [{"name": "g", "exactly": {"deviceClassName": "gpu.nvidia.com"}}]}},
+    }))
+    .unwrap();
+    claims.create(&PostParams::default(), &any).await.unwrap();
+    let outside: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "outside", "namespace": "default"},
+        "spec": {
+            "containers": [{"name": "c", "image": "busybox", "resources": {"claims": [{"name": "g"}]}}],
+            "resourceClaims": [{"name": "g", "resourceClaimName": "outside"}],
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(m1.clone(), "default")
+        .create(&PostParams::default(), &outside)
+        .await
+        .unwrap();
+    eventually(30, "the outside pod's claim allocated", || async {
+        let (_, u) = allocated_uuids(&claims.get("outside").await?);
+        Ok((!u.is_empty()).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // The hub sees 8 free GPUs and places the 8-GPU replica there; the member refuses it.
+    let ijs: Api<gpupool::api::InferenceJob> = Api::namespaced(hub.clone(), "default");
+    let job: gpupool::api::InferenceJob = serde_yaml::from_str(
+        "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {name: llm, namespace: default}\nspec: {template: {spec: {containers: [{name: srv, image: ghcr.io/example/srv:1}]}}, replicas: 1, gpusPerReplica: 8, nvlink: none}\n",
+    )
+    .unwrap();
+    ijs.create(&PostParams::default(), &job).await.unwrap();
+    let ev = eventually(90, "the refused replica withdrawn", || async {
+        let out = fed.hub.kubectl().ok(&[
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            "involvedObject.name=llm,reason=MemberSchedulerRefused",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])?;
+        Ok((!out.is_empty()).then_some(out))
+    })
+    .await
+    .unwrap();
+    assert!(
+        ev.contains("the scheduler of member member-1 refused replica 0")
+            && ev.contains("on node dgx-h100-0")
+            && ev.contains("cannot allocate all claims"),
+        "{ev}"
+    );
+    // Withdrawn and not placed on the refused GPUs again: no placement while that node is all
+    // there is.
+    eventually(30, "no replica placed", || async {
+        let st = ijs.get("llm").await?.status.unwrap_or_default();
+        Ok(st.placements.is_empty().then_some(()))
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let st = ijs.get("llm").await.unwrap().status.unwrap_or_default();
+    assert!(st.placements.is_empty(), "{st:?}");
+
+    // Another node joins: the replica runs there and is ready.
+    fed.add_nodes(0, &[GpuNode::new("dgx-h100-1", 8, H100)])
+        .await
+        .unwrap();
+    publish_fixture(&m1, "dgx-h100", "dgx-h100-1")
+        .await
+        .unwrap();
+    let st = eventually(90, "llm ready on the other node", || async {
+        let st = ijs.get("llm").await?.status.unwrap_or_default();
+        Ok((st.ready_replicas == 1).then_some(st))
+    })
+    .await
+    .unwrap();
+    let nodes: Vec<&str> = st
+        .placements
+        .iter()
+        .flat_map(|p| p.gpus.iter().map(|g| g.node.as_str()))
+        .collect();
+    assert_eq!(nodes, vec!["dgx-h100-1"], "{st:?}");
 }

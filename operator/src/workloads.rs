@@ -10,7 +10,9 @@
 //! What gpupool adds to the user's template (and nothing else):
 //! - labels `gpupool.io/*` and `app.kubernetes.io/managed-by`, annotations `gpupool.io/gpu-*`
 //!   (they win over the template's on a clash);
-//! - the GPU binding of the **first** container: on [`BindingMode::Dra`] members a pod-level claim
+//! - the GPU binding of the containers the job's `gpuContainers` names (default: the **first**
+//!   container; on device-plugin members only the first named one, as the kubelet hands a device
+//!   to one container only): on [`BindingMode::Dra`] members a pod-level claim
 //!   `gpupool-gpus` referencing a ResourceClaim that selects the chosen GPUs by UUID (the DRA
 //!   driver then sets the visible devices); on [`BindingMode::DevicePlugin`] members
 //!   `nvidia.com/gpu: k` in requests and limits plus `NVIDIA_VISIBLE_DEVICES`;
@@ -202,13 +204,30 @@ fn pin_by_affinity(spec: &mut PodSpec, node: &str) {
     }
 }
 
-/// Builds one pod from the template. `extra_env` goes into every container; the first container
-/// gets the GPUs and `port` (named `port_name`) when it does not list it.
+/// Indexes of the containers that get the GPUs: those named in `names` (the job's
+/// `gpuContainers`, in template order), or the first container when none is named. Names that are
+/// no container are skipped (CEL rejects them at admission); when none is left, the first
+/// container gets them.
+pub fn gpu_container_indexes(spec: &PodSpec, names: &[String]) -> Vec<usize> {
+    let named: Vec<usize> = spec
+        .containers
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| names.contains(&c.name))
+        .map(|(i, _)| i)
+        .collect();
+    if named.is_empty() { vec![0] } else { named }
+}
+
+/// Builds one pod from the template. `extra_env` goes into every container; the containers
+/// named in `gpu_containers` (default: the first) get the GPUs, and the first container gets
+/// `port` (named `port_name`) when it does not list it.
 #[allow(clippy::too_many_arguments)]
 fn gpu_pod(
     name: String,
     ns: &str,
     template: &PodTemplateSpec,
+    gpu_containers: &[String],
     owner: BTreeMap<String, String>,
     p: &PodPlacement,
     mode: BindingMode,
@@ -243,33 +262,41 @@ fn gpu_pod(
         spec.containers.push(Default::default());
     }
     let gpus = Quantity(p.gpu_uuids.len().to_string());
-    let c = &mut spec.containers[0];
-    let res = c
-        .resources
-        .get_or_insert_with(ResourceRequirements::default);
-    match mode {
-        BindingMode::Dra => {
-            res.claims
-                .get_or_insert_with(Vec::new)
-                .push(ContainerClaim {
-                    name: GPU_CLAIM_NAME.into(),
-                    request: None,
-                });
-        }
-        BindingMode::DevicePlugin => {
-            for r in RESERVED_RESOURCES {
-                res.limits
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert((*r).into(), gpus.clone());
-                res.requests
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert((*r).into(), gpus.clone());
+    let mut targets = gpu_container_indexes(&spec, gpu_containers);
+    if mode == BindingMode::DevicePlugin {
+        // The kubelet hands a device to one container only: the first named one requests them.
+        targets.truncate(1);
+    }
+    for i in targets {
+        let c = &mut spec.containers[i];
+        let res = c
+            .resources
+            .get_or_insert_with(ResourceRequirements::default);
+        match mode {
+            BindingMode::Dra => {
+                res.claims
+                    .get_or_insert_with(Vec::new)
+                    .push(ContainerClaim {
+                        name: GPU_CLAIM_NAME.into(),
+                        request: None,
+                    });
             }
-            c.env
-                .get_or_insert_with(Vec::new)
-                .push(env("NVIDIA_VISIBLE_DEVICES", p.gpu_uuids.join(",")));
+            BindingMode::DevicePlugin => {
+                for r in RESERVED_RESOURCES {
+                    res.limits
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert((*r).into(), gpus.clone());
+                    res.requests
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert((*r).into(), gpus.clone());
+                }
+                c.env
+                    .get_or_insert_with(Vec::new)
+                    .push(env("NVIDIA_VISIBLE_DEVICES", p.gpu_uuids.join(",")));
+            }
         }
     }
+    let c = &mut spec.containers[0];
     let ports = c.ports.get_or_insert_with(Vec::new);
     if !ports.iter().any(|cp| cp.container_port == port.0) {
         ports.push(ContainerPort {
@@ -358,6 +385,7 @@ pub fn training_pods(
                 training_pod_name(job, generation, p.index),
                 &ns,
                 &job.spec.template,
+                &job.spec.gpu_containers,
                 base_labels.clone(),
                 p,
                 mode,
@@ -426,6 +454,7 @@ pub fn inference_pod(job: &InferenceJob, p: &PodPlacement, mode: BindingMode) ->
         inference_pod_name(job, p.index),
         &ns,
         &job.spec.template,
+        &job.spec.gpu_containers,
         owner_labels("InferenceJob", &ns, &name, &uid),
         p,
         mode,
@@ -664,6 +693,105 @@ spec:
             (o.kind.as_str(), o.uid.as_str(), o.controller),
             ("Pod", "pod-uid", Some(true))
         );
+    }
+
+    #[test]
+    fn gpu_containers_choose_which_containers_get_the_gpus() {
+        let mut j = tj();
+        let claims_of = |p: &Pod| -> Vec<bool> {
+            p.spec
+                .as_ref()
+                .unwrap()
+                .containers
+                .iter()
+                .map(|c| {
+                    c.resources
+                        .as_ref()
+                        .and_then(|r| r.claims.as_ref())
+                        .is_some_and(|cl| cl.iter().any(|x| x.name == GPU_CLAIM_NAME))
+                })
+                .collect()
+        };
+        let gpu_limit = |p: &Pod, c: usize| -> Option<String> {
+            p.spec.as_ref().unwrap().containers[c]
+                .resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .and_then(|l| l.get("nvidia.com/gpu"))
+                .map(|q| q.0.clone())
+        };
+        // Default: the first container.
+        let pods = training_objects(&j, 0, &placements(), BindingMode::Dra).pods;
+        assert_eq!(claims_of(&pods[0].pod), vec![true, false]);
+        // Only the second one.
+        j.spec.gpu_containers = vec!["logs".into()];
+        let pods = training_objects(&j, 0, &placements(), BindingMode::Dra).pods;
+        assert_eq!(claims_of(&pods[0].pod), vec![false, true]);
+        let pods = training_objects(&j, 0, &placements(), BindingMode::DevicePlugin).pods;
+        assert_eq!(gpu_limit(&pods[0].pod, 0), None);
+        assert_eq!(gpu_limit(&pods[0].pod, 1).as_deref(), Some("2"));
+        assert_eq!(
+            env_of(&pods[0].pod, 1)["NVIDIA_VISIBLE_DEVICES"],
+            "GPU-a,GPU-b"
+        );
+        assert!(!env_of(&pods[0].pod, 0).contains_key("NVIDIA_VISIBLE_DEVICES"));
+        // Both: on DRA both share the one claim; the device plugin gives the devices to the
+        // first listed container only (in template order).
+        j.spec.gpu_containers = vec!["logs".into(), "trainer".into()];
+        let pods = training_objects(&j, 0, &placements(), BindingMode::Dra).pods;
+        assert_eq!(claims_of(&pods[1].pod), vec![true, true]);
+        assert_eq!(
+            pods[1]
+                .pod
+                .spec
+                .as_ref()
+                .unwrap()
+                .resource_claims
+                .as_ref()
+                .unwrap()
+                .len(),
+            1
+        );
+        let pods = training_objects(&j, 0, &placements(), BindingMode::DevicePlugin).pods;
+        assert_eq!(gpu_limit(&pods[0].pod, 0).as_deref(), Some("2"));
+        assert_eq!(gpu_limit(&pods[0].pod, 1), None);
+        // The rendezvous port stays on the first container whichever gets the GPUs.
+        j.spec.gpu_containers = vec!["logs".into()];
+        let pods = training_objects(&j, 0, &placements(), BindingMode::Dra).pods;
+        let spec = pods[0].pod.spec.as_ref().unwrap();
+        assert!(
+            spec.containers[0]
+                .ports
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|p| p.container_port == 29500)
+        );
+        assert!(spec.containers[1].ports.is_none());
+        // Inference replicas follow the same rule.
+        let mut ij: InferenceJob = serde_yaml::from_str(
+            r#"
+apiVersion: gpupool.io/v1alpha1
+kind: InferenceJob
+metadata: {name: llm, namespace: ml, uid: u-1}
+spec:
+  replicas: 1
+  gpusPerReplica: 1
+  gpuContainers: [server]
+  template:
+    spec:
+      containers:
+      - {name: proxy, image: envoyproxy/envoy:v1.30}
+      - {name: server, image: vllm/vllm-openai:v0.6.0}
+"#,
+        )
+        .unwrap();
+        let p = inference_pod(&ij, &place(0, "n1", &["GPU-a"]), BindingMode::Dra);
+        assert_eq!(claims_of(&p.pod), vec![false, true]);
+        // An unknown name (CEL refuses it at admission) falls back to the first container.
+        ij.spec.gpu_containers = vec!["nope".into()];
+        let p = inference_pod(&ij, &place(0, "n1", &["GPU-a"]), BindingMode::Dra);
+        assert_eq!(claims_of(&p.pod), vec![true, false]);
     }
 
     #[test]

@@ -135,6 +135,17 @@ pub const IMAGE_REFERENCE_PATTERN: &str = r"^(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-
 /// the pod is created. JobSet and Kueue embed the full pod schema instead (≈ 500 KiB per CRD);
 /// the trimmed schema keeps each CRD small and the hub independent of the members' Kubernetes
 /// versions.
+/// Schema of `gpuContainers`: a set of at most 32 container names.
+pub fn gpu_containers_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Names of the template's containers that get the GPUs (default: the first container). On DRA members each of them references the pod's GPU claim and sees all of the chosen GPUs; on device-plugin members the kubelet cannot hand the same devices to two containers, so only the first one listed requests them (`nvidia.com/gpu`, `NVIDIA_VISIBLE_DEVICES`). Every name must be a container of the template (not an init container).",
+        "type": "array",
+        "maxItems": 32,
+        "x-kubernetes-list-type": "set",
+        "items": {"type": "string", "minLength": 1, "maxLength": 63},
+    })
+}
+
 pub fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let bounded_map = serde_json::json!({
         "type": "object",
@@ -168,7 +179,7 @@ pub fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schem
     let string_map =
         serde_json::json!({"type": "object", "additionalProperties": {"type": "string"}});
     serde_json::from_value(serde_json::json!({
-        "description": "Pod template (a core/v1 PodTemplateSpec) for every pod of the job. gpupool keeps it as written and adds only what it owns: the GPU binding of the first container (a ResourceClaim on DRA members, `nvidia.com/gpu` and `NVIDIA_VISIBLE_DEVICES` on device-plugin members), node pinning (node affinity on DRA members, `nodeName` otherwise), the reserved environment variables, gpupool's labels and annotations, and for training `hostname`, `subdomain` and `restartPolicy: Never`. Templates that set `nodeName`, request `nvidia.com/gpu`, set a reserved environment variable or use the claim name `gpupool-gpus` are rejected.",
+        "description": "Pod template (a core/v1 PodTemplateSpec) for every pod of the job. gpupool keeps it as written and adds only what it owns: the GPU binding of the first container or those named in gpuContainers (a ResourceClaim on DRA members, `nvidia.com/gpu` and `NVIDIA_VISIBLE_DEVICES` on device-plugin members), node pinning (node affinity on DRA members, `nodeName` otherwise), the reserved environment variables, gpupool's labels and annotations, and for training `hostname`, `subdomain` and `restartPolicy: Never`. Templates that set `nodeName`, request `nvidia.com/gpu`, set a reserved environment variable or use the claim name `gpupool-gpus` are rejected.",
         "type": "object",
         "required": ["spec"],
         "properties": {

@@ -1,7 +1,8 @@
 //! `InferenceJob`: replicated serving, which may spread over member clusters.
 
 use super::common::{
-    ClusterSelector, GpuSelector, NodeGpus, NvLinkMode, conditions_schema, pod_template_schema,
+    ClusterSelector, GpuSelector, NodeGpus, NvLinkMode, conditions_schema, gpu_containers_schema,
+    pod_template_schema,
 };
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -39,6 +40,7 @@ use serde::{Deserialize, Serialize};
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(validation = Rule::new("!has(self.gpuContainers) || self.gpuContainers.all(n, self.template.spec.containers.exists(c, c.name == n))").message("gpuContainers must name containers of the template"))]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceJobSpec {
     /// The replicas' pod template. A replica counts as ready only when its pod is Ready, so give
@@ -53,6 +55,14 @@ pub struct InferenceJobSpec {
     )]
     #[schemars(schema_with = "pod_template_schema")]
     pub template: PodTemplateSpec,
+    /// Containers of the template that get the GPUs (default: the first container). On DRA
+    /// members each of them references the pod's GPU claim and sees all the chosen GPUs; on
+    /// device-plugin members only the first of them in template order requests the GPUs (the
+    /// kubelet hands a device to one container only). Every name must be a container of the
+    /// template.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "gpu_containers_schema")]
+    pub gpu_containers: Vec<String>,
     /// Port the server listens on (the template's container must listen there); exposed by a
     /// Service in each member.
     #[serde(default = "default_port")]

@@ -1,7 +1,8 @@
 //! `TrainingJob`: a gang of workers, all-or-nothing, on one member cluster.
 
 use super::common::{
-    ClusterSelector, GpuSelector, NvLinkMode, conditions_schema, pod_template_schema,
+    ClusterSelector, GpuSelector, NvLinkMode, conditions_schema, gpu_containers_schema,
+    pod_template_schema,
 };
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -50,6 +51,7 @@ use serde::{Deserialize, Serialize};
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(validation = Rule::new("!has(self.gpuContainers) || self.gpuContainers.all(n, self.template.spec.containers.exists(c, c.name == n))").message("gpuContainers must name containers of the template"))]
 #[serde(rename_all = "camelCase")]
 pub struct TrainingJobSpec {
     /// The workers' pod template. Immutable: a TrainingJob's pods are one run of one program;
@@ -65,6 +67,15 @@ pub struct TrainingJobSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("template is immutable: delete and recreate the TrainingJob to change it"))]
     #[schemars(schema_with = "pod_template_schema")]
     pub template: PodTemplateSpec,
+    /// Containers of the template that get the GPUs (default: the first container). On DRA
+    /// members each of them references the pod's GPU claim and sees all the chosen GPUs; on
+    /// device-plugin members only the first of them in template order requests the GPUs (the
+    /// kubelet hands a device to one container only). Every name must be a container of the
+    /// template. Immutable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "gpu_containers_schema")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("gpuContainers is immutable: delete and recreate the TrainingJob to change it"))]
+    pub gpu_containers: Vec<String>,
     /// Number of workers in the gang. Immutable (it shapes the gang: placement, WORLD_SIZE).
     #[x_kube(
         validation = Rule::new("self >= 1 && self <= 1024").message("workers must be between 1 and 1024"),

@@ -29,6 +29,12 @@ pub struct Config {
     /// Unused: waiting jobs are retried by the scheduler when capacity that could serve them
     /// changes. Kept so existing configurations still build.
     pub pending_retry: Duration,
+    /// How long the member's scheduler may refuse a gpupool pod (`PodScheduled=False`,
+    /// `Unschedulable`) before the hub withdraws it (a training gang: the whole gang), keeps
+    /// those GPUs out of placement for [`Config::suspect_for`] and places the job again.
+    pub member_refusal: Duration,
+    /// How long GPUs a member's scheduler refused stay out of placement.
+    pub suspect_for: Duration,
 }
 
 impl Default for Config {
@@ -40,6 +46,8 @@ impl Default for Config {
             member_timeout: Duration::from_secs(3),
             resync: Duration::from_secs(10),
             pending_retry: Duration::from_secs(60),
+            member_refusal: Duration::from_secs(60),
+            suspect_for: Duration::from_secs(600),
         }
     }
 }

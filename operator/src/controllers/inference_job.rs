@@ -85,6 +85,8 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
     let mut kept = Vec::new();
     let mut lost: BTreeMap<String, Vec<i32>> = BTreeMap::new();
     let mut failed = Vec::new();
+    let mut refused_replicas = Vec::new();
+    let mut refusal_wait: Option<Duration> = None;
     let mut scaled_down: BTreeMap<String, Vec<i32>> = BTreeMap::new();
     for (c, p) in flatten(&st) {
         if p.index >= want {
@@ -101,7 +103,39 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
         match members.get(&c) {
             Some(m) if m.ready => {
                 let pods = pods_in(m, &uid).unwrap_or_default();
-                if m.reachable && pod_state(&pods, p.index, &p.node).0.as_deref() == Some("Failed")
+                // A replica the member's scheduler has refused for too long is re-placed like a
+                // failed one (its GPUs kept out of placement for a while).
+                let this: Vec<&Pod> = pods
+                    .iter()
+                    .map(|q| &**q)
+                    .filter(|q| {
+                        q.labels().get(labels::INDEX) == Some(&p.index.to_string())
+                            && pod_node(q) == Some(p.node.as_str())
+                    })
+                    .collect();
+                let (refused, wait) = super::member_refusals(&c, &this, ctx);
+                if let Some(d) = wait {
+                    refusal_wait = Some(refusal_wait.map_or(d, |w: Duration| w.min(d)));
+                }
+                if m.reachable && !refused.is_empty() {
+                    let (pod, _, message) = &refused[0];
+                    event(
+                        ctx,
+                        job,
+                        true,
+                        "MemberSchedulerRefused",
+                        "Replace",
+                        format!(
+                            "the scheduler of member {c} refused replica {} (pod {pod}) on node {} for over {}s: {message}; re-placing it",
+                            p.index,
+                            p.node,
+                            ctx.config.member_refusal.as_secs()
+                        ),
+                    )
+                    .await;
+                    refused_replicas.push((c, p));
+                } else if m.reachable
+                    && pod_state(&pods, p.index, &p.node).0.as_deref() == Some("Failed")
                 {
                     failed.push((c, p));
                 } else {
@@ -143,7 +177,7 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
             .await?;
         }
     }
-    for (c, p) in &failed {
+    for (c, p) in failed.iter().chain(&refused_replicas) {
         if let Some(cl) = members.get(c).and_then(|m| m.client.clone()) {
             let ix = p.index.to_string();
             delete_pods(&cl, c, &ns, &uid, |pod| {
@@ -154,6 +188,12 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
                     == Some(&ix)
             })
             .await?;
+        }
+        if refused_replicas
+            .iter()
+            .any(|(rc, rp)| rc == c && rp.index == p.index)
+        {
+            continue;
         }
         event(
             ctx,
@@ -170,7 +210,10 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
     }
 
     // 2. Missing replicas are placed by the scheduler, which sees this status.
-    let changed_placements = !lost.is_empty() || !scaled_down.is_empty() || !failed.is_empty();
+    let changed_placements = !lost.is_empty()
+        || !scaled_down.is_empty()
+        || !failed.is_empty()
+        || !refused_replicas.is_empty();
     if changed_placements {
         st.placements = group(&kept, &BTreeMap::new());
     }
@@ -263,6 +306,7 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
     if st != before {
         apply_status(&api, job, &st).await?;
     }
-    // Pod changes, member readiness and placements wake the job; nothing to poll.
-    Ok(Action::await_change())
+    // Pod changes, member readiness and placements wake the job; only a refusal by a member's
+    // scheduler that has not lasted long enough yet needs a timer.
+    Ok(refusal_wait.map_or_else(Action::await_change, Action::requeue))
 }

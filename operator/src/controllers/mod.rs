@@ -13,12 +13,14 @@ mod error;
 mod inference_job;
 mod member_cluster;
 mod member_io;
+mod refusal;
 mod status;
 mod training_job;
 
 pub use context::{Config, Context, MemberHealth, Triggers};
 pub use error::{Error, Result};
 pub use member_cluster::SUPPLY_VERIFIED;
+use refusal::member_refusals;
 
 use crate::api::{InferenceJob, MemberCluster, TrainingJob};
 use futures::StreamExt;
@@ -46,6 +48,13 @@ pub struct RunArgs {
     /// Seconds a member may fail probes before it is NotReady and its work is moved.
     #[arg(long, default_value_t = 30)]
     pub member_grace_seconds: u64,
+    /// Seconds a member's scheduler may refuse a gpupool pod before the hub withdraws it (a
+    /// training gang: all of it) and places the job again, avoiding those GPUs.
+    #[arg(long, default_value_t = 60)]
+    pub member_refusal_seconds: u64,
+    /// Seconds GPUs that a member's scheduler refused stay out of placement.
+    #[arg(long, default_value_t = 600)]
+    pub suspect_gpu_seconds: u64,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: String,
@@ -102,6 +111,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         heartbeat: Duration::from_secs(args.heartbeat_seconds.max(1)),
         member_grace: Duration::from_secs(args.member_grace_seconds),
+        member_refusal: Duration::from_secs(args.member_refusal_seconds.max(1)),
+        suspect_for: Duration::from_secs(args.suspect_gpu_seconds),
         ..Config::default()
     };
     let metrics = crate::metrics::Metrics::default();

@@ -187,6 +187,18 @@ async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context)
         .count() as i32;
     let generation_meta = job.metadata.generation;
 
+    // Workers the member's scheduler has refused for too long (e.g. a claim for GPUs something
+    // else took): the gang cannot start there. Their GPUs stay out of placement for a while, the
+    // whole gang is withdrawn and placed again.
+    let (refused, refusal_wait) = super::member_refusals(&cluster, &mine, ctx);
+    if let Some((pod, node, message)) = refused.first() {
+        delete_pods(&client, &cluster, &ns, &uid, |_| true).await?;
+        let why = format!(
+            "the scheduler of member {cluster} refused worker pod {pod} on node {node} for over {}s: {message}",
+            ctx.config.member_refusal.as_secs()
+        );
+        return restart_gang(job, st, ctx, "MemberSchedulerRefused", why).await;
+    }
     if let Some(rank) = failed {
         delete_pods(&client, &cluster, &ns, &uid, |_| true).await?;
         return restart_gang(
@@ -303,7 +315,11 @@ async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context)
     if st.phase == TrainingPhase::Succeeded {
         return Ok(Action::await_change());
     }
-    // Pod changes and member readiness wake the job; only a runtime limit needs a timer.
+    // Pod changes and member readiness wake the job; only a runtime limit and a refusal that has
+    // not lasted long enough yet need a timer.
+    if let Some(d) = refusal_wait {
+        return Ok(Action::requeue(deadline.map_or(d, |x| x.min(d))));
+    }
     Ok(match (deadline, st.phase == TrainingPhase::Running) {
         (Some(d), true) => Action::requeue(d),
         (None, true) if job.spec.max_runtime_seconds.is_some() => {
@@ -388,14 +404,21 @@ async fn restart_gang(
         generation,
     );
     apply_status(&api, job, &st).await?;
-    if matches!(reason, "MemberLost" | "Deregistered") {
+    if matches!(
+        reason,
+        "MemberLost" | "Deregistered" | "MemberSchedulerRefused"
+    ) {
         event(
             ctx,
             job,
             true,
             reason,
             "Restart",
-            format!("{why}: the gang on {from} is lost"),
+            if reason == "MemberSchedulerRefused" {
+                format!("{why}; the gang on {from} is withdrawn")
+            } else {
+                format!("{why}: the gang on {from} is lost")
+            },
         )
         .await;
     }

@@ -149,11 +149,7 @@ pub struct SchedulerRefusal {
 pub fn scheduler_refusals(pods: &[std::sync::Arc<Pod>]) -> Vec<SchedulerRefusal> {
     pods.iter()
         .filter_map(|p| {
-            let c = p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| {
-                c.type_ == "PodScheduled"
-                    && c.status == "False"
-                    && c.reason.as_deref() == Some("Unschedulable")
-            })?;
+            let c = refusal_condition(p)?;
             Some(SchedulerRefusal {
                 namespace: p.namespace().unwrap_or_default(),
                 pod: p.name_any(),
@@ -161,6 +157,41 @@ pub fn scheduler_refusals(pods: &[std::sync::Arc<Pod>]) -> Vec<SchedulerRefusal>
             })
         })
         .collect()
+}
+
+fn refusal_condition(p: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
+    if p.spec.as_ref().is_some_and(|s| s.node_name.is_some()) {
+        return None;
+    }
+    p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| {
+        c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+    })
+}
+
+/// Where a pod stands with the member's scheduler, after it refused the pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Refused for less than the limit: look again after this long.
+    Waiting(Duration),
+    /// Refused for at least the limit: withdraw it. The scheduler's message.
+    Withdraw(String),
+}
+
+/// How long the member's scheduler has refused pod `p` at `now`, against `limit`; `None` when it
+/// does not refuse it (bound, or not looked at yet). Counted from the `PodScheduled` condition's
+/// `lastTransitionTime`, which the member's scheduler sets when the pod first became
+/// unschedulable and keeps while it stays so: the count survives an operator restart, and relies
+/// on hub and member clocks agreeing to well within `limit`.
+pub fn refusal(p: &Pod, now: k8s_openapi::jiff::Timestamp, limit: Duration) -> Option<Refusal> {
+    let c = refusal_condition(p)?;
+    let since = c.last_transition_time.as_ref().map_or(now, |t| t.0);
+    let refused = Duration::from_secs(now.duration_since(since).as_secs().max(0) as u64);
+    Some(match limit.checked_sub(refused) {
+        Some(left) if !left.is_zero() => Refusal::Waiting(left),
+        _ => Refusal::Withdraw(c.message.clone().unwrap_or_default()),
+    })
 }
 
 /// GPU devices per node in a member's ResourceSlices of NVIDIA's DRA driver: per node and pool,
@@ -205,6 +236,68 @@ mod tests {
             "spec": {"containers": [{"name": "c"}]},
         }))
         .unwrap()
+    }
+
+    fn refused_pod(bound: bool, since: Option<&str>) -> Pod {
+        let mut p = pod("w-0", "n1", "GPU-a", BindingMode::Dra);
+        let mut cond = serde_json::json!({"type": "PodScheduled", "status": "False",
+            "reason": "Unschedulable", "message": "0/2 nodes are available: 1 cannot allocate all claims."});
+        if let Some(t) = since {
+            cond["lastTransitionTime"] = t.into();
+        }
+        p.status =
+            serde_json::from_value(serde_json::json!({"phase": "Pending", "conditions": [cond]}))
+                .unwrap();
+        if bound {
+            p.spec.as_mut().unwrap().node_name = Some("n1".into());
+        }
+        p
+    }
+
+    #[test]
+    fn a_refusal_is_withdrawn_only_after_the_limit() {
+        let now: k8s_openapi::jiff::Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
+        let limit = Duration::from_secs(60);
+        assert_eq!(
+            refusal(
+                &refused_pod(false, Some("2026-01-01T00:00:30Z")),
+                now,
+                limit
+            ),
+            Some(Refusal::Waiting(Duration::from_secs(30)))
+        );
+        assert_eq!(
+            refusal(
+                &refused_pod(false, Some("2026-01-01T00:00:00Z")),
+                now,
+                limit
+            ),
+            Some(Refusal::Withdraw(
+                "0/2 nodes are available: 1 cannot allocate all claims.".into()
+            ))
+        );
+        // A member clock ahead of the hub's counts as just refused.
+        assert_eq!(
+            refusal(
+                &refused_pod(false, Some("2026-01-01T00:05:00Z")),
+                now,
+                limit
+            ),
+            Some(Refusal::Waiting(limit))
+        );
+        assert_eq!(
+            refusal(&refused_pod(false, None), now, limit),
+            Some(Refusal::Waiting(limit))
+        );
+        // Bound pods (the scheduler placed it after all) and pods without the condition are not refused.
+        assert_eq!(
+            refusal(&refused_pod(true, Some("2026-01-01T00:00:00Z")), now, limit),
+            None
+        );
+        assert_eq!(
+            refusal(&pod("w-1", "n1", "GPU-b", BindingMode::Dra), now, limit),
+            None
+        );
     }
 
     #[test]

@@ -214,6 +214,9 @@ pub struct PoolCache {
     holds: HashMap<Slot, u32>,
     jobs: HashMap<String, JobHolds>,
     pods: HashMap<(String, String, String), BTreeSet<Slot>>,
+    /// GPUs a member's scheduler refused to give a gpupool pod: kept out of placement (as busy)
+    /// until [`PoolCache::set_suspect`] clears them.
+    suspect: BTreeSet<Slot>,
     wakes: Wakes,
 }
 
@@ -562,6 +565,15 @@ impl PoolCache {
                 busy.insert(g.index);
             }
         }
+        for g in graph.gpus() {
+            if self.suspect.contains(&Slot {
+                member: member.to_string(),
+                node: node.to_string(),
+                uuid: g.uuid.clone(),
+            }) {
+                busy.insert(g.index);
+            }
+        }
         let mut held = GpuSet::EMPTY;
         for g in graph.gpus() {
             let s = Slot {
@@ -603,6 +615,27 @@ impl PoolCache {
             .or_default()
             .insert(node.to_string());
         m.ready.insert(node.to_string(), st);
+    }
+
+    // ----- suspect GPUs -----
+
+    /// Marks (`on`) or clears GPUs that a member's scheduler refused: while marked they count as
+    /// busy, so no decision picks them.
+    pub fn set_suspect(&mut self, slots: &BTreeSet<Slot>, on: bool) {
+        let mut nodes = BTreeSet::new();
+        for s in slots {
+            let changed = if on {
+                self.suspect.insert(s.clone())
+            } else {
+                self.suspect.remove(s)
+            };
+            if changed {
+                nodes.insert((s.member.clone(), s.node.clone()));
+            }
+        }
+        for (m, n) in nodes {
+            self.derive(&m, &n);
+        }
     }
 
     // ----- assignments -----

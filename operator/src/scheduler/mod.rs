@@ -454,6 +454,21 @@ impl Scheduler {
         st.namespaces.retain(|(m, _)| m != name);
     }
 
+    /// Keeps GPUs that a member's scheduler refused out of placement for `ttl`, then offers
+    /// them again (waking jobs that could use them).
+    pub fn suspect(self: &Arc<Self>, slots: BTreeSet<Slot>, ttl: Duration) {
+        if slots.is_empty() {
+            return;
+        }
+        self.lock().cache.set_suspect(&slots, true);
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(ttl).await;
+            me.lock().cache.set_suspect(&slots, false);
+            me.notify.notify_one();
+        });
+    }
+
     // ----- reading -----
 
     /// Runs `f` on the cache (briefly: the loop waits meanwhile).

@@ -385,3 +385,29 @@ fn removing_the_first_publisher_frees_the_nodes_quarantined_behind_it() {
     );
     assert!(c.problems("b").is_empty(), "{:?}", c.problems("b"));
 }
+
+#[test]
+fn gpus_a_member_scheduler_refused_are_kept_out_of_placement_until_cleared() {
+    let mut c = pool(&[("m", &[("n", "dgx-h100"), ("o", "dgx-h100")])]);
+    let refused: BTreeSet<Slot> = (0..4).map(|i| slot("m", "n", i)).collect();
+    c.set_suspect(&refused, true);
+    let n = c.node("m", "n").unwrap();
+    assert_eq!(n.free().len(), 4);
+    assert!(refused.iter().all(|s| {
+        let g = n.graph.gpus().iter().find(|g| g.uuid == s.uuid).unwrap();
+        !n.free().contains(g.index)
+    }));
+    assert_eq!(
+        c.node("m", "o").unwrap().free().len(),
+        8,
+        "other nodes untouched"
+    );
+    // Marks on another member's node of the same name change nothing here.
+    c.set_suspect(&[slot("x", "n", 5)].into_iter().collect(), true);
+    assert_eq!(c.node("m", "n").unwrap().free().len(), 4);
+    // Cleared: offered again, and jobs waiting for that much are woken.
+    c.take_wakes();
+    c.set_suspect(&refused, false);
+    assert_eq!(c.node("m", "n").unwrap().free().len(), 8);
+    assert_eq!(c.take_wakes().nodes.last().map(|w| w.free), Some(8));
+}
