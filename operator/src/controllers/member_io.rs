@@ -174,17 +174,18 @@ pub async fn sweep_orphans(
                 st.cluster.as_deref() == Some(cluster)
                     && ((gen_ok && st.phase != TrainingPhase::Failed) || (finished && pod_done))
             }),
-            "InferenceJob" => ijs.get(uid).is_some_and(|j| {
-                let st = j.status.clone().unwrap_or_default();
-                st.placements.iter().any(|pl| {
-                    pl.cluster == cluster
-                        && pl
-                            .replicas
-                            .iter()
-                            .zip(&pl.gpus)
-                            .any(|(r, g)| *r == index && g.node == node)
+            "InferenceJob" => {
+                ijs.get(uid).is_some_and(|j| {
+                    let st = j.status.clone().unwrap_or_default();
+                    let revision = crate::workloads::pod_revision(p);
+                    st.placements.iter().any(|pl| {
+                        pl.cluster == cluster
+                            && pl.replicas.iter().zip(&pl.gpus).any(|(r, g)| {
+                                *r == index && g.node == node && g.revision == revision
+                            })
+                    })
                 })
-            }),
+            }
             _ => true,
         };
         if !keep {
