@@ -142,21 +142,40 @@ fn watch_pods(
     (counts, task)
 }
 
-/// Reasons of the job's Events, oldest first.
-async fn event_reasons(hub: &kube::Client, job: &str) -> Vec<(String, String)> {
+/// One Event of a job: reason, first and last time seen, how often (the event recorder folds
+/// repeats of a reason into one Event with a series), and its (first) note.
+#[derive(Debug)]
+struct Seen {
+    reason: String,
+    first: k8s_openapi::jiff::Timestamp,
+    last: k8s_openapi::jiff::Timestamp,
+    count: i32,
+    note: String,
+}
+
+/// The job's Events, by first time seen.
+async fn events_of(hub: &kube::Client, job: &str) -> Vec<Seen> {
     let api: Api<Event> = Api::namespaced(hub.clone(), "default");
-    let mut evs: Vec<Event> = api
+    let mut evs: Vec<Seen> = api
         .list(&ListParams::default())
         .await
         .unwrap()
         .items
         .into_iter()
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(job))
+        .map(|e| {
+            let first = e.event_time.as_ref().expect("eventTime").0;
+            Seen {
+                reason: e.reason.clone().unwrap_or_default(),
+                first,
+                last: e.series.as_ref().map_or(first, |s| s.last_observed_time.0),
+                count: e.series.as_ref().map_or(1, |s| s.count),
+                note: e.note.clone().unwrap_or_default(),
+            }
+        })
         .collect();
-    evs.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
-    evs.into_iter()
-        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-        .collect()
+    evs.sort_by_key(|e| e.first);
+    evs
 }
 
 /// Rolls `name` (3 ready replicas of `v1`) to `v2` and checks what the member ran meanwhile.
@@ -246,27 +265,35 @@ async fn roll(fed: &Federation, name: &str) -> (usize, usize) {
         "{done:?}"
     );
     let events = eventually(30, "RolloutComplete event", || async {
-        let ev = event_reasons(&hub, name).await;
-        Ok(ev.iter().any(|(r, _)| r == "RolloutComplete").then_some(ev))
+        let ev = events_of(&hub, name).await;
+        Ok(ev
+            .iter()
+            .any(|e| e.reason == "RolloutComplete")
+            .then_some(ev))
     })
     .await
     .unwrap();
-    let rollout: Vec<&str> = events
-        .iter()
-        .map(|(r, _)| r.as_str())
-        .filter(|r| matches!(*r, "RolloutStarted" | "ReplicaReplaced" | "RolloutComplete"))
-        .collect();
+    let find = |r: &str| {
+        events
+            .iter()
+            .find(|e| e.reason == r)
+            .unwrap_or_else(|| panic!("no {r} Event: {events:?}"))
+    };
+    let (started, replaced, complete) = (
+        find("RolloutStarted"),
+        find("ReplicaReplaced"),
+        find("RolloutComplete"),
+    );
     assert_eq!(
-        rollout,
-        [
-            "RolloutStarted",
-            "ReplicaReplaced",
-            "ReplicaReplaced",
-            "ReplicaReplaced",
-            "RolloutComplete"
-        ],
+        (started.count, replaced.count, complete.count),
+        (1, 3, 1),
         "{events:?}"
     );
+    assert!(
+        started.first <= replaced.first && replaced.last <= complete.first,
+        "Events out of order: {events:?}"
+    );
+    assert!(started.note.contains("rolling 3 replicas"), "{events:?}");
     task.abort();
     let c = counts.lock().unwrap();
     (c.min_ready.unwrap(), c.max_pods)
