@@ -377,7 +377,18 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
         && let Some(client) = &view.client
     {
         match crate::join::member_identity(client).await {
-            Ok(uid) if !uid.is_empty() => status.cluster_uid = Some(uid),
+            Ok(uid) if !uid.is_empty() => {
+                // A merge patch, as the meter writes it: recorded once, owned by no apply.
+                let patch = serde_json::json!({"status": {"clusterUid": uid}});
+                Api::<MemberCluster>::all(ctx.hub.clone())
+                    .patch_status(
+                        &name,
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(&patch),
+                    )
+                    .await?;
+                status.cluster_uid = Some(uid);
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(cluster = %name, error = %e, "reading the member's kube-system UID failed")
