@@ -103,7 +103,6 @@ pub fn plan(want: i32, current: &str, replicas: &[Replica], surge: i32, unavaila
         by.entry(r.index).or_default().push(r);
     }
     let mut out = Plan::default();
-    // Per index after this step: (has current, current ready, old Ready replicas kept).
     let mut missing = Vec::new();
     let mut old_only = Vec::new();
     let mut entries = 0;
@@ -120,8 +119,9 @@ pub fn plan(want: i32, current: &str, replicas: &[Replica], surge: i32, unavaila
             if new_ready {
                 out.delete.push((i, r.revision.clone()));
                 out.replaced.insert(i);
-            } else if !r.ready {
-                // Not serving: replacing it costs no availability.
+            } else if !r.ready || old_kept_ready {
+                // Not serving, or a second old replica of this index (left by an earlier
+                // rollout): deleting it costs no availability.
                 out.delete.push((i, r.revision.clone()));
             } else {
                 old_kept_ready = true;
@@ -164,6 +164,7 @@ pub fn plan(want: i32, current: &str, replicas: &[Replica], surge: i32, unavaila
     // at most `want + surge` replicas in all, counting those about to be deleted (their GPUs are
     // held until their pods are gone).
     missing.sort_unstable();
+    missing.dedup();
     let mut room = want + surge - entries - out.delete.len() as i32 - missing.len() as i32;
     out.place = missing;
     for i in old_only.into_iter().filter(|i| !deleted_ready.contains(i)) {
@@ -286,6 +287,22 @@ mod tests {
         let p = plan(2, "b", &reps, 0, 0);
         assert_eq!(p.delete, vec![(0, "a".to_string())]);
         assert_eq!(p.place, vec![0]);
+    }
+
+    #[test]
+    fn a_change_during_a_rollout_keeps_one_old_replica_per_index() {
+        // a -> b -> c: index 0 runs a and b, both Ready; one of them goes at once, the other
+        // stays until c is Ready (maxUnavailable 0).
+        let reps = [r(0, "a", true), r(0, "b", true), r(1, "b", true)];
+        let p = plan(2, "c", &reps, 1, 0);
+        assert_eq!(p.delete, vec![(0, "b".to_string())]);
+        assert_eq!(p.available, 2);
+        assert!(
+            p.place.is_empty(),
+            "the deletion still holds the surge slot: {p:?}"
+        );
+        let p = plan(2, "c", &reps, 0, 2);
+        assert_eq!(p.place, vec![0, 1], "one replacement per index: {p:?}");
     }
 
     #[test]

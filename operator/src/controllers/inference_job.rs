@@ -222,12 +222,18 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
             }
             delete_replica(&members, job, p).await?;
             let p = kept.remove(pos);
+            let another_old = kept
+                .iter()
+                .any(|o| o.pod.index == *index && o.revision != current);
             let why = if step.replaced.contains(index) {
                 format!("its replacement (revision {current}) is Ready")
-            } else if p.ready {
-                format!("within maxUnavailable {max_unavailable}")
-            } else {
+            } else if !p.ready {
                 "it was not Ready".to_string()
+            } else if another_old {
+                "another old replica of this index keeps serving until its replacement is Ready"
+                    .to_string()
+            } else {
+                format!("within maxUnavailable {max_unavailable}")
             };
             event(
                 ctx,
