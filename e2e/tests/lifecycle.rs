@@ -10,7 +10,7 @@ use gpupool_e2e::{
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -103,17 +103,24 @@ impl PodCounts {
     }
 }
 
+/// Aborts the watch task when dropped (also when an assertion fails).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Watches the job's pods in the member from now on (after the initial list).
-fn watch_pods(
-    member: kube::Client,
-    job: &str,
-) -> (Arc<Mutex<PodCounts>>, tokio::task::JoinHandle<()>) {
+fn watch_pods(member: kube::Client, job: &str) -> (Arc<Mutex<PodCounts>>, AbortOnDrop) {
     let counts = Arc::new(Mutex::new(PodCounts::default()));
     let api: Api<Pod> = Api::namespaced(member, "default");
     let cfg = watcher::Config::default().labels(&format!("gpupool.io/job-name={job}"));
     let c = counts.clone();
     let task = tokio::spawn(async move {
-        let mut stream = watcher(api, cfg).boxed();
+        // Backoff: errors (e.g. once the test's API servers are gone) must not spin.
+        let mut stream = watcher(api, cfg).default_backoff().boxed();
         let mut init: BTreeMap<String, bool> = BTreeMap::new();
         while let Some(ev) = stream.next().await {
             let Ok(ev) = ev else { continue };
@@ -139,7 +146,7 @@ fn watch_pods(
             }
         }
     });
-    (counts, task)
+    (counts, AbortOnDrop(task))
 }
 
 /// One Event of a job: reason, first and last time seen, how often (the event recorder folds
@@ -294,7 +301,7 @@ async fn roll(fed: &Federation, name: &str) -> (usize, usize) {
         "Events out of order: {events:?}"
     );
     assert!(started.note.contains("rolling 3 replicas"), "{events:?}");
-    task.abort();
+    drop(task);
     let c = counts.lock().unwrap();
     (c.min_ready.unwrap(), c.max_pods)
 }

@@ -206,9 +206,10 @@ pub struct MemberClusterStatus {
     /// Kubernetes version the member reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes_version: Option<String>,
-    /// UID of the member's `kube-system` namespace, recorded the first time the meter reads
+    /// UID of the member's `kube-system` namespace, recorded the first time the operator reaches
     /// the member: the cluster's identity on the ledger (a second `MemberCluster` for the same
-    /// cluster records the same UID and is not paid).
+    /// cluster records the same UID and is not paid) and the key of the record of what it still
+    /// holds if it is removed while unreachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_uid: Option<String>,
     /// GPU capacity summary.

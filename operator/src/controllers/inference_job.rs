@@ -180,6 +180,9 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
     // 2. Rollout: a changed revision starts one; Ready replacements retire old replicas, and
     //    old replicas go within maxUnavailable. Missing and surge replicas are placed by the
     //    scheduler, which sees this status.
+    // Rollout Events go out once the status recording the step is written, so a retried
+    // reconcile (e.g. after a write conflict) does not report a step twice.
+    let mut rollout_events: Vec<(&str, String)> = Vec::new();
     let rolling_from: BTreeSet<String> = kept
         .iter()
         .filter(|p| p.revision != current)
@@ -187,20 +190,15 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
         .collect();
     if st.revision.as_deref() != Some(current.as_str()) {
         if !rolling_from.is_empty() {
-            event(
-                ctx,
-                job,
-                false,
+            rollout_events.push((
                 "RolloutStarted",
-                "Rollout",
                 format!(
                     "rolling {} replicas from revision {} to {current} (maxSurge {max_surge}, \
                      maxUnavailable {max_unavailable})",
                     want,
                     rolling_from.iter().cloned().collect::<Vec<_>>().join(",")
                 ),
-            )
-            .await;
+            ));
         }
         st.revision = Some(current.clone());
     }
@@ -235,18 +233,13 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
             } else {
                 format!("within maxUnavailable {max_unavailable}")
             };
-            event(
-                ctx,
-                job,
-                false,
+            rollout_events.push((
                 "ReplicaReplaced",
-                "Rollout",
                 format!(
                     "replica {index} (revision {rev}) on {}/{} deleted: {why}",
                     p.cluster, p.pod.node
                 ),
-            )
-            .await;
+            ));
             retired.push(p);
         }
     }
@@ -359,15 +352,10 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
             generation,
         );
         if was_rolling {
-            event(
-                ctx,
-                job,
-                false,
+            rollout_events.push((
                 "RolloutComplete",
-                "Rollout",
                 format!("all {want} replicas run revision {current} and are Ready"),
-            )
-            .await;
+            ));
         }
         // Realized: every replica of this generation placed, on its revision and Ready.
         st.observed_generation = generation;
@@ -390,6 +378,9 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
     }
     if st != before {
         apply_status(&api, job, &st).await?;
+    }
+    for (reason, note) in rollout_events {
+        event(ctx, job, false, reason, "Rollout", note).await;
     }
     // Pod changes, member readiness and placements wake the job; nothing to poll.
     Ok(Action::await_change())
