@@ -376,7 +376,7 @@ fn rendered_objects_have_the_expected_shape() {
     let env = c["env"].as_array().unwrap();
     assert!(env.iter().any(|e| e["name"] == "GPUPOOL_NAMESPACE"
         && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"));
-    // Secrets and Leases only in the release namespace.
+    // Secrets, Leases and ConfigMaps (records of removed members) only in the release namespace.
     let role = find(&hub, "Role", "gp-gpupool-operator");
     assert_eq!(role["metadata"]["namespace"], NAMESPACE);
     let role_resources: Vec<&str> = role["rules"]
@@ -386,7 +386,7 @@ fn rendered_objects_have_the_expected_shape() {
         .flat_map(|r| r["resources"].as_array().unwrap())
         .map(|r| r.as_str().unwrap())
         .collect();
-    assert_eq!(role_resources, vec!["secrets", "leases"]);
+    assert_eq!(role_resources, vec!["secrets", "leases", "configmaps"]);
     let cr = find(&hub, "ClusterRole", "gp-gpupool-operator");
     assert!(
         !cr.to_string().contains("secrets"),

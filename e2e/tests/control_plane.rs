@@ -99,6 +99,40 @@ async fn examples_are_accepted_and_invalid_specs_rejected_by_the_api_server() {
         .unwrap();
     assert!(explain.contains("Immutable"), "{explain}");
 
+    // An InferenceJob's port is immutable; template, GPUs, replicas and the rollout may change.
+    let out = kubectl
+        .run(&[
+            "patch",
+            "ij",
+            "llama-serve",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"port":9000}}"#,
+        ])
+        .unwrap();
+    assert!(
+        !out.success && out.stderr.contains("port is immutable"),
+        "port change: {}",
+        out.stderr
+    );
+    kubectl
+        .ok(&[
+            "patch",
+            "ij",
+            "llama-serve",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":4,"gpusPerReplica":1,"nvlink":"none","rollout":{"maxSurge":"50%","maxUnavailable":0}}}"#,
+        ])
+        .unwrap();
+    let explain = kubectl
+        .ok(&["explain", "inferencejob.spec.rollout"])
+        .unwrap();
+    assert!(
+        explain.contains("maxSurge") && explain.contains("replica by"),
+        "{explain}"
+    );
+
     let invalid = yaml_files(&repo_root().join("deploy/examples/invalid"));
     assert!(
         invalid.len() >= 8,

@@ -11,6 +11,7 @@ pub mod metering;
 pub mod metrics;
 pub mod placement;
 pub mod pull;
+pub mod rollout;
 pub mod scheduler;
 pub mod telemetry;
 pub mod topology;

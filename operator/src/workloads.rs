@@ -440,22 +440,43 @@ pub fn training_objects(
     }
 }
 
-/// Pod name of an inference replica.
-pub fn inference_pod_name(job: &InferenceJob, index: i32) -> String {
-    format!("{}-r{}", job.name_any(), index)
+/// Label on an inference replica's pod: the revision of the rolled spec fields it runs
+/// ([`crate::rollout::revision`]).
+pub const REVISION_LABEL: &str = "gpupool.io/revision";
+
+/// Pod name of an inference replica running `revision` (replicas placed before revisions were
+/// recorded have none and keep their old name).
+pub fn inference_pod_name(job: &InferenceJob, index: i32, revision: &str) -> String {
+    if revision.is_empty() {
+        format!("{}-r{}", job.name_any(), index)
+    } else {
+        format!("{}-r{}-{revision}", job.name_any(), index)
+    }
 }
 
-/// Pod (and claim) for one inference replica.
+/// Revision an inference replica's pod runs (empty for pods from before revisions).
+pub fn pod_revision(p: &Pod) -> &str {
+    p.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(REVISION_LABEL))
+        .map_or("", String::as_str)
+}
+
+/// Pod (and claim) for one inference replica, running the job's current revision.
 pub fn inference_pod(job: &InferenceJob, p: &PodPlacement, mode: BindingMode) -> MemberPod {
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let name = job.name_any();
     let uid = job.uid().unwrap_or_default();
+    let revision = crate::rollout::revision(&job.spec);
+    let mut owner = owner_labels("InferenceJob", &ns, &name, &uid);
+    owner.insert(REVISION_LABEL.into(), revision.clone());
     gpu_pod(
-        inference_pod_name(job, p.index),
+        inference_pod_name(job, p.index, &revision),
         &ns,
         &job.spec.template,
         &job.spec.gpu_containers,
-        owner_labels("InferenceJob", &ns, &name, &uid),
+        owner,
         p,
         mode,
         &[env("REPLICA_INDEX", p.index.to_string())],
@@ -843,7 +864,9 @@ spec:
         j.metadata.uid = Some("u".into());
         let objs = inference_objects(&j, &[place(4, "n9", &["GPU-z"])], BindingMode::Dra);
         let p = &objs.pods[0].pod;
-        assert_eq!(p.metadata.name.as_deref(), Some("llm-r4"));
+        let rev = crate::rollout::revision(&j.spec);
+        assert_eq!(p.metadata.name, Some(format!("llm-r4-{rev}")));
+        assert_eq!(pod_revision(p), rev);
         let spec = p.spec.as_ref().unwrap();
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
         let c = &spec.containers[0];

@@ -226,6 +226,12 @@ pub struct NodeGpus {
     /// Topology score of the GPU set (higher is better-connected).
     #[serde(default)]
     pub score: i64,
+    /// Inference replicas: revision of the rolled spec fields the replica runs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub revision: String,
+    /// Inference replicas: whether its pod is Ready.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ready: bool,
 }
 
 /// Kubernetes-style conditions list, merged by `type` under server-side apply.
@@ -254,4 +260,7 @@ pub mod condition {
     pub const COMPLETE: &str = "Complete";
     /// The job failed for good.
     pub const FAILED: &str = "Failed";
+    /// An InferenceJob's replicas run the current revision of its spec (`RolloutComplete`) or
+    /// are being replaced (`RollingUpdate`).
+    pub const PROGRESSING: &str = "Progressing";
 }

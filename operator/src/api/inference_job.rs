@@ -6,6 +6,7 @@ use super::common::{
 };
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,11 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(
+        name = "Up-to-date",
+        type_ = "integer",
+        json_path = ".status.updatedReplicas"
+    ),
     printcolumn(name = "GPUs", type_ = "integer", json_path = ".spec.gpusPerReplica"),
     printcolumn(name = "Clusters", type_ = "string", json_path = ".status.clusters"),
     printcolumn(
@@ -44,7 +50,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct InferenceJobSpec {
     /// The replicas' pod template. A replica counts as ready only when its pod is Ready, so give
-    /// the server container a readiness probe.
+    /// the server container a readiness probe. A change rolls out replica by replica (see
+    /// `rollout`), as do changes of `gpusPerReplica`, `gpu` and `nvlink`.
     #[x_kube(
         validation = Rule::new("!has(self.spec.nodeName)").message("template.spec.nodeName must not be set: gpupool pins every pod to the node it chose"),
         validation = Rule::new("self.spec.containers.all(c, has(c.image) && size(c.image) > 0) && (!has(self.spec.initContainers) || self.spec.initContainers.all(c, has(c.image) && size(c.image) > 0))").message("every container in the template needs an image"),
@@ -64,20 +71,24 @@ pub struct InferenceJobSpec {
     #[schemars(schema_with = "gpu_containers_schema")]
     pub gpu_containers: Vec<String>,
     /// Port the server listens on (the template's container must listen there); exposed by a
-    /// Service in each member.
+    /// Service in each member. Immutable: the Services in the members keep it.
     #[serde(default = "default_port")]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("port must be between 1 and 65535"))]
+    #[x_kube(
+        validation = Rule::new("self >= 1 && self <= 65535").message("port must be between 1 and 65535"),
+        validation = Rule::new("self == oldSelf").message("port is immutable: delete and recreate the job to change it")
+    )]
     pub port: i32,
-    /// Number of replicas.
+    /// Number of replicas. Changing it scales: replicas are added or the highest indexes
+    /// removed, the others keep running.
     #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message("replicas must be between 0 and 1000"))]
     pub replicas: i32,
-    /// GPUs per replica, all on one node.
+    /// GPUs per replica, all on one node. A change rolls out like a template change.
     #[x_kube(validation = Rule::new("self >= 1 && self <= 16").message("gpusPerReplica must be between 1 and 16"))]
     pub gpus_per_replica: i32,
-    /// Which GPUs qualify.
+    /// Which GPUs qualify. A change rolls out like a template change.
     #[serde(default)]
     pub gpu: GpuSelector,
-    /// NVLink rule for each replica's GPUs. `clique`: every pair NVLink-connected (directly or
+    /// NVLink rule for each replica's GPUs (a change rolls out like a template change). `clique`: every pair NVLink-connected (directly or
     /// through NVSwitch). `ring`: an all-NVLink cycle through all of them exists. `preferred`
     /// (default): the best-connected free set, PCIe-only if nothing better is free. `none`:
     /// topology ignored. `required`: alias of `clique`.
@@ -97,6 +108,40 @@ pub struct InferenceJobSpec {
     /// older jobs first.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
+    /// How a change of `template`, `gpusPerReplica`, `gpu` or `nvlink` rolls out: replica by
+    /// replica, each new replica placed by the scheduler and Ready before the old one it replaces
+    /// is deleted, within `maxSurge` / `maxUnavailable`. `clusterSelector`, `placement` and
+    /// `priority` apply to placements from then on (running replicas are not moved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStrategy>,
+}
+
+/// Rolling-update budgets, as in a Deployment's `strategy.rollingUpdate`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.maxSurge) && has(self.maxUnavailable) && (type(self.maxSurge) == int ? self.maxSurge == 0 : self.maxSurge == '0%') && (type(self.maxUnavailable) == int ? self.maxUnavailable == 0 : self.maxUnavailable == '0%'))").message("maxSurge and maxUnavailable must not both be 0: the rollout could not make progress"))]
+pub struct RolloutStrategy {
+    /// Replicas placed above `replicas` during a rollout: a count or a percentage of `replicas`
+    /// (rounded up). Default 25%. A surge replica needs free GPUs of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "int_or_percent_schema")]
+    #[x_kube(validation = Rule::new("type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')").message("maxSurge must be a non-negative count or a percentage such as 25%"))]
+    pub max_surge: Option<IntOrString>,
+    /// Replicas that may be unavailable (not Ready) during a rollout: a count or a percentage of
+    /// `replicas` (rounded down). Default 25%. 0 means every old replica stays until its
+    /// replacement is Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "int_or_percent_schema")]
+    #[x_kube(validation = Rule::new("type(self) == int ? self >= 0 : self.matches('^(100|[1-9]?[0-9])%$')").message("maxUnavailable must be a non-negative count or a percentage from 0% to 100%"))]
+    pub max_unavailable: Option<IntOrString>,
+}
+
+fn int_or_percent_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    serde_json::from_value(serde_json::json!({
+        "x-kubernetes-int-or-string": true,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+    }))
+    .expect("static schema")
 }
 
 fn default_port() -> i32 {
@@ -185,7 +230,7 @@ pub enum InferencePhase {
 pub struct ClusterPlacement {
     /// Member cluster name.
     pub cluster: String,
-    /// Replica indexes placed there.
+    /// Replica indexes placed there (an index appears twice while its replacement starts).
     pub replicas: Vec<i32>,
     /// Ready replicas there.
     #[serde(default)]
@@ -208,9 +253,16 @@ pub struct InferenceJobStatus {
     /// Comma-separated member clusters in use (for `kubectl get`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clusters: Option<String>,
-    /// Ready replicas over all clusters.
+    /// Ready replicas over all clusters (during a rollout, old and new ones).
     #[serde(default)]
     pub ready_replicas: i32,
+    /// Replicas (of `spec.replicas`) placed with the current revision of the rolled fields.
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// Revision (hash of `template`, `gpusPerReplica`, `gpu`, `nvlink`) that replicas are rolled
+    /// to; each replica's own is in `placements[].gpus[].revision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// Service endpoints (`cluster/namespace/service:port`).
     #[serde(default)]
     pub endpoints: Vec<String>,
@@ -228,7 +280,9 @@ pub struct InferenceJobStatus {
     /// Why the job waits for GPUs, while it waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_reason: Option<String>,
-    /// Generation of the spec this status describes.
+    /// Generation of the spec that is realized: every replica of it placed, running the spec's
+    /// revision and Ready, nothing else left. It lags `metadata.generation` while a change
+    /// rolls out or waits for GPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }

@@ -34,12 +34,23 @@ pub async fn reconcile(mc: Arc<MemberCluster>, ctx: Arc<Context>) -> Result<Acti
         match ev {
             Finalizer::Apply(mc) => heartbeat(&mc, &ctx).await,
             Finalizer::Cleanup(mc) => {
+                // What the member holds, while the job statuses still say so (their controllers
+                // move them once the member is out of the registry).
+                let pods = ctx
+                    .registry
+                    .get(&mc.name_any())
+                    .await
+                    .and_then(|m| m.watch)
+                    .filter(|w| w.synced())
+                    .map(|w| w.pods())
+                    .unwrap_or_default();
+                let owed = super::member_io::jobs_in_member(&ctx, &mc.name_any(), &pods).await?;
                 // Out of the registry and the scheduler first, so that nothing is placed on or
                 // re-created in the member while it is drained.
                 let member = ctx.registry.remove(&mc.name_any()).await;
                 ctx.wake_jobs_on(&mc.name_any());
                 ctx.scheduler.remove_member(&mc.name_any());
-                drain(&mc, member, &ctx).await;
+                drain(&mc, member, &owed, &ctx).await;
                 ctx.metrics.forget_member(&mc.name_any());
                 ctx.wake_all_jobs();
                 Ok(Action::await_change())
@@ -58,10 +69,16 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A member leaves the pool: delete gpupool's pods, Services and ResourceClaims in it while it is
 /// reachable (bounded by [`DRAIN_TIMEOUT`]), and say on the MemberCluster what was left. Jobs on it
-/// are moved by their controllers (`Deregistered`) once it is out of the registry; what could not
-/// be deleted here belongs to no job placed on this member any more, so the orphan sweep deletes
-/// it when the same cluster joins again.
-async fn drain(mc: &MemberCluster, member: Option<MemberView>, ctx: &Context) {
+/// are moved by their controllers (`Deregistered`) once it is out of the registry. When the drain
+/// is incomplete, the jobs it held (`owed`) are recorded on the hub under the cluster's
+/// `kube-system` UID, so that their pods, Services and claims are deleted if the same cluster
+/// joins again ([`super::member_io::sweep_owed`]).
+async fn drain(
+    mc: &MemberCluster,
+    member: Option<MemberView>,
+    owed: &std::collections::BTreeSet<super::member_io::OwedJob>,
+    ctx: &Context,
+) {
     let name = mc.name_any();
     let client = member
         .as_ref()
@@ -106,6 +123,23 @@ async fn drain(mc: &MemberCluster, member: Option<MemberView>, ctx: &Context) {
                 .to_string(),
         ),
     };
+    let mut note = note;
+    if reason == "DrainIncomplete" && !owed.is_empty() {
+        match mc.cluster_id() {
+            Some(uid) => match super::member_io::record_owed(ctx, &name, uid, owed).await {
+                Ok(()) => note.push_str(&format!(
+                    "; recorded {} jobs it still holds in ConfigMap {}/{}",
+                    owed.len(),
+                    ctx.config.namespace,
+                    super::member_io::owed_record_name(uid)
+                )),
+                Err(e) => note.push_str(&format!("; recording what it still holds failed: {e}")),
+            },
+            None => note.push_str(
+                "; its kube-system UID was never read, so what it still holds cannot be recorded",
+            ),
+        }
+    }
     tracing::info!(cluster = %name, reason, note, "member removed");
     event(ctx, mc, warning, reason, "Deregister", note).await;
 }
@@ -418,6 +452,39 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(cluster = %name, error = %e, "sweeping orphaned workloads failed")
+            }
+        }
+        // A cluster removed while unreachable and joining again: what its record lists.
+        // The identity is recorded on the first heartbeat; this object may predate that.
+        let uid = match mc.cluster_id() {
+            Some(u) => Some(u.to_string()),
+            None => crate::join::member_identity(&client)
+                .await
+                .ok()
+                .filter(|u| !u.is_empty()),
+        };
+        if let Some(uid) = uid {
+            match super::member_io::sweep_owed(ctx, &name, &client, &uid).await {
+                Ok(Some(n)) => {
+                    event(
+                        ctx,
+                        mc,
+                        false,
+                        "LeftoversSwept",
+                        "Sweep",
+                        format!(
+                            "this cluster was removed from the pool while unreachable; deleted \
+                             {n} pods of jobs that moved away, with their Services and claims"
+                        ),
+                    )
+                    .await
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Try again at the next sweep.
+                    view.last_sweep = None;
+                    tracing::warn!(cluster = %name, error = %e, "sweeping a removed member's leftovers failed")
+                }
             }
         }
     }

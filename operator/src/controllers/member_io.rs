@@ -174,17 +174,18 @@ pub async fn sweep_orphans(
                 st.cluster.as_deref() == Some(cluster)
                     && ((gen_ok && st.phase != TrainingPhase::Failed) || (finished && pod_done))
             }),
-            "InferenceJob" => ijs.get(uid).is_some_and(|j| {
-                let st = j.status.clone().unwrap_or_default();
-                st.placements.iter().any(|pl| {
-                    pl.cluster == cluster
-                        && pl
-                            .replicas
-                            .iter()
-                            .zip(&pl.gpus)
-                            .any(|(r, g)| *r == index && g.node == node)
+            "InferenceJob" => {
+                ijs.get(uid).is_some_and(|j| {
+                    let st = j.status.clone().unwrap_or_default();
+                    let revision = crate::workloads::pod_revision(p);
+                    st.placements.iter().any(|pl| {
+                        pl.cluster == cluster
+                            && pl.replicas.iter().zip(&pl.gpus).any(|(r, g)| {
+                                *r == index && g.node == node && g.revision == revision
+                            })
+                    })
                 })
-            }),
+            }
             _ => true,
         };
         if !keep {
@@ -276,4 +277,189 @@ where
             Err(e) => out.failed.push(format!("{kind} {ns}/{name}: {e}")),
         }
     }
+}
+
+/// A hub job that still had workloads in a member removed while unreachable.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+pub struct OwedJob {
+    /// `TrainingJob` or `InferenceJob`.
+    pub kind: String,
+    /// Namespace (the same in the member).
+    pub namespace: String,
+    /// Name, for people reading the record.
+    pub name: String,
+    /// UID: the `gpupool.io/job-uid` label of its pods, Services and claims.
+    pub uid: String,
+}
+
+/// Label on the hub ConfigMaps recording what a removed member still holds.
+pub const OWED_RECORD_LABEL: &str = "gpupool.io/owed-by-cluster-uid";
+
+/// Name of the record of what the cluster with `kube-system` UID `cluster_uid` still holds.
+pub fn owed_record_name(cluster_uid: &str) -> String {
+    format!("gpupool-owed-{cluster_uid}")
+}
+
+/// The jobs that have (or, by the member's last known pods, had) workloads in member `cluster`:
+/// hub statuses placing them there, and the job UIDs of the pods its watch last listed.
+pub async fn jobs_in_member(
+    ctx: &Context,
+    cluster: &str,
+    pods: &[std::sync::Arc<Pod>],
+) -> Result<BTreeSet<OwedJob>> {
+    let mut out = BTreeSet::new();
+    for j in Api::<TrainingJob>::all(ctx.hub.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+    {
+        if j.status.as_ref().and_then(|s| s.cluster.as_deref()) == Some(cluster) {
+            out.insert(owed("TrainingJob", &j));
+        }
+    }
+    for j in Api::<InferenceJob>::all(ctx.hub.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+    {
+        if j.status
+            .iter()
+            .flat_map(|s| &s.placements)
+            .any(|p| p.cluster == cluster)
+        {
+            out.insert(owed("InferenceJob", &j));
+        }
+    }
+    for p in pods {
+        let Some(l) = p.metadata.labels.as_ref() else {
+            continue;
+        };
+        if let (Some(kind), Some(uid)) = (l.get(labels::JOB_KIND), l.get(labels::JOB_UID)) {
+            out.insert(OwedJob {
+                kind: kind.clone(),
+                namespace: p.namespace().unwrap_or_default(),
+                name: l.get(labels::JOB_NAME).cloned().unwrap_or_default(),
+                uid: uid.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn owed<K: Resource<DynamicType = ()>>(kind: &str, j: &K) -> OwedJob {
+    OwedJob {
+        kind: kind.into(),
+        namespace: j.namespace().unwrap_or_default(),
+        name: j.name_any(),
+        uid: j.uid().unwrap_or_default(),
+    }
+}
+
+/// Records on the hub (a ConfigMap in the operator's namespace, named after the cluster's
+/// `kube-system` UID) what member `cluster` still holds after it was removed unreachable, so that
+/// [`sweep_owed`] deletes it if the same cluster joins again, under any name.
+pub async fn record_owed(
+    ctx: &Context,
+    cluster: &str,
+    cluster_uid: &str,
+    jobs: &BTreeSet<OwedJob>,
+) -> Result<()> {
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(ctx.hub.clone(), &ctx.config.namespace);
+    let name = owed_record_name(cluster_uid);
+    // Merge with an earlier record of the same cluster (removed twice without rejoining fully).
+    let mut all = jobs.clone();
+    if let Some(old) = api.get_opt(&name).await? {
+        all.extend(parse_owed(&old));
+    }
+    let cm = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": ctx.config.namespace,
+            "labels": {
+                labels::MANAGED_BY: labels::MANAGER,
+                OWED_RECORD_LABEL: cluster_uid,
+            },
+        },
+        "data": {
+            "member": cluster,
+            "clusterUid": cluster_uid,
+            "removedAt": k8s_openapi::jiff::Timestamp::now().to_string(),
+            "jobs": serde_json::to_string(&all).expect("plain data serializes"),
+        },
+    });
+    api.patch(
+        &name,
+        &kube::api::PatchParams::apply(crate::scheduler::jobs::FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&cm),
+    )
+    .await?;
+    Ok(())
+}
+
+fn parse_owed(cm: &k8s_openapi::api::core::v1::ConfigMap) -> Vec<OwedJob> {
+    cm.data
+        .as_ref()
+        .and_then(|d| d.get("jobs"))
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default()
+}
+
+/// When a cluster that was removed unreachable joins again (same `kube-system` UID, as member
+/// `cluster`): deletes the pods, Services and ResourceClaims of every job its record lists that is
+/// not placed on this member now, then the record. Returns the number of objects deleted, or
+/// `None` when there is no record.
+pub async fn sweep_owed(
+    ctx: &Context,
+    cluster: &str,
+    client: &kube::Client,
+    cluster_uid: &str,
+) -> Result<Option<usize>> {
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(ctx.hub.clone(), &ctx.config.namespace);
+    let Some(cm) = api.get_opt(&owed_record_name(cluster_uid)).await? else {
+        return Ok(None);
+    };
+    let here = jobs_in_member(ctx, cluster, &[]).await?;
+    let here: BTreeSet<&str> = here.iter().map(|j| j.uid.as_str()).collect();
+    let mut deleted = 0;
+    for j in parse_owed(&cm) {
+        if here.contains(j.uid.as_str()) {
+            // Placed here again: the orphan sweep keeps what its status accounts for.
+            continue;
+        }
+        deleted += delete_all(client, cluster, &j.namespace, &j.uid).await?;
+        deleted += delete_claims(client, cluster, &j.namespace, &j.uid).await?;
+    }
+    match api.delete(&cm.name_any(), &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Some(deleted))
+}
+
+/// Deletes the ResourceClaims of job `uid` (members without the DRA API have none).
+async fn delete_claims(client: &kube::Client, cluster: &str, ns: &str, uid: &str) -> Result<usize> {
+    use k8s_openapi::api::resource::v1::ResourceClaim;
+    let api: Api<ResourceClaim> = Api::namespaced(client.clone(), ns);
+    let list = match api
+        .list(&ListParams::default().labels(&format!("{}={uid}", labels::JOB_UID)))
+        .await
+    {
+        Ok(l) => l,
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(0),
+        Err(e) => return Err(e).member(cluster),
+    };
+    let mut n = 0;
+    for c in list.items {
+        match api.delete(&c.name_any(), &DeleteParams::background()).await {
+            Ok(_) => n += 1,
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e).member(cluster),
+        }
+    }
+    Ok(n)
 }

@@ -130,16 +130,28 @@ pub fn training_waits(j: &TrainingJob) -> bool {
         && (st.cluster.is_none() || st.workers.is_empty())
 }
 
-/// Replica indexes of an InferenceJob that have no placement.
-pub fn inference_missing(j: &InferenceJob) -> Vec<i32> {
-    let placed: BTreeSet<i32> = j
+/// The rollout step an InferenceJob's status allows now (see [`crate::rollout::plan`]).
+pub fn inference_plan(j: &InferenceJob) -> crate::rollout::Plan {
+    let want = j.spec.replicas.max(0);
+    let replicas: Vec<crate::rollout::Replica> = j
         .status
         .iter()
-        .flat_map(|s| s.placements.iter().flat_map(|p| p.replicas.iter().copied()))
+        .flat_map(|s| flatten(s).into_iter().map(|p| p.replica()))
         .collect();
-    (0..j.spec.replicas.max(0))
-        .filter(|i| !placed.contains(i))
-        .collect()
+    let (surge, unavailable) = crate::rollout::budgets(j.spec.rollout.as_ref(), want);
+    crate::rollout::plan(
+        want,
+        &crate::rollout::revision(&j.spec),
+        &replicas,
+        surge,
+        unavailable,
+    )
+}
+
+/// Replica indexes of an InferenceJob to place now with the spec's current revision: those
+/// without any replica, and surge replacements of old-revision replicas within `maxSurge`.
+pub fn inference_missing(j: &InferenceJob) -> Vec<i32> {
+    inference_plan(j).place
 }
 
 /// Whether some replicas wait for a placement.
@@ -373,46 +385,73 @@ pub fn training_waiting_status(
     st
 }
 
-/// (member, placement) of every replica in an InferenceJob's status.
-pub fn flatten(st: &InferenceJobStatus) -> Vec<(String, PodPlacement)> {
+/// One placed replica of an InferenceJob, as its status records it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Placed {
+    /// Member cluster.
+    pub cluster: String,
+    /// Node, GPUs and index (the GPU model is not recorded in the status).
+    pub pod: PodPlacement,
+    /// Revision of the rolled spec fields it runs.
+    pub revision: String,
+    /// Whether its pod is Ready.
+    pub ready: bool,
+}
+
+impl Placed {
+    /// The replica as the rollout plan sees it.
+    pub fn replica(&self) -> crate::rollout::Replica {
+        crate::rollout::Replica {
+            index: self.pod.index,
+            revision: self.revision.clone(),
+            ready: self.ready,
+        }
+    }
+}
+
+/// Every replica in an InferenceJob's status.
+pub fn flatten(st: &InferenceJobStatus) -> Vec<Placed> {
     st.placements
         .iter()
         .flat_map(|cp| {
-            cp.replicas.iter().zip(&cp.gpus).map(|(r, g)| {
-                (
-                    cp.cluster.clone(),
-                    PodPlacement {
-                        index: *r,
-                        node: g.node.clone(),
-                        gpu_uuids: g.gpu_uuids.clone(),
-                        model: String::new(),
-                        score: g.score,
-                    },
-                )
+            cp.replicas.iter().zip(&cp.gpus).map(|(r, g)| Placed {
+                cluster: cp.cluster.clone(),
+                pod: PodPlacement {
+                    index: *r,
+                    node: g.node.clone(),
+                    gpu_uuids: g.gpu_uuids.clone(),
+                    model: String::new(),
+                    score: g.score,
+                },
+                revision: g.revision.clone(),
+                ready: g.ready,
             })
         })
         .collect()
 }
 
-/// Groups replica placements per member (ready counts from `ready`).
-pub fn group(
-    flat: &[(String, PodPlacement)],
-    ready: &BTreeMap<String, i32>,
-) -> Vec<ClusterPlacement> {
+/// Groups replica placements per member, ordered by index then revision.
+pub fn group(flat: &[Placed]) -> Vec<ClusterPlacement> {
     let mut by: BTreeMap<String, ClusterPlacement> = BTreeMap::new();
     let mut sorted = flat.to_vec();
-    sorted.sort_by_key(|(c, p)| (c.clone(), p.index));
-    for (c, p) in sorted {
-        let e = by.entry(c.clone()).or_insert_with(|| ClusterPlacement {
-            cluster: c.clone(),
-            ready_replicas: *ready.get(&c).unwrap_or(&0),
-            ..Default::default()
-        });
-        e.replicas.push(p.index);
+    sorted.sort_by(|a, b| {
+        (&a.cluster, a.pod.index, &a.revision).cmp(&(&b.cluster, b.pod.index, &b.revision))
+    });
+    for p in sorted {
+        let e = by
+            .entry(p.cluster.clone())
+            .or_insert_with(|| ClusterPlacement {
+                cluster: p.cluster.clone(),
+                ..Default::default()
+            });
+        e.replicas.push(p.pod.index);
+        e.ready_replicas += i32::from(p.ready);
         e.gpus.push(NodeGpus {
-            node: p.node,
-            gpu_uuids: p.gpu_uuids,
-            score: p.score,
+            node: p.pod.node,
+            gpu_uuids: p.pod.gpu_uuids,
+            score: p.pod.score,
+            revision: p.revision,
+            ready: p.ready,
         });
     }
     by.into_values().collect()
@@ -429,11 +468,11 @@ pub fn decide_inference(cache: &PoolCache, j: &InferenceJob) -> Decision {
     let pinned = if policy.multi_cluster() {
         None
     } else {
-        kept.first().map(|(c, _)| c.clone())
+        kept.first().map(|p| p.cluster.clone())
     };
     let mut existing: BTreeMap<String, usize> = BTreeMap::new();
-    for (c, _) in &kept {
-        *existing.entry(c.clone()).or_default() += 1;
+    for p in &kept {
+        *existing.entry(p.cluster.clone()).or_default() += 1;
     }
     let (mut new, mut reasons) = place_replicas(
         &cands,
@@ -472,14 +511,15 @@ pub fn decide_inference(cache: &PoolCache, j: &InferenceJob) -> Decision {
         .collect::<Vec<_>>()
         .join("; ");
     let mut st = before.clone();
-    let ready: BTreeMap<String, i32> = before
-        .placements
-        .iter()
-        .map(|p| (p.cluster.clone(), p.ready_replicas))
-        .collect();
+    let revision = crate::rollout::revision(&j.spec);
     let mut all = kept;
-    all.extend(new.iter().cloned());
-    st.placements = group(&all, &ready);
+    all.extend(new.iter().map(|(c, p)| Placed {
+        cluster: c.clone(),
+        pod: p.clone(),
+        revision: revision.clone(),
+        ready: false,
+    }));
+    st.placements = group(&all);
     let clusters: Vec<String> = st.placements.iter().map(|p| p.cluster.clone()).collect();
     st.clusters = (!clusters.is_empty()).then(|| clusters.join(","));
     if st.phase == InferencePhase::Pending {
@@ -502,7 +542,7 @@ pub fn decide_inference(cache: &PoolCache, j: &InferenceJob) -> Decision {
         st.queue_position = None;
         st.pending_reason = None;
     }
-    st.observed_generation = generation;
+    // `observedGeneration` is the controller's: it moves once the generation is realized.
     let slots = new
         .iter()
         .flat_map(|(c, p)| PoolCache::slots(c, [(p.node.as_str(), p.gpu_uuids.as_slice())]))
@@ -534,6 +574,5 @@ pub fn inference_waiting_status(
         reason,
         generation,
     );
-    st.observed_generation = generation;
     st
 }
