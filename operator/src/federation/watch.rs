@@ -42,7 +42,38 @@ pub trait MemberSink: Send + Sync {
     fn slice_devices(&self, member: &str, per_node: std::collections::BTreeMap<String, i64>);
 }
 
-type PodIndex = Arc<RwLock<HashMap<String, HashSet<ObjectRef<Pod>>>>>;
+pub(super) type PodIndex = Arc<RwLock<HashMap<String, HashSet<ObjectRef<Pod>>>>>;
+
+/// Keeps the index of pods by hub job up to date with one change.
+pub(super) fn index_pods(idx: &PodIndex, c: &Change<Pod>) {
+    let mut idx = idx.write().expect("pod index lock");
+    match c {
+        Change::Applied(p) => {
+            if let Some(u) = job_uid(p) {
+                idx.entry(u).or_default().insert(ObjectRef::from_obj(&**p));
+            }
+        }
+        Change::Deleted(p) => {
+            if let Some(u) = job_uid(p)
+                && let Some(set) = idx.get_mut(&u)
+            {
+                set.remove(&ObjectRef::from_obj(&**p));
+                if set.is_empty() {
+                    idx.remove(&u);
+                }
+            }
+        }
+        Change::Relisting => {}
+        Change::Listed(all) => {
+            idx.clear();
+            for p in all {
+                if let Some(u) = job_uid(p) {
+                    idx.entry(u).or_default().insert(ObjectRef::from_obj(&**p));
+                }
+            }
+        }
+    }
+}
 
 /// The watches of one member; aborted on drop.
 pub struct MemberWatch {
@@ -123,35 +154,7 @@ impl MemberWatch {
             Api::<Pod>::all(client.clone()),
             watcher::Config::default().labels(labels::SELECTOR),
             move |c, _| {
-                {
-                    let mut idx = idx.write().expect("pod index lock");
-                    match &c {
-                        Change::Applied(p) => {
-                            if let Some(u) = job_uid(p) {
-                                idx.entry(u).or_default().insert(ObjectRef::from_obj(&**p));
-                            }
-                        }
-                        Change::Deleted(p) => {
-                            if let Some(u) = job_uid(p)
-                                && let Some(set) = idx.get_mut(&u)
-                            {
-                                set.remove(&ObjectRef::from_obj(&**p));
-                                if set.is_empty() {
-                                    idx.remove(&u);
-                                }
-                            }
-                        }
-                        Change::Relisting => {}
-                        Change::Listed(all) => {
-                            idx.clear();
-                            for p in all {
-                                if let Some(u) = job_uid(p) {
-                                    idx.entry(u).or_default().insert(ObjectRef::from_obj(&**p));
-                                }
-                            }
-                        }
-                    }
-                }
+                index_pods(&idx, &c);
                 s.pod(&m, c)
             },
         );
@@ -174,6 +177,24 @@ impl MemberWatch {
             pods,
             by_job,
             tasks: vec![t1, t2, t3, t4],
+        }
+    }
+
+    /// A member view assembled from stores another feed keeps (a pull member's, from its reports
+    /// and work objects on the hub).
+    pub(super) fn from_parts(
+        nodes: Store<Node>,
+        topologies: Store<GpuTopology>,
+        pods: Store<Pod>,
+        by_job: PodIndex,
+        tasks: Vec<JoinHandle<()>>,
+    ) -> MemberWatch {
+        MemberWatch {
+            nodes,
+            topologies,
+            pods,
+            by_job,
+            tasks,
         }
     }
 
