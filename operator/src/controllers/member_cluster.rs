@@ -348,6 +348,9 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
         view.ready = false;
     }
     let synced = view.watch.as_ref().is_some_and(|w| w.synced());
+    // The registry first: a job the scheduler places here once it hears the member is
+    // schedulable must find the member ready when its controller looks.
+    ctx.registry.put(view.clone()).await;
     let mut labels = mc.spec.labels.clone();
     if let Some(r) = &mc.spec.region {
         labels.insert("region".into(), r.clone());

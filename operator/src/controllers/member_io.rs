@@ -158,11 +158,19 @@ pub async fn sweep_orphans(
                 deleted += n;
                 tracing::info!(cluster, pod = %name, "deleted orphaned pod");
             }
-            let job_gone = match kind.as_str() {
-                "TrainingJob" => !tjs.contains_key(uid),
-                _ => !ijs.contains_key(uid),
+            // Deleted jobs, and jobs that hold nothing here any more (moved away while the member
+            // was unreachable): their Services (a pull member: their whole work object) go too.
+            let placed_here = match kind.as_str() {
+                "TrainingJob" => tjs.get(uid).is_some_and(|j| {
+                    j.status.as_ref().and_then(|s| s.cluster.as_deref()) == Some(cluster)
+                }),
+                _ => ijs.get(uid).is_some_and(|j| {
+                    j.status
+                        .as_ref()
+                        .is_some_and(|s| s.placements.iter().any(|pl| pl.cluster == cluster))
+                }),
             };
-            if job_gone {
+            if !placed_here && !ctx.scheduler.in_flight(uid) {
                 dead_uids.insert((ns, uid.clone()));
             }
         }
