@@ -351,16 +351,16 @@ async fn main() -> Result<()> {
     }
     let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
     let ijs: Api<InferenceJob> = Api::namespaced(hub.clone(), "default");
-    // Only member-west (pull) has A100s: this gang goes there through its agent.
-    let a100: TrainingJob = serde_yaml::from_str(
-        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {name: vit-a100, namespace: default}\nspec: {template: {spec: {containers: [{name: trainer, image: nvcr.io/nvidia/pytorch:24.08-py3}]}}, workers: 2, gpusPerWorker: 2, gpu: {model: A100}, nvlink: required}\n",
+    // Only member-west (pull) has L40S GPUs: this gang goes there through its agent.
+    let l40s: TrainingJob = serde_yaml::from_str(
+        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {name: sdxl-l40s, namespace: default}\nspec: {template: {spec: {containers: [{name: trainer, image: nvcr.io/nvidia/pytorch:24.08-py3}]}}, workers: 2, gpusPerWorker: 1, gpu: {model: L40S}}\n",
     )?;
-    tjs.create(&Default::default(), &a100).await?;
+    tjs.create(&Default::default(), &l40s).await?;
     println!(
-        "      $ kubectl create trainingjob vit-a100   (2 workers x 2 NVLinked A100s: only member-west, the pull member, has them)"
+        "      $ kubectl create trainingjob sdxl-l40s   (2 workers x 1 L40S: only member-west, the pull member, has them)"
     );
     eventually(60, "all example jobs running", || async {
-        let vit = tjs.get("vit-a100").await?.status.unwrap_or_default().phase;
+        let sdxl = tjs.get("sdxl-l40s").await?.status.unwrap_or_default().phase;
         let gpt = tjs
             .get("gpt-pretrain")
             .await?
@@ -380,12 +380,27 @@ async fn main() -> Result<()> {
             .unwrap_or_default()
             .ready_replicas;
         Ok((gpt == TrainingPhase::Running
-            && vit == TrainingPhase::Running
+            && sdxl == TrainingPhase::Running
             && matches!(ft, TrainingPhase::Running | TrainingPhase::Succeeded)
             && ll == 3)
             .then_some(()))
     })
-    .await?;
+    .await
+    .map_err(|e| {
+        let state = kubectl_get(
+            &kubectl,
+            &[
+                "get",
+                "trainingjobs,inferencejobs,memberworks",
+                "-A",
+                "-o",
+                "wide",
+            ],
+        )
+        .unwrap_or_default();
+        let events = kubectl_get(&kubectl, &["get", "events", "-A"]).unwrap_or_default();
+        e.context(format!("{state}\n{events}"))
+    })?;
     println!("\n      Where each job went (member, node, GPU indexes, topology score), and why:");
     let mut jobs: Vec<String> = Vec::new();
     for j in tjs.list(&ListParams::default()).await?.items {
@@ -434,7 +449,7 @@ async fn main() -> Result<()> {
         )?)
     );
     println!("\n      Events on the hub objects:");
-    for n in ["gpt-pretrain", "bert-finetune", "llama-serve", "vit-a100"] {
+    for n in ["gpt-pretrain", "bert-finetune", "llama-serve", "sdxl-l40s"] {
         for e in why(&hub, "default", n).await {
             println!("        {n}: {e}");
         }
