@@ -15,10 +15,10 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// What a pull member looks like through push-mode eyes: nodes, topologies and pods by key.
@@ -61,31 +61,45 @@ fn topology(n: &pull::NodeInventory) -> Option<GpuTopology> {
     Some(t)
 }
 
-/// The member's view from its reports (the newest complete set of shards) and its works.
-pub fn derive(reports: &[MemberReport], works: &[MemberWork]) -> Derived {
-    let inv = pull::inventory(&pull::current_report(reports), works);
-    Derived {
-        nodes: inv
-            .nodes
+/// Nodes and topologies by name from the member's reports (the newest complete set of shards).
+pub fn derive_inventory(
+    reports: &[MemberReport],
+) -> (BTreeMap<String, Node>, BTreeMap<String, GpuTopology>) {
+    let inv = pull::inventory(&pull::current_report(reports), &[]);
+    (
+        inv.nodes
             .values()
             .map(|n| (n.name.clone(), node(n)))
             .collect(),
-        topologies: inv
-            .nodes
+        inv.nodes
             .values()
             .filter_map(topology)
             .map(|t| (t.name_any(), t))
             .collect(),
-        pods: inv
-            .pods
-            .into_iter()
-            .map(|p| {
-                (
-                    format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
-                    p,
-                )
-            })
-            .collect(),
+    )
+}
+
+/// The pods of one work by `namespace/name`, as the member reported them.
+pub fn derive_pods(work: &MemberWork) -> BTreeMap<String, Pod> {
+    pull::inventory(&[], std::slice::from_ref(work))
+        .pods
+        .into_iter()
+        .map(|p| {
+            (
+                format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
+                p,
+            )
+        })
+        .collect()
+}
+
+/// The member's view from its reports and its works.
+pub fn derive(reports: &[MemberReport], works: &[MemberWork]) -> Derived {
+    let (nodes, topologies) = derive_inventory(reports);
+    Derived {
+        nodes,
+        topologies,
+        pods: works.iter().flat_map(derive_pods).collect(),
     }
 }
 
@@ -160,6 +174,18 @@ fn settled<K>(e: &Result<watcher::Event<K>, watcher::Error>) -> bool {
     }
 }
 
+/// What one event of the hub watches asks the feed to look at again.
+enum Tick {
+    /// The reports (nodes and topologies).
+    Reports,
+    /// One work, by name.
+    Work(String),
+    /// Every work (after a list).
+    AllWorks,
+    /// Nothing (an object of a list in progress, or a watch error).
+    Nothing,
+}
+
 fn ready<K: Resource<DynamicType = ()> + Clone + 'static>(s: &Store<K>) -> bool {
     s.wait_until_ready()
         .now_or_never()
@@ -189,29 +215,77 @@ impl MemberWatch {
             .modify(|o| o.meta_mut().managed_fields = None)
             .default_backoff()
             .reflect(rw)
-            .map(move |e| settled(&e));
+            .map(|e| {
+                if settled(&e) {
+                    Tick::Reports
+                } else {
+                    Tick::Nothing
+                }
+            });
             let w = watcher(Api::<MemberWork>::namespaced(hub, &ns), cfg)
                 .modify(|o| o.meta_mut().managed_fields = None)
                 .default_backoff()
                 .reflect(ww)
-                .map(|e| settled(&e));
+                .map(|e| match e {
+                    Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+                        Tick::Work(o.name_any())
+                    }
+                    Ok(watcher::Event::InitDone) => Tick::AllWorks,
+                    other => {
+                        settled(&other);
+                        Tick::Nothing
+                    }
+                });
             let mut events = std::pin::pin!(futures::stream::select(r, w));
-            let mut first = true;
-            while let Some(changed) = events.next().await {
-                if !changed || !ready(&reports) || !ready(&works) {
+            // Pods per work: a work's change rebuilds only that work's pods.
+            let mut by_work: BTreeMap<String, BTreeMap<String, Pod>> = BTreeMap::new();
+            let (mut first, mut reports_changed, mut all_works) = (true, false, false);
+            let mut changed_works: BTreeSet<String> = BTreeSet::new();
+            while let Some(tick) = events.next().await {
+                match tick {
+                    Tick::Nothing => continue,
+                    Tick::Reports => reports_changed = true,
+                    Tick::AllWorks => all_works = true,
+                    Tick::Work(name) => {
+                        changed_works.insert(name);
+                    }
+                }
+                if !ready(&reports) || !ready(&works) {
                     continue;
                 }
-                let reports: Vec<MemberReport> =
-                    reports.state().iter().map(|r| (**r).clone()).collect();
-                let works: Vec<MemberWork> = works.state().iter().map(|w| (**w).clone()).collect();
-                let d = derive(&reports, &works);
-                node_mirror.update(d.nodes, first, &mut |c| sink.node(&member, c));
-                topo_mirror.update(d.topologies, first, &mut |c| sink.topology(&member, c));
-                pod_mirror.update(d.pods, first, &mut |c| {
+                if first || reports_changed {
+                    let reports: Vec<MemberReport> =
+                        reports.state().iter().map(|r| (**r).clone()).collect();
+                    let (n, t) = derive_inventory(&reports);
+                    node_mirror.update(n, first, &mut |c| sink.node(&member, c));
+                    topo_mirror.update(t, first, &mut |c| sink.topology(&member, c));
+                    reports_changed = false;
+                }
+                if first || all_works {
+                    by_work = works
+                        .state()
+                        .iter()
+                        .map(|w| (w.name_any(), derive_pods(w)))
+                        .collect();
+                    changed_works.clear();
+                } else if changed_works.is_empty() {
+                    continue;
+                }
+                for name in std::mem::take(&mut changed_works) {
+                    match works.get(&ObjectRef::new(&name).within(&ns)) {
+                        Some(w) => by_work.insert(name, derive_pods(&w)),
+                        None => by_work.remove(&name),
+                    };
+                }
+                let next: BTreeMap<String, Pod> = by_work
+                    .values()
+                    .flat_map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())))
+                    .collect();
+                pod_mirror.update(next, first, &mut |c| {
                     index_pods(&idx, &c);
                     sink.pod(&member, c)
                 });
-                first = false;
+                (first, all_works) = (false, false);
             }
         });
         MemberWatch::from_parts(nodes, topologies, pods, by_job, vec![task])
