@@ -921,6 +921,21 @@ async fn the_scheduler_places_on_pull_members_like_on_push_members() {
         ),
         "the hub reaches the pull member only through work objects"
     );
+    // Nothing on the hub names the pull member's API server (its agent alone holds the way in).
+    let member_url = fed.members[0].cp.server_url();
+    for s in Api::<Secret>::all(hub.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+    {
+        for v in s.data.unwrap_or_default().values() {
+            assert!(
+                !String::from_utf8_lossy(&v.0).contains(&member_url),
+                "hub Secret {} reaches the pull member",
+                s.metadata.name.unwrap_or_default()
+            );
+        }
+    }
 
     // --- A training gang and an inference replica placed on the pull member (the only one).
     let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
