@@ -475,11 +475,7 @@ async fn a_member_removed_while_unreachable_is_swept_when_it_joins_again() {
         ijs.get("web").await.unwrap().metadata.uid.unwrap(),
     ];
     let cluster_uid = eventually(30, "the member's kube-system UID recorded", || async {
-        Ok(mcs
-            .get(&first)
-            .await?
-            .spec
-            .cluster_id)
+        Ok(mcs.get(&first).await?.spec.cluster_id)
     })
     .await
     .unwrap();

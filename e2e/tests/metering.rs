@@ -207,7 +207,7 @@ async fn setup(pods: &[(&str, usize, &str)], period_seconds: u64) -> Setup {
     let members = vec![MemberRef {
         name: "member-1".into(),
         owner_wallet: owner.pubkey().to_string(),
-        client: member.clone(),
+        link: gpupool::federation::MemberLink::Push(member.clone()),
         gpu_models,
         observed_ends: Default::default(),
     }];

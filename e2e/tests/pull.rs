@@ -7,13 +7,16 @@
 //! heartbeat Lease renewed and stopping with the agent; a revoked member refused and re-joining.
 
 use gpupool::api::{
-    Approval, JoinPhase, JoinRequest, MemberCluster, MemberMode, MemberReport, MemberWork,
-    MemberWorkSpec,
+    Approval, InferenceJob, JoinPhase, JoinRequest, MemberCluster, MemberMode, MemberReport,
+    MemberWork, MemberWorkSpec, TrainingJob, TrainingPhase, UsageRecord,
 };
 use gpupool::join::{self, controller::JoinConfig, names};
 use gpupool::member_agent::hub::{self, HubEndpoint};
 use gpupool::pull;
-use gpupool_e2e::{Federation, GpuNode, Tools, eventually, operator_bin, publish_fixture};
+use gpupool_e2e::{
+    Federation, GpuNode, Operator, Tools, eventually, operator_bin, publish_fixture,
+    register_member,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use kube::ResourceExt;
@@ -794,4 +797,376 @@ async fn chart_deploys_the_member_agent_for_a_pull_join() {
         .await
         .unwrap()
         .unwrap();
+}
+
+fn training_job(name: &str, gpus: i32, selector: Option<(&str, &str)>) -> TrainingJob {
+    let mut j: TrainingJob = serde_yaml::from_str(&format!(
+        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: default}}\nspec: {{template: {{spec: {{containers: [{{name: trainer, image: ghcr.io/example/trainer:1}}]}}}}, workers: 1, gpusPerWorker: {gpus}, gpu: {{model: H100}}, backoffLimit: 3}}\n"
+    ))
+    .unwrap();
+    if let Some((k, v)) = selector {
+        j.spec.cluster_selector = [(k.to_string(), v.to_string())].into();
+    }
+    j
+}
+
+fn ready_with_gpus(mc: &MemberCluster) -> bool {
+    let st = mc.status.clone().unwrap_or_default();
+    st.capacity.gpus_total > 0
+        && st
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+fn is_ready(mc: &MemberCluster, want: bool) -> bool {
+    mc.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && (c.status == "True") == want)
+    })
+}
+
+/// Creates `job` and returns how long it took until its pod existed in the member.
+async fn create_to_pod(
+    tjs: &Api<TrainingJob>,
+    member_pods: &Api<Pod>,
+    job: &TrainingJob,
+) -> Duration {
+    let name = job.name_any();
+    let selector = format!("gpupool.io/job-name={name}");
+    let t0 = Instant::now();
+    tjs.create(&PostParams::default(), job).await.unwrap();
+    loop {
+        let l = member_pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .unwrap();
+        if !l.items.is_empty() {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no pod for {name} in the member"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// A pull member and a push member in one pool, served by the same scheduler and controllers.
+/// The hub has no way into the pull member: jobs land there through work objects its agent
+/// applies, their status and usage come back through its reports, its loss moves them to the push
+/// member, and when its agent returns the stale work is swept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_scheduler_places_on_pull_members_like_on_push_members() {
+    gpupool::telemetry::init_logging();
+    let fed = Federation::start(2).await.expect("federation starts");
+    fed.add_nodes(0, &[GpuNode::new("gpu-0", 8, "NVIDIA H100 80GB HBM3")])
+        .await
+        .unwrap();
+    fed.add_nodes(1, &[GpuNode::new("gpu-1", 8, "NVIDIA H100 80GB HBM3")])
+        .await
+        .unwrap();
+    let member = fed.members[0].cp.client().await.unwrap();
+    publish_fixture(&member, "dgx-h100", "gpu-0").await.unwrap();
+    let push_member = fed.members[1].cp.client().await.unwrap();
+    publish_fixture(&push_member, "dgx-h100", "gpu-1")
+        .await
+        .unwrap();
+    let hub = fed.hub.client().await.unwrap();
+    let controller = tokio::spawn(join::controller::run(
+        hub.clone(),
+        JoinConfig {
+            auto_approve: false,
+            resync: Duration::from_secs(1),
+        },
+    ));
+    let op = Operator::start(hub.clone(), Operator::test_config(4));
+    let mcs: Api<MemberCluster> = Api::all(hub.clone());
+
+    // --- The owner joins; a pool admin approves; the member is placeable only then.
+    let token = join::token::create(&hub, Duration::from_secs(3600), None)
+        .await
+        .unwrap();
+    let mut agent = Agent::start(&fed, Some(&token.token), MEMBER, "gpupool-system");
+    let pending = eventually(60, "pending member not ready", || async {
+        Ok(mcs.get_opt(MEMBER).await?.filter(|mc| is_ready(mc, false)))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let ready_cond = pending
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready_cond.reason, "NotApproved", "{ready_cond:?}");
+    gpupool_cli(&fed, &["approve", MEMBER]);
+    eventually(90, "pull member Ready with its GPUs", || async {
+        Ok(ready_with_gpus(&mcs.get(MEMBER).await?).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let view = op.ctx.registry.get(MEMBER).await.unwrap();
+    assert!(
+        matches!(
+            view.client,
+            Some(gpupool::federation::MemberLink::Pull { .. })
+        ),
+        "the hub reaches the pull member only through work objects"
+    );
+    // Nothing on the hub names the pull member's API server (its agent alone holds the way in).
+    let member_url = fed.members[0].cp.server_url();
+    for s in Api::<Secret>::all(hub.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+    {
+        for v in s.data.unwrap_or_default().values() {
+            assert!(
+                !String::from_utf8_lossy(&v.0).contains(&member_url),
+                "hub Secret {} reaches the pull member",
+                s.metadata.name.unwrap_or_default()
+            );
+        }
+    }
+
+    // --- A training gang and an inference replica placed on the pull member (the only one).
+    let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
+    let ijs: Api<InferenceJob> = Api::namespaced(hub.clone(), "default");
+    let pull_pods: Api<Pod> = Api::all(member.clone());
+    let push_pods: Api<Pod> = Api::all(push_member.clone());
+    let mut pull_lat = vec![create_to_pod(&tjs, &pull_pods, &training_job("mover", 2, None)).await];
+    let web: InferenceJob = serde_yaml::from_str(
+        "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {name: web, namespace: default}\nspec: {template: {spec: {containers: [{name: srv, image: ghcr.io/example/srv:1}]}}, replicas: 1, gpusPerReplica: 1}\n",
+    )
+    .unwrap();
+    ijs.create(&PostParams::default(), &web).await.unwrap();
+    let st = eventually(60, "mover Running on the pull member", || async {
+        let st = tjs.get("mover").await?.status.unwrap_or_default();
+        Ok((st.phase == TrainingPhase::Running).then_some(st))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    assert_eq!(st.cluster.as_deref(), Some(MEMBER));
+    let pod = &pull_pods
+        .list(&ListParams::default().labels("gpupool.io/job-name=mover"))
+        .await
+        .unwrap()
+        .items[0];
+    let chosen = &st.workers[0];
+    assert_eq!(
+        pod.annotations()["gpupool.io/gpu-uuids"],
+        chosen.gpu_uuids.join(","),
+        "the agent ran the pod on the GPUs the hub chose"
+    );
+    assert_eq!(
+        pod.spec.as_ref().unwrap().node_name.as_deref(),
+        Some(chosen.node.as_str())
+    );
+    assert_eq!(
+        pod.labels()["gpupool.io/applied-by"],
+        "gpupool-member-agent"
+    );
+    eventually(60, "web ready on the pull member", || async {
+        let st = ijs.get("web").await?.status.unwrap_or_default();
+        Ok(
+            (st.ready_replicas == 1 && st.placements.iter().all(|p| p.cluster == MEMBER))
+                .then_some(()),
+        )
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    for i in 0..4 {
+        pull_lat.push(
+            create_to_pod(
+                &tjs,
+                &pull_pods,
+                &training_job(&format!("lat-pull-{i}"), 1, Some(("tier", "consumer"))),
+            )
+            .await,
+        );
+    }
+
+    // --- A push member joins the same pool.
+    register_member(&hub, "push-1", &fed.members[1].cp, WALLET, "dc")
+        .await
+        .unwrap();
+    eventually(60, "push member Ready", || async {
+        Ok(ready_with_gpus(&mcs.get("push-1").await?).then_some(()))
+    })
+    .await
+    .unwrap();
+    let mut push_lat = Vec::new();
+    for i in 0..5 {
+        push_lat.push(
+            create_to_pod(
+                &tjs,
+                &push_pods,
+                &training_job(&format!("lat-push-{i}"), 1, Some(("region", "dc"))),
+            )
+            .await,
+        );
+    }
+    println!(
+        "TrainingJob create → pod exists in the member, same scheduler: pull median {:?} (max {:?}), push median {:?} (max {:?})",
+        median(pull_lat.clone()),
+        pull_lat.iter().max().unwrap(),
+        median(push_lat.clone()),
+        push_lat.iter().max().unwrap()
+    );
+
+    // --- Usage of the pull member's pods, metered from what its agent reports.
+    let cfg = gpupool::metering::MeterConfig::default();
+    let record = eventually(60, "usage recorded for the pull member", || async {
+        let members = gpupool::metering::runner::member_refs(&op.ctx).await;
+        let report = gpupool::metering::meter_once(
+            &hub,
+            &members,
+            k8s_openapi::jiff::Timestamp::now(),
+            &cfg,
+        )
+        .await?;
+        let alerts: Vec<_> = report
+            .alerts
+            .iter()
+            .filter(|a| a.cluster == MEMBER)
+            .collect();
+        anyhow::ensure!(
+            report.member_errors.is_empty() && alerts.is_empty(),
+            "{:?} {alerts:?}",
+            report.member_errors
+        );
+        let recs = Api::<UsageRecord>::all(hub.clone())
+            .list(&ListParams::default())
+            .await?;
+        Ok(recs.items.into_iter().find(|r| {
+            r.spec.cluster == MEMBER && r.spec.job_name == "mover" && r.spec.gpu_seconds > 0
+        }))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        record.spec.cluster_uid,
+        join::member_identity(&member).await.unwrap()
+    );
+    assert_eq!(record.spec.owner_wallet, WALLET);
+
+    // --- The agent dies: the member is lost after the grace period and its jobs move.
+    let _ = agent.child.kill();
+    let _ = agent.child.wait();
+    let lost_at = Instant::now();
+    eventually(60, "pull member lost", || async {
+        Ok(is_ready(&mcs.get(MEMBER).await?, false).then_some(()))
+    })
+    .await
+    .unwrap();
+    println!("agent killed → member not Ready: {:?}", lost_at.elapsed());
+    let st = eventually(90, "mover restarted on the push member", || async {
+        let st = tjs.get("mover").await?.status.unwrap_or_default();
+        Ok(
+            (st.phase == TrainingPhase::Running && st.cluster.as_deref() == Some("push-1"))
+                .then_some(st),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(st.restarts, 1);
+    eventually(90, "web moved to the push member", || async {
+        let st = ijs.get("web").await?.status.unwrap_or_default();
+        Ok(
+            (st.ready_replicas == 1 && st.placements.iter().all(|p| p.cluster == "push-1"))
+                .then_some(()),
+        )
+    })
+    .await
+    .unwrap();
+    let stale = |job: &'static str| {
+        let pull_pods = pull_pods.clone();
+        async move {
+            pull_pods
+                .list(&ListParams::default().labels(&format!("gpupool.io/job-name={job}")))
+                .await
+                .unwrap()
+                .items
+                .len()
+        }
+    };
+    assert_eq!(
+        stale("mover").await,
+        1,
+        "nothing reached the member while its agent was away"
+    );
+
+    // --- The agent comes back (with the credential it keeps in the member): stale work is swept.
+    let agent = Agent::start(&fed, None, MEMBER, "gpupool-system");
+    eventually(60, "pull member Ready again", || async {
+        Ok(is_ready(&mcs.get(MEMBER).await?, true).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    eventually(90, "stale pods gone from the pull member", || async {
+        Ok((stale("mover").await == 0 && stale("web").await == 0).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let works = Api::<MemberWork>::namespaced(hub.clone(), &names::member_namespace(MEMBER));
+    assert!(works.get_opt("tj-default-mover").await.unwrap().is_none());
+    assert!(works.get_opt("ij-default-web").await.unwrap().is_none());
+    // The pinned jobs are placed there again.
+    eventually(
+        90,
+        "pinned jobs Running on the pull member again",
+        || async {
+            let mut all = true;
+            for i in 0..4 {
+                let st = tjs
+                    .get(&format!("lat-pull-{i}"))
+                    .await?
+                    .status
+                    .unwrap_or_default();
+                all &= st.phase == TrainingPhase::Running && st.cluster.as_deref() == Some(MEMBER);
+            }
+            Ok(all.then_some(()))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        let kubectl = fed.hub.kubectl();
+        panic!(
+            "{e}\n{}\n{}\n{}",
+            kubectl
+                .ok(&[
+                    "get",
+                    "trainingjobs,memberclusters,memberworks",
+                    "-A",
+                    "-o",
+                    "yaml"
+                ])
+                .unwrap_or_default(),
+            kubectl.ok(&["get", "events", "-A"]).unwrap_or_default(),
+            agent.log()
+        )
+    });
+
+    // --- Removing the member withdraws its work objects; its agent deletes their pods.
+    mcs.delete(MEMBER, &DeleteParams::default()).await.unwrap();
+    eventually(60, "pull member drained", || async {
+        let left = works.list(&ListParams::default()).await?.items.len();
+        let pods = pull_pods
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=gpupool"))
+            .await?
+            .items
+            .len();
+        Ok((left == 0 && pods == 0).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    controller.abort();
 }

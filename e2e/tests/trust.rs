@@ -177,7 +177,7 @@ impl World {
         MemberRef {
             name: name.into(),
             owner_wallet: self.owner.pubkey().to_string(),
-            client: self.member.clone(),
+            link: gpupool::federation::MemberLink::Push(self.member.clone()),
             gpu_models: Default::default(),
             observed_ends: Default::default(),
         }

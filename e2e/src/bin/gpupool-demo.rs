@@ -1,7 +1,9 @@
 //! `make demo`: a federated GPU pool on this machine.
 //!
 //! Starts a hub and two member clusters (each a real etcd + kube-apiserver), simulated GPU nodes
-//! (KWOK) whose topology comes from the fixtures, the gpupool operator, and an embedded Solana VM
+//! (KWOK) whose topology comes from the fixtures, the gpupool operator (member-east joins in push
+//! mode: the hub holds its kubeconfig; member-west joins in pull mode: its member agent dials out
+//! to the hub with a join token and the hub holds no credential of it), and an embedded Solana VM
 //! running the ledger program with the real SPL Token program; applies the example jobs from
 //! `deploy/examples/`, and prints where each job went and why, what `kubectl get` shows, the
 //! metered GPU-seconds and the tokens minted to each cluster owner. Everything is stopped and
@@ -84,6 +86,10 @@ const MEMBERS: [(&str, &str, &[NodeSpec]); 2] = [
     ),
 ];
 
+/// The member that joins in pull mode (its agent runs as its own process with only the member's
+/// kubeconfig); the other is registered in push mode.
+const PULL_MEMBER: usize = 1;
+
 /// member-east binds GPUs with DRA (NVIDIA's DeviceClass installed; its nodes' agents publish
 /// simulated ResourceSlices), member-west with the device plugin.
 const KINDS: [MemberKind; 2] = [MemberKind::Dra, MemberKind::DevicePlugin];
@@ -151,7 +157,7 @@ async fn main() -> Result<()> {
     let total = 7;
     let t_all = Instant::now();
     println!(
-        "gpupool demo: a federated GPU pool on this machine (hub + 2 member clusters, simulated GPU nodes, embedded Solana VM)"
+        "gpupool demo: a federated GPU pool on this machine (hub + a push member and a pull member, simulated GPU nodes, embedded Solana VM)"
     );
 
     step(
@@ -249,24 +255,65 @@ async fn main() -> Result<()> {
     step(
         5,
         total,
-        "registering members on the hub and starting the operator",
+        "members join: member-east in push mode (the hub holds its kubeconfig), member-west in pull mode (its agent dials out with a join token); the operator starts",
     );
     let hub = fed.hub.client().await?;
-    for (i, (name, region, _)) in MEMBERS.iter().enumerate() {
-        register_member(
-            &hub,
-            name,
-            &fed.members[i].cp,
-            &owners[i].pubkey().to_string(),
-            region,
-        )
-        .await?;
-        println!(
-            "      MemberCluster {name}: owner wallet {}",
-            owners[i].pubkey()
-        );
-    }
     let op = Operator::start(hub.clone(), Operator::test_config(30));
+    let join_controller = tokio::spawn(gpupool::join::controller::run(
+        hub.clone(),
+        gpupool::join::controller::JoinConfig {
+            auto_approve: false,
+            resync: Duration::from_secs(1),
+        },
+    ));
+    let mut agent = None;
+    for (i, (name, region, _)) in MEMBERS.iter().enumerate() {
+        if i == PULL_MEMBER {
+            let token =
+                gpupool::join::token::create(&hub, Duration::from_secs(3600), Some(name)).await?;
+            println!(
+                "      pool admin: $ gpupool join-token create --member {name} --ttl 1h   → token {}",
+                token.id
+            );
+            println!(
+                "      owner of {name}, in the member: $ gpupool member-agent --hub-url {} --member-name {name} --region {region} --owner-wallet {}   (GPUPOOL_JOIN_TOKEN set)",
+                fed.hub.server_url(),
+                owners[i].pubkey()
+            );
+            agent = Some(start_agent(
+                &fed,
+                i,
+                name,
+                region,
+                &owners[i],
+                &token.token,
+            )?);
+            let mcs: Api<gpupool::api::MemberCluster> = Api::all(hub.clone());
+            eventually(60, &format!("{name} pending approval"), || async {
+                Ok(mcs.get_opt(name).await?.map(|_| ()))
+            })
+            .await?;
+            println!("      MemberCluster {name} created by the join, approval Pending");
+            let out = gpupool_cli(&fed, &["approve", name])?;
+            println!(
+                "      pool admin: $ gpupool approve {name}\n{}",
+                indent(out.trim())
+            );
+        } else {
+            register_member(
+                &hub,
+                name,
+                &fed.members[i].cp,
+                &owners[i].pubkey().to_string(),
+                region,
+            )
+            .await?;
+            println!(
+                "      MemberCluster {name} (push, kubeconfig Secret on the hub): owner wallet {}",
+                owners[i].pubkey()
+            );
+        }
+    }
     for (name, _, _) in MEMBERS {
         let mcs: Api<gpupool::api::MemberCluster> = Api::all(hub.clone());
         eventually(60, &format!("{name} Ready"), || async {
@@ -304,7 +351,16 @@ async fn main() -> Result<()> {
     }
     let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
     let ijs: Api<InferenceJob> = Api::namespaced(hub.clone(), "default");
+    // Only member-west (pull) has L40S GPUs: this gang goes there through its agent.
+    let l40s: TrainingJob = serde_yaml::from_str(
+        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {name: sdxl-l40s, namespace: default}\nspec: {template: {spec: {containers: [{name: trainer, image: nvcr.io/nvidia/pytorch:24.08-py3}]}}, workers: 2, gpusPerWorker: 1, gpu: {model: L40S}}\n",
+    )?;
+    tjs.create(&Default::default(), &l40s).await?;
+    println!(
+        "      $ kubectl create trainingjob sdxl-l40s   (2 workers x 1 L40S: only member-west, the pull member, has them)"
+    );
     eventually(60, "all example jobs running", || async {
+        let sdxl = tjs.get("sdxl-l40s").await?.status.unwrap_or_default().phase;
         let gpt = tjs
             .get("gpt-pretrain")
             .await?
@@ -324,11 +380,27 @@ async fn main() -> Result<()> {
             .unwrap_or_default()
             .ready_replicas;
         Ok((gpt == TrainingPhase::Running
+            && sdxl == TrainingPhase::Running
             && matches!(ft, TrainingPhase::Running | TrainingPhase::Succeeded)
             && ll == 3)
             .then_some(()))
     })
-    .await?;
+    .await
+    .map_err(|e| {
+        let state = kubectl_get(
+            &kubectl,
+            &[
+                "get",
+                "trainingjobs,inferencejobs,memberworks",
+                "-A",
+                "-o",
+                "wide",
+            ],
+        )
+        .unwrap_or_default();
+        let events = kubectl_get(&kubectl, &["get", "events", "-A"]).unwrap_or_default();
+        e.context(format!("{state}\n{events}"))
+    })?;
     println!("\n      Where each job went (member, node, GPU indexes, topology score), and why:");
     let mut jobs: Vec<String> = Vec::new();
     for j in tjs.list(&ListParams::default()).await?.items {
@@ -377,7 +449,7 @@ async fn main() -> Result<()> {
         )?)
     );
     println!("\n      Events on the hub objects:");
-    for n in ["gpt-pretrain", "bert-finetune", "llama-serve"] {
+    for n in ["gpt-pretrain", "bert-finetune", "llama-serve", "sdxl-l40s"] {
         for e in why(&hub, "default", n).await {
             println!("        {n}: {e}");
         }
@@ -516,7 +588,12 @@ async fn main() -> Result<()> {
     let receipts_sum: i64 = per_cluster.values().map(|v| v.1).sum();
     println!("\n      Summary per member: GPU-seconds / tokens minted / records settled");
     for (c, (gs, amt, n, s)) in &per_cluster {
-        println!("        {c}: {gs} GPU-s, {amt} tokens, {s}/{n} records settled");
+        let mode = if MEMBERS[PULL_MEMBER].0 == c.as_str() {
+            "pull: joined with a join token, the hub holds no credential of it"
+        } else {
+            "push: the hub holds its kubeconfig"
+        };
+        println!("        {c} ({mode}): {gs} GPU-s, {amt} tokens, {s}/{n} records settled");
     }
     println!(
         "      mint supply {} == sum of settled receipts {}: {}",
@@ -533,12 +610,79 @@ async fn main() -> Result<()> {
         "\ncleaning up: stopping the operator, KWOK, API servers and etcd, removing their directories"
     );
     drop(op);
+    join_controller.abort();
+    if let Some(mut a) = agent {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
     drop(fed);
     println!(
         "done in {:.0}s; nothing left running.",
         t_all.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// A binary of the operator crate next to this one, built (or brought up to date) on first use.
+fn operator_binary(name: &str) -> Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("directory of the demo binary")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = std::process::Command::new(cargo)
+        .args(["build", "-q", "-p", "gpupool-operator", "--bin", name])
+        .current_dir(repo_root())
+        .status()
+        .with_context(|| format!("running cargo build for {name}"))?;
+    anyhow::ensure!(
+        st.success() && dir.join(name).exists(),
+        "building {name} failed"
+    );
+    Ok(dir.join(name))
+}
+
+/// `gpupool …` against the hub, as a pool admin runs it.
+fn gpupool_cli(fed: &Federation, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(operator_binary("gpupool")?)
+        .args(args)
+        .env("KUBECONFIG", fed.hub.kubeconfig_path())
+        .output()
+        .context("running gpupool")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "gpupool {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The pull member's agent: its own process, with only the member's kubeconfig and the hub's
+/// address, CA and join token; its log goes to the member's directory.
+fn start_agent(
+    fed: &Federation,
+    i: usize,
+    name: &str,
+    region: &str,
+    owner: &Keypair,
+    token: &str,
+) -> Result<std::process::Child> {
+    let m = &fed.members[i].cp;
+    let log = std::fs::File::create(m.dir().join("member-agent.log"))?;
+    std::process::Command::new(operator_binary("gpupool")?)
+        .arg("member-agent")
+        .args(["--hub-url", &fed.hub.server_url()])
+        .arg("--hub-ca-file")
+        .arg(fed.hub.dir().join("pki/ca.crt"))
+        .args(["--member-name", name, "--region", region])
+        .args(["--owner-wallet", &owner.pubkey().to_string()])
+        .args(["--heartbeat-seconds", "2", "--report-seconds", "2"])
+        .env("KUBECONFIG", m.kubeconfig_path())
+        .env("GPUPOOL_JOIN_TOKEN", token)
+        .env("RUST_LOG", "info,kube=warn")
+        .stdout(std::process::Stdio::from(log.try_clone()?))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .context("starting the member agent")
 }
 
 /// The `kubectl-gpupool` plugin next to this binary in the target directory, built (or brought up

@@ -684,7 +684,8 @@ async fn member_objects(hub: &Hub) -> Result<Vec<Value>> {
 }
 
 /// GPU UUID → index on its node, from the GpuTopology objects of the given members. Reading a
-/// member needs the hub's kubeconfig Secret for it; members that cannot be read are skipped
+/// push member needs the hub's kubeconfig Secret for it (a pull member's come from its agent's
+/// reports on the hub); members that cannot be read are skipped
 /// (returned with the reason) and their GPUs are shown by UUID.
 async fn gpu_indexes(
     hub: &Hub,
@@ -697,7 +698,22 @@ async fn gpu_indexes(
     for name in members {
         let res: Result<()> = async {
             let mc = mcs.get(name).await.context("reading the MemberCluster")?;
-            let r = &mc.spec.kubeconfig_secret_ref;
+            // A pull member's topologies are in its agent's reports on the hub.
+            let Some(r) = mc.spec.kubeconfig_ref() else {
+                let ns = crate::join::names::member_namespace(name);
+                let reports = Api::<crate::api::MemberReport>::namespaced(hub.client.clone(), &ns)
+                    .list(&ListParams::default())
+                    .await
+                    .with_context(|| format!("listing the MemberReports in {ns}"))?;
+                for r in crate::pull::current_report(&reports.items) {
+                    for t in r.spec.nodes.iter().filter_map(|n| n.topology.as_ref()) {
+                        for g in &t.gpus {
+                            out.insert(g.uuid.clone(), g.index as i64);
+                        }
+                    }
+                }
+                return Ok(());
+            };
             let ns = r.namespace.as_deref().unwrap_or(operator_namespace);
             let secrets: Api<k8s_openapi::api::core::v1::Secret> =
                 Api::namespaced(hub.client.clone(), ns);

@@ -2,8 +2,7 @@
 //! handed back to the scheduler (removed from the status), roll-up of readiness and endpoints.
 //! Placement itself is the scheduler's.
 
-use super::error::MemberErr;
-use super::member_io::{cleanup_job, create_if_missing, delete_all, delete_pods, ensure_namespace};
+use super::member_io::{cleanup_job, create_objects, delete_all, delete_pods, ensure_namespace};
 use super::status::{apply_status, event, reconcile_finalized, set_condition};
 use super::{Context, Error, Result};
 use crate::api::{InferenceJob, InferencePhase, condition};
@@ -306,14 +305,7 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
                 .unwrap_or_default();
             ensure_namespace(&client, c, &ns).await?;
             let objects = inference_objects(job, std::slice::from_ref(&pl), m.binding_mode());
-            for svc in &objects.services {
-                create_if_missing(&client, c, svc).await?;
-            }
-            for mp in &objects.pods {
-                crate::federation::dra::create_member_pod(&client, mp)
-                    .await
-                    .member(c)?;
-            }
+            create_objects(&client, c, &objects).await?;
         }
     }
     for c in kept.iter().map(|p| &p.cluster).collect::<BTreeSet<_>>() {

@@ -5,11 +5,13 @@
 use super::status::{apply_status_unconditionally, event, set_condition};
 use super::{Context, Error, Result};
 use crate::api::condition;
-use crate::api::{CapacitySummary, MemberCluster, MemberClusterStatus};
+use crate::api::{CapacitySummary, MemberCluster, MemberClusterStatus, MemberMode, MemberReport};
 use crate::federation::{
-    MemberView, MemberWatch, client_from_kubeconfig, watch_client_from_kubeconfig,
+    MemberLink, MemberView, MemberWatch, client_from_kubeconfig, watch_client_from_kubeconfig,
 };
+use crate::join::names;
 use crate::scheduler::MemberInfo;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -80,10 +82,13 @@ async fn drain(
     ctx: &Context,
 ) {
     let name = mc.name_any();
-    let client = member
-        .as_ref()
-        .filter(|m| m.reachable)
-        .and_then(|m| m.client.clone());
+    // A pull member's work objects are on the hub: withdrawn even while its agent is away (it
+    // deletes what it applied when it connects again).
+    let client = member.as_ref().and_then(|m| {
+        m.client
+            .clone()
+            .filter(|c| m.reachable || c.mode() == MemberMode::Pull)
+    });
     let (warning, reason, note) = match client {
         Some(c) => {
             match tokio::time::timeout(DRAIN_TIMEOUT, super::member_io::drain_member(&c)).await {
@@ -154,7 +159,9 @@ async fn kubeconfig(
     mc: &MemberCluster,
     ctx: &Context,
 ) -> std::result::Result<(String, Option<String>), String> {
-    let r = &mc.spec.kubeconfig_secret_ref;
+    let Some(r) = mc.spec.kubeconfig_ref() else {
+        return Err("no kubeconfigSecretRef".into());
+    };
     let ns = r
         .namespace
         .clone()
@@ -173,6 +180,90 @@ async fn kubeconfig(
     let text = String::from_utf8(data.0.clone())
         .map_err(|_| format!("Secret {ns}/{} key {:?} is not UTF-8", r.name, r.key))?;
     Ok((text, s.metadata.resource_version.clone()))
+}
+
+/// A pull member: its link and feed (started once), then its liveness from the heartbeat Lease its
+/// agent renews in the member's hub namespace, and its version and identity from its newest
+/// inventory report. Returns the problem that makes it unreachable, if any.
+async fn probe_pull(
+    mc: &MemberCluster,
+    ctx: &Arc<Context>,
+    view: &mut MemberView,
+) -> Option<(String, String)> {
+    let name = mc.name_any();
+    if view.client.is_none() {
+        view.client = Some(MemberLink::Pull {
+            hub: ctx.hub.clone(),
+            member: name.clone(),
+        });
+        view.watch = Some(Arc::new(MemberWatch::start_pull(
+            &ctx.hub,
+            &name,
+            ctx.member_sink(),
+        )));
+        // The agent reports device-plugin nodes (GPUs in `nvidia.com/gpu` allocatable).
+        view.binding = Some(crate::federation::dra::BindingProbe {
+            mode: crate::api::BindingMode::DevicePlugin,
+            at: Instant::now(),
+        });
+    }
+    if !mc.spec.approved() {
+        return Some((
+            "NotApproved".into(),
+            format!(
+                "approval is {}: a pool admin lets it in with `gpupool approve {name}`",
+                mc.spec.approval
+            ),
+        ));
+    }
+    let ns = names::member_namespace(&name);
+    let (leases, reports) = (
+        Api::<Lease>::namespaced(ctx.hub.clone(), &ns),
+        Api::<MemberReport>::namespaced(ctx.hub.clone(), &ns),
+    );
+    let lp = Default::default();
+    let (lease, reports) =
+        match tokio::try_join!(leases.get_opt(names::HEARTBEAT_LEASE), reports.list(&lp)) {
+            Ok(r) => r,
+            Err(e) => return Some(("HubReadFailed".into(), e.to_string())),
+        };
+    let current = crate::pull::current_report(&reports.items);
+    if let Some(r) = current.first() {
+        view.version = r.spec.kubernetes_version.clone();
+        if let Some(id) = &mc.spec.cluster_id
+            && *id != r.spec.cluster_id
+        {
+            return Some((
+                "IdentityMismatch".into(),
+                format!(
+                    "the agent reports cluster {}, but this member joined as {id}",
+                    r.spec.cluster_id
+                ),
+            ));
+        }
+    }
+    let spec = lease.and_then(|l| l.spec).unwrap_or_default();
+    let renewed = spec.renew_time.map(|t| t.0);
+    let term = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(1) as u64);
+    let now = Timestamp::now();
+    if renewed.is_some() {
+        view.last_heartbeat = renewed;
+    }
+    if crate::pull::alive(renewed, now, term) {
+        None
+    } else {
+        Some((
+            "AgentSilent".into(),
+            match renewed {
+                Some(r) => format!(
+                    "the member agent last renewed its heartbeat {}s ago (lease {}s)",
+                    now.duration_since(r).as_secs(),
+                    term.as_secs()
+                ),
+                None => "the member agent has not heartbeated yet".into(),
+            },
+        ))
+    }
 }
 
 async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
@@ -206,37 +297,45 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
             .iter()
             .any(|c| c.type_ == condition::READY && c.reason == crate::api::DUPLICATE_CLUSTER)
     });
-    // Client from the Secret (rebuilt when the Secret changes).
+    // Push: a client from the Secret (rebuilt when the Secret changes). Pull: the member's work
+    // objects on the hub, and its agent's heartbeat Lease for liveness.
     let mut problem: Option<(String, String)> = None;
-    match kubeconfig(mc, ctx).await {
-        Ok((text, version)) => {
-            if view.client.is_none()
-                || view.secret_version != version
-                || (view.watch.is_none() && !was_duplicate)
-            {
-                let clients = async {
-                    Ok::<_, String>((
-                        client_from_kubeconfig(&text, ctx.config.member_timeout).await?,
-                        watch_client_from_kubeconfig(&text, ctx.config.member_timeout).await?,
-                    ))
-                };
-                match clients.await {
-                    Ok((c, w)) => {
-                        view.watch = (!was_duplicate)
-                            .then(|| Arc::new(MemberWatch::start(&w, &name, ctx.member_sink())));
-                        view.client = Some(c);
-                        view.secret_version = version;
+    let pull = mc.spec.mode == MemberMode::Pull;
+    if pull {
+        problem = probe_pull(mc, ctx, &mut view).await;
+    } else {
+        match kubeconfig(mc, ctx).await {
+            Ok((text, version)) => {
+                if view.client.is_none()
+                    || view.secret_version != version
+                    || (view.watch.is_none() && !was_duplicate)
+                {
+                    let clients = async {
+                        Ok::<_, String>((
+                            client_from_kubeconfig(&text, ctx.config.member_timeout).await?,
+                            watch_client_from_kubeconfig(&text, ctx.config.member_timeout).await?,
+                        ))
+                    };
+                    match clients.await {
+                        Ok((c, w)) => {
+                            view.watch = (!was_duplicate).then(|| {
+                                Arc::new(MemberWatch::start(&w, &name, ctx.member_sink()))
+                            });
+                            view.client = Some(MemberLink::Push(c));
+                            view.secret_version = version;
+                        }
+                        Err(e) => problem = Some(("KubeconfigInvalid".into(), e)),
                     }
-                    Err(e) => problem = Some(("KubeconfigInvalid".into(), e)),
                 }
             }
+            Err(e) => problem = Some(("KubeconfigUnavailable".into(), e)),
         }
-        Err(e) => problem = Some(("KubeconfigUnavailable".into(), e)),
     }
 
     // Probe the API server; nodes, topologies and pods come from the watches.
-    if problem.is_none()
-        && let Some(client) = view.client.clone()
+    if !pull
+        && problem.is_none()
+        && let Some(MemberLink::Push(client)) = view.client.clone()
     {
         match tokio::time::timeout(ctx.config.member_timeout * 3, client.apiserver_version()).await
         {
@@ -272,6 +371,8 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
     }
     if problem.is_some() {
         view.reachable = false;
+    } else if pull {
+        view.reachable = true;
     }
     let since_heartbeat = view
         .last_heartbeat
@@ -304,6 +405,9 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
         }
     }
     let synced = view.watch.as_ref().is_some_and(|w| w.synced());
+    // The registry first: a job the scheduler places here once it hears the member is
+    // schedulable must find the member ready when its controller looks.
+    ctx.registry.put(view.clone()).await;
     let mut labels = mc.spec.labels.clone();
     if let Some(r) = &mc.spec.region {
         labels.insert("region".into(), r.clone());
@@ -316,6 +420,8 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
             schedulable: view.schedulable(),
             reason: if !mc.spec.schedulable {
                 "not schedulable (spec.schedulable=false)".into()
+            } else if !mc.spec.approved() {
+                format!("not approved ({})", mc.spec.approval)
             } else if wallet_problem.is_some() {
                 "owner wallet invalid".into()
             } else if duplicate.is_some() {
@@ -338,6 +444,14 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
     let mut status = mc.status.clone().unwrap_or_default();
     let generation = mc.metadata.generation;
     match &problem {
+        None if pull => set_condition(
+            &mut status.conditions,
+            condition::REACHABLE,
+            true,
+            "AgentHeartbeat",
+            &format!("member agent heartbeats (Kubernetes {})", view.version),
+            generation,
+        ),
         None => set_condition(
             &mut status.conditions,
             condition::REACHABLE,
@@ -458,10 +572,7 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
         // The identity is recorded on the first heartbeat; this object may predate that.
         let uid = match mc.cluster_id() {
             Some(u) => Some(u.to_string()),
-            None => crate::join::member_identity(&client)
-                .await
-                .ok()
-                .filter(|u| !u.is_empty()),
+            None => client.identity().await.ok().filter(|u| !u.is_empty()),
         };
         if let Some(uid) = uid {
             match super::member_io::sweep_owed(ctx, &name, &client, &uid).await {
@@ -615,14 +726,13 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
 /// is logged and retried on the next heartbeat (the member is not refused for it).
 async fn identity_problem(
     mc: &MemberCluster,
-    client: Option<&kube::Client>,
+    link: Option<&MemberLink>,
     ctx: &Context,
 ) -> Option<String> {
     let name = mc.name_any();
     let api: Api<MemberCluster> = Api::all(ctx.hub.clone());
     if mc.cluster_id().is_none() {
-        let client = client?;
-        let uid = match crate::join::member_identity(client).await {
+        let uid = match link?.identity().await {
             Ok(u) if !u.is_empty() => u,
             Ok(_) => return None,
             Err(e) => {

@@ -3,84 +3,42 @@
 use super::error::MemberErr;
 use super::{Context, Result};
 use crate::api::{InferenceJob, TrainingJob, TrainingPhase};
-use crate::federation::labels;
+use crate::federation::{MemberLink, labels};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 
-/// Creates `obj` unless an object of that name exists.
-pub async fn create_if_missing<K>(client: &kube::Client, cluster: &str, obj: &K) -> Result<bool>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + Debug,
-{
-    crate::scheduler::writes::create_if_missing(client, obj)
-        .await
-        .member(cluster)
+/// Makes sure namespace `ns` exists in the member.
+pub async fn ensure_namespace(link: &MemberLink, cluster: &str, ns: &str) -> Result<()> {
+    link.ensure_namespace(ns).await.member(cluster)
 }
 
-/// Makes sure namespace `ns` exists in the member.
-pub async fn ensure_namespace(client: &kube::Client, cluster: &str, ns: &str) -> Result<()> {
-    crate::scheduler::writes::ensure_namespace(client, ns)
-        .await
-        .member(cluster)
+/// Creates a job's Services and pods (with their claims) in the member unless they exist;
+/// returns how many pods were created.
+pub async fn create_objects(
+    link: &MemberLink,
+    cluster: &str,
+    objects: &crate::workloads::MemberObjects,
+) -> Result<usize> {
+    link.create_objects(objects).await.member(cluster)
 }
 
 /// Deletes pods of job `uid` in the member for which `doomed` is true; returns how many.
 pub async fn delete_pods(
-    client: &kube::Client,
+    link: &MemberLink,
     cluster: &str,
     ns: &str,
     uid: &str,
     doomed: impl Fn(&Pod) -> bool,
 ) -> Result<usize> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let pods = api
-        .list(&ListParams::default().labels(&format!("{}={uid}", labels::JOB_UID)))
-        .await
-        .member(cluster)?;
-    let mut n = 0;
-    for p in pods.items.iter().filter(|p| doomed(p)) {
-        match api
-            .delete(&p.name_any(), &DeleteParams::background().grace_period(0))
-            .await
-        {
-            Ok(_) => n += 1,
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e).member(cluster),
-        }
-    }
-    Ok(n)
+    link.delete_pods(ns, uid, doomed).await.member(cluster)
 }
 
 /// Deletes every pod and service of job `uid` in the member.
-pub async fn delete_all(
-    client: &kube::Client,
-    cluster: &str,
-    ns: &str,
-    uid: &str,
-) -> Result<usize> {
-    let n = delete_pods(client, cluster, ns, uid, |_| true).await?;
-    let svc: Api<Service> = Api::namespaced(client.clone(), ns);
-    let list = svc
-        .list(&ListParams::default().labels(&format!("{}={uid}", labels::JOB_UID)))
-        .await
-        .member(cluster)?;
-    for s in list.items {
-        match svc.delete(&s.name_any(), &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e).member(cluster),
-        }
-    }
-    Ok(n)
+pub async fn delete_all(link: &MemberLink, cluster: &str, ns: &str, uid: &str) -> Result<usize> {
+    link.delete_all(ns, uid).await.member(cluster)
 }
 
 /// Finalizer cleanup of a deleted hub job: its pods and Services go from every reachable member;
@@ -92,7 +50,13 @@ pub async fn cleanup_job<K: Resource<DynamicType = ()>>(
     let ns = job.namespace().unwrap_or_default();
     let uid = job.uid().unwrap_or_default();
     for m in ctx.registry.snapshot().await.into_values() {
-        if let (true, Some(c)) = (m.reachable, m.client.as_ref()) {
+        // A pull member's work can always be withdrawn: its agent deletes the pods when it next
+        // connects.
+        if let Some(c) = m
+            .client
+            .as_ref()
+            .filter(|c| m.reachable || matches!(c, MemberLink::Pull { .. }))
+        {
             let n = delete_all(c, &m.name, &ns, &uid).await?;
             if n > 0 {
                 tracing::info!(job = %job.name_any(), cluster = %m.name, deleted = n, "cleaned up");
@@ -117,7 +81,7 @@ pub async fn cleanup_job<K: Resource<DynamicType = ()>>(
 pub async fn sweep_orphans(
     ctx: &Context,
     cluster: &str,
-    client: &kube::Client,
+    link: &MemberLink,
     pods: &[std::sync::Arc<Pod>],
 ) -> Result<usize> {
     if pods.is_empty() {
@@ -189,29 +153,31 @@ pub async fn sweep_orphans(
             _ => true,
         };
         if !keep {
-            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-            match api
-                .delete(&p.name_any(), &DeleteParams::background().grace_period(0))
-                .await
-            {
-                Ok(_) => {
-                    deleted += 1;
-                    tracing::info!(cluster, pod = %p.name_any(), "deleted orphaned pod");
-                }
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e).member(cluster),
+            let name = p.name_any();
+            let n = delete_pods(link, cluster, &ns, uid, |q| q.name_any() == name).await?;
+            if n > 0 {
+                deleted += n;
+                tracing::info!(cluster, pod = %name, "deleted orphaned pod");
             }
-            let job_gone = match kind.as_str() {
-                "TrainingJob" => !tjs.contains_key(uid),
-                _ => !ijs.contains_key(uid),
+            // Deleted jobs, and jobs that hold nothing here any more (moved away while the member
+            // was unreachable): their Services (a pull member: their whole work object) go too.
+            let placed_here = match kind.as_str() {
+                "TrainingJob" => tjs.get(uid).is_some_and(|j| {
+                    j.status.as_ref().and_then(|s| s.cluster.as_deref()) == Some(cluster)
+                }),
+                _ => ijs.get(uid).is_some_and(|j| {
+                    j.status
+                        .as_ref()
+                        .is_some_and(|s| s.placements.iter().any(|pl| pl.cluster == cluster))
+                }),
             };
-            if job_gone {
+            if !placed_here && !ctx.scheduler.in_flight(uid) {
                 dead_uids.insert((ns, uid.clone()));
             }
         }
     }
     for (ns, uid) in dead_uids {
-        deleted += delete_all(client, cluster, &ns, &uid).await?;
+        deleted += delete_all(link, cluster, &ns, &uid).await?;
     }
     Ok(deleted)
 }
@@ -227,9 +193,22 @@ pub struct Drain {
 
 /// Deletes every pod, Service and ResourceClaim gpupool created in a member (all namespaces, by
 /// the managed-by label): the member is leaving the pool. Members without the DRA API have no
-/// claims to delete.
-pub async fn drain_member(client: &kube::Client) -> Drain {
+/// claims to delete. A pull member's work objects are withdrawn (its agent deletes what it
+/// applied for them).
+pub async fn drain_member(link: &MemberLink) -> Drain {
     let mut out = Drain::default();
+    let client = match link {
+        MemberLink::Push(c) => c,
+        MemberLink::Pull { hub, member } => {
+            match crate::pull::delete_all_work(hub, member).await {
+                Ok(n) => out.deleted = n,
+                Err(e) => out
+                    .failed
+                    .push(format!("MemberWork (deleting failed: {e})")),
+            }
+            return out;
+        }
+    };
     let lp = ListParams::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
     drain_kind::<Pod>(
         client,
@@ -280,7 +259,7 @@ where
 }
 
 /// A hub job that still had workloads in a member removed while unreachable.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct OwedJob {
     /// `TrainingJob` or `InferenceJob`.
     pub kind: String,
@@ -414,7 +393,7 @@ fn parse_owed(cm: &k8s_openapi::api::core::v1::ConfigMap) -> Vec<OwedJob> {
 pub async fn sweep_owed(
     ctx: &Context,
     cluster: &str,
-    client: &kube::Client,
+    client: &MemberLink,
     cluster_uid: &str,
 ) -> Result<Option<usize>> {
     let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
@@ -431,7 +410,10 @@ pub async fn sweep_owed(
             continue;
         }
         deleted += delete_all(client, cluster, &j.namespace, &j.uid).await?;
-        deleted += delete_claims(client, cluster, &j.namespace, &j.uid).await?;
+        // A pull member's claims are in the job's work objects, withdrawn with them above.
+        if let MemberLink::Push(c) = client {
+            deleted += delete_claims(c, cluster, &j.namespace, &j.uid).await?;
+        }
     }
     match api.delete(&cm.name_any(), &DeleteParams::default()).await {
         Ok(_) => {}

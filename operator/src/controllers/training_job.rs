@@ -1,8 +1,7 @@
 //! TrainingJob controller: worker pods of a placed gang, gang restarts, roll-up from the member's
 //! pod watch. Placement itself is the scheduler's.
 
-use super::error::MemberErr;
-use super::member_io::{cleanup_job, create_if_missing, delete_pods, ensure_namespace};
+use super::member_io::{cleanup_job, create_objects, delete_pods, ensure_namespace};
 use super::status::{apply_status, event, now, reconcile_finalized, set_condition};
 use super::{Context, Error, Result};
 use crate::api::{TrainingJob, TrainingJobStatus, TrainingPhase, condition};
@@ -118,18 +117,7 @@ async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context)
         });
         if !want.pods.is_empty() {
             ensure_namespace(&client, &cluster, &ns).await?;
-            for svc in &want.services {
-                create_if_missing(&client, &cluster, svc).await?;
-            }
-            let mut created = 0;
-            for mp in &want.pods {
-                if crate::federation::dra::create_member_pod(&client, mp)
-                    .await
-                    .member(&cluster)?
-                {
-                    created += 1;
-                }
-            }
+            let created = create_objects(&client, &cluster, &want).await?;
             if created > 0 {
                 tracing::info!(job = %job.name_any(), cluster, created, "created worker pods");
             }

@@ -12,8 +12,9 @@ pub struct MemberView {
     pub name: String,
     /// Its spec.
     pub spec: MemberClusterSpec,
-    /// Client for its API server (None until the kubeconfig could be read).
-    pub client: Option<kube::Client>,
+    /// The way to the member (push: a client of its API server, None until the kubeconfig could
+    /// be read; pull: its work objects on the hub).
+    pub client: Option<super::MemberLink>,
     /// `resourceVersion` of the Secret the client was built from.
     pub secret_version: Option<String>,
     /// Last probe succeeded.
@@ -42,9 +43,13 @@ impl MemberView {
         self.binding.map(|b| b.mode).unwrap_or_default()
     }
 
-    /// Whether new work may be placed here.
+    /// Whether new work may be placed here (a pull member only once a pool admin approved it).
     pub fn schedulable(&self) -> bool {
-        self.ready && self.reachable && self.spec.schedulable && self.client.is_some()
+        self.ready
+            && self.reachable
+            && self.spec.schedulable
+            && self.spec.approved()
+            && self.client.is_some()
     }
 }
 

@@ -49,9 +49,9 @@ pub trait MemberSink: Send + Sync {
     fn slice_devices(&self, member: &str, per_node: std::collections::BTreeMap<String, i64>);
 }
 
-type PodIndex = Arc<RwLock<HashMap<String, HashSet<ObjectRef<Pod>>>>>;
+pub(super) type PodIndex = Arc<RwLock<HashMap<String, HashSet<ObjectRef<Pod>>>>>;
 /// Pod UID → unix second the watch first saw the pod ended.
-type EndIndex = Arc<RwLock<HashMap<String, i64>>>;
+pub(super) type EndIndex = Arc<RwLock<HashMap<String, i64>>>;
 
 /// Whether a pod has ended for good: phase `Succeeded`/`Failed` (the kubelet never leaves them),
 /// or, under `restartPolicy: Never`, every container terminated (nothing restarts it).
@@ -78,6 +78,62 @@ fn note_end(ends: &mut HashMap<String, i64>, p: &Pod, now: i64) {
         && pod_ended(p)
     {
         ends.entry(uid.clone()).or_insert(now);
+    }
+}
+
+/// Keeps the record of when the watch first saw each pod end up to date with one change.
+pub(super) fn index_ends(ends: &EndIndex, c: &Change<Pod>) {
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let mut ends = ends.write().expect("pod end index lock");
+    match c {
+        Change::Applied(p) => note_end(&mut ends, p, now),
+        Change::Deleted(p) => {
+            if let Some(uid) = p.metadata.uid.as_ref() {
+                ends.remove(uid);
+            }
+        }
+        Change::Relisting => {}
+        Change::Listed(all) => {
+            let live: HashSet<&str> = all
+                .iter()
+                .filter_map(|p| p.metadata.uid.as_deref())
+                .collect();
+            ends.retain(|uid, _| live.contains(uid.as_str()));
+            for p in all {
+                note_end(&mut ends, p, now);
+            }
+        }
+    }
+}
+
+/// Keeps the index of pods by hub job up to date with one change.
+pub(super) fn index_pods(idx: &PodIndex, c: &Change<Pod>) {
+    let mut idx = idx.write().expect("pod index lock");
+    match c {
+        Change::Applied(p) => {
+            if let Some(u) = job_uid(p) {
+                idx.entry(u).or_default().insert(ObjectRef::from_obj(&**p));
+            }
+        }
+        Change::Deleted(p) => {
+            if let Some(u) = job_uid(p)
+                && let Some(set) = idx.get_mut(&u)
+            {
+                set.remove(&ObjectRef::from_obj(&**p));
+                if set.is_empty() {
+                    idx.remove(&u);
+                }
+            }
+        }
+        Change::Relisting => {}
+        Change::Listed(all) => {
+            idx.clear();
+            for p in all {
+                if let Some(u) = job_uid(p) {
+                    idx.entry(u).or_default().insert(ObjectRef::from_obj(&**p));
+                }
+            }
+        }
     }
 }
 
@@ -162,58 +218,8 @@ impl MemberWatch {
             Api::<Pod>::all(client.clone()),
             watcher::Config::default().labels(labels::SELECTOR),
             move |c, _| {
-                {
-                    let now = k8s_openapi::jiff::Timestamp::now().as_second();
-                    let mut ends = ends_w.write().expect("pod end index lock");
-                    match &c {
-                        Change::Applied(p) => note_end(&mut ends, p, now),
-                        Change::Deleted(p) => {
-                            if let Some(uid) = p.metadata.uid.as_ref() {
-                                ends.remove(uid);
-                            }
-                        }
-                        Change::Relisting => {}
-                        Change::Listed(all) => {
-                            let live: HashSet<&str> = all
-                                .iter()
-                                .filter_map(|p| p.metadata.uid.as_deref())
-                                .collect();
-                            ends.retain(|uid, _| live.contains(uid.as_str()));
-                            for p in all {
-                                note_end(&mut ends, p, now);
-                            }
-                        }
-                    }
-                }
-                {
-                    let mut idx = idx.write().expect("pod index lock");
-                    match &c {
-                        Change::Applied(p) => {
-                            if let Some(u) = job_uid(p) {
-                                idx.entry(u).or_default().insert(ObjectRef::from_obj(&**p));
-                            }
-                        }
-                        Change::Deleted(p) => {
-                            if let Some(u) = job_uid(p)
-                                && let Some(set) = idx.get_mut(&u)
-                            {
-                                set.remove(&ObjectRef::from_obj(&**p));
-                                if set.is_empty() {
-                                    idx.remove(&u);
-                                }
-                            }
-                        }
-                        Change::Relisting => {}
-                        Change::Listed(all) => {
-                            idx.clear();
-                            for p in all {
-                                if let Some(u) = job_uid(p) {
-                                    idx.entry(u).or_default().insert(ObjectRef::from_obj(&**p));
-                                }
-                            }
-                        }
-                    }
-                }
+                index_ends(&ends_w, &c);
+                index_pods(&idx, &c);
                 s.pod(&m, c)
             },
         );
@@ -237,6 +243,26 @@ impl MemberWatch {
             by_job,
             ends,
             tasks: vec![t1, t2, t3, t4],
+        }
+    }
+
+    /// A member view assembled from stores another feed keeps (a pull member's, from its reports
+    /// and work objects on the hub).
+    pub(super) fn from_parts(
+        nodes: Store<Node>,
+        topologies: Store<GpuTopology>,
+        pods: Store<Pod>,
+        by_job: PodIndex,
+        ends: EndIndex,
+        tasks: Vec<JoinHandle<()>>,
+    ) -> MemberWatch {
+        MemberWatch {
+            nodes,
+            topologies,
+            pods,
+            by_job,
+            ends,
+            tasks,
         }
     }
 

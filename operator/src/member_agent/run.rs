@@ -447,6 +447,12 @@ async fn apply_loop(
                 }
             }
             let live: BTreeSet<String> = owned.iter().filter_map(|w| w.uid()).collect();
+            // A withdrawn work leaves objects behind that no work wants any more.
+            changed |= st.generations.keys().any(|uid| !live.contains(uid))
+                || st
+                    .errors
+                    .keys()
+                    .any(|n| !owned.iter().any(|w| &w.name_any() == n));
             st.generations.retain(|uid, _| live.contains(uid));
             st.errors
                 .retain(|n, _| owned.iter().any(|w| &w.name_any() == n));

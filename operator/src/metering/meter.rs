@@ -2,15 +2,11 @@
 //! jobs' `status.gpuSeconds`. See the [module docs](super) for what is paid.
 
 use super::settle::Alert;
-use super::{
-    HubJob, JobPeriodUsage, JobRef, LABEL_JOB_UID, LABEL_MANAGED_BY, LABEL_RECORD_CLUSTER,
-    MANAGED_BY, Slot,
-};
+use super::{HubJob, JobPeriodUsage, JobRef, LABEL_JOB_UID, LABEL_RECORD_CLUSTER, Slot};
 use crate::api::{
     InferenceJob, MemberCluster, PodUsage, TrainingJob, UsageRecord, UsageRecordSpec, UsageState,
 };
 use anyhow::{Context, Result};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -28,8 +24,8 @@ pub struct MemberRef {
     pub name: String,
     /// The owner's wallet (`spec.ownerWallet`, base58).
     pub owner_wallet: String,
-    /// Client for the member's API server.
-    pub client: Client,
+    /// The way to the member (push: its API server; pull: the pods its agent reports).
+    pub link: crate::federation::MemberLink,
     /// Model of each GPU (by UUID) of this member, as the hub's inventory knows it.
     pub gpu_models: BTreeMap<String, String>,
     /// Pod UID → unix second the hub's watch of this member first saw the pod end
@@ -235,14 +231,12 @@ pub async fn check_identity(
         message,
         gpu_seconds: 0,
     };
-    let uid = crate::join::member_identity(&member.client)
-        .await
-        .map_err(|e| {
-            alert(
-                "IdentityUnreadable",
-                format!("reading the member's kube-system namespace: {e}"),
-            )
-        })?;
+    let uid = member.link.identity().await.map_err(|e| {
+        alert(
+            "IdentityUnreadable",
+            format!("reading the member's kube-system namespace: {e}"),
+        )
+    })?;
     if uid.is_empty() {
         return Err(alert(
             "IdentityUnreadable",
@@ -351,10 +345,8 @@ pub async fn meter_once(
                 continue;
             }
         };
-        let pods: Api<Pod> = Api::all(m.client.clone());
-        let lp = ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-        let list = match pods.list(&lp).await {
-            Ok(l) => l,
+        let pods = match m.link.managed_pods().await {
+            Ok(items) => items,
             Err(e) => {
                 report.member_errors.push((m.name.clone(), e.to_string()));
                 continue;
@@ -362,10 +354,10 @@ pub async fn meter_once(
         };
         reachable.insert(m.name.clone());
         report.members_metered += 1;
-        report.pods_seen += list.items.len();
+        report.pods_seen += pods.len();
         let usage = super::usage_by_job_period(
             &m.name,
-            &list.items,
+            &pods,
             &jobs,
             super::HubObservations {
                 gpu_models: &m.gpu_models,

@@ -44,7 +44,7 @@ pub async fn member_refs(ctx: &Context) -> Vec<MemberRef> {
             Some(MemberRef {
                 name: m.name.clone(),
                 owner_wallet: m.spec.owner_wallet.clone(),
-                client: m.client.clone()?,
+                link: m.client.clone()?,
                 gpu_models,
                 observed_ends,
             })

@@ -10,11 +10,13 @@
 //!   so that labels, annotations, node, phase and metered run time read exactly as in push mode).
 //! - Liveness: a pull member is reachable while its Lease is renewed ([`alive`]).
 //!
-//! The scheduler core does not route pull members through this module yet: placement serves
-//! push members only until the scheduler's member writes and cache feed take a pull member's
-//! [`Inventory`] from [`observe`] and its writes go through [`put_work`] / [`delete_work`].
+//! The controllers reach a pull member through [`crate::federation::MemberLink::Pull`] (writes
+//! become edits of the job's work object: [`edit_work`]) and see it through the pull feed of
+//! [`crate::federation::MemberWatch::start_pull`], which turns reports and works into the same
+//! node, topology and pod changes a push member's watches give.
 
 use crate::api::{MemberReport, MemberWork, MemberWorkSpec, NodeReport, PodReport, WorkJobRef};
+use crate::federation::labels::JOB_UID;
 use crate::join::names;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
@@ -22,7 +24,8 @@ use k8s_openapi::api::core::v1::{
     PodCondition, PodStatus,
 };
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -79,14 +82,20 @@ pub fn work_name(kind: &str, namespace: &str, name: &str) -> String {
     format!("{}-{h:016x}", &full[..183].trim_end_matches(['-', '.']))
 }
 
-/// Writes (creates or replaces) the objects the hub wants in a pull member for one job.
-pub async fn put_work(
-    hub: &kube::Client,
-    member: &str,
-    job: WorkJobRef,
-    manifests: Vec<Value>,
-) -> kube::Result<MemberWork> {
+/// The work object for one job in a pull member, labelled with the member and the job's UID.
+pub fn work_object(member: &str, job: WorkJobRef, manifests: Vec<Value>) -> MemberWork {
     let name = work_name(&job.kind, &job.namespace, &job.name);
+    let mut labels: BTreeMap<String, String> = [
+        (
+            "app.kubernetes.io/part-of".to_string(),
+            "gpupool".to_string(),
+        ),
+        (names::MEMBER_LABEL.to_string(), member.to_string()),
+    ]
+    .into();
+    if let Some(u) = &job.uid {
+        labels.insert(JOB_UID.to_string(), u.clone());
+    }
     let mut w = MemberWork::new(
         &name,
         MemberWorkSpec {
@@ -94,23 +103,209 @@ pub async fn put_work(
             manifests,
         },
     );
-    w.metadata.labels = Some(
-        [
-            (
-                "app.kubernetes.io/part-of".to_string(),
-                "gpupool".to_string(),
-            ),
-            (names::MEMBER_LABEL.to_string(), member.to_string()),
-        ]
-        .into(),
-    );
+    w.metadata.namespace = Some(names::member_namespace(member));
+    w.metadata.labels = Some(labels);
+    w
+}
+
+/// Writes (creates or replaces) the objects the hub wants in a pull member for one job.
+pub async fn put_work(
+    hub: &kube::Client,
+    member: &str,
+    job: WorkJobRef,
+    manifests: Vec<Value>,
+) -> kube::Result<MemberWork> {
+    let w = work_object(member, job, manifests);
     Api::<MemberWork>::namespaced(hub.clone(), &names::member_namespace(member))
         .patch(
-            &name,
+            &w.name_any(),
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&w),
         )
         .await
+}
+
+/// How many times an edit of a work object is retried when another writer changed it in between.
+const EDIT_ATTEMPTS: usize = 8;
+
+/// Edits the work object of one job in a pull member, read-modify-write: `edit` changes the
+/// current manifests in place (empty when there is no work yet). The result is written only when
+/// it differs, with the version that was read as a precondition (an edit that raced another
+/// writer is redone on the newer object), and the work is deleted once no manifest is left.
+pub async fn edit_work<T>(
+    hub: &kube::Client,
+    member: &str,
+    job: &WorkJobRef,
+    mut edit: impl FnMut(&mut Vec<Value>, Option<&MemberWork>) -> T,
+) -> kube::Result<T> {
+    let api = Api::<MemberWork>::namespaced(hub.clone(), &names::member_namespace(member));
+    let name = work_name(&job.kind, &job.namespace, &job.name);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let cur = api.get_opt(&name).await?;
+        let mut manifests = cur
+            .as_ref()
+            .map(|w| w.spec.manifests.clone())
+            .unwrap_or_default();
+        let out = edit(&mut manifests, cur.as_ref());
+        let res = match &cur {
+            None if manifests.is_empty() => return Ok(out),
+            Some(w) if w.spec.manifests == manifests => return Ok(out),
+            None => api
+                .create(
+                    &PostParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..Default::default()
+                    },
+                    &work_object(member, job.clone(), manifests),
+                )
+                .await
+                .map(|_| ()),
+            Some(w) if manifests.is_empty() => api
+                .delete(
+                    &name,
+                    &DeleteParams {
+                        preconditions: Some(Preconditions {
+                            resource_version: w.resource_version(),
+                            uid: None,
+                        }),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map(|_| ()),
+            Some(w) => {
+                let mut new = work_object(
+                    member,
+                    w.spec.job_ref.clone().unwrap_or(job.clone()),
+                    manifests,
+                );
+                new.metadata.resource_version = w.resource_version();
+                api.patch(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&new),
+                )
+                .await
+                .map(|_| ())
+            }
+        };
+        match res {
+            Ok(()) => return Ok(out),
+            Err(kube::Error::Api(e))
+                if (e.code == 409 || (e.code == 404 && cur.is_some()))
+                    && attempt < EDIT_ATTEMPTS => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// (kind, namespace, name) of a manifest.
+pub fn manifest_key(m: &Value) -> (&str, &str, &str) {
+    (
+        m["kind"].as_str().unwrap_or_default(),
+        m["metadata"]["namespace"].as_str().unwrap_or_default(),
+        m["metadata"]["name"].as_str().unwrap_or_default(),
+    )
+}
+
+/// Adds the manifests whose (kind, namespace, name) is not in `manifests` yet; returns how many
+/// pods were added.
+pub fn add_missing(manifests: &mut Vec<Value>, wanted: Vec<Value>) -> usize {
+    let mut pods = 0;
+    for w in wanted {
+        if !manifests
+            .iter()
+            .any(|m| manifest_key(m) == manifest_key(&w))
+        {
+            pods += usize::from(w["kind"] == "Pod");
+            manifests.push(w);
+        }
+    }
+    pods
+}
+
+/// The pods of a work as the hub sees them: as the member reported them, or as wanted while the
+/// agent has not reported them yet; each with the index of its manifest.
+pub fn work_pods(w: &MemberWork) -> Vec<(usize, Pod)> {
+    let reported: BTreeMap<(&str, &str), &PodReport> = w
+        .status
+        .iter()
+        .flat_map(|s| s.pods.iter())
+        .map(|p| ((p.namespace.as_str(), p.name.as_str()), p))
+        .collect();
+    w.spec
+        .manifests
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m["kind"] == "Pod")
+        .filter_map(|(i, m)| {
+            let (_, ns, name) = manifest_key(m);
+            let pod = match reported.get(&(ns, name)) {
+                Some(r) if r.phase != "Missing" => pod_from_report(m, r)?,
+                _ => serde_json::from_value(m.clone()).ok()?,
+            };
+            Some((i, pod))
+        })
+        .collect()
+}
+
+/// Removes the pods for which `doomed` is true (with their ResourceClaims) from a work's
+/// manifests; returns how many pods were removed.
+pub fn remove_pods(
+    manifests: &mut Vec<Value>,
+    work: &MemberWork,
+    doomed: impl Fn(&Pod) -> bool,
+) -> usize {
+    let mut gone: Vec<(String, String)> = Vec::new();
+    for (i, p) in work_pods(work) {
+        if doomed(&p)
+            && let Some(m) = work.spec.manifests.get(i)
+        {
+            let (_, ns, name) = manifest_key(m);
+            gone.push((ns.to_string(), name.to_string()));
+        }
+    }
+    let claims: Vec<(String, String)> = gone
+        .iter()
+        .map(|(ns, n)| (ns.clone(), crate::workloads::claim_name(n)))
+        .collect();
+    manifests.retain(|m| {
+        let (kind, ns, name) = manifest_key(m);
+        let key = (ns.to_string(), name.to_string());
+        !(kind == "Pod" && gone.contains(&key) || kind == "ResourceClaim" && claims.contains(&key))
+    });
+    gone.len()
+}
+
+/// The work objects of hub job `uid` in a pull member.
+pub async fn works_of_job(
+    hub: &kube::Client,
+    member: &str,
+    uid: &str,
+) -> kube::Result<Vec<MemberWork>> {
+    Ok(
+        Api::<MemberWork>::namespaced(hub.clone(), &names::member_namespace(member))
+            .list(&ListParams::default().labels(&format!("{JOB_UID}={uid}")))
+            .await?
+            .items,
+    )
+}
+
+/// Withdraws every work object of a pull member (it leaves the pool: its agent deletes what it
+/// applied). Returns how many were deleted.
+pub async fn delete_all_work(hub: &kube::Client, member: &str) -> kube::Result<usize> {
+    let api = Api::<MemberWork>::namespaced(hub.clone(), &names::member_namespace(member));
+    let mut n = 0;
+    for w in api.list(&ListParams::default()).await?.items {
+        match api.delete(&w.name_any(), &DeleteParams::default()).await {
+            Ok(_) => n += 1,
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// Withdraws a job's work from a pull member (the agent deletes its objects). Idempotent.

@@ -155,3 +155,62 @@ fn liveness_follows_the_lease() {
         grace
     ));
 }
+
+#[test]
+fn work_edits_add_once_and_remove_pods_with_their_claims() {
+    let claim = json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+                       "metadata": {"name": "gpt-1-gpus", "namespace": "ml"}});
+    let svc = json!({"apiVersion": "v1", "kind": "Service",
+                     "metadata": {"name": "gpt", "namespace": "ml"}});
+    let mut m = Vec::new();
+    let wanted = vec![svc.clone(), manifest("gpt-0"), manifest("gpt-1"), claim];
+    assert_eq!(add_missing(&mut m, wanted.clone()), 2);
+    assert_eq!(
+        add_missing(&mut m, wanted),
+        0,
+        "adding again changes nothing"
+    );
+    assert_eq!(m.len(), 4);
+    let mut w = MemberWork::new(
+        "tj-ml-gpt",
+        MemberWorkSpec {
+            job_ref: None,
+            manifests: m.clone(),
+        },
+    );
+    // gpt-0 reported Running, gpt-1 not reported yet: both are the job's pods.
+    let running = member_pod("gpt-0", json!({"phase": "Running"}));
+    w.status = Some(MemberWorkStatus {
+        pods: vec![pod_report(&running)],
+        ..Default::default()
+    });
+    let pods = work_pods(&w);
+    assert_eq!(pods.len(), 2);
+    assert_eq!(
+        pods[0].1.status.as_ref().unwrap().phase.as_deref(),
+        Some("Running")
+    );
+    assert!(pods[1].1.status.is_none(), "not reported: as wanted");
+    let removed = remove_pods(&mut m, &w, |p| p.name_any() == "gpt-1");
+    assert_eq!(removed, 1);
+    let left: Vec<_> = m.iter().map(|v| manifest_key(v).2.to_string()).collect();
+    assert_eq!(left, ["gpt", "gpt-0"], "the pod and its claim went");
+}
+
+#[test]
+fn work_objects_carry_the_member_and_the_job() {
+    let w = work_object(
+        "east",
+        WorkJobRef {
+            kind: "TrainingJob".into(),
+            namespace: "ml".into(),
+            name: "gpt".into(),
+            uid: Some("u-1".into()),
+        },
+        vec![],
+    );
+    assert_eq!(w.name_any(), "tj-ml-gpt");
+    assert_eq!(w.namespace().as_deref(), Some("gpupool-member-east"));
+    assert_eq!(w.labels()["gpupool.io/job-uid"], "u-1");
+    assert_eq!(w.labels()[names::MEMBER_LABEL], "east");
+}

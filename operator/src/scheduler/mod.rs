@@ -754,15 +754,10 @@ impl Scheduler {
         let known = self.lock().namespaces.contains(&key);
         let res = async {
             if !known {
-                writes::ensure_namespace(&client, ns).await?;
+                client.ensure_namespace(ns).await?;
                 self.lock().namespaces.insert(key);
             }
-            for s in &objects.services {
-                writes::create_if_missing(&client, s).await?;
-            }
-            for p in &objects.pods {
-                crate::federation::dra::create_member_pod(&client, p).await?;
-            }
+            client.create_objects(&objects).await?;
             Ok::<_, kube::Error>(())
         }
         .await;
