@@ -17,7 +17,7 @@ use gpupool::api::{InferenceJob, TrainingJob};
 use gpupool::scheduler::cache::{NodeFacts, TopologyFacts};
 use gpupool::scheduler::jobs::{Decision, FINALIZER, decide_inference, decide_training};
 use gpupool::scheduler::{JobName, MemberInfo, PoolCache, Slot};
-use gpupool_e2e::scale::{ScalePool, cpu_seconds, proc_kib};
+use gpupool_e2e::scale::{ScalePool, api_writes, cpu_seconds, proc_kib, writes_between};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -246,6 +246,14 @@ async fn e2e(n: usize, operator: &std::path::Path, concurrency: usize) -> Result
     );
     let pid = op.0.id();
     pool.wait_ready(Duration::from_secs(600)).await?;
+    let mut clients = vec![("hub".to_string(), pool.hub.clone())];
+    for (i, m) in pool.fed.members.iter().enumerate() {
+        clients.push((format!("member-{}", i + 1), m.cp.client().await?));
+    }
+    let mut writes0 = Vec::new();
+    for (_, c) in &clients {
+        writes0.push(api_writes(c).await?);
+    }
     let cpu0 = cpu_seconds(pid).unwrap_or(0.0);
     let r = pool
         .run("job", n, concurrency, Duration::from_secs(600))
@@ -253,6 +261,21 @@ async fn e2e(n: usize, operator: &std::path::Path, concurrency: usize) -> Result
     let cpu1 = cpu_seconds(pid).unwrap_or(0.0);
     tokio::time::sleep(Duration::from_secs(10)).await;
     let cpu2 = cpu_seconds(pid).unwrap_or(0.0);
+    // API writes per placed job, per API server, once all settled (the bench's own creates included: POST
+    // trainingjobs on the hub, one per job).
+    for ((name, c), w0) in clients.iter().zip(&writes0) {
+        let d = writes_between(w0, &api_writes(c).await?);
+        let total: f64 = d.values().sum();
+        let per = |v: f64| v / r.landed.max(1) as f64;
+        eprintln!(
+            "N={n}: {name} writes per placed job {:.2}: {}",
+            per(total),
+            d.iter()
+                .map(|(k, v)| format!("{k} {:.2}", per(*v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let hwm = proc_kib(pid, "VmHWM").unwrap_or(0);
     let rss = proc_kib(pid, "VmRSS").unwrap_or(0);
     // 200 jobs that can never fit (no such GPU model) wait; a new job that fits still lands.

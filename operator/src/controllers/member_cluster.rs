@@ -7,7 +7,7 @@ use super::{Context, Error, Result};
 use crate::api::condition;
 use crate::api::{CapacitySummary, MemberCluster, MemberClusterStatus};
 use crate::federation::{
-    MemberView, MemberWatch, client_from_kubeconfig, watch_client_from_kubeconfig,
+    MemberView, MemberWatch, limited_client_from_kubeconfig, limited_watch_client_from_kubeconfig,
 };
 use crate::scheduler::MemberInfo;
 use k8s_openapi::api::core::v1::Secret;
@@ -170,10 +170,17 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
     match kubeconfig(mc, ctx).await {
         Ok((text, version)) => {
             if view.client.is_none() || view.secret_version != version {
+                let limit = ctx.metrics.rate_limit(&name, ctx.config.member_limits);
                 let clients = async {
                     Ok::<_, String>((
-                        client_from_kubeconfig(&text, ctx.config.member_timeout).await?,
-                        watch_client_from_kubeconfig(&text, ctx.config.member_timeout).await?,
+                        limited_client_from_kubeconfig(&text, ctx.config.member_timeout, &limit)
+                            .await?,
+                        limited_watch_client_from_kubeconfig(
+                            &text,
+                            ctx.config.member_timeout,
+                            &limit,
+                        )
+                        .await?,
                     ))
                 };
                 match clients.await {

@@ -342,6 +342,11 @@ pub fn place_replicas(
     }
     let mut out = Vec::new();
     let mut reasons = Vec::new();
+    // Each member's best node (and why its nodes do not fit), computed once and again only for
+    // the member that took the last replica: the others' free GPUs did not change, and the
+    // replicas are all the same size, so their answer stays the same.
+    type Best = (Option<(usize, PodPlacement, GpuSet, NodeFit)>, Vec<String>);
+    let mut best_of: Vec<Option<Best>> = vec![None; members.len()];
     for &ix in indexes {
         let mut why = Vec::new();
         // Every member's best node for this replica.
@@ -355,8 +360,15 @@ pub fn place_replicas(
                 ));
                 continue;
             }
-            if let Some((ni, p, set, fit)) = best_node(c, &free[ci], req, ix, &mut why) {
-                options.push((ci, ni, p, set, fit, in_domain[d], h));
+            let (best, member_why) = best_of[ci].get_or_insert_with(|| {
+                let mut w = Vec::new();
+                (best_node(c, &free[ci], req, ix, &mut w), w)
+            });
+            why.extend(member_why.iter().cloned());
+            if let Some((ni, p, set, fit)) = best {
+                let mut p = p.clone();
+                p.index = ix;
+                options.push((ci, *ni, p, *set, *fit, in_domain[d], h));
             }
         }
         let min_domain = options.iter().map(|o| o.5).min();
@@ -372,6 +384,7 @@ pub fn place_replicas(
             Some((ci, ni, p, set, _, _, _)) => {
                 let (c, d) = &members[ci];
                 free[ci][ni] = free[ci][ni].minus(set);
+                best_of[ci] = None;
                 *held.entry(c.name.clone()).or_default() += 1;
                 *in_domain.entry(d.clone()).or_default() += 1;
                 out.push((c.name.clone(), p));
