@@ -108,6 +108,7 @@ impl Operator {
             member_timeout: std::time::Duration::from_secs(2),
             resync: std::time::Duration::from_secs(2),
             pending_retry: std::time::Duration::from_secs(5),
+            ..Config::default()
         }
     }
 
