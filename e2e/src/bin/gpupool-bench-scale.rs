@@ -195,6 +195,56 @@ fn placement_bench() -> Result<()> {
     Ok(())
 }
 
+/// The operator's `/metrics` text.
+async fn operator_metrics(port: u16) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    sock.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let mut out = String::new();
+    sock.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+/// Decisions taken, their mean and the 99th percentile's bucket bound, from the operator's
+/// `gpupool_placement_duration_seconds{kind="trainingjob"}` histogram: the scheduler's own time
+/// per decision, apart from the API round trips.
+fn decision_latency(metrics: &str) -> (u64, f64, f64) {
+    let value = |line: &str| -> f64 {
+        line.rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let ours = |l: &&str| l.contains("kind=\"trainingjob\"");
+    let series = |name: &str| -> Vec<&str> {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter(ours)
+            .collect()
+    };
+    let count = series("gpupool_placement_duration_seconds_count")
+        .first()
+        .map_or(0.0, |l| value(l));
+    let sum = series("gpupool_placement_duration_seconds_sum")
+        .first()
+        .map_or(0.0, |l| value(l));
+    let p99 = series("gpupool_placement_duration_seconds_bucket")
+        .into_iter()
+        .find(|l| value(l) >= count * 0.99)
+        .and_then(|l| l.split("le=\"").nth(1)?.split('"').next()?.parse().ok())
+        .unwrap_or(f64::INFINITY);
+    (count as u64, sum / count.max(1.0), p99)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(String::from))
+        .unwrap_or_default()
+}
+
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -259,6 +309,15 @@ async fn e2e(n: usize, operator: &std::path::Path, concurrency: usize) -> Result
         .run("job", n, concurrency, Duration::from_secs(600))
         .await?;
     let cpu1 = cpu_seconds(pid).unwrap_or(0.0);
+    let load = load_average();
+    if let Ok(m) = operator_metrics(port).await {
+        let (count, mean, p99) = decision_latency(&m);
+        eprintln!(
+            "N={n}: load average {load} at the end of the burst; the scheduler's own time per decision (no API round trips): {count} decisions, mean {:.3} ms, p99 ≤ {} ms",
+            mean * 1e3,
+            p99 * 1e3
+        );
+    }
     tokio::time::sleep(Duration::from_secs(10)).await;
     let cpu2 = cpu_seconds(pid).unwrap_or(0.0);
     // API writes per placed job, per API server, once all settled (the bench's own creates included: POST
