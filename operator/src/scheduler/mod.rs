@@ -47,10 +47,11 @@ use tokio::sync::{Notify, Semaphore};
 pub const MAX_CONCURRENT_WRITES: usize = 64;
 /// A waiting job's queue position is rewritten at most this often (its reason at every change).
 const POSITION_REFRESH: Duration = Duration::from_secs(10);
-/// Normal scheduling Events (`Scheduled`, `Rescheduled`) published per second, after a burst of
-/// [`EVENT_BURST`]: in a burst of thousands of jobs each Event is one more hub write competing
-/// with the placements themselves (the placement is in each job's status anyway). Warnings are
-/// never limited. Skipped Events are counted in `gpupool_events_skipped_total`.
+/// Normal Events (`Scheduled`, `Running`, …, the scheduler's and the controllers') published
+/// per second, after a burst of [`EVENT_BURST`]: in a burst of thousands of jobs each Event is
+/// one more hub write competing with the placements themselves (what they say is in each job's
+/// status anyway). Warnings are never limited. Skipped Events are counted in
+/// `gpupool_events_skipped_total`.
 const EVENTS_PER_SECOND: u32 = 20;
 /// See [`EVENTS_PER_SECOND`].
 const EVENT_BURST: u32 = 200;
@@ -618,6 +619,16 @@ impl Scheduler {
         self.lock().in_flight.contains(uid)
     }
 
+    /// Whether a Normal Event of `reason` may be published now (see [`EVENTS_PER_SECOND`]; the
+    /// controllers' Normal Events share the budget). Counts the ones skipped.
+    pub fn allow_normal_event(&self, reason: &str) -> bool {
+        let ok = self.events.check().is_ok();
+        if !ok {
+            self.metrics.event_skipped(reason);
+        }
+        ok
+    }
+
     /// Number of jobs waiting.
     pub fn pending(&self) -> usize {
         self.lock().queue.len()
@@ -676,8 +687,7 @@ impl Scheduler {
         reason: &str,
         note: String,
     ) {
-        if !warning && self.events.check().is_err() {
-            self.metrics.event_skipped(reason);
+        if !warning && !self.allow_normal_event(reason) {
             return;
         }
         let ev = Event {
