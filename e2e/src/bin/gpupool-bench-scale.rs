@@ -7,7 +7,10 @@
 //!    KWOK DGX H100 nodes, the release operator binary (`gpupool run`), N one-GPU TrainingJobs
 //!    created as fast as the client allows (`--concurrency` requests in flight); prints
 //!    create→pod p50/p99/max, jobs/s, the operator's CPU-seconds and peak RSS (VmHWM), its CPU use
-//!    while nothing changes, and checks from the member pods that no GPU is assigned twice.
+//!    while nothing changes, and checks from the member pods that no GPU is assigned twice. On
+//!    stderr: the load average at the end of each burst, the scheduler's own time per decision
+//!    (from the operator's placement histogram, without the API round trips) and the writes per
+//!    placed job each API server served (from its `apiserver_request_total`).
 //!
 //! Options: `--jobs 500,2000`, `--operator PATH` (default: the release `gpupool` next to this
 //! binary's target directory), `--concurrency 64`, `--skip-placement`, `--skip-e2e`.
