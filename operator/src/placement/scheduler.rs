@@ -140,13 +140,21 @@ fn best_node(
 ) -> Option<(usize, PodPlacement, GpuSet, NodeFit)> {
     let gr = GpuRequest::new(req.gpus_per_pod, req.nvlink);
     let mut best: Option<(NodeFit, usize, Allocation)> = None;
+    // A node answering exactly as an earlier one that fitted (same shape, free GPUs, model and
+    // memory) cannot beat it (ties keep the earlier node): it is not asked again.
+    let mut fitted: std::collections::HashSet<(u64, GpuSet, &str, i64)> = Default::default();
     for (i, n) in c.nodes.iter().enumerate() {
+        let key = (n.graph.shape_id(), free[i], n.model.as_str(), n.memory_mib);
+        if fitted.contains(&key) {
+            continue;
+        }
         if let Err(e) = req.node_matches(n) {
             why.push(e);
             continue;
         }
         match allocate(&n.graph, free[i], &gr) {
             Ok(a) => {
+                fitted.insert(key);
                 let fit = node_fit(&a, &gr);
                 // Ties keep the earlier node (candidates come in name order).
                 if best.as_ref().is_none_or(|(b, _, _)| fit < *b) {
