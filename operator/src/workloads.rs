@@ -367,7 +367,12 @@ pub fn training_pods(
     let uid = job.uid().unwrap_or_default();
     let svc = training_service_name(job);
     let world = placements.len();
-    let master = format!("{name}-w0.{svc}.{ns}.svc");
+    // A gang of one rendezvouses with itself: no Service (one write less per job) is needed.
+    let master = if world == 1 {
+        "127.0.0.1".to_string()
+    } else {
+        format!("{name}-w0.{svc}.{ns}.svc")
+    };
     let mut base_labels = owner_labels("TrainingJob", &ns, &name, &uid);
     base_labels.insert(labels::GENERATION.into(), generation.to_string());
     placements
@@ -427,7 +432,8 @@ pub fn training_service(job: &TrainingJob) -> Service {
     }
 }
 
-/// Everything to create in the gang's member: the headless Service, the pods and their claims.
+/// Everything to create in the gang's member: the headless Service (for gangs of more than one
+/// worker: a single worker's `MASTER_ADDR` is itself), the pods and their claims.
 pub fn training_objects(
     job: &TrainingJob,
     generation: i32,
@@ -435,7 +441,11 @@ pub fn training_objects(
     mode: BindingMode,
 ) -> MemberObjects {
     MemberObjects {
-        services: vec![training_service(job)],
+        services: if placements.len() > 1 {
+            vec![training_service(job)]
+        } else {
+            Vec::new()
+        },
         pods: training_pods(job, generation, placements, mode),
     }
 }
@@ -643,6 +653,21 @@ spec:
             // The GPU binding is on the first container only.
             assert!(spec.containers[1].resources.is_none());
         }
+    }
+
+    #[test]
+    fn a_single_worker_needs_no_service_and_rendezvouses_with_itself() {
+        let j = tj();
+        let objs = training_objects(
+            &j,
+            0,
+            &[place(0, "n1", &["GPU-a", "GPU-b"])],
+            BindingMode::DevicePlugin,
+        );
+        assert!(objs.services.is_empty());
+        let e = env_of(&objs.pods[0].pod, 0);
+        assert_eq!(e["MASTER_ADDR"], "127.0.0.1");
+        assert_eq!(e["WORLD_SIZE"], "1");
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //!    KWOK DGX H100 nodes, the release operator binary (`gpupool run`), N one-GPU TrainingJobs
 //!    created as fast as the client allows (`--concurrency` requests in flight); prints
 //!    create→pod p50/p99/max, jobs/s, the operator's CPU-seconds and peak RSS (VmHWM), its CPU use
-//!    while nothing changes, and checks from the member pods that no GPU is assigned twice.
+//!    while nothing changes, and checks from the member pods that no GPU is assigned twice. On
+//!    stderr: the load average at the end of each burst, the scheduler's own time per decision
+//!    (from the operator's placement histogram, without the API round trips) and the writes per
+//!    placed job each API server served (from its `apiserver_request_total`).
 //!
 //! Options: `--jobs 500,2000`, `--operator PATH` (default: the release `gpupool` next to this
 //! binary's target directory), `--concurrency 64`, `--skip-placement`, `--skip-e2e`.
@@ -17,7 +20,7 @@ use gpupool::api::{InferenceJob, TrainingJob};
 use gpupool::scheduler::cache::{NodeFacts, TopologyFacts};
 use gpupool::scheduler::jobs::{Decision, FINALIZER, decide_inference, decide_training};
 use gpupool::scheduler::{JobName, MemberInfo, PoolCache, Slot};
-use gpupool_e2e::scale::{ScalePool, cpu_seconds, proc_kib};
+use gpupool_e2e::scale::{ScalePool, api_writes, cpu_seconds, proc_kib, writes_between};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -195,6 +198,56 @@ fn placement_bench() -> Result<()> {
     Ok(())
 }
 
+/// The operator's `/metrics` text.
+async fn operator_metrics(port: u16) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    sock.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let mut out = String::new();
+    sock.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+/// Decisions taken, their mean and the 99th percentile's bucket bound, from the operator's
+/// `gpupool_placement_duration_seconds{kind="trainingjob"}` histogram: the scheduler's own time
+/// per decision, apart from the API round trips.
+fn decision_latency(metrics: &str) -> (u64, f64, f64) {
+    let value = |line: &str| -> f64 {
+        line.rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let ours = |l: &&str| l.contains("kind=\"trainingjob\"");
+    let series = |name: &str| -> Vec<&str> {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter(ours)
+            .collect()
+    };
+    let count = series("gpupool_placement_duration_seconds_count")
+        .first()
+        .map_or(0.0, |l| value(l));
+    let sum = series("gpupool_placement_duration_seconds_sum")
+        .first()
+        .map_or(0.0, |l| value(l));
+    let p99 = series("gpupool_placement_duration_seconds_bucket")
+        .into_iter()
+        .find(|l| value(l) >= count * 0.99)
+        .and_then(|l| l.split("le=\"").nth(1)?.split('"').next()?.parse().ok())
+        .unwrap_or(f64::INFINITY);
+    (count as u64, sum / count.max(1.0), p99)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(String::from))
+        .unwrap_or_default()
+}
+
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -246,13 +299,45 @@ async fn e2e(n: usize, operator: &std::path::Path, concurrency: usize) -> Result
     );
     let pid = op.0.id();
     pool.wait_ready(Duration::from_secs(600)).await?;
+    let mut clients = vec![("hub".to_string(), pool.hub.clone())];
+    for (i, m) in pool.fed.members.iter().enumerate() {
+        clients.push((format!("member-{}", i + 1), m.cp.client().await?));
+    }
+    let mut writes0 = Vec::new();
+    for (_, c) in &clients {
+        writes0.push(api_writes(c).await?);
+    }
     let cpu0 = cpu_seconds(pid).unwrap_or(0.0);
     let r = pool
         .run("job", n, concurrency, Duration::from_secs(600))
         .await?;
     let cpu1 = cpu_seconds(pid).unwrap_or(0.0);
+    let load = load_average();
+    if let Ok(m) = operator_metrics(port).await {
+        let (count, mean, p99) = decision_latency(&m);
+        eprintln!(
+            "N={n}: load average {load} at the end of the burst; the scheduler's own time per decision (no API round trips): {count} decisions, mean {:.3} ms, p99 ≤ {} ms",
+            mean * 1e3,
+            p99 * 1e3
+        );
+    }
     tokio::time::sleep(Duration::from_secs(10)).await;
     let cpu2 = cpu_seconds(pid).unwrap_or(0.0);
+    // API writes per placed job, per API server, once all settled (the bench's own creates included: POST
+    // trainingjobs on the hub, one per job).
+    for ((name, c), w0) in clients.iter().zip(&writes0) {
+        let d = writes_between(w0, &api_writes(c).await?);
+        let total: f64 = d.values().sum();
+        let per = |v: f64| v / r.landed.max(1) as f64;
+        eprintln!(
+            "N={n}: {name} writes per placed job {:.2}: {}",
+            per(total),
+            d.iter()
+                .map(|(k, v)| format!("{k} {:.2}", per(*v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let hwm = proc_kib(pid, "VmHWM").unwrap_or(0);
     let rss = proc_kib(pid, "VmRSS").unwrap_or(0);
     // 200 jobs that can never fit (no such GPU model) wait; a new job that fits still lands.

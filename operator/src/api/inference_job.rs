@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 )]
 #[x_kube(validation = Rule::new("!has(self.gpuContainers) || self.gpuContainers.all(n, self.template.spec.containers.exists(c, c.name == n))").message("gpuContainers must name containers of the template"))]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.priority) || !has(self.priorityClassName)").message("set priority or priorityClassName, not both"))]
 pub struct InferenceJobSpec {
     /// The replicas' pod template. A replica counts as ready only when its pod is Ready, so give
     /// the server container a readiness probe. A change rolls out replica by replica (see
@@ -114,6 +115,13 @@ pub struct InferenceJobSpec {
     /// `priority` apply to placements from then on (running replicas are not moved).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStrategy>,
+    /// Name of a `scheduling.k8s.io/v1` PriorityClass on the hub whose value is the job's
+    /// priority (instead of `priority`). With neither, the PriorityClass marked `globalDefault`
+    /// applies, if there is one. While no PriorityClass of this name exists the job waits, and
+    /// its status says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("size(self) > 0 && size(self) <= 253").message("priorityClassName must be 1-253 characters"))]
+    pub priority_class_name: Option<String>,
 }
 
 /// Rolling-update budgets, as in a Deployment's `strategy.rollingUpdate`.

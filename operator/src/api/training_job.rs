@@ -53,6 +53,7 @@ use serde::{Deserialize, Serialize};
 )]
 #[x_kube(validation = Rule::new("!has(self.gpuContainers) || self.gpuContainers.all(n, self.template.spec.containers.exists(c, c.name == n))").message("gpuContainers must name containers of the template"))]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.priority) || !has(self.priorityClassName)").message("set priority or priorityClassName, not both"))]
 pub struct TrainingJobSpec {
     /// The workers' pod template. Immutable: a TrainingJob's pods are one run of one program;
     /// delete and recreate the job to change it.
@@ -117,6 +118,13 @@ pub struct TrainingJobSpec {
     /// older jobs first.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
+    /// Name of a `scheduling.k8s.io/v1` PriorityClass on the hub whose value is the job's
+    /// priority (instead of `priority`). With neither, the PriorityClass marked `globalDefault`
+    /// applies, if there is one. While no PriorityClass of this name exists the job waits, and
+    /// its status says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("size(self) > 0 && size(self) <= 253").message("priorityClassName must be 1-253 characters"))]
+    pub priority_class_name: Option<String>,
     /// Port of the rank-0 rendezvous (torchrun `MASTER_PORT`). Immutable.
     #[serde(default = "default_master_port")]
     #[x_kube(

@@ -23,6 +23,8 @@ pub struct Config {
     pub member_grace: Duration,
     /// Timeout for one member API call.
     pub member_timeout: Duration,
+    /// Client-side request rate limit of each member's clients.
+    pub member_limits: crate::federation::ClientLimits,
     /// Unused: running jobs are rolled up on watch events only. Kept so existing configurations
     /// still build.
     pub resync: Duration,
@@ -44,6 +46,7 @@ impl Default for Config {
             heartbeat: Duration::from_secs(2),
             member_grace: Duration::from_secs(30),
             member_timeout: Duration::from_secs(3),
+            member_limits: crate::federation::ClientLimits::MEMBER,
             resync: Duration::from_secs(10),
             pending_retry: Duration::from_secs(60),
             member_refusal: Duration::from_secs(60),

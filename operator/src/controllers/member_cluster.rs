@@ -7,7 +7,8 @@ use super::{Context, Error, Result};
 use crate::api::condition;
 use crate::api::{CapacitySummary, MemberCluster, MemberClusterStatus, MemberMode, MemberReport};
 use crate::federation::{
-    MemberLink, MemberView, MemberWatch, client_from_kubeconfig, watch_client_from_kubeconfig,
+    MemberLink, MemberView, MemberWatch, limited_client_from_kubeconfig,
+    limited_watch_client_from_kubeconfig,
 };
 use crate::join::names;
 use crate::scheduler::MemberInfo;
@@ -310,10 +311,21 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
                     || view.secret_version != version
                     || (view.watch.is_none() && !was_duplicate)
                 {
+                    let limit = ctx.metrics.rate_limit(&name, ctx.config.member_limits);
                     let clients = async {
                         Ok::<_, String>((
-                            client_from_kubeconfig(&text, ctx.config.member_timeout).await?,
-                            watch_client_from_kubeconfig(&text, ctx.config.member_timeout).await?,
+                            limited_client_from_kubeconfig(
+                                &text,
+                                ctx.config.member_timeout,
+                                &limit,
+                            )
+                            .await?,
+                            limited_watch_client_from_kubeconfig(
+                                &text,
+                                ctx.config.member_timeout,
+                                &limit,
+                            )
+                            .await?,
                         ))
                     };
                     match clients.await {

@@ -24,8 +24,8 @@ use refusal::member_refusals;
 
 use crate::api::{InferenceJob, MemberCluster, TrainingJob};
 use futures::StreamExt;
+use kube::Api;
 use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
-use kube::{Api, Client};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +79,18 @@ pub struct RunArgs {
     /// Seconds between metering passes.
     #[arg(long, default_value_t = 30)]
     pub meter_interval_seconds: u64,
+    /// Requests per second the operator sends the hub (token bucket; 0: no limit).
+    #[arg(long, default_value_t = crate::federation::ClientLimits::HUB.qps)]
+    pub hub_qps: f64,
+    /// Requests the hub client may send at once after a quiet period.
+    #[arg(long, default_value_t = crate::federation::ClientLimits::HUB.burst)]
+    pub hub_burst: u32,
+    /// Requests per second the operator sends each member (token bucket; 0: no limit).
+    #[arg(long, default_value_t = crate::federation::ClientLimits::MEMBER.qps)]
+    pub member_qps: f64,
+    /// Requests each member's clients may send at once after a quiet period.
+    #[arg(long, default_value_t = crate::federation::ClientLimits::MEMBER.burst)]
+    pub member_burst: u32,
 }
 
 fn ledger_from_args(args: &RunArgs) -> anyhow::Result<Option<crate::ledger::Ledger>> {
@@ -106,16 +118,27 @@ fn ledger_from_args(args: &RunArgs) -> anyhow::Result<Option<crate::ledger::Ledg
 /// Runs the operator against the hub (in-cluster config or KUBECONFIG) until interrupted.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     crate::telemetry::init_logging();
-    let client = Client::try_default().await?;
+    let metrics = crate::metrics::Metrics::default();
+    let hub_limits = crate::federation::ClientLimits {
+        qps: args.hub_qps,
+        burst: args.hub_burst,
+    };
+    let client = crate::federation::limited_client(
+        kube::Config::infer().await?,
+        &metrics.rate_limit("hub", hub_limits),
+    )?;
     let cfg = Config {
         namespace: args.namespace.clone(),
         heartbeat: Duration::from_secs(args.heartbeat_seconds.max(1)),
         member_grace: Duration::from_secs(args.member_grace_seconds),
         member_refusal: Duration::from_secs(args.member_refusal_seconds.max(1)),
         suspect_for: Duration::from_secs(args.suspect_gpu_seconds),
+        member_limits: crate::federation::ClientLimits {
+            qps: args.member_qps,
+            burst: args.member_burst,
+        },
         ..Config::default()
     };
-    let metrics = crate::metrics::Metrics::default();
     let server = crate::metrics::serve(args.metrics_addr.parse()?, metrics.clone());
     let server = tokio::spawn(server);
     // Ready once the hub answers, whether this replica leads or stands by for the Lease.
@@ -167,6 +190,21 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) -> anyhow::R
     let cc = || controller::Config::default().concurrency(CONTROLLER_CONCURRENCY);
     // The loop stops with the controllers (also when this future is dropped).
     let _scheduler = AbortOnDrop(tokio::spawn(ctx.scheduler.clone().run()));
+    // PriorityClasses order the scheduler's queue (spec.priorityClassName, globalDefault).
+    let sched = ctx.scheduler.clone();
+    let classes = watcher(
+        Api::<k8s_openapi::api::scheduling::v1::PriorityClass>::all(hub.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .for_each(move |ev| {
+        match &ev {
+            Ok(ev) => sched.priority_class_event(ev),
+            Err(e) => tracing::warn!(error = %e, "watching PriorityClasses failed (retrying)"),
+        }
+        futures::future::ready(())
+    });
+    let _classes = AbortOnDrop(tokio::spawn(classes));
     let members = Controller::new(Api::<MemberCluster>::all(hub.clone()), wc.clone())
         .with_config(cc())
         .shutdown_on_signal()
@@ -178,8 +216,9 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) -> anyhow::R
         .for_each(|_| futures::future::ready(()));
     let (reader, writer) = reflector::store();
     let sched = ctx.scheduler.clone();
+    sched.share_training_store(reader.clone());
     let stream = watcher(Api::<TrainingJob>::all(hub.clone()), wc.clone())
-        .modify(|j: &mut TrainingJob| j.metadata.managed_fields = None)
+        .modify(|j: &mut TrainingJob| crate::federation::trim_meta(&mut j.metadata))
         .default_backoff()
         .reflect(writer)
         .inspect(move |ev| {
@@ -201,8 +240,9 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) -> anyhow::R
         .for_each(|_| futures::future::ready(()));
     let (reader, writer) = reflector::store();
     let sched = ctx.scheduler.clone();
+    sched.share_inference_store(reader.clone());
     let stream = watcher(Api::<InferenceJob>::all(hub), wc)
-        .modify(|j: &mut InferenceJob| j.metadata.managed_fields = None)
+        .modify(|j: &mut InferenceJob| crate::federation::trim_meta(&mut j.metadata))
         .default_backoff()
         .reflect(writer)
         .inspect(move |ev| {

@@ -53,6 +53,10 @@ pub async fn event<K: Resource<DynamicType = ()>>(
     action: &str,
     note: String,
 ) {
+    // Normal Events share the scheduler's rate limit (one budget for all per-job Events).
+    if !warning && !ctx.scheduler.allow_normal_event(reason) {
+        return;
+    }
     let ev = Event {
         type_: if warning {
             EventType::Warning

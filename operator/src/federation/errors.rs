@@ -39,8 +39,12 @@ impl StdError for MemberTransportError {
     }
 }
 
-/// A client for `config` whose transport errors are described by [`describe_client_error`].
-pub fn client_with_described_errors(config: kube::Config) -> Result<kube::Client, kube::Error> {
+/// A client for `config` whose transport errors are described by [`describe_client_error`] and
+/// whose requests pass through `limit`.
+pub fn client_with_described_errors(
+    config: kube::Config,
+    limit: super::client::RateLimit,
+) -> Result<kube::Client, kube::Error> {
     let server = config.cluster_url.to_string();
     let server = server.trim_end_matches('/').to_string();
     let builder = kube::client::ClientBuilder::try_from(config)?;
@@ -50,7 +54,7 @@ pub fn client_with_described_errors(config: kube::Config) -> Result<kube::Client
             source: e,
         })
     });
-    Ok(builder.with_layer(&layer).build())
+    Ok(builder.with_layer(&layer).with_layer(&limit).build())
 }
 
 #[cfg(test)]

@@ -19,13 +19,17 @@ mod pull_feed;
 mod registry;
 mod watch;
 
-pub use client::{client_from_kubeconfig, watch_client_from_kubeconfig};
+pub use client::{
+    ClientLimits, OnThrottled, RateLimit, client_from_kubeconfig, limited_client,
+    limited_client_from_kubeconfig, limited_watch_client_from_kubeconfig,
+    watch_client_from_kubeconfig,
+};
 pub use errors::describe_client_error;
 pub use inventory::{allocatable_gpus, node_ready};
 pub use link::MemberLink;
 pub use pull_feed::{Derived, derive as derive_pull_view};
 pub use registry::{MemberView, Registry};
-pub use watch::{Change, MemberSink, MemberWatch};
+pub use watch::{Change, MemberSink, MemberWatch, trim_meta, trim_node, trim_pod};
 
 /// Labels and annotations gpupool puts on everything it creates in a member cluster.
 pub mod labels {

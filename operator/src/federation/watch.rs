@@ -1,6 +1,7 @@
 //! Watches on a member cluster: nodes, `GpuTopology` objects, the pods gpupool created there and
 //! the ResourceSlices of NVIDIA's DRA driver (GPU devices per node on DRA members),
-//! each mirrored into a reflector store (managed fields dropped) and reported, change by change,
+//! each mirrored into a reflector store (pods and nodes trimmed to what gpupool reads, see
+//! [`trim_pod`]) and reported, change by change,
 //! to a [`MemberSink`] (the scheduler's cache and the job controllers' wake-ups). Pods are also
 //! indexed by the hub job they belong to, so a controller reads a job's pods without scanning.
 //!
@@ -151,9 +152,88 @@ fn job_uid(p: &Pod) -> Option<String> {
     p.labels().get(labels::JOB_UID).cloned()
 }
 
+/// Keeps of a member pod only what gpupool reads (names, labels, owners, gpupool's annotations
+/// — the GPUs it holds, the node chosen — the node it runs on, and the status fields that say
+/// whether and since when it runs: phase, conditions, start time, container states), so that
+/// tens of thousands of pods fit in the store: containers, volumes, images and IPs are dropped
+/// before the object enters it.
+pub fn trim_pod(p: &mut Pod) {
+    let m = &mut p.metadata;
+    m.managed_fields = None;
+    if let Some(a) = m.annotations.as_mut() {
+        a.retain(|k, _| k.starts_with("gpupool.io/"));
+    }
+    // Only the node and the restart policy (whether a pod with all containers terminated has
+    // ended for good, see `pod_ended`) are read from the spec (a `Container` alone is over 2 KiB
+    // in memory; the GPUs a gpupool pod holds are in its annotations).
+    if let Some(spec) = p.spec.take() {
+        p.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            node_name: spec.node_name,
+            restart_policy: spec.restart_policy,
+            ..Default::default()
+        });
+    }
+    if let Some(st) = p.status.as_mut() {
+        st.host_ip = None;
+        st.host_ips = None;
+        st.pod_ip = None;
+        st.pod_ips = None;
+        st.qos_class = None;
+        st.ephemeral_container_statuses = None;
+        for cs in st
+            .container_statuses
+            .iter_mut()
+            .chain(st.init_container_statuses.iter_mut())
+            .flatten()
+        {
+            cs.image = String::new();
+            cs.image_id = String::new();
+            cs.container_id = None;
+            cs.resources = None;
+            cs.allocated_resources = None;
+            cs.volume_mounts = None;
+            cs.user = None;
+        }
+    }
+}
+
+/// Keeps of a member node what gpupool reads (name, labels, whether it is schedulable, its
+/// allocatable resources and conditions); drops its image list, addresses, system info and
+/// annotations, which on a real node outweigh the rest many times.
+pub fn trim_node(n: &mut Node) {
+    n.metadata.managed_fields = None;
+    n.metadata.annotations = None;
+    if let Some(st) = n.status.as_mut() {
+        st.images = None;
+        st.addresses = None;
+        st.node_info = None;
+        st.volumes_attached = None;
+        st.volumes_in_use = None;
+        st.daemon_endpoints = None;
+        st.capacity = None;
+        for c in st.conditions.iter_mut().flatten() {
+            c.message = None;
+        }
+    }
+}
+
+/// Drops what no reader of a stored object uses from its metadata: managed fields and
+/// `kubectl apply`'s copy of the whole object in an annotation.
+pub fn trim_meta(m: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    m.managed_fields = None;
+    if let Some(a) = m.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+fn drop_managed_fields<K: kube::Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+}
+
 fn spawn_reflector<K>(
     api: Api<K>,
     cfg: watcher::Config,
+    trim: fn(&mut K),
     mut on_change: impl FnMut(Change<K>, &Store<K>) + Send + 'static,
 ) -> (Store<K>, JoinHandle<()>)
 where
@@ -167,7 +247,7 @@ where
 {
     let (store, writer) = reflector::store();
     let stream = watcher(api, cfg)
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        .modify(trim)
         .default_backoff()
         .reflect(writer);
     let reader = store.clone();
@@ -202,12 +282,14 @@ impl MemberWatch {
         let (nodes, t1) = spawn_reflector(
             Api::<Node>::all(client.clone()),
             watcher::Config::default(),
+            trim_node,
             move |c, _| s.node(&m, c),
         );
         let (m, s) = (member.to_string(), sink.clone());
         let (topologies, t2) = spawn_reflector(
             Api::<GpuTopology>::all(client.clone()),
             watcher::Config::default(),
+            drop_managed_fields,
             move |c, _| s.topology(&m, c),
         );
         let by_job: PodIndex = Arc::default();
@@ -217,6 +299,7 @@ impl MemberWatch {
         let (pods, t3) = spawn_reflector(
             Api::<Pod>::all(client.clone()),
             watcher::Config::default().labels(labels::SELECTOR),
+            trim_pod,
             move |c, _| {
                 index_ends(&ends_w, &c);
                 index_pods(&idx, &c);
@@ -229,6 +312,7 @@ impl MemberWatch {
         let (_, t4) = spawn_reflector(
             Api::<ResourceSlice>::all(client.clone()),
             watcher::Config::default(),
+            drop_managed_fields,
             move |c, store| match c {
                 Change::Relisting => {}
                 _ => {
@@ -327,5 +411,151 @@ impl Drop for MemberWatch {
         for t in &self.tasks {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{trim_meta, trim_node, trim_pod};
+    use k8s_openapi::api::core::v1::{Node, Pod};
+
+    const POD: &str = r#"
+metadata:
+  name: job-w0
+  namespace: ml
+  labels: {app.kubernetes.io/managed-by: gpupool, gpupool.io/job-uid: u1, gpupool.io/index: "0"}
+  annotations:
+    gpupool.io/gpu-uuids: GPU-a,GPU-b
+    gpupool.io/node: n1
+    team.example.com/notes: a long user annotation that nobody in gpupool reads
+  managedFields: [{manager: kubectl, operation: Apply}]
+spec:
+  nodeName: n1
+  containers:
+    - name: main
+      image: registry.example.com/trainer:1
+      command: [python, train.py]
+      env: [{name: WORLD_SIZE, value: "1"}, {name: MASTER_ADDR, value: job-w0.job-workers.ml.svc}]
+      resources: {limits: {nvidia.com/gpu: "2"}}
+  volumes: [{name: data, emptyDir: {}}]
+  tolerations: [{key: nvidia.com/gpu, operator: Exists}]
+status:
+  phase: Running
+  hostIP: 10.0.0.1
+  podIP: 10.1.0.1
+  qosClass: BestEffort
+  startTime: "2026-01-01T00:00:00Z"
+  conditions: [{type: Ready, status: "True", lastTransitionTime: "2026-01-01T00:00:05Z"}]
+  containerStatuses:
+    - name: main
+      ready: true
+      restartCount: 0
+      image: registry.example.com/trainer:1
+      imageID: sha256:abc
+      containerID: containerd://abc
+      state: {running: {startedAt: "2026-01-01T00:00:03Z"}}
+"#;
+
+    #[test]
+    fn a_trimmed_pod_answers_every_reader_as_the_whole_pod_did() {
+        let full: Pod = serde_yaml::from_str(POD).unwrap();
+        let mut p = full.clone();
+        trim_pod(&mut p);
+        // What the readers look at is unchanged.
+        assert_eq!(
+            crate::workloads::pod_node(&p),
+            crate::workloads::pod_node(&full)
+        );
+        assert_eq!(
+            crate::metering::pod_run(&p),
+            crate::metering::pod_run(&full)
+        );
+        assert!(crate::metering::pod_run(&p).is_some());
+        assert_eq!(crate::metering::pod_gpus(&p), 2);
+        assert_eq!(p.metadata.labels, full.metadata.labels);
+        assert_eq!(
+            crate::scheduler::pod_slots("m", &p),
+            crate::scheduler::pod_slots("m", &full)
+        );
+        let st = p.status.as_ref().unwrap();
+        assert_eq!(st.phase.as_deref(), Some("Running"));
+        assert_eq!(st.conditions, full.status.as_ref().unwrap().conditions);
+        assert_eq!(pod_ended(&p), pod_ended(&full));
+        let mut done = full.clone();
+        done.spec.as_mut().unwrap().restart_policy = Some("Never".into());
+        for cs in done
+            .status
+            .as_mut()
+            .unwrap()
+            .container_statuses
+            .iter_mut()
+            .flatten()
+        {
+            cs.state = Some(k8s_openapi::api::core::v1::ContainerState {
+                terminated: Some(k8s_openapi::api::core::v1::ContainerStateTerminated {
+                    exit_code: 0,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        let mut trimmed_done = done.clone();
+        trim_pod(&mut trimmed_done);
+        assert!(pod_ended(&done) && pod_ended(&trimmed_done));
+        // What nobody reads is gone.
+        let spec = p.spec.as_ref().unwrap();
+        assert!(spec.containers.is_empty());
+        assert!(spec.volumes.is_none() && spec.tolerations.is_none());
+        assert!(st.pod_ip.is_none() && st.host_ip.is_none());
+        let ann = p.metadata.annotations.as_ref().unwrap();
+        assert!(!ann.contains_key("team.example.com/notes"));
+        assert_eq!(ann.len(), 2);
+        assert!(p.metadata.managed_fields.is_none());
+        let before = serde_json::to_vec(&full).unwrap().len();
+        let after = serde_json::to_vec(&p).unwrap().len();
+        assert!(after * 3 < before * 2, "{after} of {before} bytes");
+    }
+
+    #[test]
+    fn a_trimmed_node_keeps_readiness_and_gpus() {
+        let full: Node = serde_yaml::from_str(
+            r#"
+metadata: {name: n1, labels: {a: b}, annotations: {node.alpha.kubernetes.io/ttl: "0"}}
+spec: {unschedulable: false}
+status:
+  allocatable: {nvidia.com/gpu: "8", cpu: "96"}
+  capacity: {nvidia.com/gpu: "8"}
+  conditions: [{type: Ready, status: "True", message: kubelet is posting ready status}]
+  images: [{names: [registry.example.com/a:1], sizeBytes: 1000}]
+  addresses: [{type: InternalIP, address: 10.0.0.1}]
+"#,
+        )
+        .unwrap();
+        let mut n = full.clone();
+        trim_node(&mut n);
+        assert_eq!(crate::federation::allocatable_gpus(&n), 8);
+        assert!(crate::federation::node_ready(&n));
+        assert_eq!(n.metadata.labels, full.metadata.labels);
+        let st = n.status.as_ref().unwrap();
+        assert!(st.images.is_none() && st.addresses.is_none() && st.capacity.is_none());
+    }
+
+    #[test]
+    fn trim_meta_drops_kubectls_copy_of_the_object() {
+        let mut m = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            annotations: Some(
+                [
+                    (
+                        "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                        "{}".to_string(),
+                    ),
+                    ("keep".to_string(), "me".to_string()),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        trim_meta(&mut m);
+        assert_eq!(m.annotations.unwrap().keys().collect::<Vec<_>>(), ["keep"]);
     }
 }

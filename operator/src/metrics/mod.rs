@@ -8,8 +8,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -50,6 +50,8 @@ struct Inner {
     receipts_closed: IntCounter,
     settlement_failures: IntCounterVec,
     unpaid_gpu_seconds: IntGaugeVec,
+    client_throttled: CounterVec,
+    events_skipped: IntCounterVec,
     ready: std::sync::atomic::AtomicBool,
 }
 
@@ -189,6 +191,20 @@ impl Default for Metrics {
                 ),
                 &["cluster", "reason"]
             )),
+            client_throttled: reg!(CounterVec::new(
+                Opts::new(
+                    "gpupool_client_throttled_seconds_total",
+                    "Time requests waited for the client-side rate limit (--hub-qps/--member-qps), by client"
+                ),
+                &["client"]
+            )),
+            events_skipped: reg!(IntCounterVec::new(
+                Opts::new(
+                    "gpupool_events_skipped_total",
+                    "Normal Events not published because their rate limit was reached, by reason"
+                ),
+                &["reason"]
+            )),
             pending: Mutex::default(),
             member_models: Mutex::default(),
             ready: std::sync::atomic::AtomicBool::new(false),
@@ -223,6 +239,32 @@ impl Metrics {
                 .with_label_values(&[controller, e.metric_label()])
                 .inc();
         }
+    }
+
+    /// Adds a wait of client `client` (`hub` or a member's name) for its rate limit.
+    pub fn observe_throttled(&self, client: &str, waited: Duration) {
+        self.inner
+            .client_throttled
+            .with_label_values(&[client])
+            .inc_by(waited.as_secs_f64());
+    }
+
+    /// A client rate limit reporting its waits to this registry as client `client`.
+    pub fn rate_limit(
+        &self,
+        client: &str,
+        limits: crate::federation::ClientLimits,
+    ) -> crate::federation::RateLimit {
+        let (m, c) = (self.clone(), client.to_string());
+        crate::federation::RateLimit::new(
+            limits,
+            Some(std::sync::Arc::new(move |d| m.observe_throttled(&c, d))),
+        )
+    }
+
+    /// Counts an Event skipped by its rate limit.
+    pub fn event_skipped(&self, reason: &str) {
+        self.inner.events_skipped.with_label_values(&[reason]).inc();
     }
 
     /// Records a placement decision's latency.
@@ -615,6 +657,8 @@ mod tests {
             "gpupool_placement_duration_seconds",
             "gpupool_oracle_balance_lamports",
             "gpupool_settlement_failures_total",
+            "gpupool_client_throttled_seconds_total",
+            "gpupool_events_skipped_total",
         ] {
             assert!(names.iter().any(|x| x == n), "{n} in {names:?}");
         }

@@ -141,13 +141,21 @@ fn best_node(
     let gr = GpuRequest::new(req.gpus_per_pod, req.nvlink)
         .with_min_link(req.gpu.min_link_gbps.unwrap_or(0));
     let mut best: Option<(NodeFit, usize, Allocation)> = None;
+    // A node answering exactly as an earlier one that fitted (same shape, free GPUs, model and
+    // memory) cannot beat it (ties keep the earlier node): it is not asked again.
+    let mut fitted: std::collections::HashSet<(u64, GpuSet, &str, i64)> = Default::default();
     for (i, n) in c.nodes.iter().enumerate() {
+        let key = (n.graph.shape_id(), free[i], n.model.as_str(), n.memory_mib);
+        if fitted.contains(&key) {
+            continue;
+        }
         if let Err(e) = req.node_matches(n) {
             why.push(e);
             continue;
         }
         match allocate(&n.graph, free[i], &gr) {
             Ok(a) => {
+                fitted.insert(key);
                 let fit = node_fit(&a, &gr);
                 // Ties keep the earlier node (candidates come in name order).
                 if best.as_ref().is_none_or(|(b, _, _)| fit < *b) {
@@ -343,6 +351,11 @@ pub fn place_replicas(
     }
     let mut out = Vec::new();
     let mut reasons = Vec::new();
+    // Each member's best node (and why its nodes do not fit), computed once and again only for
+    // the member that took the last replica: the others' free GPUs did not change, and the
+    // replicas are all the same size, so their answer stays the same.
+    type Best = (Option<(usize, PodPlacement, GpuSet, NodeFit)>, Vec<String>);
+    let mut best_of: Vec<Option<Best>> = vec![None; members.len()];
     for &ix in indexes {
         let mut why = Vec::new();
         // Every member's best node for this replica.
@@ -356,8 +369,15 @@ pub fn place_replicas(
                 ));
                 continue;
             }
-            if let Some((ni, p, set, fit)) = best_node(c, &free[ci], req, ix, &mut why) {
-                options.push((ci, ni, p, set, fit, in_domain[d], h));
+            let (best, member_why) = best_of[ci].get_or_insert_with(|| {
+                let mut w = Vec::new();
+                (best_node(c, &free[ci], req, ix, &mut w), w)
+            });
+            why.extend(member_why.iter().cloned());
+            if let Some((ni, p, set, fit)) = best {
+                let mut p = p.clone();
+                p.index = ix;
+                options.push((ci, *ni, p, *set, *fit, in_domain[d], h));
             }
         }
         let min_domain = options.iter().map(|o| o.5).min();
@@ -373,6 +393,7 @@ pub fn place_replicas(
             Some((ci, ni, p, set, _, _, _)) => {
                 let (c, d) = &members[ci];
                 free[ci][ni] = free[ci][ni].minus(set);
+                best_of[ci] = None;
                 *held.entry(c.name.clone()).or_default() += 1;
                 *in_domain.entry(d.clone()).or_default() += 1;
                 out.push((c.name.clone(), p));

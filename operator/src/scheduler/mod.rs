@@ -32,12 +32,14 @@ use crate::metrics::Metrics;
 use cache::{NodeFacts, TopologyFacts};
 use jobs::Decision;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 
@@ -45,6 +47,14 @@ use tokio::sync::{Notify, Semaphore};
 pub const MAX_CONCURRENT_WRITES: usize = 64;
 /// A waiting job's queue position is rewritten at most this often (its reason at every change).
 const POSITION_REFRESH: Duration = Duration::from_secs(10);
+/// Normal Events (`Scheduled`, `Running`, …, the scheduler's and the controllers') published
+/// per second, after a burst of [`EVENT_BURST`]: in a burst of thousands of jobs each Event is
+/// one more hub write competing with the placements themselves (what they say is in each job's
+/// status anyway). Warnings are never limited. Skipped Events are counted in
+/// `gpupool_events_skipped_total`.
+const EVENTS_PER_SECOND: u32 = 20;
+/// See [`EVENTS_PER_SECOND`].
+const EVENT_BURST: u32 = 200;
 
 struct State {
     cache: PoolCache,
@@ -59,6 +69,23 @@ struct State {
     namespaces: HashSet<(String, String)>,
     /// What was last written as a waiting job's reason and position.
     reported: HashMap<String, (String, usize, Instant)>,
+    /// The hub's PriorityClasses: (value, globalDefault) by name, and while the watch lists
+    /// again, the ones listed so far.
+    class_objects: BTreeMap<String, (i32, bool)>,
+    class_relist: Option<BTreeMap<String, (i32, bool)>>,
+    classes: queue::PriorityClasses,
+}
+
+/// A queued job's priority (see [`queue::PriorityClasses::resolve`]).
+fn priority_of(classes: &queue::PriorityClasses, job: &Pending) -> Result<i32, String> {
+    match job {
+        Pending::Training(j) => {
+            classes.resolve(j.spec.priority, j.spec.priority_class_name.as_deref())
+        }
+        Pending::Inference(j) => {
+            classes.resolve(j.spec.priority, j.spec.priority_class_name.as_deref())
+        }
+    }
 }
 
 /// One decision to write.
@@ -85,6 +112,21 @@ pub struct Scheduler {
     recorder: Recorder,
     metrics: Metrics,
     writes: Arc<Semaphore>,
+    events: governor::DefaultDirectRateLimiter,
+    /// The controllers' hub job stores: a queued job shares the store's object.
+    training_store: OnceLock<Store<TrainingJob>>,
+    inference_store: OnceLock<Store<InferenceJob>>,
+}
+
+/// `j` as the store holds it (the same version), else a copy.
+fn shared<K>(store: Option<&Store<K>>, j: &K) -> Arc<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .and_then(|s| s.get(&ObjectRef::from_obj(j)))
+        .filter(|s| s.meta().resource_version == j.meta().resource_version)
+        .unwrap_or_else(|| Arc::new(j.clone()))
 }
 
 fn kind_index(kind: &str) -> usize {
@@ -155,27 +197,52 @@ fn topology_facts(t: &GpuTopology) -> TopologyFacts {
 }
 
 impl State {
-    fn observe_training(&mut self, j: &TrainingJob) {
+    fn new() -> State {
+        State {
+            cache: PoolCache::new(),
+            queue: Queue::new(),
+            listed: [false, false],
+            relist: [None, None],
+            in_flight: HashSet::new(),
+            namespaces: HashSet::new(),
+            reported: HashMap::new(),
+            class_objects: BTreeMap::new(),
+            class_relist: None,
+            classes: queue::PriorityClasses::default(),
+        }
+    }
+
+    fn observe_training(&mut self, j: &TrainingJob, shared: impl FnOnce() -> Arc<TrainingJob>) {
         let Some(uid) = j.uid() else { return };
         self.observe_job(
             &uid,
             jobs::training_name(j),
             jobs::training_slots(j),
             jobs::training_waits(j),
-            jobs::order_of(j, j.spec.priority),
-            || Pending::Training(Arc::new(j.clone())),
+            jobs::order_of(
+                j,
+                self.classes
+                    .resolve(j.spec.priority, j.spec.priority_class_name.as_deref())
+                    .unwrap_or(0),
+            ),
+            || Pending::Training(shared()),
         );
     }
 
-    fn observe_inference(&mut self, j: &InferenceJob) {
+    fn observe_inference(&mut self, j: &InferenceJob, shared: impl FnOnce() -> Arc<InferenceJob>) {
         let Some(uid) = j.uid() else { return };
         self.observe_job(
             &uid,
             jobs::inference_name(j),
             jobs::inference_slots(j),
             jobs::inference_waits(j),
-            jobs::order_of(j, j.spec.priority),
-            || Pending::Inference(Arc::new(j.clone())),
+            jobs::order_of(
+                j,
+                self.classes
+                    .resolve(j.spec.priority, j.spec.priority_class_name.as_deref())
+                    .unwrap_or(0),
+            ),
+            || Pending::Inference(shared()),
         );
     }
 
@@ -201,6 +268,30 @@ impl State {
             self.queue.remove(uid);
             self.reported.remove(uid);
         }
+    }
+
+    /// The PriorityClasses changed: every queued job is ordered by its new priority and tried
+    /// again (one waiting for a class that now exists, too).
+    fn set_classes(&mut self, classes: queue::PriorityClasses) {
+        if classes == self.classes {
+            return;
+        }
+        self.classes = classes;
+        let queued: Vec<(String, Pending)> = self
+            .queue
+            .positions()
+            .map(|(_, u, p)| (u.to_string(), p.clone()))
+            .collect();
+        for (uid, p) in queued {
+            let priority = priority_of(&self.classes, &p).unwrap_or(0);
+            let (_, created, generation) = match &p {
+                Pending::Training(j) => jobs::order_of(&**j, priority),
+                Pending::Inference(j) => jobs::order_of(&**j, priority),
+            };
+            self.queue
+                .upsert(&uid, i64::from(priority), created, generation, p);
+        }
+        self.queue.wake(|_| true);
     }
 
     fn forget(&mut self, uid: &str) {
@@ -232,9 +323,18 @@ impl State {
         };
         let job = job.clone();
         let t0 = Instant::now();
-        let (decision, kind) = match &job {
-            Pending::Training(j) => (jobs::decide_training(&self.cache, j), "trainingjob"),
-            Pending::Inference(j) => (jobs::decide_inference(&self.cache, j), "inferencejob"),
+        let kind = match &job {
+            Pending::Training(_) => "trainingjob",
+            Pending::Inference(_) => "inferencejob",
+        };
+        let decision = match (&job, priority_of(&self.classes, &job)) {
+            // Waits for its PriorityClass to exist (woken when the classes change).
+            (_, Err(reason)) => Decision::Wait {
+                reason,
+                need: Need::nothing(),
+            },
+            (Pending::Training(j), Ok(_)) => jobs::decide_training(&self.cache, j),
+            (Pending::Inference(j), Ok(_)) => jobs::decide_inference(&self.cache, j),
         };
         metrics.observe_placement(kind, t0.elapsed());
         tracing::debug!(job = %job.name().name, took = ?t0.elapsed(), placed = !matches!(decision, Decision::Wait { .. }), "scheduling decision");
@@ -287,21 +387,21 @@ impl Scheduler {
         metrics: Metrics,
     ) -> Arc<Self> {
         Arc::new(Scheduler {
-            state: Mutex::new(State {
-                cache: PoolCache::new(),
-                queue: Queue::new(),
-                listed: [false, false],
-                relist: [None, None],
-                in_flight: HashSet::new(),
-                namespaces: HashSet::new(),
-                reported: HashMap::new(),
-            }),
+            state: Mutex::new(State::new()),
             notify: Notify::new(),
             hub,
             registry,
             recorder,
             metrics,
             writes: Arc::new(Semaphore::new(MAX_CONCURRENT_WRITES)),
+            events: governor::RateLimiter::direct(
+                governor::Quota::per_second(
+                    std::num::NonZeroU32::new(EVENTS_PER_SECOND).expect("not zero"),
+                )
+                .allow_burst(std::num::NonZeroU32::new(EVENT_BURST).expect("not zero")),
+            ),
+            training_store: OnceLock::new(),
+            inference_store: OnceLock::new(),
         })
     }
 
@@ -355,12 +455,65 @@ impl Scheduler {
 
     /// A TrainingJob watch event from the hub.
     pub fn training_event(&self, ev: &watcher::Event<TrainingJob>) {
-        self.job_event("TrainingJob", ev, |st, j| st.observe_training(j));
+        self.job_event("TrainingJob", ev, |st, j| {
+            st.observe_training(j, || shared(self.training_store.get(), j))
+        });
+    }
+
+    /// The store the TrainingJob watch feeds (queued jobs share its objects instead of copies).
+    pub fn share_training_store(&self, store: Store<TrainingJob>) {
+        let _ = self.training_store.set(store);
+    }
+
+    /// The store the InferenceJob watch feeds.
+    pub fn share_inference_store(&self, store: Store<InferenceJob>) {
+        let _ = self.inference_store.set(store);
     }
 
     /// An InferenceJob watch event from the hub.
     pub fn inference_event(&self, ev: &watcher::Event<InferenceJob>) {
-        self.job_event("InferenceJob", ev, |st, j| st.observe_inference(j));
+        self.job_event("InferenceJob", ev, |st, j| {
+            st.observe_inference(j, || shared(self.inference_store.get(), j))
+        });
+    }
+
+    /// A `scheduling.k8s.io/v1` PriorityClass watch event from the hub.
+    pub fn priority_class_event(&self, ev: &watcher::Event<PriorityClass>) {
+        let facts = |c: &PriorityClass| {
+            (
+                c.name_any(),
+                (c.value.unwrap_or(0), c.global_default.unwrap_or(false)),
+            )
+        };
+        let mut st = self.lock();
+        match ev {
+            watcher::Event::Apply(c) => {
+                let (n, f) = facts(c);
+                st.class_objects.insert(n, f);
+            }
+            watcher::Event::Delete(c) => {
+                st.class_objects.remove(&c.name_any());
+            }
+            watcher::Event::Init => st.class_relist = Some(BTreeMap::new()),
+            watcher::Event::InitApply(c) => {
+                let (n, f) = facts(c);
+                st.class_relist.get_or_insert_default().insert(n, f);
+            }
+            watcher::Event::InitDone => {
+                st.class_objects = st.class_relist.take().unwrap_or_default();
+            }
+        }
+        if matches!(ev, watcher::Event::Init | watcher::Event::InitApply(_)) {
+            return;
+        }
+        let classes = queue::PriorityClasses::new(
+            st.class_objects
+                .iter()
+                .map(|(n, (v, g))| (n.clone(), *v, *g)),
+        );
+        st.set_classes(classes);
+        drop(st);
+        self.notify.notify_one();
     }
 
     /// A member node changed.
@@ -481,6 +634,16 @@ impl Scheduler {
         self.lock().in_flight.contains(uid)
     }
 
+    /// Whether a Normal Event of `reason` may be published now (see [`EVENTS_PER_SECOND`]; the
+    /// controllers' Normal Events share the budget). Counts the ones skipped.
+    pub fn allow_normal_event(&self, reason: &str) -> bool {
+        let ok = self.events.check().is_ok();
+        if !ok {
+            self.metrics.event_skipped(reason);
+        }
+        ok
+    }
+
     /// Number of jobs waiting.
     pub fn pending(&self) -> usize {
         self.lock().queue.len()
@@ -539,6 +702,9 @@ impl Scheduler {
         reason: &str,
         note: String,
     ) {
+        if !warning && !self.allow_normal_event(reason) {
+            return;
+        }
         let ev = Event {
             type_: if warning {
                 EventType::Warning

@@ -39,6 +39,59 @@ impl Need {
     }
 }
 
+impl Need {
+    /// A need no node serves: the job waits for something other than capacity (a PriorityClass
+    /// to exist) and is woken by that change only.
+    pub fn nothing() -> Need {
+        Need {
+            gpus_per_pod: usize::MAX,
+            ..Need::default()
+        }
+    }
+}
+
+/// The hub's `scheduling.k8s.io/v1` PriorityClasses, as the queue orders by them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PriorityClasses {
+    /// Value by name.
+    pub values: HashMap<String, i32>,
+    /// The `globalDefault` class (name, value); of several, the one of the highest value, as
+    /// kube-apiserver's admission picks.
+    pub default: Option<(String, i32)>,
+}
+
+impl PriorityClasses {
+    /// From `(name, value, globalDefault)` of every PriorityClass.
+    pub fn new(classes: impl IntoIterator<Item = (String, i32, bool)>) -> PriorityClasses {
+        let mut out = PriorityClasses::default();
+        for (name, value, global) in classes {
+            if global
+                && out
+                    .default
+                    .as_ref()
+                    .is_none_or(|(n, v)| value > *v || (value == *v && name < *n))
+            {
+                out.default = Some((name.clone(), value));
+            }
+            out.values.insert(name, value);
+        }
+        out
+    }
+
+    /// A job's priority: the value of its PriorityClass if it names one, else its `priority`
+    /// when set (non-zero), else the global default's value, else 0. Err: why it cannot be
+    /// ordered (the class it names does not exist).
+    pub fn resolve(&self, priority: i32, class: Option<&str>) -> Result<i32, String> {
+        match class {
+            Some(c) => self.values.get(c).copied().ok_or_else(|| {
+                format!("priorityClassName {c:?}: no PriorityClass of that name on the hub")
+            }),
+            None if priority != 0 => Ok(priority),
+            None => Ok(self.default.as_ref().map_or(0, |(_, v)| *v)),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 enum State {
     Active,
@@ -260,6 +313,30 @@ impl<T> Queue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn priority_classes_resolve_names_defaults_and_unknown_names() {
+        let pc = PriorityClasses::new([
+            ("high".to_string(), 1000, false),
+            ("low".to_string(), -5, false),
+            ("normal".to_string(), 10, true),
+            ("also-default".to_string(), 7, true),
+        ]);
+        assert_eq!(pc.default, Some(("normal".to_string(), 10)));
+        assert_eq!(pc.resolve(0, Some("high")), Ok(1000));
+        assert_eq!(pc.resolve(0, Some("low")), Ok(-5));
+        // An explicit priority wins over the default; without one the default applies.
+        assert_eq!(pc.resolve(3, None), Ok(3));
+        assert_eq!(pc.resolve(0, None), Ok(10));
+        let err = pc.resolve(0, Some("gold")).unwrap_err();
+        assert!(
+            err.contains("\"gold\"") && err.contains("no PriorityClass"),
+            "{err}"
+        );
+        // No classes at all: priority as given.
+        assert_eq!(PriorityClasses::default().resolve(0, None), Ok(0));
+        assert!(!Need::nothing().served_by(8, "H100", 81920));
+    }
 
     #[test]
     fn priority_first_then_creation_then_arrival() {

@@ -411,3 +411,130 @@ fn gpus_a_member_scheduler_refused_are_kept_out_of_placement_until_cleared() {
     assert_eq!(c.node("m", "n").unwrap().free().len(), 8);
     assert_eq!(c.take_wakes().nodes.last().map(|w| w.free), Some(8));
 }
+
+/// Queue order of the state's jobs, by name.
+fn queue_order(st: &super::State) -> Vec<String> {
+    st.queue
+        .positions()
+        .map(|(_, _, p)| p.name().name)
+        .collect()
+}
+
+fn training_at(name: &str, created: &str, class: Option<&str>, priority: i32) -> TrainingJob {
+    let mut j = training(name, 1, 1);
+    j.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        created.parse().unwrap(),
+    ));
+    j.spec.priority_class_name = class.map(String::from);
+    j.spec.priority = priority;
+    j
+}
+
+#[test]
+fn priority_class_names_order_the_queue_fifo_within_a_priority_and_unknown_names_wait() {
+    use super::queue::PriorityClasses;
+    use std::sync::Arc;
+    let mut st = super::State::new();
+    st.set_classes(PriorityClasses::new([
+        ("high".to_string(), 100, false),
+        ("batch".to_string(), 5, true),
+    ]));
+    let jobs = [
+        training_at("old-default", "2026-01-01T00:00:00Z", None, 0),
+        training_at("gold", "2026-01-01T00:00:01Z", Some("gold"), 0),
+        training_at("high", "2026-01-01T00:00:02Z", Some("high"), 0),
+        training_at("explicit-7", "2026-01-01T00:00:03Z", None, 7),
+        training_at("new-default", "2026-01-01T00:00:04Z", None, 0),
+        training_at("high-later", "2026-01-01T00:00:05Z", Some("high"), 0),
+    ];
+    for j in &jobs {
+        st.observe_training(j, || Arc::new(j.clone()));
+    }
+    // high (100) before explicit 7 before the globalDefault 5; FIFO inside each; the job naming
+    // an unknown class is ordered at 0, last.
+    assert_eq!(
+        queue_order(&st),
+        [
+            "high",
+            "high-later",
+            "explicit-7",
+            "old-default",
+            "new-default",
+            "gold"
+        ]
+    );
+    // The unknown class makes the job wait with a clear reason, whatever the pool holds.
+    let gold = super::priority_of(
+        &st.classes,
+        &super::Pending::Training(Arc::new(jobs[1].clone())),
+    );
+    assert!(gold.unwrap_err().contains("\"gold\""));
+    // The class appears: the job is ordered by it at once.
+    st.set_classes(PriorityClasses::new([
+        ("high".to_string(), 100, false),
+        ("batch".to_string(), 5, true),
+        ("gold".to_string(), 1000, false),
+    ]));
+    assert_eq!(
+        queue_order(&st),
+        [
+            "gold",
+            "high",
+            "high-later",
+            "explicit-7",
+            "old-default",
+            "new-default"
+        ]
+    );
+    // The default class goes away: default jobs are at 0, still FIFO between themselves.
+    st.set_classes(PriorityClasses::new([
+        ("high".to_string(), 100, false),
+        ("gold".to_string(), 1000, false),
+    ]));
+    assert_eq!(
+        queue_order(&st),
+        [
+            "gold",
+            "high",
+            "high-later",
+            "explicit-7",
+            "old-default",
+            "new-default"
+        ]
+    );
+}
+
+#[test]
+fn a_waiting_job_naming_an_unknown_class_is_parked_with_the_reason() {
+    use std::sync::Arc;
+    let mut st = super::State::new();
+    st.listed = [true, true];
+    st.cache = pool(&[("m", &[("a", "dgx-h100")])]);
+    let j = training_at("gold", "2026-01-01T00:00:01Z", Some("gold"), 0);
+    st.observe_training(&j, || Arc::new(j.clone()));
+    let metrics = crate::metrics::Metrics::default();
+    let super::Step::Work(w) = st.next(&metrics) else {
+        panic!("the first wait is reported")
+    };
+    let Decision::Wait { reason, need } = &w.decision else {
+        panic!("must not be placed: {:?}", w.decision)
+    };
+    assert!(reason.contains("no PriorityClass"), "{reason}");
+    assert!(!need.served_by(8, "NVIDIA H100", 81920));
+    // It stays parked while GPUs come and go, and is placed once its class exists.
+    st.in_flight.clear();
+    assert!(matches!(st.next(&metrics), super::Step::Idle));
+    st.set_classes(super::queue::PriorityClasses::new([(
+        "gold".to_string(),
+        1,
+        false,
+    )]));
+    let super::Step::Work(w) = st.next(&metrics) else {
+        panic!("woken by the class")
+    };
+    assert!(
+        matches!(w.decision, Decision::Training { .. }),
+        "{:?}",
+        w.decision
+    );
+}
