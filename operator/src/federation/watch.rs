@@ -480,7 +480,7 @@ status:
         let st = p.status.as_ref().unwrap();
         assert_eq!(st.phase.as_deref(), Some("Running"));
         assert_eq!(st.conditions, full.status.as_ref().unwrap().conditions);
-        assert_eq!(pod_ended(&p), pod_ended(&full));
+        assert_eq!(super::pod_ended(&p), super::pod_ended(&full));
         let mut done = full.clone();
         done.spec.as_mut().unwrap().restart_policy = Some("Never".into());
         for cs in done
@@ -501,7 +501,7 @@ status:
         }
         let mut trimmed_done = done.clone();
         trim_pod(&mut trimmed_done);
-        assert!(pod_ended(&done) && pod_ended(&trimmed_done));
+        assert!(super::pod_ended(&done) && super::pod_ended(&trimmed_done));
         // What nobody reads is gone.
         let spec = p.spec.as_ref().unwrap();
         assert!(spec.containers.is_empty());
