@@ -405,10 +405,16 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
         view.ready = false;
     }
     // The same physical cluster joined twice: only the first MemberCluster gets work.
-    let duplicate = if view.reachable {
-        identity_problem(mc, view.client.as_ref(), ctx).await
+    let Identity {
+        id: cluster_id,
+        duplicate,
+    } = if view.reachable {
+        identity(mc, view.client.as_ref(), ctx).await
     } else {
-        None
+        Identity {
+            id: mc.cluster_id().map(String::from),
+            duplicate: None,
+        }
     };
     if duplicate.is_some() {
         view.ready = false;
@@ -581,13 +587,8 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
             }
         }
         // A cluster removed while unreachable and joining again: what its record lists.
-        // The identity is recorded on the first heartbeat; this object may predate that.
-        let uid = match mc.cluster_id() {
-            Some(u) => Some(u.to_string()),
-            None => client.identity().await.ok().filter(|u| !u.is_empty()),
-        };
-        if let Some(uid) = uid {
-            match super::member_io::sweep_owed(ctx, &name, &client, &uid).await {
+        if let Some(uid) = &cluster_id {
+            match super::member_io::sweep_owed(ctx, &name, &client, uid).await {
                 Ok(Some(n)) => {
                     event(
                         ctx,
@@ -732,31 +733,57 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
     Ok(Action::requeue(ctx.config.heartbeat))
 }
 
+/// A member's identity as one heartbeat knows it.
+struct Identity {
+    /// `spec.clusterId` (its `kube-system` UID), read and recorded now if it was not yet.
+    id: Option<String>,
+    /// Why this member is the same cluster as an older `MemberCluster`, if it is.
+    duplicate: Option<String>,
+}
+
 /// Records the member's identity (`spec.clusterId`, its `kube-system` UID) the first time it is
-/// reached, then says whether an older `MemberCluster` is the same cluster: `Some(message)`
-/// makes this one `Ready=False` (`DuplicateCluster`) so nothing is placed on it. A failed read
-/// is logged and retried on the next heartbeat (the member is not refused for it).
-async fn identity_problem(
+/// reached, then says whether an older `MemberCluster` is the same cluster: a `duplicate`
+/// message makes this one `Ready=False` (`DuplicateCluster`) so nothing is placed on it. A failed
+/// read is logged and retried on the next heartbeat (the member is not refused for it).
+async fn identity(mc: &MemberCluster, link: Option<&MemberLink>, ctx: &Context) -> Identity {
+    let id = match mc.cluster_id() {
+        Some(u) => Some(u.to_string()),
+        None => record_identity(mc, link, ctx).await,
+    };
+    let duplicate = match &id {
+        Some(_) => duplicate_problem(mc, ctx).await,
+        None => None,
+    };
+    Identity { id, duplicate }
+}
+
+/// Reads the member's `kube-system` UID and records it as `spec.clusterId`.
+async fn record_identity(
     mc: &MemberCluster,
     link: Option<&MemberLink>,
     ctx: &Context,
 ) -> Option<String> {
     let name = mc.name_any();
-    let api: Api<MemberCluster> = Api::all(ctx.hub.clone());
-    if mc.cluster_id().is_none() {
-        let uid = match link?.identity().await {
-            Ok(u) if !u.is_empty() => u,
-            Ok(_) => return None,
-            Err(e) => {
-                tracing::warn!(cluster = %name, error = %e, "reading the member's kube-system UID failed");
-                return None;
-            }
-        };
-        if let Err(e) = crate::metering::meter::record_identity(&api, &name, &uid).await {
-            tracing::warn!(cluster = %name, error = %e, "recording the member's identity failed");
+    let uid = match link?.identity().await {
+        Ok(u) if !u.is_empty() => u,
+        Ok(_) => return None,
+        Err(e) => {
+            tracing::warn!(cluster = %name, error = %e, "reading the member's kube-system UID failed");
             return None;
         }
+    };
+    let api: Api<MemberCluster> = Api::all(ctx.hub.clone());
+    if let Err(e) = crate::metering::meter::record_identity(&api, &name, &uid).await {
+        tracing::warn!(cluster = %name, error = %e, "recording the member's identity failed");
+        return None;
     }
+    Some(uid)
+}
+
+/// Whether an older `MemberCluster` has the same identity as `mc` (as recorded on the hub).
+async fn duplicate_problem(mc: &MemberCluster, ctx: &Context) -> Option<String> {
+    let name = mc.name_any();
+    let api: Api<MemberCluster> = Api::all(ctx.hub.clone());
     // From the API server's watch cache: cheap, and a stale answer is corrected next heartbeat.
     let members = match api
         .list(&kube::api::ListParams::default().match_any())
