@@ -138,6 +138,21 @@ impl ScalePool {
         concurrency: usize,
         timeout: Duration,
     ) -> Result<ScaleReport> {
+        self.run_paced(prefix, jobs, concurrency, None, timeout)
+            .await
+    }
+
+    /// [`ScalePool::run`], with the creations paced at `rate` jobs a second when given (job `i` is
+    /// created no earlier than `i / rate` seconds after the first): the latency a steady arrival
+    /// rate sees, rather than that of a burst queued all at once.
+    pub async fn run_paced(
+        &self,
+        prefix: &str,
+        jobs: usize,
+        concurrency: usize,
+        rate: Option<f64>,
+        timeout: Duration,
+    ) -> Result<ScaleReport> {
         // Watch both members' gpupool pods: first sighting of each job's pod.
         let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let mut watches = Vec::new();
@@ -174,6 +189,10 @@ impl ScalePool {
         futures::stream::iter((0..jobs).map(|i| {
             let (api, created) = (api.clone(), created.clone());
             async move {
+                if let Some(r) = rate.filter(|r| *r > 0.0) {
+                    tokio::time::sleep_until((t0 + Duration::from_secs_f64(i as f64 / r)).into())
+                        .await;
+                }
                 let name = format!("{prefix}-{i}");
                 let job: TrainingJob = serde_yaml::from_str(&format!(
                     "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\nspec: {{template: {{spec: {{containers: [{{name: main, image: trainer}}]}}}}, workers: 1, gpusPerWorker: 1, nvlink: none}}\n"

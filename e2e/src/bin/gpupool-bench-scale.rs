@@ -29,6 +29,7 @@ struct Args {
     jobs: Vec<usize>,
     operator: Option<std::path::PathBuf>,
     concurrency: usize,
+    rate: Option<f64>,
     placement: bool,
     e2e: bool,
 }
@@ -38,6 +39,7 @@ fn args() -> Result<Args> {
         jobs: vec![500, 2000, 10000],
         operator: None,
         concurrency: 64,
+        rate: None,
         placement: true,
         e2e: true,
     };
@@ -56,6 +58,7 @@ fn args() -> Result<Args> {
             "--concurrency" => {
                 a.concurrency = it.next().context("--concurrency needs a value")?.parse()?
             }
+            "--rate" => a.rate = Some(it.next().context("--rate needs jobs per second")?.parse()?),
             "--skip-placement" => a.placement = false,
             "--skip-e2e" => a.e2e = false,
             other => bail!("unknown argument {other}"),
@@ -266,7 +269,12 @@ fn default_operator() -> Result<std::path::PathBuf> {
     Ok(target.join("release").join("gpupool"))
 }
 
-async fn e2e(n: usize, operator: &std::path::Path, concurrency: usize) -> Result<()> {
+async fn e2e(
+    n: usize,
+    operator: &std::path::Path,
+    concurrency: usize,
+    rate: Option<f64>,
+) -> Result<()> {
     // Every job takes one GPU; 10 % spare capacity plus one node per member.
     let nodes_per_member = n.div_ceil(16) + n.div_ceil(160) + 1;
     let t0 = Instant::now();
@@ -309,7 +317,7 @@ async fn e2e(n: usize, operator: &std::path::Path, concurrency: usize) -> Result
     }
     let cpu0 = cpu_seconds(pid).unwrap_or(0.0);
     let r = pool
-        .run("job", n, concurrency, Duration::from_secs(600))
+        .run_paced("job", n, concurrency, rate, Duration::from_secs(900))
         .await?;
     let cpu1 = cpu_seconds(pid).unwrap_or(0.0);
     let load = load_average();
@@ -447,7 +455,7 @@ async fn main() -> Result<()> {
         );
         println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for n in a.jobs {
-            e2e(n, &operator, a.concurrency).await?;
+            e2e(n, &operator, a.concurrency, a.rate).await?;
         }
     }
     Ok(())

@@ -218,7 +218,10 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) -> anyhow::R
     let sched = ctx.scheduler.clone();
     sched.share_training_store(reader.clone());
     let stream = watcher(Api::<TrainingJob>::all(hub.clone()), wc.clone())
-        .modify(|j: &mut TrainingJob| crate::federation::trim_meta(&mut j.metadata))
+        .modify(|j: &mut TrainingJob| {
+            crate::federation::trim_meta(&mut j.metadata);
+            training_job::elide_template(j);
+        })
         .default_backoff()
         .reflect(writer)
         .inspect(move |ev| {

@@ -36,6 +36,35 @@ pub fn error_policy(job: Arc<TrainingJob>, err: &Error, _ctx: Arc<Context>) -> A
     Action::requeue(Duration::from_secs(3))
 }
 
+/// In-memory annotation on a stored TrainingJob whose pod template was dropped.
+const TEMPLATE_ELIDED: &str = "gpupool.io/template-elided";
+
+/// Drops the pod template of a TrainingJob whose gang runs or has ended before it enters the
+/// operator's store (the watch's `modify` step): nothing reads it then, and with one `Container`
+/// alone over 2 KiB in memory it is most of what a stored job weighs. The template is immutable
+/// (admission rejects a change), so the rare reader that needs it again — a worker pod of a
+/// running gang gone from its member — reads the job from the API server. A gang that restarts
+/// or waits is stored whole again at its next status change, which the watch delivers complete.
+pub fn elide_template(j: &mut TrainingJob) {
+    let settled = j.status.as_ref().is_some_and(|s| {
+        matches!(
+            s.phase,
+            TrainingPhase::Running | TrainingPhase::Succeeded | TrainingPhase::Failed
+        )
+    });
+    if settled {
+        j.spec.template = Default::default();
+        j.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(TEMPLATE_ELIDED.into(), "true".into());
+    }
+}
+
+fn template_elided(j: &TrainingJob) -> bool {
+    j.annotations().contains_key(TEMPLATE_ELIDED)
+}
+
 fn placements(st: &TrainingJobStatus, ctx: &Context, cluster: &str) -> Vec<PodPlacement> {
     ctx.scheduler.with_cache(|c| {
         st.workers
@@ -103,7 +132,22 @@ async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context)
     let pods = watch.pods_of(&uid);
 
     // Create what is missing (idempotent), unless the scheduler is creating it right now.
-    if !ctx.scheduler.in_flight(&uid) {
+    let missing = st.workers.iter().any(|w| {
+        let name = crate::workloads::training_pod_name(job, generation, w.rank);
+        !pods
+            .iter()
+            .any(|p| p.metadata.name.as_deref() == Some(name.as_str()))
+    });
+    if missing && !ctx.scheduler.in_flight(&uid) {
+        // The store keeps a running gang without its pod template (see `elide_template`): a
+        // worker pod to create again needs the whole object.
+        let full;
+        let job = if template_elided(job) {
+            full = api.get(&job.name_any()).await?;
+            &full
+        } else {
+            job
+        };
         let mut want = training_objects(
             job,
             generation,

@@ -50,7 +50,26 @@ pub trait MemberSink: Send + Sync {
     fn slice_devices(&self, member: &str, per_node: std::collections::BTreeMap<String, i64>);
 }
 
-pub(super) type PodIndex = Arc<RwLock<HashMap<String, HashSet<ObjectRef<Pod>>>>>;
+/// A job's pods are few (its workers or replicas): a list, not a hash set, per job.
+pub(super) type PodIndex = Arc<RwLock<HashMap<String, Vec<ObjectRef<Pod>>>>>;
+
+/// The store key of a pod, without the version and UID `ObjectRef::from_obj` copies (the
+/// store's equality ignores them).
+fn pod_ref(p: &Pod) -> ObjectRef<Pod> {
+    let r = ObjectRef::new(&p.name_any());
+    match p.metadata.namespace.as_deref() {
+        Some(ns) => r.within(ns),
+        None => r,
+    }
+}
+
+fn index_one(idx: &mut HashMap<String, Vec<ObjectRef<Pod>>>, uid: String, p: &Pod) {
+    let r = pod_ref(p);
+    let refs = idx.entry(uid).or_default();
+    if !refs.contains(&r) {
+        refs.push(r);
+    }
+}
 /// Pod UID → unix second the watch first saw the pod ended.
 pub(super) type EndIndex = Arc<RwLock<HashMap<String, i64>>>;
 
@@ -113,14 +132,15 @@ pub(super) fn index_pods(idx: &PodIndex, c: &Change<Pod>) {
     match c {
         Change::Applied(p) => {
             if let Some(u) = job_uid(p) {
-                idx.entry(u).or_default().insert(ObjectRef::from_obj(&**p));
+                index_one(&mut idx, u, p);
             }
         }
         Change::Deleted(p) => {
             if let Some(u) = job_uid(p)
                 && let Some(set) = idx.get_mut(&u)
             {
-                set.remove(&ObjectRef::from_obj(&**p));
+                let r = pod_ref(p);
+                set.retain(|x| *x != r);
                 if set.is_empty() {
                     idx.remove(&u);
                 }
@@ -131,7 +151,7 @@ pub(super) fn index_pods(idx: &PodIndex, c: &Change<Pod>) {
             idx.clear();
             for p in all {
                 if let Some(u) = job_uid(p) {
-                    idx.entry(u).or_default().insert(ObjectRef::from_obj(&**p));
+                    index_one(&mut idx, u, p);
                 }
             }
         }
@@ -180,6 +200,24 @@ pub fn trim_pod(p: &mut Pod) {
         st.pod_ips = None;
         st.qos_class = None;
         st.ephemeral_container_statuses = None;
+        st.nominated_node_name = None;
+        st.resize = None;
+        st.resource_claim_statuses = None;
+        st.allocated_resources = None;
+        st.extended_resource_claim_status = None;
+        st.node_allocatable_resource_claim_statuses = None;
+        // Of the conditions only `Ready` (a serving replica counts as ready) and a refusal by the
+        // member's scheduler (`PodScheduled=False`, whose message is reported) are read.
+        if let Some(cs) = st.conditions.as_mut() {
+            cs.retain(|c| c.type_ == "Ready" || (c.type_ == "PodScheduled" && c.status == "False"));
+            for c in cs.iter_mut() {
+                c.last_probe_time = None;
+                if c.type_ == "Ready" {
+                    c.message = None;
+                    c.reason = None;
+                }
+            }
+        }
         for cs in st
             .container_statuses
             .iter_mut()
@@ -445,7 +483,10 @@ status:
   podIP: 10.1.0.1
   qosClass: BestEffort
   startTime: "2026-01-01T00:00:00Z"
-  conditions: [{type: Ready, status: "True", lastTransitionTime: "2026-01-01T00:00:05Z"}]
+  conditions:
+    - {type: Initialized, status: "True", lastTransitionTime: "2026-01-01T00:00:01Z"}
+    - {type: PodScheduled, status: "True", lastTransitionTime: "2026-01-01T00:00:00Z"}
+    - {type: Ready, status: "True", lastTransitionTime: "2026-01-01T00:00:05Z"}
   containerStatuses:
     - name: main
       ready: true
@@ -479,7 +520,22 @@ status:
         );
         let st = p.status.as_ref().unwrap();
         assert_eq!(st.phase.as_deref(), Some("Running"));
-        assert_eq!(st.conditions, full.status.as_ref().unwrap().conditions);
+        // Of the conditions, the one read (Ready) is kept as it was.
+        let ready = |p: &Pod| {
+            p.status
+                .as_ref()
+                .unwrap()
+                .conditions
+                .as_ref()
+                .unwrap()
+                .iter()
+                .filter(|c| c.type_ == "Ready")
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ready(&p).len(), 1);
+        assert_eq!(ready(&p), ready(&full));
+        assert_eq!(st.conditions.as_ref().unwrap().len(), 1);
         assert_eq!(super::pod_ended(&p), super::pod_ended(&full));
         let mut done = full.clone();
         done.spec.as_mut().unwrap().restart_policy = Some("Never".into());

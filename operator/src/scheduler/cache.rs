@@ -177,11 +177,23 @@ struct Claim {
     node: String,
 }
 
+/// GPUs held by one job or pod, sorted and unique. Most hold one to eight: a `BTreeSet`'s
+/// smallest node has room for eleven and would weigh some 800 bytes more than the slots.
+type Slots = Box<[Slot]>;
+
+fn slots_of(set: BTreeSet<Slot>) -> Slots {
+    set.into_iter().collect()
+}
+
+fn contains(set: &[Slot], s: &Slot) -> bool {
+    set.binary_search(s).is_ok()
+}
+
 #[derive(Default)]
 struct JobHolds {
     name: Option<JobName>,
-    hub: BTreeSet<Slot>,
-    assumed: Option<BTreeSet<Slot>>,
+    hub: Slots,
+    assumed: Option<Slots>,
 }
 
 /// Something that may let a waiting job fit now.
@@ -213,7 +225,7 @@ pub struct PoolCache {
     node_claims: HashMap<(String, String), Vec<String>>,
     holds: HashMap<Slot, u32>,
     jobs: HashMap<String, JobHolds>,
-    pods: HashMap<(String, String, String), BTreeSet<Slot>>,
+    pods: HashMap<(String, String, String), Slots>,
     /// GPUs a member's scheduler refused to give a gpupool pod: kept out of placement (as busy)
     /// until [`PoolCache::set_suspect`] clears them.
     suspect: BTreeSet<Slot>,
@@ -657,11 +669,11 @@ impl PoolCache {
         }
     }
 
-    fn replace(&mut self, old: &BTreeSet<Slot>, new: &BTreeSet<Slot>) {
-        for s in new.difference(old) {
+    fn replace(&mut self, old: &[Slot], new: &[Slot]) {
+        for s in new.iter().filter(|s| !contains(old, s)) {
             self.hold(s, true);
         }
-        for s in old.difference(new) {
+        for s in old.iter().filter(|s| !contains(new, s)) {
             self.hold(s, false);
         }
     }
@@ -672,12 +684,13 @@ impl PoolCache {
         let j = self.jobs.remove(uid).unwrap_or_default();
         let mut j = j;
         let old = std::mem::take(&mut j.hub);
+        let slots = slots_of(slots);
         self.replace(&old, &slots);
         j.hub = slots;
         j.name = Some(name);
         if let Some(a) = j.assumed.take() {
-            if a.is_subset(&j.hub) {
-                self.replace(&a, &BTreeSet::new());
+            if a.iter().all(|s| contains(&j.hub, s)) {
+                self.replace(&a, &[]);
             } else {
                 j.assumed = Some(a);
             }
@@ -688,9 +701,9 @@ impl PoolCache {
     /// Job `uid` is gone from the hub.
     pub fn forget_job(&mut self, uid: &str) {
         if let Some(j) = self.jobs.remove(uid) {
-            self.replace(&j.hub, &BTreeSet::new());
+            self.replace(&j.hub, &[]);
             if let Some(a) = j.assumed {
-                self.replace(&a, &BTreeSet::new());
+                self.replace(&a, &[]);
             }
         }
     }
@@ -714,6 +727,7 @@ impl PoolCache {
     pub fn assume(&mut self, uid: &str, slots: BTreeSet<Slot>) {
         let mut j = self.jobs.remove(uid).unwrap_or_default();
         let old = j.assumed.take().unwrap_or_default();
+        let slots = slots_of(slots);
         self.replace(&old, &slots);
         j.assumed = Some(slots);
         self.jobs.insert(uid.to_string(), j);
@@ -724,7 +738,7 @@ impl PoolCache {
         if let Some(j) = self.jobs.get_mut(uid)
             && let Some(a) = j.assumed.take()
         {
-            self.replace(&a, &BTreeSet::new());
+            self.replace(&a, &[]);
         }
     }
 
@@ -738,7 +752,7 @@ impl PoolCache {
         let key = (member.to_string(), ns.to_string(), name.to_string());
         let old = self.pods.remove(&key).unwrap_or_default();
         // A pod holds GPUs only on its own member.
-        let slots: BTreeSet<Slot> = slots.into_iter().filter(|s| s.member == member).collect();
+        let slots: Slots = slots.into_iter().filter(|s| s.member == member).collect();
         self.replace(&old, &slots);
         if !slots.is_empty() {
             self.pods.insert(key, slots);
