@@ -6,8 +6,9 @@ use crate::api::{InferenceJob, TrainingJob, TrainingPhase};
 use crate::federation::{MemberLink, labels};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 
 /// Makes sure namespace `ns` exists in the member.
@@ -78,6 +79,11 @@ pub async fn cleanup_job<K: Resource<DynamicType = ()>>(
 /// Removes from reachable members whatever no live hub object accounts for: pods and services of
 /// deleted jobs, old training-gang generations, replicas re-placed elsewhere while the member was
 /// unreachable. Returns the number of objects deleted.
+///
+/// The hub jobs are read from the operator's own watches (a LIST of every job on the hub would
+/// deserialize tens of thousands of objects per member every few minutes, the operator's largest
+/// memory peak by far). A watch may lag behind the write that placed a pod, so a pod the watch
+/// cannot account for is kept unless a fresh read of its job from the API server agrees.
 pub async fn sweep_orphans(
     ctx: &Context,
     cluster: &str,
@@ -87,22 +93,13 @@ pub async fn sweep_orphans(
     if pods.is_empty() {
         return Ok(0);
     }
-    let tjs: Api<TrainingJob> = Api::all(ctx.hub.clone());
-    let ijs: Api<InferenceJob> = Api::all(ctx.hub.clone());
-    let tjs: BTreeMap<String, TrainingJob> = tjs
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|j| Some((j.uid()?, j)))
-        .collect();
-    let ijs: BTreeMap<String, InferenceJob> = ijs
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|j| Some((j.uid()?, j)))
-        .collect();
+    let (Some(tjs), Some(ijs)) = (
+        ctx.scheduler.training_store(),
+        ctx.scheduler.inference_store(),
+    ) else {
+        // The hub jobs are not listed yet: nothing can be called an orphan.
+        return Ok(0);
+    };
     let mut deleted = 0;
     let mut dead_uids = BTreeSet::new();
     for p in pods {
@@ -112,74 +109,128 @@ pub async fn sweep_orphans(
         let (Some(kind), Some(uid)) = (l.get(labels::JOB_KIND), l.get(labels::JOB_UID)) else {
             continue;
         };
-        let ns = p.namespace().unwrap_or_default();
-        let node = crate::workloads::pod_node(p)
-            .unwrap_or_default()
-            .to_string();
-        let index: i32 = l
-            .get(labels::INDEX)
-            .and_then(|i| i.parse().ok())
-            .unwrap_or(-1);
-        let keep = match kind.as_str() {
-            "TrainingJob" => tjs.get(uid).is_some_and(|j| {
-                let st = j.status.clone().unwrap_or_default();
-                let gen_ok = l
-                    .get(labels::GENERATION)
-                    .and_then(|g| g.parse::<i32>().ok())
-                    == Some(st.restarts);
-                let finished = matches!(st.phase, TrainingPhase::Succeeded | TrainingPhase::Failed);
-                let pod_done = matches!(
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                    Some("Succeeded" | "Failed")
-                );
-                // On the member the job runs on: the current generation of a job that has not
-                // failed, and the terminated pods of finished gangs (their logs). A failed job's
-                // still-running pods go (e.g. a gang whose member came back after the job failed).
-                st.cluster.as_deref() == Some(cluster)
-                    && ((gen_ok && st.phase != TrainingPhase::Failed) || (finished && pod_done))
-            }),
-            "InferenceJob" => {
-                ijs.get(uid).is_some_and(|j| {
-                    let st = j.status.clone().unwrap_or_default();
-                    let revision = crate::workloads::pod_revision(p);
-                    st.placements.iter().any(|pl| {
-                        pl.cluster == cluster
-                            && pl.replicas.iter().zip(&pl.gpus).any(|(r, g)| {
-                                *r == index && g.node == node && g.revision == revision
-                            })
-                    })
-                })
-            }
-            _ => true,
+        let job_ns = l.get(labels::JOB_NAMESPACE).cloned().unwrap_or_default();
+        let Some(job_name) = l.get(labels::JOB_NAME).cloned() else {
+            // Not a pod gpupool labelled: nothing says which job it served.
+            continue;
         };
-        if !keep {
-            let name = p.name_any();
-            let n = delete_pods(link, cluster, &ns, uid, |q| q.name_any() == name).await?;
-            if n > 0 {
-                deleted += n;
-                tracing::info!(cluster, pod = %name, "deleted orphaned pod");
-            }
-            // Deleted jobs, and jobs that hold nothing here any more (moved away while the member
-            // was unreachable): their Services (a pull member: their whole work object) go too.
-            let placed_here = match kind.as_str() {
-                "TrainingJob" => tjs.get(uid).is_some_and(|j| {
-                    j.status.as_ref().and_then(|s| s.cluster.as_deref()) == Some(cluster)
-                }),
-                _ => ijs.get(uid).is_some_and(|j| {
-                    j.status
-                        .as_ref()
-                        .is_some_and(|s| s.placements.iter().any(|pl| pl.cluster == cluster))
-                }),
-            };
-            if !placed_here && !ctx.scheduler.in_flight(uid) {
-                dead_uids.insert((ns, uid.clone()));
-            }
+        let cached = match kind.as_str() {
+            "TrainingJob" => Hub::Training(tjs.get(&ObjectRef::new(&job_name).within(&job_ns))),
+            "InferenceJob" => Hub::Inference(ijs.get(&ObjectRef::new(&job_name).within(&job_ns))),
+            _ => continue,
+        };
+        if cached.keeps(p, uid, cluster) {
+            continue;
+        }
+        // Confirm with the API server before deleting anything.
+        let fresh = match kind.as_str() {
+            "TrainingJob" => Hub::Training(
+                Api::<TrainingJob>::namespaced(ctx.hub.clone(), &job_ns)
+                    .get_opt(&job_name)
+                    .await?
+                    .map(std::sync::Arc::new),
+            ),
+            _ => Hub::Inference(
+                Api::<InferenceJob>::namespaced(ctx.hub.clone(), &job_ns)
+                    .get_opt(&job_name)
+                    .await?
+                    .map(std::sync::Arc::new),
+            ),
+        };
+        if fresh.keeps(p, uid, cluster) || ctx.scheduler.in_flight(uid) {
+            continue;
+        }
+        let ns = p.namespace().unwrap_or_default();
+        let name = p.name_any();
+        let n = delete_pods(link, cluster, &ns, uid, |q| q.name_any() == name).await?;
+        if n > 0 {
+            deleted += n;
+            tracing::info!(cluster, pod = %name, "deleted orphaned pod");
+        }
+        // Deleted jobs, and jobs that hold nothing here any more (moved away while the member
+        // was unreachable): their Services (a pull member: their whole work object) go too.
+        if !fresh.placed_here(uid, cluster) {
+            dead_uids.insert((ns, uid.clone()));
         }
     }
     for (ns, uid) in dead_uids {
         deleted += delete_all(link, cluster, &ns, &uid).await?;
     }
     Ok(deleted)
+}
+
+/// The hub job a member pod belongs to, if it still exists.
+enum Hub {
+    Training(Option<std::sync::Arc<TrainingJob>>),
+    Inference(Option<std::sync::Arc<InferenceJob>>),
+}
+
+impl Hub {
+    /// Whether the job still accounts for pod `p` in `cluster` (the same job: same `uid`).
+    fn keeps(&self, p: &Pod, uid: &str, cluster: &str) -> bool {
+        let l = p.labels();
+        match self {
+            Hub::Training(j) => j
+                .as_ref()
+                .filter(|j| j.uid().as_deref() == Some(uid))
+                .is_some_and(|j| {
+                    let st = j.status.clone().unwrap_or_default();
+                    let gen_ok = l
+                        .get(labels::GENERATION)
+                        .and_then(|g| g.parse::<i32>().ok())
+                        == Some(st.restarts);
+                    let finished =
+                        matches!(st.phase, TrainingPhase::Succeeded | TrainingPhase::Failed);
+                    let pod_done = matches!(
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                        Some("Succeeded" | "Failed")
+                    );
+                    // On the member the job runs on: the current generation of a job that has
+                    // not failed, and the terminated pods of finished gangs (their logs). A failed
+                    // job's still-running pods go (e.g. a gang whose member came back after the
+                    // job failed).
+                    st.cluster.as_deref() == Some(cluster)
+                        && ((gen_ok && st.phase != TrainingPhase::Failed) || (finished && pod_done))
+                }),
+            Hub::Inference(j) => j
+                .as_ref()
+                .filter(|j| j.uid().as_deref() == Some(uid))
+                .is_some_and(|j| {
+                    let node = crate::workloads::pod_node(p).unwrap_or_default();
+                    let index: i32 = l
+                        .get(labels::INDEX)
+                        .and_then(|i| i.parse().ok())
+                        .unwrap_or(-1);
+                    let revision = crate::workloads::pod_revision(p);
+                    j.status.iter().flat_map(|s| &s.placements).any(|pl| {
+                        pl.cluster == cluster
+                            && pl.replicas.iter().zip(&pl.gpus).any(|(r, g)| {
+                                *r == index && g.node == node && g.revision == revision
+                            })
+                    })
+                }),
+        }
+    }
+
+    /// Whether the job still holds anything in `cluster`.
+    fn placed_here(&self, uid: &str, cluster: &str) -> bool {
+        match self {
+            Hub::Training(j) => j
+                .as_ref()
+                .filter(|j| j.uid().as_deref() == Some(uid))
+                .is_some_and(|j| {
+                    j.status.as_ref().and_then(|s| s.cluster.as_deref()) == Some(cluster)
+                }),
+            Hub::Inference(j) => j
+                .as_ref()
+                .filter(|j| j.uid().as_deref() == Some(uid))
+                .is_some_and(|j| {
+                    j.status
+                        .as_ref()
+                        .is_some_and(|s| s.placements.iter().any(|pl| pl.cluster == cluster))
+                }),
+        }
+    }
 }
 
 /// What draining a removed member left behind.

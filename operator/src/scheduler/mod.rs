@@ -129,6 +129,20 @@ where
         .unwrap_or_else(|| Arc::new(j.clone()))
 }
 
+fn listed<K>(store: Option<&Store<K>>) -> Option<Store<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    use futures::FutureExt;
+    store
+        .filter(|s| {
+            s.wait_until_ready()
+                .now_or_never()
+                .is_some_and(|r| r.is_ok())
+        })
+        .cloned()
+}
+
 fn kind_index(kind: &str) -> usize {
     usize::from(kind == "InferenceJob")
 }
@@ -468,6 +482,16 @@ impl Scheduler {
     /// The store the InferenceJob watch feeds.
     pub fn share_inference_store(&self, store: Store<InferenceJob>) {
         let _ = self.inference_store.set(store);
+    }
+
+    /// The hub's TrainingJobs as the operator's watch holds them, once it has listed them all.
+    pub fn training_store(&self) -> Option<Store<TrainingJob>> {
+        listed(self.training_store.get())
+    }
+
+    /// The hub's InferenceJobs as the operator's watch holds them, once it has listed them all.
+    pub fn inference_store(&self) -> Option<Store<InferenceJob>> {
+        listed(self.inference_store.get())
     }
 
     /// An InferenceJob watch event from the hub.
