@@ -20,7 +20,7 @@ pub use control_plane::ControlPlane;
 pub use federation::{Federation, Member, MemberKind, install_device_class, nvidia_device_class};
 pub use kubectl::Kubectl;
 pub use kwok::{GpuNode, Kwok};
-pub use pool::{OPERATOR_NAMESPACE, Operator, eventually, register_member};
+pub use pool::{OPERATOR_NAMESPACE, Operator, api_requests, eventually, register_member};
 pub use tools::Tools;
 pub use topology::{fixture_for_node, node_uuid, publish_fixture};
 pub use volumes::{example_claims, prebound_claim};

@@ -122,6 +122,27 @@ impl Drop for Operator {
     }
 }
 
+/// How many `verb` requests (`LIST`, `GET`, `WATCH`, …) on `resource` the API server behind
+/// `client` has served so far, from its own `apiserver_request_total` counter.
+pub async fn api_requests(client: &kube::Client, verb: &str, resource: &str) -> Result<f64> {
+    let req = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client.request_text(req).await?;
+    let (verb, resource) = (
+        format!("verb=\"{verb}\""),
+        format!("resource=\"{resource}\""),
+    );
+    Ok(text
+        .lines()
+        .filter_map(|l| l.strip_prefix("apiserver_request_total{"))
+        .filter_map(|l| l.rsplit_once("} "))
+        .filter(|(labels, _)| {
+            let labels: Vec<&str> = labels.split(',').collect();
+            labels.contains(&verb.as_str()) && labels.contains(&resource.as_str())
+        })
+        .map(|(_, v)| v.trim().parse::<f64>().unwrap_or(0.0))
+        .sum())
+}
+
 /// Polls `f` every 200 ms until it returns `Some`, or fails after `secs` seconds with `what`.
 pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> Result<T>
 where

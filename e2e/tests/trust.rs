@@ -923,6 +923,16 @@ async fn a_push_member_joined_twice_gets_no_work() {
     .await
     .unwrap();
     assert!(dup.message.contains("member-1"), "{dup:?}");
+    // The identity check reads the other members from the controller's watch: heartbeats
+    // (1 s each, two members) LIST no MemberClusters (a relist of the watch would be one).
+    let lists = || gpupool_e2e::api_requests(&w.hub, "LIST", "memberclusters");
+    let before = lists().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let listed = lists().await.unwrap() - before;
+    assert!(
+        listed <= 1.0,
+        "{listed} LISTs of MemberClusters in 5 s of heartbeats"
+    );
     let uid = kube_system_uid(&w.member).await;
     for name in ["member-1", "a-second-join"] {
         assert_eq!(
