@@ -913,6 +913,14 @@ async fn the_scheduler_places_on_pull_members_like_on_push_members() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    // The hub's verdict on the agent's report: it is the cluster the member joined as.
+    let reports = Api::<MemberReport>::namespaced(hub.clone(), &names::member_namespace(MEMBER));
+    let verdict = eventually(30, "the agent's report accepted", || async {
+        Ok(reports.get(MEMBER).await?.status)
+    })
+    .await
+    .unwrap();
+    assert_eq!((verdict.accepted, verdict.message), (Some(true), None));
     let view = op.ctx.registry.get(MEMBER).await.unwrap();
     assert!(
         matches!(
@@ -1103,6 +1111,41 @@ async fn the_scheduler_places_on_pull_members_like_on_push_members() {
         1,
         "nothing reached the member while its agent was away"
     );
+
+    // --- A report naming another cluster (newer than the agent's last) is refused, and said so.
+    let mut forged = reports.get(MEMBER).await.unwrap();
+    forged.metadata = kube::api::ObjectMeta {
+        name: Some("forged".into()),
+        namespace: Some(names::member_namespace(MEMBER)),
+        ..Default::default()
+    };
+    forged.status = None;
+    forged.spec.cluster_id = "another-cluster".into();
+    forged.spec.report_time =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    reports
+        .create(&PostParams::default(), &forged)
+        .await
+        .unwrap();
+    let refused = eventually(30, "the forged report refused", || async {
+        Ok(reports
+            .get("forged")
+            .await?
+            .status
+            .filter(|s| s.accepted == Some(false)))
+    })
+    .await
+    .unwrap();
+    let msg = refused.message.unwrap_or_default();
+    assert!(
+        msg.contains("another-cluster")
+            && msg.contains(&join::member_identity(&member).await.unwrap()),
+        "{msg}"
+    );
+    reports
+        .delete("forged", &DeleteParams::default())
+        .await
+        .unwrap();
 
     // --- The agent comes back (with the credential it keeps in the member): stale work is swept.
     let agent = Agent::start(&fed, None, MEMBER, "gpupool-system");

@@ -229,6 +229,10 @@ async fn probe_pull(
             Err(e) => return Some(("HubReadFailed".into(), e.to_string())),
         };
     let current = crate::pull::current_report(&reports.items);
+    // Each shard of the current report says whether the hub uses it (`status.accepted`).
+    if let Err(e) = crate::pull::record_verdicts(&ctx.hub, &name, mc.cluster_id(), &current).await {
+        tracing::warn!(cluster = %name, error = %e, "recording the verdict on its reports failed");
+    }
     if let Some(r) = current.first() {
         view.version = r.spec.kubernetes_version.clone();
         if let Some(id) = &mc.spec.cluster_id
