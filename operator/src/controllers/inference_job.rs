@@ -340,6 +340,12 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
     let replicas: Vec<Replica> = kept.iter().map(Placed::replica).collect();
     let now = plan(want, &current, &replicas, max_surge, max_unavailable);
     st.placements = group(&kept);
+    // What left the placements stays metered up to now (and no longer).
+    st.retire_replicas(
+        &before.placements,
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+        want,
+    );
     st.ready_replicas = kept.iter().filter(|p| p.ready).count() as i32;
     st.updated_replicas = now.updated;
     st.endpoints = endpoints;
