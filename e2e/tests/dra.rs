@@ -200,15 +200,9 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
 
     // DRA: each worker's claim is allocated by the member's scheduler to exactly the hub's UUIDs
     // on the hub's node; the pod was bound by that scheduler, not pre-bound.
-    let job = eventually(30, "dra-gang Running", || async {
-        let j = tjs.get("dra-gang").await?;
-        Ok(j.status
-            .clone()
-            .filter(|s| s.phase == TrainingPhase::Running)
-            .map(|_| j))
-    })
-    .await
-    .unwrap();
+    let job = gpupool_e2e::wait_training_phase(&tjs, "dra-gang", TrainingPhase::Running, 30)
+        .await
+        .unwrap();
     let st = job.status.unwrap();
     assert_eq!(st.cluster.as_deref(), Some("member-1"));
     let claims: Api<ResourceClaim> = Api::namespaced(m1.clone(), "default");
@@ -447,16 +441,10 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
     // placement. member-1's one other node cannot take the gang alone, so it waits; a third node
     // joins, and the gang runs on the two nodes the member's scheduler did not refuse.
     let refused_ev = eventually(90, "the gang withdrawn after the refusal", || async {
-        let out = fed.hub.kubectl().ok(&[
-            "get",
-            "events",
-            "-n",
-            "default",
-            "--field-selector",
-            "involvedObject.name=blocked,reason=MemberSchedulerRefused",
-            "-o",
-            "jsonpath={.items[*].message}",
-        ])?;
+        let out =
+            fed.hub
+                .kubectl()
+                .event_messages("default", "blocked", "MemberSchedulerRefused")?;
         Ok((!out.is_empty()).then_some(out))
     })
     .await
@@ -490,15 +478,9 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
     publish_fixture(&m1, "dgx-h100", "dgx-h100-3")
         .await
         .unwrap();
-    let job = eventually(120, "blocked Running on other nodes", || async {
-        let j = tjs.get("blocked").await?;
-        Ok(j.status
-            .clone()
-            .filter(|s| s.phase == TrainingPhase::Running)
-            .map(|_| j))
-    })
-    .await
-    .unwrap();
+    let job = gpupool_e2e::wait_training_phase(&tjs, "blocked", TrainingPhase::Running, 120)
+        .await
+        .unwrap();
     let st = job.status.unwrap();
     let mut nodes: Vec<&str> = st.workers.iter().map(|w| w.node.as_str()).collect();
     nodes.sort();
@@ -688,16 +670,10 @@ async fn a_replica_the_member_scheduler_refuses_is_placed_elsewhere() {
     .unwrap();
     ijs.create(&PostParams::default(), &job).await.unwrap();
     let ev = eventually(90, "the refused replica withdrawn", || async {
-        let out = fed.hub.kubectl().ok(&[
-            "get",
-            "events",
-            "-n",
-            "default",
-            "--field-selector",
-            "involvedObject.name=llm,reason=MemberSchedulerRefused",
-            "-o",
-            "jsonpath={.items[*].message}",
-        ])?;
+        let out = fed
+            .hub
+            .kubectl()
+            .event_messages("default", "llm", "MemberSchedulerRefused")?;
         Ok((!out.is_empty()).then_some(out))
     })
     .await

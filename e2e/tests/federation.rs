@@ -48,20 +48,10 @@ async fn setup_with(kind: MemberKind, layout: &[&[Node]], grace: u64) -> (Federa
         .unwrap();
     }
     let op = Operator::start(hub.clone(), Operator::test_config(grace));
-    let mcs: Api<MemberCluster> = Api::all(hub);
     for i in 1..=layout.len() {
-        let name = format!("member-{i}");
-        eventually(30, &format!("{name} Ready"), || async {
-            let mc = mcs.get(&name).await?;
-            let st = mc.status.unwrap_or_default();
-            let ready = st
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            Ok((ready && st.capacity.gpus_total > 0).then_some(()))
-        })
-        .await
-        .unwrap();
+        gpupool_e2e::wait_member_ready(&hub, &format!("member-{i}"), 30)
+            .await
+            .unwrap();
     }
     (fed, op)
 }
@@ -257,15 +247,9 @@ async fn jobs_land_on_the_right_gpus_never_share_them_and_are_cleaned_up() {
         );
     }
     assert_eq!(seen.len(), 8, "workers share GPUs");
-    let job = eventually(30, "gpt-pretrain Running", || async {
-        let j = tjs.get("gpt-pretrain").await?;
-        Ok(j.status
-            .clone()
-            .filter(|s| s.phase == TrainingPhase::Running)
-            .map(|_| j))
-    })
-    .await
-    .unwrap();
+    let job = gpupool_e2e::wait_training_phase(&tjs, "gpt-pretrain", TrainingPhase::Running, 30)
+        .await
+        .unwrap();
     assert_eq!(
         job.status.as_ref().unwrap().cluster.as_deref(),
         Some("member-1")
@@ -503,12 +487,12 @@ async fn lost_member(kind: MemberKind) {
     )
     .await
     .unwrap();
-    let first = eventually(30, "gang running", || async {
-        let st = tjs.get("gang").await?.status.unwrap_or_default();
-        Ok((st.phase == TrainingPhase::Running).then(|| st.cluster.clone().unwrap()))
-    })
-    .await
-    .unwrap();
+    let first = gpupool_e2e::wait_training_phase(&tjs, "gang", TrainingPhase::Running, 30)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.cluster)
+        .unwrap();
     let lost_ix = if first == "member-1" { 0 } else { 1 };
     // A job pinned to that member with no restarts allowed: it must fail when the member is lost,
     // and its pods there must go when the member comes back.
@@ -842,12 +826,12 @@ async fn a_cordoned_member_keeps_its_jobs_and_a_removed_one_is_drained() {
     )
     .await
     .unwrap();
-    let first = eventually(30, "gang running", || async {
-        let st = tjs.get("gang").await?.status.unwrap_or_default();
-        Ok((st.phase == TrainingPhase::Running).then(|| st.cluster.clone().unwrap()))
-    })
-    .await
-    .unwrap();
+    let first = gpupool_e2e::wait_training_phase(&tjs, "gang", TrainingPhase::Running, 30)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.cluster)
+        .unwrap();
     let (ix, other) = if first == "member-1" {
         (0, "member-2")
     } else {

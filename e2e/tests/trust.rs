@@ -14,7 +14,10 @@ use gpupool::metering::runner::surface;
 use gpupool::metering::settle::Alert;
 use gpupool::metering::{MemberRef, MeterConfig, SettleConfig, meter_once, settle_once};
 use gpupool::metrics::Metrics;
-use gpupool_e2e::{ControlPlane, Federation, GpuNode, Tools, install_crds, register_member};
+use gpupool_e2e::{
+    ControlPlane, Federation, GpuNode, Tools, install_crds, record_state, register_member,
+    usage_records,
+};
 use gpupool_ledger::instruction as ix;
 use gpupool_ledger::state;
 use gpupool_ledger_svm as svm;
@@ -98,18 +101,6 @@ async fn pod(
         .create(&PostParams::default(), &p)
         .await
         .unwrap();
-}
-
-async fn records(hub: &Client) -> Vec<UsageRecord> {
-    Api::<UsageRecord>::all(hub.clone())
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-}
-
-fn state_of(r: &UsageRecord) -> UsageState {
-    r.status.as_ref().map(|s| s.state).unwrap_or_default()
 }
 
 async fn kube_system_uid(client: &Client) -> String {
@@ -216,10 +207,10 @@ impl World {
                 assert!(r.errors.is_empty(), "{r:?}");
                 alerts.extend(r.alerts);
             }
-            let recs = records(&self.hub).await;
+            let recs = usage_records(&self.hub).await.unwrap();
             if all_pods_done(&self.member).await
                 && !recs.is_empty()
-                && recs.iter().all(|r| state_of(r) != UsageState::Open)
+                && recs.iter().all(|r| record_state(r) != UsageState::Open)
             {
                 return alerts;
             }
@@ -300,10 +291,11 @@ async fn member_admin_forgeries_are_not_paid() {
         .await;
     // Settle what is final.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while records(&w.hub)
+    while usage_records(&w.hub)
         .await
+        .unwrap()
         .iter()
-        .any(|r| state_of(r) == UsageState::Final && r.spec.gpu_seconds > 0)
+        .any(|r| record_state(r) == UsageState::Final && r.spec.gpu_seconds > 0)
     {
         settle_once(&w.hub, &ledger, &SettleConfig::default())
             .await
@@ -311,8 +303,9 @@ async fn member_admin_forgeries_are_not_paid() {
         assert!(
             Instant::now() < deadline,
             "not settled: {:#?}",
-            records(&w.hub)
+            usage_records(&w.hub)
                 .await
+                .unwrap()
                 .iter()
                 .map(|r| (r.name_any(), r.spec.gpu_seconds, r.status.clone()))
                 .collect::<Vec<_>>()
@@ -320,7 +313,7 @@ async fn member_admin_forgeries_are_not_paid() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    let recs = records(&w.hub).await;
+    let recs = usage_records(&w.hub).await.unwrap();
     // No record for the invented job.
     assert!(recs.iter().all(|r| r.spec.job_uid == uid), "{recs:#?}");
     let paid: i64 = recs.iter().map(|r| r.spec.gpu_seconds).sum();
@@ -358,7 +351,7 @@ async fn member_admin_forgeries_are_not_paid() {
     // annotations.
     let chain_paid: u64 = recs
         .iter()
-        .filter(|r| state_of(r) == UsageState::Settled)
+        .filter(|r| record_state(r) == UsageState::Settled)
         .map(|r| r.status.as_ref().unwrap().amount.unwrap() as u64)
         .sum();
     assert_eq!(w.minted(), chain_paid);
@@ -472,9 +465,9 @@ async fn squatted_registration_and_double_join_are_not_paid() {
     );
     assert_eq!(w.minted(), 0, "nothing paid to the squatter");
     assert_eq!(w.chain.wallet_balance(&squatter.pubkey(), &w.pool.mint), 0);
-    let recs = records(&w.hub).await;
+    let recs = usage_records(&w.hub).await.unwrap();
     assert!(
-        recs.iter().all(|r| state_of(r) == UsageState::Final),
+        recs.iter().all(|r| record_state(r) == UsageState::Final),
         "{recs:#?}"
     );
 
@@ -496,10 +489,10 @@ async fn squatted_registration_and_double_join_are_not_paid() {
         .await
         .unwrap();
     assert!(r.errors.is_empty(), "{r:?}");
-    let recs = records(&w.hub).await;
+    let recs = usage_records(&w.hub).await.unwrap();
     let settled: Vec<_> = recs
         .iter()
-        .filter(|r| state_of(r) == UsageState::Settled)
+        .filter(|r| record_state(r) == UsageState::Settled)
         .collect();
     assert!(!settled.is_empty());
     assert!(settled.iter().all(|r| r.spec.cluster == "member-1"));
@@ -507,7 +500,7 @@ async fn squatted_registration_and_double_join_are_not_paid() {
     assert!(
         recs.iter()
             .filter(|r| r.spec.cluster == "member-1-again")
-            .all(|r| state_of(r) == UsageState::Final),
+            .all(|r| record_state(r) == UsageState::Final),
         "{recs:#?}"
     );
     let balance = w.chain.wallet_balance(&w.owner.pubkey(), &w.pool.mint);
@@ -783,7 +776,7 @@ async fn a_finish_time_moved_later_is_not_paid_past_what_the_hub_saw() {
         assert!(r.errors.is_empty() && r.member_errors.is_empty(), "{r:?}");
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    let recs = records(&w.hub).await;
+    let recs = usage_records(&w.hub).await.unwrap();
     let (paid, unpaid) = paid_and_unpaid(&recs, "fin-w0");
     let bound = 2 * (seen_end + 1 - created(&job));
     println!("paid {paid} GPU-s (bound {bound}), unpaid {unpaid} GPU-s");
@@ -857,7 +850,7 @@ async fn an_earlier_gang_placement_is_paid_for_the_time_it_was_current() {
     )
     .await;
     w.run_until_final(&[w.member_ref("member-1")], None).await;
-    let recs = records(&w.hub).await;
+    let recs = usage_records(&w.hub).await.unwrap();
     let (old_paid, _) = paid_and_unpaid(&recs, "gang-w0");
     let (new_paid, unpaid) = paid_and_unpaid(&recs, "gang-new-w0");
     let restart = restart.as_second();
@@ -1011,10 +1004,11 @@ async fn receipts_past_the_horizon_are_closed_and_cannot_be_replayed() {
     w.run_until_final(&[w.member_ref("member-1")], Some(&ledger))
         .await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while records(&w.hub)
+    while usage_records(&w.hub)
         .await
+        .unwrap()
         .iter()
-        .any(|r| state_of(r) == UsageState::Final && r.spec.gpu_seconds > 0)
+        .any(|r| record_state(r) == UsageState::Final && r.spec.gpu_seconds > 0)
     {
         settle_once(&w.hub, &ledger, &SettleConfig::default())
             .await
@@ -1022,10 +1016,11 @@ async fn receipts_past_the_horizon_are_closed_and_cannot_be_replayed() {
         assert!(Instant::now() < deadline, "not settled");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let settled: Vec<UsageRecord> = records(&w.hub)
+    let settled: Vec<UsageRecord> = usage_records(&w.hub)
         .await
+        .unwrap()
         .into_iter()
-        .filter(|r| state_of(r) == UsageState::Settled)
+        .filter(|r| record_state(r) == UsageState::Settled)
         .collect();
     assert!(!settled.is_empty());
     let receipt_of = |r: &UsageRecord| {
@@ -1088,10 +1083,10 @@ async fn receipts_past_the_horizon_are_closed_and_cannot_be_replayed() {
             .is_none_or(|a| a.lamports == 0);
         assert!(gone, "receipt of {} still open", r.name_any());
     }
-    let recs = records(&w.hub).await;
+    let recs = usage_records(&w.hub).await.unwrap();
     assert!(
         recs.iter()
-            .filter(|r| state_of(r) == UsageState::Settled)
+            .filter(|r| record_state(r) == UsageState::Settled)
             .all(|r| r.status.as_ref().unwrap().receipt_closed_at.is_some()),
         "{recs:#?}"
     );

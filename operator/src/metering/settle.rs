@@ -592,46 +592,23 @@ async fn settle_single(
 ) {
     let client = ledger.client.as_ref();
     let program = gpupool_ledger::ID;
+    let one = std::slice::from_ref(p);
     if let Ok(Some(_)) =
         ledger::read_receipt(client, &program, cluster_id, &p.uid, p.entry.period).await
     {
         // Already on chain (a concurrent or earlier send): settled once finalized.
-        after_confirmed(
-            records,
-            ledger,
-            cluster_id,
-            std::slice::from_ref(p),
-            "",
-            report,
-        )
-        .await;
+        after_confirmed(records, ledger, cluster_id, one, "", report).await;
         return;
     }
-    match send_batch(ledger, config, cluster_id, owner, std::slice::from_ref(p)).await {
+    match send_batch(ledger, config, cluster_id, owner, one).await {
         Ok(sig) => {
             report.batches_sent += 1;
-            after_confirmed(
-                records,
-                ledger,
-                cluster_id,
-                std::slice::from_ref(p),
-                &sig.to_string(),
-                report,
-            )
-            .await;
+            after_confirmed(records, ledger, cluster_id, one, &sig.to_string(), report).await;
         }
         Err(e) => {
             report.batches_failed += 1;
             if e.ledger_error() == Some(LedgerError::ReceiptAlreadyExists) {
-                after_confirmed(
-                    records,
-                    ledger,
-                    cluster_id,
-                    std::slice::from_ref(p),
-                    "",
-                    report,
-                )
-                .await;
+                after_confirmed(records, ledger, cluster_id, one, "", report).await;
                 return;
             }
             failed(records, &p.rec, &e, report).await;

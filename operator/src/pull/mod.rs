@@ -228,15 +228,19 @@ pub fn add_missing(manifests: &mut Vec<Value>, wanted: Vec<Value>) -> usize {
     pods
 }
 
-/// The pods of a work as the hub sees them: as the member reported them, or as wanted while the
-/// agent has not reported them yet; each with the index of its manifest.
-pub fn work_pods(w: &MemberWork) -> Vec<(usize, Pod)> {
-    let reported: BTreeMap<(&str, &str), &PodReport> = w
-        .status
+/// The pods a work's status reports, by (namespace, name).
+fn reported_pods(w: &MemberWork) -> BTreeMap<(&str, &str), &PodReport> {
+    w.status
         .iter()
         .flat_map(|s| s.pods.iter())
         .map(|p| ((p.namespace.as_str(), p.name.as_str()), p))
-        .collect();
+        .collect()
+}
+
+/// The pods of a work as the hub sees them: as the member reported them, or as wanted while the
+/// agent has not reported them yet; each with the index of its manifest.
+pub fn work_pods(w: &MemberWork) -> Vec<(usize, Pod)> {
+    let reported = reported_pods(w);
     w.spec
         .manifests
         .iter()
@@ -448,18 +452,10 @@ pub fn inventory(reports: &[MemberReport], works: &[MemberWork]) -> Inventory {
         .collect();
     let mut pods = Vec::new();
     for w in works {
-        let reported: BTreeMap<(&str, &str), &PodReport> = w
-            .status
-            .iter()
-            .flat_map(|s| s.pods.iter())
-            .map(|p| ((p.namespace.as_str(), p.name.as_str()), p))
-            .collect();
+        let reported = reported_pods(w);
         for m in w.spec.manifests.iter().filter(|m| m["kind"] == "Pod") {
-            let key = (
-                m["metadata"]["namespace"].as_str().unwrap_or_default(),
-                m["metadata"]["name"].as_str().unwrap_or_default(),
-            );
-            if let Some(r) = reported.get(&key)
+            let (_, ns, name) = manifest_key(m);
+            if let Some(r) = reported.get(&(ns, name))
                 && let Some(p) = pod_from_report(m, r)
             {
                 pods.push(p);
