@@ -103,6 +103,20 @@ fn pod_scheduled_message(p: &Pod) -> Option<String> {
         .map(|c| c.message.clone().unwrap_or_default())
 }
 
+/// A pod created behind gpupool's back in `default`, using the ResourceClaim of its own name.
+fn pod_using_claim(name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "containers": [{"name": "c", "image": "busybox", "resources": {"claims": [{"name": "g"}]}}],
+            "resourceClaims": [{"name": "g", "resourceClaimName": name}],
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    }))
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_member() {
     let fed = Federation::start_with(&[MemberKind::Dra, MemberKind::DevicePlugin])
@@ -293,16 +307,7 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
         .create(&PostParams::default(), &rogue_claim)
         .await
         .unwrap();
-    let rogue_pod: Pod = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "rogue", "namespace": "default"},
-        "spec": {
-            "containers": [{"name": "c", "image": "busybox", "resources": {"claims": [{"name": "g"}]}}],
-            "resourceClaims": [{"name": "g", "resourceClaimName": "rogue"}],
-            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        },
-    }))
-    .unwrap();
+    let rogue_pod = pod_using_claim("rogue");
     let m1_pods: Api<Pod> = Api::namespaced(m1.clone(), "default");
     m1_pods
         .create(&PostParams::default(), &rogue_pod)
@@ -641,16 +646,7 @@ async fn a_replica_the_member_scheduler_refuses_is_placed_elsewhere() {
     }))
     .unwrap();
     claims.create(&PostParams::default(), &any).await.unwrap();
-    let outside: Pod = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "outside", "namespace": "default"},
-        "spec": {
-            "containers": [{"name": "c", "image": "busybox", "resources": {"claims": [{"name": "g"}]}}],
-            "resourceClaims": [{"name": "g", "resourceClaimName": "outside"}],
-            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        },
-    }))
-    .unwrap();
+    let outside = pod_using_claim("outside");
     Api::<Pod>::namespaced(m1.clone(), "default")
         .create(&PostParams::default(), &outside)
         .await

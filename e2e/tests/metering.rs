@@ -140,6 +140,14 @@ async fn finished_pods_gpu_seconds(member: &Client) -> Option<i64> {
     Some(total)
 }
 
+/// The finished pods' GPU-seconds, once every usage record on the hub is `Settled`.
+async fn settled_total(s: &Setup) -> Option<i64> {
+    let expected = finished_pods_gpu_seconds(&s.member).await?;
+    let recs = usage_records(&s.hub).await.unwrap();
+    (!recs.is_empty() && recs.iter().all(|r| record_state(r) == UsageState::Settled))
+        .then_some(expected)
+}
+
 struct Setup {
     fed: Federation,
     hub: Client,
@@ -272,11 +280,8 @@ async fn pods_are_metered_recorded_and_settled_exactly_once() {
         sent += r.batches_sent;
         settled += r.settled;
         minted += r.tokens_minted;
-        if let Some(expected) = finished_pods_gpu_seconds(&s.member).await {
-            let recs = usage_records(&s.hub).await.unwrap();
-            if !recs.is_empty() && recs.iter().all(|r| record_state(r) == UsageState::Settled) {
-                break expected;
-            }
+        if let Some(expected) = settled_total(&s).await {
+            break expected;
         }
         assert!(
             Instant::now() < deadline,
@@ -718,11 +723,8 @@ async fn settles_through_json_rpc_and_the_owner_cli_reads_it() {
             .await
             .unwrap();
         assert!(r.errors.is_empty() && r.send_failures == 0, "{r:?}");
-        if let Some(expected) = finished_pods_gpu_seconds(&s.member).await {
-            let recs = usage_records(&s.hub).await.unwrap();
-            if !recs.is_empty() && recs.iter().all(|r| record_state(r) == UsageState::Settled) {
-                break expected;
-            }
+        if let Some(expected) = settled_total(&s).await {
+            break expected;
         }
         assert!(
             Instant::now() < deadline,

@@ -164,6 +164,17 @@ async fn world() -> World {
 }
 
 impl World {
+    /// A one-worker job `name` placed on member-1, and its worker pod `<name>-w0` on two GPUs,
+    /// running for `run` (e.g. `3s`).
+    async fn one_worker_job(&self, name: &str, run: &str) -> TrainingJob {
+        let job = create_job(&self.hub, name, 1).await;
+        place(&self.hub, &job, 1).await;
+        let worker = format!("{name}-w0");
+        let uid = job.uid().unwrap();
+        pod(&self.member, &worker, name, &uid, &uuids(&worker, 2), run).await;
+        job
+    }
+
     fn member_ref(&self, name: &str) -> MemberRef {
         MemberRef {
             name: name.into(),
@@ -426,17 +437,7 @@ async fn squatted_registration_and_double_join_are_not_paid() {
     )
     .await
     .unwrap();
-    let job = create_job(&w.hub, "real", 1).await;
-    place(&w.hub, &job, 1).await;
-    pod(
-        &w.member,
-        "real-w0",
-        "real",
-        &job.uid().unwrap(),
-        &uuids("real-w0", 2),
-        "3s",
-    )
-    .await;
+    w.one_worker_job("real", "3s").await;
     let ledger = w.ledger();
     // Both MemberClusters record the same kube-system UID; the younger one is the duplicate.
     let members = [w.member_ref("member-1"), w.member_ref("member-1-again")];
@@ -795,18 +796,8 @@ async fn a_finish_time_moved_later_is_not_paid_past_what_the_hub_saw() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_earlier_gang_placement_is_paid_for_the_time_it_was_current() {
     let w = world().await;
-    let job = create_job(&w.hub, "gang", 1).await;
-    place(&w.hub, &job, 1).await;
+    let job = w.one_worker_job("gang", "6s").await;
     let uid = job.uid().unwrap();
-    pod(
-        &w.member,
-        "gang-w0",
-        "gang",
-        &uid,
-        &uuids("gang-w0", 2),
-        "6s",
-    )
-    .await;
     let pods: Api<Pod> = Api::namespaced(w.member.clone(), "default");
     gpupool_e2e::eventually(30, "the first worker to run", || {
         let pods = pods.clone();
@@ -989,17 +980,7 @@ async fn receipts_past_the_horizon_are_closed_and_cannot_be_replayed() {
     w.chain
         .register_cluster(&w.pool, &w.owner, &w.cluster_id, 8)
         .unwrap();
-    let job = create_job(&w.hub, "old", 1).await;
-    place(&w.hub, &job, 1).await;
-    pod(
-        &w.member,
-        "old-w0",
-        "old",
-        &job.uid().unwrap(),
-        &uuids("old-w0", 2),
-        "3s",
-    )
-    .await;
+    w.one_worker_job("old", "3s").await;
     let ledger = w.ledger();
     w.run_until_final(&[w.member_ref("member-1")], Some(&ledger))
         .await;
