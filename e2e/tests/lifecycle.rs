@@ -259,6 +259,17 @@ async fn roll(fed: &Federation, name: &str) -> (usize, usize) {
             .all(|g| Some(&g.revision) == done.revision.as_ref()),
         "{done:?}"
     );
+    // The replaced replicas stay in the status with the instant they left, so that the meter
+    // pays their pods up to then (and no longer).
+    let past: BTreeSet<i32> = done.past_placements.iter().map(|p| p.index).collect();
+    assert_eq!(past, BTreeSet::from([0, 1, 2]), "{done:?}");
+    assert!(
+        done.past_placements
+            .iter()
+            .all(|p| Some(&p.gpus.revision) != done.revision.as_ref()
+                && p.until.0 <= k8s_openapi::jiff::Timestamp::now()),
+        "{done:?}"
+    );
     let events = eventually(30, "RolloutComplete event", || async {
         let ev = events_of(&hub, name).await;
         Ok(ev
