@@ -232,14 +232,7 @@ pub async fn settle_once(
     if finals.is_empty() {
         return Ok(report);
     }
-    let client = ledger.client.as_ref();
-    let program = gpupool_ledger::ID;
-    let Some(config) = ledger::read_config(client, &program).await? else {
-        bail!(
-            "the gpupool pool is not initialized on {}",
-            client.describe()
-        );
-    };
+    let config = pool_config(ledger).await?;
     if config.oracle != ledger.oracle.pubkey() {
         bail!(
             "the pool's usage oracle is {}, but the operator's key is {}",
@@ -616,6 +609,18 @@ async fn settle_single(
     }
 }
 
+/// The pool's configuration on chain; an error when the pool is not initialized there.
+async fn pool_config(ledger: &Ledger) -> Result<PoolConfig> {
+    let client = ledger.client.as_ref();
+    match ledger::read_config(client, &gpupool_ledger::ID).await? {
+        Some(c) => Ok(c),
+        None => bail!(
+            "the gpupool pool is not initialized on {}",
+            client.describe()
+        ),
+    }
+}
+
 /// After a confirmed transaction (`sig`, or "" when the receipt was found instead): marks
 /// each record `Settled` once its receipt reads back at `finalized`, else notes the
 /// signature and leaves it `Final` for the next pass.
@@ -797,12 +802,7 @@ pub async fn close_expired_receipts(hub: &Client, ledger: &Ledger) -> Result<Swe
     }
     let client = ledger.client.as_ref();
     let program = gpupool_ledger::ID;
-    let Some(config) = ledger::read_config(client, &program).await? else {
-        bail!(
-            "the gpupool pool is not initialized on {}",
-            client.describe()
-        );
-    };
+    let config = pool_config(ledger).await?;
     // The program decides by its own clock; asking it for receipts it will refuse is waste.
     let chain_now = ledger::chain_unix_time(client)
         .await
