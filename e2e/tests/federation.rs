@@ -65,6 +65,29 @@ async fn member_pods(fed: &Federation, i: usize, selector: &str) -> Vec<Pod> {
         .items
 }
 
+/// Applies `deploy/examples/<file>` on the hub with kubectl and waits for the `pods` pods of
+/// job `job` to exist in member `i`; returns them.
+async fn apply_example(
+    fed: &Federation,
+    kubectl: &gpupool_e2e::Kubectl,
+    file: &str,
+    i: usize,
+    job: &str,
+    pods: usize,
+) -> Vec<Pod> {
+    let path = repo_root().join("deploy/examples").join(file);
+    kubectl
+        .ok(&["apply", "-f", path.to_str().unwrap()])
+        .unwrap();
+    let selector = format!("gpupool.io/job-name={job}");
+    eventually(30, &format!("{pods} pods of {job}"), || async {
+        let p = member_pods(fed, i, &selector).await;
+        Ok((p.len() == pods).then_some(p))
+    })
+    .await
+    .unwrap()
+}
+
 fn gpu_uuids(p: &Pod) -> Vec<String> {
     p.metadata.annotations.as_ref().unwrap()["gpupool.io/gpu-uuids"]
         .split(',')
@@ -218,22 +241,7 @@ async fn jobs_land_on_the_right_gpus_never_share_them_and_are_cleaned_up() {
     .unwrap();
 
     // 2. The training example: 2 workers x 4 H100, NVLink required → member-1's DGX H100.
-    kubectl
-        .ok(&[
-            "apply",
-            "-f",
-            repo_root()
-                .join("deploy/examples/training-gpt.yaml")
-                .to_str()
-                .unwrap(),
-        ])
-        .unwrap();
-    let pods = eventually(30, "gpt-pretrain workers", || async {
-        let p = member_pods(&fed, 0, "gpupool.io/job-name=gpt-pretrain").await;
-        Ok((p.len() == 2).then_some(p))
-    })
-    .await
-    .unwrap();
+    let pods = apply_example(&fed, &kubectl, "training-gpt.yaml", 0, "gpt-pretrain", 2).await;
     let mut seen = BTreeSet::new();
     for p in &pods {
         assert_eq!(node_of(p), "dgx-h100-0");
@@ -270,22 +278,7 @@ async fn jobs_land_on_the_right_gpus_never_share_them_and_are_cleaned_up() {
     .unwrap();
 
     // 3. The inference example: 3 replicas x 2 GPUs, preferred NVLink → bridged A100 pairs.
-    kubectl
-        .ok(&[
-            "apply",
-            "-f",
-            repo_root()
-                .join("deploy/examples/inference-llama.yaml")
-                .to_str()
-                .unwrap(),
-        ])
-        .unwrap();
-    let pods = eventually(30, "llama replicas", || async {
-        let p = member_pods(&fed, 1, "gpupool.io/job-name=llama-serve").await;
-        Ok((p.len() == 3).then_some(p))
-    })
-    .await
-    .unwrap();
+    let pods = apply_example(&fed, &kubectl, "inference-llama.yaml", 1, "llama-serve", 3).await;
     for p in &pods {
         let node = node_of(p);
         assert!(node.starts_with("pcie-a100-"), "replica on {node}");
