@@ -67,9 +67,31 @@ async fn place(hub: &Client, job: &TrainingJob, workers: usize) {
         .unwrap();
 }
 
-/// A gpupool-labelled pod in the member, as its admin may write one.
+/// A gpupool-labelled pod of a TrainingJob in the member, as its admin may write one.
 async fn pod(
     member: &Client,
+    name: &str,
+    job_name: &str,
+    job_uid: &str,
+    gpu_uuids: &[String],
+    run: &str,
+) {
+    kind_pod(
+        member,
+        "TrainingJob",
+        name,
+        job_name,
+        job_uid,
+        gpu_uuids,
+        run,
+    )
+    .await
+}
+
+/// A gpupool-labelled pod of a `kind` job in the member, running for `run`.
+async fn kind_pod(
+    member: &Client,
+    kind: &str,
     name: &str,
     job_name: &str,
     job_uid: &str,
@@ -81,7 +103,7 @@ async fn pod(
             "name": name, "namespace": "default",
             "labels": {
                 "app.kubernetes.io/managed-by": "gpupool",
-                "gpupool.io/job-kind": "TrainingJob",
+                "gpupool.io/job-kind": kind,
                 "gpupool.io/job-namespace": "default",
                 "gpupool.io/job-name": job_name,
                 "gpupool.io/job-uid": job_uid,
@@ -856,6 +878,110 @@ async fn an_earlier_gang_placement_is_paid_for_the_time_it_was_current() {
         unpaid > 0,
         "the old pod's run after the restart is not paid"
     );
+    drop(w.fed);
+}
+
+/// An inference replica replaced by one on other GPUs (as in a rollout): the old replica's pod
+/// is paid up to the instant its placement left the job's status, though the meter last saw it
+/// placed earlier; what it ran after that is not paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_inference_replica_is_paid_until_it_left_the_placements() {
+    let w = world().await;
+    let ij: gpupool::api::InferenceJob = serde_json::from_value(json!({
+        "apiVersion": "gpupool.io/v1alpha1", "kind": "InferenceJob",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"template": {"spec": {"containers": [{"name": "srv", "image": "ghcr.io/example/srv:1"}]}},
+                 "replicas": 1, "gpusPerReplica": 2}
+    }))
+    .unwrap();
+    let ijs: Api<gpupool::api::InferenceJob> = Api::namespaced(w.hub.clone(), "default");
+    let job = ijs.create(&PostParams::default(), &ij).await.unwrap();
+    let uid = job.uid().unwrap();
+    let placement = |pod: &str, revision: &str| {
+        json!([{"cluster": "member-1", "replicas": [0], "readyReplicas": 1,
+                "gpus": [{"node": NODE, "gpuUuids": uuids(pod, 2), "score": 0,
+                          "revision": revision, "ready": true}]}])
+    };
+    ijs.patch_status(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": {"placements": placement("web-r0", "r1")}})),
+    )
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(w.member.clone(), "default");
+    kind_pod(
+        &w.member,
+        "InferenceJob",
+        "web-r0",
+        "web",
+        &uid,
+        &uuids("web-r0", 2),
+        "15s",
+    )
+    .await;
+    let old_run = gpupool_e2e::eventually(30, "the old replica to run", || {
+        let pods = pods.clone();
+        async move { Ok(gpupool::metering::pod_run(&pods.get("web-r0").await?)) }
+    })
+    .await
+    .unwrap();
+    // A metering pass sees it placed; then it runs on for a while before it is replaced.
+    let members = [w.member_ref("member-1")];
+    let cfg = MeterConfig {
+        period_seconds: 2,
+        finalize_delay_seconds: 1,
+        ..Default::default()
+    };
+    meter_once(&w.hub, &members, Timestamp::now(), &cfg)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Replaced, as the InferenceJob controller records it.
+    let before = ijs.get("web").await.unwrap().status.unwrap();
+    let mut st = before.clone();
+    st.placements = serde_json::from_value(placement("web-r0-new", "r2")).unwrap();
+    let until = Timestamp::now();
+    st.retire_replicas(
+        &before.placements,
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(until),
+        1,
+    );
+    ijs.patch_status(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "status": st })),
+    )
+    .await
+    .unwrap();
+    let stored = ijs.get("web").await.unwrap().status.unwrap();
+    assert_eq!(stored.past_placements.len(), 1, "{stored:?}");
+    let new_pod = uuids("web-r0-new", 2);
+    kind_pod(
+        &w.member,
+        "InferenceJob",
+        "web-r0-new",
+        "web",
+        &uid,
+        &new_pod,
+        "2s",
+    )
+    .await;
+    w.run_until_final(&members, None).await;
+    let recs = usage_records(&w.hub).await.unwrap();
+    let (old_paid, unpaid) = paid_and_unpaid(&recs, "web-r0");
+    let (new_paid, _) = paid_and_unpaid(&recs, "web-r0-new");
+    let ran_placed = until.as_second() - old_run.start;
+    println!(
+        "old replica paid {old_paid} GPU-s for {ran_placed} s placed, new {new_paid} GPU-s, unpaid {unpaid} GPU-s"
+    );
+    assert_eq!(
+        old_paid,
+        2 * ran_placed,
+        "the old replica is paid exactly for the time it was placed: {recs:#?}"
+    );
+    assert!(new_paid > 0, "{recs:#?}");
+    assert!(unpaid > 0, "its run after it was replaced is not paid");
     drop(w.fed);
 }
 
