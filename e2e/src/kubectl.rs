@@ -57,4 +57,46 @@ impl Kubectl {
         );
         Ok(o.stdout)
     }
+
+    /// Applies the CRDs in `path` (a file or a directory) server-side, as a platform team would,
+    /// and waits until the API server reports every gpupool CRD Established.
+    pub fn apply_crds(&self, path: &std::path::Path) -> Result<()> {
+        let path = path.display().to_string();
+        self.ok(&["apply", "--server-side", "-f", &path])?;
+        self.ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "-l",
+            "app.kubernetes.io/part-of=gpupool",
+        ])?;
+        Ok(())
+    }
+
+    /// Holder of the Lease `name` (in the kubeconfig's namespace); empty when it has none.
+    pub fn lease_holder(&self, name: &str) -> Result<String> {
+        self.ok(&[
+            "get",
+            "lease",
+            name,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+    }
+
+    /// Messages of the Events with `reason` about the object `name` in `namespace`,
+    /// space-separated (empty when there are none).
+    pub fn event_messages(&self, namespace: &str, name: &str, reason: &str) -> Result<String> {
+        self.ok(&[
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            &format!("involvedObject.name={name},reason={reason}"),
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])
+    }
 }

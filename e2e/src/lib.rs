@@ -20,7 +20,10 @@ pub use control_plane::ControlPlane;
 pub use federation::{Federation, Member, MemberKind, install_device_class, nvidia_device_class};
 pub use kubectl::Kubectl;
 pub use kwok::{GpuNode, Kwok};
-pub use pool::{OPERATOR_NAMESPACE, Operator, eventually, register_member};
+pub use pool::{
+    OPERATOR_NAMESPACE, Operator, api_requests, eventually, ready_with_gpus, record_state,
+    register_member, usage_records, wait_member_ready, wait_training_phase,
+};
 pub use tools::Tools;
 pub use topology::{fixture_for_node, node_uuid, publish_fixture};
 pub use volumes::{example_claims, prebound_claim};
@@ -38,24 +41,15 @@ pub use kwok::{node_ready, wait_node_ready};
 /// Applies every YAML in `crds/` with kubectl (as a platform team would) and waits until the API
 /// server reports each CRD Established.
 pub async fn install_crds(cp: &ControlPlane) -> anyhow::Result<()> {
-    let dir = repo_root().join("crds");
+    apply_crds(cp, &repo_root().join("crds")).await
+}
+
+/// Applies the CRDs in `path` (a file or a directory, e.g. a rendered chart) with kubectl and
+/// waits until the API server reports each gpupool CRD Established.
+pub async fn apply_crds(cp: &ControlPlane, path: &std::path::Path) -> anyhow::Result<()> {
     let kubectl = cp.kubectl();
-    let dir_s = dir.display().to_string();
-    tokio::task::spawn_blocking(move || kubectl.ok(&["apply", "--server-side", "-f", &dir_s]))
-        .await??;
-    let out = cp.kubectl();
-    tokio::task::spawn_blocking(move || {
-        out.ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd",
-            "-l",
-            "app.kubernetes.io/part-of=gpupool",
-        ])
-    })
-    .await??;
-    Ok(())
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || kubectl.apply_crds(&path)).await?
 }
 
 /// Path of a binary of the operator crate (`gpupool`, `gpupool-agent`) in the target directory

@@ -3,7 +3,10 @@
 
 use crate::ControlPlane;
 use anyhow::Result;
-use gpupool::api::{MemberCluster, MemberClusterSpec, SecretKeyRef};
+use gpupool::api::{
+    MemberCluster, MemberClusterSpec, SecretKeyRef, TrainingJob, TrainingPhase, UsageRecord,
+    UsageState,
+};
 use gpupool::controllers::{Config, Context, run_controllers};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -120,6 +123,77 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Waits up to `secs` seconds for the MemberCluster `name` to be `Ready` with GPUs in its
+/// capacity; returns it as it then was.
+pub async fn wait_member_ready(hub: &kube::Client, name: &str, secs: u64) -> Result<MemberCluster> {
+    let mcs: Api<MemberCluster> = Api::all(hub.clone());
+    eventually(secs, &format!("{name} Ready with GPUs"), || async {
+        let mc = mcs.get(name).await?;
+        Ok(ready_with_gpus(&mc).then_some(mc))
+    })
+    .await
+}
+
+/// Whether a MemberCluster is `Ready` with GPUs in its capacity.
+pub fn ready_with_gpus(mc: &MemberCluster) -> bool {
+    mc.status.as_ref().is_some_and(|st| {
+        st.capacity.gpus_total > 0
+            && st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+/// Waits up to `secs` seconds for the TrainingJob `name` to be in `phase`; returns it then.
+pub async fn wait_training_phase(
+    jobs: &Api<TrainingJob>,
+    name: &str,
+    phase: TrainingPhase,
+    secs: u64,
+) -> Result<TrainingJob> {
+    eventually(secs, &format!("{name} {phase:?}"), || async {
+        let j = jobs.get(name).await?;
+        let now = j.status.as_ref().map(|s| s.phase);
+        Ok((now == Some(phase)).then_some(j))
+    })
+    .await
+}
+
+/// Every `UsageRecord` on the hub.
+pub async fn usage_records(hub: &kube::Client) -> Result<Vec<UsageRecord>> {
+    Ok(Api::<UsageRecord>::all(hub.clone())
+        .list(&Default::default())
+        .await?
+        .items)
+}
+
+/// A usage record's state (`Open` until its status says otherwise).
+pub fn record_state(r: &UsageRecord) -> UsageState {
+    r.status.as_ref().map(|s| s.state).unwrap_or_default()
+}
+
+/// How many `verb` requests (`LIST`, `GET`, `WATCH`, …) on `resource` the API server behind
+/// `client` has served so far, from its own `apiserver_request_total` counter.
+pub async fn api_requests(client: &kube::Client, verb: &str, resource: &str) -> Result<f64> {
+    let req = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client.request_text(req).await?;
+    let (verb, resource) = (
+        format!("verb=\"{verb}\""),
+        format!("resource=\"{resource}\""),
+    );
+    Ok(text
+        .lines()
+        .filter_map(|l| l.strip_prefix("apiserver_request_total{"))
+        .filter_map(|l| l.rsplit_once("} "))
+        .filter(|(labels, _)| {
+            let labels: Vec<&str> = labels.split(',').collect();
+            labels.contains(&verb.as_str()) && labels.contains(&resource.as_str())
+        })
+        .map(|(_, v)| v.trim().parse::<f64>().unwrap_or(0.0))
+        .sum())
 }
 
 /// Polls `f` every 200 ms until it returns `Some`, or fails after `secs` seconds with `what`.

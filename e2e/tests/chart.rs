@@ -574,6 +574,17 @@ fn rendered_objects_have_the_expected_shape() {
     assert_eq!(pod["volumes"][1]["name"], "pod-resources");
 }
 
+/// Installs the CRDs as the chart renders them (written into `dir`) and waits until they are
+/// Established.
+async fn install_chart_crds(cp: &ControlPlane, dir: &Path) -> Result<()> {
+    let crds = write(
+        dir,
+        "crds.yaml",
+        &render(&["--show-only", "templates/crds.yaml"]),
+    );
+    gpupool_e2e::apply_crds(cp, Path::new(&crds)).await
+}
+
 async fn kubectl_ok(cp: &ControlPlane, args: Vec<String>) -> Result<String> {
     let k = cp.kubectl();
     tokio::task::spawn_blocking(move || {
@@ -592,24 +603,7 @@ async fn hub_and_member_manifests_pass_a_server_side_dry_run() -> Result<()> {
     let s = |v: &str| v.to_string();
 
     // CRDs for real first: the dry-run of everything else is then checked against them too.
-    let crds = write(
-        dir.path(),
-        "crds.yaml",
-        &render(&["--show-only", "templates/crds.yaml"]),
-    );
-    kubectl_ok(&cp, vec![s("apply"), s("--server-side"), s("-f"), crds]).await?;
-    kubectl_ok(
-        &cp,
-        vec![
-            s("wait"),
-            s("--for=condition=Established"),
-            s("--timeout=60s"),
-            s("crd"),
-            s("-l"),
-            s("app.kubernetes.io/part-of=gpupool"),
-        ],
-    )
-    .await?;
+    install_chart_crds(&cp, dir.path()).await?;
     kubectl_ok(&cp, vec![s("create"), s("namespace"), s(NAMESPACE)]).await?;
 
     let settle = [
@@ -1088,12 +1082,7 @@ async fn aggregated_roles_let_edit_and_view_users_work_with_jobs() -> Result<()>
     cp.start_controller_manager(&["clusterrole-aggregation-controller"])?;
     let dir = tempfile::tempdir()?;
     let s = |v: &str| v.to_string();
-    let crds = write(
-        dir.path(),
-        "crds.yaml",
-        &render(&["--show-only", "templates/crds.yaml"]),
-    );
-    kubectl_ok(&cp, vec![s("apply"), s("--server-side"), s("-f"), crds]).await?;
+    install_chart_crds(&cp, dir.path()).await?;
     let manifest = render(&["--show-only", "templates/rbac-aggregated.yaml"]);
     let roles = docs(&manifest);
     ensure!(
@@ -1254,24 +1243,7 @@ async fn the_agent_runs_under_the_charts_rbac_and_needs_nothing_more() -> Result
         .context("control plane starts")?;
     let dir = tempfile::tempdir()?;
     let s = |v: &str| v.to_string();
-    let crds = write(
-        dir.path(),
-        "crds.yaml",
-        &render(&["--show-only", "templates/crds.yaml"]),
-    );
-    kubectl_ok(&cp, vec![s("apply"), s("--server-side"), s("-f"), crds]).await?;
-    kubectl_ok(
-        &cp,
-        vec![
-            s("wait"),
-            s("--for=condition=Established"),
-            s("--timeout=60s"),
-            s("crd"),
-            s("-l"),
-            s("app.kubernetes.io/part-of=gpupool"),
-        ],
-    )
-    .await?;
+    install_chart_crds(&cp, dir.path()).await?;
     kubectl_ok(&cp, vec![s("create"), s("namespace"), s(NAMESPACE)]).await?;
     let apply_rbac = |simulate: bool| {
         let manifest = render(&[

@@ -103,6 +103,20 @@ fn pod_scheduled_message(p: &Pod) -> Option<String> {
         .map(|c| c.message.clone().unwrap_or_default())
 }
 
+/// A pod created behind gpupool's back in `default`, using the ResourceClaim of its own name.
+fn pod_using_claim(name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "containers": [{"name": "c", "image": "busybox", "resources": {"claims": [{"name": "g"}]}}],
+            "resourceClaims": [{"name": "g", "resourceClaimName": name}],
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    }))
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_member() {
     let fed = Federation::start_with(&[MemberKind::Dra, MemberKind::DevicePlugin])
@@ -200,15 +214,9 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
 
     // DRA: each worker's claim is allocated by the member's scheduler to exactly the hub's UUIDs
     // on the hub's node; the pod was bound by that scheduler, not pre-bound.
-    let job = eventually(30, "dra-gang Running", || async {
-        let j = tjs.get("dra-gang").await?;
-        Ok(j.status
-            .clone()
-            .filter(|s| s.phase == TrainingPhase::Running)
-            .map(|_| j))
-    })
-    .await
-    .unwrap();
+    let job = gpupool_e2e::wait_training_phase(&tjs, "dra-gang", TrainingPhase::Running, 30)
+        .await
+        .unwrap();
     let st = job.status.unwrap();
     assert_eq!(st.cluster.as_deref(), Some("member-1"));
     let claims: Api<ResourceClaim> = Api::namespaced(m1.clone(), "default");
@@ -299,16 +307,7 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
         .create(&PostParams::default(), &rogue_claim)
         .await
         .unwrap();
-    let rogue_pod: Pod = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "rogue", "namespace": "default"},
-        "spec": {
-            "containers": [{"name": "c", "image": "busybox", "resources": {"claims": [{"name": "g"}]}}],
-            "resourceClaims": [{"name": "g", "resourceClaimName": "rogue"}],
-            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        },
-    }))
-    .unwrap();
+    let rogue_pod = pod_using_claim("rogue");
     let m1_pods: Api<Pod> = Api::namespaced(m1.clone(), "default");
     m1_pods
         .create(&PostParams::default(), &rogue_pod)
@@ -447,16 +446,10 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
     // placement. member-1's one other node cannot take the gang alone, so it waits; a third node
     // joins, and the gang runs on the two nodes the member's scheduler did not refuse.
     let refused_ev = eventually(90, "the gang withdrawn after the refusal", || async {
-        let out = fed.hub.kubectl().ok(&[
-            "get",
-            "events",
-            "-n",
-            "default",
-            "--field-selector",
-            "involvedObject.name=blocked,reason=MemberSchedulerRefused",
-            "-o",
-            "jsonpath={.items[*].message}",
-        ])?;
+        let out =
+            fed.hub
+                .kubectl()
+                .event_messages("default", "blocked", "MemberSchedulerRefused")?;
         Ok((!out.is_empty()).then_some(out))
     })
     .await
@@ -490,15 +483,9 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
     publish_fixture(&m1, "dgx-h100", "dgx-h100-3")
         .await
         .unwrap();
-    let job = eventually(120, "blocked Running on other nodes", || async {
-        let j = tjs.get("blocked").await?;
-        Ok(j.status
-            .clone()
-            .filter(|s| s.phase == TrainingPhase::Running)
-            .map(|_| j))
-    })
-    .await
-    .unwrap();
+    let job = gpupool_e2e::wait_training_phase(&tjs, "blocked", TrainingPhase::Running, 120)
+        .await
+        .unwrap();
     let st = job.status.unwrap();
     let mut nodes: Vec<&str> = st.workers.iter().map(|w| w.node.as_str()).collect();
     nodes.sort();
@@ -659,16 +646,7 @@ async fn a_replica_the_member_scheduler_refuses_is_placed_elsewhere() {
     }))
     .unwrap();
     claims.create(&PostParams::default(), &any).await.unwrap();
-    let outside: Pod = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "outside", "namespace": "default"},
-        "spec": {
-            "containers": [{"name": "c", "image": "busybox", "resources": {"claims": [{"name": "g"}]}}],
-            "resourceClaims": [{"name": "g", "resourceClaimName": "outside"}],
-            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        },
-    }))
-    .unwrap();
+    let outside = pod_using_claim("outside");
     Api::<Pod>::namespaced(m1.clone(), "default")
         .create(&PostParams::default(), &outside)
         .await
@@ -688,16 +666,10 @@ async fn a_replica_the_member_scheduler_refuses_is_placed_elsewhere() {
     .unwrap();
     ijs.create(&PostParams::default(), &job).await.unwrap();
     let ev = eventually(90, "the refused replica withdrawn", || async {
-        let out = fed.hub.kubectl().ok(&[
-            "get",
-            "events",
-            "-n",
-            "default",
-            "--field-selector",
-            "involvedObject.name=llm,reason=MemberSchedulerRefused",
-            "-o",
-            "jsonpath={.items[*].message}",
-        ])?;
+        let out = fed
+            .hub
+            .kubectl()
+            .event_messages("default", "llm", "MemberSchedulerRefused")?;
         Ok((!out.is_empty()).then_some(out))
     })
     .await

@@ -48,20 +48,10 @@ async fn setup_with(kind: MemberKind, layout: &[&[Node]], grace: u64) -> (Federa
         .unwrap();
     }
     let op = Operator::start(hub.clone(), Operator::test_config(grace));
-    let mcs: Api<MemberCluster> = Api::all(hub);
     for i in 1..=layout.len() {
-        let name = format!("member-{i}");
-        eventually(30, &format!("{name} Ready"), || async {
-            let mc = mcs.get(&name).await?;
-            let st = mc.status.unwrap_or_default();
-            let ready = st
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            Ok((ready && st.capacity.gpus_total > 0).then_some(()))
-        })
-        .await
-        .unwrap();
+        gpupool_e2e::wait_member_ready(&hub, &format!("member-{i}"), 30)
+            .await
+            .unwrap();
     }
     (fed, op)
 }
@@ -73,6 +63,29 @@ async fn member_pods(fed: &Federation, i: usize, selector: &str) -> Vec<Pod> {
         .await
         .unwrap()
         .items
+}
+
+/// Applies `deploy/examples/<file>` on the hub with kubectl and waits for the `pods` pods of
+/// job `job` to exist in member `i`; returns them.
+async fn apply_example(
+    fed: &Federation,
+    kubectl: &gpupool_e2e::Kubectl,
+    file: &str,
+    i: usize,
+    job: &str,
+    pods: usize,
+) -> Vec<Pod> {
+    let path = repo_root().join("deploy/examples").join(file);
+    kubectl
+        .ok(&["apply", "-f", path.to_str().unwrap()])
+        .unwrap();
+    let selector = format!("gpupool.io/job-name={job}");
+    eventually(30, &format!("{pods} pods of {job}"), || async {
+        let p = member_pods(fed, i, &selector).await;
+        Ok((p.len() == pods).then_some(p))
+    })
+    .await
+    .unwrap()
 }
 
 fn gpu_uuids(p: &Pod) -> Vec<String> {
@@ -228,22 +241,7 @@ async fn jobs_land_on_the_right_gpus_never_share_them_and_are_cleaned_up() {
     .unwrap();
 
     // 2. The training example: 2 workers x 4 H100, NVLink required → member-1's DGX H100.
-    kubectl
-        .ok(&[
-            "apply",
-            "-f",
-            repo_root()
-                .join("deploy/examples/training-gpt.yaml")
-                .to_str()
-                .unwrap(),
-        ])
-        .unwrap();
-    let pods = eventually(30, "gpt-pretrain workers", || async {
-        let p = member_pods(&fed, 0, "gpupool.io/job-name=gpt-pretrain").await;
-        Ok((p.len() == 2).then_some(p))
-    })
-    .await
-    .unwrap();
+    let pods = apply_example(&fed, &kubectl, "training-gpt.yaml", 0, "gpt-pretrain", 2).await;
     let mut seen = BTreeSet::new();
     for p in &pods {
         assert_eq!(node_of(p), "dgx-h100-0");
@@ -257,15 +255,9 @@ async fn jobs_land_on_the_right_gpus_never_share_them_and_are_cleaned_up() {
         );
     }
     assert_eq!(seen.len(), 8, "workers share GPUs");
-    let job = eventually(30, "gpt-pretrain Running", || async {
-        let j = tjs.get("gpt-pretrain").await?;
-        Ok(j.status
-            .clone()
-            .filter(|s| s.phase == TrainingPhase::Running)
-            .map(|_| j))
-    })
-    .await
-    .unwrap();
+    let job = gpupool_e2e::wait_training_phase(&tjs, "gpt-pretrain", TrainingPhase::Running, 30)
+        .await
+        .unwrap();
     assert_eq!(
         job.status.as_ref().unwrap().cluster.as_deref(),
         Some("member-1")
@@ -286,22 +278,7 @@ async fn jobs_land_on_the_right_gpus_never_share_them_and_are_cleaned_up() {
     .unwrap();
 
     // 3. The inference example: 3 replicas x 2 GPUs, preferred NVLink → bridged A100 pairs.
-    kubectl
-        .ok(&[
-            "apply",
-            "-f",
-            repo_root()
-                .join("deploy/examples/inference-llama.yaml")
-                .to_str()
-                .unwrap(),
-        ])
-        .unwrap();
-    let pods = eventually(30, "llama replicas", || async {
-        let p = member_pods(&fed, 1, "gpupool.io/job-name=llama-serve").await;
-        Ok((p.len() == 3).then_some(p))
-    })
-    .await
-    .unwrap();
+    let pods = apply_example(&fed, &kubectl, "inference-llama.yaml", 1, "llama-serve", 3).await;
     for p in &pods {
         let node = node_of(p);
         assert!(node.starts_with("pcie-a100-"), "replica on {node}");
@@ -503,12 +480,12 @@ async fn lost_member(kind: MemberKind) {
     )
     .await
     .unwrap();
-    let first = eventually(30, "gang running", || async {
-        let st = tjs.get("gang").await?.status.unwrap_or_default();
-        Ok((st.phase == TrainingPhase::Running).then(|| st.cluster.clone().unwrap()))
-    })
-    .await
-    .unwrap();
+    let first = gpupool_e2e::wait_training_phase(&tjs, "gang", TrainingPhase::Running, 30)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.cluster)
+        .unwrap();
     let lost_ix = if first == "member-1" { 0 } else { 1 };
     // A job pinned to that member with no restarts allowed: it must fail when the member is lost,
     // and its pods there must go when the member comes back.
@@ -842,12 +819,12 @@ async fn a_cordoned_member_keeps_its_jobs_and_a_removed_one_is_drained() {
     )
     .await
     .unwrap();
-    let first = eventually(30, "gang running", || async {
-        let st = tjs.get("gang").await?.status.unwrap_or_default();
-        Ok((st.phase == TrainingPhase::Running).then(|| st.cluster.clone().unwrap()))
-    })
-    .await
-    .unwrap();
+    let first = gpupool_e2e::wait_training_phase(&tjs, "gang", TrainingPhase::Running, 30)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.cluster)
+        .unwrap();
     let (ix, other) = if first == "member-1" {
         (0, "member-2")
     } else {

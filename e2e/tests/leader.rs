@@ -27,32 +27,14 @@ async fn only_one_replica_leads_and_the_other_takes_over() {
     let b = spawn("replica-b");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(leaders.load(Ordering::SeqCst), 1, "exactly one leader");
-    let lease = cp
-        .kubectl()
-        .ok(&[
-            "get",
-            "lease",
-            "gpupool-operator",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ])
-        .unwrap();
+    let lease = cp.kubectl().lease_holder("gpupool-operator").unwrap();
     assert_eq!(lease, "replica-a");
 
     // The leader dies; its lease expires (15 s) and the other replica takes over.
     a.abort();
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     loop {
-        let holder = cp
-            .kubectl()
-            .ok(&[
-                "get",
-                "lease",
-                "gpupool-operator",
-                "-o",
-                "jsonpath={.spec.holderIdentity}",
-            ])
-            .unwrap();
+        let holder = cp.kubectl().lease_holder("gpupool-operator").unwrap();
         if holder == "replica-b" {
             break;
         }

@@ -47,23 +47,11 @@ async fn setup(members: usize, grace: u64) -> (Federation, Operator) {
     }
     let op = Operator::start(hub.clone(), Operator::test_config(grace));
     for i in 1..=members {
-        wait_member_ready(&hub, &format!("member-{i}")).await;
+        gpupool_e2e::wait_member_ready(&hub, &format!("member-{i}"), 60)
+            .await
+            .unwrap();
     }
     (fed, op)
-}
-
-async fn wait_member_ready(hub: &kube::Client, name: &str) {
-    let mcs: Api<MemberCluster> = Api::all(hub.clone());
-    eventually(60, &format!("{name} Ready"), || async {
-        let st = mcs.get(name).await?.status.unwrap_or_default();
-        let ready = st
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        Ok((ready && st.capacity.gpus_total > 0).then_some(()))
-    })
-    .await
-    .unwrap();
 }
 
 fn ij(name: &str, replicas: i32, image: &str, rollout: &str) -> InferenceJob {
@@ -271,6 +259,17 @@ async fn roll(fed: &Federation, name: &str) -> (usize, usize) {
             .all(|g| Some(&g.revision) == done.revision.as_ref()),
         "{done:?}"
     );
+    // The replaced replicas stay in the status with the instant they left, so that the meter
+    // pays their pods up to then (and no longer).
+    let past: BTreeSet<i32> = done.past_placements.iter().map(|p| p.index).collect();
+    assert_eq!(past, BTreeSet::from([0, 1, 2]), "{done:?}");
+    assert!(
+        done.past_placements
+            .iter()
+            .all(|p| Some(&p.gpus.revision) != done.revision.as_ref()
+                && p.until.0 <= k8s_openapi::jiff::Timestamp::now()),
+        "{done:?}"
+    );
     let events = eventually(30, "RolloutComplete event", || async {
         let ev = events_of(&hub, name).await;
         Ok(ev
@@ -447,12 +446,12 @@ async fn a_member_removed_while_unreachable_is_swept_when_it_joins_again() {
     )
     .unwrap();
     tjs.create(&PostParams::default(), &gang).await.unwrap();
-    let first = eventually(60, "gang running", || async {
-        let st = tjs.get("gang").await?.status.unwrap_or_default();
-        Ok((st.phase == TrainingPhase::Running).then(|| st.cluster.clone().unwrap()))
-    })
-    .await
-    .unwrap();
+    let first = gpupool_e2e::wait_training_phase(&tjs, "gang", TrainingPhase::Running, 60)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.cluster)
+        .unwrap();
     let (ix, other) = if first == "member-1" {
         (0, "member-2")
     } else {
@@ -544,7 +543,9 @@ async fn a_member_removed_while_unreachable_is_swept_when_it_joins_again() {
     )
     .await
     .unwrap();
-    wait_member_ready(&hub, "member-again").await;
+    gpupool_e2e::wait_member_ready(&hub, "member-again", 60)
+        .await
+        .unwrap();
     eventually(60, "leftovers swept and the record gone", || async {
         let (pods, svcs) = leftovers(&member, &uids).await?;
         let record = records

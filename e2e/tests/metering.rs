@@ -4,7 +4,7 @@
 //! double-mints nor loses usage.
 
 use futures::future::BoxFuture;
-use gpupool::api::{TrainingJob, UsageRecord, UsageState};
+use gpupool::api::{TrainingJob, UsageState};
 use gpupool::cli::earnings::{Selector, earnings_report, format_report};
 use gpupool::ledger::embedded::DEMO_RATES;
 use gpupool::ledger::{
@@ -12,7 +12,7 @@ use gpupool::ledger::{
     Transaction,
 };
 use gpupool::metering::{MemberRef, MeterConfig, SettleConfig, meter_once, settle_once};
-use gpupool_e2e::{Federation, GpuNode, register_member};
+use gpupool_e2e::{Federation, GpuNode, record_state, register_member, usage_records};
 use gpupool_ledger::error::LedgerError;
 use gpupool_ledger::state;
 use gpupool_ledger_svm as svm;
@@ -140,16 +140,12 @@ async fn finished_pods_gpu_seconds(member: &Client) -> Option<i64> {
     Some(total)
 }
 
-async fn records(hub: &Client) -> Vec<UsageRecord> {
-    Api::<UsageRecord>::all(hub.clone())
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-}
-
-fn state_of(r: &UsageRecord) -> UsageState {
-    r.status.as_ref().map(|s| s.state).unwrap_or_default()
+/// The finished pods' GPU-seconds, once every usage record on the hub is `Settled`.
+async fn settled_total(s: &Setup) -> Option<i64> {
+    let expected = finished_pods_gpu_seconds(&s.member).await?;
+    let recs = usage_records(&s.hub).await.unwrap();
+    (!recs.is_empty() && recs.iter().all(|r| record_state(r) == UsageState::Settled))
+        .then_some(expected)
 }
 
 struct Setup {
@@ -239,15 +235,15 @@ async fn meter_until_final(s: &Setup, cfg: &MeterConfig) -> i64 {
         );
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         if let Some(expected) = finished_pods_gpu_seconds(&s.member).await {
-            let recs = records(&s.hub).await;
-            if !recs.is_empty() && recs.iter().all(|r| state_of(r) != UsageState::Open) {
+            let recs = usage_records(&s.hub).await.unwrap();
+            if !recs.is_empty() && recs.iter().all(|r| record_state(r) != UsageState::Open) {
                 return expected;
             }
         }
         assert!(
             Instant::now() < deadline,
             "records never became final: {:#?}",
-            records(&s.hub).await
+            usage_records(&s.hub).await.unwrap()
         );
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
@@ -284,16 +280,13 @@ async fn pods_are_metered_recorded_and_settled_exactly_once() {
         sent += r.batches_sent;
         settled += r.settled;
         minted += r.tokens_minted;
-        if let Some(expected) = finished_pods_gpu_seconds(&s.member).await {
-            let recs = records(&s.hub).await;
-            if !recs.is_empty() && recs.iter().all(|r| state_of(r) == UsageState::Settled) {
-                break expected;
-            }
+        if let Some(expected) = settled_total(&s).await {
+            break expected;
         }
         assert!(
             Instant::now() < deadline,
             "not all settled: {:#?}",
-            records(&s.hub).await
+            usage_records(&s.hub).await.unwrap()
         );
         tokio::time::sleep(Duration::from_millis(700)).await;
     };
@@ -302,7 +295,7 @@ async fn pods_are_metered_recorded_and_settled_exactly_once() {
         .await
         .unwrap();
 
-    let recs = records(&s.hub).await;
+    let recs = usage_records(&s.hub).await.unwrap();
     let total: i64 = recs.iter().map(|r| r.spec.gpu_seconds).sum();
     let rate = DEMO_RATES[H100_CLASS];
     let expected_tokens: u64 = recs
@@ -509,7 +502,7 @@ async fn settler_crash_between_send_and_mark_neither_double_mints_nor_loses_usag
     };
     let scfg = SettleConfig::default();
     let expected = meter_until_final(&s, &mcfg).await;
-    let recs = records(&s.hub).await;
+    let recs = usage_records(&s.hub).await.unwrap();
     let n = recs.len();
     let total: i64 = recs.iter().map(|r| r.spec.gpu_seconds).sum();
     assert_eq!(total, expected);
@@ -531,8 +524,8 @@ async fn settler_crash_between_send_and_mark_neither_double_mints_nor_loses_usag
         "{r:?}"
     );
     assert_eq!(bal(), 0);
-    let recs = records(&s.hub).await;
-    assert!(recs.iter().all(|r| state_of(r) == UsageState::Final));
+    let recs = usage_records(&s.hub).await.unwrap();
+    assert!(recs.iter().all(|r| record_state(r) == UsageState::Final));
     assert!(
         recs.iter()
             .all(|r| r.status.as_ref().unwrap().attempts == Some(1))
@@ -548,9 +541,9 @@ async fn settler_crash_between_send_and_mark_neither_double_mints_nor_loses_usag
     );
     assert_eq!((r.settled, r.send_failures), (0, n), "{r:?}");
     assert_eq!(bal(), tokens, "paid once");
-    let recs = records(&s.hub).await;
+    let recs = usage_records(&s.hub).await.unwrap();
     assert!(
-        recs.iter().all(|r| state_of(r) == UsageState::Final),
+        recs.iter().all(|r| record_state(r) == UsageState::Final),
         "not marked: the crash came first"
     );
 
@@ -566,7 +559,7 @@ async fn settler_crash_between_send_and_mark_neither_double_mints_nor_loses_usag
     assert_eq!(r.gpu_seconds_settled, total as u64);
     assert_eq!(bal(), tokens, "retry did not mint again");
     assert_eq!(s.chain.mint_supply(&s.pool.mint), tokens);
-    let recs = records(&s.hub).await;
+    let recs = usage_records(&s.hub).await.unwrap();
     for r in &recs {
         let st = r.status.as_ref().unwrap();
         assert_eq!(st.state, UsageState::Settled);
@@ -667,7 +660,7 @@ async fn records_are_settled_only_once_their_receipts_are_finalized() {
         ..Default::default()
     };
     let expected = meter_until_final(&s, &mcfg).await;
-    let n = records(&s.hub).await.len();
+    let n = usage_records(&s.hub).await.unwrap().len();
     // Sent and confirmed, not finalized: still Final, with the signature noted; a second pass
     // neither resends nor settles.
     for _ in 0..2 {
@@ -681,8 +674,8 @@ async fn records_are_settled_only_once_their_receipts_are_finalized() {
             "{r:?}"
         );
     }
-    let recs = records(&s.hub).await;
-    assert!(recs.iter().all(|r| state_of(r) == UsageState::Final));
+    let recs = usage_records(&s.hub).await.unwrap();
+    assert!(recs.iter().all(|r| record_state(r) == UsageState::Final));
     assert!(
         recs.iter()
             .all(|r| r.status.as_ref().unwrap().signature.is_some())
@@ -695,8 +688,8 @@ async fn records_are_settled_only_once_their_receipts_are_finalized() {
         .await
         .unwrap();
     assert_eq!((r.reconciled, r.batches_sent), (n, 0), "{r:?}");
-    let recs = records(&s.hub).await;
-    assert!(recs.iter().all(|r| state_of(r) == UsageState::Settled));
+    let recs = usage_records(&s.hub).await.unwrap();
+    assert!(recs.iter().all(|r| record_state(r) == UsageState::Settled));
     assert!(
         recs.iter()
             .all(|r| r.status.as_ref().unwrap().signature.is_some())
@@ -730,16 +723,13 @@ async fn settles_through_json_rpc_and_the_owner_cli_reads_it() {
             .await
             .unwrap();
         assert!(r.errors.is_empty() && r.send_failures == 0, "{r:?}");
-        if let Some(expected) = finished_pods_gpu_seconds(&s.member).await {
-            let recs = records(&s.hub).await;
-            if !recs.is_empty() && recs.iter().all(|r| state_of(r) == UsageState::Settled) {
-                break expected;
-            }
+        if let Some(expected) = settled_total(&s).await {
+            break expected;
         }
         assert!(
             Instant::now() < deadline,
             "not settled: {:#?}",
-            records(&s.hub).await
+            usage_records(&s.hub).await.unwrap()
         );
         tokio::time::sleep(Duration::from_millis(700)).await;
     };
@@ -751,7 +741,7 @@ async fn settles_through_json_rpc_and_the_owner_cli_reads_it() {
     assert_eq!(s.chain.mint_supply(&s.pool.mint), tokens);
 
     // A replayed record over RPC is refused by the program with ReceiptAlreadyExists.
-    let rec = records(&s.hub).await.remove(0);
+    let rec = usage_records(&s.hub).await.unwrap().remove(0);
     let uid = state::parse_job_uid(&rec.spec.job_uid).unwrap();
     let cluster_id = s.cluster_id;
     let ix = gpupool_ledger::instruction::record_usage(

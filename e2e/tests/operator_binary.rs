@@ -97,13 +97,7 @@ async fn two_replicas_one_leader_metrics_and_member_status() {
     let holder = eventually(30, "a lease holder", || async {
         let h = cp
             .kubectl()
-            .ok(&[
-                "get",
-                "lease",
-                "gpupool-operator",
-                "-o",
-                "jsonpath={.spec.holderIdentity}",
-            ])
+            .lease_holder("gpupool-operator")
             .unwrap_or_default();
         Ok((!h.is_empty()).then_some(h))
     })

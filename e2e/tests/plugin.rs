@@ -2,7 +2,7 @@
 //! placing jobs, and the plugin binary (run by kubectl itself, found on PATH as kubectl-gpupool)
 //! explaining a job that cannot fit, showing where a placed job's GPUs are, and listing members.
 
-use gpupool::api::{MemberCluster, TrainingJob};
+use gpupool::api::TrainingJob;
 use gpupool_e2e::{
     Federation, GpuNode, Operator, Tools, eventually, operator_bin, publish_fixture,
     register_member,
@@ -71,18 +71,10 @@ async fn why_where_and_members_answer_from_the_hub() {
             .unwrap();
     }
     let op = Operator::start(hub.clone(), Operator::test_config(30));
-    let mcs: Api<MemberCluster> = Api::all(hub.clone());
     for name in ["member-1", "member-2"] {
-        eventually(60, &format!("{name} Ready"), || async {
-            let st = mcs.get(name).await?.status.unwrap_or_default();
-            let ready = st
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            Ok((ready && st.capacity.gpus_total > 0).then_some(()))
-        })
-        .await
-        .unwrap();
+        gpupool_e2e::wait_member_ready(&hub, name, 60)
+            .await
+            .unwrap();
     }
 
     // members: both, with their capacity and owners.

@@ -117,6 +117,19 @@ fn code(e: &kube::Error) -> u16 {
     }
 }
 
+/// Waits up to `secs` seconds until the hub refuses (401) a client holding the join token of
+/// request `id` (`what`: why it must be refused).
+async fn token_refused(client: &kube::Client, id: &str, secs: u64, what: &str) {
+    eventually(secs, &format!("{what} join token refused"), || async {
+        let r = Api::<JoinRequest>::namespaced(client.clone(), names::JOIN_NAMESPACE)
+            .get(id)
+            .await;
+        Ok(matches!(r, Err(kube::Error::Api(e)) if e.code == 401).then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
 async fn join_phase(hub: &kube::Client, id: &str) -> Option<JoinPhase> {
     Api::<JoinRequest>::namespaced(hub.clone(), names::JOIN_NAMESPACE)
         .get_opt(id)
@@ -236,14 +249,7 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
     );
     // The join token is spent.
     let spent = hub::client(&endpoint, &token.token).await.unwrap();
-    eventually(10, "spent join token refused", || async {
-        let r = Api::<JoinRequest>::namespaced(spent.clone(), names::JOIN_NAMESPACE)
-            .get(&token.id)
-            .await;
-        Ok(matches!(r, Err(kube::Error::Api(e)) if e.code == 401).then_some(()))
-    })
-    .await
-    .unwrap();
+    token_refused(&spent, &token.id, 10, "spent").await;
 
     // --- Heartbeat Lease renewed.
     let first = renew_time(&hub, &ns).await.unwrap();
@@ -533,14 +539,7 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
         .await
         .unwrap();
     let expired_client = hub::client(&endpoint, &expiring.token).await.unwrap();
-    eventually(30, "expired join token refused", || async {
-        let r = Api::<JoinRequest>::namespaced(expired_client.clone(), names::JOIN_NAMESPACE)
-            .get(&expiring.id)
-            .await;
-        Ok(matches!(r, Err(kube::Error::Api(e)) if e.code == 401).then_some(()))
-    })
-    .await
-    .unwrap();
+    token_refused(&expired_client, &expiring.id, 30, "expired").await;
     let dup = join::token::create(&hub, Duration::from_secs(3600), None)
         .await
         .unwrap();
@@ -810,15 +809,6 @@ fn training_job(name: &str, gpus: i32, selector: Option<(&str, &str)>) -> Traini
     j
 }
 
-fn ready_with_gpus(mc: &MemberCluster) -> bool {
-    let st = mc.status.clone().unwrap_or_default();
-    st.capacity.gpus_total > 0
-        && st
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
 fn is_ready(mc: &MemberCluster, want: bool) -> bool {
     mc.status.as_ref().is_some_and(|s| {
         s.conditions
@@ -909,10 +899,18 @@ async fn the_scheduler_places_on_pull_members_like_on_push_members() {
     assert_eq!(ready_cond.reason, "NotApproved", "{ready_cond:?}");
     gpupool_cli(&fed, &["approve", MEMBER]);
     eventually(90, "pull member Ready with its GPUs", || async {
-        Ok(ready_with_gpus(&mcs.get(MEMBER).await?).then_some(()))
+        Ok(gpupool_e2e::ready_with_gpus(&mcs.get(MEMBER).await?).then_some(()))
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    // The hub's verdict on the agent's report: it is the cluster the member joined as.
+    let reports = Api::<MemberReport>::namespaced(hub.clone(), &names::member_namespace(MEMBER));
+    let verdict = eventually(30, "the agent's report accepted", || async {
+        Ok(reports.get(MEMBER).await?.status)
+    })
+    .await
+    .unwrap();
+    assert_eq!((verdict.accepted, verdict.message), (Some(true), None));
     let view = op.ctx.registry.get(MEMBER).await.unwrap();
     assert!(
         matches!(
@@ -999,7 +997,7 @@ async fn the_scheduler_places_on_pull_members_like_on_push_members() {
         .await
         .unwrap();
     eventually(60, "push member Ready", || async {
-        Ok(ready_with_gpus(&mcs.get("push-1").await?).then_some(()))
+        Ok(gpupool_e2e::ready_with_gpus(&mcs.get("push-1").await?).then_some(()))
     })
     .await
     .unwrap();
@@ -1103,6 +1101,41 @@ async fn the_scheduler_places_on_pull_members_like_on_push_members() {
         1,
         "nothing reached the member while its agent was away"
     );
+
+    // --- A report naming another cluster (newer than the agent's last) is refused, and said so.
+    let mut forged = reports.get(MEMBER).await.unwrap();
+    forged.metadata = kube::api::ObjectMeta {
+        name: Some("forged".into()),
+        namespace: Some(names::member_namespace(MEMBER)),
+        ..Default::default()
+    };
+    forged.status = None;
+    forged.spec.cluster_id = "another-cluster".into();
+    forged.spec.report_time =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    reports
+        .create(&PostParams::default(), &forged)
+        .await
+        .unwrap();
+    let refused = eventually(30, "the forged report refused", || async {
+        Ok(reports
+            .get("forged")
+            .await?
+            .status
+            .filter(|s| s.accepted == Some(false)))
+    })
+    .await
+    .unwrap();
+    let msg = refused.message.unwrap_or_default();
+    assert!(
+        msg.contains("another-cluster")
+            && msg.contains(&join::member_identity(&member).await.unwrap()),
+        "{msg}"
+    );
+    reports
+        .delete("forged", &DeleteParams::default())
+        .await
+        .unwrap();
 
     // --- The agent comes back (with the credential it keeps in the member): stale work is swept.
     let agent = Agent::start(&fed, None, MEMBER, "gpupool-system");

@@ -14,7 +14,10 @@ use gpupool::metering::runner::surface;
 use gpupool::metering::settle::Alert;
 use gpupool::metering::{MemberRef, MeterConfig, SettleConfig, meter_once, settle_once};
 use gpupool::metrics::Metrics;
-use gpupool_e2e::{ControlPlane, Federation, GpuNode, Tools, install_crds, register_member};
+use gpupool_e2e::{
+    ControlPlane, Federation, GpuNode, Tools, install_crds, record_state, register_member,
+    usage_records,
+};
 use gpupool_ledger::instruction as ix;
 use gpupool_ledger::state;
 use gpupool_ledger_svm as svm;
@@ -64,9 +67,31 @@ async fn place(hub: &Client, job: &TrainingJob, workers: usize) {
         .unwrap();
 }
 
-/// A gpupool-labelled pod in the member, as its admin may write one.
+/// A gpupool-labelled pod of a TrainingJob in the member, as its admin may write one.
 async fn pod(
     member: &Client,
+    name: &str,
+    job_name: &str,
+    job_uid: &str,
+    gpu_uuids: &[String],
+    run: &str,
+) {
+    kind_pod(
+        member,
+        "TrainingJob",
+        name,
+        job_name,
+        job_uid,
+        gpu_uuids,
+        run,
+    )
+    .await
+}
+
+/// A gpupool-labelled pod of a `kind` job in the member, running for `run`.
+async fn kind_pod(
+    member: &Client,
+    kind: &str,
     name: &str,
     job_name: &str,
     job_uid: &str,
@@ -78,7 +103,7 @@ async fn pod(
             "name": name, "namespace": "default",
             "labels": {
                 "app.kubernetes.io/managed-by": "gpupool",
-                "gpupool.io/job-kind": "TrainingJob",
+                "gpupool.io/job-kind": kind,
                 "gpupool.io/job-namespace": "default",
                 "gpupool.io/job-name": job_name,
                 "gpupool.io/job-uid": job_uid,
@@ -98,18 +123,6 @@ async fn pod(
         .create(&PostParams::default(), &p)
         .await
         .unwrap();
-}
-
-async fn records(hub: &Client) -> Vec<UsageRecord> {
-    Api::<UsageRecord>::all(hub.clone())
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-}
-
-fn state_of(r: &UsageRecord) -> UsageState {
-    r.status.as_ref().map(|s| s.state).unwrap_or_default()
 }
 
 async fn kube_system_uid(client: &Client) -> String {
@@ -173,6 +186,17 @@ async fn world() -> World {
 }
 
 impl World {
+    /// A one-worker job `name` placed on member-1, and its worker pod `<name>-w0` on two GPUs,
+    /// running for `run` (e.g. `3s`).
+    async fn one_worker_job(&self, name: &str, run: &str) -> TrainingJob {
+        let job = create_job(&self.hub, name, 1).await;
+        place(&self.hub, &job, 1).await;
+        let worker = format!("{name}-w0");
+        let uid = job.uid().unwrap();
+        pod(&self.member, &worker, name, &uid, &uuids(&worker, 2), run).await;
+        job
+    }
+
     fn member_ref(&self, name: &str) -> MemberRef {
         MemberRef {
             name: name.into(),
@@ -216,10 +240,10 @@ impl World {
                 assert!(r.errors.is_empty(), "{r:?}");
                 alerts.extend(r.alerts);
             }
-            let recs = records(&self.hub).await;
+            let recs = usage_records(&self.hub).await.unwrap();
             if all_pods_done(&self.member).await
                 && !recs.is_empty()
-                && recs.iter().all(|r| state_of(r) != UsageState::Open)
+                && recs.iter().all(|r| record_state(r) != UsageState::Open)
             {
                 return alerts;
             }
@@ -300,10 +324,11 @@ async fn member_admin_forgeries_are_not_paid() {
         .await;
     // Settle what is final.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while records(&w.hub)
+    while usage_records(&w.hub)
         .await
+        .unwrap()
         .iter()
-        .any(|r| state_of(r) == UsageState::Final && r.spec.gpu_seconds > 0)
+        .any(|r| record_state(r) == UsageState::Final && r.spec.gpu_seconds > 0)
     {
         settle_once(&w.hub, &ledger, &SettleConfig::default())
             .await
@@ -311,8 +336,9 @@ async fn member_admin_forgeries_are_not_paid() {
         assert!(
             Instant::now() < deadline,
             "not settled: {:#?}",
-            records(&w.hub)
+            usage_records(&w.hub)
                 .await
+                .unwrap()
                 .iter()
                 .map(|r| (r.name_any(), r.spec.gpu_seconds, r.status.clone()))
                 .collect::<Vec<_>>()
@@ -320,7 +346,7 @@ async fn member_admin_forgeries_are_not_paid() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    let recs = records(&w.hub).await;
+    let recs = usage_records(&w.hub).await.unwrap();
     // No record for the invented job.
     assert!(recs.iter().all(|r| r.spec.job_uid == uid), "{recs:#?}");
     let paid: i64 = recs.iter().map(|r| r.spec.gpu_seconds).sum();
@@ -358,7 +384,7 @@ async fn member_admin_forgeries_are_not_paid() {
     // annotations.
     let chain_paid: u64 = recs
         .iter()
-        .filter(|r| state_of(r) == UsageState::Settled)
+        .filter(|r| record_state(r) == UsageState::Settled)
         .map(|r| r.status.as_ref().unwrap().amount.unwrap() as u64)
         .sum();
     assert_eq!(w.minted(), chain_paid);
@@ -433,17 +459,7 @@ async fn squatted_registration_and_double_join_are_not_paid() {
     )
     .await
     .unwrap();
-    let job = create_job(&w.hub, "real", 1).await;
-    place(&w.hub, &job, 1).await;
-    pod(
-        &w.member,
-        "real-w0",
-        "real",
-        &job.uid().unwrap(),
-        &uuids("real-w0", 2),
-        "3s",
-    )
-    .await;
+    w.one_worker_job("real", "3s").await;
     let ledger = w.ledger();
     // Both MemberClusters record the same kube-system UID; the younger one is the duplicate.
     let members = [w.member_ref("member-1"), w.member_ref("member-1-again")];
@@ -472,9 +488,9 @@ async fn squatted_registration_and_double_join_are_not_paid() {
     );
     assert_eq!(w.minted(), 0, "nothing paid to the squatter");
     assert_eq!(w.chain.wallet_balance(&squatter.pubkey(), &w.pool.mint), 0);
-    let recs = records(&w.hub).await;
+    let recs = usage_records(&w.hub).await.unwrap();
     assert!(
-        recs.iter().all(|r| state_of(r) == UsageState::Final),
+        recs.iter().all(|r| record_state(r) == UsageState::Final),
         "{recs:#?}"
     );
 
@@ -496,10 +512,10 @@ async fn squatted_registration_and_double_join_are_not_paid() {
         .await
         .unwrap();
     assert!(r.errors.is_empty(), "{r:?}");
-    let recs = records(&w.hub).await;
+    let recs = usage_records(&w.hub).await.unwrap();
     let settled: Vec<_> = recs
         .iter()
-        .filter(|r| state_of(r) == UsageState::Settled)
+        .filter(|r| record_state(r) == UsageState::Settled)
         .collect();
     assert!(!settled.is_empty());
     assert!(settled.iter().all(|r| r.spec.cluster == "member-1"));
@@ -507,7 +523,7 @@ async fn squatted_registration_and_double_join_are_not_paid() {
     assert!(
         recs.iter()
             .filter(|r| r.spec.cluster == "member-1-again")
-            .all(|r| state_of(r) == UsageState::Final),
+            .all(|r| record_state(r) == UsageState::Final),
         "{recs:#?}"
     );
     let balance = w.chain.wallet_balance(&w.owner.pubkey(), &w.pool.mint);
@@ -783,7 +799,7 @@ async fn a_finish_time_moved_later_is_not_paid_past_what_the_hub_saw() {
         assert!(r.errors.is_empty() && r.member_errors.is_empty(), "{r:?}");
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    let recs = records(&w.hub).await;
+    let recs = usage_records(&w.hub).await.unwrap();
     let (paid, unpaid) = paid_and_unpaid(&recs, "fin-w0");
     let bound = 2 * (seen_end + 1 - created(&job));
     println!("paid {paid} GPU-s (bound {bound}), unpaid {unpaid} GPU-s");
@@ -802,18 +818,8 @@ async fn a_finish_time_moved_later_is_not_paid_past_what_the_hub_saw() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_earlier_gang_placement_is_paid_for_the_time_it_was_current() {
     let w = world().await;
-    let job = create_job(&w.hub, "gang", 1).await;
-    place(&w.hub, &job, 1).await;
+    let job = w.one_worker_job("gang", "6s").await;
     let uid = job.uid().unwrap();
-    pod(
-        &w.member,
-        "gang-w0",
-        "gang",
-        &uid,
-        &uuids("gang-w0", 2),
-        "6s",
-    )
-    .await;
     let pods: Api<Pod> = Api::namespaced(w.member.clone(), "default");
     gpupool_e2e::eventually(30, "the first worker to run", || {
         let pods = pods.clone();
@@ -857,7 +863,7 @@ async fn an_earlier_gang_placement_is_paid_for_the_time_it_was_current() {
     )
     .await;
     w.run_until_final(&[w.member_ref("member-1")], None).await;
-    let recs = records(&w.hub).await;
+    let recs = usage_records(&w.hub).await.unwrap();
     let (old_paid, _) = paid_and_unpaid(&recs, "gang-w0");
     let (new_paid, unpaid) = paid_and_unpaid(&recs, "gang-new-w0");
     let restart = restart.as_second();
@@ -872,6 +878,110 @@ async fn an_earlier_gang_placement_is_paid_for_the_time_it_was_current() {
         unpaid > 0,
         "the old pod's run after the restart is not paid"
     );
+    drop(w.fed);
+}
+
+/// An inference replica replaced by one on other GPUs (as in a rollout): the old replica's pod
+/// is paid up to the instant its placement left the job's status, though the meter last saw it
+/// placed earlier; what it ran after that is not paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_inference_replica_is_paid_until_it_left_the_placements() {
+    let w = world().await;
+    let ij: gpupool::api::InferenceJob = serde_json::from_value(json!({
+        "apiVersion": "gpupool.io/v1alpha1", "kind": "InferenceJob",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"template": {"spec": {"containers": [{"name": "srv", "image": "ghcr.io/example/srv:1"}]}},
+                 "replicas": 1, "gpusPerReplica": 2}
+    }))
+    .unwrap();
+    let ijs: Api<gpupool::api::InferenceJob> = Api::namespaced(w.hub.clone(), "default");
+    let job = ijs.create(&PostParams::default(), &ij).await.unwrap();
+    let uid = job.uid().unwrap();
+    let placement = |pod: &str, revision: &str| {
+        json!([{"cluster": "member-1", "replicas": [0], "readyReplicas": 1,
+                "gpus": [{"node": NODE, "gpuUuids": uuids(pod, 2), "score": 0,
+                          "revision": revision, "ready": true}]}])
+    };
+    ijs.patch_status(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": {"placements": placement("web-r0", "r1")}})),
+    )
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(w.member.clone(), "default");
+    kind_pod(
+        &w.member,
+        "InferenceJob",
+        "web-r0",
+        "web",
+        &uid,
+        &uuids("web-r0", 2),
+        "15s",
+    )
+    .await;
+    let old_run = gpupool_e2e::eventually(30, "the old replica to run", || {
+        let pods = pods.clone();
+        async move { Ok(gpupool::metering::pod_run(&pods.get("web-r0").await?)) }
+    })
+    .await
+    .unwrap();
+    // A metering pass sees it placed; then it runs on for a while before it is replaced.
+    let members = [w.member_ref("member-1")];
+    let cfg = MeterConfig {
+        period_seconds: 2,
+        finalize_delay_seconds: 1,
+        ..Default::default()
+    };
+    meter_once(&w.hub, &members, Timestamp::now(), &cfg)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Replaced, as the InferenceJob controller records it.
+    let before = ijs.get("web").await.unwrap().status.unwrap();
+    let mut st = before.clone();
+    st.placements = serde_json::from_value(placement("web-r0-new", "r2")).unwrap();
+    let until = Timestamp::now();
+    st.retire_replicas(
+        &before.placements,
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(until),
+        1,
+    );
+    ijs.patch_status(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "status": st })),
+    )
+    .await
+    .unwrap();
+    let stored = ijs.get("web").await.unwrap().status.unwrap();
+    assert_eq!(stored.past_placements.len(), 1, "{stored:?}");
+    let new_pod = uuids("web-r0-new", 2);
+    kind_pod(
+        &w.member,
+        "InferenceJob",
+        "web-r0-new",
+        "web",
+        &uid,
+        &new_pod,
+        "2s",
+    )
+    .await;
+    w.run_until_final(&members, None).await;
+    let recs = usage_records(&w.hub).await.unwrap();
+    let (old_paid, unpaid) = paid_and_unpaid(&recs, "web-r0");
+    let (new_paid, _) = paid_and_unpaid(&recs, "web-r0-new");
+    let ran_placed = until.as_second() - old_run.start;
+    println!(
+        "old replica paid {old_paid} GPU-s for {ran_placed} s placed, new {new_paid} GPU-s, unpaid {unpaid} GPU-s"
+    );
+    assert_eq!(
+        old_paid,
+        2 * ran_placed,
+        "the old replica is paid exactly for the time it was placed: {recs:#?}"
+    );
+    assert!(new_paid > 0, "{recs:#?}");
+    assert!(unpaid > 0, "its run after it was replaced is not paid");
     drop(w.fed);
 }
 
@@ -923,6 +1033,16 @@ async fn a_push_member_joined_twice_gets_no_work() {
     .await
     .unwrap();
     assert!(dup.message.contains("member-1"), "{dup:?}");
+    // The identity check reads the other members from the controller's watch: heartbeats
+    // (1 s each, two members) LIST no MemberClusters (a relist of the watch would be one).
+    let lists = || gpupool_e2e::api_requests(&w.hub, "LIST", "memberclusters");
+    let before = lists().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let listed = lists().await.unwrap() - before;
+    assert!(
+        listed <= 1.0,
+        "{listed} LISTs of MemberClusters in 5 s of heartbeats"
+    );
     let uid = kube_system_uid(&w.member).await;
     for name in ["member-1", "a-second-join"] {
         assert_eq!(
@@ -986,25 +1106,16 @@ async fn receipts_past_the_horizon_are_closed_and_cannot_be_replayed() {
     w.chain
         .register_cluster(&w.pool, &w.owner, &w.cluster_id, 8)
         .unwrap();
-    let job = create_job(&w.hub, "old", 1).await;
-    place(&w.hub, &job, 1).await;
-    pod(
-        &w.member,
-        "old-w0",
-        "old",
-        &job.uid().unwrap(),
-        &uuids("old-w0", 2),
-        "3s",
-    )
-    .await;
+    w.one_worker_job("old", "3s").await;
     let ledger = w.ledger();
     w.run_until_final(&[w.member_ref("member-1")], Some(&ledger))
         .await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while records(&w.hub)
+    while usage_records(&w.hub)
         .await
+        .unwrap()
         .iter()
-        .any(|r| state_of(r) == UsageState::Final && r.spec.gpu_seconds > 0)
+        .any(|r| record_state(r) == UsageState::Final && r.spec.gpu_seconds > 0)
     {
         settle_once(&w.hub, &ledger, &SettleConfig::default())
             .await
@@ -1012,10 +1123,11 @@ async fn receipts_past_the_horizon_are_closed_and_cannot_be_replayed() {
         assert!(Instant::now() < deadline, "not settled");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let settled: Vec<UsageRecord> = records(&w.hub)
+    let settled: Vec<UsageRecord> = usage_records(&w.hub)
         .await
+        .unwrap()
         .into_iter()
-        .filter(|r| state_of(r) == UsageState::Settled)
+        .filter(|r| record_state(r) == UsageState::Settled)
         .collect();
     assert!(!settled.is_empty());
     let receipt_of = |r: &UsageRecord| {
@@ -1078,10 +1190,10 @@ async fn receipts_past_the_horizon_are_closed_and_cannot_be_replayed() {
             .is_none_or(|a| a.lamports == 0);
         assert!(gone, "receipt of {} still open", r.name_any());
     }
-    let recs = records(&w.hub).await;
+    let recs = usage_records(&w.hub).await.unwrap();
     assert!(
         recs.iter()
-            .filter(|r| state_of(r) == UsageState::Settled)
+            .filter(|r| record_state(r) == UsageState::Settled)
             .all(|r| r.status.as_ref().unwrap().receipt_closed_at.is_some()),
         "{recs:#?}"
     );

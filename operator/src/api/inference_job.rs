@@ -5,7 +5,7 @@ use super::common::{
     pod_template_schema,
 };
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -248,6 +248,68 @@ pub struct ClusterPlacement {
     pub gpus: Vec<NodeGpus>,
 }
 
+/// A replica placement that is no longer current (the replica was replaced, moved, withdrawn or
+/// scaled away), and until when it was: its pod is paid for its run up to then, and no longer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PastReplica {
+    /// Member cluster it ran on.
+    pub cluster: String,
+    /// Replica index.
+    pub index: i32,
+    /// Its node and GPUs (with the revision it ran).
+    pub gpus: NodeGpus,
+    /// When it left the job's placements.
+    pub until: Time,
+}
+
+/// How many earlier replica placements an `InferenceJob` keeps at least in
+/// `status.pastPlacements` (at most twice `spec.replicas` when that is more).
+pub const MIN_PAST_REPLICAS: usize = 8;
+
+impl InferenceJobStatus {
+    /// Records in `pastPlacements`, as ended at `now`, every replica placement of `before` that
+    /// this status no longer has, keeping the last `max(MIN_PAST_REPLICAS, 2 × replicas)`.
+    pub fn retire_replicas(&mut self, before: &[ClusterPlacement], now: Time, replicas: i32) {
+        let key = |c: &str, i: i32, g: &NodeGpus| {
+            let mut u = g.gpu_uuids.clone();
+            u.sort();
+            (c.to_string(), i, g.node.clone(), u, g.revision.clone())
+        };
+        let placed = |ps: &[ClusterPlacement]| -> Vec<(String, i32, NodeGpus)> {
+            ps.iter()
+                .flat_map(|p| {
+                    p.replicas
+                        .iter()
+                        .zip(&p.gpus)
+                        .map(|(i, g)| (p.cluster.clone(), *i, g.clone()))
+                })
+                .collect()
+        };
+        let still: std::collections::BTreeSet<_> = placed(&self.placements)
+            .iter()
+            .map(|(c, i, g)| key(c, *i, g))
+            .collect();
+        for (cluster, index, gpus) in placed(before) {
+            if still.contains(&key(&cluster, index, &gpus)) {
+                continue;
+            }
+            self.past_placements.push(PastReplica {
+                cluster,
+                index,
+                gpus: NodeGpus {
+                    ready: false,
+                    ..gpus
+                },
+                until: now.clone(),
+            });
+        }
+        let keep = MIN_PAST_REPLICAS.max(2 * usize::try_from(replicas).unwrap_or(0));
+        let excess = self.past_placements.len().saturating_sub(keep);
+        self.past_placements.drain(..excess);
+    }
+}
+
 /// Observed state of an inference job.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -258,6 +320,11 @@ pub struct InferenceJobStatus {
     /// Placement per member cluster.
     #[serde(default)]
     pub placements: Vec<ClusterPlacement>,
+    /// Replica placements that are no longer current, oldest first (see
+    /// [`InferenceJobStatus::retire_replicas`]): the meter pays a pod of one for the time it was
+    /// current, and nothing else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub past_placements: Vec<PastReplica>,
     /// Comma-separated member clusters in use (for `kubectl get`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clusters: Option<String>,
@@ -297,4 +364,94 @@ pub struct InferenceJobStatus {
 
 fn is_zero(v: &i32) -> bool {
     *v == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpus(node: &str, uuids: &[&str], revision: &str) -> NodeGpus {
+        NodeGpus {
+            node: node.into(),
+            gpu_uuids: uuids.iter().map(|u| u.to_string()).collect(),
+            score: 0,
+            revision: revision.into(),
+            ready: true,
+        }
+    }
+
+    fn at(s: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap())
+    }
+
+    #[test]
+    fn replicas_that_leave_the_placements_are_kept_as_past_ones() {
+        let before = vec![
+            ClusterPlacement {
+                cluster: "east".into(),
+                replicas: vec![0, 1],
+                ready_replicas: 2,
+                gpus: vec![gpus("n1", &["a", "b"], "r1"), gpus("n2", &["c"], "r1")],
+            },
+            ClusterPlacement {
+                cluster: "west".into(),
+                replicas: vec![2],
+                ready_replicas: 1,
+                gpus: vec![gpus("n3", &["d"], "r1")],
+            },
+        ];
+        // Replica 1 replaced by revision r2 on the same GPUs, replica 2 gone with its member;
+        // replica 0 stays (its UUIDs listed in another order, its readiness changed).
+        let mut st = InferenceJobStatus {
+            placements: vec![ClusterPlacement {
+                cluster: "east".into(),
+                replicas: vec![0, 1],
+                ready_replicas: 0,
+                gpus: vec![
+                    NodeGpus {
+                        ready: false,
+                        ..gpus("n1", &["b", "a"], "r1")
+                    },
+                    gpus("n2", &["c"], "r2"),
+                ],
+            }],
+            ..Default::default()
+        };
+        st.retire_replicas(&before, at(100), 3);
+        let past: Vec<_> = st
+            .past_placements
+            .iter()
+            .map(|p| {
+                (
+                    p.cluster.as_str(),
+                    p.index,
+                    p.gpus.revision.as_str(),
+                    p.until.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            past,
+            [("east", 1, "r1", at(100)), ("west", 2, "r1", at(100))]
+        );
+        assert!(st.past_placements.iter().all(|p| !p.gpus.ready));
+        // Nothing left since: nothing more recorded.
+        let now = st.placements.clone();
+        st.retire_replicas(&now, at(200), 3);
+        assert_eq!(st.past_placements.len(), 2);
+        // Bounded: the newest max(8, 2 × replicas) are kept.
+        for i in 0..20 {
+            let gone = vec![ClusterPlacement {
+                cluster: "east".into(),
+                replicas: vec![i],
+                ready_replicas: 0,
+                gpus: vec![gpus("n9", &["z"], "r1")],
+            }];
+            st.retire_replicas(&gone, at(300 + i64::from(i)), 3);
+        }
+        assert_eq!(st.past_placements.len(), MIN_PAST_REPLICAS);
+        assert_eq!(st.past_placements.last().unwrap().until, at(319));
+        st.retire_replicas(&before, at(400), 10);
+        assert_eq!(st.past_placements.len(), MIN_PAST_REPLICAS + 2);
+    }
 }

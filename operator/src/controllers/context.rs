@@ -6,11 +6,11 @@ use crate::scheduler::Scheduler;
 use futures::channel::mpsc;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::{InferenceJob, TrainingJob};
+use crate::api::{InferenceJob, MemberCluster, TrainingJob};
 
 /// Operator settings.
 #[derive(Clone, Debug)]
@@ -65,6 +65,8 @@ pub struct Triggers {
     pub inference: mpsc::UnboundedReceiver<ObjectRef<InferenceJob>>,
     /// Capacity changed: look at every InferenceJob.
     pub inference_all: mpsc::UnboundedReceiver<()>,
+    /// Fills [`Context::members`]: the MemberCluster controller's watch is reflected into it.
+    pub members: reflector::store::Writer<MemberCluster>,
 }
 
 /// Everything a reconcile needs.
@@ -81,6 +83,9 @@ pub struct Context {
     pub metrics: Metrics,
     /// The scheduler: pool cache, queue of waiting jobs, placement loop.
     pub scheduler: Arc<Scheduler>,
+    /// Every MemberCluster on the hub, as the MemberCluster controller's watch last saw it (a
+    /// heartbeat reads other members here, not with a LIST).
+    pub members: Store<MemberCluster>,
     pub(crate) wake_training: mpsc::UnboundedSender<ObjectRef<TrainingJob>>,
     pub(crate) wake_training_all: mpsc::UnboundedSender<()>,
     pub(crate) wake_inference: mpsc::UnboundedSender<ObjectRef<InferenceJob>>,
@@ -125,6 +130,7 @@ impl Context {
         let (wta, rta) = mpsc::unbounded();
         let (wi, ri) = mpsc::unbounded();
         let (wia, ria) = mpsc::unbounded();
+        let (members, members_writer) = reflector::store();
         let reporter = Reporter {
             controller: "gpupool-operator".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -144,6 +150,7 @@ impl Context {
             config,
             metrics,
             scheduler,
+            members,
             wake_training: wt,
             wake_training_all: wta,
             wake_inference: wi,
@@ -156,6 +163,7 @@ impl Context {
                 training_all: rta,
                 inference: ri,
                 inference_all: ria,
+                members: members_writer,
             },
         )
     }

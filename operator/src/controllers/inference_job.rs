@@ -214,19 +214,10 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
     // Rollout Events go out once the status recording the step is written, so a retried
     // reconcile (e.g. after a write conflict) does not report a step twice.
     let mut rollout_events: Vec<(&str, String)> = Vec::new();
-    // An old replica whose pod is gone is out of the rollout too: deleted by an earlier pass
-    // whose status write lost a conflict (its Event was not sent then), by hand, or evicted.
-    for p in &vanished {
-        rollout_events.push((
-            "ReplicaReplaced",
-            format!(
-                "replica {} (revision {}) on {}/{} is gone; not re-created on its old revision",
-                p.pod.index, p.revision, p.cluster, p.pod.node
-            ),
-        ));
-    }
+    // (An old replica found gone counts: the pass that deleted it may have lost its write.)
     let rolling_from: BTreeSet<String> = kept
         .iter()
+        .chain(&vanished)
         .filter(|p| p.revision != current)
         .map(|p| p.revision.clone())
         .collect();
@@ -243,6 +234,18 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
             ));
         }
         st.revision = Some(current.clone());
+    }
+    // An old replica whose pod is gone is out of the rollout too (reported after its start):
+    // deleted by an earlier pass whose status write lost a conflict (its Event was not sent
+    // then), by hand, or evicted.
+    for p in &vanished {
+        rollout_events.push((
+            "ReplicaReplaced",
+            format!(
+                "replica {} (revision {}) on {}/{} is gone; not re-created on its old revision",
+                p.pod.index, p.revision, p.cluster, p.pod.node
+            ),
+        ));
     }
     let replicas: Vec<Replica> = kept.iter().map(Placed::replica).collect();
     let step = plan(want, &current, &replicas, max_surge, max_unavailable);
@@ -340,6 +343,12 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
     let replicas: Vec<Replica> = kept.iter().map(Placed::replica).collect();
     let now = plan(want, &current, &replicas, max_surge, max_unavailable);
     st.placements = group(&kept);
+    // What left the placements stays metered up to now (and no longer).
+    st.retire_replicas(
+        &before.placements,
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+        want,
+    );
     st.ready_replicas = kept.iter().filter(|p| p.ready).count() as i32;
     st.updated_replicas = now.updated;
     st.endpoints = endpoints;

@@ -229,6 +229,10 @@ async fn probe_pull(
             Err(e) => return Some(("HubReadFailed".into(), e.to_string())),
         };
     let current = crate::pull::current_report(&reports.items);
+    // Each shard of the current report says whether the hub uses it (`status.accepted`).
+    if let Err(e) = crate::pull::record_verdicts(&ctx.hub, &name, mc.cluster_id(), &current).await {
+        tracing::warn!(cluster = %name, error = %e, "recording the verdict on its reports failed");
+    }
     if let Some(r) = current.first() {
         view.version = r.spec.kubernetes_version.clone();
         if let Some(id) = &mc.spec.cluster_id
@@ -751,7 +755,7 @@ async fn identity(mc: &MemberCluster, link: Option<&MemberLink>, ctx: &Context) 
         None => record_identity(mc, link, ctx).await,
     };
     let duplicate = match &id {
-        Some(_) => duplicate_problem(mc, ctx).await,
+        Some(id) => duplicate_problem(mc, id, ctx).await,
         None => None,
     };
     Identity { id, duplicate }
@@ -780,27 +784,30 @@ async fn record_identity(
     Some(uid)
 }
 
-/// Whether an older `MemberCluster` has the same identity as `mc` (as recorded on the hub).
-async fn duplicate_problem(mc: &MemberCluster, ctx: &Context) -> Option<String> {
+/// Whether an older `MemberCluster` has the same identity (`id`, its `kube-system` UID) as `mc`.
+/// The other members are read from the controller's own store (its watch of MemberClusters), so a
+/// heartbeat costs no LIST; `mc` itself counts with the identity this heartbeat knows, even before
+/// the watch has seen it recorded. A stale store is corrected by the next heartbeat.
+async fn duplicate_problem(mc: &MemberCluster, id: &str, ctx: &Context) -> Option<String> {
     let name = mc.name_any();
-    let api: Api<MemberCluster> = Api::all(ctx.hub.clone());
-    // From the API server's watch cache: cheap, and a stale answer is corrected next heartbeat.
-    let members = match api
-        .list(&kube::api::ListParams::default().match_any())
-        .await
-    {
-        Ok(l) => l.items,
-        Err(e) => {
-            tracing::warn!(error = %e, "listing MemberClusters for duplicates failed");
-            return None;
-        }
-    };
-    let first = crate::api::duplicate_of(&members, &name)?;
-    let id = members
+    // Until the watch's first list is in, the store knows only some members: wait for it.
+    if ctx.members.wait_until_ready().await.is_err() {
+        // The watch is gone with the controller: nothing is reconciled any more.
+        return None;
+    }
+    let mut same: Vec<MemberCluster> = ctx
+        .members
+        .state_filter(|m| m.cluster_id() == Some(id) && m.metadata.name.as_deref() != Some(&name))
         .iter()
-        .find(|m| m.name_any() == name)
-        .and_then(|m| m.cluster_id().map(String::from))
-        .unwrap_or_default();
+        .map(|m| MemberCluster::clone(m))
+        .collect();
+    if same.is_empty() {
+        return None;
+    }
+    let mut me = mc.clone();
+    me.spec.cluster_id = Some(id.to_string());
+    same.push(me);
+    let first = crate::api::duplicate_of(&same, &name)?;
     Some(format!(
         "the same cluster (kube-system UID {id}) as MemberCluster {first}, which joined first; nothing is placed on or paid to {name}"
     ))

@@ -205,7 +205,11 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) -> anyhow::R
         futures::future::ready(())
     });
     let _classes = AbortOnDrop(tokio::spawn(classes));
-    let members = Controller::new(Api::<MemberCluster>::all(hub.clone()), wc.clone())
+    // What `Controller::new` does, with the store shared through the context (`ctx.members`).
+    let stream = watcher(Api::<MemberCluster>::all(hub.clone()), wc.clone())
+        .reflect(triggers.members)
+        .applied_objects();
+    let members = Controller::for_stream(stream, ctx.members.clone())
         .with_config(cc())
         .shutdown_on_signal()
         .run(

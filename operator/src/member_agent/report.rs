@@ -2,6 +2,7 @@
 //! the API server's object size limit.
 
 use crate::api::{GpuTopology, NodeReport};
+use crate::federation::{allocatable_gpus, node_ready};
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use std::collections::BTreeMap;
@@ -20,23 +21,11 @@ pub fn node_reports(nodes: Vec<Node>, topologies: Vec<GpuTopology>) -> Vec<NodeR
     let mut out = Vec::new();
     for n in nodes {
         let name = n.name_any();
-        let status = n.status.as_ref();
-        let gpus = status
-            .and_then(|s| s.allocatable.as_ref())
-            .and_then(|a| a.get("nvidia.com/gpu"))
-            .and_then(|q| q.0.parse::<i64>().ok())
-            .unwrap_or(0);
+        let gpus = allocatable_gpus(&n);
         if gpus == 0 {
             continue;
         }
-        let ready = status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            && !n
-                .spec
-                .as_ref()
-                .and_then(|s| s.unschedulable)
-                .unwrap_or(false);
+        let ready = node_ready(&n);
         let t = topo.remove(&name);
         out.push(NodeReport {
             name,

@@ -210,7 +210,19 @@ pub fn hub_jobs(training: &[TrainingJob], inference: &[InferenceJob]) -> BTreeMa
                 not_after: j.metadata.deletion_timestamp.as_ref().map(secs),
                 slots,
                 current_since: None,
-                past: Vec::new(),
+                // A replaced, moved or removed replica: its pod is paid until it left the
+                // placements (the run since the last pass would otherwise go unpaid).
+                past: j
+                    .status
+                    .iter()
+                    .flat_map(|s| s.past_placements.iter())
+                    .map(|p| super::PastSlots {
+                        member: p.cluster.clone(),
+                        slots: vec![Slot::new(&p.gpus.node, &p.gpus.gpu_uuids)],
+                        from: None,
+                        until: secs(&p.until),
+                    })
+                    .collect(),
                 model: j.spec.gpu.model.clone(),
             },
         );

@@ -29,6 +29,10 @@
 //! * a gang restarted on new GPUs keeps its older placements (`status.pastPlacements`, the
 //!   last [`crate::api::MAX_PAST_PLACEMENTS`]): a pod of an earlier placement is paid for the
 //!   time that placement was current, the current one only since the last restart;
+//! * likewise an inference replica that left the placements (replaced in a rollout, moved off a
+//!   lost member, withdrawn, failed or scaled away) is kept in its job's `status.pastPlacements`
+//!   with the instant it left: its pod is paid up to then, so the run since the meter's last
+//!   pass is not lost, and nothing past it is paid;
 //! * per placement and period, at most its GPUs × the period length.
 //!
 //! What a pod claims beyond that is **unpaid** and surfaced: per pod (`unpaidReason`), per
@@ -433,7 +437,8 @@ impl Slot {
     }
 }
 
-/// A placement a job had before a gang restart, and when it was current.
+/// A placement a job had before (a gang before its restart, a replica before it was replaced,
+/// moved or removed), and when it was current.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PastSlots {
     /// Member cluster.
@@ -442,7 +447,7 @@ pub struct PastSlots {
     pub slots: Vec<Slot>,
     /// Earliest second it can have been current (`None`: the job's creation).
     pub from: Option<i64>,
-    /// When it was replaced (the gang restart).
+    /// When it was replaced (the gang restart; the replica leaving the placements).
     pub until: i64,
 }
 
@@ -461,7 +466,7 @@ pub struct HubJob {
     pub slots: BTreeMap<String, Vec<Slot>>,
     /// Since when the current placements hold (the last gang restart; `None`: the job's life).
     pub current_since: Option<i64>,
-    /// Earlier placements of a restarted gang, oldest first.
+    /// Earlier placements (of a restarted gang, or replicas no longer placed), oldest first.
     pub past: Vec<PastSlots>,
     /// GPU model the job asked for, if any (a fallback for the class when the hub has no
     /// topology naming the placed GPUs).

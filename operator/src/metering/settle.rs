@@ -232,14 +232,7 @@ pub async fn settle_once(
     if finals.is_empty() {
         return Ok(report);
     }
-    let client = ledger.client.as_ref();
-    let program = gpupool_ledger::ID;
-    let Some(config) = ledger::read_config(client, &program).await? else {
-        bail!(
-            "the gpupool pool is not initialized on {}",
-            client.describe()
-        );
-    };
+    let config = pool_config(ledger).await?;
     if config.oracle != ledger.oracle.pubkey() {
         bail!(
             "the pool's usage oracle is {}, but the operator's key is {}",
@@ -592,50 +585,39 @@ async fn settle_single(
 ) {
     let client = ledger.client.as_ref();
     let program = gpupool_ledger::ID;
+    let one = std::slice::from_ref(p);
     if let Ok(Some(_)) =
         ledger::read_receipt(client, &program, cluster_id, &p.uid, p.entry.period).await
     {
         // Already on chain (a concurrent or earlier send): settled once finalized.
-        after_confirmed(
-            records,
-            ledger,
-            cluster_id,
-            std::slice::from_ref(p),
-            "",
-            report,
-        )
-        .await;
+        after_confirmed(records, ledger, cluster_id, one, "", report).await;
         return;
     }
-    match send_batch(ledger, config, cluster_id, owner, std::slice::from_ref(p)).await {
+    match send_batch(ledger, config, cluster_id, owner, one).await {
         Ok(sig) => {
             report.batches_sent += 1;
-            after_confirmed(
-                records,
-                ledger,
-                cluster_id,
-                std::slice::from_ref(p),
-                &sig.to_string(),
-                report,
-            )
-            .await;
+            after_confirmed(records, ledger, cluster_id, one, &sig.to_string(), report).await;
         }
         Err(e) => {
             report.batches_failed += 1;
             if e.ledger_error() == Some(LedgerError::ReceiptAlreadyExists) {
-                after_confirmed(
-                    records,
-                    ledger,
-                    cluster_id,
-                    std::slice::from_ref(p),
-                    "",
-                    report,
-                )
-                .await;
+                after_confirmed(records, ledger, cluster_id, one, "", report).await;
                 return;
             }
             failed(records, &p.rec, &e, report).await;
         }
+    }
+}
+
+/// The pool's configuration on chain; an error when the pool is not initialized there.
+async fn pool_config(ledger: &Ledger) -> Result<PoolConfig> {
+    let client = ledger.client.as_ref();
+    match ledger::read_config(client, &gpupool_ledger::ID).await? {
+        Some(c) => Ok(c),
+        None => bail!(
+            "the gpupool pool is not initialized on {}",
+            client.describe()
+        ),
     }
 }
 
@@ -820,12 +802,7 @@ pub async fn close_expired_receipts(hub: &Client, ledger: &Ledger) -> Result<Swe
     }
     let client = ledger.client.as_ref();
     let program = gpupool_ledger::ID;
-    let Some(config) = ledger::read_config(client, &program).await? else {
-        bail!(
-            "the gpupool pool is not initialized on {}",
-            client.describe()
-        );
-    };
+    let config = pool_config(ledger).await?;
     // The program decides by its own clock; asking it for receipts it will refuse is waste.
     let chain_now = ledger::chain_unix_time(client)
         .await

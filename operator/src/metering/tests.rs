@@ -574,3 +574,71 @@ fn earlier_gang_placements_are_paid_for_the_time_they_were_current() {
     let paid: i64 = by.by_job_period.values().map(|u| u.gpu_seconds()).sum();
     assert_eq!(paid, 0);
 }
+
+/// An InferenceJob (created at 1_700_000_000) whose replica 0 runs on `gpus` of `n1` in `m1`.
+fn inference_job(gpus: &[String]) -> crate::api::InferenceJob {
+    serde_json::from_value(json!({
+        "apiVersion": "gpupool.io/v1alpha1", "kind": "InferenceJob",
+        "metadata": {"name": "gpt", "namespace": "ml", "uid": UID,
+                     "creationTimestamp": "2023-11-14T22:13:20Z"},
+        "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i"}]}},
+                 "replicas": 1, "gpusPerReplica": gpus.len()},
+        "status": {"placements": [{"cluster": "m1", "replicas": [0],
+                   "gpus": [{"node": "n1", "gpuUuids": gpus, "revision": "r1", "ready": true}]}]}
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_replaced_replica_is_paid_until_it_left_the_placements() {
+    // Replica 0 runs on GPU-0000..3 from +0; a meter pass at +30 sees it placed. At +40 it is
+    // replaced by one on GPU-0004..7 (the old pod lingers to +60); the next pass is at +100.
+    let old = inference_job(&uuids(4));
+    let new_gpus: Vec<String> = (4..8).map(|i| format!("GPU-{i:04}")).collect();
+    let mut replaced = inference_job(&new_gpus);
+    let before = old.status.clone().unwrap();
+    replaced.status.as_mut().unwrap().retire_replicas(
+        &before.placements,
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(1_700_000_040).unwrap(),
+        ),
+        1,
+    );
+    let mut old_pod = placed_pod(
+        "old",
+        "n1",
+        "2023-11-14T22:13:20Z",
+        Some("2023-11-14T22:14:20Z"),
+        4,
+    );
+    old_pod
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("gpupool.io/job-kind".into(), "InferenceJob".into());
+    let pass = |job: &crate::api::InferenceJob, now: i64| {
+        let jobs = meter::hub_jobs(&[], std::slice::from_ref(job));
+        let by = usage_by_job_period(
+            "m1",
+            std::slice::from_ref(&old_pod),
+            &jobs,
+            seen(&BTreeMap::new()),
+            now,
+            3_600,
+        );
+        by.by_job_period
+            .values()
+            .map(|u| u.pods.get("uid-old").map_or(0, |p| p.gpu_seconds))
+            .sum::<i64>()
+    };
+    assert_eq!(pass(&old, 1_700_000_030), 4 * 30, "first pass: [0, 30)");
+    // The record keeps, per pod, the most any pass paid: the second pass must pay [0, 40).
+    assert_eq!(
+        pass(&replaced, 1_700_000_100),
+        4 * 40,
+        "the old placement is paid for the time it was current, not past it"
+    );
+    // A later pass pays the same again (the record's per-pod maximum: once in all).
+    assert_eq!(pass(&replaced, 1_700_000_200), 4 * 40);
+}

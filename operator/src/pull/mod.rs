@@ -15,7 +15,9 @@
 //! [`crate::federation::MemberWatch::start_pull`], which turns reports and works into the same
 //! node, topology and pod changes a push member's watches give.
 
-use crate::api::{MemberReport, MemberWork, MemberWorkSpec, NodeReport, PodReport, WorkJobRef};
+use crate::api::{
+    MemberReport, MemberReportStatus, MemberWork, MemberWorkSpec, NodeReport, PodReport, WorkJobRef,
+};
 use crate::federation::labels::JOB_UID;
 use crate::join::names;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -226,15 +228,19 @@ pub fn add_missing(manifests: &mut Vec<Value>, wanted: Vec<Value>) -> usize {
     pods
 }
 
-/// The pods of a work as the hub sees them: as the member reported them, or as wanted while the
-/// agent has not reported them yet; each with the index of its manifest.
-pub fn work_pods(w: &MemberWork) -> Vec<(usize, Pod)> {
-    let reported: BTreeMap<(&str, &str), &PodReport> = w
-        .status
+/// The pods a work's status reports, by (namespace, name).
+fn reported_pods(w: &MemberWork) -> BTreeMap<(&str, &str), &PodReport> {
+    w.status
         .iter()
         .flat_map(|s| s.pods.iter())
         .map(|p| ((p.namespace.as_str(), p.name.as_str()), p))
-        .collect();
+        .collect()
+}
+
+/// The pods of a work as the hub sees them: as the member reported them, or as wanted while the
+/// agent has not reported them yet; each with the index of its manifest.
+pub fn work_pods(w: &MemberWork) -> Vec<(usize, Pod)> {
+    let reported = reported_pods(w);
     w.spec
         .manifests
         .iter()
@@ -373,6 +379,59 @@ pub fn current_report(reports: &[MemberReport]) -> Vec<MemberReport> {
     cur
 }
 
+/// The hub's verdict on one of a pull member's reports: accepted when the cluster it reports is
+/// the one the member joined as (`member_id`, its `spec.clusterId`), which is what makes the hub
+/// use it (a mismatch makes the member `Ready=False`, `IdentityMismatch`). `None` while the
+/// member's identity is not known yet.
+pub fn report_verdict(
+    member_id: Option<&str>,
+    report: &MemberReport,
+) -> Option<MemberReportStatus> {
+    let id = member_id.filter(|id| !id.is_empty())?;
+    Some(if report.spec.cluster_id == id {
+        MemberReportStatus {
+            accepted: Some(true),
+            message: None,
+        }
+    } else {
+        MemberReportStatus {
+            accepted: Some(false),
+            message: Some(format!(
+                "reports cluster {}, but this member joined as {id}: not used until they match",
+                report.spec.cluster_id
+            )),
+        }
+    })
+}
+
+/// Writes [`report_verdict`] into the status of each of `reports` (the current report's shards of
+/// the pull member `member`) whose status says otherwise: one status patch per changed verdict.
+pub async fn record_verdicts(
+    hub: &kube::Client,
+    member: &str,
+    member_id: Option<&str>,
+    reports: &[MemberReport],
+) -> kube::Result<()> {
+    let api = Api::<MemberReport>::namespaced(hub.clone(), &names::member_namespace(member));
+    for r in reports {
+        let Some(v) = report_verdict(member_id, r) else {
+            continue;
+        };
+        if r.status.as_ref() == Some(&v) {
+            continue;
+        }
+        // A merge patch: `message: null` clears an earlier refusal's message.
+        let patch = serde_json::json!({"status": {"accepted": v.accepted, "message": v.message}});
+        api.patch_status(
+            &r.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// The member's inventory from its reports and its works' statuses.
 pub fn inventory(reports: &[MemberReport], works: &[MemberWork]) -> Inventory {
     let nodes: BTreeMap<String, NodeInventory> = reports
@@ -393,18 +452,10 @@ pub fn inventory(reports: &[MemberReport], works: &[MemberWork]) -> Inventory {
         .collect();
     let mut pods = Vec::new();
     for w in works {
-        let reported: BTreeMap<(&str, &str), &PodReport> = w
-            .status
-            .iter()
-            .flat_map(|s| s.pods.iter())
-            .map(|p| ((p.namespace.as_str(), p.name.as_str()), p))
-            .collect();
+        let reported = reported_pods(w);
         for m in w.spec.manifests.iter().filter(|m| m["kind"] == "Pod") {
-            let key = (
-                m["metadata"]["namespace"].as_str().unwrap_or_default(),
-                m["metadata"]["name"].as_str().unwrap_or_default(),
-            );
-            if let Some(r) = reported.get(&key)
+            let (_, ns, name) = manifest_key(m);
+            if let Some(r) = reported.get(&(ns, name))
                 && let Some(p) = pod_from_report(m, r)
             {
                 pods.push(p);

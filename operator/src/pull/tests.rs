@@ -214,3 +214,16 @@ fn work_objects_carry_the_member_and_the_job() {
     assert_eq!(w.labels()["gpupool.io/job-uid"], "u-1");
     assert_eq!(w.labels()[names::MEMBER_LABEL], "east");
 }
+
+#[test]
+fn a_report_is_accepted_only_for_the_cluster_the_member_joined_as() {
+    let r = report(0, 1, "2026-01-01T00:01:00Z", &["a"]);
+    assert_eq!(report_verdict(None, &r), None, "identity not known yet");
+    assert_eq!(report_verdict(Some(""), &r), None);
+    let ok = report_verdict(Some("uid-m"), &r).unwrap();
+    assert_eq!((ok.accepted, ok.message), (Some(true), None));
+    let refused = report_verdict(Some("uid-other"), &r).unwrap();
+    assert_eq!(refused.accepted, Some(false));
+    let msg = refused.message.unwrap();
+    assert!(msg.contains("uid-m") && msg.contains("uid-other"), "{msg}");
+}

@@ -48,6 +48,34 @@ impl Pending {
     }
 }
 
+/// What a job asks of the queue's order: `spec.priority` and `spec.priorityClassName`, read the
+/// same way for every kind (see [`super::queue::PriorityClasses::of`]).
+pub trait PriorityRequest {
+    /// `(spec.priority, spec.priorityClassName)`.
+    fn priority_request(&self) -> (i32, Option<&str>);
+}
+
+impl PriorityRequest for TrainingJob {
+    fn priority_request(&self) -> (i32, Option<&str>) {
+        (self.spec.priority, self.spec.priority_class_name.as_deref())
+    }
+}
+
+impl PriorityRequest for InferenceJob {
+    fn priority_request(&self) -> (i32, Option<&str>) {
+        (self.spec.priority, self.spec.priority_class_name.as_deref())
+    }
+}
+
+impl PriorityRequest for Pending {
+    fn priority_request(&self) -> (i32, Option<&str>) {
+        match self {
+            Pending::Training(j) => j.priority_request(),
+            Pending::Inference(j) => j.priority_request(),
+        }
+    }
+}
+
 /// Kind/namespace/name of a TrainingJob.
 pub fn training_name(j: &TrainingJob) -> JobName {
     JobName {

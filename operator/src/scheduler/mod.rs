@@ -76,18 +76,6 @@ struct State {
     classes: queue::PriorityClasses,
 }
 
-/// A queued job's priority (see [`queue::PriorityClasses::resolve`]).
-fn priority_of(classes: &queue::PriorityClasses, job: &Pending) -> Result<i32, String> {
-    match job {
-        Pending::Training(j) => {
-            classes.resolve(j.spec.priority, j.spec.priority_class_name.as_deref())
-        }
-        Pending::Inference(j) => {
-            classes.resolve(j.spec.priority, j.spec.priority_class_name.as_deref())
-        }
-    }
-}
-
 /// One decision to write.
 struct Work {
     uid: String,
@@ -233,12 +221,7 @@ impl State {
             jobs::training_name(j),
             jobs::training_slots(j),
             jobs::training_waits(j),
-            jobs::order_of(
-                j,
-                self.classes
-                    .resolve(j.spec.priority, j.spec.priority_class_name.as_deref())
-                    .unwrap_or(0),
-            ),
+            jobs::order_of(j, self.classes.of(j).unwrap_or(0)),
             || Pending::Training(shared()),
         );
     }
@@ -250,12 +233,7 @@ impl State {
             jobs::inference_name(j),
             jobs::inference_slots(j),
             jobs::inference_waits(j),
-            jobs::order_of(
-                j,
-                self.classes
-                    .resolve(j.spec.priority, j.spec.priority_class_name.as_deref())
-                    .unwrap_or(0),
-            ),
+            jobs::order_of(j, self.classes.of(j).unwrap_or(0)),
             || Pending::Inference(shared()),
         );
     }
@@ -297,7 +275,7 @@ impl State {
             .map(|(_, u, p)| (u.to_string(), p.clone()))
             .collect();
         for (uid, p) in queued {
-            let priority = priority_of(&self.classes, &p).unwrap_or(0);
+            let priority = self.classes.of(&p).unwrap_or(0);
             let (_, created, generation) = match &p {
                 Pending::Training(j) => jobs::order_of(&**j, priority),
                 Pending::Inference(j) => jobs::order_of(&**j, priority),
@@ -341,7 +319,7 @@ impl State {
             Pending::Training(_) => "trainingjob",
             Pending::Inference(_) => "inferencejob",
         };
-        let decision = match (&job, priority_of(&self.classes, &job)) {
+        let decision = match (&job, self.classes.of(&job)) {
             // Waits for its PriorityClass to exist (woken when the classes change).
             (_, Err(reason)) => Decision::Wait {
                 reason,

@@ -90,6 +90,12 @@ impl PriorityClasses {
             None => Ok(self.default.as_ref().map_or(0, |(_, v)| *v)),
         }
     }
+
+    /// A job's priority, whatever its kind ([`Self::resolve`] of what it asks).
+    pub fn of(&self, job: &impl super::jobs::PriorityRequest) -> Result<i32, String> {
+        let (priority, class) = job.priority_request();
+        self.resolve(priority, class)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -336,6 +342,40 @@ mod tests {
         // No classes at all: priority as given.
         assert_eq!(PriorityClasses::default().resolve(0, None), Ok(0));
         assert!(!Need::nothing().served_by(8, "H100", 81920));
+    }
+
+    #[test]
+    fn both_job_kinds_resolve_their_priority_the_same_way() {
+        use crate::api::{InferenceJob, TrainingJob};
+        let pc = PriorityClasses::new([
+            ("high".to_string(), 1000, false),
+            ("normal".to_string(), 10, true),
+        ]);
+        let template = serde_json::json!({"spec": {"containers": [{"name": "c", "image": "i"}]}});
+        for (priority, class, want) in [
+            (0, Some("high"), Ok(1000)),
+            (3, None, Ok(3)),
+            (0, None, Ok(10)),
+            (0, Some("gold"), Err(())),
+        ] {
+            let tj: TrainingJob = serde_json::from_value(serde_json::json!({
+                "apiVersion": "gpupool.io/v1alpha1", "kind": "TrainingJob",
+                "metadata": {"name": "t", "namespace": "ml"},
+                "spec": {"template": template, "workers": 1, "gpusPerWorker": 1,
+                         "priority": priority, "priorityClassName": class}}))
+            .unwrap();
+            let ij: InferenceJob = serde_json::from_value(serde_json::json!({
+                "apiVersion": "gpupool.io/v1alpha1", "kind": "InferenceJob",
+                "metadata": {"name": "i", "namespace": "ml"},
+                "spec": {"template": template, "replicas": 1, "gpusPerReplica": 1,
+                         "priority": priority, "priorityClassName": class}}))
+            .unwrap();
+            let (t, i) = (pc.of(&tj), pc.of(&ij));
+            assert_eq!(t.clone().map_err(|_| ()), want, "{priority} {class:?}");
+            assert_eq!(t, i, "{priority} {class:?}");
+            let queued = crate::scheduler::jobs::Pending::Inference(std::sync::Arc::new(ij));
+            assert_eq!(pc.of(&queued), i);
+        }
     }
 
     #[test]

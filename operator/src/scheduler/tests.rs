@@ -464,10 +464,9 @@ fn priority_class_names_order_the_queue_fifo_within_a_priority_and_unknown_names
         ]
     );
     // The unknown class makes the job wait with a clear reason, whatever the pool holds.
-    let gold = super::priority_of(
-        &st.classes,
-        &super::Pending::Training(Arc::new(jobs[1].clone())),
-    );
+    let gold = st
+        .classes
+        .of(&super::Pending::Training(Arc::new(jobs[1].clone())));
     assert!(gold.unwrap_err().contains("\"gold\""));
     // The class appears: the job is ordered by it at once.
     st.set_classes(PriorityClasses::new([
