@@ -520,7 +520,8 @@ fn a_waiting_job_naming_an_unknown_class_is_parked_with_the_reason() {
         panic!("must not be placed: {:?}", w.decision)
     };
     assert!(reason.contains("no PriorityClass"), "{reason}");
-    assert!(!need.served_by(8, "NVIDIA H100", 81920));
+    let h100 = crate::topology::GpuGraph::from_spec(&fixtures::get("dgx-h100")).unwrap();
+    assert!(!need.served_by(&h100, h100.all(), "NVIDIA H100", 81920));
     // It stays parked while GPUs come and go, and is placed once its class exists.
     st.in_flight.clear();
     assert!(matches!(st.next(&metrics), super::Step::Idle));
