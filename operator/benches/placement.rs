@@ -3,7 +3,7 @@
 //! gpupool's real `place_gang` and by three baselines on exactly the same event streams.
 //!
 //! `cargo bench -p gpupool-operator --bench placement` (or `make bench-placement`; add
-//! `-- --sim-only` to skip the timing part) prints:
+//! `-- --sim-only` to skip the timing part, `-- --stream-set 1` for 16 other streams) prints:
 //! 1. per placer, per stream as mean ± standard deviation over the [`SEEDS`] streams (every
 //!    placer gets the same streams and starts from the same idle pool; a job that does not fit
 //!    is dropped):
@@ -309,7 +309,19 @@ fn mean_sd(xs: &[f64]) -> (f64, f64) {
 fn main() {
     // `--sim-only` skips the node-visit timing (the slow part in a debug build).
     let sim_only = std::env::args().any(|a| a == "--sim-only");
-    let streams: Vec<Vec<Job>> = SEEDS.iter().map(|&s| stream(s, JOBS)).collect();
+    // `--stream-set N` (N ≥ 1) runs 16 other streams (the seeds with N × 2²⁴ xored in), to see
+    // whether a difference holds beyond the fixed streams; 0, the default, is the fixed set.
+    let args: Vec<String> = std::env::args().collect();
+    let set: u64 = args
+        .iter()
+        .position(|a| a == "--stream-set")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().expect("--stream-set takes a number"))
+        .unwrap_or(0);
+    let streams: Vec<Vec<Job>> = SEEDS
+        .iter()
+        .map(|&s| stream(s ^ (set << 24), JOBS))
+        .collect();
     let placers: [(&str, Placer, NvLinkMode); 5] = [
         (
             "gpupool (place_gang)",
@@ -331,7 +343,7 @@ fn main() {
         ),
     ];
     println!(
-        "cluster placement: {} streams × {JOBS} jobs (1/2/4/8 GPUs 40/25/20/15 %, nvlink \
+        "cluster placement: stream set {set}, {} streams × {JOBS} jobs (1/2/4/8 GPUs 40/25/20/15 %, nvlink \
          preferred, each held 1..180 arrivals) over 3 members, {} nodes, {} GPUs; \
          per stream: mean ± standard deviation over the streams",
         streams.len(),
