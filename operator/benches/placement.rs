@@ -298,6 +298,9 @@ const SEEDS: [u64; 16] = [
 /// Jobs per stream.
 const JOBS: usize = 6000;
 
+/// One measure of a stream's tally.
+type Measure<'a> = &'a dyn Fn(&Tally) -> f64;
+
 /// Mean and sample standard deviation.
 fn mean_sd(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
@@ -395,7 +398,8 @@ fn main() {
         "{:<26} {:>22} {:>22} {:>22} {:>22}",
         "baseline", "idle broken", "8-GPU rej.", "PCIe detour", "ring GB/s"
     );
-    let measures: [(&dyn Fn(&Tally) -> f64, bool); 4] = [
+    // (measure, whether higher is better)
+    let measures: [(Measure, bool); 4] = [
         (&|t| t.idle_broken as f64, false),
         (&|t| t.rejected_8 as f64, false),
         (&|t| t.pcie_detours as f64, false),

@@ -250,6 +250,42 @@ fn preferred_jobs_take_a_pcie_hop_rather_than_break_a_scarce_idle_nvlink_node() 
 }
 
 #[test]
+fn a_gangs_own_workers_count_down_the_idle_whole_nodes() {
+    // Eight whole NVLink nodes, two idle: not scarce (two is a quarter). The first 6-GPU worker
+    // gets an NVLink ring on an idle DGX-1; then one idle node of eight is left, scarce, so the
+    // second takes the partly used L40S instead of the other DGX-1 — in a gang and as replicas.
+    let pool = || {
+        let mut nodes: Vec<NodeCandidate> = (0..6)
+            .map(|i| node("dgx-h100", &format!("h100-{i}"), &[0, 1, 2, 3, 4, 5]))
+            .collect();
+        nodes.push(node("dgx1-v100", "dgx1-a", &[]));
+        nodes.push(node("dgx1-v100", "dgx1-b", &[]));
+        nodes.push(node("pcie-l40s", "l40s", &[0, 1]));
+        vec![member("m", nodes)]
+    };
+    let cands = pool();
+    assert!(!cands[0].whole_nodes.scarce());
+    let ch = place_gang(&cands, &job(6, NvLinkMode::Preferred), &[0, 1]).unwrap();
+    let nodes: Vec<&str> = ch.pods.iter().map(|p| p.node.as_str()).collect();
+    assert_eq!(nodes, ["dgx1-a", "l40s"]);
+    let policy = ReplicaPlacement {
+        spread: Some(SpreadPolicy::default()),
+        max_replicas_per_cluster: None,
+    };
+    let (placed, reasons) = place_replicas(
+        &cands,
+        &job(6, NvLinkMode::Preferred),
+        &[0, 1],
+        &policy,
+        None,
+        &BTreeMap::new(),
+    );
+    assert!(reasons.is_empty(), "{reasons:?}");
+    let nodes: Vec<&str> = placed.iter().map(|(_, p)| p.node.as_str()).collect();
+    assert_eq!(nodes, ["dgx1-a", "l40s"]);
+}
+
+#[test]
 fn ring_mode_admits_what_nccl_rings_need_on_a_dgx1() {
     let mut cands = vec![member("m", vec![node("dgx1-v100", "dgx1", &[])])];
     // 8 GPUs with nvlink: clique cannot fit (the cube-mesh's cliques are quads) …
