@@ -3,7 +3,7 @@
 //! gpupool's real `place_gang` and by three baselines on exactly the same event streams.
 //!
 //! `cargo bench -p gpupool-operator --bench placement` (or `make bench-placement`; add
-//! `-- --sim-only` to skip the timing part) prints:
+//! `-- --sim-only` to skip the timing part, `-- --stream-set 1` for 16 other streams) prints:
 //! 1. per placer, per stream as mean ± standard deviation over the [`SEEDS`] streams (every
 //!    placer gets the same streams and starts from the same idle pool; a job that does not fit
 //!    is dropped):
@@ -26,6 +26,7 @@
 use gpupool::api::{GpuSelector, NvLinkMode};
 use gpupool::placement::allocator::{GpuRequest, allocate, allocate_uncached};
 use gpupool::placement::baselines::greedy;
+use gpupool::placement::rank::WholeNodes;
 use gpupool::placement::{ClusterCandidate, JobRequest, NodeCandidate, place_gang};
 use gpupool::topology::{GpuGraph, GpuSet, fixtures};
 use std::collections::{BTreeMap, HashMap};
@@ -82,7 +83,8 @@ fn pool() -> Vec<ClusterCandidate> {
             &[("dgx2-v100", 2), ("dgx-a100", 4), ("hgx-h100", 4)],
         ),
     ];
-    spec.iter()
+    let mut cands: Vec<ClusterCandidate> = spec
+        .iter()
         .map(|(m, kinds)| ClusterCandidate {
             name: m.to_string(),
             labels: BTreeMap::new(),
@@ -92,8 +94,22 @@ fn pool() -> Vec<ClusterCandidate> {
                 .flat_map(|(f, n)| (0..*n).map(move |i| node(f, format!("{m}-{f}-{i}"))))
                 .collect(),
             skipped: Vec::new(),
+            whole_nodes: WholeNodes::default(),
         })
-        .collect()
+        .collect();
+    for c in &mut cands {
+        recount(c);
+    }
+    cands
+}
+
+/// Counts a member's whole NVLink nodes after its free GPUs changed, as the scheduler's cache
+/// does when it builds the candidates.
+fn recount(c: &mut ClusterCandidate) {
+    c.whole_nodes = WholeNodes::default();
+    for n in &c.nodes {
+        c.whole_nodes.add_nodes(&n.graph, n.free, 1);
+    }
 }
 
 /// One job of the stream: GPUs and lifetime (in arrivals).
@@ -201,6 +217,9 @@ fn simulate(placer: Placer, mode: NvLinkMode, jobs: &[Job], t: &mut Tally) {
                 true
             }
         });
+        for c in &mut cands {
+            recount(c);
+        }
         let req = JobRequest {
             gpus_per_pod: job.gpus,
             nvlink: mode,
@@ -279,6 +298,9 @@ const SEEDS: [u64; 16] = [
 /// Jobs per stream.
 const JOBS: usize = 6000;
 
+/// One measure of a stream's tally.
+type Measure<'a> = &'a dyn Fn(&Tally) -> f64;
+
 /// Mean and sample standard deviation.
 fn mean_sd(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
@@ -290,7 +312,19 @@ fn mean_sd(xs: &[f64]) -> (f64, f64) {
 fn main() {
     // `--sim-only` skips the node-visit timing (the slow part in a debug build).
     let sim_only = std::env::args().any(|a| a == "--sim-only");
-    let streams: Vec<Vec<Job>> = SEEDS.iter().map(|&s| stream(s, JOBS)).collect();
+    // `--stream-set N` (N ≥ 1) runs 16 other streams (the seeds with N × 2²⁴ xored in), to see
+    // whether a difference holds beyond the fixed streams; 0, the default, is the fixed set.
+    let args: Vec<String> = std::env::args().collect();
+    let set: u64 = args
+        .iter()
+        .position(|a| a == "--stream-set")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().expect("--stream-set takes a number"))
+        .unwrap_or(0);
+    let streams: Vec<Vec<Job>> = SEEDS
+        .iter()
+        .map(|&s| stream(s ^ (set << 24), JOBS))
+        .collect();
     let placers: [(&str, Placer, NvLinkMode); 5] = [
         (
             "gpupool (place_gang)",
@@ -312,7 +346,7 @@ fn main() {
         ),
     ];
     println!(
-        "cluster placement: {} streams × {JOBS} jobs (1/2/4/8 GPUs 40/25/20/15 %, nvlink \
+        "cluster placement: stream set {set}, {} streams × {JOBS} jobs (1/2/4/8 GPUs 40/25/20/15 %, nvlink \
          preferred, each held 1..180 arrivals) over 3 members, {} nodes, {} GPUs; \
          per stream: mean ± standard deviation over the streams",
         streams.len(),
@@ -327,6 +361,7 @@ fn main() {
         "{:<26} {:>13} {:>13} {:>13} {:>13} {:>13} {:>11}",
         "placer", "placed", "idle broken", "8-GPU rej.", "PCIe detour", "ring GB/s", "decisions/s"
     );
+    let mut all: Vec<(&str, Vec<Tally>)> = Vec::new();
     for (name, placer, mode) in placers {
         let tallies: Vec<Tally> = streams
             .iter()
@@ -351,6 +386,46 @@ fn main() {
             col(&|t| t.pcie_detours as f64),
             col(&|t| t.bottleneck_sum as f64 / t.multi.max(1) as f64),
             decisions as f64 / secs
+        );
+        all.push((name, tallies));
+    }
+    // Paired by stream: gpupool minus each baseline on the same stream (negative is better for
+    // the first three measures, positive for the ring bottleneck), and on how many streams
+    // gpupool is ahead / behind.
+    println!();
+    println!("paired by stream, gpupool − baseline: mean ± sd (streams gpupool ahead/behind)");
+    println!(
+        "{:<26} {:>22} {:>22} {:>22} {:>22}",
+        "baseline", "idle broken", "8-GPU rej.", "PCIe detour", "ring GB/s"
+    );
+    // (measure, whether higher is better)
+    let measures: [(Measure, bool); 4] = [
+        (&|t| t.idle_broken as f64, false),
+        (&|t| t.rejected_8 as f64, false),
+        (&|t| t.pcie_detours as f64, false),
+        (&|t| t.bottleneck_sum as f64 / t.multi.max(1) as f64, true),
+    ];
+    let ours = &all[0].1;
+    for (name, theirs) in &all[1..4] {
+        let cells: Vec<String> = measures
+            .iter()
+            .map(|(f, higher_better)| {
+                let d: Vec<f64> = ours.iter().zip(theirs).map(|(a, b)| f(a) - f(b)).collect();
+                let (m, sd) = mean_sd(&d);
+                let ahead = d
+                    .iter()
+                    .filter(|&&x| if *higher_better { x > 0.0 } else { x < 0.0 })
+                    .count();
+                let behind = d
+                    .iter()
+                    .filter(|&&x| if *higher_better { x < 0.0 } else { x > 0.0 })
+                    .count();
+                format!("{m:.1} ± {sd:.1} ({ahead}/{behind})")
+            })
+            .collect();
+        println!(
+            "{:<26} {:>22} {:>22} {:>22} {:>22}",
+            name, cells[0], cells[1], cells[2], cells[3]
         );
     }
     if sim_only {

@@ -17,6 +17,7 @@
 //! | every node visit a fresh exact search (memo per shape and free mask) | `allocator::tests::memo_answers_every_node_of_a_shape_with_its_own_names` (cost: `benches/placement.rs`) |
 //! | non-spread replicas retried n, n−1, … per member | `scheduler::tests::replicas_without_spread_land_on_one_member_that_fits_the_most` |
 //! | clique enumeration silently stopped at 4 096 | `topology::tests::clique_enumeration_is_exact_beyond_four_thousand` |
+//! | `preferred` multi-GPU jobs breaking the last idle whole NVLink nodes (8-GPU rejections) | `scheduler::tests::preferred_jobs_take_a_pcie_hop_rather_than_break_a_scarce_idle_nvlink_node`, `whole_nvlink_nodes_are_the_big_nvlink_ring_nodes` |
 //! | no per-hop bandwidth floor | `allocator::tests::min_link_gbps_refuses_sets_whose_ring_has_a_slower_hop`, `scheduler::tests::min_link_gbps_skips_nodes_whose_links_are_too_slow` |
 
 pub mod allocator;

@@ -4,6 +4,12 @@
 //! Across nodes the question is different — which placement leaves the pool best able to take
 //! the next jobs — and the answer is best fit, in this order:
 //!
+//! 0. **Scarce whole NVLink nodes** (multi-GPU `preferred` only, and only while the pool is
+//!    short of them, see [`WholeNodes::scarce`]): a set that breaks an idle node of at least
+//!    [`WHOLE_NODE_GPUS`] GPUs comes after every set that does not, even one with a PCIe hop in
+//!    its ring. `preferred` promises NVLink when it is free, not at the price of the last whole
+//!    nodes that 8-GPU workers need; `ring`/`clique` jobs never take a PCIe hop (their sets
+//!    always have the ring), and while idle NVLink nodes are plentiful this step does nothing.
 //! 1. **NVLink class** (multi-GPU `preferred` only): a set with an all-NVLink ring beats one
 //!    without, so a PCIe-only node never wins over a node that can give the job NVLink.
 //!    (`clique`/`ring` sets always have it; `none` and one-GPU requests ignore it.)
@@ -17,17 +23,86 @@
 //!
 //! Keys compare with `<`: the smaller key is the better placement.
 
-use super::allocator::{Allocation, GpuRequest};
+use super::allocator::{Allocation, GpuRequest, allocate};
 use crate::api::NvLinkMode;
+use crate::topology::{GpuGraph, GpuSet};
 use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
 /// Nodes at least this big are kept idle while smaller or partly used nodes have room: the size
 /// of the whole-node workers (8-GPU DGX/HGX boards) that idle nodes are kept for.
 pub const WHOLE_NODE_GPUS: usize = 8;
 
+/// Whole NVLink nodes are scarce while fewer than `1 / SCARCE_BELOW_ONE_IN` of them are idle
+/// ([`WholeNodes::scarce`]).
+pub const SCARCE_BELOW_ONE_IN: usize = 4;
+
+/// The pool's whole NVLink nodes — nodes of at least [`WHOLE_NODE_GPUS`] GPUs on which an
+/// 8-GPU worker gets an all-NVLink ring — and how many of them are idle. The scheduler's cache
+/// counts them per member (from its nodes grouped by shape and free GPUs, while it builds the
+/// candidates); [`super::scheduler`] sums the members.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WholeNodes {
+    /// Whole NVLink nodes.
+    pub total: usize,
+    /// Of them, idle (every GPU free).
+    pub idle: usize,
+}
+
+impl WholeNodes {
+    /// Whether a node of graph `g` is a whole NVLink node (a look-up after the first call for
+    /// its shape).
+    pub fn is_whole_nvlink_node(g: &GpuGraph) -> bool {
+        static BY_SHAPE: LazyLock<Mutex<HashMap<u64, bool>>> = LazyLock::new(Default::default);
+        if g.len() < WHOLE_NODE_GPUS {
+            return false;
+        }
+        let mut known = BY_SHAPE.lock().unwrap_or_else(|e| e.into_inner());
+        *known.entry(g.shape_id()).or_insert_with(|| {
+            allocate(
+                g,
+                g.all(),
+                &GpuRequest::new(WHOLE_NODE_GPUS, NvLinkMode::Ring),
+            )
+            .is_ok()
+        })
+    }
+
+    /// Counts `count` nodes of graph `g` with `free` GPUs free.
+    pub fn add_nodes(&mut self, g: &GpuGraph, free: GpuSet, count: usize) {
+        if Self::is_whole_nvlink_node(g) {
+            self.total += count;
+            if free.and(g.all()) == g.all() {
+                self.idle += count;
+            }
+        }
+    }
+
+    /// The counts of several members together.
+    pub fn plus(self, other: WholeNodes) -> WholeNodes {
+        WholeNodes {
+            total: self.total + other.total,
+            idle: self.idle + other.idle,
+        }
+    }
+
+    /// Whole NVLink nodes are scarce: fewer than one in [`SCARCE_BELOW_ONE_IN`] is idle. The
+    /// principle: the rule that trades a `preferred` job's NVLink ring for an idle node should
+    /// act only when idle whole nodes are close to running out — that is when the next 8-GPU
+    /// worker risks finding none — and a fixed share of the pool scales with its size. A pool
+    /// with no whole NVLink node is never short of them.
+    pub fn scarce(&self) -> bool {
+        self.idle * SCARCE_BELOW_ONE_IN < self.total
+    }
+}
+
 /// Rank of one allocation as a place for a pod; smaller is better (module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct NodeFit {
+    /// 1 when whole NVLink nodes are scarce, the request is multi-GPU `preferred` and the set
+    /// breaks an idle node of at least [`WHOLE_NODE_GPUS`] GPUs.
+    pub breaks_scarce: u8,
     /// 0 when the set has the NVLink class the request prefers (or the class does not matter).
     pub class: u8,
     /// 1 when the node has at least [`WHOLE_NODE_GPUS`] GPUs and was idle before.
@@ -42,12 +117,16 @@ pub struct NodeFit {
     pub fragmentation: i64,
 }
 
-/// The [`NodeFit`] of `a` for `req`.
-pub fn node_fit(a: &Allocation, req: &GpuRequest) -> NodeFit {
+/// The [`NodeFit`] of `a` for `req`, `scarce` when whole NVLink nodes are ([`WholeNodes`]).
+pub fn node_fit(a: &Allocation, req: &GpuRequest, scarce: bool) -> NodeFit {
     let wants_nvlink = req.count > 1 && req.nvlink != NvLinkMode::None;
+    let breaks_idle = a.free_before == a.node_gpus && a.node_gpus >= WHOLE_NODE_GPUS;
     NodeFit {
+        breaks_scarce: u8::from(
+            scarce && breaks_idle && req.count > 1 && req.nvlink == NvLinkMode::Preferred,
+        ),
         class: u8::from(wants_nvlink && !a.nvlink_ring),
-        breaks_idle: u8::from(a.free_before == a.node_gpus && a.node_gpus >= WHOLE_NODE_GPUS),
+        breaks_idle: u8::from(breaks_idle),
         left: a.free_after(),
         clique_loss: a
             .largest_free_nvlink_set_before
@@ -61,6 +140,8 @@ pub fn node_fit(a: &Allocation, req: &GpuRequest) -> NodeFit {
 /// that go to one member): the sums of their [`NodeFit`]s, compared in the same order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct GangFit {
+    /// Pods that broke an idle big node while whole NVLink nodes were scarce.
+    pub breaks_scarce: usize,
     /// Pods without the preferred NVLink class.
     pub class: usize,
     /// Pods that broke an idle big node.
@@ -76,6 +157,7 @@ pub struct GangFit {
 impl Default for GangFit {
     fn default() -> Self {
         GangFit {
+            breaks_scarce: 0,
             class: 0,
             breaks_idle: 0,
             left: 0,
@@ -88,6 +170,7 @@ impl Default for GangFit {
 impl GangFit {
     /// Adds one pod's rank.
     pub fn add(&mut self, f: &NodeFit) {
+        self.breaks_scarce += usize::from(f.breaks_scarce);
         self.class += usize::from(f.class);
         self.breaks_idle += usize::from(f.breaks_idle);
         self.left += f.left;

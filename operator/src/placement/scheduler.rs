@@ -8,7 +8,7 @@
 //! the cheaper member, then the name.
 
 use super::allocator::{Allocation, GpuRequest, allocate};
-use super::rank::{GangFit, NodeFit, node_fit};
+use super::rank::{GangFit, NodeFit, WholeNodes, node_fit};
 use crate::api::{GpuSelector, GpuTopologySpec, NvLinkMode, ReplicaPlacement};
 use crate::topology::{GpuGraph, GpuSet};
 use crate::workloads::PodPlacement;
@@ -58,6 +58,9 @@ pub struct ClusterCandidate {
     pub nodes: Vec<NodeCandidate>,
     /// Why nodes were left out (no topology, not ready, bad topology).
     pub skipped: Vec<String>,
+    /// The member's whole NVLink nodes and how many are idle — all of its placeable nodes, also
+    /// those `nodes` leaves out — for the scarcity rule of [`super::rank`].
+    pub whole_nodes: WholeNodes,
 }
 
 /// What one job asks for.
@@ -129,15 +132,24 @@ impl std::fmt::Display for Unschedulable {
     }
 }
 
-/// Best node for one pod in `c` given the current free sets, by best fit ([`super::rank`]);
-/// returns (node idx, placement, GPUs taken, rank).
+/// The whole NVLink nodes of every candidate member together.
+fn pool_whole_nodes(cands: &[ClusterCandidate]) -> WholeNodes {
+    cands
+        .iter()
+        .fold(WholeNodes::default(), |w, c| w.plus(c.whole_nodes))
+}
+
+/// Best node for one pod in `c` given the current free sets, by best fit ([`super::rank`]),
+/// `whole` the pool's whole NVLink nodes; returns (node idx, placement, GPUs taken, rank).
 fn best_node(
     c: &ClusterCandidate,
     free: &[GpuSet],
     req: &JobRequest,
+    whole: WholeNodes,
     index: i32,
     why: &mut Vec<String>,
 ) -> Option<(usize, PodPlacement, GpuSet, NodeFit)> {
+    let scarce = whole.scarce();
     let gr = GpuRequest::new(req.gpus_per_pod, req.nvlink)
         .with_min_link(req.gpu.min_link_gbps.unwrap_or(0));
     let mut best: Option<(NodeFit, usize, Allocation)> = None;
@@ -156,7 +168,7 @@ fn best_node(
         match allocate(&n.graph, free[i], &gr) {
             Ok(a) => {
                 fitted.insert(key);
-                let fit = node_fit(&a, &gr);
+                let fit = node_fit(&a, &gr, scarce);
                 // Ties keep the earlier node (candidates come in name order).
                 if best.as_ref().is_none_or(|(b, _, _)| fit < *b) {
                     best = Some((fit, i, a));
@@ -178,11 +190,13 @@ fn best_node(
     })
 }
 
-/// Places pods of `indexes` one by one on `c` (each on its best node) until one does not fit.
-/// Returns the placements, their summed rank and, if not all fit, why.
+/// Places pods of `indexes` one by one on `c` (each on its best node) until one does not fit,
+/// `whole` the pool's whole NVLink nodes before the first. Returns the placements, their summed
+/// rank and, if not all fit, why.
 fn fit_greedy(
     c: &ClusterCandidate,
     req: &JobRequest,
+    mut whole: WholeNodes,
     indexes: &[i32],
 ) -> (Vec<PodPlacement>, GangFit, Option<String>) {
     let mut free: Vec<GpuSet> = c.nodes.iter().map(|n| n.free).collect();
@@ -190,8 +204,12 @@ fn fit_greedy(
     let mut fit = GangFit::default();
     for &ix in indexes {
         let mut why = Vec::new();
-        match best_node(c, &free, req, ix, &mut why) {
+        match best_node(c, &free, req, whole, ix, &mut why) {
             Some((i, p, set, f)) => {
+                let g = &c.nodes[i].graph;
+                if free[i] == g.all() && WholeNodes::is_whole_nvlink_node(g) {
+                    whole.idle = whole.idle.saturating_sub(1);
+                }
                 free[i] = free[i].minus(set);
                 pods.push(p);
                 fit.add(&f);
@@ -235,9 +253,10 @@ fn choice_of(c: &ClusterCandidate, pods: Vec<PodPlacement>) -> ClusterChoice {
 fn fit_all(
     c: &ClusterCandidate,
     req: &JobRequest,
+    whole: WholeNodes,
     indexes: &[i32],
 ) -> Result<(ClusterChoice, GangFit), String> {
-    let (pods, fit, failed) = fit_greedy(c, req, indexes);
+    let (pods, fit, failed) = fit_greedy(c, req, whole, indexes);
     match failed {
         Some(reason) => Err(reason),
         None => Ok((choice_of(c, pods), fit)),
@@ -267,12 +286,13 @@ pub fn place_gang(
 ) -> Result<ClusterChoice, Unschedulable> {
     let mut best: Option<(ClusterChoice, GangFit, Option<i64>)> = None;
     let mut reasons = Vec::new();
+    let whole = pool_whole_nodes(cands);
     for c in cands {
         if !req.cluster_matches(c) {
             reasons.push(format!("{}: clusterSelector does not match", c.name));
             continue;
         }
-        match fit_all(c, req, indexes) {
+        match fit_all(c, req, whole, indexes) {
             Ok((ch, fit)) => {
                 if best
                     .as_ref()
@@ -317,8 +337,9 @@ pub fn place_replicas(
         };
         return (Vec::new(), vec![r]);
     }
+    let mut whole = pool_whole_nodes(cands);
     if !policy.multi_cluster() {
-        return place_on_one_member(&eligible, req, indexes);
+        return place_on_one_member(&eligible, req, whole, indexes);
     }
     let mut member_reasons = Vec::new();
     let key = policy
@@ -353,10 +374,16 @@ pub fn place_replicas(
     let mut reasons = Vec::new();
     // Each member's best node (and why its nodes do not fit), computed once and again only for
     // the member that took the last replica: the others' free GPUs did not change, and the
-    // replicas are all the same size, so their answer stays the same.
+    // replicas are all the same size, so their answer stays the same (all are asked again
+    // when whole NVLink nodes become scarce, which changes the ranks).
     type Best = (Option<(usize, PodPlacement, GpuSet, NodeFit)>, Vec<String>);
     let mut best_of: Vec<Option<Best>> = vec![None; members.len()];
+    let mut scarce = whole.scarce();
     for &ix in indexes {
+        if whole.scarce() != scarce {
+            scarce = whole.scarce();
+            best_of.iter_mut().for_each(|b| *b = None);
+        }
         let mut why = Vec::new();
         // Every member's best node for this replica.
         let mut options = Vec::new();
@@ -371,7 +398,7 @@ pub fn place_replicas(
             }
             let (best, member_why) = best_of[ci].get_or_insert_with(|| {
                 let mut w = Vec::new();
-                (best_node(c, &free[ci], req, ix, &mut w), w)
+                (best_node(c, &free[ci], req, whole, ix, &mut w), w)
             });
             why.extend(member_why.iter().cloned());
             if let Some((ni, p, set, fit)) = best {
@@ -392,6 +419,10 @@ pub fn place_replicas(
         match best {
             Some((ci, ni, p, set, _, _, _)) => {
                 let (c, d) = &members[ci];
+                let g = &c.nodes[ni].graph;
+                if free[ci][ni] == g.all() && WholeNodes::is_whole_nvlink_node(g) {
+                    whole.idle = whole.idle.saturating_sub(1);
+                }
                 free[ci][ni] = free[ci][ni].minus(set);
                 best_of[ci] = None;
                 *held.entry(c.name.clone()).or_default() += 1;
@@ -420,12 +451,13 @@ pub fn place_replicas(
 fn place_on_one_member(
     eligible: &[&ClusterCandidate],
     req: &JobRequest,
+    whole: WholeNodes,
     indexes: &[i32],
 ) -> (Vec<(String, PodPlacement)>, Vec<String>) {
     let mut best: Option<(usize, ClusterChoice, GangFit, Option<i64>)> = None;
     let mut reasons = Vec::new();
     for c in eligible {
-        let (pods, fit, failed) = fit_greedy(c, req, indexes);
+        let (pods, fit, failed) = fit_greedy(c, req, whole, indexes);
         if let Some(r) = failed {
             reasons.push(r);
         }

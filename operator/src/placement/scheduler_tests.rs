@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::api::{ReplicaPlacement, SpreadPolicy};
+use crate::placement::rank::WholeNodes;
 use crate::topology::fixtures;
 
 /// A node of fixture `fixture` called `name`, with the given GPU indexes busy.
@@ -29,12 +30,23 @@ fn node(fixture: &str, name: &str, busy: &[usize]) -> NodeCandidate {
 }
 
 fn member(name: &str, nodes: Vec<NodeCandidate>) -> ClusterCandidate {
-    ClusterCandidate {
+    let mut c = ClusterCandidate {
         name: name.into(),
         labels: BTreeMap::new(),
         price: None,
         nodes,
         skipped: Vec::new(),
+        whole_nodes: Default::default(),
+    };
+    recount(&mut c);
+    c
+}
+
+/// Counts the member's whole NVLink nodes (as the scheduler's cache does).
+fn recount(c: &mut ClusterCandidate) {
+    c.whole_nodes = Default::default();
+    for n in &c.nodes {
+        c.whole_nodes.add_nodes(&n.graph, n.free, 1);
     }
 }
 
@@ -59,6 +71,7 @@ fn take(cands: &mut [ClusterCandidate], cluster: &str, p: &PodPlacement) {
         p.node
     );
     n.free = n.free.minus(set);
+    recount(c);
 }
 
 fn gang(cands: &mut [ClusterCandidate], req: &JobRequest, pods: usize) -> ClusterChoice {
@@ -155,6 +168,121 @@ fn preferred_multi_gpu_jobs_go_to_an_idle_nvlink_node_not_a_pcie_one() {
         gang(&mut cands, &job(2, NvLinkMode::None), 1).pods[0].node,
         "l40s"
     );
+}
+
+/// Four DGX H100 with `h100_busy` GPUs busy each, an idle DGX-1 and an L40S (PCIe only) with
+/// four of its eight GPUs free.
+fn whole_nodes_pool(h100_busy: &[usize]) -> Vec<ClusterCandidate> {
+    let mut nodes: Vec<NodeCandidate> = (0..4)
+        .map(|i| node("dgx-h100", &format!("h100-{i}"), h100_busy))
+        .collect();
+    nodes.push(node("dgx1-v100", "dgx1", &[]));
+    nodes.push(node("pcie-l40s", "l40s", &[0, 1, 2, 3]));
+    vec![member("m", nodes)]
+}
+
+#[test]
+fn whole_nvlink_nodes_are_the_big_nvlink_ring_nodes() {
+    for (fixture, whole) in [
+        ("dgx-h100", true),
+        ("dgx1-v100", true),
+        ("dgx2-v100", true),
+        ("dgx-a100", true),
+        ("hgx-h100", true),
+        ("pcie-l40s", false),
+        ("pcie-a100-bridged", false),
+        ("workstation-a6000", false),
+    ] {
+        let n = node(fixture, "n", &[]);
+        assert_eq!(
+            WholeNodes::is_whole_nvlink_node(&n.graph),
+            whole,
+            "{fixture}"
+        );
+    }
+    // The pools of the rule's test: one whole NVLink node of five idle is scarce, all five not.
+    assert!(
+        whole_nodes_pool(&[0, 1, 2, 3, 4, 5])[0]
+            .whole_nodes
+            .scarce()
+    );
+    assert_eq!(
+        whole_nodes_pool(&[])[0].whole_nodes,
+        WholeNodes { total: 5, idle: 5 }
+    );
+    assert!(!whole_nodes_pool(&[])[0].whole_nodes.scarce());
+    assert!(!WholeNodes::default().scarce());
+}
+
+#[test]
+fn preferred_jobs_take_a_pcie_hop_rather_than_break_a_scarce_idle_nvlink_node() {
+    // Scarce: of five whole NVLink nodes only the DGX-1 is idle (the H100s have 2 GPUs free).
+    // A 4-GPU `preferred` job takes four GPUs of the partly used L40S — a PCIe ring — and the
+    // DGX-1 stays whole for the next 8-GPU worker.
+    let mut cands = whole_nodes_pool(&[0, 1, 2, 3, 4, 5]);
+    let ch = gang(&mut cands, &job(4, NvLinkMode::Preferred), 1);
+    assert_eq!(ch.pods[0].node, "l40s");
+    let ch = gang(&mut cands, &job(8, NvLinkMode::Ring), 1);
+    assert_eq!(ch.pods[0].node, "dgx1");
+    // `ring` and `clique` never take a PCIe hop: they break the idle DGX-1.
+    for mode in [NvLinkMode::Ring, NvLinkMode::Clique] {
+        let mut cands = whole_nodes_pool(&[0, 1, 2, 3, 4, 5]);
+        let ch = gang(&mut cands, &job(4, mode), 1);
+        assert_eq!(ch.pods[0].node, "dgx1", "{mode:?}");
+    }
+    // Plentiful: every whole NVLink node idle. The job gets an all-NVLink ring on one of them,
+    // as before, not the L40S.
+    let cands = whole_nodes_pool(&[]);
+    let ch = place_gang(&cands, &job(4, NvLinkMode::Preferred), &[0]).unwrap();
+    let n = cands[0]
+        .nodes
+        .iter()
+        .find(|n| n.name == ch.pods[0].node)
+        .unwrap();
+    let set = GpuSet::from_indexes(
+        ch.pods[0]
+            .gpu_uuids
+            .iter()
+            .filter_map(|u| n.graph.index_of(u)),
+    );
+    assert_ne!(n.name, "l40s");
+    assert!(n.graph.has_nvlink_ring(set), "{:?}", ch.pods[0]);
+}
+
+#[test]
+fn a_gangs_own_workers_count_down_the_idle_whole_nodes() {
+    // Eight whole NVLink nodes, two idle: not scarce (two is a quarter). The first 6-GPU worker
+    // gets an NVLink ring on an idle DGX-1; then one idle node of eight is left, scarce, so the
+    // second takes the partly used L40S instead of the other DGX-1 — in a gang and as replicas.
+    let pool = || {
+        let mut nodes: Vec<NodeCandidate> = (0..6)
+            .map(|i| node("dgx-h100", &format!("h100-{i}"), &[0, 1, 2, 3, 4, 5]))
+            .collect();
+        nodes.push(node("dgx1-v100", "dgx1-a", &[]));
+        nodes.push(node("dgx1-v100", "dgx1-b", &[]));
+        nodes.push(node("pcie-l40s", "l40s", &[0, 1]));
+        vec![member("m", nodes)]
+    };
+    let cands = pool();
+    assert!(!cands[0].whole_nodes.scarce());
+    let ch = place_gang(&cands, &job(6, NvLinkMode::Preferred), &[0, 1]).unwrap();
+    let nodes: Vec<&str> = ch.pods.iter().map(|p| p.node.as_str()).collect();
+    assert_eq!(nodes, ["dgx1-a", "l40s"]);
+    let policy = ReplicaPlacement {
+        spread: Some(SpreadPolicy::default()),
+        max_replicas_per_cluster: None,
+    };
+    let (placed, reasons) = place_replicas(
+        &cands,
+        &job(6, NvLinkMode::Preferred),
+        &[0, 1],
+        &policy,
+        None,
+        &BTreeMap::new(),
+    );
+    assert!(reasons.is_empty(), "{reasons:?}");
+    let nodes: Vec<&str> = placed.iter().map(|(_, p)| p.node.as_str()).collect();
+    assert_eq!(nodes, ["dgx1-a", "l40s"]);
 }
 
 #[test]

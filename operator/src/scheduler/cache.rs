@@ -16,6 +16,7 @@
 //! node it names, so nothing one member publishes or annotates can block another member's GPUs.
 
 use crate::api::{BindingMode, CapacitySummary, GpuTopologySpec, ModelCapacity};
+use crate::placement::rank::WholeNodes;
 use crate::placement::{ClusterCandidate, JobRequest, NodeCandidate};
 use crate::topology::{GpuGraph, GpuSet};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -197,7 +198,7 @@ struct JobHolds {
 }
 
 /// Something that may let a waiting job fit now.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Wake {
     /// Free GPUs on the node that changed.
     pub free: usize,
@@ -205,6 +206,10 @@ pub struct Wake {
     pub model: String,
     /// Its memory per GPU.
     pub memory_mib: i64,
+    /// Its free GPUs.
+    pub gpus: GpuSet,
+    /// Its GPU graph.
+    pub graph: Arc<GpuGraph>,
 }
 
 /// Wakes collected since the last [`PoolCache::take_wakes`].
@@ -619,6 +624,8 @@ impl PoolCache {
                 free: st.free().len(),
                 model: st.model.clone(),
                 memory_mib: st.memory_mib,
+                gpus: st.free(),
+                graph: st.graph.clone(),
             });
         }
         let m = self.members.get_mut(member).expect("member exists");
@@ -933,7 +940,12 @@ impl PoolCache {
             let labels = m.info.labels.clone();
             let mut chosen: Vec<&NodeState> = Vec::new();
             let (mut too_small, mut wrong_model) = (0usize, 0usize);
+            let mut whole_nodes = WholeNodes::default();
             for (class, nodes) in &m.index {
+                // Every node of a class has the same shape and free GPUs: one look-up per class.
+                if let Some(n) = nodes.first().and_then(|n| m.ready.get(n)) {
+                    whole_nodes.add_nodes(&n.graph, n.free(), nodes.len());
+                }
                 if (class.free.count_ones() as usize) < k {
                     too_small += nodes.len();
                     continue;
@@ -988,6 +1000,7 @@ impl PoolCache {
                     })
                     .collect(),
                 skipped,
+                whole_nodes,
             });
         }
         (out, reasons)

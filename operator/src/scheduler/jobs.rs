@@ -217,6 +217,8 @@ fn need_of(r: &JobRequest) -> Need {
         gpus_per_pod: r.gpus_per_pod,
         model: r.gpu.model.clone(),
         min_memory_mib: r.gpu.min_memory_mib,
+        nvlink: r.nvlink,
+        min_link_gbps: r.gpu.min_link_gbps.unwrap_or(0),
     }
 }
 

@@ -300,7 +300,7 @@ impl State {
             self.queue.wake(|n| {
                 w.nodes
                     .iter()
-                    .any(|x| n.served_by(x.free, &x.model, x.memory_mib))
+                    .any(|x| n.served_by(&x.graph, x.gpus, &x.model, x.memory_mib))
             });
         }
     }

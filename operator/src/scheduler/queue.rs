@@ -5,6 +5,9 @@
 //! (did not fit; tried again only when something it could use is freed), or *backing off* (a
 //! write failed). Pure: the caller supplies the clock.
 
+use crate::api::NvLinkMode;
+use crate::placement::allocator::{GpuRequest, allocate};
+use crate::topology::{GpuGraph, GpuSet};
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -25,17 +28,30 @@ pub struct Need {
     pub model: Option<String>,
     /// Minimum memory per GPU.
     pub min_memory_mib: Option<i64>,
+    /// NVLink mode of one pod's GPUs.
+    pub nvlink: NvLinkMode,
+    /// Smallest acceptable hop of the pod's ring (`gpu.minLinkGBps`), 0 for none.
+    pub min_link_gbps: i64,
 }
 
 impl Need {
-    /// Whether a node with `free` GPUs of `model`/`memory_mib` could take one pod.
-    pub fn served_by(&self, free: usize, model: &str, memory_mib: i64) -> bool {
-        free >= self.gpus_per_pod.max(1)
+    /// Whether a node of graph `graph` with the `free` GPUs, of `model`/`memory_mib`, could take
+    /// one pod: the placement's own test for a node (model and memory, then the allocator with
+    /// the pod's GPU count, NVLink mode and link floor), so it wakes a job exactly when one of
+    /// its pods would fit on the node — never less often, or a job could wait for ever.
+    pub fn served_by(&self, graph: &GpuGraph, free: GpuSet, model: &str, memory_mib: i64) -> bool {
+        free.len() >= self.gpus_per_pod.max(1)
             && self
                 .model
                 .as_ref()
                 .is_none_or(|m| model.to_lowercase().contains(&m.to_lowercase()))
             && self.min_memory_mib.is_none_or(|m| memory_mib >= m)
+            && allocate(graph, free, &self.request()).is_ok()
+    }
+
+    /// The allocator request of one pod (as the placement builds it).
+    fn request(&self) -> GpuRequest {
+        GpuRequest::new(self.gpus_per_pod, self.nvlink).with_min_link(self.min_link_gbps)
     }
 }
 
@@ -341,7 +357,8 @@ mod tests {
         );
         // No classes at all: priority as given.
         assert_eq!(PriorityClasses::default().resolve(0, None), Ok(0));
-        assert!(!Need::nothing().served_by(8, "H100", 81920));
+        let h100 = graph("dgx-h100");
+        assert!(!Need::nothing().served_by(&h100, h100.all(), "H100", 81920));
     }
 
     #[test]
@@ -426,10 +443,15 @@ mod tests {
             },
         );
         assert!(!q.has_active());
+        let (a100, h100) = (graph("dgx-a100"), graph("dgx-h100"));
+        let one = GpuSet::from_indexes([3]);
         // One GPU of another model freed: nobody.
-        assert_eq!(q.wake(|n| n.served_by(1, "A100", 80_000)), 0);
+        assert_eq!(q.wake(|n| n.served_by(&a100, one, "A100", 80_000)), 0);
         // One H100 freed: the one-GPU job only.
-        assert_eq!(q.wake(|n| n.served_by(1, "NVIDIA H100 80GB", 80_000)), 1);
+        assert_eq!(
+            q.wake(|n| n.served_by(&h100, one, "NVIDIA H100 80GB", 80_000)),
+            1
+        );
         assert_eq!(q.pop(now).map(|(u, _)| u), Some("one".to_string()));
         assert!(q.pop(now).is_none());
         // A parked job whose spec changed is tried again; an unchanged update is not.
@@ -437,6 +459,151 @@ mod tests {
         assert!(!q.has_active());
         q.upsert("eight", 0, 1, 2, ());
         assert_eq!(q.pop(now).map(|(u, _)| u), Some("eight".to_string()));
+    }
+
+    fn graph(fixture: &str) -> GpuGraph {
+        GpuGraph::from_spec(&crate::topology::fixtures::get(fixture)).unwrap()
+    }
+
+    fn need(gpus: usize, nvlink: NvLinkMode, min_link_gbps: i64) -> Need {
+        Need {
+            gpus_per_pod: gpus,
+            nvlink,
+            min_link_gbps,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn freed_gpus_wake_only_jobs_whose_nvlink_mode_and_link_floor_they_meet() {
+        let dgx1 = graph("dgx1-v100");
+        let l40s = graph("pcie-l40s");
+        let set = |ix: &[usize]| GpuSet::from_indexes(ix.iter().copied());
+        let served = |n: &Need, g: &GpuGraph, free: GpuSet| n.served_by(g, free, "V100", 32_768);
+        // DGX-1 cube-mesh: {0,1,4,5} is an all-NVLink ring but not a clique (0 and 5 are not
+        // linked); {0,1,2,3} is both.
+        let ring4 = set(&[0, 1, 4, 5]);
+        assert!(!served(&need(4, NvLinkMode::Clique, 0), &dgx1, ring4));
+        assert!(served(&need(4, NvLinkMode::Ring, 0), &dgx1, ring4));
+        assert!(served(&need(4, NvLinkMode::Preferred, 0), &dgx1, ring4));
+        assert!(served(
+            &need(4, NvLinkMode::Clique, 0),
+            &dgx1,
+            set(&[0, 1, 2, 3])
+        ));
+        // A floor of 60 GB/s: an NV1 pair (0, 1) does not serve it, an NV2 pair (0, 3) does.
+        assert!(!served(
+            &need(2, NvLinkMode::Preferred, 60),
+            &dgx1,
+            set(&[0, 1])
+        ));
+        assert!(served(
+            &need(2, NvLinkMode::Preferred, 60),
+            &dgx1,
+            set(&[0, 3])
+        ));
+        assert!(served(
+            &need(2, NvLinkMode::Preferred, 0),
+            &dgx1,
+            set(&[0, 1])
+        ));
+        // A PCIe-only node freeing all its GPUs: `preferred` and `none` jobs, not `ring` or
+        // `clique`, nor a floor above PCIe.
+        assert!(served(
+            &need(8, NvLinkMode::Preferred, 0),
+            &l40s,
+            l40s.all()
+        ));
+        assert!(served(&need(8, NvLinkMode::None, 0), &l40s, l40s.all()));
+        assert!(!served(&need(8, NvLinkMode::Ring, 0), &l40s, l40s.all()));
+        assert!(!served(&need(2, NvLinkMode::Clique, 0), &l40s, l40s.all()));
+        assert!(!served(&need(2, NvLinkMode::None, 60), &l40s, l40s.all()));
+        // Too few GPUs: nobody, whatever the mode.
+        assert!(!served(
+            &need(4, NvLinkMode::None, 0),
+            &dgx1,
+            set(&[0, 1, 2])
+        ));
+    }
+
+    #[test]
+    fn the_wake_filter_is_never_stricter_than_the_placement() {
+        use crate::api::GpuSelector;
+        use crate::placement::{ClusterCandidate, JobRequest, NodeCandidate, place_gang};
+        // For every fixture node, free masks from a fixed generator, every mode, GPU counts and
+        // link floors: the filter says "could serve" exactly when the placement puts one pod on
+        // that node alone. Stricter would strand a waiting job; looser wakes it for nothing.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut placed_n, mut refused_n) = (0, 0);
+        for (name, mut spec) in crate::topology::fixtures::all() {
+            spec.node_name = name.into();
+            let g = std::sync::Arc::new(GpuGraph::from_spec(&spec).unwrap());
+            let model = spec.gpus[0].model.clone();
+            let memory = spec.gpus[0].memory_mib;
+            for round in 0..24 {
+                let free = match round {
+                    0 => g.all(),
+                    _ => GpuSet(next()).and(g.all()),
+                };
+                let cand = ClusterCandidate {
+                    name: "m".into(),
+                    labels: Default::default(),
+                    price: None,
+                    nodes: vec![NodeCandidate {
+                        name: name.into(),
+                        graph: g.clone(),
+                        free,
+                        model: model.clone(),
+                        memory_mib: memory,
+                    }],
+                    skipped: Vec::new(),
+                    whole_nodes: Default::default(),
+                };
+                for gpus in [1, 2, 3, 4, 5, 8] {
+                    for mode in [
+                        NvLinkMode::Clique,
+                        NvLinkMode::Ring,
+                        NvLinkMode::Preferred,
+                        NvLinkMode::None,
+                    ] {
+                        for floor in [0, 60, 300] {
+                            let req = JobRequest {
+                                gpus_per_pod: gpus,
+                                nvlink: mode,
+                                gpu: GpuSelector {
+                                    min_link_gbps: (floor > 0).then_some(floor),
+                                    ..Default::default()
+                                },
+                                cluster_selector: Default::default(),
+                            };
+                            let placed =
+                                place_gang(std::slice::from_ref(&cand), &req, &[0]).is_ok();
+                            let n = need(gpus, mode, floor);
+                            assert_eq!(
+                                n.served_by(&g, free, &model, memory),
+                                placed,
+                                "{name} free {free:?}: {gpus} GPUs {mode:?} floor {floor}"
+                            );
+                            if placed {
+                                placed_n += 1;
+                            } else {
+                                refused_n += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            placed_n > 500 && refused_n > 500,
+            "too few cases exercised: {placed_n} placed, {refused_n} refused"
+        );
     }
 
     #[test]

@@ -519,7 +519,8 @@ fn a_waiting_job_naming_an_unknown_class_is_parked_with_the_reason() {
         panic!("must not be placed: {:?}", w.decision)
     };
     assert!(reason.contains("no PriorityClass"), "{reason}");
-    assert!(!need.served_by(8, "NVIDIA H100", 81920));
+    let h100 = crate::topology::GpuGraph::from_spec(&fixtures::get("dgx-h100")).unwrap();
+    assert!(!need.served_by(&h100, h100.all(), "NVIDIA H100", 81920));
     // It stays parked while GPUs come and go, and is placed once its class exists.
     st.in_flight.clear();
     assert!(matches!(st.next(&metrics), super::Step::Idle));
@@ -536,4 +537,33 @@ fn a_waiting_job_naming_an_unknown_class_is_parked_with_the_reason() {
         "{:?}",
         w.decision
     );
+}
+
+#[test]
+fn candidates_count_every_whole_nvlink_node_and_the_idle_ones() {
+    // Three idle DGX H100 (one class: the candidates name only the first), a DGX-1 with two GPUs
+    // held and an L40S (no NVLink): the scarcity counts cover every node of the member.
+    let mut c = pool(&[(
+        "m",
+        &[
+            ("h0", "dgx-h100"),
+            ("h1", "dgx-h100"),
+            ("h2", "dgx-h100"),
+            ("d", "dgx1-v100"),
+            ("l", "pcie-l40s"),
+        ],
+    )]);
+    c.assume(
+        "j",
+        [slot("m", "d", 0), slot("m", "d", 1)].into_iter().collect(),
+    );
+    let (cands, _) = c.candidates(&req(1), 1);
+    assert_eq!(cands[0].nodes.len(), 3);
+    assert_eq!(
+        cands[0].whole_nodes,
+        crate::placement::rank::WholeNodes { total: 4, idle: 3 }
+    );
+    c.unassume("j");
+    let (cands, _) = c.candidates(&req(1), 1);
+    assert_eq!(cands[0].whole_nodes.idle, 4);
 }
