@@ -207,6 +207,7 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) -> anyhow::R
     let _classes = AbortOnDrop(tokio::spawn(classes));
     // What `Controller::new` does, with the store shared through the context (`ctx.members`).
     let stream = watcher(Api::<MemberCluster>::all(hub.clone()), wc.clone())
+        .default_backoff()
         .reflect(triggers.members)
         .applied_objects();
     let members = Controller::for_stream(stream, ctx.members.clone())
