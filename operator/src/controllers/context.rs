@@ -135,14 +135,14 @@ impl Context {
             controller: "gpupool-operator".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
-        let recorder = Recorder::new(hub.clone(), reporter);
         let registry = Registry::default();
         let scheduler = Scheduler::new(
             hub.clone(),
             registry.clone(),
-            recorder.clone(),
+            reporter.clone(),
             metrics.clone(),
         );
+        let recorder = scheduler.recorder(true);
         let ctx = Context {
             recorder,
             hub,

@@ -68,7 +68,12 @@ pub async fn event<K: Resource<DynamicType = ()>>(
         action: action.into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
+    if let Err(e) = ctx
+        .scheduler
+        .recorder(warning)
+        .publish(&ev, &obj.object_ref(&()))
+        .await
+    {
         tracing::warn!(error = %e, reason, "publishing event failed");
     }
 }

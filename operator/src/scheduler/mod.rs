@@ -34,7 +34,7 @@ use jobs::Decision;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kube::api::Api;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -98,6 +98,7 @@ pub struct Scheduler {
     hub: kube::Client,
     registry: Registry,
     recorder: Recorder,
+    reporter: Reporter,
     metrics: Metrics,
     writes: Arc<Semaphore>,
     events: governor::DefaultDirectRateLimiter,
@@ -375,15 +376,17 @@ impl Scheduler {
     pub fn new(
         hub: kube::Client,
         registry: Registry,
-        recorder: Recorder,
+        reporter: Reporter,
         metrics: Metrics,
     ) -> Arc<Self> {
+        let recorder = Recorder::new(hub.clone(), reporter.clone());
         Arc::new(Scheduler {
             state: Mutex::new(State::new()),
             notify: Notify::new(),
             hub,
             registry,
             recorder,
+            reporter,
             metrics,
             writes: Arc::new(Semaphore::new(MAX_CONCURRENT_WRITES)),
             events: governor::RateLimiter::direct(
@@ -636,6 +639,20 @@ impl Scheduler {
         self.lock().in_flight.contains(uid)
     }
 
+    /// The recorder for an Event. Warnings go through one shared recorder, which folds a warning
+    /// repeated on the same object into a series (one Event whose count grows). A Normal Event
+    /// (`Scheduled`, `Running`, ...) happens once per job and step, so there is nothing to fold,
+    /// and the shared recorder would keep it in its cache for six minutes: at the Events' rate
+    /// limit that is thousands of Events held in memory for nothing. It gets a recorder of its
+    /// own, dropped once it is sent.
+    pub fn recorder(&self, warning: bool) -> Recorder {
+        if warning {
+            self.recorder.clone()
+        } else {
+            Recorder::new(self.hub.clone(), self.reporter.clone())
+        }
+    }
+
     /// Whether a Normal Event of `reason` may be published now (see [`EVENTS_PER_SECOND`]; the
     /// controllers' Normal Events share the budget). Counts the ones skipped.
     pub fn allow_normal_event(&self, reason: &str) -> bool {
@@ -718,7 +735,11 @@ impl Scheduler {
             action: "Place".into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+        if let Err(e) = self
+            .recorder(warning)
+            .publish(&ev, &obj.object_ref(&()))
+            .await
+        {
             tracing::warn!(error = %e, reason, "publishing event failed");
         }
     }
