@@ -42,7 +42,7 @@ bench-placement:
 
 ## Scheduler at scale (not part of `make test`): placement microbenchmark over 100 members ×
 ## 1 000 nodes, then hub + 2 members with KWOK nodes and the release operator for N jobs.
-## BENCH_SCALE_ARGS, e.g. `--jobs 500,2000 --skip-placement`.
+## BENCH_SCALE_ARGS, e.g. `--jobs 500,2000 --skip-placement` or `--jobs 3000 --rate 50`.
 bench-scale: tools
 	$(CARGO) build --release -p gpupool-operator --bin gpupool -p gpupool-e2e --bin gpupool-bench-scale
 	"$${CARGO_TARGET_DIR:-target}/release/gpupool-bench-scale" $(BENCH_SCALE_ARGS)

@@ -568,3 +568,69 @@ async fn a_member_removed_while_unreachable_is_swept_when_it_joins_again() {
         2
     );
 }
+
+/// The operator keeps a running gang without its pod template (it is immutable and nothing reads
+/// it while the gang runs); a worker pod gone from its member is still created again, whole,
+/// from the template read back from the hub — not restarted, not moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_workers_pod_deleted_in_its_member_is_created_again_from_its_template() {
+    let (fed, _op) = setup(1, 30).await;
+    let hub = fed.hub.client().await.unwrap();
+    let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
+    let solo: TrainingJob = serde_yaml::from_str(
+        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {name: solo, namespace: default}\nspec: {template: {spec: {containers: [{name: t, image: ghcr.io/example/t:7, args: [--epochs, '3'], env: [{name: DATA, value: /data/set-a}]}]}}, workers: 1, gpusPerWorker: 2, nvlink: none}\n",
+    )
+    .unwrap();
+    tjs.create(&PostParams::default(), &solo).await.unwrap();
+    let placed = gpupool_e2e::wait_training_phase(&tjs, "solo", TrainingPhase::Running, 60)
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(fed.members[0].cp.client().await.unwrap(), "default");
+    let name = "solo-g0-w0";
+    let old_uid = pods.get(name).await.unwrap().metadata.uid.unwrap();
+    pods.delete(name, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let again = eventually(60, "the worker pod created again", || async {
+        Ok(pods
+            .get_opt(name)
+            .await?
+            .filter(|p| p.metadata.uid.as_deref() != Some(old_uid.as_str())))
+    })
+    .await
+    .unwrap();
+    let c = &again.spec.as_ref().unwrap().containers[0];
+    assert_eq!(c.image.as_deref(), Some("ghcr.io/example/t:7"));
+    assert_eq!(
+        c.args.as_deref(),
+        Some(&["--epochs".to_string(), "3".to_string()][..])
+    );
+    let env: BTreeMap<String, String> = c
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(env.get("DATA").map(String::as_str), Some("/data/set-a"));
+    assert_eq!(env.get("WORLD_SIZE").map(String::as_str), Some("1"));
+    assert_eq!(
+        again.metadata.annotations.as_ref().unwrap()["gpupool.io/gpu-uuids"]
+            .split(',')
+            .collect::<BTreeSet<_>>(),
+        placed.workers[0]
+            .gpu_uuids
+            .iter()
+            .map(String::as_str)
+            .collect::<BTreeSet<_>>(),
+        "the same GPUs"
+    );
+    let st = gpupool_e2e::wait_training_phase(&tjs, "solo", TrainingPhase::Running, 60)
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(st.restarts, 0, "the gang was not restarted");
+    assert_eq!(st.cluster, placed.cluster);
+}

@@ -142,7 +142,7 @@ impl Context {
             reporter.clone(),
             metrics.clone(),
         );
-        let recorder = scheduler.recorder(true);
+        let recorder = Recorder::new(hub.clone(), reporter);
         let ctx = Context {
             recorder,
             hub,

@@ -70,7 +70,7 @@ pub async fn event<K: Resource<DynamicType = ()>>(
     };
     if let Err(e) = ctx
         .scheduler
-        .recorder(warning)
+        .recorder(warning, reason)
         .publish(&ev, &obj.object_ref(&()))
         .await
     {

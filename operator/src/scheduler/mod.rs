@@ -45,6 +45,9 @@ use tokio::sync::{Notify, Semaphore};
 
 /// Writes (status + member objects of one decision) running at once.
 pub const MAX_CONCURRENT_WRITES: usize = 64;
+/// Normal Events sent once per job and placement, never folded into a series (see
+/// [`Scheduler::recorder`]).
+const UNFOLDED_EVENTS: [&str; 2] = ["Scheduled", "Running"];
 /// A waiting job's queue position is rewritten at most this often (its reason at every change).
 const POSITION_REFRESH: Duration = Duration::from_secs(10);
 /// Normal Events (`Scheduled`, `Running`, …, the scheduler's and the controllers') published
@@ -639,17 +642,19 @@ impl Scheduler {
         self.lock().in_flight.contains(uid)
     }
 
-    /// The recorder for an Event. Warnings go through one shared recorder, which folds a warning
-    /// repeated on the same object into a series (one Event whose count grows). A Normal Event
-    /// (`Scheduled`, `Running`, ...) happens once per job and step, so there is nothing to fold,
-    /// and the shared recorder would keep it in its cache for six minutes: at the Events' rate
-    /// limit that is thousands of Events held in memory for nothing. It gets a recorder of its
-    /// own, dropped once it is sent.
-    pub fn recorder(&self, warning: bool) -> Recorder {
-        if warning {
-            self.recorder.clone()
-        } else {
+    /// The recorder for an Event. kube's recorder folds an Event repeated on the same object
+    /// (same type, action and reason) into a series — one Event whose count grows, with the
+    /// first note — and to do so keeps every Event it sent for six minutes. That is right for
+    /// warnings and for steps that repeat (`ReplicaReplaced` three times in a rollout reads
+    /// "×3"), but `Scheduled` and `Running` come once per job and placement: at the Events' rate
+    /// limit the cache held thousands of them for nothing, and a gang placed again after a
+    /// restart would have shown its first placement's note with a count of two. Those two get a
+    /// recorder of their own, dropped once the Event is sent.
+    pub fn recorder(&self, warning: bool, reason: &str) -> Recorder {
+        if !warning && UNFOLDED_EVENTS.contains(&reason) {
             Recorder::new(self.hub.clone(), self.reporter.clone())
+        } else {
+            self.recorder.clone()
         }
     }
 
@@ -736,7 +741,7 @@ impl Scheduler {
             secondary: None,
         };
         if let Err(e) = self
-            .recorder(warning)
+            .recorder(warning, reason)
             .publish(&ev, &obj.object_ref(&()))
             .await
         {
