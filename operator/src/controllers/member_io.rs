@@ -118,8 +118,9 @@ pub async fn sweep_orphans(
             "TrainingJob" => Hub::Training(tjs.get(&ObjectRef::new(&job_name).within(&job_ns))),
             "InferenceJob" => Hub::Inference(ijs.get(&ObjectRef::new(&job_name).within(&job_ns))),
             _ => continue,
-        };
-        if cached.keeps(p, uid, cluster) {
+        }
+        .same_job(uid);
+        if cached.keeps(p, cluster) {
             continue;
         }
         // Confirm with the API server before deleting anything.
@@ -136,8 +137,9 @@ pub async fn sweep_orphans(
                     .await?
                     .map(std::sync::Arc::new),
             ),
-        };
-        if fresh.keeps(p, uid, cluster) || ctx.scheduler.in_flight(uid) {
+        }
+        .same_job(uid);
+        if fresh.keeps(p, cluster) || ctx.scheduler.in_flight(uid) {
             continue;
         }
         let ns = p.namespace().unwrap_or_default();
@@ -149,7 +151,7 @@ pub async fn sweep_orphans(
         }
         // Deleted jobs, and jobs that hold nothing here any more (moved away while the member
         // was unreachable): their Services (a pull member: their whole work object) go too.
-        if !fresh.placed_here(uid, cluster) {
+        if !fresh.placed_here(cluster) {
             dead_uids.insert((ns, uid.clone()));
         }
     }
@@ -166,36 +168,41 @@ enum Hub {
 }
 
 impl Hub {
-    /// Whether the job still accounts for pod `p` in `cluster` (the same job: same `uid`).
-    fn keeps(&self, p: &Pod, uid: &str, cluster: &str) -> bool {
+    /// No job unless it is the one of UID `uid` (not a later job of the same name).
+    fn same_job(self, uid: &str) -> Hub {
+        fn same<K: Resource>(j: Option<std::sync::Arc<K>>, uid: &str) -> Option<std::sync::Arc<K>> {
+            j.filter(|j| j.meta().uid.as_deref() == Some(uid))
+        }
+        match self {
+            Hub::Training(j) => Hub::Training(same(j, uid)),
+            Hub::Inference(j) => Hub::Inference(same(j, uid)),
+        }
+    }
+
+    /// Whether the job still accounts for pod `p` in `cluster`.
+    fn keeps(&self, p: &Pod, cluster: &str) -> bool {
         let l = p.labels();
         match self {
-            Hub::Training(j) => j
-                .as_ref()
-                .filter(|j| j.uid().as_deref() == Some(uid))
-                .is_some_and(|j| {
-                    let st = j.status.clone().unwrap_or_default();
-                    let gen_ok = l
-                        .get(labels::GENERATION)
-                        .and_then(|g| g.parse::<i32>().ok())
-                        == Some(st.restarts);
-                    let finished =
-                        matches!(st.phase, TrainingPhase::Succeeded | TrainingPhase::Failed);
-                    let pod_done = matches!(
-                        p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                        Some("Succeeded" | "Failed")
-                    );
-                    // On the member the job runs on: the current generation of a job that has
-                    // not failed, and the terminated pods of finished gangs (their logs). A failed
-                    // job's still-running pods go (e.g. a gang whose member came back after the
-                    // job failed).
-                    st.cluster.as_deref() == Some(cluster)
-                        && ((gen_ok && st.phase != TrainingPhase::Failed) || (finished && pod_done))
-                }),
-            Hub::Inference(j) => j
-                .as_ref()
-                .filter(|j| j.uid().as_deref() == Some(uid))
-                .is_some_and(|j| {
+            Hub::Training(j) => j.as_ref().is_some_and(|j| {
+                let st = j.status.clone().unwrap_or_default();
+                let gen_ok = l
+                    .get(labels::GENERATION)
+                    .and_then(|g| g.parse::<i32>().ok())
+                    == Some(st.restarts);
+                let finished = matches!(st.phase, TrainingPhase::Succeeded | TrainingPhase::Failed);
+                let pod_done = matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                );
+                // On the member the job runs on: the current generation of a job that has
+                // not failed, and the terminated pods of finished gangs (their logs). A failed
+                // job's still-running pods go (e.g. a gang whose member came back after the
+                // job failed).
+                st.cluster.as_deref() == Some(cluster)
+                    && ((gen_ok && st.phase != TrainingPhase::Failed) || (finished && pod_done))
+            }),
+            Hub::Inference(j) => {
+                j.as_ref().is_some_and(|j| {
                     let node = crate::workloads::pod_node(p).unwrap_or_default();
                     let index: i32 = l
                         .get(labels::INDEX)
@@ -208,27 +215,22 @@ impl Hub {
                                 *r == index && g.node == node && g.revision == revision
                             })
                     })
-                }),
+                })
+            }
         }
     }
 
     /// Whether the job still holds anything in `cluster`.
-    fn placed_here(&self, uid: &str, cluster: &str) -> bool {
+    fn placed_here(&self, cluster: &str) -> bool {
         match self {
-            Hub::Training(j) => j
-                .as_ref()
-                .filter(|j| j.uid().as_deref() == Some(uid))
-                .is_some_and(|j| {
-                    j.status.as_ref().and_then(|s| s.cluster.as_deref()) == Some(cluster)
-                }),
-            Hub::Inference(j) => j
-                .as_ref()
-                .filter(|j| j.uid().as_deref() == Some(uid))
-                .is_some_and(|j| {
-                    j.status
-                        .as_ref()
-                        .is_some_and(|s| s.placements.iter().any(|pl| pl.cluster == cluster))
-                }),
+            Hub::Training(j) => j.as_ref().is_some_and(|j| {
+                j.status.as_ref().and_then(|s| s.cluster.as_deref()) == Some(cluster)
+            }),
+            Hub::Inference(j) => j.as_ref().is_some_and(|j| {
+                j.status
+                    .as_ref()
+                    .is_some_and(|s| s.placements.iter().any(|pl| pl.cluster == cluster))
+            }),
         }
     }
 }

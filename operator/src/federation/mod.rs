@@ -29,7 +29,7 @@ pub use inventory::{allocatable_gpus, node_ready};
 pub use link::MemberLink;
 pub use pull_feed::{Derived, derive as derive_pull_view};
 pub use registry::{MemberView, Registry};
-pub use watch::{Change, MemberSink, MemberWatch, trim_meta, trim_node, trim_pod};
+pub use watch::{Change, MemberSink, MemberWatch, listed, trim_meta, trim_node, trim_pod};
 
 /// Labels and annotations gpupool puts on everything it creates in a member cluster.
 pub mod labels {

@@ -7,11 +7,13 @@
 //! A pod reaches the hub one watch event after the agent reports it: the agent writes the work's
 //! status, the hub's watch of the works delivers it.
 
-use super::watch::{Change, EndIndex, MemberSink, MemberWatch, PodIndex, index_ends, index_pods};
+use super::watch::{
+    Change, EndIndex, MemberSink, MemberWatch, PodIndex, index_ends, index_pods, listed,
+};
 use crate::api::{GpuTopology, GpuTopologyStatus, MemberReport, MemberWork};
 use crate::join::names;
 use crate::pull;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::Api;
@@ -186,12 +188,6 @@ enum Tick {
     Nothing,
 }
 
-fn ready<K: Resource<DynamicType = ()> + Clone + 'static>(s: &Store<K>) -> bool {
-    s.wait_until_ready()
-        .now_or_never()
-        .is_some_and(|r| r.is_ok())
-}
-
 impl MemberWatch {
     /// Starts the feed of pull member `member` from its hub namespace (through `hub`, the hub's
     /// client), reporting to `sink` exactly as [`MemberWatch::start`] does for a push member.
@@ -252,7 +248,7 @@ impl MemberWatch {
                         changed_works.insert(name);
                     }
                 }
-                if !ready(&reports) || !ready(&works) {
+                if !listed(&reports) || !listed(&works) {
                     continue;
                 }
                 if first || reports_changed {
@@ -358,7 +354,7 @@ mod tests {
         };
         let a = derive(&[report(8, true, &[])], &[]).nodes;
         m.update(a.clone(), true, &mut emit);
-        assert!(ready(&store));
+        assert!(listed(&store));
         m.update(a.clone(), false, &mut emit);
         let b = derive(&[report(4, true, &[])], &[]).nodes;
         m.update(b, false, &mut emit);

@@ -264,6 +264,16 @@ pub fn trim_meta(m: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectM
     }
 }
 
+/// Whether a reflector store has received its first complete list (without waiting for it).
+pub fn listed<K>(s: &Store<K>) -> bool
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    s.wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+}
+
 fn drop_managed_fields<K: kube::Resource>(o: &mut K) {
     o.meta_mut().managed_fields = None;
 }
@@ -391,9 +401,7 @@ impl MemberWatch {
     /// Whether nodes and pods have been listed at least once (topologies are optional: a member
     /// without the CRD simply has none).
     pub fn synced(&self) -> bool {
-        let ready = |f: futures::future::BoxFuture<'_, bool>| f.now_or_never().unwrap_or(false);
-        ready(self.nodes.wait_until_ready().map(|r| r.is_ok()).boxed())
-            && ready(self.pods.wait_until_ready().map(|r| r.is_ok()).boxed())
+        listed(&self.nodes) && listed(&self.pods)
     }
 
     /// The pods of hub job `uid` in this member.

@@ -121,20 +121,6 @@ where
         .unwrap_or_else(|| Arc::new(j.clone()))
 }
 
-fn listed<K>(store: Option<&Store<K>>) -> Option<Store<K>>
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
-    use futures::FutureExt;
-    store
-        .filter(|s| {
-            s.wait_until_ready()
-                .now_or_never()
-                .is_some_and(|r| r.is_ok())
-        })
-        .cloned()
-}
-
 fn kind_index(kind: &str) -> usize {
     usize::from(kind == "InferenceJob")
 }
@@ -470,12 +456,18 @@ impl Scheduler {
 
     /// The hub's TrainingJobs as the operator's watch holds them, once it has listed them all.
     pub fn training_store(&self) -> Option<Store<TrainingJob>> {
-        listed(self.training_store.get())
+        self.training_store
+            .get()
+            .filter(|s| crate::federation::listed(s))
+            .cloned()
     }
 
     /// The hub's InferenceJobs as the operator's watch holds them, once it has listed them all.
     pub fn inference_store(&self) -> Option<Store<InferenceJob>> {
-        listed(self.inference_store.get())
+        self.inference_store
+            .get()
+            .filter(|s| crate::federation::listed(s))
+            .cloned()
     }
 
     /// An InferenceJob watch event from the hub.
