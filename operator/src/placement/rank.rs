@@ -13,13 +13,18 @@
 //! 1. **NVLink class** (multi-GPU `preferred` only): a set with an all-NVLink ring beats one
 //!    without, so a PCIe-only node never wins over a node that can give the job NVLink.
 //!    (`clique`/`ring` sets always have it; `none` and one-GPU requests ignore it.)
-//! 2. **Keep whole big nodes whole**: a node of at least [`WHOLE_NODE_GPUS`] GPUs that is idle is
+//! 2. **Small pods on small nodes**: a pod of fewer than [`WHOLE_NODE_GPUS`] GPUs goes to a node
+//!    smaller than that — which no whole-node worker can ever use — before it takes GPUs of a big
+//!    node, partly used or not. Every small pod added to a big node is one more job that must end
+//!    before the node can take a whole-node worker again; on a small node it delays nobody.
+//!    (After the NVLink class: a `preferred` pair still takes an NVLink pair on a big node rather
+//!    than a PCIe pair on a small one.)
+//! 3. **Keep whole big nodes whole**: a node of at least [`WHOLE_NODE_GPUS`] GPUs that is idle is
 //!    broken only when no partly used node (or small node) has room, so 8-GPU workers find them.
-//!    Small idle nodes are not protected: filling them is what keeps the big ones whole.
-//! 3. **Fewest GPUs left free** on the node (best fit).
-//! 4. **Least valuable remainder**: the smallest loss of the node's largest free NVLink clique,
+//! 4. **Fewest GPUs left free** on the node (best fit).
+//! 5. **Least valuable remainder**: the smallest loss of the node's largest free NVLink clique,
 //!    so a free quad elsewhere is kept for the job that needs it.
-//! 5. **Set quality**: `(mean pair quality + ring bottleneck) / 2`, then less fragmentation.
+//! 6. **Set quality**: `(mean pair quality + ring bottleneck) / 2`, then less fragmentation.
 //!
 //! Keys compare with `<`: the smaller key is the better placement.
 
@@ -105,6 +110,9 @@ pub struct NodeFit {
     pub breaks_scarce: u8,
     /// 0 when the set has the NVLink class the request prefers (or the class does not matter).
     pub class: u8,
+    /// 1 when a pod of fewer than [`WHOLE_NODE_GPUS`] GPUs takes GPUs of a node of at least
+    /// that many.
+    pub small_on_big: u8,
     /// 1 when the node has at least [`WHOLE_NODE_GPUS`] GPUs and was idle before.
     pub breaks_idle: u8,
     /// GPUs left free on the node.
@@ -120,12 +128,14 @@ pub struct NodeFit {
 /// The [`NodeFit`] of `a` for `req`, `scarce` when whole NVLink nodes are ([`WholeNodes`]).
 pub fn node_fit(a: &Allocation, req: &GpuRequest, scarce: bool) -> NodeFit {
     let wants_nvlink = req.count > 1 && req.nvlink != NvLinkMode::None;
-    let breaks_idle = a.free_before == a.node_gpus && a.node_gpus >= WHOLE_NODE_GPUS;
+    let big_node = a.node_gpus >= WHOLE_NODE_GPUS;
+    let breaks_idle = a.free_before == a.node_gpus && big_node;
     NodeFit {
         breaks_scarce: u8::from(
             scarce && breaks_idle && req.count > 1 && req.nvlink == NvLinkMode::Preferred,
         ),
         class: u8::from(wants_nvlink && !a.nvlink_ring),
+        small_on_big: u8::from(big_node && req.count < WHOLE_NODE_GPUS),
         breaks_idle: u8::from(breaks_idle),
         left: a.free_after(),
         clique_loss: a
@@ -144,6 +154,8 @@ pub struct GangFit {
     pub breaks_scarce: usize,
     /// Pods without the preferred NVLink class.
     pub class: usize,
+    /// Pods of fewer than [`WHOLE_NODE_GPUS`] GPUs on nodes of at least that many.
+    pub small_on_big: usize,
     /// Pods that broke an idle big node.
     pub breaks_idle: usize,
     /// GPUs left free on each pod's node right after it landed, summed.
@@ -159,6 +171,7 @@ impl Default for GangFit {
         GangFit {
             breaks_scarce: 0,
             class: 0,
+            small_on_big: 0,
             breaks_idle: 0,
             left: 0,
             clique_loss: 0,
@@ -172,6 +185,7 @@ impl GangFit {
     pub fn add(&mut self, f: &NodeFit) {
         self.breaks_scarce += usize::from(f.breaks_scarce);
         self.class += usize::from(f.class);
+        self.small_on_big += usize::from(f.small_on_big);
         self.breaks_idle += usize::from(f.breaks_idle);
         self.left += f.left;
         self.clique_loss += f.clique_loss;

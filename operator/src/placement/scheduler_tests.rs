@@ -170,6 +170,67 @@ fn preferred_multi_gpu_jobs_go_to_an_idle_nvlink_node_not_a_pcie_one() {
     );
 }
 
+#[test]
+fn small_pods_fill_small_nodes_before_taking_gpus_of_big_ones() {
+    // A DGX H100 with `busy` GPUs in use and an idle A6000 workstation (4 GPUs, GPUs 0–1
+    // bridged). Best fit alone put small jobs on the H100 when it was fuller, so the H100 could
+    // take an 8-GPU worker only after they had all ended too; the workstation never can.
+    let pool = |busy: &[usize]| {
+        vec![member(
+            "m",
+            vec![
+                node("dgx-h100", "h100", busy),
+                node("workstation-a6000", "ws", &[]),
+            ],
+        )]
+    };
+    let mut cands = pool(&[0, 1, 2, 3, 4, 5]);
+    for _ in 0..4 {
+        let ch = gang(&mut cands, &job(1, NvLinkMode::Preferred), 1);
+        assert_eq!(ch.pods[0].node, "ws");
+    }
+    // The workstation is full; the next one goes to the H100.
+    let ch = gang(&mut cands, &job(1, NvLinkMode::Preferred), 1);
+    assert_eq!(ch.pods[0].node, "h100");
+
+    // A `preferred` pair takes the workstation's bridged NVLink pair …
+    let mut cands = pool(&[0, 1, 2, 3, 4, 5]);
+    let ch = gang(&mut cands, &job(2, NvLinkMode::Preferred), 1);
+    assert_eq!(ch.pods[0].node, "ws");
+    assert_eq!(ch.pods[0].gpu_uuids, ["ws-gpu0", "ws-gpu1"]);
+    // … but the NVLink class still comes first: with only the PCIe pair left there, the next
+    // pair gets NVLink on the H100. Without an NVLink wish it takes the PCIe pair.
+    let mut none = cands.clone();
+    let ch = gang(&mut cands, &job(2, NvLinkMode::Preferred), 1);
+    assert_eq!(ch.pods[0].node, "h100");
+    let ch = gang(&mut none, &job(2, NvLinkMode::None), 1);
+    assert_eq!(ch.pods[0].node, "ws");
+
+    // A 4-GPU `preferred` job gets an NVLink ring on the H100 (the workstation has none), and
+    // with `nvlink: none` the workstation, although the H100 is as full.
+    let mut cands = pool(&[0, 1, 2, 3]);
+    assert_eq!(
+        gang(&mut cands, &job(4, NvLinkMode::Preferred), 1).pods[0].node,
+        "h100"
+    );
+    let mut cands = pool(&[4, 5, 6, 7]);
+    assert_eq!(
+        gang(&mut cands, &job(4, NvLinkMode::None), 1).pods[0].node,
+        "ws"
+    );
+
+    // Gangs and members alike: two 1-GPU workers go to the member with the small node, not to
+    // the fuller big node.
+    let mut cands = vec![
+        member("a-big", vec![node("dgx-h100", "h100", &[0, 1, 2, 3, 4, 5])]),
+        member("b-small", vec![node("pcie-a100-bridged", "a100", &[])]),
+    ];
+    assert_eq!(
+        gang(&mut cands, &job(1, NvLinkMode::None), 2).cluster,
+        "b-small"
+    );
+}
+
 /// Four DGX H100 with `h100_busy` GPUs busy each, an idle DGX-1 and an L40S (PCIe only) with
 /// four of its eight GPUs free.
 fn whole_nodes_pool(h100_busy: &[usize]) -> Vec<ClusterCandidate> {
