@@ -3,6 +3,7 @@
 use super::error::MemberErr;
 use super::{Context, Result};
 use crate::api::{InferenceJob, TrainingJob, TrainingPhase};
+use crate::federation::OrAbsent;
 use crate::federation::{MemberLink, labels};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams};
@@ -289,10 +290,10 @@ where
         + std::fmt::Debug,
 {
     let kind = K::kind(&());
-    let list = match Api::<K>::all(client.clone()).list(lp).await {
-        Ok(l) => l,
+    let list = match Api::<K>::all(client.clone()).list(lp).await.or_absent() {
+        Ok(Some(l)) => l,
         // The member does not serve this API (no DRA): nothing of this kind to delete.
-        Err(kube::Error::Api(e)) if e.code == 404 => return,
+        Ok(None) => return,
         Err(e) => {
             out.failed.push(format!("{kind} (listing failed: {e})"));
             return;
@@ -303,9 +304,9 @@ where
         match Api::<K>::namespaced(client.clone(), &ns)
             .delete(&name, &dp)
             .await
+            .or_absent()
         {
-            Ok(_) => out.deleted += 1,
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Ok(gone) => out.deleted += usize::from(gone.is_some()),
             Err(e) => out.failed.push(format!("{kind} {ns}/{name}: {e}")),
         }
     }
@@ -468,11 +469,9 @@ pub async fn sweep_owed(
             deleted += delete_claims(c, cluster, &j.namespace, &j.uid).await?;
         }
     }
-    match api.delete(&cm.name_any(), &DeleteParams::default()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(e) => return Err(e.into()),
-    }
+    api.delete(&cm.name_any(), &DeleteParams::default())
+        .await
+        .or_absent()?;
     Ok(Some(deleted))
 }
 
@@ -480,21 +479,22 @@ pub async fn sweep_owed(
 async fn delete_claims(client: &kube::Client, cluster: &str, ns: &str, uid: &str) -> Result<usize> {
     use k8s_openapi::api::resource::v1::ResourceClaim;
     let api: Api<ResourceClaim> = Api::namespaced(client.clone(), ns);
-    let list = match api
+    let Some(list) = api
         .list(&ListParams::default().labels(&format!("{}={uid}", labels::JOB_UID)))
         .await
-    {
-        Ok(l) => l,
-        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(0),
-        Err(e) => return Err(e).member(cluster),
+        .or_absent()
+        .member(cluster)?
+    else {
+        return Ok(0);
     };
     let mut n = 0;
     for c in list.items {
-        match api.delete(&c.name_any(), &DeleteParams::background()).await {
-            Ok(_) => n += 1,
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e).member(cluster),
-        }
+        let gone = api
+            .delete(&c.name_any(), &DeleteParams::background())
+            .await
+            .or_absent()
+            .member(cluster)?;
+        n += usize::from(gone.is_some());
     }
     Ok(n)
 }

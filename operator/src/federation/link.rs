@@ -5,6 +5,7 @@
 //! agent applies in the member; the hub holds no credential of it. The controllers, the scheduler,
 //! the orphan sweep, the drain and the meter call the same operations for both.
 
+use super::OrAbsent;
 use super::labels;
 use crate::api::{MemberMode, WorkJobRef};
 use crate::pull;
@@ -127,14 +128,11 @@ impl MemberLink {
                     .await?;
                 let mut n = 0;
                 for p in pods.items.iter().filter(|p| doomed(p)) {
-                    match api
+                    let gone = api
                         .delete(&p.name_any(), &DeleteParams::background().grace_period(0))
                         .await
-                    {
-                        Ok(_) => n += 1,
-                        Err(kube::Error::Api(e)) if e.code == 404 => {}
-                        Err(e) => return Err(e),
-                    }
+                        .or_absent()?;
+                    n += usize::from(gone.is_some());
                 }
                 Ok(n)
             }
@@ -165,11 +163,9 @@ impl MemberLink {
                     .list(&ListParams::default().labels(&format!("{}={uid}", labels::JOB_UID)))
                     .await?;
                 for s in list.items {
-                    match svc.delete(&s.name_any(), &DeleteParams::background()).await {
-                        Ok(_) => {}
-                        Err(kube::Error::Api(e)) if e.code == 404 => {}
-                        Err(e) => return Err(e),
-                    }
+                    svc.delete(&s.name_any(), &DeleteParams::background())
+                        .await
+                        .or_absent()?;
                 }
                 Ok(n)
             }

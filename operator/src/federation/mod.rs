@@ -24,7 +24,7 @@ pub use client::{
     limited_client_from_kubeconfig, limited_watch_client_from_kubeconfig,
     watch_client_from_kubeconfig,
 };
-pub use errors::describe_client_error;
+pub use errors::{OrAbsent, describe_client_error};
 pub use inventory::{allocatable_gpus, node_ready};
 pub use link::MemberLink;
 pub use pull_feed::{Derived, derive as derive_pull_view};

@@ -5,6 +5,7 @@ use super::names::{self, JOIN_NAMESPACE};
 use super::policy::{self, Decision};
 use super::token::{self, with_type};
 use crate::api::{Approval, JoinPhase, JoinRequest, JoinRequestStatus, MemberCluster, MemberMode};
+use crate::federation::OrAbsent;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -417,11 +418,7 @@ async fn remove_handover(hub: &kube::Client, ns: &str) -> Result<(), Error> {
             .await
             .map(|_| ()),
     ] {
-        match r {
-            Ok(()) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        r.or_absent()?;
     }
     Ok(())
 }
@@ -444,10 +441,8 @@ async fn reconcile_access(mc: Arc<MemberCluster>, ctx: Arc<Ctx>) -> Result<Actio
             .await
             .map(|_| ()),
     ] {
-        match r {
-            Ok(()) => tracing::info!(member = %mc.name_any(), "member credential withdrawn"),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
+        if r.or_absent()?.is_some() {
+            tracing::info!(member = %mc.name_any(), "member credential withdrawn");
         }
     }
     remove_handover(&ctx.hub, &ns).await?;

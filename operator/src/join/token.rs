@@ -2,6 +2,7 @@
 
 use super::names::{self, JOIN_NAMESPACE};
 use super::policy;
+use crate::federation::OrAbsent;
 use k8s_openapi::api::admissionregistration::v1::{
     MatchCondition, MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
     ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec,
@@ -271,28 +272,18 @@ pub async fn list(hub: &kube::Client) -> kube::Result<Vec<TokenInfo>> {
 /// server refuses the token from then on). Idempotent.
 pub async fn revoke(hub: &kube::Client, id: &str) -> kube::Result<()> {
     let dp = DeleteParams::default();
-    let ignore_missing = |r: kube::Result<()>| match r {
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        other => other,
-    };
-    ignore_missing(
-        Api::<ServiceAccount>::namespaced(hub.clone(), JOIN_NAMESPACE)
-            .delete(id, &dp)
-            .await
-            .map(|_| ()),
-    )?;
-    ignore_missing(
-        Api::<RoleBinding>::namespaced(hub.clone(), JOIN_NAMESPACE)
-            .delete(id, &dp)
-            .await
-            .map(|_| ()),
-    )?;
-    ignore_missing(
-        Api::<Role>::namespaced(hub.clone(), JOIN_NAMESPACE)
-            .delete(id, &dp)
-            .await
-            .map(|_| ()),
-    )?;
+    Api::<ServiceAccount>::namespaced(hub.clone(), JOIN_NAMESPACE)
+        .delete(id, &dp)
+        .await
+        .or_absent()?;
+    Api::<RoleBinding>::namespaced(hub.clone(), JOIN_NAMESPACE)
+        .delete(id, &dp)
+        .await
+        .or_absent()?;
+    Api::<Role>::namespaced(hub.clone(), JOIN_NAMESPACE)
+        .delete(id, &dp)
+        .await
+        .or_absent()?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use crate::api::{
     GpuTopology, JoinRequestSpec, MemberReport, MemberReportSpec, MemberWork, MemberWorkStatus,
     PodReport,
 };
+use crate::federation::OrAbsent;
 use crate::join::names;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -481,9 +482,13 @@ async fn apply_loop(
             for (kind, ns, name) in apply::orphans(&existing, &want) {
                 let api: Api<DynamicObject> =
                     Api::namespaced_with(member.clone(), &ns, &kind_resource(&kind));
-                match api.delete(&name, &DeleteParams::default()).await {
-                    Ok(_) => tracing::info!(%kind, %ns, %name, "deleted: no work wants it"),
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                match api
+                    .delete(&name, &DeleteParams::default())
+                    .await
+                    .or_absent()
+                {
+                    Ok(Some(_)) => tracing::info!(%kind, %ns, %name, "deleted: no work wants it"),
+                    Ok(None) => {}
                     Err(e) => tracing::warn!(%kind, %ns, %name, error = %e, "delete"),
                 }
             }
@@ -532,9 +537,8 @@ async fn status_loop(
                     })),
                 )
                 .await;
-            match r {
+            match r.or_absent() {
                 Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) if unauthorized(&e) => {
                     anyhow::bail!("the hub refused this member's credential (revoked)")
                 }
@@ -627,14 +631,12 @@ async fn report_loop(
         let nodes = Api::<Node>::all(member.clone())
             .list(&ListParams::default())
             .await?;
-        let topologies = match Api::<GpuTopology>::all(member.clone())
+        let topologies = Api::<GpuTopology>::all(member.clone())
             .list(&ListParams::default())
             .await
-        {
-            Ok(l) => l.items,
-            Err(kube::Error::Api(e)) if e.code == 404 => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
+            .or_absent()?
+            .map(|l| l.items)
+            .unwrap_or_default();
         let nodes = report::node_reports(nodes.items, topologies);
         let now = (version.clone(), nodes.clone());
         if last.as_ref() != Some(&now) {

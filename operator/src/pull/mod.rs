@@ -18,6 +18,7 @@
 use crate::api::{
     MemberReport, MemberReportStatus, MemberWork, MemberWorkSpec, NodeReport, PodReport, WorkJobRef,
 };
+use crate::federation::OrAbsent;
 use crate::federation::labels::JOB_UID;
 use crate::join::names;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -305,25 +306,22 @@ pub async fn delete_all_work(hub: &kube::Client, member: &str) -> kube::Result<u
     let api = Api::<MemberWork>::namespaced(hub.clone(), &names::member_namespace(member));
     let mut n = 0;
     for w in api.list(&ListParams::default()).await?.items {
-        match api.delete(&w.name_any(), &DeleteParams::default()).await {
-            Ok(_) => n += 1,
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e),
-        }
+        let gone = api
+            .delete(&w.name_any(), &DeleteParams::default())
+            .await
+            .or_absent()?;
+        n += usize::from(gone.is_some());
     }
     Ok(n)
 }
 
 /// Withdraws a job's work from a pull member (the agent deletes its objects). Idempotent.
 pub async fn delete_work(hub: &kube::Client, member: &str, work: &str) -> kube::Result<()> {
-    match Api::<MemberWork>::namespaced(hub.clone(), &names::member_namespace(member))
+    Api::<MemberWork>::namespaced(hub.clone(), &names::member_namespace(member))
         .delete(work, &DeleteParams::default())
         .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
+        .or_absent()?;
+    Ok(())
 }
 
 /// What the hub knows about a pull member from its hub namespace.
