@@ -4,7 +4,8 @@
 //! join of the same cluster under another name refused; a work object's pod applied in the member
 //! and its status flowing back; the inventory report; a spent, a revoked and an expired join token
 //! refused; the issued credential Forbidden on everything but the member's own objects; the
-//! heartbeat Lease renewed and stopping with the agent; a revoked member refused and re-joining.
+//! heartbeat Lease renewed and stopping with the agent; a revoked member refused and re-joining;
+//! a DRA member's claims applied by the agent and allocated to exactly the hub's GPUs.
 
 use gpupool::api::{
     Approval, InferenceJob, JoinPhase, JoinRequest, MemberCluster, MemberMode, MemberReport,
@@ -1198,6 +1199,126 @@ async fn the_scheduler_places_on_pull_members_like_on_push_members() {
             .items
             .len();
         Ok((left == 0 && pods == 0).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    controller.abort();
+}
+
+/// A pull member whose GPUs are bound with DRA: its agent finds NVIDIA's DeviceClass, reports
+/// its nodes by their ResourceSlice devices (they advertise no `nvidia.com/gpu`) and the binding
+/// mode; the hub then sends each pod a ResourceClaim naming its GPUs, which the agent applies and
+/// the member's own kube-scheduler allocates to exactly those devices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dra_pull_member_binds_the_hubs_exact_gpus_through_resource_claims() {
+    use gpupool::api::BindingMode;
+    use k8s_openapi::api::resource::v1::ResourceClaim;
+    gpupool::telemetry::init_logging();
+    let fed = Federation::start_with(&[gpupool_e2e::MemberKind::Dra])
+        .await
+        .expect("federation starts");
+    fed.add_nodes(0, &[GpuNode::new("dgx-0", 8, "NVIDIA H100 80GB HBM3")])
+        .await
+        .unwrap();
+    let member = fed.members[0].cp.client().await.unwrap();
+    publish_fixture(&member, "dgx-h100", "dgx-0").await.unwrap();
+    let hub = fed.hub.client().await.unwrap();
+    let controller = tokio::spawn(join::controller::run(
+        hub.clone(),
+        JoinConfig {
+            auto_approve: true,
+            resync: Duration::from_secs(1),
+        },
+    ));
+    let _op = Operator::start(hub.clone(), Operator::test_config(4));
+    let mcs: Api<MemberCluster> = Api::all(hub.clone());
+    let token = join::token::create(&hub, Duration::from_secs(3600), None)
+        .await
+        .unwrap();
+    let agent = Agent::start(&fed, Some(&token.token), MEMBER, "gpupool-system");
+    let st = eventually(90, "DRA pull member Ready with its 8 GPUs", || async {
+        let mc = mcs.get_opt(MEMBER).await?;
+        Ok(mc.and_then(|mc| mc.status).filter(|st| {
+            st.binding_mode == Some(BindingMode::Dra)
+                && st.capacity.gpus_total == 8
+                && st
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+        }))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    assert_eq!(st.capacity.gpus_free, 8);
+    let reports = Api::<MemberReport>::namespaced(hub.clone(), &names::member_namespace(MEMBER));
+    let report = reports.get(MEMBER).await.unwrap();
+    assert_eq!(report.spec.binding_mode, Some(BindingMode::Dra));
+    assert_eq!(report.spec.nodes[0].gpus, 8, "the node's slice devices");
+
+    // A 4-GPU worker: a pod with a claim, no `nvidia.com/gpu`, allocated to the hub's GPUs.
+    let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
+    tjs.create(&PostParams::default(), &training_job("exact", 4, None))
+        .await
+        .unwrap();
+    let job = gpupool_e2e::wait_training_phase(&tjs, "exact", TrainingPhase::Running, 90)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let worker = job.status.unwrap().workers[0].clone();
+    let pods: Api<Pod> = Api::namespaced(member.clone(), "default");
+    let pod = &pods
+        .list(&ListParams::default().labels("gpupool.io/job-name=exact"))
+        .await
+        .unwrap()
+        .items[0];
+    assert_eq!(pod.annotations()["gpupool.io/gpu-binding"], "DRA");
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(spec.node_name.as_deref(), Some(worker.node.as_str()));
+    assert!(
+        spec.containers[0]
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .is_none_or(|l| !l.contains_key("nvidia.com/gpu")),
+        "{spec:?}"
+    );
+    let claims: Api<ResourceClaim> = Api::namespaced(member.clone(), "default");
+    let claim_name = format!("{}-gpus", pod.name_any());
+    let claim = claims.get(&claim_name).await.unwrap();
+    assert_eq!(
+        claim.labels()["gpupool.io/applied-by"],
+        "gpupool-member-agent"
+    );
+    let results = claim
+        .status
+        .as_ref()
+        .and_then(|s| s.allocation.as_ref())
+        .and_then(|a| a.devices.as_ref())
+        .and_then(|d| d.results.clone())
+        .unwrap_or_default();
+    let allocated: std::collections::BTreeSet<String> = results
+        .iter()
+        .map(|r| {
+            assert_eq!(
+                (r.driver.as_str(), r.pool.as_str()),
+                ("gpu.nvidia.com", "dgx-0")
+            );
+            let ix: i32 = r.device.strip_prefix("gpu-").unwrap().parse().unwrap();
+            gpupool_e2e::node_uuid(&r.pool, ix)
+        })
+        .collect();
+    let chosen: std::collections::BTreeSet<String> = worker.gpu_uuids.iter().cloned().collect();
+    assert_eq!(
+        allocated, chosen,
+        "the member allocated other GPUs than the hub chose"
+    );
+    assert_eq!(chosen.len(), 4);
+
+    // The job deleted on the hub: its pod and claim leave the member.
+    tjs.delete("exact", &DeleteParams::default()).await.unwrap();
+    eventually(60, "pod and claim gone from the member", || async {
+        let gone = pods.get_opt(&pod.name_any()).await?.is_none()
+            && claims.get_opt(&claim_name).await?.is_none();
+        Ok(gone.then_some(()))
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));

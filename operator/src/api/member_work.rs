@@ -8,8 +8,8 @@
 //! credential needs no cluster-scoped grant at all, and a large inventory (shardable into several
 //! reports) does not bloat the `MemberCluster` objects every controller watches.
 
-use super::GpuTopologySpec;
 use super::common::conditions_schema;
+use super::{BindingMode, GpuTopologySpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -198,6 +198,11 @@ pub struct MemberReportSpec {
     pub node_count: i32,
     /// When the agent read the inventory.
     pub report_time: Time,
+    /// How the member binds GPUs, as its agent found it: `DRA` when it serves
+    /// `resource.k8s.io/v1` with NVIDIA's `gpu.nvidia.com` DeviceClass (the hub then sends each
+    /// pod a ResourceClaim naming its GPUs), otherwise — and when absent — `DevicePlugin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding_mode: Option<BindingMode>,
     /// GPU nodes of the member in this shard.
     #[serde(default)]
     pub nodes: Vec<NodeReport>,
@@ -211,7 +216,8 @@ pub struct NodeReport {
     pub name: String,
     /// Ready and schedulable.
     pub ready: bool,
-    /// `nvidia.com/gpu` allocatable.
+    /// GPUs the node offers: its `nvidia.com/gpu` allocatable; on a DRA member its GPU devices
+    /// of NVIDIA's driver in the ResourceSlices (its topology's GPU count while it has no slice).
     pub gpus: i64,
     /// Topology published by the node agent, if any (a `GpuTopology` spec, already validated by
     /// the member's API server; not validated again here, which keeps the CRD's CEL cost bounded).

@@ -202,11 +202,6 @@ async fn probe_pull(
             &name,
             ctx.member_sink(),
         )));
-        // The agent reports device-plugin nodes (GPUs in `nvidia.com/gpu` allocatable).
-        view.binding = Some(crate::federation::dra::BindingProbe {
-            mode: crate::api::BindingMode::DevicePlugin,
-            at: Instant::now(),
-        });
     }
     if !mc.spec.approved() {
         return Some((
@@ -246,6 +241,11 @@ async fn probe_pull(
                 ),
             ));
         }
+        // The binding mode its agent found (agents that do not say: the device plugin).
+        view.binding = Some(crate::federation::dra::BindingProbe {
+            mode: r.spec.binding_mode.unwrap_or_default(),
+            at: Instant::now(),
+        });
     }
     let spec = lease.and_then(|l| l.spec).unwrap_or_default();
     let renewed = spec.renew_time.map(|t| t.0);

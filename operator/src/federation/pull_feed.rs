@@ -10,7 +10,7 @@
 use super::watch::{
     Change, EndIndex, MemberSink, MemberWatch, PodIndex, index_ends, index_pods, listed,
 };
-use crate::api::{GpuTopology, GpuTopologyStatus, MemberReport, MemberWork};
+use crate::api::{BindingMode, GpuTopology, GpuTopologyStatus, MemberReport, MemberWork};
 use crate::join::names;
 use crate::pull;
 use futures::StreamExt;
@@ -79,6 +79,25 @@ pub fn derive_inventory(
             .map(|t| (t.name_any(), t))
             .collect(),
     )
+}
+
+/// On a DRA member, the GPUs its agent reports per node are the node's GPU devices in its
+/// ResourceSlices (or its published GPU count while it has none): they are handed to the
+/// scheduler's cache as the slice devices, which cap a DRA member's nodes as they do a push
+/// member's. Empty for a device-plugin member (its nodes are capped by the allocatable).
+pub fn derive_slice_devices(reports: &[MemberReport]) -> BTreeMap<String, i64> {
+    let current = pull::current_report(reports);
+    let dra = current
+        .first()
+        .is_some_and(|r| r.spec.binding_mode == Some(BindingMode::Dra));
+    if !dra {
+        return BTreeMap::new();
+    }
+    current
+        .iter()
+        .flat_map(|r| r.spec.nodes.iter())
+        .map(|n| (n.name.clone(), n.gpus))
+        .collect()
 }
 
 /// The pods of one work by `namespace/name`, as the member reported them.
@@ -257,6 +276,7 @@ impl MemberWatch {
                     let (n, t) = derive_inventory(&reports);
                     node_mirror.update(n, first, &mut |c| sink.node(&member, c));
                     topo_mirror.update(t, first, &mut |c| sink.topology(&member, c));
+                    sink.slice_devices(&member, derive_slice_devices(&reports));
                     reports_changed = false;
                 }
                 if first || all_works {
@@ -310,6 +330,7 @@ mod tests {
                 report_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                     "2026-01-01T00:00:00Z".parse().unwrap(),
                 ),
+                binding_mode: None,
                 nodes: vec![NodeReport {
                     name: "gpu-0".into(),
                     ready,
@@ -338,6 +359,22 @@ mod tests {
         assert_eq!(t.status.as_ref().unwrap().gpus_in_use, ["GPU-1"]);
         let cordoned = derive(&[report(8, false, &[])], &[]);
         assert!(!crate::federation::node_ready(&cordoned.nodes["gpu-0"]));
+    }
+
+    #[test]
+    fn a_dra_members_reported_gpus_are_its_slice_devices() {
+        let mut r = report(6, true, &[]);
+        assert!(
+            derive_slice_devices(std::slice::from_ref(&r)).is_empty(),
+            "an agent that does not say binds with the device plugin"
+        );
+        r.spec.binding_mode = Some(BindingMode::DevicePlugin);
+        assert!(derive_slice_devices(std::slice::from_ref(&r)).is_empty());
+        r.spec.binding_mode = Some(BindingMode::Dra);
+        assert_eq!(
+            derive_slice_devices(&[r]),
+            BTreeMap::from([("gpu-0".to_string(), 6)])
+        );
     }
 
     #[test]

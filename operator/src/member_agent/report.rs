@@ -11,9 +11,17 @@ use std::collections::BTreeMap;
 pub const SHARD_BYTES: usize = 512 * 1024;
 
 /// GPU nodes of the member with their topology and busy GPUs (nodes without GPUs are left out,
-/// as in push mode).
-/// (The same reading of a node as the hub's push-mode inventory.)
-pub fn node_reports(nodes: Vec<Node>, topologies: Vec<GpuTopology>) -> Vec<NodeReport> {
+/// as in push mode). `dra`: on a DRA member, the GPU devices of NVIDIA's driver per node in the
+/// ResourceSlices ([`crate::federation::dra::gpu_devices_per_node`]).
+/// (The same reading of a node as the hub's push-mode inventory and scheduler cache: the
+/// `nvidia.com/gpu` allocatable on device-plugin members; on DRA members, whose nodes advertise
+/// no `nvidia.com/gpu`, the node's slice devices, or its topology's GPU count while it has no
+/// slice.)
+pub fn node_reports(
+    nodes: Vec<Node>,
+    topologies: Vec<GpuTopology>,
+    dra: Option<&BTreeMap<String, i64>>,
+) -> Vec<NodeReport> {
     let mut topo: BTreeMap<String, GpuTopology> = topologies
         .into_iter()
         .map(|t| (t.spec.node_name.clone(), t))
@@ -21,12 +29,19 @@ pub fn node_reports(nodes: Vec<Node>, topologies: Vec<GpuTopology>) -> Vec<NodeR
     let mut out = Vec::new();
     for n in nodes {
         let name = n.name_any();
-        let gpus = allocatable_gpus(&n);
+        let t = topo.remove(&name);
+        let gpus = match dra {
+            None => allocatable_gpus(&n),
+            Some(slices) => slices
+                .get(&name)
+                .copied()
+                .or_else(|| t.as_ref().map(|t| t.spec.gpus.len() as i64))
+                .unwrap_or(0),
+        };
         if gpus == 0 {
             continue;
         }
         let ready = node_ready(&n);
-        let t = topo.remove(&name);
         out.push(NodeReport {
             name,
             ready,
@@ -85,9 +100,35 @@ mod tests {
 
     #[test]
     fn only_gpu_nodes_are_reported() {
-        let r = node_reports(vec![node("cpu", 0), node("g1", 8)], vec![]);
+        let r = node_reports(vec![node("cpu", 0), node("g1", 8)], vec![], None);
         assert_eq!(r.len(), 1);
         assert_eq!((r[0].name.as_str(), r[0].gpus, r[0].ready), ("g1", 8, true));
+    }
+
+    #[test]
+    fn dra_nodes_offer_their_slice_devices_or_their_published_gpus() {
+        // DRA nodes advertise no `nvidia.com/gpu`: "sliced" has 6 devices in the slices (two of
+        // its 8 GPUs withheld by the driver), "published" no slice yet but a topology of 8 GPUs,
+        // "cpu" neither. The device plugin's allocatable is not read.
+        let topo = |node: &str| {
+            let mut spec = crate::topology::fixtures::get("dgx-h100");
+            spec.node_name = node.into();
+            GpuTopology::new(node, spec)
+        };
+        let nodes = vec![node("cpu", 0), node("sliced", 0), node("published", 0)];
+        let slices: BTreeMap<String, i64> = [("sliced".to_string(), 6)].into();
+        let r = node_reports(
+            nodes.clone(),
+            vec![topo("sliced"), topo("published")],
+            Some(&slices),
+        );
+        let got: Vec<(&str, i64, bool)> = r
+            .iter()
+            .map(|n| (n.name.as_str(), n.gpus, n.topology.is_some()))
+            .collect();
+        assert_eq!(got, [("published", 8, true), ("sliced", 6, true)]);
+        // The same nodes read as device-plugin nodes offer nothing.
+        assert!(node_reports(nodes, vec![topo("sliced")], None).is_empty());
     }
 
     #[test]

@@ -4,14 +4,15 @@ use super::apply::{self, ObjectKey, Policy};
 use super::hub::{self, Credential, HubEndpoint};
 use super::report;
 use crate::api::{
-    GpuTopology, JoinRequestSpec, MemberReport, MemberReportSpec, MemberWork, MemberWorkStatus,
-    PodReport,
+    BindingMode, GpuTopology, JoinRequestSpec, MemberReport, MemberReportSpec, MemberWork,
+    MemberWorkStatus, PodReport,
 };
-use crate::federation::OrAbsent;
+use crate::federation::{OrAbsent, dra};
 use crate::join::names;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{
@@ -345,7 +346,15 @@ async fn work_loop(
         watcher::Config::default().labels(apply::SELECTOR),
         vec![],
     );
-    let _tasks = AbortOnDrop(vec![t1, t2, t3]);
+    // ResourceClaims too (DRA members). A member that does not serve `resource.k8s.io/v1`
+    // answers 404 and the watch retries with backoff; its store stays empty, so it is not
+    // waited for.
+    let (claims, t4) = reflect(
+        Api::<ResourceClaim>::all(member.clone()),
+        watcher::Config::default().labels(apply::SELECTOR),
+        vec![],
+    );
+    let _tasks = AbortOnDrop(vec![t1, t2, t3, t4]);
     works.wait_until_ready().await?;
     pods.wait_until_ready().await?;
     services.wait_until_ready().await?;
@@ -358,7 +367,7 @@ async fn work_loop(
         member.clone(),
         &works,
         &pods,
-        &services,
+        (&services, &claims),
         &policy,
         state.clone(),
         to_apply,
@@ -375,7 +384,7 @@ async fn apply_loop(
     member: kube::Client,
     works: &Store<MemberWork>,
     pods: &Store<Pod>,
-    services: &Store<Service>,
+    (services, claims): (&Store<Service>, &Store<ResourceClaim>),
     policy: &Policy,
     state: Arc<std::sync::Mutex<Applied>>,
     wake: Arc<Notify>,
@@ -477,6 +486,13 @@ async fn apply_loop(
                     "Service".into(),
                     s.namespace().unwrap_or_default(),
                     s.name_any(),
+                )
+            }));
+            existing.extend(claims.state().iter().map(|c| {
+                (
+                    "ResourceClaim".into(),
+                    c.namespace().unwrap_or_default(),
+                    c.name_any(),
                 )
             }));
             for (kind, ns, name) in apply::orphans(&existing, &want) {
@@ -625,9 +641,32 @@ async fn report_loop(
 ) -> anyhow::Result<()> {
     let reports: Api<MemberReport> = Api::namespaced(hub, &cred.namespace);
     let agent_version = env!("CARGO_PKG_VERSION").to_string();
-    let mut last: Option<(String, Vec<crate::api::NodeReport>)> = None;
+    let mut last: Option<(String, BindingMode, Vec<crate::api::NodeReport>)> = None;
+    let mut binding: Option<(BindingMode, std::time::Instant)> = None;
     loop {
         let version = member.apiserver_version().await?.git_version;
+        // How the member binds GPUs, checked again now and then (a DRA driver may be installed
+        // later), as the hub does for a push member.
+        let mode = match binding {
+            Some((mode, at)) if at.elapsed() < dra::RECHECK => mode,
+            _ => {
+                let mode = dra::detect(&member).await?;
+                binding = Some((mode, std::time::Instant::now()));
+                mode
+            }
+        };
+        let slices = match mode {
+            BindingMode::Dra => Some(dra::gpu_devices_per_node(
+                &Api::<ResourceSlice>::all(member.clone())
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect::<Vec<_>>(),
+            )),
+            BindingMode::DevicePlugin => None,
+        };
         let nodes = Api::<Node>::all(member.clone())
             .list(&ListParams::default())
             .await?;
@@ -637,8 +676,8 @@ async fn report_loop(
             .or_absent()?
             .map(|l| l.items)
             .unwrap_or_default();
-        let nodes = report::node_reports(nodes.items, topologies);
-        let now = (version.clone(), nodes.clone());
+        let nodes = report::node_reports(nodes.items, topologies, slices.as_ref());
+        let now = (version.clone(), mode, nodes.clone());
         if last.as_ref() != Some(&now) {
             let shards = report::shards(nodes, report::SHARD_BYTES);
             let n = shards.len();
@@ -655,6 +694,7 @@ async fn report_loop(
                         shards: n as i32,
                         node_count: shard.len() as i32,
                         report_time: report_time.clone(),
+                        binding_mode: Some(mode),
                         nodes: shard,
                     },
                 );

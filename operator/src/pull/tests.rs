@@ -71,6 +71,7 @@ fn report(shard: i32, shards: i32, at: &str, nodes: &[&str]) -> MemberReport {
             shards,
             node_count: nodes.len() as i32,
             report_time: Time(at.parse().unwrap()),
+            binding_mode: None,
             nodes: nodes
                 .iter()
                 .map(|n| NodeReport {
