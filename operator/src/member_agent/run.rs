@@ -643,6 +643,7 @@ async fn report_loop(
     let agent_version = env!("CARGO_PKG_VERSION").to_string();
     let mut last: Option<(String, BindingMode, Vec<crate::api::NodeReport>)> = None;
     let mut binding: Option<(BindingMode, std::time::Instant)> = None;
+    let mut slices_forbidden_said = false;
     loop {
         let version = member.apiserver_version().await?.git_version;
         // How the member binds GPUs, checked again now and then (a DRA driver may be installed
@@ -650,21 +651,45 @@ async fn report_loop(
         let mode = match binding {
             Some((mode, at)) if at.elapsed() < dra::RECHECK => mode,
             _ => {
-                let mode = dra::detect(&member).await?;
+                // A role from before DRA support cannot read DeviceClasses: the member keeps
+                // binding with the device plugin rather than the agent stopping.
+                let mode = match dra::detect(&member).await {
+                    Ok(mode) => mode,
+                    Err(kube::Error::Api(e)) if e.code == 403 => {
+                        tracing::warn!(
+                            error = %e.message,
+                            "cannot read NVIDIA's DeviceClass (the agent's role lacks it): binding GPUs with the device plugin"
+                        );
+                        BindingMode::DevicePlugin
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 binding = Some((mode, std::time::Instant::now()));
                 mode
             }
         };
         let slices = match mode {
-            BindingMode::Dra => Some(dra::gpu_devices_per_node(
-                &Api::<ResourceSlice>::all(member.clone())
+            BindingMode::Dra => {
+                let slices = match Api::<ResourceSlice>::all(member.clone())
                     .list(&ListParams::default())
-                    .await?
-                    .items
-                    .into_iter()
-                    .map(Arc::new)
-                    .collect::<Vec<_>>(),
-            )),
+                    .await
+                {
+                    Ok(l) => l.items,
+                    // Without the right to list them, each node offers its published GPUs.
+                    Err(kube::Error::Api(e)) if e.code == 403 => {
+                        if !std::mem::replace(&mut slices_forbidden_said, true) {
+                            tracing::warn!(
+                                error = %e.message,
+                                "cannot list ResourceSlices (the agent's role lacks it): reporting each node's published GPUs"
+                            );
+                        }
+                        Vec::new()
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let slices: Vec<Arc<ResourceSlice>> = slices.into_iter().map(Arc::new).collect();
+                Some(dra::gpu_devices_per_node(&slices))
+            }
             BindingMode::DevicePlugin => None,
         };
         let nodes = Api::<Node>::all(member.clone())
