@@ -25,7 +25,7 @@ pub use pool::{
     register_member, usage_records, wait_member_ready, wait_training_phase,
 };
 pub use tools::Tools;
-pub use topology::{fixture_for_node, node_uuid, publish_fixture};
+pub use topology::{allocated_uuids, fixture_for_node, node_uuid, publish_fixture};
 pub use volumes::{example_claims, prebound_claim};
 
 /// Root of the repository (for fixtures, examples and CRDs).

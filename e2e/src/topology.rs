@@ -51,3 +51,27 @@ pub async fn publish_fixture(client: &kube::Client, fixture: &str, node: &str) -
     }
     Ok(r)
 }
+
+/// UUIDs of the devices the member's scheduler allocated to a claim (device `gpu-<index>` in the
+/// pool named after the node).
+pub fn allocated_uuids(
+    claim: &k8s_openapi::api::resource::v1::ResourceClaim,
+) -> (String, std::collections::BTreeSet<String>) {
+    let results = claim
+        .status
+        .as_ref()
+        .and_then(|s| s.allocation.as_ref())
+        .and_then(|a| a.devices.as_ref())
+        .and_then(|d| d.results.clone())
+        .unwrap_or_default();
+    let pool = results.first().map(|r| r.pool.clone()).unwrap_or_default();
+    let uuids = results
+        .iter()
+        .map(|r| {
+            assert_eq!(r.driver, "gpu.nvidia.com");
+            let ix: i32 = r.device.strip_prefix("gpu-").unwrap().parse().unwrap();
+            node_uuid(&r.pool, ix)
+        })
+        .collect();
+    (pool, uuids)
+}

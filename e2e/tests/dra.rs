@@ -5,7 +5,7 @@
 
 use gpupool::api::{BindingMode, MemberCluster, TrainingJob, TrainingPhase};
 use gpupool_e2e::{
-    Federation, GpuNode, MemberKind, Operator, eventually, node_uuid, publish_fixture,
+    Federation, GpuNode, MemberKind, Operator, allocated_uuids, eventually, publish_fixture,
     register_member,
 };
 use k8s_openapi::api::core::v1::Pod;
@@ -69,28 +69,6 @@ async fn create_and_time(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// UUIDs of the devices the member's scheduler allocated to a claim (device `gpu-<index>` in the
-/// pool named after the node).
-fn allocated_uuids(claim: &ResourceClaim) -> (String, BTreeSet<String>) {
-    let results = claim
-        .status
-        .as_ref()
-        .and_then(|s| s.allocation.as_ref())
-        .and_then(|a| a.devices.as_ref())
-        .and_then(|d| d.results.clone())
-        .unwrap_or_default();
-    let pool = results.first().map(|r| r.pool.clone()).unwrap_or_default();
-    let uuids = results
-        .iter()
-        .map(|r| {
-            assert_eq!(r.driver, "gpu.nvidia.com");
-            let ix: i32 = r.device.strip_prefix("gpu-").unwrap().parse().unwrap();
-            node_uuid(&r.pool, ix)
-        })
-        .collect();
-    (pool, uuids)
 }
 
 fn pod_scheduled_message(p: &Pod) -> Option<String> {

@@ -1288,24 +1288,8 @@ async fn a_dra_pull_member_binds_the_hubs_exact_gpus_through_resource_claims() {
         claim.labels()["gpupool.io/applied-by"],
         "gpupool-member-agent"
     );
-    let results = claim
-        .status
-        .as_ref()
-        .and_then(|s| s.allocation.as_ref())
-        .and_then(|a| a.devices.as_ref())
-        .and_then(|d| d.results.clone())
-        .unwrap_or_default();
-    let allocated: std::collections::BTreeSet<String> = results
-        .iter()
-        .map(|r| {
-            assert_eq!(
-                (r.driver.as_str(), r.pool.as_str()),
-                ("gpu.nvidia.com", "dgx-0")
-            );
-            let ix: i32 = r.device.strip_prefix("gpu-").unwrap().parse().unwrap();
-            gpupool_e2e::node_uuid(&r.pool, ix)
-        })
-        .collect();
+    let (pool, allocated) = gpupool_e2e::allocated_uuids(&claim);
+    assert_eq!(pool, "dgx-0");
     let chosen: std::collections::BTreeSet<String> = worker.gpu_uuids.iter().cloned().collect();
     assert_eq!(
         allocated, chosen,
