@@ -153,10 +153,14 @@ fn pod_is_safe(pod: &Value) -> Result<(), String> {
 
 /// Every object the works want, by key (first work wins on a duplicate key), and per work the
 /// manifests it failed to prepare.
-pub fn desired(works: &[MemberWork], policy: &Policy) -> (Wanted, Refusals) {
+pub fn desired<W: std::borrow::Borrow<MemberWork>>(
+    works: &[W],
+    policy: &Policy,
+) -> (Wanted, Refusals) {
     let mut want = BTreeMap::new();
     let mut refused: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for w in works {
+        let w = w.borrow();
         let wn = w.name_any();
         for m in &w.spec.manifests {
             match prepare(m, &wn, policy) {
@@ -177,6 +181,16 @@ pub fn desired(works: &[MemberWork], policy: &Policy) -> (Wanted, Refusals) {
         }
     }
     (want, refused)
+}
+
+/// The wanted objects of each work, by work name: one pass over `want` (a work's status is
+/// built from its own objects; looking them up work by work in `want` took a pass each).
+pub fn by_work(want: &Wanted) -> BTreeMap<&str, Vec<&ObjectKey>> {
+    let mut out: BTreeMap<&str, Vec<&ObjectKey>> = BTreeMap::new();
+    for (k, (wn, _)) in want {
+        out.entry(wn.as_str()).or_default().push(k);
+    }
+    out
 }
 
 /// Objects the agent applied that no work wants any more.
