@@ -6,7 +6,9 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// Label on everything the agent applies (it deletes only objects carrying it).
 pub const APPLIED_BY: &str = "gpupool.io/applied-by";
@@ -43,7 +45,7 @@ pub struct Prepared {
 pub type ObjectKey = (String, String, String);
 
 /// Every wanted object: key → (work name, manifest as applied).
-pub type Wanted = BTreeMap<ObjectKey, (String, Value)>;
+pub type Wanted = BTreeMap<ObjectKey, (String, Arc<Value>)>;
 
 /// Per work name, why some of its manifests were refused.
 pub type Refusals = BTreeMap<String, Vec<String>>;
@@ -153,34 +155,75 @@ fn pod_is_safe(pod: &Value) -> Result<(), String> {
 
 /// Every object the works want, by key (first work wins on a duplicate key), and per work the
 /// manifests it failed to prepare.
-pub fn desired<W: std::borrow::Borrow<MemberWork>>(
-    works: &[W],
-    policy: &Policy,
-) -> (Wanted, Refusals) {
-    let mut want = BTreeMap::new();
-    let mut refused: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for w in works {
-        let w = w.borrow();
-        let wn = w.name_any();
-        for m in &w.spec.manifests {
-            match prepare(m, &wn, policy) {
-                Ok(p) => {
-                    if let Some((other, _)) = want.get(&p.key)
-                        && other != &wn
-                    {
-                        refused.entry(wn.clone()).or_default().push(format!(
-                            "{} {}/{} is already wanted by work {other}",
-                            p.key.0, p.key.1, p.key.2
-                        ));
-                        continue;
+pub fn desired<W: Borrow<MemberWork>>(works: &[W], policy: &Policy) -> (Wanted, Refusals) {
+    Preparer::default().desired(works, policy)
+}
+
+/// One work's manifests, checked and labelled ([`prepare`]).
+type PreparedWork = Vec<Result<(ObjectKey, Arc<Value>), String>>;
+
+/// [`desired`] for loops that ask again on every change: each work's manifests are prepared
+/// once per generation of the work and shared afterwards. (Preparing copies every manifest: about
+/// 80 ms a pass over 10 000 works, on every pod or work change.)
+#[derive(Default)]
+pub struct Preparer {
+    /// Work UID → (generation, its prepared manifests).
+    by_uid: HashMap<String, (i64, Arc<PreparedWork>)>,
+}
+
+impl Preparer {
+    /// As [`desired`]; works without a UID and generation are prepared every time.
+    pub fn desired<W: Borrow<MemberWork>>(
+        &mut self,
+        works: &[W],
+        policy: &Policy,
+    ) -> (Wanted, Refusals) {
+        let mut want: Wanted = BTreeMap::new();
+        let mut refused: Refusals = BTreeMap::new();
+        let mut live: HashMap<String, (i64, Arc<PreparedWork>)> = HashMap::new();
+        for w in works {
+            let w = w.borrow();
+            let wn = w.name_any();
+            let (uid, generation) = (w.uid(), w.metadata.generation);
+            let cached = uid
+                .as_ref()
+                .zip(generation)
+                .and_then(|(u, g)| self.by_uid.get(u).filter(|(at, _)| *at == g))
+                .map(|(_, p)| p.clone());
+            let prepared = cached.unwrap_or_else(|| {
+                Arc::new(
+                    w.spec
+                        .manifests
+                        .iter()
+                        .map(|m| prepare(m, &wn, policy).map(|p| (p.key, Arc::new(p.manifest))))
+                        .collect(),
+                )
+            });
+            for item in prepared.iter() {
+                match item {
+                    Ok((key, manifest)) => {
+                        if let Some((other, _)) = want.get(key)
+                            && other != &wn
+                        {
+                            refused.entry(wn.clone()).or_default().push(format!(
+                                "{} {}/{} is already wanted by work {other}",
+                                key.0, key.1, key.2
+                            ));
+                            continue;
+                        }
+                        want.insert(key.clone(), (wn.clone(), manifest.clone()));
                     }
-                    want.insert(p.key, (wn.clone(), p.manifest));
+                    Err(e) => refused.entry(wn.clone()).or_default().push(e.clone()),
                 }
-                Err(e) => refused.entry(wn.clone()).or_default().push(e),
+            }
+            if let (Some(u), Some(g)) = (uid, generation) {
+                live.insert(u, (g, prepared));
             }
         }
+        // Works that are gone are forgotten.
+        self.by_uid = live;
+        (want, refused)
     }
-    (want, refused)
 }
 
 /// The wanted objects of each work, by work name: one pass over `want` (a work's status is
@@ -330,6 +373,47 @@ mod tests {
                 manifests,
             },
         )
+    }
+
+    #[test]
+    fn a_works_manifests_are_prepared_once_per_generation() {
+        let versioned = |name: &str, uid: &str, generation: i64, image: &str| {
+            let mut w = work(
+                name,
+                vec![pod(
+                    "ml",
+                    name,
+                    json!({"containers": [{"name": "c", "image": image}]}),
+                )],
+            );
+            w.metadata.uid = Some(uid.into());
+            w.metadata.generation = Some(generation);
+            w
+        };
+        let key = |n: &str| ("Pod".to_string(), "ml".to_string(), n.to_string());
+        let mut p = Preparer::default();
+        let (first, _) = p.desired(&[versioned("a", "u-a", 1, "i:1")], &policy());
+        // Same generation: the same prepared manifest, not a copy.
+        let (again, _) = p.desired(&[versioned("a", "u-a", 1, "i:1")], &policy());
+        assert!(Arc::ptr_eq(&first[&key("a")].1, &again[&key("a")].1));
+        // A new generation is prepared again and carries the change.
+        let (next, _) = p.desired(&[versioned("a", "u-a", 2, "i:2")], &policy());
+        assert!(!Arc::ptr_eq(&first[&key("a")].1, &next[&key("a")].1));
+        assert_eq!(next[&key("a")].1["spec"]["containers"][0]["image"], "i:2");
+        assert_eq!(next[&key("a")].1["metadata"]["labels"][WORK_LABEL], "a");
+        // Conflicts are judged on every pass, also between works prepared earlier: a second work
+        // wanting the same pod is refused.
+        let mut b = versioned("b", "u-b", 1, "i:1");
+        b.spec.manifests = vec![pod("ml", "a", json!({"containers": []}))];
+        let (want, refused) = p.desired(&[versioned("a", "u-a", 2, "i:2"), b], &policy());
+        assert_eq!(want.len(), 1);
+        assert!(
+            refused["b"][0].contains("already wanted by work a"),
+            "{refused:?}"
+        );
+        // A work that is gone is forgotten; one without a generation is prepared every time.
+        p.desired(&[work("c", vec![])], &policy());
+        assert!(p.by_uid.is_empty());
     }
 
     #[test]

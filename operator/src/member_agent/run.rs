@@ -395,13 +395,15 @@ async fn apply_loop(
 ) -> anyhow::Result<()> {
     let mut namespaces: BTreeSet<String> = BTreeSet::new();
     let mut next_full = tokio::time::Instant::now();
+    let mut preparer = apply::Preparer::default();
     loop {
         let full = tokio::time::Instant::now() >= next_full;
         if full {
             next_full = tokio::time::Instant::now() + resync;
         }
         let owned = current_works(works);
-        let (want, refused) = apply::desired(&owned, policy);
+        let (want, refused) = preparer.desired(&owned, policy);
+        let objects = apply::by_work(&want);
         let done = state.lock().expect("state lock").generations.clone();
         // Apply every work whose spec changed since it was last applied (all of them on resync).
         let mut changed = full;
@@ -415,10 +417,10 @@ async fn apply_loop(
                 continue;
             }
             changed = true;
-            let mut errs = refused.get(&w.name_any()).cloned().unwrap_or_default();
-            for ((kind, ns, name), (_, manifest)) in
-                want.iter().filter(|(_, (wn, _))| *wn == w.name_any())
-            {
+            let work = w.name_any();
+            let mut errs = refused.get(&work).cloned().unwrap_or_default();
+            for &key in objects.get(work.as_str()).map_or(&[][..], Vec::as_slice) {
+                let ((kind, ns, name), (_, manifest)) = (key, &want[key]);
                 if !namespaces.contains(ns) {
                     match ensure_namespace(&member, ns).await {
                         Ok(()) => {
@@ -437,7 +439,7 @@ async fn apply_loop(
                     .patch(
                         name,
                         &PatchParams::apply(apply::AGENT).force(),
-                        &Patch::Apply(manifest),
+                        &Patch::Apply(&**manifest),
                     )
                     .await
                 {
@@ -523,9 +525,10 @@ async fn status_loop(
     state: Arc<std::sync::Mutex<Applied>>,
     wake: Arc<Notify>,
 ) -> anyhow::Result<()> {
+    let mut preparer = apply::Preparer::default();
     loop {
         let owned = current_works(works);
-        let (want, _) = apply::desired(&owned, policy);
+        let (want, _) = preparer.desired(&owned, policy);
         let objects = apply::by_work(&want);
         for w in &owned {
             let status = {
