@@ -7,7 +7,7 @@
 
 use gpupool::api::{MemberCluster, TrainingJob, UsageRecord, UsageState};
 use gpupool::controllers::{Config, Context};
-use gpupool::federation::{Change, MemberSink, MemberWatch};
+use gpupool::federation::{Change, MemberSink, MemberWatch, OrAbsent};
 use gpupool::ledger::embedded::DEMO_RATES;
 use gpupool::ledger::{EmbeddedLedger, Ledger, LedgerClient};
 use gpupool::metering::runner::surface;
@@ -681,17 +681,22 @@ async fn hub_users_cannot_rewrite_usage_records() {
         ..Default::default()
     };
     other.spec.period = 11;
-    // Cluster admin (not the operator): refused once the policy is active.
+    let kc = kube::config::Kubeconfig::read_from(cp.kubeconfig_path()).unwrap();
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    cfg.auth_info.impersonate = Some(operator_sa.into());
+    let as_operator: Api<UsageRecord> = Api::all(Client::try_from(cfg).unwrap());
+    // Cluster admin (not the operator): refused once the policy is active. (Until then the
+    // create may succeed, and then find the record it made.)
     let denied = gpupool_e2e::eventually(30, "the admission policy to take effect", || {
         let api = api.clone();
         let other = other.clone();
         async move {
             match api.create(&PostParams::default(), &other).await {
                 Err(kube::Error::Api(e)) if e.code == 403 || e.code == 422 => Ok(Some(e.message)),
-                Ok(_) => {
-                    api.delete("member-1.abc.11", &Default::default()).await?;
-                    Ok(None)
-                }
+                Ok(_) => Ok(None),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
                 Err(e) => Err(e.into()),
             }
         }
@@ -699,13 +704,13 @@ async fn hub_users_cannot_rewrite_usage_records() {
     .await
     .unwrap();
     assert!(denied.contains("only the gpupool operator"), "{denied}");
-    // The operator's ServiceAccount: allowed.
-    let kc = kube::config::Kubeconfig::read_from(cp.kubeconfig_path()).unwrap();
-    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+    // The operator's ServiceAccount: allowed (to delete what the admin made before the policy
+    // took effect — the policy refuses the admin that too — and to create).
+    as_operator
+        .delete("member-1.abc.11", &Default::default())
         .await
+        .or_absent()
         .unwrap();
-    cfg.auth_info.impersonate = Some(operator_sa.into());
-    let as_operator: Api<UsageRecord> = Api::all(Client::try_from(cfg).unwrap());
     as_operator
         .create(&PostParams::default(), &other)
         .await
