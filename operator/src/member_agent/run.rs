@@ -304,6 +304,21 @@ fn kind_resource(kind: &str) -> ApiResource {
     }
 }
 
+/// The keys of the objects of one kind the agent applied, from its watch store.
+fn applied_keys<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<ObjectKey> {
+    store
+        .state()
+        .iter()
+        .map(|o| {
+            (
+                K::kind(&()).into_owned(),
+                o.namespace().unwrap_or_default(),
+                o.name_any(),
+            )
+        })
+        .collect()
+}
+
 /// What the apply loop did, read by the status loop.
 #[derive(Default)]
 struct Applied {
@@ -471,31 +486,9 @@ async fn apply_loop(
         if changed {
             report.notify_one();
             // Delete what the agent applied that no work wants.
-            let mut existing: Vec<ObjectKey> = pods
-                .state()
-                .iter()
-                .map(|p| {
-                    (
-                        "Pod".into(),
-                        p.namespace().unwrap_or_default(),
-                        p.name_any(),
-                    )
-                })
-                .collect();
-            existing.extend(services.state().iter().map(|s| {
-                (
-                    "Service".into(),
-                    s.namespace().unwrap_or_default(),
-                    s.name_any(),
-                )
-            }));
-            existing.extend(claims.state().iter().map(|c| {
-                (
-                    "ResourceClaim".into(),
-                    c.namespace().unwrap_or_default(),
-                    c.name_any(),
-                )
-            }));
+            let mut existing = applied_keys(pods);
+            existing.extend(applied_keys(services));
+            existing.extend(applied_keys(claims));
             for (kind, ns, name) in apply::orphans(&existing, &want) {
                 let api: Api<DynamicObject> =
                     Api::namespaced_with(member.clone(), &ns, &kind_resource(&kind));
@@ -632,6 +625,48 @@ fn keep_transition_times(
     new
 }
 
+/// How the member binds GPUs ([`dra::detect`]). A role from before DRA support cannot read
+/// DeviceClasses: the member then keeps binding with the device plugin rather than the agent
+/// stopping.
+async fn binding_mode(member: &kube::Client) -> kube::Result<BindingMode> {
+    match dra::detect(member).await {
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            tracing::warn!(
+                error = %e.message,
+                "cannot read NVIDIA's DeviceClass (the agent's role lacks it): binding GPUs with the device plugin"
+            );
+            Ok(BindingMode::DevicePlugin)
+        }
+        other => other,
+    }
+}
+
+/// GPU devices per node in the member's ResourceSlices ([`dra::gpu_devices_per_node`]). Without
+/// the right to list them each node offers its published GPUs (said once, in `said`).
+async fn slice_devices(
+    member: &kube::Client,
+    said: &mut bool,
+) -> kube::Result<BTreeMap<String, i64>> {
+    let slices = match Api::<ResourceSlice>::all(member.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(l) => l.items,
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            if !std::mem::replace(said, true) {
+                tracing::warn!(
+                    error = %e.message,
+                    "cannot list ResourceSlices (the agent's role lacks it): reporting each node's published GPUs"
+                );
+            }
+            Vec::new()
+        }
+        Err(e) => return Err(e),
+    };
+    let slices: Vec<Arc<ResourceSlice>> = slices.into_iter().map(Arc::new).collect();
+    Ok(dra::gpu_devices_per_node(&slices))
+}
+
 async fn report_loop(
     args: &AgentArgs,
     member: kube::Client,
@@ -642,54 +677,25 @@ async fn report_loop(
     let reports: Api<MemberReport> = Api::namespaced(hub, &cred.namespace);
     let agent_version = env!("CARGO_PKG_VERSION").to_string();
     let mut last: Option<(String, BindingMode, Vec<crate::api::NodeReport>)> = None;
-    let mut binding: Option<(BindingMode, std::time::Instant)> = None;
+    let mut binding: Option<dra::BindingProbe> = None;
     let mut slices_forbidden_said = false;
     loop {
         let version = member.apiserver_version().await?.git_version;
         // How the member binds GPUs, checked again now and then (a DRA driver may be installed
         // later), as the hub does for a push member.
         let mode = match binding {
-            Some((mode, at)) if at.elapsed() < dra::RECHECK => mode,
+            Some(b) if b.at.elapsed() < dra::RECHECK => b.mode,
             _ => {
-                // A role from before DRA support cannot read DeviceClasses: the member keeps
-                // binding with the device plugin rather than the agent stopping.
-                let mode = match dra::detect(&member).await {
-                    Ok(mode) => mode,
-                    Err(kube::Error::Api(e)) if e.code == 403 => {
-                        tracing::warn!(
-                            error = %e.message,
-                            "cannot read NVIDIA's DeviceClass (the agent's role lacks it): binding GPUs with the device plugin"
-                        );
-                        BindingMode::DevicePlugin
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                binding = Some((mode, std::time::Instant::now()));
+                let mode = binding_mode(&member).await?;
+                binding = Some(dra::BindingProbe {
+                    mode,
+                    at: std::time::Instant::now(),
+                });
                 mode
             }
         };
         let slices = match mode {
-            BindingMode::Dra => {
-                let slices = match Api::<ResourceSlice>::all(member.clone())
-                    .list(&ListParams::default())
-                    .await
-                {
-                    Ok(l) => l.items,
-                    // Without the right to list them, each node offers its published GPUs.
-                    Err(kube::Error::Api(e)) if e.code == 403 => {
-                        if !std::mem::replace(&mut slices_forbidden_said, true) {
-                            tracing::warn!(
-                                error = %e.message,
-                                "cannot list ResourceSlices (the agent's role lacks it): reporting each node's published GPUs"
-                            );
-                        }
-                        Vec::new()
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                let slices: Vec<Arc<ResourceSlice>> = slices.into_iter().map(Arc::new).collect();
-                Some(dra::gpu_devices_per_node(&slices))
-            }
+            BindingMode::Dra => Some(slice_devices(&member, &mut slices_forbidden_said).await?),
             BindingMode::DevicePlugin => None,
         };
         let nodes = Api::<Node>::all(member.clone())
