@@ -162,6 +162,14 @@ pub async fn wait_training_phase(
     .await
 }
 
+/// Waits until TrainingJob `name` runs; returns the member it runs on.
+pub async fn wait_running_on(jobs: &Api<TrainingJob>, name: &str, secs: u64) -> Result<String> {
+    let j = wait_training_phase(jobs, name, TrainingPhase::Running, secs).await?;
+    j.status
+        .and_then(|s| s.cluster)
+        .ok_or_else(|| anyhow::anyhow!("{name} runs on no member"))
+}
+
 /// Every `UsageRecord` on the hub.
 pub async fn usage_records(hub: &kube::Client) -> Result<Vec<UsageRecord>> {
     Ok(Api::<UsageRecord>::all(hub.clone())

@@ -480,11 +480,8 @@ async fn lost_member(kind: MemberKind) {
     )
     .await
     .unwrap();
-    let first = gpupool_e2e::wait_training_phase(&tjs, "gang", TrainingPhase::Running, 30)
+    let first = gpupool_e2e::wait_running_on(&tjs, "gang", 30)
         .await
-        .unwrap()
-        .status
-        .and_then(|s| s.cluster)
         .unwrap();
     let lost_ix = if first == "member-1" { 0 } else { 1 };
     // A job pinned to that member with no restarts allowed: it must fail when the member is lost,
@@ -819,11 +816,8 @@ async fn a_cordoned_member_keeps_its_jobs_and_a_removed_one_is_drained() {
     )
     .await
     .unwrap();
-    let first = gpupool_e2e::wait_training_phase(&tjs, "gang", TrainingPhase::Running, 30)
+    let first = gpupool_e2e::wait_running_on(&tjs, "gang", 30)
         .await
-        .unwrap()
-        .status
-        .and_then(|s| s.cluster)
         .unwrap();
     let (ix, other) = if first == "member-1" {
         (0, "member-2")

@@ -446,11 +446,8 @@ async fn a_member_removed_while_unreachable_is_swept_when_it_joins_again() {
     )
     .unwrap();
     tjs.create(&PostParams::default(), &gang).await.unwrap();
-    let first = gpupool_e2e::wait_training_phase(&tjs, "gang", TrainingPhase::Running, 60)
+    let first = gpupool_e2e::wait_running_on(&tjs, "gang", 60)
         .await
-        .unwrap()
-        .status
-        .and_then(|s| s.cluster)
         .unwrap();
     let (ix, other) = if first == "member-1" {
         (0, "member-2")

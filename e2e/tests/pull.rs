@@ -30,6 +30,20 @@ use std::time::{Duration, Instant};
 const WALLET: &str = "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU";
 const MEMBER: &str = "pull-1";
 
+/// The hub's join controller (resync every second), as a task.
+fn spawn_join_controller(
+    hub: kube::Client,
+    auto_approve: bool,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(join::controller::run(
+        hub,
+        JoinConfig {
+            auto_approve,
+            resync: Duration::from_secs(1),
+        },
+    ))
+}
+
 /// The agent process; killed on drop.
 struct Agent {
     child: Child,
@@ -192,13 +206,7 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
     };
     // The join controller runs with exactly the identity and RBAC the chart gives it.
     let jc = join_controller_client(&fed, &hub, &endpoint).await;
-    let controller = tokio::spawn(join::controller::run(
-        jc,
-        JoinConfig {
-            auto_approve: false,
-            resync: Duration::from_secs(1),
-        },
-    ));
+    let controller = spawn_join_controller(jc, false);
     let mcs: Api<MemberCluster> = Api::all(hub.clone());
     let ns = names::member_namespace(MEMBER);
 
@@ -870,13 +878,7 @@ async fn the_scheduler_places_on_pull_members_like_on_push_members() {
         .await
         .unwrap();
     let hub = fed.hub.client().await.unwrap();
-    let controller = tokio::spawn(join::controller::run(
-        hub.clone(),
-        JoinConfig {
-            auto_approve: false,
-            resync: Duration::from_secs(1),
-        },
-    ));
+    let controller = spawn_join_controller(hub.clone(), false);
     let op = Operator::start(hub.clone(), Operator::test_config(4));
     let mcs: Api<MemberCluster> = Api::all(hub.clone());
 
@@ -1223,13 +1225,7 @@ async fn a_dra_pull_member_binds_the_hubs_exact_gpus_through_resource_claims() {
     let member = fed.members[0].cp.client().await.unwrap();
     publish_fixture(&member, "dgx-h100", "dgx-0").await.unwrap();
     let hub = fed.hub.client().await.unwrap();
-    let controller = tokio::spawn(join::controller::run(
-        hub.clone(),
-        JoinConfig {
-            auto_approve: true,
-            resync: Duration::from_secs(1),
-        },
-    ));
+    let controller = spawn_join_controller(hub.clone(), true);
     let _op = Operator::start(hub.clone(), Operator::test_config(4));
     let mcs: Api<MemberCluster> = Api::all(hub.clone());
     let token = join::token::create(&hub, Duration::from_secs(3600), None)
