@@ -6,12 +6,11 @@
 use futures::future::BoxFuture;
 use gpupool::api::{TrainingJob, UsageState};
 use gpupool::cli::earnings::{Selector, earnings_report, format_report};
-use gpupool::ledger::embedded::DEMO_RATES;
 use gpupool::ledger::{
-    AccountData, EmbeddedLedger, Hash, Ledger, LedgerClient, Pubkey, SendError, Signature,
-    Transaction,
+    AccountData, Hash, Ledger, LedgerClient, Pubkey, SendError, Signature, Transaction,
 };
 use gpupool::metering::{MemberRef, MeterConfig, SettleConfig, meter_once, settle_once};
+use gpupool_e2e::chain::{DEMO_RATES, EmbeddedLedger};
 use gpupool_e2e::{Federation, GpuNode, record_state, register_member, usage_records};
 use gpupool_ledger::error::LedgerError;
 use gpupool_ledger::state;
@@ -704,7 +703,7 @@ async fn records_are_settled_only_once_their_receipts_are_finalized() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settles_through_json_rpc_and_the_owner_cli_reads_it() {
     let s = setup(&[("gpt-small-w0", 2, "3s")], 2).await;
-    let server = gpupool::ledger::rpc_server::serve(s.chain.clone())
+    let server = gpupool_e2e::chain::rpc_server::serve(s.chain.clone())
         .await
         .unwrap();
     let rpc = Arc::new(gpupool::ledger::RpcLedger::new(&server.url).unwrap());

@@ -168,5 +168,17 @@ async fn two_replicas_one_leader_metrics_and_member_status() {
             replica_logs(&cp)
         );
     }
+    // Who leads is exported, and only the leader has a queue to show.
+    assert!(m.contains("\ngpupool_leader 1\n"), "{m}");
+    assert!(s.contains("\ngpupool_leader 0\n"), "{s}");
+    let (code, body) = http_get(leader_port, "/debug/queue").expect("the leader answers");
+    assert_eq!(code, 200, "{body}");
+    let q: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(q["queue"].as_array().is_some_and(|q| q.is_empty()), "{q}");
+    assert!(q["members"].get("lonely").is_some(), "{q}");
+    assert_eq!(
+        http_get(standby_port, "/debug/queue").map(|r| r.0),
+        Some(503)
+    );
     drop(procs);
 }

@@ -1026,7 +1026,7 @@ async fn the_scheduler_places_on_pull_members_like_on_push_members() {
     // --- Usage of the pull member's pods, metered from what its agent reports.
     let cfg = gpupool::metering::MeterConfig::default();
     let record = eventually(60, "usage recorded for the pull member", || async {
-        let members = gpupool::metering::runner::member_refs(&op.ctx).await;
+        let members = gpupool::metering::runner::member_refs(&op.ctx.metering()).await;
         let report = gpupool::metering::meter_once(
             &hub,
             &members,

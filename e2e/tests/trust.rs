@@ -8,12 +8,12 @@
 use gpupool::api::{MemberCluster, TrainingJob, UsageRecord, UsageState};
 use gpupool::controllers::{Config, Context};
 use gpupool::federation::{Change, MemberSink, MemberWatch, OrAbsent};
-use gpupool::ledger::embedded::DEMO_RATES;
-use gpupool::ledger::{EmbeddedLedger, Ledger, LedgerClient};
+use gpupool::ledger::{Ledger, LedgerClient};
 use gpupool::metering::runner::surface;
 use gpupool::metering::settle::Alert;
 use gpupool::metering::{MemberRef, MeterConfig, SettleConfig, meter_once, settle_once};
 use gpupool::metrics::Metrics;
+use gpupool_e2e::chain::{DEMO_RATES, EmbeddedLedger};
 use gpupool_e2e::{
     ControlPlane, Federation, GpuNode, Tools, install_crds, record_state, register_member,
     usage_records,
@@ -415,7 +415,7 @@ async fn member_admin_forgeries_are_not_paid() {
         "{alerts:?}"
     );
     let (ctx, _triggers) = Context::new(w.hub.clone(), Config::default(), Metrics::default());
-    surface(&ctx, &alerts).await;
+    surface(&ctx.metering(), &alerts).await;
     let metrics = ctx.metrics.render();
     assert!(
         metrics
@@ -1172,9 +1172,14 @@ async fn receipts_past_the_horizon_are_closed_and_cannot_be_replayed() {
         },
         settle: SettleConfig::default(),
     };
-    gpupool::metering::runner::pass(&ctx, Some(&ledger), &cfg, &mut Default::default())
-        .await
-        .unwrap();
+    gpupool::metering::runner::pass(
+        &ctx.metering(),
+        Some(&ledger),
+        &cfg,
+        &mut Default::default(),
+    )
+    .await
+    .unwrap();
     let after = w.chain.with_svm(|s| s.get_balance(&oracle).unwrap_or(0));
     let txs = settled
         .len()

@@ -7,6 +7,7 @@ pub mod join;
 pub mod leader;
 pub mod ledger;
 pub mod member_agent;
+pub mod meta;
 pub mod metering;
 pub mod metrics;
 pub mod placement;

@@ -29,7 +29,7 @@
 //! requests, reserved environment names, the claim name `gpupool-gpus`).
 
 use crate::api::{BindingMode, GPU_CLAIM_NAME, InferenceJob, RESERVED_RESOURCES, TrainingJob};
-use crate::federation::labels;
+use crate::meta::labels;
 use k8s_openapi::api::core::v1::{
     Affinity, ContainerPort, EnvVar, NodeAffinity, NodeSelector, NodeSelectorRequirement,
     NodeSelectorTerm, Pod, PodResourceClaim, PodSpec, PodTemplateSpec,
@@ -50,20 +50,8 @@ pub const GPU_DEVICE_CLASS: &str = "gpu.nvidia.com";
 /// Name of the request inside each claim.
 pub const CLAIM_REQUEST: &str = "gpus";
 
-/// A GPU set chosen for one pod.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PodPlacement {
-    /// Rank / replica index.
-    pub index: i32,
-    /// Node in the member.
-    pub node: String,
-    /// GPU UUIDs.
-    pub gpu_uuids: Vec<String>,
-    /// GPU model.
-    pub model: String,
-    /// Topology score of the set.
-    pub score: i64,
-}
+/// A GPU set chosen for one pod (a placement decision; defined with the placement code).
+pub use crate::placement::PodPlacement;
 
 /// One pod to create in a member and, on DRA members, the claim it references. Create the pod
 /// first, then the claim owned by it ([`claim_owned_by`]): the member's scheduler waits for the

@@ -17,8 +17,9 @@
 
 use anyhow::{Context as _, Result, bail};
 use gpupool::api::{InferenceJob, TrainingJob};
+use gpupool::meta::FINALIZER;
 use gpupool::scheduler::cache::{NodeFacts, TopologyFacts};
-use gpupool::scheduler::jobs::{Decision, FINALIZER, decide_inference, decide_training};
+use gpupool::scheduler::jobs::{Decision, decide_inference, decide_training};
 use gpupool::scheduler::{JobName, MemberInfo, PoolCache, Slot};
 use gpupool_e2e::scale::{ScalePool, api_writes, cpu_seconds, proc_kib, writes_between};
 use std::collections::{BTreeMap, BTreeSet};

@@ -12,10 +12,10 @@
 use anyhow::{Context as _, Result};
 use gpupool::api::{InferenceJob, TrainingJob, TrainingPhase, UsageRecord, UsageState};
 use gpupool::cli::earnings::{Selector, earnings_report, format_report};
-use gpupool::ledger::embedded::DEMO_RATES;
-use gpupool::ledger::{EmbeddedLedger, Keypair, Ledger, Signer};
+use gpupool::ledger::{Keypair, Ledger, Signer};
 use gpupool::metering::runner::{RunnerConfig, Totals, pass};
 use gpupool::metering::{MeterConfig, SettleConfig};
+use gpupool_e2e::chain::{DEMO_RATES, EmbeddedLedger};
 use gpupool_e2e::{
     Federation, GpuNode, MemberKind, Operator, eventually, example_claims, fixture_for_node,
     publish_fixture, register_member, repo_root,
@@ -236,7 +236,7 @@ async fn main() -> Result<()> {
     );
     // The operator settles through Solana JSON-RPC, as in production, against an endpoint that
     // serves the embedded chain.
-    let rpc_server = gpupool::ledger::rpc_server::serve(chain.clone()).await?;
+    let rpc_server = gpupool_e2e::chain::rpc_server::serve(chain.clone()).await?;
     println!(
         "      Solana JSON-RPC endpoint for the embedded chain: {}",
         rpc_server.url
@@ -474,7 +474,7 @@ async fn main() -> Result<()> {
     let run_for = Duration::from_secs(24);
     let mut last = (usize::MAX, usize::MAX);
     while t.elapsed() < run_for {
-        pass(&op.ctx, Some(&ledger), &cfg, &mut totals).await?;
+        pass(&op.ctx.metering(), Some(&ledger), &cfg, &mut totals).await?;
         let recs = Api::<UsageRecord>::all(hub.clone())
             .list(&ListParams::default())
             .await?
@@ -528,8 +528,8 @@ async fn main() -> Result<()> {
         ..cfg.clone()
     };
     tokio::time::sleep(Duration::from_secs(6)).await;
-    pass(&op.ctx, Some(&ledger), &final_cfg, &mut totals).await?;
-    pass(&op.ctx, Some(&ledger), &final_cfg, &mut totals).await?;
+    pass(&op.ctx.metering(), Some(&ledger), &final_cfg, &mut totals).await?;
+    pass(&op.ctx.metering(), Some(&ledger), &final_cfg, &mut totals).await?;
 
     println!("\n      $ kubectl get usagerecords (first 8 of them)");
     let get = kubectl.ok(&["get", "usagerecords"])?;

@@ -105,6 +105,16 @@ pub enum MemberHealth {
 }
 
 impl Context {
+    /// The part of the context the metering loop uses.
+    pub fn metering(&self) -> crate::metering::runner::Deps {
+        crate::metering::runner::Deps {
+            hub: self.hub.clone(),
+            registry: self.registry.clone(),
+            metrics: self.metrics.clone(),
+            recorder: self.recorder.clone(),
+        }
+    }
+
     /// Health of member `name` as the job controllers must treat it.
     pub async fn member_health(&self, name: &str) -> MemberHealth {
         match self.registry.get(name).await {

@@ -3,10 +3,11 @@
 //! Placement itself is the scheduler's.
 
 use super::member_io::{cleanup_job, create_objects, delete_all, delete_pods, ensure_namespace};
-use super::status::{apply_status, event, reconcile_finalized, set_condition};
+use super::status::{apply_status, event, reconcile_finalized};
 use super::{Context, Error, Result};
 use crate::api::{InferenceJob, InferencePhase, condition};
 use crate::federation::MemberView;
+use crate::meta::set_condition;
 use crate::rollout::{Replica, budgets, plan, revision};
 use crate::scheduler::jobs::{Placed, flatten, group};
 use crate::workloads::{inference_objects, inference_pod_name, pod_node};

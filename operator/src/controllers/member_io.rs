@@ -425,7 +425,7 @@ pub async fn record_owed(
     });
     api.patch(
         &name,
-        &kube::api::PatchParams::apply(crate::scheduler::jobs::FIELD_MANAGER).force(),
+        &kube::api::PatchParams::apply(crate::meta::FIELD_MANAGER).force(),
         &kube::api::Patch::Apply(&cm),
     )
     .await?;

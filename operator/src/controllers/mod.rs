@@ -3,7 +3,7 @@
 //!
 //! Each follows the same shape: `reconcile(obj, ctx) -> Result<Action>`, a finalizer where
 //! something in a member must be cleaned up, status written by server-side apply under the field
-//! manager [`FIELD_MANAGER`], and Kubernetes Events on the hub object for every decision.
+//! manager [`crate::meta::FIELD_MANAGER`], and Kubernetes Events on the hub object for every decision.
 //! Placement is not theirs: the job watches also feed the [`crate::scheduler`], whose loop
 //! places waiting jobs; the controllers run what is placed and roll its state up, woken by
 //! watch events (no periodic resync of running jobs).
@@ -29,10 +29,6 @@ use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Field manager for everything the operator writes.
-pub const FIELD_MANAGER: &str = crate::scheduler::FIELD_MANAGER;
-/// Finalizer on hub jobs: their workloads in member clusters are deleted first.
-pub const FINALIZER: &str = crate::scheduler::FINALIZER;
 /// Reconciles of one kind running at once.
 pub const CONTROLLER_CONCURRENCY: u16 = 64;
 
@@ -162,10 +158,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         meter: crate::metering::MeterConfig::default(),
         settle: Default::default(),
     };
-    let metering = tokio::spawn(crate::metering::runner::run(
-        ctx.clone(),
-        ledger,
-        runner_cfg,
+    ctx.metrics.set_leader(true);
+    let metering = tokio::spawn(supervised(
+        ctx.metrics.clone(),
+        "metering",
+        crate::metering::runner::run(ctx.metering(), ledger, runner_cfg),
     ));
     let lost = async move {
         match lost {
@@ -183,17 +180,61 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// Runs the scheduler loop and the three controllers on `ctx` until they stop (Ctrl-C / SIGTERM).
 /// Each hub job kind is watched once: the watch feeds the scheduler's cache and queue and the
-/// controller's store.
+/// controller's store. Each runs as a named task of `/healthz`, which fails once one stops.
 pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) -> anyhow::Result<()> {
-    let hub = ctx.hub.clone();
-    let wc = watcher::Config::default().any_semantic();
-    let cc = || controller::Config::default().concurrency(CONTROLLER_CONCURRENCY);
+    let metrics = ctx.metrics.clone();
     // The loop stops with the controllers (also when this future is dropped).
-    let _scheduler = AbortOnDrop(tokio::spawn(ctx.scheduler.clone().run()));
-    // PriorityClasses order the scheduler's queue (spec.priorityClassName, globalDefault).
+    let _scheduler = AbortOnDrop(tokio::spawn(supervised(
+        metrics.clone(),
+        "scheduler",
+        ctx.scheduler.clone().run(),
+    )));
+    let _classes = AbortOnDrop(tokio::spawn(supervised(
+        metrics.clone(),
+        "priorityclass-watch",
+        watch_priority_classes(&ctx),
+    )));
     let sched = ctx.scheduler.clone();
-    let classes = watcher(
-        Api::<k8s_openapi::api::scheduling::v1::PriorityClass>::all(hub.clone()),
+    metrics.set_debug_queue(Arc::new(move || {
+        let s = sched.clone();
+        Box::pin(async move { s.debug_snapshot().await })
+    }));
+    tokio::join!(
+        supervised(
+            metrics.clone(),
+            "membercluster-controller",
+            member_controller(&ctx, triggers.members)
+        ),
+        supervised(
+            metrics.clone(),
+            "trainingjob-controller",
+            training_controller(&ctx, triggers.training, triggers.training_all),
+        ),
+        supervised(
+            metrics.clone(),
+            "inferencejob-controller",
+            inference_controller(&ctx, triggers.inference, triggers.inference_all),
+        ),
+    );
+    Ok(())
+}
+
+/// Runs `task` as long-running task `name` of `/healthz`: once it ends, panics or is dropped,
+/// the process reports itself unhealthy.
+pub async fn supervised<T>(
+    metrics: crate::metrics::Metrics,
+    name: &'static str,
+    task: impl std::future::Future<Output = T>,
+) -> T {
+    let _alive = metrics.task(name);
+    task.await
+}
+
+/// PriorityClasses order the scheduler's queue (`spec.priorityClassName`, `globalDefault`).
+fn watch_priority_classes(ctx: &Context) -> impl std::future::Future<Output = ()> + use<> {
+    let sched = ctx.scheduler.clone();
+    watcher(
+        Api::<k8s_openapi::api::scheduling::v1::PriorityClass>::all(ctx.hub.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
@@ -203,26 +244,46 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) -> anyhow::R
             Err(e) => tracing::warn!(error = %e, "watching PriorityClasses failed (retrying)"),
         }
         futures::future::ready(())
-    });
-    let _classes = AbortOnDrop(tokio::spawn(classes));
-    // What `Controller::new` does, with the store shared through the context (`ctx.members`).
-    let stream = watcher(Api::<MemberCluster>::all(hub.clone()), wc.clone())
+    })
+}
+
+/// The MemberCluster controller: what `Controller::new` does, with the store shared through the
+/// context (`ctx.members`).
+async fn member_controller(ctx: &Arc<Context>, store: reflector::store::Writer<MemberCluster>) {
+    let wc = watcher::Config::default().any_semantic();
+    let stream = watcher(Api::<MemberCluster>::all(ctx.hub.clone()), wc)
         .default_backoff()
-        .reflect(triggers.members)
+        .reflect(store)
         .applied_objects();
-    let members = Controller::for_stream(stream, ctx.members.clone())
-        .with_config(cc())
+    Controller::for_stream(stream, ctx.members.clone())
+        .with_config(controller_config())
         .shutdown_on_signal()
         .run(
             member_cluster::reconcile,
             member_cluster::error_policy,
             ctx.clone(),
         )
-        .for_each(|_| futures::future::ready(()));
+        .for_each(|_| futures::future::ready(()))
+        .await
+}
+
+fn controller_config() -> controller::Config {
+    controller::Config::default().concurrency(CONTROLLER_CONCURRENCY)
+}
+
+/// The TrainingJob controller, on the watch that also feeds the scheduler.
+async fn training_controller(
+    ctx: &Arc<Context>,
+    one: futures::channel::mpsc::UnboundedReceiver<
+        kube::runtime::reflector::ObjectRef<TrainingJob>,
+    >,
+    all: futures::channel::mpsc::UnboundedReceiver<()>,
+) {
     let (reader, writer) = reflector::store();
     let sched = ctx.scheduler.clone();
     sched.share_training_store(reader.clone());
-    let stream = watcher(Api::<TrainingJob>::all(hub.clone()), wc.clone())
+    let wc = watcher::Config::default().any_semantic();
+    let stream = watcher(Api::<TrainingJob>::all(ctx.hub.clone()), wc)
         .modify(|j: &mut TrainingJob| {
             crate::federation::trim_meta(&mut j.metadata);
             training_job::elide_template(j);
@@ -235,21 +296,33 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) -> anyhow::R
             }
         })
         .applied_objects();
-    let training = Controller::for_stream(stream, reader)
-        .with_config(cc())
-        .reconcile_on(triggers.training)
-        .reconcile_all_on(triggers.training_all)
+    Controller::for_stream(stream, reader)
+        .with_config(controller_config())
+        .reconcile_on(one)
+        .reconcile_all_on(all)
         .shutdown_on_signal()
         .run(
             training_job::reconcile,
             training_job::error_policy,
             ctx.clone(),
         )
-        .for_each(|_| futures::future::ready(()));
+        .for_each(|_| futures::future::ready(()))
+        .await
+}
+
+/// The InferenceJob controller, on the watch that also feeds the scheduler.
+async fn inference_controller(
+    ctx: &Arc<Context>,
+    one: futures::channel::mpsc::UnboundedReceiver<
+        kube::runtime::reflector::ObjectRef<InferenceJob>,
+    >,
+    all: futures::channel::mpsc::UnboundedReceiver<()>,
+) {
     let (reader, writer) = reflector::store();
     let sched = ctx.scheduler.clone();
     sched.share_inference_store(reader.clone());
-    let stream = watcher(Api::<InferenceJob>::all(hub), wc)
+    let wc = watcher::Config::default().any_semantic();
+    let stream = watcher(Api::<InferenceJob>::all(ctx.hub.clone()), wc)
         .modify(|j: &mut InferenceJob| crate::federation::trim_meta(&mut j.metadata))
         .default_backoff()
         .reflect(writer)
@@ -259,19 +332,18 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) -> anyhow::R
             }
         })
         .applied_objects();
-    let inference = Controller::for_stream(stream, reader)
-        .with_config(cc())
-        .reconcile_on(triggers.inference)
-        .reconcile_all_on(triggers.inference_all)
+    Controller::for_stream(stream, reader)
+        .with_config(controller_config())
+        .reconcile_on(one)
+        .reconcile_all_on(all)
         .shutdown_on_signal()
         .run(
             inference_job::reconcile,
             inference_job::error_policy,
             ctx.clone(),
         )
-        .for_each(|_| futures::future::ready(()));
-    tokio::join!(members, training, inference);
-    Ok(())
+        .for_each(|_| futures::future::ready(()))
+        .await
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -1,6 +1,7 @@
 //! Helpers shared by the controllers: conditions, status patches, Events.
 
-use super::{Context, Error, FINALIZER, Result};
+use super::{Context, Error, Result};
+use crate::meta::FINALIZER;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
@@ -18,8 +19,6 @@ use std::time::Instant;
 pub fn now() -> Time {
     Time(Timestamp::now())
 }
-
-pub use crate::scheduler::jobs::set_condition;
 
 /// Server-side-applies `status` onto `obj` under the operator's field manager, only if `obj` is
 /// still the newest version (a roll-up computed from an older view never overwrites a placement
@@ -102,7 +101,10 @@ where
     let res = finalizer(&api, FINALIZER, obj, reconcile)
         .await
         .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.metrics
-        .observe_reconcile(controller, t0.elapsed(), res.as_ref().err());
+    ctx.metrics.observe_reconcile(
+        controller,
+        t0.elapsed(),
+        res.as_ref().err().map(|e| e.metric_label()),
+    );
     res
 }

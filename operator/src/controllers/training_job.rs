@@ -2,7 +2,8 @@
 //! pod watch. Placement itself is the scheduler's.
 
 use super::member_io::{cleanup_job, create_objects, delete_pods, ensure_namespace};
-use super::status::{apply_status, event, now, reconcile_finalized, set_condition};
+use super::status::{apply_status, event, now, reconcile_finalized};
+use crate::meta::set_condition;
 use super::{Context, Error, Result};
 use crate::api::{TrainingJob, TrainingJobStatus, TrainingPhase, condition};
 use crate::federation::labels;

@@ -20,24 +20,6 @@ pub fn describe_client_error(server: &str, err: &(dyn StdError + 'static)) -> St
     format!("API server {server}: {}", parts.join(": "))
 }
 
-/// "Not found" as an answer rather than an error: deleting what is already gone, listing a kind
-/// the API server does not serve (a member without the DRA API). kube's `Api::get_opt` does
-/// this for a GET only.
-pub trait OrAbsent<T> {
-    /// `Ok(None)` for a 404; the value, or any other error, as it was.
-    fn or_absent(self) -> kube::Result<Option<T>>;
-}
-
-impl<T> OrAbsent<T> for kube::Result<T> {
-    fn or_absent(self) -> kube::Result<Option<T>> {
-        match self {
-            Ok(v) => Ok(Some(v)),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-}
-
 /// A transport error of a request to a member's API server, with its address.
 #[derive(Debug)]
 struct MemberTransportError {

@@ -68,7 +68,7 @@ impl MemberLink {
     /// namespaces of what it applies).
     pub async fn ensure_namespace(&self, ns: &str) -> kube::Result<()> {
         match self {
-            MemberLink::Push(c) => crate::scheduler::writes::ensure_namespace(c, ns).await,
+            MemberLink::Push(c) => super::writes::ensure_namespace(c, ns).await,
             MemberLink::Pull { .. } => Ok(()),
         }
     }
@@ -79,7 +79,7 @@ impl MemberLink {
         match self {
             MemberLink::Push(c) => {
                 for s in &objects.services {
-                    crate::scheduler::writes::create_if_missing(c, s).await?;
+                    super::writes::create_if_missing(c, s).await?;
                 }
                 let mut created = 0;
                 for p in &objects.pods {
@@ -184,7 +184,7 @@ impl MemberLink {
     /// it in its newest inventory report).
     pub async fn identity(&self) -> kube::Result<String> {
         match self {
-            MemberLink::Push(c) => crate::join::member_identity(c).await,
+            MemberLink::Push(c) => crate::meta::member_identity(c).await,
             MemberLink::Pull { hub, member } => Ok(pull::observe(hub, member)
                 .await?
                 .cluster_id

@@ -11,7 +11,7 @@ use super::watch::{
     Change, EndIndex, MemberSink, MemberWatch, PodIndex, index_ends, index_pods, listed,
 };
 use crate::api::{BindingMode, GpuTopology, GpuTopologyStatus, MemberReport, MemberWork};
-use crate::join::names;
+use crate::meta::names;
 use crate::pull;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus, Pod};
@@ -211,103 +211,156 @@ impl MemberWatch {
     /// Starts the feed of pull member `member` from its hub namespace (through `hub`, the hub's
     /// client), reporting to `sink` exactly as [`MemberWatch::start`] does for a push member.
     pub fn start_pull(hub: &kube::Client, member: &str, sink: Arc<dyn MemberSink>) -> MemberWatch {
-        let ns = names::member_namespace(member);
-        let (nodes, mut node_mirror) = Mirror::<Node>::new(|a, b| a == b);
-        let (topologies, mut topo_mirror) =
+        let (nodes, node_mirror) = Mirror::<Node>::new(|a, b| a == b);
+        let (topologies, topo_mirror) =
             Mirror::<GpuTopology>::new(|a, b| a.spec == b.spec && a.status == b.status);
-        let (pods, mut pod_mirror) = Mirror::<Pod>::new(|a, b| a == b);
+        let (pods, pod_mirror) = Mirror::<Pod>::new(|a, b| a == b);
         let by_job: PodIndex = Arc::default();
-        let idx = by_job.clone();
         let ends: EndIndex = Arc::default();
-        let ends_w = ends.clone();
-        let member = member.to_string();
-        let (hub, cfg) = (hub.clone(), watcher::Config::default());
-        let task = tokio::spawn(async move {
-            let (reports, rw) = reflector::store();
-            let (works, ww) = reflector::store();
-            let r = watcher(
-                Api::<MemberReport>::namespaced(hub.clone(), &ns),
-                cfg.clone(),
-            )
+        let mut feed = Feed {
+            member: member.to_string(),
+            ns: names::member_namespace(member),
+            sink,
+            node_mirror,
+            topo_mirror,
+            pod_mirror,
+            by_job: by_job.clone(),
+            ends: ends.clone(),
+            by_work: BTreeMap::new(),
+            first: true,
+            reports_changed: false,
+            all_works: false,
+            changed_works: BTreeSet::new(),
+        };
+        let hub = hub.clone();
+        let task = tokio::spawn(async move { feed.run(hub).await });
+        MemberWatch::from_parts(nodes, topologies, pods, by_job, ends, vec![task])
+    }
+}
+
+/// A pull member's feed: its reports and works on the hub, turned into the node, topology and
+/// pod changes a push member's watches give.
+struct Feed {
+    member: String,
+    /// The member's hub namespace.
+    ns: String,
+    sink: Arc<dyn MemberSink>,
+    node_mirror: Mirror<Node>,
+    topo_mirror: Mirror<GpuTopology>,
+    pod_mirror: Mirror<Pod>,
+    by_job: PodIndex,
+    ends: EndIndex,
+    /// Pods per work: a work's change rebuilds only that work's pods.
+    by_work: BTreeMap<String, BTreeMap<String, Pod>>,
+    /// Nothing sent yet: the first update after both lists is a full one.
+    first: bool,
+    reports_changed: bool,
+    all_works: bool,
+    changed_works: BTreeSet<String>,
+}
+
+impl Feed {
+    /// Watches the member's reports and works and updates the mirrors until the task is dropped.
+    async fn run(&mut self, hub: kube::Client) {
+        let (reports, rw) = reflector::store();
+        let (works, ww) = reflector::store();
+        let cfg = watcher::Config::default();
+        let r = watcher(
+            Api::<MemberReport>::namespaced(hub.clone(), &self.ns),
+            cfg.clone(),
+        )
+        .modify(|o| o.meta_mut().managed_fields = None)
+        .default_backoff()
+        .reflect(rw)
+        .map(|e| {
+            if settled(&e) {
+                Tick::Reports
+            } else {
+                Tick::Nothing
+            }
+        });
+        let w = watcher(Api::<MemberWork>::namespaced(hub, &self.ns), cfg)
             .modify(|o| o.meta_mut().managed_fields = None)
             .default_backoff()
-            .reflect(rw)
-            .map(|e| {
-                if settled(&e) {
-                    Tick::Reports
-                } else {
+            .reflect(ww)
+            .map(|e| match e {
+                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+                    Tick::Work(o.name_any())
+                }
+                Ok(watcher::Event::InitDone) => Tick::AllWorks,
+                other => {
+                    settled(&other);
                     Tick::Nothing
                 }
             });
-            let w = watcher(Api::<MemberWork>::namespaced(hub, &ns), cfg)
-                .modify(|o| o.meta_mut().managed_fields = None)
-                .default_backoff()
-                .reflect(ww)
-                .map(|e| match e {
-                    Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
-                        Tick::Work(o.name_any())
-                    }
-                    Ok(watcher::Event::InitDone) => Tick::AllWorks,
-                    other => {
-                        settled(&other);
-                        Tick::Nothing
-                    }
-                });
-            let mut events = std::pin::pin!(futures::stream::select(r, w));
-            // Pods per work: a work's change rebuilds only that work's pods.
-            let mut by_work: BTreeMap<String, BTreeMap<String, Pod>> = BTreeMap::new();
-            let (mut first, mut reports_changed, mut all_works) = (true, false, false);
-            let mut changed_works: BTreeSet<String> = BTreeSet::new();
-            while let Some(tick) = events.next().await {
-                match tick {
-                    Tick::Nothing => continue,
-                    Tick::Reports => reports_changed = true,
-                    Tick::AllWorks => all_works = true,
-                    Tick::Work(name) => {
-                        changed_works.insert(name);
-                    }
+        let mut events = std::pin::pin!(futures::stream::select(r, w));
+        while let Some(tick) = events.next().await {
+            match tick {
+                Tick::Nothing => continue,
+                Tick::Reports => self.reports_changed = true,
+                Tick::AllWorks => self.all_works = true,
+                Tick::Work(name) => {
+                    self.changed_works.insert(name);
                 }
-                if !listed(&reports) || !listed(&works) {
-                    continue;
-                }
-                if first || reports_changed {
-                    let reports: Vec<MemberReport> =
-                        reports.state().iter().map(|r| (**r).clone()).collect();
-                    let (n, t) = derive_inventory(&reports);
-                    node_mirror.update(n, first, &mut |c| sink.node(&member, c));
-                    topo_mirror.update(t, first, &mut |c| sink.topology(&member, c));
-                    sink.slice_devices(&member, derive_slice_devices(&reports));
-                    reports_changed = false;
-                }
-                if first || all_works {
-                    by_work = works
-                        .state()
-                        .iter()
-                        .map(|w| (w.name_any(), derive_pods(w)))
-                        .collect();
-                    changed_works.clear();
-                } else if changed_works.is_empty() {
-                    continue;
-                }
-                for name in std::mem::take(&mut changed_works) {
-                    match works.get(&ObjectRef::new(&name).within(&ns)) {
-                        Some(w) => by_work.insert(name, derive_pods(&w)),
-                        None => by_work.remove(&name),
-                    };
-                }
-                let next: BTreeMap<String, Pod> = by_work
-                    .values()
-                    .flat_map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())))
-                    .collect();
-                pod_mirror.update(next, first, &mut |c| {
-                    index_ends(&ends_w, &c);
-                    index_pods(&idx, &c);
-                    sink.pod(&member, c)
-                });
-                (first, all_works) = (false, false);
             }
+            if listed(&reports) && listed(&works) {
+                self.update(&reports, &works);
+            }
+        }
+    }
+
+    /// Sends what changed since the last update (everything, the first time).
+    fn update(&mut self, reports: &Store<MemberReport>, works: &Store<MemberWork>) {
+        if self.first || self.reports_changed {
+            self.update_inventory(reports);
+        }
+        if self.first || self.all_works {
+            self.by_work = works
+                .state()
+                .iter()
+                .map(|w| (w.name_any(), derive_pods(w)))
+                .collect();
+            self.changed_works.clear();
+        } else if self.changed_works.is_empty() {
+            return;
+        }
+        self.update_pods(works);
+        (self.first, self.all_works) = (false, false);
+    }
+
+    /// Nodes, topologies and DRA devices from the current reports.
+    fn update_inventory(&mut self, reports: &Store<MemberReport>) {
+        let reports: Vec<MemberReport> = reports.state().iter().map(|r| (**r).clone()).collect();
+        let (n, t) = derive_inventory(&reports);
+        let (sink, member, first) = (&self.sink, &self.member, self.first);
+        self.node_mirror
+            .update(n, first, &mut |c| sink.node(member, c));
+        self.topo_mirror
+            .update(t, first, &mut |c| sink.topology(member, c));
+        sink.slice_devices(member, derive_slice_devices(&reports));
+        self.reports_changed = false;
+    }
+
+    /// The pods of the changed works, then every pod's change.
+    fn update_pods(&mut self, works: &Store<MemberWork>) {
+        for name in std::mem::take(&mut self.changed_works) {
+            match works.get(&ObjectRef::new(&name).within(&self.ns)) {
+                Some(w) => self.by_work.insert(name, derive_pods(&w)),
+                None => self.by_work.remove(&name),
+            };
+        }
+        let next: BTreeMap<String, Pod> = self
+            .by_work
+            .values()
+            .flat_map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .collect();
+        let (sink, member) = (&self.sink, &self.member);
+        let (ends, by_job) = (&self.ends, &self.by_job);
+        self.pod_mirror.update(next, self.first, &mut |c| {
+            index_ends(ends, &c);
+            index_pods(by_job, &c);
+            sink.pod(member, c)
         });
-        MemberWatch::from_parts(nodes, topologies, pods, by_job, ends, vec![task])
     }
 }
 

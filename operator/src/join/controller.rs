@@ -5,7 +5,7 @@ use super::names::{self, JOIN_NAMESPACE};
 use super::policy::{self, Decision};
 use super::token::{self, with_type};
 use crate::api::{Approval, JoinPhase, JoinRequest, JoinRequestStatus, MemberCluster, MemberMode};
-use crate::federation::OrAbsent;
+use crate::meta::OrAbsent;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -142,47 +142,88 @@ async fn set_status(
 
 async fn reconcile_request(req: Arc<JoinRequest>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let hub = &ctx.hub;
-    let id = req.name_any();
     let phase = req.status.as_ref().map(|s| s.phase).unwrap_or_default();
     if matches!(phase, JoinPhase::Joined | JoinPhase::Refused) {
         return Ok(Action::await_change());
     }
-    let refuse = |message: String| JoinRequestStatus {
-        phase: JoinPhase::Refused,
+    let info = match valid_token(hub, &req.name_any()).await? {
+        Ok(info) => info,
+        Err(why) => {
+            set_status(hub, &req, refused(why)).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    if let Some(wait) = record_member(&ctx, &req, &info).await? {
+        return Ok(wait);
+    }
+    let name = &req.spec.member_name;
+    let mc = Api::<MemberCluster>::all(hub.clone()).get(name).await?;
+    let (phase, message) = match mc.spec.approval {
+        Approval::Approved => return hand_over(hub, &req, &mc).await,
+        Approval::Pending => (
+            JoinPhase::Pending,
+            format!("waiting for a pool admin: gpupool approve {name}"),
+        ),
+        Approval::Denied => (
+            JoinPhase::Denied,
+            format!("a pool admin denied member {name}"),
+        ),
+    };
+    let status = JoinRequestStatus {
+        phase,
         message: Some(message),
         ..Default::default()
     };
-    // The token must still exist and be unexpired while the request waits.
+    set_status(hub, &req, status).await?;
+    Ok(Action::requeue(ctx.cfg.resync))
+}
+
+/// A `Refused` status saying why.
+fn refused(message: String) -> JoinRequestStatus {
+    JoinRequestStatus {
+        phase: JoinPhase::Refused,
+        message: Some(message),
+        ..Default::default()
+    }
+}
+
+/// Step 1: the join token `id` must still exist and be unexpired while its request waits (an
+/// expired one is revoked). `Err(why)` refuses the request.
+async fn valid_token(
+    hub: &kube::Client,
+    id: &str,
+) -> Result<Result<token::TokenInfo, String>, Error> {
     let sa = Api::<ServiceAccount>::namespaced(hub.clone(), JOIN_NAMESPACE)
-        .get_opt(&id)
+        .get_opt(id)
         .await?;
     let Some(sa) = sa else {
-        set_status(
-            hub,
-            &req,
-            refuse("the join token was revoked or has expired".into()),
-        )
-        .await?;
-        return Ok(Action::await_change());
+        return Ok(Err("the join token was revoked or has expired".into()));
     };
     let info = token::info(&sa);
     if token::expired(&info, Timestamp::now()) {
-        set_status(hub, &req, refuse("the join token has expired".into())).await?;
-        token::revoke(hub, &id).await?;
-        return Ok(Action::await_change());
+        token::revoke(hub, id).await?;
+        return Ok(Err("the join token has expired".into()));
     }
+    Ok(Ok(info))
+}
+
+/// Step 2: the pool's policy on the request — refuse it, create the `MemberCluster` (`mode:
+/// Pull`) or mark an existing one re-joined. `Some(action)` ends this pass.
+async fn record_member(
+    ctx: &Ctx,
+    req: &JoinRequest,
+    info: &token::TokenInfo,
+) -> Result<Option<Action>, Error> {
+    let hub = &ctx.hub;
+    let id = req.name_any();
     let members: Api<MemberCluster> = Api::all(hub.clone());
     let all = members.list(&Default::default()).await?.items;
     let name = req.spec.member_name.clone();
-    match policy::decide(
-        &req.spec,
-        info.for_member.as_deref(),
-        &all,
-        ctx.cfg.auto_approve,
-    ) {
+    let for_member = info.for_member.as_deref();
+    match policy::decide(&req.spec, for_member, &all, ctx.cfg.auto_approve) {
         Decision::Refuse(why) => {
-            set_status(hub, &req, refuse(why)).await?;
-            return Ok(Action::await_change());
+            set_status(hub, req, refused(why)).await?;
+            return Ok(Some(Action::await_change()));
         }
         Decision::Create(spec) => {
             let mut mc = MemberCluster::new(&name, *spec);
@@ -194,7 +235,7 @@ async fn reconcile_request(req: Arc<JoinRequest>, ctx: Arc<Ctx>) -> Result<Actio
                 }
                 // A concurrent request won the name; the next pass decides again.
                 Err(kube::Error::Api(e)) if e.code == 409 => {
-                    return Ok(Action::requeue(Duration::from_millis(200)));
+                    return Ok(Some(Action::requeue(Duration::from_millis(200))));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -213,82 +254,55 @@ async fn reconcile_request(req: Arc<JoinRequest>, ctx: Arc<Ctx>) -> Result<Actio
                 .await?;
         }
     }
-    let mc = members.get(&name).await?;
+    Ok(None)
+}
+
+/// Step 3, once approved: the member's hub namespace and access, the hand-over binding that lets
+/// the join token mint the agent's credential, and — once the agent heartbeats with that
+/// credential — the token spent and the request `Joined`.
+async fn hand_over(
+    hub: &kube::Client,
+    req: &JoinRequest,
+    mc: &MemberCluster,
+) -> Result<Action, Error> {
+    let (id, name) = (req.name_any(), mc.name_any());
     let ns = names::member_namespace(&name);
-    match mc.spec.approval {
-        Approval::Pending => {
-            set_status(
-                hub,
-                &req,
-                JoinRequestStatus {
-                    phase: JoinPhase::Pending,
-                    message: Some(format!("waiting for a pool admin: gpupool approve {name}")),
-                    ..Default::default()
-                },
-            )
-            .await?;
-            Ok(Action::requeue(ctx.cfg.resync))
-        }
-        Approval::Denied => {
-            set_status(
-                hub,
-                &req,
-                JoinRequestStatus {
-                    phase: JoinPhase::Denied,
-                    message: Some(format!("a pool admin denied member {name}")),
-                    ..Default::default()
-                },
-            )
-            .await?;
-            Ok(Action::requeue(ctx.cfg.resync))
-        }
-        Approval::Approved => {
-            ensure_member_access(hub, &mc).await?;
-            let binding = ensure_handover(hub, &ns, &id).await?;
-            // Joined once the agent heartbeats with the credential it minted after approval.
-            let handed_over = binding.metadata.creation_timestamp.as_ref().map(|t| t.0);
-            let lease = Api::<Lease>::namespaced(hub.clone(), &ns)
-                .get_opt(names::HEARTBEAT_LEASE)
-                .await?;
-            let renewed = lease
-                .and_then(|l| l.spec)
-                .and_then(|s| s.renew_time)
-                .map(|t| t.0);
-            if let (Some(h), Some(r)) = (handed_over, renewed)
-                && r >= h
-            {
-                // Spend the token first: a request reported Joined has no usable token.
-                token::revoke(hub, &id).await?;
-                remove_handover(hub, &ns).await?;
-                set_status(
-                    hub,
-                    &req,
-                    JoinRequestStatus {
-                        phase: JoinPhase::Joined,
-                        message: Some(format!(
-                            "member {name} heartbeats with its own credential; join token spent"
-                        )),
-                        hub_namespace: Some(ns),
-                    },
-                )
-                .await?;
-                return Ok(Action::await_change());
-            }
-            set_status(
-                hub,
-                &req,
-                JoinRequestStatus {
-                    phase: JoinPhase::Approved,
-                    message: Some(format!(
-                        "approved; the join token may now mint the credential of {name}"
-                    )),
-                    hub_namespace: Some(ns),
-                },
-            )
-            .await?;
-            Ok(Action::requeue(Duration::from_secs(1)))
-        }
+    ensure_member_access(hub, mc).await?;
+    let binding = ensure_handover(hub, &ns, &id).await?;
+    // Joined once the agent heartbeats with the credential it minted after approval.
+    let handed_over = binding.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let lease = Api::<Lease>::namespaced(hub.clone(), &ns)
+        .get_opt(names::HEARTBEAT_LEASE)
+        .await?;
+    let renewed = lease
+        .and_then(|l| l.spec)
+        .and_then(|s| s.renew_time)
+        .map(|t| t.0);
+    if let (Some(h), Some(r)) = (handed_over, renewed)
+        && r >= h
+    {
+        // Spend the token first: a request reported Joined has no usable token.
+        token::revoke(hub, &id).await?;
+        remove_handover(hub, &ns).await?;
+        let status = JoinRequestStatus {
+            phase: JoinPhase::Joined,
+            message: Some(format!(
+                "member {name} heartbeats with its own credential; join token spent"
+            )),
+            hub_namespace: Some(ns),
+        };
+        set_status(hub, req, status).await?;
+        return Ok(Action::await_change());
     }
+    let status = JoinRequestStatus {
+        phase: JoinPhase::Approved,
+        message: Some(format!(
+            "approved; the join token may now mint the credential of {name}"
+        )),
+        hub_namespace: Some(ns),
+    };
+    set_status(hub, req, status).await?;
+    Ok(Action::requeue(Duration::from_secs(1)))
 }
 
 /// Creates the member's hub namespace, its agent's ServiceAccount, Role and RoleBinding.

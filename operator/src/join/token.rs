@@ -152,52 +152,66 @@ pub async fn create(
 ) -> anyhow::Result<JoinToken> {
     install(hub).await?;
     let expires_at = Timestamp::now() + SignedDuration::try_from(ttl)?;
+    let sa = create_account(hub, expires_at, for_member).await?;
+    grant_joiner(hub, &sa).await?;
+    let id = sa.name_any();
+    let token = mint(hub, &id, ttl).await?;
+    Ok(JoinToken {
+        id,
+        token,
+        expires_at,
+    })
+}
+
+/// The token's ServiceAccount (a generated `join-…` name), carrying its expiry and member.
+async fn create_account(
+    hub: &kube::Client,
+    expires_at: Timestamp,
+    for_member: Option<&str>,
+) -> kube::Result<ServiceAccount> {
     let mut ann = BTreeMap::from([(names::EXPIRES_AT.to_string(), expires_at.to_string())]);
     if let Some(m) = for_member {
         ann.insert(names::FOR_MEMBER.into(), m.into());
     }
-    let sas: Api<ServiceAccount> = Api::namespaced(hub.clone(), JOIN_NAMESPACE);
-    let sa = sas
-        .create(
-            &PostParams::default(),
-            &ServiceAccount {
-                metadata: ObjectMeta {
-                    generate_name: Some("join-".into()),
-                    labels: Some(labels()),
-                    annotations: Some(ann),
-                    ..Default::default()
-                },
-                automount_service_account_token: Some(false),
-                ..Default::default()
-            },
-        )
-        .await?;
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            generate_name: Some("join-".into()),
+            labels: Some(labels()),
+            annotations: Some(ann),
+            ..Default::default()
+        },
+        automount_service_account_token: Some(false),
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(hub.clone(), JOIN_NAMESPACE)
+        .create(&PostParams::default(), &sa)
+        .await
+}
+
+/// The token's Role and RoleBinding (owned by its ServiceAccount): create one `JoinRequest`
+/// and read what the hub answers ([`policy::joiner_rules`]).
+async fn grant_joiner(hub: &kube::Client, sa: &ServiceAccount) -> kube::Result<()> {
     let id = sa.name_any();
     let owner = sa.controller_owner_ref(&()).map(|mut r| {
         r.controller = Some(false);
         r
     });
+    let meta = ObjectMeta {
+        name: Some(id.clone()),
+        namespace: Some(JOIN_NAMESPACE.into()),
+        labels: Some(labels()),
+        owner_references: owner.map(|o| vec![o]),
+        ..Default::default()
+    };
     let role = Role {
-        metadata: ObjectMeta {
-            name: Some(id.clone()),
-            namespace: Some(JOIN_NAMESPACE.into()),
-            labels: Some(labels()),
-            owner_references: owner.clone().map(|o| vec![o]),
-            ..Default::default()
-        },
+        metadata: meta.clone(),
         rules: Some(policy::joiner_rules(&id)),
     };
     Api::<Role>::namespaced(hub.clone(), JOIN_NAMESPACE)
         .patch(&id, &ssa(), &Patch::Apply(with_type(&role)))
         .await?;
     let binding = RoleBinding {
-        metadata: ObjectMeta {
-            name: Some(id.clone()),
-            namespace: Some(JOIN_NAMESPACE.into()),
-            labels: Some(labels()),
-            owner_references: owner.map(|o| vec![o]),
-            ..Default::default()
-        },
+        metadata: meta,
         role_ref: RoleRef {
             api_group: Some("rbac.authorization.k8s.io".into()),
             kind: "Role".into(),
@@ -213,29 +227,26 @@ pub async fn create(
     Api::<RoleBinding>::namespaced(hub.clone(), JOIN_NAMESPACE)
         .patch(&id, &ssa(), &Patch::Apply(with_type(&binding)))
         .await?;
+    Ok(())
+}
+
+/// A token of ServiceAccount `id` (a `TokenRequest`, signed by the API server) valid for `ttl`
+/// (at least [`MIN_JWT_SECONDS`]).
+async fn mint(hub: &kube::Client, id: &str, ttl: Duration) -> anyhow::Result<String> {
     let secs = (ttl.as_secs() as i64).max(MIN_JWT_SECONDS);
-    let tr = sas
-        .create_token_request(
-            &id,
-            &PostParams::default(),
-            &TokenRequest {
-                spec: Some(TokenRequestSpec {
-                    expiration_seconds: Some(secs),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(secs),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let tr = Api::<ServiceAccount>::namespaced(hub.clone(), JOIN_NAMESPACE)
+        .create_token_request(id, &PostParams::default(), &request)
         .await?;
-    let token = tr
-        .status
+    tr.status
         .and_then(|s| s.token)
-        .ok_or_else(|| anyhow::anyhow!("the API server issued no token"))?;
-    Ok(JoinToken {
-        id,
-        token,
-        expires_at,
-    })
+        .ok_or_else(|| anyhow::anyhow!("the API server issued no token"))
 }
 
 /// A join token's record on the hub.

@@ -1,18 +1,15 @@
 //! Client side of the gpupool ledger program.
 //!
 //! [`LedgerClient`] is the small surface the settler and the owner CLI need: latest blockhash,
-//! send a transaction and wait for its confirmation, read an account. Two backends:
-//! * [`rpc::RpcLedger`]: JSON-RPC to any Solana RPC endpoint;
-//! * [`embedded::EmbeddedLedger`]: an in-process LiteSVM running the ledger program natively,
-//!   for the local demo and tests.
+//! send a transaction and wait for its confirmation, read an account. The production backend is
+//! [`rpc::RpcLedger`], JSON-RPC to any Solana RPC endpoint; the local demo and the tests add an
+//! in-process LiteSVM chain (and a JSON-RPC endpoint over it) in the `gpupool-e2e` crate, so the
+//! operator binary links neither LiteSVM nor the agave runtime.
 //!
 //! [`Ledger`] pairs a client with the oracle keypair that signs usage.
 
-pub mod embedded;
 pub mod rpc;
-pub mod rpc_server;
 
-pub use embedded::EmbeddedLedger;
 pub use rpc::RpcLedger;
 
 use anyhow::{Context, Result, bail};
@@ -367,10 +364,13 @@ impl Ledger {
         entries: &[gpupool_ledger::instruction::UsageEntry],
     ) -> Vec<solana_program::instruction::Instruction> {
         use gpupool_ledger::instruction as ix;
+        use solana_compute_budget_interface::ComputeBudgetInstruction;
         let oracle = self.oracle.pubkey();
         vec![
-            ix::raw::set_compute_unit_limit(ix::record_usage_compute_units(entries.len())),
-            ix::raw::set_compute_unit_price(self.compute_unit_price),
+            ComputeBudgetInstruction::set_compute_unit_limit(ix::record_usage_compute_units(
+                entries.len(),
+            )),
+            ComputeBudgetInstruction::set_compute_unit_price(self.compute_unit_price),
             ix::record_usage_batch(&oracle, &oracle, mint, cluster_id, owner, entries),
         ]
     }
@@ -441,7 +441,8 @@ mod tests {
 
     #[test]
     fn usage_batches_carry_the_compute_budget() {
-        let ledger = Ledger::new(std::sync::Arc::new(EmbeddedLedger::new()), Keypair::new());
+        let client = RpcLedger::new("http://127.0.0.1:8899").unwrap();
+        let ledger = Ledger::new(std::sync::Arc::new(client), Keypair::new());
         let ixs = ledger.usage_batch_instructions(
             &Pubkey::new_unique(),
             &[1; 32],

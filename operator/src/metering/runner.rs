@@ -7,13 +7,13 @@ use super::{
     MemberRef, MeterConfig, SettleConfig, close_expired_receipts, meter_once, settle_once,
 };
 use crate::api::{MemberCluster, UsageRecord, UsageState};
-use crate::controllers::Context;
+use crate::federation::Registry;
 use crate::ledger::Ledger;
+use crate::metrics::Metrics;
 use kube::Resource;
 use kube::api::{Api, ListParams};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::{Event, EventType, Recorder};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Settings of the loop.
@@ -27,8 +27,23 @@ pub struct RunnerConfig {
     pub settle: SettleConfig,
 }
 
+/// What the metering loop needs from the operator, and nothing more: the hub client, the member
+/// registry, the metrics and an Event recorder (the controllers hand it over with
+/// `Context::metering`).
+#[derive(Clone)]
+pub struct Deps {
+    /// Hub client.
+    pub hub: kube::Client,
+    /// Member views (links, watches, reachability).
+    pub registry: Registry,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Publishes Events on hub objects.
+    pub recorder: Recorder,
+}
+
 /// Members the meter can read now.
-pub async fn member_refs(ctx: &Context) -> Vec<MemberRef> {
+pub async fn member_refs(ctx: &Deps) -> Vec<MemberRef> {
     ctx.registry
         .snapshot()
         .await
@@ -54,7 +69,7 @@ pub async fn member_refs(ctx: &Context) -> Vec<MemberRef> {
 
 /// One pass: meter, then settle (when a ledger is given), then refresh metrics.
 pub async fn pass(
-    ctx: &Context,
+    ctx: &Deps,
     ledger: Option<&Ledger>,
     cfg: &RunnerConfig,
     seen: &mut Totals,
@@ -119,7 +134,7 @@ pub async fn pass(
 
 /// Publishes each alert as a Warning Event on its `MemberCluster` and sets the unpaid-usage
 /// gauge per (cluster, reason).
-pub async fn surface(ctx: &Context, alerts: &[Alert]) {
+pub async fn surface(ctx: &Deps, alerts: &[Alert]) {
     ctx.metrics.set_unpaid(
         alerts
             .iter()
@@ -167,7 +182,7 @@ pub struct Totals {
 }
 
 impl Totals {
-    async fn update(&mut self, ctx: &Context) -> anyhow::Result<()> {
+    async fn update(&mut self, ctx: &Deps) -> anyhow::Result<()> {
         let recs = Api::<UsageRecord>::all(ctx.hub.clone())
             .list(&ListParams::default())
             .await?;
@@ -196,7 +211,7 @@ impl Totals {
 }
 
 /// Runs passes forever. With a ledger, the period length comes from the pool config.
-pub async fn run(ctx: Arc<Context>, ledger: Option<Ledger>, mut cfg: RunnerConfig) {
+pub async fn run(ctx: Deps, ledger: Option<Ledger>, mut cfg: RunnerConfig) {
     if let Some(l) = ledger.as_ref() {
         cfg.meter.period_seconds = pool_period_seconds(l).await;
     }

@@ -1,4 +1,5 @@
-//! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints (served with axum).
+//! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` and `/debug/queue` endpoints
+//! (served with axum).
 
 use crate::api::CapacitySummary;
 use axum::Router;
@@ -6,6 +7,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use futures::future::BoxFuture;
 use prometheus::core::Collector;
 use prometheus::{
     CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -52,164 +54,227 @@ struct Inner {
     unpaid_gpu_seconds: IntGaugeVec,
     client_throttled: CounterVec,
     events_skipped: IntCounterVec,
+    leader: IntGauge,
     ready: std::sync::atomic::AtomicBool,
+    /// Long-running tasks by name, and whether each still runs ([`Metrics::task`]).
+    tasks: Mutex<BTreeMap<&'static str, bool>>,
+    /// What `/debug/queue` serves ([`Metrics::set_debug_queue`]).
+    debug: Mutex<Option<DebugSource>>,
+}
+
+/// Produces the JSON `/debug/queue` serves.
+pub type DebugSource = Arc<dyn Fn() -> BoxFuture<'static, serde_json::Value> + Send + Sync>;
+
+/// Name, help text and label names of one metric family.
+struct Def {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+}
+
+/// Every gpupool metric family.
+mod defs {
+    use super::Def;
+
+    const fn def(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Def {
+        Def { name, help, labels }
+    }
+
+    pub(super) const RECONCILES: Def = def(
+        "gpupool_reconciles_total",
+        "Reconciles run, by controller",
+        &["controller"],
+    );
+    pub(super) const RECONCILE_ERRORS: Def = def(
+        "gpupool_reconcile_errors_total",
+        "Reconciles that failed, by controller and error",
+        &["controller", "error"],
+    );
+    pub(super) const RECONCILE_DURATION: Def = def(
+        "gpupool_reconcile_duration_seconds",
+        "Reconcile duration",
+        &["controller"],
+    );
+    pub(super) const PLACEMENT_DURATION: Def = def(
+        "gpupool_placement_duration_seconds",
+        "Time to decide a placement (lock wait included)",
+        &["kind"],
+    );
+    pub(super) const PENDING_JOBS: Def = def(
+        "gpupool_pending_jobs",
+        "Jobs waiting for capacity",
+        &["kind"],
+    );
+    pub(super) const PENDING_OLDEST: Def = def(
+        "gpupool_pending_job_oldest_age_seconds",
+        "Age of the longest-waiting pending job (since this replica saw it pending), by kind",
+        &["kind"],
+    );
+    pub(super) const MEMBER_READY: Def = def(
+        "gpupool_member_ready",
+        "1 when the member cluster is Ready",
+        &["cluster"],
+    );
+    pub(super) const MEMBER_GPUS: Def = def(
+        "gpupool_member_gpus",
+        "GPUs in the member cluster",
+        &["cluster"],
+    );
+    pub(super) const MEMBER_GPUS_ALLOCATED: Def = def(
+        "gpupool_member_gpus_allocated",
+        "GPUs of the member assigned to gpupool jobs",
+        &["cluster"],
+    );
+    pub(super) const MODEL_GPUS: Def = def(
+        "gpupool_member_model_gpus",
+        "GPUs in the member cluster, by GPU model",
+        &["cluster", "model"],
+    );
+    pub(super) const MODEL_GPUS_ALLOCATED: Def = def(
+        "gpupool_member_model_gpus_allocated",
+        "GPUs of the member assigned to gpupool jobs, by GPU model",
+        &["cluster", "model"],
+    );
+    pub(super) const ORACLE_BALANCE: Def = def(
+        "gpupool_oracle_balance_lamports",
+        "SOL balance of the usage oracle that signs and pays for settlements, in lamports",
+        &[],
+    );
+    pub(super) const KUBELET_MISMATCHES: Def = def(
+        "gpupool_kubelet_gpu_mismatches",
+        "Device-plugin pods whose GPUs, as the kubelet assigned them, differ from gpupool's choice",
+        &["cluster"],
+    );
+    pub(super) const GANG_RESTARTS: Def = def(
+        "gpupool_job_restarts_total",
+        "Gang restarts / replica re-placements",
+        &["kind"],
+    );
+    pub(super) const USAGE_GPU_SECONDS: Def = def(
+        "gpupool_usage_gpu_seconds_total",
+        "GPU-seconds metered, by member cluster",
+        &["cluster"],
+    );
+    pub(super) const TOKENS_MINTED: Def = def(
+        "gpupool_tokens_minted_total",
+        "Pool token base units minted to owners, by member cluster",
+        &["cluster"],
+    );
+    pub(super) const RECEIPT_RENT_RECLAIMED: Def = def(
+        "gpupool_receipt_rent_reclaimed_lamports_total",
+        "Lamports of rent returned to the payer by closing usage receipts past the settlement horizon",
+        &[],
+    );
+    pub(super) const RECEIPTS_CLOSED: Def = def(
+        "gpupool_receipts_closed_total",
+        "Usage receipts closed past the settlement horizon",
+        &[],
+    );
+    pub(super) const SETTLEMENT_FAILURES: Def = def(
+        "gpupool_settlement_failures_total",
+        "Settlement transactions that failed",
+        &["reason"],
+    );
+    pub(super) const UNPAID_GPU_SECONDS: Def = def(
+        "gpupool_unpaid_gpu_seconds",
+        "GPU-seconds claimed by members that the hub refuses to pay, by member cluster and reason (last metering pass)",
+        &["cluster", "reason"],
+    );
+    pub(super) const CLIENT_THROTTLED: Def = def(
+        "gpupool_client_throttled_seconds_total",
+        "Time requests waited for the client-side rate limit (--hub-qps/--member-qps), by client",
+        &["client"],
+    );
+    pub(super) const EVENTS_SKIPPED: Def = def(
+        "gpupool_events_skipped_total",
+        "Normal Events not published because their rate limit was reached, by reason",
+        &["reason"],
+    );
+    pub(super) const LEADER: Def = def(
+        "gpupool_leader",
+        "1 while this replica leads (runs the scheduler and controllers), 0 while it stands by",
+        &[],
+    );
+}
+
+/// Registers metric families and remembers their names.
+struct Reg {
+    registry: Registry,
+    names: Vec<String>,
+}
+
+impl Reg {
+    fn add<M: Collector + Clone + 'static>(&mut self, m: prometheus::Result<M>) -> M {
+        let m = m.expect("metric definition is valid");
+        self.names
+            .extend(m.desc().iter().map(|d| d.fq_name.clone()));
+        self.registry
+            .register(Box::new(m.clone()))
+            .expect("metric names are unique");
+        m
+    }
+    fn counters(&mut self, d: Def) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(d.name, d.help), d.labels))
+    }
+    fn float_counters(&mut self, d: Def) -> CounterVec {
+        self.add(CounterVec::new(Opts::new(d.name, d.help), d.labels))
+    }
+    fn counter(&mut self, d: Def) -> IntCounter {
+        self.add(IntCounter::new(d.name, d.help))
+    }
+    fn gauges(&mut self, d: Def) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(d.name, d.help), d.labels))
+    }
+    fn gauge(&mut self, d: Def) -> IntGauge {
+        self.add(IntGauge::new(d.name, d.help))
+    }
+    fn histograms(&mut self, d: Def) -> HistogramVec {
+        let buckets = vec![
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let opts = HistogramOpts::new(d.name, d.help).buckets(buckets);
+        self.add(HistogramVec::new(opts, d.labels))
+    }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let registry = Registry::new();
-        let buckets = vec![
-            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ];
-        let mut names = Vec::new();
-        macro_rules! reg {
-            ($m:expr) => {{
-                let m = $m.expect("metric definition is valid");
-                names.extend(m.desc().iter().map(|d| d.fq_name.clone()));
-                registry
-                    .register(Box::new(m.clone()))
-                    .expect("metric names are unique");
-                m
-            }};
-        }
+        use defs::*;
+        let mut r = Reg {
+            registry: Registry::new(),
+            names: Vec::new(),
+        };
         let inner = Inner {
-            reconciles: reg!(IntCounterVec::new(
-                Opts::new("gpupool_reconciles_total", "Reconciles run, by controller"),
-                &["controller"]
-            )),
-            reconcile_errors: reg!(IntCounterVec::new(
-                Opts::new(
-                    "gpupool_reconcile_errors_total",
-                    "Reconciles that failed, by controller and error"
-                ),
-                &["controller", "error"]
-            )),
-            reconcile_duration: reg!(HistogramVec::new(
-                HistogramOpts::new("gpupool_reconcile_duration_seconds", "Reconcile duration")
-                    .buckets(buckets.clone()),
-                &["controller"]
-            )),
-            placement_duration: reg!(HistogramVec::new(
-                HistogramOpts::new(
-                    "gpupool_placement_duration_seconds",
-                    "Time to decide a placement (lock wait included)"
-                )
-                .buckets(buckets),
-                &["kind"]
-            )),
-            pending_jobs: reg!(IntGaugeVec::new(
-                Opts::new("gpupool_pending_jobs", "Jobs waiting for capacity"),
-                &["kind"]
-            )),
-            pending_oldest: reg!(IntGaugeVec::new(
-                Opts::new(
-                    "gpupool_pending_job_oldest_age_seconds",
-                    "Age of the longest-waiting pending job (since this replica saw it pending), by kind"
-                ),
-                &["kind"]
-            )),
-            member_ready: reg!(IntGaugeVec::new(
-                Opts::new("gpupool_member_ready", "1 when the member cluster is Ready"),
-                &["cluster"]
-            )),
-            member_gpus: reg!(IntGaugeVec::new(
-                Opts::new("gpupool_member_gpus", "GPUs in the member cluster"),
-                &["cluster"]
-            )),
-            member_gpus_allocated: reg!(IntGaugeVec::new(
-                Opts::new(
-                    "gpupool_member_gpus_allocated",
-                    "GPUs of the member assigned to gpupool jobs"
-                ),
-                &["cluster"]
-            )),
-            model_gpus: reg!(IntGaugeVec::new(
-                Opts::new(
-                    "gpupool_member_model_gpus",
-                    "GPUs in the member cluster, by GPU model"
-                ),
-                &["cluster", "model"]
-            )),
-            model_gpus_allocated: reg!(IntGaugeVec::new(
-                Opts::new(
-                    "gpupool_member_model_gpus_allocated",
-                    "GPUs of the member assigned to gpupool jobs, by GPU model"
-                ),
-                &["cluster", "model"]
-            )),
-            oracle_balance: reg!(IntGauge::with_opts(Opts::new(
-                "gpupool_oracle_balance_lamports",
-                "SOL balance of the usage oracle that signs and pays for settlements, in lamports"
-            ))),
-            kubelet_mismatches: reg!(IntGaugeVec::new(
-                Opts::new(
-                    "gpupool_kubelet_gpu_mismatches",
-                    "Device-plugin pods whose GPUs, as the kubelet assigned them, differ from gpupool's choice"
-                ),
-                &["cluster"]
-            )),
-            gang_restarts: reg!(IntCounterVec::new(
-                Opts::new(
-                    "gpupool_job_restarts_total",
-                    "Gang restarts / replica re-placements"
-                ),
-                &["kind"]
-            )),
-            usage_gpu_seconds: reg!(IntCounterVec::new(
-                Opts::new(
-                    "gpupool_usage_gpu_seconds_total",
-                    "GPU-seconds metered, by member cluster"
-                ),
-                &["cluster"]
-            )),
-            tokens_minted: reg!(IntCounterVec::new(
-                Opts::new(
-                    "gpupool_tokens_minted_total",
-                    "Pool token base units minted to owners, by member cluster"
-                ),
-                &["cluster"]
-            )),
-            receipt_rent_reclaimed: reg!(IntCounter::new(
-                "gpupool_receipt_rent_reclaimed_lamports_total",
-                "Lamports of rent returned to the payer by closing usage receipts past the settlement horizon"
-            )),
-            receipts_closed: reg!(IntCounter::new(
-                "gpupool_receipts_closed_total",
-                "Usage receipts closed past the settlement horizon"
-            )),
-            settlement_failures: reg!(IntCounterVec::new(
-                Opts::new(
-                    "gpupool_settlement_failures_total",
-                    "Settlement transactions that failed"
-                ),
-                &["reason"]
-            )),
-            unpaid_gpu_seconds: reg!(IntGaugeVec::new(
-                Opts::new(
-                    "gpupool_unpaid_gpu_seconds",
-                    "GPU-seconds claimed by members that the hub refuses to pay, by member cluster and reason (last metering pass)"
-                ),
-                &["cluster", "reason"]
-            )),
-            client_throttled: reg!(CounterVec::new(
-                Opts::new(
-                    "gpupool_client_throttled_seconds_total",
-                    "Time requests waited for the client-side rate limit (--hub-qps/--member-qps), by client"
-                ),
-                &["client"]
-            )),
-            events_skipped: reg!(IntCounterVec::new(
-                Opts::new(
-                    "gpupool_events_skipped_total",
-                    "Normal Events not published because their rate limit was reached, by reason"
-                ),
-                &["reason"]
-            )),
+            reconciles: r.counters(RECONCILES),
+            reconcile_errors: r.counters(RECONCILE_ERRORS),
+            reconcile_duration: r.histograms(RECONCILE_DURATION),
+            placement_duration: r.histograms(PLACEMENT_DURATION),
+            pending_jobs: r.gauges(PENDING_JOBS),
+            pending_oldest: r.gauges(PENDING_OLDEST),
+            member_ready: r.gauges(MEMBER_READY),
+            member_gpus: r.gauges(MEMBER_GPUS),
+            member_gpus_allocated: r.gauges(MEMBER_GPUS_ALLOCATED),
+            model_gpus: r.gauges(MODEL_GPUS),
+            model_gpus_allocated: r.gauges(MODEL_GPUS_ALLOCATED),
+            oracle_balance: r.gauge(ORACLE_BALANCE),
+            kubelet_mismatches: r.gauges(KUBELET_MISMATCHES),
+            gang_restarts: r.counters(GANG_RESTARTS),
+            usage_gpu_seconds: r.counters(USAGE_GPU_SECONDS),
+            tokens_minted: r.counters(TOKENS_MINTED),
+            receipt_rent_reclaimed: r.counter(RECEIPT_RENT_RECLAIMED),
+            receipts_closed: r.counter(RECEIPTS_CLOSED),
+            settlement_failures: r.counters(SETTLEMENT_FAILURES),
+            unpaid_gpu_seconds: r.gauges(UNPAID_GPU_SECONDS),
+            client_throttled: r.float_counters(CLIENT_THROTTLED),
+            events_skipped: r.counters(EVENTS_SKIPPED),
+            leader: r.gauge(LEADER),
             pending: Mutex::default(),
             member_models: Mutex::default(),
             ready: std::sync::atomic::AtomicBool::new(false),
-            names,
-            registry,
+            tasks: Mutex::default(),
+            debug: Mutex::default(),
+            names: r.names,
+            registry: r.registry,
         };
         Metrics {
             inner: Arc::new(inner),
@@ -218,13 +283,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Records one reconcile.
-    pub fn observe_reconcile(
-        &self,
-        controller: &str,
-        took: Duration,
-        err: Option<&crate::controllers::Error>,
-    ) {
+    /// Records one reconcile; `error` is the failed reconcile's error label (e.g. `hub_api`).
+    pub fn observe_reconcile(&self, controller: &str, took: Duration, error: Option<&str>) {
         self.inner
             .ready
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -233,10 +293,10 @@ impl Metrics {
             .reconcile_duration
             .with_label_values(&[controller])
             .observe(took.as_secs_f64());
-        if let Some(e) = err {
+        if let Some(label) = error {
             self.inner
                 .reconcile_errors
-                .with_label_values(&[controller, e.metric_label()])
+                .with_label_values(&[controller, label])
                 .inc();
         }
     }
@@ -498,6 +558,40 @@ impl Metrics {
         String::from_utf8(buf).expect("exposition is UTF-8")
     }
 
+    /// Sets `gpupool_leader`: whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.inner.leader.set(i64::from(leading));
+    }
+
+    /// Registers long-running task `name` (the scheduler loop, a controller): `/healthz` fails
+    /// once the returned guard is dropped, i.e. once the task ends, panics or is aborted. Keep
+    /// the guard inside the task's future.
+    pub fn task(&self, name: &'static str) -> TaskGuard {
+        self.lock_tasks().insert(name, true);
+        TaskGuard {
+            name,
+            metrics: self.clone(),
+        }
+    }
+
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, bool>> {
+        self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registered tasks that are no longer running.
+    pub fn dead_tasks(&self) -> Vec<&'static str> {
+        self.lock_tasks()
+            .iter()
+            .filter(|(_, alive)| !**alive)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// Sets what `/debug/queue` serves (the leader's scheduler registers its snapshot).
+    pub fn set_debug_queue(&self, source: DebugSource) {
+        *self.inner.debug.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
+    }
+
     /// Marks the process ready: it reached the hub API (leader or standby replica alike).
     pub fn set_ready(&self) {
         self.inner
@@ -511,13 +605,57 @@ impl Metrics {
     }
 }
 
-/// The `/metrics`, `/healthz` and `/readyz` routes.
+/// Marks its task dead in `/healthz` when dropped (see [`Metrics::task`]).
+pub struct TaskGuard {
+    name: &'static str,
+    metrics: Metrics,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.metrics.lock_tasks().insert(self.name, false);
+        tracing::error!(task = self.name, "a long-running task stopped");
+    }
+}
+
+/// The `/metrics`, `/healthz`, `/readyz` and `/debug/queue` routes.
 pub fn router(metrics: Metrics) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/debug/queue", get(debug_queue))
         .with_state(metrics)
+}
+
+/// Fails (503, naming them) once a registered task (scheduler loop, controller) has stopped, so
+/// that the kubelet restarts the process.
+async fn healthz(State(m): State<Metrics>) -> impl IntoResponse {
+    let dead = m.dead_tasks();
+    if dead.is_empty() {
+        (StatusCode::OK, "ok\n".to_string())
+    } else {
+        let msg = format!("stopped: {}\n", dead.join(", "));
+        (StatusCode::SERVICE_UNAVAILABLE, msg)
+    }
+}
+
+/// The scheduler's queue and cache as JSON; 503 on a replica that does not lead.
+async fn debug_queue(State(m): State<Metrics>) -> axum::response::Response {
+    let source = m
+        .inner
+        .debug
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    match source {
+        Some(f) => axum::Json(f().await).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no scheduler runs in this replica (standby, or starting)\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics_handler(State(m): State<Metrics>) -> impl IntoResponse {
@@ -535,10 +673,11 @@ async fn readyz(State(m): State<Metrics>) -> impl IntoResponse {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the task is dropped.
+/// Serves `/metrics`, `/healthz`, `/readyz` and `/debug/queue` on `addr` until the task is
+/// dropped.
 pub async fn serve(addr: SocketAddr, metrics: Metrics) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz, /debug/queue");
     serve_on(listener, metrics).await
 }
 
@@ -550,6 +689,68 @@ pub async fn serve_on(listener: tokio::net::TcpListener, metrics: Metrics) -> an
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt as _;
+
+    async fn get(m: &super::Metrics, path: &str) -> (StatusCode, String) {
+        let req = Request::get(path).body(Body::empty()).unwrap();
+        let res = super::router(m.clone()).oneshot(req).await.unwrap();
+        let status = res.status();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn healthz_fails_once_a_long_running_task_has_stopped() {
+        let m = super::Metrics::default();
+        assert_eq!(get(&m, "/healthz").await.0, StatusCode::OK);
+        // A loop that runs on stays healthy; one that panics makes /healthz fail, naming it.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let m2 = m.clone();
+        let running = tokio::spawn(async move {
+            let _alive = m2.task("scheduler");
+            let _ = stopped.await;
+        });
+        tokio::task::yield_now().await;
+        let m3 = m.clone();
+        let dead = tokio::spawn(async move {
+            let _alive = m3.task("trainingjob-controller");
+            panic!("the controller's stream failed");
+        });
+        assert!(dead.await.unwrap_err().is_panic());
+        let (status, body) = get(&m, "/healthz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "stopped: trainingjob-controller\n");
+        // The scheduler loop ending (returned, not panicked) counts too.
+        stop.send(()).unwrap();
+        running.await.unwrap();
+        let (_, body) = get(&m, "/healthz").await;
+        assert_eq!(body, "stopped: scheduler, trainingjob-controller\n");
+    }
+
+    #[tokio::test]
+    async fn leader_gauge_and_debug_queue() {
+        let m = super::Metrics::default();
+        assert!(m.render().contains("gpupool_leader 0"));
+        m.set_leader(true);
+        assert!(m.render().contains("gpupool_leader 1"));
+        // A standby replica has no scheduler to show.
+        assert_eq!(
+            get(&m, "/debug/queue").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        m.set_debug_queue(std::sync::Arc::new(|| {
+            Box::pin(async { serde_json::json!({"queue": [{"position": 1}]}) })
+        }));
+        let (status, body) = get(&m, "/debug/queue").await;
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["queue"][0]["position"], 1);
+    }
+
     #[test]
     fn names_follow_prometheus_conventions() {
         let m = super::Metrics::default();

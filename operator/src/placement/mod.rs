@@ -27,6 +27,6 @@ pub mod scheduler;
 
 pub use allocator::{Allocation, GpuRequest, NoFit, allocate, allocate_on, exhaustive_best};
 pub use scheduler::{
-    ClusterCandidate, ClusterChoice, JobRequest, NodeCandidate, Unschedulable, place_gang,
-    place_replicas,
+    ClusterCandidate, ClusterChoice, JobRequest, NodeCandidate, PodPlacement, Unschedulable,
+    place_gang, place_replicas,
 };

@@ -11,8 +11,22 @@ use super::allocator::{Allocation, GpuRequest, allocate};
 use super::rank::{GangFit, NodeFit, WholeNodes, node_fit};
 use crate::api::{GpuSelector, GpuTopologySpec, NvLinkMode, ReplicaPlacement};
 use crate::topology::{GpuGraph, GpuSet};
-use crate::workloads::PodPlacement;
 use std::collections::{BTreeMap, BTreeSet};
+
+/// A GPU set chosen for one pod.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodPlacement {
+    /// Rank / replica index.
+    pub index: i32,
+    /// Node in the member.
+    pub node: String,
+    /// GPU UUIDs.
+    pub gpu_uuids: Vec<String>,
+    /// GPU model.
+    pub model: String,
+    /// Topology score of the set.
+    pub score: i64,
+}
 
 /// The size of the node's largest free set of pairwise NVLink-connected GPUs — the most GPUs an
 /// `nvlink: clique` worker can get there — as a one-entry list (empty when nothing is free or

@@ -18,9 +18,9 @@
 use crate::api::{
     MemberReport, MemberReportStatus, MemberWork, MemberWorkSpec, NodeReport, PodReport, WorkJobRef,
 };
-use crate::federation::OrAbsent;
-use crate::federation::labels::JOB_UID;
-use crate::join::names;
+use crate::meta::OrAbsent;
+use crate::meta::labels::JOB_UID;
+use crate::meta::names;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus, Pod,

@@ -8,18 +8,12 @@ use crate::api::{
     InferencePhase, NodeGpus, NvLinkMode, TrainingJob, TrainingJobStatus, TrainingPhase,
     WorkerPlacement, condition,
 };
+use crate::meta::{FINALIZER, set_condition};
 use crate::placement::{JobRequest, place_gang, place_replicas};
 use crate::workloads::PodPlacement;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-
-/// Finalizer the job controllers put on hub jobs; a job is scheduled only once it carries it
-/// (so its workloads are always cleaned up).
-pub const FINALIZER: &str = "gpupool.io/member-cleanup";
-/// Field manager for everything the operator writes.
-pub const FIELD_MANAGER: &str = "gpupool-operator";
 
 /// A job waiting in the queue.
 #[derive(Clone, Debug)]
@@ -219,37 +213,6 @@ fn need_of(r: &JobRequest) -> Need {
         min_memory_mib: r.gpu.min_memory_mib,
         nvlink: r.nvlink,
         min_link_gbps: r.gpu.min_link_gbps.unwrap_or(0),
-    }
-}
-
-/// Sets condition `type_`, keeping `lastTransitionTime` when the status is unchanged.
-pub fn set_condition(
-    conds: &mut Vec<Condition>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: &str,
-    generation: Option<i64>,
-) {
-    let status_s = if status { "True" } else { "False" };
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    if let Some(c) = conds.iter_mut().find(|c| c.type_ == type_) {
-        if c.status != status_s {
-            c.last_transition_time = now;
-        }
-        c.status = status_s.into();
-        c.reason = reason.into();
-        c.message = message.into();
-        c.observed_generation = generation;
-    } else {
-        conds.push(Condition {
-            type_: type_.into(),
-            status: status_s.into(),
-            reason: reason.into(),
-            message: message.into(),
-            last_transition_time: now,
-            observed_generation: generation,
-        });
     }
 }
 

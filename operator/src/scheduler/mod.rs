@@ -23,7 +23,7 @@ pub mod writes;
 mod tests;
 
 pub use cache::{JobName, MemberInfo, PoolCache, Slot};
-pub use jobs::{FIELD_MANAGER, FINALIZER, Pending};
+pub use jobs::Pending;
 pub use queue::{Need, Queue};
 
 use crate::api::{GpuTopology, InferenceJob, TrainingJob};
@@ -663,6 +663,37 @@ impl Scheduler {
     /// Number of jobs waiting.
     pub fn pending(&self) -> usize {
         self.lock().queue.len()
+    }
+
+    /// A read-only view of the queue (in order, with each job's state and last reported reason)
+    /// and of the cache per member (nodes, capacity, supply problems), for `/debug/queue`.
+    pub async fn debug_snapshot(&self) -> serde_json::Value {
+        let members = self.registry.snapshot().await;
+        let st = self.lock();
+        let queue: Vec<serde_json::Value> = st
+            .queue
+            .snapshot()
+            .map(|(position, uid, state, job)| {
+                let name = job.name();
+                let reason = st.reported.get(uid).map(|r| r.0.as_str());
+                serde_json::json!({
+                    "position": position, "uid": uid, "state": state, "kind": name.kind,
+                    "namespace": name.namespace, "name": name.name, "reason": reason,
+                })
+            })
+            .collect();
+        let cache: BTreeMap<&String, serde_json::Value> = members
+            .keys()
+            .map(|m| {
+                let v = serde_json::json!({
+                    "nodes": st.cache.node_count(m),
+                    "capacity": st.cache.capacity(m),
+                    "problems": st.cache.problems(m),
+                });
+                (m, v)
+            })
+            .collect();
+        serde_json::json!({ "inFlight": st.in_flight.len(), "queue": queue, "members": cache })
     }
 
     // ----- the loop -----

@@ -325,6 +325,20 @@ impl<T> Queue<T> {
             .map(|(i, (_, u))| (i + 1, u.as_str(), &self.entries[u].item))
     }
 
+    /// Every queued job in queue order: position (1-based), uid, state (`active`, `inFlight`,
+    /// `parked`, `backoff`) and item. For inspection (`/debug/queue`).
+    pub fn snapshot(&self) -> impl Iterator<Item = (usize, &str, &'static str, &T)> {
+        self.positions().map(|(i, u, item)| {
+            let state = match self.entries[u].state {
+                State::Active => "active",
+                State::InFlight => "inFlight",
+                State::Parked(_) => "parked",
+                State::Backoff(_) => "backoff",
+            };
+            (i, u, state, item)
+        })
+    }
+
     /// Position (1-based) of one job.
     pub fn position(&self, uid: &str) -> Option<usize> {
         let e = self.entries.get(uid)?;

@@ -1,8 +1,9 @@
 //! Scheduler tests: the cache (supply checks, holds, assumptions, the node index) and decisions.
 
 use super::cache::*;
-use super::jobs::{Decision, FINALIZER, decide_training};
+use super::jobs::{Decision, decide_training};
 use crate::api::{GpuTopologySpec, NvLinkMode, TrainingJob};
+use crate::meta::FINALIZER;
 use crate::placement::JobRequest;
 use crate::topology::fixtures;
 use std::collections::{BTreeMap, BTreeSet};

@@ -3,8 +3,15 @@
 //!
 //! Its clock follows the wall clock: before every transaction the chain's unix time is moved
 //! forward to now (never back), so the program's "period has ended" check sees real time.
+//!
+//! It lives here, with the demo and the tests, so that the production operator binary links
+//! neither LiteSVM nor the agave runtime; [`rpc_server`] serves it over Solana's JSON-RPC.
 
-use super::{AccountData, Hash, LedgerClient, Pubkey, SendError, Signature, Transaction};
+pub mod rpc_server;
+
+use gpupool::ledger::{
+    AccountData, Hash, LedgerClient, Pubkey, SendError, Signature, Transaction,
+};
 use anyhow::{Result, anyhow};
 use futures::future::BoxFuture;
 use gpupool_ledger::state::{self, ClusterAccount, NUM_GPU_CLASSES, TAG_CLUSTER};

@@ -1,5 +1,5 @@
 //! A Solana JSON-RPC endpoint over the embedded ledger, for the local demo and tests: the
-//! operator's production [`RpcLedger`](super::RpcLedger) and `gpupool earnings --rpc-url` talk to it
+//! operator's production [`RpcLedger`](gpupool::ledger::RpcLedger) and `gpupool earnings --rpc-url` talk to it
 //! exactly as they talk to a real cluster. It answers the four methods gpupool uses
 //! (`getLatestBlockhash`, `sendTransaction` with base64 wire transactions and preflight,
 //! `getSignatureStatuses`, `getAccountInfo` with base64 data, plus `getHealth` and `getBalance`)
@@ -76,87 +76,18 @@ fn slot(st: &State) -> u64 {
         .with_svm(|s| s.get_sysvar::<solana_program::clock::Clock>().slot)
 }
 
+/// A JSON-RPC error: code, message, data.
+type RpcError = (i64, String, Value);
+
 async fn handle(st: &State, req: &Value) -> Value {
     let id = req.get("id").cloned().unwrap_or(Value::Null);
     let params = req.get("params").cloned().unwrap_or(json!([]));
     let result = match req.get("method").and_then(|m| m.as_str()).unwrap_or("") {
-        "getLatestBlockhash" => {
-            let h = st.ledger.with_svm(|s| {
-                s.expire_blockhash();
-                s.latest_blockhash()
-            });
-            Ok(
-                json!({"context": {"slot": slot(st)}, "value": {"blockhash": h.to_string(), "lastValidBlockHeight": slot(st) + 150}}),
-            )
-        }
+        "getLatestBlockhash" => Ok(latest_blockhash(st)),
         "sendTransaction" => send(st, &params),
-        "getSignatureStatuses" => {
-            let sigs = params
-                .get(0)
-                .and_then(|v| v.as_array())
-                .cloned()
-                .unwrap_or_default();
-            let map = st.statuses.lock().expect("status map");
-            let value: Vec<Value> = sigs
-                .iter()
-                .map(|s| {
-                    s.as_str()
-                        .and_then(|s| s.parse::<Signature>().ok())
-                        .and_then(|sig| map.get(&sig))
-                        .map(|(slot, err)| {
-                            // `status` is the legacy Result form clients still require.
-                            let status = if err.is_null() { json!({"Ok": null}) } else { json!({"Err": err}) };
-                            json!({"slot": slot, "confirmations": null, "err": err, "status": status, "confirmationStatus": "finalized"})
-                        })
-                        .unwrap_or(Value::Null)
-                })
-                .collect();
-            Ok(json!({"context": {"slot": slot(st)}, "value": value}))
-        }
-        "getAccountInfo" => match params
-            .get(0)
-            .and_then(|v| v.as_str())
-            .and_then(|k| k.parse::<Pubkey>().ok())
-        {
-            None => Err((
-                -32602,
-                "invalid params: expected a base58 public key".to_string(),
-                Value::Null,
-            )),
-            Some(key) => {
-                let acc = st.ledger.with_svm(|s| s.get_account(&key));
-                let value = acc.map(|a| {
-                    json!({
-                        "data": [B64.encode(&a.data), "base64"],
-                        "executable": a.executable,
-                        "lamports": a.lamports,
-                        "owner": a.owner.to_string(),
-                        "rentEpoch": a.rent_epoch,
-                        "space": a.data.len(),
-                    })
-                });
-                Ok(json!({"context": {"slot": slot(st)}, "value": value}))
-            }
-        },
-        "getBalance" => match params
-            .get(0)
-            .and_then(|v| v.as_str())
-            .and_then(|k| k.parse::<Pubkey>().ok())
-        {
-            None => Err((
-                -32602,
-                "invalid params: expected a base58 public key".to_string(),
-                Value::Null,
-            )),
-            Some(key) => {
-                let lamports = st
-                    .ledger
-                    .with_svm(|s| s.get_account(&key))
-                    .map(|a| a.lamports)
-                    .unwrap_or(0);
-                Ok(json!({"context": {"slot": slot(st)}, "value": lamports}))
-            }
-        },
+        "getSignatureStatuses" => Ok(signature_statuses(st, &params)),
+        "getAccountInfo" => pubkey_param(&params).map(|key| account_info(st, &key)),
+        "getBalance" => pubkey_param(&params).map(|key| balance(st, &key)),
         "getHealth" => Ok(json!("ok")),
         m => Err((-32601, format!("method not found: {m}"), Value::Null)),
     };
@@ -168,9 +99,83 @@ async fn handle(st: &State, req: &Value) -> Value {
     }
 }
 
+/// The first parameter as a base58 public key.
+fn pubkey_param(params: &Value) -> Result<Pubkey, RpcError> {
+    params
+        .get(0)
+        .and_then(|v| v.as_str())
+        .and_then(|k| k.parse::<Pubkey>().ok())
+        .ok_or((
+            -32602,
+            "invalid params: expected a base58 public key".to_string(),
+            Value::Null,
+        ))
+}
+
+/// `getLatestBlockhash`: a fresh blockhash per call, so a resent identical batch is a new
+/// transaction.
+fn latest_blockhash(st: &State) -> Value {
+    let h = st.ledger.with_svm(|s| {
+        s.expire_blockhash();
+        s.latest_blockhash()
+    });
+    json!({"context": {"slot": slot(st)}, "value": {"blockhash": h.to_string(), "lastValidBlockHeight": slot(st) + 150}})
+}
+
+/// `getSignatureStatuses`: the outcome of each transaction sent here (null when unknown).
+fn signature_statuses(st: &State, params: &Value) -> Value {
+    let sigs = params
+        .get(0)
+        .and_then(|v| v.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let map = st.statuses.lock().expect("status map");
+    let value: Vec<Value> = sigs
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .and_then(|s| s.parse::<Signature>().ok())
+                .and_then(|sig| map.get(&sig))
+                .map(|(slot, err)| {
+                    // `status` is the legacy Result form clients still require.
+                    let status = if err.is_null() { json!({"Ok": null}) } else { json!({"Err": err}) };
+                    json!({"slot": slot, "confirmations": null, "err": err, "status": status, "confirmationStatus": "finalized"})
+                })
+                .unwrap_or(Value::Null)
+        })
+        .collect();
+    json!({"context": {"slot": slot(st)}, "value": value})
+}
+
+/// `getAccountInfo` with base64 data (null when the account does not exist).
+fn account_info(st: &State, key: &Pubkey) -> Value {
+    let acc = st.ledger.with_svm(|s| s.get_account(key));
+    let value = acc.map(|a| {
+        json!({
+            "data": [B64.encode(&a.data), "base64"],
+            "executable": a.executable,
+            "lamports": a.lamports,
+            "owner": a.owner.to_string(),
+            "rentEpoch": a.rent_epoch,
+            "space": a.data.len(),
+        })
+    });
+    json!({"context": {"slot": slot(st)}, "value": value})
+}
+
+/// `getBalance`: lamports (0 when the account does not exist).
+fn balance(st: &State, key: &Pubkey) -> Value {
+    let lamports = st
+        .ledger
+        .with_svm(|s| s.get_account(key))
+        .map(|a| a.lamports)
+        .unwrap_or(0);
+    json!({"context": {"slot": slot(st)}, "value": lamports})
+}
+
 /// `sendTransaction`: decode, execute (the preflight and the execution are the same step here),
 /// remember the outcome for `getSignatureStatuses`.
-fn send(st: &State, params: &Value) -> Result<Value, (i64, String, Value)> {
+fn send(st: &State, params: &Value) -> Result<Value, RpcError> {
     let wire = params
         .get(0)
         .and_then(|v| v.as_str())
@@ -211,14 +216,14 @@ fn send(st: &State, params: &Value) -> Result<Value, (i64, String, Value)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{self, Keypair, Ledger, LedgerClient, RpcLedger, SendError, Signer};
+    use gpupool::ledger::{self, Keypair, Ledger, LedgerClient, RpcLedger, SendError, Signer};
     use gpupool_ledger::instruction::{self as lix, raw};
     use gpupool_ledger::state;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn chain() -> (Arc<EmbeddedLedger>, gpupool_ledger_svm::Pool, RpcServer) {
         let (chain, pool) =
-            EmbeddedLedger::with_pool(ledger::embedded::DEMO_RATES, 0, 3600).unwrap();
+            EmbeddedLedger::with_pool(crate::chain::DEMO_RATES, 0, 3600).unwrap();
         let chain = Arc::new(chain);
         let server = serve(chain.clone()).await.unwrap();
         (chain, pool, server)
