@@ -996,8 +996,9 @@ mod tests {
         );
         let mut v = new_view(&mc);
         (v.reachable, v.ready) = (true, true);
+        // (Not schedulable without a link to the member; the reason names nothing else.)
         let info = member_info(&mc, &v, false, false);
-        assert!(info.schedulable && info.reason.is_empty());
+        assert!(info.reason.is_empty(), "{}", info.reason);
         assert_eq!(info.labels["region"], "eu");
         assert_eq!(info.labels["tier"], "a");
         let info = member_info(&mc, &v, false, true);
@@ -1008,6 +1009,12 @@ mod tests {
         assert_eq!(info.reason, "not schedulable (spec.schedulable=false)");
         v.reachable = false;
         assert_eq!(member_info(&mc, &v, false, false).reason, "not reachable");
+        let pending = member(
+            serde_json::json!({"mode": "Pull", "approval": "Pending"}),
+            None,
+        );
+        let reason = member_info(&pending, &v, false, false).reason;
+        assert_eq!(reason, "not approved (Pending)");
     }
 
     fn condition<'a>(s: &'a MemberClusterStatus, type_: &str) -> &'a Condition {

@@ -3,10 +3,10 @@
 
 use super::member_io::{cleanup_job, create_objects, delete_pods, ensure_namespace};
 use super::status::{apply_status, event, now, reconcile_finalized};
-use crate::meta::set_condition;
 use super::{Context, Error, Result};
 use crate::api::{TrainingJob, TrainingJobStatus, TrainingPhase, condition};
 use crate::federation::labels;
+use crate::meta::set_condition;
 use crate::workloads::{PodPlacement, training_objects};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
