@@ -6,6 +6,7 @@
 //! stopped and removed on drop. The upstream binaries are built once from `e2e/tools/go.mod` by
 //! `e2e/harness/build-tools.sh` into a cache outside the repository.
 
+pub mod chain;
 mod control_plane;
 mod federation;
 mod kubectl;
