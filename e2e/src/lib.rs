@@ -4,7 +4,9 @@
 //! certificates and a kubeconfig in a temporary directory; a [`Kwok`] instance fakes GPU nodes and
 //! pod lifecycles in a member. [`Federation`] starts a hub and N members in parallel. Everything is
 //! stopped and removed on drop. The upstream binaries are built once from `e2e/tools/go.mod` by
-//! `e2e/harness/build-tools.sh` into a cache outside the repository.
+//! `e2e/harness/build-tools.sh` into a cache outside the repository. [`chain`] is the embedded
+//! Solana chain (LiteSVM with the ledger program, and a JSON-RPC endpoint over it) the demo and
+//! the metering tests settle on; it lives here so the operator binary does not link it.
 
 pub mod chain;
 mod control_plane;
