@@ -9,11 +9,9 @@
 
 pub mod rpc_server;
 
-use gpupool::ledger::{
-    AccountData, Hash, LedgerClient, Pubkey, SendError, Signature, Transaction,
-};
 use anyhow::{Result, anyhow};
 use futures::future::BoxFuture;
+use gpupool::ledger::{AccountData, Hash, LedgerClient, Pubkey, SendError, Signature, Transaction};
 use gpupool_ledger::state::{self, ClusterAccount, NUM_GPU_CLASSES, TAG_CLUSTER};
 use gpupool_ledger_svm::{self as svm, Pool, PoolSetup, litesvm::LiteSVM};
 use solana_keypair::Keypair;

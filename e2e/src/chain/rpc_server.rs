@@ -222,8 +222,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn chain() -> (Arc<EmbeddedLedger>, gpupool_ledger_svm::Pool, RpcServer) {
-        let (chain, pool) =
-            EmbeddedLedger::with_pool(crate::chain::DEMO_RATES, 0, 3600).unwrap();
+        let (chain, pool) = EmbeddedLedger::with_pool(crate::chain::DEMO_RATES, 0, 3600).unwrap();
         let chain = Arc::new(chain);
         let server = serve(chain.clone()).await.unwrap();
         (chain, pool, server)
