@@ -745,7 +745,10 @@ async fn a_pods_own_constraints_fail_its_job_and_a_dead_member_scheduler_sends_j
     let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
 
     // The user's own selector matches no node: the job fails, saying why.
-    let picky = gang_of_eight("picky", serde_json::json!({"nodeSelector": {"team": "nobody"}}));
+    let picky = gang_of_eight(
+        "picky",
+        serde_json::json!({"nodeSelector": {"team": "nobody"}}),
+    );
     tjs.create(&PostParams::default(), &picky).await.unwrap();
     let st = eventually(90, "picky failed", || async {
         let st = tjs.get("picky").await?.status.unwrap_or_default();
@@ -763,18 +766,25 @@ async fn a_pods_own_constraints_fail_its_job_and_a_dead_member_scheduler_sends_j
     assert_eq!(st.restarts, 0, "no placement can help it: {st:?}");
 
     // Its GPUs were not quarantined: an honest gang runs on the same node at once.
-    tjs.create(&PostParams::default(), &gang_of_eight("honest", serde_json::json!({})))
-        .await
-        .unwrap();
+    tjs.create(
+        &PostParams::default(),
+        &gang_of_eight("honest", serde_json::json!({})),
+    )
+    .await
+    .unwrap();
     eventually(60, "honest running on dgx-h100-0", || async {
         let st = tjs.get("honest").await?.status.unwrap_or_default();
         let on = st.workers.first().map(|w| w.node.clone());
-        Ok((st.phase == TrainingPhase::Running && on.as_deref() == Some("dgx-h100-0"))
-            .then_some(()))
+        Ok(
+            (st.phase == TrainingPhase::Running && on.as_deref() == Some("dgx-h100-0"))
+                .then_some(()),
+        )
     })
     .await
     .unwrap();
-    tjs.delete("honest", &DeleteParams::default()).await.unwrap();
+    tjs.delete("honest", &DeleteParams::default())
+        .await
+        .unwrap();
     eventually(30, "honest gone", || async {
         Ok(tjs.get_opt("honest").await?.is_none().then_some(()))
     })
@@ -783,9 +793,12 @@ async fn a_pods_own_constraints_fail_its_job_and_a_dead_member_scheduler_sends_j
 
     // member-1's kube-scheduler dies: a gang placed there is never looked at.
     fed.members[0].cp.stop_scheduler();
-    tjs.create(&PostParams::default(), &gang_of_eight("stranded", serde_json::json!({})))
-        .await
-        .unwrap();
+    tjs.create(
+        &PostParams::default(),
+        &gang_of_eight("stranded", serde_json::json!({})),
+    )
+    .await
+    .unwrap();
     eventually(30, "stranded placed on member-1", || async {
         let st = tjs.get("stranded").await?.status.unwrap_or_default();
         Ok((st.cluster.as_deref() == Some("member-1")).then_some(()))
@@ -797,8 +810,10 @@ async fn a_pods_own_constraints_fail_its_job_and_a_dead_member_scheduler_sends_j
         .unwrap();
     let st = eventually(90, "stranded running on member-2", || async {
         let st = tjs.get("stranded").await?.status.unwrap_or_default();
-        Ok((st.phase == TrainingPhase::Running && st.cluster.as_deref() == Some("member-2"))
-            .then_some(st))
+        Ok(
+            (st.phase == TrainingPhase::Running && st.cluster.as_deref() == Some("member-2"))
+                .then_some(st),
+        )
     })
     .await
     .unwrap();

@@ -322,7 +322,10 @@ async fn rollout(
         else {
             continue;
         };
-        if members.get(&s.kept[pos].cluster).is_none_or(|m| !m.reachable) {
+        if members
+            .get(&s.kept[pos].cluster)
+            .is_none_or(|m| !m.reachable)
+        {
             continue;
         }
         delete_replica(members, job, &s.kept[pos]).await?;
@@ -460,8 +463,14 @@ fn roll_up(
                  own constraints: {why}"
             ),
         ),
-        _ if available == want => ("AllReplicasReady", format!("{available}/{want} replicas ready")),
-        _ => ("ReplicasNotReady", format!("{available}/{want} replicas ready")),
+        _ if available == want => (
+            "AllReplicasReady",
+            format!("{available}/{want} replicas ready"),
+        ),
+        _ => (
+            "ReplicasNotReady",
+            format!("{available}/{want} replicas ready"),
+        ),
     };
     set_condition(
         &mut st.conditions,

@@ -89,10 +89,10 @@ async fn apply(job: &TrainingJob, ctx: &Context) -> Result<Action> {
     }
     // A view older than a status this operator wrote (e.g. its own `restarts + 1`): acting on it
     // would bring back what that write replaced. The watch delivers the newer version.
-    if ctx
-        .scheduler
-        .stale_view(&job.uid().unwrap_or_default(), job.resource_version().as_deref())
-    {
+    if ctx.scheduler.stale_view(
+        &job.uid().unwrap_or_default(),
+        job.resource_version().as_deref(),
+    ) {
         return Ok(Action::requeue(STALE_RETRY));
     }
     // Not placed yet (or being restarted): the scheduler places the gang and writes the status.
@@ -142,7 +142,11 @@ fn observe_workers(st: &mut TrainingJobStatus, pods: &[&Pod], generation: i32) -
             .iter()
             .find(|w| phase(w, &["Failed"]))
             .map(|w| w.rank),
-        succeeded: st.workers.iter().filter(|w| phase(w, &["Succeeded"])).count(),
+        succeeded: st
+            .workers
+            .iter()
+            .filter(|w| phase(w, &["Succeeded"]))
+            .count(),
         started: st
             .workers
             .iter()
@@ -200,9 +204,9 @@ async fn create_missing(
         member.binding_mode(),
     );
     want.pods.retain(|w| {
-        !pods.iter().any(|p| {
-            p.metadata.name == w.pod.metadata.name && p.namespace() == w.pod.namespace()
-        })
+        !pods
+            .iter()
+            .any(|p| p.metadata.name == w.pod.metadata.name && p.namespace() == w.pod.namespace())
     });
     if want.pods.is_empty() {
         return Ok(());
@@ -232,7 +236,9 @@ async fn ready_member(
             format!("member {cluster} was removed from the pool"),
         ),
     };
-    restart_gang(job, st.clone(), ctx, reason, why).await.map(Err)
+    restart_gang(job, st.clone(), ctx, reason, why)
+        .await
+        .map(Err)
 }
 
 async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context) -> Result<Action> {

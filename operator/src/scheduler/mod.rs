@@ -237,7 +237,11 @@ impl State {
     /// A version of job `uid` other than the one the operator last wrote over is observed: the
     /// watch has moved past that write (see [`Scheduler::stale_view`]).
     fn observed_version(&mut self, uid: &str, rv: Option<&str>) {
-        if self.superseded.get(uid).is_some_and(|old| Some(old.as_str()) != rv) {
+        if self
+            .superseded
+            .get(uid)
+            .is_some_and(|old| Some(old.as_str()) != rv)
+        {
             self.superseded.remove(uid);
         }
     }
@@ -404,7 +408,11 @@ impl State {
             .last_refresh
             .filter(|_| !self.reported.is_empty())
             .map(|t| t + POSITION_REFRESH);
-        self.queue.next_deadline().into_iter().chain(positions).min()
+        self.queue
+            .next_deadline()
+            .into_iter()
+            .chain(positions)
+            .min()
     }
 
     fn next(&mut self, metrics: &Metrics) -> Step {
@@ -729,10 +737,7 @@ impl Scheduler {
         let slots: BTreeSet<Slot> = {
             let mut st = self.lock();
             let held = st.suspects.get(uid).copied().unwrap_or(0);
-            let slots: BTreeSet<Slot> = slots
-                .into_iter()
-                .take(cap.saturating_sub(held))
-                .collect();
+            let slots: BTreeSet<Slot> = slots.into_iter().take(cap.saturating_sub(held)).collect();
             if !slots.is_empty() {
                 st.suspects.insert(uid.to_string(), held + slots.len());
                 st.cache.set_suspect(&slots, true);
@@ -935,8 +940,15 @@ impl Scheduler {
                     .await
             }
             (Decision::Wait { reason, .. }, job) => {
-                self.write_waiting(&w.uid, job, rv.as_deref(), &reason, w.position, w.report_event)
-                    .await
+                self.write_waiting(
+                    &w.uid,
+                    job,
+                    rv.as_deref(),
+                    &reason,
+                    w.position,
+                    w.report_event,
+                )
+                .await
             }
             (_, job) => {
                 tracing::error!(job = %job.name().name, "decision does not match the job kind");
@@ -1010,7 +1022,11 @@ impl Scheduler {
             .status
             .as_ref()
             .is_some_and(|s| !s.placements.is_empty());
-        let reason = if recovered { "Rescheduled" } else { "Scheduled" };
+        let reason = if recovered {
+            "Rescheduled"
+        } else {
+            "Scheduled"
+        };
         self.publish(job, false, reason, note).await;
         if let Some((reason, _)) = unplaced {
             let missing = jobs::inference_missing(job).len().saturating_sub(placed);

@@ -587,7 +587,10 @@ fn written_queue_positions_follow_the_queue_so_no_two_jobs_show_the_same() {
         positions.insert(w.job.name().name.clone(), w.position);
         st.in_flight.remove(&w.uid);
     }
-    assert_eq!(positions, BTreeMap::from([("a".into(), 1), ("b".into(), 2)]));
+    assert_eq!(
+        positions,
+        BTreeMap::from([("a".into(), 1), ("b".into(), 2)])
+    );
     // A higher-priority job arrives (its class exists): a and b move back, though nothing
     // wakes them.
     st.set_classes(super::queue::PriorityClasses::new([(
@@ -638,15 +641,11 @@ fn a_view_older_than_a_written_status_is_stale_until_the_watch_moves_past_it() {
 #[test]
 fn stale_positions_are_found_front_first_and_capped() {
     let now = std::time::Instant::now();
-    let reported: std::collections::HashMap<String, (String, usize, std::time::Instant)> = [
-        ("a", 1),
-        ("b", 1),
-        ("c", 3),
-        ("d", 2),
-    ]
-    .into_iter()
-    .map(|(u, p)| (u.to_string(), ("full".to_string(), p, now)))
-    .collect();
+    let reported: std::collections::HashMap<String, (String, usize, std::time::Instant)> =
+        [("a", 1), ("b", 1), ("c", 3), ("d", 2)]
+            .into_iter()
+            .map(|(u, p)| (u.to_string(), ("full".to_string(), p, now)))
+            .collect();
     let queue = [(1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, "e")];
     let stale = super::stale_positions(queue.into_iter(), &reported, 10);
     assert_eq!(stale, ["b", "d"]);
