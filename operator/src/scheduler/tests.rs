@@ -605,10 +605,16 @@ fn written_queue_positions_follow_the_queue_so_no_two_jobs_show_the_same() {
     // c is decided (waits: 64 workers never fit), and once the refresh is due a and b are
     // rewritten at their new positions, without being decided again.
     st.last_refresh = Some(std::time::Instant::now() - super::POSITION_REFRESH);
-    while let super::Step::Work(w) = st.next(&metrics) {
-        assert!(matches!(w.decision, Decision::Wait { .. }));
-        seen.insert(w.job.name().name.clone(), (w.position, w.report_event));
-        st.in_flight.remove(&w.uid);
+    loop {
+        match st.next(&metrics) {
+            super::Step::Work(w) => {
+                assert!(matches!(w.decision, Decision::Wait { .. }));
+                seen.insert(w.job.name().name.clone(), (w.position, w.report_event));
+                st.in_flight.remove(&w.uid);
+            }
+            super::Step::Parked => {}
+            super::Step::Idle => break,
+        }
     }
     assert_eq!(seen.get("c").map(|s| s.0), Some(1));
     assert_eq!(seen.get("a"), Some(&(2, false)));
