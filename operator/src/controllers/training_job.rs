@@ -383,7 +383,7 @@ fn roll_up(
         st.phase = TrainingPhase::Scheduled;
     }
     st.observed_generation = generation;
-    st.phase.clone()
+    st.phase
 }
 
 /// Writes the rolled-up status if it changed, with an Event when the gang started or finished.

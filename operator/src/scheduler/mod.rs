@@ -935,8 +935,7 @@ impl Scheduler {
                 },
                 Pending::Inference(job),
             ) => {
-                let placed = new.len();
-                self.write_inference(&w.uid, job, rv.as_deref(), &status, placed, note, unplaced)
+                self.write_inference(&w.uid, job, &status, new.len(), note, unplaced)
                     .await
             }
             (Decision::Wait { reason, .. }, job) => {
@@ -988,18 +987,18 @@ impl Scheduler {
         self.publish(job, false, "Scheduled", note).await;
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn write_inference(
         &self,
         uid: &str,
         job: &InferenceJob,
-        rv: Option<&str>,
         status: &crate::api::InferenceJobStatus,
         placed: usize,
         note: String,
         unplaced: Option<(String, Need)>,
     ) {
         let name = job.name_any();
+        let rv = job.resource_version();
+        let rv = rv.as_deref();
         let api: Api<InferenceJob> =
             Api::namespaced(self.hub.clone(), &job.namespace().unwrap_or_default());
         if let Err(e) = writes::apply_status(&api, job, rv, status).await {
