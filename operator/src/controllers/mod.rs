@@ -194,10 +194,13 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) -> anyhow::R
         "priorityclass-watch",
         watch_priority_classes(&ctx),
     )));
-    let sched = ctx.scheduler.clone();
+    let (sched, registry) = (ctx.scheduler.clone(), ctx.registry.clone());
     metrics.set_debug_queue(Arc::new(move || {
-        let s = sched.clone();
-        Box::pin(async move { s.debug_snapshot().await })
+        let (s, r) = (sched.clone(), registry.clone());
+        Box::pin(async move {
+            let members: Vec<String> = r.snapshot().await.into_keys().collect();
+            s.debug_snapshot(&members)
+        })
     }));
     tokio::join!(
         supervised(
