@@ -25,12 +25,20 @@ struct HelmOut {
     stderr: String,
 }
 
+/// The Kubernetes version `helm template` renders for. Helm built from source (without its
+/// release build's version stamps) assumes v1.20, below the chart's `kubeVersion`.
+const KUBE_VERSION: &str = "v1.36.0";
+
 /// Runs the pinned `helm` with its config, cache and data homes in a throwaway directory.
 fn helm(args: &[&str]) -> HelmOut {
     let tools = Tools::get().expect("harness tools (helm) are available");
     let home = tempfile::tempdir().expect("temporary helm home");
+    let mut args = args.to_vec();
+    if args.first() == Some(&"template") && !args.contains(&"--kube-version") {
+        args.extend(["--kube-version", KUBE_VERSION]);
+    }
     let out = Command::new(&tools.helm)
-        .args(args)
+        .args(&args)
         .env("HELM_CONFIG_HOME", home.path().join("config"))
         .env("HELM_CACHE_HOME", home.path().join("cache"))
         .env("HELM_DATA_HOME", home.path().join("data"))
@@ -412,8 +420,14 @@ fn rendered_objects_have_the_expected_shape() {
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
     assert_eq!(sm["metadata"]["labels"]["release"], "prom");
 
-    // Member: the agent DaemonSet and the hub's access, nothing of the operator.
-    let member = docs(&render(&["--set", "mode=member"]));
+    // Member: the agent DaemonSet and the hub's access, nothing of the operator (here on a
+    // device-plugin member, where the agent reads the kubelet's pod-resources API).
+    let member = docs(&render(&[
+        "--set",
+        "mode=member",
+        "--set",
+        "agent.podResources.enabled=true",
+    ]));
     assert!(
         !member
             .iter()
@@ -517,13 +531,9 @@ fn rendered_objects_have_the_expected_shape() {
         !agent_role.to_string().contains("resourceslices"),
         "{agent_role}"
     );
-    // Turned off: no mount, no flag, the pod's non-root user; another kubelet root dir is followed.
-    let off = docs(&render(&[
-        "--set",
-        "mode=member",
-        "--set",
-        "agent.podResources.enabled=false",
-    ]));
+    // Off by default (DRA members need no mount): no hostPath, no flag, the pod's non-root
+    // user; another kubelet root dir is followed.
+    let off = docs(&render(&["--set", "mode=member"]));
     let pod_off = &find(&off, "DaemonSet", "gp-gpupool-agent")["spec"]["template"]["spec"];
     assert!(pod_off["volumes"].is_null(), "{pod_off}");
     assert!(pod_off["containers"][0]["volumeMounts"].is_null());
@@ -540,6 +550,8 @@ fn rendered_objects_have_the_expected_shape() {
     let moved = docs(&render(&[
         "--set",
         "mode=member",
+        "--set",
+        "agent.podResources.enabled=true",
         "--set",
         "agent.podResources.hostDirectory=/data/kubelet/pod-resources",
         "--set",
@@ -564,6 +576,8 @@ fn rendered_objects_have_the_expected_shape() {
         "mode=member",
         "--set",
         "agent.nvml.access=hostPath",
+        "--set",
+        "agent.podResources.enabled=true",
     ]));
     let pod = &find(&hp, "DaemonSet", "gp-gpupool-agent")["spec"]["template"]["spec"];
     assert_eq!(pod["volumes"][0]["hostPath"]["type"], "File");
@@ -572,6 +586,233 @@ fn rendered_objects_have_the_expected_shape() {
     // Both: privileged for the devices, uid 0 for the kubelet's socket.
     assert_eq!(pod["containers"][0]["securityContext"]["runAsUser"], 0);
     assert_eq!(pod["volumes"][1]["name"], "pod-resources");
+}
+
+/// Hub values with every hardening option on (NetworkPolicies, HTTPS metrics).
+fn hardened_hub() -> [&'static str; 10] {
+    [
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.kubeApiServer.cidrs={10.96.0.1/32,192.0.2.10/32}",
+        "--set",
+        "networkPolicy.memberApiServers.cidrs={198.51.100.0/24}",
+        "--set",
+        "networkPolicy.solanaRpc.cidrs={203.0.113.7/32}",
+        "--set",
+        "metrics.secure.enabled=true",
+    ]
+}
+
+/// A pull member with NetworkPolicies.
+fn hardened_member() -> [&'static str; 14] {
+    [
+        "--set",
+        "mode=member",
+        "--set",
+        "hub.url=https://hub.example:6443",
+        "--set",
+        "memberAgent.memberName=east",
+        "--set",
+        "memberAgent.ownerWallet=7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU",
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.kubeApiServer.cidrs={10.96.0.1/32}",
+        "--set",
+        "networkPolicy.hubApiServer.cidrs={198.51.100.5/32}",
+    ]
+}
+
+/// The egress rules of a NetworkPolicy as (CIDRs or "dns", ports).
+fn egress(np: &Value) -> Vec<(Vec<String>, Vec<String>)> {
+    np["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let to: Vec<String> = r["to"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| match p["ipBlock"]["cidr"].as_str() {
+                    Some(c) => c.to_string(),
+                    None => "dns".to_string(),
+                })
+                .collect();
+            let ports = r["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| format!("{}/{}", p["port"], p["protocol"].as_str().unwrap()))
+                .collect();
+            (to, ports)
+        })
+        .collect()
+}
+
+#[test]
+fn hardening_renders_policies_pdb_secure_metrics_and_join_objects() {
+    let kinds_of = |d: &[Value], k: &str| d.iter().filter(|x| x["kind"] == k).count();
+    // Defaults: a PDB for the two replicas; no NetworkPolicy, no proxy.
+    let hub = docs(&render(&[]));
+    let pdb = find(&hub, "PodDisruptionBudget", "gp-gpupool-operator");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(kinds_of(&hub, "NetworkPolicy"), 0);
+    let pod = &find(&hub, "Deployment", "gp-gpupool-operator")["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"].as_array().unwrap().len(), 1);
+    // One replica: no PDB (minAvailable 1 would block every drain).
+    let one = docs(&render(&["--set", "operator.replicas=1"]));
+    assert_eq!(kinds_of(&one, "PodDisruptionBudget"), 0);
+
+    // The join flow's namespace and admission policy belong to the release, under the names
+    // the join controller uses.
+    let ns = find(&hub, "Namespace", gpupool::join::names::JOIN_NAMESPACE);
+    assert_eq!(ns["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm");
+    let policy = find(
+        &hub,
+        "ValidatingAdmissionPolicy",
+        gpupool::join::names::ADMISSION_POLICY,
+    );
+    let prefix = format!(
+        "system:serviceaccount:{}:",
+        gpupool::join::names::JOIN_NAMESPACE
+    );
+    assert_eq!(
+        policy["spec"]["validations"][0]["expression"],
+        format!("request.userInfo.username == '{prefix}' + object.metadata.name")
+    );
+    let binding = find(
+        &hub,
+        "ValidatingAdmissionPolicyBinding",
+        gpupool::join::names::ADMISSION_POLICY,
+    );
+    assert_eq!(binding["spec"]["validationActions"][0], "Deny");
+    let nojoin = docs(&render(&["--set", "joinController.enabled=false"]));
+    assert!(
+        !nojoin.iter().any(|d| d["kind"] == "Namespace"),
+        "{:?}",
+        kinds(&nojoin)
+    );
+
+    // Hardened hub: a policy per workload, egress only to DNS and the named CIDRs.
+    let mut args: Vec<&str> = hardened_hub().to_vec();
+    args.extend([
+        "--set",
+        "solana.rpcUrl=https://rpc.example",
+        "--set",
+        "solana.programId=7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU",
+        "--set",
+        "solana.mint=7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU",
+        "--set",
+        "solana.oracleKeypair.existingSecret=oracle",
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+    ]);
+    let hard = docs(&render(&args));
+    let op = find(&hard, "NetworkPolicy", "gp-gpupool-operator");
+    assert_eq!(
+        op["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "operator"
+    );
+    assert_eq!(op["spec"]["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
+    assert_eq!(op["spec"]["ingress"][0]["ports"][0]["port"], "metrics");
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        egress(op),
+        vec![
+            (s(&["dns"]), s(&["53/UDP", "53/TCP"])),
+            (
+                s(&["10.96.0.1/32", "192.0.2.10/32"]),
+                s(&["443/TCP", "6443/TCP"])
+            ),
+            (s(&["198.51.100.0/24"]), s(&["443/TCP", "6443/TCP"])),
+            (s(&["203.0.113.7/32"]), s(&["443/TCP", "8899/TCP"])),
+        ]
+    );
+    let jc = find(&hard, "NetworkPolicy", "gp-gpupool-join-controller");
+    assert_eq!(jc["spec"]["ingress"], serde_json::json!([]));
+    assert_eq!(egress(jc).len(), 2, "{jc}");
+
+    // Secure metrics: the operator on loopback, the proxy on HTTPS with TokenReview and
+    // SubjectAccessReview rights, probes through the proxy, the ServiceMonitor on HTTPS.
+    let pod = &find(&hard, "Deployment", "gp-gpupool-operator")["spec"]["template"]["spec"];
+    let c = &pod["containers"];
+    assert!(
+        c[0]["args"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("--metrics-addr=127.0.0.1:8080"))
+    );
+    assert!(c[0]["ports"].is_null(), "{}", c[0]);
+    assert_eq!(c[0]["livenessProbe"]["httpGet"]["scheme"], "HTTPS");
+    assert_eq!(c[0]["livenessProbe"]["httpGet"]["port"], 8443);
+    assert_eq!(c[1]["name"], "kube-rbac-proxy");
+    assert_eq!(c[1]["ports"][0]["name"], "metrics");
+    assert!(c[1]["args"].to_string().contains("--upstream=http://127.0.0.1:8080/"));
+    assert_eq!(c[1]["securityContext"]["readOnlyRootFilesystem"], true);
+    let auth = find(&hard, "ClusterRole", "gp-gpupool-metrics-auth");
+    assert_eq!(auth["rules"][0]["resources"][0], "tokenreviews");
+    assert_eq!(auth["rules"][1]["resources"][0], "subjectaccessreviews");
+    let reader = find(&hard, "ClusterRole", "gp-gpupool-metrics-reader");
+    assert_eq!(reader["rules"][0]["nonResourceURLs"][0], "/metrics");
+    let sm = find(&hard, "ServiceMonitor", "gp-gpupool-operator");
+    assert_eq!(sm["spec"]["endpoints"][0]["scheme"], "https");
+    assert!(sm["spec"]["endpoints"][0]["bearerTokenFile"].is_string());
+
+    // Member (pull): the node agent and the member agent, each with its own egress.
+    let member = docs(&render(&hardened_member()));
+    let ma = find(&member, "NetworkPolicy", "gp-gpupool-member-agent");
+    assert_eq!(
+        egress(ma)[1..],
+        [
+            (s(&["10.96.0.1/32"]), s(&["443/TCP", "6443/TCP"])),
+            (s(&["198.51.100.5/32"]), s(&["443/TCP", "6443/TCP"])),
+        ]
+    );
+    let agent = find(&member, "NetworkPolicy", "gp-gpupool-agent");
+    assert_eq!(egress(agent).len(), 2);
+
+    // What is missing is named.
+    let chart = chart_dir();
+    for (extra, field) in [
+        (
+            vec!["--set", "networkPolicy.enabled=true"],
+            "networkPolicy.kubeApiServer.cidrs",
+        ),
+        (
+            vec![
+                "--set",
+                "networkPolicy.enabled=true",
+                "--set",
+                "networkPolicy.kubeApiServer.cidrs={10.0.0.1/32}",
+                "--set",
+                "solana.rpcUrl=https://rpc.example",
+                "--set",
+                "solana.programId=7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU",
+                "--set",
+                "solana.mint=7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU",
+                "--set",
+                "solana.oracleKeypair.existingSecret=oracle",
+            ],
+            "networkPolicy.solanaRpc.cidrs",
+        ),
+        (
+            vec!["--set", "networkPolicy.kubeApiServer.cidrs={10.0.0.1}"],
+            "/networkPolicy/kubeApiServer/cidrs/0",
+        ),
+        (vec!["--kube-version", "v1.29.0"], "kubeVersion"),
+    ] {
+        let mut args = vec!["template", RELEASE, chart.to_str().unwrap()];
+        args.extend_from_slice(&extra);
+        let out = helm(&args);
+        assert!(!out.success, "helm template {extra:?} must fail");
+        assert!(
+            out.stderr.contains(field),
+            "helm template {extra:?} must name {field}: {}",
+            out.stderr
+        );
+    }
 }
 
 /// Installs the CRDs as the chart renders them (written into `dir`) and waits until they are
@@ -633,6 +874,13 @@ async fn hub_and_member_manifests_pass_a_server_side_dry_run() -> Result<()> {
             v
         }),
         ("member", vec![s("--set"), s("mode=member")]),
+        // Hardened: NetworkPolicies, HTTPS metrics behind kube-rbac-proxy, settlement.
+        ("hub-hardened", {
+            let mut v = settle.to_vec();
+            v.extend(hardened_hub().map(String::from));
+            v
+        }),
+        ("member-pull-hardened", hardened_member().map(String::from).to_vec()),
     ];
     for (name, extra) in variants {
         let e: Vec<&str> = extra.iter().map(String::as_str).collect();
@@ -706,6 +954,33 @@ async fn hub_and_member_manifests_pass_a_server_side_dry_run() -> Result<()> {
     )
     .await?;
     ensure!(deps.trim().is_empty(), "dry-run created objects: {deps}");
+
+    // NOTES with settlement on say where the period comes from (no value of that name exists).
+    let mut args = vec![
+        "install",
+        RELEASE,
+        chart_dir().to_str().unwrap().to_string(),
+        "--namespace",
+        NAMESPACE,
+        "--kubeconfig",
+        cp.kubeconfig_path().to_str().unwrap().to_string(),
+        "--dry-run=server",
+        "--set",
+        "crds.install=false",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<String>>();
+    args.extend(settle.iter().cloned());
+    let out = helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    ensure!(out.success, "helm install --dry-run (settlement): {}", out.stderr);
+    ensure!(
+        out.stdout.contains(
+            "Settlement: enabled against https://api.devnet.solana.com, once per settlement period of the pool"
+        ) && !out.stdout.contains(" every s"),
+        "NOTES:\n{}",
+        out.stdout
+    );
 
     // Helm itself against the cluster: an install dry-run renders NOTES in both modes. The CRDs
     // were applied above with kubectl, so Helm must not try to adopt them (crds.install=false).
