@@ -1671,3 +1671,178 @@ async fn the_agent_runs_under_the_charts_rbac_and_needs_nothing_more() -> Result
     ensure!(ok, "the agent without --simulate-dra: {stderr}");
     Ok(())
 }
+
+/// The chart as released in 0.1.0 (the commit before the hardened chart and the `gpuIndexes`
+/// status field): what `helm upgrade` starts from.
+const PREVIOUS_CHART_REV: &str = "e5a436edfd197e12b7bbd6f3b3d6c5d0913ea9f6";
+
+/// Writes the chart (and the CRDs its `files/crds` link points at) as of `rev` into `dir`;
+/// returns the chart's directory.
+fn chart_at(rev: &str, dir: &Path) -> PathBuf {
+    let archive = Command::new("git")
+        .args(["archive", "--format=tar", rev, "charts/gpupool", "crds"])
+        .current_dir(repo_root())
+        .output()
+        .expect("git starts");
+    assert!(
+        archive.status.success(),
+        "git archive {rev} (a clone with history is needed): {}",
+        String::from_utf8_lossy(&archive.stderr)
+    );
+    let mut tar = Command::new("tar")
+        .args(["-x", "-C"])
+        .arg(dir)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("tar starts");
+    std::io::Write::write_all(tar.stdin.as_mut().unwrap(), &archive.stdout).unwrap();
+    drop(tar.stdin.take());
+    assert!(tar.wait().unwrap().success());
+    dir.join("charts/gpupool")
+}
+
+/// `helm <verb> gp <chart>` against a control plane, in the release namespace.
+fn helm_release(verb: &str, chart: &Path, cp: &ControlPlane, extra: &[&str]) -> HelmOut {
+    let kubeconfig = cp.kubeconfig_path();
+    let mut args = vec![
+        verb,
+        RELEASE,
+        chart.to_str().unwrap(),
+        "--namespace",
+        NAMESPACE,
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    helm(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn helm_upgrade_from_the_previous_chart_keeps_jobs_running() -> Result<()> {
+    use gpupool::api::{TrainingJob, TrainingPhase};
+    use gpupool_e2e::{Federation, Operator, publish_fixture, register_member};
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, ListParams, PostParams};
+
+    let fed = Federation::start(1).await.context("federation starts")?;
+    fed.add_nodes(0, &[GpuNode::new("dgx-0", 8, "NVIDIA H100 80GB HBM3")])
+        .await?;
+    let member = fed.members[0].cp.client().await?;
+    publish_fixture(&member, "dgx-h100", "dgx-0").await?;
+    let hub = fed.hub.client().await?;
+
+    // The harness applied today's CRDs; the old release adopts them (and writes its own).
+    let crd_names: Vec<String> = repo_crds().into_keys().collect();
+    for crd in &crd_names {
+        let target = format!("crd/{crd}");
+        let s = |v: &str| v.to_string();
+        kubectl_ok(
+            &fed.hub,
+            vec![s("label"), s("--overwrite"), target.clone(), s("app.kubernetes.io/managed-by=Helm")],
+        )
+        .await?;
+        kubectl_ok(
+            &fed.hub,
+            vec![
+                s("annotate"),
+                s("--overwrite"),
+                target,
+                format!("meta.helm.sh/release-name={RELEASE}"),
+                format!("meta.helm.sh/release-namespace={NAMESPACE}"),
+            ],
+        )
+        .await?;
+    }
+    let old_dir = tempfile::tempdir()?;
+    let old = chart_at(PREVIOUS_CHART_REV, old_dir.path());
+    let out = helm_release("install", &old, &fed.hub, &["--create-namespace"]);
+    ensure!(out.success, "helm install (previous chart): {}", out.stderr);
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(hub.clone());
+    let schema_has_indexes = || async {
+        let crd = crds.get("trainingjobs.gpupool.io").await?;
+        Ok::<bool, anyhow::Error>(serde_json::to_string(&crd.spec)?.contains("gpuIndexes"))
+    };
+    ensure!(
+        !schema_has_indexes().await?,
+        "the previous chart's TrainingJob CRD must predate gpuIndexes"
+    );
+
+    // Jobs placed and running under the previous release.
+    register_member(&hub, "member-1", &fed.members[0].cp, ADDRESS, "eu").await?;
+    let op = Operator::start(hub.clone(), Operator::test_config(30));
+    gpupool_e2e::wait_member_ready(&hub, "member-1", 60).await?;
+    let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
+    let tj = |name: &str| -> TrainingJob {
+        serde_yaml::from_str(&format!(
+            "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: default}}\nspec: {{template: {{spec: {{containers: [{{name: main, image: trainer}}]}}}}, workers: 1, gpusPerWorker: 4, gpu: {{model: H100}}, nvlink: required}}\n"
+        ))
+        .unwrap()
+    };
+    tjs.create(&PostParams::default(), &tj("before")).await?;
+    gpupool_e2e::wait_running_on(&tjs, "before", 90).await?;
+    let pods: Api<Pod> = Api::all(member.clone());
+    let pod_uids = || async {
+        let mut uids: Vec<String> = pods
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.uid)
+            .collect();
+        uids.sort();
+        Ok::<Vec<String>, anyhow::Error>(uids)
+    };
+    let before_pods = pod_uids().await?;
+    ensure!(!before_pods.is_empty(), "the job's pod exists in the member");
+    let before = tjs.get("before").await?.status.unwrap_or_default();
+
+    // Upgrade to this chart; the operator is replaced, as the Deployment's rollout would.
+    drop(op);
+    let out = helm_release("upgrade", &chart_dir(), &fed.hub, &[]);
+    ensure!(out.success, "helm upgrade: {}", out.stderr);
+    ensure!(schema_has_indexes().await?, "helm upgrade must update the CRDs");
+    let objects = kubectl_ok(
+        &fed.hub,
+        vec![
+            "get".into(),
+            "pdb,ns/gpupool-join,validatingadmissionpolicy/gpupool-join-request-name".into(),
+            "-n".into(),
+            NAMESPACE.into(),
+            "-o".into(),
+            "name".into(),
+        ],
+    )
+    .await?;
+    ensure!(
+        objects.contains("poddisruptionbudget.policy/gp-gpupool-operator")
+            && objects.contains("namespace/gpupool-join"),
+        "objects new in this chart: {objects}"
+    );
+    let _op = Operator::start(hub.clone(), Operator::test_config(30));
+
+    // New work is placed (and keeps the status field the upgraded CRD now has) ...
+    tjs.create(&PostParams::default(), &tj("after")).await?;
+    gpupool_e2e::wait_running_on(&tjs, "after", 90).await?;
+    let after = tjs.get("after").await?.status.unwrap_or_default();
+    ensure!(
+        after.workers[0].gpu_indexes.len() == 4,
+        "gpuIndexes survive in the upgraded CRD: {:?}",
+        after.workers
+    );
+    // ... and the job from before runs on, where it ran, with the same pod.
+    let now = tjs.get("before").await?.status.unwrap_or_default();
+    ensure!(
+        now.phase == TrainingPhase::Running
+            && now.cluster == before.cluster
+            && now.workers.iter().map(|w| &w.gpu_uuids).eq(before.workers.iter().map(|w| &w.gpu_uuids)),
+        "the job from before the upgrade moved: {before:?} -> {now:?}"
+    );
+    let after_pods = pod_uids().await?;
+    ensure!(
+        before_pods.iter().all(|u| after_pods.contains(u)),
+        "pods of the job from before were replaced: {before_pods:?} -> {after_pods:?}"
+    );
+    ensure!(after_pods.len() == before_pods.len() + 1, "{after_pods:?}");
+    Ok(())
+}
