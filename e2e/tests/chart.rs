@@ -1143,14 +1143,46 @@ fn dashboard_and_alerts_are_off_by_default_and_valid_promql_on_real_metrics() {
         "Tokens minted per member (per hour)",
         "Settlement failures (per hour)",
         "Oracle SOL balance",
+        "Reconcile latency p50 / p99",
+        "API client throttling",
+        "Events skipped (per 5 minutes)",
+        "Unpaid GPU-seconds, by member and reason",
+        "Kubelet GPU mismatches",
+        "Job restarts (per hour)",
     ] {
         assert!(
             titles.contains(&want),
             "panel {want:?} missing from {titles:?}"
         );
     }
+    // Every panel says its unit; the member panels follow the dashboard's cluster variable.
+    for panel in dash["panels"].as_array().unwrap() {
+        if panel["type"] != "row" {
+            assert!(
+                panel["fieldConfig"]["defaults"]["unit"].is_string(),
+                "panel {} has no unit",
+                panel["title"]
+            );
+        }
+    }
+    let vars: Vec<&str> = dash["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(vars, ["datasource", "cluster"]);
+    assert_eq!(
+        dash["templating"]["list"][1]["query"]["query"],
+        "label_values(gpupool_member_ready, cluster)"
+    );
     let mut dash_exprs = Vec::new();
     exprs(&dash, &mut dash_exprs);
+    for e in &dash_exprs {
+        if e.contains("gpupool_member_ready") || e.contains("gpupool_unpaid_gpu_seconds") {
+            assert!(e.contains(r#"cluster=~"$cluster""#), "{e}");
+        }
+    }
     assert!(dash_exprs.len() >= titles.len(), "{dash_exprs:?}");
 
     // The alerts.
@@ -1169,7 +1201,11 @@ fn dashboard_and_alerts_are_off_by_default_and_valid_promql_on_real_metrics() {
             "GpupoolMemberNotReady",
             "GpupoolJobPendingTooLong",
             "GpupoolSettlementFailing",
-            "GpupoolOracleBalanceLow"
+            "GpupoolOracleBalanceLow",
+            "GpupoolOperatorAbsent",
+            "GpupoolReconcileErrors",
+            "GpupoolUnpaidUsage",
+            "GpupoolKubeletGpuMismatch",
         ]
     );
     let mut rule_exprs = Vec::new();
@@ -1188,7 +1224,23 @@ fn dashboard_and_alerts_are_off_by_default_and_valid_promql_on_real_metrics() {
         &serde_yaml::to_string(&rule["spec"]).unwrap(),
     );
     let (ok, out) = run_promtool(&["check", "rules", &rules_file]);
-    assert!(ok && out.contains("SUCCESS: 4 rules found"), "{out}");
+    assert!(ok && out.contains("SUCCESS: 8 rules found"), "{out}");
+    // Each alert links its runbook section, and the README has that section.
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    for r in rule["spec"]["groups"][0]["rules"].as_array().unwrap() {
+        let name = r["alert"].as_str().unwrap();
+        assert_eq!(
+            r["annotations"]["runbook_url"],
+            format!(
+                "https://github.com/gpupool/gpupool/blob/main/README.md#{}",
+                name.to_lowercase()
+            )
+        );
+        assert!(
+            readme.contains(&format!("\n#### {name}\n")),
+            "README has no runbook section for {name}"
+        );
+    }
     let dash_rules = serde_json::json!({"groups": [{
         "name": "dashboard",
         "rules": dash_exprs.iter().enumerate()
@@ -1245,6 +1297,13 @@ fn dashboard_and_alerts_are_off_by_default_and_valid_promql_on_real_metrics() {
         "gpupool_tokens_minted_total",
         "gpupool_settlement_failures_total",
         "gpupool_oracle_balance_lamports",
+        "gpupool_reconcile_duration_seconds",
+        "gpupool_client_throttled_seconds_total",
+        "gpupool_events_skipped_total",
+        "gpupool_unpaid_gpu_seconds",
+        "gpupool_kubelet_gpu_mismatches",
+        "gpupool_job_restarts_total",
+        "gpupool_reconcile_errors_total",
     ] {
         assert!(used.contains(must), "nothing reads {must}: {used:?}");
     }
@@ -1292,6 +1351,20 @@ tests:
         values: '0x10 1+1x30'
       - series: 'gpupool_oracle_balance_lamports'
         values: '500000000x5 50000000x20'
+      # The only operator replica stops being scraped as up at minute 3.
+      - series: 'up{job="gp-gpupool-operator-metrics",namespace="gpupool-system",pod="op-0"}'
+        values: '1x2 0x30'
+      # The MemberCluster controller fails from minute 5 on; the jobs controller once.
+      - series: 'gpupool_reconcile_errors_total{controller="membercluster",error="api"}'
+        values: '0x5 1+1x30'
+      - series: 'gpupool_reconcile_errors_total{controller="trainingjob",error="api"}'
+        values: '0x5 1x30'
+      # east's usage is refused from minute 10 on.
+      - series: 'gpupool_unpaid_gpu_seconds{cluster="east",reason="no-pod-report",pod="a"}'
+        values: '0x9 120x40'
+      # Two kubelet mismatches in west from minute 1 on.
+      - series: 'gpupool_kubelet_gpu_mismatches{cluster="west"}'
+        values: '0 2x30'
     alert_rule_test:
       - eval_time: 4m
         alertname: GpupoolMemberNotReady
@@ -1301,6 +1374,7 @@ tests:
         exp_alerts:
           - exp_labels: {severity: warning, cluster: east}
             exp_annotations:
+              runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupoolmembernotready
               summary: Member cluster east is NotReady
               description: "Member cluster east has been NotReady for more than 5m: its jobs are being moved to other members. Check its API server and the hub's kubeconfig Secret for it (kubectl describe membercluster east)."
       - eval_time: 29m
@@ -1311,6 +1385,7 @@ tests:
         exp_alerts:
           - exp_labels: {severity: warning, kind: trainingjob}
             exp_annotations:
+              runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupooljobpendingtoolong
               summary: A trainingjob has waited for GPUs for more than 30 minutes
               description: "The oldest pending trainingjob has waited 31m 0s. Ask gpupool why: kubectl gpupool why <job>."
       - eval_time: 10m
@@ -1321,6 +1396,7 @@ tests:
         exp_alerts:
           - exp_labels: {severity: warning}
             exp_annotations:
+              runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupoolsettlementfailing
               summary: Settlement of metered GPU usage on Solana is failing
               description: "15 settlement failures in the last window; usage stays Final in the hub and is paid once settlement succeeds. Check the operator log and the Solana RPC endpoint."
       - eval_time: 12m
@@ -1331,10 +1407,57 @@ tests:
         exp_alerts:
           - exp_labels: {severity: warning}
             exp_annotations:
+              runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupooloraclebalancelow
               summary: The gpupool usage oracle is running out of SOL
               description: "The oracle wallet holds 50M lamports; it pays the fees of settlement transactions. Top it up before settlement stops."
 "#;
-    let f = write(dir.path(), "alerts_test.yaml", tests);
+    let tests = format!("{tests}{}", r#"
+      - eval_time: 6m
+        alertname: GpupoolOperatorAbsent
+        exp_alerts: []
+      - eval_time: 9m
+        alertname: GpupoolOperatorAbsent
+        exp_alerts:
+          - exp_labels: {severity: warning}
+            exp_annotations:
+              runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupooloperatorabsent
+              summary: No gpupool operator replica is up
+              description: "Prometheus has scraped no live gpupool operator replica (Service gp-gpupool-operator-metrics in gpupool-system) for 5m: no job is placed, moved or metered. kubectl -n gpupool-system get pods,lease."
+      - eval_time: 18m
+        alertname: GpupoolReconcileErrors
+        exp_alerts: []
+      - eval_time: 25m
+        alertname: GpupoolReconcileErrors
+        exp_alerts:
+          - exp_labels: {severity: warning, controller: membercluster}
+            exp_annotations:
+              runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupoolreconcileerrors
+              summary: The membercluster controller keeps failing
+              description: 'membercluster reconciles have kept failing for 15m; gpupool_reconcile_errors_total{controller="membercluster"} says which error, the operator log says why.'
+      - eval_time: 30m
+        alertname: GpupoolUnpaidUsage
+        exp_alerts: []
+      - eval_time: 45m
+        alertname: GpupoolUnpaidUsage
+        exp_alerts:
+          - exp_labels: {severity: warning, cluster: east, reason: no-pod-report}
+            exp_annotations:
+              runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupoolunpaidusage
+              summary: Member east claims GPU-seconds the hub does not pay (no-pod-report)
+              description: The last metering pass refused 120 GPU-seconds of east for no-pod-report. Look at the unpaidReason of its pods in its UsageRecords (kubectl get usagerecords -o yaml).
+      - eval_time: 10m
+        alertname: GpupoolKubeletGpuMismatch
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: GpupoolKubeletGpuMismatch
+        exp_alerts:
+          - exp_labels: {severity: warning, cluster: west}
+            exp_annotations:
+              runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupoolkubeletgpumismatch
+              summary: The kubelet of west gave pods other GPUs than gpupool chose
+              description: 2 device-plugin pods in west run on GPUs other than the ones gpupool placed them on; the hub follows the kubelet, but NVLink placement is lost for them.
+"#);
+    let f = write(dir.path(), "alerts_test.yaml", &tests);
     let (ok, out) = run_promtool(&["test", "rules", &f]);
     assert!(ok && out.contains("SUCCESS"), "{out}");
 }
