@@ -668,7 +668,10 @@ fn hardening_renders_policies_pdb_secure_metrics_and_join_objects() {
     // The join flow's namespace and admission policy belong to the release, under the names
     // the join controller uses.
     let ns = find(&hub, "Namespace", gpupool::join::names::JOIN_NAMESPACE);
-    assert_eq!(ns["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm");
+    assert_eq!(
+        ns["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "Helm"
+    );
     let policy = find(
         &hub,
         "ValidatingAdmissionPolicy",
@@ -715,7 +718,10 @@ fn hardening_renders_policies_pdb_secure_metrics_and_join_objects() {
         op["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
         "operator"
     );
-    assert_eq!(op["spec"]["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
+    assert_eq!(
+        op["spec"]["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
     assert_eq!(op["spec"]["ingress"][0]["ports"][0]["port"], "metrics");
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     assert_eq!(
@@ -749,7 +755,11 @@ fn hardening_renders_policies_pdb_secure_metrics_and_join_objects() {
     assert_eq!(c[0]["livenessProbe"]["httpGet"]["port"], 8443);
     assert_eq!(c[1]["name"], "kube-rbac-proxy");
     assert_eq!(c[1]["ports"][0]["name"], "metrics");
-    assert!(c[1]["args"].to_string().contains("--upstream=http://127.0.0.1:8080/"));
+    assert!(
+        c[1]["args"]
+            .to_string()
+            .contains("--upstream=http://127.0.0.1:8080/")
+    );
     assert_eq!(c[1]["securityContext"]["readOnlyRootFilesystem"], true);
     let auth = find(&hard, "ClusterRole", "gp-gpupool-metrics-auth");
     assert_eq!(auth["rules"][0]["resources"][0], "tokenreviews");
@@ -880,7 +890,10 @@ async fn hub_and_member_manifests_pass_a_server_side_dry_run() -> Result<()> {
             v.extend(hardened_hub().map(String::from));
             v
         }),
-        ("member-pull-hardened", hardened_member().map(String::from).to_vec()),
+        (
+            "member-pull-hardened",
+            hardened_member().map(String::from).to_vec(),
+        ),
     ];
     for (name, extra) in variants {
         let e: Vec<&str> = extra.iter().map(String::as_str).collect();
@@ -973,7 +986,11 @@ async fn hub_and_member_manifests_pass_a_server_side_dry_run() -> Result<()> {
     .collect::<Vec<String>>();
     args.extend(settle.iter().cloned());
     let out = helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    ensure!(out.success, "helm install --dry-run (settlement): {}", out.stderr);
+    ensure!(
+        out.success,
+        "helm install --dry-run (settlement): {}",
+        out.stderr
+    );
     ensure!(
         out.stdout.contains(
             "Settlement: enabled against https://api.devnet.solana.com, once per settlement period of the pool"
@@ -1411,7 +1428,9 @@ tests:
               summary: The gpupool usage oracle is running out of SOL
               description: "The oracle wallet holds 50M lamports; it pays the fees of settlement transactions. Top it up before settlement stops."
 "#;
-    let tests = format!("{tests}{}", r#"
+    let tests = format!(
+        "{tests}{}",
+        r#"
       - eval_time: 6m
         alertname: GpupoolOperatorAbsent
         exp_alerts: []
@@ -1456,7 +1475,8 @@ tests:
               runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupoolkubeletgpumismatch
               summary: The kubelet of west gave pods other GPUs than gpupool chose
               description: 2 device-plugin pods in west run on GPUs other than the ones gpupool placed them on; the hub follows the kubelet, but NVLink placement is lost for them.
-"#);
+"#
+    );
     let f = write(dir.path(), "alerts_test.yaml", &tests);
     let (ok, out) = run_promtool(&["test", "rules", &f]);
     assert!(ok && out.contains("SUCCESS"), "{out}");
@@ -1861,7 +1881,12 @@ async fn helm_upgrade_from_the_previous_chart_keeps_jobs_running() -> Result<()>
         let s = |v: &str| v.to_string();
         kubectl_ok(
             &fed.hub,
-            vec![s("label"), s("--overwrite"), target.clone(), s("app.kubernetes.io/managed-by=Helm")],
+            vec![
+                s("label"),
+                s("--overwrite"),
+                target.clone(),
+                s("app.kubernetes.io/managed-by=Helm"),
+            ],
         )
         .await?;
         kubectl_ok(
@@ -1917,14 +1942,20 @@ async fn helm_upgrade_from_the_previous_chart_keeps_jobs_running() -> Result<()>
         Ok::<Vec<String>, anyhow::Error>(uids)
     };
     let before_pods = pod_uids().await?;
-    ensure!(!before_pods.is_empty(), "the job's pod exists in the member");
+    ensure!(
+        !before_pods.is_empty(),
+        "the job's pod exists in the member"
+    );
     let before = tjs.get("before").await?.status.unwrap_or_default();
 
     // Upgrade to this chart; the operator is replaced, as the Deployment's rollout would.
     drop(op);
     let out = helm_release("upgrade", &chart_dir(), &fed.hub, &[]);
     ensure!(out.success, "helm upgrade: {}", out.stderr);
-    ensure!(schema_has_indexes().await?, "helm upgrade must update the CRDs");
+    ensure!(
+        schema_has_indexes().await?,
+        "helm upgrade must update the CRDs"
+    );
     let objects = kubectl_ok(
         &fed.hub,
         vec![
@@ -1958,7 +1989,11 @@ async fn helm_upgrade_from_the_previous_chart_keeps_jobs_running() -> Result<()>
     ensure!(
         now.phase == TrainingPhase::Running
             && now.cluster == before.cluster
-            && now.workers.iter().map(|w| &w.gpu_uuids).eq(before.workers.iter().map(|w| &w.gpu_uuids)),
+            && now
+                .workers
+                .iter()
+                .map(|w| &w.gpu_uuids)
+                .eq(before.workers.iter().map(|w| &w.gpu_uuids)),
         "the job from before the upgrade moved: {before:?} -> {now:?}"
     );
     let after_pods = pod_uids().await?;

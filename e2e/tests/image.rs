@@ -73,7 +73,11 @@ fn free_port() -> u16 {
 fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     text.split_whitespace().nth(1)?.parse().ok()
@@ -184,7 +188,10 @@ async fn images_are_non_root_with_an_entrypoint_and_labels_and_the_operator_star
         );
         ensure!(config["architecture"] == arch && config["os"] == "linux");
         ensure!(config["created"] == "2023-11-14T22:13:20Z", "{config}");
-        ensure!(manifest["layers"].as_array().unwrap().len() == 1, "{manifest}");
+        ensure!(
+            manifest["layers"].as_array().unwrap().len() == 1,
+            "{manifest}"
+        );
         ensure!(
             printed.contains(&format!("{name}:0.0.0-test sha256:")),
             "build.sh prints each image's digest: {printed}"
@@ -199,7 +206,10 @@ async fn images_are_non_root_with_an_entrypoint_and_labels_and_the_operator_star
     let umoci = release_tool("umoci");
     let unpack = Command::new(&umoci)
         .args(["unpack", "--image"])
-        .arg(format!("{}:0.0.0-test", out.join("gpupool-operator").display()))
+        .arg(format!(
+            "{}:0.0.0-test",
+            out.join("gpupool-operator").display()
+        ))
         .arg(&bundle)
         .output()?;
     ensure!(
@@ -312,12 +322,12 @@ fn the_release_workflow_passes_actionlint_and_publishes_signed_multi_arch_artifa
         "helm push",
         "oci://$REGISTRY/$OWNER/charts",
     ] {
-        assert!(
-            text.contains(want),
-            "release.yml lacks {want:?}"
-        );
+        assert!(text.contains(want), "release.yml lacks {want:?}");
     }
-    assert_eq!(wf["jobs"]["publish"]["permissions"]["id-token"], "write", "{publish}");
+    assert_eq!(
+        wf["jobs"]["publish"]["permissions"]["id-token"], "write",
+        "{publish}"
+    );
     assert_eq!(wf["jobs"]["publish"]["permissions"]["packages"], "write");
     assert_eq!(wf["permissions"]["contents"], "read");
 }

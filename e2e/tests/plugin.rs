@@ -84,7 +84,10 @@ fn spawn_plugin(
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(line).is_err() {
                 break;
             }
@@ -180,15 +183,27 @@ async fn why_where_and_members_answer_from_the_hub() {
         "{out}"
     );
     let (ok, wide, _) = kubectl_gpupool(&fed, &["members", "-o", "wide"]);
-    assert!(ok && wide.contains("OWNER") && wide.contains(WALLET_2), "{wide}");
+    assert!(
+        ok && wide.contains("OWNER") && wide.contains(WALLET_2),
+        "{wide}"
+    );
     assert!(!table.contains("OWNER"), "{table}");
     let (ok, _, err) = kubectl_gpupool(&fed, &["members", "-o", "xml"]);
-    assert!(!ok && err.contains("wide, name, json, yaml or jsonpath"), "{err}");
+    assert!(
+        !ok && err.contains("wide, name, json, yaml or jsonpath"),
+        "{err}"
+    );
     let v = json_of(&fed, &["version", "-o", "json"]);
     assert_eq!(v["client"]["version"], env!("CARGO_PKG_VERSION"));
-    assert!(v["hub"]["kubernetes"].as_str().unwrap().starts_with("v1."), "{v}");
+    assert!(
+        v["hub"]["kubernetes"].as_str().unwrap().starts_with("v1."),
+        "{v}"
+    );
     let (ok, script, _) = gpupool(&fed, &["completion", "bash"]);
-    assert!(ok && script.contains("_gpupool()") && script.contains("cordon"), "completion");
+    assert!(
+        ok && script.contains("_gpupool()") && script.contains("cordon"),
+        "completion"
+    );
 
     // The queue, watched: the job that cannot fit shows up in it as it is created.
     let (mut watcher, lines) = spawn_plugin(&fed, &["queue", "--watch", "-o", "name"]);
@@ -313,10 +328,14 @@ async fn why_where_and_members_answer_from_the_hub() {
     .unwrap();
     let (ok, _, err) = gpupool(&fed, &["uncordon", "member-1"]);
     assert!(ok, "{err}");
-    eventually(60, "after-cordon is placed once member-1 is uncordoned", || async {
-        let w = json_of(&fed, &["where", "after-cordon", "-o", "json"]);
-        Ok((w["placements"][0]["member"] == "member-1").then_some(()))
-    })
+    eventually(
+        60,
+        "after-cordon is placed once member-1 is uncordoned",
+        || async {
+            let w = json_of(&fed, &["where", "after-cordon", "-o", "json"]);
+            Ok((w["placements"][0]["member"] == "member-1").then_some(()))
+        },
+    )
     .await
     .unwrap();
 
@@ -342,8 +361,14 @@ async fn why_where_and_members_answer_from_the_hub() {
         "{err}"
     );
     let (ok, _, err) = kubectl_gpupool(&fed, &["cordon", "nope"]);
-    assert!(!ok && err.contains("no MemberCluster named \"nope\""), "{err}");
+    assert!(
+        !ok && err.contains("no MemberCluster named \"nope\""),
+        "{err}"
+    );
     let (ok, _, err) = gpupool(&fed, &["run", "--context", "x"]);
-    assert!(!ok && err.contains("--kubeconfig and --context apply to the pool commands"), "{err}");
+    assert!(
+        !ok && err.contains("--kubeconfig and --context apply to the pool commands"),
+        "{err}"
+    );
     drop(op);
 }

@@ -41,7 +41,9 @@ impl AgentHealth {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let publishes = counter(
@@ -54,10 +56,15 @@ impl AgentHealth {
         );
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
-        let gpus = gauge("gpupool_agent_gpus", "GPUs in the last published GpuTopology");
+        let gpus = gauge(
+            "gpupool_agent_gpus",
+            "GPUs in the last published GpuTopology",
+        );
         let last_publish = gauge(
             "gpupool_agent_last_publish_timestamp_seconds",
             "Unix time of the last successful publish",
@@ -117,7 +124,10 @@ impl AgentHealth {
                     if h.is_healthy(started) {
                         (StatusCode::OK, "ok\n")
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "no publish within three intervals\n")
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "no publish within three intervals\n",
+                        )
                     }
                 }),
             )
@@ -163,7 +173,10 @@ mod tests {
         let start = now_secs();
         assert!(!h.is_ready());
         assert!(h.is_healthy(start), "the first publish is underway");
-        assert!(!h.is_healthy(start - 31), "no first publish within three intervals");
+        assert!(
+            !h.is_healthy(start - 31),
+            "no first publish within three intervals"
+        );
         h.published(8);
         assert!(h.is_ready() && h.is_healthy(start - 1000));
         h.inner.last_publish.set(now_secs() - 31);

@@ -85,13 +85,17 @@ async fn answer(hub: &Hub, o: &Output, command: &Command) -> Result<String> {
         Command::Where { job, scope } => where_(hub, o, job, scope).await,
         Command::Queue { namespace, .. } => queue(hub, o, namespace.as_deref()).await,
         Command::Members => list_members(hub, o).await,
-        Command::Approve { member } => approval(hub, o, member, crate::api::Approval::Approved).await,
+        Command::Approve { member } => {
+            approval(hub, o, member, crate::api::Approval::Approved).await
+        }
         Command::Deny { member } => approval(hub, o, member, crate::api::Approval::Denied).await,
         Command::Cordon { member } => members::set_schedulable(&hub.client, o, member, false).await,
         Command::Uncordon { member } => {
             members::set_schedulable(&hub.client, o, member, true).await
         }
-        Command::Drain { member, timeout } => members::drain(&hub.client, o, member, *timeout).await,
+        Command::Drain { member, timeout } => {
+            members::drain(&hub.client, o, member, *timeout).await
+        }
         Command::JoinToken(t) => members::token(&hub.client, o, t.clone()).await,
         Command::Earnings(_) | Command::Version { .. } | Command::Completion { .. } => {
             unreachable!("answered without a hub connection")
@@ -235,7 +239,12 @@ async fn list_members(hub: &Hub, o: &Output) -> Result<String> {
         .await
         .context("listing UsageRecords")?
         .items;
-    members.sort_by(|a, b| a.pointer("/metadata/name").cmp(&b.pointer("/metadata/name")));
+    let name = |m: &Value| {
+        m.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    members.sort_by_key(name);
     let doc = reports::members_report(&members, &records);
     emit(
         o,
@@ -315,7 +324,10 @@ async fn version(o: &Output, hub: Option<&Hub>) -> Result<String> {
             names: vec![],
             doc: &doc,
             table: &|d, _| {
-                let mut s = format!("gpupool {}\n", d["client"]["version"].as_str().unwrap_or(""));
+                let mut s = format!(
+                    "gpupool {}\n",
+                    d["client"]["version"].as_str().unwrap_or("")
+                );
                 if let Some(k) = d["hub"]["kubernetes"].as_str() {
                     s.push_str(&format!("hub Kubernetes {k}\n"));
                 }

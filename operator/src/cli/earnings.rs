@@ -330,7 +330,11 @@ pub fn format_report(r: &EarningsReport) -> String {
         let _ = writeln!(out, "Pool mint: {m} ({} decimals)", r.decimals);
     }
     let _ = writeln!(out);
-    let rows: Vec<Vec<String>> = r.clusters.iter().map(|c| cluster_row(c, r.decimals)).collect();
+    let rows: Vec<Vec<String>> = r
+        .clusters
+        .iter()
+        .map(|c| cluster_row(c, r.decimals))
+        .collect();
     out.push_str(&crate::cli::plugin::table(
         &[
             "CLUSTER",

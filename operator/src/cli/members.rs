@@ -112,7 +112,9 @@ pub async fn token(hub: &kube::Client, o: &Output, cmd: TokenCommand) -> anyhow:
                 View {
                     names: vec![format!("jointoken/{id}")],
                     doc: &doc,
-                    table: &|d, _| format!("join token {} revoked\n", d["id"].as_str().unwrap_or("")),
+                    table: &|d, _| {
+                        format!("join token {} revoked\n", d["id"].as_str().unwrap_or(""))
+                    },
                 },
             )
         }
@@ -149,7 +151,10 @@ pub async fn set_schedulable(
                 } else {
                     "cordoned"
                 };
-                format!("membercluster.gpupool.io/{} {what}\n", d["member"].as_str().unwrap_or(""))
+                format!(
+                    "membercluster.gpupool.io/{} {what}\n",
+                    d["member"].as_str().unwrap_or("")
+                )
             },
         },
     )
@@ -210,7 +215,11 @@ pub async fn drain(
             break;
         }
         if left != reported {
-            eprintln!("waiting for {} job(s) on {member}: {}", left.len(), left.join(", "));
+            eprintln!(
+                "waiting for {} job(s) on {member}: {}",
+                left.len(),
+                left.join(", ")
+            );
             reported = left.clone();
         }
         if tokio::time::Instant::now() >= deadline {
@@ -229,7 +238,12 @@ pub async fn drain(
         View {
             names: vec![format!("membercluster.gpupool.io/{member}")],
             doc: &doc,
-            table: &|d, _| format!("membercluster.gpupool.io/{} drained\n", d["member"].as_str().unwrap_or("")),
+            table: &|d, _| {
+                format!(
+                    "membercluster.gpupool.io/{} drained\n",
+                    d["member"].as_str().unwrap_or("")
+                )
+            },
         },
     )
 }

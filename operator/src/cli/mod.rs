@@ -21,7 +21,13 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
     /// Output format: wide, name, json, yaml or jsonpath=TEMPLATE (default: a table).
-    #[arg(short = 'o', long, global = true, default_value = "table", value_name = "FORMAT")]
+    #[arg(
+        short = 'o',
+        long,
+        global = true,
+        default_value = "table",
+        value_name = "FORMAT"
+    )]
     pub output: Output,
 }
 

@@ -1,8 +1,8 @@
 //! `-o table|wide|name|json|yaml|jsonpath=TEMPLATE`, as kubectl spells them.
 
 use anyhow::{Context, Result};
-use serde_json::Value;
 use jsonpath_rust::parser::model::JpQuery;
+use serde_json::Value;
 
 /// How a command prints what it found.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -130,16 +130,14 @@ impl Template {
             match p {
                 Part::Text(s) => out.push_str(s),
                 Part::Path(jp) => {
-                    let hits: Vec<String> =
-                        jsonpath_rust::query::js_path_process(jp, doc)
-                            .map_err(|e| anyhow::anyhow!("jsonpath: {e}"))?
-                            .into_iter()
-                            .map(|r| match r.val {
-                                Value::String(s) => Ok(s.clone()),
-                                v => serde_json::to_string(v)
-                                    .context("rendering a JSONPath value"),
-                            })
-                            .collect::<Result<_>>()?;
+                    let hits: Vec<String> = jsonpath_rust::query::js_path_process(jp, doc)
+                        .map_err(|e| anyhow::anyhow!("jsonpath: {e}"))?
+                        .into_iter()
+                        .map(|r| match r.val {
+                            Value::String(s) => Ok(s.clone()),
+                            v => serde_json::to_string(v).context("rendering a JSONPath value"),
+                        })
+                        .collect::<Result<_>>()?;
                     out.push_str(&hits.join(" "));
                 }
             }
@@ -188,10 +186,7 @@ mod tests {
         assert!(out("json").unwrap().contains("\"gpus\": 8"));
         assert!(out("yaml").unwrap().contains("- name: east"));
         assert_eq!(out("jsonpath={.members[*].name}").unwrap(), "east west");
-        assert_eq!(
-            out("jsonpath={.members[1].gpus}{\"\\n\"}").unwrap(),
-            "4\n"
-        );
+        assert_eq!(out("jsonpath={.members[1].gpus}{\"\\n\"}").unwrap(), "4\n");
         assert_eq!(out("jsonpath=kind={.kind}\\n").unwrap(), "kind=x\n");
         assert_eq!(out("jsonpath={.nothing}").unwrap(), "");
     }
@@ -200,7 +195,12 @@ mod tests {
     fn bad_formats_say_what_is_accepted() {
         let e = "xml".parse::<Output>().unwrap_err();
         assert!(e.contains("wide, name, json, yaml or jsonpath"), "{e}");
-        assert!("jsonpath={.a".parse::<Output>().unwrap_err().contains("unclosed"));
+        assert!(
+            "jsonpath={.a"
+                .parse::<Output>()
+                .unwrap_err()
+                .contains("unclosed")
+        );
         assert!(
             "jsonpath={range .items[*]}{end}"
                 .parse::<Output>()

@@ -304,7 +304,11 @@ pub fn format_where(r: &Value, wide: bool) -> String {
         v.as_array()
             .map(|a| {
                 a.iter()
-                    .map(|x| x.as_str().map(String::from).unwrap_or_else(|| x.to_string()))
+                    .map(|x| {
+                        x.as_str()
+                            .map(String::from)
+                            .unwrap_or_else(|| x.to_string())
+                    })
                     .collect::<Vec<_>>()
                     .join(",")
             })
@@ -357,7 +361,10 @@ pub fn format_where(r: &Value, wide: bool) -> String {
 /// Whether a job waits for GPUs: the scheduler gave it a queue position, or it is Pending and
 /// holds none.
 fn is_queued(kind: JobKind, job: &Value) -> bool {
-    if job.pointer("/status/queuePosition").is_some_and(|q| !q.is_null()) {
+    if job
+        .pointer("/status/queuePosition")
+        .is_some_and(|q| !q.is_null())
+    {
         return true;
     }
     let phase = str_at(job, "/status/phase").unwrap_or("Pending");
@@ -407,12 +414,18 @@ pub fn queue_report(jobs: &[(JobKind, Value)]) -> Value {
         .collect();
     rows.sort_by(|a, b| {
         let pos = |v: &Value| v["position"].as_i64().unwrap_or(i64::MAX);
-        (pos(a), a["created"].as_str(), a["namespace"].as_str(), a["name"].as_str()).cmp(&(
-            pos(b),
-            b["created"].as_str(),
-            b["namespace"].as_str(),
-            b["name"].as_str(),
-        ))
+        (
+            pos(a),
+            a["created"].as_str(),
+            a["namespace"].as_str(),
+            a["name"].as_str(),
+        )
+            .cmp(&(
+                pos(b),
+                b["created"].as_str(),
+                b["namespace"].as_str(),
+                b["name"].as_str(),
+            ))
     });
     json!({ "jobs": rows })
 }
@@ -448,7 +461,13 @@ pub fn format_queue(r: &Value, wide: bool) -> String {
         return "No job waits for GPUs.\n".into();
     }
     let mut headers = vec![
-        "POSITION", "JOB", "NAMESPACE", "GPUS", "MODEL", "PRIORITY", "REASON",
+        "POSITION",
+        "JOB",
+        "NAMESPACE",
+        "GPUS",
+        "MODEL",
+        "PRIORITY",
+        "REASON",
     ];
     if wide {
         headers.push("MESSAGE");
@@ -804,13 +823,40 @@ mod tests {
             })
         };
         let jobs = vec![
-            (JobKind::Training, job("second", Some(2), "2026-01-01T00:00:02Z", json!({"phase": "Pending", "pendingReason": "Unschedulable"}))),
-            (JobKind::Training, job("running", None, "2026-01-01T00:00:00Z", json!({"phase": "Running", "cluster": "east", "workers": [{"rank": 0}]}))),
-            (JobKind::Training, job("first", Some(1), "2026-01-01T00:00:09Z", json!({"phase": "Pending"}))),
-            (JobKind::Inference, json!({
-                "metadata": {"name": "fresh", "namespace": "web", "creationTimestamp": "2026-01-01T00:00:01Z"},
-                "spec": {"replicas": 3, "gpusPerReplica": 1},
-            })),
+            (
+                JobKind::Training,
+                job(
+                    "second",
+                    Some(2),
+                    "2026-01-01T00:00:02Z",
+                    json!({"phase": "Pending", "pendingReason": "Unschedulable"}),
+                ),
+            ),
+            (
+                JobKind::Training,
+                job(
+                    "running",
+                    None,
+                    "2026-01-01T00:00:00Z",
+                    json!({"phase": "Running", "cluster": "east", "workers": [{"rank": 0}]}),
+                ),
+            ),
+            (
+                JobKind::Training,
+                job(
+                    "first",
+                    Some(1),
+                    "2026-01-01T00:00:09Z",
+                    json!({"phase": "Pending"}),
+                ),
+            ),
+            (
+                JobKind::Inference,
+                json!({
+                    "metadata": {"name": "fresh", "namespace": "web", "creationTimestamp": "2026-01-01T00:00:01Z"},
+                    "spec": {"replicas": 3, "gpusPerReplica": 1},
+                }),
+            ),
         ];
         let r = queue_report(&jobs);
         let names: Vec<&str> = r["jobs"]
@@ -826,9 +872,15 @@ mod tests {
         let text = format_queue(&r, false);
         let first = text.lines().nth(1).unwrap();
         for want in ["1", "trainingjob/first", "ml", "16", "H100", "5"] {
-            assert!(first.split_whitespace().any(|c| c == want), "{want} in {first}");
+            assert!(
+                first.split_whitespace().any(|c| c == want),
+                "{want} in {first}"
+            );
         }
-        assert!(text.lines().nth(2).unwrap().contains("Unschedulable"), "{text}");
+        assert!(
+            text.lines().nth(2).unwrap().contains("Unschedulable"),
+            "{text}"
+        );
         assert!(format_queue(&json!({"jobs": []}), false).contains("No job waits"));
     }
 
@@ -904,7 +956,10 @@ mod tests {
         assert_eq!(r["members"][0]["freeNvlinkIslands"], json!([8, 2]));
         assert_eq!(r["members"][0]["bindingMode"], "DRA");
         let narrow = format_members(&r, false);
-        assert!(!narrow.contains("Own3r") && narrow.contains("10/16"), "{narrow}");
+        assert!(
+            !narrow.contains("Own3r") && narrow.contains("10/16"),
+            "{narrow}"
+        );
         let text = format_members(&r, true);
         let row = text.lines().nth(1).unwrap();
         for want in [
