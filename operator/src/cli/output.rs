@@ -184,7 +184,7 @@ mod tests {
             "membercluster/east\nmembercluster/west\n"
         );
         assert!(out("json").unwrap().contains("\"gpus\": 8"));
-        assert!(out("yaml").unwrap().contains("- name: east"));
+        assert!(out("yaml").unwrap().contains("  name: east"));
         assert_eq!(out("jsonpath={.members[*].name}").unwrap(), "east west");
         assert_eq!(out("jsonpath={.members[1].gpus}{\"\\n\"}").unwrap(), "4\n");
         assert_eq!(out("jsonpath=kind={.kind}\\n").unwrap(), "kind=x\n");
