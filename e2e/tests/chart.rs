@@ -969,21 +969,22 @@ async fn hub_and_member_manifests_pass_a_server_side_dry_run() -> Result<()> {
     ensure!(deps.trim().is_empty(), "dry-run created objects: {deps}");
 
     // NOTES with settlement on say where the period comes from (no value of that name exists).
-    let mut args = vec![
+    let chart_path = chart_dir().display().to_string();
+    let kubeconfig_path = cp.kubeconfig_path().display().to_string();
+    let mut args: Vec<String> = [
         "install",
         RELEASE,
-        chart_dir().to_str().unwrap().to_string(),
+        &chart_path,
         "--namespace",
         NAMESPACE,
         "--kubeconfig",
-        cp.kubeconfig_path().to_str().unwrap().to_string(),
+        &kubeconfig_path,
         "--dry-run=server",
         "--set",
         "crds.install=false",
     ]
-    .into_iter()
     .map(String::from)
-    .collect::<Vec<String>>();
+    .to_vec();
     args.extend(settle.iter().cloned());
     let out = helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
     ensure!(
