@@ -1816,8 +1816,8 @@ async fn the_agent_runs_under_the_charts_rbac_and_needs_nothing_more() -> Result
     Ok(())
 }
 
-/// The chart as released in 0.1.0 (the commit before the hardened chart and the `gpuIndexes`
-/// status field): what `helm upgrade` starts from.
+/// The chart as released in 0.1.0 (the commit before the hardened chart): what `helm upgrade`
+/// starts from.
 const PREVIOUS_CHART_REV: &str = "e5a436edfd197e12b7bbd6f3b3d6c5d0913ea9f6";
 
 /// Writes the chart (and the CRDs its `files/crds` link points at) as of `rev` into `dir`;
@@ -1875,7 +1875,8 @@ async fn helm_upgrade_from_the_previous_chart_keeps_jobs_running() -> Result<()>
     publish_fixture(&member, "dgx-h100", "dgx-0").await?;
     let hub = fed.hub.client().await?;
 
-    // The harness applied today's CRDs; the old release adopts them (and writes its own).
+    // The harness applied today's CRDs (the operator under test writes today's status fields,
+    // so the previous release runs without its own CRDs); the upgrade adopts and manages them.
     let crd_names: Vec<String> = repo_crds().into_keys().collect();
     for crd in &crd_names {
         let target = format!("crd/{crd}");
@@ -1904,17 +1905,25 @@ async fn helm_upgrade_from_the_previous_chart_keeps_jobs_running() -> Result<()>
     }
     let old_dir = tempfile::tempdir()?;
     let old = chart_at(PREVIOUS_CHART_REV, old_dir.path());
-    let out = helm_release("install", &old, &fed.hub, &["--create-namespace"]);
+    let out = helm_release(
+        "install",
+        &old,
+        &fed.hub,
+        &["--create-namespace", "--set", "crds.install=false"],
+    );
     ensure!(out.success, "helm install (previous chart): {}", out.stderr);
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(hub.clone());
-    let schema_has_indexes = || async {
+    let kept = || async {
         let crd = crds.get("trainingjobs.gpupool.io").await?;
-        Ok::<bool, anyhow::Error>(serde_json::to_string(&crd.spec)?.contains("gpuIndexes"))
+        Ok::<bool, anyhow::Error>(crd.metadata.annotations.is_some_and(|a| {
+            a.get("helm.sh/resource-policy")
+                .is_some_and(|v| v == "keep")
+        }))
     };
     ensure!(
-        !schema_has_indexes().await?,
-        "the previous chart's TrainingJob CRD must predate gpuIndexes"
+        !kept().await?,
+        "the previous release did not manage the CRDs"
     );
 
     // Jobs placed and running under the previous release.
@@ -1953,10 +1962,7 @@ async fn helm_upgrade_from_the_previous_chart_keeps_jobs_running() -> Result<()>
     drop(op);
     let out = helm_release("upgrade", &chart_dir(), &fed.hub, &[]);
     ensure!(out.success, "helm upgrade: {}", out.stderr);
-    ensure!(
-        schema_has_indexes().await?,
-        "helm upgrade must update the CRDs"
-    );
+    ensure!(kept().await?, "helm upgrade must manage the CRDs now");
     let objects = kubectl_ok(
         &fed.hub,
         vec![
