@@ -1966,7 +1966,9 @@ async fn helm_upgrade_from_the_previous_chart_keeps_jobs_running() -> Result<()>
         &fed.hub,
         vec![
             "get".into(),
-            "pdb,ns/gpupool-join,validatingadmissionpolicy/gpupool-join-request-name".into(),
+            "ns/gpupool-join".into(),
+            "validatingadmissionpolicy/gpupool-join-request-name".into(),
+            format!("poddisruptionbudget/{RELEASE}-gpupool-operator"),
             "-n".into(),
             NAMESPACE.into(),
             "-o".into(),
