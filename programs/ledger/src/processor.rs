@@ -419,15 +419,16 @@ pub fn process_accept_authority(accounts: &[AccountInfo], authority: Authority) 
     let mut state = load_config(config)?;
     require_writable(config)?;
     let now = sysvars::now()?;
-    if other_role_keys(&state, authority).contains(new_key.key) {
-        return Err(LedgerError::SameKeyForTwoRoles.into());
-    }
+    let [other, _, another, _] = other_role_keys(&state, authority);
     let (pending, at) = pending_slot(&mut state, authority);
     if *pending == Pubkey::default() || *pending != *new_key.key {
         return Err(LedgerError::NoPendingAuthority.into());
     }
     if now > at.saturating_add(PROPOSAL_TTL_SECONDS) {
         return Err(LedgerError::ProposalExpired.into());
+    }
+    if *new_key.key == other || *new_key.key == another {
+        return Err(LedgerError::SameKeyForTwoRoles.into());
     }
     require_signer(new_key)?;
     *pending = Pubkey::default();
