@@ -4,6 +4,8 @@
 //! moving escrow, replays, rounding, a job ending mid-period; and conservation (burned =
 //! minted + fees, escrow = deposits - withdrawals - spent) after every step.
 
+#![allow(clippy::result_large_err)] // the result type of `LiteSVM::send_transaction`
+
 mod common;
 
 use common::*;

@@ -4,6 +4,8 @@
 //! needed the current owner, approvals the admin, roles distinct keys, caps and rates bounds
 //! and timelocks, proposals an expiry, and the pool a pause.
 
+#![allow(clippy::result_large_err)] // the result type of `LiteSVM::send_transaction`
+
 mod common;
 
 use common::*;
