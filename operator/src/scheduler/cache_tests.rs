@@ -175,8 +175,8 @@ fn the_index_offers_few_nodes_and_places_exactly_as_every_node_would() {
         }),
         max_replicas_per_cluster: None,
     };
-    for (seed, busy) in [(1, 0), (2, 2), (3, 4), (4, 6)] {
-        let (c, all) = random_pool(seed, 4, busy);
+    for (seed, busy) in [(1, 0), (2, 2), (3, 5)] {
+        let (c, all) = random_pool(seed, 3, busy);
         for (k, pods, mode) in [
             (1, 1, NvLinkMode::Preferred),
             (2, 1, NvLinkMode::Preferred),
@@ -194,9 +194,11 @@ fn the_index_offers_few_nodes_and_places_exactly_as_every_node_would() {
             let what = format!("seed {seed}, {pods}×{k} {mode:?}");
             assert!(offered <= placeable, "{what}");
             let indexes: Vec<i32> = (0..pods as i32).collect();
+            // The same placement (refusals word their reasons differently: per node there,
+            // counted here).
             assert_eq!(
-                place_gang(&cands, &req, &indexes).map(|c| c.pods),
-                place_gang(&every, &req, &indexes).map(|c| c.pods),
+                place_gang(&cands, &req, &indexes).ok().map(|c| c.pods),
+                place_gang(&every, &req, &indexes).ok().map(|c| c.pods),
                 "gang, {what}"
             );
             let on_one = ReplicaPlacement::default();

@@ -166,7 +166,7 @@ impl NodeIndex {
         let Some(&id) = self.member_ids.get(member) else {
             return (0, 0);
         };
-        let k = req.gpus_per_pod.max(1).min(MAX_GPUS + 1);
+        let k = req.gpus_per_pod.clamp(1, MAX_GPUS + 1);
         let want = req.gpu.model.as_ref().map(|m| m.to_lowercase());
         let (mut small, mut wrong) = (0, 0);
         for ((model, memory), counts) in &self.tallies[id as usize].by_free {
@@ -207,7 +207,7 @@ impl NodeIndex {
                 .iter()
                 .map(|(plain, scarce_fit, c)| (if scarce { *scarce_fit } else { *plain }, *c))
                 .collect();
-            ranked.sort_by(|a, b| a.0.cmp(&b.0));
+            ranked.sort_by_key(|a| a.0);
             self.take_best(&ranked, pods, &ok, &mut chosen);
         }
         for (id, nodes) in chosen.into_iter().enumerate() {
