@@ -903,9 +903,18 @@ impl PoolCache {
         else {
             return Vec::new();
         };
+        let Ok((graph, _)) = &t.graph else {
+            return Vec::new();
+        };
         uuids
             .iter()
-            .map(|u| t.spec.gpus.iter().find(|g| g.uuid == *u).map(|g| g.index))
+            .map(|u| {
+                graph
+                    .gpus()
+                    .iter()
+                    .find(|g| g.uuid == *u)
+                    .map(|g| g.index as i32)
+            })
             .collect::<Option<Vec<i32>>>()
             .unwrap_or_default()
     }
