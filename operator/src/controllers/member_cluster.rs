@@ -239,6 +239,11 @@ async fn probe_pull(
     if let Some(p) = current.first().and_then(|r| read_report(mc, r, view)) {
         return Some(p);
     }
+    // An agent that cannot reach its own cluster's API server heartbeats for nothing: the
+    // member counts as unreachable (its grace period runs) until the agent reaches it again.
+    if let Some(problem) = lease.as_ref().and_then(crate::pull::member_api_problem) {
+        return Some(("MemberApiUnreachable".into(), problem.to_string()));
+    }
     lease_liveness(lease, Timestamp::now(), view)
 }
 
