@@ -72,32 +72,20 @@ const LONG_FUNCTIONS: &[(&str, &str)] = &[
         "split with the meter reading watch stores",
     ),
     // Being split with the placement index (issue 28).
-    (
-        "scheduler/cache.rs:derive",
-        "split with the compact cache and node index",
-    ),
+    ("split with the compact cache and node index",),
     (
         "placement/scheduler.rs:place_replicas",
         "split with the placement index",
     ),
-    (
-        "topology/mod.rs:from_spec",
-        "split with the placement index",
-    ),
+    ("split with the placement index",),
     // Being split with the tenant sandbox (issue 29).
     (
         "workloads.rs:gpu_pod",
         "split with the tenant namespace and pod checks",
     ),
     // Not yet assigned.
-    (
-        "member_agent/run.rs:apply_loop",
-        "one loop of the member agent; not yet split",
-    ),
-    (
-        "cli/earnings.rs:earnings_report",
-        "one report of chain and hub figures; not yet split",
-    ),
+    ("one loop of the member agent; not yet split",),
+    ("one report of chain and hub figures; not yet split",),
 ];
 
 /// The most lines (from `fn` to the closing brace) a production function may have.
