@@ -894,7 +894,8 @@ fn dashboard_and_alerts_are_off_by_default_and_valid_promql_on_real_metrics() {
             "GpupoolMemberNotReady",
             "GpupoolJobPendingTooLong",
             "GpupoolSettlementFailing",
-            "GpupoolOracleBalanceLow"
+            "GpupoolOracleBalanceLow",
+            "GpupoolUsageRefused"
         ]
     );
     let mut rule_exprs = Vec::new();
@@ -1017,6 +1018,9 @@ tests:
         values: '0x10 1+1x30'
       - series: 'gpupool_oracle_balance_lamports'
         values: '500000000x5 50000000x20'
+      # From minute 6, the settler refuses 7200 GPU-seconds of east as not sealed by the meter.
+      - series: 'gpupool_unpaid_gpu_seconds{cluster="east",reason="UnsealedRecord",pod="a"}'
+        values: '0x5 7200x20'
     alert_rule_test:
       - eval_time: 4m
         alertname: GpupoolMemberNotReady
@@ -1058,6 +1062,16 @@ tests:
             exp_annotations:
               summary: The gpupool usage oracle is running out of SOL
               description: "The oracle wallet holds 50M lamports; it pays the fees of settlement transactions. Top it up before settlement stops."
+      - eval_time: 7m
+        alertname: GpupoolUsageRefused
+        exp_alerts: []
+      - eval_time: 10m
+        alertname: GpupoolUsageRefused
+        exp_alerts:
+          - exp_labels: {severity: warning, cluster: east, reason: UnsealedRecord}
+            exp_annotations:
+              summary: Usage claimed on member cluster east is refused (UnsealedRecord)
+              description: "7200 GPU-seconds claimed on member cluster east are not paid (UnsealedRecord): the meter or the settler cannot prove them from the hub's own facts. See the Warning Events on the MemberCluster (kubectl describe membercluster east) and the messages of its usage records."
 "#;
     let f = write(dir.path(), "alerts_test.yaml", tests);
     let (ok, out) = run_promtool(&["test", "rules", &f]);

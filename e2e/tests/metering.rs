@@ -206,6 +206,8 @@ async fn setup(pods: &[(&str, usize, &str)], period_seconds: u64) -> Setup {
         link: gpupool::federation::MemberLink::Push(member.clone()),
         gpu_models,
         observed_ends: Default::default(),
+        first_seen: Default::default(),
+        pods: None,
     }];
     let cluster_id = state::cluster_id(&kube_system_uid(&member).await);
     Setup {

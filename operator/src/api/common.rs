@@ -232,6 +232,11 @@ pub struct NodeGpus {
     /// Inference replicas: whether its pod is Ready.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ready: bool,
+    /// Inference replicas: when the hub placed the replica, by the hub's own clock (kept when
+    /// it moves to `pastPlacements`: the start of the window in which it was current). The
+    /// meter pays its pod from then on, never earlier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// Kubernetes-style conditions list, merged by `type` under server-side apply.

@@ -377,6 +377,7 @@ mod tests {
             score: 0,
             revision: revision.into(),
             ready: true,
+            placed_at: None,
         }
     }
 

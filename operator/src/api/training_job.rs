@@ -189,8 +189,8 @@ pub struct PastPlacement {
     pub cluster: String,
     /// Its workers: node and GPUs.
     pub workers: Vec<WorkerPlacement>,
-    /// Earliest it can have been current: the restart before it (absent: since the job's
-    /// creation).
+    /// When it was placed, by the hub's clock (its `placedAt`; for gangs placed before
+    /// `placedAt` existed, the restart before it; absent: since the job's creation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<Time>,
     /// When it was replaced (the gang restart).
@@ -206,7 +206,10 @@ impl TrainingJobStatus {
         let Some(cluster) = cluster.filter(|_| !workers.is_empty()) else {
             return;
         };
-        let from = self.past_placements.last().map(|p| p.until.clone());
+        let from = self
+            .placed_at
+            .take()
+            .or_else(|| self.past_placements.last().map(|p| p.until.clone()));
         self.past_placements.push(PastPlacement {
             cluster,
             workers: workers
@@ -240,6 +243,11 @@ pub struct TrainingJobStatus {
     /// Per-worker placement.
     #[serde(default)]
     pub workers: Vec<WorkerPlacement>,
+    /// When the hub placed the current gang generation, by its own clock (the meter pays its
+    /// workers from then on, never earlier; it becomes the `from` of the generation's
+    /// `pastPlacements` entry at a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_at: Option<Time>,
     /// When the current run started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,

@@ -318,6 +318,7 @@ pub fn decide_training(cache: &PoolCache, j: &TrainingJob) -> Decision {
             let generation = j.metadata.generation;
             let mut st = j.status.clone().unwrap_or_default();
             st.cluster = Some(choice.cluster.clone());
+            st.placed_at = Some(Time(k8s_openapi::jiff::Timestamp::now()));
             st.workers = choice
                 .pods
                 .iter()
@@ -426,6 +427,8 @@ pub struct Placed {
     pub revision: String,
     /// Whether its pod is Ready.
     pub ready: bool,
+    /// When the hub placed it (its own clock; the meter pays from then on).
+    pub placed_at: Option<Time>,
 }
 
 impl Placed {
@@ -455,6 +458,7 @@ pub fn flatten(st: &InferenceJobStatus) -> Vec<Placed> {
                 },
                 revision: g.revision.clone(),
                 ready: g.ready,
+                placed_at: g.placed_at.clone(),
             })
         })
         .collect()
@@ -482,6 +486,7 @@ pub fn group(flat: &[Placed]) -> Vec<ClusterPlacement> {
             score: p.pod.score,
             revision: p.revision,
             ready: p.ready,
+            placed_at: p.placed_at,
         });
     }
     by.into_values().collect()
@@ -543,11 +548,13 @@ pub fn decide_inference(cache: &PoolCache, j: &InferenceJob) -> Decision {
     let mut st = before.clone();
     let revision = crate::rollout::revision(&j.spec);
     let mut all = kept;
+    let placed_at = Time(k8s_openapi::jiff::Timestamp::now());
     all.extend(new.iter().map(|(c, p)| Placed {
         cluster: c.clone(),
         pod: p.clone(),
         revision: revision.clone(),
         ready: false,
+        placed_at: Some(placed_at.clone()),
     }));
     st.placements = group(&all);
     let clusters: Vec<String> = st.placements.iter().map(|p| p.cluster.clone()).collect();
