@@ -262,7 +262,10 @@ async fn pods_are_metered_recorded_and_settled_exactly_once() {
         ..Default::default()
     };
     // Small batches so several transactions are needed.
-    let scfg = SettleConfig { max_batch: 2 };
+    let scfg = SettleConfig {
+        max_batch: 2,
+        ..Default::default()
+    };
 
     // Meter and settle together until the pods are done and everything is settled.
     let deadline = Instant::now() + Duration::from_secs(90);

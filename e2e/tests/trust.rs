@@ -1175,7 +1175,8 @@ async fn receipts_past_the_horizon_are_closed_and_cannot_be_replayed() {
         },
         settle: SettleConfig::default(),
     };
-    gpupool::metering::runner::pass(&ctx, Some(&ledger), &cfg, &mut Default::default())
+    let stores = gpupool::metering::runner::Stores::start(&w.hub);
+    gpupool::metering::runner::pass(&ctx, Some(&ledger), &cfg, &mut Default::default(), &stores)
         .await
         .unwrap();
     let after = w.chain.with_svm(|s| s.get_balance(&oracle).unwrap_or(0));
@@ -1271,8 +1272,9 @@ async fn place_now(hub: &Client, job: &TrainingJob) -> i64 {
 }
 
 /// Waits for pod `name` to succeed, then rewrites its status as the member's admin may: it
-/// "ran" from `start` to `finish` (unix seconds). Returns the finish KWOK had stamped.
-async fn rewrite_run(member: &Client, name: &str, start: i64, finish: i64) -> i64 {
+/// "ran" from `start` to `finish` (unix seconds; `None`: the finish KWOK stamped). Returns the
+/// finish KWOK had stamped.
+async fn rewrite_run(member: &Client, name: &str, start: i64, finish: Option<i64>) -> i64 {
     let pods: Api<Pod> = Api::namespaced(member.clone(), "default");
     let p = gpupool_e2e::eventually(30, "the pod to finish", || {
         let pods = pods.clone();
@@ -1287,6 +1289,7 @@ async fn rewrite_run(member: &Client, name: &str, start: i64, finish: i64) -> i6
     .await
     .unwrap();
     let real_end = gpupool::metering::pod_run(&p).and_then(|r| r.end).unwrap();
+    let finish = finish.unwrap_or(real_end);
     let ts = |s: i64| Timestamp::from_second(s).unwrap().to_string();
     pods.patch_status(
         name,
@@ -1327,7 +1330,7 @@ async fn a_pod_replaced_by_copies_is_paid_once_for_its_slot() {
         let name = format!("copy-w0-{i}");
         pod(&w.member, &name, "copy", &uid, &uuids("copy-w0", 2), "1s").await;
         last = Timestamp::now().as_second();
-        rewrite_run(&w.member, &name, placed, last).await;
+        rewrite_run(&w.member, &name, placed, Some(last)).await;
         let r = meter_once(&w.hub, &members, Timestamp::now(), &hour_meter())
             .await
             .unwrap();
@@ -1374,13 +1377,7 @@ async fn a_queued_job_is_not_paid_for_its_wait() {
         "2s",
     )
     .await;
-    let end = rewrite_run(
-        &w.member,
-        "queued-w0",
-        created(&job),
-        Timestamp::now().as_second(),
-    )
-    .await;
+    let end = rewrite_run(&w.member, "queued-w0", created(&job), None).await;
     let r = meter_once(
         &w.hub,
         &[w.member_ref("member-1")],
@@ -1450,7 +1447,7 @@ async fn an_observed_end_survives_an_operator_restart() {
         &w.member,
         "rst-w0",
         start,
-        Timestamp::now().as_second() + 3 * 3600,
+        Some(Timestamp::now().as_second() + 3 * 3600),
     )
     .await;
     tokio::time::sleep(Duration::from_secs(6)).await;

@@ -694,7 +694,7 @@ fn a_gang_is_paid_from_its_placement_not_from_the_jobs_creation() {
     let queued = meter::hub_jobs(&[training_job(Some("2023-11-14T22:13:31Z"))], &[]);
     let by = usage_by_job_period(
         "m1",
-        &[p.clone()],
+        std::slice::from_ref(&p),
         &queued,
         seen(&BTreeMap::new()),
         now,
