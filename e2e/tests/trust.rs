@@ -882,6 +882,7 @@ async fn an_earlier_gang_placement_is_paid_for_the_time_it_was_current() {
         rank: 0,
         node: NODE.into(),
         gpu_uuids: uuids("gang-new-w0", 2),
+        gpu_indexes: Vec::new(),
         score: 0,
         pod_phase: None,
     }];

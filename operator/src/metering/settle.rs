@@ -14,7 +14,7 @@
 //!    job exists, the job placed each of its slots on that member in that period, within the
 //!    slot's GPUs × its placement window. Anything else is left unpaid with a message and
 //!    reported as an [`Alert`] (an Event on the `MemberCluster`, the
-//!    `gpupool_unpaid_gpu_seconds` gauge and the `GpupoolUsageRefused` alert);
+//!    `gpupool_unpaid_gpu_seconds` gauge and the `GpupoolUnpaidUsage` alert);
 //! 1. every `Final` record is first **reconciled** against the chain at `finalized`
 //!    commitment: if its receipt exists (a previous pass sent it, or died before marking), the
 //!    record is marked `Settled` with the receipt's amount and nothing is sent;

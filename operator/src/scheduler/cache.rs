@@ -893,6 +893,32 @@ impl PoolCache {
         g.gpus().first().map(|g| g.model.clone())
     }
 
+    /// Indexes on their node of the GPUs with these UUIDs, in their order (empty unless the
+    /// node's topology knows every one).
+    pub fn gpu_indexes(&self, member: &str, node: &str, uuids: &[String]) -> Vec<i32> {
+        let Some(t) = self
+            .members
+            .get(member)
+            .and_then(|m| m.topologies.get(node))
+        else {
+            return Vec::new();
+        };
+        let Ok((graph, _)) = &t.graph else {
+            return Vec::new();
+        };
+        uuids
+            .iter()
+            .map(|u| {
+                graph
+                    .gpus()
+                    .iter()
+                    .find(|g| g.uuid == *u)
+                    .map(|g| g.index as i32)
+            })
+            .collect::<Option<Vec<i32>>>()
+            .unwrap_or_default()
+    }
+
     /// One placeable node.
     pub fn node(&self, member: &str, node: &str) -> Option<&NodeState> {
         self.members.get(member)?.ready.get(node)
