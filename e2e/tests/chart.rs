@@ -471,6 +471,8 @@ fn rendered_objects_have_the_expected_shape() {
             expect("pods", &["create", "delete", "get", "list", "watch"]),
             expect("services", &["create", "delete", "get", "list"]),
             expect("namespaces", &["get", "create"]),
+            expect("secrets", &["create", "patch"]),
+            expect("configmaps", &["create", "patch"]),
             expect("deviceclasses", &["get"]),
             expect("resourceclaims", &["create", "delete", "get", "list"]),
             expect("resourceslices", &["get", "list", "watch"]),

@@ -319,11 +319,12 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
                 .unwrap_or_default();
             ensure_namespace(&client, c, &ns).await?;
             let objects = inference_objects(job, std::slice::from_ref(&pl), m.binding_mode());
-            create_objects(&client, c, &objects).await?;
+            create_objects(ctx, &client, c, &objects).await?;
         }
     }
     for c in kept.iter().map(|p| &p.cluster).collect::<BTreeSet<_>>() {
-        endpoints.push(format!("{c}/{ns}/{}:{}", job.name_any(), job.spec.port));
+        let member_ns = crate::tenant::namespace_name(&ns);
+        endpoints.push(format!("{c}/{member_ns}/{}:{}", job.name_any(), job.spec.port));
     }
     // Services in members that no longer hold replicas.
     let holding: BTreeSet<&String> = kept.iter().map(|p| &p.cluster).collect();

@@ -161,7 +161,7 @@ async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context)
         });
         if !want.pods.is_empty() {
             ensure_namespace(&client, &cluster, &ns).await?;
-            let created = create_objects(&client, &cluster, &want).await?;
+            let created = create_objects(ctx, &client, &cluster, &want).await?;
             if created > 0 {
                 tracing::info!(job = %job.name_any(), cluster, created, "created worker pods");
             }

@@ -228,6 +228,10 @@ pub struct PoolCache {
     claims: HashMap<String, Vec<Claim>>,
     /// UUIDs each node claims.
     node_claims: HashMap<(String, String), Vec<String>>,
+    /// Earliest publication of each (member, node, UUID) this cache saw, kept when the node's
+    /// `GpuTopology` is deleted: a first owner that re-creates its topology keeps its UUIDs
+    /// rather than losing them to a node that copied them meanwhile. Forgotten with the member.
+    first_published: HashMap<(String, String, String), i64>,
     holds: HashMap<Slot, u32>,
     jobs: HashMap<String, JobHolds>,
     pods: HashMap<(String, String, String), Slots>,
@@ -299,6 +303,7 @@ impl PoolCache {
         for k in pods {
             self.set_pod(&k.0, &k.1, &k.2, BTreeSet::new());
         }
+        self.first_published.retain(|k, _| k.0 != name);
         // Nodes elsewhere that published the same UUIDs later were quarantined behind this
         // member's claim: now they may own them.
         affected.sort();
@@ -441,17 +446,23 @@ impl PoolCache {
             && m.gpu_cap(node).is_some()
             && let Some(t) = m.topologies.get(node)
         {
-            let claim = Claim {
-                published: t.published,
-                member: member.to_string(),
-                node: node.to_string(),
-            };
+            let published = t.published;
             let uuids: BTreeSet<String> = t.spec.gpus.iter().map(|g| g.uuid.clone()).collect();
             self.node_claims.insert(
                 (member.to_string(), node.to_string()),
                 uuids.iter().cloned().collect(),
             );
             for u in uuids {
+                let first = self
+                    .first_published
+                    .entry((member.to_string(), node.to_string(), u.clone()))
+                    .or_insert(published);
+                *first = (*first).min(published);
+                let claim = Claim {
+                    published: *first,
+                    member: member.to_string(),
+                    node: node.to_string(),
+                };
                 let cs = self.claims.entry(u).or_default();
                 affected.extend(cs.iter().map(|c| (c.member.clone(), c.node.clone())));
                 let at = cs.partition_point(|c| *c < claim);

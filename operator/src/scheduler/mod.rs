@@ -943,7 +943,7 @@ impl Scheduler {
                 client.ensure_namespace(ns).await?;
                 self.lock().namespaces.insert(key);
             }
-            client.create_objects(&objects).await?;
+            client.create_objects(&self.hub, &objects).await?;
             Ok::<_, kube::Error>(())
         }
         .await;

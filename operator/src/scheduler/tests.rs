@@ -367,6 +367,29 @@ fn the_kubelets_pod_devices_count_as_busy() {
 }
 
 #[test]
+fn a_first_owner_that_recreates_its_topology_keeps_its_uuids() {
+    let mut c = pool(&[("a", &[("n1", "dgx-h100")])]);
+    c.set_member("b", schedulable());
+    c.resync_pods("b", BTreeMap::new());
+    let mut copy = topo("dgx-h100", "n1");
+    copy.node_name = "copy".into();
+    c.set_node("b", "copy", ready(8));
+    c.set_topology("b", "copy", Some(facts(copy, 100)));
+    assert!(c.node("b", "copy").is_none());
+    // The owner's agent deletes and re-creates its GpuTopology (a newer creation time): the
+    // copy owns the UUIDs only while the owner has none published.
+    c.set_topology("a", "n1", None);
+    assert!(c.node("b", "copy").is_some());
+    c.set_topology("a", "n1", Some(facts(topo("dgx-h100", "n1"), 200)));
+    assert!(
+        c.node("a", "n1").is_some(),
+        "{:?}",
+        c.unusable_reason("a", "n1")
+    );
+    assert!(c.node("b", "copy").is_none(), "the copy is quarantined again");
+}
+
+#[test]
 fn removing_the_first_publisher_frees_the_nodes_quarantined_behind_it() {
     // The same cluster seen through two members: b's node is quarantined behind a's.
     let mut c = pool(&[("a", &[("n1", "dgx-h100")])]);
