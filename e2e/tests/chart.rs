@@ -421,6 +421,24 @@ fn rendered_objects_have_the_expected_shape() {
         "{:?}",
         kinds(&member)
     );
+    // The tenant policy binds the hub's identity in the member.
+    let policy = find(
+        &member,
+        "ValidatingAdmissionPolicy",
+        "gp-gpupool-tenant-sandbox",
+    );
+    assert!(
+        policy["spec"]["matchConditions"][0]["expression"]
+            .as_str()
+            .unwrap()
+            .contains("system:serviceaccount:gpupool-system:gp-gpupool-hub"),
+        "{policy}"
+    );
+    find(
+        &member,
+        "ValidatingAdmissionPolicyBinding",
+        "gp-gpupool-tenant-sandbox",
+    );
     let ds = find(&member, "DaemonSet", "gp-gpupool-agent");
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["nodeSelector"]["nvidia.com/gpu.present"], "true");

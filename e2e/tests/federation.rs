@@ -679,8 +679,10 @@ async fn operator_restart(kind: MemberKind) {
     );
     if kind == MemberKind::Dra {
         // Each job has exactly one claim, allocated by the member's scheduler to its GPUs.
-        let claims: Api<k8s_openapi::api::resource::v1::ResourceClaim> =
-            Api::namespaced(fed.members[0].cp.client().await.unwrap(), &gpupool::tenant::namespace_name("default"));
+        let claims: Api<k8s_openapi::api::resource::v1::ResourceClaim> = Api::namespaced(
+            fed.members[0].cp.client().await.unwrap(),
+            &gpupool::tenant::namespace_name("default"),
+        );
         for (job, want) in [("first", &a), ("second", &b)] {
             let list = eventually(30, "claims allocated", || async {
                 let l = claims

@@ -179,7 +179,8 @@ async fn roll(fed: &Federation, name: &str) -> (usize, usize) {
     let hub = fed.hub.client().await.unwrap();
     let member = fed.members[0].cp.client().await.unwrap();
     let ijs: Api<InferenceJob> = Api::namespaced(hub.clone(), "default");
-    let pods: Api<Pod> = Api::namespaced(member.clone(), &gpupool::tenant::namespace_name("default"));
+    let pods: Api<Pod> =
+        Api::namespaced(member.clone(), &gpupool::tenant::namespace_name("default"));
     let lp = ListParams::default().labels(&format!("gpupool.io/job-name={name}"));
     eventually(
         90,
@@ -312,7 +313,8 @@ async fn an_image_change_rolls_out_one_replica_at_a_time() {
     let ijs: Api<InferenceJob> = Api::namespaced(hub.clone(), "default");
     let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
     let member = fed.members[0].cp.client().await.unwrap();
-    let pods: Api<Pod> = Api::namespaced(member.clone(), &gpupool::tenant::namespace_name("default"));
+    let pods: Api<Pod> =
+        Api::namespaced(member.clone(), &gpupool::tenant::namespace_name("default"));
 
     // maxUnavailable 0: a new replica is Ready before an old one goes.
     ijs.create(

@@ -1260,7 +1260,8 @@ async fn a_dra_pull_member_binds_the_hubs_exact_gpus_through_resource_claims() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
     let worker = job.status.unwrap().workers[0].clone();
-    let pods: Api<Pod> = Api::namespaced(member.clone(), &gpupool::tenant::namespace_name("default"));
+    let pods: Api<Pod> =
+        Api::namespaced(member.clone(), &gpupool::tenant::namespace_name("default"));
     let pod = &pods
         .list(&ListParams::default().labels("gpupool.io/job-name=exact"))
         .await
@@ -1277,7 +1278,8 @@ async fn a_dra_pull_member_binds_the_hubs_exact_gpus_through_resource_claims() {
             .is_none_or(|l| !l.contains_key("nvidia.com/gpu")),
         "{spec:?}"
     );
-    let claims: Api<ResourceClaim> = Api::namespaced(member.clone(), &gpupool::tenant::namespace_name("default"));
+    let claims: Api<ResourceClaim> =
+        Api::namespaced(member.clone(), &gpupool::tenant::namespace_name("default"));
     let claim_name = format!("{}-gpus", pod.name_any());
     let claim = claims.get(&claim_name).await.unwrap();
     assert_eq!(

@@ -124,7 +124,10 @@ async fn check_sandboxed(member: &kube::Client, job: &str, what: &str) {
         .await
         .unwrap()
         .items;
-    assert!(in_default.is_empty(), "{what}: a pod in the owner's default");
+    assert!(
+        in_default.is_empty(),
+        "{what}: a pod in the owner's default"
+    );
     let spec = pods[0].spec.as_ref().unwrap();
     assert_eq!(spec.automount_service_account_token, Some(false));
     let copy = eventually(30, "the Secret copy", || async {
@@ -148,7 +151,8 @@ async fn check_sandboxed(member: &kube::Client, job: &str, what: &str) {
     if what == "push" {
         let refs = copy.metadata.owner_references.unwrap_or_default();
         assert!(
-            refs.iter().any(|r| Some(&r.uid) == pods[0].metadata.uid.as_ref()),
+            refs.iter()
+                .any(|r| Some(&r.uid) == pods[0].metadata.uid.as_ref()),
             "push: the copy is owned by the pod that uses it: {refs:?}"
         );
     }
@@ -262,7 +266,14 @@ impl Drop for Agent {
 
 /// A hub and one member with an 8-GPU node, the operator and the join controller running, and
 /// the member's agent joining as `pull-1` (approved by the join controller when `auto_approve`).
-async fn pull_pool(auto_approve: bool) -> (Federation, Operator, Agent, tokio::task::JoinHandle<anyhow::Result<()>>) {
+async fn pull_pool(
+    auto_approve: bool,
+) -> (
+    Federation,
+    Operator,
+    Agent,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     gpupool::telemetry::init_logging();
     let fed = Federation::start(1).await.expect("federation starts");
     fed.add_nodes(0, &[GpuNode::new(NODE, 8, "NVIDIA H100 80GB HBM3")])
@@ -387,7 +398,12 @@ fn render_member_access() -> String {
         .arg(repo_root().join("charts/gpupool"))
         .args(["--namespace", RELEASE_NS, "--set", "mode=member"])
         .args(["--set", "hub.url=https://hub.example.com:6443"])
-        .args(["--set", "hub.joinToken=t", "--set", "memberAgent.memberName=m"])
+        .args([
+            "--set",
+            "hub.joinToken=t",
+            "--set",
+            "memberAgent.memberName=m",
+        ])
         .args(["--set", &format!("memberAgent.ownerWallet={WALLET}")])
         .args(["--show-only", "templates/member-hub-access.yaml"])
         .args(["--show-only", "templates/member-tenant-policy.yaml"])
@@ -398,7 +414,11 @@ fn render_member_access() -> String {
         .env_remove("KUBECONFIG")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -410,8 +430,18 @@ fn kubectl_as(cp: &ControlPlane, dir: &Path, sa: &str) -> Result<Kubectl> {
     let path = dir.join(format!("{sa}.kubeconfig"));
     std::fs::copy(cp.kubeconfig_path(), &path)?;
     let k = Kubectl::new(path);
-    k.ok(&["config", "set-credentials", sa, &format!("--token={}", token.trim())])?;
-    k.ok(&["config", "set-context", "--current", &format!("--user={sa}")])?;
+    k.ok(&[
+        "config",
+        "set-credentials",
+        sa,
+        &format!("--token={}", token.trim()),
+    ])?;
+    k.ok(&[
+        "config",
+        "set-context",
+        "--current",
+        &format!("--user={sa}"),
+    ])?;
     Ok(k)
 }
 
@@ -422,11 +452,7 @@ fn try_apply(k: &Kubectl, dir: &Path, manifest: serde_json::Value) -> Result<(),
     let out = k
         .run(&["create", "--dry-run=server", "-f", f.to_str().unwrap()])
         .unwrap();
-    if out.success {
-        Ok(())
-    } else {
-        Err(out.stderr)
-    }
+    if out.success { Ok(()) } else { Err(out.stderr) }
 }
 
 fn pod_in(ns: &str, spec: serde_json::Value) -> serde_json::Value {
@@ -470,7 +496,10 @@ async fn the_member_policy_keeps_gpupool_identities_in_tenant_namespaces() -> Re
         try_apply(&k, dir.path(), pod_in(&tenant_ns, serde_json::json!({})))
             .map_err(|e| anyhow::anyhow!("{sa}: a plain pod refused: {e}"))?;
         for (spec, why) in [
-            (serde_json::json!({"hostNetwork": true}), "no host namespaces"),
+            (
+                serde_json::json!({"hostNetwork": true}),
+                "no host namespaces",
+            ),
             (serde_json::json!({"hostPID": true}), "no host namespaces"),
             (
                 serde_json::json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}),

@@ -79,7 +79,9 @@ pub fn check_namespace(existing: &Namespace, hub_ns: &str) -> Result<(), String>
     let name = existing.metadata.name.as_deref().unwrap_or_default();
     let l = existing.metadata.labels.as_ref();
     let tenant = l.and_then(|l| l.get(TENANT_LABEL)).map(String::as_str);
-    let managed = l.and_then(|l| l.get(labels::MANAGED_BY)).map(String::as_str);
+    let managed = l
+        .and_then(|l| l.get(labels::MANAGED_BY))
+        .map(String::as_str);
     if name == namespace_name(hub_ns) && tenant == Some(hub_ns) && managed == Some(labels::MANAGER)
     {
         Ok(())
@@ -290,6 +292,10 @@ mod tests {
         assert_eq!(c.type_.as_deref(), Some("Opaque"));
         let mut token = src.clone();
         token.type_ = Some(SERVICE_ACCOUNT_TOKEN.into());
-        assert_eq!(secret_copy(&token, "ml"), None, "hub tokens never leave the hub");
+        assert_eq!(
+            secret_copy(&token, "ml"),
+            None,
+            "hub tokens never leave the hub"
+        );
     }
 }

@@ -923,10 +923,9 @@ spec:
     fn referenced_secrets_and_config_maps_travel_with_the_objects() {
         let mut j = tj();
         let spec = j.spec.template.spec.as_mut().unwrap();
-        spec.containers[0].env_from = Some(vec![serde_json::from_value(
-            serde_json::json!({"secretRef": {"name": "hf-token"}}),
-        )
-        .unwrap()]);
+        spec.containers[0].env_from = Some(vec![
+            serde_json::from_value(serde_json::json!({"secretRef": {"name": "hf-token"}})).unwrap(),
+        ]);
         let objs = training_objects(&j, 0, &placements(), BindingMode::Dra);
         assert_eq!(
             objs.config.secrets.iter().collect::<Vec<_>>(),

@@ -17,13 +17,7 @@ use serde::{Deserialize, Serialize};
 
 /// Kinds a `MemberWork` may carry (the agent applies nothing else): Secrets and ConfigMaps are
 /// the copies of the hub namespace's that the job's template references.
-pub const WORK_KINDS: &[&str] = &[
-    "Pod",
-    "Service",
-    "ResourceClaim",
-    "Secret",
-    "ConfigMap",
-];
+pub const WORK_KINDS: &[&str] = &["Pod", "Service", "ResourceClaim", "Secret", "ConfigMap"];
 
 /// Objects the hub wants to exist in one pull member, for one hub job.
 #[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -324,7 +324,11 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
     }
     for c in kept.iter().map(|p| &p.cluster).collect::<BTreeSet<_>>() {
         let member_ns = crate::tenant::namespace_name(&ns);
-        endpoints.push(format!("{c}/{member_ns}/{}:{}", job.name_any(), job.spec.port));
+        endpoints.push(format!(
+            "{c}/{member_ns}/{}:{}",
+            job.name_any(),
+            job.spec.port
+        ));
     }
     // Services in members that no longer hold replicas.
     let holding: BTreeSet<&String> = kept.iter().map(|p| &p.cluster).collect();

@@ -66,7 +66,11 @@ pub async fn read_copies(hub: &kube::Client, objects: &MemberObjects) -> kube::R
     let mut out = Copies::default();
     let s: Api<Secret> = Api::namespaced(hub.clone(), ns);
     for n in secrets {
-        if let Some(copy) = s.get_opt(n).await?.and_then(|x| tenant::secret_copy(&x, ns)) {
+        if let Some(copy) = s
+            .get_opt(n)
+            .await?
+            .and_then(|x| tenant::secret_copy(&x, ns))
+        {
             out.secrets.push(copy);
         }
     }

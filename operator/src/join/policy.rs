@@ -209,15 +209,21 @@ mod tests {
         // Not answered yet: nothing to say (the decision creates the member).
         assert_eq!(member_removed(&r, false, &[]), None);
         // Answered, member still there: the request goes on.
-        assert_eq!(member_removed(&r, true, std::slice::from_ref(&pending)), None);
-        // Answered, member deleted or being deleted: void.
-        assert!(member_removed(&r, true, &[]).unwrap().contains("was removed"));
-        let mut deleting = pending;
-        deleting.metadata.deletion_timestamp = Some(
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::from_second(1).unwrap(),
-            ),
+        assert_eq!(
+            member_removed(&r, true, std::slice::from_ref(&pending)),
+            None
         );
+        // Answered, member deleted or being deleted: void.
+        assert!(
+            member_removed(&r, true, &[])
+                .unwrap()
+                .contains("was removed")
+        );
+        let mut deleting = pending;
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(1).unwrap(),
+            ));
         assert!(
             member_removed(&r, true, &[deleting])
                 .unwrap()

@@ -73,7 +73,8 @@ pub fn prepare(manifest: &Value, work: &str, policy: &Policy) -> Result<Prepared
     if SYSTEM_NAMESPACES.contains(&ns) || ns == policy.own_namespace {
         return Err(format!("{kind} {ns}/{name}: namespace {ns} is off limits"));
     }
-    let hub_ns = str_at(manifest, &["metadata", "labels", labels::JOB_NAMESPACE]).unwrap_or_default();
+    let hub_ns =
+        str_at(manifest, &["metadata", "labels", labels::JOB_NAMESPACE]).unwrap_or_default();
     if hub_ns.is_empty() || ns != tenant::namespace_name(hub_ns) {
         return Err(format!(
             "{kind} {ns}/{name}: namespace {ns} is not gpupool's tenant namespace of its hub namespace {hub_ns:?} ({}<hub namespace>)",
@@ -126,7 +127,12 @@ pub fn prepare(manifest: &Value, work: &str, policy: &Policy) -> Result<Prepared
 /// a system priority class (the rules the hub's admission applies to templates).
 fn pod_is_safe(pod: &Value) -> Result<(), String> {
     let spec = &pod["spec"];
-    for f in ["hostNetwork", "hostPID", "hostIPC", "automountServiceAccountToken"] {
+    for f in [
+        "hostNetwork",
+        "hostPID",
+        "hostIPC",
+        "automountServiceAccountToken",
+    ] {
         if spec[f].as_bool() == Some(true) {
             return Err(format!("spec.{f} is not allowed"));
         }
@@ -171,10 +177,10 @@ fn pod_is_safe(pod: &Value) -> Result<(), String> {
         {
             return Err("adding capabilities is not allowed".into());
         }
-        if c["ports"]
-            .as_array()
-            .is_some_and(|ps| ps.iter().any(|p| p["hostPort"].as_i64().is_some_and(|h| h != 0)))
-        {
+        if c["ports"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p["hostPort"].as_i64().is_some_and(|h| h != 0))
+        }) {
             return Err("hostPort is not allowed".into());
         }
     }
@@ -405,7 +411,14 @@ mod tests {
         assert!(prepare(&copy, "w", &policy()).is_ok());
         let mut only_ml = policy();
         only_ml.namespaces.insert("gpupool-ml".into());
-        assert!(prepare(&pod("gpupool-ml", "p", json!({"containers": []})), "w", &only_ml).is_ok());
+        assert!(
+            prepare(
+                &pod("gpupool-ml", "p", json!({"containers": []})),
+                "w",
+                &only_ml
+            )
+            .is_ok()
+        );
         assert!(prepare(&pod("other", "p", json!({"containers": []})), "w", &only_ml).is_err());
     }
 
@@ -478,7 +491,10 @@ mod tests {
         ];
         let (want, refused) = Preparer::default().desired(&works, &policy());
         assert_eq!(want.len(), 2);
-        assert_eq!(want[&("Pod".into(), "gpupool-ml".into(), "gpt-0".into())].0, "a");
+        assert_eq!(
+            want[&("Pod".into(), "gpupool-ml".into(), "gpt-0".into())].0,
+            "a"
+        );
         assert_eq!(refused["b"].len(), 2, "{refused:?}");
         let existing: Vec<ObjectKey> = vec![
             ("Pod".into(), "gpupool-ml".into(), "gpt-0".into()),
@@ -487,7 +503,11 @@ mod tests {
         ];
         assert_eq!(
             orphans(&existing, &want),
-            vec![("Pod".to_string(), "gpupool-ml".to_string(), "old-1".to_string())]
+            vec![(
+                "Pod".to_string(),
+                "gpupool-ml".to_string(),
+                "old-1".to_string()
+            )]
         );
     }
 

@@ -10,7 +10,8 @@
 //! allocatable on device-plugin members, and on DRA members (whose nodes advertise no
 //! `nvidia.com/gpu`: their GPUs are ResourceSlice devices) by the node's devices of the GPU driver
 //! in its ResourceSlices, or by its published topology while no slice is known; a GPU UUID belongs to the node that published it first (earliest `GpuTopology`
-//! creation, then member and node name) and a later node publishing the same UUID is quarantined
+//! creation this cache saw for that node and UUID, kept when the topology is re-created, then
+//! member and node name) and a later node publishing the same UUID is quarantined
 //! without affecting the first; a UUID listed twice inside one node makes those GPUs unusable
 //! without marking anything else busy; and an assignment only ever holds GPUs on the member and
 //! node it names, so nothing one member publishes or annotates can block another member's GPUs.

@@ -386,7 +386,10 @@ fn a_first_owner_that_recreates_its_topology_keeps_its_uuids() {
         "{:?}",
         c.unusable_reason("a", "n1")
     );
-    assert!(c.node("b", "copy").is_none(), "the copy is quarantined again");
+    assert!(
+        c.node("b", "copy").is_none(),
+        "the copy is quarantined again"
+    );
 }
 
 #[test]
