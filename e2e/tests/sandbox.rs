@@ -480,6 +480,18 @@ async fn the_member_policy_keeps_gpupool_identities_in_tenant_namespaces() -> Re
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &tenant::namespace_object("ml"))
         .await?;
+    // A tenant namespace without Pod Security (as an admin could leave one): the policy alone
+    // refuses the host access Pod Security would refuse first in `gpupool-ml`.
+    let mut bare = tenant::namespace_object("bare");
+    bare.metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .retain(|k, _| !k.starts_with("pod-security"));
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &bare)
+        .await?;
+    let bare_ns = tenant::namespace_name("bare");
     for sa in ["gp-gpupool-hub", "gp-gpupool-member-agent"] {
         let k = kubectl_as(&cp, dir.path(), sa)?;
         // The policy takes effect shortly after it is created.
@@ -520,7 +532,7 @@ async fn the_member_policy_keeps_gpupool_identities_in_tenant_namespaces() -> Re
                 "no host ports",
             ),
         ] {
-            let e = try_apply(&k, dir.path(), pod_in(&tenant_ns, spec.clone()))
+            let e = try_apply(&k, dir.path(), pod_in(&bare_ns, spec.clone()))
                 .err()
                 .with_context(|| format!("{sa}: {spec} accepted"))?;
             ensure!(e.contains(why), "{sa}: {spec}: {e}");
