@@ -173,6 +173,8 @@ fn copy_meta(src: &ObjectMeta, hub_ns: &str) -> ObjectMeta {
         labels: Some(BTreeMap::from([
             (labels::MANAGED_BY.into(), labels::MANAGER.into()),
             (TENANT_LABEL.into(), hub_ns.into()),
+            // What a pull member's agent maps to the tenant namespace, as for the pods.
+            (labels::JOB_NAMESPACE.into(), hub_ns.into()),
         ])),
         ..Default::default()
     }
