@@ -186,6 +186,14 @@ impl ControlPlane {
         Kubectl::new(self.kubeconfig_path())
     }
 
+    /// Stops kube-scheduler (a member whose scheduler died: pods that are not pre-bound stay
+    /// Pending without any `PodScheduled` condition).
+    pub fn stop_scheduler(&mut self) {
+        if let Some(c) = self.scheduler.take() {
+            stop_child(c);
+        }
+    }
+
     /// Stops the API server (etcd keeps the data), simulating a member that stops answering.
     pub fn stop_apiserver(&mut self) {
         if let Some(c) = self.apiserver.take() {

@@ -691,3 +691,145 @@ async fn a_replica_the_member_scheduler_refuses_is_placed_elsewhere() {
         .collect();
     assert_eq!(nodes, vec!["dgx-h100-1"], "{st:?}");
 }
+
+/// A 1-worker × 8-GPU gang in member-1's region, with `extra` merged into its pod template spec.
+fn gang_of_eight(name: &str, extra: serde_json::Value) -> TrainingJob {
+    let mut spec = serde_json::json!({
+        "containers": [{"name": "trainer", "image": "ghcr.io/example/train:1"}],
+    });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "gpupool.io/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"workers": 1, "gpusPerWorker": 8, "nvlink": "none", "template": {"spec": spec}},
+    }))
+    .unwrap()
+}
+
+/// Quarantine only what the GPUs caused. A gang whose own node selector matches no node is
+/// refused by the DRA member's scheduler: after the refusal limit the job fails, and no GPU is
+/// kept out of the pool — an honest 8-GPU gang then runs on that very node. When the member's
+/// kube-scheduler is dead, a gang's pods stay Pending with no condition at all: after the same
+/// limit the gang is withdrawn and runs on another member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pods_own_constraints_fail_its_job_and_a_dead_member_scheduler_sends_jobs_elsewhere() {
+    let mut fed = Federation::start_with(&[MemberKind::Dra, MemberKind::DevicePlugin])
+        .await
+        .expect("federation starts");
+    for (i, node) in [(0, "dgx-h100-0"), (1, "dgx-h100-1")] {
+        fed.add_nodes(i, &[GpuNode::new(node, 8, H100)])
+            .await
+            .unwrap();
+        let c = fed.members[i].cp.client().await.unwrap();
+        publish_fixture(&c, "dgx-h100", node).await.unwrap();
+    }
+    let hub = fed.hub.client().await.unwrap();
+    register_member(&hub, "member-1", &fed.members[0].cp, WALLET_1, "region-1")
+        .await
+        .unwrap();
+    let mut config = Operator::test_config(30);
+    config.member_refusal = Duration::from_secs(8);
+    let _op = Operator::start(hub.clone(), config);
+    let mcs: Api<MemberCluster> = Api::all(hub.clone());
+    eventually(30, "member-1 Ready in DRA mode", || async {
+        let st = mcs.get("member-1").await?.status.unwrap_or_default();
+        let ready = st
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        Ok((ready && st.binding_mode == Some(BindingMode::Dra)).then_some(()))
+    })
+    .await
+    .unwrap();
+    let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
+
+    // The user's own selector matches no node: the job fails, saying why.
+    let picky = gang_of_eight(
+        "picky",
+        serde_json::json!({"nodeSelector": {"team": "nobody"}}),
+    );
+    tjs.create(&PostParams::default(), &picky).await.unwrap();
+    let st = eventually(90, "picky failed", || async {
+        let st = tjs.get("picky").await?.status.unwrap_or_default();
+        Ok((st.phase == TrainingPhase::Failed).then_some(st))
+    })
+    .await
+    .unwrap();
+    let failed = st.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!(failed.reason, "PodUnschedulable", "{st:?}");
+    assert!(
+        failed.message.contains("node affinity/selector"),
+        "{}",
+        failed.message
+    );
+    assert_eq!(st.restarts, 0, "no placement can help it: {st:?}");
+
+    // Its GPUs were not quarantined: an honest gang runs on the same node at once.
+    tjs.create(
+        &PostParams::default(),
+        &gang_of_eight("honest", serde_json::json!({})),
+    )
+    .await
+    .unwrap();
+    eventually(60, "honest running on dgx-h100-0", || async {
+        let st = tjs.get("honest").await?.status.unwrap_or_default();
+        let on = st.workers.first().map(|w| w.node.clone());
+        Ok(
+            (st.phase == TrainingPhase::Running && on.as_deref() == Some("dgx-h100-0"))
+                .then_some(()),
+        )
+    })
+    .await
+    .unwrap();
+    tjs.delete("honest", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(30, "honest gone", || async {
+        Ok(tjs.get_opt("honest").await?.is_none().then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // member-1's kube-scheduler dies: a gang placed there is never looked at.
+    fed.members[0].cp.stop_scheduler();
+    tjs.create(
+        &PostParams::default(),
+        &gang_of_eight("stranded", serde_json::json!({})),
+    )
+    .await
+    .unwrap();
+    eventually(30, "stranded placed on member-1", || async {
+        let st = tjs.get("stranded").await?.status.unwrap_or_default();
+        Ok((st.cluster.as_deref() == Some("member-1")).then_some(()))
+    })
+    .await
+    .unwrap();
+    register_member(&hub, "member-2", &fed.members[1].cp, WALLET_2, "region-2")
+        .await
+        .unwrap();
+    let st = eventually(90, "stranded running on member-2", || async {
+        let st = tjs.get("stranded").await?.status.unwrap_or_default();
+        Ok(
+            (st.phase == TrainingPhase::Running && st.cluster.as_deref() == Some("member-2"))
+                .then_some(st),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(st.restarts, 1, "{st:?}");
+    let ev = fed
+        .hub
+        .kubectl()
+        .event_messages("default", "stranded", "MemberSchedulerRefused")
+        .unwrap();
+    assert!(ev.contains("never looked at the pod"), "{ev}");
+    // The withdrawn pod is gone from member-1.
+    let m1 = fed.members[0].cp.client().await.unwrap();
+    eventually(30, "stranded's pod gone from member-1", || async {
+        Ok(job_pods(&m1, "stranded").await.is_empty().then_some(()))
+    })
+    .await
+    .unwrap();
+}

@@ -136,12 +136,7 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         let registry = Registry::default();
-        let scheduler = Scheduler::new(
-            hub.clone(),
-            registry.clone(),
-            reporter.clone(),
-            metrics.clone(),
-        );
+        let scheduler = Scheduler::new(hub.clone(), reporter.clone(), metrics.clone());
         let recorder = Recorder::new(hub.clone(), reporter);
         let ctx = Context {
             recorder,
@@ -216,19 +211,8 @@ struct Sink {
 }
 
 impl Sink {
-    fn wake(&self, pod: &k8s_openapi::api::core::v1::Pod) {
-        use crate::federation::labels;
-        let Some(l) = pod.metadata.labels.as_ref() else {
-            return;
-        };
-        let (Some(kind), Some(ns), Some(name)) = (
-            l.get(labels::JOB_KIND),
-            l.get(labels::JOB_NAMESPACE),
-            l.get(labels::JOB_NAME),
-        ) else {
-            return;
-        };
-        match kind.as_str() {
+    fn wake_ref(&self, kind: &str, ns: &str, name: &str) {
+        match kind {
             "TrainingJob" => {
                 let _ = self
                     .training
@@ -241,6 +225,21 @@ impl Sink {
             }
             _ => {}
         }
+    }
+
+    fn wake(&self, pod: &k8s_openapi::api::core::v1::Pod) {
+        use crate::federation::labels;
+        let Some(l) = pod.metadata.labels.as_ref() else {
+            return;
+        };
+        let (Some(kind), Some(ns), Some(name)) = (
+            l.get(labels::JOB_KIND),
+            l.get(labels::JOB_NAMESPACE),
+            l.get(labels::JOB_NAME),
+        ) else {
+            return;
+        };
+        self.wake_ref(kind, ns, name);
     }
 }
 
@@ -259,8 +258,20 @@ impl MemberSink for Sink {
 
     fn pod(&self, member: &str, change: Change<k8s_openapi::api::core::v1::Pod>) {
         self.scheduler.pod_change(member, &change);
-        if let Change::Applied(p) | Change::Deleted(p) = &change {
-            self.wake(p);
+        match &change {
+            Change::Applied(p) | Change::Deleted(p) => self.wake(p),
+            // A list (first, or after the watch broke) may hold changes no event reported: every
+            // job with a pod there, and every job holding GPUs there (its pods may be gone),
+            // looks again.
+            Change::Listed(all) => {
+                for p in all {
+                    self.wake(p);
+                }
+                for j in self.scheduler.with_cache(|c| c.jobs_on(member)) {
+                    self.wake_ref(j.kind, &j.namespace, &j.name);
+                }
+            }
+            Change::Relisting => {}
         }
     }
 }

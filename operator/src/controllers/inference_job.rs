@@ -3,9 +3,9 @@
 //! Placement itself is the scheduler's.
 
 use super::member_io::{cleanup_job, create_objects, delete_all, delete_pods, ensure_namespace};
-use super::status::{apply_status, event, reconcile_finalized, set_condition};
+use super::status::{RESYNC, STALE_RETRY, apply_status, event, reconcile_finalized, set_condition};
 use super::{Context, Error, Result};
-use crate::api::{InferenceJob, InferencePhase, condition};
+use crate::api::{InferenceJob, InferenceJobStatus, InferencePhase, condition};
 use crate::federation::MemberView;
 use crate::rollout::{Replica, budgets, plan, revision};
 use crate::scheduler::jobs::{Placed, flatten, group};
@@ -86,160 +86,222 @@ async fn delete_replica(
     Ok(())
 }
 
-async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
-    let ns = job.namespace().unwrap_or_default();
-    let uid = job.uid().unwrap_or_default();
-    let api: Api<InferenceJob> = Api::namespaced(ctx.hub.clone(), &ns);
-    if ctx.scheduler.in_flight(&uid) {
-        // The scheduler is writing a placement for this job: roll up the version it writes.
-        return Ok(Action::requeue(Duration::from_millis(200)));
-    }
-    let before = job.status.clone().unwrap_or_default();
-    let mut st = before.clone();
-    let generation = job.metadata.generation;
-    let members = ctx.registry.snapshot().await;
-    let want = job.spec.replicas.max(0);
-    let current = revision(&job.spec);
-    let (max_surge, max_unavailable) = budgets(job.spec.rollout.as_ref(), want);
+/// Whether a placed replica stays, given its pod's phase in the member (`None`: not in the
+/// store) and whether the store is current (listed, not listing again after a broken watch).
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Keep it (running, starting, or its pod to be created).
+    Keep,
+    /// Its pod failed: delete it and place the replica again.
+    Failed,
+    /// An old revision's pod is gone (deleted by hand or evicted): not re-created.
+    Vanished,
+}
 
-    // 1. Keep placements that are still good; collect what must go.
-    let mut kept: Vec<Placed> = Vec::new();
-    let mut lost: BTreeMap<String, Vec<i32>> = BTreeMap::new();
-    let mut failed = Vec::new();
-    let mut scaled_down = Vec::new();
-    let mut vanished = Vec::new();
-    let mut refused_replicas = Vec::new();
-    let mut refusal_wait: Option<Duration> = None;
-    for mut p in flatten(&st) {
+fn verdict(revision: &str, phase: Option<&str>, store_current: bool, current: &str) -> Verdict {
+    match phase {
+        Some("Failed") => Verdict::Failed,
+        // "Not in the store" is "gone" only while the store is current: during a relist it
+        // lacks pods created since the watch broke, and such a pod may well run.
+        None if revision != current && store_current => Verdict::Vanished,
+        _ => Verdict::Keep,
+    }
+}
+
+/// Each placed replica sorted by what becomes of it.
+#[derive(Default)]
+struct Sorted {
+    kept: Vec<Placed>,
+    /// Replica indexes per member that is not ready (or was removed).
+    lost: BTreeMap<String, Vec<i32>>,
+    failed: Vec<Placed>,
+    scaled_down: Vec<Placed>,
+    vanished: Vec<Placed>,
+    /// Refused by the member's scheduler for the GPUs' or the member's sake: withdrawn.
+    refused: Vec<Placed>,
+    /// Refused for the pod's own constraints: kept, the reason reported (index, message).
+    unschedulable: Vec<(i32, String)>,
+    /// When to look again at a refusal that has not lasted long enough yet.
+    refusal_wait: Option<Duration>,
+}
+
+impl Sorted {
+    fn wait(&mut self, d: Option<Duration>) {
+        if let Some(d) = d {
+            self.refusal_wait = Some(self.refusal_wait.map_or(d, |w| w.min(d)));
+        }
+    }
+}
+
+/// Sorts the replicas of the job's status: kept, lost with their member, failed, scaled down,
+/// gone, refused by a member's scheduler.
+async fn sort_replicas(
+    job: &InferenceJob,
+    ctx: &Context,
+    members: &BTreeMap<String, MemberView>,
+    current: &str,
+) -> Sorted {
+    let want = job.spec.replicas.max(0);
+    let mut out = Sorted::default();
+    for p in flatten(&job.status.clone().unwrap_or_default()) {
         let c = p.cluster.clone();
         if p.pod.index >= want {
-            scaled_down.push(p);
+            out.scaled_down.push(p);
             continue;
         }
         if !members.contains_key(&c)
             && matches!(ctx.member_health(&c).await, super::MemberHealth::Pending)
         {
             // Not heard from since this operator started: keep the replica, decide after a heartbeat.
-            kept.push(p);
+            out.kept.push(p);
             continue;
         }
         match members.get(&c) {
-            Some(m) if m.ready => {
-                let Some(pods) = pods_in(m, &uid).filter(|_| m.reachable) else {
-                    kept.push(p);
-                    continue;
-                };
-                let name = inference_pod_name(job, p.pod.index, &p.revision);
-                let (phase, ready) = pod_state(&pods, &name, &p.pod.node);
-                p.ready = ready;
-                // A replica the member's scheduler has refused for too long is re-placed like a
-                // failed one (its GPUs kept out of placement for a while).
-                let this: Vec<&Pod> = pods
-                    .iter()
-                    .map(|q| &**q)
-                    .filter(|q| q.name_any() == name && pod_node(q) == Some(p.pod.node.as_str()))
-                    .collect();
-                let (refused, wait) = super::member_refusals(&c, &this, ctx);
-                if let Some(d) = wait {
-                    refusal_wait = Some(refusal_wait.map_or(d, |w: Duration| w.min(d)));
-                }
-                if let Some((pod, _, message)) = refused.first() {
-                    event(
-                        ctx,
-                        job,
-                        true,
-                        "MemberSchedulerRefused",
-                        "Replace",
-                        format!(
-                            "the scheduler of member {c} refused replica {} (pod {pod}) on node {} for over {}s: {message}; re-placing it",
-                            p.pod.index,
-                            p.pod.node,
-                            ctx.config.member_refusal.as_secs()
-                        ),
-                    )
-                    .await;
-                    refused_replicas.push(p);
-                } else if phase.as_deref() == Some("Failed") {
-                    failed.push(p);
-                } else if phase.is_none() && p.revision != current {
-                    // An old revision's pod is gone (deleted by hand or evicted): not re-created.
-                    vanished.push(p);
-                } else {
-                    kept.push(p);
-                }
-            }
-            _ => lost.entry(c).or_default().push(p.pod.index),
+            Some(m) if m.ready => sort_on_member(job, ctx, m, p, current, &mut out).await,
+            _ => out.lost.entry(c).or_default().push(p.pod.index),
         }
     }
-    for (c, idx) in &lost {
+    out
+}
+
+/// Sorts one replica on a ready member by its pod there.
+async fn sort_on_member(
+    job: &InferenceJob,
+    ctx: &Context,
+    m: &MemberView,
+    mut p: Placed,
+    current: &str,
+    out: &mut Sorted,
+) {
+    let uid = job.uid().unwrap_or_default();
+    let Some(pods) = pods_in(m, &uid).filter(|_| m.reachable) else {
+        out.kept.push(p);
+        return;
+    };
+    let store_current = m.watch.as_ref().is_some_and(|w| w.pods_current());
+    let name = inference_pod_name(job, p.pod.index, &p.revision);
+    let (phase, ready) = pod_state(&pods, &name, &p.pod.node);
+    p.ready = ready;
+    let this: Vec<&Pod> = pods
+        .iter()
+        .map(|q| &**q)
+        .filter(|q| q.name_any() == name && pod_node(q) == Some(p.pod.node.as_str()))
+        .collect();
+    let (refused, wait) = super::member_refusals(&m.name, &uid, &this, ctx);
+    out.wait(wait);
+    if let Some(r) = refused.first() {
+        if !r.withdraw() {
+            // No placement helps a pod its own constraints keep off every node: the replica
+            // stays (its GPUs are not to blame), the reason goes into the status.
+            out.unschedulable.push((p.pod.index, r.message.clone()));
+            out.kept.push(p);
+            return;
+        }
+        let note = format!(
+            "the scheduler of member {} refused replica {} (pod {}) on node {} for over {}s: {}; \
+             re-placing it",
+            m.name,
+            p.pod.index,
+            r.pod,
+            p.pod.node,
+            ctx.config.member_refusal.as_secs(),
+            r.message
+        );
+        event(ctx, job, true, "MemberSchedulerRefused", "Replace", note).await;
+        out.refused.push(p);
+        return;
+    }
+    match verdict(&p.revision, phase.as_deref(), store_current, current) {
+        Verdict::Failed => out.failed.push(p),
+        Verdict::Vanished => out.vanished.push(p),
+        Verdict::Keep => out.kept.push(p),
+    }
+}
+
+/// Reports the replicas of lost members and deletes the pods of the replicas that leave the
+/// placements (a vanished replica's pod too: its absence from the store is the store's word, and
+/// a replica is never dropped while its pod may still run).
+async fn withdraw(
+    job: &InferenceJob,
+    ctx: &Context,
+    members: &BTreeMap<String, MemberView>,
+    s: &Sorted,
+) -> Result<()> {
+    for (c, idx) in &s.lost {
         let (reason, why) = match ctx.member_health(c).await {
             super::MemberHealth::Removed => ("Deregistered", "was removed from the pool"),
             _ => ("MemberLost", "is not ready"),
         };
-        event(
-            ctx,
-            job,
-            true,
-            reason,
-            "Replace",
-            format!("member {c} {why}; replicas {idx:?} will be re-placed"),
-        )
-        .await;
+        let note = format!("member {c} {why}; replicas {idx:?} will be re-placed");
+        event(ctx, job, true, reason, "Replace", note).await;
     }
-    for p in &scaled_down {
-        delete_replica(&members, job, p).await?;
+    for p in s.scaled_down.iter().chain(&s.refused).chain(&s.vanished) {
+        delete_replica(members, job, p).await?;
     }
-    for p in &refused_replicas {
-        delete_replica(&members, job, p).await?;
+    for p in &s.failed {
+        delete_replica(members, job, p).await?;
+        let note = format!(
+            "replica {} on {}/{} failed; re-placing it",
+            p.pod.index, p.cluster, p.pod.node
+        );
+        event(ctx, job, true, "ReplicaFailed", "Replace", note).await;
     }
-    for p in &failed {
-        delete_replica(&members, job, p).await?;
-        event(
-            ctx,
-            job,
-            true,
-            "ReplicaFailed",
-            "Replace",
-            format!(
-                "replica {} on {}/{} failed; re-placing it",
-                p.pod.index, p.cluster, p.pod.node
-            ),
-        )
-        .await;
-    }
+    Ok(())
+}
 
-    // 2. Rollout: a changed revision starts one; Ready replacements retire old replicas, and
-    //    old replicas go within maxUnavailable. Missing and surge replicas are placed by the
-    //    scheduler, which sees this status.
-    // Rollout Events go out once the status recording the step is written, so a retried
-    // reconcile (e.g. after a write conflict) does not report a step twice.
-    let mut rollout_events: Vec<(&str, String)> = Vec::new();
-    // (An old replica found gone counts: the pass that deleted it may have lost its write.)
-    let rolling_from: BTreeSet<String> = kept
-        .iter()
-        .chain(&vanished)
-        .filter(|p| p.revision != current)
-        .map(|p| p.revision.clone())
-        .collect();
-    if st.revision.as_deref() != Some(current.as_str()) {
-        if !rolling_from.is_empty() {
-            rollout_events.push((
+/// The rollout's step in this reconcile.
+struct RolloutStep {
+    /// Old revisions still placed (or found gone).
+    rolling_from: BTreeSet<String>,
+    /// Old replicas deleted now.
+    retired: Vec<Placed>,
+    /// Events to publish once the status recording the step is written (a retried reconcile
+    /// does not report a step twice).
+    events: Vec<(&'static str, String)>,
+}
+
+/// Rollout: a changed revision starts one; Ready replacements retire old replicas, and old
+/// replicas go within maxUnavailable. Missing and surge replicas are placed by the scheduler,
+/// which sees this status.
+async fn rollout(
+    job: &InferenceJob,
+    ctx: &Context,
+    members: &BTreeMap<String, MemberView>,
+    st: &mut InferenceJobStatus,
+    s: &mut Sorted,
+    current: &str,
+) -> Result<RolloutStep> {
+    let want = job.spec.replicas.max(0);
+    let (max_surge, max_unavailable) = budgets(job.spec.rollout.as_ref(), want);
+    let mut out = RolloutStep {
+        // (An old replica found gone counts: the pass that deleted it may have lost its write.)
+        rolling_from: s
+            .kept
+            .iter()
+            .chain(&s.vanished)
+            .filter(|p| p.revision != current)
+            .map(|p| p.revision.clone())
+            .collect(),
+        retired: Vec::new(),
+        events: Vec::new(),
+    };
+    if st.revision.as_deref() != Some(current) {
+        if !out.rolling_from.is_empty() {
+            let from = out.rolling_from.iter().cloned().collect::<Vec<_>>();
+            out.events.push((
                 "RolloutStarted",
                 format!(
-                    "rolling {} replicas from revision {} to {current} (maxSurge {max_surge}, \
-                     maxUnavailable {max_unavailable})",
-                    want,
-                    rolling_from.iter().cloned().collect::<Vec<_>>().join(",")
+                    "rolling {want} replicas from revision {} to {current} (maxSurge \
+                     {max_surge}, maxUnavailable {max_unavailable})",
+                    from.join(",")
                 ),
             ));
         }
-        st.revision = Some(current.clone());
+        st.revision = Some(current.to_string());
     }
-    // An old replica whose pod is gone is out of the rollout too (reported after its start):
-    // deleted by an earlier pass whose status write lost a conflict (its Event was not sent
-    // then), by hand, or evicted.
-    for p in &vanished {
-        rollout_events.push((
+    // An old replica whose pod is gone is out of the rollout too (reported after its start).
+    for p in &s.vanished {
+        out.events.push((
             "ReplicaReplaced",
             format!(
                 "replica {} (revision {}) on {}/{} is gone; not re-created on its old revision",
@@ -247,60 +309,66 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
             ),
         ));
     }
-    let replicas: Vec<Replica> = kept.iter().map(Placed::replica).collect();
-    let step = plan(want, &current, &replicas, max_surge, max_unavailable);
-    let writing = ctx.scheduler.in_flight(&uid);
-    let mut retired = Vec::new();
-    if !writing {
-        for (index, rev) in &step.delete {
-            let Some(pos) = kept
-                .iter()
-                .position(|p| p.pod.index == *index && &p.revision == rev)
-            else {
-                continue;
-            };
-            let p = &kept[pos];
-            if members.get(&p.cluster).is_none_or(|m| !m.reachable) {
-                continue;
-            }
-            delete_replica(&members, job, p).await?;
-            let p = kept.remove(pos);
-            let another_old = kept
-                .iter()
-                .any(|o| o.pod.index == *index && o.revision != current);
-            let why = if step.replaced.contains(index) {
-                format!("its replacement (revision {current}) is Ready")
-            } else if !p.ready {
-                "it was not Ready".to_string()
-            } else if another_old {
-                "another old replica of this index keeps serving until its replacement is Ready"
-                    .to_string()
-            } else {
-                format!("within maxUnavailable {max_unavailable}")
-            };
-            rollout_events.push((
-                "ReplicaReplaced",
-                format!(
-                    "replica {index} (revision {rev}) on {}/{} deleted: {why}",
-                    p.cluster, p.pod.node
-                ),
-            ));
-            retired.push(p);
+    let replicas: Vec<Replica> = s.kept.iter().map(Placed::replica).collect();
+    let step = plan(want, current, &replicas, max_surge, max_unavailable);
+    if ctx.scheduler.in_flight(&job.uid().unwrap_or_default()) {
+        return Ok(out);
+    }
+    for (index, rev) in &step.delete {
+        let Some(pos) = s
+            .kept
+            .iter()
+            .position(|p| p.pod.index == *index && &p.revision == rev)
+        else {
+            continue;
+        };
+        if members
+            .get(&s.kept[pos].cluster)
+            .is_none_or(|m| !m.reachable)
+        {
+            continue;
         }
+        delete_replica(members, job, &s.kept[pos]).await?;
+        let p = s.kept.remove(pos);
+        let another_old = s
+            .kept
+            .iter()
+            .any(|o| o.pod.index == *index && o.revision != current);
+        let why = if step.replaced.contains(index) {
+            format!("its replacement (revision {current}) is Ready")
+        } else if !p.ready {
+            "it was not Ready".to_string()
+        } else if another_old {
+            "another old replica of this index keeps serving until its replacement is Ready"
+                .to_string()
+        } else {
+            format!("within maxUnavailable {max_unavailable}")
+        };
+        out.events.push((
+            "ReplicaReplaced",
+            format!(
+                "replica {index} (revision {rev}) on {}/{} deleted: {why}",
+                p.cluster, p.pod.node
+            ),
+        ));
+        out.retired.push(p);
     }
-    let changed_placements = !lost.is_empty()
-        || !scaled_down.is_empty()
-        || !failed.is_empty()
-        || !refused_replicas.is_empty()
-        || !vanished.is_empty()
-        || !retired.is_empty();
-    if changed_placements {
-        st.placements = group(&kept);
-    }
+    Ok(out)
+}
 
-    // 3. Create what is missing in each member (unless the scheduler is creating it now).
-    let mut endpoints = Vec::new();
-    for p in &kept {
+/// Creates in each member the pods of kept replicas of the current revision that are missing
+/// there. The job's controller is the only creator of member objects: the scheduler only
+/// records placements, which wake this reconcile.
+async fn create_missing(
+    job: &InferenceJob,
+    ctx: &Context,
+    members: &BTreeMap<String, MemberView>,
+    kept: &[Placed],
+    current: &str,
+) -> Result<()> {
+    let ns = job.namespace().unwrap_or_default();
+    let uid = job.uid().unwrap_or_default();
+    for p in kept.iter().filter(|p| p.revision == current) {
         let c = &p.cluster;
         let Some(m) = members.get(c) else { continue };
         let Some(client) = m.client.clone().filter(|_| m.reachable) else {
@@ -310,44 +378,63 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
             continue;
         };
         let name = inference_pod_name(job, p.pod.index, &p.revision);
-        let (phase, _) = pod_state(&pods, &name, &p.pod.node);
-        if phase.is_none() && !writing && p.revision == current {
-            let mut pl = p.pod.clone();
-            pl.model = ctx
-                .scheduler
-                .with_cache(|cache| cache.model_of(c, &p.pod.node))
-                .unwrap_or_default();
-            ensure_namespace(&client, c, &ns).await?;
-            let objects = inference_objects(job, std::slice::from_ref(&pl), m.binding_mode());
-            create_objects(ctx, &client, c, &objects).await?;
+        if pod_state(&pods, &name, &p.pod.node).0.is_some() {
+            continue;
         }
+        let mut pl = p.pod.clone();
+        pl.model = ctx
+            .scheduler
+            .with_cache(|cache| cache.model_of(c, &p.pod.node))
+            .unwrap_or_default();
+        ensure_namespace(ctx, &client, c, &ns).await?;
+        let objects = inference_objects(job, std::slice::from_ref(&pl), m.binding_mode());
+        create_objects(ctx, &client, c, &objects).await?;
     }
-    for c in kept.iter().map(|p| &p.cluster).collect::<BTreeSet<_>>() {
-        let member_ns = crate::tenant::namespace_name(&ns);
-        endpoints.push(format!(
-            "{c}/{member_ns}/{}:{}",
-            job.name_any(),
-            job.spec.port
-        ));
-    }
-    // Services in members that no longer hold replicas.
-    let holding: BTreeSet<&String> = kept.iter().map(|p| &p.cluster).collect();
-    if !writing {
-        for (c, m) in &members {
-            if holding.contains(c) || !m.reachable {
-                continue;
-            }
-            let has_any = pods_in(m, &uid).is_some_and(|p| !p.is_empty());
-            if has_any && let Some(cl) = &m.client {
-                delete_all(cl, c, &ns, &uid).await?;
-            }
-        }
-    }
+    Ok(())
+}
 
-    // 4. Roll-up.
+/// Deletes the job's Services (and any pod left) in reachable members that hold no replica.
+async fn delete_elsewhere(
+    job: &InferenceJob,
+    ctx: &Context,
+    members: &BTreeMap<String, MemberView>,
+    kept: &[Placed],
+) -> Result<()> {
+    let uid = job.uid().unwrap_or_default();
+    if ctx.scheduler.in_flight(&uid) {
+        return Ok(());
+    }
+    let ns = job.namespace().unwrap_or_default();
+    let holding: BTreeSet<&String> = kept.iter().map(|p| &p.cluster).collect();
+    for (c, m) in members {
+        if holding.contains(c) || !m.reachable {
+            continue;
+        }
+        let has_any = pods_in(m, &uid).is_some_and(|p| !p.is_empty());
+        if has_any && let Some(cl) = &m.client {
+            delete_all(cl, c, &ns, &uid).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Rolls the kept replicas up into the status: placements, readiness, endpoints, phase and
+/// conditions. Returns the rollout events this adds (completion).
+fn roll_up(
+    job: &InferenceJob,
+    before: &InferenceJobStatus,
+    st: &mut InferenceJobStatus,
+    kept: &[Placed],
+    rolling_from: &BTreeSet<String>,
+    unschedulable: &[(i32, String)],
+) -> Vec<(&'static str, String)> {
+    let want = job.spec.replicas.max(0);
+    let current = revision(&job.spec);
+    let generation = job.metadata.generation;
+    let (max_surge, max_unavailable) = budgets(job.spec.rollout.as_ref(), want);
     let replicas: Vec<Replica> = kept.iter().map(Placed::replica).collect();
     let now = plan(want, &current, &replicas, max_surge, max_unavailable);
-    st.placements = group(&kept);
+    st.placements = group(kept);
     // What left the placements stays metered up to now (and no longer).
     st.retire_replicas(
         &before.placements,
@@ -356,34 +443,40 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
     );
     st.ready_replicas = kept.iter().filter(|p| p.ready).count() as i32;
     st.updated_replicas = now.updated;
-    st.endpoints = endpoints;
+    let ns = crate::tenant::namespace_name(&job.namespace().unwrap_or_default());
+    st.endpoints = kept
+        .iter()
+        .map(|p| &p.cluster)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(|c| format!("{c}/{ns}/{}:{}", job.name_any(), job.spec.port))
+        .collect();
     let clusters: Vec<String> = st.placements.iter().map(|p| p.cluster.clone()).collect();
     st.clusters = (!clusters.is_empty()).then(|| clusters.join(","));
     let available = now.available;
-    st.phase = if want == 0 {
-        InferencePhase::Running
-    } else if kept.is_empty() {
-        InferencePhase::Pending
-    } else if available == want {
-        InferencePhase::Running
-    } else if available < want
-        && (before.phase == InferencePhase::Running || before.phase == InferencePhase::Degraded)
-        || (kept.len() as i32) < want
-    {
-        InferencePhase::Degraded
-    } else {
-        InferencePhase::Scheduled
+    st.phase = phase(want, kept.len() as i32, available, &before.phase);
+    let (reason, msg) = match unschedulable.first() {
+        Some((index, why)) if available < want => (
+            "ReplicaUnschedulable",
+            format!(
+                "{available}/{want} replicas ready; replica {index} cannot be scheduled for its \
+                 own constraints: {why}"
+            ),
+        ),
+        _ if available == want => (
+            "AllReplicasReady",
+            format!("{available}/{want} replicas ready"),
+        ),
+        _ => (
+            "ReplicasNotReady",
+            format!("{available}/{want} replicas ready"),
+        ),
     };
-    let msg = format!("{available}/{want} replicas ready");
     set_condition(
         &mut st.conditions,
         condition::READY,
         available == want,
-        if available == want {
-            "AllReplicasReady"
-        } else {
-            "ReplicasNotReady"
-        },
+        reason,
         &msg,
         generation,
     );
@@ -392,6 +485,7 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
         .iter()
         .any(|c| c.type_ == condition::PROGRESSING && c.reason == "RollingUpdate");
     let rolling = !rolling_from.is_empty() || (was_rolling && !now.complete);
+    let mut events = Vec::new();
     if now.complete {
         set_condition(
             &mut st.conditions,
@@ -402,7 +496,7 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
             generation,
         );
         if was_rolling {
-            rollout_events.push((
+            events.push((
                 "RolloutComplete",
                 format!("all {want} replicas run revision {current} and are Ready"),
             ));
@@ -426,14 +520,95 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
             generation,
         );
     }
-    if st != before {
-        apply_status(&api, job, &st).await?;
+    events
+}
+
+/// The job's phase from its wanted, placed and available replicas.
+fn phase(want: i32, placed: i32, available: i32, before: &InferencePhase) -> InferencePhase {
+    let was_up = matches!(before, InferencePhase::Running | InferencePhase::Degraded);
+    if want == 0 || (placed > 0 && available == want) {
+        InferencePhase::Running
+    } else if placed == 0 {
+        InferencePhase::Pending
+    } else if (available < want && was_up) || placed < want {
+        InferencePhase::Degraded
+    } else {
+        InferencePhase::Scheduled
     }
-    for (reason, note) in rollout_events {
+}
+
+async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
+    let uid = job.uid().unwrap_or_default();
+    if ctx.scheduler.in_flight(&uid) {
+        // The scheduler is writing a placement for this job: roll up the version it writes.
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
+    if ctx
+        .scheduler
+        .stale_view(&uid, job.resource_version().as_deref())
+    {
+        // Older than a status the operator wrote (a withdrawn replica, a placement): acting on
+        // it would bring back what that write removed. The watch delivers the newer version.
+        return Ok(Action::requeue(STALE_RETRY));
+    }
+    let before = job.status.clone().unwrap_or_default();
+    let mut st = before.clone();
+    let members = ctx.registry.snapshot().await;
+    let current = revision(&job.spec);
+
+    let mut sorted = sort_replicas(job, ctx, &members, &current).await;
+    withdraw(job, ctx, &members, &sorted).await?;
+    let step = rollout(job, ctx, &members, &mut st, &mut sorted, &current).await?;
+    create_missing(job, ctx, &members, &sorted.kept, &current).await?;
+    delete_elsewhere(job, ctx, &members, &sorted.kept).await?;
+    let done = roll_up(
+        job,
+        &before,
+        &mut st,
+        &sorted.kept,
+        &step.rolling_from,
+        &sorted.unschedulable,
+    );
+    if st != before {
+        let api: Api<InferenceJob> =
+            Api::namespaced(ctx.hub.clone(), &job.namespace().unwrap_or_default());
+        apply_status(ctx, &api, job, &st).await?;
+    }
+    for (reason, note) in step.events.into_iter().chain(done) {
         event(ctx, job, false, reason, "Rollout", note).await;
     }
-    // Pod changes, member readiness and placements wake the job; nothing to poll.
-    // Pod changes, member readiness and placements wake the job; only a refusal by a member's
-    // scheduler that has not lasted long enough yet needs a timer.
-    Ok(refusal_wait.map_or_else(Action::await_change, Action::requeue))
+    // Pod changes, member readiness and placements wake the job; a refusal by a member's
+    // scheduler that has not lasted long enough yet needs a timer, and every job is looked at
+    // again after [`RESYNC`] whatever happens.
+    Ok(Action::requeue(
+        sorted.refusal_wait.map_or(RESYNC, |d| d.min(RESYNC)),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_old_replica_missing_from_a_relisting_store_is_kept() {
+        // The store is current: an old revision's pod not in it is gone.
+        assert_eq!(verdict("r1", None, true, "r2"), Verdict::Vanished);
+        // The watch lists again (the store lacks pods created since it broke): unknown, kept.
+        assert_eq!(verdict("r1", None, false, "r2"), Verdict::Keep);
+        // The current revision's missing pod is created again, never dropped.
+        assert_eq!(verdict("r2", None, true, "r2"), Verdict::Keep);
+        assert_eq!(verdict("r1", Some("Failed"), false, "r2"), Verdict::Failed);
+        assert_eq!(verdict("r1", Some("Running"), true, "r2"), Verdict::Keep);
+    }
+
+    #[test]
+    fn the_phase_follows_placed_and_available_replicas() {
+        use InferencePhase::*;
+        assert_eq!(phase(0, 0, 0, &Pending), Running);
+        assert_eq!(phase(2, 0, 0, &Running), Pending);
+        assert_eq!(phase(2, 2, 2, &Scheduled), Running);
+        assert_eq!(phase(2, 2, 1, &Running), Degraded);
+        assert_eq!(phase(2, 1, 1, &Scheduled), Degraded);
+        assert_eq!(phase(2, 2, 1, &Scheduled), Scheduled);
+    }
 }

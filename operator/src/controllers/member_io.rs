@@ -12,9 +12,20 @@ use kube::{Resource, ResourceExt};
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 
-/// Makes sure the tenant namespace of hub namespace `ns` exists in the member.
-pub async fn ensure_namespace(link: &MemberLink, cluster: &str, ns: &str) -> Result<()> {
-    link.ensure_namespace(ns).await.member(cluster)
+/// Makes sure the tenant namespace of hub namespace `ns` exists in the member (once per member
+/// and namespace while the member stays registered).
+pub async fn ensure_namespace(
+    ctx: &Context,
+    link: &MemberLink,
+    cluster: &str,
+    ns: &str,
+) -> Result<()> {
+    if ctx.scheduler.namespace_known(cluster, ns) {
+        return Ok(());
+    }
+    link.ensure_namespace(ns).await.member(cluster)?;
+    ctx.scheduler.note_namespace(cluster, ns);
+    Ok(())
 }
 
 /// Creates a job's Services and pods (with their claims, and copies of the hub Secrets and

@@ -12,7 +12,16 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Every running job is reconciled again after this long, whatever happens (kube-scheduler
+/// flushes pods unschedulable for 5 minutes back the same way): a missed or wrongly filtered
+/// wake-up never leaves a job's state stale for longer.
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// A reconcile that found its view of the job older than a status the operator wrote looks
+/// again after this long, if the watch has not delivered the newer version first.
+pub const STALE_RETRY: Duration = Duration::from_secs(1);
 
 /// Now, as a Kubernetes `Time`.
 pub fn now() -> Time {
@@ -23,14 +32,17 @@ pub use crate::scheduler::jobs::set_condition;
 
 /// Server-side-applies `status` onto `obj` under the operator's field manager, only if `obj` is
 /// still the newest version (a roll-up computed from an older view never overwrites a placement
-/// the scheduler wrote meanwhile; the conflict requeues the reconcile at once).
-pub async fn apply_status<K, S>(api: &Api<K>, obj: &K, status: &S) -> Result<()>
+/// the scheduler wrote meanwhile; the conflict requeues the reconcile at once). Once written,
+/// the version it replaced is stale ([`crate::scheduler::Scheduler::stale_view`]).
+pub async fn apply_status<K, S>(ctx: &Context, api: &Api<K>, obj: &K, status: &S) -> Result<()>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
     S: Serialize,
 {
-    crate::scheduler::writes::apply_status(api, obj, obj.resource_version().as_deref(), status)
-        .await?;
+    let rv = obj.resource_version();
+    crate::scheduler::writes::apply_status(api, obj, rv.as_deref(), status).await?;
+    ctx.scheduler
+        .wrote_over(&obj.uid().unwrap_or_default(), rv.as_deref());
     Ok(())
 }
 

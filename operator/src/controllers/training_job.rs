@@ -2,7 +2,9 @@
 //! pod watch. Placement itself is the scheduler's.
 
 use super::member_io::{cleanup_job, create_objects, delete_pods, ensure_namespace};
-use super::status::{apply_status, event, now, reconcile_finalized, set_condition};
+use super::status::{
+    RESYNC, STALE_RETRY, apply_status, event, now, reconcile_finalized, set_condition,
+};
 use super::{Context, Error, Result};
 use crate::api::{TrainingJob, TrainingJobStatus, TrainingPhase, condition};
 use crate::federation::labels;
@@ -85,6 +87,14 @@ async fn apply(job: &TrainingJob, ctx: &Context) -> Result<Action> {
     if matches!(st.phase, TrainingPhase::Succeeded | TrainingPhase::Failed) {
         return Ok(Action::await_change());
     }
+    // A view older than a status this operator wrote (e.g. its own `restarts + 1`): acting on it
+    // would bring back what that write replaced. The watch delivers the newer version.
+    if ctx.scheduler.stale_view(
+        &job.uid().unwrap_or_default(),
+        job.resource_version().as_deref(),
+    ) {
+        return Ok(Action::requeue(STALE_RETRY));
+    }
     // Not placed yet (or being restarted): the scheduler places the gang and writes the status.
     if st.cluster.is_none() || st.workers.is_empty() {
         return Ok(Action::await_change());
@@ -92,34 +102,152 @@ async fn apply(job: &TrainingJob, ctx: &Context) -> Result<Action> {
     run_placed(job, st, ctx).await
 }
 
+/// The gang's generation of a member pod (its `gpupool.io/generation` label).
+fn pod_generation(p: &Pod) -> Option<i32> {
+    p.labels().get(labels::GENERATION)?.parse().ok()
+}
+
+/// Counts of a gang's workers by their pods' phases.
+#[derive(Debug, Default, PartialEq)]
+struct Workers {
+    /// Workers.
+    n: usize,
+    /// Rank of a failed worker.
+    failed: Option<i32>,
+    /// Succeeded.
+    succeeded: usize,
+    /// Running or succeeded.
+    started: usize,
+}
+
+/// Records in `st` the phase of each worker's pod of generation `generation` among `pods`.
+fn observe_workers(st: &mut TrainingJobStatus, pods: &[&Pod], generation: i32) -> Workers {
+    let phase_of = |rank: i32| -> Option<String> {
+        pods.iter()
+            .filter(|p| pod_generation(p) == Some(generation))
+            .find(|p| p.labels().get(labels::INDEX).and_then(|i| i.parse().ok()) == Some(rank))
+            .and_then(|p| p.status.as_ref()?.phase.clone())
+    };
+    for w in st.workers.iter_mut() {
+        w.pod_phase = phase_of(w.rank);
+    }
+    let phase = |w: &&crate::api::WorkerPlacement, p: &[&str]| {
+        w.pod_phase.as_deref().is_some_and(|x| p.contains(&x))
+    };
+    st.running_workers = st.workers.iter().filter(|w| phase(w, &["Running"])).count() as i32;
+    Workers {
+        n: st.workers.len(),
+        failed: st
+            .workers
+            .iter()
+            .find(|w| phase(w, &["Failed"]))
+            .map(|w| w.rank),
+        succeeded: st
+            .workers
+            .iter()
+            .filter(|w| phase(w, &["Succeeded"]))
+            .count(),
+        started: st
+            .workers
+            .iter()
+            .filter(|w| phase(w, &["Running", "Succeeded"]))
+            .count(),
+    }
+}
+
+/// Whether worker pods of generation `generation` may be created beside `pods` (the job's pods
+/// in the member): not when a pod of a later generation exists there — the view of the job is
+/// older than a restart already written and acted on.
+fn may_create(pods: &[&Pod], generation: i32) -> bool {
+    pods.iter()
+        .all(|p| pod_generation(p).is_none_or(|g| g <= generation))
+}
+
+/// Creates the worker pods of the recorded placement (generation `status.restarts`) that are
+/// missing in the member. The job's controller is the only creator of member objects: the
+/// scheduler only records the placement, which wakes this reconcile.
+async fn create_missing(
+    job: &TrainingJob,
+    st: &TrainingJobStatus,
+    ctx: &Context,
+    member: &crate::federation::MemberView,
+    pods: &[&Pod],
+) -> Result<()> {
+    let generation = st.restarts;
+    let missing = st.workers.iter().any(|w| {
+        let name = crate::workloads::training_pod_name(job, generation, w.rank);
+        !pods
+            .iter()
+            .any(|p| p.metadata.name.as_deref() == Some(name.as_str()))
+    });
+    if !missing || !may_create(pods, generation) {
+        return Ok(());
+    }
+    let (Some(client), cluster) = (member.client.clone(), member.name.as_str()) else {
+        return Ok(());
+    };
+    let ns = job.namespace().unwrap_or_default();
+    // The store keeps a running gang without its pod template (see `elide_template`): a worker
+    // pod to create again needs the whole object.
+    let full;
+    let job = if template_elided(job) {
+        let api: Api<TrainingJob> = Api::namespaced(ctx.hub.clone(), &ns);
+        full = api.get(&job.name_any()).await?;
+        &full
+    } else {
+        job
+    };
+    let mut want = training_objects(
+        job,
+        generation,
+        &placements(st, ctx, cluster),
+        member.binding_mode(),
+    );
+    want.pods.retain(|w| {
+        !pods
+            .iter()
+            .any(|p| p.metadata.name == w.pod.metadata.name && p.namespace() == w.pod.namespace())
+    });
+    if want.pods.is_empty() {
+        return Ok(());
+    }
+    ensure_namespace(ctx, &client, cluster, &ns).await?;
+    let created = create_objects(ctx, &client, cluster, &want).await?;
+    if created > 0 {
+        tracing::info!(job = %job.name_any(), cluster, created, "created worker pods");
+    }
+    Ok(())
+}
+
+/// The member a placed gang runs on, ready; otherwise what to do instead (wait for its first
+/// heartbeat, or restart the gang elsewhere).
+async fn ready_member(
+    job: &TrainingJob,
+    st: &TrainingJobStatus,
+    ctx: &Context,
+) -> Result<std::result::Result<crate::federation::MemberView, Action>> {
+    let cluster = st.cluster.clone().unwrap_or_default();
+    let (reason, why) = match ctx.member_health(&cluster).await {
+        super::MemberHealth::Ready(m) => return Ok(Ok(*m)),
+        super::MemberHealth::Pending => return Ok(Err(Action::requeue(ctx.config.heartbeat))),
+        super::MemberHealth::Lost => ("MemberLost", format!("member {cluster} is not ready")),
+        super::MemberHealth::Removed => (
+            "Deregistered",
+            format!("member {cluster} was removed from the pool"),
+        ),
+    };
+    restart_gang(job, st.clone(), ctx, reason, why)
+        .await
+        .map(Err)
+}
+
 async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context) -> Result<Action> {
     let ns = job.namespace().unwrap_or_default();
     let uid = job.uid().unwrap_or_default();
-    let api: Api<TrainingJob> = Api::namespaced(ctx.hub.clone(), &ns);
     let cluster = st.cluster.clone().unwrap_or_default();
-    let member = match ctx.member_health(&cluster).await {
-        super::MemberHealth::Ready(m) => m,
-        super::MemberHealth::Pending => return Ok(Action::requeue(ctx.config.heartbeat)),
-        super::MemberHealth::Lost => {
-            return restart_gang(
-                job,
-                st,
-                ctx,
-                "MemberLost",
-                format!("member {cluster} is not ready"),
-            )
-            .await;
-        }
-        super::MemberHealth::Removed => {
-            return restart_gang(
-                job,
-                st,
-                ctx,
-                "Deregistered",
-                format!("member {cluster} was removed from the pool"),
-            )
-            .await;
-        }
+    let member = match ready_member(job, &st, ctx).await? {
+        Ok(m) => m,
+        Err(next) => return Ok(next),
     };
     let (Some(client), Some(watch)) = (
         member.client.clone().filter(|_| member.reachable),
@@ -128,237 +256,183 @@ async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context)
         // Within the grace period, or the member's pods are not listed yet: look again soon.
         return Ok(Action::requeue(ctx.config.heartbeat));
     };
+    let all = watch.pods_of(&uid);
+    let pods: Vec<&Pod> = all.iter().map(|p| &**p).collect();
+    create_missing(job, &st, ctx, &member, &pods).await?;
     let generation = st.restarts;
-    let pods = watch.pods_of(&uid);
-
-    // Create what is missing (idempotent), unless the scheduler is creating it right now.
-    let missing = st.workers.iter().any(|w| {
-        let name = crate::workloads::training_pod_name(job, generation, w.rank);
-        !pods
-            .iter()
-            .any(|p| p.metadata.name.as_deref() == Some(name.as_str()))
-    });
-    if missing && !ctx.scheduler.in_flight(&uid) {
-        // The store keeps a running gang without its pod template (see `elide_template`): a
-        // worker pod to create again needs the whole object.
-        let full;
-        let job = if template_elided(job) {
-            full = api.get(&job.name_any()).await?;
-            &full
-        } else {
-            job
-        };
-        let mut want = training_objects(
-            job,
-            generation,
-            &placements(&st, ctx, &cluster),
-            member.binding_mode(),
-        );
-        want.pods.retain(|w| {
-            !pods.iter().any(|p| {
-                p.metadata.name == w.pod.metadata.name && p.namespace() == w.pod.namespace()
-            })
-        });
-        if !want.pods.is_empty() {
-            ensure_namespace(&client, &cluster, &ns).await?;
-            let created = create_objects(ctx, &client, &cluster, &want).await?;
-            if created > 0 {
-                tracing::info!(job = %job.name_any(), cluster, created, "created worker pods");
-            }
-        }
-    }
-
-    // Observe this generation's pods.
+    let workers = observe_workers(&mut st, &pods, generation);
     let mine: Vec<&Pod> = pods
         .iter()
-        .map(|p| &**p)
-        .filter(|p| {
-            p.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(labels::GENERATION))
-                .and_then(|g| g.parse::<i32>().ok())
-                == Some(generation)
-        })
+        .copied()
+        .filter(|p| pod_generation(p) == Some(generation))
         .collect();
-    let phase_of = |rank: i32| -> Option<String> {
-        mine.iter()
-            .find(|p| {
-                p.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(labels::INDEX))
-                    .and_then(|i| i.parse::<i32>().ok())
-                    == Some(rank)
-            })
-            .and_then(|p| p.status.as_ref()?.phase.clone())
-    };
-    for w in st.workers.iter_mut() {
-        w.pod_phase = phase_of(w.rank);
-    }
-    let n = st.workers.len();
-    let failed = st
-        .workers
-        .iter()
-        .find(|w| w.pod_phase.as_deref() == Some("Failed"))
-        .map(|w| w.rank);
-    let succeeded = st
-        .workers
-        .iter()
-        .filter(|w| w.pod_phase.as_deref() == Some("Succeeded"))
-        .count();
-    let running = st
-        .workers
-        .iter()
-        .filter(|w| matches!(w.pod_phase.as_deref(), Some("Running") | Some("Succeeded")))
-        .count();
-    st.running_workers = st
-        .workers
-        .iter()
-        .filter(|w| w.pod_phase.as_deref() == Some("Running"))
-        .count() as i32;
-    let generation_meta = job.metadata.generation;
 
-    // Workers the member's scheduler has refused for too long (e.g. a claim for GPUs something
-    // else took): the gang cannot start there. Their GPUs stay out of placement for a while, the
-    // whole gang is withdrawn and placed again.
-    let (refused, refusal_wait) = super::member_refusals(&cluster, &mine, ctx);
-    if let Some((pod, node, message)) = refused.first() {
+    // Workers the member's scheduler has refused (or never looked at) for too long: the gang
+    // cannot start there. Blamed on the GPUs or the member, the whole gang is withdrawn and
+    // placed again; blamed on the pod's own constraints, the job fails (no placement helps).
+    let (refused, refusal_wait) = super::member_refusals(&cluster, &uid, &mine, ctx);
+    if let Some(r) = refused.first() {
         delete_pods(&client, &cluster, &ns, &uid, |_| true).await?;
         let why = format!(
-            "the scheduler of member {cluster} refused worker pod {pod} on node {node} for over {}s: {message}",
-            ctx.config.member_refusal.as_secs()
+            "the scheduler of member {cluster} refused worker pod {} on node {} for over {}s: {}",
+            r.pod,
+            r.node,
+            ctx.config.member_refusal.as_secs(),
+            r.message
         );
+        if !r.withdraw() {
+            return fail(job, st, ctx, "PodUnschedulable", why).await;
+        }
         return restart_gang(job, st, ctx, "MemberSchedulerRefused", why).await;
     }
-    if let Some(rank) = failed {
+    if let Some(rank) = workers.failed {
         delete_pods(&client, &cluster, &ns, &uid, |_| true).await?;
-        return restart_gang(
-            job,
-            st,
-            ctx,
-            "WorkerFailed",
-            format!("worker rank {rank} failed on member {cluster}"),
-        )
-        .await;
+        let why = format!("worker rank {rank} failed on member {cluster}");
+        return restart_gang(job, st, ctx, "WorkerFailed", why).await;
     }
-    let mut deadline = None;
-    if let (Some(max), Some(start)) = (job.spec.max_runtime_seconds, st.start_time.as_ref()) {
-        let ran = k8s_openapi::jiff::Timestamp::now()
-            .duration_since(start.0)
-            .as_secs();
-        if ran > max && succeeded < n {
+    let deadline = match runtime_left(job, &st, &workers) {
+        Ok(left) => left,
+        Err(why) => {
             delete_pods(&client, &cluster, &ns, &uid, |_| true).await?;
             st.running_workers = 0;
-            st.phase = TrainingPhase::Failed;
-            st.completion_time = Some(now());
-            st.message = Some(format!("ran {ran}s, over maxRuntimeSeconds {max}"));
-            set_condition(
-                &mut st.conditions,
-                condition::FAILED,
-                true,
-                "DeadlineExceeded",
-                st.message.as_deref().unwrap_or(""),
-                generation_meta,
-            );
-            apply_status(&api, job, &st).await?;
-            event(
-                ctx,
-                job,
-                true,
-                "Failed",
-                "Run",
-                st.message.clone().unwrap_or_default(),
-            )
-            .await;
-            return Ok(Action::await_change());
+            return fail(job, st, ctx, "DeadlineExceeded", why).await;
         }
-        deadline = Some(Duration::from_secs((max - ran).max(0) as u64 + 1));
+    };
+    let phase = roll_up(job, &mut st, &workers, &cluster);
+    write_roll_up(job, &st, ctx).await?;
+    if phase == TrainingPhase::Succeeded {
+        return Ok(Action::await_change());
     }
-    let before = job.status.clone().unwrap_or_default();
-    if n > 0 && succeeded == n {
+    // Pod changes and member readiness wake the job; a runtime limit and a refusal that has not
+    // lasted long enough yet need a timer, and every running job is looked at again after
+    // [`RESYNC`] whatever happens (a missed wake-up never leaves it stale for longer).
+    let next = [refusal_wait, deadline]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(RESYNC);
+    Ok(Action::requeue(next.min(RESYNC)))
+}
+
+/// Time left under `maxRuntimeSeconds` (a second past it, so the next look finds it over), or
+/// why the gang ran too long.
+fn runtime_left(
+    job: &TrainingJob,
+    st: &TrainingJobStatus,
+    workers: &Workers,
+) -> std::result::Result<Option<Duration>, String> {
+    let (Some(max), Some(start)) = (job.spec.max_runtime_seconds, st.start_time.as_ref()) else {
+        return Ok(None);
+    };
+    let ran = k8s_openapi::jiff::Timestamp::now()
+        .duration_since(start.0)
+        .as_secs();
+    if ran > max && workers.succeeded < workers.n {
+        return Err(format!("ran {ran}s, over maxRuntimeSeconds {max}"));
+    }
+    Ok(Some(Duration::from_secs((max - ran).max(0) as u64 + 1)))
+}
+
+/// The gang's phase from its workers' pods (Succeeded, Running or still Scheduled), with its
+/// conditions and message.
+fn roll_up(
+    job: &TrainingJob,
+    st: &mut TrainingJobStatus,
+    w: &Workers,
+    cluster: &str,
+) -> TrainingPhase {
+    let generation = job.metadata.generation;
+    let n = w.n;
+    if n > 0 && w.succeeded == n {
         st.phase = TrainingPhase::Succeeded;
         st.completion_time = Some(now());
-        st.message = Some(format!("all {n} workers succeeded on {cluster}"));
+        let msg = format!("all {n} workers succeeded on {cluster}");
         set_condition(
             &mut st.conditions,
             condition::RUNNING,
             false,
             "Completed",
             "workers finished",
-            generation_meta,
+            generation,
         );
         set_condition(
             &mut st.conditions,
             condition::COMPLETE,
             true,
             "AllWorkersSucceeded",
-            st.message.as_deref().unwrap_or(""),
-            generation_meta,
+            &msg,
+            generation,
         );
-    } else if n > 0 && running == n {
+        st.message = Some(msg);
+    } else if n > 0 && w.started == n {
         if st.phase != TrainingPhase::Running {
-            st.start_time = st.start_time.or_else(|| Some(now()));
+            st.start_time = st.start_time.clone().or_else(|| Some(now()));
         }
         st.phase = TrainingPhase::Running;
-        st.message = Some(format!("{n} workers running on {cluster}"));
+        let msg = format!("{n} workers running on {cluster}");
         set_condition(
             &mut st.conditions,
             condition::RUNNING,
             true,
             "AllWorkersRunning",
-            st.message.as_deref().unwrap_or(""),
-            generation_meta,
+            &msg,
+            generation,
         );
+        st.message = Some(msg);
     } else {
         st.phase = TrainingPhase::Scheduled;
     }
-    st.observed_generation = generation_meta;
-    if before != st {
-        apply_status(&api, job, &st).await?;
-        if st.phase != before.phase {
-            match st.phase {
-                TrainingPhase::Succeeded => {
-                    event(
-                        ctx,
-                        job,
-                        false,
-                        "Succeeded",
-                        "Run",
-                        st.message.clone().unwrap_or_default(),
-                    )
-                    .await
-                }
-                TrainingPhase::Running => {
-                    event(
-                        ctx,
-                        job,
-                        false,
-                        "Running",
-                        "Run",
-                        st.message.clone().unwrap_or_default(),
-                    )
-                    .await
-                }
-                _ => {}
-            }
-        }
+    st.observed_generation = generation;
+    st.phase
+}
+
+/// Writes the rolled-up status if it changed, with an Event when the gang started or finished.
+async fn write_roll_up(job: &TrainingJob, st: &TrainingJobStatus, ctx: &Context) -> Result<()> {
+    let before = job.status.clone().unwrap_or_default();
+    if before == *st {
+        return Ok(());
     }
-    if st.phase == TrainingPhase::Succeeded {
-        return Ok(Action::await_change());
+    let api: Api<TrainingJob> =
+        Api::namespaced(ctx.hub.clone(), &job.namespace().unwrap_or_default());
+    apply_status(ctx, &api, job, st).await?;
+    if st.phase == before.phase {
+        return Ok(());
     }
-    // Pod changes and member readiness wake the job; only a runtime limit and a refusal that has
-    // not lasted long enough yet need a timer.
-    if let Some(d) = refusal_wait {
-        return Ok(Action::requeue(deadline.map_or(d, |x| x.min(d))));
-    }
-    Ok(match (deadline, st.phase == TrainingPhase::Running) {
-        (Some(d), true) => Action::requeue(d),
-        (None, true) if job.spec.max_runtime_seconds.is_some() => {
-            Action::requeue(ctx.config.heartbeat)
-        }
-        _ => Action::await_change(),
-    })
+    let reason = match st.phase {
+        TrainingPhase::Succeeded => "Succeeded",
+        TrainingPhase::Running => "Running",
+        _ => return Ok(()),
+    };
+    let note = st.message.clone().unwrap_or_default();
+    event(ctx, job, false, reason, "Run", note).await;
+    Ok(())
+}
+
+/// Fails the job for good (its pods already deleted): `reason` and `why` in its status, an Event.
+async fn fail(
+    job: &TrainingJob,
+    mut st: TrainingJobStatus,
+    ctx: &Context,
+    reason: &str,
+    why: String,
+) -> Result<Action> {
+    let api: Api<TrainingJob> =
+        Api::namespaced(ctx.hub.clone(), &job.namespace().unwrap_or_default());
+    st.running_workers = 0;
+    st.phase = TrainingPhase::Failed;
+    st.completion_time = Some(now());
+    set_condition(
+        &mut st.conditions,
+        condition::FAILED,
+        true,
+        reason,
+        &why,
+        job.metadata.generation,
+    );
+    st.message = Some(why.clone());
+    apply_status(ctx, &api, job, &st).await?;
+    event(ctx, job, true, "Failed", "Run", why).await;
+    Ok(Action::await_change())
 }
 
 /// Restarts the whole gang (re-placed from scratch), or fails the job at the backoff limit.
@@ -375,20 +449,6 @@ async fn restart_gang(
     // The gang's pods are deleted (or out of reach): none of them counts as running any more.
     st.running_workers = 0;
     if st.restarts >= job.spec.backoff_limit {
-        st.phase = TrainingPhase::Failed;
-        st.completion_time = Some(now());
-        st.message = Some(format!(
-            "{why}; backoffLimit {} reached after {} restarts",
-            job.spec.backoff_limit, st.restarts
-        ));
-        set_condition(
-            &mut st.conditions,
-            condition::FAILED,
-            true,
-            "BackoffLimitExceeded",
-            st.message.as_deref().unwrap_or(""),
-            generation,
-        );
         set_condition(
             &mut st.conditions,
             condition::RUNNING,
@@ -397,17 +457,11 @@ async fn restart_gang(
             &why,
             generation,
         );
-        apply_status(&api, job, &st).await?;
-        event(
-            ctx,
-            job,
-            true,
-            "Failed",
-            "Restart",
-            st.message.clone().unwrap_or_default(),
-        )
-        .await;
-        return Ok(Action::await_change());
+        let why = format!(
+            "{why}; backoffLimit {} reached after {} restarts",
+            job.spec.backoff_limit, st.restarts
+        );
+        return fail(job, st, ctx, "BackoffLimitExceeded", why).await;
     }
     let from = st.cluster.clone().unwrap_or_default();
     // The replaced placement stays on record, so its pods' usage until now is still paid.
@@ -419,50 +473,93 @@ async fn restart_gang(
         "{why}; restarting the gang ({}/{})",
         st.restarts, job.spec.backoff_limit
     ));
-    set_condition(
-        &mut st.conditions,
-        condition::SCHEDULED,
-        false,
-        reason,
-        &why,
-        generation,
-    );
-    set_condition(
-        &mut st.conditions,
-        condition::RUNNING,
-        false,
-        reason,
-        &why,
-        generation,
-    );
-    apply_status(&api, job, &st).await?;
+    for c in [condition::SCHEDULED, condition::RUNNING] {
+        set_condition(&mut st.conditions, c, false, reason, &why, generation);
+    }
+    // Conditional on the version read: from here on that version is stale (see `apply`), so no
+    // reconcile brings back the pods of the generation replaced.
+    apply_status(ctx, &api, job, &st).await?;
     if matches!(
         reason,
         "MemberLost" | "Deregistered" | "MemberSchedulerRefused"
     ) {
-        event(
-            ctx,
-            job,
-            true,
-            reason,
-            "Restart",
-            if reason == "MemberSchedulerRefused" {
-                format!("{why}; the gang on {from} is withdrawn")
-            } else {
-                format!("{why}: the gang on {from} is lost")
-            },
-        )
-        .await;
+        let note = if reason == "MemberSchedulerRefused" {
+            format!("{why}; the gang on {from} is withdrawn")
+        } else {
+            format!("{why}: the gang on {from} is lost")
+        };
+        event(ctx, job, true, reason, "Restart", note).await;
     }
-    event(
-        ctx,
-        job,
-        true,
-        "Rescheduled",
-        "Restart",
-        st.message.clone().unwrap_or_default(),
-    )
-    .await;
+    let note = st.message.clone().unwrap_or_default();
+    event(ctx, job, true, "Rescheduled", "Restart", note).await;
     ctx.metrics.inc_restart("trainingjob");
     Ok(Action::requeue(Duration::from_millis(200)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(generation: i32, rank: i32, phase: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("j-g{generation}-w{rank}"), "namespace": "ml",
+                "labels": {labels::GENERATION: generation.to_string(),
+                           labels::INDEX: rank.to_string()}},
+            "status": {"phase": phase},
+        }))
+        .unwrap()
+    }
+
+    fn status(restarts: i32, ranks: i32) -> TrainingJobStatus {
+        TrainingJobStatus {
+            cluster: Some("m".into()),
+            restarts,
+            workers: (0..ranks)
+                .map(|rank| crate::api::WorkerPlacement {
+                    rank,
+                    node: "n1".into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn no_pods_are_created_beside_a_later_generation() {
+        let later = [pod(2, 0, "Running")];
+        let refs: Vec<&Pod> = later.iter().collect();
+        // The view says generation 1: generation 2 exists in the member, so the view is stale.
+        assert!(!may_create(&refs, 1));
+        assert!(may_create(&refs, 2));
+        assert!(may_create(&refs, 3));
+        assert!(may_create(&[], 0));
+    }
+
+    #[test]
+    fn workers_are_observed_on_their_own_generation_only() {
+        let pods = [
+            pod(0, 0, "Failed"),
+            pod(1, 0, "Running"),
+            pod(1, 1, "Succeeded"),
+        ];
+        let refs: Vec<&Pod> = pods.iter().collect();
+        let mut st = status(1, 2);
+        let w = observe_workers(&mut st, &refs, 1);
+        assert_eq!(
+            w,
+            Workers {
+                n: 2,
+                failed: None,
+                succeeded: 1,
+                started: 2
+            }
+        );
+        assert_eq!(st.running_workers, 1);
+        // Generation 0's failed pod counts for generation 0 only.
+        let mut st = status(0, 2);
+        let w = observe_workers(&mut st, &refs, 0);
+        assert_eq!(w.failed, Some(0));
+        assert_eq!(st.workers[1].pod_phase, None);
+    }
 }

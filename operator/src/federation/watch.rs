@@ -22,6 +22,7 @@ use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::task::JoinHandle;
 
@@ -158,6 +159,20 @@ pub(super) fn index_pods(idx: &PodIndex, c: &Change<Pod>) {
     }
 }
 
+/// Whether the pod watch is listing again (between [`Change::Relisting`] and
+/// [`Change::Listed`]): its store then holds what was known before the watch broke, and a pod
+/// created in the gap may be missing from it.
+pub(super) type Relisting = Arc<AtomicBool>;
+
+/// Keeps [`Relisting`] up to date with one change of the pod watch.
+pub(super) fn note_listing(flag: &Relisting, c: &Change<Pod>) {
+    match c {
+        Change::Relisting => flag.store(true, Ordering::Release),
+        Change::Listed(_) => flag.store(false, Ordering::Release),
+        Change::Applied(_) | Change::Deleted(_) => {}
+    }
+}
+
 /// The watches of one member; aborted on drop.
 pub struct MemberWatch {
     nodes: Store<Node>,
@@ -165,6 +180,7 @@ pub struct MemberWatch {
     pods: Store<Pod>,
     by_job: PodIndex,
     ends: EndIndex,
+    relisting: Relisting,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -183,13 +199,15 @@ pub fn trim_pod(p: &mut Pod) {
     if let Some(a) = m.annotations.as_mut() {
         a.retain(|k, _| k.starts_with("gpupool.io/"));
     }
-    // Only the node and the restart policy (whether a pod with all containers terminated has
+    // Only the node, the scheduler and the restart policy (whether a pod with all containers terminated has
     // ended for good, see `pod_ended`) are read from the spec (a `Container` alone is over 2 KiB
     // in memory; the GPUs a gpupool pod holds are in its annotations).
     if let Some(spec) = p.spec.take() {
         p.spec = Some(k8s_openapi::api::core::v1::PodSpec {
             node_name: spec.node_name,
             restart_policy: spec.restart_policy,
+            // Whether a pod no scheduler looks at names a scheduler of its own.
+            scheduler_name: spec.scheduler_name,
             ..Default::default()
         });
     }
@@ -342,13 +360,16 @@ impl MemberWatch {
         );
         let by_job: PodIndex = Arc::default();
         let ends: EndIndex = Arc::default();
+        let relisting: Relisting = Arc::default();
         let sink_slices = sink.clone();
         let (m, s, idx, ends_w) = (member.to_string(), sink, by_job.clone(), ends.clone());
+        let listing = relisting.clone();
         let (pods, t3) = spawn_reflector(
             Api::<Pod>::all(client.clone()),
             watcher::Config::default().labels(labels::SELECTOR),
             trim_pod,
             move |c, _| {
+                note_listing(&listing, &c);
                 index_ends(&ends_w, &c);
                 index_pods(&idx, &c);
                 s.pod(&m, c)
@@ -374,12 +395,14 @@ impl MemberWatch {
             pods,
             by_job,
             ends,
+            relisting,
             tasks: vec![t1, t2, t3, t4],
         }
     }
 
     /// A member view assembled from stores another feed keeps (a pull member's, from its reports
-    /// and work objects on the hub).
+    /// and work objects on the hub; such a feed swaps in a whole new list at once, so it is never
+    /// seen relisting).
     pub(super) fn from_parts(
         nodes: Store<Node>,
         topologies: Store<GpuTopology>,
@@ -394,6 +417,7 @@ impl MemberWatch {
             pods,
             by_job,
             ends,
+            relisting: Arc::default(),
             tasks,
         }
     }
@@ -402,6 +426,13 @@ impl MemberWatch {
     /// without the CRD simply has none).
     pub fn synced(&self) -> bool {
         listed(&self.nodes) && listed(&self.pods)
+    }
+
+    /// Whether the pod store is current: listed, and not listing again after a broken watch.
+    /// Only then does "not in the store" mean "not in the member" (while the watch lists again
+    /// the store holds the state before the break, without the pods created since).
+    pub fn pods_current(&self) -> bool {
+        self.synced() && !self.relisting.load(Ordering::Acquire)
     }
 
     /// The pods of hub job `uid` in this member.

@@ -10,9 +10,10 @@
 //!   node with enough of the right model, a node or member added); a failed write backs off.
 //! - The **loop** pops a job, decides with the pure placement functions on the cache, *assumes*
 //!   the chosen GPUs (held until the hub status that records them is observed), and hands the
-//!   writes — the hub status (conditional on the resourceVersion decided on), the Event, the
-//!   member namespace/Service/pods/claims — to bounded concurrent workers. A failed write
-//!   un-assumes and requeues the job with backoff.
+//!   writes — the hub status (conditional on the resourceVersion decided on) and the Event — to
+//!   bounded concurrent workers. A failed write un-assumes and requeues the job with backoff.
+//!   The scheduler writes only the decision: the job's controller, woken by that write, creates
+//!   the member objects from it.
 
 pub mod cache;
 pub mod jobs;
@@ -27,7 +28,7 @@ pub use jobs::{FIELD_MANAGER, FINALIZER, Pending};
 pub use queue::{Need, Queue};
 
 use crate::api::{GpuTopology, InferenceJob, TrainingJob};
-use crate::federation::{Change, Registry, allocatable_gpus, labels, node_ready};
+use crate::federation::{Change, allocatable_gpus, labels, node_ready};
 use crate::metrics::Metrics;
 use cache::{NodeFacts, TopologyFacts};
 use jobs::Decision;
@@ -50,6 +51,10 @@ pub const MAX_CONCURRENT_WRITES: usize = 64;
 const UNFOLDED_EVENTS: [&str; 2] = ["Scheduled", "Running"];
 /// A waiting job's queue position is rewritten at most this often (its reason at every change).
 const POSITION_REFRESH: Duration = Duration::from_secs(10);
+/// Waiting jobs whose written position is no longer theirs are rewritten at most this many per
+/// [`POSITION_REFRESH`], front of the queue first (so that no two show the same position for
+/// long, without a write per waiting job whenever the head of a long queue moves).
+const POSITION_BATCH: usize = 100;
 /// Normal Events (`Scheduled`, `Running`, …, the scheduler's and the controllers') published
 /// per second, after a burst of [`EVENT_BURST`]: in a burst of thousands of jobs each Event is
 /// one more hub write competing with the placements themselves (what they say is in each job's
@@ -77,6 +82,28 @@ struct State {
     class_objects: BTreeMap<String, (i32, bool)>,
     class_relist: Option<BTreeMap<String, (i32, bool)>>,
     classes: queue::PriorityClasses,
+    /// GPUs each job has marked suspect now (see [`Scheduler::suspect`]).
+    suspects: HashMap<String, usize>,
+    /// Per job, the resourceVersion the operator's last status write replaced, until a newer
+    /// version is observed (see [`Scheduler::stale_view`]).
+    superseded: HashMap<String, String>,
+    /// Waiting jobs whose written position is to be rewritten, and when they were last looked for.
+    refresh: std::collections::VecDeque<String>,
+    last_refresh: Option<Instant>,
+}
+
+/// Of waiting jobs at `positions` (1-based, queue order), those whose `reported` position
+/// differs, front first, at most `batch`.
+fn stale_positions<'a>(
+    positions: impl Iterator<Item = (usize, &'a str)>,
+    reported: &HashMap<String, (String, usize, Instant)>,
+    batch: usize,
+) -> std::collections::VecDeque<String> {
+    positions
+        .filter(|(i, u)| reported.get(*u).is_some_and(|(_, p, _)| p != i))
+        .take(batch)
+        .map(|(_, u)| u.to_string())
+        .collect()
 }
 
 /// One decision to write.
@@ -99,7 +126,6 @@ pub struct Scheduler {
     state: Mutex<State>,
     notify: Notify,
     hub: kube::Client,
-    registry: Registry,
     recorder: Recorder,
     reporter: Reporter,
     metrics: Metrics,
@@ -201,11 +227,40 @@ impl State {
             class_objects: BTreeMap::new(),
             class_relist: None,
             classes: queue::PriorityClasses::default(),
+            suspects: HashMap::new(),
+            superseded: HashMap::new(),
+            refresh: Default::default(),
+            last_refresh: None,
         }
+    }
+
+    /// A version of job `uid` other than the one the operator last wrote over is observed: the
+    /// watch has moved past that write (see [`Scheduler::stale_view`]).
+    fn observed_version(&mut self, uid: &str, rv: Option<&str>) {
+        if self
+            .superseded
+            .get(uid)
+            .is_some_and(|old| Some(old.as_str()) != rv)
+        {
+            self.superseded.remove(uid);
+        }
+    }
+
+    /// A status write over version `rv` of job `uid` succeeded.
+    fn wrote_over(&mut self, uid: &str, rv: Option<&str>) {
+        if let Some(rv) = rv {
+            self.superseded.insert(uid.to_string(), rv.to_string());
+        }
+    }
+
+    /// Whether version `rv` of job `uid` is older than a status written since.
+    fn stale_view(&self, uid: &str, rv: Option<&str>) -> bool {
+        rv.is_some_and(|rv| self.superseded.get(uid).is_some_and(|o| o == rv))
     }
 
     fn observe_training(&mut self, j: &TrainingJob, shared: impl FnOnce() -> Arc<TrainingJob>) {
         let Some(uid) = j.uid() else { return };
+        self.observed_version(&uid, j.metadata.resource_version.as_deref());
         self.observe_job(
             &uid,
             jobs::training_name(j),
@@ -218,6 +273,7 @@ impl State {
 
     fn observe_inference(&mut self, j: &InferenceJob, shared: impl FnOnce() -> Arc<InferenceJob>) {
         let Some(uid) = j.uid() else { return };
+        self.observed_version(&uid, j.metadata.resource_version.as_deref());
         self.observe_job(
             &uid,
             jobs::inference_name(j),
@@ -277,6 +333,8 @@ impl State {
     }
 
     fn forget(&mut self, uid: &str) {
+        self.superseded.remove(uid);
+        self.suspects.remove(uid);
         self.cache.forget_job(uid);
         self.queue.remove(uid);
         self.reported.remove(uid);
@@ -295,13 +353,77 @@ impl State {
         }
     }
 
+    /// Every [`POSITION_REFRESH`], looks for waiting jobs whose written position moved.
+    fn refresh_positions(&mut self, now: Instant) {
+        if !self.refresh.is_empty()
+            || self
+                .last_refresh
+                .is_some_and(|t| now.duration_since(t) < POSITION_REFRESH)
+        {
+            return;
+        }
+        self.last_refresh = Some(now);
+        self.refresh = stale_positions(
+            self.queue.positions().map(|(i, u, _)| (i, u)),
+            &self.reported,
+            POSITION_BATCH,
+        );
+    }
+
+    /// The next parked job whose written position moved: its wait rewritten (same reason, no
+    /// Event), without deciding it again.
+    fn next_position(&mut self) -> Option<Step> {
+        while let Some(uid) = self.refresh.pop_front() {
+            if self.in_flight.contains(&uid) {
+                continue;
+            }
+            let (Some(need), Some((reason, was, _)), Some(position)) = (
+                self.queue.parked_need(&uid).cloned(),
+                self.reported.get(&uid).cloned(),
+                self.queue.position(&uid),
+            ) else {
+                continue;
+            };
+            let Some(job) = self.queue.get(&uid).cloned().filter(|_| was != position) else {
+                continue;
+            };
+            self.reported
+                .insert(uid.clone(), (reason.clone(), position, Instant::now()));
+            self.in_flight.insert(uid.clone());
+            return Some(Step::Work(Box::new(Work {
+                uid,
+                job,
+                decision: Decision::Wait { reason, need },
+                position,
+                report_event: false,
+            })));
+        }
+        None
+    }
+
+    /// When the loop must look again though nothing changed: a backoff ends, a parked job is
+    /// flushed, or waiting jobs' positions are due for a check.
+    fn next_deadline(&self) -> Option<Instant> {
+        let positions = self
+            .last_refresh
+            .filter(|_| !self.reported.is_empty())
+            .map(|t| t + POSITION_REFRESH);
+        self.queue
+            .next_deadline()
+            .into_iter()
+            .chain(positions)
+            .min()
+    }
+
     fn next(&mut self, metrics: &Metrics) -> Step {
         if !(self.listed[0] && self.listed[1]) {
             return Step::Idle;
         }
         self.apply_wakes();
-        let Some((uid, job)) = self.queue.pop(Instant::now()) else {
-            return Step::Idle;
+        let now = Instant::now();
+        self.refresh_positions(now);
+        let Some((uid, job)) = self.queue.pop(now) else {
+            return self.next_position().unwrap_or(Step::Idle);
         };
         let job = job.clone();
         let t0 = Instant::now();
@@ -334,7 +456,7 @@ impl State {
                 }))
             }
             Decision::Wait { reason, need } => {
-                self.queue.park(&uid, need.clone());
+                self.queue.park(&uid, need.clone(), Instant::now());
                 let (report, event) = match self.reported.get(&uid) {
                     None => (true, true),
                     Some((r, p, at)) => (
@@ -361,19 +483,13 @@ impl State {
 }
 
 impl Scheduler {
-    /// A scheduler writing to `hub` and creating workloads through `registry`'s member clients.
-    pub fn new(
-        hub: kube::Client,
-        registry: Registry,
-        reporter: Reporter,
-        metrics: Metrics,
-    ) -> Arc<Self> {
+    /// A scheduler writing its decisions to `hub`.
+    pub fn new(hub: kube::Client, reporter: Reporter, metrics: Metrics) -> Arc<Self> {
         let recorder = Recorder::new(hub.clone(), reporter.clone());
         Arc::new(Scheduler {
             state: Mutex::new(State::new()),
             notify: Notify::new(),
             hub,
-            registry,
             recorder,
             reporter,
             metrics,
@@ -607,19 +723,46 @@ impl Scheduler {
         st.namespaces.retain(|(m, _)| m != name);
     }
 
-    /// Keeps GPUs that a member's scheduler refused out of placement for `ttl`, then offers
-    /// them again (waking jobs that could use them).
-    pub fn suspect(self: &Arc<Self>, slots: BTreeSet<Slot>, ttl: Duration) {
+    /// Keeps GPUs that a member's scheduler refused for job `uid` out of placement for `ttl`,
+    /// then offers them again (waking jobs that could use them). One job keeps at most `cap` GPUs
+    /// out at a time (a job cannot empty the pool by being refused again and again); returns how
+    /// many of `slots` were marked.
+    pub fn suspect(
+        self: &Arc<Self>,
+        uid: &str,
+        slots: BTreeSet<Slot>,
+        cap: usize,
+        ttl: Duration,
+    ) -> usize {
+        let slots: BTreeSet<Slot> = {
+            let mut st = self.lock();
+            let held = st.suspects.get(uid).copied().unwrap_or(0);
+            let slots: BTreeSet<Slot> = slots.into_iter().take(cap.saturating_sub(held)).collect();
+            if !slots.is_empty() {
+                st.suspects.insert(uid.to_string(), held + slots.len());
+                st.cache.set_suspect(&slots, true);
+            }
+            slots
+        };
         if slots.is_empty() {
-            return;
+            return 0;
         }
-        self.lock().cache.set_suspect(&slots, true);
-        let me = Arc::clone(self);
+        let n = slots.len();
+        let (me, uid) = (Arc::clone(self), uid.to_string());
         tokio::spawn(async move {
             tokio::time::sleep(ttl).await;
-            me.lock().cache.set_suspect(&slots, false);
+            let mut st = me.lock();
+            st.cache.set_suspect(&slots, false);
+            if let Some(held) = st.suspects.get_mut(&uid) {
+                *held = held.saturating_sub(slots.len());
+                if *held == 0 {
+                    st.suspects.remove(&uid);
+                }
+            }
+            drop(st);
             me.notify.notify_one();
         });
+        n
     }
 
     // ----- reading -----
@@ -629,9 +772,23 @@ impl Scheduler {
         f(&self.lock().cache)
     }
 
-    /// Whether the scheduler is writing a decision for job `uid` (its pods may not exist yet).
+    /// Whether the scheduler is writing a decision for job `uid` (a roll-up now would race it).
     pub fn in_flight(&self, uid: &str) -> bool {
         self.lock().in_flight.contains(uid)
+    }
+
+    /// The operator wrote job `uid`'s status over version `rv` (a conditional write that
+    /// succeeded): until the watch delivers a newer version, a view at `rv` is stale.
+    pub fn wrote_over(&self, uid: &str, rv: Option<&str>) {
+        self.lock().wrote_over(uid, rv);
+    }
+
+    /// Whether a view of job `uid` at version `rv` predates a status the operator has written
+    /// (its own restart, a withdrawn replica, a placement): acting on it would undo that write —
+    /// e.g. create the pods of a gang generation already replaced. The watch delivers the newer
+    /// version, which reconciles the job again.
+    pub fn stale_view(&self, uid: &str, rv: Option<&str>) -> bool {
+        self.lock().stale_view(uid, rv)
     }
 
     /// The recorder for an Event. kube's recorder folds an Event repeated on the same object
@@ -689,7 +846,7 @@ impl Scheduler {
                 Step::Parked => drop(permit),
                 Step::Idle => {
                     drop(permit);
-                    let deadline = self.lock().queue.next_deadline();
+                    let deadline = self.lock().next_deadline();
                     match deadline {
                         Some(d) => {
                             tokio::select! {
@@ -757,37 +914,16 @@ impl Scheduler {
         self.notify.notify_one();
     }
 
+    /// Writes one decision: the hub status (conditional on the version decided on) and its
+    /// Event. Member objects are not the scheduler's: the job's controller creates them from the
+    /// status written here (one writer of member objects, keyed by the recorded placement).
     async fn write(&self, w: Work) {
         let rv = w.job.resource_version();
-        let name = w.job.name();
-        tracing::debug!(job = %name.name, ?rv, "writing a scheduling decision");
+        tracing::debug!(job = %w.job.name().name, ?rv, "writing a scheduling decision");
         match (w.decision, &w.job) {
-            (
-                Decision::Training {
-                    status,
-                    cluster,
-                    pods,
-                    note,
-                    ..
-                },
-                Pending::Training(job),
-            ) => {
-                let api: Api<TrainingJob> = Api::namespaced(self.hub.clone(), &name.namespace);
-                if let Err(e) = writes::apply_status(&api, &**job, rv.as_deref(), &status).await {
-                    return self.failed(&w.uid, &e);
-                }
-                {
-                    let mut st = self.lock();
-                    st.queue.remove(&w.uid);
-                    st.reported.remove(&w.uid);
-                }
-                self.metrics.set_pending("trainingjob", &name.name, false);
-                self.create_in_member(&cluster, &name.namespace, |mode| {
-                    crate::workloads::training_objects(job, status.restarts, &pods, mode)
-                })
-                .await;
-                self.lock().in_flight.remove(&w.uid);
-                self.publish(&**job, false, "Scheduled", note).await;
+            (Decision::Training { status, note, .. }, Pending::Training(job)) => {
+                self.write_training(&w.uid, job, rv.as_deref(), &status, note)
+                    .await
             }
             (
                 Decision::Inference {
@@ -799,166 +935,180 @@ impl Scheduler {
                 },
                 Pending::Inference(job),
             ) => {
-                let api: Api<InferenceJob> = Api::namespaced(self.hub.clone(), &name.namespace);
-                if let Err(e) = writes::apply_status(&api, &**job, rv.as_deref(), &status).await {
-                    return self.failed(&w.uid, &e);
-                }
-                {
-                    let mut st = self.lock();
-                    match &unplaced {
-                        Some((_, need)) => st.queue.park(&w.uid, need.clone()),
-                        None => {
-                            st.queue.remove(&w.uid);
-                            st.reported.remove(&w.uid);
-                        }
-                    }
-                }
-                self.metrics
-                    .set_pending("inferencejob", &name.name, unplaced.is_some());
-                let mut by_member: BTreeMap<String, Vec<_>> = BTreeMap::new();
-                for (c, p) in &new {
-                    by_member.entry(c.clone()).or_default().push(p.clone());
-                }
-                for (c, placements) in by_member {
-                    self.create_in_member(&c, &name.namespace, |mode| {
-                        crate::workloads::inference_objects(job, &placements, mode)
-                    })
-                    .await;
-                }
-                self.lock().in_flight.remove(&w.uid);
-                let recovered = job
-                    .status
-                    .as_ref()
-                    .is_some_and(|s| !s.placements.is_empty());
-                self.publish(
-                    &**job,
-                    false,
-                    if recovered {
-                        "Rescheduled"
-                    } else {
-                        "Scheduled"
-                    },
-                    note,
-                )
-                .await;
-                if let Some((reason, _)) = unplaced {
-                    let missing = jobs::inference_missing(job).len() - new.len();
-                    self.publish(
-                        &**job,
-                        true,
-                        "Unschedulable",
-                        format!("{missing} replicas unplaced: {reason}"),
-                    )
-                    .await;
-                }
+                self.write_inference(&w.uid, job, &status, new.len(), note, unplaced)
+                    .await
             }
             (Decision::Wait { reason, .. }, job) => {
-                let res = match job {
-                    Pending::Training(j) => {
-                        let api: Api<TrainingJob> =
-                            Api::namespaced(self.hub.clone(), &name.namespace);
-                        let st = jobs::training_waiting_status(j, &reason, w.position);
-                        writes::apply_status(&api, &**j, rv.as_deref(), &st).await
-                    }
-                    Pending::Inference(j) => {
-                        let api: Api<InferenceJob> =
-                            Api::namespaced(self.hub.clone(), &name.namespace);
-                        let st = jobs::inference_waiting_status(j, &reason, w.position);
-                        writes::apply_status(&api, &**j, rv.as_deref(), &st).await
-                    }
-                };
-                {
-                    let mut st = self.lock();
-                    st.in_flight.remove(&w.uid);
-                    if res.is_err() {
-                        // Report again at the next attempt.
-                        st.reported.remove(&w.uid);
-                    }
-                }
-                let kind = if name.kind == "TrainingJob" {
-                    "trainingjob"
-                } else {
-                    "inferencejob"
-                };
-                self.metrics.set_pending(kind, &name.name, true);
-                if let Err(e) = res {
-                    if !writes::is_conflict(&e) {
-                        tracing::warn!(job = %name.name, error = %e, "writing a pending status failed");
-                    }
-                    return;
-                }
-                if w.report_event {
-                    let note = match job {
-                        Pending::Training(_) => format!("no member fits the gang: {reason}"),
-                        Pending::Inference(j) => format!(
-                            "{} replicas unplaced: {reason}",
-                            jobs::inference_missing(j).len()
-                        ),
-                    };
-                    match job {
-                        Pending::Training(j) => {
-                            self.publish(&**j, true, "Unschedulable", note).await
-                        }
-                        Pending::Inference(j) => {
-                            self.publish(&**j, true, "Unschedulable", note).await
-                        }
-                    }
-                }
+                self.write_waiting(
+                    &w.uid,
+                    job,
+                    rv.as_deref(),
+                    &reason,
+                    w.position,
+                    w.report_event,
+                )
+                .await
             }
-            _ => {
-                tracing::error!(job = %name.name, "decision does not match the job kind");
+            (_, job) => {
+                tracing::error!(job = %job.name().name, "decision does not match the job kind");
                 self.lock().in_flight.remove(&w.uid);
             }
         }
     }
 
-    /// Creates a job's namespace (once per member), Services, pods and (on DRA members) their
-    /// ResourceClaims in a member, built for the member's binding mode. Failures are logged: the
-    /// job's controller creates what is missing when it next looks.
-    async fn create_in_member(
+    /// The decision's status write succeeded: the view it was taken on is stale from now on.
+    fn written(&self, uid: &str, rv: Option<&str>) {
+        let mut st = self.lock();
+        st.wrote_over(uid, rv);
+        st.in_flight.remove(uid);
+    }
+
+    async fn write_training(
         &self,
-        member: &str,
-        ns: &str,
-        build: impl FnOnce(crate::api::BindingMode) -> crate::workloads::MemberObjects,
+        uid: &str,
+        job: &TrainingJob,
+        rv: Option<&str>,
+        status: &crate::api::TrainingJobStatus,
+        note: String,
     ) {
-        let Some(view) = self.registry.get(member).await else {
-            tracing::debug!(
-                cluster = member,
-                "member not registered; its job controller creates the pods"
-            );
-            return;
-        };
-        let objects = build(view.binding_mode());
-        let Some(client) = view.client.filter(|_| view.reachable) else {
-            tracing::debug!(
-                cluster = member,
-                "member unreachable; its job controller creates the pods"
-            );
-            return;
-        };
-        let key = (member.to_string(), ns.to_string());
-        let known = self.lock().namespaces.contains(&key);
-        let res = async {
-            if !known {
-                client.ensure_namespace(ns).await?;
-                self.lock().namespaces.insert(key);
-            }
-            client.create_objects(&self.hub, &objects).await?;
-            Ok::<_, kube::Error>(())
+        let name = job.name_any();
+        let api: Api<TrainingJob> =
+            Api::namespaced(self.hub.clone(), &job.namespace().unwrap_or_default());
+        if let Err(e) = writes::apply_status(&api, job, rv, status).await {
+            return self.failed(uid, &e);
         }
-        .await;
-        match res {
-            Ok(()) => {
-                tracing::debug!(
-                    cluster = member,
-                    ns,
-                    pods = objects.pods.len(),
-                    "created workloads"
-                )
-            }
-            Err(e) => {
-                tracing::warn!(cluster = member, error = %e, "creating workloads failed; the job controller retries")
+        {
+            let mut st = self.lock();
+            st.queue.remove(uid);
+            st.reported.remove(uid);
+        }
+        self.written(uid, rv);
+        self.metrics.set_pending("trainingjob", &name, false);
+        self.publish(job, false, "Scheduled", note).await;
+    }
+
+    async fn write_inference(
+        &self,
+        uid: &str,
+        job: &InferenceJob,
+        status: &crate::api::InferenceJobStatus,
+        placed: usize,
+        note: String,
+        unplaced: Option<(String, Need)>,
+    ) {
+        let name = job.name_any();
+        let rv = job.resource_version();
+        let rv = rv.as_deref();
+        let api: Api<InferenceJob> =
+            Api::namespaced(self.hub.clone(), &job.namespace().unwrap_or_default());
+        if let Err(e) = writes::apply_status(&api, job, rv, status).await {
+            return self.failed(uid, &e);
+        }
+        {
+            let mut st = self.lock();
+            match &unplaced {
+                Some((_, need)) => st.queue.park(uid, need.clone(), Instant::now()),
+                None => {
+                    st.queue.remove(uid);
+                    st.reported.remove(uid);
+                }
             }
         }
+        self.written(uid, rv);
+        self.metrics
+            .set_pending("inferencejob", &name, unplaced.is_some());
+        let recovered = job
+            .status
+            .as_ref()
+            .is_some_and(|s| !s.placements.is_empty());
+        let reason = if recovered {
+            "Rescheduled"
+        } else {
+            "Scheduled"
+        };
+        self.publish(job, false, reason, note).await;
+        if let Some((reason, _)) = unplaced {
+            let missing = jobs::inference_missing(job).len().saturating_sub(placed);
+            self.publish(
+                job,
+                true,
+                "Unschedulable",
+                format!("{missing} replicas unplaced: {reason}"),
+            )
+            .await;
+        }
+    }
+
+    async fn write_waiting(
+        &self,
+        uid: &str,
+        job: &Pending,
+        rv: Option<&str>,
+        reason: &str,
+        position: usize,
+        report_event: bool,
+    ) {
+        let name = job.name();
+        let res = match job {
+            Pending::Training(j) => {
+                let api: Api<TrainingJob> = Api::namespaced(self.hub.clone(), &name.namespace);
+                let st = jobs::training_waiting_status(j, reason, position);
+                writes::apply_status(&api, &**j, rv, &st).await
+            }
+            Pending::Inference(j) => {
+                let api: Api<InferenceJob> = Api::namespaced(self.hub.clone(), &name.namespace);
+                let st = jobs::inference_waiting_status(j, reason, position);
+                writes::apply_status(&api, &**j, rv, &st).await
+            }
+        };
+        if res.is_ok() {
+            self.written(uid, rv);
+        } else {
+            let mut st = self.lock();
+            st.in_flight.remove(uid);
+            // Report again at the next attempt.
+            st.reported.remove(uid);
+        }
+        let kind = if name.kind == "TrainingJob" {
+            "trainingjob"
+        } else {
+            "inferencejob"
+        };
+        self.metrics.set_pending(kind, &name.name, true);
+        if let Err(e) = res {
+            if !writes::is_conflict(&e) {
+                tracing::warn!(job = %name.name, error = %e, "writing a pending status failed");
+            }
+            return;
+        }
+        if !report_event {
+            return;
+        }
+        match job {
+            Pending::Training(j) => {
+                let note = format!("no member fits the gang: {reason}");
+                self.publish(&**j, true, "Unschedulable", note).await
+            }
+            Pending::Inference(j) => {
+                let missing = jobs::inference_missing(j).len();
+                let note = format!("{missing} replicas unplaced: {reason}");
+                self.publish(&**j, true, "Unschedulable", note).await
+            }
+        }
+    }
+
+    /// Whether namespace `ns` is known to exist in `member` (created or found by the operator
+    /// since the member was registered).
+    pub fn namespace_known(&self, member: &str, ns: &str) -> bool {
+        self.lock()
+            .namespaces
+            .contains(&(member.to_string(), ns.to_string()))
+    }
+
+    /// Namespace `ns` exists in `member`.
+    pub fn note_namespace(&self, member: &str, ns: &str) {
+        self.lock()
+            .namespaces
+            .insert((member.to_string(), ns.to_string()));
     }
 }

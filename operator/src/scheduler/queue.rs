@@ -2,8 +2,8 @@
 //! (creation time, then arrival), a gang as one entry.
 //!
 //! An entry is *active* (to be tried), *in flight* (decided; its writes are running), *parked*
-//! (did not fit; tried again only when something it could use is freed), or *backing off* (a
-//! write failed). Pure: the caller supplies the clock.
+//! (did not fit; tried again when something it could use is freed, and after [`PARKED_FLUSH`]
+//! whatever happens), or *backing off* (a write failed). Pure: the caller supplies the clock.
 
 use crate::api::NvLinkMode;
 use crate::placement::allocator::{GpuRequest, allocate};
@@ -114,11 +114,17 @@ impl PriorityClasses {
     }
 }
 
+/// A parked job is tried again after this long even if no change woke it (kube-scheduler
+/// flushes pods unschedulable for 5 minutes back into its active queue the same way): a missed
+/// or wrongly filtered wake-up never leaves a job waiting for ever.
+pub const PARKED_FLUSH: Duration = Duration::from_secs(300);
+
 #[derive(Clone, Debug, PartialEq)]
 enum State {
     Active,
     InFlight,
-    Parked(Need),
+    /// What it needs, and since when it waits.
+    Parked(Need, Instant),
     Backoff(Instant),
 }
 
@@ -136,6 +142,8 @@ pub struct Queue<T> {
     active: BTreeSet<(Order, String)>,
     all: BTreeSet<(Order, String)>,
     backoff: BTreeSet<(Instant, String)>,
+    /// Parked jobs by when they were parked.
+    parked: BTreeSet<(Instant, String)>,
     seq: u64,
 }
 
@@ -146,6 +154,7 @@ impl<T> Default for Queue<T> {
             active: BTreeSet::new(),
             all: BTreeSet::new(),
             backoff: BTreeSet::new(),
+            parked: BTreeSet::new(),
             seq: 0,
         }
     }
@@ -183,7 +192,10 @@ impl<T> Queue<T> {
             State::Backoff(at) => {
                 self.backoff.remove(&(*at, uid.to_string()));
             }
-            _ => {}
+            State::Parked(_, at) => {
+                self.parked.remove(&(*at, uid.to_string()));
+            }
+            State::InFlight => {}
         }
         match &state {
             State::Active => {
@@ -192,7 +204,10 @@ impl<T> Queue<T> {
             State::Backoff(at) => {
                 self.backoff.insert((*at, uid.to_string()));
             }
-            _ => {}
+            State::Parked(_, at) => {
+                self.parked.insert((*at, uid.to_string()));
+            }
+            State::InFlight => {}
         }
         e.state = state;
     }
@@ -224,7 +239,7 @@ impl<T> Queue<T> {
                 self.set_state(uid, state);
             }
             let e = self.entries.get_mut(uid).expect("present");
-            if regen && matches!(e.state, State::Parked(_)) {
+            if regen && matches!(e.state, State::Parked(..)) {
                 self.set_state(uid, State::Active);
             }
             return;
@@ -252,10 +267,16 @@ impl<T> Queue<T> {
         Some(e.item)
     }
 
-    /// Makes jobs whose backoff ended active again.
+    /// Makes jobs whose backoff ended, and jobs parked for [`PARKED_FLUSH`], active again.
     pub fn tick(&mut self, now: Instant) {
         while let Some((at, uid)) = self.backoff.first().cloned() {
             if at > now {
+                break;
+            }
+            self.set_state(&uid, State::Active);
+        }
+        while let Some((at, uid)) = self.parked.first().cloned() {
+            if at + PARKED_FLUSH > now {
                 break;
             }
             self.set_state(&uid, State::Active);
@@ -272,12 +293,13 @@ impl<T> Queue<T> {
         Some((uid, &e.item))
     }
 
-    /// The job did not fit: it waits until something that could serve `need` changes.
-    pub fn park(&mut self, uid: &str, need: Need) {
+    /// The job did not fit (at `now`): it waits until something that could serve `need`
+    /// changes, or [`PARKED_FLUSH`] passes.
+    pub fn park(&mut self, uid: &str, need: Need, now: Instant) {
         if let Some(e) = self.entries.get_mut(uid) {
             e.failures = 0;
         }
-        self.set_state(uid, State::Parked(need));
+        self.set_state(uid, State::Parked(need, now));
     }
 
     /// A write for the job failed: try again after an exponential backoff (from 100 ms to 30 s).
@@ -298,7 +320,7 @@ impl<T> Queue<T> {
         let woken: Vec<String> = self
             .entries
             .iter()
-            .filter(|(_, e)| matches!(&e.state, State::Parked(n) if could_fit(n)))
+            .filter(|(_, e)| matches!(&e.state, State::Parked(n, _) if could_fit(n)))
             .map(|(u, _)| u.clone())
             .collect();
         for u in &woken {
@@ -307,14 +329,29 @@ impl<T> Queue<T> {
         woken.len()
     }
 
-    /// When the next backoff ends.
+    /// When the next backoff ends or the longest-parked job is flushed.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.backoff.first().map(|(at, _)| *at)
+        let backoff = self.backoff.first().map(|(at, _)| *at);
+        let flush = self.parked.first().map(|(at, _)| *at + PARKED_FLUSH);
+        backoff.into_iter().chain(flush).min()
     }
 
     /// Whether some job can be tried now.
     pub fn has_active(&self) -> bool {
         !self.active.is_empty()
+    }
+
+    /// The queued item of `uid`.
+    pub fn get(&self, uid: &str) -> Option<&T> {
+        self.entries.get(uid).map(|e| &e.item)
+    }
+
+    /// What a parked job waits for (`None` unless it is parked).
+    pub fn parked_need(&self, uid: &str) -> Option<&Need> {
+        match &self.entries.get(uid)?.state {
+            State::Parked(n, _) => Some(n),
+            _ => None,
+        }
     }
 
     /// Position (1-based) of every queued job in queue order.
@@ -433,6 +470,7 @@ mod tests {
                 gpus_per_pod: 8,
                 ..Default::default()
             },
+            now,
         );
         q.park(
             "one",
@@ -441,6 +479,7 @@ mod tests {
                 model: Some("h100".into()),
                 ..Default::default()
             },
+            now,
         );
         assert!(!q.has_active());
         let (a100, h100) = (graph("dgx-a100"), graph("dgx-h100"));
@@ -604,6 +643,37 @@ mod tests {
             placed_n > 500 && refused_n > 500,
             "too few cases exercised: {placed_n} placed, {refused_n} refused"
         );
+    }
+
+    #[test]
+    fn a_parked_job_nothing_wakes_is_tried_again_after_the_flush() {
+        let mut q = Queue::new();
+        let now = Instant::now();
+        q.upsert("a", 0, 1, 1, ());
+        q.upsert("b", 0, 2, 1, ());
+        q.pop(now);
+        q.park("a", Need::nothing(), now);
+        let later = now + Duration::from_secs(60);
+        q.pop(later);
+        q.park("b", Need::nothing(), later);
+        // Nothing can wake them; the loop sleeps until the first flush.
+        assert_eq!(q.wake(|_| false), 0);
+        assert_eq!(q.next_deadline(), Some(now + PARKED_FLUSH));
+        assert!(q.pop(now + PARKED_FLUSH - Duration::from_secs(1)).is_none());
+        assert_eq!(
+            q.pop(now + PARKED_FLUSH).map(|(u, _)| u),
+            Some("a".to_string())
+        );
+        // Parked again: its flush starts over; b's comes first.
+        q.park("a", Need::nothing(), now + PARKED_FLUSH);
+        assert_eq!(q.next_deadline(), Some(later + PARKED_FLUSH));
+        assert_eq!(
+            q.pop(later + PARKED_FLUSH).map(|(u, _)| u),
+            Some("b".to_string())
+        );
+        q.remove("a");
+        q.remove("b");
+        assert!(q.next_deadline().is_none());
     }
 
     #[test]

@@ -593,3 +593,94 @@ fn candidates_count_every_whole_nvlink_node_and_the_idle_ones() {
     let (cands, _) = c.candidates(&req(1), 1);
     assert_eq!(cands[0].whole_nodes.idle, 4);
 }
+
+#[test]
+fn written_queue_positions_follow_the_queue_so_no_two_jobs_show_the_same() {
+    use std::sync::Arc;
+    let mut st = super::State::new();
+    st.listed = [true, true];
+    st.cache = pool(&[("m", &[("a", "dgx-h100")])]);
+    let metrics = crate::metrics::Metrics::default();
+    let mut positions = BTreeMap::new();
+    for (name, created) in [("a", "2026-01-01T00:00:01Z"), ("b", "2026-01-01T00:00:02Z")] {
+        let j = training_at(name, created, Some("gold"), 0);
+        st.observe_training(&j, || Arc::new(j.clone()));
+    }
+    for _ in 0..2 {
+        let super::Step::Work(w) = st.next(&metrics) else {
+            panic!("each wait is reported")
+        };
+        positions.insert(w.job.name().name.clone(), w.position);
+        st.in_flight.remove(&w.uid);
+    }
+    assert_eq!(
+        positions,
+        BTreeMap::from([("a".into(), 1), ("b".into(), 2)])
+    );
+    // A higher-priority job arrives (its class exists): a and b move back, though nothing
+    // wakes them.
+    st.set_classes(super::queue::PriorityClasses::new([(
+        "urgent".to_string(),
+        100,
+        false,
+    )]));
+    let mut c = training_at("c", "2026-01-01T00:00:03Z", Some("urgent"), 0);
+    c.spec.workers = 64;
+    st.observe_training(&c, || Arc::new(c.clone()));
+    let mut seen = BTreeMap::new();
+    // c is decided (waits: 64 workers never fit), and once the refresh is due a and b are
+    // rewritten at their new positions, without being decided again.
+    st.last_refresh = Some(std::time::Instant::now() - super::POSITION_REFRESH);
+    loop {
+        match st.next(&metrics) {
+            super::Step::Work(w) => {
+                assert!(matches!(w.decision, Decision::Wait { .. }));
+                seen.insert(w.job.name().name.clone(), (w.position, w.report_event));
+                st.in_flight.remove(&w.uid);
+            }
+            super::Step::Parked => {}
+            super::Step::Idle => break,
+        }
+    }
+    assert_eq!(seen.get("c").map(|s| s.0), Some(1));
+    assert_eq!(seen.get("a"), Some(&(2, false)));
+    assert_eq!(seen.get("b"), Some(&(3, false)));
+}
+
+#[test]
+fn a_view_older_than_a_written_status_is_stale_until_the_watch_moves_past_it() {
+    use std::sync::Arc;
+    let mut st = super::State::new();
+    let mut j = training("g", 1, 1);
+    j.metadata.resource_version = Some("5".into());
+    st.observe_training(&j, || Arc::new(j.clone()));
+    assert!(!st.stale_view("g-uid", Some("5")));
+    // A restart (restarts + 1) is written over version 5: a reconcile still holding version 5
+    // must not act on it (it would create the replaced generation's pods).
+    st.wrote_over("g-uid", Some("5"));
+    assert!(st.stale_view("g-uid", Some("5")));
+    assert!(!st.stale_view("other-uid", Some("5")));
+    // A late event of version 5 itself changes nothing; version 6 (the write) clears it.
+    st.observe_training(&j, || Arc::new(j.clone()));
+    assert!(st.stale_view("g-uid", Some("5")));
+    j.metadata.resource_version = Some("6".into());
+    st.observe_training(&j, || Arc::new(j.clone()));
+    assert!(!st.stale_view("g-uid", Some("5")));
+    assert!(!st.stale_view("g-uid", Some("6")));
+    assert!(st.superseded.is_empty());
+}
+
+#[test]
+fn stale_positions_are_found_front_first_and_capped() {
+    let now = std::time::Instant::now();
+    let reported: std::collections::HashMap<String, (String, usize, std::time::Instant)> =
+        [("a", 1), ("b", 1), ("c", 3), ("d", 2)]
+            .into_iter()
+            .map(|(u, p)| (u.to_string(), ("full".to_string(), p, now)))
+            .collect();
+    let queue = [(1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, "e")];
+    let stale = super::stale_positions(queue.into_iter(), &reported, 10);
+    assert_eq!(stale, ["b", "d"]);
+    let stale = super::stale_positions(queue.into_iter(), &reported, 1);
+    assert_eq!(stale, ["b"]);
+}
