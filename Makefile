@@ -3,7 +3,7 @@ SHELL := bash
 export GPUPOOL_CACHE ?= $(HOME)/.cache/gpupool
 CARGO ?= cargo
 
-.PHONY: demo test tools lint crds fmt bench bench-placement bench-scale clean-cache
+.PHONY: demo test tools lint crds fmt bench bench-placement bench-scale soak clean-cache
 
 ## Local demo: hub + two member clusters with KWOK GPU nodes, the operator, example jobs and an embedded SVM.
 demo: tools
@@ -46,6 +46,14 @@ bench-placement:
 bench-scale: tools
 	$(CARGO) build --release -p gpupool-operator --bin gpupool -p gpupool-e2e --bin gpupool-bench-scale
 	"$${CARGO_TARGET_DIR:-target}/release/gpupool-bench-scale" $(BENCH_SCALE_ARGS)
+
+## Chaos soak (not part of `make test`; a 2-minute smoke of it is): hub + 3 members (push DRA, push
+## device plugin, pull), two operator replicas, churn and faults as processes, invariants checked
+## throughout; exits non-zero on any violation. SOAK_ARGS, e.g.
+## `--minutes 30 --seed 7 --faults leader-kill=2,member-api=3,hub-restart=1,agent-kill=2,pod-delete=4`.
+soak: tools
+	$(CARGO) build -p gpupool-operator --bin gpupool -p gpupool-e2e --bin gpupool-soak
+	"$${CARGO_TARGET_DIR:-target}/debug/gpupool-soak" $(SOAK_ARGS)
 
 clean-cache:
 	rm -rf "$(GPUPOOL_CACHE)"

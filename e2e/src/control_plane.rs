@@ -209,6 +209,24 @@ impl ControlPlane {
         self.wait_ready().await
     }
 
+    /// Process id of the running kube-apiserver (e.g. for a fault injector to kill it).
+    pub fn apiserver_pid(&self) -> Option<u32> {
+        self.apiserver.as_ref().map(|c| c.id())
+    }
+
+    /// Whether the kube-apiserver process has exited (killed from outside); it is reaped then,
+    /// and [`restart_apiserver`](Self::restart_apiserver) starts it again on the same port.
+    pub fn apiserver_exited(&mut self) -> bool {
+        match self.apiserver.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => false,
+            None => true,
+            Some(_) => {
+                self.apiserver = None;
+                true
+            }
+        }
+    }
+
     fn log(&self, what: &str) -> Result<File> {
         Ok(File::options()
             .create(true)

@@ -12,6 +12,7 @@ mod kubectl;
 mod kwok;
 mod pool;
 pub mod scale;
+pub mod soak;
 mod tools;
 mod topology;
 mod volumes;

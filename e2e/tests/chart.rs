@@ -25,12 +25,20 @@ struct HelmOut {
     stderr: String,
 }
 
+/// The Kubernetes version `helm template` renders for. Helm built from source (without its
+/// release build's version stamps) assumes v1.20, below the chart's `kubeVersion`.
+const KUBE_VERSION: &str = "v1.36.0";
+
 /// Runs the pinned `helm` with its config, cache and data homes in a throwaway directory.
 fn helm(args: &[&str]) -> HelmOut {
     let tools = Tools::get().expect("harness tools (helm) are available");
     let home = tempfile::tempdir().expect("temporary helm home");
+    let mut args = args.to_vec();
+    if args.first() == Some(&"template") && !args.contains(&"--kube-version") {
+        args.extend(["--kube-version", KUBE_VERSION]);
+    }
     let out = Command::new(&tools.helm)
-        .args(args)
+        .args(&args)
         .env("HELM_CONFIG_HOME", home.path().join("config"))
         .env("HELM_CACHE_HOME", home.path().join("cache"))
         .env("HELM_DATA_HOME", home.path().join("data"))
@@ -412,8 +420,14 @@ fn rendered_objects_have_the_expected_shape() {
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
     assert_eq!(sm["metadata"]["labels"]["release"], "prom");
 
-    // Member: the agent DaemonSet and the hub's access, nothing of the operator.
-    let member = docs(&render(&["--set", "mode=member"]));
+    // Member: the agent DaemonSet and the hub's access, nothing of the operator (here on a
+    // device-plugin member, where the agent reads the kubelet's pod-resources API).
+    let member = docs(&render(&[
+        "--set",
+        "mode=member",
+        "--set",
+        "agent.podResources.enabled=true",
+    ]));
     assert!(
         !member
             .iter()
@@ -537,13 +551,9 @@ fn rendered_objects_have_the_expected_shape() {
         !agent_role.to_string().contains("resourceslices"),
         "{agent_role}"
     );
-    // Turned off: no mount, no flag, the pod's non-root user; another kubelet root dir is followed.
-    let off = docs(&render(&[
-        "--set",
-        "mode=member",
-        "--set",
-        "agent.podResources.enabled=false",
-    ]));
+    // Off by default (DRA members need no mount): no hostPath, no flag, the pod's non-root
+    // user; another kubelet root dir is followed.
+    let off = docs(&render(&["--set", "mode=member"]));
     let pod_off = &find(&off, "DaemonSet", "gp-gpupool-agent")["spec"]["template"]["spec"];
     assert!(pod_off["volumes"].is_null(), "{pod_off}");
     assert!(pod_off["containers"][0]["volumeMounts"].is_null());
@@ -560,6 +570,8 @@ fn rendered_objects_have_the_expected_shape() {
     let moved = docs(&render(&[
         "--set",
         "mode=member",
+        "--set",
+        "agent.podResources.enabled=true",
         "--set",
         "agent.podResources.hostDirectory=/data/kubelet/pod-resources",
         "--set",
@@ -584,6 +596,8 @@ fn rendered_objects_have_the_expected_shape() {
         "mode=member",
         "--set",
         "agent.nvml.access=hostPath",
+        "--set",
+        "agent.podResources.enabled=true",
     ]));
     let pod = &find(&hp, "DaemonSet", "gp-gpupool-agent")["spec"]["template"]["spec"];
     assert_eq!(pod["volumes"][0]["hostPath"]["type"], "File");
@@ -592,6 +606,243 @@ fn rendered_objects_have_the_expected_shape() {
     // Both: privileged for the devices, uid 0 for the kubelet's socket.
     assert_eq!(pod["containers"][0]["securityContext"]["runAsUser"], 0);
     assert_eq!(pod["volumes"][1]["name"], "pod-resources");
+}
+
+/// Hub values with every hardening option on (NetworkPolicies, HTTPS metrics).
+fn hardened_hub() -> [&'static str; 10] {
+    [
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.kubeApiServer.cidrs={10.96.0.1/32,192.0.2.10/32}",
+        "--set",
+        "networkPolicy.memberApiServers.cidrs={198.51.100.0/24}",
+        "--set",
+        "networkPolicy.solanaRpc.cidrs={203.0.113.7/32}",
+        "--set",
+        "metrics.secure.enabled=true",
+    ]
+}
+
+/// A pull member with NetworkPolicies.
+fn hardened_member() -> [&'static str; 14] {
+    [
+        "--set",
+        "mode=member",
+        "--set",
+        "hub.url=https://hub.example:6443",
+        "--set",
+        "memberAgent.memberName=east",
+        "--set",
+        "memberAgent.ownerWallet=7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU",
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.kubeApiServer.cidrs={10.96.0.1/32}",
+        "--set",
+        "networkPolicy.hubApiServer.cidrs={198.51.100.5/32}",
+    ]
+}
+
+/// The egress rules of a NetworkPolicy as (CIDRs or "dns", ports).
+fn egress(np: &Value) -> Vec<(Vec<String>, Vec<String>)> {
+    np["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let to: Vec<String> = r["to"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| match p["ipBlock"]["cidr"].as_str() {
+                    Some(c) => c.to_string(),
+                    None => "dns".to_string(),
+                })
+                .collect();
+            let ports = r["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| format!("{}/{}", p["port"], p["protocol"].as_str().unwrap()))
+                .collect();
+            (to, ports)
+        })
+        .collect()
+}
+
+#[test]
+fn hardening_renders_policies_pdb_secure_metrics_and_join_objects() {
+    let kinds_of = |d: &[Value], k: &str| d.iter().filter(|x| x["kind"] == k).count();
+    // Defaults: a PDB for the two replicas; no NetworkPolicy, no proxy.
+    let hub = docs(&render(&[]));
+    let pdb = find(&hub, "PodDisruptionBudget", "gp-gpupool-operator");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(kinds_of(&hub, "NetworkPolicy"), 0);
+    let pod = &find(&hub, "Deployment", "gp-gpupool-operator")["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"].as_array().unwrap().len(), 1);
+    // One replica: no PDB (minAvailable 1 would block every drain).
+    let one = docs(&render(&["--set", "operator.replicas=1"]));
+    assert_eq!(kinds_of(&one, "PodDisruptionBudget"), 0);
+
+    // The join flow's namespace and admission policy belong to the release, under the names
+    // the join controller uses.
+    let ns = find(&hub, "Namespace", gpupool::join::names::JOIN_NAMESPACE);
+    assert_eq!(
+        ns["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "Helm"
+    );
+    let policy = find(
+        &hub,
+        "ValidatingAdmissionPolicy",
+        gpupool::join::names::ADMISSION_POLICY,
+    );
+    let prefix = format!(
+        "system:serviceaccount:{}:",
+        gpupool::join::names::JOIN_NAMESPACE
+    );
+    assert_eq!(
+        policy["spec"]["validations"][0]["expression"],
+        format!("request.userInfo.username == '{prefix}' + object.metadata.name")
+    );
+    let binding = find(
+        &hub,
+        "ValidatingAdmissionPolicyBinding",
+        gpupool::join::names::ADMISSION_POLICY,
+    );
+    assert_eq!(binding["spec"]["validationActions"][0], "Deny");
+    let nojoin = docs(&render(&["--set", "joinController.enabled=false"]));
+    assert!(
+        !nojoin.iter().any(|d| d["kind"] == "Namespace"),
+        "{:?}",
+        kinds(&nojoin)
+    );
+
+    // Hardened hub: a policy per workload, egress only to DNS and the named CIDRs.
+    let mut args: Vec<&str> = hardened_hub().to_vec();
+    args.extend([
+        "--set",
+        "solana.rpcUrl=https://rpc.example",
+        "--set",
+        "solana.programId=7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU",
+        "--set",
+        "solana.mint=7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU",
+        "--set",
+        "solana.oracleKeypair.existingSecret=oracle",
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+    ]);
+    let hard = docs(&render(&args));
+    let op = find(&hard, "NetworkPolicy", "gp-gpupool-operator");
+    assert_eq!(
+        op["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "operator"
+    );
+    assert_eq!(
+        op["spec"]["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+    assert_eq!(op["spec"]["ingress"][0]["ports"][0]["port"], "metrics");
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        egress(op),
+        vec![
+            (s(&["dns"]), s(&["53/UDP", "53/TCP"])),
+            (
+                s(&["10.96.0.1/32", "192.0.2.10/32"]),
+                s(&["443/TCP", "6443/TCP"])
+            ),
+            (s(&["198.51.100.0/24"]), s(&["443/TCP", "6443/TCP"])),
+            (s(&["203.0.113.7/32"]), s(&["443/TCP", "8899/TCP"])),
+        ]
+    );
+    let jc = find(&hard, "NetworkPolicy", "gp-gpupool-join-controller");
+    assert_eq!(jc["spec"]["ingress"], serde_json::json!([]));
+    assert_eq!(egress(jc).len(), 2, "{jc}");
+
+    // Secure metrics: the operator on loopback, the proxy on HTTPS with TokenReview and
+    // SubjectAccessReview rights, probes through the proxy, the ServiceMonitor on HTTPS.
+    let pod = &find(&hard, "Deployment", "gp-gpupool-operator")["spec"]["template"]["spec"];
+    let c = &pod["containers"];
+    assert!(
+        c[0]["args"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("--metrics-addr=127.0.0.1:8080"))
+    );
+    assert!(c[0]["ports"].is_null(), "{}", c[0]);
+    assert_eq!(c[0]["livenessProbe"]["httpGet"]["scheme"], "HTTPS");
+    assert_eq!(c[0]["livenessProbe"]["httpGet"]["port"], 8443);
+    assert_eq!(c[1]["name"], "kube-rbac-proxy");
+    assert_eq!(c[1]["ports"][0]["name"], "metrics");
+    assert!(
+        c[1]["args"]
+            .to_string()
+            .contains("--upstream=http://127.0.0.1:8080/")
+    );
+    assert_eq!(c[1]["securityContext"]["readOnlyRootFilesystem"], true);
+    let auth = find(&hard, "ClusterRole", "gp-gpupool-metrics-auth");
+    assert_eq!(auth["rules"][0]["resources"][0], "tokenreviews");
+    assert_eq!(auth["rules"][1]["resources"][0], "subjectaccessreviews");
+    let reader = find(&hard, "ClusterRole", "gp-gpupool-metrics-reader");
+    assert_eq!(reader["rules"][0]["nonResourceURLs"][0], "/metrics");
+    let sm = find(&hard, "ServiceMonitor", "gp-gpupool-operator");
+    assert_eq!(sm["spec"]["endpoints"][0]["scheme"], "https");
+    assert!(sm["spec"]["endpoints"][0]["bearerTokenFile"].is_string());
+
+    // Member (pull): the node agent and the member agent, each with its own egress.
+    let member = docs(&render(&hardened_member()));
+    let ma = find(&member, "NetworkPolicy", "gp-gpupool-member-agent");
+    assert_eq!(
+        egress(ma)[1..],
+        [
+            (s(&["10.96.0.1/32"]), s(&["443/TCP", "6443/TCP"])),
+            (s(&["198.51.100.5/32"]), s(&["443/TCP", "6443/TCP"])),
+        ]
+    );
+    let agent = find(&member, "NetworkPolicy", "gp-gpupool-agent");
+    assert_eq!(egress(agent).len(), 2);
+
+    // What is missing is named.
+    let chart = chart_dir();
+    for (extra, field) in [
+        (
+            vec!["--set", "networkPolicy.enabled=true"],
+            "networkPolicy.kubeApiServer.cidrs",
+        ),
+        (
+            vec![
+                "--set",
+                "networkPolicy.enabled=true",
+                "--set",
+                "networkPolicy.kubeApiServer.cidrs={10.0.0.1/32}",
+                "--set",
+                "solana.rpcUrl=https://rpc.example",
+                "--set",
+                "solana.programId=7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU",
+                "--set",
+                "solana.mint=7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU",
+                "--set",
+                "solana.oracleKeypair.existingSecret=oracle",
+            ],
+            "networkPolicy.solanaRpc.cidrs",
+        ),
+        (
+            vec!["--set", "networkPolicy.kubeApiServer.cidrs={10.0.0.1}"],
+            "/networkPolicy/kubeApiServer/cidrs/0",
+        ),
+        (vec!["--kube-version", "v1.29.0"], "kubeVersion"),
+    ] {
+        let mut args = vec!["template", RELEASE, chart.to_str().unwrap()];
+        args.extend_from_slice(&extra);
+        let out = helm(&args);
+        assert!(!out.success, "helm template {extra:?} must fail");
+        assert!(
+            out.stderr.contains(field),
+            "helm template {extra:?} must name {field}: {}",
+            out.stderr
+        );
+    }
 }
 
 /// Installs the CRDs as the chart renders them (written into `dir`) and waits until they are
@@ -653,6 +904,16 @@ async fn hub_and_member_manifests_pass_a_server_side_dry_run() -> Result<()> {
             v
         }),
         ("member", vec![s("--set"), s("mode=member")]),
+        // Hardened: NetworkPolicies, HTTPS metrics behind kube-rbac-proxy, settlement.
+        ("hub-hardened", {
+            let mut v = settle.to_vec();
+            v.extend(hardened_hub().map(String::from));
+            v
+        }),
+        (
+            "member-pull-hardened",
+            hardened_member().map(String::from).to_vec(),
+        ),
     ];
     for (name, extra) in variants {
         let e: Vec<&str> = extra.iter().map(String::as_str).collect();
@@ -726,6 +987,38 @@ async fn hub_and_member_manifests_pass_a_server_side_dry_run() -> Result<()> {
     )
     .await?;
     ensure!(deps.trim().is_empty(), "dry-run created objects: {deps}");
+
+    // NOTES with settlement on say where the period comes from (no value of that name exists).
+    let chart_path = chart_dir().display().to_string();
+    let kubeconfig_path = cp.kubeconfig_path().display().to_string();
+    let mut args: Vec<String> = [
+        "install",
+        RELEASE,
+        &chart_path,
+        "--namespace",
+        NAMESPACE,
+        "--kubeconfig",
+        &kubeconfig_path,
+        "--dry-run=server",
+        "--set",
+        "crds.install=false",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(settle.iter().cloned());
+    let out = helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    ensure!(
+        out.success,
+        "helm install --dry-run (settlement): {}",
+        out.stderr
+    );
+    ensure!(
+        out.stdout.contains(
+            "Settlement: enabled against https://api.devnet.solana.com, once per settlement period of the pool"
+        ) && !out.stdout.contains(" every s"),
+        "NOTES:\n{}",
+        out.stdout
+    );
 
     // Helm itself against the cluster: an install dry-run renders NOTES in both modes. The CRDs
     // were applied above with kubectl, so Helm must not try to adopt them (crds.install=false).
@@ -888,14 +1181,46 @@ fn dashboard_and_alerts_are_off_by_default_and_valid_promql_on_real_metrics() {
         "Tokens minted per member (per hour)",
         "Settlement failures (per hour)",
         "Oracle SOL balance",
+        "Reconcile latency p50 / p99",
+        "API client throttling",
+        "Events skipped (per 5 minutes)",
+        "Unpaid GPU-seconds, by member and reason",
+        "Kubelet GPU mismatches",
+        "Job restarts (per hour)",
     ] {
         assert!(
             titles.contains(&want),
             "panel {want:?} missing from {titles:?}"
         );
     }
+    // Every panel says its unit; the member panels follow the dashboard's cluster variable.
+    for panel in dash["panels"].as_array().unwrap() {
+        if panel["type"] != "row" {
+            assert!(
+                panel["fieldConfig"]["defaults"]["unit"].is_string(),
+                "panel {} has no unit",
+                panel["title"]
+            );
+        }
+    }
+    let vars: Vec<&str> = dash["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(vars, ["datasource", "cluster"]);
+    assert_eq!(
+        dash["templating"]["list"][1]["query"]["query"],
+        "label_values(gpupool_member_ready, cluster)"
+    );
     let mut dash_exprs = Vec::new();
     exprs(&dash, &mut dash_exprs);
+    for e in &dash_exprs {
+        if e.contains("gpupool_member_ready") || e.contains("gpupool_unpaid_gpu_seconds") {
+            assert!(e.contains(r#"cluster=~"$cluster""#), "{e}");
+        }
+    }
     assert!(dash_exprs.len() >= titles.len(), "{dash_exprs:?}");
 
     // The alerts.
@@ -914,7 +1239,11 @@ fn dashboard_and_alerts_are_off_by_default_and_valid_promql_on_real_metrics() {
             "GpupoolMemberNotReady",
             "GpupoolJobPendingTooLong",
             "GpupoolSettlementFailing",
-            "GpupoolOracleBalanceLow"
+            "GpupoolOracleBalanceLow",
+            "GpupoolOperatorAbsent",
+            "GpupoolReconcileErrors",
+            "GpupoolUnpaidUsage",
+            "GpupoolKubeletGpuMismatch",
         ]
     );
     let mut rule_exprs = Vec::new();
@@ -933,7 +1262,23 @@ fn dashboard_and_alerts_are_off_by_default_and_valid_promql_on_real_metrics() {
         &serde_yaml::to_string(&rule["spec"]).unwrap(),
     );
     let (ok, out) = run_promtool(&["check", "rules", &rules_file]);
-    assert!(ok && out.contains("SUCCESS: 4 rules found"), "{out}");
+    assert!(ok && out.contains("SUCCESS: 8 rules found"), "{out}");
+    // Each alert links its runbook section, and the README has that section.
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    for r in rule["spec"]["groups"][0]["rules"].as_array().unwrap() {
+        let name = r["alert"].as_str().unwrap();
+        assert_eq!(
+            r["annotations"]["runbook_url"],
+            format!(
+                "https://github.com/gpupool/gpupool/blob/main/README.md#{}",
+                name.to_lowercase()
+            )
+        );
+        assert!(
+            readme.contains(&format!("\n#### {name}\n")),
+            "README has no runbook section for {name}"
+        );
+    }
     let dash_rules = serde_json::json!({"groups": [{
         "name": "dashboard",
         "rules": dash_exprs.iter().enumerate()
@@ -990,6 +1335,13 @@ fn dashboard_and_alerts_are_off_by_default_and_valid_promql_on_real_metrics() {
         "gpupool_tokens_minted_total",
         "gpupool_settlement_failures_total",
         "gpupool_oracle_balance_lamports",
+        "gpupool_reconcile_duration_seconds",
+        "gpupool_client_throttled_seconds_total",
+        "gpupool_events_skipped_total",
+        "gpupool_unpaid_gpu_seconds",
+        "gpupool_kubelet_gpu_mismatches",
+        "gpupool_job_restarts_total",
+        "gpupool_reconcile_errors_total",
     ] {
         assert!(used.contains(must), "nothing reads {must}: {used:?}");
     }
@@ -1037,6 +1389,20 @@ tests:
         values: '0x10 1+1x30'
       - series: 'gpupool_oracle_balance_lamports'
         values: '500000000x5 50000000x20'
+      # The only operator replica stops being scraped as up at minute 3.
+      - series: 'up{job="gp-gpupool-operator-metrics",namespace="gpupool-system",pod="op-0"}'
+        values: '1x2 0x30'
+      # The MemberCluster controller fails from minute 5 on; the jobs controller once.
+      - series: 'gpupool_reconcile_errors_total{controller="membercluster",error="api"}'
+        values: '0x5 1+1x30'
+      - series: 'gpupool_reconcile_errors_total{controller="trainingjob",error="api"}'
+        values: '0x5 1x30'
+      # east's usage is refused from minute 10 on.
+      - series: 'gpupool_unpaid_gpu_seconds{cluster="east",reason="no-pod-report",pod="a"}'
+        values: '0x9 120x40'
+      # Two kubelet mismatches in west from minute 1 on.
+      - series: 'gpupool_kubelet_gpu_mismatches{cluster="west"}'
+        values: '0 2x30'
     alert_rule_test:
       - eval_time: 4m
         alertname: GpupoolMemberNotReady
@@ -1046,6 +1412,7 @@ tests:
         exp_alerts:
           - exp_labels: {severity: warning, cluster: east}
             exp_annotations:
+              runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupoolmembernotready
               summary: Member cluster east is NotReady
               description: "Member cluster east has been NotReady for more than 5m: its jobs are being moved to other members. Check its API server and the hub's kubeconfig Secret for it (kubectl describe membercluster east)."
       - eval_time: 29m
@@ -1056,6 +1423,7 @@ tests:
         exp_alerts:
           - exp_labels: {severity: warning, kind: trainingjob}
             exp_annotations:
+              runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupooljobpendingtoolong
               summary: A trainingjob has waited for GPUs for more than 30 minutes
               description: "The oldest pending trainingjob has waited 31m 0s. Ask gpupool why: kubectl gpupool why <job>."
       - eval_time: 10m
@@ -1066,6 +1434,7 @@ tests:
         exp_alerts:
           - exp_labels: {severity: warning}
             exp_annotations:
+              runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupoolsettlementfailing
               summary: Settlement of metered GPU usage on Solana is failing
               description: "15 settlement failures in the last window; usage stays Final in the hub and is paid once settlement succeeds. Check the operator log and the Solana RPC endpoint."
       - eval_time: 12m
@@ -1076,10 +1445,60 @@ tests:
         exp_alerts:
           - exp_labels: {severity: warning}
             exp_annotations:
+              runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupooloraclebalancelow
               summary: The gpupool usage oracle is running out of SOL
               description: "The oracle wallet holds 50M lamports; it pays the fees of settlement transactions. Top it up before settlement stops."
 "#;
-    let f = write(dir.path(), "alerts_test.yaml", tests);
+    let tests = format!(
+        "{tests}{}",
+        r#"
+      - eval_time: 6m
+        alertname: GpupoolOperatorAbsent
+        exp_alerts: []
+      - eval_time: 9m
+        alertname: GpupoolOperatorAbsent
+        exp_alerts:
+          - exp_labels: {severity: warning}
+            exp_annotations:
+              runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupooloperatorabsent
+              summary: No gpupool operator replica is up
+              description: "Prometheus has scraped no live gpupool operator replica (Service gp-gpupool-operator-metrics in gpupool-system) for 5m: no job is placed, moved or metered. kubectl -n gpupool-system get pods,lease."
+      - eval_time: 18m
+        alertname: GpupoolReconcileErrors
+        exp_alerts: []
+      - eval_time: 25m
+        alertname: GpupoolReconcileErrors
+        exp_alerts:
+          - exp_labels: {severity: warning, controller: membercluster}
+            exp_annotations:
+              runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupoolreconcileerrors
+              summary: The membercluster controller keeps failing
+              description: 'membercluster reconciles have kept failing for 15m; gpupool_reconcile_errors_total{controller="membercluster"} says which error, the operator log says why.'
+      - eval_time: 30m
+        alertname: GpupoolUnpaidUsage
+        exp_alerts: []
+      - eval_time: 45m
+        alertname: GpupoolUnpaidUsage
+        exp_alerts:
+          - exp_labels: {severity: warning, cluster: east, reason: no-pod-report}
+            exp_annotations:
+              runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupoolunpaidusage
+              summary: Member east claims GPU-seconds the hub does not pay (no-pod-report)
+              description: The last metering pass refused 120 GPU-seconds of east for no-pod-report. Look at the unpaidReason of its pods in its UsageRecords (kubectl get usagerecords -o yaml).
+      - eval_time: 10m
+        alertname: GpupoolKubeletGpuMismatch
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: GpupoolKubeletGpuMismatch
+        exp_alerts:
+          - exp_labels: {severity: warning, cluster: west}
+            exp_annotations:
+              runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupoolkubeletgpumismatch
+              summary: The kubelet of west gave pods other GPUs than gpupool chose
+              description: 2 device-plugin pods in west run on GPUs other than the ones gpupool placed them on; the hub follows the kubelet, but NVLink placement is lost for them.
+"#
+    );
+    let f = write(dir.path(), "alerts_test.yaml", &tests);
     let (ok, out) = run_promtool(&["test", "rules", &f]);
     assert!(ok && out.contains("SUCCESS"), "{out}");
 }
@@ -1414,5 +1833,202 @@ async fn the_agent_runs_under_the_charts_rbac_and_needs_nothing_more() -> Result
     );
     let (ok, stderr) = run_agent(false);
     ensure!(ok, "the agent without --simulate-dra: {stderr}");
+    Ok(())
+}
+
+/// The chart as released in 0.1.0 (the commit before the hardened chart): what `helm upgrade`
+/// starts from.
+const PREVIOUS_CHART_REV: &str = "e5a436edfd197e12b7bbd6f3b3d6c5d0913ea9f6";
+
+/// Writes the chart (and the CRDs its `files/crds` link points at) as of `rev` into `dir`;
+/// returns the chart's directory.
+fn chart_at(rev: &str, dir: &Path) -> PathBuf {
+    let archive = Command::new("git")
+        .args(["archive", "--format=tar", rev, "charts/gpupool", "crds"])
+        .current_dir(repo_root())
+        .output()
+        .expect("git starts");
+    assert!(
+        archive.status.success(),
+        "git archive {rev} (a clone with history is needed): {}",
+        String::from_utf8_lossy(&archive.stderr)
+    );
+    let mut tar = Command::new("tar")
+        .args(["-x", "-C"])
+        .arg(dir)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("tar starts");
+    std::io::Write::write_all(tar.stdin.as_mut().unwrap(), &archive.stdout).unwrap();
+    drop(tar.stdin.take());
+    assert!(tar.wait().unwrap().success());
+    dir.join("charts/gpupool")
+}
+
+/// `helm <verb> gp <chart>` against a control plane, in the release namespace.
+fn helm_release(verb: &str, chart: &Path, cp: &ControlPlane, extra: &[&str]) -> HelmOut {
+    let kubeconfig = cp.kubeconfig_path();
+    let mut args = vec![
+        verb,
+        RELEASE,
+        chart.to_str().unwrap(),
+        "--namespace",
+        NAMESPACE,
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    helm(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn helm_upgrade_from_the_previous_chart_keeps_jobs_running() -> Result<()> {
+    use gpupool::api::{TrainingJob, TrainingPhase};
+    use gpupool_e2e::{Federation, Operator, publish_fixture, register_member};
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, ListParams, PostParams};
+
+    let fed = Federation::start(1).await.context("federation starts")?;
+    fed.add_nodes(0, &[GpuNode::new("dgx-0", 8, "NVIDIA H100 80GB HBM3")])
+        .await?;
+    let member = fed.members[0].cp.client().await?;
+    publish_fixture(&member, "dgx-h100", "dgx-0").await?;
+    let hub = fed.hub.client().await?;
+
+    // The harness applied today's CRDs (the operator under test writes today's status fields,
+    // so the previous release runs without its own CRDs); the upgrade adopts and manages them.
+    let crd_names: Vec<String> = repo_crds().into_keys().collect();
+    for crd in &crd_names {
+        let target = format!("crd/{crd}");
+        let s = |v: &str| v.to_string();
+        kubectl_ok(
+            &fed.hub,
+            vec![
+                s("label"),
+                s("--overwrite"),
+                target.clone(),
+                s("app.kubernetes.io/managed-by=Helm"),
+            ],
+        )
+        .await?;
+        kubectl_ok(
+            &fed.hub,
+            vec![
+                s("annotate"),
+                s("--overwrite"),
+                target,
+                format!("meta.helm.sh/release-name={RELEASE}"),
+                format!("meta.helm.sh/release-namespace={NAMESPACE}"),
+            ],
+        )
+        .await?;
+    }
+    let old_dir = tempfile::tempdir()?;
+    let old = chart_at(PREVIOUS_CHART_REV, old_dir.path());
+    let out = helm_release(
+        "install",
+        &old,
+        &fed.hub,
+        &["--create-namespace", "--set", "crds.install=false"],
+    );
+    ensure!(out.success, "helm install (previous chart): {}", out.stderr);
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(hub.clone());
+    let kept = || async {
+        let crd = crds.get("trainingjobs.gpupool.io").await?;
+        Ok::<bool, anyhow::Error>(crd.metadata.annotations.is_some_and(|a| {
+            a.get("helm.sh/resource-policy")
+                .is_some_and(|v| v == "keep")
+        }))
+    };
+    ensure!(
+        !kept().await?,
+        "the previous release did not manage the CRDs"
+    );
+
+    // Jobs placed and running under the previous release.
+    register_member(&hub, "member-1", &fed.members[0].cp, ADDRESS, "eu").await?;
+    let op = Operator::start(hub.clone(), Operator::test_config(30));
+    gpupool_e2e::wait_member_ready(&hub, "member-1", 60).await?;
+    let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
+    let tj = |name: &str| -> TrainingJob {
+        serde_yaml::from_str(&format!(
+            "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: default}}\nspec: {{template: {{spec: {{containers: [{{name: main, image: trainer}}]}}}}, workers: 1, gpusPerWorker: 4, gpu: {{model: H100}}, nvlink: required}}\n"
+        ))
+        .unwrap()
+    };
+    tjs.create(&PostParams::default(), &tj("before")).await?;
+    gpupool_e2e::wait_running_on(&tjs, "before", 90).await?;
+    let pods: Api<Pod> = Api::all(member.clone());
+    let pod_uids = || async {
+        let mut uids: Vec<String> = pods
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.uid)
+            .collect();
+        uids.sort();
+        Ok::<Vec<String>, anyhow::Error>(uids)
+    };
+    let before_pods = pod_uids().await?;
+    ensure!(
+        !before_pods.is_empty(),
+        "the job's pod exists in the member"
+    );
+    let before = tjs.get("before").await?.status.unwrap_or_default();
+
+    // Upgrade to this chart; the operator is replaced, as the Deployment's rollout would.
+    drop(op);
+    let out = helm_release("upgrade", &chart_dir(), &fed.hub, &[]);
+    ensure!(out.success, "helm upgrade: {}", out.stderr);
+    let objects = kubectl_ok(
+        &fed.hub,
+        vec![
+            "get".into(),
+            "ns/gpupool-join".into(),
+            "validatingadmissionpolicy/gpupool-join-request-name".into(),
+            format!("poddisruptionbudget/{RELEASE}-gpupool-operator"),
+            "-n".into(),
+            NAMESPACE.into(),
+            "-o".into(),
+            "name".into(),
+        ],
+    )
+    .await?;
+    ensure!(
+        objects.contains("poddisruptionbudget.policy/gp-gpupool-operator")
+            && objects.contains("namespace/gpupool-join"),
+        "objects new in this chart: {objects}"
+    );
+    let _op = Operator::start(hub.clone(), Operator::test_config(30));
+
+    // New work is placed (and keeps the status field the upgraded CRD now has) ...
+    tjs.create(&PostParams::default(), &tj("after")).await?;
+    gpupool_e2e::wait_running_on(&tjs, "after", 90).await?;
+    let after = tjs.get("after").await?.status.unwrap_or_default();
+    ensure!(
+        after.workers[0].gpu_indexes.len() == 4,
+        "gpuIndexes survive in the upgraded CRD: {:?}",
+        after.workers
+    );
+    // ... and the job from before runs on, where it ran, with the same pod.
+    let now = tjs.get("before").await?.status.unwrap_or_default();
+    ensure!(
+        now.phase == TrainingPhase::Running
+            && now.cluster == before.cluster
+            && now
+                .workers
+                .iter()
+                .map(|w| &w.gpu_uuids)
+                .eq(before.workers.iter().map(|w| &w.gpu_uuids)),
+        "the job from before the upgrade moved: {before:?} -> {now:?}"
+    );
+    let after_pods = pod_uids().await?;
+    ensure!(
+        before_pods.iter().all(|u| after_pods.contains(u)),
+        "pods of the job from before were replaced: {before_pods:?} -> {after_pods:?}"
+    );
+    ensure!(after_pods.len() == before_pods.len() + 1, "{after_pods:?}");
     Ok(())
 }

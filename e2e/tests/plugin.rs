@@ -1,6 +1,8 @@
 //! `kubectl gpupool` on real API servers: a hub and two members with KWOK GPU nodes, the operator
 //! placing jobs, and the plugin binary (run by kubectl itself, found on PATH as kubectl-gpupool)
-//! explaining a job that cannot fit, showing where a placed job's GPUs are, and listing members.
+//! explaining a job that cannot fit, showing where a placed job's GPUs are (from hub status
+//! alone), listing members and the queue, watching, cordoning and draining members — and
+//! `gpupool` answering the same commands with the same flags.
 
 use gpupool::api::TrainingJob;
 use gpupool_e2e::{
@@ -41,6 +43,76 @@ fn kubectl_gpupool(fed: &Federation, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `gpupool <args>` (the operator binary's pool commands), against the hub with `--kubeconfig`.
+fn gpupool(fed: &Federation, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(operator_bin("gpupool"))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(fed.hub.kubeconfig_path())
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("gpupool starts");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Starts `kubectl gpupool <args>` (a long-running `--watch`) and sends each stdout line.
+fn spawn_plugin(
+    fed: &Federation,
+    args: &[&str],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let plugin = operator_bin("kubectl-gpupool");
+    let path = format!(
+        "{}:{}",
+        plugin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = Command::new(Tools::get().unwrap().kubectl)
+        .arg("gpupool")
+        .args(args)
+        .env("PATH", path)
+        .env("KUBECONFIG", fed.hub.kubeconfig_path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Waits (up to `secs`) for a line with `want` from a watching plugin.
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, want: &str, secs: u64) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                let hit = l.contains(want);
+                seen.push(l);
+                if hit {
+                    return seen;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    panic!("no line with {want:?} within {secs}s; got {seen:?}");
 }
 
 fn json_of(fed: &Federation, args: &[&str]) -> Value {
@@ -99,6 +171,43 @@ async fn why_where_and_members_answer_from_the_hub() {
         "{table}"
     );
 
+    // `gpupool` and the plugin share commands, flags and output.
+    let (ok, out, err) = gpupool(&fed, &["members", "-o", "json"]);
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), m);
+    let (ok, out, err) = gpupool(&fed, &["members", "-o", "jsonpath={.members[*].name}"]);
+    assert!(ok && out == "member-1 member-2", "{out} {err}");
+    let (ok, out, _) = kubectl_gpupool(&fed, &["members", "-o", "name"]);
+    assert!(
+        ok && out == "membercluster.gpupool.io/member-1\nmembercluster.gpupool.io/member-2\n",
+        "{out}"
+    );
+    let (ok, wide, _) = kubectl_gpupool(&fed, &["members", "-o", "wide"]);
+    assert!(
+        ok && wide.contains("OWNER") && wide.contains(WALLET_2),
+        "{wide}"
+    );
+    assert!(!table.contains("OWNER"), "{table}");
+    let (ok, _, err) = kubectl_gpupool(&fed, &["members", "-o", "xml"]);
+    assert!(
+        !ok && err.contains("wide, name, json, yaml or jsonpath"),
+        "{err}"
+    );
+    let v = json_of(&fed, &["version", "-o", "json"]);
+    assert_eq!(v["client"]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        v["hub"]["kubernetes"].as_str().unwrap().starts_with("v1."),
+        "{v}"
+    );
+    let (ok, script, _) = gpupool(&fed, &["completion", "bash"]);
+    assert!(
+        ok && script.contains("_gpupool()") && script.contains("cordon"),
+        "completion"
+    );
+
+    // The queue, watched: the job that cannot fit shows up in it as it is created.
+    let (mut watcher, lines) = spawn_plugin(&fed, &["queue", "--watch", "-o", "name"]);
+
     // A job no member can fit: 16 H100s in one NVLink domain, on nodes of 8.
     let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
     tjs.create(&PostParams::default(), &tj("too-big", 1, 16, "H100"))
@@ -110,6 +219,12 @@ async fn why_where_and_members_answer_from_the_hub() {
     })
     .await
     .unwrap();
+    wait_line(&lines, "trainingjob.gpupool.io/too-big", 30);
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let q = json_of(&fed, &["queue", "-o", "json"]);
+    assert_eq!(q["jobs"][0]["name"], "too-big", "{q}");
+    assert_eq!(q["jobs"][0]["gpus"], 16, "{q}");
     assert_eq!(why["kind"], "TrainingJob");
     assert_eq!(why["phase"], "Pending");
     let blamed: Vec<&str> = why["reasons"]
@@ -174,7 +289,12 @@ async fn why_where_and_members_answer_from_the_hub() {
         })
         .collect();
     assert_eq!(p["gpus"]["indexes"], serde_json::json!(expected), "{w}");
-    assert_eq!(w["notes"], serde_json::json!([]), "{w}");
+    // Read from the hub alone: the operator recorded the indexes in the job's status.
+    assert_eq!(
+        serde_json::json!(job.workers[0].gpu_indexes),
+        p["gpus"]["indexes"],
+        "{w}"
+    );
     let (ok, text, err) = kubectl_gpupool(&fed, &["where", "fits"]);
     assert!(ok, "{err}");
     let idx = expected
@@ -192,10 +312,62 @@ async fn why_where_and_members_answer_from_the_hub() {
     let y = kubectl_gpupool(&fed, &["why", "fits", "-o", "yaml"]);
     assert!(y.0 && y.1.contains("placedOn:\n- member-1"), "{}", y.1);
 
+    // Cordon: a job that would fit member-1 waits; uncordoned, it is placed there.
+    let (ok, out, err) = kubectl_gpupool(&fed, &["cordon", "member-1"]);
+    assert!(ok && out.contains("cordoned"), "{out} {err}");
+    let m = json_of(&fed, &["members", "-o", "json"]);
+    assert_eq!(m["members"][0]["schedulable"], false, "{m}");
+    tjs.create(&PostParams::default(), &tj("after-cordon", 1, 2, "H100"))
+        .await
+        .unwrap();
+    eventually(60, "after-cordon is reported unschedulable", || async {
+        let w = json_of(&fed, &["why", "after-cordon", "-o", "json"]);
+        Ok((w["unschedulable"] == true).then_some(()))
+    })
+    .await
+    .unwrap();
+    let (ok, _, err) = gpupool(&fed, &["uncordon", "member-1"]);
+    assert!(ok, "{err}");
+    eventually(
+        60,
+        "after-cordon is placed once member-1 is uncordoned",
+        || async {
+            let w = json_of(&fed, &["where", "after-cordon", "-o", "json"]);
+            Ok((w["placements"][0]["member"] == "member-1").then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+
+    // Drain: cordons, and gives up naming the jobs still there; once they are gone it succeeds.
+    let (ok, _, err) = kubectl_gpupool(&fed, &["drain", "member-1", "--timeout", "3s"]);
+    assert!(
+        !ok && err.contains("trainingjob/default/fits")
+            && err.contains("trainingjob/default/after-cordon"),
+        "{err}"
+    );
+    let m = json_of(&fed, &["members", "-o", "json"]);
+    assert_eq!(m["members"][0]["schedulable"], false, "{m}");
+    for name in ["fits", "after-cordon"] {
+        tjs.delete(name, &Default::default()).await.unwrap();
+    }
+    let (ok, out, err) = gpupool(&fed, &["drain", "member-1", "--timeout", "60s"]);
+    assert!(ok && out.contains("drained"), "{out} {err}");
+
     // Errors name what is wrong.
     let (ok, _, err) = kubectl_gpupool(&fed, &["where", "nope"]);
     assert!(
         !ok && err.contains("no TrainingJob or InferenceJob named \"nope\""),
+        "{err}"
+    );
+    let (ok, _, err) = kubectl_gpupool(&fed, &["cordon", "nope"]);
+    assert!(
+        !ok && err.contains("no MemberCluster named \"nope\""),
+        "{err}"
+    );
+    let (ok, _, err) = gpupool(&fed, &["run", "--context", "x"]);
+    assert!(
+        !ok && err.contains("--kubeconfig and --context apply to the pool commands"),
         "{err}"
     );
     drop(op);

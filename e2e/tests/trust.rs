@@ -494,10 +494,11 @@ async fn squatted_registration_and_double_join_are_not_paid() {
         "{recs:#?}"
     );
 
-    // The registrar and the rightful owner move the cluster; the next pass pays, once, under
-    // the first MemberCluster only.
+    // The registrar cannot move the cluster (the squatter, its current owner, did not sign);
+    // the pool admin's owner recovery can, once its timelock has passed without a veto. The
+    // next pass pays, once, under the first MemberCluster only.
     let registrar = w.pool.registrar.insecure_clone();
-    ledger
+    let refused = ledger
         .send(
             &[ix::set_cluster_owner(
                 &registrar.pubkey(),
@@ -507,7 +508,37 @@ async fn squatted_registration_and_double_join_are_not_paid() {
             &[&registrar, &w.owner],
         )
         .await
+        .unwrap_err();
+    assert_eq!(
+        refused.ledger_error(),
+        Some(gpupool_ledger::error::LedgerError::NotClusterOwner)
+    );
+    let admin = w.pool.admin.insecure_clone();
+    ledger
+        .send(
+            &[ix::propose_owner_recovery(
+                &admin.pubkey(),
+                &w.cluster_id,
+                &w.owner.pubkey(),
+            )],
+            &[&admin],
+        )
+        .await
         .unwrap();
+    let recover = [ix::execute_owner_recovery(&w.owner.pubkey(), &w.cluster_id)];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match ledger.send(&recover, &[&w.owner]).await {
+            Ok(_) => break,
+            Err(e)
+                if e.ledger_error() == Some(gpupool_ledger::error::LedgerError::RecoveryNotDue)
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("owner recovery: {e}"),
+        }
+    }
     let r = settle_once(&w.hub, &ledger, &SettleConfig::default())
         .await
         .unwrap();
@@ -848,6 +879,7 @@ async fn an_earlier_gang_placement_is_paid_for_the_time_it_was_current() {
         rank: 0,
         node: NODE.into(),
         gpu_uuids: uuids("gang-new-w0", 2),
+        gpu_indexes: Vec::new(),
         score: 0,
         pod_phase: None,
     }];

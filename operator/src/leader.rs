@@ -25,8 +25,8 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Timing {
-            duration: Duration::from_secs(15),
-            grace: Duration::from_secs(5),
+            duration: Duration::from_secs(4),
+            grace: Duration::from_millis(1500),
         }
     }
 }
@@ -122,36 +122,50 @@ pub async fn acquire_with(
     timing: Timing,
 ) -> anyhow::Result<impl std::future::Future<Output = ()> + use<>> {
     let api: Api<Lease> = Api::namespaced(client, namespace);
-    let retry = timing.duration / 5;
+    let retry = timing.duration / 8;
     let mut observed = None;
     tracing::info!(lease = name, identity, "waiting to become leader");
     let mut last_renew = loop {
-        match try_acquire(&api, name, identity, timing, &mut observed).await {
-            Ok(Attempt::Acquired) => break Instant::now(),
-            Ok(Attempt::Held) => {}
-            Err(e) => {
+        let sent = Instant::now();
+        let attempt = tokio::time::timeout(
+            timing.duration,
+            try_acquire(&api, name, identity, timing, &mut observed),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(Attempt::Acquired)) => break sent,
+            Ok(Ok(Attempt::Held)) => {}
+            Ok(Err(e)) => {
                 tracing::warn!(lease = name, error = %e, "reading the leader lease failed; retrying")
             }
+            Err(_) => tracing::warn!(lease = name, "reading the leader lease timed out; retrying"),
         }
         tokio::time::sleep(retry).await;
     };
     tracing::info!(lease = name, identity, "became leader");
     let (name, identity) = (name.to_string(), identity.to_string());
     Ok(async move {
-        let renew_every = timing.duration / 3;
+        let renew_every = timing.duration / 4;
         let deadline = timing.duration.saturating_sub(timing.grace);
         loop {
-            tokio::time::sleep(renew_every).await;
+            let left = deadline.saturating_sub(last_renew.elapsed());
+            tokio::time::sleep(renew_every.min(left)).await;
+            let left = deadline.saturating_sub(last_renew.elapsed());
+            let sent = Instant::now();
             let mut obs = None;
-            match try_acquire(&api, &name, &identity, timing, &mut obs).await {
-                Ok(Attempt::Acquired) => last_renew = Instant::now(),
-                Ok(Attempt::Held) => {
+            let attempt =
+                tokio::time::timeout(left, try_acquire(&api, &name, &identity, timing, &mut obs))
+                    .await;
+            match attempt {
+                Ok(Ok(Attempt::Acquired)) => last_renew = sent,
+                Ok(Ok(Attempt::Held)) => {
                     tracing::error!(lease = %name, "another replica holds the leader lease; stopping");
                     return;
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(lease = %name, error = %e, "renewing the leader lease failed")
                 }
+                Err(_) => tracing::warn!(lease = %name, "renewing the leader lease timed out"),
             }
             if last_renew.elapsed() >= deadline {
                 tracing::error!(lease = %name, "could not renew the leader lease in time; stopping");
@@ -159,6 +173,35 @@ pub async fn acquire_with(
             }
         }
     })
+}
+
+/// Gives the lease up when `identity` holds it (a leader stopping on purpose, after it stopped
+/// acting): the holder is cleared, so another replica takes over at its next try instead of
+/// waiting for the lease to expire. Guarded by the `resourceVersion` read, like every write.
+pub async fn release(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    identity: &str,
+) -> kube::Result<bool> {
+    let api: Api<Lease> = Api::namespaced(client, namespace);
+    let Some(mut lease) = api.get_opt(name).await? else {
+        return Ok(false);
+    };
+    let spec = lease.spec.get_or_insert_with(Default::default);
+    if spec.holder_identity.as_deref() != Some(identity) {
+        return Ok(false);
+    }
+    spec.holder_identity = None;
+    spec.renew_time = Some(now());
+    match api.replace(name, &PostParams::default(), &lease).await {
+        Ok(_) => {
+            tracing::info!(lease = name, identity, "released the leader lease");
+            Ok(true)
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// A default identity: the pod name when set, else host name and process id.

@@ -1,8 +1,15 @@
 //! `make bench-scale`: how the scheduler carries a large pool.
 //!
-//! 1. Placement microbenchmark (pure, no cluster): the scheduler's cache holding 100 members ×
-//!    1 000 nodes × 8 GPUs (DGX H100 topology, a third of the nodes partly used), p50/p99 of one
-//!    decision for a 1×8 gang, a 4×8 gang and 16×1 replicas spread across members.
+//! 1. Placement microbenchmark (pure, no cluster): the scheduler's cache and decision functions
+//!    over pools of `--pools` (default 100 members × 1 000 nodes and 1 000 × 100) of eight node
+//!    shapes (DGX H100, HGX H100, DGX A100, DGX-1 V100, H100 NVL pairs, A100 ×2, L40S ×8,
+//!    RTX 4090 ×8, round robin), each GPU busy with probability `--use` (default 0, 25 and 75 %):
+//!    the cache's build time and bytes a node (every byte the process allocated for it), then
+//!    p50/p99/max of `--rounds` decisions (default 200) of each shape — 1×1 and 1×2
+//!    `preferred`, 1×8 `clique` and `ring`, a 4×8 `clique` gang, 16×1 and 16×2 replicas spread
+//!    across members — each placed decision assumed so the pool fills, and the first decision of
+//!    each shape (the allocator's answers for a new request are computed then) apart. Last, a
+//!    32-GPU node with 59 049 maximal NVLink cliques joins a pool: its first decisions.
 //! 2. End to end, per N in `--jobs` (default 500,2000,10000): a hub and two members with enough
 //!    KWOK DGX H100 nodes, the release operator binary (`gpupool run`), N one-GPU TrainingJobs
 //!    created as fast as the client allows (`--concurrency` requests in flight); prints
@@ -13,7 +20,8 @@
 //!    placed job each API server served (from its `apiserver_request_total`).
 //!
 //! Options: `--jobs 500,2000`, `--operator PATH` (default: the release `gpupool` next to this
-//! binary's target directory), `--concurrency 64`, `--skip-placement`, `--skip-e2e`.
+//! binary's target directory), `--concurrency 64`, `--skip-placement`, `--skip-e2e`,
+//! `--pools 100x1000,1000x100`, `--use 0,25,75`, `--rounds 200`.
 
 use anyhow::{Context as _, Result, bail};
 use gpupool::api::{InferenceJob, TrainingJob};
@@ -31,6 +39,9 @@ struct Args {
     concurrency: usize,
     rate: Option<f64>,
     placement: bool,
+    pools: Vec<(usize, usize)>,
+    uses: Vec<u64>,
+    rounds: usize,
     e2e: bool,
 }
 
@@ -42,6 +53,9 @@ fn args() -> Result<Args> {
         rate: None,
         placement: true,
         e2e: true,
+        pools: vec![(100, 1000), (1000, 100)],
+        uses: vec![0, 25, 75],
+        rounds: 200,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -60,6 +74,28 @@ fn args() -> Result<Args> {
             }
             "--rate" => a.rate = Some(it.next().context("--rate needs jobs per second")?.parse()?),
             "--skip-placement" => a.placement = false,
+            "--pools" => {
+                a.pools = it
+                    .next()
+                    .context("--pools needs members×nodes values, e.g. 100x1000,1000x100")?
+                    .split(',')
+                    .map(|p| {
+                        let (m, n) = p
+                            .split_once('x')
+                            .with_context(|| format!("--pools: {p:?} is not MEMBERSxNODES"))?;
+                        Ok((m.trim().parse()?, n.trim().parse()?))
+                    })
+                    .collect::<Result<_>>()?
+            }
+            "--use" => {
+                a.uses = it
+                    .next()
+                    .context("--use needs percentages, e.g. 0,25,75")?
+                    .split(',')
+                    .map(|s| s.trim().parse())
+                    .collect::<Result<_, _>>()?
+            }
+            "--rounds" => a.rounds = it.next().context("--rounds needs a value")?.parse()?,
             "--skip-e2e" => a.e2e = false,
             other => bail!("unknown argument {other}"),
         }
@@ -86,16 +122,223 @@ impl Rng {
     }
 }
 
-fn placement_bench() -> Result<()> {
-    const MEMBERS: usize = 100;
-    const NODES: usize = 1000;
-    let base = gpupool::topology::fixtures::get("dgx-h100");
-    let t0 = Instant::now();
+/// Counts the bytes the process holds, for the cache's bytes per node.
+struct Counting;
+static HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+// SAFETY: forwards every call to the system allocator unchanged; only counts sizes.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        HELD.fetch_add(l.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        HELD.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, n: usize) -> *mut u8 {
+        HELD.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        HELD.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { std::alloc::System.realloc(p, l, n) }
+    }
+}
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn held_bytes() -> usize {
+    HELD.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The eight node shapes of a production-like pool: (label, fixture, model, memory MiB, GPUs
+/// kept). H100 NVL and A100 ×2 are the bridged pair of the A100 PCIe fixture.
+const SHAPES: [(&str, &str, &str, i64, usize); 8] = [
+    ("DGX H100", "dgx-h100", "NVIDIA H100 80GB HBM3", 81559, 8),
+    ("HGX H100", "hgx-h100", "NVIDIA H100 80GB HBM3", 81559, 8),
+    ("DGX A100", "dgx-a100", "NVIDIA A100-SXM4-80GB", 81920, 8),
+    ("DGX-1 V100", "dgx1-v100", "Tesla V100-SXM2-32GB", 32768, 8),
+    (
+        "H100 NVL pair",
+        "pcie-a100-bridged",
+        "NVIDIA H100 NVL",
+        95830,
+        2,
+    ),
+    (
+        "A100 ×2",
+        "pcie-a100-bridged",
+        "NVIDIA A100 80GB PCIe",
+        81920,
+        2,
+    ),
+    ("L40S ×8", "pcie-l40s", "NVIDIA L40S", 46068, 8),
+    (
+        "RTX 4090 ×8",
+        "pcie-l40s",
+        "NVIDIA GeForce RTX 4090",
+        24564,
+        8,
+    ),
+];
+
+/// The spec of `shape` for one node, its UUIDs unique in the pool.
+fn shape_spec(shape: usize, member: usize, node: usize) -> gpupool::api::GpuTopologySpec {
+    let (_, fixture, model, memory, keep) = SHAPES[shape];
+    let mut spec = gpupool::topology::fixtures::get(fixture);
+    spec.gpus.retain(|g| (g.index as usize) < keep);
+    spec.links
+        .retain(|l| (l.a as usize) < keep && (l.b as usize) < keep);
+    spec.node_name = format!("node-{node:04}");
+    for g in &mut spec.gpus {
+        g.uuid = format!("GPU-{member:04}-{node:04}-{}", g.index);
+        g.model = model.into();
+        g.memory_mib = memory;
+    }
+    spec
+}
+
+/// A 32-GPU node whose NVLink graph has 3^10 = 59 049 maximal cliques (a Moon–Moser graph:
+/// ten groups of three, every GPU linked to every GPU outside its group) plus two GPUs on PCIe.
+fn moon_moser_spec() -> gpupool::api::GpuTopologySpec {
+    let mut spec = gpupool::topology::fixtures::get("pcie-l40s");
+    let g0 = spec.gpus[0].clone();
+    spec.node_name = "node-moon-moser".into();
+    spec.gpus = (0..32)
+        .map(|i| {
+            let mut g = g0.clone();
+            g.index = i;
+            g.uuid = format!("GPU-moon-moser-{i}");
+            g.model = "Moon-Moser".into();
+            g
+        })
+        .collect();
+    let l0 = spec.links[0].clone();
+    spec.links = (0..30)
+        .flat_map(|a| (a + 1..30).map(move |b| (a, b)))
+        .filter(|(a, b)| a / 3 != b / 3)
+        .map(|(a, b)| {
+            let mut l = l0.clone();
+            l.a = a;
+            l.b = b;
+            l.nvlinks = 2;
+            l
+        })
+        .collect();
+    spec
+}
+
+/// One decision shape of the benchmark.
+#[derive(Clone, Copy)]
+enum Shape {
+    Gang {
+        workers: i32,
+        gpus: i32,
+        nvlink: &'static str,
+    },
+    Spread {
+        replicas: i32,
+        gpus: i32,
+    },
+}
+
+const DECISIONS: [(&str, Shape); 7] = [
+    (
+        "1×1 preferred",
+        Shape::Gang {
+            workers: 1,
+            gpus: 1,
+            nvlink: "preferred",
+        },
+    ),
+    (
+        "1×2 preferred",
+        Shape::Gang {
+            workers: 1,
+            gpus: 2,
+            nvlink: "preferred",
+        },
+    ),
+    (
+        "1×8 clique",
+        Shape::Gang {
+            workers: 1,
+            gpus: 8,
+            nvlink: "clique",
+        },
+    ),
+    (
+        "1×8 ring",
+        Shape::Gang {
+            workers: 1,
+            gpus: 8,
+            nvlink: "ring",
+        },
+    ),
+    (
+        "4×8 clique gang",
+        Shape::Gang {
+            workers: 4,
+            gpus: 8,
+            nvlink: "clique",
+        },
+    ),
+    (
+        "16×1 spread",
+        Shape::Spread {
+            replicas: 16,
+            gpus: 1,
+        },
+    ),
+    (
+        "16×2 spread",
+        Shape::Spread {
+            replicas: 16,
+            gpus: 2,
+        },
+    ),
+];
+
+/// A job of one decision shape.
+enum Job {
+    Training(Box<TrainingJob>),
+    Inference(Box<InferenceJob>),
+}
+
+fn job(shape: Shape, uid: &str) -> Job {
+    match shape {
+        Shape::Gang { workers, gpus, nvlink } => {
+            let mut j: TrainingJob = serde_yaml::from_str(&format!(
+                "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {uid}, namespace: bench, uid: {uid}}}\nspec: {{template: {{spec: {{containers: [{{name: main, image: x}}]}}}}, workers: {workers}, gpusPerWorker: {gpus}, nvlink: {nvlink}}}\n"
+            ))
+            .expect("job parses");
+            j.metadata.finalizers = Some(vec![FINALIZER.into()]);
+            Job::Training(Box::new(j))
+        }
+        Shape::Spread { replicas, gpus } => Job::Inference(Box::new(
+            serde_yaml::from_str(&format!(
+                "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {{name: {uid}, namespace: bench, uid: {uid}}}\nspec: {{template: {{spec: {{containers: [{{name: main, image: x}}]}}}}, replicas: {replicas}, gpusPerReplica: {gpus}, nvlink: preferred, spreadAcrossClusters: true}}\n"
+            ))
+            .expect("job parses"),
+        )),
+    }
+}
+
+/// The scheduler's decision for `j` (what the benchmark times).
+fn decide(cache: &PoolCache, j: &Job) -> Decision {
+    match j {
+        Job::Training(j) => decide_training(cache, j),
+        Job::Inference(j) => decide_inference(cache, j),
+    }
+}
+
+/// A pool of `members` × `nodes` nodes of the eight shapes (round robin), each GPU held by a
+/// running job with probability `busy_pct` %; returns it with the GPUs held.
+fn build_pool(members: usize, nodes: usize, busy_pct: u64, rng: &mut Rng) -> (PoolCache, usize) {
     let mut cache = PoolCache::new();
-    let mut rng = Rng(0x9e3779b97f4a7c15);
     let mut held = 0usize;
-    for m in 0..MEMBERS {
-        let member = format!("member-{m:03}");
+    for m in 0..members {
+        let member = format!("member-{m:04}");
         cache.set_member(
             &member,
             MemberInfo {
@@ -104,101 +347,203 @@ fn placement_bench() -> Result<()> {
             },
         );
         cache.resync_pods(&member, BTreeMap::new());
-        for n in 0..NODES {
-            let node = format!("node-{n:04}");
-            let mut spec = base.clone();
-            spec.node_name = node.clone();
-            for g in &mut spec.gpus {
-                g.uuid = format!("GPU-{m:03}-{n:04}-{}", g.index);
-            }
-            cache.set_node(
-                &member,
-                &node,
-                Some(NodeFacts {
-                    ready: true,
-                    allocatable: 8,
-                }),
-            );
-            cache.set_topology(
-                &member,
-                &node,
-                Some(TopologyFacts {
-                    spec,
-                    busy: Vec::new(),
-                    published: 0,
-                }),
-            );
-            // A third of the nodes run something already.
-            if rng.next().is_multiple_of(3) {
-                let used = 1 + (rng.next() % 7) as usize;
-                let slots: BTreeSet<Slot> = (0..used)
-                    .map(|i| Slot {
-                        member: member.clone(),
-                        node: node.clone(),
-                        uuid: format!("GPU-{m:03}-{n:04}-{i}"),
-                    })
-                    .collect();
+        for n in 0..nodes {
+            let spec = shape_spec((m + n) % SHAPES.len(), m, n);
+            let node = spec.node_name.clone();
+            let gpus = spec.gpus.len();
+            let facts = NodeFacts {
+                ready: true,
+                allocatable: gpus as i64,
+            };
+            cache.set_node(&member, &node, Some(facts));
+            let slots: BTreeSet<Slot> = (0..gpus)
+                .filter(|_| rng.next() % 100 < busy_pct)
+                .map(|i| Slot {
+                    member: member.clone(),
+                    node: node.clone(),
+                    uuid: format!("GPU-{m:04}-{n:04}-{i}"),
+                })
+                .collect();
+            let published = TopologyFacts {
+                spec,
+                busy: Vec::new(),
+                published: 0,
+            };
+            cache.set_topology(&member, &node, Some(published));
+            if !slots.is_empty() {
                 held += slots.len();
-                cache.set_job(
-                    &format!("running-{m}-{n}"),
-                    JobName {
-                        kind: "TrainingJob",
-                        namespace: "bench".into(),
-                        name: format!("running-{m}-{n}"),
-                    },
-                    slots,
-                );
+                let name = format!("running-{m}-{n}");
+                let job = JobName {
+                    kind: "TrainingJob",
+                    namespace: "bench".into(),
+                    name: name.clone(),
+                };
+                cache.set_job(&name, job, slots);
             }
         }
     }
-    println!(
-        "placement: pool of {MEMBERS} members × {NODES} nodes × 8 GPUs ({held} GPUs in use) built in {:.1}s",
-        t0.elapsed().as_secs_f64()
-    );
-    let tj = |workers: i32, gpus: i32| -> TrainingJob {
-        let mut j: TrainingJob = serde_yaml::from_str(&format!(
-            "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: t, namespace: bench, uid: t}}\nspec: {{template: {{spec: {{containers: [{{name: main, image: x}}]}}}}, workers: {workers}, gpusPerWorker: {gpus}, nvlink: required}}\n"
-        ))
-        .expect("job parses");
-        j.metadata.finalizers = Some(vec![FINALIZER.into()]);
-        j
-    };
-    let ij: InferenceJob = serde_yaml::from_str(
-        "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {name: i, namespace: bench, uid: i}\nspec: {template: {spec: {containers: [{name: main, image: x}]}}, replicas: 16, gpusPerReplica: 1, nvlink: none, spreadAcrossClusters: true}\n",
-    )?;
-    println!("| decision | p50 | p99 | decisions |");
-    println!("|---|---|---|---|");
-    for (label, rounds) in [
-        ("1×8 gang", 300usize),
-        ("4×8 gang", 300),
-        ("16×1 spread", 300),
-    ] {
+    (cache, held)
+}
+
+/// Times `rounds` decisions of each shape on one pool (each placed decision assumed, as the
+/// loop does, so the pool fills); the first decision of each shape (cold allocator memo for
+/// new requests) is reported apart.
+fn time_decisions(cache: &mut PoolCache, rounds: usize, tag: &str) {
+    for (label, shape) in DECISIONS {
+        let warm = job(shape, "warm");
+        let t = Instant::now();
+        let _ = decide(cache, &warm);
+        let cold = t.elapsed();
         let mut took = Vec::with_capacity(rounds);
+        let mut waited = 0;
         for r in 0..rounds {
+            let uid = format!("{label}-{r}");
+            let j = job(shape, &uid);
             let t = Instant::now();
-            let d = match label {
-                "1×8 gang" => decide_training(&cache, &tj(1, 8)),
-                "4×8 gang" => decide_training(&cache, &tj(4, 8)),
-                _ => decide_inference(&cache, &ij),
-            };
+            let d = decide(cache, &j);
             took.push(t.elapsed());
-            // Each decision is assumed, as the loop does, so the pool fills as it would.
             match d {
                 Decision::Training { slots, .. } | Decision::Inference { slots, .. } => {
-                    cache.assume(&format!("{label}-{r}"), slots)
+                    cache.assume(&uid, slots)
                 }
-                Decision::Wait { reason, .. } => bail!("{label} did not fit: {reason}"),
+                Decision::Wait { .. } => waited += 1,
             }
         }
-        let p50 = percentile(&mut took, 0.5);
-        let p99 = percentile(&mut took, 0.99);
+        let max = took.iter().max().copied().unwrap_or_default();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "| {label} | {:.2} ms | {:.2} ms | {rounds} |",
-            p50.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3
+            "| {tag} | {label} | {:.2} | {:.2} | {:.2} | {:.1} | {rounds} ({waited} waited) |",
+            ms(percentile(&mut took, 0.5)),
+            ms(percentile(&mut took, 0.99)),
+            ms(max),
+            ms(cold),
+        );
+    }
+}
+
+/// The worst first decisions when a pathological node (59 049 NVLink cliques) joins a pool.
+fn pathological_node() -> Result<()> {
+    let spec = moon_moser_spec();
+    let t = Instant::now();
+    let g = gpupool::topology::GpuGraph::from_spec(&spec)?;
+    println!(
+        "pathological node: 32 GPUs, {} maximal NVLink cliques, graph built in {:.1} ms",
+        g.nvlink_cliques().len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let mut cache = PoolCache::new();
+    let member = "member-odd";
+    let info = MemberInfo {
+        schedulable: true,
+        ..Default::default()
+    };
+    cache.set_member(member, info);
+    cache.resync_pods(member, BTreeMap::new());
+    let facts = NodeFacts {
+        ready: true,
+        allocatable: 32,
+    };
+    cache.set_node(member, &spec.node_name, Some(facts));
+    let t = Instant::now();
+    let published = TopologyFacts {
+        spec,
+        busy: Vec::new(),
+        published: 0,
+    };
+    cache.set_topology(member, "node-moon-moser", Some(published));
+    println!(
+        "  joining the cache: {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    for (label, shape) in [
+        (
+            "1×4 clique",
+            Shape::Gang {
+                workers: 1,
+                gpus: 4,
+                nvlink: "clique",
+            },
+        ),
+        (
+            "1×8 clique",
+            Shape::Gang {
+                workers: 1,
+                gpus: 8,
+                nvlink: "clique",
+            },
+        ),
+        (
+            "1×8 preferred",
+            Shape::Gang {
+                workers: 1,
+                gpus: 8,
+                nvlink: "preferred",
+            },
+        ),
+        (
+            "1×8 ring",
+            Shape::Gang {
+                workers: 1,
+                gpus: 8,
+                nvlink: "ring",
+            },
+        ),
+        (
+            "1×16 preferred",
+            Shape::Gang {
+                workers: 1,
+                gpus: 16,
+                nvlink: "preferred",
+            },
+        ),
+    ] {
+        let j = job(shape, "odd");
+        let t = Instant::now();
+        let d = decide(&cache, &j);
+        let cold = t.elapsed();
+        let t = Instant::now();
+        let _ = decide(&cache, &j);
+        let warm = t.elapsed();
+        let placed = !matches!(d, Decision::Wait { .. });
+        println!(
+            "  {label}: first decision {:.1} ms, then {:.3} ms (placed: {placed})",
+            cold.as_secs_f64() * 1e3,
+            warm.as_secs_f64() * 1e3
         );
     }
     Ok(())
+}
+
+/// Placement microbenchmark: the scheduler's own decision functions over its cache, for pools
+/// of mixed shapes at several levels of use (see the module docs).
+fn placement_bench(pools: &[(usize, usize)], uses: &[u64], rounds: usize) -> Result<()> {
+    println!(
+        "placement: mixed pools of {} (round robin), every GPU busy with probability p",
+        SHAPES.map(|s| s.0).join(", ")
+    );
+    for &(members, nodes) in pools {
+        for &busy in uses {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ busy);
+            let before = held_bytes();
+            let t0 = Instant::now();
+            let (mut cache, held) = build_pool(members, nodes, busy, &mut rng);
+            let built = t0.elapsed();
+            let bytes = held_bytes().saturating_sub(before);
+            println!();
+            println!(
+                "{members} members × {nodes} nodes, p = {busy} % ({held} GPUs in use): cache built in {:.2} s, {} bytes a node",
+                built.as_secs_f64(),
+                bytes / (members * nodes)
+            );
+            println!(
+                "| pool, use | decision | p50 ms | p99 ms | max ms | first (cold) ms | decisions |"
+            );
+            println!("|---|---|---|---|---|---|---|");
+            time_decisions(&mut cache, rounds, &format!("{members}×{nodes}, {busy} %"));
+        }
+    }
+    println!();
+    pathological_node()
 }
 
 /// The operator's `/metrics` text.
@@ -438,7 +783,7 @@ async fn main() -> Result<()> {
             .unwrap_or_default()
     );
     if a.placement {
-        placement_bench()?;
+        placement_bench(&a.pools, &a.uses, a.rounds)?;
     }
     if a.e2e {
         let operator = match a.operator {

@@ -2,6 +2,7 @@
 //! and publishes them as the node's `GpuTopology` with server-side apply.
 
 pub mod dra;
+pub mod health;
 pub mod nvml;
 pub mod pod_resources;
 

@@ -329,6 +329,10 @@ pub struct NodeGpus {
     pub node: String,
     /// NVML UUIDs of the GPUs assigned.
     pub gpu_uuids: Vec<String>,
+    /// Indexes of those GPUs on their node (NVML numbering, as `nvidia-smi` shows them), in the
+    /// order of `gpuUuids`; empty when the node's topology was unknown as it was written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_indexes: Vec<i32>,
     /// Topology score of the GPU set (higher is better-connected).
     #[serde(default)]
     pub score: i64,

@@ -376,6 +376,7 @@ mod tests {
         NodeGpus {
             node: node.into(),
             gpu_uuids: uuids.iter().map(|u| u.to_string()).collect(),
+            gpu_indexes: Vec::new(),
             score: 0,
             revision: revision.into(),
             ready: true,

@@ -172,6 +172,10 @@ pub struct WorkerPlacement {
     pub node: String,
     /// NVML UUIDs of the worker's GPUs.
     pub gpu_uuids: Vec<String>,
+    /// Indexes of those GPUs on their node (NVML numbering, as `nvidia-smi` shows them), in the
+    /// order of `gpuUuids`; empty when the node's topology was unknown as it was written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_indexes: Vec<i32>,
     /// Topology score of the GPU set.
     #[serde(default)]
     pub score: i64,
@@ -301,6 +305,7 @@ mod tests {
                 rank: 0,
                 node: "n1".into(),
                 gpu_uuids: vec![gpu.into()],
+                gpu_indexes: vec![0],
                 score: 0,
                 pod_phase: Some("Running".into()),
             }],

@@ -49,6 +49,9 @@ struct Args {
     /// Kubeconfig to use (default: in-cluster config or $KUBECONFIG).
     #[arg(long, value_name = "FILE")]
     kubeconfig: Option<PathBuf>,
+    /// Serve /healthz, /readyz and /metrics on this address (e.g. 0.0.0.0:8081).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Adds what the kubelet says each pod got, when its pod-resources socket is there.
@@ -97,6 +100,15 @@ async fn client(args: &Args) -> Result<kube::Client> {
     })
 }
 
+/// Publishes the GpuTopology (and, simulating DRA, the ResourceSlice).
+async fn publish(client: &kube::Client, args: &Args, reading: &Reading) -> Result<()> {
+    agent::publish(client, reading).await?;
+    if args.simulate_dra {
+        agent::dra::publish_simulated_slice(client, &reading.spec).await?;
+    }
+    Ok(())
+}
+
 async fn run(args: Args) -> Result<()> {
     let reading = with_kubelet_devices(&args, read(&args)?).await;
     if args.print {
@@ -119,12 +131,22 @@ async fn run(args: Args) -> Result<()> {
         bail!("no node name: pass --node-name or set NODE_NAME");
     }
     let client = client(&args).await?;
+    let health = agent::health::AgentHealth::new(Duration::from_secs(args.interval.max(1)));
+    let _server = args.metrics_addr.map(|addr| {
+        let h = health.clone();
+        tokio::spawn(async move {
+            if let Err(e) = h.serve(addr).await {
+                tracing::error!("serving health and metrics on {addr}: {e:#}");
+            }
+        })
+    });
     let mut reading = reading;
     loop {
-        agent::publish(&client, &reading).await?;
-        if args.simulate_dra {
-            agent::dra::publish_simulated_slice(&client, &reading.spec).await?;
+        if let Err(e) = publish(&client, &args, &reading).await {
+            health.failed();
+            return Err(e);
         }
+        health.published(reading.spec.gpus.len());
         tracing::info!(node = %reading.spec.node_name, gpus = reading.spec.gpus.len(), in_use = reading.in_use.len(), "published GpuTopology");
         if args.once {
             return Ok(());
@@ -133,6 +155,7 @@ async fn run(args: Args) -> Result<()> {
         match read(&args) {
             Ok(r) => reading = with_kubelet_devices(&args, r).await,
             Err(e) => {
+                health.failed();
                 tracing::warn!("re-reading the topology failed, publishing the last one: {e:#}")
             }
         }

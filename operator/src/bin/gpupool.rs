@@ -1,14 +1,17 @@
-//! `gpupool`: the operator and the cluster owners' CLI.
+//! `gpupool`: the operator, the member and join agents, and the pool's command line (the same
+//! commands and flags as the `kubectl gpupool` plugin).
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "gpupool",
     version,
-    about = "Federated GPU pool: operator and owner CLI"
+    about = "Federated GPU pool: the operator, its agents and the pool's command line (also `kubectl gpupool`)"
 )]
 struct Cli {
+    #[command(flatten)]
+    global: gpupool::cli::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -17,8 +20,6 @@ struct Cli {
 enum Command {
     /// Run the operator against the hub cluster (in-cluster config or KUBECONFIG).
     Run(gpupool::controllers::RunArgs),
-    /// Show GPU-seconds and tokens earned by a wallet or member cluster, on chain and in the hub's records.
-    Earnings(gpupool::cli::earnings::EarningsArgs),
     /// Run in a member cluster: join the pool in pull mode and apply the hub's work here.
     MemberAgent(gpupool::member_agent::AgentArgs),
     /// Run the hub's join controller (answers join requests, hands out member credentials).
@@ -27,19 +28,8 @@ enum Command {
         #[arg(long)]
         auto_approve: bool,
     },
-    /// Manage join tokens for pull members (pool admin).
-    #[command(subcommand)]
-    JoinToken(gpupool::cli::members::TokenCommand),
-    /// Approve a pending member.
-    Approve {
-        /// MemberCluster name.
-        member: String,
-    },
-    /// Deny a pending member, or revoke an approved one (its hub credential stops working).
-    Deny {
-        /// MemberCluster name.
-        member: String,
-    },
+    #[command(flatten)]
+    Pool(gpupool::cli::Command),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,9 +61,15 @@ fn limit_malloc_arenas() {}
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Pool(_))
+        && (cli.global.kubeconfig.is_some() || cli.global.context.is_some())
+    {
+        anyhow::bail!(
+            "--kubeconfig and --context apply to the pool commands; the operator and its agents read KUBECONFIG or the in-cluster config"
+        );
+    }
     match cli.command {
         Command::Run(args) => gpupool::controllers::run(args).await,
-        Command::Earnings(args) => gpupool::cli::earnings::run(args).await,
         Command::MemberAgent(args) => {
             gpupool::telemetry::init_logging();
             gpupool::member_agent::run(args).await
@@ -87,12 +83,9 @@ async fn run() -> anyhow::Result<()> {
             };
             gpupool::join::controller::run(hub, cfg).await
         }
-        Command::JoinToken(cmd) => gpupool::cli::members::token(cmd).await,
-        Command::Approve { member } => {
-            gpupool::cli::members::set_approval(&member, gpupool::api::Approval::Approved).await
-        }
-        Command::Deny { member } => {
-            gpupool::cli::members::set_approval(&member, gpupool::api::Approval::Denied).await
+        Command::Pool(command) => {
+            gpupool::cli::main(cli.global, command, Cli::command()).await;
+            Ok(())
         }
     }
 }

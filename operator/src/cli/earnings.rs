@@ -1,4 +1,4 @@
-//! `gpupool earnings`: what a wallet or member cluster earned, on chain and in the hub's records.
+//! `earnings`: what a wallet or member cluster earned, on chain and in the hub's records.
 
 use crate::api::{MemberCluster, UsageRecord, UsageState};
 use crate::ledger::{self, LedgerClient, Pubkey, RpcLedger};
@@ -8,7 +8,6 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
 /// Arguments of `gpupool earnings`.
 #[derive(clap::Args, Debug, Clone)]
@@ -20,9 +19,6 @@ pub struct EarningsArgs {
     /// Member cluster name: show that cluster.
     #[arg(long)]
     pub cluster: Option<String>,
-    /// Kubeconfig of the hub cluster (default: KUBECONFIG / ~/.kube/config / in-cluster).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
     /// Solana JSON-RPC URL.
     #[arg(long, env = "GPUPOOL_RPC_URL", default_value = "http://127.0.0.1:8899")]
     pub rpc_url: String,
@@ -91,6 +87,16 @@ pub struct EarningsReport {
     pub notes: Vec<String>,
 }
 
+/// What the hub says about the clusters: owners, identities (kube-system UIDs, which key their
+/// accounts on chain) and usage records.
+#[derive(Default)]
+struct HubView {
+    consulted: bool,
+    owner: BTreeMap<String, String>,
+    uid: BTreeMap<String, String>,
+    records: Vec<UsageRecord>,
+}
+
 /// Builds the report from the chain (any [`LedgerClient`]) and, when given, the hub's
 /// `MemberCluster`s and `UsageRecord`s.
 pub async fn earnings_report(
@@ -101,131 +107,35 @@ pub async fn earnings_report(
 ) -> Result<EarningsReport> {
     let mut report = EarningsReport {
         ledger: chain.describe(),
-        decimals: 0,
         ..Default::default()
     };
-    let config = ledger::read_config(chain, program_id)
-        .await
-        .with_context(|| format!("reading the pool from {}", chain.describe()))?;
-    match &config {
-        Some(c) => {
-            report.mint = Some(c.mint);
-            report.decimals = ledger::read_mint(chain, &c.mint)
-                .await?
-                .map(|m| m.decimals)
-                .unwrap_or(0);
-        }
-        None => report.notes.push(format!(
-            "the gpupool ledger (program {program_id}) has no pool on {}",
-            chain.describe()
-        )),
-    }
-
-    // Hub view.
-    let mut hub_owner: BTreeMap<String, String> = BTreeMap::new();
-    // The cluster's identity (its kube-system UID), which keys its account on chain.
-    let mut hub_uid: BTreeMap<String, String> = BTreeMap::new();
-    let mut recs: Vec<UsageRecord> = Vec::new();
-    if let Some(hub) = hub {
-        let members = Api::<MemberCluster>::all(hub.clone())
-            .list(&ListParams::default())
-            .await
-            .context("listing MemberClusters in the hub")?;
-        for m in members.items {
-            hub_owner.insert(m.name_any(), m.spec.owner_wallet.clone());
-            if let Some(uid) = m.cluster_id().map(String::from) {
-                hub_uid.insert(m.name_any(), uid);
-            }
-        }
-        recs = Api::<UsageRecord>::all(hub.clone())
-            .list(&ListParams::default())
-            .await
-            .context("listing UsageRecords in the hub")?
-            .items;
-        for r in &recs {
-            hub_owner
-                .entry(r.spec.cluster.clone())
-                .or_insert_with(|| r.spec.owner_wallet.clone());
-            if !r.spec.cluster_uid.is_empty() {
-                hub_uid
-                    .entry(r.spec.cluster.clone())
-                    .or_insert_with(|| r.spec.cluster_uid.clone());
-            }
-        }
-    } else {
-        report
-            .notes
-            .push("hub not consulted: showing on-chain figures only".into());
-    }
-
-    let names: BTreeSet<String> = match selector {
-        Selector::Cluster(c) => BTreeSet::from([c.clone()]),
-        Selector::Wallet(w) => {
-            if hub.is_none() {
-                bail!(
-                    "--wallet needs the hub to find the wallet's clusters; pass --kubeconfig or use --cluster"
-                );
-            }
-            let w = w.to_string();
-            hub_owner
-                .iter()
-                .filter(|(_, o)| **o == w)
-                .map(|(c, _)| c.clone())
-                .collect()
+    read_pool(chain, program_id, &mut report).await?;
+    let view = match hub {
+        Some(h) => read_hub(h).await?,
+        None => {
+            report
+                .notes
+                .push("hub not consulted: showing on-chain figures only".into());
+            HubView::default()
         }
     };
-
     let mut owners: BTreeSet<Pubkey> = BTreeSet::new();
     if let Selector::Wallet(w) = selector {
         owners.insert(*w);
     }
-    for name in &names {
-        let mut line = ClusterEarnings {
-            cluster: name.clone(),
-            hub_owner: hub_owner.get(name).cloned(),
-            ..Default::default()
-        };
-        let account = match hub_uid.get(name) {
-            Some(uid) => ledger::read_cluster(chain, program_id, &ledger::cluster_id(uid)).await?,
-            None => {
-                report.notes.push(format!(
-                    "cluster {name}: its identity (kube-system UID) is not known{}, so its on-chain account cannot be found",
-                    if hub.is_none() { " without the hub" } else { " to the hub yet" }
-                ));
-                None
-            }
-        };
-        if let Some(acc) = account {
-            owners.insert(acc.owner);
-            line.chain = Some(ChainTotals {
-                owner: acc.owner,
-                gpu_seconds: acc.total_gpu_seconds,
-                tokens: acc.total_tokens_minted,
-                receipts: acc.receipt_count,
-            });
-            if let Some(h) = &line.hub_owner
-                && *h != acc.owner.to_string()
-            {
-                report.notes.push(format!(
-                    "cluster {name}: the hub says owner {h}, the chain pays {}",
-                    acc.owner
-                ));
-            }
+    for name in selected_clusters(selector, &view)? {
+        let line = cluster_line(chain, program_id, &name, &view, &mut report.notes).await?;
+        if let Some(ch) = &line.chain {
+            owners.insert(ch.owner);
         }
-        let tally = hub_tally(name, &recs);
-        line.records = tally.records;
-        line.settled_gpu_seconds = tally.settled_gpu_seconds;
-        line.settled_tokens = tally.settled_tokens;
-        line.final_gpu_seconds = tally.final_gpu_seconds;
-        line.open_gpu_seconds = tally.open_gpu_seconds;
         if line.chain.is_none() && line.hub_owner.is_none() && line.records == 0 {
             if let Selector::Cluster(_) = selector {
                 bail!(
                     "unknown cluster {name:?}: no MemberCluster or usage records of that name in the hub{} and no cluster account on {}",
-                    if hub.is_none() {
-                        " (hub not consulted)"
-                    } else {
+                    if view.consulted {
                         ""
+                    } else {
+                        " (hub not consulted)"
                     },
                     chain.describe()
                 );
@@ -249,6 +159,130 @@ pub async fn earnings_report(
         }
     }
     Ok(report)
+}
+
+/// The pool's mint and its decimals, or a note that the ledger has no pool.
+async fn read_pool(
+    chain: &dyn LedgerClient,
+    program_id: &Pubkey,
+    report: &mut EarningsReport,
+) -> Result<()> {
+    let config = ledger::read_config(chain, program_id)
+        .await
+        .with_context(|| format!("reading the pool from {}", chain.describe()))?;
+    match config {
+        Some(c) => {
+            report.mint = Some(c.mint);
+            report.decimals = ledger::read_mint(chain, &c.mint)
+                .await?
+                .map(|m| m.decimals)
+                .unwrap_or(0);
+        }
+        None => report.notes.push(format!(
+            "the gpupool ledger (program {program_id}) has no pool on {}",
+            chain.describe()
+        )),
+    }
+    Ok(())
+}
+
+/// Owners and identities from the MemberClusters, completed from the usage records (a removed
+/// member's records still name its owner and identity).
+async fn read_hub(hub: &Client) -> Result<HubView> {
+    let mut view = HubView {
+        consulted: true,
+        ..Default::default()
+    };
+    let members = Api::<MemberCluster>::all(hub.clone())
+        .list(&ListParams::default())
+        .await
+        .context("listing MemberClusters in the hub")?;
+    for m in members.items {
+        view.owner.insert(m.name_any(), m.spec.owner_wallet.clone());
+        if let Some(uid) = m.cluster_id().map(String::from) {
+            view.uid.insert(m.name_any(), uid);
+        }
+    }
+    view.records = Api::<UsageRecord>::all(hub.clone())
+        .list(&ListParams::default())
+        .await
+        .context("listing UsageRecords in the hub")?
+        .items;
+    for r in &view.records {
+        view.owner
+            .entry(r.spec.cluster.clone())
+            .or_insert_with(|| r.spec.owner_wallet.clone());
+        if !r.spec.cluster_uid.is_empty() {
+            view.uid
+                .entry(r.spec.cluster.clone())
+                .or_insert_with(|| r.spec.cluster_uid.clone());
+        }
+    }
+    Ok(view)
+}
+
+/// The clusters the selector names: one by name, or every cluster the hub says a wallet owns.
+fn selected_clusters(selector: &Selector, view: &HubView) -> Result<BTreeSet<String>> {
+    Ok(match selector {
+        Selector::Cluster(c) => BTreeSet::from([c.clone()]),
+        Selector::Wallet(w) => {
+            if !view.consulted {
+                bail!(
+                    "--wallet needs the hub to find the wallet's clusters; pass --kubeconfig or use --cluster"
+                );
+            }
+            let w = w.to_string();
+            view.owner
+                .iter()
+                .filter(|(_, o)| **o == w)
+                .map(|(c, _)| c.clone())
+                .collect()
+        }
+    })
+}
+
+/// One cluster's chain account and hub records; notes a missing identity or an owner the hub
+/// and the chain disagree on.
+async fn cluster_line(
+    chain: &dyn LedgerClient,
+    program_id: &Pubkey,
+    name: &str,
+    view: &HubView,
+    notes: &mut Vec<String>,
+) -> Result<ClusterEarnings> {
+    let account = match view.uid.get(name) {
+        Some(uid) => ledger::read_cluster(chain, program_id, &ledger::cluster_id(uid)).await?,
+        None => {
+            notes.push(format!(
+                "cluster {name}: its identity (kube-system UID) is not known{}, so its on-chain account cannot be found",
+                if view.consulted {
+                    " to the hub yet"
+                } else {
+                    " without the hub"
+                }
+            ));
+            None
+        }
+    };
+    let mut line = hub_tally(name, &view.records);
+    line.hub_owner = view.owner.get(name).cloned();
+    if let Some(acc) = account {
+        line.chain = Some(ChainTotals {
+            owner: acc.owner,
+            gpu_seconds: acc.total_gpu_seconds,
+            tokens: acc.total_tokens_minted,
+            receipts: acc.receipt_count,
+        });
+        if let Some(h) = &line.hub_owner
+            && *h != acc.owner.to_string()
+        {
+            notes.push(format!(
+                "cluster {name}: the hub says owner {h}, the chain pays {}",
+                acc.owner
+            ));
+        }
+    }
+    Ok(line)
 }
 
 /// The hub's records of one cluster, summed by state (only the hub figures of the line are set).
@@ -291,115 +325,90 @@ pub fn format_tokens(amount: u64, decimals: u8) -> String {
 /// Renders the report as a table.
 pub fn format_report(r: &EarningsReport) -> String {
     let mut out = String::new();
-    let tok = |a: u64| format_tokens(a, r.decimals);
     let _ = writeln!(out, "Ledger: {}", r.ledger);
     if let Some(m) = r.mint {
         let _ = writeln!(out, "Pool mint: {m} ({} decimals)", r.decimals);
     }
     let _ = writeln!(out);
-    let headers = [
-        "CLUSTER",
-        "ON-CHAIN GPU-S",
-        "TOKENS MINTED",
-        "RECEIPTS",
-        "HUB SETTLED GPU-S",
-        "HUB SETTLED TOKENS",
-        "UNSETTLED GPU-S",
-        "OPEN GPU-S",
-        "OWNER",
-    ];
-    let mut rows: Vec<Vec<String>> = Vec::new();
-    for c in &r.clusters {
-        let (gs, tk, rc, owner) = match &c.chain {
-            Some(ch) => (
-                ch.gpu_seconds.to_string(),
-                tok(ch.tokens),
-                ch.receipts.to_string(),
-                ch.owner.to_string(),
-            ),
-            None => (
-                "not registered".into(),
-                "-".into(),
-                "-".into(),
-                c.hub_owner.clone().unwrap_or_default(),
-            ),
-        };
-        rows.push(vec![
-            c.cluster.clone(),
-            gs,
-            tk,
-            rc,
-            c.settled_gpu_seconds.to_string(),
-            tok(c.settled_tokens.max(0) as u64),
-            c.final_gpu_seconds.to_string(),
-            c.open_gpu_seconds.to_string(),
-            owner,
-        ]);
-    }
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    let _ = writeln!(out, "{}", line(headers.to_vec()));
-    for row in &rows {
-        let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
-    }
+    let rows: Vec<Vec<String>> = r
+        .clusters
+        .iter()
+        .map(|c| cluster_row(c, r.decimals))
+        .collect();
+    out.push_str(&crate::cli::plugin::table(
+        &[
+            "CLUSTER",
+            "ON-CHAIN GPU-S",
+            "TOKENS MINTED",
+            "RECEIPTS",
+            "HUB SETTLED GPU-S",
+            "HUB SETTLED TOKENS",
+            "UNSETTLED GPU-S",
+            "OPEN GPU-S",
+            "OWNER",
+        ],
+        &rows,
+    ));
     if rows.is_empty() {
         let _ = writeln!(out, "(no clusters)");
     }
+    format_footer(&mut out, r);
+    out
+}
+
+/// One cluster's cells: chain figures (or "not registered"), then the hub's.
+fn cluster_row(c: &ClusterEarnings, decimals: u8) -> Vec<String> {
+    let tok = |a: u64| format_tokens(a, decimals);
+    let (gs, tk, rc, owner) = match &c.chain {
+        Some(ch) => (
+            ch.gpu_seconds.to_string(),
+            tok(ch.tokens),
+            ch.receipts.to_string(),
+            ch.owner.to_string(),
+        ),
+        None => (
+            "not registered".into(),
+            "-".into(),
+            "-".into(),
+            c.hub_owner.clone().unwrap_or_default(),
+        ),
+    };
+    vec![
+        c.cluster.clone(),
+        gs,
+        tk,
+        rc,
+        c.settled_gpu_seconds.to_string(),
+        tok(c.settled_tokens.max(0) as u64),
+        c.final_gpu_seconds.to_string(),
+        c.open_gpu_seconds.to_string(),
+        owner,
+    ]
+}
+
+/// Wallet balances and notes under the table.
+fn format_footer(out: &mut String, r: &EarningsReport) {
     if !r.balances.is_empty() {
         let _ = writeln!(out);
         for (w, b) in &r.balances {
             let _ = writeln!(
                 out,
                 "Wallet {w}: {} pool tokens in its token account",
-                tok(*b)
+                format_tokens(*b, r.decimals)
             );
         }
     }
     for n in &r.notes {
         let _ = writeln!(out, "note: {n}");
     }
-    out
 }
 
-async fn hub_client(kubeconfig: Option<&PathBuf>) -> Result<Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no hub kubeconfig found (pass --kubeconfig)")?,
-    };
-    Ok(Client::try_from(config)?)
-}
-
-/// Entry point of `gpupool earnings`.
-pub async fn run(args: EarningsArgs) -> Result<()> {
-    let report = report_for_args(&args).await?;
-    print!("{}", format_report(&report));
-    Ok(())
-}
-
-/// The report `gpupool earnings` prints for these arguments (also `kubectl gpupool earnings`).
-pub async fn report_for_args(args: &EarningsArgs) -> Result<EarningsReport> {
+/// The report `earnings` prints for these arguments; the hub is reached with the global
+/// `--kubeconfig`/`--context` (on-chain figures alone for `--cluster` when it cannot be).
+pub async fn report_for_args(
+    args: &EarningsArgs,
+    global: &crate::cli::GlobalArgs,
+) -> Result<EarningsReport> {
     let selector = match (&args.wallet, &args.cluster) {
         (Some(w), _) => Selector::Wallet(ledger::parse_wallet(w)?),
         (None, Some(c)) if !c.trim().is_empty() => Selector::Cluster(c.trim().to_string()),
@@ -411,23 +420,19 @@ pub async fn report_for_args(args: &EarningsArgs) -> Result<EarningsReport> {
         None => gpupool_ledger::ID,
     };
     let rpc = RpcLedger::new(&args.rpc_url)?;
-    let hub = match hub_client(args.kubeconfig.as_ref()).await {
-        Ok(c) => match c.apiserver_version().await {
-            Ok(_) => Some(c),
-            Err(e) => {
-                if matches!(selector, Selector::Wallet(_)) {
-                    bail!("cannot reach the hub API server: {e}");
-                }
-                eprintln!(
-                    "warning: cannot reach the hub API server ({e}); showing on-chain figures only"
-                );
-                None
-            }
-        },
+    let reached = match crate::cli::commands::connect(global).await {
+        Ok(h) => h
+            .client
+            .apiserver_version()
+            .await
+            .map(|_| h.client)
+            .map_err(|e| anyhow::anyhow!("cannot reach the hub API server: {e}")),
+        Err(e) => Err(e),
+    };
+    let hub = match reached {
+        Ok(c) => Some(c),
+        Err(e) if matches!(selector, Selector::Wallet(_)) => return Err(e),
         Err(e) => {
-            if matches!(selector, Selector::Wallet(_)) {
-                return Err(e);
-            }
             eprintln!("warning: {e:#}; showing on-chain figures only");
             None
         }

@@ -1,94 +1,17 @@
-//! `kubectl gpupool`: answers "why is my job waiting", "where did it go", "what does the pool
-//! hold" and "what did this member earn" from the hub's objects, as tables, JSON or YAML.
+//! The pool commands' reports: "why is my job waiting", "where did it go", "what waits",
+//! "what does the pool hold" and "what did this member earn", built from the hub's objects.
 //!
 //! Jobs are read as untyped JSON so that status fields newer than this build (or older) are shown
-//! when present and skipped when absent. The report builders are pure; IO is in [`run`].
+//! when present and skipped when absent. The report builders are pure; IO is in
+//! [`super::commands`].
 
-use crate::api::{MemberCluster, UsageRecord};
-use crate::cli::earnings::{self, EarningsArgs};
-use anyhow::{Context, Result, bail};
-use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use crate::api::UsageRecord;
+use crate::cli::earnings;
+use anyhow::{Result, bail};
+use kube::api::ApiResource;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
-
-/// `kubectl gpupool` arguments.
-#[derive(clap::Parser, Debug)]
-#[command(
-    name = "kubectl-gpupool",
-    bin_name = "kubectl gpupool",
-    version,
-    about = "Ask the gpupool hub why a job waits, where it runs, what the pool holds and what members earned"
-)]
-pub struct PluginArgs {
-    /// Kubeconfig of the hub cluster (default: KUBECONFIG / ~/.kube/config / in-cluster).
-    #[arg(long, global = true)]
-    pub kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context to use.
-    #[arg(long, global = true)]
-    pub context: Option<String>,
-    /// Namespace of the job (default: the context's namespace).
-    #[arg(short = 'n', long, global = true)]
-    pub namespace: Option<String>,
-    /// Output format.
-    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
-    /// Namespace of the operator (holds member kubeconfig Secrets that name no namespace).
-    #[arg(
-        long,
-        global = true,
-        env = "GPUPOOL_NAMESPACE",
-        default_value = "gpupool-system"
-    )]
-    pub operator_namespace: String,
-    #[command(subcommand)]
-    pub command: PluginCommand,
-}
-
-/// Output formats.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Output {
-    /// Human-readable table.
-    Table,
-    /// JSON document.
-    Json,
-    /// YAML document.
-    Yaml,
-}
-
-/// Subcommands.
-#[derive(clap::Subcommand, Debug)]
-pub enum PluginCommand {
-    /// Why a job is waiting: phase, queue position, and why each member does not fit.
-    Why {
-        /// `NAME`, or `trainingjob/NAME` / `tj/NAME` / `inferencejob/NAME` / `ij/NAME`.
-        job: String,
-    },
-    /// Where a job runs: member, node, GPU indexes and topology score per worker or replica.
-    Where {
-        /// `NAME`, or `trainingjob/NAME` / `tj/NAME` / `inferencejob/NAME` / `ij/NAME`.
-        job: String,
-        /// Do not read GPU indexes from the members (shows GPU UUIDs only).
-        #[arg(long)]
-        no_member_lookup: bool,
-    },
-    /// Member clusters: readiness, capacity, free NVLink islands, owner and what they earned.
-    Members,
-    /// GPU-seconds and tokens earned by a wallet or member cluster (`gpupool earnings`).
-    Earnings(EarningsArgs),
-    /// Let a pull member that asked to join into the pool (`gpupool approve`).
-    Approve {
-        /// MemberCluster name.
-        member: String,
-    },
-    /// Refuse or revoke a member: its hub credential is withdrawn (`gpupool deny`).
-    Deny {
-        /// MemberCluster name.
-        member: String,
-    },
-}
 
 /// The two job kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,7 +23,8 @@ pub enum JobKind {
 }
 
 impl JobKind {
-    fn resource(self) -> ApiResource {
+    /// The job kind's API resource.
+    pub fn resource(self) -> ApiResource {
         match self {
             JobKind::Training => ApiResource::erase::<crate::api::TrainingJob>(&()),
             JobKind::Inference => ApiResource::erase::<crate::api::InferenceJob>(&()),
@@ -297,18 +221,20 @@ pub fn format_why(r: &Value) -> String {
     out
 }
 
-/// `where`: one row per worker (TrainingJob) or replica (InferenceJob). `indexes` maps a GPU UUID
-/// to its index on its node, where the member could be read.
-pub fn where_report(kind: JobKind, job: &Value, indexes: &HashMap<String, i64>) -> Value {
-    let gpus = |uuids: &Value| -> Value {
-        let list: Vec<&str> = uuids
+/// `where`: one row per worker (TrainingJob) or replica (InferenceJob), from the job's status
+/// alone: the operator records each GPU set's indexes on its node beside the UUIDs
+/// (`gpuIndexes`); a status written before it did shows UUIDs only.
+pub fn where_report(kind: JobKind, job: &Value) -> Value {
+    let gpus = |set: &Value| -> Value {
+        let list: Vec<&str> = set["gpuUuids"]
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        json!({
-            "indexes": list.iter().map(|u| indexes.get(*u).copied()).collect::<Option<Vec<i64>>>(),
-            "uuids": list,
-        })
+        let indexes: Option<Vec<i64>> = set["gpuIndexes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_i64).collect())
+            .filter(|ix: &Vec<i64>| !list.is_empty() && ix.len() == list.len());
+        json!({ "indexes": indexes, "uuids": list })
     };
     let mut rows = Vec::new();
     match kind {
@@ -324,7 +250,7 @@ pub fn where_report(kind: JobKind, job: &Value, indexes: &HashMap<String, i64>) 
                     "worker": format!("rank {}", w["rank"].as_i64().unwrap_or(0)),
                     "member": cluster,
                     "node": w["node"],
-                    "gpus": gpus(&w["gpuUuids"]),
+                    "gpus": gpus(w),
                     "score": w["score"],
                     "podPhase": w.get("podPhase").cloned().unwrap_or(Value::Null),
                 }));
@@ -346,7 +272,7 @@ pub fn where_report(kind: JobKind, job: &Value, indexes: &HashMap<String, i64>) 
                         },
                         "member": p["cluster"],
                         "node": g["node"],
-                        "gpus": gpus(&g["gpuUuids"]),
+                        "gpus": gpus(g),
                         "score": g["score"],
                         "podPhase": Value::Null,
                     }));
@@ -363,8 +289,8 @@ pub fn where_report(kind: JobKind, job: &Value, indexes: &HashMap<String, i64>) 
     })
 }
 
-/// Renders a `where` document as text.
-pub fn format_where(r: &Value) -> String {
+/// Renders a `where` document as text; `wide` adds the GPU UUIDs.
+pub fn format_where(r: &Value, wide: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -374,29 +300,31 @@ pub fn format_where(r: &Value) -> String {
         r["name"].as_str().unwrap_or(""),
         r["phase"].as_str().unwrap_or("Pending")
     );
+    let joined = |v: &Value| -> String {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| {
+                        x.as_str()
+                            .map(String::from)
+                            .unwrap_or_else(|| x.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
     let rows: Vec<Vec<String>> = r["placements"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|p| {
             let g = &p["gpus"];
-            let gpus = match g["indexes"].as_array() {
-                Some(ix) => ix
-                    .iter()
-                    .map(|i| i.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
-                None => g["uuids"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default(),
+            let gpus = match g["indexes"] {
+                Value::Array(_) => joined(&g["indexes"]),
+                _ => joined(&g["uuids"]),
             };
-            vec![
+            let mut row = vec![
                 p["worker"].as_str().unwrap_or("").to_string(),
                 p["member"].as_str().unwrap_or("").to_string(),
                 p["node"].as_str().unwrap_or("").to_string(),
@@ -406,7 +334,11 @@ pub fn format_where(r: &Value) -> String {
                     .map(|s| s.to_string())
                     .unwrap_or_default(),
                 p["podPhase"].as_str().unwrap_or("").to_string(),
-            ]
+            ];
+            if wide {
+                row.push(joined(&g["uuids"]));
+            }
+            row
         })
         .collect();
     if rows.is_empty() {
@@ -417,12 +349,130 @@ pub fn format_where(r: &Value) -> String {
             r["name"].as_str().unwrap_or("")
         );
     } else {
-        out.push_str(&table(
-            &["WORKER", "MEMBER", "NODE", "GPUS", "SCORE", "POD"],
-            &rows,
-        ));
+        let mut headers = vec!["WORKER", "MEMBER", "NODE", "GPUS", "SCORE", "POD"];
+        if wide {
+            headers.push("GPU UUIDS");
+        }
+        out.push_str(&table(&headers, &rows));
     }
     out
+}
+
+/// Whether a job waits for GPUs: the scheduler gave it a queue position, or it is Pending and
+/// holds none.
+fn is_queued(kind: JobKind, job: &Value) -> bool {
+    if job
+        .pointer("/status/queuePosition")
+        .is_some_and(|q| !q.is_null())
+    {
+        return true;
+    }
+    let phase = str_at(job, "/status/phase").unwrap_or("Pending");
+    let placed = match kind {
+        JobKind::Training => job
+            .pointer("/status/workers")
+            .and_then(Value::as_array)
+            .is_some_and(|w| !w.is_empty()),
+        JobKind::Inference => job
+            .pointer("/status/placements")
+            .and_then(Value::as_array)
+            .is_some_and(|p| !p.is_empty()),
+    };
+    phase == "Pending" && !placed
+}
+
+/// GPUs a job asks for in all.
+fn gpus_asked(kind: JobKind, job: &Value) -> i64 {
+    let n = |p: &str| job.pointer(p).and_then(Value::as_i64).unwrap_or(1).max(1);
+    match kind {
+        JobKind::Training => n("/spec/workers") * n("/spec/gpusPerWorker"),
+        JobKind::Inference => n("/spec/replicas") * n("/spec/gpusPerReplica"),
+    }
+}
+
+/// `queue`: the jobs that wait for GPUs, in queue order (position, then age).
+pub fn queue_report(jobs: &[(JobKind, Value)]) -> Value {
+    let mut rows: Vec<Value> = jobs
+        .iter()
+        .filter(|(k, j)| is_queued(*k, j))
+        .map(|(k, j)| {
+            json!({
+                "position": j.pointer("/status/queuePosition").cloned().unwrap_or(Value::Null),
+                "kind": k.kind(),
+                "namespace": str_at(j, "/metadata/namespace"),
+                "name": str_at(j, "/metadata/name"),
+                "gpus": gpus_asked(*k, j),
+                "model": j.pointer("/spec/gpu/model").cloned().unwrap_or(Value::Null),
+                "priority": j.pointer("/spec/priority").cloned().unwrap_or(json!(0)),
+                "created": str_at(j, "/metadata/creationTimestamp"),
+                "pendingReason": j.pointer("/status/pendingReason").cloned().unwrap_or(Value::Null),
+                "message": unschedulable_condition(j)
+                    .and_then(|c| c["message"].as_str())
+                    .or_else(|| str_at(j, "/status/message")),
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        let pos = |v: &Value| v["position"].as_i64().unwrap_or(i64::MAX);
+        (
+            pos(a),
+            a["created"].as_str(),
+            a["namespace"].as_str(),
+            a["name"].as_str(),
+        )
+            .cmp(&(
+                pos(b),
+                b["created"].as_str(),
+                b["namespace"].as_str(),
+                b["name"].as_str(),
+            ))
+    });
+    json!({ "jobs": rows })
+}
+
+/// Renders a `queue` document; `wide` adds the unschedulable message.
+pub fn format_queue(r: &Value, wide: bool) -> String {
+    let rows: Vec<Vec<String>> = r["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|j| {
+            let s = |k: &str| match &j[k] {
+                Value::Null => "-".to_string(),
+                Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            let mut row = vec![
+                s("position"),
+                format!("{}/{}", s("kind").to_ascii_lowercase(), s("name")),
+                s("namespace"),
+                s("gpus"),
+                s("model"),
+                s("priority"),
+                s("pendingReason"),
+            ];
+            if wide {
+                row.push(s("message"));
+            }
+            row
+        })
+        .collect();
+    if rows.is_empty() {
+        return "No job waits for GPUs.\n".into();
+    }
+    let mut headers = vec![
+        "POSITION",
+        "JOB",
+        "NAMESPACE",
+        "GPUS",
+        "MODEL",
+        "PRIORITY",
+        "REASON",
+    ];
+    if wide {
+        headers.push("MESSAGE");
+    }
+    table(&headers, &rows)
 }
 
 /// `members`: one entry per MemberCluster, with what its hub records say it earned.
@@ -464,8 +514,9 @@ pub fn members_report(members: &[Value], records: &[UsageRecord]) -> Value {
     json!({ "members": rows })
 }
 
-/// Renders a `members` document as text.
-pub fn format_members(r: &Value) -> String {
+/// Renders a `members` document as text; `wide` adds the GPU models, NVLink islands, binding
+/// mode and owner.
+pub fn format_members(r: &Value, wide: bool) -> String {
     let rows: Vec<Vec<String>> = r["members"]
         .as_array()
         .into_iter()
@@ -524,22 +575,37 @@ pub fn format_members(r: &Value) -> String {
     if rows.is_empty() {
         return "No member clusters registered.\n".into();
     }
-    table(
-        &[
-            "NAME",
-            "READY",
-            "SCHEDULABLE",
-            "REGION",
-            "NODES",
-            "FREE/GPUS",
-            "MODELS (FREE/TOTAL)",
-            "FREE NVLINK",
-            "BINDING",
-            "OWNER",
-            "EARNED (SETTLED)",
-        ],
-        &rows,
-    )
+    let headers = [
+        "NAME",
+        "READY",
+        "SCHEDULABLE",
+        "REGION",
+        "NODES",
+        "FREE/GPUS",
+        "MODELS (FREE/TOTAL)",
+        "FREE NVLINK",
+        "BINDING",
+        "OWNER",
+        "EARNED (SETTLED)",
+    ];
+    // The narrow table leaves out the models, islands, binding mode and owner.
+    let keep = |i: usize| wide || !(6..=9).contains(&i);
+    let pick = |cells: Vec<String>| -> Vec<String> {
+        cells
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| keep(*i))
+            .map(|(_, c)| c)
+            .collect()
+    };
+    let headers: Vec<&str> = headers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| keep(*i))
+        .map(|(_, h)| *h)
+        .collect();
+    let rows: Vec<Vec<String>> = rows.into_iter().map(pick).collect();
+    table(&headers, &rows)
 }
 
 /// Left-aligned columns separated by three spaces, like `kubectl get`.
@@ -593,253 +659,6 @@ pub fn earnings_json(r: &earnings::EarningsReport) -> Value {
         "balances": r.balances.iter().map(|(w, b)| json!({"wallet": w.to_string(), "tokens": b})).collect::<Vec<_>>(),
         "notes": r.notes,
     })
-}
-
-fn emit(output: Output, doc: &Value, text: impl FnOnce(&Value) -> String) -> Result<String> {
-    Ok(match output {
-        Output::Table => text(doc),
-        Output::Json => format!("{}\n", serde_json::to_string_pretty(doc)?),
-        Output::Yaml => serde_yaml::to_string(doc)?,
-    })
-}
-
-struct Hub {
-    client: Client,
-    namespace: String,
-}
-
-async fn connect(args: &PluginArgs) -> Result<Hub> {
-    let options = kube::config::KubeConfigOptions {
-        context: args.context.clone(),
-        ..Default::default()
-    };
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &options)
-                .await
-                .with_context(|| format!("kubeconfig {}", path.display()))?
-        }
-        None if args.context.is_some() => kube::Config::from_kubeconfig(&options)
-            .await
-            .context("loading the kubeconfig context")?,
-        None => kube::Config::infer()
-            .await
-            .context("no hub kubeconfig found (pass --kubeconfig)")?,
-    };
-    let namespace = args
-        .namespace
-        .clone()
-        .unwrap_or_else(|| config.default_namespace.clone());
-    Ok(Hub {
-        client: Client::try_from(config)?,
-        namespace,
-    })
-}
-
-/// Reads a job by reference, trying both kinds for a bare name.
-async fn get_job(hub: &Hub, job: &str) -> Result<(JobKind, Value)> {
-    let (kind, name) = parse_job_ref(job)?;
-    let kinds = match kind {
-        Some(k) => vec![k],
-        None => vec![JobKind::Training, JobKind::Inference],
-    };
-    let mut found = Vec::new();
-    for k in kinds {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(hub.client.clone(), &hub.namespace, &k.resource());
-        if let Some(o) = api
-            .get_opt(&name)
-            .await
-            .with_context(|| format!("reading {} {}/{name}", k.kind(), hub.namespace))?
-        {
-            found.push((k, serde_json::to_value(o)?));
-        }
-    }
-    match found.len() {
-        0 => bail!(
-            "no TrainingJob or InferenceJob named {name:?} in namespace {:?}",
-            hub.namespace
-        ),
-        1 => Ok(found.remove(0)),
-        _ => bail!(
-            "both a TrainingJob and an InferenceJob are named {name:?}: say which, e.g. tj/{name} or ij/{name}"
-        ),
-    }
-}
-
-async fn member_objects(hub: &Hub) -> Result<Vec<Value>> {
-    let api: Api<DynamicObject> = Api::all_with(
-        hub.client.clone(),
-        &ApiResource::erase::<MemberCluster>(&()),
-    );
-    api.list(&ListParams::default())
-        .await
-        .context("listing MemberClusters")?
-        .items
-        .into_iter()
-        .map(|o| Ok(serde_json::to_value(o)?))
-        .collect()
-}
-
-/// GPU UUID → index on its node, from the GpuTopology objects of the given members. Reading a
-/// push member needs the hub's kubeconfig Secret for it (a pull member's come from its agent's
-/// reports on the hub); members that cannot be read are skipped
-/// (returned with the reason) and their GPUs are shown by UUID.
-async fn gpu_indexes(
-    hub: &Hub,
-    operator_namespace: &str,
-    members: &[String],
-) -> (HashMap<String, i64>, Vec<String>) {
-    let mut out = HashMap::new();
-    let mut notes = Vec::new();
-    let mcs: Api<MemberCluster> = Api::all(hub.client.clone());
-    for name in members {
-        let res: Result<()> = async {
-            let mc = mcs.get(name).await.context("reading the MemberCluster")?;
-            // A pull member's topologies are in its agent's reports on the hub.
-            let Some(r) = mc.spec.kubeconfig_ref() else {
-                let ns = crate::join::names::member_namespace(name);
-                let reports = Api::<crate::api::MemberReport>::namespaced(hub.client.clone(), &ns)
-                    .list(&ListParams::default())
-                    .await
-                    .with_context(|| format!("listing the MemberReports in {ns}"))?;
-                for r in crate::pull::current_report(&reports.items) {
-                    for t in r.spec.nodes.iter().filter_map(|n| n.topology.as_ref()) {
-                        for g in &t.gpus {
-                            out.insert(g.uuid.clone(), g.index as i64);
-                        }
-                    }
-                }
-                return Ok(());
-            };
-            let ns = r.namespace.as_deref().unwrap_or(operator_namespace);
-            let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-                Api::namespaced(hub.client.clone(), ns);
-            let s = secrets
-                .get(&r.name)
-                .await
-                .with_context(|| format!("reading Secret {ns}/{}", r.name))?;
-            let text = s
-                .data
-                .as_ref()
-                .and_then(|d| d.get(&r.key))
-                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-                .with_context(|| format!("Secret {ns}/{} has no key {}", r.name, r.key))?;
-            let client =
-                crate::federation::client_from_kubeconfig(&text, std::time::Duration::from_secs(5))
-                    .await
-                    .map_err(anyhow::Error::msg)?;
-            let topos = Api::<crate::api::GpuTopology>::all(client)
-                .list(&ListParams::default())
-                .await
-                .context("listing GpuTopology objects")?;
-            for t in topos.items {
-                for g in &t.spec.gpus {
-                    out.insert(g.uuid.clone(), g.index as i64);
-                }
-            }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = res {
-            notes.push(format!(
-                "{name}: GPU indexes unavailable ({e:#}); showing UUIDs"
-            ));
-        }
-    }
-    (out, notes)
-}
-
-/// Runs one `kubectl gpupool` command and returns what it prints.
-pub async fn run(args: PluginArgs) -> Result<String> {
-    if let PluginCommand::Earnings(e) = &args.command {
-        let mut e = e.clone();
-        if e.kubeconfig.is_none() {
-            e.kubeconfig = args.kubeconfig.clone();
-        }
-        let report = earnings::report_for_args(&e).await?;
-        return emit(args.output, &earnings_json(&report), |_| {
-            earnings::format_report(&report)
-        });
-    }
-    let hub = connect(&args).await?;
-    match &args.command {
-        PluginCommand::Why { job } => {
-            let (kind, obj) = get_job(&hub, job).await?;
-            let members: Vec<String> = member_objects(&hub)
-                .await?
-                .iter()
-                .filter_map(|m| str_at(m, "/metadata/name").map(String::from))
-                .collect();
-            emit(args.output, &why_report(kind, &obj, &members), format_why)
-        }
-        PluginCommand::Where {
-            job,
-            no_member_lookup,
-        } => {
-            let (kind, obj) = get_job(&hub, job).await?;
-            let first = where_report(kind, &obj, &HashMap::new());
-            let mut used: Vec<String> = first["placements"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| p["member"].as_str().map(String::from))
-                .collect();
-            used.sort();
-            used.dedup();
-            let (indexes, notes) = if *no_member_lookup || used.is_empty() {
-                (HashMap::new(), Vec::new())
-            } else {
-                gpu_indexes(&hub, &args.operator_namespace, &used).await
-            };
-            let mut doc = where_report(kind, &obj, &indexes);
-            doc["notes"] = json!(notes);
-            emit(args.output, &doc, |d| {
-                let mut s = format_where(d);
-                for n in d["notes"].as_array().into_iter().flatten() {
-                    let _ = writeln!(s, "note: {}", n.as_str().unwrap_or(""));
-                }
-                s
-            })
-        }
-        PluginCommand::Members => {
-            let members = member_objects(&hub).await?;
-            let records = Api::<UsageRecord>::all(hub.client.clone())
-                .list(&ListParams::default())
-                .await
-                .context("listing UsageRecords")?
-                .items;
-            let mut sorted = members;
-            sorted.sort_by(|a, b| str_at(a, "/metadata/name").cmp(&str_at(b, "/metadata/name")));
-            emit(
-                args.output,
-                &members_report(&sorted, &records),
-                format_members,
-            )
-        }
-        PluginCommand::Approve { member } | PluginCommand::Deny { member } => {
-            let approval = if matches!(args.command, PluginCommand::Approve { .. }) {
-                crate::api::Approval::Approved
-            } else {
-                crate::api::Approval::Denied
-            };
-            crate::join::admin::set_approval(&hub.client, member, approval).await?;
-            emit(
-                args.output,
-                &json!({"member": member, "approval": approval.to_string()}),
-                |d| {
-                    format!(
-                        "member {}: {}\n",
-                        d["member"].as_str().unwrap_or(""),
-                        d["approval"].as_str().unwrap_or("")
-                    )
-                },
-            )
-        }
-        PluginCommand::Earnings(_) => unreachable!("handled above"),
-    }
 }
 
 /// Names of the members a `why` document blames, in order (tests, scripting).
@@ -931,43 +750,48 @@ mod tests {
     }
 
     #[test]
-    fn where_lists_workers_and_replicas_with_gpu_indexes_when_known() {
+    fn where_lists_workers_and_replicas_with_the_gpu_indexes_in_status() {
         let tj = json!({
             "metadata": {"name": "t", "namespace": "ml"},
             "status": {"phase": "Running", "cluster": "east", "workers": [
-                {"rank": 0, "node": "dgx-0", "gpuUuids": ["GPU-a", "GPU-b"], "score": 900, "podPhase": "Running"},
-                {"rank": 1, "node": "dgx-1", "gpuUuids": ["GPU-c", "GPU-d"], "score": 900}
+                {"rank": 0, "node": "dgx-0", "gpuUuids": ["GPU-a", "GPU-b"], "gpuIndexes": [0, 1], "score": 900, "podPhase": "Running"},
+                {"rank": 1, "node": "dgx-1", "gpuUuids": ["GPU-c", "GPU-d"], "gpuIndexes": [4, 5], "score": 900}
             ]}
         });
-        let idx: HashMap<String, i64> = [("GPU-a", 0), ("GPU-b", 1), ("GPU-c", 4), ("GPU-d", 5)]
-            .into_iter()
-            .map(|(u, i)| (u.to_string(), i))
-            .collect();
-        let r = where_report(JobKind::Training, &tj, &idx);
+        let r = where_report(JobKind::Training, &tj);
         assert_eq!(r["placements"][1]["gpus"]["indexes"], json!([4, 5]));
-        let text = format_where(&r);
+        let text = format_where(&r, false);
         assert!(
             text.contains("rank 0   east     dgx-0   0,1    900     Running"),
             "{text}"
         );
-        // Unknown indexes: the UUIDs are shown instead.
-        let r = where_report(JobKind::Training, &tj, &HashMap::new());
+        assert!(!text.contains("GPU-a"), "{text}");
+        assert!(format_where(&r, true).contains("GPU UUIDS"));
+        assert!(format_where(&r, true).contains("GPU-a,GPU-b"));
+        // A status written before indexes were recorded (or with a partial list): UUIDs.
+        let old = json!({
+            "metadata": {"name": "t", "namespace": "ml"},
+            "status": {"phase": "Running", "cluster": "east", "workers": [
+                {"rank": 0, "node": "dgx-0", "gpuUuids": ["GPU-a", "GPU-b"], "gpuIndexes": [0], "score": 900}
+            ]}
+        });
+        let r = where_report(JobKind::Training, &old);
         assert_eq!(r["placements"][0]["gpus"]["indexes"], Value::Null);
-        assert!(format_where(&r).contains("GPU-a,GPU-b"));
+        assert!(format_where(&r, false).contains("GPU-a,GPU-b"));
 
         let ij = json!({
             "metadata": {"name": "chat", "namespace": "ml"},
             "status": {"phase": "Running", "placements": [
                 {"cluster": "west", "replicas": [0, 2], "readyReplicas": 2, "gpus": [
-                    {"node": "l40s-0", "gpuUuids": ["GPU-x"], "score": 5},
-                    {"node": "l40s-1", "gpuUuids": ["GPU-y"], "score": 5}
+                    {"node": "l40s-0", "gpuUuids": ["GPU-x"], "gpuIndexes": [3], "score": 5},
+                    {"node": "l40s-1", "gpuUuids": ["GPU-y"], "gpuIndexes": [0], "score": 5}
                 ]},
                 {"cluster": "east", "replicas": [1], "readyReplicas": 1, "gpus": [
                     {"node": "dgx-0", "gpuUuids": ["GPU-a"], "score": 7}
                 ]}
             ]}
         });
-        let r = where_report(JobKind::Inference, &ij, &idx);
+        let r = where_report(JobKind::Inference, &ij);
         let workers: Vec<&str> = r["placements"]
             .as_array()
             .unwrap()
@@ -975,12 +799,89 @@ mod tests {
             .map(|p| p["worker"].as_str().unwrap())
             .collect();
         assert_eq!(workers, ["replica 0", "replica 2", "replica 1"]);
+        assert_eq!(r["placements"][0]["gpus"]["indexes"], json!([3]));
         assert_eq!(r["placements"][2]["member"], "east");
+        assert_eq!(r["placements"][2]["gpus"]["indexes"], Value::Null);
         let pending = json!({"metadata": {"name": "p", "namespace": "ml"}});
         assert!(
-            format_where(&where_report(JobKind::Inference, &pending, &idx))
+            format_where(&where_report(JobKind::Inference, &pending), false)
                 .contains("Not placed. Ask why: kubectl gpupool why inferencejob/p")
         );
+    }
+
+    #[test]
+    fn queue_lists_waiting_jobs_in_queue_order() {
+        let job = |name: &str, pos: Option<i64>, created: &str, status: Value| {
+            let mut st = status;
+            if let Some(p) = pos {
+                st["queuePosition"] = json!(p);
+            }
+            json!({
+                "metadata": {"name": name, "namespace": "ml", "creationTimestamp": created},
+                "spec": {"workers": 2, "gpusPerWorker": 8, "gpu": {"model": "H100"}, "priority": 5},
+                "status": st,
+            })
+        };
+        let jobs = vec![
+            (
+                JobKind::Training,
+                job(
+                    "second",
+                    Some(2),
+                    "2026-01-01T00:00:02Z",
+                    json!({"phase": "Pending", "pendingReason": "Unschedulable"}),
+                ),
+            ),
+            (
+                JobKind::Training,
+                job(
+                    "running",
+                    None,
+                    "2026-01-01T00:00:00Z",
+                    json!({"phase": "Running", "cluster": "east", "workers": [{"rank": 0}]}),
+                ),
+            ),
+            (
+                JobKind::Training,
+                job(
+                    "first",
+                    Some(1),
+                    "2026-01-01T00:00:09Z",
+                    json!({"phase": "Pending"}),
+                ),
+            ),
+            (
+                JobKind::Inference,
+                json!({
+                    "metadata": {"name": "fresh", "namespace": "web", "creationTimestamp": "2026-01-01T00:00:01Z"},
+                    "spec": {"replicas": 3, "gpusPerReplica": 1},
+                }),
+            ),
+        ];
+        let r = queue_report(&jobs);
+        let names: Vec<&str> = r["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["first", "second", "fresh"]);
+        assert_eq!(r["jobs"][0]["gpus"], 16);
+        assert_eq!(r["jobs"][2]["gpus"], 3);
+        assert_eq!(r["jobs"][2]["kind"], "InferenceJob");
+        let text = format_queue(&r, false);
+        let first = text.lines().nth(1).unwrap();
+        for want in ["1", "trainingjob/first", "ml", "16", "H100", "5"] {
+            assert!(
+                first.split_whitespace().any(|c| c == want),
+                "{want} in {first}"
+            );
+        }
+        assert!(
+            text.lines().nth(2).unwrap().contains("Unschedulable"),
+            "{text}"
+        );
+        assert!(format_queue(&json!({"jobs": []}), false).contains("No job waits"));
     }
 
     #[test]
@@ -1015,7 +916,15 @@ mod tests {
         assert_eq!(j["clusters"][0]["unsettledGpuSeconds"], 10);
         assert_eq!(j["balances"][0]["tokens"], 1200);
         assert_eq!(j["notes"][0], "a note");
-        let y = emit(Output::Yaml, &j, |_| String::new()).unwrap();
+        let y = crate::cli::output::emit(
+            &crate::cli::Output::Yaml,
+            crate::cli::output::View {
+                doc: &j,
+                table: &|_, _| String::new(),
+                names: vec![],
+            },
+        )
+        .unwrap();
         assert!(y.contains("receipts: 3"), "{y}");
     }
 
@@ -1046,7 +955,12 @@ mod tests {
         assert_eq!(r["members"][0]["earned"]["settledTokens"], 1200);
         assert_eq!(r["members"][0]["freeNvlinkIslands"], json!([8, 2]));
         assert_eq!(r["members"][0]["bindingMode"], "DRA");
-        let text = format_members(&r);
+        let narrow = format_members(&r, false);
+        assert!(
+            !narrow.contains("Own3r") && narrow.contains("10/16"),
+            "{narrow}"
+        );
+        let text = format_members(&r, true);
         let row = text.lines().nth(1).unwrap();
         for want in [
             "east",

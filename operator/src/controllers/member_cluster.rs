@@ -257,6 +257,11 @@ async fn probe_pull(
             at: Instant::now(),
         });
     }
+    // An agent that cannot reach its own cluster's API server heartbeats for nothing: the
+    // member counts as unreachable (its grace period runs) until the agent reaches it again.
+    if let Some(problem) = lease.as_ref().and_then(crate::pull::member_api_problem) {
+        return Some(("MemberApiUnreachable".into(), problem.to_string()));
+    }
     let spec = lease.and_then(|l| l.spec).unwrap_or_default();
     let renewed = spec.renew_time.map(|t| t.0);
     let term = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(1) as u64);

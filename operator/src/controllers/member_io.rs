@@ -56,26 +56,52 @@ pub async fn delete_all(link: &MemberLink, cluster: &str, ns: &str, uid: &str) -
     link.delete_all(ns, uid).await.member(cluster)
 }
 
-/// Finalizer cleanup of a deleted hub job: its pods and Services go from every reachable member;
-/// unreachable members are swept when they come back ([`sweep_orphans`]).
+/// Finalizer cleanup of a deleted hub job: its pods and Services go from every reachable member.
+/// A member that may hold them but cannot be reached yet — not probed since this operator
+/// started (a new leader connecting), or unreachable within its grace period — is waited for (the
+/// cleanup fails and is retried, the finalizer stays); a member that is NotReady is swept when it
+/// comes back ([`sweep_orphans`]).
 pub async fn cleanup_job<K: Resource<DynamicType = ()>>(
     job: &K,
     ctx: &Context,
 ) -> Result<kube::runtime::controller::Action> {
     let ns = job.namespace().unwrap_or_default();
     let uid = job.uid().unwrap_or_default();
-    for m in ctx.registry.snapshot().await.into_values() {
+    // The hub's MemberClusters must have been listed: one not connected yet may hold pods.
+    let listed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        ctx.members.wait_until_ready(),
+    )
+    .await;
+    if !matches!(listed, Ok(Ok(()))) {
+        return Err(super::Error::MemberUnavailable(
+            "(members not listed yet)".into(),
+        ));
+    }
+    let views = ctx.registry.snapshot().await;
+    for mc in ctx.members.state() {
+        // Not connected yet: waited for, unless its last recorded state is NotReady (the sweep
+        // covers it when it comes back).
+        let name = mc.name_any();
+        if mc.metadata.deletion_timestamp.is_none()
+            && !views.contains_key(&name)
+            && member_was_ready(&mc)
+        {
+            return Err(super::Error::MemberUnavailable(name));
+        }
+    }
+    for m in views.into_values() {
         // A pull member's work can always be withdrawn: its agent deletes the pods when it next
         // connects.
-        if let Some(c) = m
-            .client
-            .as_ref()
-            .filter(|c| m.reachable || matches!(c, MemberLink::Pull { .. }))
-        {
-            let n = delete_all(c, &m.name, &ns, &uid).await?;
-            if n > 0 {
-                tracing::info!(job = %job.name_any(), cluster = %m.name, deleted = n, "cleaned up");
+        match m.client.as_ref() {
+            Some(c) if m.reachable || matches!(c, MemberLink::Pull { .. }) => {
+                let n = delete_all(c, &m.name, &ns, &uid).await?;
+                if n > 0 {
+                    tracing::info!(job = %job.name_any(), cluster = %m.name, deleted = n, "cleaned up");
+                }
             }
+            _ if m.ready => return Err(super::Error::MemberUnavailable(m.name.clone())),
+            _ => {}
         }
     }
     super::status::event(
@@ -88,6 +114,15 @@ pub async fn cleanup_job<K: Resource<DynamicType = ()>>(
     )
     .await;
     Ok(kube::runtime::controller::Action::await_change())
+}
+
+/// Whether a MemberCluster's recorded Ready condition is True.
+fn member_was_ready(mc: &crate::api::MemberCluster) -> bool {
+    mc.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
 }
 
 /// Removes from reachable members whatever no live hub object accounts for: pods and services of

@@ -145,8 +145,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let v = client.apiserver_version().await?;
     tracing::info!(version = %v.git_version, "hub API reachable");
     metrics.set_ready();
+    let identity = crate::leader::default_identity();
     let lost = if args.leader_elect {
-        let identity = crate::leader::default_identity();
         Some(Box::pin(
             crate::leader::acquire(client.clone(), &args.namespace, &args.lease_name, &identity)
                 .await?,
@@ -154,6 +154,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let lease_client = client.clone();
     let ledger = ledger_from_args(&args)?;
     let (ctx, triggers) = Context::new(client, cfg, metrics);
     let runner_cfg = crate::metering::runner::RunnerConfig {
@@ -173,12 +174,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             None => futures::future::pending().await,
         }
     };
-    tokio::select! {
+    let metering_abort = metering.abort_handle();
+    let r = tokio::select! {
         r = run_controllers(ctx, triggers) => r,
         r = server => r?,
         _ = lost => anyhow::bail!("lost leadership"),
         r = metering => { r?; Ok(()) }
+    };
+    // Stopped on purpose (SIGTERM) or failed: nothing acts any more, so the lease is handed on
+    // now rather than left to expire.
+    metering_abort.abort();
+    if args.leader_elect {
+        let released =
+            crate::leader::release(lease_client, &args.namespace, &args.lease_name, &identity);
+        if let Err(e) = released.await {
+            tracing::warn!(error = %e, "releasing the leader lease failed");
+        }
     }
+    r
 }
 
 /// Runs the scheduler loop and the three controllers on `ctx` until they stop (Ctrl-C / SIGTERM).

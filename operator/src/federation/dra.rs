@@ -2,11 +2,12 @@
 //! `resource.k8s.io/v1` ResourceClaim, and creating a pod together with its claim.
 
 use crate::api::BindingMode;
+use crate::federation::OrAbsent;
 use crate::workloads::{GPU_DEVICE_CLASS, MemberPod, claim_owned_by};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceSlice};
 use kube::ResourceExt;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use std::time::{Duration, Instant};
 
 /// How often a member's binding mode is checked again (a DRA driver may be installed later).
@@ -34,31 +35,151 @@ pub async fn detect(client: &kube::Client) -> Result<BindingMode, kube::Error> {
 
 /// Creates the pod unless it exists, then its claim (owned by the pod, so the member's garbage
 /// collector deletes it with the pod) unless that exists. Returns whether the pod was created.
+///
+/// A claim is trusted only when it serves this pod ([`serves`]): owned by the pod's UID and
+/// selecting exactly the GPUs the hub chose. Any other claim of the name — one left by an earlier
+/// pod of the same name that the garbage collector has not removed yet, or one someone created
+/// beforehand to steer gpupool's pod onto other GPUs — is deleted before the pod is created
+/// (so the member's scheduler cannot allocate it to the new pod) and replaced. A pod that was
+/// already bound through a claim not its own is deleted with it; the next reconcile creates both
+/// anew. Until a deleted claim is gone the call fails (a conflict) and is retried.
 pub async fn create_member_pod(client: &kube::Client, mp: &MemberPod) -> Result<bool, kube::Error> {
     let ns = mp.pod.namespace().unwrap_or_else(|| "default".into());
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let (pod, created) = match pods.create(&PostParams::default(), &mp.pod).await {
-        Ok(p) => (p, true),
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            if mp.claim.is_none() {
-                return Ok(false);
-            }
-            (pods.get(&mp.pod.name_any()).await?, false)
-        }
-        Err(e) => return Err(e),
+    let Some(claim) = &mp.claim else {
+        return match pods.create(&PostParams::default(), &mp.pod).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        };
     };
-    if let Some(claim) = &mp.claim {
-        let claims: Api<ResourceClaim> = Api::namespaced(client.clone(), &ns);
-        match claims
-            .create(&PostParams::default(), &claim_owned_by(claim.clone(), &pod))
-            .await
-        {
+    let claims: Api<ResourceClaim> = Api::namespaced(client.clone(), &ns);
+    let claim_name = claim.name_any();
+    let (pod, created) = match pods.get_opt(&mp.pod.name_any()).await? {
+        Some(p) => (p, false),
+        None => {
+            // No pod yet: a claim of that name cannot be this pod's.
+            remove_claim(&claims, &claim_name).await?;
+            match pods.create(&PostParams::default(), &mp.pod).await {
+                Ok(p) => (p, true),
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    (pods.get(&mp.pod.name_any()).await?, false)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    match claims.get_opt(&claim_name).await? {
+        Some(c) if serves(&c, &pod, claim) => return Ok(created),
+        Some(c) => {
+            tracing::warn!(pod = %pod.name_any(), claim = %claim_name, "a claim not made for this pod carries its claim's name: replacing it");
+            let bound = c.status.as_ref().is_some_and(|s| {
+                s.reserved_for
+                    .iter()
+                    .flatten()
+                    .any(|r| Some(&r.uid) == pod.metadata.uid.as_ref())
+            });
+            if bound || pod_scheduled(&pod) {
+                // The pod may run on GPUs the hub did not choose: it goes too.
+                let dp = DeleteParams {
+                    preconditions: pod.uid().map(|uid| Preconditions {
+                        uid: Some(uid),
+                        resource_version: None,
+                    }),
+                    ..Default::default()
+                };
+                pods.delete(&pod.name_any(), &dp).await.or_absent()?;
+                remove_claim(&claims, &claim_name).await?;
+                return Err(still_there(&claim_name, "its pod used a claim not its own"));
+            }
+            remove_claim(&claims, &claim_name).await?;
+        }
+        None => {}
+    }
+    match claims
+        .create(&PostParams::default(), &claim_owned_by(claim.clone(), &pod))
+        .await
+    {
+        Ok(_) => Ok(created),
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(still_there(
+            &claim_name,
+            "created by someone else meanwhile",
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `c` is the claim gpupool made for `pod`: controlled by the pod's UID and asking for
+/// exactly the devices `wanted` asks for.
+pub fn serves(c: &ResourceClaim, pod: &Pod, wanted: &ResourceClaim) -> bool {
+    let owned = c.owner_references().iter().any(|o| {
+        o.controller == Some(true) && o.kind == "Pod" && Some(&o.uid) == pod.metadata.uid.as_ref()
+    });
+    owned && requests(c) == requests(wanted)
+}
+
+/// A claim's requests as (device class, count, CEL selectors): what decides which devices it
+/// may be allocated.
+fn requests(c: &ResourceClaim) -> Vec<(String, Option<i64>, Vec<String>)> {
+    c.spec
+        .devices
+        .as_ref()
+        .and_then(|d| d.requests.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.exactly.as_ref())
+        .map(|e| {
+            let cel = e
+                .selectors
+                .iter()
+                .flatten()
+                .filter_map(|s| s.cel.as_ref().map(|c| c.expression.clone()))
+                .collect();
+            (e.device_class_name.clone(), e.count, cel)
+        })
+        .collect()
+}
+
+fn pod_scheduled(p: &Pod) -> bool {
+    p.spec.as_ref().is_some_and(|s| s.node_name.is_some())
+}
+
+/// Deletes claim `name` if it exists and waits (up to 5 s) until it is gone.
+async fn remove_claim(claims: &Api<ResourceClaim>, name: &str) -> Result<(), kube::Error> {
+    let Some(old) = claims.get_opt(name).await? else {
+        return Ok(());
+    };
+    if old.metadata.deletion_timestamp.is_none() {
+        let dp = DeleteParams {
+            preconditions: old.uid().map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match claims.delete(name, &dp).await {
             Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(created)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match claims.get_opt(name).await? {
+            Some(c) if c.uid() == old.uid() => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ => return Ok(()),
+        }
+    }
+    Err(still_there(name, "still being deleted"))
+}
+
+/// The error of a claim that is in the way (the reconcile is retried).
+fn still_there(name: &str, why: &str) -> kube::Error {
+    kube::Error::Api(
+        kube::core::Status::failure(&format!("ResourceClaim {name}: {why}"), "Conflict")
+            .with_code(409)
+            .boxed(),
+    )
 }
 
 /// A device-plugin pod whose GPUs, as the kubelet assigned them, are not the ones gpupool chose.

@@ -7,7 +7,7 @@
 use super::{AccountData, Hash, LedgerClient, Pubkey, SendError, Signature, Transaction};
 use anyhow::{Result, anyhow};
 use futures::future::BoxFuture;
-use gpupool_ledger::state::{self, ClusterAccount, NUM_GPU_CLASSES, TAG_CLUSTER};
+use gpupool_ledger::state::{self, ClusterAccount, NUM_GPU_CLASSES};
 use gpupool_ledger_svm::{self as svm, Pool, PoolSetup, litesvm::LiteSVM};
 use solana_keypair::Keypair;
 use solana_signer::Signer;
@@ -113,17 +113,9 @@ impl EmbeddedLedger {
         gpu_cap: u32,
     ) -> Result<Pubkey> {
         let (pda, bump) = state::find_cluster_address(cluster_id);
-        let account = ClusterAccount {
-            tag: TAG_CLUSTER,
-            cluster_id: *cluster_id,
-            owner: *owner_wallet,
-            gpu_cap,
-            disabled: false,
-            total_gpu_seconds: 0,
-            total_tokens_minted: 0,
-            receipt_count: 0,
-            bump,
-        };
+        let mut account = ClusterAccount::new(*cluster_id, *owner_wallet, bump);
+        account.gpu_cap = gpu_cap;
+        account.approved = gpu_cap > 0;
         let payer = Keypair::new();
         self.fund(&payer.pubkey())?;
         self.with_svm(|s| -> Result<()> {

@@ -19,7 +19,8 @@ use anyhow::{Context, Result, bail};
 use futures::future::BoxFuture;
 use gpupool_ledger::error::LedgerError;
 use gpupool_ledger::state::{
-    self, ClusterAccount, PoolConfig, TAG_CONFIG, TAG_RECEIPT, UsageReceipt, spl,
+    self, ClusterAccount, PoolConfig, Reservation, TAG_CONFIG, TAG_RECEIPT, TAG_RESERVATION,
+    TAG_TENANT, TenantAccount, UsageReceipt, spl,
 };
 pub use solana_hash::Hash;
 pub use solana_keypair::Keypair;
@@ -169,6 +170,53 @@ pub async fn read_receipt(
 ) -> Result<Option<UsageReceipt>> {
     let key = receipt_address(program_id, cluster_id, job_uid, period);
     decode(client, &key, program_id, UsageReceipt::LEN, TAG_RECEIPT).await
+}
+
+/// Tenant id of a tenant (queue or namespace) named `name`.
+pub fn tenant_id(name: &str) -> [u8; 32] {
+    state::tenant_id(name)
+}
+
+/// Tenant PDA of `tenant_id` under `program_id`.
+pub fn tenant_address(program_id: &Pubkey, tenant_id: &[u8; 32]) -> Pubkey {
+    Pubkey::find_program_address(&[state::TENANT_SEED, tenant_id], program_id).0
+}
+
+/// Reads a tenant's escrow account (its wallet, reserved and lifetime totals).
+pub async fn read_tenant(
+    client: &dyn LedgerClient,
+    program_id: &Pubkey,
+    tenant_id: &[u8; 32],
+) -> Result<Option<TenantAccount>> {
+    let key = tenant_address(program_id, tenant_id);
+    decode(client, &key, program_id, TenantAccount::LEN, TAG_TENANT).await
+}
+
+/// Reads the reservation of `job_uid` in a tenant's escrow.
+pub async fn read_reservation(
+    client: &dyn LedgerClient,
+    program_id: &Pubkey,
+    tenant_id: &[u8; 32],
+    job_uid: &[u8; 16],
+) -> Result<Option<Reservation>> {
+    let tenant = tenant_address(program_id, tenant_id);
+    let key = Pubkey::find_program_address(
+        &[state::RESERVATION_SEED, tenant.as_ref(), job_uid],
+        program_id,
+    )
+    .0;
+    decode(client, &key, program_id, Reservation::LEN, TAG_RESERVATION).await
+}
+
+/// Token balance of a tenant's escrow (`None` when its token account does not exist).
+pub async fn escrow_balance(
+    client: &dyn LedgerClient,
+    program_id: &Pubkey,
+    tenant_id: &[u8; 32],
+    mint: &Pubkey,
+) -> Result<Option<u64>> {
+    let tenant = tenant_address(program_id, tenant_id);
+    token_balance(client, &state::escrow_address(&tenant, mint)).await
 }
 
 /// The chain's clock (unix seconds), from the Clock sysvar account; `None` if it cannot be
@@ -376,6 +424,59 @@ impl Ledger {
     }
 }
 
+/// Escrow instructions the hub sends as the oracle (which signs and pays rent).
+impl Ledger {
+    /// `Reserve`: holds `amount` of tenant `tenant_id`'s escrow for job `job_uid`.
+    pub fn reserve_instruction(
+        &self,
+        mint: &Pubkey,
+        tenant_id: &[u8; 32],
+        job_uid: &[u8; 16],
+        amount: u64,
+    ) -> solana_program::instruction::Instruction {
+        let oracle = self.oracle.pubkey();
+        gpupool_ledger::instruction::reserve(&oracle, &oracle, mint, tenant_id, job_uid, amount)
+    }
+
+    /// `Release`: returns what is left of job `job_uid`'s reservation to the tenant.
+    pub fn release_instruction(
+        &self,
+        tenant_id: &[u8; 32],
+        job_uid: &[u8; 16],
+    ) -> solana_program::instruction::Instruction {
+        let oracle = self.oracle.pubkey();
+        gpupool_ledger::instruction::release(&oracle, tenant_id, job_uid, &oracle)
+    }
+
+    /// The instructions of one escrow-funded usage batch: `SetComputeUnitLimit`,
+    /// `SetComputeUnitPrice`, then `SettleUsage` paid by `tenant_id` (fee to `treasury`, the
+    /// pool config's treasury).
+    pub fn escrow_batch_instructions(
+        &self,
+        mint: &Pubkey,
+        cluster_id: &[u8; 32],
+        owner: &Pubkey,
+        tenant_id: &[u8; 32],
+        treasury: &Pubkey,
+        entries: &[gpupool_ledger::instruction::UsageEntry],
+    ) -> Vec<solana_program::instruction::Instruction> {
+        use gpupool_ledger::instruction as ix;
+        let oracle = self.oracle.pubkey();
+        let payer = ix::Payer {
+            tenant_id,
+            treasury,
+        };
+        // Per entry a reservation is read and written, and the escrow CPIs add a transfer
+        // and a burn: budget each entry twice.
+        let units = ix::record_usage_compute_units(entries.len().saturating_mul(2));
+        vec![
+            ix::raw::set_compute_unit_limit(units),
+            ix::raw::set_compute_unit_price(self.compute_unit_price),
+            ix::settle_usage(&oracle, &oracle, mint, cluster_id, owner, payer, entries),
+        ]
+    }
+}
+
 /// Maps a JSON `TransactionError` (as Solana RPC reports it, e.g.
 /// `{"InstructionError":[0,{"Custom":19}]}`) to the ledger error it carries.
 pub fn ledger_error_from_json(err: &serde_json::Value) -> Option<LedgerError> {
@@ -437,6 +538,41 @@ mod tests {
             receipt_address(&gpupool_ledger::ID, &id, &uid, 42),
             state::find_receipt_address(&cluster, &usage).0
         );
+    }
+
+    #[test]
+    fn escrow_builders_name_the_tenant_accounts() {
+        let ledger = Ledger::new(std::sync::Arc::new(EmbeddedLedger::new()), Keypair::new());
+        let mint = Pubkey::new_unique();
+        let treasury = Pubkey::new_unique();
+        let tenant = tenant_id("team-a");
+        let pda = tenant_address(&gpupool_ledger::ID, &tenant);
+        assert_eq!(pda, state::find_tenant_address(&tenant).0);
+        let reserve = ledger.reserve_instruction(&mint, &tenant, &[3; 16], 10);
+        assert_eq!(reserve.accounts[3].pubkey, pda);
+        assert_eq!(
+            reserve.accounts[5].pubkey,
+            state::find_reservation_address(&pda, &[3; 16]).0
+        );
+        let release = ledger.release_instruction(&tenant, &[3; 16]);
+        assert_eq!(release.accounts[3].pubkey, reserve.accounts[5].pubkey);
+        let entry = gpupool_ledger::instruction::UsageEntry {
+            job_uid: [3; 16],
+            period: 1,
+            gpu_seconds: 2,
+            gpu_class: 0,
+        };
+        let ixs =
+            ledger.escrow_batch_instructions(&mint, &[1; 32], &mint, &tenant, &treasury, &[entry]);
+        assert_eq!(ixs.len(), 3);
+        let settle = &ixs[2];
+        assert_eq!(settle.accounts[9].pubkey, pda);
+        assert_eq!(
+            settle.accounts[10].pubkey,
+            state::escrow_address(&pda, &mint)
+        );
+        assert_eq!(settle.accounts[11].pubkey, treasury);
+        assert_eq!(settle.accounts[13].pubkey, reserve.accounts[5].pubkey);
     }
 
     #[test]

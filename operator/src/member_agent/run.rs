@@ -9,6 +9,7 @@ use crate::api::{
 };
 use crate::federation::{OrAbsent, dra, labels, sandbox};
 use crate::join::names;
+use crate::pull;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
@@ -89,7 +90,43 @@ enum Ended {
     Renewed,
 }
 
-/// Runs the agent until it fails (the hub refuses its credential, the member is unreachable, …).
+/// The member API server's health as the agent last found it: `None` while it answers, else
+/// since when and why not. Read by the heartbeat.
+#[derive(Clone, Default)]
+struct MemberApiHealth(Arc<std::sync::Mutex<Option<(Timestamp, String)>>>);
+
+impl MemberApiHealth {
+    fn set(&self, problem: Option<String>) {
+        let mut h = self.0.lock().expect("health lock");
+        match (problem, h.as_ref()) {
+            (None, _) => *h = None,
+            (Some(p), Some((since, _))) => *h = Some((*since, p)),
+            (Some(p), None) => *h = Some((Timestamp::now(), p)),
+        }
+    }
+
+    /// The heartbeat's [`pull::MEMBER_API_ANNOTATION`].
+    fn annotation(&self) -> String {
+        match &*self.0.lock().expect("health lock") {
+            None => pull::MEMBER_API_OK.into(),
+            Some((since, why)) => format!("unreachable since {since}: {why}"),
+        }
+    }
+}
+
+/// Whether the agent should try again after `e`: an API server (the member's or the hub's) that
+/// did not answer or failed, as opposed to the hub refusing this member (revoked credential,
+/// refused join token, denied join), which ends the agent.
+fn retryable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<kube::Error>()
+            .is_some_and(|k| !unauthorized(k))
+    })
+}
+
+/// Runs the agent until the hub refuses it (revoked credential, refused or denied join). An API
+/// server that does not answer — the member's own or the hub's — is retried with backoff (up to
+/// 30 s), the heartbeat saying meanwhile that the member's API is unreachable.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let member = kube::Client::try_default().await?;
     let hub = HubEndpoint {
@@ -99,12 +136,31 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             None => None,
         },
     };
-    let cluster_id = crate::join::member_identity(&member).await?;
+    let health = MemberApiHealth::default();
+    let mut backoff = Duration::from_secs(1);
     loop {
-        let cred = credential(&args, &member, &hub, &cluster_id).await?;
-        let hub_client = hub::client(&hub, &cred.token).await?;
-        match serve(&args, member.clone(), hub_client, &cred, &cluster_id).await? {
-            Ended::Renewed => continue,
+        let round = async {
+            let cluster_id = crate::join::member_identity(&member).await?;
+            let cred = credential(&args, &member, &hub, &cluster_id).await?;
+            let hub_client = hub::client(&hub, &cred.token).await?;
+            serve(
+                &args,
+                member.clone(),
+                hub_client,
+                &cred,
+                &cluster_id,
+                &health,
+            )
+            .await
+        };
+        match round.await {
+            Ok(Ended::Renewed) => backoff = Duration::from_secs(1),
+            Err(e) if retryable(&e) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "an API server did not answer; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -180,72 +236,83 @@ async fn serve(
     hub: kube::Client,
     cred: &Credential,
     cluster_id: &str,
+    health: &MemberApiHealth,
 ) -> anyhow::Result<Ended> {
     let work = work_loop(args, member.clone(), hub.clone(), cred);
-    let heartbeat = async {
-        let leases: Api<Lease> = Api::namespaced(hub.clone(), &cred.namespace);
-        let pp = PatchParams::apply(apply::AGENT).force();
-        loop {
-            let lease = Lease {
-                metadata: kube::api::ObjectMeta {
-                    name: Some(names::HEARTBEAT_LEASE.into()),
-                    ..Default::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(args.identity.clone()),
-                    lease_duration_seconds: Some((args.heartbeat_seconds * 3) as i32),
-                    renew_time: Some(MicroTime(Timestamp::now())),
-                    ..Default::default()
-                }),
-            };
-            match leases
-                .patch(
-                    names::HEARTBEAT_LEASE,
-                    &pp,
-                    &Patch::Apply(crate::join::token::with_type(&lease)),
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if unauthorized(&e) => {
-                    anyhow::bail!("the hub refused this member's credential (revoked)")
-                }
-                Err(e) => tracing::warn!(error = %e, "heartbeat"),
-            }
-            tokio::time::sleep(Duration::from_secs(args.heartbeat_seconds)).await;
-        }
-    };
-    let reports = report_loop(args, member.clone(), hub.clone(), cred, cluster_id);
-    let renew = async {
-        let c = hub::claims(&cred.token)?;
-        let (Some(exp), Some(iat)) = (c.expires, c.issued) else {
-            // A token without expiry needs no renewal.
-            return futures::future::pending::<anyhow::Result<Ended>>().await;
-        };
-        let at = iat + (exp - iat) * 2 / 3;
-        let wait = (at - Timestamp::now().as_second()).max(0) as u64;
-        tokio::time::sleep(Duration::from_secs(wait)).await;
-        let token = hub::mint(
-            &hub,
-            &cred.namespace,
-            Duration::from_secs((exp - iat) as u64),
-        )
-        .await?;
-        anyhow::ensure!(!token.is_empty(), "the hub issued no token");
-        let renewed = Credential {
-            token,
-            ..cred.clone()
-        };
-        hub::store(&member, &args.namespace, &args.credential_secret, &renewed).await?;
-        tracing::info!("hub credential renewed");
-        Ok(Ended::Renewed)
-    };
+    let heartbeat = heartbeat_loop(args, hub.clone(), cred, health);
+    let reports = report_loop(args, member.clone(), hub.clone(), cred, cluster_id, health);
+    let renew = renew_credential(&member, &hub, args, cred);
     tokio::select! {
         r = work => r.map(|_| Ended::Renewed),
         r = heartbeat => r,
         r = reports => r.map(|_| Ended::Renewed),
         r = renew => r,
     }
+}
+
+/// Renews the heartbeat Lease every `--heartbeat-seconds`, annotated with the member API's
+/// health; ends only when the hub refuses the credential.
+async fn heartbeat_loop(
+    args: &AgentArgs,
+    hub: kube::Client,
+    cred: &Credential,
+    health: &MemberApiHealth,
+) -> anyhow::Result<Ended> {
+    let leases: Api<Lease> = Api::namespaced(hub, &cred.namespace);
+    let pp = PatchParams::apply(apply::AGENT).force();
+    loop {
+        let lease = Lease {
+            metadata: kube::api::ObjectMeta {
+                name: Some(names::HEARTBEAT_LEASE.into()),
+                annotations: Some(
+                    [(pull::MEMBER_API_ANNOTATION.to_string(), health.annotation())].into(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(args.identity.clone()),
+                lease_duration_seconds: Some((args.heartbeat_seconds * 3) as i32),
+                renew_time: Some(MicroTime(Timestamp::now())),
+                ..Default::default()
+            }),
+        };
+        let patch = Patch::Apply(crate::join::token::with_type(&lease));
+        match leases.patch(names::HEARTBEAT_LEASE, &pp, &patch).await {
+            Ok(_) => {}
+            Err(e) if unauthorized(&e) => {
+                anyhow::bail!("the hub refused this member's credential (revoked)")
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat"),
+        }
+        tokio::time::sleep(Duration::from_secs(args.heartbeat_seconds)).await;
+    }
+}
+
+/// Mints a new credential at two thirds of the current one's life and stores it.
+async fn renew_credential(
+    member: &kube::Client,
+    hub: &kube::Client,
+    args: &AgentArgs,
+    cred: &Credential,
+) -> anyhow::Result<Ended> {
+    let c = hub::claims(&cred.token)?;
+    let (Some(exp), Some(iat)) = (c.expires, c.issued) else {
+        // A token without expiry needs no renewal.
+        return futures::future::pending::<anyhow::Result<Ended>>().await;
+    };
+    let at = iat + (exp - iat) * 2 / 3;
+    let wait = (at - Timestamp::now().as_second()).max(0) as u64;
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let ttl = Duration::from_secs((exp - iat) as u64);
+    let token = hub::mint(hub, &cred.namespace, ttl).await?;
+    anyhow::ensure!(!token.is_empty(), "the hub issued no token");
+    let renewed = Credential {
+        token,
+        ..cred.clone()
+    };
+    hub::store(member, &args.namespace, &args.credential_secret, &renewed).await?;
+    tracing::info!("hub credential renewed");
+    Ok(Ended::Renewed)
 }
 
 /// Spawns a reflector for `api` that wakes every `notify` on each event; returns its store.
@@ -396,6 +463,11 @@ async fn work_loop(
     Ok(())
 }
 
+/// One work's outcome of an apply pass: (uid, name, generation, errors).
+type WorkResult = (String, String, i64, Vec<String>);
+
+/// Applies every work whose spec changed since it was last applied (every work on a resync),
+/// records the outcome, and deletes what the agent applied that no work wants any more.
 #[allow(clippy::too_many_arguments)]
 async fn apply_loop(
     member: kube::Client,
@@ -418,98 +490,116 @@ async fn apply_loop(
         }
         let owned = current_works(works);
         let (want, refused) = preparer.desired(&owned, policy);
-        let objects = apply::by_work(&want);
         let done = state.lock().expect("state lock").generations.clone();
-        // Apply every work whose spec changed since it was last applied (all of them on resync).
-        let mut changed = full;
-        let mut results: Vec<(String, String, i64, Vec<String>)> = Vec::new();
-        for w in &owned {
-            let (uid, generation) = (
-                w.uid().unwrap_or_default(),
-                w.metadata.generation.unwrap_or(0),
-            );
-            if !full && done.get(&uid) == Some(&generation) {
-                continue;
-            }
-            changed = true;
-            let work = w.name_any();
-            let mut errs = refused.get(&work).cloned().unwrap_or_default();
-            for &key in objects.get(work.as_str()).map_or(&[][..], Vec::as_slice) {
-                let ((kind, ns, name), (_, manifest)) = (key, &want[key]);
-                if !namespaces.contains(ns) {
-                    // `prepare` let only the tenant namespace of the job's hub namespace through.
-                    let hub_ns = manifest["metadata"]["labels"][labels::JOB_NAMESPACE]
-                        .as_str()
-                        .unwrap_or_default();
-                    match sandbox::ensure_tenant_namespace(&member, hub_ns).await {
-                        Ok(()) => {
-                            namespaces.insert(ns.clone());
-                        }
-                        Err(e) => {
-                            errs.push(format!("namespace {ns}: {e}"));
-                            continue;
-                        }
-                    }
-                }
-                let api: Api<DynamicObject> =
-                    Api::namespaced_with(member.clone(), ns, &api_resource(manifest));
-                tracing::debug!(%kind, %ns, %name, "applying");
-                if let Err(e) = api
-                    .patch(
-                        name,
-                        &PatchParams::apply(apply::AGENT).force(),
-                        &Patch::Apply(&**manifest),
-                    )
-                    .await
-                {
-                    errs.push(format!("{kind} {ns}/{name}: {e}"));
-                }
-            }
-            tracing::debug!(work = %w.name_any(), errors = errs.len(), "applied");
-            results.push((uid, w.name_any(), generation, errs));
-        }
-        {
-            let mut st = state.lock().expect("state lock");
-            for (uid, name, generation, errs) in results {
-                if errs.is_empty() {
-                    st.generations.insert(uid, generation);
-                    st.errors.remove(&name);
-                } else {
-                    st.generations.remove(&uid);
-                    st.errors.insert(name, errs);
-                }
-            }
-            let live: BTreeSet<String> = owned.iter().filter_map(|w| w.uid()).collect();
-            let names: BTreeSet<String> = owned.iter().map(|w| w.name_any()).collect();
-            // A withdrawn work leaves objects behind that no work wants any more.
-            changed |= st.generations.keys().any(|uid| !live.contains(uid))
-                || st.errors.keys().any(|n| !names.contains(n));
-            st.generations.retain(|uid, _| live.contains(uid));
-            st.errors.retain(|n, _| names.contains(n));
-        }
+        let todo: Vec<&Arc<MemberWork>> = owned
+            .iter()
+            .filter(|w| {
+                let generation = w.metadata.generation.unwrap_or(0);
+                full || done.get(&w.uid().unwrap_or_default()) != Some(&generation)
+            })
+            .collect();
+        let results = apply_works(&member, &todo, &want, &refused, &mut namespaces).await;
+        let changed = record_applied(&state, results, &owned) || full || !todo.is_empty();
         if changed {
             report.notify_one();
-            // Delete what the agent applied that no work wants.
             let mut existing = applied_keys(pods);
             existing.extend(applied_keys(services));
             existing.extend(applied_keys(claims));
-            for (kind, ns, name) in apply::orphans(&existing, &want) {
-                let api: Api<DynamicObject> =
-                    Api::namespaced_with(member.clone(), &ns, &kind_resource(&kind));
-                match api
-                    .delete(&name, &DeleteParams::default())
-                    .await
-                    .or_absent()
-                {
-                    Ok(Some(_)) => tracing::info!(%kind, %ns, %name, "deleted: no work wants it"),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(%kind, %ns, %name, error = %e, "delete"),
-                }
-            }
+            delete_unwanted(&member, &existing, &want).await;
         }
         tokio::select! {
             _ = wake.notified() => {}
             _ = tokio::time::sleep_until(next_full) => {}
+        }
+    }
+}
+
+/// Server-side applies each work's objects (creating their namespaces first); per work, what
+/// went wrong.
+async fn apply_works(
+    member: &kube::Client,
+    todo: &[&Arc<MemberWork>],
+    want: &apply::Wanted,
+    refused: &apply::Refusals,
+    namespaces: &mut BTreeSet<String>,
+) -> Vec<WorkResult> {
+    let objects = apply::by_work(want);
+    let mut results = Vec::new();
+    for w in todo {
+        let work = w.name_any();
+        let mut errs = refused.get(&work).cloned().unwrap_or_default();
+        for &key in objects.get(work.as_str()).map_or(&[][..], Vec::as_slice) {
+            let ((kind, ns, name), (_, manifest)) = (key, &want[key]);
+            if !namespaces.contains(ns) {
+                // `prepare` let only the tenant namespace of the job's hub namespace through.
+                let hub_ns = manifest["metadata"]["labels"][labels::JOB_NAMESPACE]
+                    .as_str()
+                    .unwrap_or_default();
+                match sandbox::ensure_tenant_namespace(member, hub_ns).await {
+                    Ok(()) => {
+                        namespaces.insert(ns.clone());
+                    }
+                    Err(e) => {
+                        errs.push(format!("namespace {ns}: {e}"));
+                        continue;
+                    }
+                }
+            }
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(member.clone(), ns, &api_resource(manifest));
+            tracing::debug!(%kind, %ns, %name, "applying");
+            let pp = PatchParams::apply(apply::AGENT).force();
+            if let Err(e) = api.patch(name, &pp, &Patch::Apply(&**manifest)).await {
+                errs.push(format!("{kind} {ns}/{name}: {e}"));
+            }
+        }
+        tracing::debug!(%work, errors = errs.len(), "applied");
+        let generation = w.metadata.generation.unwrap_or(0);
+        results.push((w.uid().unwrap_or_default(), work, generation, errs));
+    }
+    results
+}
+
+/// Records an apply pass for the status loop and forgets withdrawn works; whether a work was
+/// withdrawn (its objects may have to go).
+fn record_applied(
+    state: &std::sync::Mutex<Applied>,
+    results: Vec<WorkResult>,
+    owned: &[Arc<MemberWork>],
+) -> bool {
+    let mut st = state.lock().expect("state lock");
+    for (uid, name, generation, errs) in results {
+        if errs.is_empty() {
+            st.generations.insert(uid, generation);
+            st.errors.remove(&name);
+        } else {
+            st.generations.remove(&uid);
+            st.errors.insert(name, errs);
+        }
+    }
+    let live: BTreeSet<String> = owned.iter().filter_map(|w| w.uid()).collect();
+    let names: BTreeSet<String> = owned.iter().map(|w| w.name_any()).collect();
+    // A withdrawn work leaves objects behind that no work wants any more.
+    let withdrawn = st.generations.keys().any(|uid| !live.contains(uid))
+        || st.errors.keys().any(|n| !names.contains(n));
+    st.generations.retain(|uid, _| live.contains(uid));
+    st.errors.retain(|n, _| names.contains(n));
+    withdrawn
+}
+
+/// Deletes what the agent applied (`existing`) that no work wants.
+async fn delete_unwanted(member: &kube::Client, existing: &[ObjectKey], want: &apply::Wanted) {
+    for (kind, ns, name) in apply::orphans(existing, want) {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(member.clone(), &ns, &kind_resource(&kind));
+        match api
+            .delete(&name, &DeleteParams::default())
+            .await
+            .or_absent()
+        {
+            Ok(Some(_)) => tracing::info!(%kind, %ns, %name, "deleted: no work wants it"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%kind, %ns, %name, error = %e, "delete"),
         }
     }
 }
@@ -671,95 +761,122 @@ async fn slice_devices(
     Ok(dra::gpu_devices_per_node(&slices))
 }
 
+/// What the agent reports about its member: the API server's version, how GPUs are bound and
+/// the nodes.
+type Inventory = (String, BindingMode, Vec<crate::api::NodeReport>);
+
+/// Reports the member's inventory every `--report-seconds` (written when it changed). A member
+/// API server that does not answer is retried at the same pace and said in the heartbeat; the
+/// loop ends only when the hub refuses the credential.
 async fn report_loop(
     args: &AgentArgs,
     member: kube::Client,
     hub: kube::Client,
     cred: &Credential,
     cluster_id: &str,
+    health: &MemberApiHealth,
 ) -> anyhow::Result<()> {
     let reports: Api<MemberReport> = Api::namespaced(hub, &cred.namespace);
-    let agent_version = env!("CARGO_PKG_VERSION").to_string();
-    let mut last: Option<(String, BindingMode, Vec<crate::api::NodeReport>)> = None;
+    let mut last: Option<Inventory> = None;
     let mut binding: Option<dra::BindingProbe> = None;
     let mut slices_forbidden_said = false;
     loop {
-        let version = member.apiserver_version().await?.git_version;
-        // How the member binds GPUs, checked again now and then (a DRA driver may be installed
-        // later), as the hub does for a push member.
-        let mode = match binding {
-            Some(b) if b.at.elapsed() < dra::RECHECK => b.mode,
-            _ => {
-                let mode = binding_mode(&member).await?;
-                binding = Some(dra::BindingProbe {
-                    mode,
-                    at: std::time::Instant::now(),
-                });
-                mode
-            }
-        };
-        let slices = match mode {
-            BindingMode::Dra => Some(slice_devices(&member, &mut slices_forbidden_said).await?),
-            BindingMode::DevicePlugin => None,
-        };
-        let nodes = Api::<Node>::all(member.clone())
-            .list(&ListParams::default())
-            .await?;
-        let topologies = Api::<GpuTopology>::all(member.clone())
-            .list(&ListParams::default())
-            .await
-            .or_absent()?
-            .map(|l| l.items)
-            .unwrap_or_default();
-        let nodes = report::node_reports(nodes.items, topologies, slices.as_ref());
-        let now = (version.clone(), mode, nodes.clone());
-        if last.as_ref() != Some(&now) {
-            let shards = report::shards(nodes, report::SHARD_BYTES);
-            let n = shards.len();
-            let report_time = Time(Timestamp::now());
-            for (i, shard) in shards.into_iter().enumerate() {
-                let name = report::shard_name(&cred.member, i);
-                let mut r = MemberReport::new(
-                    &name,
-                    MemberReportSpec {
-                        cluster_id: cluster_id.to_string(),
-                        kubernetes_version: version.clone(),
-                        agent_version: agent_version.clone(),
-                        shard: i as i32,
-                        shards: n as i32,
-                        node_count: shard.len() as i32,
-                        report_time: report_time.clone(),
-                        binding_mode: Some(mode),
-                        nodes: shard,
-                    },
-                );
-                r.metadata.labels =
-                    Some([(names::MEMBER_LABEL.to_string(), cred.member.clone())].into());
-                match reports
-                    .patch(
-                        &name,
-                        &PatchParams::apply(apply::AGENT).force(),
-                        &Patch::Apply(&r),
-                    )
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) if unauthorized(&e) => {
-                        anyhow::bail!("the hub refused this member's credential (revoked)")
+        match read_inventory(&member, &mut binding, &mut slices_forbidden_said).await {
+            Ok(now) => {
+                health.set(None);
+                if last.as_ref() != Some(&now) {
+                    match publish_report(&reports, cred, cluster_id, &now).await {
+                        Ok(()) => last = Some(now),
+                        Err(e) if e.downcast_ref::<kube::Error>().is_some_and(unauthorized) => {
+                            anyhow::bail!("the hub refused this member's credential (revoked)")
+                        }
+                        Err(e) => tracing::warn!(error = %e, "writing the report failed"),
                     }
-                    Err(e) => return Err(e.into()),
                 }
             }
-            // Shards beyond the current count are stale.
-            for old in reports.list(&ListParams::default()).await?.items {
-                if old.spec.shard as usize >= n {
-                    let _ = reports
-                        .delete(&old.name_any(), &DeleteParams::default())
-                        .await;
-                }
+            Err(e) => {
+                tracing::warn!(error = %e, "the member's API server does not answer");
+                health.set(Some(e.to_string()));
             }
-            last = Some(now);
         }
         tokio::time::sleep(Duration::from_secs(args.report_seconds)).await;
     }
+}
+
+/// Reads the member's inventory from its API server.
+async fn read_inventory(
+    member: &kube::Client,
+    binding: &mut Option<dra::BindingProbe>,
+    slices_forbidden_said: &mut bool,
+) -> kube::Result<Inventory> {
+    let version = member.apiserver_version().await?.git_version;
+    // How the member binds GPUs, checked again now and then (a DRA driver may be installed
+    // later), as the hub does for a push member.
+    let mode = match *binding {
+        Some(b) if b.at.elapsed() < dra::RECHECK => b.mode,
+        _ => {
+            let mode = binding_mode(member).await?;
+            *binding = Some(dra::BindingProbe {
+                mode,
+                at: std::time::Instant::now(),
+            });
+            mode
+        }
+    };
+    let slices = match mode {
+        BindingMode::Dra => Some(slice_devices(member, slices_forbidden_said).await?),
+        BindingMode::DevicePlugin => None,
+    };
+    let nodes = Api::<Node>::all(member.clone())
+        .list(&ListParams::default())
+        .await?;
+    let topologies = Api::<GpuTopology>::all(member.clone())
+        .list(&ListParams::default())
+        .await
+        .or_absent()?
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let nodes = report::node_reports(nodes.items, topologies, slices.as_ref());
+    Ok((version, mode, nodes))
+}
+
+/// Writes the inventory as the member's report shards and deletes shards beyond their count.
+async fn publish_report(
+    reports: &Api<MemberReport>,
+    cred: &Credential,
+    cluster_id: &str,
+    (version, mode, nodes): &Inventory,
+) -> anyhow::Result<()> {
+    let shards = report::shards(nodes.clone(), report::SHARD_BYTES);
+    let n = shards.len();
+    let report_time = Time(Timestamp::now());
+    for (i, shard) in shards.into_iter().enumerate() {
+        let name = report::shard_name(&cred.member, i);
+        let mut r = MemberReport::new(
+            &name,
+            MemberReportSpec {
+                cluster_id: cluster_id.to_string(),
+                kubernetes_version: version.clone(),
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                shard: i as i32,
+                shards: n as i32,
+                node_count: shard.len() as i32,
+                report_time: report_time.clone(),
+                binding_mode: Some(*mode),
+                nodes: shard,
+            },
+        );
+        r.metadata.labels = Some([(names::MEMBER_LABEL.to_string(), cred.member.clone())].into());
+        let pp = PatchParams::apply(apply::AGENT).force();
+        reports.patch(&name, &pp, &Patch::Apply(&r)).await?;
+    }
+    // Shards beyond the current count are stale.
+    for old in reports.list(&ListParams::default()).await?.items {
+        if old.spec.shard as usize >= n {
+            let _ = reports
+                .delete(&old.name_any(), &DeleteParams::default())
+                .await;
+        }
+    }
+    Ok(())
 }

@@ -58,6 +58,14 @@ pub const EXACT_LIMIT: u128 = 20_000;
 pub const UNIT_DIVISOR: i64 = 6;
 /// Memoized answers kept before the table is cleared (≈ 100 bytes each).
 pub const MEMO_CAPACITY: usize = 1 << 20;
+/// Work the heuristic search of a large node may do, in maximal NVLink cliques visited (each
+/// set scored walks every clique of the node twice): a set is scored at most
+/// `HEURISTIC_WORK / cliques` times, never fewer than [`HEURISTIC_MIN_SCORES`]. A real node has
+/// a handful of cliques and never reaches it; a pathological one (tens of thousands of cliques)
+/// gets the greedy sets improved as far as the budget goes instead of stalling the loop.
+pub const HEURISTIC_WORK: usize = 50_000_000;
+/// See [`HEURISTIC_WORK`].
+pub const HEURISTIC_MIN_SCORES: usize = 64;
 
 /// What a worker needs on one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -393,10 +401,18 @@ struct Scored {
 
 impl Scored {
     fn into_allocation(self, g: &GpuGraph) -> Allocation {
+        let uuids = g.uuids(self.set);
+        Allocation {
+            uuids,
+            ..self.into_anonymous_allocation(g.len())
+        }
+    }
+
+    fn into_anonymous_allocation(self, node_gpus: usize) -> Allocation {
         Allocation {
             gpus: self.set.to_vec(),
             set: self.set,
-            uuids: g.uuids(self.set),
+            uuids: Vec::new(),
             score: self.score,
             quality: self.quality,
             set_quality: self.set_quality,
@@ -406,7 +422,7 @@ impl Scored {
             nvlink_connected: self.nvlink_connected,
             nvlink_ring: self.nvlink_ring,
             free_before: self.free_before,
-            node_gpus: g.len(),
+            node_gpus,
             largest_free_nvlink_set_before: self.largest_before,
             largest_free_nvlink_set_after: self.largest_after,
         }
@@ -587,38 +603,73 @@ type MemoKey = (u64, u64, usize, NvLinkMode, i64);
 static MEMO: LazyLock<Mutex<HashMap<MemoKey, Result<Scored, Refusal>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
+/// Nodes of at most this many GPUs get every free mask answered at once, the first time a
+/// request (count, mode, minimum bottleneck) is asked of their shape: 2^10 masks, each an exact
+/// search of at most C(10, 5) = 252 sets. Afterwards every node of the shape is a look-up,
+/// whatever its free GPUs.
+pub const PRECOMPUTE_MAX_GPUS: usize = 10;
+
+/// Why nothing fits on a node, without the node's name ([`Refused::message`] names it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused(Refusal);
+
+impl Refused {
+    /// The reason, for people, naming `node`.
+    pub fn message(&self, node: &str) -> String {
+        self.0.message(node)
+    }
+}
+
+/// The memoized answer for `free` (already within the node's GPUs); on a miss on a node of at
+/// most [`PRECOMPUTE_MAX_GPUS`] GPUs every free mask of the shape is answered.
+fn answer(g: &GpuGraph, free: GpuSet, req: &GpuRequest) -> Result<Scored, Refusal> {
+    let key = |mask: u64| (g.shape_id(), mask, req.count, req.nvlink, req.link_floor());
+    let hit = MEMO
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key(free.0))
+        .cloned();
+    if let Some(a) = hit {
+        return a;
+    }
+    let masks: Vec<u64> = if g.len() <= PRECOMPUTE_MAX_GPUS {
+        (0..=g.all().0).collect()
+    } else {
+        vec![free.0]
+    };
+    let answers: Vec<(MemoKey, Result<Scored, Refusal>)> = masks
+        .into_iter()
+        .map(|m| (key(m), search(g, GpuSet(m), req)))
+        .collect();
+    let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
+    if memo.len() + answers.len() > MEMO_CAPACITY {
+        memo.clear();
+    }
+    let mut mine = None;
+    for (k, a) in answers {
+        if k.1 == free.0 {
+            mine = Some(a.clone());
+        }
+        memo.insert(k, a);
+    }
+    mine.expect("the asked mask is among those answered")
+}
+
 /// Picks the GPUs for `req` among `free` on the node `g` (module docs). Deterministic; memoized
 /// per (shape, free mask, count, mode), so the same question about any node of the same shape
 /// is answered from a table.
 pub fn allocate(g: &GpuGraph, free: GpuSet, req: &GpuRequest) -> Result<Allocation, NoFit> {
-    let free = free.and(g.all());
-    let key = (
-        g.shape_id(),
-        free.0,
-        req.count,
-        req.nvlink,
-        req.link_floor(),
-    );
-    let hit = MEMO
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&key)
-        .cloned();
-    let answer = match hit {
-        Some(a) => a,
-        None => {
-            let a = search(g, free, req);
-            let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
-            if memo.len() >= MEMO_CAPACITY {
-                memo.clear();
-            }
-            memo.insert(key, a.clone());
-            a
-        }
-    };
-    answer
+    answer(g, free.and(g.all()), req)
         .map(|s| s.into_allocation(g))
         .map_err(|r| no_fit(r.message(g.node_name())))
+}
+
+/// [`allocate`] without naming anything: the allocation's `uuids` are empty and a refusal is
+/// named when reported. What ranking many nodes of one shape needs, without a string per node.
+pub fn assess(g: &GpuGraph, free: GpuSet, req: &GpuRequest) -> Result<Allocation, Refused> {
+    answer(g, free.and(g.all()), req)
+        .map(|s| s.into_anonymous_allocation(g.len()))
+        .map_err(Refused)
 }
 
 /// [`allocate`] without the memo (what the memo stores; also for measuring the cold cost).
@@ -726,7 +777,14 @@ fn heuristic(
     let g = ctx.g;
     let mode = admit;
     let fits = |s: GpuSet| admissible(g, s, mode) && (min == 0 || g.ring_bottleneck(s) >= min);
-    let eval = |s: GpuSet| ctx.key(s, g.set_quality(s), score);
+    // Scoring budget (see HEURISTIC_WORK): once spent, the sets found so far are kept as they are.
+    let budget = (HEURISTIC_WORK / (2 * g.nvlink_cliques().len()).max(1)).max(HEURISTIC_MIN_SCORES);
+    let scores = std::cell::Cell::new(0usize);
+    let spent = || scores.get() >= budget;
+    let eval = |s: GpuSet| {
+        scores.set(scores.get() + 1);
+        ctx.key(s, g.set_quality(s), score)
+    };
     let mut best: Option<(i64, GpuSet)> = None;
     for seed in ctx.free.iter() {
         let mut set = GpuSet::from_indexes([seed]);
@@ -760,6 +818,9 @@ fn heuristic(
             let mut improved = false;
             'outer: for out in set.iter() {
                 for inn in ctx.free.minus(set).iter() {
+                    if spent() {
+                        break 'outer;
+                    }
                     let mut cand = set;
                     cand.remove(out);
                     cand.insert(inn);

@@ -533,6 +533,23 @@ pub fn pod_from_report(manifest: &Value, r: &PodReport) -> Option<Pod> {
     Some(pod)
 }
 
+/// Annotation on a pull member's heartbeat Lease: how the agent finds its own cluster's API
+/// server ([`MEMBER_API_OK`], or `unreachable since <time>: <error>`).
+pub const MEMBER_API_ANNOTATION: &str = "gpupool.io/member-api";
+/// [`MEMBER_API_ANNOTATION`] of an agent that reaches its member's API server.
+pub const MEMBER_API_OK: &str = "ok";
+
+/// What the agent says is wrong with its member's API server (`None`: nothing, or an agent that
+/// does not say).
+pub fn member_api_problem(lease: &k8s_openapi::api::coordination::v1::Lease) -> Option<&str> {
+    let v = lease
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(MEMBER_API_ANNOTATION)?;
+    (v != MEMBER_API_OK).then_some(v.as_str())
+}
+
 /// A pull member is alive while its agent renewed the Lease within `grace`.
 pub fn alive(heartbeat: Option<Timestamp>, now: Timestamp, grace: Duration) -> bool {
     heartbeat.is_some_and(|h| {

@@ -10,19 +10,21 @@
 //! allocatable on device-plugin members, and on DRA members (whose nodes advertise no
 //! `nvidia.com/gpu`: their GPUs are ResourceSlice devices) by the node's devices of the GPU driver
 //! in its ResourceSlices, or by its published topology while no slice is known; a GPU UUID belongs to the node that published it first (earliest `GpuTopology`
-//! creation this cache saw for that node and UUID, kept when the topology is re-created, then
-//! member and node name) and a later node publishing the same UUID is quarantined
+//! creation, then member and node name) and a later node publishing the same UUID is quarantined
 //! without affecting the first; a UUID listed twice inside one node makes those GPUs unusable
 //! without marking anything else busy; and an assignment only ever holds GPUs on the member and
 //! node it names, so nothing one member publishes or annotates can block another member's GPUs.
 
 use crate::api::{BindingMode, CapacitySummary, GpuTopologySpec, ModelCapacity};
-use crate::placement::rank::WholeNodes;
 use crate::placement::{ClusterCandidate, JobRequest, NodeCandidate};
 use crate::topology::{GpuGraph, GpuSet};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+
+#[path = "index.rs"]
+mod index;
+use index::NodeIndex;
 
 /// What the scheduler needs to know about a member from its MemberCluster and heartbeat.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -111,24 +113,6 @@ impl NodeState {
     pub fn free(&self) -> GpuSet {
         self.usable.minus(self.busy).minus(self.held)
     }
-
-    fn class(&self) -> ClassKey {
-        ClassKey {
-            shape: self.shape,
-            free: self.free().0,
-            model: self.model.clone(),
-            memory_mib: self.memory_mib,
-        }
-    }
-}
-
-/// Nodes in one class produce the same allocation for the same request.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct ClassKey {
-    shape: u64,
-    free: u64,
-    model: String,
-    memory_mib: i64,
 }
 
 #[derive(Default)]
@@ -139,17 +123,13 @@ struct Member {
     nodes: BTreeMap<String, NodeFacts>,
     /// GPU devices each node offers in the member's ResourceSlices (DRA members).
     slice_devices: BTreeMap<String, i64>,
-    topologies: BTreeMap<String, TopologyFacts>,
+    topologies: BTreeMap<String, Published>,
     /// GpuTopology object name → node name.
     topology_names: HashMap<String, String>,
     /// Placeable nodes.
     ready: BTreeMap<String, NodeState>,
     /// Nodes that cannot take work, with the reason.
     unusable: BTreeMap<String, String>,
-    /// Placeable nodes by class.
-    index: BTreeMap<ClassKey, BTreeSet<String>>,
-    /// Graphs by node, kept while the topology spec is unchanged.
-    graphs: HashMap<String, (GpuTopologySpec, Arc<GpuGraph>, u64)>,
 }
 
 impl Member {
@@ -163,7 +143,7 @@ impl Member {
             BindingMode::Dra => match self.slice_devices.get(node) {
                 Some(d) => (*d, "ResourceSlice GPU devices"),
                 None => (
-                    self.topologies.get(node)?.spec.gpus.len() as i64,
+                    self.topologies.get(node)?.gpus as i64,
                     "published GPU count",
                 ),
             },
@@ -172,11 +152,63 @@ impl Member {
     }
 }
 
+/// A published topology as the cache keeps it: its graph, built once (the spec itself is not
+/// kept: every node of a shape shares the graph's interconnect, and the spec's names are in it).
+struct Published {
+    /// The graph and the hash of the topology's shape, or why the spec is no usable topology
+    /// (with the UUIDs it lists, which it still claims).
+    graph: Result<(Arc<GpuGraph>, u64), (String, Vec<String>)>,
+    /// GPUs the spec lists.
+    gpus: usize,
+    busy: Vec<String>,
+    published: i64,
+}
+
+impl Published {
+    fn of(t: TopologyFacts) -> Published {
+        let graph = match GpuGraph::from_spec(&t.spec) {
+            Ok(g) => Ok((Arc::new(g), shape_of(&t.spec))),
+            Err(e) => Err((
+                format!("bad GpuTopology: {e}"),
+                t.spec.gpus.iter().map(|g| g.uuid.clone()).collect(),
+            )),
+        };
+        Published {
+            graph,
+            gpus: t.spec.gpus.len(),
+            busy: t.busy,
+            published: t.published,
+        }
+    }
+
+    /// Whether `other` says the same for placement (names, GPUs, links, busy GPUs, time).
+    fn same(&self, other: &Published) -> bool {
+        let graphs = match (&self.graph, &other.graph) {
+            (Ok((a, x)), Ok((b, y))) => x == y && a.identical(b),
+            (Err(a), Err(b)) => a == b,
+            _ => false,
+        };
+        graphs
+            && self.gpus == other.gpus
+            && self.busy == other.busy
+            && self.published == other.published
+    }
+
+    /// The UUIDs the topology lists (claimed by its node).
+    fn uuids(&self) -> Vec<&str> {
+        match &self.graph {
+            Ok((g, _)) => g.gpus().iter().map(|g| g.uuid.as_str()).collect(),
+            Err((_, uuids)) => uuids.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// A node's claim on a GPU UUID (the names are shared by all of the node's claims).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Claim {
     published: i64,
-    member: String,
-    node: String,
+    member: Arc<str>,
+    node: Arc<str>,
 }
 
 /// GPUs held by one job or pod, sorted and unique. Most hold one to eight: a `BTreeSet`'s
@@ -191,11 +223,15 @@ fn contains(set: &[Slot], s: &Slot) -> bool {
     set.binary_search(s).is_ok()
 }
 
+/// What one job holds: the GPUs of its observed hub status, and those of decisions written (or
+/// being written) whose status has not been observed yet, oldest first. A re-decision of the
+/// same job adds to them and never frees an earlier one: that one may already be in the hub
+/// status, and the next job must not get its GPUs.
 #[derive(Default)]
 struct JobHolds {
     name: Option<JobName>,
     hub: Slots,
-    assumed: Option<Slots>,
+    assumed: Vec<Slots>,
 }
 
 /// Something that may let a waiting job fit now.
@@ -226,14 +262,12 @@ pub struct Wakes {
 #[derive(Default)]
 pub struct PoolCache {
     members: BTreeMap<String, Member>,
-    claims: HashMap<String, Vec<Claim>>,
-    /// UUIDs each node claims.
-    node_claims: HashMap<(String, String), Vec<String>>,
-    /// Earliest publication of each (member, node, UUID) this cache saw, kept when the node's
-    /// `GpuTopology` is deleted: a first owner that re-creates its topology keeps its UUIDs
-    /// rather than losing them to a node that copied them meanwhile. Forgotten with the member.
-    first_published: HashMap<(String, String, String), i64>,
+    claims: HashMap<Arc<str>, Vec<Claim>>,
+    /// UUIDs each node claims (the keys of `claims`).
+    node_claims: HashMap<(String, String), Box<[Arc<str>]>>,
     holds: HashMap<Slot, u32>,
+    /// Placeable nodes of every member by class, and per member tallies.
+    index: NodeIndex,
     jobs: HashMap<String, JobHolds>,
     pods: HashMap<(String, String, String), Slots>,
     /// GPUs a member's scheduler refused to give a gpupool pod: kept out of placement (as busy)
@@ -259,6 +293,45 @@ fn shape_of(spec: &GpuTopologySpec) -> u64 {
     links.sort();
     links.hash(&mut h);
     h.finish()
+}
+
+/// The GPUs of a node gpupool may use, and the supply problems found: a UUID listed twice
+/// inside the node makes those GPUs unaddressable; never more GPUs than `cap` (the kubelet's
+/// device plugin or the DRA driver) offers.
+fn usable_gpus(node: &str, graph: &GpuGraph, cap: (i64, &str)) -> (GpuSet, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut usable = GpuSet::all(graph.len());
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for g in graph.gpus() {
+        *count.entry(g.uuid.as_str()).or_default() += 1;
+    }
+    let dups: BTreeSet<&str> = count
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(u, _)| *u)
+        .collect();
+    if !dups.is_empty() {
+        for g in graph.gpus() {
+            if dups.contains(g.uuid.as_str()) {
+                usable.remove(g.index);
+            }
+        }
+        problems.push(format!(
+            "{node}: UUID listed more than once: {}",
+            dups.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let (cap, source) = cap;
+    let cap = usize::try_from(cap).unwrap_or(0);
+    if usable.len() > cap {
+        let keep = GpuSet::from_indexes(usable.iter().take(cap));
+        problems.push(format!(
+            "{node}: topology lists {} GPUs, {source} is {cap}",
+            usable.len()
+        ));
+        usable = keep;
+    }
+    (usable, problems)
 }
 
 impl PoolCache {
@@ -295,6 +368,9 @@ impl PoolCache {
         let Some(m) = self.members.remove(name) else {
             return;
         };
+        for st in m.ready.values() {
+            self.index.remove(name, st);
+        }
         let nodes: Vec<String> = m.topologies.keys().cloned().collect();
         let mut affected = Vec::new();
         for n in nodes {
@@ -304,7 +380,6 @@ impl PoolCache {
         for k in pods {
             self.set_pod(&k.0, &k.1, &k.2, BTreeSet::new());
         }
-        self.first_published.retain(|k, _| k.0 != name);
         // Nodes elsewhere that published the same UUIDs later were quarantined behind this
         // member's claim: now they may own them.
         affected.sort();
@@ -396,7 +471,8 @@ impl PoolCache {
         }
         let m = self.members.entry(member.to_string()).or_default();
         if let (Some(t), Some(n)) = (t, new_node) {
-            if m.topologies.get(&n) == Some(&t) {
+            let t = Published::of(t);
+            if m.topologies.get(&n).is_some_and(|old| old.same(&t)) {
                 return;
             }
             m.topology_names.insert(object.to_string(), n.clone());
@@ -430,8 +506,11 @@ impl PoolCache {
             .unwrap_or_default();
         for u in uuids {
             if let Some(cs) = self.claims.get_mut(&u) {
-                cs.retain(|c| !(c.member == member && c.node == node));
-                affected.extend(cs.iter().map(|c| (c.member.clone(), c.node.clone())));
+                cs.retain(|c| !(&*c.member == member && &*c.node == node));
+                affected.extend(
+                    cs.iter()
+                        .map(|c| (c.member.to_string(), c.node.to_string())),
+                );
                 if cs.is_empty() {
                     self.claims.remove(&u);
                 }
@@ -447,28 +526,35 @@ impl PoolCache {
             && m.gpu_cap(node).is_some()
             && let Some(t) = m.topologies.get(node)
         {
-            let published = t.published;
-            let uuids: BTreeSet<String> = t.spec.gpus.iter().map(|g| g.uuid.clone()).collect();
-            self.node_claims.insert(
-                (member.to_string(), node.to_string()),
-                uuids.iter().cloned().collect(),
-            );
+            let claim = Claim {
+                published: t.published,
+                member: member.into(),
+                node: node.into(),
+            };
+            let uuids: BTreeSet<&str> = t.uuids().into_iter().collect();
+            let mut keys = Vec::with_capacity(uuids.len());
             for u in uuids {
-                let first = self
-                    .first_published
-                    .entry((member.to_string(), node.to_string(), u.clone()))
-                    .or_insert(published);
-                *first = (*first).min(published);
-                let claim = Claim {
-                    published: *first,
-                    member: member.to_string(),
-                    node: node.to_string(),
+                let (key, cs) = match self.claims.get_key_value(u) {
+                    Some((k, _)) => {
+                        let k = k.clone();
+                        let cs = self.claims.get_mut(u).expect("just found");
+                        (k, cs)
+                    }
+                    None => {
+                        let k: Arc<str> = u.into();
+                        (k.clone(), self.claims.entry(k).or_default())
+                    }
                 };
-                let cs = self.claims.entry(u).or_default();
-                affected.extend(cs.iter().map(|c| (c.member.clone(), c.node.clone())));
+                affected.extend(
+                    cs.iter()
+                        .map(|c| (c.member.to_string(), c.node.to_string())),
+                );
                 let at = cs.partition_point(|c| *c < claim);
                 cs.insert(at, claim.clone());
+                keys.push(key);
             }
+            self.node_claims
+                .insert((member.to_string(), node.to_string()), keys.into());
         }
         affected.sort();
         affected.dedup();
@@ -480,155 +566,25 @@ impl PoolCache {
         }
     }
 
-    /// Rebuilds the placeable state of one node from its facts, claims and holds.
+    /// Rebuilds the placeable state of one node from its facts, claims and holds: the node
+    /// leaves the index, and comes back placeable or with the reason it is not.
     fn derive(&mut self, member: &str, node: &str) {
         let Some(m) = self.members.get_mut(member) else {
             return;
         };
         let old = m.ready.remove(node);
-        if let Some(o) = &old
-            && let Some(set) = m.index.get_mut(&o.class())
-        {
-            set.remove(node);
-            if set.is_empty() {
-                m.index.remove(&o.class());
-            }
-        }
         m.unusable.remove(node);
-        let (Some(facts), Some(cap)) = (m.nodes.get(node).cloned(), m.gpu_cap(node)) else {
-            m.graphs.remove(node);
-            return;
-        };
-        if !facts.ready {
-            m.unusable.insert(node.into(), "node not ready".into());
-            return;
+        if let Some(o) = &old {
+            self.index.remove(member, o);
         }
-        let Some(t) = m.topologies.get(node).cloned() else {
-            m.unusable.insert(
-                node.into(),
-                "no GpuTopology published (is the node agent running?)".into(),
-            );
-            return;
-        };
-        let (graph, shape) = match m.graphs.get(node) {
-            Some((spec, g, s)) if *spec == t.spec => (g.clone(), *s),
-            _ => match GpuGraph::from_spec(&t.spec) {
-                Ok(g) => {
-                    let g = Arc::new(g);
-                    let s = shape_of(&t.spec);
-                    m.graphs
-                        .insert(node.to_string(), (t.spec.clone(), g.clone(), s));
-                    (g, s)
-                }
-                Err(e) => {
-                    m.graphs.remove(node);
-                    m.unusable
-                        .insert(node.into(), format!("bad GpuTopology: {e}"));
-                    return;
-                }
-            },
-        };
-        // A UUID published earlier by another node is not this node's to offer.
-        let squatted: Vec<String> = graph
-            .gpus()
-            .iter()
-            .filter_map(|g| {
-                let owner = self.claims.get(&g.uuid)?.first()?;
-                (owner.member != member || owner.node != node).then(|| {
-                    format!(
-                        "{} (first published by {}/{})",
-                        g.uuid, owner.member, owner.node
-                    )
-                })
-            })
-            .collect();
-        let m = self.members.get_mut(member).expect("member exists");
-        if !squatted.is_empty() {
-            m.unusable.insert(
-                node.into(),
-                format!(
-                    "quarantined: GPU UUIDs already in the pool: {}",
-                    squatted.join(", ")
-                ),
-            );
-            return;
-        }
-        let mut problems = Vec::new();
-        let n = graph.len();
-        let mut usable = GpuSet::all(n);
-        // The same UUID twice inside the node: neither GPU can be addressed.
-        let mut count: HashMap<&str, usize> = HashMap::new();
-        for g in graph.gpus() {
-            *count.entry(g.uuid.as_str()).or_default() += 1;
-        }
-        let dups: BTreeSet<&str> = count
-            .iter()
-            .filter(|(_, c)| **c > 1)
-            .map(|(u, _)| *u)
-            .collect();
-        if !dups.is_empty() {
-            for g in graph.gpus() {
-                if dups.contains(g.uuid.as_str()) {
-                    usable.remove(g.index);
-                }
+        let st = match self.placeable(member, node) {
+            Ok(Some(st)) => st,
+            Ok(None) => return,
+            Err(why) => {
+                let m = self.members.get_mut(member).expect("member exists");
+                m.unusable.insert(node.into(), why);
+                return;
             }
-            problems.push(format!(
-                "{node}: UUID listed more than once: {}",
-                dups.into_iter().collect::<Vec<_>>().join(", ")
-            ));
-        }
-        // Never more GPUs than the kubelet (device plugin) or the DRA driver offers.
-        let (cap, source) = cap;
-        let cap = usize::try_from(cap).unwrap_or(0);
-        if usable.len() > cap {
-            let keep = GpuSet::from_indexes(usable.iter().take(cap));
-            problems.push(format!(
-                "{node}: topology lists {} GPUs, {source} is {cap}",
-                usable.len()
-            ));
-            usable = keep;
-        }
-        let mut busy = GpuSet::EMPTY;
-        for u in &t.busy {
-            for g in graph.gpus().iter().filter(|g| &g.uuid == u) {
-                busy.insert(g.index);
-            }
-        }
-        for g in graph.gpus() {
-            if self.suspect.contains(&Slot {
-                member: member.to_string(),
-                node: node.to_string(),
-                uuid: g.uuid.clone(),
-            }) {
-                busy.insert(g.index);
-            }
-        }
-        let mut held = GpuSet::EMPTY;
-        for g in graph.gpus() {
-            let s = Slot {
-                member: member.to_string(),
-                node: node.to_string(),
-                uuid: g.uuid.clone(),
-            };
-            if self.holds.get(&s).copied().unwrap_or(0) > 0 {
-                held.insert(g.index);
-            }
-        }
-        let st = NodeState {
-            name: node.to_string(),
-            model: t
-                .spec
-                .gpus
-                .first()
-                .map(|g| g.model.clone())
-                .unwrap_or_default(),
-            memory_mib: t.spec.gpus.iter().map(|g| g.memory_mib).min().unwrap_or(0),
-            graph,
-            shape,
-            usable,
-            busy,
-            held,
-            problems,
         };
         let grew = old.as_ref().is_none_or(|o| !st.free().is_subset(o.free()));
         if grew && !st.free().is_empty() {
@@ -640,12 +596,118 @@ impl PoolCache {
                 graph: st.graph.clone(),
             });
         }
+        self.index.add(member, &st);
         let m = self.members.get_mut(member).expect("member exists");
-        m.index
-            .entry(st.class())
-            .or_default()
-            .insert(node.to_string());
         m.ready.insert(node.to_string(), st);
+    }
+
+    /// The node's placeable state; `None` when it is no GPU node, the reason when it cannot
+    /// take work.
+    fn placeable(&self, member: &str, node: &str) -> Result<Option<NodeState>, String> {
+        let Some((graph, shape, cap)) = self.graph_of(member, node)? else {
+            return Ok(None);
+        };
+        self.check_claims(member, node, &graph)?;
+        let (usable, problems) = usable_gpus(node, &graph, cap);
+        let (busy, held) = self.busy_and_held(member, node, &graph);
+        Ok(Some(NodeState {
+            name: node.to_string(),
+            model: graph
+                .gpus()
+                .first()
+                .map(|g| g.model.clone())
+                .unwrap_or_default(),
+            memory_mib: graph.gpus().iter().map(|g| g.memory_mib).min().unwrap_or(0),
+            graph,
+            shape,
+            usable,
+            busy,
+            held,
+            problems,
+        }))
+    }
+
+    /// The node's graph, the hash of its shape and its GPU cap (built once per topology);
+    /// `None` when it is no GPU node.
+    #[allow(clippy::type_complexity)]
+    fn graph_of(
+        &self,
+        member: &str,
+        node: &str,
+    ) -> Result<Option<(Arc<GpuGraph>, u64, (i64, &'static str))>, String> {
+        let m = self.members.get(member).expect("member exists");
+        let (Some(facts), Some(cap)) = (m.nodes.get(node), m.gpu_cap(node)) else {
+            return Ok(None);
+        };
+        if !facts.ready {
+            return Err("node not ready".into());
+        }
+        let Some(t) = m.topologies.get(node) else {
+            return Err("no GpuTopology published (is the node agent running?)".into());
+        };
+        match &t.graph {
+            Ok((g, s)) => Ok(Some((g.clone(), *s, cap))),
+            Err((why, _)) => Err(why.clone()),
+        }
+    }
+
+    /// A UUID published earlier by another node is not this node's to offer: the node is
+    /// quarantined.
+    fn check_claims(&self, member: &str, node: &str, graph: &GpuGraph) -> Result<(), String> {
+        let squatted: Vec<String> = graph
+            .gpus()
+            .iter()
+            .filter_map(|g| {
+                let owner = self.claims.get(g.uuid.as_str())?.first()?;
+                (&*owner.member != member || &*owner.node != node).then(|| {
+                    format!(
+                        "{} (first published by {}/{})",
+                        g.uuid, owner.member, owner.node
+                    )
+                })
+            })
+            .collect();
+        if squatted.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "quarantined: GPU UUIDs already in the pool: {}",
+            squatted.join(", ")
+        ))
+    }
+
+    /// GPUs busy outside gpupool (foreign processes, the kubelet, refused by the member's
+    /// scheduler) and GPUs held by assignments.
+    fn busy_and_held(&self, member: &str, node: &str, graph: &GpuGraph) -> (GpuSet, GpuSet) {
+        let mut busy = GpuSet::EMPTY;
+        if let Some(t) = self
+            .members
+            .get(member)
+            .and_then(|m| m.topologies.get(node))
+        {
+            for u in &t.busy {
+                for g in graph.gpus().iter().filter(|g| &g.uuid == u) {
+                    busy.insert(g.index);
+                }
+            }
+        }
+        let mut held = GpuSet::EMPTY;
+        let mut s = Slot {
+            member: member.to_string(),
+            node: node.to_string(),
+            uuid: String::new(),
+        };
+        for g in graph.gpus() {
+            s.uuid.clear();
+            s.uuid.push_str(&g.uuid);
+            if self.suspect.contains(&s) {
+                busy.insert(g.index);
+            }
+            if self.holds.get(&s).copied().unwrap_or(0) > 0 {
+                held.insert(g.index);
+            }
+        }
+        (busy, held)
     }
 
     // ----- suspect GPUs -----
@@ -707,13 +769,13 @@ impl PoolCache {
         self.replace(&old, &slots);
         j.hub = slots;
         j.name = Some(name);
-        if let Some(a) = j.assumed.take() {
-            if a.iter().all(|s| contains(&j.hub, s)) {
-                self.replace(&a, &[]);
-            } else {
-                j.assumed = Some(a);
-            }
+        let (seen, kept): (Vec<Slots>, Vec<Slots>) = std::mem::take(&mut j.assumed)
+            .into_iter()
+            .partition(|a| a.iter().all(|s| contains(&j.hub, s)));
+        for a in seen {
+            self.replace(&a, &[]);
         }
+        j.assumed = kept;
         self.jobs.insert(uid.to_string(), j);
     }
 
@@ -721,7 +783,7 @@ impl PoolCache {
     pub fn forget_job(&mut self, uid: &str) {
         if let Some(j) = self.jobs.remove(uid) {
             self.replace(&j.hub, &[]);
-            if let Some(a) = j.assumed {
+            for a in j.assumed {
                 self.replace(&a, &[]);
             }
         }
@@ -743,19 +805,20 @@ impl PoolCache {
     }
 
     /// Holds `slots` for job `uid` until its hub status shows them (or [`Self::unassume`]).
+    /// Earlier assumptions of the job are kept (see [`JobHolds`]).
     pub fn assume(&mut self, uid: &str, slots: BTreeSet<Slot>) {
         let mut j = self.jobs.remove(uid).unwrap_or_default();
-        let old = j.assumed.take().unwrap_or_default();
         let slots = slots_of(slots);
-        self.replace(&old, &slots);
-        j.assumed = Some(slots);
+        self.replace(&[], &slots);
+        j.assumed.push(slots);
         self.jobs.insert(uid.to_string(), j);
     }
 
-    /// Drops an assumption (its write failed).
+    /// Drops the job's latest assumption: its write failed. Earlier ones, whose writes
+    /// succeeded, stay until their status is observed.
     pub fn unassume(&mut self, uid: &str) {
         if let Some(j) = self.jobs.get_mut(uid)
-            && let Some(a) = j.assumed.take()
+            && let Some(a) = j.assumed.pop()
         {
             self.replace(&a, &[]);
         }
@@ -763,7 +826,7 @@ impl PoolCache {
 
     /// Whether job `uid` has an assignment not yet seen in its hub status.
     pub fn is_assumed(&self, uid: &str) -> bool {
-        self.jobs.get(uid).is_some_and(|j| j.assumed.is_some())
+        self.jobs.get(uid).is_some_and(|j| !j.assumed.is_empty())
     }
 
     /// A gpupool pod in a member holds `slots` (empty when it finished or is gone).
@@ -826,9 +889,34 @@ impl PoolCache {
     /// GPU model on a node, when known.
     pub fn model_of(&self, member: &str, node: &str) -> Option<String> {
         let m = self.members.get(member)?;
-        m.topologies
-            .get(node)
-            .and_then(|t| t.spec.gpus.first().map(|g| g.model.clone()))
+        let (g, _) = m.topologies.get(node)?.graph.as_ref().ok()?;
+        g.gpus().first().map(|g| g.model.clone())
+    }
+
+    /// Indexes on their node of the GPUs with these UUIDs, in their order (empty unless the
+    /// node's topology knows every one).
+    pub fn gpu_indexes(&self, member: &str, node: &str, uuids: &[String]) -> Vec<i32> {
+        let Some(t) = self
+            .members
+            .get(member)
+            .and_then(|m| m.topologies.get(node))
+        else {
+            return Vec::new();
+        };
+        let Ok((graph, _)) = &t.graph else {
+            return Vec::new();
+        };
+        uuids
+            .iter()
+            .map(|u| {
+                graph
+                    .gpus()
+                    .iter()
+                    .find(|g| g.uuid == *u)
+                    .map(|g| g.index as i32)
+            })
+            .collect::<Option<Vec<i32>>>()
+            .unwrap_or_default()
     }
 
     /// One placeable node.
@@ -923,86 +1011,45 @@ impl PoolCache {
         }
     }
 
-    /// The candidates for `pods` pods of `req`: per schedulable member, only the nodes that can
-    /// take one pod, and of nodes that would answer identically (same topology shape, free GPUs,
-    /// model and memory) only the first `pods` by name — which is all a placement of `pods` pods
-    /// can use. Members left out come with the reason.
+    /// The candidates for `pods` pods of `req`: per schedulable member, of the nodes that can
+    /// take one pod only its best-ranked ones — the first `pods` by rank and the nodes tied with
+    /// the last of them, in name order — which is all a placement of `pods` pods can use
+    /// ([`index`]'s module docs). Members left out come with the reason.
     pub fn candidates(
         &self,
         req: &JobRequest,
         pods: usize,
     ) -> (Vec<ClusterCandidate>, Vec<String>) {
-        let mut out = Vec::new();
         let mut reasons = Vec::new();
-        let k = req.gpus_per_pod.max(1);
-        for (name, m) in &self.members {
+        let usable = |name: &str, m: &Member| -> Result<(), String> {
             if !m.info.schedulable {
                 let why = if m.info.reason.is_empty() {
                     "not ready"
                 } else {
                     m.info.reason.as_str()
                 };
-                reasons.push(format!("{name}: {why}"));
-                continue;
+                return Err(format!("{name}: {why}"));
             }
             if !m.pods_synced {
-                reasons.push(format!("{name}: its pods are not listed yet"));
+                return Err(format!("{name}: its pods are not listed yet"));
+            }
+            Ok(())
+        };
+        let sel = self.index.select(req, pods, |name| {
+            self.members
+                .get(name)
+                .is_some_and(|m| usable(name, m).is_ok())
+        });
+        let mut out = Vec::new();
+        for (name, m) in &self.members {
+            if let Err(why) = usable(name, m) {
+                reasons.push(why);
                 continue;
             }
-            let labels = m.info.labels.clone();
-            let mut chosen: Vec<&NodeState> = Vec::new();
-            let (mut too_small, mut wrong_model) = (0usize, 0usize);
-            let mut whole_nodes = WholeNodes::default();
-            for (class, nodes) in &m.index {
-                // Every node of a class has the same shape and free GPUs: one look-up per class.
-                if let Some(n) = nodes.first().and_then(|n| m.ready.get(n)) {
-                    whole_nodes.add_nodes(&n.graph, n.free(), nodes.len());
-                }
-                if (class.free.count_ones() as usize) < k {
-                    too_small += nodes.len();
-                    continue;
-                }
-                if let Some(want) = &req.gpu.model
-                    && !class.model.to_lowercase().contains(&want.to_lowercase())
-                {
-                    wrong_model += nodes.len();
-                    continue;
-                }
-                if let Some(min) = req.gpu.min_memory_mib
-                    && class.memory_mib < min
-                {
-                    wrong_model += nodes.len();
-                    continue;
-                }
-                chosen.extend(
-                    nodes
-                        .iter()
-                        .take(pods.max(1))
-                        .filter_map(|n| m.ready.get(n)),
-                );
-            }
-            chosen.sort_by(|a, b| a.name.cmp(&b.name));
-            let mut skipped: Vec<String> = Vec::new();
-            if too_small > 0 {
-                skipped.push(format!("{too_small} node(s) with fewer than {k} free GPUs"));
-            }
-            if wrong_model > 0 {
-                skipped.push(format!(
-                    "{wrong_model} node(s) of another GPU model or with less memory"
-                ));
-            }
-            for (n, why) in m.unusable.iter().take(3) {
-                skipped.push(format!("{n}: {why}"));
-            }
-            if m.unusable.len() > 3 {
-                skipped.push(format!("{} more node(s) unusable", m.unusable.len() - 3));
-            }
-            out.push(ClusterCandidate {
-                name: name.clone(),
-                labels,
-                price: m.info.price,
-                nodes: chosen
-                    .into_iter()
+            let nodes = sel.nodes.get(name.as_str()).map_or_else(Vec::new, |names| {
+                names
+                    .iter()
+                    .filter_map(|n| m.ready.get(*n))
                     .map(|n| NodeCandidate {
                         name: n.name.clone(),
                         graph: n.graph.clone(),
@@ -1010,12 +1057,51 @@ impl PoolCache {
                         model: n.model.clone(),
                         memory_mib: n.memory_mib,
                     })
-                    .collect(),
-                skipped,
-                whole_nodes,
+                    .collect()
+            });
+            out.push(ClusterCandidate {
+                name: name.clone(),
+                labels: m.info.labels.clone(),
+                price: m.info.price,
+                nodes,
+                skipped: self.skipped(name, m, req, sel.refused.get(name.as_str())),
+                whole_nodes: self.index.whole_nodes(name),
             });
         }
         (out, reasons)
+    }
+
+    /// Why a member's nodes are not among its candidates, for a refusal.
+    fn skipped(
+        &self,
+        name: &str,
+        m: &Member,
+        req: &JobRequest,
+        refused: Option<&(usize, String)>,
+    ) -> Vec<String> {
+        let k = req.gpus_per_pod.max(1);
+        let (too_small, wrong_model) = self.index.skipped_counts(name, req);
+        let mut skipped: Vec<String> = Vec::new();
+        if too_small > 0 {
+            skipped.push(format!("{too_small} node(s) with fewer than {k} free GPUs"));
+        }
+        if wrong_model > 0 {
+            skipped.push(format!(
+                "{wrong_model} node(s) of another GPU model or with less memory"
+            ));
+        }
+        if let Some((count, first)) = refused {
+            skipped.push(format!(
+                "{count} node(s) without {k} free GPUs as the request needs them ({first})"
+            ));
+        }
+        for (n, why) in m.unusable.iter().take(3) {
+            skipped.push(format!("{n}: {why}"));
+        }
+        if m.unusable.len() > 3 {
+            skipped.push(format!("{} more node(s) unusable", m.unusable.len() - 3));
+        }
+        skipped
     }
 
     /// Slots of a placement on `member`: (node, UUIDs) per pod.
@@ -1034,3 +1120,7 @@ impl PoolCache {
             .collect()
     }
 }
+
+#[cfg(test)]
+#[path = "cache_tests.rs"]
+mod tests;

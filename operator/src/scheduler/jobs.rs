@@ -325,6 +325,7 @@ pub fn decide_training(cache: &PoolCache, j: &TrainingJob) -> Decision {
                     rank: p.index,
                     node: p.node.clone(),
                     gpu_uuids: p.gpu_uuids.clone(),
+                    gpu_indexes: cache.gpu_indexes(&choice.cluster, &p.node, &p.gpu_uuids),
                     score: p.score,
                     pod_phase: None,
                 })
@@ -479,12 +480,22 @@ pub fn group(flat: &[Placed]) -> Vec<ClusterPlacement> {
         e.gpus.push(NodeGpus {
             node: p.pod.node,
             gpu_uuids: p.pod.gpu_uuids,
+            gpu_indexes: Vec::new(),
             score: p.pod.score,
             revision: p.revision,
             ready: p.ready,
         });
     }
     by.into_values().collect()
+}
+
+/// Writes each replica's GPU indexes beside its UUIDs (what `where` shows from the hub alone).
+fn record_gpu_indexes(cache: &PoolCache, placements: &mut [ClusterPlacement]) {
+    for cp in placements {
+        for g in &mut cp.gpus {
+            g.gpu_indexes = cache.gpu_indexes(&cp.cluster, &g.node, &g.gpu_uuids);
+        }
+    }
 }
 
 /// Places the missing replicas of an InferenceJob.
@@ -550,6 +561,7 @@ pub fn decide_inference(cache: &PoolCache, j: &InferenceJob) -> Decision {
         ready: false,
     }));
     st.placements = group(&all);
+    record_gpu_indexes(cache, &mut st.placements);
     let clusters: Vec<String> = st.placements.iter().map(|p| p.cluster.clone()).collect();
     st.clusters = (!clusters.is_empty()).then(|| clusters.join(","));
     if st.phase == InferencePhase::Pending {

@@ -213,7 +213,7 @@ fn assumptions_hold_gpus_until_the_status_shows_them_or_they_are_dropped() {
 }
 
 #[test]
-fn candidates_list_only_nodes_that_can_take_a_pod_and_one_per_pod_of_each_class() {
+fn candidates_list_only_the_best_ranked_nodes_that_can_take_a_pod() {
     let nodes: Vec<(String, &str)> = (0..50)
         .map(|i| (format!("h{i:02}"), "dgx-h100"))
         .chain((0..10).map(|i| (format!("l{i:02}"), "pcie-l40s")))
@@ -229,8 +229,10 @@ fn candidates_list_only_nodes_that_can_take_a_pod_and_one_per_pod_of_each_class(
     let (cands, reasons) = c.candidates(&req(8), 2);
     assert!(reasons.is_empty());
     let names: Vec<&str> = cands[0].nodes.iter().map(|n| n.name.as_str()).collect();
-    // Two idle H100 nodes and two idle L40S nodes, first by name; the full node is left out.
-    assert_eq!(names, ["h01", "h02", "l00", "l01"]);
+    // Two idle H100 nodes, first by name: the idle L40S nodes rank below them (no NVLink ring
+    // for a `preferred` 8-GPU pod) and two pods never need more than two nodes; the full node
+    // is left out.
+    assert_eq!(names, ["h01", "h02"]);
     assert!(cands[0].skipped[0].contains("1 node(s) with fewer than 8 free"));
     let mut r = req(8);
     r.gpu.model = Some("H100".into());
@@ -363,32 +365,6 @@ fn the_kubelets_pod_devices_count_as_busy() {
     assert_eq!(
         super::topology_facts(&t).busy,
         vec!["GPU-n-0".to_string(), "GPU-n-3".to_string()]
-    );
-}
-
-#[test]
-fn a_first_owner_that_recreates_its_topology_keeps_its_uuids() {
-    let mut c = pool(&[("a", &[("n1", "dgx-h100")])]);
-    c.set_member("b", schedulable());
-    c.resync_pods("b", BTreeMap::new());
-    let mut copy = topo("dgx-h100", "n1");
-    copy.node_name = "copy".into();
-    c.set_node("b", "copy", ready(8));
-    c.set_topology("b", "copy", Some(facts(copy, 100)));
-    assert!(c.node("b", "copy").is_none());
-    // The owner's agent deletes and re-creates its GpuTopology (a newer creation time): the
-    // copy owns the UUIDs only while the owner has none published.
-    c.set_topology("a", "n1", None);
-    assert!(c.node("b", "copy").is_some());
-    c.set_topology("a", "n1", Some(facts(topo("dgx-h100", "n1"), 200)));
-    assert!(
-        c.node("a", "n1").is_some(),
-        "{:?}",
-        c.unusable_reason("a", "n1")
-    );
-    assert!(
-        c.node("b", "copy").is_none(),
-        "the copy is quarantined again"
     );
 }
 
@@ -567,8 +543,8 @@ fn a_waiting_job_naming_an_unknown_class_is_parked_with_the_reason() {
 
 #[test]
 fn candidates_count_every_whole_nvlink_node_and_the_idle_ones() {
-    // Three idle DGX H100 (one class: the candidates name only the first), a DGX-1 with two GPUs
-    // held and an L40S (no NVLink): the scarcity counts cover every node of the member.
+    // Three idle DGX H100, a DGX-1 with two GPUs held and an L40S (no NVLink): the candidates
+    // name only the best-ranked node, the scarcity counts cover every node of the member.
     let mut c = pool(&[(
         "m",
         &[
@@ -584,7 +560,9 @@ fn candidates_count_every_whole_nvlink_node_and_the_idle_ones() {
         [slot("m", "d", 0), slot("m", "d", 1)].into_iter().collect(),
     );
     let (cands, _) = c.candidates(&req(1), 1);
-    assert_eq!(cands[0].nodes.len(), 3);
+    // One pod: only the best-ranked node (the partly used DGX-1) is offered.
+    let names: Vec<&str> = cands[0].nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["d"]);
     assert_eq!(
         cands[0].whole_nodes,
         crate::placement::rank::WholeNodes { total: 4, idle: 3 }

@@ -234,11 +234,20 @@ pub fn pcie_points(level: PcieLevel) -> i64 {
     }
 }
 
-/// The GPUs of one node and the quality of every pair. Immutable once built.
+/// The GPUs of one node and the quality of every pair. Immutable once built. What depends only
+/// on the interconnect — links, pair qualities, cliques — is one [`Shape`] shared by every node
+/// built the same way (a pool of thousands of DGX nodes holds it once); a node adds its name and
+/// its GPUs' UUIDs and models.
 #[derive(Clone, Debug)]
 pub struct GpuGraph {
     node_name: String,
     gpus: Vec<GpuNode>,
+    shape: Arc<Shape>,
+}
+
+/// The interconnect of a node, without names: shared by every node of the same shape.
+#[derive(Debug)]
+struct Shape {
     links: Vec<PairLink>,
     quality: Vec<i64>,
     nvlink_adj: Vec<GpuSet>,
@@ -253,33 +262,21 @@ pub struct GpuGraph {
     fingerprint: u64,
     /// Process-wide id of the shape: equal for two graphs exactly when their shapes are equal
     /// (interned), unless the interning table is full.
-    shape_id: u64,
+    id: u64,
 }
 
-/// The shape of a graph: what placement depends on (not names, UUIDs or models).
+/// What identifies a shape: GPU count, every pair's link, pair qualities, NVLink adjacency.
 #[derive(PartialEq, Eq, Hash)]
 struct ShapeKey {
     n: usize,
+    links: Vec<u64>,
     quality: Vec<i64>,
     nvlink_adj: Vec<u64>,
 }
 
 static NEXT_SHAPE_ID: AtomicU64 = AtomicU64::new(1);
-static SHAPES: LazyLock<Mutex<HashMap<Arc<ShapeKey>, u64>>> =
+static SHAPES: LazyLock<Mutex<HashMap<ShapeKey, Arc<Shape>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
-
-/// The id of `key`'s shape, interning it when new (full equality, so no hash collisions).
-fn intern_shape(key: ShapeKey) -> u64 {
-    let mut shapes = SHAPES.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(&id) = shapes.get(&key) {
-        return id;
-    }
-    let id = NEXT_SHAPE_ID.fetch_add(1, Ordering::Relaxed);
-    if shapes.len() < MAX_INTERNED_SHAPES {
-        shapes.insert(Arc::new(key), id);
-    }
-    id
-}
 
 /// FNV-1a over 64-bit words: a stable content hash (the standard library's hasher makes no
 /// stability promise across releases, and ten lines do not justify a dependency).
@@ -294,93 +291,141 @@ fn fnv1a(words: impl IntoIterator<Item = u64>) -> u64 {
     h
 }
 
-impl GpuGraph {
-    /// Builds and validates the graph: indexes must be dense `0..n` (in any order), links must
-    /// name two different existing GPUs, at most one entry per pair. A pair without an entry is a
-    /// cross-socket PCIe pair without NVLink.
-    pub fn from_spec(spec: &GpuTopologySpec) -> Result<GpuGraph, TopologyError> {
-        let n = spec.gpus.len();
-        if n == 0 {
-            return Err(TopologyError::NoGpus(spec.node_name.clone()));
+/// The GPUs of a spec by index: indexes must be dense `0..n` (in any order).
+fn gpus_of(spec: &GpuTopologySpec) -> Result<Vec<GpuNode>, TopologyError> {
+    let n = spec.gpus.len();
+    if n == 0 {
+        return Err(TopologyError::NoGpus(spec.node_name.clone()));
+    }
+    if n > MAX_GPUS {
+        return Err(TopologyError::TooManyGpus(n));
+    }
+    let mut slots: Vec<Option<GpuNode>> = vec![None; n];
+    for g in &spec.gpus {
+        let i = usize::try_from(g.index).ok().filter(|&i| i < n);
+        match i {
+            Some(i) if slots[i].is_none() => {
+                slots[i] = Some(GpuNode {
+                    index: i,
+                    uuid: g.uuid.clone(),
+                    model: g.model.clone(),
+                    memory_mib: g.memory_mib,
+                    nvswitch_links: g.nvswitch_links.max(0) as u32,
+                })
+            }
+            _ => return Err(TopologyError::BadIndex { n, index: g.index }),
         }
-        if n > MAX_GPUS {
-            return Err(TopologyError::TooManyGpus(n));
+    }
+    Ok(slots
+        .into_iter()
+        .map(|s| s.expect("every slot filled: n distinct indexes in 0..n"))
+        .collect())
+}
+
+/// Every pair's link (`n × n`, both directions): links must name two different existing GPUs,
+/// at most one entry per pair; a pair without an entry is a cross-socket PCIe pair.
+fn links_of(spec: &GpuTopologySpec, n: usize) -> Result<Vec<PairLink>, TopologyError> {
+    let mut links = vec![PairLink::default(); n * n];
+    let mut seen = vec![false; n * n];
+    for l in &spec.links {
+        let ok = |x: i32| usize::try_from(x).ok().filter(|&x| x < n);
+        let (Some(a), Some(b)) = (ok(l.a), ok(l.b)) else {
+            return Err(TopologyError::LinkOutOfRange { a: l.a, b: l.b, n });
+        };
+        if a == b {
+            return Err(TopologyError::LinkOutOfRange { a: l.a, b: l.b, n });
         }
-        let mut slots: Vec<Option<GpuNode>> = vec![None; n];
-        for g in &spec.gpus {
-            let i = usize::try_from(g.index).ok().filter(|&i| i < n);
-            match i {
-                Some(i) if slots[i].is_none() => {
-                    slots[i] = Some(GpuNode {
-                        index: i,
-                        uuid: g.uuid.clone(),
-                        model: g.model.clone(),
-                        memory_mib: g.memory_mib,
-                        nvswitch_links: g.nvswitch_links.max(0) as u32,
-                    })
-                }
-                _ => return Err(TopologyError::BadIndex { n, index: g.index }),
+        if l.nvlinks < 0 {
+            return Err(TopologyError::NegativeNvlinks {
+                a: l.a,
+                b: l.b,
+                nvlinks: l.nvlinks,
+            });
+        }
+        let (lo, hi) = (a.min(b), a.max(b));
+        if seen[lo * n + hi] {
+            return Err(TopologyError::DuplicateLink { a: lo, b: hi });
+        }
+        seen[lo * n + hi] = true;
+        let pl = PairLink {
+            nvlinks: l.nvlinks as u32,
+            nvswitch: l.nvswitch,
+            pcie: l.pcie,
+        };
+        links[lo * n + hi] = pl;
+        links[hi * n + lo] = pl;
+    }
+    Ok(links)
+}
+
+/// Pair qualities (module docs) and NVLink adjacency of `gpus` joined by `links`.
+fn qualities(gpus: &[GpuNode], links: &[PairLink]) -> (Vec<i64>, Vec<GpuSet>) {
+    let n = gpus.len();
+    let mut quality = vec![0i64; n * n];
+    let mut nvlink_adj = vec![GpuSet::EMPTY; n];
+    for a in 0..n {
+        for b in (0..n).filter(|&b| b != a) {
+            let l = links[a * n + b];
+            let mut eff = i64::from(l.nvlinks);
+            if l.nvswitch {
+                let (x, y) = (gpus[a].nvswitch_links, gpus[b].nvswitch_links);
+                // Unknown switch link counts: still NVLink-connected, count one link.
+                let sw = if x.min(y) > 0 {
+                    x.min(y)
+                } else {
+                    x.max(y).max(1)
+                };
+                eff += i64::from(sw);
+            }
+            quality[a * n + b] = NVLINK_QUALITY * eff + pcie_points(l.pcie);
+            if l.nvlink_connected() {
+                nvlink_adj[a].insert(b);
             }
         }
-        let gpus: Vec<GpuNode> = slots
-            .into_iter()
-            .map(|s| s.expect("every slot filled: n distinct indexes in 0..n"))
-            .collect();
-        let mut links = vec![PairLink::default(); n * n];
-        let mut seen = vec![false; n * n];
-        for l in &spec.links {
-            let ok = |x: i32| usize::try_from(x).ok().filter(|&x| x < n);
-            let (Some(a), Some(b)) = (ok(l.a), ok(l.b)) else {
-                return Err(TopologyError::LinkOutOfRange { a: l.a, b: l.b, n });
-            };
-            if a == b {
-                return Err(TopologyError::LinkOutOfRange { a: l.a, b: l.b, n });
-            }
-            if l.nvlinks < 0 {
-                return Err(TopologyError::NegativeNvlinks {
-                    a: l.a,
-                    b: l.b,
-                    nvlinks: l.nvlinks,
-                });
-            }
-            let (lo, hi) = (a.min(b), a.max(b));
-            if seen[lo * n + hi] {
-                return Err(TopologyError::DuplicateLink { a: lo, b: hi });
-            }
-            seen[lo * n + hi] = true;
-            let pl = PairLink {
-                nvlinks: l.nvlinks as u32,
-                nvswitch: l.nvswitch,
-                pcie: l.pcie,
-            };
-            links[lo * n + hi] = pl;
-            links[hi * n + lo] = pl;
+    }
+    (quality, nvlink_adj)
+}
+
+impl Shape {
+    /// The shared shape of `gpus` joined by `links`: interned, so a shape seen before costs a
+    /// look-up (its cliques are enumerated once per process).
+    fn of(gpus: &[GpuNode], links: Vec<PairLink>) -> Result<Arc<Shape>, TopologyError> {
+        let n = gpus.len();
+        let (quality, nvlink_adj) = qualities(gpus, &links);
+        let key = ShapeKey {
+            n,
+            links: links
+                .iter()
+                .map(|l| {
+                    u64::from(l.nvlinks) << 8
+                        | u64::from(l.nvswitch) << 4
+                        | pcie_points(l.pcie) as u64
+                })
+                .collect(),
+            quality,
+            nvlink_adj: nvlink_adj.iter().map(|s| s.0).collect(),
+        };
+        if let Some(s) = SHAPES.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(s.clone());
         }
-        let mut quality = vec![0i64; n * n];
-        let mut nvlink_adj = vec![GpuSet::EMPTY; n];
-        for a in 0..n {
-            for b in 0..n {
-                if a == b {
-                    continue;
-                }
-                let l = links[a * n + b];
-                let mut eff = i64::from(l.nvlinks);
-                if l.nvswitch {
-                    let (x, y) = (gpus[a].nvswitch_links, gpus[b].nvswitch_links);
-                    // Unknown switch link counts: still NVLink-connected, count one link.
-                    let sw = if x.min(y) > 0 {
-                        x.min(y)
-                    } else {
-                        x.max(y).max(1)
-                    };
-                    eff += i64::from(sw);
-                }
-                quality[a * n + b] = NVLINK_QUALITY * eff + pcie_points(l.pcie);
-                if l.nvlink_connected() {
-                    nvlink_adj[a].insert(b);
-                }
-            }
+        let shape = Arc::new(Shape::build(n, links, key.quality.clone(), nvlink_adj)?);
+        let mut shapes = SHAPES.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = shapes.get(&key) {
+            return Ok(s.clone());
         }
+        if shapes.len() < MAX_INTERNED_SHAPES {
+            shapes.insert(key, shape.clone());
+        }
+        Ok(shape)
+    }
+
+    /// Computes what the shape's queries need: partners, NVLink levels, cliques.
+    fn build(
+        n: usize,
+        links: Vec<PairLink>,
+        quality: Vec<i64>,
+        nvlink_adj: Vec<GpuSet>,
+    ) -> Result<Shape, TopologyError> {
         let partners = (0..n)
             .map(|a| {
                 let mut v: Vec<usize> = (0..n).filter(|&b| b != a).collect();
@@ -399,55 +444,105 @@ impl GpuGraph {
                 .chain(quality.iter().map(|&q| q as u64))
                 .chain(nvlink_adj.iter().map(|s| s.0)),
         );
-        let shape_id = intern_shape(ShapeKey {
-            n,
-            quality: quality.clone(),
-            nvlink_adj: nvlink_adj.iter().map(|s| s.0).collect(),
-        });
-        let mut g = GpuGraph {
-            node_name: spec.node_name.clone(),
-            gpus,
+        let cliques = maximal_cliques(n, &nvlink_adj).ok_or(TopologyError::TooManyNvlinkCliques)?;
+        Ok(Shape {
             links,
             quality,
             nvlink_adj,
-            cliques: Vec::new(),
+            cliques,
             partners,
             nvlink_levels,
             fingerprint,
-            shape_id,
-        };
-        g.cliques = g
-            .maximal_cliques()
-            .ok_or(TopologyError::TooManyNvlinkCliques)?;
-        Ok(g)
+            id: NEXT_SHAPE_ID.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+}
+
+/// All maximal cliques of the NVLink graph `adj` (size ≥ 2), largest first, or `None` when
+/// there are more than [`MAX_NVLINK_CLIQUES`].
+fn maximal_cliques(n: usize, adj: &[GpuSet]) -> Option<Vec<GpuSet>> {
+    // Bron–Kerbosch with pivoting on bitmasks.
+    fn bk(adj: &[GpuSet], r: u64, mut p: u64, mut x: u64, out: &mut Vec<GpuSet>) -> bool {
+        if p == 0 && x == 0 {
+            if r.count_ones() >= 2 {
+                if out.len() >= MAX_NVLINK_CLIQUES {
+                    return false;
+                }
+                out.push(GpuSet(r));
+            }
+            return true;
+        }
+        let pivot = (p | x).trailing_zeros() as usize;
+        let mut cand = p & !adj[pivot].0;
+        while cand != 0 {
+            let v = cand.trailing_zeros() as usize;
+            cand &= cand - 1;
+            let nv = adj[v].0;
+            if !bk(adj, r | (1 << v), p & nv, x & nv, out) {
+                return false;
+            }
+            p &= !(1 << v);
+            x |= 1 << v;
+        }
+        true
+    }
+    let mut out = Vec::new();
+    if !bk(adj, 0, GpuSet::all(n).0, 0, &mut out) {
+        return None;
+    }
+    out.sort_by_key(|s| (std::cmp::Reverse(s.len()), s.to_vec()));
+    Some(out)
+}
+
+impl GpuGraph {
+    /// Builds and validates the graph: indexes must be dense `0..n` (in any order), links must
+    /// name two different existing GPUs, at most one entry per pair. A pair without an entry is a
+    /// cross-socket PCIe pair without NVLink.
+    pub fn from_spec(spec: &GpuTopologySpec) -> Result<GpuGraph, TopologyError> {
+        let gpus = gpus_of(spec)?;
+        let links = links_of(spec, gpus.len())?;
+        let shape = Shape::of(&gpus, links)?;
+        Ok(GpuGraph {
+            node_name: spec.node_name.clone(),
+            gpus,
+            shape,
+        })
     }
 
     /// Content hash of the shape — GPU count, every pair quality and the NVLink adjacency —
     /// computed once at construction. Equal shapes have equal fingerprints on every run and
     /// machine; a scheduler cache can key on it (and confirm with [`same_shape`](Self::same_shape)).
     pub fn shape_fingerprint(&self) -> u64 {
-        self.fingerprint
+        self.shape.fingerprint
     }
 
     /// Process-wide id of the shape: two graphs have the same id exactly when they have the
     /// same shape (interned at construction with a full comparison). The allocator memoizes its
     /// answers under this id, so every node of one shape shares them.
     pub fn shape_id(&self) -> u64 {
-        self.shape_id
+        self.shape.id
+    }
+
+    /// Whether `other` is the same graph: node name, GPUs and the very same interned shape (a
+    /// shape the interning table had no room for compares unequal).
+    pub fn identical(&self, other: &GpuGraph) -> bool {
+        Arc::ptr_eq(&self.shape, &other.shape)
+            && self.node_name == other.node_name
+            && self.gpus == other.gpus
     }
 
     /// Whether `other` has the same shape (GPU count, pair qualities, NVLink adjacency), so the
     /// allocator gives both the same answers for the same free mask.
     pub fn same_shape(&self, other: &GpuGraph) -> bool {
-        self.fingerprint == other.fingerprint
-            && self.quality == other.quality
-            && self.nvlink_adj == other.nvlink_adj
+        self.shape.fingerprint == other.shape.fingerprint
+            && self.shape.quality == other.shape.quality
+            && self.shape.nvlink_adj == other.shape.nvlink_adj
     }
 
     /// Lowest pair quality among NVLink-connected pairs (`None` without NVLink): the node's own
     /// unit of "one NVLink hop", used to scale fragmentation.
     pub fn min_nvlink_quality(&self) -> Option<i64> {
-        self.nvlink_levels.first().copied()
+        self.shape.nvlink_levels.first().copied()
     }
 
     /// Whether the NVLink graph restricted to `set` has a Hamiltonian cycle: an all-NVLink ring
@@ -593,27 +688,27 @@ impl GpuGraph {
 
     /// What connects `a` and `b`.
     pub fn link(&self, a: usize, b: usize) -> PairLink {
-        self.links[a * self.len() + b]
+        self.shape.links[a * self.len() + b]
     }
 
     /// Pair quality `q(a, b)` (module docs); 0 for `a == b`.
     pub fn pair_quality(&self, a: usize, b: usize) -> i64 {
-        self.quality[a * self.len() + b]
+        self.shape.quality[a * self.len() + b]
     }
 
     /// Whether `a` and `b` are NVLink-connected (direct or NVSwitch).
     pub fn nvlinked(&self, a: usize, b: usize) -> bool {
-        self.nvlink_adj[a].contains(b)
+        self.shape.nvlink_adj[a].contains(b)
     }
 
     /// GPUs NVLink-connected to `a`.
     pub fn nvlink_neighbours(&self, a: usize) -> GpuSet {
-        self.nvlink_adj[a]
+        self.shape.nvlink_adj[a]
     }
 
     /// Whether the node has any NVLink at all.
     pub fn has_nvlink(&self) -> bool {
-        self.nvlink_adj.iter().any(|s| !s.is_empty())
+        self.shape.nvlink_adj.iter().any(|s| !s.is_empty())
     }
 
     /// Sum of `q` over all pairs of `set` (the set quality objective; 0 for fewer than 2 GPUs).
@@ -657,19 +752,20 @@ impl GpuGraph {
     pub fn is_nvlink_clique(&self, set: GpuSet) -> bool {
         set.iter().all(|a| {
             set.minus(GpuSet::from_indexes([a]))
-                .is_subset(self.nvlink_adj[a])
+                .is_subset(self.shape.nvlink_adj[a])
         })
     }
 
     /// Maximal NVLink cliques of the whole node (size ≥ 2), largest first.
     pub fn nvlink_cliques(&self) -> &[GpuSet] {
-        &self.cliques
+        &self.shape.cliques
     }
 
     /// Size of the largest set of free GPUs that are pairwise NVLink-connected (1 when some GPU
     /// is free but none pairs up over NVLink, 0 when nothing is free).
     pub fn largest_free_nvlink_clique(&self, free: GpuSet) -> usize {
         let best = self
+            .shape
             .cliques
             .iter()
             .map(|k| k.and(free).len())
@@ -690,7 +786,7 @@ impl GpuGraph {
             while !frontier.is_empty() {
                 let mut next = GpuSet::EMPTY;
                 for g in frontier.iter() {
-                    next = GpuSet(next.0 | self.nvlink_adj[g].0);
+                    next = GpuSet(next.0 | self.shape.nvlink_adj[g].0);
                 }
                 next = next.and(free).minus(comp);
                 comp = GpuSet(comp.0 | next.0);
@@ -734,46 +830,10 @@ impl GpuGraph {
 
     /// Best pair quality of GPU `g` with any other GPU of `within` (0 if none).
     pub fn best_partner_quality(&self, g: usize, within: GpuSet) -> i64 {
-        self.partners[g]
+        self.shape.partners[g]
             .iter()
             .find(|&&h| within.contains(h))
             .map_or(0, |&h| self.pair_quality(g, h))
-    }
-
-    /// All maximal cliques of the NVLink graph (size ≥ 2), or `None` when there are more than
-    /// [`MAX_NVLINK_CLIQUES`].
-    fn maximal_cliques(&self) -> Option<Vec<GpuSet>> {
-        // Bron–Kerbosch with pivoting on bitmasks.
-        fn bk(g: &GpuGraph, r: u64, mut p: u64, mut x: u64, out: &mut Vec<GpuSet>) -> bool {
-            if p == 0 && x == 0 {
-                if r.count_ones() >= 2 {
-                    if out.len() >= MAX_NVLINK_CLIQUES {
-                        return false;
-                    }
-                    out.push(GpuSet(r));
-                }
-                return true;
-            }
-            let pivot = (p | x).trailing_zeros() as usize;
-            let mut cand = p & !g.nvlink_adj[pivot].0;
-            while cand != 0 {
-                let v = cand.trailing_zeros() as usize;
-                cand &= cand - 1;
-                let nv = g.nvlink_adj[v].0;
-                if !bk(g, r | (1 << v), p & nv, x & nv, out) {
-                    return false;
-                }
-                p &= !(1 << v);
-                x |= 1 << v;
-            }
-            true
-        }
-        let mut out = Vec::new();
-        if !bk(self, 0, self.all().0, 0, &mut out) {
-            return None;
-        }
-        out.sort_by_key(|s| (std::cmp::Reverse(s.len()), s.to_vec()));
-        Some(out)
     }
 }
 

@@ -497,16 +497,37 @@ pub struct PoolSetup {
     pub period_seconds: u64,
     /// Settlement horizon in periods.
     pub horizon_periods: u64,
+    /// Highest rate of any GPU class.
+    pub max_rate: u64,
+    /// Highest GPU cap of any cluster.
+    pub max_gpu_cap: u32,
+    /// Periods increases and owner recoveries wait.
+    pub timelock_periods: u64,
+    /// Protocol fee of escrow settlements (basis points); with a fee, [`setup_pool`]
+    /// creates a treasury token account owned by the admin.
+    pub fee_bps: u16,
 }
 
+/// Default [`PoolSetup::max_rate`].
+pub const DEFAULT_MAX_RATE: u64 = 1 << 40;
+/// Default [`PoolSetup::max_gpu_cap`].
+pub const DEFAULT_MAX_GPU_CAP: u32 = 1 << 20;
+/// Default [`PoolSetup::timelock_periods`].
+pub const DEFAULT_TIMELOCK_PERIODS: u64 = 3;
+
 impl PoolSetup {
-    /// Hourly periods and the largest horizon the program allows.
+    /// Hourly periods, the largest horizon the program allows, the default bounds and
+    /// timelock, no fee.
     pub fn new(rates: [u64; NUM_GPU_CLASSES], decimals: u8) -> Self {
         PoolSetup {
             rates,
             decimals,
             period_seconds: 3600,
             horizon_periods: state::MAX_HORIZON_PERIODS,
+            max_rate: DEFAULT_MAX_RATE,
+            max_gpu_cap: DEFAULT_MAX_GPU_CAP,
+            timelock_periods: DEFAULT_TIMELOCK_PERIODS,
+            fee_bps: 0,
         }
     }
 }
@@ -520,6 +541,8 @@ pub struct Pool {
     pub registrar: Keypair,
     pub mint: Pubkey,
     pub period_seconds: u64,
+    /// Treasury token account of the fee (all zeros without a fee).
+    pub treasury: Pubkey,
 }
 
 /// Funds fresh admin (made the program's upgrade authority), oracle and registrar keys,
@@ -537,12 +560,22 @@ pub fn setup_pool(
     install_program_data(svm, &admin.pubkey());
     let mint = Keypair::new();
     create_pool_mint(svm, &admin, &mint, setup.decimals).map_err(Box::new)?;
+    let treasury = if setup.fee_bps > 0 {
+        create_ata(svm, &admin, &admin.pubkey(), &mint.pubkey())?
+    } else {
+        Pubkey::default()
+    };
     let params = PoolParams {
         oracle: oracle.pubkey(),
         registrar: registrar.pubkey(),
         period_seconds: setup.period_seconds,
         horizon_periods: setup.horizon_periods,
         rates: setup.rates,
+        max_rate: setup.max_rate,
+        max_gpu_cap: setup.max_gpu_cap,
+        timelock_periods: setup.timelock_periods,
+        fee_bps: setup.fee_bps,
+        treasury,
     };
     send(
         svm,
@@ -561,6 +594,7 @@ pub fn setup_pool(
         registrar,
         mint: mint.pubkey(),
         period_seconds: setup.period_seconds,
+        treasury,
     })
 }
 
@@ -590,6 +624,63 @@ pub fn register_cluster(
     )
     .map_err(Box::new)?;
     Ok(state::find_cluster_address(cluster_id).0)
+}
+
+/// Opens the escrow of `tenant_id` for `wallet` (who signs with `payer`), creating the escrow
+/// token account first. Returns the tenant PDA.
+pub fn open_escrow(
+    svm: &mut LiteSVM,
+    payer: &Keypair,
+    wallet: &Keypair,
+    tenant_id: &[u8; 32],
+    mint: &Pubkey,
+) -> Result<Pubkey, Box<FailedTransactionMetadata>> {
+    let tenant = state::find_tenant_address(tenant_id).0;
+    send(
+        svm,
+        &[
+            ix::create_associated_token_account_idempotent(&payer.pubkey(), &tenant, mint),
+            ix::open_escrow(&payer.pubkey(), &wallet.pubkey(), mint, tenant_id),
+        ],
+        payer,
+        &[wallet],
+    )
+    .map_err(Box::new)?;
+    Ok(tenant)
+}
+
+/// The tenant account of `tenant_id`, if its escrow is open.
+pub fn read_tenant(svm: &LiteSVM, tenant_id: &[u8; 32]) -> Option<state::TenantAccount> {
+    let account = svm.get_account(&state::find_tenant_address(tenant_id).0)?;
+    (account.owner == PROGRAM_ID)
+        .then(|| state::unpack(&account.data, state::TenantAccount::LEN, state::TAG_TENANT).ok())
+        .flatten()
+}
+
+/// The reservation of `job_uid` under tenant `tenant_id`, if open.
+pub fn read_reservation(
+    svm: &LiteSVM,
+    tenant_id: &[u8; 32],
+    job_uid: &[u8; 16],
+) -> Option<state::Reservation> {
+    let tenant = state::find_tenant_address(tenant_id).0;
+    let account = svm.get_account(&state::find_reservation_address(&tenant, job_uid).0)?;
+    (account.owner == PROGRAM_ID)
+        .then(|| {
+            state::unpack(
+                &account.data,
+                state::Reservation::LEN,
+                state::TAG_RESERVATION,
+            )
+            .ok()
+        })
+        .flatten()
+}
+
+/// Balance of the escrow of `tenant_id` (0 when it does not exist).
+pub fn escrow_balance(svm: &LiteSVM, tenant_id: &[u8; 32], mint: &Pubkey) -> u64 {
+    let tenant = state::find_tenant_address(tenant_id).0;
+    token_balance(svm, &state::escrow_address(&tenant, mint)).unwrap_or(0)
 }
 
 /// Sets a cluster's GPU cap (and clears its disabled flag) as the admin.

@@ -31,13 +31,8 @@ fn initialize_pool_cannot_be_front_run() {
     svmx::install_program_data(&mut svm, &deployer.pubkey());
     let mint = Keypair::new();
     svmx::create_pool_mint(&mut svm, &attacker, &mint, 6).unwrap();
-    let params = |k: &Keypair| ix::PoolParams {
-        oracle: k.pubkey(),
-        registrar: k.pubkey(),
-        period_seconds: PERIOD,
-        horizon_periods: HORIZON,
-        rates: rates(),
-    };
+    let (oracle, registrar) = (Keypair::new().pubkey(), Keypair::new().pubkey());
+    let params = |_: &Keypair| params(&oracle, &registrar);
 
     // The attacker, first in line, naming itself admin and oracle.
     expect_err(
@@ -315,44 +310,39 @@ fn registration_needs_the_registrar_and_a_squat_can_be_fixed() {
     );
     assert!(svmx::read_cluster(&f.svm, &victim_id).is_none());
 
-    // Say the squat happened anyway (the hub registered the wrong wallet): the registrar and
-    // the rightful owner move the cluster, and the next payment goes to the rightful owner.
+    // Say the squat happened anyway (the hub registered the wrong wallet). The registrar
+    // cannot move it (neither can the rightful owner with it); the admin's owner recovery,
+    // after its timelock, does, and the next payment goes to the rightful owner.
     let rightful = Keypair::new();
     svmx::fund(&mut f.svm, &rightful.pubkey()).unwrap();
     let payer = f.oracle.insecure_clone();
     let mint = f.mint;
     svmx::create_ata(&mut f.svm, &payer, &rightful.pubkey(), &mint).unwrap();
     let cluster_id = f.cluster_id;
-    // Neither alone can move it.
-    let mut ix = ix::set_cluster_owner(&f.registrar.pubkey(), &squatter.pubkey(), &cluster_id);
-    ix.accounts[0].is_signer = false;
-    expect_err(
-        svmx::send(&mut f.svm, &[ix], &squatter, &[]),
-        LedgerError::MissingSignature,
-    );
+    let registrar = f.registrar.insecure_clone();
     expect_err(
         svmx::send(
             &mut f.svm,
             &[ix::set_cluster_owner(
-                &squatter.pubkey(),
-                &squatter.pubkey(),
+                &registrar.pubkey(),
+                &rightful.pubkey(),
                 &cluster_id,
             )],
-            &squatter,
-            &[],
+            &rightful,
+            &[&registrar],
         ),
-        LedgerError::NotRegistrar,
+        LedgerError::NotClusterOwner,
     );
-    let registrar = f.registrar.insecure_clone();
-    svmx::send(
-        &mut f.svm,
-        &[ix::set_cluster_owner(
-            &registrar.pubkey(),
-            &rightful.pubkey(),
-            &cluster_id,
-        )],
+    let admin = f.admin.insecure_clone();
+    f.send(
+        ix::propose_owner_recovery(&admin.pubkey(), &cluster_id, &rightful.pubkey()),
+        &[&admin],
+    )
+    .unwrap();
+    f.set_time(((NOW_PERIOD + TIMELOCK) * PERIOD) as i64);
+    f.send_as(
+        ix::execute_owner_recovery(&rightful.pubkey(), &cluster_id),
         &rightful,
-        &[&registrar],
     )
     .unwrap();
     assert_eq!(f.cluster_state().owner, rightful.pubkey());
@@ -443,21 +433,19 @@ fn rate_changes_are_never_retroactive() {
             LedgerError::RateNotInFuture,
         );
     }
-    f.send(
-        ix::set_rates(&admin.pubkey(), high, NOW_PERIOD + 1),
-        &[&admin],
-    )
-    .unwrap();
+    let from = NOW_PERIOD + TIMELOCK;
+    f.send(ix::set_rates(&admin.pubkey(), high, from), &[&admin])
+        .unwrap();
     // Unsettled usage of ended periods keeps the old rate, even settled after the change
     // takes effect.
-    f.set_time(((NOW_PERIOD + 3) * PERIOD) as i64);
+    f.set_time(((from + 2) * PERIOD) as i64);
     f.record(entry(1, NOW_PERIOD - 1, 10, 0)).unwrap();
     assert_eq!(f.balance(), 10 * RATE_0);
-    f.record(entry(1, NOW_PERIOD + 1, 10, 0)).unwrap();
+    f.record(entry(1, from, 10, 0)).unwrap();
     assert_eq!(f.balance(), 10 * RATE_0 + 10 * 1_000);
 
     // A pending change may be replaced before it takes effect; history stays bounded.
-    let now_p = NOW_PERIOD + 3;
+    let now_p = from + 2;
     f.send(
         ix::set_rates(&admin.pubkey(), rates(), now_p + 5),
         &[&admin],
@@ -475,20 +463,14 @@ fn rate_changes_are_never_retroactive() {
     )
     .unwrap();
     assert_eq!(f.config().rate_version_count, 4);
-    // Full: the oldest version still prices periods inside the horizon.
-    f.set_time(((now_p + 5) * PERIOD) as i64);
-    expect_err(
-        f.send(ix::set_rates(&admin.pubkey(), high, now_p + 6), &[&admin]),
-        LedgerError::RateHistoryFull,
-    );
-    // Once it cannot apply to any recordable period, it is dropped.
-    f.set_time(((NOW_PERIOD + 1 + HORIZON + 1) * PERIOD) as i64);
-    let cur = NOW_PERIOD + 1 + HORIZON + 1;
-    f.send(ix::set_rates(&admin.pubkey(), high, cur + 1), &[&admin])
+    // Once the oldest version cannot apply to any recordable period, it is dropped.
+    f.set_time(((from + HORIZON + 1) * PERIOD) as i64);
+    let cur = from + HORIZON + 1;
+    f.send(ix::set_rates(&admin.pubkey(), rates(), cur + 1), &[&admin])
         .unwrap();
     let cfg = f.config();
     assert_eq!(cfg.rate_version_count, 4);
-    assert_eq!(cfg.rate_versions[0].effective_from, NOW_PERIOD + 1);
+    assert_eq!(cfg.rate_versions[0].effective_from, from);
 }
 
 #[test]
@@ -540,19 +522,16 @@ fn spl_token_errors_through_cpi_are_not_read_as_ledger_errors() {
     let admin = f.admin.insecure_clone();
     let mut big = rates();
     big[0] = 1 << 40;
-    f.send(
-        ix::set_rates(&admin.pubkey(), big, NOW_PERIOD + 1),
-        &[&admin],
-    )
-    .unwrap();
-    let p = NOW_PERIOD + 1;
-    f.set_time(((p + 1) * PERIOD) as i64);
+    let p = NOW_PERIOD + TIMELOCK;
+    f.send(ix::set_rates(&admin.pubkey(), big, p), &[&admin])
+        .unwrap();
     let cluster_id = f.cluster_id;
     f.send(
         ix::configure_cluster(&admin.pubkey(), &cluster_id, u32::MAX, false),
         &[&admin],
     )
     .unwrap();
+    f.set_time(((p + 1) * PERIOD) as i64);
     // Two mints of ~8.8e18 fit u64; a third overflows the mint's supply inside SPL Token,
     // while the ledger's per-cluster totals of a second cluster still fit.
     f.record(entry(1, p, 8_000_000, 0)).unwrap();

@@ -299,7 +299,8 @@ fn overflow_rejected() {
     let admin = f.admin.insecure_clone();
     let mut r = rates();
     r[2] = u64::MAX / 2;
-    f.send(ix::set_rates(&admin.pubkey(), r, NOW_PERIOD + 1), &[&admin])
+    let p = NOW_PERIOD + TIMELOCK;
+    f.send(ix::set_rates(&admin.pubkey(), r, p), &[&admin])
         .unwrap();
     let cluster_id = f.cluster_id;
     f.send(
@@ -307,9 +308,8 @@ fn overflow_rejected() {
         &[&admin],
     )
     .unwrap();
-    // Period NOW_PERIOD + 1 (priced by the new rates) has ended.
-    f.set_time(((NOW_PERIOD + 2) * PERIOD) as i64);
-    let p = NOW_PERIOD + 1;
+    // Period p (priced by the new rates) has ended; the cap increase is in force.
+    f.set_time(((p + 1) * PERIOD) as i64);
     let before = f.snapshot();
 
     expect_err(f.record(entry(1, p, 3, 2)), LedgerError::AmountOverflow);
@@ -343,12 +343,15 @@ fn set_rates_and_rotate_oracle() {
     let mut r = rates();
     r[0] = 11;
     r[4] = 2;
-    f.send(ix::set_rates(&admin.pubkey(), r, NOW_PERIOD + 1), &[&admin])
-        .unwrap();
+    f.send(
+        ix::set_rates(&admin.pubkey(), r, NOW_PERIOD + TIMELOCK),
+        &[&admin],
+    )
+    .unwrap();
     let cfg = f.config();
     assert_eq!(cfg.rate_version_count, 2);
     assert_eq!(cfg.rate(0, NOW_PERIOD), Some(RATE_0));
-    assert_eq!(cfg.rate(0, NOW_PERIOD + 1), Some(11));
+    assert_eq!(cfg.rate(0, NOW_PERIOD + TIMELOCK), Some(11));
     // Usage of an ended period keeps the rate it was incurred under.
     f.record(entry(1, NOW_PERIOD - 1, 10, 0)).unwrap();
     assert_eq!(f.balance(), 10 * RATE_0);
@@ -357,9 +360,9 @@ fn set_rates_and_rotate_oracle() {
         LedgerError::GpuClassNotPriced,
     );
     // Once the new period has ended, its usage is paid at the new rates.
-    f.set_time(((NOW_PERIOD + 2) * PERIOD) as i64);
-    f.record(entry(1, NOW_PERIOD + 1, 10, 0)).unwrap();
-    f.record(entry(2, NOW_PERIOD + 1, 10, 4)).unwrap();
+    f.set_time(((NOW_PERIOD + TIMELOCK + 1) * PERIOD) as i64);
+    f.record(entry(1, NOW_PERIOD + TIMELOCK, 10, 0)).unwrap();
+    f.record(entry(2, NOW_PERIOD + TIMELOCK, 10, 4)).unwrap();
     assert_eq!(f.balance(), 10 * RATE_0 + 110 + 20);
 
     // Two-step oracle rotation.
@@ -466,15 +469,10 @@ fn initialize_and_register_checks() {
     svmx::set_unix_time(&mut svm, now());
     let admin = Keypair::new();
     let registrar = Keypair::new();
+    let oracle = Keypair::new();
     svmx::fund(&mut svm, &admin.pubkey()).unwrap();
     svmx::install_program_data(&mut svm, &admin.pubkey());
-    let params = ix::PoolParams {
-        oracle: admin.pubkey(),
-        registrar: registrar.pubkey(),
-        period_seconds: PERIOD,
-        horizon_periods: HORIZON,
-        rates: rates(),
-    };
+    let params = params(&oracle.pubkey(), &registrar.pubkey());
 
     // A mint whose authority is the admin, not the program PDA.
     let bad_mint = Keypair::new();
@@ -563,6 +561,56 @@ fn initialize_and_register_checks() {
                 ..params
             },
             LedgerError::InvalidHorizon,
+        ),
+        (
+            ix::PoolParams {
+                oracle: admin.pubkey(),
+                ..params
+            },
+            LedgerError::SameKeyForTwoRoles,
+        ),
+        (
+            ix::PoolParams {
+                registrar: params.oracle,
+                ..params
+            },
+            LedgerError::SameKeyForTwoRoles,
+        ),
+        (
+            ix::PoolParams {
+                timelock_periods: state::MIN_TIMELOCK_PERIODS - 1,
+                ..params
+            },
+            LedgerError::InvalidTimelock,
+        ),
+        (
+            ix::PoolParams {
+                max_rate: RATE_1 - 1,
+                ..params
+            },
+            LedgerError::RateTooHigh,
+        ),
+        (
+            ix::PoolParams {
+                max_gpu_cap: 0,
+                ..params
+            },
+            LedgerError::InvalidBounds,
+        ),
+        (
+            ix::PoolParams {
+                fee_bps: state::MAX_FEE_BPS + 1,
+                treasury: Pubkey::new_unique(),
+                ..params
+            },
+            LedgerError::InvalidFee,
+        ),
+        (
+            ix::PoolParams {
+                fee_bps: 10,
+                ..params
+            },
+            LedgerError::InvalidFee,
         ),
     ] {
         expect_err(

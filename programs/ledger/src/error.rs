@@ -148,11 +148,80 @@ pub enum LedgerError {
     /// `CloseReceipt` rent destination is not the payer recorded in the receipt.
     #[error("rent destination is not the receipt's rent payer")]
     InvalidRentDestination = 43,
+    /// The pool is paused by its admin.
+    #[error("the pool is paused by its admin")]
+    PoolPaused = 44,
+    /// Admin, oracle and registrar must be three different keys.
+    #[error("admin, oracle and registrar must be three different keys")]
+    SameKeyForTwoRoles = 45,
+    /// The authority proposal has expired.
+    #[error("the authority proposal has expired")]
+    ProposalExpired = 46,
+    /// A rate exceeds the pool's maximum rate.
+    #[error("a rate exceeds the pool's maximum rate")]
+    RateTooHigh = 47,
+    /// GPU cap exceeds the pool's maximum GPU cap.
+    #[error("GPU cap exceeds the pool's maximum GPU cap")]
+    GpuCapTooHigh = 48,
+    /// An increase must take effect at least the pool's timelock of periods ahead.
+    #[error("an increase must take effect at least the pool's timelock of periods ahead")]
+    IncreaseNotTimelocked = 49,
+    /// The pool mint already has a supply.
+    #[error("the pool mint already has a supply")]
+    MintHasSupply = 50,
+    /// Signer is not the cluster's current owner.
+    #[error("signer is not the cluster's current owner")]
+    NotClusterOwner = 51,
+    /// The previous owner's periods are still recordable; the owner cannot change again yet.
+    #[error("the previous owner's periods are still recordable; the owner cannot change again yet")]
+    OwnerChangeTooSoon = 52,
+    /// No owner recovery is pending for this cluster (or it was proposed by a former admin).
+    #[error("no owner recovery is pending for this cluster (or it was proposed by a former admin)")]
+    NoRecoveryPending = 53,
+    /// The owner recovery's timelock has not passed.
+    #[error("the owner recovery's timelock has not passed")]
+    RecoveryNotDue = 54,
+    /// Timelock must be between MIN_TIMELOCK_PERIODS and MAX_HORIZON_PERIODS.
+    #[error("timelock must be between MIN_TIMELOCK_PERIODS and MAX_HORIZON_PERIODS")]
+    InvalidTimelock = 55,
+    /// Protocol fee exceeds MAX_FEE_BPS, or a fee without a treasury.
+    #[error("protocol fee exceeds MAX_FEE_BPS, or a fee without a treasury")]
+    InvalidFee = 56,
+    /// Treasury account is not the pool's treasury token account.
+    #[error("treasury account is not the pool's treasury token account")]
+    InvalidTreasury = 57,
+    /// Signer is not the tenant's wallet.
+    #[error("signer is not the tenant's wallet")]
+    NotTenantWallet = 58,
+    /// The escrow's unreserved balance does not cover the amount.
+    #[error("the escrow's unreserved balance does not cover the amount")]
+    InsufficientEscrow = 59,
+    /// The settlement exceeds the job's reservation.
+    #[error("the settlement exceeds the job's reservation")]
+    ReservationExceeded = 60,
+    /// Tenant account is not the derived tenant PDA.
+    #[error("tenant account is not the derived tenant PDA")]
+    InvalidTenantAddress = 61,
+    /// Escrow account is not the tenant's token account of the pool mint.
+    #[error("escrow account is not the tenant's token account of the pool mint")]
+    InvalidEscrowAccount = 62,
+    /// Reservation account is not the derived reservation PDA of this tenant and job.
+    #[error("reservation account is not the derived reservation PDA of this tenant and job")]
+    InvalidReservationAddress = 63,
+    /// Tenant escrow already exists.
+    #[error("tenant escrow already exists")]
+    TenantAlreadyExists = 64,
+    /// Amount of zero.
+    #[error("amount of zero")]
+    ZeroAmount = 65,
+    /// Maximum rate and maximum GPU cap must be positive.
+    #[error("maximum rate and maximum GPU cap must be positive")]
+    InvalidBounds = 66,
 }
 
 impl LedgerError {
     /// All variants, in code order.
-    pub const ALL: [LedgerError; 44] = [
+    pub const ALL: [LedgerError; 67] = [
         Self::InvalidInstruction,
         Self::WrongAccountCount,
         Self::AlreadyInitialized,
@@ -197,6 +266,29 @@ impl LedgerError {
         Self::RateHistoryFull,
         Self::ReceiptNotExpired,
         Self::InvalidRentDestination,
+        Self::PoolPaused,
+        Self::SameKeyForTwoRoles,
+        Self::ProposalExpired,
+        Self::RateTooHigh,
+        Self::GpuCapTooHigh,
+        Self::IncreaseNotTimelocked,
+        Self::MintHasSupply,
+        Self::NotClusterOwner,
+        Self::OwnerChangeTooSoon,
+        Self::NoRecoveryPending,
+        Self::RecoveryNotDue,
+        Self::InvalidTimelock,
+        Self::InvalidFee,
+        Self::InvalidTreasury,
+        Self::NotTenantWallet,
+        Self::InsufficientEscrow,
+        Self::ReservationExceeded,
+        Self::InvalidTenantAddress,
+        Self::InvalidEscrowAccount,
+        Self::InvalidReservationAddress,
+        Self::TenantAlreadyExists,
+        Self::ZeroAmount,
+        Self::InvalidBounds,
     ];
 
     /// The `ProgramError::Custom` code of this error.

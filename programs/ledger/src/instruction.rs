@@ -10,8 +10,9 @@ use solana_program::{
 };
 
 use crate::state::{
-    NUM_GPU_CLASSES, find_cluster_address, find_config_address, find_mint_authority_address,
-    find_receipt_address, get_associated_token_address, program_data_address, usage_id,
+    NUM_GPU_CLASSES, escrow_address, find_cluster_address, find_config_address,
+    find_mint_authority_address, find_receipt_address, find_reservation_address,
+    find_tenant_address, get_associated_token_address, program_data_address, usage_id,
 };
 
 /// One job's usage in one settlement period.
@@ -45,24 +46,22 @@ pub enum Authority {
 pub enum LedgerInstruction {
     /// Creates the pool config. Only the program's upgrade authority may do so (read from the
     /// upgradeable loader's `ProgramData` account), so nobody can front-run the deployer.
+    /// Admin (the signer), oracle and registrar must be three different keys; the mint must
+    /// have a supply of 0; every rate must be at most `max_rate`.
     ///
     /// Accounts:
     /// 0. `[signer, writable]` admin: the program's upgrade authority (pays for the config)
     /// 1. `[writable]` config PDA
-    /// 2. `[]` pool mint: an initialized SPL Token mint whose mint authority is the
-    ///    mint-authority PDA and whose freeze authority is unset or that PDA
+    /// 2. `[]` pool mint: an initialized SPL Token mint with no supply, whose mint authority
+    ///    is the mint-authority PDA and whose freeze authority is unset or that PDA
     /// 3. `[]` mint-authority PDA
     /// 4. `[]` system program
     /// 5. `[]` the program's `ProgramData` account (upgradeable loader)
-    InitializePool {
-        oracle: Pubkey,
-        registrar: Pubkey,
-        period_seconds: u64,
-        horizon_periods: u64,
-        rates: [u64; NUM_GPU_CLASSES],
-    },
-    /// Registers a member cluster and its owner wallet; the owner and the registrar sign.
-    /// The cluster starts with a GPU cap of 0 (nothing payable) until the admin sets one.
+    InitializePool { params: PoolParams },
+    /// Registers a member cluster and its owner wallet; the owner (signing the transaction
+    /// that names the cluster id) and the registrar sign. The cluster is paid nothing until
+    /// the admin approves it with `ConfigureCluster` (a GPU cap above 0): an approval the
+    /// hub, which holds the registrar and oracle keys but never the admin key, cannot forge.
     ///
     /// Accounts:
     /// 0. `[signer, writable]` payer
@@ -72,7 +71,8 @@ pub enum LedgerInstruction {
     /// 4. `[writable]` cluster PDA
     /// 5. `[]` system program
     RegisterCluster { cluster_id: [u8; 32] },
-    /// Records one usage: creates its receipt and mints `rate * gpu_seconds` to the owner.
+    /// Records one usage: creates its receipt and mints `rate * gpu_seconds` to the wallet
+    /// that owned the cluster in the usage's period.
     ///
     /// Accounts:
     /// 0. `[signer]` oracle
@@ -81,7 +81,7 @@ pub enum LedgerInstruction {
     /// 3. `[writable]` cluster PDA
     /// 4. `[writable]` pool mint
     /// 5. `[]` mint-authority PDA
-    /// 6. `[writable]` associated token account of (cluster owner, pool mint)
+    /// 6. `[writable]` associated token account of (owner in the period, pool mint)
     /// 7. `[]` SPL Token program
     /// 8. `[]` system program
     /// 9. `[writable]` receipt PDA
@@ -90,30 +90,40 @@ pub enum LedgerInstruction {
     /// one `[writable]` receipt PDA per entry, in entry order. One `MintTo` pays the sum.
     RecordUsageBatch { entries: Vec<UsageEntry> },
     /// Schedules new rates for all GPU classes from a future period on (never retroactive).
-    /// A change that has not taken effect yet is replaced.
+    /// Every rate is at most the pool's `max_rate`; a rate above the one in force takes
+    /// effect `timelock_periods` ahead at the earliest (or not before the pending version it
+    /// replaces, if it does not exceed that one). The newest version, while it has not taken
+    /// effect, is always replaceable.
     ///
     /// Accounts: 0. `[signer]` admin, 1. `[writable]` config PDA
     SetRates {
         rates: [u64; NUM_GPU_CLASSES],
         effective_from_period: u64,
     },
-    /// Proposes `new_key` for `authority`; it takes over when it signs `AcceptAuthority`.
+    /// Proposes `new_key` for `authority`; it takes over when it signs `AcceptAuthority`
+    /// within [`crate::state::PROPOSAL_TTL_SECONDS`]. The key must not hold (or be proposed
+    /// for) another of the three roles.
     ///
     /// Accounts: 0. `[signer]` admin, 1. `[writable]` config PDA
     ProposeAuthority {
         authority: Authority,
         new_key: Pubkey,
     },
-    /// The proposed key takes over `authority`.
+    /// The proposed key takes over `authority`. A new admin clears every other pending
+    /// proposal.
     ///
     /// Accounts: 0. `[signer]` the pending key, 1. `[writable]` config PDA
     AcceptAuthority { authority: Authority },
-    /// Moves a cluster to a new owner wallet (the registrar and the new owner sign).
+    /// Hands a cluster over to a new owner wallet from the next period on (usage of earlier
+    /// periods is still paid to the current owner). The current and the new owner sign.
+    /// Refused while periods of an earlier owner are still recordable.
     ///
-    /// Accounts: 0. `[signer]` registrar, 1. `[signer]` new owner, 2. `[]` config PDA,
+    /// Accounts: 0. `[signer]` current owner, 1. `[signer]` new owner, 2. `[]` config PDA,
     /// 3. `[writable]` cluster PDA
     SetClusterOwner,
-    /// Sets a cluster's GPU cap and disabled flag (admin).
+    /// Sets a cluster's GPU cap and disabled flag (admin). The first cap above 0 approves
+    /// the cluster and applies at once; a later increase applies once `timelock_periods`
+    /// have passed; a decrease applies at once. The cap is at most the pool's `max_gpu_cap`.
     ///
     /// Accounts: 0. `[signer]` admin, 1. `[]` config PDA, 2. `[writable]` cluster PDA
     ConfigureCluster { gpu_cap: u32, disabled: bool },
@@ -123,9 +133,99 @@ pub enum LedgerInstruction {
     /// Accounts: 0. `[writable]` receipt PDA, 1. `[writable]` the receipt's rent payer,
     /// 2. `[]` config PDA
     CloseReceipt,
+    /// Withdraws a pending authority proposal (admin).
+    ///
+    /// Accounts: 0. `[signer]` admin, 1. `[writable]` config PDA
+    CancelAuthority { authority: Authority },
+    /// Emergency pause or resume (admin): while paused, nothing is registered, recorded,
+    /// settled or reserved. Tenants may still deposit and withdraw what is not reserved.
+    ///
+    /// Accounts: 0. `[signer]` admin, 1. `[writable]` config PDA
+    SetPaused { paused: bool },
+    /// Lost-key path: the admin proposes `new_owner` for a cluster; the current owner can
+    /// veto it for `timelock_periods`, after which the new owner executes it.
+    ///
+    /// Accounts: 0. `[signer]` admin, 1. `[]` config PDA, 2. `[writable]` cluster PDA
+    ProposeOwnerRecovery { new_owner: Pubkey },
+    /// The current owner vetoes a pending recovery.
+    ///
+    /// Accounts: 0. `[signer]` current owner, 1. `[]` config PDA, 2. `[writable]` cluster PDA
+    VetoOwnerRecovery,
+    /// The recovered owner takes the cluster over, for every period not yet paid (the
+    /// recovery corrects who owns the cluster). Only while the admin that proposed it is
+    /// still the admin.
+    ///
+    /// Accounts: 0. `[signer]` new owner, 1. `[]` config PDA, 2. `[writable]` cluster PDA
+    ExecuteOwnerRecovery,
+    /// Opens the escrow of tenant `tenant_id`, withdrawable by the signing wallet only. The
+    /// escrow token account (the associated token account of (tenant PDA, pool mint)) must
+    /// exist already.
+    ///
+    /// Accounts: 0. `[signer, writable]` payer, 1. `[signer]` tenant wallet, 2. `[]` config
+    /// PDA, 3. `[writable]` tenant PDA, 4. `[]` escrow token account, 5. `[]` system program
+    OpenEscrow { tenant_id: [u8; 32] },
+    /// Anyone funds a tenant's escrow from a token account it controls.
+    ///
+    /// Accounts: 0. `[signer]` depositor, 1. `[writable]` source token account,
+    /// 2. `[]` config PDA, 3. `[writable]` tenant PDA, 4. `[writable]` escrow token account,
+    /// 5. `[]` SPL Token program
+    Deposit { amount: u64 },
+    /// The tenant wallet withdraws what is not reserved.
+    ///
+    /// Accounts: 0. `[signer]` tenant wallet, 1. `[]` config PDA, 2. `[writable]` tenant PDA,
+    /// 3. `[writable]` escrow token account, 4. `[writable]` destination token account,
+    /// 5. `[]` SPL Token program
+    Withdraw { amount: u64 },
+    /// The oracle reserves `amount` of a tenant's unreserved escrow for job `job_uid`
+    /// (creating or topping up its reservation).
+    ///
+    /// Accounts: 0. `[signer]` oracle, 1. `[signer, writable]` payer (reservation rent),
+    /// 2. `[]` config PDA, 3. `[writable]` tenant PDA, 4. `[]` escrow token account,
+    /// 5. `[writable]` reservation PDA, 6. `[]` system program
+    Reserve { job_uid: [u8; 16], amount: u64 },
+    /// The oracle releases what is left of a job's reservation and closes it (rent back to
+    /// its payer).
+    ///
+    /// Accounts: 0. `[signer]` oracle, 1. `[]` config PDA, 2. `[writable]` tenant PDA,
+    /// 3. `[writable]` reservation PDA, 4. `[writable]` the reservation's rent payer
+    Release { job_uid: [u8; 16] },
+    /// Like `RecordUsageBatch`, paid by a tenant: each entry's `rate * gpu_seconds` is drawn
+    /// from its job's reservation; the fee goes from the escrow to the treasury, the rest is
+    /// burned from the escrow and minted to the owner. Accounts 0..=8 as `RecordUsage`, then
+    /// 9. `[writable]` tenant PDA, 10. `[writable]` escrow token account, 11. `[writable]`
+    /// treasury token account (any account when the fee is 0), then per entry in order its
+    /// `[writable]` receipt PDA and its job's `[writable]` reservation PDA.
+    SettleUsage { entries: Vec<UsageEntry> },
 }
 
 impl LedgerInstruction {
+    /// The instruction's name, as logged.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::InitializePool { .. } => "InitializePool",
+            Self::RegisterCluster { .. } => "RegisterCluster",
+            Self::RecordUsage { .. } => "RecordUsage",
+            Self::RecordUsageBatch { .. } => "RecordUsageBatch",
+            Self::SetRates { .. } => "SetRates",
+            Self::ProposeAuthority { .. } => "ProposeAuthority",
+            Self::AcceptAuthority { .. } => "AcceptAuthority",
+            Self::SetClusterOwner => "SetClusterOwner",
+            Self::ConfigureCluster { .. } => "ConfigureCluster",
+            Self::CloseReceipt => "CloseReceipt",
+            Self::CancelAuthority { .. } => "CancelAuthority",
+            Self::SetPaused { .. } => "SetPaused",
+            Self::ProposeOwnerRecovery { .. } => "ProposeOwnerRecovery",
+            Self::VetoOwnerRecovery => "VetoOwnerRecovery",
+            Self::ExecuteOwnerRecovery => "ExecuteOwnerRecovery",
+            Self::OpenEscrow { .. } => "OpenEscrow",
+            Self::Deposit { .. } => "Deposit",
+            Self::Withdraw { .. } => "Withdraw",
+            Self::Reserve { .. } => "Reserve",
+            Self::Release { .. } => "Release",
+            Self::SettleUsage { .. } => "SettleUsage",
+        }
+    }
+
     /// Borsh encoding.
     pub fn pack(&self) -> Vec<u8> {
         borsh::to_vec(self).expect("borsh encoding of an in-memory value cannot fail")
@@ -141,7 +241,7 @@ fn ix(accounts: Vec<AccountMeta>, data: &LedgerInstruction) -> Instruction {
 }
 
 /// Pool parameters fixed at initialization (rates can be rescheduled later).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(BorshSerialize, BorshDeserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolParams {
     /// Records usage.
     pub oracle: Pubkey,
@@ -153,6 +253,18 @@ pub struct PoolParams {
     pub horizon_periods: u64,
     /// Initial rates per GPU class.
     pub rates: [u64; NUM_GPU_CLASSES],
+    /// Highest rate any GPU class may ever have.
+    pub max_rate: u64,
+    /// Highest GPU cap any cluster may ever have.
+    pub max_gpu_cap: u32,
+    /// Periods increases and owner recoveries wait (at least
+    /// [`crate::state::MIN_TIMELOCK_PERIODS`]).
+    pub timelock_periods: u64,
+    /// Protocol fee of escrow settlements in basis points (at most
+    /// [`crate::state::MAX_FEE_BPS`]).
+    pub fee_bps: u16,
+    /// Token account of the pool mint receiving the fee (all zeros when `fee_bps` is 0).
+    pub treasury: Pubkey,
 }
 
 /// `InitializePool`: `admin` (the program's upgrade authority) signs and pays; `mint` must
@@ -168,13 +280,7 @@ pub fn initialize_pool(admin: &Pubkey, mint: &Pubkey, params: &PoolParams) -> In
             AccountMeta::new_readonly(crate::system_program::ID, false),
             AccountMeta::new_readonly(program_data_address(&crate::ID), false),
         ],
-        &LedgerInstruction::InitializePool {
-            oracle: params.oracle,
-            registrar: params.registrar,
-            period_seconds: params.period_seconds,
-            horizon_periods: params.horizon_periods,
-            rates: params.rates,
-        },
+        &LedgerInstruction::InitializePool { params: *params },
     )
 }
 
@@ -210,25 +316,36 @@ fn usage_accounts(
     entries: &[UsageEntry],
 ) -> Vec<AccountMeta> {
     let cluster = find_cluster_address(cluster_id).0;
-    let mut accounts = Vec::with_capacity(9usize.saturating_add(entries.len()));
+    let mut accounts = usage_head(oracle, payer, mint, &cluster, cluster_owner);
+    for e in entries {
+        accounts.push(AccountMeta::new(receipt_of(cluster_id, &cluster, e), false));
+    }
+    accounts
+}
+
+fn receipt_of(cluster_id: &[u8; 32], cluster: &Pubkey, e: &UsageEntry) -> Pubkey {
+    find_receipt_address(cluster, &usage_id(cluster_id, &e.job_uid, e.period)).0
+}
+
+fn usage_head(
+    oracle: &Pubkey,
+    payer: &Pubkey,
+    mint: &Pubkey,
+    cluster: &Pubkey,
+    cluster_owner: &Pubkey,
+) -> Vec<AccountMeta> {
+    let mut accounts = Vec::with_capacity(16);
     accounts.extend([
         AccountMeta::new_readonly(*oracle, true),
         AccountMeta::new(*payer, true),
         AccountMeta::new_readonly(find_config_address().0, false),
-        AccountMeta::new(cluster, false),
+        AccountMeta::new(*cluster, false),
         AccountMeta::new(*mint, false),
         AccountMeta::new_readonly(find_mint_authority_address().0, false),
         AccountMeta::new(get_associated_token_address(cluster_owner, mint), false),
         AccountMeta::new_readonly(crate::spl_token::ID, false),
         AccountMeta::new_readonly(crate::system_program::ID, false),
     ]);
-    for e in entries {
-        let id = usage_id(cluster_id, &e.job_uid, e.period);
-        accounts.push(AccountMeta::new(
-            find_receipt_address(&cluster, &id).0,
-            false,
-        ));
-    }
     accounts
 }
 
@@ -325,15 +442,15 @@ pub fn accept_authority(new_key: &Pubkey, authority: Authority) -> Instruction {
     )
 }
 
-/// `SetClusterOwner`: `registrar` and `new_owner` sign.
+/// `SetClusterOwner`: `current_owner` and `new_owner` sign.
 pub fn set_cluster_owner(
-    registrar: &Pubkey,
+    current_owner: &Pubkey,
     new_owner: &Pubkey,
     cluster_id: &[u8; 32],
 ) -> Instruction {
     ix(
         vec![
-            AccountMeta::new_readonly(*registrar, true),
+            AccountMeta::new_readonly(*current_owner, true),
             AccountMeta::new_readonly(*new_owner, true),
             AccountMeta::new_readonly(find_config_address().0, false),
             AccountMeta::new(find_cluster_address(cluster_id).0, false),
@@ -369,6 +486,229 @@ pub fn close_receipt(receipt: &Pubkey, rent_payer: &Pubkey) -> Instruction {
             AccountMeta::new_readonly(find_config_address().0, false),
         ],
         &LedgerInstruction::CloseReceipt,
+    )
+}
+
+fn admin_config(admin: &Pubkey, data: &LedgerInstruction) -> Instruction {
+    ix(
+        vec![
+            AccountMeta::new_readonly(*admin, true),
+            AccountMeta::new(find_config_address().0, false),
+        ],
+        data,
+    )
+}
+
+fn signer_config_cluster(
+    signer: &Pubkey,
+    cluster_id: &[u8; 32],
+    data: &LedgerInstruction,
+) -> Instruction {
+    ix(
+        vec![
+            AccountMeta::new_readonly(*signer, true),
+            AccountMeta::new_readonly(find_config_address().0, false),
+            AccountMeta::new(find_cluster_address(cluster_id).0, false),
+        ],
+        data,
+    )
+}
+
+/// `CancelAuthority`: `admin` signs.
+pub fn cancel_authority(admin: &Pubkey, authority: Authority) -> Instruction {
+    admin_config(admin, &LedgerInstruction::CancelAuthority { authority })
+}
+
+/// `SetPaused`: `admin` signs.
+pub fn set_paused(admin: &Pubkey, paused: bool) -> Instruction {
+    admin_config(admin, &LedgerInstruction::SetPaused { paused })
+}
+
+/// `ProposeOwnerRecovery`: `admin` signs.
+pub fn propose_owner_recovery(
+    admin: &Pubkey,
+    cluster_id: &[u8; 32],
+    new_owner: &Pubkey,
+) -> Instruction {
+    signer_config_cluster(
+        admin,
+        cluster_id,
+        &LedgerInstruction::ProposeOwnerRecovery {
+            new_owner: *new_owner,
+        },
+    )
+}
+
+/// `VetoOwnerRecovery`: the cluster's current `owner` signs.
+pub fn veto_owner_recovery(owner: &Pubkey, cluster_id: &[u8; 32]) -> Instruction {
+    signer_config_cluster(owner, cluster_id, &LedgerInstruction::VetoOwnerRecovery)
+}
+
+/// `ExecuteOwnerRecovery`: the recovered `new_owner` signs.
+pub fn execute_owner_recovery(new_owner: &Pubkey, cluster_id: &[u8; 32]) -> Instruction {
+    signer_config_cluster(
+        new_owner,
+        cluster_id,
+        &LedgerInstruction::ExecuteOwnerRecovery,
+    )
+}
+
+/// `OpenEscrow`: `wallet` (who alone may withdraw) and `payer` sign. Create the escrow token
+/// account first with [`create_associated_token_account_idempotent`] for
+/// (tenant PDA, mint).
+pub fn open_escrow(
+    payer: &Pubkey,
+    wallet: &Pubkey,
+    mint: &Pubkey,
+    tenant_id: &[u8; 32],
+) -> Instruction {
+    let tenant = find_tenant_address(tenant_id).0;
+    ix(
+        vec![
+            AccountMeta::new(*payer, true),
+            AccountMeta::new_readonly(*wallet, true),
+            AccountMeta::new_readonly(find_config_address().0, false),
+            AccountMeta::new(tenant, false),
+            AccountMeta::new_readonly(escrow_address(&tenant, mint), false),
+            AccountMeta::new_readonly(crate::system_program::ID, false),
+        ],
+        &LedgerInstruction::OpenEscrow {
+            tenant_id: *tenant_id,
+        },
+    )
+}
+
+/// `Deposit`: `depositor` signs and pays `amount` from its token account `source`.
+pub fn deposit(
+    depositor: &Pubkey,
+    source: &Pubkey,
+    mint: &Pubkey,
+    tenant_id: &[u8; 32],
+    amount: u64,
+) -> Instruction {
+    let tenant = find_tenant_address(tenant_id).0;
+    ix(
+        vec![
+            AccountMeta::new_readonly(*depositor, true),
+            AccountMeta::new(*source, false),
+            AccountMeta::new_readonly(find_config_address().0, false),
+            AccountMeta::new(tenant, false),
+            AccountMeta::new(escrow_address(&tenant, mint), false),
+            AccountMeta::new_readonly(crate::spl_token::ID, false),
+        ],
+        &LedgerInstruction::Deposit { amount },
+    )
+}
+
+/// `Withdraw`: the tenant `wallet` signs; `amount` goes to the token account `destination`.
+pub fn withdraw(
+    wallet: &Pubkey,
+    mint: &Pubkey,
+    tenant_id: &[u8; 32],
+    destination: &Pubkey,
+    amount: u64,
+) -> Instruction {
+    let tenant = find_tenant_address(tenant_id).0;
+    ix(
+        vec![
+            AccountMeta::new_readonly(*wallet, true),
+            AccountMeta::new_readonly(find_config_address().0, false),
+            AccountMeta::new(tenant, false),
+            AccountMeta::new(escrow_address(&tenant, mint), false),
+            AccountMeta::new(*destination, false),
+            AccountMeta::new_readonly(crate::spl_token::ID, false),
+        ],
+        &LedgerInstruction::Withdraw { amount },
+    )
+}
+
+/// `Reserve`: `oracle` signs; `payer` signs and pays the reservation's rent.
+pub fn reserve(
+    oracle: &Pubkey,
+    payer: &Pubkey,
+    mint: &Pubkey,
+    tenant_id: &[u8; 32],
+    job_uid: &[u8; 16],
+    amount: u64,
+) -> Instruction {
+    let tenant = find_tenant_address(tenant_id).0;
+    ix(
+        vec![
+            AccountMeta::new_readonly(*oracle, true),
+            AccountMeta::new(*payer, true),
+            AccountMeta::new_readonly(find_config_address().0, false),
+            AccountMeta::new(tenant, false),
+            AccountMeta::new_readonly(escrow_address(&tenant, mint), false),
+            AccountMeta::new(find_reservation_address(&tenant, job_uid).0, false),
+            AccountMeta::new_readonly(crate::system_program::ID, false),
+        ],
+        &LedgerInstruction::Reserve {
+            job_uid: *job_uid,
+            amount,
+        },
+    )
+}
+
+/// `Release`: `oracle` signs; the reservation's rent goes back to `rent_payer`.
+pub fn release(
+    oracle: &Pubkey,
+    tenant_id: &[u8; 32],
+    job_uid: &[u8; 16],
+    rent_payer: &Pubkey,
+) -> Instruction {
+    let tenant = find_tenant_address(tenant_id).0;
+    ix(
+        vec![
+            AccountMeta::new_readonly(*oracle, true),
+            AccountMeta::new_readonly(find_config_address().0, false),
+            AccountMeta::new(tenant, false),
+            AccountMeta::new(find_reservation_address(&tenant, job_uid).0, false),
+            AccountMeta::new(*rent_payer, false),
+        ],
+        &LedgerInstruction::Release { job_uid: *job_uid },
+    )
+}
+
+/// Who pays an escrow settlement, and where its fee goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Payer<'a> {
+    /// The paying tenant's id.
+    pub tenant_id: &'a [u8; 32],
+    /// The pool's treasury token account (`PoolConfig::treasury`).
+    pub treasury: &'a Pubkey,
+}
+
+/// `SettleUsage`: like [`record_usage_batch`], paid from `payer.tenant_id`'s escrow through
+/// each entry's job reservation.
+pub fn settle_usage(
+    oracle: &Pubkey,
+    payer: &Pubkey,
+    mint: &Pubkey,
+    cluster_id: &[u8; 32],
+    cluster_owner: &Pubkey,
+    tenant: Payer<'_>,
+    entries: &[UsageEntry],
+) -> Instruction {
+    let cluster = find_cluster_address(cluster_id).0;
+    let tenant_key = find_tenant_address(tenant.tenant_id).0;
+    let mut accounts = usage_head(oracle, payer, mint, &cluster, cluster_owner);
+    accounts.extend([
+        AccountMeta::new(tenant_key, false),
+        AccountMeta::new(escrow_address(&tenant_key, mint), false),
+        AccountMeta::new(*tenant.treasury, false),
+    ]);
+    for e in entries {
+        accounts.push(AccountMeta::new(receipt_of(cluster_id, &cluster, e), false));
+        accounts.push(AccountMeta::new(
+            find_reservation_address(&tenant_key, &e.job_uid).0,
+            false,
+        ));
+    }
+    ix(
+        accounts,
+        &LedgerInstruction::SettleUsage {
+            entries: entries.to_vec(),
+        },
     )
 }
 
@@ -437,6 +777,48 @@ pub mod raw {
             accounts: vec![
                 AccountMeta::new(*mint, false),
                 AccountMeta::new(*destination, false),
+                AccountMeta::new_readonly(*authority, true),
+            ],
+            data,
+        }
+    }
+
+    /// SPL Token `Transfer` (tag 3): source `[w]`, destination `[w]`, authority `[s]`.
+    pub fn spl_transfer(
+        source: &Pubkey,
+        destination: &Pubkey,
+        authority: &Pubkey,
+        amount: u64,
+    ) -> Instruction {
+        let mut data = Vec::with_capacity(9);
+        data.push(3u8);
+        data.extend_from_slice(&amount.to_le_bytes());
+        Instruction {
+            program_id: crate::spl_token::ID,
+            accounts: vec![
+                AccountMeta::new(*source, false),
+                AccountMeta::new(*destination, false),
+                AccountMeta::new_readonly(*authority, true),
+            ],
+            data,
+        }
+    }
+
+    /// SPL Token `Burn` (tag 8): account `[w]`, mint `[w]`, authority `[s]`.
+    pub fn spl_burn(
+        account: &Pubkey,
+        mint: &Pubkey,
+        authority: &Pubkey,
+        amount: u64,
+    ) -> Instruction {
+        let mut data = Vec::with_capacity(9);
+        data.push(8u8);
+        data.extend_from_slice(&amount.to_le_bytes());
+        Instruction {
+            program_id: crate::spl_token::ID,
+            accounts: vec![
+                AccountMeta::new(*account, false),
+                AccountMeta::new(*mint, false),
                 AccountMeta::new_readonly(*authority, true),
             ],
             data,

@@ -17,21 +17,44 @@
 //! | mint authority (holds no data) | `["mint-authority"]`  |
 //! | cluster      | `["cluster", cluster_id]`               |
 //! | usage receipt| `["receipt", cluster_pda, usage_id]`    |
+//! | tenant       | `["tenant", tenant_id]`                 |
+//! | reservation  | `["reservation", tenant_pda, job_uid]`  |
+//!
+//! A tenant's escrow is the associated token account of (tenant PDA, pool mint): only this
+//! program, signing as the tenant PDA, moves its tokens.
 //!
 //! A receipt is created exactly once per `(cluster, job uid, settlement period)`; the program
 //! derives `usage_id` itself from those values, so a replayed settlement fails with
-//! [`error::LedgerError::ReceiptAlreadyExists`] and can never mint twice.
+//! [`error::LedgerError::ReceiptAlreadyExists`] and can never pay twice, whether the usage is
+//! minted (`RecordUsage`) or paid from a tenant's escrow (`SettleUsage`).
 //!
-//! What the program bounds, so that no single key can mint without limit:
-//! * `InitializePool` only by the program's upgrade authority (no front-running);
-//! * the period length is fixed in the pool config; a period is recordable only once it has
-//!   ended by the on-chain clock and while it is within the settlement horizon;
-//! * a cluster's GPU-seconds per period are capped at its admin-set GPU cap times the period
-//!   length, over all receipts (a leaked oracle key mints at most that per cluster and
-//!   period, and is rotated out in two steps by the admin);
-//! * rates are versioned by the period they take effect from, always a future one;
-//! * `RegisterCluster` needs the owner *and* the hub-held registrar; `SetClusterOwner` needs
-//!   the registrar and the new owner; a disabled cluster is not paid;
+//! What the program enforces, so that no single key can take what it was not given:
+//! * `InitializePool` only by the program's upgrade authority (no front-running), on a mint
+//!   with no supply, with admin, oracle and registrar three different keys (kept so by every
+//!   rotation), bounds on rates (`max_rate`) and GPU caps (`max_gpu_cap`), a timelock of at
+//!   least [`state::MIN_TIMELOCK_PERIODS`] periods and a protocol fee of at most
+//!   [`state::MAX_FEE_BPS`], all fixed for the life of the pool;
+//! * the period length is fixed; a period is recordable only once it has ended by the
+//!   on-chain clock and while it is within the settlement horizon;
+//! * a cluster's GPU-seconds per period are capped at its GPU cap times the period length,
+//!   over all receipts; a registered cluster is paid nothing until the admin approves it
+//!   (its first cap); a later cap increase applies only after the timelock, a decrease at once;
+//! * rates apply to future periods only; an increase no earlier than the timelock ahead; the
+//!   newest version is replaceable until it takes effect, and a full history still takes a
+//!   correction (its two oldest versions merge into their minimum);
+//! * `RegisterCluster` needs the owner *and* the hub-held registrar; the admin's approval is
+//!   what the hub cannot forge. `SetClusterOwner` needs the current and the new owner and
+//!   applies from the next period: usage is paid to the wallet that owned the cluster in its
+//!   period. A lost key is replaced only by the admin's owner recovery, which the current
+//!   owner can veto during the timelock and which dies with the admin that proposed it;
+//! * authority proposals expire after [`state::PROPOSAL_TTL_SECONDS`], can be cancelled and
+//!   are cleared when the admin changes;
+//! * the admin can pause the pool: nothing is registered, recorded, settled or reserved;
+//! * tenant escrow: anyone deposits, only the tenant wallet withdraws and only what is not
+//!   reserved; the oracle reserves at most the unreserved balance per job and settles at most
+//!   a job's reservation: the fee goes to the treasury, the rest is burned from the escrow
+//!   and minted to the owner, so escrow settlements leave the supply unchanged (the only
+//!   mint from nothing is `RecordUsage`, bounded as above);
 //! * receipts of periods past the horizon can be closed (their rent returned to the payer):
 //!   such a period can no longer be recorded, so exactly-once still holds.
 

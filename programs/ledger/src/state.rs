@@ -32,6 +32,16 @@ pub const MAX_RATE_VERSIONS: usize = 4;
 /// must stay below the 10 KiB a program may allocate through a CPI.
 pub const MAX_HORIZON_PERIODS: u64 = 512;
 
+/// Fewest periods an increase (of a cluster's GPU cap or of a rate) and an admin-driven
+/// owner recovery wait before they apply.
+pub const MIN_TIMELOCK_PERIODS: u64 = 2;
+
+/// Seconds an authority proposal stays acceptable.
+pub const PROPOSAL_TTL_SECONDS: i64 = 7 * 24 * 3600;
+
+/// Largest protocol fee, in basis points of a settled amount (10 %).
+pub const MAX_FEE_BPS: u16 = 1_000;
+
 /// Seed of the pool config PDA.
 pub const CONFIG_SEED: &[u8] = b"config";
 /// Seed of the mint-authority PDA (signs `MintTo`; holds no data).
@@ -40,6 +50,10 @@ pub const MINT_AUTHORITY_SEED: &[u8] = b"mint-authority";
 pub const CLUSTER_SEED: &[u8] = b"cluster";
 /// First seed of a receipt PDA (`["receipt", cluster_pda, usage_id]`).
 pub const RECEIPT_SEED: &[u8] = b"receipt";
+/// First seed of a tenant PDA (`["tenant", tenant_id]`).
+pub const TENANT_SEED: &[u8] = b"tenant";
+/// First seed of a reservation PDA (`["reservation", tenant_pda, job_uid]`).
+pub const RESERVATION_SEED: &[u8] = b"reservation";
 
 /// Domain prefix of [`usage_id`].
 pub const USAGE_ID_DOMAIN: &[u8] = b"gpupool/usage/v1";
@@ -52,6 +66,10 @@ pub const TAG_CONFIG: u8 = 1;
 pub const TAG_CLUSTER: u8 = 2;
 /// Type tag of [`UsageReceipt`].
 pub const TAG_RECEIPT: u8 = 3;
+/// Type tag of [`TenantAccount`].
+pub const TAG_TENANT: u8 = 4;
+/// Type tag of [`Reservation`].
+pub const TAG_RESERVATION: u8 = 5;
 
 /// The rates of all GPU classes from one settlement period on.
 #[derive(BorshSerialize, BorshDeserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -94,12 +112,54 @@ pub struct PoolConfig {
     pub bump: u8,
     /// Bump of the mint-authority PDA.
     pub mint_authority_bump: u8,
+    /// Unix time `pending_admin` was proposed; it expires [`PROPOSAL_TTL_SECONDS`] later.
+    pub pending_admin_at: i64,
+    /// Unix time `pending_oracle` was proposed.
+    pub pending_oracle_at: i64,
+    /// Unix time `pending_registrar` was proposed.
+    pub pending_registrar_at: i64,
+    /// Emergency pause (admin): nothing is recorded, settled, reserved or registered.
+    pub paused: bool,
+    /// Highest rate of any GPU class (base units per GPU-second); fixed at initialization.
+    pub max_rate: u64,
+    /// Highest GPU cap of any cluster; fixed at initialization.
+    pub max_gpu_cap: u32,
+    /// Periods an increase (GPU cap, rate) or an owner recovery waits before it applies;
+    /// fixed at initialization, at least [`MIN_TIMELOCK_PERIODS`].
+    pub timelock_periods: u64,
+    /// Protocol fee of an escrow settlement, in basis points (at most [`MAX_FEE_BPS`]);
+    /// fixed at initialization.
+    pub fee_bps: u16,
+    /// Token account (of the pool mint) that receives the protocol fee.
+    pub treasury: Pubkey,
 }
 
 impl PoolConfig {
     /// Serialized size in bytes.
-    pub const LEN: usize =
-        1 + 32 * 7 + 8 + 8 + 1 + (8 + 8 * NUM_GPU_CLASSES) * MAX_RATE_VERSIONS + 1 + 1;
+    pub const LEN: usize = 1
+        + 32 * 7
+        + 8
+        + 8
+        + 1
+        + (8 + 8 * NUM_GPU_CLASSES) * MAX_RATE_VERSIONS
+        + 1
+        + 1
+        + 8 * 3
+        + 1
+        + 8
+        + 4
+        + 8
+        + 2
+        + 32;
+
+    /// The fee of a settled `amount` (rounded down, so the owner never gets less than the
+    /// amount minus the bounded fee and nothing is created or lost).
+    pub fn fee_of(&self, amount: u64) -> Option<u64> {
+        let fee = u128::from(amount)
+            .checked_mul(u128::from(self.fee_bps.min(MAX_FEE_BPS)))?
+            .checked_div(10_000)?;
+        u64::try_from(fee).ok()
+    }
 
     /// The valid rate versions.
     pub fn versions(&self) -> &[RateVersion] {
@@ -183,6 +243,24 @@ pub struct ClusterAccount {
     pub receipt_count: u64,
     /// Bump of this PDA.
     pub bump: u8,
+    /// Whether the admin approved the cluster (its first GPU cap applies at once; later
+    /// increases wait the pool's timelock).
+    pub approved: bool,
+    /// A GPU-cap increase that applies once the current period reaches
+    /// `pending_cap_from` (0: none).
+    pub pending_gpu_cap: u32,
+    /// See `pending_gpu_cap`.
+    pub pending_cap_from: u64,
+    /// Owner before the last hand-over: usage of periods before `owner_from` is paid there.
+    pub previous_owner: Pubkey,
+    /// First period paid to `owner`.
+    pub owner_from: u64,
+    /// Owner the admin proposed after a lost key (all zeros: none).
+    pub recovery_owner: Pubkey,
+    /// First period in which the recovery may be executed.
+    pub recovery_at: u64,
+    /// The admin that proposed the recovery (a later admin must propose again).
+    pub recovery_admin: Pubkey,
 }
 
 // A program may allocate at most 10 KiB through a CPI.
@@ -190,7 +268,50 @@ const _: () = assert!(ClusterAccount::LEN <= 10_240);
 
 impl ClusterAccount {
     /// Size of the borsh header.
-    pub const HEADER_LEN: usize = 1 + 32 + 32 + 4 + 1 + 8 + 8 + 8 + 1;
+    pub const HEADER_LEN: usize =
+        1 + 32 + 32 + 4 + 1 + 8 + 8 + 8 + 1 + 1 + 4 + 8 + 32 + 8 + 32 + 8 + 32;
+
+    /// A freshly registered, not yet approved cluster paid to `owner`.
+    pub fn new(cluster_id: [u8; 32], owner: Pubkey, bump: u8) -> Self {
+        ClusterAccount {
+            tag: TAG_CLUSTER,
+            cluster_id,
+            owner,
+            gpu_cap: 0,
+            disabled: false,
+            total_gpu_seconds: 0,
+            total_tokens_minted: 0,
+            receipt_count: 0,
+            bump,
+            approved: false,
+            pending_gpu_cap: 0,
+            pending_cap_from: 0,
+            previous_owner: owner,
+            owner_from: 0,
+            recovery_owner: Pubkey::default(),
+            recovery_at: 0,
+            recovery_admin: Pubkey::default(),
+        }
+    }
+
+    /// The GPU cap that bounds usage recorded while the current period is `current`: a
+    /// pending increase applies once its period has come.
+    pub fn cap_at(&self, current: u64) -> u32 {
+        if self.pending_cap_from != 0 && current >= self.pending_cap_from {
+            self.pending_gpu_cap
+        } else {
+            self.gpu_cap
+        }
+    }
+
+    /// The wallet paid for usage of period `p`.
+    pub fn owner_for(&self, p: u64) -> Pubkey {
+        if p < self.owner_from {
+            self.previous_owner
+        } else {
+            self.owner
+        }
+    }
     /// Size of the whole account: header and tally ring.
     pub const LEN: usize = Self::HEADER_LEN + tally::SLOT_LEN * MAX_HORIZON_PERIODS as usize;
 }
@@ -261,11 +382,66 @@ pub struct UsageReceipt {
     pub rent_payer: Pubkey,
     /// Bump of this PDA.
     pub bump: u8,
+    /// Tenant PDA whose escrow paid (all zeros: minted by `RecordUsage`).
+    pub tenant: Pubkey,
+    /// Protocol fee taken from `amount` (the owner was paid `amount - fee`).
+    pub fee: u64,
 }
 
 impl UsageReceipt {
     /// Serialized size in bytes.
-    pub const LEN: usize = 1 + 32 + 32 + 16 + 8 + 8 + 1 + 8 + 8 + 32 + 1;
+    pub const LEN: usize = 1 + 32 + 32 + 16 + 8 + 8 + 1 + 8 + 8 + 32 + 1 + 32 + 8;
+}
+
+/// A tenant's escrow (PDA `["tenant", tenant_id]`); the tokens live in the associated token
+/// account of (this PDA, pool mint), which only this program can move.
+#[derive(BorshSerialize, BorshDeserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TenantAccount {
+    /// Always [`TAG_TENANT`].
+    pub tag: u8,
+    /// [`tenant_id`] of the tenant's name.
+    pub tenant_id: [u8; 32],
+    /// The only wallet that may withdraw (what is not reserved).
+    pub wallet: Pubkey,
+    /// Sum of open reservations; never more than the escrow balance.
+    pub reserved: u64,
+    /// Sum of `Deposit`s.
+    pub deposited: u64,
+    /// Sum of `Withdraw`als.
+    pub withdrawn: u64,
+    /// Sum of settled amounts (burned, and the fee transferred to the treasury).
+    pub spent: u64,
+    /// Bump of this PDA.
+    pub bump: u8,
+}
+
+impl TenantAccount {
+    /// Serialized size in bytes.
+    pub const LEN: usize = 1 + 32 + 32 + 8 + 8 + 8 + 8 + 1;
+}
+
+/// Escrow held back for one job (PDA `["reservation", tenant_pda, job_uid]`).
+#[derive(BorshSerialize, BorshDeserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    /// Always [`TAG_RESERVATION`].
+    pub tag: u8,
+    /// Tenant PDA the reservation holds escrow of.
+    pub tenant: Pubkey,
+    /// Kubernetes UID of the job.
+    pub job_uid: [u8; 16],
+    /// What is still reserved (settlements draw it down).
+    pub amount: u64,
+    /// What settlements drew from it.
+    pub drawn: u64,
+    /// Who paid its rent; `Release` returns it there.
+    pub rent_payer: Pubkey,
+    /// Bump of this PDA.
+    pub bump: u8,
+}
+
+impl Reservation {
+    /// Serialized size in bytes.
+    pub const LEN: usize = 1 + 32 + 16 + 8 + 8 + 32 + 1;
 }
 
 /// Decodes one of the account types, checking size and tag.
@@ -306,6 +482,29 @@ pub fn find_cluster_address(cluster_id: &[u8; 32]) -> (Pubkey, u8) {
 /// The receipt PDA for `usage_id` under the cluster PDA `cluster`, and its bump.
 pub fn find_receipt_address(cluster: &Pubkey, usage_id: &[u8; 32]) -> (Pubkey, u8) {
     Pubkey::find_program_address(&[RECEIPT_SEED, cluster.as_ref(), usage_id], &crate::ID)
+}
+
+/// The tenant PDA for `tenant_id` and its bump.
+pub fn find_tenant_address(tenant_id: &[u8; 32]) -> (Pubkey, u8) {
+    Pubkey::find_program_address(&[TENANT_SEED, tenant_id], &crate::ID)
+}
+
+/// The reservation PDA of `job_uid` under the tenant PDA `tenant`, and its bump.
+pub fn find_reservation_address(tenant: &Pubkey, job_uid: &[u8; 16]) -> (Pubkey, u8) {
+    Pubkey::find_program_address(&[RESERVATION_SEED, tenant.as_ref(), job_uid], &crate::ID)
+}
+
+/// The escrow token account of a tenant PDA: its associated token account for `mint`.
+pub fn escrow_address(tenant: &Pubkey, mint: &Pubkey) -> Pubkey {
+    get_associated_token_address(tenant, mint)
+}
+
+/// Domain prefix of [`tenant_id`].
+pub const TENANT_ID_DOMAIN: &[u8] = b"gpupool/tenant/v1";
+
+/// `sha256("gpupool/tenant/v1" || name)`: the tenant id of a tenant (queue or namespace).
+pub fn tenant_id(name: &str) -> [u8; 32] {
+    hashv(&[TENANT_ID_DOMAIN, name.trim().as_bytes()]).to_bytes()
 }
 
 /// `sha256("gpupool/usage/v1" || cluster_id || job_uid || period as u64 LE)`.
@@ -514,6 +713,15 @@ mod tests {
             }; MAX_RATE_VERSIONS],
             bump: 1,
             mint_authority_bump: 2,
+            pending_admin_at: 0,
+            pending_oracle_at: 0,
+            pending_registrar_at: 0,
+            paused: false,
+            max_rate: 100,
+            max_gpu_cap: 1_000,
+            timelock_periods: 3,
+            fee_bps: 250,
+            treasury: Pubkey::new_unique(),
         }
     }
 
@@ -521,17 +729,11 @@ mod tests {
     fn sizes_match_borsh() {
         let c = config(3600, 24);
         assert_eq!(to_vec(&c).unwrap().len(), PoolConfig::LEN);
-        let k = ClusterAccount {
-            tag: TAG_CLUSTER,
-            cluster_id: [3; 32],
-            owner: Pubkey::new_unique(),
-            gpu_cap: 8,
-            disabled: false,
-            total_gpu_seconds: 1,
-            total_tokens_minted: 2,
-            receipt_count: 3,
-            bump: 4,
-        };
+        let mut k = ClusterAccount::new([3; 32], Pubkey::new_unique(), 4);
+        k.gpu_cap = 8;
+        k.total_gpu_seconds = 1;
+        k.pending_cap_from = 9;
+        k.recovery_owner = Pubkey::new_unique();
         assert_eq!(to_vec(&k).unwrap().len(), ClusterAccount::HEADER_LEN);
         let mut data = vec![0u8; ClusterAccount::LEN];
         pack_cluster(&k, &mut data).unwrap();
@@ -549,12 +751,57 @@ mod tests {
             slot: 7,
             rent_payer: Pubkey::new_unique(),
             bump: 8,
+            tenant: Pubkey::new_unique(),
+            fee: 9,
         };
         let mut buf = vec![0u8; UsageReceipt::LEN];
         pack(&r, &mut buf).unwrap();
         let back: UsageReceipt = unpack(&buf, UsageReceipt::LEN, TAG_RECEIPT).unwrap();
         assert_eq!(back, r);
         assert!(unpack::<UsageReceipt>(&buf, UsageReceipt::LEN, TAG_CLUSTER).is_err());
+        let t = TenantAccount {
+            tag: TAG_TENANT,
+            tenant_id: [1; 32],
+            wallet: Pubkey::new_unique(),
+            reserved: 2,
+            deposited: 3,
+            withdrawn: 4,
+            spent: 5,
+            bump: 6,
+        };
+        assert_eq!(to_vec(&t).unwrap().len(), TenantAccount::LEN);
+        let v = Reservation {
+            tag: TAG_RESERVATION,
+            tenant: Pubkey::new_unique(),
+            job_uid: [1; 16],
+            amount: 2,
+            drawn: 3,
+            rent_payer: Pubkey::new_unique(),
+            bump: 4,
+        };
+        assert_eq!(to_vec(&v).unwrap().len(), Reservation::LEN);
+    }
+
+    #[test]
+    fn caps_owners_and_fees() {
+        let mut k = ClusterAccount::new([3; 32], Pubkey::new_unique(), 4);
+        k.gpu_cap = 8;
+        assert_eq!(k.cap_at(100), 8);
+        k.pending_gpu_cap = 16;
+        k.pending_cap_from = 103;
+        assert_eq!(k.cap_at(102), 8);
+        assert_eq!(k.cap_at(103), 16);
+        let old = k.owner;
+        k.previous_owner = old;
+        k.owner = Pubkey::new_unique();
+        k.owner_from = 50;
+        assert_eq!(k.owner_for(49), old);
+        assert_eq!(k.owner_for(50), k.owner);
+        let c = config(3600, 24);
+        // 2.5 %, rounded down.
+        assert_eq!(c.fee_of(1_000), Some(25));
+        assert_eq!(c.fee_of(39), Some(0));
+        assert_eq!(c.fee_of(u64::MAX), Some(u64::MAX / 40));
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub const HORIZON: u64 = 512;
 pub const NOW_PERIOD: u64 = 300;
 /// GPU cap the admin gives the fixture cluster.
 pub const GPU_CAP: u32 = 10_000;
+/// Timelock of the fixture pool, in periods.
+pub const TIMELOCK: u64 = svmx::DEFAULT_TIMELOCK_PERIODS;
+
 /// The member's `kube-system` namespace UID the fixture's cluster id is derived from.
 pub const KUBE_SYSTEM_UID: &str = "1f0e6c1a-8b1d-4c55-9d1e-6a7b8c9d0e1f";
 
@@ -41,6 +44,7 @@ pub struct Fixture {
     pub cluster_id: [u8; 32],
     pub cluster: Pubkey,
     pub ata: Pubkey,
+    pub treasury: Pubkey,
 }
 
 pub fn rates() -> [u64; state::NUM_GPU_CLASSES] {
@@ -55,19 +59,41 @@ pub fn now() -> i64 {
     (NOW_PERIOD * PERIOD + 100) as i64
 }
 
+/// The fixture pool: no practical bound on rates and caps (tests of the bounds tighten them).
 pub fn setup() -> svmx::PoolSetup {
     svmx::PoolSetup {
-        rates: rates(),
-        decimals: 6,
         period_seconds: PERIOD,
         horizon_periods: HORIZON,
+        max_rate: u64::MAX,
+        max_gpu_cap: u32::MAX,
+        ..svmx::PoolSetup::new(rates(), 6)
+    }
+}
+
+/// Pool parameters with three distinct fresh keys' worth of roles (`oracle`, `registrar`).
+pub fn params(oracle: &Pubkey, registrar: &Pubkey) -> ix::PoolParams {
+    ix::PoolParams {
+        oracle: *oracle,
+        registrar: *registrar,
+        period_seconds: PERIOD,
+        horizon_periods: HORIZON,
+        rates: rates(),
+        max_rate: svmx::DEFAULT_MAX_RATE,
+        max_gpu_cap: svmx::DEFAULT_MAX_GPU_CAP,
+        timelock_periods: TIMELOCK,
+        fee_bps: 0,
+        treasury: Pubkey::default(),
     }
 }
 
 pub fn fixture() -> Fixture {
+    fixture_with(setup())
+}
+
+pub fn fixture_with(setup: svmx::PoolSetup) -> Fixture {
     let mut svm = svmx::svm_with_ledger();
     svmx::set_unix_time(&mut svm, now());
-    let pool = svmx::setup_pool(&mut svm, setup()).expect("pool setup");
+    let pool = svmx::setup_pool(&mut svm, setup).expect("pool setup");
     let owner = Keypair::new();
     svmx::fund(&mut svm, &owner.pubkey()).unwrap();
     let cluster_id = state::cluster_id(KUBE_SYSTEM_UID);
@@ -93,6 +119,7 @@ pub fn fixture() -> Fixture {
         cluster_id,
         cluster,
         ata,
+        treasury: pool.treasury,
     }
 }
 

@@ -1,0 +1,44 @@
+//! A two-minute smoke of the chaos soak (`make soak` runs it for longer): the pool on real API
+//! servers, two operator replicas, churn and every kind of fault as separate processes, the
+//! invariants checked throughout, after quiescing and after the sweep.
+
+use gpupool_e2e::soak::{self, FaultKind, FaultMix, SoakConfig};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open violations: on the 2-core machine under load it finds gangs Restarting, inference spec changes unobserved and a deleted probe job for over 90 s; run with --ignored"]
+async fn a_two_minute_soak_with_every_fault_breaks_no_invariant() {
+    gpupool::telemetry::init_logging();
+    let dir = tempfile::Builder::new()
+        .prefix("gpupool-soak-smoke-")
+        .tempdir()
+        .unwrap();
+    let cfg = SoakConfig {
+        duration: Duration::from_secs(120),
+        seed: 22,
+        faults: FaultMix(FaultKind::ALL.iter().map(|k| (*k, 1)).collect()),
+        fault_every: (12, 20),
+        nodes_per_member: 1,
+        churn_ms: 700,
+        bound: Duration::from_secs(90),
+        check_every: Duration::from_secs(5),
+        exe: env!("CARGO_BIN_EXE_gpupool-soak").into(),
+        gpupool: gpupool_e2e::operator_bin("gpupool"),
+        dir: dir.path().to_path_buf(),
+    };
+    let report = soak::run(cfg).await.expect("the soak runs");
+    let text = report.render();
+    println!("{text}");
+    // Each fault waits for its recovery before the next: a few fit in two minutes.
+    assert!(report.faults.len() >= 2, "too few faults injected:\n{text}");
+    assert!(report.checks >= 10, "too few checks:\n{text}");
+    assert!(
+        report.churn.get("create-training").copied().unwrap_or(0) > 10,
+        "{text}"
+    );
+    assert!(
+        report.memory.iter().any(|m| m.leader_kib.is_some()),
+        "{text}"
+    );
+    assert!(report.violations.is_empty(), "invariants broken:\n{text}");
+}
