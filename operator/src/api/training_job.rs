@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
     label("app.kubernetes.io/part-of", "gpupool"),
     namespaced,
     status = "TrainingJobStatus",
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS label (lowercase letters, digits and '-', starting with a letter, no dots): it names the workers' hostnames and Service"),
+    validation = Rule::new("size(self.metadata.name) <= 55").message("metadata.name must be at most 55 characters: the workers' Service <name>-workers must fit in 63"),
     doc = "A gang of training workers placed all-or-nothing on one member cluster. The gang-shaping fields (template, workers, gpusPerWorker, gpu, nvlink, masterPort) are immutable; backoffLimit, maxRuntimeSeconds and clusterSelector may change.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Cluster", type_ = "string", json_path = ".status.cluster"),

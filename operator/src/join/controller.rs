@@ -174,6 +174,11 @@ async fn reconcile_request(req: Arc<JoinRequest>, ctx: Arc<Ctx>) -> Result<Actio
     let members: Api<MemberCluster> = Api::all(hub.clone());
     let all = members.list(&Default::default()).await?.items;
     let name = req.spec.member_name.clone();
+    if let Some(why) = policy::member_removed(&req.spec, req.status.is_some(), &all) {
+        set_status(hub, &req, refuse(why)).await?;
+        token::revoke(hub, &id).await?;
+        return Ok(Action::await_change());
+    }
     match policy::decide(
         &req.spec,
         info.for_member.as_deref(),
