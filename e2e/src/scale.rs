@@ -159,7 +159,8 @@ impl ScalePool {
         for m in &self.fed.members {
             let client = m.cp.client().await?;
             let seen = seen.clone();
-            let api: Api<Pod> = Api::namespaced(client, NAMESPACE);
+            let api: Api<Pod> =
+                Api::namespaced(client, &gpupool::tenant::namespace_name(NAMESPACE));
             let cfg = watcher::Config::default().labels("app.kubernetes.io/managed-by=gpupool");
             watches.push(tokio::spawn(async move {
                 let mut s = watcher(api, cfg)
@@ -280,7 +281,10 @@ impl ScalePool {
         let lp = ListParams::default().labels(&format!("gpupool.io/job-name={name}"));
         let mut apis = Vec::new();
         for m in &self.fed.members {
-            apis.push(Api::<Pod>::namespaced(m.cp.client().await?, NAMESPACE));
+            apis.push(Api::<Pod>::namespaced(
+                m.cp.client().await?,
+                &gpupool::tenant::namespace_name(NAMESPACE),
+            ));
         }
         loop {
             for a in &apis {

@@ -3,7 +3,7 @@
 //! them: KWOK runs no kubelet and mounts nothing.
 
 use anyhow::{Context, Result};
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -65,8 +65,21 @@ pub async fn prebound_claim(client: &kube::Client, ns: &str, name: &str, size: &
     Ok(())
 }
 
-/// The claims `deploy/examples/training-gpt.yaml` mounts, in namespace `ns`.
-pub async fn example_claims(client: &kube::Client, ns: &str) -> Result<()> {
-    prebound_claim(client, ns, "tokens-v3", "10Ti").await?;
-    prebound_claim(client, ns, "gpt-checkpoints", "2Ti").await
+/// The claims `deploy/examples/training-gpt.yaml` mounts, in the tenant namespace of hub
+/// namespace `hub_ns` (created as gpupool creates it, as a member's owner offering storage to a
+/// hub namespace would find it).
+pub async fn example_claims(client: &kube::Client, hub_ns: &str) -> Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = gpupool::tenant::namespace_name(hub_ns);
+    if namespaces.get_opt(&ns).await?.is_none() {
+        namespaces
+            .create(
+                &PostParams::default(),
+                &gpupool::tenant::namespace_object(hub_ns),
+            )
+            .await
+            .with_context(|| format!("creating namespace {ns}"))?;
+    }
+    prebound_claim(client, &ns, "tokens-v3", "10Ti").await?;
+    prebound_claim(client, &ns, "gpt-checkpoints", "2Ti").await
 }

@@ -435,6 +435,24 @@ fn rendered_objects_have_the_expected_shape() {
         "{:?}",
         kinds(&member)
     );
+    // The tenant policy binds the hub's identity in the member.
+    let policy = find(
+        &member,
+        "ValidatingAdmissionPolicy",
+        "gp-gpupool-tenant-sandbox",
+    );
+    assert!(
+        policy["spec"]["matchConditions"][0]["expression"]
+            .as_str()
+            .unwrap()
+            .contains("system:serviceaccount:gpupool-system:gp-gpupool-hub"),
+        "{policy}"
+    );
+    find(
+        &member,
+        "ValidatingAdmissionPolicyBinding",
+        "gp-gpupool-tenant-sandbox",
+    );
     let ds = find(&member, "DaemonSet", "gp-gpupool-agent");
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["nodeSelector"]["nvidia.com/gpu.present"], "true");
@@ -485,6 +503,8 @@ fn rendered_objects_have_the_expected_shape() {
             expect("pods", &["create", "delete", "get", "list", "watch"]),
             expect("services", &["create", "delete", "get", "list"]),
             expect("namespaces", &["get", "create"]),
+            expect("secrets", &["create", "patch"]),
+            expect("configmaps", &["create", "patch"]),
             expect("deviceclasses", &["get"]),
             expect("resourceclaims", &["create", "delete", "get", "list"]),
             expect("resourceslices", &["get", "list", "watch"]),

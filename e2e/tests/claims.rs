@@ -75,9 +75,17 @@ async fn a_claim_not_made_for_the_pod_is_replaced_and_a_recreated_pod_gets_its_o
 
     // Someone in the member plants a claim with the name gpupool will use for the worker, asking
     // for other GPUs than the hub will choose — in every namespace gpupool might run it in.
-    for ns in ["default", "gpupool-default"] {
-        let mut n = Namespace::default();
-        n.metadata.name = Some(ns.into());
+    // The tenant namespace is made as gpupool makes it (labelled as its tenant's), so gpupool
+    // runs the worker there beside the planted claim.
+    let tenant_ns = gpupool::tenant::namespace_name("default");
+    for ns in ["default", tenant_ns.as_str()] {
+        let n = if ns == "default" {
+            let mut n = Namespace::default();
+            n.metadata.name = Some(ns.into());
+            n
+        } else {
+            gpupool::tenant::namespace_object("default")
+        };
         let _ = Api::<Namespace>::all(member.clone())
             .create(&PostParams::default(), &n)
             .await;

@@ -41,7 +41,7 @@ fn running(p: &Pod) -> bool {
 }
 
 async fn job_pods(c: &kube::Client, name: &str) -> Vec<Pod> {
-    Api::<Pod>::namespaced(c.clone(), "default")
+    Api::<Pod>::namespaced(c.clone(), &gpupool::tenant::namespace_name("default"))
         .list(&ListParams::default().labels(&format!("gpupool.io/job-name={name}")))
         .await
         .unwrap()
@@ -197,7 +197,8 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
         .unwrap();
     let st = job.status.unwrap();
     assert_eq!(st.cluster.as_deref(), Some("member-1"));
-    let claims: Api<ResourceClaim> = Api::namespaced(m1.clone(), "default");
+    let claims: Api<ResourceClaim> =
+        Api::namespaced(m1.clone(), &gpupool::tenant::namespace_name("default"));
     let pods = job_pods(&m1, "dra-gang").await;
     let mut hub_uuids = BTreeSet::new();
     for w in &st.workers {

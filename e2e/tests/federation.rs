@@ -295,7 +295,7 @@ async fn jobs_land_on_the_right_gpus_never_share_them_and_are_cleaned_up() {
             && st
                 .endpoints
                 .iter()
-                .any(|e| e.starts_with("member-2/default/llama-serve:8000")))
+                .any(|e| e.starts_with("member-2/gpupool-default/llama-serve:8000")))
         .then_some(()))
     })
     .await
@@ -679,8 +679,10 @@ async fn operator_restart(kind: MemberKind) {
     );
     if kind == MemberKind::Dra {
         // Each job has exactly one claim, allocated by the member's scheduler to its GPUs.
-        let claims: Api<k8s_openapi::api::resource::v1::ResourceClaim> =
-            Api::namespaced(fed.members[0].cp.client().await.unwrap(), "default");
+        let claims: Api<k8s_openapi::api::resource::v1::ResourceClaim> = Api::namespaced(
+            fed.members[0].cp.client().await.unwrap(),
+            &gpupool::tenant::namespace_name("default"),
+        );
         for (job, want) in [("first", &a), ("second", &b)] {
             let list = eventually(30, "claims allocated", || async {
                 let l = claims

@@ -103,7 +103,7 @@ impl Drop for AbortOnDrop {
 /// Watches the job's pods in the member from now on (after the initial list).
 fn watch_pods(member: kube::Client, job: &str) -> (Arc<Mutex<PodCounts>>, AbortOnDrop) {
     let counts = Arc::new(Mutex::new(PodCounts::default()));
-    let api: Api<Pod> = Api::namespaced(member, "default");
+    let api: Api<Pod> = Api::namespaced(member, &gpupool::tenant::namespace_name("default"));
     let cfg = watcher::Config::default().labels(&format!("gpupool.io/job-name={job}"));
     let c = counts.clone();
     let task = tokio::spawn(async move {
@@ -179,7 +179,8 @@ async fn roll(fed: &Federation, name: &str) -> (usize, usize) {
     let hub = fed.hub.client().await.unwrap();
     let member = fed.members[0].cp.client().await.unwrap();
     let ijs: Api<InferenceJob> = Api::namespaced(hub.clone(), "default");
-    let pods: Api<Pod> = Api::namespaced(member.clone(), "default");
+    let pods: Api<Pod> =
+        Api::namespaced(member.clone(), &gpupool::tenant::namespace_name("default"));
     let lp = ListParams::default().labels(&format!("gpupool.io/job-name={name}"));
     eventually(
         90,
@@ -312,7 +313,8 @@ async fn an_image_change_rolls_out_one_replica_at_a_time() {
     let ijs: Api<InferenceJob> = Api::namespaced(hub.clone(), "default");
     let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
     let member = fed.members[0].cp.client().await.unwrap();
-    let pods: Api<Pod> = Api::namespaced(member.clone(), "default");
+    let pods: Api<Pod> =
+        Api::namespaced(member.clone(), &gpupool::tenant::namespace_name("default"));
 
     // maxUnavailable 0: a new replica is Ready before an old one goes.
     ijs.create(
@@ -584,7 +586,10 @@ async fn a_running_workers_pod_deleted_in_its_member_is_created_again_from_its_t
         .unwrap()
         .status
         .unwrap();
-    let pods: Api<Pod> = Api::namespaced(fed.members[0].cp.client().await.unwrap(), "default");
+    let pods: Api<Pod> = Api::namespaced(
+        fed.members[0].cp.client().await.unwrap(),
+        &gpupool::tenant::namespace_name("default"),
+    );
     let name = "solo-g0-w0";
     let old_uid = pods.get(name).await.unwrap().metadata.uid.unwrap();
     pods.delete(name, &DeleteParams::default().grace_period(0))

@@ -205,6 +205,8 @@ async fn setup(pods: &[(&str, usize, &str)], period_seconds: u64) -> Setup {
         link: gpupool::federation::MemberLink::Push(member.clone()),
         gpu_models,
         observed_ends: Default::default(),
+        first_seen: Default::default(),
+        pods: None,
     }];
     let cluster_id = state::cluster_id(&kube_system_uid(&member).await);
     Setup {
@@ -259,7 +261,10 @@ async fn pods_are_metered_recorded_and_settled_exactly_once() {
         ..Default::default()
     };
     // Small batches so several transactions are needed.
-    let scfg = SettleConfig { max_batch: 2 };
+    let scfg = SettleConfig {
+        max_batch: 2,
+        ..Default::default()
+    };
 
     // Meter and settle together until the pods are done and everything is settled.
     let deadline = Instant::now() + Duration::from_secs(90);

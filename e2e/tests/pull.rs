@@ -171,8 +171,8 @@ fn work(name: &str, pods: &[(&str, &str)]) -> MemberWork {
         .map(|(pod, node)| {
             serde_json::json!({
                 "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": pod, "namespace": "ml",
-                             "labels": {"app.kubernetes.io/managed-by": "gpupool"},
+                "metadata": {"name": pod, "namespace": "gpupool-ml",
+                             "labels": {"app.kubernetes.io/managed-by": "gpupool", "gpupool.io/job-namespace": "ml"},
                              "annotations": {"gpupool.io/gpu-uuids": "GPU-0"}},
                 "spec": {"nodeName": node,
                          "tolerations": [{"operator": "Exists"}],
@@ -284,7 +284,7 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
 
     // --- Work: the hub writes, the agent applies in the member; status flows back.
     let works: Api<MemberWork> = Api::namespaced(hub.clone(), &ns);
-    let pods: Api<Pod> = Api::namespaced(member.clone(), "ml");
+    let pods: Api<Pod> = Api::namespaced(member.clone(), "gpupool-ml");
     // A watch of the work objects from the hub side, to measure one watch round-trip alone.
     let (tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
     let watch_works = works.clone();
@@ -1260,7 +1260,8 @@ async fn a_dra_pull_member_binds_the_hubs_exact_gpus_through_resource_claims() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
     let worker = job.status.unwrap().workers[0].clone();
-    let pods: Api<Pod> = Api::namespaced(member.clone(), "default");
+    let pods: Api<Pod> =
+        Api::namespaced(member.clone(), &gpupool::tenant::namespace_name("default"));
     let pod = &pods
         .list(&ListParams::default().labels("gpupool.io/job-name=exact"))
         .await
@@ -1277,7 +1278,8 @@ async fn a_dra_pull_member_binds_the_hubs_exact_gpus_through_resource_claims() {
             .is_none_or(|l| !l.contains_key("nvidia.com/gpu")),
         "{spec:?}"
     );
-    let claims: Api<ResourceClaim> = Api::namespaced(member.clone(), "default");
+    let claims: Api<ResourceClaim> =
+        Api::namespaced(member.clone(), &gpupool::tenant::namespace_name("default"));
     let claim_name = format!("{}-gpus", pod.name_any());
     let claim = claims.get(&claim_name).await.unwrap();
     assert_eq!(

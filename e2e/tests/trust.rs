@@ -204,6 +204,8 @@ impl World {
             link: gpupool::federation::MemberLink::Push(self.member.clone()),
             gpu_models: Default::default(),
             observed_ends: Default::default(),
+            first_seen: Default::default(),
+            pods: None,
         }
     }
 
@@ -823,6 +825,7 @@ async fn a_finish_time_moved_later_is_not_paid_past_what_the_hub_saw() {
         period_seconds: 2,
         finalize_delay_seconds: 1,
         observed_end_slack_seconds: 1,
+        ..Default::default()
     };
     // Meter for a while past the observed end (long enough for an unbounded run to show).
     let until = Instant::now() + Duration::from_secs(8);
@@ -1204,11 +1207,13 @@ async fn receipts_past_the_horizon_are_closed_and_cannot_be_replayed() {
         },
         settle: SettleConfig::default(),
     };
+    let stores = gpupool::metering::runner::Stores::start(&w.hub);
     gpupool::metering::runner::pass(
         &ctx.metering(),
         Some(&ledger),
         &cfg,
         &mut Default::default(),
+        &stores,
     )
     .await
     .unwrap();
@@ -1282,5 +1287,293 @@ async fn receipts_past_the_horizon_are_closed_and_cannot_be_replayed() {
         )
         .await;
     assert!(matches!(again, Err(kube::Error::Api(e)) if e.code == 422));
+    drop(w.fed);
+}
+
+/// The hub places worker 0 of `job` as the scheduler does (node, GPUs and the hub-clock
+/// `placedAt`); returns the placement time.
+async fn place_now(hub: &Client, job: &TrainingJob) -> i64 {
+    let at = Timestamp::now();
+    let w0 = format!("{}-w0", job.name_any());
+    Api::<TrainingJob>::namespaced(hub.clone(), "default")
+        .patch_status(
+            &job.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"status": {"cluster": "member-1", "placedAt": at.to_string(),
+                "workers": [{"rank": 0, "node": NODE, "score": 0, "gpuUuids": uuids(&w0, 2)}]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    at.as_second()
+}
+
+/// Waits for pod `name` to succeed, then rewrites its status as the member's admin may: it
+/// "ran" from `start` to `finish` (unix seconds; `None`: the finish KWOK stamped). Returns the
+/// finish KWOK had stamped.
+async fn rewrite_run(member: &Client, name: &str, start: i64, finish: Option<i64>) -> i64 {
+    let pods: Api<Pod> = Api::namespaced(member.clone(), "default");
+    let p = gpupool_e2e::eventually(30, "the pod to finish", || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get(name).await?;
+            Ok(
+                (p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"))
+                    .then_some(p),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let real_end = gpupool::metering::pod_run(&p).and_then(|r| r.end).unwrap();
+    let finish = finish.unwrap_or(real_end);
+    let ts = |s: i64| Timestamp::from_second(s).unwrap().to_string();
+    pods.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": {
+            "startTime": ts(start),
+            "containerStatuses": [{"name": "w", "image": "x", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"terminated": {"exitCode": 0,
+                    "startedAt": ts(start), "finishedAt": ts(finish)}}}],
+        }})),
+    )
+    .await
+    .unwrap();
+    real_end
+}
+
+fn hour_meter() -> MeterConfig {
+    MeterConfig {
+        period_seconds: 3600,
+        finalize_delay_seconds: 1,
+        observed_end_slack_seconds: 1,
+        ..Default::default()
+    }
+}
+
+/// A member admin replaces a placed pod by a copy (same labels, node and GPU annotation, new
+/// UID and name) at every metering pass, each copy claiming to have run since the placement:
+/// the slot is paid once, at most its GPUs × the time since it was placed, not once per copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_replaced_by_copies_is_paid_once_for_its_slot() {
+    let w = world().await;
+    let job = create_job(&w.hub, "copy", 1).await;
+    let placed = place_now(&w.hub, &job).await;
+    let uid = job.uid().unwrap();
+    let members = [w.member_ref("member-1")];
+    let mut last = placed;
+    for i in 0..4 {
+        let name = format!("copy-w0-{i}");
+        pod(&w.member, &name, "copy", &uid, &uuids("copy-w0", 2), "1s").await;
+        last = Timestamp::now().as_second();
+        rewrite_run(&w.member, &name, placed, Some(last)).await;
+        let r = meter_once(&w.hub, &members, Timestamp::now(), &hour_meter())
+            .await
+            .unwrap();
+        assert!(r.errors.is_empty() && r.member_errors.is_empty(), "{r:?}");
+        // The admin deletes the copy before the next pass.
+        Api::<Pod>::namespaced(w.member.clone(), "default")
+            .delete(&name, &Default::default())
+            .await
+            .unwrap();
+    }
+    let recs = usage_records(&w.hub).await.unwrap();
+    let paid: i64 = recs.iter().map(|r| r.spec.gpu_seconds).sum();
+    let slots: usize = recs.iter().map(|r| r.spec.pods.len()).sum();
+    let bound = 2 * (last + 1 - placed);
+    println!("4 copies: paid {paid} GPU-s for a slot worth at most {bound}, {slots} slot entries");
+    assert!(paid > 0, "the slot is paid: {recs:#?}");
+    assert!(
+        paid <= bound,
+        "paid {paid} GPU-s for a slot worth at most {bound}: {recs:#?}"
+    );
+    assert_eq!(
+        slots,
+        recs.len(),
+        "one entry per slot and record, whatever the pod UIDs"
+    );
+    drop(w.fed);
+}
+
+/// A job waits in the queue before the hub places it; its worker's admin moves the pod's start
+/// back to the job's creation: the wait is not paid, the worker is paid from `placedAt` on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_job_is_not_paid_for_its_wait() {
+    let w = world().await;
+    let job = create_job(&w.hub, "queued", 1).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let placed = place_now(&w.hub, &job).await;
+    let uid = job.uid().unwrap();
+    pod(
+        &w.member,
+        "queued-w0",
+        "queued",
+        &uid,
+        &uuids("queued-w0", 2),
+        "2s",
+    )
+    .await;
+    let end = rewrite_run(&w.member, "queued-w0", created(&job), None).await;
+    let r = meter_once(
+        &w.hub,
+        &[w.member_ref("member-1")],
+        Timestamp::now(),
+        &hour_meter(),
+    )
+    .await
+    .unwrap();
+    assert!(r.errors.is_empty() && r.member_errors.is_empty(), "{r:?}");
+    let recs = usage_records(&w.hub).await.unwrap();
+    let (paid, unpaid) = paid_and_unpaid(&recs, "queued-w0");
+    let waited = placed - created(&job);
+    println!("waited {waited} s: paid {paid} GPU-s, unpaid {unpaid} GPU-s");
+    assert!(waited >= 4, "the job waited");
+    assert!(paid > 0, "{recs:#?}");
+    assert!(
+        paid <= 2 * (end + 2 - placed),
+        "paid {paid} GPU-s: the wait was paid"
+    );
+    assert!(
+        unpaid >= 2 * waited,
+        "the wait is surfaced as unpaid: {unpaid}"
+    );
+    drop(w.fed);
+}
+
+/// The hub's watch saw a pod end; the operator restarts (a new watch, which first lists the pod
+/// as ended only now) and the member's admin has moved `finishedAt` hours later meanwhile: the
+/// end the meter persisted in the usage record before the restart still bounds the pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observed_end_survives_an_operator_restart() {
+    let w = world().await;
+    let job = create_job(&w.hub, "rst", 1).await;
+    let placed = place_now(&w.hub, &job).await;
+    let uid = job.uid().unwrap();
+    let watch = MemberWatch::start(&w.member, "member-1", Arc::new(NoSink));
+    pod(&w.member, "rst-w0", "rst", &uid, &uuids("rst-w0", 2), "2s").await;
+    let pods: Api<Pod> = Api::namespaced(w.member.clone(), "default");
+    let pod_uid = gpupool_e2e::eventually(30, "the pod to exist", || {
+        let pods = pods.clone();
+        async move { Ok(pods.get_opt("rst-w0").await?.and_then(|p| p.uid())) }
+    })
+    .await
+    .unwrap();
+    let seen_end = gpupool_e2e::eventually(60, "the hub's watch to see the pod end", || {
+        let watch = &watch;
+        let pod_uid = pod_uid.clone();
+        async move { Ok(watch.observed_ends().get(&pod_uid).copied()) }
+    })
+    .await
+    .unwrap();
+    let with = |watch: &MemberWatch| {
+        let mut m = w.member_ref("member-1");
+        m.observed_ends = watch.observed_ends();
+        m.first_seen = watch.first_seen();
+        m
+    };
+    let r = meter_once(&w.hub, &[with(&watch)], Timestamp::now(), &hour_meter())
+        .await
+        .unwrap();
+    assert!(r.errors.is_empty() && r.member_errors.is_empty(), "{r:?}");
+    // The operator goes down; the admin says the pod ran three more hours.
+    drop(watch);
+    let p = pods.get("rst-w0").await.unwrap();
+    let start = gpupool::metering::pod_run(&p).unwrap().start;
+    rewrite_run(
+        &w.member,
+        "rst-w0",
+        start,
+        Some(Timestamp::now().as_second() + 3 * 3600),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The operator is back: its new watch lists the pod as ended now.
+    let watch = MemberWatch::start(&w.member, "member-1", Arc::new(NoSink));
+    let relisted = gpupool_e2e::eventually(30, "the new watch to list the pod", || {
+        let watch = &watch;
+        let pod_uid = pod_uid.clone();
+        async move { Ok(watch.observed_ends().get(&pod_uid).copied()) }
+    })
+    .await
+    .unwrap();
+    let r = meter_once(&w.hub, &[with(&watch)], Timestamp::now(), &hour_meter())
+        .await
+        .unwrap();
+    assert!(r.errors.is_empty() && r.member_errors.is_empty(), "{r:?}");
+    let recs = usage_records(&w.hub).await.unwrap();
+    let (paid, _) = paid_and_unpaid(&recs, "rst-w0");
+    let bound = 2 * (seen_end + 1 - start.max(placed));
+    println!("seen ended at {seen_end}, relisted at {relisted}: paid {paid} GPU-s (bound {bound})");
+    assert!(relisted >= seen_end + 5, "the new watch forgot the end");
+    assert!(paid > 0, "{recs:#?}");
+    assert!(
+        paid <= bound,
+        "paid {paid} GPU-s up to the restart (bound {bound}): {recs:#?}"
+    );
+    drop(watch);
+    drop(w.fed);
+}
+
+/// The member's `ownerWallet` is edited on the hub (not on chain): what was metered before is
+/// still paid to the wallet it was metered for (the on-chain owner), and what is metered under
+/// the new wallet is not paid to the old one; it waits for the ledger to name the new owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_record_is_paid_only_to_the_wallet_it_was_metered_for() {
+    let w = world().await;
+    w.chain
+        .register_cluster(&w.pool, &w.owner, &w.cluster_id, 8)
+        .unwrap();
+    let ledger = w.ledger();
+    w.one_worker_job("before", "2s").await;
+    w.run_until_final(&[w.member_ref("member-1")], None).await;
+    let before: i64 = usage_records(&w.hub)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.spec.gpu_seconds)
+        .sum();
+    // The hub's admin names another wallet for the member.
+    let next = Keypair::new();
+    Api::<MemberCluster>::all(w.hub.clone())
+        .patch(
+            "member-1",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"ownerWallet": next.pubkey().to_string()}})),
+        )
+        .await
+        .unwrap();
+    let mut renamed = w.member_ref("member-1");
+    renamed.owner_wallet = next.pubkey().to_string();
+    w.one_worker_job("after", "2s").await;
+    w.run_until_final(std::slice::from_ref(&renamed), None)
+        .await;
+    let r = settle_once(&w.hub, &ledger, &SettleConfig::default())
+        .await
+        .unwrap();
+    assert!(r.errors.is_empty(), "{r:?}");
+    let recs = usage_records(&w.hub).await.unwrap();
+    let paid_old = w.chain.wallet_balance(&w.owner.pubkey(), &w.pool.mint);
+    println!("metered before the edit: {before} GPU-s; old owner paid {paid_old} tokens");
+    assert!(before > 0);
+    assert_eq!(
+        paid_old,
+        DEMO_RATES[0] * before as u64,
+        "what was metered for the old owner is paid to it: {recs:#?}"
+    );
+    assert_eq!(w.chain.wallet_balance(&next.pubkey(), &w.pool.mint), 0);
+    assert!(
+        recs.iter()
+            .filter(|r| r.spec.owner_wallet == next.pubkey().to_string())
+            .all(|r| record_state(r) == UsageState::Final),
+        "usage metered for the new wallet is not paid to the old one: {recs:#?}"
+    );
+    assert!(
+        r.alerts.iter().any(|a| a.reason == "OwnerMismatch"),
+        "{:?}",
+        r.alerts
+    );
+    assert_eq!(w.minted(), paid_old);
     drop(w.fed);
 }

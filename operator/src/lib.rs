@@ -15,5 +15,6 @@ pub mod pull;
 pub mod rollout;
 pub mod scheduler;
 pub mod telemetry;
+pub mod tenant;
 pub mod topology;
 pub mod workloads;

@@ -160,13 +160,19 @@ pub fn plan(want: i32, current: &str, replicas: &[Replica], surge: i32, unavaila
         }
     }
     out.available = available;
-    // Missing indexes are always placed (they do not exceed `want`); surges within the budget:
-    // at most `want + surge` replicas in all, counting those about to be deleted (their GPUs are
-    // held until their pods are gone).
+    // At most `want + surge` replicas in all, counting those about to be deleted (their pods and
+    // GPUs stay until the pods are gone): missing indexes first, lowest first, then surges. A
+    // replica deleted now is replaced once it is gone from the status, not beside it.
     missing.sort_unstable();
     missing.dedup();
-    let mut room = want + surge - entries - out.delete.len() as i32 - missing.len() as i32;
-    out.place = missing;
+    let mut room = want + surge - entries - out.delete.len() as i32;
+    for i in missing {
+        if room <= 0 {
+            break;
+        }
+        out.place.push(i);
+        room -= 1;
+    }
     for i in old_only.into_iter().filter(|i| !deleted_ready.contains(i)) {
         if room <= 0 {
             break;
@@ -210,13 +216,14 @@ mod tests {
             if p.complete {
                 break;
             }
+            // The pods deleted in this step still exist when the placed ones start.
+            max_total = max_total.max(reps.len() + p.place.len());
             reps.retain(|x| !p.delete.contains(&(x.index, x.revision.clone())));
             let ready = reps.iter().filter(|x| x.ready).count() as i32;
             min_ready = min_ready.min(ready);
             for i in p.place {
                 reps.push(r(i, "b", false));
             }
-            max_total = max_total.max(reps.len());
         }
         assert!(reps.iter().all(|x| x.revision == "b") && reps.len() == want as usize);
         (min_ready, max_total, steps)
@@ -232,6 +239,27 @@ mod tests {
     fn unavailable_only_never_exceeds_the_replicas() {
         let (min_ready, max_total, _) = drive(3, 0, 1);
         assert_eq!((min_ready, max_total), (2, 3));
+        // maxSurge 0, maxUnavailable 1 over 4 replicas: never a fifth pod beside the deleted one.
+        let (min_ready, max_total, _) = drive(4, 0, 1);
+        assert_eq!((min_ready, max_total), (3, 4));
+    }
+
+    #[test]
+    fn no_budget_exceeds_replicas_plus_surge() {
+        for want in 1..6 {
+            for surge in 0..3 {
+                for unavailable in 0..3 {
+                    if surge == 0 && unavailable == 0 {
+                        continue;
+                    }
+                    let (_, max_total, _) = drive(want, surge, unavailable);
+                    assert!(
+                        max_total <= (want + surge) as usize,
+                        "{want} replicas, surge {surge}, unavailable {unavailable}: {max_total} pods"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
@@ -286,6 +314,9 @@ mod tests {
         let reps = [r(0, "a", false), r(1, "a", true)];
         let p = plan(2, "b", &reps, 0, 0);
         assert_eq!(p.delete, vec![(0, "a".to_string())]);
+        // Replaced once it is gone: never three pods for two replicas without surge.
+        assert!(p.place.is_empty(), "{p:?}");
+        let p = plan(2, "b", &reps[1..], 0, 0);
         assert_eq!(p.place, vec![0]);
     }
 
@@ -302,6 +333,9 @@ mod tests {
             "the deletion still holds the surge slot: {p:?}"
         );
         let p = plan(2, "c", &reps, 0, 2);
+        assert_eq!(p.delete.len(), 3, "{p:?}");
+        assert!(p.place.is_empty(), "the deletions hold the slots: {p:?}");
+        let p = plan(2, "c", &[], 0, 2);
         assert_eq!(p.place, vec![0, 1], "one replacement per index: {p:?}");
     }
 

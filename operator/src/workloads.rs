@@ -22,14 +22,21 @@
 //!   `GPUPOOL_GANG_GENERATION` (training) or `REPLICA_INDEX` (inference) in every container;
 //! - a toleration for the `nvidia.com/gpu` NoSchedule taint; `restartPolicy: Never` for training
 //!   (gang restarts are the hub's) and when unset for inference (a failed replica is re-placed);
-//!   `automountServiceAccountToken: false` when unset; `hostname`/`subdomain` for training workers;
-//!   the rendezvous / serving port on the first container when it does not list it.
+//!   `automountServiceAccountToken: false` and no ServiceAccount; `hostname`/`subdomain` for
+//!   training workers; the rendezvous / serving port on the first container when it does not
+//!   list it;
+//! - the namespace: everything of hub namespace `ns` goes into its tenant namespace
+//!   ([`tenant::namespace_name`]), with the Secrets and ConfigMaps the template references
+//!   ([`MemberObjects::config`]) copied there from the hub.
 //!
 //! CEL on the CRDs rejects templates that would clash with these (`nodeName`, `nvidia.com/gpu`
-//! requests, reserved environment names, the claim name `gpupool-gpus`).
+//! requests, reserved environment names, the claim name `gpupool-gpus`) or reach beyond the
+//! tenant sandbox (host namespaces, paths and ports, privileged, added capabilities, a
+//! ServiceAccount, another scheduler, system priority classes).
 
 use crate::api::{BindingMode, GPU_CLAIM_NAME, InferenceJob, RESERVED_RESOURCES, TrainingJob};
 use crate::meta::labels;
+use crate::tenant;
 use k8s_openapi::api::core::v1::{
     Affinity, ContainerPort, EnvVar, NodeAffinity, NodeSelector, NodeSelectorRequirement,
     NodeSelectorTerm, Pod, PodResourceClaim, PodSpec, PodTemplateSpec,
@@ -71,6 +78,11 @@ pub struct MemberObjects {
     pub services: Vec<Service>,
     /// Pods with their claims.
     pub pods: Vec<MemberPod>,
+    /// The job's hub namespace (its pods run in [`tenant::namespace_name`] of it).
+    pub hub_namespace: String,
+    /// The Secrets and ConfigMaps of the hub namespace the job's template references: copied
+    /// into the tenant namespace with the pods.
+    pub config: tenant::ConfigRefs,
 }
 
 /// The node a gpupool pod is (or will be) on: `spec.nodeName` once bound, else the node gpupool
@@ -207,9 +219,10 @@ pub fn gpu_container_indexes(spec: &PodSpec, names: &[String]) -> Vec<usize> {
     if named.is_empty() { vec![0] } else { named }
 }
 
-/// Builds one pod from the template. `extra_env` goes into every container; the containers
-/// named in `gpu_containers` (default: the first) get the GPUs, and the first container gets
-/// `port` (named `port_name`) when it does not list it.
+/// Builds one pod from the template, in the tenant namespace `ns`: gpupool's metadata, the
+/// environment `extra_env` in every container, the GPU binding of the containers named in
+/// `gpu_containers` (default: the first), `port` (named `port_name`) on the first container when
+/// it does not list it, the node pinning and the sandbox settings.
 #[allow(clippy::too_many_arguments)]
 fn gpu_pod(
     name: String,
@@ -222,37 +235,71 @@ fn gpu_pod(
     extra_env: &[EnvVar],
     port: (i32, &str),
 ) -> MemberPod {
-    let mut pod_labels = template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default();
+    let metadata = pod_metadata(&name, ns, template, owner, p, mode);
+    let mut spec = template.spec.clone().unwrap_or_default();
+    if spec.containers.is_empty() {
+        // CEL requires a container; an empty template only reaches here from code.
+        spec.containers.push(Default::default());
+    }
+    set_env(&mut spec, extra_env);
+    bind_gpus(&mut spec, gpu_containers, p, mode);
+    expose_port(&mut spec, port);
+    pin_to_node(&mut spec, &name, p, mode);
+    sandbox(&mut spec);
+    let pod = Pod {
+        metadata,
+        spec: Some(spec),
+        status: None,
+    };
+    let claim = (mode == BindingMode::Dra).then(|| gpu_claim(&pod, p));
+    MemberPod { pod, claim }
+}
+
+/// The template's labels and annotations with gpupool's over them (owner, index, GPUs, node,
+/// binding).
+fn pod_metadata(
+    name: &str,
+    ns: &str,
+    template: &PodTemplateSpec,
+    owner: BTreeMap<String, String>,
+    p: &PodPlacement,
+    mode: BindingMode,
+) -> ObjectMeta {
+    let tm = template.metadata.as_ref();
+    let mut pod_labels = tm.and_then(|m| m.labels.clone()).unwrap_or_default();
     pod_labels.extend(owner);
     pod_labels.insert(labels::INDEX.into(), p.index.to_string());
-    let mut annotations = template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.annotations.clone())
-        .unwrap_or_default();
+    let mut annotations = tm.and_then(|m| m.annotations.clone()).unwrap_or_default();
     annotations.insert(labels::GPU_UUIDS.into(), p.gpu_uuids.join(","));
     annotations.insert(labels::GPU_MODEL.into(), p.model.clone());
     annotations.insert(labels::GPU_SCORE.into(), p.score.to_string());
     annotations.insert(labels::NODE.into(), p.node.clone());
     annotations.insert(labels::BINDING.into(), mode.to_string());
-    let mut spec = template.spec.clone().unwrap_or_default();
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(ns.to_string()),
+        labels: Some(pod_labels),
+        annotations: Some(annotations),
+        ..Default::default()
+    }
+}
+
+/// `extra_env` in every container, replacing a variable of the same name.
+fn set_env(spec: &mut PodSpec, extra_env: &[EnvVar]) {
     for c in &mut spec.containers {
         let e = c.env.get_or_insert_with(Vec::new);
         e.retain(|v| !extra_env.iter().any(|x| x.name == v.name));
         e.extend(extra_env.iter().cloned());
     }
-    if spec.containers.is_empty() {
-        // CEL requires a container; an empty template only reaches here from code.
-        spec.containers.push(Default::default());
-    }
+}
+
+/// The GPU binding of the containers named in `gpu_containers` (default: the first): the pod's
+/// claim on DRA members; `nvidia.com/gpu` and `NVIDIA_VISIBLE_DEVICES` on the first of them on
+/// device-plugin members (the kubelet hands a device to one container only).
+fn bind_gpus(spec: &mut PodSpec, gpu_containers: &[String], p: &PodPlacement, mode: BindingMode) {
     let gpus = Quantity(p.gpu_uuids.len().to_string());
-    let mut targets = gpu_container_indexes(&spec, gpu_containers);
+    let mut targets = gpu_container_indexes(spec, gpu_containers);
     if mode == BindingMode::DevicePlugin {
-        // The kubelet hands a device to one container only: the first named one requests them.
         targets.truncate(1);
     }
     for i in targets {
@@ -284,29 +331,43 @@ fn gpu_pod(
             }
         }
     }
-    let c = &mut spec.containers[0];
-    let ports = c.ports.get_or_insert_with(Vec::new);
+}
+
+/// `port` (number, name) on the first container unless it lists that number; the name only when
+/// no other port has it.
+fn expose_port(spec: &mut PodSpec, port: (i32, &str)) {
+    let ports = spec.containers[0].ports.get_or_insert_with(Vec::new);
     if !ports.iter().any(|cp| cp.container_port == port.0) {
+        let named = ports.iter().any(|cp| cp.name.as_deref() == Some(port.1));
         ports.push(ContainerPort {
             container_port: port.0,
-            name: (!ports.iter().any(|cp| cp.name.as_deref() == Some(port.1)))
-                .then(|| port.1.to_string()),
+            name: (!named).then(|| port.1.to_string()),
             ..Default::default()
         });
     }
+}
+
+/// Node pinning: node affinity and the pod's claim reference on DRA members (the member's
+/// scheduler allocates the claim), `nodeName` on device-plugin members.
+fn pin_to_node(spec: &mut PodSpec, pod_name: &str, p: &PodPlacement, mode: BindingMode) {
     match mode {
         BindingMode::Dra => {
-            pin_by_affinity(&mut spec, &p.node);
+            pin_by_affinity(spec, &p.node);
             spec.resource_claims
                 .get_or_insert_with(Vec::new)
                 .push(PodResourceClaim {
                     name: GPU_CLAIM_NAME.into(),
-                    resource_claim_name: Some(claim_name(&name)),
+                    resource_claim_name: Some(claim_name(pod_name)),
                     resource_claim_template_name: None,
                 });
         }
         BindingMode::DevicePlugin => spec.node_name = Some(p.node.clone()),
     }
+}
+
+/// What every gpupool pod gets: the GPU taint's toleration, `restartPolicy: Never` unless set,
+/// and no ServiceAccount token (the hub's admission refuses a template that asks for one).
+fn sandbox(spec: &mut PodSpec) {
     spec.tolerations
         .get_or_insert_with(Vec::new)
         .push(Toleration {
@@ -316,20 +377,9 @@ fn gpu_pod(
             ..Default::default()
         });
     spec.restart_policy.get_or_insert_with(|| "Never".into());
-    spec.automount_service_account_token.get_or_insert(false);
-    let pod = Pod {
-        metadata: ObjectMeta {
-            name: Some(name),
-            namespace: Some(ns.to_string()),
-            labels: Some(pod_labels),
-            annotations: Some(annotations),
-            ..Default::default()
-        },
-        spec: Some(spec),
-        status: None,
-    };
-    let claim = (mode == BindingMode::Dra).then(|| gpu_claim(&pod, p));
-    MemberPod { pod, claim }
+    spec.automount_service_account_token = Some(false);
+    spec.service_account_name = None;
+    spec.service_account = None;
 }
 
 /// Name of the headless Service giving training workers stable DNS names.
@@ -351,6 +401,7 @@ pub fn training_pods(
     mode: BindingMode,
 ) -> Vec<MemberPod> {
     let ns = job.namespace().unwrap_or_else(|| "default".into());
+    let member_ns = tenant::namespace_name(&ns);
     let name = job.name_any();
     let uid = job.uid().unwrap_or_default();
     let svc = training_service_name(job);
@@ -359,7 +410,7 @@ pub fn training_pods(
     let master = if world == 1 {
         "127.0.0.1".to_string()
     } else {
-        format!("{name}-w0.{svc}.{ns}.svc")
+        format!("{name}-w0.{svc}.{member_ns}.svc")
     };
     let mut base_labels = owner_labels("TrainingJob", &ns, &name, &uid);
     base_labels.insert(labels::GENERATION.into(), generation.to_string());
@@ -376,7 +427,7 @@ pub fn training_pods(
             ];
             let mut mp = gpu_pod(
                 training_pod_name(job, generation, p.index),
-                &ns,
+                &member_ns,
                 &job.spec.template,
                 &job.spec.gpu_containers,
                 base_labels.clone(),
@@ -401,7 +452,7 @@ pub fn training_service(job: &TrainingJob) -> Service {
     Service {
         metadata: ObjectMeta {
             name: Some(training_service_name(job)),
-            namespace: Some(ns.clone()),
+            namespace: Some(tenant::namespace_name(&ns)),
             labels: Some(owner_labels("TrainingJob", &ns, &job.name_any(), &uid)),
             ..Default::default()
         },
@@ -435,6 +486,8 @@ pub fn training_objects(
             Vec::new()
         },
         pods: training_pods(job, generation, placements, mode),
+        hub_namespace: job.namespace().unwrap_or_else(|| "default".into()),
+        config: template_config(&job.spec.template),
     }
 }
 
@@ -471,7 +524,7 @@ pub fn inference_pod(job: &InferenceJob, p: &PodPlacement, mode: BindingMode) ->
     owner.insert(REVISION_LABEL.into(), revision.clone());
     gpu_pod(
         inference_pod_name(job, p.index, &revision),
-        &ns,
+        &tenant::namespace_name(&ns),
         &job.spec.template,
         &job.spec.gpu_containers,
         owner,
@@ -489,7 +542,7 @@ pub fn inference_service(job: &InferenceJob) -> Service {
     Service {
         metadata: ObjectMeta {
             name: Some(job.name_any()),
-            namespace: Some(ns.clone()),
+            namespace: Some(tenant::namespace_name(&ns)),
             labels: Some(owner_labels("InferenceJob", &ns, &job.name_any(), &uid)),
             ..Default::default()
         },
@@ -518,7 +571,18 @@ pub fn inference_objects(
             .iter()
             .map(|p| inference_pod(job, p, mode))
             .collect(),
+        hub_namespace: job.namespace().unwrap_or_else(|| "default".into()),
+        config: template_config(&job.spec.template),
     }
+}
+
+/// The Secrets and ConfigMaps a job's template references.
+fn template_config(template: &PodTemplateSpec) -> tenant::ConfigRefs {
+    template
+        .spec
+        .as_ref()
+        .map(tenant::config_refs)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -601,7 +665,16 @@ spec:
             assert_eq!(objs.services.len(), 1);
             let p1 = &objs.pods[1].pod;
             assert_eq!(p1.metadata.name.as_deref(), Some("gpt-g3-w1"));
+            // In the tenant namespace of the hub namespace, which the labels keep.
+            assert_eq!(p1.metadata.namespace.as_deref(), Some("gpupool-ml"));
+            assert_eq!(p1.labels()[labels::JOB_NAMESPACE], "ml");
+            assert_eq!(
+                objs.services[0].metadata.namespace.as_deref(),
+                Some("gpupool-ml")
+            );
+            assert_eq!(objs.hub_namespace, "ml");
             let spec = p1.spec.as_ref().unwrap();
+            assert_eq!(spec.automount_service_account_token, Some(false));
             assert_eq!(spec.hostname.as_deref(), Some("gpt-w1"));
             assert_eq!(spec.subdomain.as_deref(), Some("gpt-workers"));
             assert_eq!(
@@ -621,7 +694,7 @@ spec:
                 let e = env_of(p1, c);
                 assert_eq!(e["RANK"], "1");
                 assert_eq!(e["WORLD_SIZE"], "2");
-                assert_eq!(e["MASTER_ADDR"], "gpt-w0.gpt-workers.ml.svc");
+                assert_eq!(e["MASTER_ADDR"], "gpt-w0.gpt-workers.gpupool-ml.svc");
                 assert_eq!(e["MASTER_PORT"], "29500");
             }
             assert_eq!(env_of(p1, 0)["A"], "b");
@@ -700,7 +773,7 @@ spec:
 
         let claim = mp.claim.as_ref().unwrap();
         assert_eq!(claim.metadata.name.as_deref(), Some("gpt-g0-w1-gpus"));
-        assert_eq!(claim.metadata.namespace.as_deref(), Some("ml"));
+        assert_eq!(claim.metadata.namespace.as_deref(), Some("gpupool-ml"));
         assert_eq!(
             claim.metadata.labels.as_ref().unwrap()[labels::JOB_UID],
             "1111-2222"
@@ -729,36 +802,48 @@ spec:
         );
     }
 
-    #[test]
-    fn gpu_containers_choose_which_containers_get_the_gpus() {
+    /// Per container of `p`: whether it references the pod's GPU claim.
+    fn claims_of(p: &Pod) -> Vec<bool> {
+        p.spec
+            .as_ref()
+            .unwrap()
+            .containers
+            .iter()
+            .map(|c| {
+                c.resources
+                    .as_ref()
+                    .and_then(|r| r.claims.as_ref())
+                    .is_some_and(|cl| cl.iter().any(|x| x.name == GPU_CLAIM_NAME))
+            })
+            .collect()
+    }
+
+    /// The `nvidia.com/gpu` limit of container `c` of `p`.
+    fn gpu_limit(p: &Pod, c: usize) -> Option<String> {
+        p.spec.as_ref().unwrap().containers[c]
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get("nvidia.com/gpu"))
+            .map(|q| q.0.clone())
+    }
+
+    /// The training job with `gpuContainers` set to `names`.
+    fn tj_with_gpu_containers(names: &[&str]) -> TrainingJob {
         let mut j = tj();
-        let claims_of = |p: &Pod| -> Vec<bool> {
-            p.spec
-                .as_ref()
-                .unwrap()
-                .containers
-                .iter()
-                .map(|c| {
-                    c.resources
-                        .as_ref()
-                        .and_then(|r| r.claims.as_ref())
-                        .is_some_and(|cl| cl.iter().any(|x| x.name == GPU_CLAIM_NAME))
-                })
-                .collect()
-        };
-        let gpu_limit = |p: &Pod, c: usize| -> Option<String> {
-            p.spec.as_ref().unwrap().containers[c]
-                .resources
-                .as_ref()
-                .and_then(|r| r.limits.as_ref())
-                .and_then(|l| l.get("nvidia.com/gpu"))
-                .map(|q| q.0.clone())
-        };
-        // Default: the first container.
-        let pods = training_objects(&j, 0, &placements(), BindingMode::Dra).pods;
+        j.spec.gpu_containers = names.iter().map(|n| n.to_string()).collect();
+        j
+    }
+
+    #[test]
+    fn the_first_container_gets_the_gpus_by_default() {
+        let pods = training_objects(&tj(), 0, &placements(), BindingMode::Dra).pods;
         assert_eq!(claims_of(&pods[0].pod), vec![true, false]);
-        // Only the second one.
-        j.spec.gpu_containers = vec!["logs".into()];
+    }
+
+    #[test]
+    fn a_named_container_gets_the_gpus_on_both_bindings() {
+        let j = tj_with_gpu_containers(&["logs"]);
         let pods = training_objects(&j, 0, &placements(), BindingMode::Dra).pods;
         assert_eq!(claims_of(&pods[0].pod), vec![false, true]);
         let pods = training_objects(&j, 0, &placements(), BindingMode::DevicePlugin).pods;
@@ -769,40 +854,34 @@ spec:
             "GPU-a,GPU-b"
         );
         assert!(!env_of(&pods[0].pod, 0).contains_key("NVIDIA_VISIBLE_DEVICES"));
-        // Both: on DRA both share the one claim; the device plugin gives the devices to the
-        // first listed container only (in template order).
-        j.spec.gpu_containers = vec!["logs".into(), "trainer".into()];
+    }
+
+    #[test]
+    fn several_named_containers_share_one_claim_but_one_device_plugin_request() {
+        // On DRA both share the one claim; the device plugin gives the devices to the first
+        // listed container only (in template order).
+        let j = tj_with_gpu_containers(&["logs", "trainer"]);
         let pods = training_objects(&j, 0, &placements(), BindingMode::Dra).pods;
         assert_eq!(claims_of(&pods[1].pod), vec![true, true]);
-        assert_eq!(
-            pods[1]
-                .pod
-                .spec
-                .as_ref()
-                .unwrap()
-                .resource_claims
-                .as_ref()
-                .unwrap()
-                .len(),
-            1
-        );
+        let claims = pods[1].pod.spec.as_ref().unwrap().resource_claims.as_ref();
+        assert_eq!(claims.unwrap().len(), 1);
         let pods = training_objects(&j, 0, &placements(), BindingMode::DevicePlugin).pods;
         assert_eq!(gpu_limit(&pods[0].pod, 0).as_deref(), Some("2"));
         assert_eq!(gpu_limit(&pods[0].pod, 1), None);
-        // The rendezvous port stays on the first container whichever gets the GPUs.
-        j.spec.gpu_containers = vec!["logs".into()];
+    }
+
+    #[test]
+    fn the_rendezvous_port_stays_on_the_first_container() {
+        let j = tj_with_gpu_containers(&["logs"]);
         let pods = training_objects(&j, 0, &placements(), BindingMode::Dra).pods;
         let spec = pods[0].pod.spec.as_ref().unwrap();
-        assert!(
-            spec.containers[0]
-                .ports
-                .as_ref()
-                .unwrap()
-                .iter()
-                .any(|p| p.container_port == 29500)
-        );
+        let ports = spec.containers[0].ports.as_ref().unwrap();
+        assert!(ports.iter().any(|p| p.container_port == 29500));
         assert!(spec.containers[1].ports.is_none());
-        // Inference replicas follow the same rule.
+    }
+
+    #[test]
+    fn inference_replicas_choose_gpu_containers_the_same_way() {
         let mut ij: InferenceJob = serde_yaml::from_str(
             r#"
 apiVersion: gpupool.io/v1alpha1
@@ -826,6 +905,21 @@ spec:
         ij.spec.gpu_containers = vec!["nope".into()];
         let p = inference_pod(&ij, &place(0, "n1", &["GPU-a"]), BindingMode::Dra);
         assert_eq!(claims_of(&p.pod), vec![true, false]);
+    }
+
+    #[test]
+    fn referenced_secrets_and_config_maps_travel_with_the_objects() {
+        let mut j = tj();
+        let spec = j.spec.template.spec.as_mut().unwrap();
+        spec.containers[0].env_from = Some(vec![
+            serde_json::from_value(serde_json::json!({"secretRef": {"name": "hf-token"}})).unwrap(),
+        ]);
+        let objs = training_objects(&j, 0, &placements(), BindingMode::Dra);
+        assert_eq!(
+            objs.config.secrets.iter().collect::<Vec<_>>(),
+            vec!["hf-token"]
+        );
+        assert!(objs.config.config_maps.is_empty());
     }
 
     #[test]

@@ -21,6 +21,8 @@ const LAYERS: &[(&str, u8)] = &[
     // Pure models and decisions.
     ("topology", 2),
     ("rollout", 2),
+    // Tenant namespaces and what a template may reference (pure).
+    ("tenant", 2),
     ("placement", 3),
     // Member objects built from a decision.
     ("workloads", 4),
@@ -46,46 +48,16 @@ const LONG_FUNCTIONS: &[(&str, &str)] = &[
         "controllers/inference_job.rs:roll_up",
         "new with one writer per object; to be split",
     ),
-    // Being split with the meter reading the watch stores (issue 21 items 2 and 5).
-    (
-        "metering/settle.rs:settle_cluster",
-        "split with the settler's proofs",
-    ),
-    (
-        "metering/settle.rs:close_expired_receipts",
-        "split with the settler's proofs",
-    ),
-    (
-        "metering/mod.rs:usage_by_job_period",
-        "split with placement-slot usage keys",
-    ),
-    (
-        "metering/meter.rs:meter_once",
-        "split with the meter reading watch stores",
-    ),
-    (
-        "metering/meter.rs:hub_jobs",
-        "split with the meter reading watch stores",
-    ),
-    (
-        "metering/meter.rs:upsert",
-        "split with the meter reading watch stores",
-    ),
     // Being split with the placement index (issue 28).
-    ("split with the compact cache and node index",),
     (
         "placement/scheduler.rs:place_replicas",
         "split with the placement index",
     ),
-    ("split with the placement index",),
-    // Being split with the tenant sandbox (issue 29).
+    // A schema literal: the pod template's CEL rules and bounds as one JSON document.
     (
-        "workloads.rs:gpu_pod",
-        "split with the tenant namespace and pod checks",
+        "api/common.rs:pod_template_schema",
+        "one declarative JSON schema literal",
     ),
-    // Not yet assigned.
-    ("one loop of the member agent; not yet split",),
-    ("one report of chain and hub figures; not yet split",),
 ];
 
 /// The most lines (from `fn` to the closing brace) a production function may have.

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result};
 use gpupool::api::{InferenceJob, TrainingJob, TrainingPhase, UsageRecord, UsageState};
 use gpupool::cli::earnings::{Selector, earnings_report, format_report};
 use gpupool::ledger::{Keypair, Ledger, Signer};
-use gpupool::metering::runner::{RunnerConfig, Totals, pass};
+use gpupool::metering::runner::{RunnerConfig, Stores, Totals, pass};
 use gpupool::metering::{MeterConfig, SettleConfig};
 use gpupool_e2e::chain::{DEMO_RATES, EmbeddedLedger};
 use gpupool_e2e::{
@@ -470,11 +470,19 @@ async fn main() -> Result<()> {
         settle: SettleConfig::default(),
     };
     let mut totals = Totals::default();
+    let stores = Stores::start(&op.ctx.hub);
     let t = Instant::now();
     let run_for = Duration::from_secs(24);
     let mut last = (usize::MAX, usize::MAX);
     while t.elapsed() < run_for {
-        pass(&op.ctx.metering(), Some(&ledger), &cfg, &mut totals).await?;
+        pass(
+            &op.ctx.metering(),
+            Some(&ledger),
+            &cfg,
+            &mut totals,
+            &stores,
+        )
+        .await?;
         let recs = Api::<UsageRecord>::all(hub.clone())
             .list(&ListParams::default())
             .await?
@@ -528,8 +536,22 @@ async fn main() -> Result<()> {
         ..cfg.clone()
     };
     tokio::time::sleep(Duration::from_secs(6)).await;
-    pass(&op.ctx.metering(), Some(&ledger), &final_cfg, &mut totals).await?;
-    pass(&op.ctx.metering(), Some(&ledger), &final_cfg, &mut totals).await?;
+    pass(
+        &op.ctx.metering(),
+        Some(&ledger),
+        &final_cfg,
+        &mut totals,
+        &stores,
+    )
+    .await?;
+    pass(
+        &op.ctx.metering(),
+        Some(&ledger),
+        &final_cfg,
+        &mut totals,
+        &stores,
+    )
+    .await?;
 
     println!("\n      $ kubectl get usagerecords (first 8 of them)");
     let get = kubectl.ok(&["get", "usagerecords"])?;

@@ -156,8 +156,32 @@ pub fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schem
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true,
         "required": ["name"],
+        "x-kubernetes-validations": cel_rules(CONTAINER_RULES),
         "properties": {
             "name": {"type": "string", "maxLength": 63},
+            "ports": {
+                "type": "array",
+                "maxItems": 64,
+                "items": {
+                    "type": "object",
+                    "x-kubernetes-preserve-unknown-fields": true,
+                    "properties": {"hostPort": {"type": "integer"}},
+                },
+            },
+            "securityContext": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": true,
+                "properties": {
+                    "privileged": {"type": "boolean"},
+                    "capabilities": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": true,
+                        "properties": {
+                            "add": {"type": "array", "maxItems": 64, "items": {"type": "string", "maxLength": 64}},
+                        },
+                    },
+                },
+            },
             "image": {"type": "string", "maxLength": MAX_IMAGE_LEN},
             "env": {
                 "type": "array",
@@ -179,7 +203,7 @@ pub fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schem
     let string_map =
         serde_json::json!({"type": "object", "additionalProperties": {"type": "string"}});
     serde_json::from_value(serde_json::json!({
-        "description": "Pod template (a core/v1 PodTemplateSpec) for every pod of the job. gpupool keeps it as written and adds only what it owns: the GPU binding of the first container or those named in gpuContainers (a ResourceClaim on DRA members, `nvidia.com/gpu` and `NVIDIA_VISIBLE_DEVICES` on device-plugin members), node pinning (node affinity on DRA members, `nodeName` otherwise), the reserved environment variables, gpupool's labels and annotations, and for training `hostname`, `subdomain` and `restartPolicy: Never`. Templates that set `nodeName`, request `nvidia.com/gpu`, set a reserved environment variable or use the claim name `gpupool-gpus` are rejected.",
+        "description": "Pod template (a core/v1 PodTemplateSpec) for every pod of the job. gpupool keeps it as written and adds only what it owns: the GPU binding of the first container or those named in gpuContainers (a ResourceClaim on DRA members, `nvidia.com/gpu` and `NVIDIA_VISIBLE_DEVICES` on device-plugin members), node pinning (node affinity on DRA members, `nodeName` otherwise), the reserved environment variables, gpupool's labels and annotations, and for training `hostname`, `subdomain` and `restartPolicy: Never`. Templates that set `nodeName`, request `nvidia.com/gpu`, set a reserved environment variable or use the claim name `gpupool-gpus` are rejected, and so is whatever would reach beyond the job's own pods in a member owned by someone else: host namespaces, `hostPath` volumes, host ports, privileged containers, added capabilities, a `serviceAccountName` or `automountServiceAccountToken: true`, a `schedulerName` and the `system-*` priority classes.",
         "type": "object",
         "required": ["spec"],
         "properties": {
@@ -191,8 +215,26 @@ pub fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schem
                 "type": "object",
                 "x-kubernetes-preserve-unknown-fields": true,
                 "required": ["containers"],
+                "x-kubernetes-validations": cel_rules(POD_SPEC_RULES),
                 "properties": {
                     "nodeName": {"type": "string", "maxLength": 253},
+                    "hostNetwork": {"type": "boolean"},
+                    "hostPID": {"type": "boolean"},
+                    "hostIPC": {"type": "boolean"},
+                    "serviceAccountName": {"type": "string", "maxLength": 253},
+                    "serviceAccount": {"type": "string", "maxLength": 253},
+                    "automountServiceAccountToken": {"type": "boolean"},
+                    "schedulerName": {"type": "string", "maxLength": 253},
+                    "priorityClassName": {"type": "string", "maxLength": 253},
+                    "volumes": {
+                        "type": "array",
+                        "maxItems": 256,
+                        "items": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": true,
+                            "properties": {"hostPath": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+                        },
+                    },
                     "containers": {"type": "array", "minItems": 1, "maxItems": 32, "items": container},
                     "initContainers": {"type": "array", "maxItems": 32, "items": container},
                     "resourceClaims": {
@@ -210,6 +252,70 @@ pub fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schem
         },
     }))
     .expect("static schema is valid")
+}
+
+/// The tenant sandbox at the hub's admission: CEL rules on a template's pod spec, each
+/// `(rule, message)`, the message naming the field. A hub user gets GPUs in a member owned by
+/// someone else and nothing more, so no host namespaces, no host paths, no ServiceAccount (the
+/// pods run under the tenant namespace's `default` one, without a token), no other scheduler and
+/// no system priority class. The member enforces the same again (Pod Security in the tenant
+/// namespace, the push role and admission policy, the pull agent's checks).
+pub const POD_SPEC_RULES: &[(&str, &str)] = &[
+    (
+        "!has(self.hostNetwork) || !self.hostNetwork",
+        "template.spec.hostNetwork must not be set: gpupool's pods get no host namespaces in a member",
+    ),
+    (
+        "!has(self.hostPID) || !self.hostPID",
+        "template.spec.hostPID must not be set: gpupool's pods get no host namespaces in a member",
+    ),
+    (
+        "!has(self.hostIPC) || !self.hostIPC",
+        "template.spec.hostIPC must not be set: gpupool's pods get no host namespaces in a member",
+    ),
+    (
+        "!has(self.serviceAccountName) && !has(self.serviceAccount)",
+        "template.spec.serviceAccountName must not be set: gpupool's pods run under their tenant namespace's default ServiceAccount, without API access",
+    ),
+    (
+        "!has(self.automountServiceAccountToken) || !self.automountServiceAccountToken",
+        "template.spec.automountServiceAccountToken must not be true: gpupool's pods get no API token in a member",
+    ),
+    (
+        "!has(self.schedulerName) || self.schedulerName == 'default-scheduler'",
+        "template.spec.schedulerName must not be set: the member's default scheduler binds the GPUs gpupool chose",
+    ),
+    (
+        "!has(self.priorityClassName) || !self.priorityClassName.startsWith('system-')",
+        "template.spec.priorityClassName must not be a system priority class (system-*): they are the member's own",
+    ),
+    (
+        "!has(self.volumes) || self.volumes.all(v, !has(v.hostPath))",
+        "template.spec.volumes must not use hostPath: gpupool's pods see nothing of a member's nodes",
+    ),
+];
+
+/// CEL rules on every container and init container of a template (see [`POD_SPEC_RULES`]).
+pub const CONTAINER_RULES: &[(&str, &str)] = &[
+    (
+        "!has(self.ports) || self.ports.all(p, !has(p.hostPort) || p.hostPort == 0)",
+        "template containers must not set ports[].hostPort: gpupool's pods get no host ports in a member",
+    ),
+    (
+        "!has(self.securityContext) || !has(self.securityContext.privileged) || !self.securityContext.privileged",
+        "template containers must not set securityContext.privileged: gpupool's pods are not privileged in a member",
+    ),
+    (
+        "!has(self.securityContext) || !has(self.securityContext.capabilities) || !has(self.securityContext.capabilities.add) || size(self.securityContext.capabilities.add) == 0",
+        "template containers must not set securityContext.capabilities.add: gpupool's pods get no added capabilities in a member",
+    ),
+];
+
+fn cel_rules(rules: &[(&str, &str)]) -> serde_json::Value {
+    rules
+        .iter()
+        .map(|(rule, message)| serde_json::json!({"rule": rule, "message": message}))
+        .collect()
 }
 
 /// Key/value labels a job uses to restrict which member clusters it may land on.
@@ -236,6 +342,11 @@ pub struct NodeGpus {
     /// Inference replicas: whether its pod is Ready.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ready: bool,
+    /// Inference replicas: when the hub placed the replica, by the hub's own clock (kept when
+    /// it moves to `pastPlacements`: the start of the window in which it was current). The
+    /// meter pays its pod from then on, never earlier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// Kubernetes-style conditions list, merged by `type` under server-side apply.

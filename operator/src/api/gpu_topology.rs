@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 #[x_kube(
     validation = Rule::new("self.links.all(l, l.a < size(self.gpus) && l.b < size(self.gpus))").message("links must refer to GPU indexes present in gpus"),
     validation = Rule::new("self.gpus.all(g, self.gpus.exists_one(h, h.uuid == g.uuid))").message("gpu uuids must be unique within a node"),
-    validation = Rule::new("self.gpus.all(g, self.gpus.exists_one(h, h.index == g.index))").message("gpu indexes must be unique within a node")
+    validation = Rule::new("self.gpus.all(g, self.gpus.exists_one(h, h.index == g.index))").message("gpu indexes must be unique within a node"),
+    validation = Rule::new("self.gpus.all(g, g.index < size(self.gpus))").message("gpu indexes must be 0 to (number of gpus - 1) without gaps, as NVML numbers them")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GpuTopologySpec {

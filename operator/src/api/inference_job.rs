@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
     label("app.kubernetes.io/part-of", "gpupool"),
     namespaced,
     status = "InferenceJobStatus",
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS label (lowercase letters, digits and '-', starting with a letter, no dots): it names the replicas' Service"),
+    validation = Rule::new("size(self.metadata.name) <= 63").message("metadata.name must be at most 63 characters: it names the replicas' Service and labels"),
     doc = "Replicated GPU inference serving, placed by gpupool on one or more member clusters.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
@@ -133,14 +135,14 @@ pub struct RolloutStrategy {
     /// (rounded up). Default 25%. A surge replica needs free GPUs of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "int_or_percent_schema")]
-    #[x_kube(validation = Rule::new("type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')").message("maxSurge must be a non-negative count or a percentage such as 25%"))]
+    #[x_kube(validation = Rule::new("type(self) == int ? self >= 0 && self <= 1000 : self.matches('^(100|[1-9]?[0-9])%$')").message("maxSurge must be a count from 0 to 1000 or a percentage from 0% to 100%"))]
     pub max_surge: Option<IntOrString>,
     /// Replicas that may be unavailable (not Ready) during a rollout: a count or a percentage of
     /// `replicas` (rounded down). Default 25%. 0 means every old replica stays until its
     /// replacement is Ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "int_or_percent_schema")]
-    #[x_kube(validation = Rule::new("type(self) == int ? self >= 0 : self.matches('^(100|[1-9]?[0-9])%$')").message("maxUnavailable must be a non-negative count or a percentage from 0% to 100%"))]
+    #[x_kube(validation = Rule::new("type(self) == int ? self >= 0 && self <= 1000 : self.matches('^(100|[1-9]?[0-9])%$')").message("maxUnavailable must be a count from 0 to 1000 or a percentage from 0% to 100%"))]
     pub max_unavailable: Option<IntOrString>,
 }
 
@@ -378,6 +380,7 @@ mod tests {
             score: 0,
             revision: revision.into(),
             ready: true,
+            placed_at: None,
         }
     }
 

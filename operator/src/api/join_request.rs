@@ -54,7 +54,10 @@ pub struct JoinRequestSpec {
     #[x_kube(validation = Rule::new("size(self) >= 8 && size(self) <= 64").message("clusterId must be 8-64 characters"))]
     pub cluster_id: String,
     /// Owner's Solana wallet (base58 public key).
-    #[x_kube(validation = Rule::new("self.matches('^[1-9A-HJ-NP-Za-km-z]{32,44}$')").message("ownerWallet must be a base58 Solana public key (32-44 characters from the base58 alphabet)"))]
+    #[x_kube(
+        validation = Rule::new("self.matches('^[1-9A-HJ-NP-Za-km-z]{32,44}$')").message("ownerWallet must be a base58 Solana public key (32-44 characters from the base58 alphabet)"),
+        validation = Rule::new("self != '11111111111111111111111111111111'").message("ownerWallet must not be the all-zero key 11111111111111111111111111111111: nobody holds it, tokens minted there are lost")
+    )]
     pub owner_wallet: String,
     /// Kubernetes version of the member.
     #[serde(default, skip_serializing_if = "Option::is_none")]

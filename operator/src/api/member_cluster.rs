@@ -86,7 +86,8 @@ pub struct MemberClusterSpec {
     #[schemars(length(max = 64))]
     #[x_kube(
         validation = Rule::new("size(self) >= 32 && size(self) <= 44").message("ownerWallet must be 32-44 characters long (a base58 Solana public key)"),
-        validation = Rule::new("self.matches('^[1-9A-HJ-NP-Za-km-z]*$')").message("ownerWallet must use only the base58 alphabet (no 0, O, I or l)")
+        validation = Rule::new("self.matches('^[1-9A-HJ-NP-Za-km-z]*$')").message("ownerWallet must use only the base58 alphabet (no 0, O, I or l)"),
+        validation = Rule::new("self != '11111111111111111111111111111111'").message("ownerWallet must not be the all-zero key 11111111111111111111111111111111: nobody holds it, tokens minted there are lost")
     )]
     pub owner_wallet: String,
     /// Region label used for display and cluster selectors.
@@ -325,6 +326,9 @@ impl std::fmt::Display for BindingMode {
 /// checks length and alphabet; only decoding tells a 44-character string that is not a key.
 pub fn wallet_problem(wallet: &str) -> Option<String> {
     match bs58::decode(wallet).into_vec() {
+        Ok(b) if b.len() == 32 && b.iter().all(|x| *x == 0) => Some(format!(
+            "ownerWallet {wallet} is the all-zero key: nobody holds it, tokens minted there are lost"
+        )),
         Ok(b) if b.len() == 32 => None,
         Ok(b) => Some(format!(
             "ownerWallet {wallet} decodes to {} bytes, not a 32-byte Solana public key",
@@ -383,5 +387,12 @@ mod tests {
         let long = "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz";
         assert!(wallet_problem(long).unwrap().contains("bytes"), "{long}");
         assert!(wallet_problem("0OIl").unwrap().contains("not base58"));
+    }
+
+    #[test]
+    fn the_all_zero_wallet_is_refused() {
+        let zero = "1".repeat(32);
+        assert_eq!(bs58::decode(&zero).into_vec().unwrap(), vec![0u8; 32]);
+        assert!(wallet_problem(&zero).unwrap().contains("all-zero"));
     }
 }

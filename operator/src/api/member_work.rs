@@ -15,8 +15,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Kinds a `MemberWork` may carry (the agent applies nothing else).
-pub const WORK_KINDS: &[&str] = &["Pod", "Service", "ResourceClaim"];
+/// Kinds a `MemberWork` may carry (the agent applies nothing else): Secrets and ConfigMaps are
+/// the copies of the hub namespace's that the job's template references.
+pub const WORK_KINDS: &[&str] = &["Pod", "Service", "ResourceClaim", "Secret", "ConfigMap"];
 
 /// Objects the hub wants to exist in one pull member, for one hub job.
 #[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -52,7 +53,7 @@ pub struct MemberWorkSpec {
     /// Manifests to create or keep in the member, applied with server-side apply. Every object
     /// needs `apiVersion`, `kind`, `metadata.name` and `metadata.namespace`.
     #[schemars(schema_with = "manifests_schema")]
-    #[x_kube(validation = Rule::new("self.all(m, m.kind in ['Pod', 'Service', 'ResourceClaim'])").message("manifests may only be Pods, Services or ResourceClaims"))]
+    #[x_kube(validation = Rule::new("self.all(m, m.kind in ['Pod', 'Service', 'ResourceClaim', 'Secret', 'ConfigMap'])").message("manifests may only be Pods, Services, ResourceClaims, and copies of the Secrets and ConfigMaps a template references"))]
     #[x_kube(validation = Rule::new("self.all(m, has(m.metadata.name))").message("every manifest needs metadata.name"))]
     pub manifests: Vec<serde_json::Value>,
 }

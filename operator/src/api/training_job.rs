@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
     label("app.kubernetes.io/part-of", "gpupool"),
     namespaced,
     status = "TrainingJobStatus",
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS label (lowercase letters, digits and '-', starting with a letter, no dots): it names the workers' hostnames and Service"),
+    validation = Rule::new("size(self.metadata.name) <= 55").message("metadata.name must be at most 55 characters: the workers' Service <name>-workers must fit in 63"),
     doc = "A gang of training workers placed all-or-nothing on one member cluster. The gang-shaping fields (template, workers, gpusPerWorker, gpu, nvlink, masterPort) are immutable; backoffLimit, maxRuntimeSeconds and clusterSelector may change.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Cluster", type_ = "string", json_path = ".status.cluster"),
@@ -193,8 +195,8 @@ pub struct PastPlacement {
     pub cluster: String,
     /// Its workers: node and GPUs.
     pub workers: Vec<WorkerPlacement>,
-    /// Earliest it can have been current: the restart before it (absent: since the job's
-    /// creation).
+    /// When it was placed, by the hub's clock (its `placedAt`; for gangs placed before
+    /// `placedAt` existed, the restart before it; absent: since the job's creation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<Time>,
     /// When it was replaced (the gang restart).
@@ -210,7 +212,10 @@ impl TrainingJobStatus {
         let Some(cluster) = cluster.filter(|_| !workers.is_empty()) else {
             return;
         };
-        let from = self.past_placements.last().map(|p| p.until.clone());
+        let from = self
+            .placed_at
+            .take()
+            .or_else(|| self.past_placements.last().map(|p| p.until.clone()));
         self.past_placements.push(PastPlacement {
             cluster,
             workers: workers
@@ -244,6 +249,11 @@ pub struct TrainingJobStatus {
     /// Per-worker placement.
     #[serde(default)]
     pub workers: Vec<WorkerPlacement>,
+    /// When the hub placed the current gang generation, by its own clock (the meter pays its
+    /// workers from then on, never earlier; it becomes the `from` of the generation's
+    /// `pastPlacements` entry at a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_at: Option<Time>,
     /// When the current run started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,

@@ -104,24 +104,39 @@ pub struct UsageRecordSpec {
     /// GPU class whose on-chain rate applies (see `metering::gpu_class`).
     #[x_kube(validation = Rule::new("self >= 0 && self < 8").message("gpuClass must be between 0 and 7"))]
     pub gpu_class: i32,
-    /// Per-pod contributions, keyed by pod UID. A pod that disappears keeps its last value, so
-    /// the record only grows.
+    /// Per placement slot contributions, keyed by the hub's slot (`<placement>/<node>/<GPU
+    /// UUIDs>`: a gang generation or replica placed at a hub-clock instant, never a pod UID a
+    /// member chooses). A pod replaced by a copy on the same slot merges (the maximum), never
+    /// adds; a slot that disappears keeps its last value, so the record only grows.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pods: BTreeMap<String, PodUsage>,
+    /// The meter's seal over the rest of the spec (HMAC-SHA256 under a key only the operator
+    /// holds, base64): the settler pays only records the meter wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
 }
 
-/// One pod's contribution to a usage record.
+/// One placement slot's contribution to a usage record.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodUsage {
-    /// Pod name in the member cluster (`namespace/name`).
+    /// Name (`namespace/name`) of the last pod seen on the slot in the member cluster.
     pub name: String,
-    /// GPUs assigned to the pod.
+    /// That pod's UID (informative: usage is keyed by the slot, not by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// When the hub's watch first saw that pod end: kept here so that an operator restart does
+    /// not forget it (a pod that ended while the operator was down is not paid up to the
+    /// restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_end: Option<Time>,
+    /// GPUs of the slot.
     pub gpus: i64,
     /// GPU model the pod ran on, as annotated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_model: Option<String>,
-    /// GPU-seconds of this pod inside the period, within the hub's bounds.
+    /// GPU-seconds of this slot inside the period, within the hub's bounds: its GPUs × the
+    /// union of its pods' runs within the placement window.
     pub gpu_seconds: i64,
     /// Why part of the pod's claimed usage is not paid, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]

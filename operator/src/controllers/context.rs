@@ -112,6 +112,13 @@ impl Context {
             registry: self.registry.clone(),
             metrics: self.metrics.clone(),
             recorder: self.recorder.clone(),
+            members: self.members.clone(),
+            jobs: {
+                let scheduler = self.scheduler.clone();
+                std::sync::Arc::new(move || {
+                    Some((scheduler.training_store()?, scheduler.inference_store()?))
+                })
+            },
         }
     }
 

@@ -389,7 +389,7 @@ async fn create_missing(
             .unwrap_or_default();
         ensure_namespace(ctx, &client, c, &ns).await?;
         let objects = inference_objects(job, std::slice::from_ref(&pl), m.binding_mode());
-        create_objects(&client, c, &objects).await?;
+        create_objects(ctx, &client, c, &objects).await?;
     }
     Ok(())
 }
@@ -444,7 +444,7 @@ fn roll_up(
     );
     st.ready_replicas = kept.iter().filter(|p| p.ready).count() as i32;
     st.updated_replicas = now.updated;
-    let ns = job.namespace().unwrap_or_default();
+    let ns = crate::tenant::namespace_name(&job.namespace().unwrap_or_default());
     st.endpoints = kept
         .iter()
         .map(|p| &p.cluster)

@@ -90,11 +90,21 @@ async fn drain(
     let name = mc.name_any();
     // A pull member's work objects are on the hub: withdrawn even while its agent is away (it
     // deletes what it applied when it connects again).
-    let client = member.as_ref().and_then(|m| {
-        m.client
-            .clone()
-            .filter(|c| m.reachable || c.mode() == MemberMode::Pull)
-    });
+    let client = member
+        .as_ref()
+        .and_then(|m| {
+            m.client
+                .clone()
+                .filter(|c| m.reachable || c.mode() == MemberMode::Pull)
+        })
+        .or_else(|| {
+            // A pull member the registry no longer (or never) held still has its works on the
+            // hub: they are withdrawn all the same.
+            (mc.spec.mode == MemberMode::Pull).then(|| MemberLink::Pull {
+                hub: ctx.hub.clone(),
+                member: name.clone(),
+            })
+        });
     let (warning, reason, note) = match client {
         Some(c) => {
             match tokio::time::timeout(DRAIN_TIMEOUT, super::member_io::drain_member(&c)).await {

@@ -12,8 +12,8 @@ use kube::{Resource, ResourceExt};
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 
-/// Makes sure namespace `ns` exists in the member (once per member and namespace while the
-/// member stays registered).
+/// Makes sure the tenant namespace of hub namespace `ns` exists in the member (once per member
+/// and namespace while the member stays registered).
 pub async fn ensure_namespace(
     ctx: &Context,
     link: &MemberLink,
@@ -28,14 +28,16 @@ pub async fn ensure_namespace(
     Ok(())
 }
 
-/// Creates a job's Services and pods (with their claims) in the member unless they exist;
-/// returns how many pods were created.
+/// Creates a job's Services and pods (with their claims, and copies of the hub Secrets and
+/// ConfigMaps its template references) in the member unless they exist; returns how many pods
+/// were created.
 pub async fn create_objects(
+    ctx: &Context,
     link: &MemberLink,
     cluster: &str,
     objects: &crate::workloads::MemberObjects,
 ) -> Result<usize> {
-    link.create_objects(objects).await.member(cluster)
+    link.create_objects(&ctx.hub, objects).await.member(cluster)
 }
 
 /// Deletes pods of job `uid` in the member for which `doomed` is true; returns how many.
@@ -189,9 +191,13 @@ pub async fn sweep_orphans(
         if fresh.keeps(p, cluster) || ctx.scheduler.in_flight(uid) {
             continue;
         }
-        let ns = p.namespace().unwrap_or_default();
-        let name = p.name_any();
-        let n = delete_pods(link, cluster, &ns, uid, |q| q.name_any() == name).await?;
+        // Hub namespace: the link finds the pod in its tenant namespace.
+        let ns = job_ns.clone();
+        let (pod_ns, name) = (p.namespace(), p.name_any());
+        let n = delete_pods(link, cluster, &ns, uid, |q| {
+            q.name_any() == name && q.namespace() == pod_ns
+        })
+        .await?;
         if n > 0 {
             deleted += n;
             tracing::info!(cluster, pod = %name, "deleted orphaned pod");

@@ -211,7 +211,7 @@ async fn create_missing(
         return Ok(());
     }
     ensure_namespace(ctx, &client, cluster, &ns).await?;
-    let created = create_objects(&client, cluster, &want).await?;
+    let created = create_objects(ctx, &client, cluster, &want).await?;
     if created > 0 {
         tracing::info!(job = %job.name_any(), cluster, created, "created worker pods");
     }

@@ -7,8 +7,10 @@
 
 use super::OrAbsent;
 use super::labels;
+use super::sandbox;
 use crate::api::{MemberMode, WorkJobRef};
 use crate::pull;
+use crate::tenant;
 use crate::workloads::MemberObjects;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams};
@@ -64,26 +66,40 @@ impl MemberLink {
         }
     }
 
-    /// Makes sure namespace `ns` exists in the member (a pull member's agent creates the
-    /// namespaces of what it applies).
+    /// Makes sure the tenant namespace of hub namespace `ns` exists in the member
+    /// ([`crate::tenant`]; a pull member's agent creates the namespaces of what it applies).
     pub async fn ensure_namespace(&self, ns: &str) -> kube::Result<()> {
         match self {
-            MemberLink::Push(c) => super::writes::ensure_namespace(c, ns).await,
+            MemberLink::Push(c) => sandbox::ensure_tenant_namespace(c, ns).await,
             MemberLink::Pull { .. } => Ok(()),
         }
     }
 
-    /// Creates a job's Services and pods (with their claims) unless they exist; returns how many
-    /// pods were created (pull: added to the job's work object).
-    pub async fn create_objects(&self, objects: &MemberObjects) -> kube::Result<usize> {
+    /// Creates a job's Services and pods (with their claims) unless they exist, with copies of
+    /// the hub Secrets and ConfigMaps its template references (read with `hub`); returns how
+    /// many pods were created (pull: added to the job's work object).
+    pub async fn create_objects(
+        &self,
+        hub: &kube::Client,
+        objects: &MemberObjects,
+    ) -> kube::Result<usize> {
+        let copies = if objects.pods.is_empty() {
+            sandbox::Copies::default()
+        } else {
+            sandbox::read_copies(hub, objects).await?
+        };
         match self {
             MemberLink::Push(c) => {
+                sandbox::apply_copies(c, &copies).await?;
                 for s in &objects.services {
                     super::writes::create_if_missing(c, s).await?;
                 }
                 let mut created = 0;
                 for p in &objects.pods {
                     created += usize::from(super::dra::create_member_pod(c, p).await?);
+                }
+                if !copies.is_empty() {
+                    sandbox::own_copies(c, objects, &copies).await?;
                 }
                 Ok(created)
             }
@@ -98,6 +114,8 @@ impl MemberLink {
                 };
                 let mut wanted: Vec<serde_json::Value> =
                     objects.services.iter().map(manifest).collect();
+                wanted.extend(copies.secrets.iter().map(manifest));
+                wanted.extend(copies.config_maps.iter().map(manifest));
                 for p in &objects.pods {
                     wanted.push(manifest(&p.pod));
                     if let Some(c) = &p.claim {
@@ -112,7 +130,8 @@ impl MemberLink {
         }
     }
 
-    /// Deletes the pods of hub job `uid` (namespace `ns`) for which `doomed` is true; returns
+    /// Deletes the pods of hub job `uid` (hub namespace `ns`; the pods are in its tenant
+    /// namespace) for which `doomed` is true; returns
     /// how many.
     pub async fn delete_pods(
         &self,
@@ -122,7 +141,7 @@ impl MemberLink {
     ) -> kube::Result<usize> {
         match self {
             MemberLink::Push(client) => {
-                let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+                let api: Api<Pod> = Api::namespaced(client.clone(), &tenant::namespace_name(ns));
                 let pods = api
                     .list(&ListParams::default().labels(&format!("{}={uid}", labels::JOB_UID)))
                     .await?;
@@ -153,12 +172,14 @@ impl MemberLink {
         }
     }
 
-    /// Deletes every pod and Service of hub job `uid` (namespace `ns`); returns how many pods.
+    /// Deletes every pod and Service of hub job `uid` (hub namespace `ns`; they are in its tenant
+    /// namespace); returns how many pods.
     pub async fn delete_all(&self, ns: &str, uid: &str) -> kube::Result<usize> {
         match self {
             MemberLink::Push(client) => {
                 let n = self.delete_pods(ns, uid, |_| true).await?;
-                let svc: Api<Service> = Api::namespaced(client.clone(), ns);
+                let svc: Api<Service> =
+                    Api::namespaced(client.clone(), &tenant::namespace_name(ns));
                 let list = svc
                     .list(&ListParams::default().labels(&format!("{}={uid}", labels::JOB_UID)))
                     .await?;

@@ -17,6 +17,7 @@ mod inventory;
 mod link;
 mod pull_feed;
 mod registry;
+pub mod sandbox;
 mod watch;
 mod writes;
 

@@ -9,8 +9,10 @@
 //! container terminated under `restartPolicy: Never`): the meter never pays a pod past that
 //! instant, whatever `finishedAt` the member writes later. Entries live as long as the pod exists
 //! in the member (dropped on delete and on relist), so memory is bounded by the member's pods.
-//! Nothing survives an operator restart: a pod that ended before it is "seen ended" at the first
-//! list after the restart, which then bounds it.
+//! It also keeps when it first saw each pod that appeared after its first list: the meter pays a
+//! pod from that instant (less the clock-skew slack) at the earliest, so a member's copy of a
+//! placed pod cannot claim a start before the hub saw it. The meter persists the ends it pays
+//! against in the usage records, so an operator restart does not forget them.
 
 use super::labels;
 use crate::api::GpuTopology;
@@ -71,8 +73,20 @@ fn index_one(idx: &mut HashMap<String, Vec<ObjectRef<Pod>>>, uid: String, p: &Po
         refs.push(r);
     }
 }
-/// Pod UID → unix second the watch first saw the pod ended.
-pub(super) type EndIndex = Arc<RwLock<HashMap<String, i64>>>;
+/// When the watch saw each pod: first (after its initial list) and ended.
+#[derive(Debug, Default)]
+pub(super) struct Sightings {
+    /// Pod UID → unix second the watch first saw the pod ended.
+    ends: HashMap<String, i64>,
+    /// Pod UID → unix second the watch first saw the pod, for pods that appeared after the
+    /// watch's first list (those listed then may be older than the watch: unknown).
+    first: HashMap<String, i64>,
+    /// Whether the first list is done.
+    listed: bool,
+}
+
+/// The watch's [`Sightings`], shared with the meter.
+pub(super) type EndIndex = Arc<RwLock<Sightings>>;
 
 /// Whether a pod has ended for good: phase `Succeeded`/`Failed` (the kubelet never leaves them),
 /// or, under `restartPolicy: Never`, every container terminated (nothing restarts it).
@@ -94,23 +108,31 @@ pub fn pod_ended(p: &Pod) -> bool {
         })
 }
 
-fn note_end(ends: &mut HashMap<String, i64>, p: &Pod, now: i64) {
-    if let Some(uid) = p.metadata.uid.as_ref()
-        && pod_ended(p)
-    {
-        ends.entry(uid.clone()).or_insert(now);
+impl Sightings {
+    fn note(&mut self, p: &Pod, now: i64) {
+        let Some(uid) = p.metadata.uid.as_ref() else {
+            return;
+        };
+        if self.listed {
+            self.first.entry(uid.clone()).or_insert(now);
+        }
+        if pod_ended(p) {
+            self.ends.entry(uid.clone()).or_insert(now);
+        }
     }
 }
 
-/// Keeps the record of when the watch first saw each pod end up to date with one change.
+/// Keeps the record of when the watch first saw each pod (and saw it end) up to date with one
+/// change.
 pub(super) fn index_ends(ends: &EndIndex, c: &Change<Pod>) {
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
-    let mut ends = ends.write().expect("pod end index lock");
+    let mut seen = ends.write().expect("pod end index lock");
     match c {
-        Change::Applied(p) => note_end(&mut ends, p, now),
+        Change::Applied(p) => seen.note(p, now),
         Change::Deleted(p) => {
             if let Some(uid) = p.metadata.uid.as_ref() {
-                ends.remove(uid);
+                seen.ends.remove(uid);
+                seen.first.remove(uid);
             }
         }
         Change::Relisting => {}
@@ -119,10 +141,12 @@ pub(super) fn index_ends(ends: &EndIndex, c: &Change<Pod>) {
                 .iter()
                 .filter_map(|p| p.metadata.uid.as_deref())
                 .collect();
-            ends.retain(|uid, _| live.contains(uid.as_str()));
+            seen.ends.retain(|uid, _| live.contains(uid.as_str()));
+            seen.first.retain(|uid, _| live.contains(uid.as_str()));
             for p in all {
-                note_end(&mut ends, p, now);
+                seen.note(p, now);
             }
+            seen.listed = true;
         }
     }
 }
@@ -447,8 +471,15 @@ impl MemberWatch {
 
     /// Pod UID → unix second this watch first saw the pod ended (see the module docs).
     pub fn observed_ends(&self) -> std::collections::BTreeMap<String, i64> {
-        let ends = self.ends.read().expect("pod end index lock");
-        ends.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        let seen = self.ends.read().expect("pod end index lock");
+        seen.ends.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Pod UID → unix second this watch first saw the pod, for pods that appeared after its
+    /// first list (see the module docs).
+    pub fn first_seen(&self) -> std::collections::BTreeMap<String, i64> {
+        let seen = self.ends.read().expect("pod end index lock");
+        seen.first.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
     /// GPU UUID → model over every published `GpuTopology` in this member.

@@ -219,6 +219,11 @@ async fn record_member(
     let members: Api<MemberCluster> = Api::all(hub.clone());
     let all = members.list(&Default::default()).await?.items;
     let name = req.spec.member_name.clone();
+    if let Some(why) = policy::member_removed(&req.spec, req.status.is_some(), &all) {
+        set_status(hub, req, refused(why)).await?;
+        token::revoke(hub, &id).await?;
+        return Ok(Some(Action::await_change()));
+    }
     let for_member = info.for_member.as_deref();
     match policy::decide(&req.spec, for_member, &all, ctx.cfg.auto_approve) {
         Decision::Refuse(why) => {

@@ -22,6 +22,30 @@ pub enum Decision {
     Refuse(String),
 }
 
+/// Why a join request that was answered before (`answered`: it has a status, so its member was
+/// created or re-joined) is void now: its member is gone, or being deleted, because an admin
+/// removed it while the request waited. The request is refused then, never answered by creating
+/// the member again (deleting a member must complete, in any state).
+pub fn member_removed(
+    req: &JoinRequestSpec,
+    answered: bool,
+    members: &[MemberCluster],
+) -> Option<String> {
+    if !answered {
+        return None;
+    }
+    let name = &req.member_name;
+    match members.iter().find(|m| &m.name_any() == name) {
+        None => Some(format!(
+            "member {name} was removed from the pool while this request waited; join again with a new join token"
+        )),
+        Some(m) if m.metadata.deletion_timestamp.is_some() => Some(format!(
+            "member {name} is being removed from the pool; join again with a new join token once it is gone"
+        )),
+        Some(_) => None,
+    }
+}
+
 /// Decides a join request against the members that exist.
 ///
 /// `token_member`: the member name the join token was issued for, if it was bound to one.
@@ -176,6 +200,35 @@ mod tests {
             labels: Default::default(),
             price_per_gpu_hour: Some(5),
         }
+    }
+
+    #[test]
+    fn a_member_removed_while_its_request_waits_is_not_created_again() {
+        let r = req("east", "uid-1");
+        let pending = member("east", MemberMode::Pull, Some("uid-1"), Approval::Pending);
+        // Not answered yet: nothing to say (the decision creates the member).
+        assert_eq!(member_removed(&r, false, &[]), None);
+        // Answered, member still there: the request goes on.
+        assert_eq!(
+            member_removed(&r, true, std::slice::from_ref(&pending)),
+            None
+        );
+        // Answered, member deleted or being deleted: void.
+        assert!(
+            member_removed(&r, true, &[])
+                .unwrap()
+                .contains("was removed")
+        );
+        let mut deleting = pending;
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(1).unwrap(),
+            ));
+        assert!(
+            member_removed(&r, true, &[deleting])
+                .unwrap()
+                .contains("being removed")
+        );
     }
 
     fn member(name: &str, mode: MemberMode, id: Option<&str>, approval: Approval) -> MemberCluster {

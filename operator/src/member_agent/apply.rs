@@ -2,6 +2,8 @@
 //! which objects it must delete, and what it reports about pods.
 
 use crate::api::{MemberWork, PodReport, WORK_KINDS};
+use crate::federation::labels;
+use crate::tenant;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -71,6 +73,14 @@ pub fn prepare(manifest: &Value, work: &str, policy: &Policy) -> Result<Prepared
     if SYSTEM_NAMESPACES.contains(&ns) || ns == policy.own_namespace {
         return Err(format!("{kind} {ns}/{name}: namespace {ns} is off limits"));
     }
+    let hub_ns =
+        str_at(manifest, &["metadata", "labels", labels::JOB_NAMESPACE]).unwrap_or_default();
+    if hub_ns.is_empty() || ns != tenant::namespace_name(hub_ns) {
+        return Err(format!(
+            "{kind} {ns}/{name}: namespace {ns} is not gpupool's tenant namespace of its hub namespace {hub_ns:?} ({}<hub namespace>)",
+            tenant::PREFIX
+        ));
+    }
     if !policy.namespaces.is_empty() && !policy.namespaces.contains(ns) {
         return Err(format!(
             "{kind} {ns}/{name}: namespace {ns} is not in the owner's allowed namespaces"
@@ -112,19 +122,37 @@ pub fn prepare(manifest: &Value, work: &str, policy: &Policy) -> Result<Prepared
 }
 
 /// Refuses pods that would escape their container onto the owner's host or borrow another
-/// identity in the member: host namespaces, host paths, privileged or capability-adding
-/// containers, a non-default ServiceAccount.
+/// identity in the member: host namespaces, host paths and ports, privileged or
+/// capability-adding containers, a non-default ServiceAccount or its token, another scheduler,
+/// a system priority class (the rules the hub's admission applies to templates).
 fn pod_is_safe(pod: &Value) -> Result<(), String> {
     let spec = &pod["spec"];
-    for f in ["hostNetwork", "hostPID", "hostIPC"] {
+    for f in [
+        "hostNetwork",
+        "hostPID",
+        "hostIPC",
+        "automountServiceAccountToken",
+    ] {
         if spec[f].as_bool() == Some(true) {
             return Err(format!("spec.{f} is not allowed"));
         }
     }
-    if let Some(sa) = spec["serviceAccountName"].as_str()
-        && sa != "default"
+    for f in ["serviceAccountName", "serviceAccount"] {
+        if let Some(sa) = spec[f].as_str()
+            && sa != "default"
+        {
+            return Err(format!("{f} {sa} is not allowed"));
+        }
+    }
+    if let Some(s) = spec["schedulerName"].as_str()
+        && s != "default-scheduler"
     {
-        return Err(format!("serviceAccountName {sa} is not allowed"));
+        return Err(format!("schedulerName {s} is not allowed"));
+    }
+    if let Some(pc) = spec["priorityClassName"].as_str()
+        && pc.starts_with("system-")
+    {
+        return Err(format!("priorityClassName {pc} is not allowed"));
     }
     if let Some(vols) = spec["volumes"].as_array()
         && vols.iter().any(|v| v.get("hostPath").is_some())
@@ -148,6 +176,12 @@ fn pod_is_safe(pod: &Value) -> Result<(), String> {
             .is_some_and(|a| !a.is_empty())
         {
             return Err("adding capabilities is not allowed".into());
+        }
+        if c["ports"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p["hostPort"].as_i64().is_some_and(|h| h != 0))
+        }) {
+            return Err("hostPort is not allowed".into());
         }
     }
     Ok(())
@@ -294,9 +328,13 @@ mod tests {
     use crate::api::MemberWorkSpec;
     use serde_json::json;
 
+    /// A pod as the hub builds it: in the tenant namespace `ns` of hub namespace `ns` less
+    /// gpupool's prefix.
     fn pod(ns: &str, name: &str, spec: Value) -> Value {
+        let hub_ns = ns.strip_prefix(tenant::PREFIX).unwrap_or(ns);
         json!({"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": name, "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "gpupool"}, "uid": "x"},
+               "metadata": {"name": name, "namespace": ns, "uid": "x",
+                            "labels": {"app.kubernetes.io/managed-by": "gpupool", "gpupool.io/job-namespace": hub_ns}},
                "spec": spec, "status": {"phase": "Running"}})
     }
 
@@ -311,7 +349,7 @@ mod tests {
     fn a_plain_gpu_pod_is_labelled_and_stripped_of_server_fields() {
         let p = prepare(
             &pod(
-                "ml",
+                "gpupool-ml",
                 "gpt-0",
                 json!({"nodeName": "n1", "containers": [{"name": "w", "image": "t"}]}),
             ),
@@ -319,7 +357,7 @@ mod tests {
             &policy(),
         )
         .unwrap();
-        assert_eq!(p.key, ("Pod".into(), "ml".into(), "gpt-0".into()));
+        assert_eq!(p.key, ("Pod".into(), "gpupool-ml".into(), "gpt-0".into()));
         let labels = &p.manifest["metadata"]["labels"];
         assert_eq!(labels[APPLIED_BY], AGENT);
         assert_eq!(labels[WORK_LABEL], "w1");
@@ -340,24 +378,47 @@ mod tests {
             c(json!({"privileged": true})),
             c(json!({"allowPrivilegeEscalation": true})),
             c(json!({"capabilities": {"add": ["SYS_ADMIN"]}})),
+            json!({"serviceAccount": "cluster-admin-sa", "containers": []}),
+            json!({"automountServiceAccountToken": true, "containers": []}),
+            json!({"schedulerName": "other", "containers": []}),
+            json!({"priorityClassName": "system-node-critical", "containers": []}),
+            json!({"containers": [{"name": "w", "ports": [{"containerPort": 80, "hostPort": 80}]}]}),
         ];
         for spec in bad {
-            let r = prepare(&pod("ml", "p", spec.clone()), "w", &policy());
+            let r = prepare(&pod("gpupool-ml", "p", spec.clone()), "w", &policy());
             assert!(r.is_err(), "accepted {spec}");
         }
         for ns in ["kube-system", "gpupool-system"] {
             let e = prepare(&pod(ns, "p", json!({"containers": []})), "w", &policy()).unwrap_err();
             assert!(e.contains("off limits"), "{e}");
         }
-        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ml"}});
+        let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "c", "namespace": "gpupool-ml"}});
         assert!(
-            prepare(&cm, "w", &policy())
+            prepare(&deploy, "w", &policy())
                 .unwrap_err()
                 .contains("not accepted")
         );
+        // Only the tenant namespace of the object's hub namespace: never one the owner uses.
+        for ns in ["default", "ml", "owner-team"] {
+            let e = prepare(&pod(ns, "p", json!({"containers": []})), "w", &policy()).unwrap_err();
+            assert!(e.contains("is not gpupool's tenant namespace"), "{e}");
+        }
+        let mut elsewhere = pod("gpupool-ml", "p", json!({"containers": []}));
+        elsewhere["metadata"]["labels"]["gpupool.io/job-namespace"] = "other".into();
+        assert!(prepare(&elsewhere, "w", &policy()).is_err());
+        let copy = json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": {"k": "dg=="},
+            "metadata": {"name": "creds", "namespace": "gpupool-ml", "labels": {"gpupool.io/job-namespace": "ml"}}});
+        assert!(prepare(&copy, "w", &policy()).is_ok());
         let mut only_ml = policy();
-        only_ml.namespaces.insert("ml".into());
-        assert!(prepare(&pod("ml", "p", json!({"containers": []})), "w", &only_ml).is_ok());
+        only_ml.namespaces.insert("gpupool-ml".into());
+        assert!(
+            prepare(
+                &pod("gpupool-ml", "p", json!({"containers": []})),
+                "w",
+                &only_ml
+            )
+            .is_ok()
+        );
         assert!(prepare(&pod("other", "p", json!({"containers": []})), "w", &only_ml).is_err());
     }
 
@@ -377,7 +438,7 @@ mod tests {
             let mut w = work(
                 name,
                 vec![pod(
-                    "ml",
+                    "gpupool-ml",
                     name,
                     json!({"containers": [{"name": "c", "image": image}]}),
                 )],
@@ -386,7 +447,7 @@ mod tests {
             w.metadata.generation = Some(generation);
             w
         };
-        let key = |n: &str| ("Pod".to_string(), "ml".to_string(), n.to_string());
+        let key = |n: &str| ("Pod".to_string(), "gpupool-ml".to_string(), n.to_string());
         let mut p = Preparer::default();
         let (first, _) = p.desired(&[versioned("a", "u-a", 1, "i:1")], &policy());
         // Same generation: the same prepared manifest, not a copy.
@@ -400,7 +461,7 @@ mod tests {
         // Conflicts are judged on every pass, also between works prepared earlier: a second work
         // wanting the same pod is refused.
         let mut b = versioned("b", "u-b", 1, "i:1");
-        b.spec.manifests = vec![pod("ml", "a", json!({"containers": []}))];
+        b.spec.manifests = vec![pod("gpupool-ml", "a", json!({"containers": []}))];
         let (want, refused) = p.desired(&[versioned("a", "u-a", 2, "i:2"), b], &policy());
         assert_eq!(want.len(), 1);
         assert!(
@@ -414,39 +475,46 @@ mod tests {
 
     #[test]
     fn desired_set_orphans_and_conflicts() {
-        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "gpt", "namespace": "ml"}, "spec": {"clusterIP": "None"}});
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "gpt", "namespace": "gpupool-ml", "labels": {"gpupool.io/job-namespace": "ml"}}, "spec": {"clusterIP": "None"}});
         let works = [
             work(
                 "a",
-                vec![pod("ml", "gpt-0", json!({"containers": []})), svc],
+                vec![pod("gpupool-ml", "gpt-0", json!({"containers": []})), svc],
             ),
             work(
                 "b",
                 vec![
-                    pod("ml", "gpt-0", json!({"containers": []})),
-                    pod("ml", "x", json!({"hostPID": true})),
+                    pod("gpupool-ml", "gpt-0", json!({"containers": []})),
+                    pod("gpupool-ml", "x", json!({"hostPID": true})),
                 ],
             ),
         ];
         let (want, refused) = Preparer::default().desired(&works, &policy());
         assert_eq!(want.len(), 2);
-        assert_eq!(want[&("Pod".into(), "ml".into(), "gpt-0".into())].0, "a");
+        assert_eq!(
+            want[&("Pod".into(), "gpupool-ml".into(), "gpt-0".into())].0,
+            "a"
+        );
         assert_eq!(refused["b"].len(), 2, "{refused:?}");
         let existing: Vec<ObjectKey> = vec![
-            ("Pod".into(), "ml".into(), "gpt-0".into()),
-            ("Pod".into(), "ml".into(), "old-1".into()),
-            ("Service".into(), "ml".into(), "gpt".into()),
+            ("Pod".into(), "gpupool-ml".into(), "gpt-0".into()),
+            ("Pod".into(), "gpupool-ml".into(), "old-1".into()),
+            ("Service".into(), "gpupool-ml".into(), "gpt".into()),
         ];
         assert_eq!(
             orphans(&existing, &want),
-            vec![("Pod".to_string(), "ml".to_string(), "old-1".to_string())]
+            vec![(
+                "Pod".to_string(),
+                "gpupool-ml".to_string(),
+                "old-1".to_string()
+            )]
         );
     }
 
     #[test]
     fn pod_reports_carry_phase_times_and_readiness() {
         let p: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "gpt-0", "namespace": "ml", "uid": "u1"},
+            "metadata": {"name": "gpt-0", "namespace": "gpupool-ml", "uid": "u1"},
             "spec": {"nodeName": "n1", "containers": [{"name": "w"}]},
             "status": {"phase": "Succeeded", "startTime": "2026-01-01T00:00:00Z",
                 "conditions": [{"type": "Ready", "status": "False"}],
@@ -460,6 +528,6 @@ mod tests {
         assert!(!r.ready);
         assert_eq!(r.start_time.unwrap().0.to_string(), "2026-01-01T00:00:00Z");
         assert_eq!(r.finish_time.unwrap().0.to_string(), "2026-01-01T01:00:00Z");
-        assert_eq!(missing_pod("ml", "x").phase, "Missing");
+        assert_eq!(missing_pod("gpupool-ml", "x").phase, "Missing");
     }
 }

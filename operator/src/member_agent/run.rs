@@ -7,7 +7,7 @@ use crate::api::{
     BindingMode, GpuTopology, JoinRequestSpec, MemberReport, MemberReportSpec, MemberWork,
     MemberWorkStatus, PodReport,
 };
-use crate::federation::{OrAbsent, dra};
+use crate::federation::{OrAbsent, dra, labels, sandbox};
 use crate::join::names;
 use crate::pull;
 use futures::StreamExt;
@@ -531,7 +531,11 @@ async fn apply_works(
         for &key in objects.get(work.as_str()).map_or(&[][..], Vec::as_slice) {
             let ((kind, ns, name), (_, manifest)) = (key, &want[key]);
             if !namespaces.contains(ns) {
-                match ensure_namespace(member, ns).await {
+                // `prepare` let only the tenant namespace of the job's hub namespace through.
+                let hub_ns = manifest["metadata"]["labels"][labels::JOB_NAMESPACE]
+                    .as_str()
+                    .unwrap_or_default();
+                match sandbox::ensure_tenant_namespace(member, hub_ns).await {
                     Ok(()) => {
                         namespaces.insert(ns.clone());
                     }

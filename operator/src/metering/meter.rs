@@ -2,17 +2,21 @@
 //! jobs' `status.gpuSeconds`. See the [module docs](super) for what is paid.
 
 use super::settle::Alert;
-use super::{HubJob, JobPeriodUsage, JobRef, LABEL_JOB_UID, LABEL_RECORD_CLUSTER, Slot};
+use super::{
+    HubJob, JobPeriodUsage, JobRef, LABEL_JOB_UID, LABEL_RECORD_CLUSTER, Slot, SlotWindow,
+};
 use crate::api::{
     InferenceJob, MemberCluster, PodUsage, TrainingJob, UsageRecord, UsageRecordSpec, UsageState,
 };
 use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Field manager the meter writes jobs' `status.gpuSeconds` (and usage records) with.
 pub const METER_FIELD_MANAGER: &str = "gpupool-meter";
@@ -31,6 +35,12 @@ pub struct MemberRef {
     /// Pod UID → unix second the hub's watch of this member first saw the pod end
     /// ([`crate::federation::MemberWatch::observed_ends`]).
     pub observed_ends: BTreeMap<String, i64>,
+    /// Pod UID → unix second the hub's watch of this member first saw the pod
+    /// ([`crate::federation::MemberWatch::first_seen`]).
+    pub first_seen: BTreeMap<String, i64>,
+    /// The member's gpupool pods as the hub's watch holds them (`None`: read them through
+    /// the link).
+    pub pods: Option<Vec<Arc<Pod>>>,
 }
 
 impl std::fmt::Debug for MemberRef {
@@ -51,9 +61,16 @@ pub struct MeterConfig {
     /// How long after a period ends its records stay `Open` before becoming `Final`, to let
     /// late pod status updates arrive (default 60 s).
     pub finalize_delay_seconds: u64,
-    /// Seconds a pod is paid past the instant the hub's watch first saw it end: room for clock
-    /// skew between the member (which stamps `finishedAt`) and the hub (default 30 s).
+    /// Seconds a pod is paid past the instant the hub's watch first saw it end, and before the
+    /// instant it first saw it: room for clock skew between the member (which stamps
+    /// `startedAt`/`finishedAt`) and the hub (default 30 s).
     pub observed_end_slack_seconds: u64,
+    /// The key records are sealed with (the settler verifies it).
+    pub seal: super::SealKey,
+    /// With the runner's [`Held`] state: how often an `Open` record whose pods only ran on is
+    /// rewritten (default 300 s; its period's close and any change of its slots write it at
+    /// once).
+    pub record_refresh_seconds: u64,
 }
 
 impl Default for MeterConfig {
@@ -62,6 +79,8 @@ impl Default for MeterConfig {
             period_seconds: super::DEFAULT_PERIOD_SECONDS,
             finalize_delay_seconds: 60,
             observed_end_slack_seconds: 30,
+            seal: super::SealKey::default(),
+            record_refresh_seconds: 300,
         }
     }
 }
@@ -109,125 +128,164 @@ fn state_of(r: &UsageRecord) -> UsageState {
     r.status.as_ref().map(|s| s.state).unwrap_or_default()
 }
 
+fn secs(t: &Time) -> i64 {
+    t.0.as_second()
+}
+
 /// The hub's view of every job, keyed by job uid (pure; see [`HubJob`]).
-pub fn hub_jobs(training: &[TrainingJob], inference: &[InferenceJob]) -> BTreeMap<String, HubJob> {
-    let mut out = BTreeMap::new();
-    let secs = |t: &Time| t.0.as_second();
-    for j in training {
-        let (Some(uid), Some(created)) = (
-            j.metadata.uid.clone(),
-            j.metadata.creation_timestamp.as_ref(),
-        ) else {
-            continue;
-        };
-        let st = j.status.as_ref();
-        let mut not_after: Vec<i64> = Vec::new();
-        if let Some(d) = j.metadata.deletion_timestamp.as_ref() {
-            not_after.push(secs(d));
-        }
-        if let Some(c) = st.and_then(|s| s.completion_time.as_ref()) {
-            not_after.push(secs(c));
-        }
-        if let Some(max) = j.spec.max_runtime_seconds.filter(|m| *m > 0) {
-            let from = st
-                .and_then(|s| s.start_time.as_ref())
-                .map(secs)
-                .unwrap_or(secs(created));
-            not_after.push(from.saturating_add(max));
-        }
-        let past: Vec<super::PastSlots> = st
-            .map(|s| {
-                s.past_placements
-                    .iter()
-                    .map(|p| super::PastSlots {
-                        member: p.cluster.clone(),
-                        slots: p
-                            .workers
-                            .iter()
-                            .map(|w| Slot::new(&w.node, &w.gpu_uuids))
-                            .collect(),
-                        from: p.from.as_ref().map(secs),
-                        until: secs(&p.until),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let current_since = past.iter().map(|p| p.until).max();
-        let mut slots = BTreeMap::new();
-        if let Some(cluster) = st.and_then(|s| s.cluster.clone()) {
-            let v: Vec<Slot> = st
-                .map(|s| {
-                    s.workers
-                        .iter()
-                        .map(|w| Slot::new(&w.node, &w.gpu_uuids))
-                        .collect()
-                })
-                .unwrap_or_default();
-            slots.insert(cluster, v);
-        }
-        out.insert(
-            uid.clone(),
-            HubJob {
-                job: JobRef {
-                    kind: "TrainingJob".into(),
-                    namespace: j.namespace().unwrap_or_default(),
-                    name: j.name_any(),
-                    uid,
-                },
-                not_before: secs(created),
-                not_after: not_after.into_iter().min(),
-                slots,
-                current_since,
-                past,
-                model: j.spec.gpu.model.clone(),
-            },
-        );
+pub fn hub_jobs<'a>(
+    training: impl IntoIterator<Item = &'a TrainingJob>,
+    inference: impl IntoIterator<Item = &'a InferenceJob>,
+) -> BTreeMap<String, HubJob> {
+    training
+        .into_iter()
+        .filter_map(hub_training_job)
+        .chain(inference.into_iter().filter_map(hub_inference_job))
+        .map(|h| (h.job.uid.clone(), h))
+        .collect()
+}
+
+/// When a training job's pods may have run no longer: its deletion, completion or
+/// `maxRuntimeSeconds` past its start, whichever comes first.
+fn training_not_after(j: &TrainingJob, created: i64) -> Option<i64> {
+    let st = j.status.as_ref();
+    let mut not_after: Vec<i64> = Vec::new();
+    if let Some(d) = j.metadata.deletion_timestamp.as_ref() {
+        not_after.push(secs(d));
     }
-    for j in inference {
-        let (Some(uid), Some(created)) = (
-            j.metadata.uid.clone(),
-            j.metadata.creation_timestamp.as_ref(),
-        ) else {
-            continue;
-        };
-        let mut slots: BTreeMap<String, Vec<Slot>> = BTreeMap::new();
-        for p in j.status.iter().flat_map(|s| s.placements.iter()) {
-            slots
-                .entry(p.cluster.clone())
-                .or_default()
-                .extend(p.gpus.iter().map(|g| Slot::new(&g.node, &g.gpu_uuids)));
-        }
-        out.insert(
-            uid.clone(),
-            HubJob {
-                job: JobRef {
-                    kind: "InferenceJob".into(),
-                    namespace: j.namespace().unwrap_or_default(),
-                    name: j.name_any(),
-                    uid,
-                },
-                not_before: secs(created),
-                not_after: j.metadata.deletion_timestamp.as_ref().map(secs),
-                slots,
-                current_since: None,
-                // A replaced, moved or removed replica: its pod is paid until it left the
-                // placements (the run since the last pass would otherwise go unpaid).
-                past: j
-                    .status
-                    .iter()
-                    .flat_map(|s| s.past_placements.iter())
-                    .map(|p| super::PastSlots {
-                        member: p.cluster.clone(),
-                        slots: vec![Slot::new(&p.gpus.node, &p.gpus.gpu_uuids)],
-                        from: None,
-                        until: secs(&p.until),
-                    })
-                    .collect(),
-                model: j.spec.gpu.model.clone(),
-            },
-        );
+    if let Some(c) = st.and_then(|s| s.completion_time.as_ref()) {
+        not_after.push(secs(c));
     }
-    out
+    if let Some(max) = j.spec.max_runtime_seconds.filter(|m| *m > 0) {
+        let from = st
+            .and_then(|s| s.start_time.as_ref())
+            .map(secs)
+            .unwrap_or(created);
+        not_after.push(from.saturating_add(max));
+    }
+    not_after.into_iter().min()
+}
+
+/// One gang generation's workers as slot windows `[from, until)` on `member`.
+fn gang_windows(
+    member: &str,
+    workers: &[crate::api::WorkerPlacement],
+    from: i64,
+    until: i64,
+) -> impl Iterator<Item = SlotWindow> {
+    workers.iter().map(move |w| SlotWindow {
+        member: member.to_string(),
+        slot: Slot::new(&w.node, &w.gpu_uuids),
+        placement: format!("g{from}"),
+        from,
+        until,
+    })
+}
+
+/// A training job's placement slots: each earlier gang generation from its `from` (else the
+/// restart before it, else the job's creation) to its restart, the current one from its
+/// hub-clock `placedAt` (else the last restart, else the job's creation) on.
+fn hub_training_job(j: &TrainingJob) -> Option<HubJob> {
+    let uid = j.metadata.uid.clone()?;
+    let created = secs(j.metadata.creation_timestamp.as_ref()?);
+    let st = j.status.as_ref();
+    let mut windows = Vec::new();
+    let mut last_until: Option<i64> = None;
+    for p in st.iter().flat_map(|s| s.past_placements.iter()) {
+        let from = p
+            .from
+            .as_ref()
+            .map(secs)
+            .or(last_until)
+            .unwrap_or(created)
+            .max(created);
+        let until = secs(&p.until);
+        windows.extend(gang_windows(&p.cluster, &p.workers, from, until));
+        last_until = Some(until);
+    }
+    if let Some((cluster, s)) = st.and_then(|s| s.cluster.as_deref().map(|c| (c, s))) {
+        let from = s
+            .placed_at
+            .as_ref()
+            .map(secs)
+            .or(last_until)
+            .unwrap_or(created)
+            .max(created);
+        windows.extend(gang_windows(cluster, &s.workers, from, i64::MAX));
+    }
+    Some(HubJob {
+        job: JobRef {
+            kind: "TrainingJob".into(),
+            namespace: j.namespace().unwrap_or_default(),
+            name: j.name_any(),
+            uid,
+        },
+        not_before: created,
+        not_after: training_not_after(j, created),
+        windows,
+        model: j.spec.gpu.model.clone(),
+    })
+}
+
+/// One replica placement as a slot window: from its hub-clock `placedAt` (else the job's
+/// creation) to `until`.
+fn replica_window(
+    member: &str,
+    index: i32,
+    g: &crate::api::NodeGpus,
+    created: i64,
+    until: i64,
+) -> SlotWindow {
+    let from = g
+        .placed_at
+        .as_ref()
+        .map(secs)
+        .unwrap_or(created)
+        .max(created);
+    SlotWindow {
+        member: member.to_string(),
+        slot: Slot::new(&g.node, &g.gpu_uuids),
+        placement: format!("r{index}.{from}"),
+        from,
+        until,
+    }
+}
+
+/// An inference job's placement slots: each current replica from its `placedAt` on, each
+/// replica that left the placements (replaced, moved, withdrawn, scaled away) until it left
+/// (its pod is paid up to then, so the run since the meter's last pass is not lost).
+fn hub_inference_job(j: &InferenceJob) -> Option<HubJob> {
+    let uid = j.metadata.uid.clone()?;
+    let created = secs(j.metadata.creation_timestamp.as_ref()?);
+    let mut windows = Vec::new();
+    for s in j.status.iter() {
+        for p in &s.placements {
+            for (index, g) in p.replicas.iter().zip(&p.gpus) {
+                windows.push(replica_window(&p.cluster, *index, g, created, i64::MAX));
+            }
+        }
+        for p in &s.past_placements {
+            windows.push(replica_window(
+                &p.cluster,
+                p.index,
+                &p.gpus,
+                created,
+                secs(&p.until),
+            ));
+        }
+    }
+    Some(HubJob {
+        job: JobRef {
+            kind: "InferenceJob".into(),
+            namespace: j.namespace().unwrap_or_default(),
+            name: j.name_any(),
+            uid,
+        },
+        not_before: created,
+        not_after: j.metadata.deletion_timestamp.as_ref().map(secs),
+        windows,
+        model: j.spec.gpu.model.clone(),
+    })
 }
 
 /// Reads the member's `kube-system` namespace UID and checks it against (or records it as)
@@ -294,6 +352,93 @@ pub async fn record_identity(
     .await
 }
 
+/// What the meter and the settler read of the hub: usage records by name, members by name,
+/// and every job; from the watch stores the operator keeps ([`super::runner::Stores`]), or
+/// listed ([`HubView::list`]).
+#[derive(Clone, Debug, Default)]
+pub struct HubView {
+    /// Usage records by name.
+    pub records: BTreeMap<String, Arc<UsageRecord>>,
+    /// `MemberCluster`s by name.
+    pub members: BTreeMap<String, Arc<MemberCluster>>,
+    /// Every `TrainingJob`.
+    pub training: Vec<Arc<TrainingJob>>,
+    /// Every `InferenceJob`.
+    pub inference: Vec<Arc<InferenceJob>>,
+}
+
+impl HubView {
+    /// Lists everything the meter reads from the hub's API server.
+    pub async fn list(hub: &Client) -> Result<HubView> {
+        let lp = ListParams::default();
+        let records = Api::<UsageRecord>::all(hub.clone())
+            .list(&lp)
+            .await
+            .context("listing UsageRecords in the hub")?;
+        let members = Api::<MemberCluster>::all(hub.clone())
+            .list(&lp)
+            .await
+            .context("listing MemberClusters in the hub")?;
+        let training = Api::<TrainingJob>::all(hub.clone())
+            .list(&lp)
+            .await
+            .context("listing TrainingJobs in the hub")?;
+        let inference = Api::<InferenceJob>::all(hub.clone())
+            .list(&lp)
+            .await
+            .context("listing InferenceJobs in the hub")?;
+        Ok(HubView::from_objects(
+            records.items.into_iter().map(Arc::new),
+            members.items.into_iter().map(Arc::new),
+            training.items.into_iter().map(Arc::new).collect(),
+            inference.items.into_iter().map(Arc::new).collect(),
+        ))
+    }
+
+    /// A view of these objects.
+    pub fn from_objects(
+        records: impl IntoIterator<Item = Arc<UsageRecord>>,
+        members: impl IntoIterator<Item = Arc<MemberCluster>>,
+        training: Vec<Arc<TrainingJob>>,
+        inference: Vec<Arc<InferenceJob>>,
+    ) -> HubView {
+        HubView {
+            records: records.into_iter().map(|r| (r.name_any(), r)).collect(),
+            members: members.into_iter().map(|m| (m.name_any(), m)).collect(),
+            training,
+            inference,
+        }
+    }
+
+    /// The hub's facts about every job (see [`hub_jobs`]).
+    pub fn hub_jobs(&self) -> BTreeMap<String, HubJob> {
+        hub_jobs(
+            self.training.iter().map(|j| j.as_ref()),
+            self.inference.iter().map(|j| j.as_ref()),
+        )
+    }
+}
+
+/// Pod UID → observed end persisted in member `name`'s records not settled yet (see
+/// [`PodUsage::observed_end`]), merged with what the live watch saw (`live`; the earliest
+/// wins).
+pub(crate) fn known_ends<'a>(
+    name: &str,
+    live: &BTreeMap<String, i64>,
+    records: impl Iterator<Item = &'a UsageRecord>,
+) -> BTreeMap<String, i64> {
+    let mut ends = live.clone();
+    for r in records.filter(|r| r.spec.cluster == name && state_of(r) != UsageState::Settled) {
+        for p in r.spec.pods.values() {
+            if let (Some(uid), Some(end)) = (p.pod_uid.as_ref(), p.observed_end.as_ref()) {
+                let e = ends.entry(uid.clone()).or_insert(end.0.as_second());
+                *e = (*e).min(end.0.as_second());
+            }
+        }
+    }
+    ends
+}
+
 /// Lists the gpupool pods of every member, bounds their usage by the hub's jobs, writes/grows
 /// the hub's usage records, finalizes records of closed periods and writes each job's
 /// `status.gpuSeconds` (the sum of its records).
@@ -308,128 +453,172 @@ pub async fn meter_once(
     now: Timestamp,
     cfg: &MeterConfig,
 ) -> Result<MeterReport> {
-    let now_s = now.as_second();
+    let view = HubView::list(hub).await?;
+    meter_view(hub, members, view, now, cfg, None).await
+}
+
+/// Growth of `Open` records the meter computed but has not written yet, kept between passes
+/// by the runner: while nothing but the clock changes (every slot's pod still there and
+/// running), an `Open` record is rewritten only every [`MeterConfig::record_refresh_seconds`]
+/// (and when its period closes), so that running jobs cost no API writes at every pass. A
+/// slot whose pod disappears, a new slot, or a newly observed end is written at once, with the
+/// latest value computed while the pod was there.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// Record name → entries computed and not written.
+    pending: BTreeMap<String, BTreeMap<String, PodUsage>>,
+    /// Record name → when this process last wrote it (or first saw it).
+    written: BTreeMap<String, i64>,
+}
+
+/// One metering pass over what the hub holds (`view`), writing through `hub`. With `held`,
+/// `Open` records grow lazily (see [`Held`]); without, at every pass.
+pub async fn meter_view(
+    hub: &Client,
+    members: &[MemberRef],
+    view: HubView,
+    now: Timestamp,
+    cfg: &MeterConfig,
+    held: Option<&std::sync::Mutex<Held>>,
+) -> Result<MeterReport> {
     let mut report = MeterReport::default();
     let records: Api<UsageRecord> = Api::all(hub.clone());
-    let mut by_name: BTreeMap<String, UsageRecord> = records
-        .list(&ListParams::default())
-        .await
-        .context("listing UsageRecords in the hub")?
-        .items
-        .into_iter()
-        .map(|r| (r.name_any(), r))
-        .collect();
-    let member_objs: BTreeMap<String, MemberCluster> = Api::<MemberCluster>::all(hub.clone())
-        .list(&ListParams::default())
-        .await
-        .context("listing MemberClusters in the hub")?
-        .items
-        .into_iter()
-        .map(|m| (m.name_any(), m))
-        .collect();
-    let training = Api::<TrainingJob>::all(hub.clone())
-        .list(&ListParams::default())
-        .await
-        .context("listing TrainingJobs in the hub")?
-        .items;
-    let inference = Api::<InferenceJob>::all(hub.clone())
-        .list(&ListParams::default())
-        .await
-        .context("listing InferenceJobs in the hub")?
-        .items;
-    let jobs = hub_jobs(&training, &inference);
-
+    let jobs = view.hub_jobs();
+    let mut by_name = view.records;
     let mut reachable = BTreeSet::new();
+    let mut touched = BTreeSet::new();
     for m in members {
-        let Some(obj) = member_objs.get(&m.name) else {
+        let Some(obj) = view.members.get(&m.name) else {
             continue;
         };
-        let recorded = obj.cluster_id();
-        let cluster_uid = match check_identity(hub, m, recorded).await {
-            Ok((uid, fresh)) => {
-                if fresh {
-                    report.identities_recorded += 1;
-                }
-                uid
-            }
-            Err(alert) => {
-                report.alerts.push(alert);
-                continue;
-            }
-        };
-        let pods = match m.link.managed_pods().await {
-            Ok(items) => items,
-            Err(e) => {
-                report.member_errors.push((m.name.clone(), e.to_string()));
-                continue;
-            }
+        let Some((cluster_uid, pods)) = read_member(hub, m, obj, &mut report).await else {
+            continue;
         };
         reachable.insert(m.name.clone());
-        report.members_metered += 1;
-        report.pods_seen += pods.len();
+        let ends = known_ends(
+            &m.name,
+            &m.observed_ends,
+            by_name.values().map(|r| r.as_ref()),
+        );
         let usage = super::usage_by_job_period(
             &m.name,
-            &pods,
+            pods.iter().map(|p| p.as_ref()),
             &jobs,
             super::HubObservations {
                 gpu_models: &m.gpu_models,
-                observed_ends: &m.observed_ends,
+                observed_ends: &ends,
+                first_seen: &m.first_seen,
                 end_slack_seconds: i64::try_from(cfg.observed_end_slack_seconds)
                     .unwrap_or(i64::MAX),
             },
-            now_s,
+            now.as_second(),
             cfg.period_seconds,
         );
+        let member = MemberPass {
+            records: &records,
+            member: m,
+            cluster_uid: &cluster_uid,
+            now_s: now.as_second(),
+            cfg,
+            held,
+        };
+        member
+            .write(usage, &mut by_name, &mut touched, &mut report)
+            .await;
+        if let Some(h) = held {
+            member.flush(h, &touched, &mut by_name, &mut report).await;
+        }
+    }
+    finalize_unseen(
+        &records,
+        &mut by_name,
+        &reachable,
+        now.as_second(),
+        cfg,
+        &mut report,
+    )
+    .await;
+    let recs = by_name.values().map(|r| r.as_ref());
+    write_job_totals(hub, recs, &view.training, &view.inference, &mut report).await;
+    Ok(report)
+}
+
+/// Checks a member's identity and reads its gpupool pods (from the watch when it holds them);
+/// `None` (with an alert or a member error in `report`) when it cannot be metered this pass.
+async fn read_member(
+    hub: &Client,
+    m: &MemberRef,
+    obj: &MemberCluster,
+    report: &mut MeterReport,
+) -> Option<(String, Vec<Arc<Pod>>)> {
+    let cluster_uid = match check_identity(hub, m, obj.cluster_id()).await {
+        Ok((uid, fresh)) => {
+            report.identities_recorded += usize::from(fresh);
+            uid
+        }
+        Err(alert) => {
+            report.alerts.push(alert);
+            return None;
+        }
+    };
+    let pods = match &m.pods {
+        Some(pods) => pods.clone(),
+        None => match m.link.managed_pods().await {
+            Ok(items) => items.into_iter().map(Arc::new).collect(),
+            Err(e) => {
+                report.member_errors.push((m.name.clone(), e.to_string()));
+                return None;
+            }
+        },
+    };
+    report.members_metered += 1;
+    report.pods_seen += pods.len();
+    Some((cluster_uid, pods))
+}
+
+/// Writing one member's usage into its records.
+struct MemberPass<'a> {
+    records: &'a Api<UsageRecord>,
+    member: &'a MemberRef,
+    cluster_uid: &'a str,
+    now_s: i64,
+    cfg: &'a MeterConfig,
+    held: Option<&'a std::sync::Mutex<Held>>,
+}
+
+impl MemberPass<'_> {
+    async fn write(
+        &self,
+        usage: super::MemberUsage,
+        by_name: &mut BTreeMap<String, Arc<UsageRecord>>,
+        touched: &mut BTreeSet<String>,
+        report: &mut MeterReport,
+    ) {
+        let name = &self.member.name;
         for (reason, (secs, pods)) in &usage.unmatched {
             report.unpaid_gpu_seconds += secs;
-            let mut names = pods.clone();
-            names.truncate(5);
-            report.alerts.push(Alert {
-                cluster: m.name.clone(),
-                reason: reason.clone(),
-                message: format!(
-                    "{} pod(s) claim {secs} GPU-seconds {} (e.g. {}); not paid",
-                    pods.len(),
-                    if reason == "NoSuchHubJob" {
-                        "for jobs the hub does not have"
-                    } else {
-                        "outside their job's life on the hub"
-                    },
-                    names.join(", ")
-                ),
-                gpu_seconds: *secs,
-            });
+            report
+                .alerts
+                .push(unmatched_alert(name, reason, *secs, pods));
         }
         let mut unpaid_here = 0i64;
         for ((job, period), u) in usage.by_job_period {
             unpaid_here += u.unpaid_gpu_seconds();
-            let name = record_name(&m.name, &job.uid, period);
-            let existing = by_name.get(&name).cloned();
-            match upsert(
-                &records,
-                m,
-                &cluster_uid,
-                &job,
-                period,
-                &u,
-                existing,
-                now_s,
-                cfg,
-                &mut report,
-            )
-            .await
-            {
+            let rname = record_name(name, &job.uid, period);
+            touched.insert(rname.clone());
+            let existing = by_name.get(&rname).map(|r| UsageRecord::clone(r));
+            match self.upsert(&job, period, &u, existing, report).await {
                 Ok(Some(r)) => {
-                    by_name.insert(name, r);
+                    by_name.insert(rname, Arc::new(r));
                 }
                 Ok(None) => {}
-                Err(e) => report.errors.push(format!("usage record {name}: {e:#}")),
+                Err(e) => report.errors.push(format!("usage record {rname}: {e:#}")),
             }
         }
         if unpaid_here > 0 {
             report.unpaid_gpu_seconds += unpaid_here;
             report.alerts.push(Alert {
-                cluster: m.name.clone(),
+                cluster: name.clone(),
                 reason: "UnprovableUsage".into(),
                 message: format!(
                     "pods of hub jobs claim {unpaid_here} GPU-seconds beyond their placements and the jobs' life on the hub; not paid (see unpaidGpuSeconds of the usage records)"
@@ -439,54 +628,265 @@ pub async fn meter_once(
         }
     }
 
-    // Records no pod contributed to this pass (pods deleted): finalize when their period is over.
-    let names: Vec<String> = by_name.keys().cloned().collect();
-    for name in names {
-        let r = &by_name[&name];
-        if !reachable.contains(&r.spec.cluster) || state_of(r) != UsageState::Open {
-            continue;
-        }
-        let end = r.spec.period_end.0.as_second();
-        if end.saturating_add(cfg.finalize_delay_seconds as i64) > now_s {
-            continue;
-        }
-        match set_state(&records, r, UsageState::Final).await {
-            Ok(r) => {
-                report.records_finalized += 1;
-                by_name.insert(name, r);
+    /// Writes the held growth of this member's records no pod contributed to this pass (their
+    /// pods are gone): the last values computed while they were there.
+    async fn flush(
+        &self,
+        held: &std::sync::Mutex<Held>,
+        touched: &BTreeSet<String>,
+        by_name: &mut BTreeMap<String, Arc<UsageRecord>>,
+        report: &mut MeterReport,
+    ) {
+        let names: Vec<String> = held
+            .lock()
+            .expect("held usage lock")
+            .pending
+            .keys()
+            .filter(|n| !touched.contains(*n))
+            .cloned()
+            .collect();
+        for name in names {
+            let Some(rec) = by_name.get(&name).map(|r| UsageRecord::clone(r)) else {
+                held.lock().expect("held usage lock").pending.remove(&name);
+                continue;
+            };
+            if rec.spec.cluster != self.member.name {
+                continue;
             }
-            Err(e) => report.errors.push(format!("finalizing {name}: {e:#}")),
+            if state_of(&rec) != UsageState::Open {
+                held.lock().expect("held usage lock").pending.remove(&name);
+                continue;
+            }
+            let unpaid = rec.spec.unpaid_gpu_seconds;
+            match self
+                .grow(rec, &BTreeMap::new(), unpaid, false, report)
+                .await
+            {
+                Ok(r) => {
+                    by_name.insert(name, Arc::new(r));
+                }
+                Err(e) => report.errors.push(format!("usage record {name}: {e:#}")),
+            }
         }
     }
 
-    write_job_totals(hub, by_name.values(), &mut report).await;
-    Ok(report)
+    /// Creates or grows one record; returns the record as now stored.
+    async fn upsert(
+        &self,
+        job: &JobRef,
+        period: u64,
+        usage: &JobPeriodUsage,
+        existing: Option<UsageRecord>,
+        report: &mut MeterReport,
+    ) -> Result<Option<UsageRecord>> {
+        let (_, end) = super::period_bounds(period, self.cfg.period_seconds);
+        let closed = end.saturating_add(self.cfg.finalize_delay_seconds as i64) <= self.now_s;
+        let fresh = entries(usage);
+        let unpaid = usage.unpaid_gpu_seconds();
+        let Some(rec) = existing else {
+            return self
+                .create(job, period, fresh, unpaid, closed, report)
+                .await;
+        };
+        if state_of(&rec) != UsageState::Open {
+            // Final or paid already: the spec is frozen (the API server refuses changes), and
+            // anything more for this period can no longer be settled.
+            let paid = rec
+                .status
+                .as_ref()
+                .and_then(|s| s.settled_gpu_seconds)
+                .unwrap_or(rec.spec.gpu_seconds);
+            let total: i64 = merge_pods(&rec.spec.pods, &fresh)
+                .values()
+                .map(|p| p.gpu_seconds)
+                .sum();
+            report.late_gpu_seconds += (total - paid).max(0);
+            return Ok(None);
+        }
+        let mut rec = self.grow(rec, &fresh, unpaid, closed, report).await?;
+        if closed && state_of(&rec) == UsageState::Open {
+            rec = set_state(self.records, &rec, UsageState::Final).await?;
+            report.records_finalized += 1;
+        }
+        Ok(Some(rec))
+    }
+
+    /// The entries to write into `Open` record `rec` now (stored, held and fresh merged), or
+    /// `None` to hold the growth for a later pass (see [`Held`]).
+    fn hold(
+        &self,
+        rec: &UsageRecord,
+        fresh: &BTreeMap<String, PodUsage>,
+        closed: bool,
+    ) -> Option<BTreeMap<String, PodUsage>> {
+        let Some(held) = self.held else {
+            return Some(merge_pods(&rec.spec.pods, fresh));
+        };
+        let mut held = held.lock().expect("held usage lock");
+        let name = rec.name_any();
+        let pending = held.pending.remove(&name).unwrap_or_default();
+        let known = merge_pods(&rec.spec.pods, &pending);
+        let merged = merge_pods(&known, fresh);
+        // A slot seen before and not now (its pod gone), a new slot, a newly observed end.
+        let changed = pending.keys().any(|k| !fresh.contains_key(k))
+            || fresh.iter().any(|(k, p)| {
+                rec.spec
+                    .pods
+                    .get(k)
+                    .is_none_or(|o| p.observed_end.is_some() && o.observed_end.is_none())
+            });
+        let last = *held.written.entry(name.clone()).or_insert(self.now_s);
+        let refresh = i64::try_from(self.cfg.record_refresh_seconds).unwrap_or(i64::MAX);
+        if closed {
+            held.written.remove(&name);
+            return Some(merged);
+        }
+        if changed || self.now_s.saturating_sub(last) >= refresh {
+            held.written.insert(name, self.now_s);
+            return Some(merged);
+        }
+        held.pending.insert(name, merged);
+        None
+    }
+
+    /// Merges fresh slot entries into an `Open` record (per slot, the maximum).
+    async fn grow(
+        &self,
+        rec: UsageRecord,
+        fresh: &BTreeMap<String, PodUsage>,
+        unpaid: i64,
+        closed: bool,
+        report: &mut MeterReport,
+    ) -> Result<UsageRecord> {
+        let Some(merged) = self.hold(&rec, fresh, closed) else {
+            return Ok(rec);
+        };
+        let unpaid = unpaid.max(rec.spec.unpaid_gpu_seconds);
+        if merged == rec.spec.pods
+            && unpaid == rec.spec.unpaid_gpu_seconds
+            && self.cfg.seal.verify(&rec.spec)
+        {
+            return Ok(rec);
+        }
+        let mut rec = rec;
+        let total: i64 = merged.values().map(|p| p.gpu_seconds).sum();
+        // Never shrink (e.g. a record written by an older meter without per-slot detail).
+        rec.spec.gpu_seconds = total.max(rec.spec.gpu_seconds);
+        rec.spec.gpu_class = i32::from(super::dominant_class(
+            merged
+                .values()
+                .map(|p| (p.gpu_model.as_deref(), p.gpu_seconds)),
+        ));
+        rec.spec.pods = merged;
+        rec.spec.unpaid_gpu_seconds = unpaid;
+        rec.spec.seal = Some(self.cfg.seal.seal(&rec.spec));
+        // A replace guarded by the resourceVersion: what is sealed is exactly what is stored.
+        let pp = PostParams {
+            field_manager: Some(METER_FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let rec = self.records.replace(&rec.name_any(), &pp, &rec).await?;
+        if !self.cfg.seal.verify(&rec.spec) {
+            anyhow::bail!(
+                "the stored spec of {} does not match its seal",
+                rec.name_any()
+            );
+        }
+        report.records_updated += 1;
+        Ok(rec)
+    }
+
+    /// Creates the record of (member, job, period), `Final` at once when the period is closed.
+    async fn create(
+        &self,
+        job: &JobRef,
+        period: u64,
+        fresh: BTreeMap<String, PodUsage>,
+        unpaid: i64,
+        closed: bool,
+        report: &mut MeterReport,
+    ) -> Result<Option<UsageRecord>> {
+        let (start, end) = super::period_bounds(period, self.cfg.period_seconds);
+        let mut spec = spec_from(
+            self.member,
+            self.cluster_uid,
+            job,
+            period,
+            start,
+            end,
+            fresh,
+            unpaid,
+        );
+        spec.seal = Some(self.cfg.seal.seal(&spec));
+        let name = record_name(&self.member.name, &job.uid, period);
+        let obj = UsageRecord {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(BTreeMap::from([
+                    (
+                        "app.kubernetes.io/part-of".to_string(),
+                        "gpupool".to_string(),
+                    ),
+                    (LABEL_RECORD_CLUSTER.to_string(), self.member.name.clone()),
+                    (LABEL_JOB_UID.to_string(), job.uid.clone()),
+                ])),
+                ..Default::default()
+            },
+            spec,
+            status: None,
+        };
+        let pp = PostParams {
+            field_manager: Some(METER_FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let created = match self.records.create(&pp, &obj).await {
+            Ok(c) => c,
+            // Someone else created it meanwhile: the next pass merges into it.
+            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        report.records_created += 1;
+        let state = if closed {
+            report.records_finalized += 1;
+            UsageState::Final
+        } else {
+            UsageState::Open
+        };
+        set_state(self.records, &created, state).await.map(Some)
+    }
 }
 
-/// Creates or grows one record; returns the record as now stored.
-#[allow(clippy::too_many_arguments)]
-async fn upsert(
-    records: &Api<UsageRecord>,
-    member: &MemberRef,
-    cluster_uid: &str,
-    job: &JobRef,
-    period: u64,
-    usage: &JobPeriodUsage,
-    existing: Option<UsageRecord>,
-    now_s: i64,
-    cfg: &MeterConfig,
-    report: &mut MeterReport,
-) -> Result<Option<UsageRecord>> {
-    let (start, end) = super::period_bounds(period, cfg.period_seconds);
-    let closed = end.saturating_add(cfg.finalize_delay_seconds as i64) <= now_s;
-    let fresh: BTreeMap<String, PodUsage> = usage
+fn unmatched_alert(cluster: &str, reason: &str, secs: i64, pods: &[String]) -> Alert {
+    let names: Vec<&str> = pods.iter().take(5).map(String::as_str).collect();
+    Alert {
+        cluster: cluster.to_string(),
+        reason: reason.to_string(),
+        message: format!(
+            "{} pod(s) claim {secs} GPU-seconds {} (e.g. {}); not paid",
+            pods.len(),
+            if reason == "NoSuchHubJob" {
+                "for jobs the hub does not have"
+            } else {
+                "outside their job's life on the hub"
+            },
+            names.join(", ")
+        ),
+        gpu_seconds: secs,
+    }
+}
+
+/// A pass's slot entries as record entries.
+fn entries(usage: &JobPeriodUsage) -> BTreeMap<String, PodUsage> {
+    usage
         .pods
         .iter()
-        .map(|(uid, p)| {
+        .map(|(key, p)| {
             (
-                uid.clone(),
+                key.clone(),
                 PodUsage {
                     name: p.pod_name.clone(),
+                    pod_uid: (!p.pod_uid.is_empty()).then(|| p.pod_uid.clone()),
+                    observed_end: p.observed_end.map(time),
                     gpus: p.gpus as i64,
                     gpu_model: p.gpu_model.clone(),
                     gpu_seconds: p.gpu_seconds,
@@ -497,100 +897,40 @@ async fn upsert(
                 },
             )
         })
+        .collect()
+}
+
+/// Records no pod contributed to this pass (pods deleted): finalized once their period is over.
+async fn finalize_unseen(
+    records: &Api<UsageRecord>,
+    by_name: &mut BTreeMap<String, Arc<UsageRecord>>,
+    reachable: &BTreeSet<String>,
+    now_s: i64,
+    cfg: &MeterConfig,
+    report: &mut MeterReport,
+) {
+    let due: Vec<String> = by_name
+        .iter()
+        .filter(|(_, r)| reachable.contains(&r.spec.cluster) && state_of(r) == UsageState::Open)
+        .filter(|(_, r)| {
+            r.spec
+                .period_end
+                .0
+                .as_second()
+                .saturating_add(cfg.finalize_delay_seconds as i64)
+                <= now_s
+        })
+        .map(|(n, _)| n.clone())
         .collect();
-
-    let unpaid = usage.unpaid_gpu_seconds();
-    let Some(mut rec) = existing else {
-        let spec = spec_from(member, cluster_uid, job, period, start, end, fresh, unpaid);
-        let name = record_name(&member.name, &job.uid, period);
-        let obj = UsageRecord {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                labels: Some(BTreeMap::from([
-                    (
-                        "app.kubernetes.io/part-of".to_string(),
-                        "gpupool".to_string(),
-                    ),
-                    (LABEL_RECORD_CLUSTER.to_string(), member.name.clone()),
-                    (LABEL_JOB_UID.to_string(), job.uid.clone()),
-                ])),
-                ..Default::default()
-            },
-            spec,
-            status: None,
-        };
-        let created = match records
-            .create(
-                &PostParams {
-                    field_manager: Some(METER_FIELD_MANAGER.into()),
-                    ..Default::default()
-                },
-                &obj,
-            )
-            .await
-        {
-            Ok(c) => c,
-            // Someone else created it meanwhile: the next pass merges into it.
-            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        report.records_created += 1;
-        let state = if closed {
-            UsageState::Final
-        } else {
-            UsageState::Open
-        };
-        if closed {
-            report.records_finalized += 1;
+    for name in due {
+        match set_state(records, &by_name[&name], UsageState::Final).await {
+            Ok(r) => {
+                report.records_finalized += 1;
+                by_name.insert(name, Arc::new(r));
+            }
+            Err(e) => report.errors.push(format!("finalizing {name}: {e:#}")),
         }
-        return set_state(records, &created, state).await.map(Some);
-    };
-
-    if state_of(&rec) != UsageState::Open {
-        // Final or paid already: the spec is frozen (the API server refuses changes), and
-        // anything more for this period can no longer be settled.
-        let paid = rec
-            .status
-            .as_ref()
-            .and_then(|s| s.settled_gpu_seconds)
-            .unwrap_or(rec.spec.gpu_seconds);
-        let merged = merge_pods(&rec.spec.pods, &fresh);
-        let total: i64 = merged.values().map(|p| p.gpu_seconds).sum();
-        if total > paid {
-            report.late_gpu_seconds += total - paid;
-        }
-        return Ok(None);
     }
-
-    let merged = merge_pods(&rec.spec.pods, &fresh);
-    let unpaid = unpaid.max(rec.spec.unpaid_gpu_seconds);
-    if merged != rec.spec.pods || unpaid != rec.spec.unpaid_gpu_seconds {
-        let total: i64 = merged.values().map(|p| p.gpu_seconds).sum();
-        // Never shrink (e.g. a record written by an older meter without per-pod detail).
-        let total = total.max(rec.spec.gpu_seconds);
-        let class = super::dominant_class(
-            merged
-                .values()
-                .map(|p| (p.gpu_model.as_deref(), p.gpu_seconds)),
-        );
-        let patch = json!({
-            "metadata": {"resourceVersion": rec.resource_version()},
-            "spec": {"pods": merged, "gpuSeconds": total, "gpuClass": class, "unpaidGpuSeconds": unpaid},
-        });
-        rec = records
-            .patch(
-                &rec.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
-        report.records_updated += 1;
-    }
-    if closed && state_of(&rec) == UsageState::Open {
-        rec = set_state(records, &rec, UsageState::Final).await?;
-        report.records_finalized += 1;
-    }
-    Ok(Some(rec))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -624,23 +964,25 @@ fn spec_from(
         gpu_class: gpu_class as i32,
         unpaid_gpu_seconds,
         pods,
+        seal: None,
     }
 }
 
-/// Per-pod maximum of the stored and the freshly computed contributions; pods no longer seen
-/// keep their stored value. Both sides are bounded by the hub's placements and the job's life
-/// as the meter saw them, so the maximum never pays a pod more than the hub observed.
+/// Per-slot maximum of the stored and the freshly computed entries (on a tie the fresh one,
+/// which carries the latest pod and its observed end); slots no longer seen keep their stored
+/// value. Both sides are bounded by the slot's GPUs × its placement window as the meter saw
+/// it, so the maximum never pays a slot more than that, however many pods claimed it.
 fn merge_pods(
     stored: &BTreeMap<String, PodUsage>,
     fresh: &BTreeMap<String, PodUsage>,
 ) -> BTreeMap<String, PodUsage> {
     let mut out = stored.clone();
-    for (uid, p) in fresh {
-        match out.get_mut(uid) {
-            Some(o) if o.gpu_seconds >= p.gpu_seconds => {}
+    for (key, p) in fresh {
+        match out.get_mut(key) {
+            Some(o) if o.gpu_seconds > p.gpu_seconds => {}
             Some(o) => *o = p.clone(),
             None => {
-                out.insert(uid.clone(), p.clone());
+                out.insert(key.clone(), p.clone());
             }
         }
     }
@@ -671,40 +1013,24 @@ async fn set_state(
 async fn write_job_totals<'a>(
     hub: &Client,
     records: impl Iterator<Item = &'a UsageRecord>,
+    training: &[Arc<TrainingJob>],
+    inference: &[Arc<InferenceJob>],
     report: &mut MeterReport,
 ) {
     let mut totals: BTreeMap<String, i64> = BTreeMap::new();
-    let mut kinds: BTreeSet<String> = BTreeSet::new();
     for r in records {
         *totals.entry(r.spec.job_uid.clone()).or_default() += r.spec.gpu_seconds;
-        kinds.insert(r.spec.job_kind.clone());
     }
     if totals.is_empty() {
         return;
     }
-    if kinds.contains("TrainingJob") {
-        let api: Api<TrainingJob> = Api::all(hub.clone());
-        match api.list(&ListParams::default()).await {
-            Ok(list) => {
-                for j in list.items {
-                    let cur = j.status.as_ref().and_then(|s| s.gpu_seconds);
-                    apply_total(hub, "TrainingJob", &j, cur, &totals, report).await;
-                }
-            }
-            Err(e) => report.errors.push(format!("listing TrainingJobs: {e}")),
-        }
+    for j in training {
+        let cur = j.status.as_ref().and_then(|s| s.gpu_seconds);
+        apply_total(hub, "TrainingJob", j.as_ref(), cur, &totals, report).await;
     }
-    if kinds.contains("InferenceJob") {
-        let api: Api<InferenceJob> = Api::all(hub.clone());
-        match api.list(&ListParams::default()).await {
-            Ok(list) => {
-                for j in list.items {
-                    let cur = j.status.as_ref().and_then(|s| s.gpu_seconds);
-                    apply_total(hub, "InferenceJob", &j, cur, &totals, report).await;
-                }
-            }
-            Err(e) => report.errors.push(format!("listing InferenceJobs: {e}")),
-        }
+    for j in inference {
+        let cur = j.status.as_ref().and_then(|s| s.gpu_seconds);
+        apply_total(hub, "InferenceJob", j.as_ref(), cur, &totals, report).await;
     }
 }
 

@@ -14,26 +14,28 @@
 //! Everything above comes from the member's API server, which its owner controls. The meter
 //! pays (writes into `gpuSeconds`) only the part of a pod's run the hub can vouch for
 //! ([`HubJob`], from the hub's own job objects):
-//! * the pod's job uid is a job on the hub placed on this member;
-//! * the pod matches a worker/replica placement of that job: same node, same GPU UUIDs;
-//! * its GPU count is the placement's, its GPU class the hub's model of those GPUs;
-//! * its start is no earlier than the job's creation (and its start on the hub), its end no
-//!   later than the job's deletion, completion, or `maxRuntimeSeconds`, and never later than
-//!   now (the meter's own observation);
-//! * its end is no later than the instant the hub's own watch of the member first saw the pod
-//!   end (terminal phase, or every container terminated under `restartPolicy: Never`), plus
-//!   [`MeterConfig::observed_end_slack_seconds`] for clock skew between member and hub: a
+//! * usage is keyed by **placement slot** ([`SlotWindow`]): (job uid, gang generation or
+//!   replica placement, node, GPU set), all chosen by the hub, never the pod UID a member
+//!   chooses. A pod matches a slot when its job uid, kind, namespace and name are a hub job's
+//!   and its node and GPU UUIDs are a slot's on this member; its GPU count is the slot's, its
+//!   GPU class the hub's model of those GPUs;
+//! * each slot has a hub-clock **window**: from its `placedAt` (the scheduler stamps it on each
+//!   gang generation and each replica; statuses written before it existed fall back to the
+//!   restart before, else the job's creation) until the gang restarted or the replica left the
+//!   placements (`status.pastPlacements`), bounded by the job's deletion, completion or
+//!   `maxRuntimeSeconds`;
+//! * a pod's run is clipped to that window, to now (the meter's own observation), to no
+//!   earlier than the instant the hub's watch first saw the pod (for pods that appeared after
+//!   the watch started), and to no later than the instant it first saw the pod end (terminal
+//!   phase, or every container terminated under `restartPolicy: Never`), with
+//!   [`MeterConfig::observed_end_slack_seconds`] of slack both ways for clock skew: a
 //!   `finishedAt` the member rewrites later (or a status flipped back to running) is not paid.
-//!   The watch keeps this in memory only; after an operator restart, a pod that had already
-//!   ended is bounded by the first time the new watch lists it;
-//! * a gang restarted on new GPUs keeps its older placements (`status.pastPlacements`, the
-//!   last [`crate::api::MAX_PAST_PLACEMENTS`]): a pod of an earlier placement is paid for the
-//!   time that placement was current, the current one only since the last restart;
-//! * likewise an inference replica that left the placements (replaced in a rollout, moved off a
-//!   lost member, withdrawn, failed or scaled away) is kept in its job's `status.pastPlacements`
-//!   with the instant it left: its pod is paid up to then, so the run since the meter's last
-//!   pass is not lost, and nothing past it is paid;
-//! * per placement and period, at most its GPUs × the period length.
+//!   The observed end is persisted in the record's slot entry, so an operator restart does not
+//!   forget it;
+//! * in each period, a slot is paid its GPUs × the **union** of its pods' clipped runs, so
+//!   at most GPUs × |window ∩ period ∩ [.., now]|; across passes the record keeps, per slot,
+//!   the maximum: a pod the member replaces by a copy (new UID) at every pass merges, never
+//!   adds.
 //!
 //! What a pod claims beyond that is **unpaid** and surfaced: per pod (`unpaidReason`), per
 //! record (`unpaidGpuSeconds`, a `kubectl get usagerecords` column), and as alerts the runner
@@ -43,8 +45,7 @@
 //!
 //! **Settlement periods** are fixed windows of `period_seconds` aligned to the unix epoch: period
 //! `p` is `[p * len, (p + 1) * len)`. A pod's GPU-seconds in period `p` are
-//! `gpus * |run ∩ period p|`. Because the run's endpoints are facts stored in the member's API
-//! server, recomputing a closed period after a restart gives the same number. The period length
+//! `gpus * |run ∩ period p|`. The period length
 //! must not change for a deployment: the ledger keys receipts by (cluster, job uid, period
 //! number), so renumbering periods would pay overlapping windows twice.
 //!
@@ -66,10 +67,12 @@
 //! | 7     | RTX / GeForce / Quadro (consumer and workstation cards) |
 
 pub mod meter;
+pub mod proof;
 pub mod runner;
 pub mod settle;
 
 pub use meter::{MemberRef, MeterConfig, MeterReport, meter_once, record_name};
+pub use proof::SealKey;
 pub use settle::{SettleConfig, SettleReport, SweepReport, close_expired_receipts, settle_once};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -361,39 +364,43 @@ pub fn pod_job(pod: &Pod) -> Option<JobRef> {
     })
 }
 
-/// One pod's usage in one period (an input to a usage record).
+/// One placement slot's usage in one period (an entry of a usage record).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodPeriodUsage {
-    /// Pod UID.
+pub struct SlotPeriodUsage {
+    /// UID of the last pod seen on the slot (a member's choice: informative only, never a key).
     pub pod_uid: String,
-    /// `namespace/name` of the pod.
+    /// `namespace/name` of that pod.
     pub pod_name: String,
-    /// GPUs of the pod, from the hub's placement (0 when it matches none).
+    /// GPUs of the slot, from the hub's placement (0 when the pod matches none).
     pub gpus: u64,
     /// GPU model of those GPUs as the hub knows them.
     pub gpu_model: Option<String>,
-    /// GPU-seconds in the period the hub can prove.
+    /// GPU-seconds in the period the hub can prove: the slot's GPUs × the union of its pods'
+    /// runs within the placement window.
     pub gpu_seconds: i64,
-    /// GPU-seconds the member claims beyond that.
+    /// GPU-seconds the slot's pods claim beyond that.
     pub unpaid_gpu_seconds: i64,
     /// Why, when `unpaid_gpu_seconds > 0`.
     pub unpaid_reason: Option<String>,
+    /// When the hub's watch first saw that pod end (persisted in the record, so a restart of
+    /// the operator does not forget it).
+    pub observed_end: Option<i64>,
 }
 
-/// Usage of all of one job's pods in one period on one cluster.
+/// Usage of one job's placement slots in one period on one cluster.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JobPeriodUsage {
-    /// Per pod (keyed by pod UID).
-    pub pods: BTreeMap<String, PodPeriodUsage>,
+    /// Per placement slot (keyed by [`SlotWindow::key`], never by a pod UID).
+    pub pods: BTreeMap<String, SlotPeriodUsage>,
 }
 
 impl JobPeriodUsage {
-    /// Paid GPU-seconds, summed over pods.
+    /// Paid GPU-seconds, summed over slots.
     pub fn gpu_seconds(&self) -> i64 {
         self.pods.values().map(|p| p.gpu_seconds).sum()
     }
 
-    /// Unpaid GPU-seconds, summed over pods.
+    /// Unpaid GPU-seconds, summed over slots.
     pub fn unpaid_gpu_seconds(&self) -> i64 {
         self.pods.values().map(|p| p.unpaid_gpu_seconds).sum()
     }
@@ -416,7 +423,7 @@ pub fn dominant_class<'a>(pods: impl IntoIterator<Item = (Option<&'a str>, i64)>
     best as u8
 }
 
-/// One worker/replica placement of a hub job: a node and the exact GPUs on it.
+/// A node and the exact GPUs on it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Slot {
     /// Node in the member.
@@ -437,37 +444,49 @@ impl Slot {
     }
 }
 
-/// A placement a job had before (a gang before its restart, a replica before it was replaced,
-/// moved or removed), and when it was current.
+/// One placement slot of a hub job: a worker of one gang generation, or one replica placement,
+/// on a member's node and GPU set, and the hub-clock window in which it was current.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PastSlots {
+pub struct SlotWindow {
     /// Member cluster.
     pub member: String,
-    /// Its worker placements.
-    pub slots: Vec<Slot>,
-    /// Earliest second it can have been current (`None`: the job's creation).
-    pub from: Option<i64>,
-    /// When it was replaced (the gang restart; the replica leaving the placements).
+    /// Node and GPUs.
+    pub slot: Slot,
+    /// `g<from>` for a gang generation placed at `from`, `r<index>.<from>` for replica `index`
+    /// placed at `from`: with the slot, the key usage is merged under.
+    pub placement: String,
+    /// When the hub placed it (its own clock).
+    pub from: i64,
+    /// When it stopped being current (gang restart, replica replaced or removed); `i64::MAX`
+    /// while it still is.
     pub until: i64,
 }
 
-/// What the hub itself knows about one job: its identity, when it may have run, and where
-/// each of its workers/replicas is placed.
+impl SlotWindow {
+    /// The key of this slot's usage in a record: (placement, node, GPU set). Chosen by the hub,
+    /// so a pod the member replaces (under a new UID) merges into the same entry.
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.placement,
+            self.slot.node,
+            self.slot.gpu_uuids.join(",")
+        )
+    }
+}
+
+/// What the hub itself knows about one job: its identity, when it may have run, and each
+/// placement slot it had on each member, with the window in which it was current.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HubJob {
     /// Identity on the hub.
     pub job: JobRef,
-    /// Earliest second any of its pods can have run: the job's creation on the hub (or its
-    /// recorded start, when later).
+    /// Earliest second any of its pods can have run: the job's creation on the hub.
     pub not_before: i64,
     /// Latest second: the earliest of its deletion, completion and `maxRuntimeSeconds`.
     pub not_after: Option<i64>,
-    /// Placements per member cluster.
-    pub slots: BTreeMap<String, Vec<Slot>>,
-    /// Since when the current placements hold (the last gang restart; `None`: the job's life).
-    pub current_since: Option<i64>,
-    /// Earlier placements (of a restarted gang, or replicas no longer placed), oldest first.
-    pub past: Vec<PastSlots>,
+    /// Its placement slots, current and past.
+    pub windows: Vec<SlotWindow>,
     /// GPU model the job asked for, if any (a fallback for the class when the hub has no
     /// topology naming the placed GPUs).
     pub model: Option<String>,
@@ -501,219 +520,331 @@ fn claimed_uuids(pod: &Pod) -> Vec<String> {
     v
 }
 
-/// The windows `[from, until)` in which `slot` was a placement of `hub` on `member`, within
-/// the job's life, sorted and merged.
-fn placement_windows(hub: &HubJob, member: &str, slot: &Slot) -> Vec<(i64, i64)> {
-    let life_end = hub.not_after.unwrap_or(i64::MAX);
-    let mut w: Vec<(i64, i64)> = Vec::new();
-    if hub.slots.get(member).is_some_and(|s| s.contains(slot)) {
-        w.push((
-            hub.current_since
-                .unwrap_or(hub.not_before)
-                .max(hub.not_before),
-            life_end,
-        ));
-    }
-    for p in hub
-        .past
-        .iter()
-        .filter(|p| p.member == member && p.slots.contains(slot))
-    {
-        w.push((
-            p.from.unwrap_or(hub.not_before).max(hub.not_before),
-            p.until.min(life_end),
-        ));
-    }
-    w.retain(|(a, b)| b > a);
-    w.sort();
-    let mut merged: Vec<(i64, i64)> = Vec::new();
-    for (a, b) in w {
-        match merged.last_mut() {
-            Some(last) if a <= last.1 => last.1 = last.1.max(b),
-            _ => merged.push((a, b)),
-        }
-    }
-    merged
-}
-
 /// What the hub observed of one member beyond its own jobs.
 #[derive(Clone, Copy, Debug)]
 pub struct HubObservations<'a> {
     /// GPU UUID → model, as the hub's inventory knows this member's GPUs.
     pub gpu_models: &'a BTreeMap<String, String>,
-    /// Pod UID → unix second the hub's watch first saw the pod end.
+    /// Pod UID → unix second the hub's watch first saw the pod end (or a record persisted).
     pub observed_ends: &'a BTreeMap<String, i64>,
-    /// Seconds a pod is paid past its observed end (clock skew between member and hub).
+    /// Pod UID → unix second the hub's watch first saw the pod (pods already there when the
+    /// watch started are absent: their placement bounds them).
+    pub first_seen: &'a BTreeMap<String, i64>,
+    /// Seconds of clock skew allowed between member and hub: a pod is paid from its first
+    /// sighting minus this, and up to its observed end plus this.
     pub end_slack_seconds: i64,
 }
 
-/// Meters one member's pods against the hub's jobs (see the module docs), up to `now`.
-/// `seen` is what the hub itself observed of this member (GPU models, pod ends).
-pub fn usage_by_job_period(
-    member: &str,
-    pods: &[Pod],
-    hub_jobs: &BTreeMap<String, HubJob>,
-    seen: HubObservations<'_>,
-    now: i64,
-    period_seconds: u64,
-) -> MemberUsage {
-    let gpu_models = seen.gpu_models;
-    let mut out = MemberUsage::default();
-    // GPU-seconds granted per (job uid, slot, period), to cap each placement at its GPUs ×
-    // the period when several pods claim the same one.
-    let mut granted: BTreeMap<(String, Slot, u64), i64> = BTreeMap::new();
-    let len = i64::try_from(period_seconds.max(1)).unwrap_or(i64::MAX);
-    for pod in pods {
-        let Some(job) = pod_job(pod) else { continue };
-        let Some(run) = pod_run(pod) else { continue };
-        let claimed_gpus = pod_gpus(pod);
-        let name = format!(
-            "{}/{}",
-            pod.metadata.namespace.as_deref().unwrap_or("default"),
-            pod.metadata.name.as_deref().unwrap_or("")
-        );
-        let claimed = run_usage(run, claimed_gpus, now, period_seconds);
-        let Some(hub) = hub_jobs.get(&job.uid).filter(|h| {
-            h.job.kind == job.kind && h.job.namespace == job.namespace && h.job.name == job.name
-        }) else {
-            let e = out.unmatched.entry("NoSuchHubJob".into()).or_default();
-            e.0 =
-                e.0.saturating_add(claimed.iter().map(|(_, s)| s).sum::<i64>());
-            e.1.push(name);
-            continue;
-        };
+/// One pod, read: who it claims to be and what it claims to have run.
+struct PodClaim {
+    job: JobRef,
+    run: PodRun,
+    gpus: u64,
+    name: String,
+    uid: String,
+    node: String,
+    slot: Slot,
+}
+
+impl PodClaim {
+    fn read(pod: &Pod) -> Option<Self> {
+        let job = pod_job(pod)?;
+        let run = pod_run(pod)?;
         let node = pod
             .spec
             .as_ref()
             .and_then(|s| s.node_name.clone())
             .unwrap_or_default();
-        let slot = Slot::new(&node, &claimed_uuids(pod));
-        let windows = placement_windows(hub, member, &slot);
-        let placed = !windows.is_empty();
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let hub_gpus = if placed {
-            slot.gpu_uuids.len() as u64
-        } else {
-            0
-        };
-        let model = slot
-            .gpu_uuids
-            .iter()
-            .find_map(|u| gpu_models.get(u).cloned())
-            .or_else(|| hub.model.clone());
-        // The run, clipped to the hub's bounds: the job's life, the hub's own sight of the
-        // pod's end, now, and the windows in which its placement was current.
-        let (s, e) = run.interval(now);
-        let s = s.max(hub.not_before);
+        Some(PodClaim {
+            job,
+            run,
+            gpus: pod_gpus(pod),
+            name: format!(
+                "{}/{}",
+                pod.metadata.namespace.as_deref().unwrap_or("default"),
+                pod.metadata.name.as_deref().unwrap_or("")
+            ),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            slot: Slot::new(&node, &claimed_uuids(pod)),
+            node,
+        })
+    }
+
+    /// GPU-seconds claimed per period, as the member tells it.
+    fn claimed(&self, now: i64, period_seconds: u64) -> Vec<(u64, i64)> {
+        run_usage(self.run, self.gpus, now, period_seconds)
+    }
+
+    /// The run as far as the hub can vouch for it: within the job's life, not before the hub
+    /// first saw the pod (minus slack), not past the end it saw (plus slack), not past now.
+    fn bounded(&self, hub: &HubJob, seen: &HubObservations<'_>, now: i64) -> (i64, i64) {
+        let slack = seen.end_slack_seconds.max(0);
+        let (s, e) = self.run.interval(now);
+        let mut s = s.max(hub.not_before);
+        if let Some(first) = seen.first_seen.get(&self.uid) {
+            s = s.max(first.saturating_sub(slack));
+        }
         let mut e = e.min(hub.not_after.unwrap_or(i64::MAX)).min(now);
-        if let Some(seen_end) = seen.observed_ends.get(&uid) {
-            e = e.min(seen_end.saturating_add(seen.end_slack_seconds.max(0)));
+        if let Some(end) = seen.observed_ends.get(&self.uid) {
+            e = e.min(end.saturating_add(slack));
         }
-        let mut paid: BTreeMap<u64, i64> = BTreeMap::new();
-        for (ws, we) in &windows {
-            let (s, e) = (s.max(*ws), e.min(*we));
-            if e <= s {
-                continue;
-            }
-            let run = PodRun {
-                start: s,
-                end: Some(e),
-            };
-            for (p, secs) in run_usage(run, hub_gpus, now, period_seconds) {
-                let v = paid.entry(p).or_default();
-                *v = v.saturating_add(secs);
-            }
-        }
-        // Periods of the job's life on the hub get per-pod entries; claims outside it are
-        // reported per member, not written into records (a pod backdated by months would
-        // otherwise make a record per period).
-        let life = (
-            period_of(hub.not_before, period_seconds),
-            period_of(hub.not_after.unwrap_or(now).min(now), period_seconds),
-        );
-        let mut periods: std::collections::BTreeSet<u64> =
-            claimed.iter().map(|(p, _)| *p).collect();
-        periods.extend(paid.keys().copied());
-        for p in periods {
-            if p < life.0 || p > life.1 {
-                let claim = claimed
-                    .iter()
-                    .find(|(q, _)| *q == p)
-                    .map(|(_, s)| *s)
-                    .unwrap_or(0);
-                if claim > 0 {
-                    let e = out.unmatched.entry("OutsideJobLife".into()).or_default();
-                    e.0 = e.0.saturating_add(claim);
-                    if !e.1.contains(&name) {
-                        e.1.push(name.clone());
-                    }
-                }
-                continue;
-            }
-            let claim = claimed
-                .iter()
-                .find(|(q, _)| *q == p)
-                .map(|(_, s)| *s)
-                .unwrap_or(0);
-            let mut pay = paid.get(&p).copied().unwrap_or(0);
-            let mut reason = if !placed {
-                Some(format!(
-                    "pod on node {node:?} with GPUs {:?} matches no placement of {}/{} on {member}",
-                    slot.gpu_uuids, job.namespace, job.name
-                ))
-            } else if claimed_gpus != hub_gpus {
-                Some(format!(
-                    "claims {claimed_gpus} GPUs, the hub placed {hub_gpus}"
-                ))
-            } else {
-                None
-            };
-            if placed {
-                let g = granted
-                    .entry((job.uid.clone(), slot.clone(), p))
-                    .or_default();
-                let room = (hub_gpus as i64)
-                    .saturating_mul(len)
-                    .saturating_sub(*g)
-                    .max(0);
-                if pay > room {
-                    pay = room;
-                    reason = Some(format!(
-                        "placement already used for {} GPU-seconds in period {p}",
-                        *g
-                    ));
-                }
-                *g = g.saturating_add(pay);
-            }
-            let unpaid = claim.saturating_sub(pay).max(0);
-            if unpaid > 0 && reason.is_none() {
-                reason = Some(
-                    "runs outside what the hub saw: the job's life, the time its placement was current, or past the pod's observed end"
-                        .into(),
-                );
-            }
-            if pay <= 0 && unpaid <= 0 {
-                continue;
-            }
-            out.by_job_period
-                .entry((hub.job.clone(), p))
-                .or_default()
-                .pods
-                .insert(
-                    uid.clone(),
-                    PodPeriodUsage {
-                        pod_uid: uid.clone(),
-                        pod_name: name.clone(),
-                        gpus: hub_gpus,
-                        gpu_model: model.clone(),
-                        gpu_seconds: pay,
-                        unpaid_gpu_seconds: unpaid,
-                        unpaid_reason: if unpaid > 0 { reason } else { None },
-                    },
-                );
+        (s, e)
+    }
+}
+
+/// One slot's entry being built in a pass: the intervals its pods ran per period (merged into
+/// their union at the end), and what they claimed.
+#[derive(Default)]
+struct SlotAcc {
+    gpus: u64,
+    model: Option<String>,
+    pod_uid: String,
+    pod_name: String,
+    observed_end: Option<i64>,
+    ran: BTreeMap<u64, Vec<(i64, i64)>>,
+    claimed: BTreeMap<u64, i64>,
+    reason: Option<String>,
+}
+
+impl SlotAcc {
+    fn note_pod(&mut self, c: &PodClaim, seen: &HubObservations<'_>) {
+        self.pod_uid.clone_from(&c.uid);
+        self.pod_name.clone_from(&c.name);
+        self.observed_end = seen.observed_ends.get(&c.uid).copied();
+    }
+
+    fn add_run(&mut self, s: i64, e: i64, period_seconds: u64) {
+        for (p, _) in split_into_periods(s, e, period_seconds) {
+            let (ps, pe) = period_bounds(p, period_seconds);
+            self.ran.entry(p).or_default().push((s.max(ps), e.min(pe)));
         }
     }
-    out
+
+    fn add_claim(&mut self, p: u64, secs: i64) {
+        let v = self.claimed.entry(p).or_default();
+        *v = v.saturating_add(secs);
+    }
+
+    /// Per period: the slot's GPUs × the union of its runs, and what was claimed beyond.
+    fn finish(self) -> Vec<(u64, SlotPeriodUsage)> {
+        let mut periods: std::collections::BTreeSet<u64> = self.ran.keys().copied().collect();
+        periods.extend(self.claimed.keys().copied());
+        periods
+            .into_iter()
+            .filter_map(|p| {
+                let secs = self.ran.get(&p).map_or(0, |v| union_length(v));
+                let paid = secs.saturating_mul(self.gpus as i64);
+                let claim = self.claimed.get(&p).copied().unwrap_or(0);
+                let unpaid = claim.saturating_sub(paid).max(0);
+                if paid <= 0 && unpaid <= 0 {
+                    return None;
+                }
+                let reason = (unpaid > 0).then(|| {
+                    self.reason.clone().unwrap_or_else(|| {
+                        "runs outside what the hub saw: the job's life, the time its placement was current, a copy of a pod already paid, or past the pod's observed end".into()
+                    })
+                });
+                Some((
+                    p,
+                    SlotPeriodUsage {
+                        pod_uid: self.pod_uid.clone(),
+                        pod_name: self.pod_name.clone(),
+                        gpus: self.gpus,
+                        gpu_model: self.model.clone(),
+                        gpu_seconds: paid,
+                        unpaid_gpu_seconds: unpaid,
+                        unpaid_reason: reason,
+                        observed_end: self.observed_end,
+                    },
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Total length of the union of `[s, e)` intervals.
+fn union_length(v: &[(i64, i64)]) -> i64 {
+    let mut v: Vec<(i64, i64)> = v.iter().copied().filter(|(s, e)| e > s).collect();
+    v.sort_unstable();
+    let mut total = 0i64;
+    let mut cur: Option<(i64, i64)> = None;
+    for (s, e) in v {
+        match cur {
+            Some((cs, ce)) if s <= ce => cur = Some((cs, ce.max(e))),
+            Some((cs, ce)) => {
+                total = total.saturating_add(ce - cs);
+                cur = Some((s, e));
+            }
+            None => cur = Some((s, e)),
+        }
+    }
+    if let Some((cs, ce)) = cur {
+        total = total.saturating_add(ce - cs);
+    }
+    total
+}
+
+/// A pass over one member's pods, building per-slot entries.
+struct MeterPass<'a> {
+    member: &'a str,
+    hub_jobs: &'a BTreeMap<String, HubJob>,
+    seen: HubObservations<'a>,
+    now: i64,
+    period_seconds: u64,
+    slots: BTreeMap<(JobRef, String), SlotAcc>,
+    unmatched: BTreeMap<String, (i64, Vec<String>)>,
+}
+
+impl MeterPass<'_> {
+    fn unmatched(&mut self, reason: &str, secs: i64, name: &str) {
+        let e = self.unmatched.entry(reason.into()).or_default();
+        e.0 = e.0.saturating_add(secs);
+        if !e.1.iter().any(|n| n == name) {
+            e.1.push(name.to_string());
+        }
+    }
+
+    fn add_pod(&mut self, pod: &Pod) {
+        let Some(c) = PodClaim::read(pod) else { return };
+        let claimed = c.claimed(self.now, self.period_seconds);
+        // The hub job the pod claims, if the hub has it under that kind, namespace and name.
+        let hubs: &BTreeMap<String, HubJob> = self.hub_jobs;
+        let Some(hub) = hubs.get(&c.job.uid).filter(|h| {
+            h.job.kind == c.job.kind
+                && h.job.namespace == c.job.namespace
+                && h.job.name == c.job.name
+        }) else {
+            self.unmatched(
+                "NoSuchHubJob",
+                claimed.iter().map(|(_, s)| s).sum(),
+                &c.name,
+            );
+            return;
+        };
+        let windows: Vec<&SlotWindow> = hub
+            .windows
+            .iter()
+            .filter(|w| w.member == self.member && w.slot == c.slot)
+            .collect();
+        let model = c
+            .slot
+            .gpu_uuids
+            .iter()
+            .find_map(|u| self.seen.gpu_models.get(u).cloned())
+            .or_else(|| hub.model.clone());
+        let (s, e) = c.bounded(hub, &self.seen, self.now);
+        // The entry that carries the pod's claim: its latest window opened by the pod's start.
+        let own = windows
+            .iter()
+            .rev()
+            .find(|w| w.from <= c.run.start)
+            .or(windows.first())
+            .map(|w| w.key())
+            .unwrap_or_else(|| format!("unplaced/{}/{}", c.node, c.slot.gpu_uuids.join(",")));
+        for w in &windows {
+            let acc = self.slots.entry((hub.job.clone(), w.key())).or_default();
+            acc.gpus = w.slot.gpu_uuids.len() as u64;
+            acc.model.clone_from(&model);
+            acc.note_pod(&c, &self.seen);
+            acc.add_run(s.max(w.from), e.min(w.until), self.period_seconds);
+        }
+        self.add_claim(hub, &c, &own, windows.is_empty(), claimed);
+        if windows.is_empty()
+            && let Some(acc) = self.slots.get_mut(&(hub.job.clone(), own))
+        {
+            acc.model = model;
+        }
+    }
+
+    /// Files the pod's claim under its own slot entry (periods of the job's life) or as
+    /// `OutsideJobLife` (a pod backdated by months would otherwise make a record per period).
+    fn add_claim(
+        &mut self,
+        hub: &HubJob,
+        c: &PodClaim,
+        own: &str,
+        unplaced: bool,
+        claimed: Vec<(u64, i64)>,
+    ) {
+        let life = (
+            period_of(hub.not_before, self.period_seconds),
+            period_of(
+                hub.not_after.unwrap_or(self.now).min(self.now),
+                self.period_seconds,
+            ),
+        );
+        let member = self.member.to_string();
+        for (p, secs) in claimed {
+            if p < life.0 || p > life.1 {
+                if secs > 0 {
+                    self.unmatched("OutsideJobLife", secs, &c.name);
+                }
+                continue;
+            }
+            let acc = self
+                .slots
+                .entry((hub.job.clone(), own.to_string()))
+                .or_default();
+            if unplaced {
+                acc.note_pod(c, &self.seen);
+                acc.reason = Some(format!(
+                    "pod on node {:?} with GPUs {:?} matches no placement of {}/{} on {member}",
+                    c.node, c.slot.gpu_uuids, c.job.namespace, c.job.name
+                ));
+            } else if c.gpus != c.slot.gpu_uuids.len() as u64 {
+                acc.reason = Some(format!(
+                    "claims {} GPUs, the hub placed {}",
+                    c.gpus,
+                    c.slot.gpu_uuids.len()
+                ));
+            }
+            acc.add_claim(p, secs);
+        }
+    }
+
+    fn finish(self) -> MemberUsage {
+        let mut out = MemberUsage {
+            unmatched: self.unmatched,
+            ..Default::default()
+        };
+        for ((job, key), acc) in self.slots {
+            for (p, u) in acc.finish() {
+                out.by_job_period
+                    .entry((job.clone(), p))
+                    .or_default()
+                    .pods
+                    .insert(key.clone(), u);
+            }
+        }
+        out
+    }
+}
+
+/// Meters one member's pods against the hub's jobs (see the module docs), up to `now`.
+/// `seen` is what the hub itself observed of this member (GPU models, pod sightings and ends).
+/// Usage is keyed by placement slot: pods on the same slot (a member's replacement copies
+/// included) pay the slot's GPUs × the union of their runs, never more.
+pub fn usage_by_job_period<'p>(
+    member: &str,
+    pods: impl IntoIterator<Item = &'p Pod>,
+    hub_jobs: &BTreeMap<String, HubJob>,
+    seen: HubObservations<'_>,
+    now: i64,
+    period_seconds: u64,
+) -> MemberUsage {
+    let mut pass = MeterPass {
+        member,
+        hub_jobs,
+        seen,
+        now,
+        period_seconds,
+        slots: BTreeMap::new(),
+        unmatched: BTreeMap::new(),
+    };
+    for pod in pods {
+        pass.add_pod(pod);
+    }
+    pass.finish()
 }
 
 #[cfg(test)]

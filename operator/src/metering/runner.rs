@@ -2,18 +2,23 @@
 //! a ledger is configured, surface refused usage (Events on the `MemberCluster`, a metric) and
 //! keep the usage/minting metrics.
 
+use super::meter::{Held, HubView, meter_view};
 use super::settle::Alert;
-use super::{
-    MemberRef, MeterConfig, SettleConfig, close_expired_receipts, meter_once, settle_once,
-};
+use super::settle::{close_expired_in, settle_view};
+use super::{MemberRef, MeterConfig, SettleConfig};
+use crate::api::{InferenceJob, TrainingJob};
 use crate::api::{MemberCluster, UsageRecord, UsageState};
 use crate::federation::Registry;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
+use futures::StreamExt;
 use kube::Resource;
 use kube::api::{Api, ListParams};
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Settings of the loop.
@@ -27,9 +32,14 @@ pub struct RunnerConfig {
     pub settle: SettleConfig,
 }
 
+/// The hub's job stores once the job controllers have listed them (`None` before): handed
+/// over as a function so the meter does not depend on the scheduler that shares them.
+pub type JobStores =
+    Arc<dyn Fn() -> Option<(Store<TrainingJob>, Store<InferenceJob>)> + Send + Sync>;
+
 /// What the metering loop needs from the operator, and nothing more: the hub client, the member
-/// registry, the metrics and an Event recorder (the controllers hand it over with
-/// `Context::metering`).
+/// registry, the metrics, an Event recorder and the watch stores it reads (the controllers hand
+/// it over with `Context::metering`).
 #[derive(Clone)]
 pub struct Deps {
     /// Hub client.
@@ -40,6 +50,10 @@ pub struct Deps {
     pub metrics: Metrics,
     /// Publishes Events on hub objects.
     pub recorder: Recorder,
+    /// The MemberCluster controller's store.
+    pub members: Store<MemberCluster>,
+    /// The job controllers' stores.
+    pub jobs: JobStores,
 }
 
 /// Members the meter can read now.
@@ -56,30 +70,98 @@ pub async fn member_refs(ctx: &Deps) -> Vec<MemberRef> {
                 .as_ref()
                 .map(|w| w.observed_ends())
                 .unwrap_or_default();
+            let first_seen = m.watch.as_ref().map(|w| w.first_seen()).unwrap_or_default();
+            // The watch's pods once it has listed them; until then the link reads them.
+            let pods = m.watch.as_ref().filter(|w| w.synced()).map(|w| w.pods());
             Some(MemberRef {
                 name: m.name.clone(),
                 owner_wallet: m.spec.owner_wallet.clone(),
                 link: m.client.clone()?,
                 gpu_models,
                 observed_ends,
+                first_seen,
+                pods,
             })
         })
         .collect()
 }
 
-/// One pass: meter, then settle (when a ledger is given), then refresh metrics.
+/// What the meter and the settler read, kept by watches instead of listed at every pass: the
+/// usage records (a watch of the runner's own), the `MemberCluster`s (the MemberCluster
+/// controller's store) and the jobs (the job controllers' stores, shared through the
+/// scheduler).
+pub struct Stores {
+    records: Store<UsageRecord>,
+    task: tokio::task::JoinHandle<()>,
+    /// Growth of `Open` records held between passes (see [`Held`]).
+    held: std::sync::Mutex<Held>,
+}
+
+impl Drop for Stores {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Stores {
+    /// Starts the usage record watch.
+    pub fn start(hub: &kube::Client) -> Stores {
+        let (records, writer) = reflector::store();
+        let stream = watcher(
+            Api::<UsageRecord>::all(hub.clone()),
+            watcher::Config::default(),
+        )
+        .modify(|r: &mut UsageRecord| crate::federation::trim_meta(&mut r.metadata))
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects();
+        let task = tokio::spawn(stream.for_each(|_| futures::future::ready(())));
+        Stores {
+            records,
+            task,
+            held: Default::default(),
+        }
+    }
+
+    /// The hub as the watches hold it, once every store has listed; `None` before.
+    pub fn view(&self, ctx: &Deps) -> Option<HubView> {
+        let (training, inference) = (ctx.jobs)()?;
+        let ready = crate::federation::listed(&self.records)
+            && crate::federation::listed(&ctx.members)
+            && crate::federation::listed(&training)
+            && crate::federation::listed(&inference);
+        ready.then(|| {
+            HubView::from_objects(
+                self.records.state(),
+                ctx.members.state(),
+                training.state(),
+                inference.state(),
+            )
+        })
+    }
+}
+
+/// One pass: meter, then settle (when a ledger is given), then refresh metrics. Reads the hub
+/// from `stores` when they have listed (else lists it once).
 pub async fn pass(
     ctx: &Deps,
     ledger: Option<&Ledger>,
     cfg: &RunnerConfig,
     seen: &mut Totals,
+    stores: &Stores,
 ) -> anyhow::Result<()> {
     let members = member_refs(ctx).await;
-    let m = meter_once(
+    let view = match stores.view(ctx) {
+        Some(v) => v,
+        None => HubView::list(&ctx.hub).await?,
+    };
+    let m = meter_view(
         &ctx.hub,
         &members,
+        view.clone(),
         k8s_openapi::jiff::Timestamp::now(),
         &cfg.meter,
+        Some(&stores.held),
     )
     .await?;
     for (cluster, e) in &m.member_errors {
@@ -88,7 +170,9 @@ pub async fn pass(
     let mut alerts = m.alerts.clone();
     if let Some(l) = ledger {
         ctx.metrics.refresh_oracle_balance(l).await;
-        match settle_once(&ctx.hub, l, &cfg.settle).await {
+        // What the meter just wrote, as the record watch has it by now (or the view as read).
+        let view = stores.view(ctx).unwrap_or(view);
+        match settle_view(&ctx.hub, l, view.clone(), &cfg.settle).await {
             Ok(r) => {
                 alerts.extend(r.alerts.iter().cloned());
                 if r.batches_failed > 0 {
@@ -109,7 +193,7 @@ pub async fn pass(
             }
         }
         // Receipts past the settlement horizon: rent back to the oracle that paid it.
-        match close_expired_receipts(&ctx.hub, l).await {
+        match close_expired_in(&ctx.hub, l, &view).await {
             Ok(r) => {
                 ctx.metrics
                     .add_receipts_closed(r.closed as u64, r.rent_reclaimed_lamports);
@@ -128,7 +212,7 @@ pub async fn pass(
         }
     }
     surface(ctx, &alerts).await;
-    seen.update(ctx).await?;
+    seen.update(ctx, stores).await?;
     Ok(())
 }
 
@@ -182,13 +266,21 @@ pub struct Totals {
 }
 
 impl Totals {
-    async fn update(&mut self, ctx: &Deps) -> anyhow::Result<()> {
-        let recs = Api::<UsageRecord>::all(ctx.hub.clone())
-            .list(&ListParams::default())
-            .await?;
+    async fn update(&mut self, ctx: &Deps, stores: &Stores) -> anyhow::Result<()> {
+        let recs = if crate::federation::listed(&stores.records) {
+            stores.records.state()
+        } else {
+            Api::<UsageRecord>::all(ctx.hub.clone())
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .map(Arc::new)
+                .collect()
+        };
         let mut gs: BTreeMap<String, i64> = BTreeMap::new();
         let mut mt: BTreeMap<String, i64> = BTreeMap::new();
-        for r in recs.items {
+        for r in recs {
             *gs.entry(r.spec.cluster.clone()).or_default() += r.spec.gpu_seconds;
             if let Some(st) = r.status.as_ref().filter(|s| s.state == UsageState::Settled) {
                 *mt.entry(r.spec.cluster.clone()).or_default() += st.amount.unwrap_or(0);
@@ -214,10 +306,15 @@ impl Totals {
 pub async fn run(ctx: Deps, ledger: Option<Ledger>, mut cfg: RunnerConfig) {
     if let Some(l) = ledger.as_ref() {
         cfg.meter.period_seconds = pool_period_seconds(l).await;
+        // Every replica and restart seals and verifies with the same key: the oracle's.
+        let seal = super::SealKey::from_secret(&l.oracle.to_bytes());
+        cfg.meter.seal = seal.clone();
+        cfg.settle.seal = seal;
     }
     let mut totals = Totals::default();
+    let stores = Stores::start(&ctx.hub);
     loop {
-        if let Err(e) = pass(&ctx, ledger.as_ref(), &cfg, &mut totals).await {
+        if let Err(e) = pass(&ctx, ledger.as_ref(), &cfg, &mut totals, &stores).await {
             tracing::warn!(error = %e, "metering pass failed");
         }
         tokio::time::sleep(cfg.interval).await;

@@ -9,8 +9,12 @@
 //!    `spec.ownerWallet`, and only if the settler can **re-derive** the record: its period
 //!    bounds from the pool's on-chain period length, the period over by the hub's clock and
 //!    within the settlement horizon, `gpuSeconds` the sum of its pods, each pod within its GPUs
-//!    × the period, the total within the cluster's on-chain GPU cap. Anything else is left
-//!    unpaid with a message and reported as an [`Alert`];
+//!    × the period, the total within the cluster's on-chain GPU cap; and only if the hub's own
+//!    facts prove it ([`prove`], [`super::proof`]): it carries the meter's seal, and while its
+//!    job exists, the job placed each of its slots on that member in that period, within the
+//!    slot's GPUs × its placement window. Anything else is left unpaid with a message and
+//!    reported as an [`Alert`] (an Event on the `MemberCluster`, the
+//!    `gpupool_unpaid_gpu_seconds` gauge and the `GpupoolUnpaidUsage` alert);
 //! 1. every `Final` record is first **reconciled** against the chain at `finalized`
 //!    commitment: if its receipt exists (a previous pass sent it, or died before marking), the
 //!    record is marked `Settled` with the receipt's amount and nothing is sent;
@@ -32,7 +36,7 @@ use gpupool_ledger::instruction::{self as ix, UsageEntry};
 use gpupool_ledger::state::{ClusterAccount, PoolConfig, UsageReceipt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use solana_program::pubkey::Pubkey;
@@ -47,12 +51,15 @@ pub const DEMO_GPU_CAP: u32 = 64;
 pub struct SettleConfig {
     /// Receipts per transaction (1..=[`MAX_BATCH_RECEIPTS`]).
     pub max_batch: usize,
+    /// The key the meter seals records with: a record without its seal is refused.
+    pub seal: super::SealKey,
 }
 
 impl Default for SettleConfig {
     fn default() -> Self {
         SettleConfig {
             max_batch: MAX_BATCH_RECEIPTS,
+            seal: super::SealKey::default(),
         }
     }
 }
@@ -212,6 +219,23 @@ pub fn justify(
     Ok(())
 }
 
+/// Why the hub's own facts do not support paying `rec`: its seal is not the meter's, or its
+/// job still exists and does not re-derive it (see [`super::proof`]).
+pub fn prove(
+    rec: &UsageRecord,
+    seal: &super::SealKey,
+    jobs: &BTreeMap<String, super::HubJob>,
+    period_seconds: u64,
+) -> Result<(), (&'static str, String)> {
+    if !seal.verify(&rec.spec) {
+        return Err((
+            "UnsealedRecord",
+            "the record does not carry the meter's seal: the meter did not write it (or not all of it)".into(),
+        ));
+    }
+    super::proof::rederive(&rec.spec, jobs, period_seconds).map_err(|e| ("NotPlaced", e))
+}
+
 /// Settles every `Final` usage record in the hub on the ledger (see the module docs).
 /// Fails only when the hub cannot be listed or the pool cannot be read / is not ours.
 pub async fn settle_once(
@@ -219,14 +243,24 @@ pub async fn settle_once(
     ledger: &Ledger,
     cfg: &SettleConfig,
 ) -> Result<SettleReport> {
+    let view = super::meter::HubView::list(hub).await?;
+    settle_view(hub, ledger, view, cfg).await
+}
+
+/// One settlement pass over what the hub holds (`view`), writing through `hub`.
+pub async fn settle_view(
+    hub: &Client,
+    ledger: &Ledger,
+    view: super::meter::HubView,
+    cfg: &SettleConfig,
+) -> Result<SettleReport> {
     let mut report = SettleReport::default();
     let records: Api<UsageRecord> = Api::all(hub.clone());
-    let finals: Vec<UsageRecord> = records
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
+    let finals: Vec<UsageRecord> = view
+        .records
+        .values()
         .filter(|r| r.status.as_ref().map(|s| s.state) == Some(UsageState::Final))
+        .map(|r| UsageRecord::clone(r))
         .collect();
     report.final_records = finals.len();
     if finals.is_empty() {
@@ -240,10 +274,12 @@ pub async fn settle_once(
             ledger.oracle.pubkey()
         );
     }
-    let members = Api::<MemberCluster>::all(hub.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
+    let members: Vec<MemberCluster> = view
+        .members
+        .values()
+        .map(|m| MemberCluster::clone(m))
+        .collect();
+    let jobs = view.hub_jobs();
     let mut by_cluster: BTreeMap<String, Vec<UsageRecord>> = BTreeMap::new();
     for r in finals {
         by_cluster
@@ -259,18 +295,17 @@ pub async fn settle_once(
                 continue;
             }
         };
-        if let Err(e) = settle_cluster(
-            &records,
+        let c = ClusterSettlement {
+            records: &records,
             ledger,
-            &config,
-            &cluster,
-            &payee,
-            recs,
+            config: &config,
+            cluster: &cluster,
+            cluster_id: ledger::cluster_id(&payee.cluster_uid),
+            payee: &payee,
             cfg,
-            &mut report,
-        )
-        .await
-        {
+            jobs: &jobs,
+        };
+        if let Err(e) = c.settle(recs, &mut report).await {
             report.errors.push(format!("cluster {cluster}: {e:#}"));
         }
     }
@@ -302,198 +337,271 @@ async fn refuse_all(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn settle_cluster(
-    records: &Api<UsageRecord>,
-    ledger: &Ledger,
-    config: &PoolConfig,
-    cluster: &str,
-    payee: &Payee,
-    recs: Vec<UsageRecord>,
-    cfg: &SettleConfig,
-    report: &mut SettleReport,
-) -> Result<()> {
-    let client = ledger.client.as_ref();
-    let program = gpupool_ledger::ID;
-    let cluster_id = ledger::cluster_id(&payee.cluster_uid);
-
-    // Records of another physical cluster under this name (the kubeconfig was repointed).
-    let (recs, foreign): (Vec<_>, Vec<_>) = recs
-        .into_iter()
-        .partition(|r| r.spec.cluster_uid.is_empty() || r.spec.cluster_uid == payee.cluster_uid);
-    if !foreign.is_empty() {
-        let msg = format!(
-            "metered on a cluster whose kube-system UID is not {}'s ({}); not paid",
-            cluster, payee.cluster_uid
-        );
-        refuse_all(records, cluster, "IdentityChanged", &msg, &foreign, report).await;
+fn group_by_wallet(recs: Vec<UsageRecord>) -> BTreeMap<String, Vec<UsageRecord>> {
+    let mut out: BTreeMap<String, Vec<UsageRecord>> = BTreeMap::new();
+    for r in recs {
+        out.entry(r.spec.owner_wallet.trim().to_string())
+            .or_default()
+            .push(r);
     }
-    if recs.is_empty() {
-        return Ok(());
-    }
+    out
+}
 
-    // 1. The cluster account (register it when we hold the owner's and registrar's keys).
-    let mut account = ledger::read_cluster(client, &program, &cluster_id).await?;
-    if account.is_none() {
-        let wallet = payee.owner_wallet.clone();
-        let owner = ledger::parse_wallet(&wallet).ok();
-        match (
-            owner.and_then(|o| ledger.owner_signers.get(&o)),
-            ledger.registrar.as_ref(),
-        ) {
-            (Some(owner_kp), Some(registrar)) => {
-                let oracle = ledger.oracle.pubkey();
-                let res = ledger
-                    .send(
-                        &[
-                            ix::create_associated_token_account_idempotent(
-                                &oracle,
-                                &owner_kp.pubkey(),
-                                &config.mint,
-                            ),
-                            ix::register_cluster(
-                                &oracle,
-                                &owner_kp.pubkey(),
-                                &registrar.pubkey(),
-                                &cluster_id,
-                            ),
-                        ],
-                        &[owner_kp, registrar],
-                    )
-                    .await;
-                match res {
-                    Ok(_) => report.clusters_registered += 1,
-                    Err(e) if e.ledger_error() == Some(LedgerError::ClusterAlreadyRegistered) => {}
-                    Err(e) => bail!("registering the cluster on chain: {e}"),
-                }
-                account = ledger::read_cluster(client, &program, &cluster_id).await?;
-            }
-            _ => {
-                let msg = format!(
-                    "cluster {cluster} is not registered on the ledger; its owner ({wallet}) and the pool's registrar must sign RegisterCluster before its usage can be paid"
-                );
-                for r in &recs {
-                    note(records, r, &msg, false).await;
-                }
-                report.skipped += recs.len();
-                return Ok(());
+/// Settling the `Final` records of one payable member.
+struct ClusterSettlement<'a> {
+    records: &'a Api<UsageRecord>,
+    ledger: &'a Ledger,
+    config: &'a PoolConfig,
+    cluster: &'a str,
+    cluster_id: [u8; 32],
+    payee: &'a Payee,
+    cfg: &'a SettleConfig,
+    jobs: &'a BTreeMap<String, super::HubJob>,
+}
+
+impl ClusterSettlement<'_> {
+    /// Foreign records refused → cluster account → owner and state checks → reconcile and
+    /// justify → the owner's token account → batches.
+    async fn settle(&self, recs: Vec<UsageRecord>, report: &mut SettleReport) -> Result<()> {
+        let recs = self.refuse_foreign(recs, report).await;
+        if recs.is_empty() {
+            return Ok(());
+        }
+        let Some(account) = self.cluster_account(&recs, report).await? else {
+            return Ok(());
+        };
+        let recs = self.payable(&account, recs, report).await;
+        let mut pending = Vec::new();
+        for rec in recs {
+            if let Some(p) = self.pending(rec, &account, report).await {
+                pending.push(p);
             }
         }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.ensure_token_account(&account.owner).await?;
+        self.send_all(&account.owner, &pending, report).await;
+        Ok(())
     }
-    let Some(mut account) = account else {
-        bail!("cluster account still missing after registration");
-    };
-    if account.gpu_cap == 0
-        && let Some(admin) = ledger.admin.as_ref()
-    {
-        // Demo only: the operator holds the admin key and gives the cluster a GPU cap.
-        if ledger
+
+    /// Records of another physical cluster under this name (the kubeconfig was repointed) are
+    /// refused; the others returned.
+    async fn refuse_foreign(
+        &self,
+        recs: Vec<UsageRecord>,
+        report: &mut SettleReport,
+    ) -> Vec<UsageRecord> {
+        let uid = &self.payee.cluster_uid;
+        let (recs, foreign): (Vec<_>, Vec<_>) = recs
+            .into_iter()
+            .partition(|r| r.spec.cluster_uid.is_empty() || r.spec.cluster_uid == *uid);
+        if !foreign.is_empty() {
+            let msg = format!(
+                "metered on a cluster whose kube-system UID is not {}'s ({uid}); not paid",
+                self.cluster
+            );
+            refuse_all(
+                self.records,
+                self.cluster,
+                "IdentityChanged",
+                &msg,
+                &foreign,
+                report,
+            )
+            .await;
+        }
+        recs
+    }
+
+    /// The cluster's account on chain, registered first when the operator holds the owner's and
+    /// registrar's keys (the demo); `None` (records noted) when it is not registered.
+    async fn cluster_account(
+        &self,
+        recs: &[UsageRecord],
+        report: &mut SettleReport,
+    ) -> Result<Option<ClusterAccount>> {
+        let client = self.ledger.client.as_ref();
+        let program = gpupool_ledger::ID;
+        let mut account = ledger::read_cluster(client, &program, &self.cluster_id).await?;
+        if account.is_none() {
+            if !self.register(report).await? {
+                let msg = format!(
+                    "cluster {} is not registered on the ledger; its owner ({}) and the pool's registrar must sign RegisterCluster before its usage can be paid",
+                    self.cluster, self.payee.owner_wallet
+                );
+                for r in recs {
+                    note(self.records, r, &msg, false).await;
+                }
+                report.skipped += recs.len();
+                return Ok(None);
+            }
+            account = ledger::read_cluster(client, &program, &self.cluster_id).await?;
+        }
+        let Some(mut account) = account else {
+            bail!("cluster account still missing after registration");
+        };
+        if account.gpu_cap == 0
+            && let Some(a) = self.demo_cap().await?
+        {
+            account = a;
+        }
+        Ok(Some(account))
+    }
+
+    /// Registers the cluster when the operator holds the owner's and the registrar's keys;
+    /// `false` when it does not.
+    async fn register(&self, report: &mut SettleReport) -> Result<bool> {
+        let owner = ledger::parse_wallet(&self.payee.owner_wallet).ok();
+        let (Some(owner_kp), Some(registrar)) = (
+            owner.and_then(|o| self.ledger.owner_signers.get(&o)),
+            self.ledger.registrar.as_ref(),
+        ) else {
+            return Ok(false);
+        };
+        let oracle = self.ledger.oracle.pubkey();
+        let res = self
+            .ledger
+            .send(
+                &[
+                    ix::create_associated_token_account_idempotent(
+                        &oracle,
+                        &owner_kp.pubkey(),
+                        &self.config.mint,
+                    ),
+                    ix::register_cluster(
+                        &oracle,
+                        &owner_kp.pubkey(),
+                        &registrar.pubkey(),
+                        &self.cluster_id,
+                    ),
+                ],
+                &[owner_kp, registrar],
+            )
+            .await;
+        match res {
+            Ok(_) => report.clusters_registered += 1,
+            Err(e) if e.ledger_error() == Some(LedgerError::ClusterAlreadyRegistered) => {}
+            Err(e) => bail!("registering the cluster on chain: {e}"),
+        }
+        Ok(true)
+    }
+
+    /// Demo only: the operator holds the admin key and gives the cluster a GPU cap.
+    async fn demo_cap(&self) -> Result<Option<ClusterAccount>> {
+        let Some(admin) = self.ledger.admin.as_ref() else {
+            return Ok(None);
+        };
+        let sent = self
+            .ledger
             .send(
                 &[ix::configure_cluster(
                     &admin.pubkey(),
-                    &cluster_id,
+                    &self.cluster_id,
                     DEMO_GPU_CAP,
                     false,
                 )],
                 &[admin],
             )
-            .await
-            .is_ok()
-            && let Some(a) = ledger::read_cluster(client, &program, &cluster_id).await?
-        {
-            account = a;
-        }
-    }
-
-    // The wallet on chain must be the one the hub knows for this member.
-    let owner = account.owner;
-    if owner.to_string() != payee.owner_wallet.trim() {
-        let msg = format!(
-            "the ledger pays cluster {cluster} to {owner}, but MemberCluster {cluster} names {} as its owner; not paid until they agree (SetClusterOwner)",
-            payee.owner_wallet
-        );
-        refuse_all(records, cluster, "OwnerMismatch", &msg, &recs, report).await;
-        return Ok(());
-    }
-    if account.disabled {
-        let msg = format!("cluster {cluster} is disabled on the ledger; not paid");
-        refuse_all(records, cluster, "ClusterDisabled", &msg, &recs, report).await;
-        return Ok(());
-    }
-
-    // 2. Reconcile against finalized receipts; keep what still has to be sent.
-    let now = Timestamp::now().as_second();
-    let mut pending = Vec::new();
-    for rec in recs {
-        let Some(uid) = gpupool_ledger::state::parse_job_uid(&rec.spec.job_uid) else {
-            note(
-                records,
-                &rec,
-                &format!(
-                    "job uid {:?} is not a UUID; cannot be settled",
-                    rec.spec.job_uid
-                ),
-                false,
-            )
             .await;
-            report.skipped += 1;
-            continue;
-        };
-        let period = rec.spec.period.max(0) as u64;
-        match ledger::read_receipt(
-            ledger.finalized.as_ref(),
-            &program,
-            &cluster_id,
-            &uid,
-            period,
+        if sent.is_err() {
+            return Ok(None);
+        }
+        ledger::read_cluster(
+            self.ledger.client.as_ref(),
+            &gpupool_ledger::ID,
+            &self.cluster_id,
         )
         .await
-        {
-            Ok(Some(receipt)) => {
-                mark_settled(records, &rec, &receipt, None, report).await;
-                report.reconciled += 1;
-                continue;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                report
-                    .errors
-                    .push(format!("{}: reading its receipt: {e:#}", rec.name_any()));
-                continue;
-            }
+    }
+
+    /// The records payable now: the cluster must be enabled on chain, and each record is paid
+    /// only to the wallet it was metered for (its own immutable `ownerWallet`), which must be
+    /// the cluster's owner on chain: usage metered under one owner is never paid to another,
+    /// and editing the `MemberCluster`'s `ownerWallet` blocks nothing metered before.
+    async fn payable(
+        &self,
+        account: &ClusterAccount,
+        recs: Vec<UsageRecord>,
+        report: &mut SettleReport,
+    ) -> Vec<UsageRecord> {
+        let (cluster, owner) = (self.cluster, account.owner);
+        if account.disabled {
+            let msg = format!("cluster {cluster} is disabled on the ledger; not paid");
+            refuse_all(
+                self.records,
+                cluster,
+                "ClusterDisabled",
+                &msg,
+                &recs,
+                report,
+            )
+            .await;
+            return Vec::new();
         }
-        // Sent and confirmed earlier, not final yet: wait, do not resend.
-        if let Ok(Some(_)) = ledger::read_receipt(client, &program, &cluster_id, &uid, period).await
-        {
-            report.awaiting_finality += 1;
-            continue;
+        let (ours, others): (Vec<_>, Vec<_>) = recs
+            .into_iter()
+            .partition(|r| r.spec.owner_wallet.trim() == owner.to_string());
+        for (wallet, recs) in group_by_wallet(others) {
+            let msg = format!(
+                "metered for owner {wallet}, but the ledger pays cluster {cluster} to {owner}; not paid to anyone else (waits until the ledger names {wallet} again)"
+            );
+            refuse_all(self.records, cluster, "OwnerMismatch", &msg, &recs, report).await;
+        }
+        ours
+    }
+
+    /// One record: reconciled against a finalized receipt, or checked (arithmetic, seal, hub
+    /// facts, rate) and returned to be sent; `None` when there is nothing to send now.
+    async fn pending(
+        &self,
+        rec: UsageRecord,
+        account: &ClusterAccount,
+        report: &mut SettleReport,
+    ) -> Option<Pending> {
+        let Some(uid) = gpupool_ledger::state::parse_job_uid(&rec.spec.job_uid) else {
+            let msg = format!(
+                "job uid {:?} is not a UUID; cannot be settled",
+                rec.spec.job_uid
+            );
+            note(self.records, &rec, &msg, false).await;
+            report.skipped += 1;
+            return None;
+        };
+        let period = rec.spec.period.max(0) as u64;
+        if self.on_chain(&rec, &uid, period, report).await {
+            return None;
         }
         if rec.spec.gpu_seconds <= 0 {
             // Nothing the hub can prove was used (see unpaidGpuSeconds): nothing to pay.
             report.skipped += 1;
-            continue;
+            return None;
         }
-        if let Err(why) = justify(&rec, config, &account, now) {
+        let now = Timestamp::now().as_second();
+        let checked = justify(&rec, self.config, account, now)
+            .map_err(|why| ("UnjustifiedUsage", why))
+            .and_then(|()| prove(&rec, &self.cfg.seal, self.jobs, self.config.period_seconds));
+        if let Err((reason, why)) = checked {
             let msg = format!("not paid: {why}");
             report.alerts.push(Alert {
-                cluster: cluster.to_string(),
-                reason: "UnjustifiedUsage".into(),
+                cluster: self.cluster.to_string(),
+                reason: reason.into(),
                 message: format!("{}: {msg}", rec.name_any()),
                 gpu_seconds: rec.spec.gpu_seconds,
             });
             report.refused += 1;
-            note(records, &rec, &msg, false).await;
-            continue;
+            note(self.records, &rec, &msg, false).await;
+            return None;
         }
         let class = rec.spec.gpu_class;
         let rate = u8::try_from(class)
             .ok()
-            .and_then(|c| config.rate(c, period))
+            .and_then(|c| self.config.rate(c, period))
             .unwrap_or(0);
         if rate == 0 {
-            note(records, &rec, &format!("GPU class {class} has no rate on the ledger for period {period}; waiting for the pool admin to price it"), false).await;
+            note(self.records, &rec, &format!("GPU class {class} has no rate on the ledger for period {period}; waiting for the pool admin to price it"), false).await;
             report.skipped += 1;
-            continue;
+            return None;
         }
         let entry = UsageEntry {
             job_uid: uid,
@@ -501,65 +609,100 @@ async fn settle_cluster(
             gpu_seconds: rec.spec.gpu_seconds as u64,
             gpu_class: class as u8,
         };
-        pending.push(Pending { rec, uid, entry });
-    }
-    if pending.is_empty() {
-        return Ok(());
+        Some(Pending { rec, uid, entry })
     }
 
-    // 3. The owner's token account must exist for MintTo.
-    let ata = gpupool_ledger::state::get_associated_token_address(&owner, &config.mint);
-    if client.get_account(&ata).await?.is_none() {
-        let oracle = ledger.oracle.pubkey();
-        ledger
+    /// Whether the record's receipt is already on chain: finalized (the record is marked
+    /// `Settled`), or sent and confirmed earlier and not final yet (wait, do not resend). A
+    /// read error counts as "on chain" for this pass (nothing is sent blindly).
+    async fn on_chain(
+        &self,
+        rec: &UsageRecord,
+        uid: &[u8; 16],
+        period: u64,
+        report: &mut SettleReport,
+    ) -> bool {
+        let program = gpupool_ledger::ID;
+        let finalized = self.ledger.finalized.as_ref();
+        match ledger::read_receipt(finalized, &program, &self.cluster_id, uid, period).await {
+            Ok(Some(receipt)) => {
+                mark_settled(self.records, rec, &receipt, None, report).await;
+                report.reconciled += 1;
+                return true;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("{}: reading its receipt: {e:#}", rec.name_any()));
+                return true;
+            }
+        }
+        let client = self.ledger.client.as_ref();
+        if let Ok(Some(_)) =
+            ledger::read_receipt(client, &program, &self.cluster_id, uid, period).await
+        {
+            report.awaiting_finality += 1;
+            return true;
+        }
+        false
+    }
+
+    /// The owner's token account must exist for MintTo.
+    async fn ensure_token_account(&self, owner: &Pubkey) -> Result<()> {
+        let ata = gpupool_ledger::state::get_associated_token_address(owner, &self.config.mint);
+        if self.ledger.client.get_account(&ata).await?.is_some() {
+            return Ok(());
+        }
+        let oracle = self.ledger.oracle.pubkey();
+        self.ledger
             .send(
                 &[ix::create_associated_token_account_idempotent(
                     &oracle,
-                    &owner,
-                    &config.mint,
+                    owner,
+                    &self.config.mint,
                 )],
                 &[],
             )
             .await
             .map_err(|e| anyhow::anyhow!("creating the owner's token account {ata}: {e}"))?;
+        Ok(())
     }
 
-    // 4. Batches.
-    let max = cfg.max_batch.clamp(1, MAX_BATCH_RECEIPTS);
-    for chunk in pending.chunks(max) {
-        match send_batch(ledger, config, &cluster_id, &owner, chunk).await {
-            Ok(sig) => {
-                report.batches_sent += 1;
-                after_confirmed(
-                    records,
-                    ledger,
-                    &cluster_id,
-                    chunk,
-                    &sig.to_string(),
-                    report,
-                )
-                .await;
-            }
-            Err(e) => {
-                report.batches_failed += 1;
-                match &e {
-                    SendError::Rejected { .. } => {
-                        // One record may be bad (or already paid): go one by one.
-                        for p in chunk {
-                            settle_single(records, ledger, config, &cluster_id, &owner, p, report)
+    /// Sends the records in batches; a rejected batch is retried record by record.
+    async fn send_all(&self, owner: &Pubkey, pending: &[Pending], report: &mut SettleReport) {
+        let (records, ledger, config, cluster_id) =
+            (self.records, self.ledger, self.config, &self.cluster_id);
+        let max = self.cfg.max_batch.clamp(1, MAX_BATCH_RECEIPTS);
+        for chunk in pending.chunks(max) {
+            match send_batch(ledger, config, cluster_id, owner, chunk).await {
+                Ok(sig) => {
+                    report.batches_sent += 1;
+                    let sig = sig.to_string();
+                    after_confirmed(records, ledger, cluster_id, chunk, &sig, report).await;
+                }
+                Err(e) => {
+                    report.batches_failed += 1;
+                    match &e {
+                        SendError::Rejected { .. } => {
+                            // One record may be bad (or already paid): go one by one.
+                            for p in chunk {
+                                settle_single(
+                                    records, ledger, config, cluster_id, owner, p, report,
+                                )
                                 .await;
+                            }
                         }
-                    }
-                    SendError::Unknown(_) | SendError::NotSent(_) => {
-                        for p in chunk {
-                            failed(records, &p.rec, &e, report).await;
+                        SendError::Unknown(_) | SendError::NotSent(_) => {
+                            for p in chunk {
+                                failed(records, &p.rec, &e, report).await;
+                            }
                         }
                     }
                 }
             }
         }
     }
-    Ok(())
 }
 
 async fn send_batch(
@@ -784,13 +927,22 @@ struct Closable {
 /// receipt already gone (a sweep that died before marking) is just marked. Transactions close
 /// up to [`MAX_CLOSES_PER_TX`] receipts; a refused one is retried receipt by receipt.
 pub async fn close_expired_receipts(hub: &Client, ledger: &Ledger) -> Result<SweepReport> {
+    let view = super::meter::HubView::list(hub).await?;
+    close_expired_in(hub, ledger, &view).await
+}
+
+/// [`close_expired_receipts`] over what the hub holds (`view`), writing through `hub`.
+pub async fn close_expired_in(
+    hub: &Client,
+    ledger: &Ledger,
+    view: &super::meter::HubView,
+) -> Result<SweepReport> {
     let mut report = SweepReport::default();
     let records: Api<UsageRecord> = Api::all(hub.clone());
-    let settled: Vec<UsageRecord> = records
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
+    let settled: Vec<&UsageRecord> = view
+        .records
+        .values()
+        .map(|r| r.as_ref())
         .filter(|r| {
             r.status
                 .as_ref()
@@ -800,16 +952,13 @@ pub async fn close_expired_receipts(hub: &Client, ledger: &Ledger) -> Result<Swe
     if settled.is_empty() {
         return Ok(report);
     }
-    let client = ledger.client.as_ref();
-    let program = gpupool_ledger::ID;
     let config = pool_config(ledger).await?;
     // The program decides by its own clock; asking it for receipts it will refuse is waste.
-    let chain_now = ledger::chain_unix_time(client)
+    let chain_now = ledger::chain_unix_time(ledger.client.as_ref())
         .await
         .ok()
         .flatten()
         .unwrap_or_else(|| Timestamp::now().as_second());
-    let mut members: Option<Vec<MemberCluster>> = None;
     let mut closable = Vec::new();
     for rec in settled {
         let period = rec.spec.period.max(0) as u64;
@@ -817,69 +966,79 @@ pub async fn close_expired_receipts(hub: &Client, ledger: &Ledger) -> Result<Swe
             report.waiting += 1;
             continue;
         }
-        // The identity the record was metered (and paid) under; older records without one
-        // were paid under their member's.
-        let uid = if rec.spec.cluster_uid.is_empty() {
-            if members.is_none() {
-                members = Some(
-                    Api::<MemberCluster>::all(hub.clone())
-                        .list(&ListParams::default())
-                        .await?
-                        .items,
-                );
-            }
-            members
-                .iter()
-                .flatten()
-                .find(|m| m.name_any() == rec.spec.cluster)
-                .and_then(|m| m.cluster_id().map(String::from))
-        } else {
-            Some(rec.spec.cluster_uid.clone())
-        };
-        let (Some(uid), Some(job)) = (uid, gpupool_ledger::state::parse_job_uid(&rec.spec.job_uid))
-        else {
-            report.errors.push(format!(
-                "{}: cannot derive its receipt address (cluster identity or job uid unknown)",
-                rec.name_any()
-            ));
-            continue;
-        };
-        let key = ledger::receipt_address(&program, &ledger::cluster_id(&uid), &job, period);
-        let acc = match client.get_account(&key).await {
-            Ok(a) => a,
-            Err(e) => {
-                report
-                    .errors
-                    .push(format!("{}: reading receipt {key}: {e:#}", rec.name_any()));
-                continue;
-            }
-        };
-        // Closed accounts read back empty (or as a system account someone sent lamports to).
-        let receipt = acc
-            .filter(|a| a.owner == program && a.lamports > 0)
-            .and_then(|a| {
-                gpupool_ledger::state::unpack::<UsageReceipt>(
-                    &a.data,
-                    UsageReceipt::LEN,
-                    gpupool_ledger::state::TAG_RECEIPT,
-                )
-                .ok()
-                .map(|r| (r, a.lamports))
-            });
-        match receipt {
-            Some((r, lamports)) => closable.push(Closable {
-                rec,
-                receipt: key,
-                rent_payer: r.rent_payer,
-                lamports,
-            }),
-            None => {
-                if mark_closed(&records, &rec, &mut report).await {
+        match closable_receipt(ledger, view, rec, period).await {
+            Ok(Some(c)) => closable.push(c),
+            Ok(None) => {
+                if mark_closed(&records, rec, &mut report).await {
                     report.already_closed += 1;
                 }
             }
+            Err(e) => report.errors.push(e),
         }
     }
+    close_all(&records, ledger, &closable, &mut report).await;
+    Ok(report)
+}
+
+/// The receipt of settled record `rec`, if it is still open on chain (`Ok(None)`: closed
+/// already); `Err` when its address cannot be derived or read.
+async fn closable_receipt(
+    ledger: &Ledger,
+    view: &super::meter::HubView,
+    rec: &UsageRecord,
+    period: u64,
+) -> Result<Option<Closable>, String> {
+    let program = gpupool_ledger::ID;
+    // The identity the record was metered (and paid) under; older records without one were
+    // paid under their member's.
+    let uid = if rec.spec.cluster_uid.is_empty() {
+        view.members
+            .get(&rec.spec.cluster)
+            .and_then(|m| m.cluster_id().map(String::from))
+    } else {
+        Some(rec.spec.cluster_uid.clone())
+    };
+    let (Some(uid), Some(job)) = (uid, gpupool_ledger::state::parse_job_uid(&rec.spec.job_uid))
+    else {
+        return Err(format!(
+            "{}: cannot derive its receipt address (cluster identity or job uid unknown)",
+            rec.name_any()
+        ));
+    };
+    let key = ledger::receipt_address(&program, &ledger::cluster_id(&uid), &job, period);
+    let acc = ledger
+        .client
+        .get_account(&key)
+        .await
+        .map_err(|e| format!("{}: reading receipt {key}: {e:#}", rec.name_any()))?;
+    // Closed accounts read back empty (or as a system account someone sent lamports to).
+    Ok(acc
+        .filter(|a| a.owner == program && a.lamports > 0)
+        .and_then(|a| {
+            gpupool_ledger::state::unpack::<UsageReceipt>(
+                &a.data,
+                UsageReceipt::LEN,
+                gpupool_ledger::state::TAG_RECEIPT,
+            )
+            .ok()
+            .map(|r| (r, a.lamports))
+        })
+        .map(|(r, lamports)| Closable {
+            rec: rec.clone(),
+            receipt: key,
+            rent_payer: r.rent_payer,
+            lamports,
+        }))
+}
+
+/// Closes receipts [`MAX_CLOSES_PER_TX`] per transaction; a refused transaction is retried
+/// receipt by receipt.
+async fn close_all(
+    records: &Api<UsageRecord>,
+    ledger: &Ledger,
+    closable: &[Closable],
+    report: &mut SweepReport,
+) {
     for chunk in closable.chunks(MAX_CLOSES_PER_TX) {
         let ixs: Vec<_> = chunk
             .iter()
@@ -888,7 +1047,7 @@ pub async fn close_expired_receipts(hub: &Client, ledger: &Ledger) -> Result<Swe
         match ledger.send(&ixs, &[]).await {
             Ok(_) => {
                 for c in chunk {
-                    closed(&records, c, &mut report).await;
+                    closed(records, c, report).await;
                 }
             }
             Err(_) if chunk.len() > 1 => {
@@ -897,15 +1056,14 @@ pub async fn close_expired_receipts(hub: &Client, ledger: &Ledger) -> Result<Swe
                         .send(&[ix::close_receipt(&c.receipt, &c.rent_payer)], &[])
                         .await
                     {
-                        Ok(_) => closed(&records, c, &mut report).await,
-                        Err(e) => close_failed(c, &e, &mut report),
+                        Ok(_) => closed(records, c, report).await,
+                        Err(e) => close_failed(c, &e, report),
                     }
                 }
             }
-            Err(e) => close_failed(&chunk[0], &e, &mut report),
+            Err(e) => close_failed(&chunk[0], &e, report),
         }
     }
-    Ok(report)
 }
 
 fn close_failed(c: &Closable, e: &SendError, report: &mut SweepReport) {

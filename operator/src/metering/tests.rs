@@ -239,8 +239,28 @@ fn seen(models: &BTreeMap<String, String>) -> HubObservations<'_> {
     HubObservations {
         gpu_models: models,
         observed_ends: &NO_ENDS,
+        first_seen: &NO_ENDS,
         end_slack_seconds: 0,
     }
+}
+
+/// A gang worker slot of member `m1` on `node` placed at `from`, current until `until`.
+fn window(node: &str, gpus: &[String], from: i64, until: i64) -> SlotWindow {
+    SlotWindow {
+        member: "m1".into(),
+        slot: Slot::new(node, gpus),
+        placement: format!("g{from}"),
+        from,
+        until,
+    }
+}
+
+/// The entry of the slot whose last pod is `pod` (by name).
+fn slot_of<'a>(u: &'a JobPeriodUsage, pod: &str) -> &'a SlotPeriodUsage {
+    u.pods
+        .values()
+        .find(|p| p.pod_name.ends_with(&format!("/{pod}")))
+        .unwrap_or_else(|| panic!("no slot with pod {pod}: {u:?}"))
 }
 
 fn uuids(n: usize) -> Vec<String> {
@@ -261,9 +281,7 @@ fn hub(not_after: Option<i64>) -> BTreeMap<String, HubJob> {
             },
             not_before: 1_700_000_000,
             not_after,
-            slots: BTreeMap::from([("m1".to_string(), vec![Slot::new("n1", &uuids(4))])]),
-            current_since: None,
-            past: Vec::new(),
+            windows: vec![window("n1", &uuids(4), 1_700_000_000, i64::MAX)],
             model: None,
         },
     )])
@@ -307,7 +325,7 @@ fn grouping_by_job_and_period() {
     assert_eq!(u0.gpu_seconds(), 40);
     assert_eq!(u0.unpaid_gpu_seconds(), 0);
     assert_eq!(
-        u0.pods["uid-w0"].gpu_model.as_deref(),
+        slot_of(u0, "w0").gpu_model.as_deref(),
         Some("NVIDIA H100 80GB HBM3")
     );
     let ((_, p1), u1) = it.next().unwrap();
@@ -492,6 +510,7 @@ fn a_pod_is_not_paid_past_the_end_the_hub_saw() {
             HubObservations {
                 gpu_models: &models,
                 observed_ends: &ends,
+                first_seen: &NO_ENDS,
                 end_slack_seconds: slack,
             },
             1_700_000_100,
@@ -513,16 +532,11 @@ fn earlier_gang_placements_are_paid_for_the_time_they_were_current() {
     // Placed on GPU-0000..3 until a restart at +40, then on GPU-0004..7 of n1.
     let mut jobs = hub(None);
     let j = jobs.get_mut(UID).unwrap();
-    let old = j.slots.remove("m1").unwrap();
     let new: Vec<String> = (4..8).map(|i| format!("GPU-{i:04}")).collect();
-    j.slots.insert("m1".into(), vec![Slot::new("n1", &new)]);
-    j.past = vec![PastSlots {
-        member: "m1".into(),
-        slots: old,
-        from: None,
-        until: 1_700_000_040,
-    }];
-    j.current_since = Some(1_700_000_040);
+    j.windows = vec![
+        window("n1", &uuids(4), 1_700_000_000, 1_700_000_040),
+        window("n1", &new, 1_700_000_040, i64::MAX),
+    ];
     // The old worker claims to have run to +60 (its pod outlived the restart by 20 s).
     let old_pod = placed_pod(
         "old",
@@ -548,20 +562,20 @@ fn earlier_gang_placements_are_paid_for_the_time_they_were_current() {
     );
     let u = by.by_job_period.values().next().unwrap();
     assert_eq!(
-        u.pods["uid-old"].gpu_seconds,
+        slot_of(u, "old").gpu_seconds,
         4 * 40,
         "old placement: [0, 40)"
     );
-    assert_eq!(u.pods["uid-old"].unpaid_gpu_seconds, 4 * 20);
+    assert_eq!(slot_of(u, "old").unpaid_gpu_seconds, 4 * 20);
     assert_eq!(
-        u.pods["uid-new"].gpu_seconds,
+        slot_of(u, "new").gpu_seconds,
         4 * 60,
         "new placement: [40, now)"
     );
-    assert_eq!(u.pods["uid-new"].unpaid_gpu_seconds, 4 * 40);
+    assert_eq!(slot_of(u, "new").unpaid_gpu_seconds, 4 * 40);
     // A pod on the old GPUs of a job that never had them is still refused.
     let mut never = hub(None);
-    never.get_mut(UID).unwrap().slots.clear();
+    never.get_mut(UID).unwrap().windows.clear();
     let p = placed_pod("w", "n1", "2023-11-14T22:13:20Z", None, 4);
     let by = usage_by_job_period(
         "m1",
@@ -629,7 +643,13 @@ fn a_replaced_replica_is_paid_until_it_left_the_placements() {
         );
         by.by_job_period
             .values()
-            .map(|u| u.pods.get("uid-old").map_or(0, |p| p.gpu_seconds))
+            .map(|u| {
+                u.pods
+                    .values()
+                    .filter(|p| p.pod_uid == "uid-old")
+                    .map(|p| p.gpu_seconds)
+                    .sum::<i64>()
+            })
             .sum::<i64>()
     };
     assert_eq!(pass(&old, 1_700_000_030), 4 * 30, "first pass: [0, 30)");
@@ -641,4 +661,204 @@ fn a_replaced_replica_is_paid_until_it_left_the_placements() {
     );
     // A later pass pays the same again (the record's per-pod maximum: once in all).
     assert_eq!(pass(&replaced, 1_700_000_200), 4 * 40);
+}
+
+/// A training job (ml/gpt, created at +0) whose gang of one worker on `GPU-0000..3` of `n1` in
+/// `m1` was placed by the hub at `placed_at` (absent: a status written before `placedAt`).
+fn training_job(placed_at: Option<&str>) -> crate::api::TrainingJob {
+    let mut st =
+        json!({"cluster": "m1", "workers": [{"rank": 0, "node": "n1", "gpuUuids": uuids(4)}]});
+    if let Some(t) = placed_at {
+        st["placedAt"] = json!(t);
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "gpupool.io/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": "gpt", "namespace": "ml", "uid": UID,
+                     "creationTimestamp": "2023-11-14T22:13:20Z"},
+        "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i"}]}},
+                 "workers": 1, "gpusPerWorker": 4},
+        "status": st,
+    }))
+    .unwrap()
+}
+
+fn paid(by: &MemberUsage) -> i64 {
+    by.by_job_period.values().map(|u| u.gpu_seconds()).sum()
+}
+
+#[test]
+fn a_gang_is_paid_from_its_placement_not_from_the_jobs_creation() {
+    // Queued 11 s, placed at +11; the member says its worker started with the job at +0.
+    let p = placed_pod("w", "n1", "2023-11-14T22:13:20Z", None, 4);
+    let now = 1_700_000_023;
+    let queued = meter::hub_jobs(&[training_job(Some("2023-11-14T22:13:31Z"))], &[]);
+    let by = usage_by_job_period(
+        "m1",
+        std::slice::from_ref(&p),
+        &queued,
+        seen(&BTreeMap::new()),
+        now,
+        3_600,
+    );
+    assert_eq!(paid(&by), 4 * 12, "paid from the placement at +11 on");
+    assert_eq!(
+        by.by_job_period
+            .values()
+            .map(|u| u.unpaid_gpu_seconds())
+            .sum::<i64>(),
+        4 * 11,
+        "the queue wait is surfaced as unpaid"
+    );
+    // A status from before `placedAt` existed: bounded by the job's creation, as before.
+    let legacy = meter::hub_jobs(&[training_job(None)], &[]);
+    let by = usage_by_job_period("m1", &[p], &legacy, seen(&BTreeMap::new()), now, 3_600);
+    assert_eq!(paid(&by), 4 * 23);
+}
+
+#[test]
+fn a_restarted_gang_keeps_its_placement_time_in_its_past_placement() {
+    let mut j = training_job(Some("2023-11-14T22:13:31Z"));
+    let st = j.status.as_mut().unwrap();
+    st.retire_placement(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_700_000_040).unwrap(),
+    ));
+    assert_eq!(
+        st.past_placements[0].from.as_ref().map(|t| t.0.as_second()),
+        Some(1_700_000_011),
+        "the generation's placedAt becomes its past placement's from"
+    );
+    assert!(st.placed_at.is_none(), "the next generation gets its own");
+    let jobs = meter::hub_jobs(&[j], &[]);
+    let w = &jobs[UID].windows;
+    assert_eq!(w.len(), 1);
+    assert_eq!((w[0].from, w[0].until), (1_700_000_011, 1_700_000_040));
+}
+
+#[test]
+fn a_replica_placed_on_an_old_job_is_paid_from_its_placement() {
+    // The InferenceJob exists since +0; replica 0 was placed (or moved here) at +500. Its pod
+    // claims to have run since +0.
+    let mut j = inference_job(&uuids(4));
+    j.status.as_mut().unwrap().placements[0].gpus[0].placed_at =
+        Some(serde_json::from_value(json!("2023-11-14T22:21:40Z")).unwrap());
+    let mut p = placed_pod("r0", "n1", "2023-11-14T22:13:20Z", None, 4);
+    p.metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("gpupool.io/job-kind".into(), "InferenceJob".into());
+    let jobs = meter::hub_jobs(&[], &[j]);
+    let by = usage_by_job_period(
+        "m1",
+        &[p],
+        &jobs,
+        seen(&BTreeMap::new()),
+        1_700_000_600,
+        3_600,
+    );
+    assert_eq!(
+        paid(&by),
+        4 * 100,
+        "paid from +500, not from the job's creation"
+    );
+}
+
+#[test]
+fn copies_of_a_placed_pod_merge_into_one_slot_across_passes() {
+    // The gang was placed at +0. Pass 1 at +30 sees worker `a`; by pass 2 at +60 the member's
+    // admin replaced it with copy `b` (same labels, node and GPUs, new UID) claiming the same
+    // start, and by pass 3 at +90 with copy `c`.
+    let jobs = meter::hub_jobs(&[training_job(Some("2023-11-14T22:13:20Z"))], &[]);
+    let pass = |name: &str, now: i64| {
+        let mut p = placed_pod(name, "n1", "2023-11-14T22:13:20Z", None, 4);
+        p.metadata.uid = Some(format!("uid-{name}-{now}"));
+        let by = usage_by_job_period("m1", &[p], &jobs, seen(&BTreeMap::new()), now, 3_600);
+        let u = by.by_job_period.values().next().unwrap().clone();
+        u.pods
+            .into_iter()
+            .map(|(k, v)| (k, v.gpu_seconds))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let (p1, p2, p3) = (
+        pass("a", 1_700_000_030),
+        pass("b", 1_700_000_060),
+        pass("c", 1_700_000_090),
+    );
+    // One key for the slot whatever the pod's UID: the record merges (maximum), never adds.
+    assert_eq!(p1.len(), 1);
+    assert_eq!(p1.keys().collect::<Vec<_>>(), p2.keys().collect::<Vec<_>>());
+    assert_eq!(p2.keys().collect::<Vec<_>>(), p3.keys().collect::<Vec<_>>());
+    let merged = [&p1, &p2, &p3]
+        .iter()
+        .flat_map(|m| m.values())
+        .copied()
+        .max()
+        .unwrap();
+    assert_eq!(
+        merged,
+        4 * 90,
+        "the slot: 4 GPUs × 90 s, not the sum of the copies"
+    );
+    // A copy the hub's watch first saw at +80 is paid from then (less the slack) at most.
+    let first = BTreeMap::from([("uid-late".to_string(), 1_700_000_080)]);
+    let mut late = placed_pod("late", "n1", "2023-11-14T22:13:20Z", None, 4);
+    late.metadata.uid = Some("uid-late".into());
+    let by = usage_by_job_period(
+        "m1",
+        &[late],
+        &jobs,
+        HubObservations {
+            gpu_models: &BTreeMap::new(),
+            observed_ends: &NO_ENDS,
+            first_seen: &first,
+            end_slack_seconds: 2,
+        },
+        1_700_000_090,
+        3_600,
+    );
+    assert_eq!(
+        paid(&by),
+        4 * 12,
+        "from +78 (first seen at +80, 2 s slack) to +90"
+    );
+}
+
+#[test]
+fn an_end_persisted_in_a_record_bounds_the_pod_after_a_restart() {
+    // A record written before the restart says the hub saw pod `uid-w` end at +10; the new
+    // watch never saw it end (it forgot), and the member now says it ran to +90.
+    let rec: crate::api::UsageRecord = serde_json::from_value(json!({
+        "apiVersion": "gpupool.io/v1alpha1", "kind": "UsageRecord",
+        "metadata": {"name": "m1.x.1"},
+        "spec": {"cluster": "m1", "ownerWallet": "w", "jobKind": "TrainingJob",
+                 "jobNamespace": "ml", "jobName": "gpt", "jobUid": UID, "period": 1,
+                 "periodStart": "2023-11-14T22:13:20Z", "periodEnd": "2023-11-14T23:13:20Z",
+                 "gpuSeconds": 40, "gpuClass": 1,
+                 "pods": {"slot": {"name": "gp/w", "podUid": "uid-w", "gpus": 4, "gpuSeconds": 40,
+                                   "observedEnd": "2023-11-14T22:13:30Z"}}}
+    }))
+    .unwrap();
+    let ends = meter::known_ends("m1", &BTreeMap::new(), [rec].iter());
+    assert_eq!(ends.get("uid-w"), Some(&1_700_000_010));
+    let p = placed_pod(
+        "w",
+        "n1",
+        "2023-11-14T22:13:20Z",
+        Some("2023-11-14T22:14:50Z"),
+        4,
+    );
+    let by = usage_by_job_period(
+        "m1",
+        &[p],
+        &hub(None),
+        HubObservations {
+            gpu_models: &BTreeMap::new(),
+            observed_ends: &ends,
+            first_seen: &NO_ENDS,
+            end_slack_seconds: 0,
+        },
+        1_700_000_100,
+        3_600,
+    );
+    assert_eq!(paid(&by), 4 * 10);
 }

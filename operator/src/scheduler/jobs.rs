@@ -11,6 +11,7 @@ use crate::api::{
 use crate::meta::{FINALIZER, set_condition};
 use crate::placement::{JobRequest, place_gang, place_replicas};
 use crate::workloads::PodPlacement;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -281,6 +282,7 @@ pub fn decide_training(cache: &PoolCache, j: &TrainingJob) -> Decision {
             let generation = j.metadata.generation;
             let mut st = j.status.clone().unwrap_or_default();
             st.cluster = Some(choice.cluster.clone());
+            st.placed_at = Some(Time(k8s_openapi::jiff::Timestamp::now()));
             st.workers = choice
                 .pods
                 .iter()
@@ -390,6 +392,8 @@ pub struct Placed {
     pub revision: String,
     /// Whether its pod is Ready.
     pub ready: bool,
+    /// When the hub placed it (its own clock; the meter pays from then on).
+    pub placed_at: Option<Time>,
 }
 
 impl Placed {
@@ -419,6 +423,7 @@ pub fn flatten(st: &InferenceJobStatus) -> Vec<Placed> {
                 },
                 revision: g.revision.clone(),
                 ready: g.ready,
+                placed_at: g.placed_at.clone(),
             })
         })
         .collect()
@@ -447,6 +452,7 @@ pub fn group(flat: &[Placed]) -> Vec<ClusterPlacement> {
             score: p.pod.score,
             revision: p.revision,
             ready: p.ready,
+            placed_at: p.placed_at,
         });
     }
     by.into_values().collect()
@@ -517,11 +523,13 @@ pub fn decide_inference(cache: &PoolCache, j: &InferenceJob) -> Decision {
     let mut st = before.clone();
     let revision = crate::rollout::revision(&j.spec);
     let mut all = kept;
+    let placed_at = Time(k8s_openapi::jiff::Timestamp::now());
     all.extend(new.iter().map(|(c, p)| Placed {
         cluster: c.clone(),
         pod: p.clone(),
         revision: revision.clone(),
         ready: false,
+        placed_at: Some(placed_at.clone()),
     }));
     st.placements = group(&all);
     record_gpu_indexes(cache, &mut st.placements);

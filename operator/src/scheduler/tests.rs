@@ -574,6 +574,51 @@ fn candidates_count_every_whole_nvlink_node_and_the_idle_ones() {
 }
 
 #[test]
+fn placements_carry_the_hub_clock_time_they_were_made() {
+    let c = pool(&[("m", &[("a", "dgx-h100")])]);
+    let before = k8s_openapi::jiff::Timestamp::now().as_second();
+    let Decision::Training { status, .. } = decide_training(&c, &training("j", 1, 2)) else {
+        panic!("fits")
+    };
+    let at = status
+        .placed_at
+        .expect("a gang placement is stamped")
+        .0
+        .as_second();
+    assert!(at >= before && at <= k8s_openapi::jiff::Timestamp::now().as_second());
+    // Replicas: each new one is stamped, those already placed keep their own time.
+    let mut ij: crate::api::InferenceJob = serde_yaml::from_str(
+        "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {name: web, namespace: default, uid: web-uid}\nspec: {template: {spec: {containers: [{name: main, image: x}]}}, replicas: 2, gpusPerReplica: 1}\nstatus: {placements: [{cluster: m, replicas: [0], gpus: [{node: a, gpuUuids: [GPU-x], placedAt: '2023-11-14T22:13:20Z'}]}]}\n",
+    )
+    .unwrap();
+    ij.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let Decision::Inference { status, .. } = super::jobs::decide_inference(&c, &ij) else {
+        panic!("fits")
+    };
+    let times: Vec<i64> = status
+        .placements
+        .iter()
+        .flat_map(|p| p.gpus.iter())
+        .map(|g| {
+            g.placed_at
+                .as_ref()
+                .expect("every replica is stamped")
+                .0
+                .as_second()
+        })
+        .collect();
+    assert!(times.len() >= 2, "{times:?}");
+    assert!(
+        times.contains(&1_700_000_000),
+        "the kept replica keeps its time: {times:?}"
+    );
+    assert!(
+        times.iter().any(|t| *t >= before),
+        "the new one is stamped now: {times:?}"
+    );
+}
+
+#[test]
 fn written_queue_positions_follow_the_queue_so_no_two_jobs_show_the_same() {
     use std::sync::Arc;
     let mut st = super::State::new();
