@@ -100,3 +100,7 @@ fn newest_mtime(dir: &std::path::Path) -> Option<std::time::SystemTime> {
     }
     newest
 }
+
+/// The Kubernetes version `helm template` renders the chart for: the release the harness builds
+/// (a Helm built from source assumes v1.20 otherwise, below the chart's `kubeVersion`).
+pub const HELM_KUBE_VERSION: &str = "v1.36.0";

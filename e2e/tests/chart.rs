@@ -27,7 +27,7 @@ struct HelmOut {
 
 /// The Kubernetes version `helm template` renders for. Helm built from source (without its
 /// release build's version stamps) assumes v1.20, below the chart's `kubeVersion`.
-const KUBE_VERSION: &str = "v1.36.0";
+const KUBE_VERSION: &str = gpupool_e2e::HELM_KUBE_VERSION;
 
 /// Runs the pinned `helm` with its config, cache and data homes in a throwaway directory.
 fn helm(args: &[&str]) -> HelmOut {

@@ -282,6 +282,8 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
         }}]}},
     }))
     .unwrap();
+    // The outsider works in its own namespace, not in gpupool's tenant namespace.
+    let claims: Api<ResourceClaim> = Api::namespaced(m1.clone(), "default");
     claims
         .create(&PostParams::default(), &rogue_claim)
         .await
@@ -538,7 +540,7 @@ async fn kubelet_assignments_on_a_device_plugin_member_are_reconciled() {
     // that from the kubelet's pod-resources API; here it is published as the agent would).
     let kubelet: Vec<String> = chosen[..2].iter().chain(&free[..2]).cloned().collect();
     reading.pod_devices = vec![gpupool::api::PodDevices {
-        namespace: "default".into(),
+        namespace: gpupool::tenant::namespace_name("default"),
         pod: "first-g0-w0".into(),
         container: "trainer".into(),
         device_ids: kubelet.clone(),

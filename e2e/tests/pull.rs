@@ -692,6 +692,8 @@ fn helm_template(extra: &[&str]) -> (bool, String, String) {
             chart.to_str().unwrap(),
             "-n",
             "gpupool-system",
+            "--kube-version",
+            gpupool_e2e::HELM_KUBE_VERSION,
         ])
         .args(extra)
         .env("HELM_CONFIG_HOME", home.path().join("config"))

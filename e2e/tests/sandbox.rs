@@ -395,6 +395,7 @@ fn render_member_access() -> String {
     let home = tempfile::tempdir().unwrap();
     let out = Command::new(&tools.helm)
         .args(["template", "gp"])
+        .args(["--kube-version", gpupool_e2e::HELM_KUBE_VERSION])
         .arg(repo_root().join("charts/gpupool"))
         .args(["--namespace", RELEASE_NS, "--set", "mode=member"])
         .args(["--set", "hub.url=https://hub.example.com:6443"])

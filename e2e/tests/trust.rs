@@ -678,6 +678,8 @@ async fn hub_users_cannot_rewrite_usage_records() {
             "charts/gpupool",
             "--namespace",
             "gpupool-system",
+            "--kube-version",
+            gpupool_e2e::HELM_KUBE_VERSION,
             "--show-only",
             "templates/usagerecord-admission-policy.yaml",
         ])
