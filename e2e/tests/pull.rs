@@ -655,7 +655,9 @@ async fn join_controller_client(
         })
         .map(|d| d.to_string())
         .collect();
-    assert_eq!(docs.len(), 3, "{docs:?}");
+    // ServiceAccount, ClusterRole and its binding; the join namespace and its admission policy
+    // with its binding.
+    assert_eq!(docs.len(), 6, "{docs:?}");
     let f = fed.hub.dir().join("join-controller.yaml");
     std::fs::write(&f, docs.join("\n---\n")).unwrap();
     let kubectl = fed.hub.kubectl();
