@@ -147,6 +147,78 @@ impl EmbeddedLedger {
         Ok(pda)
     }
 
+    /// Demo and test genesis allocation: credits `amount` of `mint` to `wallet`'s token
+    /// account (created if needed) and raises the mint's supply by as much, as a pool's stated
+    /// initial allocation would (the mint authority is the ledger's PDA, which mints only for
+    /// usage). Tenants then fund their escrows from it with real `Deposit`s.
+    pub fn grant_tokens(&self, wallet: &Pubkey, mint: &Pubkey, amount: u64) -> Result<()> {
+        let payer = Keypair::new();
+        self.fund(&payer.pubkey())?;
+        self.with_svm(|s| -> Result<()> {
+            let ata = svm::create_ata(s, &payer, wallet, mint)
+                .map_err(|e| anyhow!("creating the token account: {:?}", e.err))?;
+            add_le(s, &ata, 64, amount)?;
+            add_le(s, mint, 36, amount)
+        })
+    }
+
+    /// Opens the escrow of tenant `tenant` for `wallet` (funded first) and deposits `deposit`
+    /// tokens from the wallet's token account (see [`Self::grant_tokens`]).
+    pub fn open_escrow(
+        &self,
+        pool: &Pool,
+        wallet: &Keypair,
+        tenant: &str,
+        deposit: u64,
+    ) -> Result<()> {
+        self.fund(&wallet.pubkey())?;
+        let id = state::tenant_id(tenant);
+        self.with_svm(|s| -> Result<()> {
+            svm::open_escrow(s, wallet, wallet, &id, &pool.mint)
+                .map_err(|e| anyhow!("opening the escrow: {:?}", e.err))?;
+            Ok(())
+        })?;
+        if deposit > 0 {
+            self.deposit(pool, wallet, tenant, deposit)?;
+        }
+        Ok(())
+    }
+
+    /// `wallet` deposits `amount` from its token account into tenant `tenant`'s escrow.
+    pub fn deposit(&self, pool: &Pool, wallet: &Keypair, tenant: &str, amount: u64) -> Result<()> {
+        let id = state::tenant_id(tenant);
+        let source = state::get_associated_token_address(&wallet.pubkey(), &pool.mint);
+        let ix = gpupool_ledger::instruction::deposit(
+            &wallet.pubkey(),
+            &source,
+            &pool.mint,
+            &id,
+            amount,
+        );
+        self.with_svm(|s| {
+            s.expire_blockhash();
+            svm::send(s, &[ix], wallet, &[])
+                .map(|_| ())
+                .map_err(|e| anyhow!("deposit failed: {:?}", e.err))
+        })
+    }
+
+    /// Tenant `tenant`'s account (escrow totals), if its escrow is open.
+    pub fn tenant(&self, tenant: &str) -> Option<state::TenantAccount> {
+        self.with_svm(|s| svm::read_tenant(s, &state::tenant_id(tenant)))
+    }
+
+    /// Balance of tenant `tenant`'s escrow.
+    pub fn escrow_balance(&self, tenant: &str, mint: &Pubkey) -> u64 {
+        self.with_svm(|s| svm::escrow_balance(s, &state::tenant_id(tenant), mint))
+    }
+
+    /// The reservation of job `job_uid` (a Kubernetes UID) in tenant `tenant`'s escrow.
+    pub fn reservation(&self, tenant: &str, job_uid: &str) -> Option<state::Reservation> {
+        let uid = state::parse_job_uid(job_uid)?;
+        self.with_svm(|s| svm::read_reservation(s, &state::tenant_id(tenant), &uid))
+    }
+
     /// Token balance of `wallet`'s associated account for `mint` (0 when none).
     pub fn wallet_balance(&self, wallet: &Pubkey, mint: &Pubkey) -> u64 {
         self.with_svm(|s| svm::wallet_token_balance(s, wallet, mint))
@@ -156,6 +228,23 @@ impl EmbeddedLedger {
     pub fn mint_supply(&self, mint: &Pubkey) -> u64 {
         self.with_svm(|s| svm::mint_supply(s, mint)).unwrap_or(0)
     }
+}
+
+/// Adds `amount` to the little-endian u64 at `at` in account `key`'s data.
+fn add_le(s: &mut LiteSVM, key: &Pubkey, at: usize, amount: u64) -> Result<()> {
+    let mut acc = s
+        .get_account(key)
+        .ok_or_else(|| anyhow!("account {key} does not exist"))?;
+    let bytes = acc
+        .data
+        .get_mut(at..at + 8)
+        .ok_or_else(|| anyhow!("account {key} is too short"))?;
+    let v = u64::from_le_bytes(bytes.try_into()?)
+        .checked_add(amount)
+        .ok_or_else(|| anyhow!("overflow"))?;
+    bytes.copy_from_slice(&v.to_le_bytes());
+    s.set_account(*key, acc)
+        .map_err(|e| anyhow!("writing account {key}: {e:?}"))
 }
 
 impl LedgerClient for EmbeddedLedger {

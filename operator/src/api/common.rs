@@ -375,6 +375,8 @@ pub mod condition {
     pub const COMPLETE: &str = "Complete";
     /// The job failed for good.
     pub const FAILED: &str = "Failed";
+    /// A paid pool could not renew the job's reservation: it is stopped after a grace.
+    pub const BUDGET_EXHAUSTED: &str = "BudgetExhausted";
     /// An InferenceJob's replicas run the current revision of its spec (`RolloutComplete`) or
     /// are being replaced (`RollingUpdate`).
     pub const PROGRESSING: &str = "Progressing";

@@ -60,6 +60,8 @@ pub async fn run(g: GlobalArgs, command: Command, mut app: clap::Command) -> Res
         }
         Command::Version { client: true } => print_out(&version(&g.output, None).await?),
         Command::Earnings(e) => print_out(&earnings_answer(&g, e).await?),
+        Command::Escrow(e) => print_out(&super::escrow::escrow(e).await?),
+        Command::Balance(b) => print_out(&super::escrow::balance_answer(&g, b).await?),
         _ => {
             let hub = connect(&g).await?;
             match &command {
@@ -97,7 +99,11 @@ async fn answer(hub: &Hub, o: &Output, command: &Command) -> Result<String> {
             members::drain(&hub.client, o, member, *timeout).await
         }
         Command::JoinToken(t) => members::token(&hub.client, o, t.clone()).await,
-        Command::Earnings(_) | Command::Version { .. } | Command::Completion { .. } => {
+        Command::Earnings(_)
+        | Command::Escrow(_)
+        | Command::Balance(_)
+        | Command::Version { .. }
+        | Command::Completion { .. } => {
             unreachable!("answered without a hub connection")
         }
     }

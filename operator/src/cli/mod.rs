@@ -4,6 +4,7 @@
 
 pub mod commands;
 pub mod earnings;
+pub mod escrow;
 pub mod members;
 pub mod output;
 pub mod plugin;
@@ -72,6 +73,11 @@ pub enum Command {
     Members,
     /// GPU-seconds and tokens earned by a wallet or member cluster, on chain and in the hub.
     Earnings(earnings::EarningsArgs),
+    /// A tenant's escrow in a paid pool: open it, fund it, withdraw what is not reserved.
+    #[command(subcommand)]
+    Escrow(escrow::EscrowCommand),
+    /// A tenant's escrow, what its jobs hold reserved, its burn rate and runway.
+    Balance(escrow::BalanceArgs),
     /// Let a pull member that asked to join into the pool.
     Approve {
         /// MemberCluster name.

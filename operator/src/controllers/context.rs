@@ -37,6 +37,8 @@ pub struct Config {
     pub member_refusal: Duration,
     /// How long GPUs a member's scheduler refused stay out of placement.
     pub suspect_for: Duration,
+    /// Tenant budgets: whether the pool is paid, the reservation window, the exhaustion grace.
+    pub budget: crate::metering::budget::BudgetConfig,
 }
 
 impl Default for Config {
@@ -51,6 +53,7 @@ impl Default for Config {
             pending_retry: Duration::from_secs(60),
             member_refusal: Duration::from_secs(60),
             suspect_for: Duration::from_secs(600),
+            budget: Default::default(),
         }
     }
 }
@@ -86,6 +89,8 @@ pub struct Context {
     /// Every MemberCluster on the hub, as the MemberCluster controller's watch last saw it (a
     /// heartbeat reads other members here, not with a LIST).
     pub members: Store<MemberCluster>,
+    /// Tenant escrows and job reservations (a paid pool's), kept by the metering loop.
+    pub budget: crate::metering::budget::Budget,
     pub(crate) wake_training: mpsc::UnboundedSender<ObjectRef<TrainingJob>>,
     pub(crate) wake_training_all: mpsc::UnboundedSender<()>,
     pub(crate) wake_inference: mpsc::UnboundedSender<ObjectRef<InferenceJob>>,
@@ -113,6 +118,7 @@ impl Context {
             metrics: self.metrics.clone(),
             recorder: self.recorder.clone(),
             members: self.members.clone(),
+            budget: self.budget.clone(),
             jobs: {
                 let scheduler = self.scheduler.clone();
                 std::sync::Arc::new(move || {
@@ -155,7 +161,12 @@ impl Context {
         let registry = Registry::default();
         let scheduler = Scheduler::new(hub.clone(), reporter.clone(), metrics.clone());
         let recorder = Recorder::new(hub.clone(), reporter);
+        let budget = crate::metering::budget::Budget::new(config.budget.clone());
+        if config.budget.paid {
+            scheduler.set_budget(budget.clone());
+        }
         let ctx = Context {
+            budget,
             recorder,
             hub,
             registry,

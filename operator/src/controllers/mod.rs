@@ -8,6 +8,7 @@
 //! places waiting jobs; the controllers run what is placed and roll its state up, woken by
 //! watch events (no periodic resync of running jobs).
 
+mod budget;
 mod context;
 mod error;
 mod inference_job;
@@ -87,6 +88,16 @@ pub struct RunArgs {
     /// Requests each member's clients may send at once after a quiet period.
     #[arg(long, default_value_t = crate::federation::ClientLimits::MEMBER.burst)]
     pub member_burst: u32,
+    /// A paid pool: tenants (job namespaces) pay for usage from their escrows on the ledger;
+    /// a job starts only when its tenant funds its reservation (needs --rpc-url).
+    #[arg(long, env = "GPUPOOL_PAID_POOL")]
+    pub paid_pool: bool,
+    /// Seconds of a job's GPUs its reservation covers ahead (a paid pool).
+    #[arg(long, default_value_t = 3600)]
+    pub reservation_window_seconds: u64,
+    /// Seconds a job whose reservation cannot be renewed keeps running before it is stopped.
+    #[arg(long, default_value_t = 300)]
+    pub budget_grace_seconds: u64,
 }
 
 fn ledger_from_args(args: &RunArgs) -> anyhow::Result<Option<crate::ledger::Ledger>> {
@@ -111,6 +122,29 @@ fn ledger_from_args(args: &RunArgs) -> anyhow::Result<Option<crate::ledger::Ledg
     Ok(Some(crate::ledger::Ledger::rpc(url, oracle)?))
 }
 
+/// Tenant budget settings from the flags; a paid pool needs a ledger and a grace shorter than
+/// half a reservation window (the part a renewal keeps ahead).
+fn budget_config(args: &RunArgs) -> anyhow::Result<crate::metering::budget::BudgetConfig> {
+    let cfg = crate::metering::budget::BudgetConfig {
+        paid: args.paid_pool,
+        window_seconds: args.reservation_window_seconds.max(1),
+        grace_seconds: args.budget_grace_seconds,
+    };
+    if cfg.paid {
+        anyhow::ensure!(
+            args.rpc_url.is_some(),
+            "--paid-pool needs --rpc-url: tenants pay from escrows on the ledger"
+        );
+        anyhow::ensure!(
+            cfg.grace_seconds < cfg.window_seconds / 2,
+            "--budget-grace-seconds {} must be under half of --reservation-window-seconds {}: an exhausted job must stop while its reservation still pays for it",
+            cfg.grace_seconds,
+            cfg.window_seconds
+        );
+    }
+    Ok(cfg)
+}
+
 /// Runs the operator against the hub (in-cluster config or KUBECONFIG) until interrupted.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     crate::telemetry::init_logging();
@@ -133,6 +167,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             qps: args.member_qps,
             burst: args.member_burst,
         },
+        budget: budget_config(&args)?,
         ..Config::default()
     };
     let server = crate::metrics::serve(args.metrics_addr.parse()?, metrics.clone());

@@ -297,6 +297,20 @@ async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context)
             return fail(job, st, ctx, "DeadlineExceeded", why).await;
         }
     };
+    let budget_wait =
+        match super::budget::check(ctx, &uid, &mut st.conditions, job.metadata.generation) {
+            super::budget::Verdict::Funded => None,
+            super::budget::Verdict::Grace { left, event: note } => {
+                if let Some(note) = note {
+                    event(ctx, job, true, "BudgetExhausted", "Run", note).await;
+                }
+                Some(left)
+            }
+            super::budget::Verdict::Stop(why) => {
+                delete_pods(&client, &cluster, &ns, &uid, |_| true).await?;
+                return fail(job, st, ctx, "BudgetExhausted", why).await;
+            }
+        };
     let phase = roll_up(job, &mut st, &workers, &cluster);
     write_roll_up(job, &st, ctx).await?;
     if phase == TrainingPhase::Succeeded {
@@ -305,7 +319,7 @@ async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context)
     // Pod changes and member readiness wake the job; a runtime limit and a refusal that has not
     // lasted long enough yet need a timer, and every running job is looked at again after
     // [`RESYNC`] whatever happens (a missed wake-up never leaves it stale for longer).
-    let next = [refusal_wait, deadline]
+    let next = [refusal_wait, deadline, budget_wait]
         .into_iter()
         .flatten()
         .min()

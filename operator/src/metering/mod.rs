@@ -66,6 +66,7 @@
 //! | 6     | T4                                       |
 //! | 7     | RTX / GeForce / Quadro (consumer and workstation cards) |
 
+pub mod budget;
 pub mod meter;
 pub mod proof;
 pub mod runner;

@@ -54,6 +54,9 @@ pub struct Deps {
     pub members: Store<MemberCluster>,
     /// The job controllers' stores.
     pub jobs: JobStores,
+    /// Tenant escrows and job reservations (a paid pool's; read by the scheduler and the job
+    /// controllers, kept by this loop).
+    pub budget: super::budget::Budget,
 }
 
 /// Members the meter can read now.
@@ -172,6 +175,7 @@ pub async fn pass(
         ctx.metrics.refresh_oracle_balance(l).await;
         // What the meter just wrote, as the record watch has it by now (or the view as read).
         let view = stores.view(ctx).unwrap_or(view);
+        budget_pass(ctx, l, &view).await;
         match settle_view(&ctx.hub, l, view.clone(), &cfg.settle).await {
             Ok(r) => {
                 alerts.extend(r.alerts.iter().cloned());
@@ -214,6 +218,43 @@ pub async fn pass(
     surface(ctx, &alerts).await;
     seen.update(ctx, stores).await?;
     Ok(())
+}
+
+/// A paid pool's reservations: renewed for running jobs, released for finished ones, before
+/// settlement draws from them.
+async fn budget_pass(ctx: &Deps, ledger: &Ledger, view: &HubView) {
+    if !ctx.budget.config().paid {
+        return;
+    }
+    let config = match crate::ledger::read_config(ledger.client.as_ref(), &gpupool_ledger::ID).await
+    {
+        Ok(Some(c)) => c,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the pool config failed");
+            return;
+        }
+    };
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let r = super::budget::maintain(&ctx.budget, ledger, view, &config, now).await;
+    for e in &r.errors {
+        tracing::warn!(error = %e, "tenant budgets");
+    }
+    ctx.metrics.set_tenants(
+        r.tenants
+            .iter()
+            .map(|(n, (t, burn))| (n.as_str(), t.escrow, t.reserved, t.spent, *burn)),
+    );
+    for (_, job, why) in &r.exhausted {
+        tracing::warn!(%job, "{why}");
+    }
+    if r.reserved > 0 || r.released > 0 {
+        tracing::info!(
+            reserved = r.reserved,
+            released = r.released,
+            "job reservations"
+        );
+    }
 }
 
 /// Publishes each alert as a Warning Event on its `MemberCluster` and sets the unpaid-usage
@@ -311,6 +352,7 @@ pub async fn run(ctx: Deps, ledger: Option<Ledger>, mut cfg: RunnerConfig) {
         cfg.meter.seal = seal.clone();
         cfg.settle.seal = seal;
     }
+    cfg.settle.paid = ctx.budget.config().paid;
     let mut totals = Totals::default();
     let stores = Stores::start(&ctx.hub);
     loop {

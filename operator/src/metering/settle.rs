@@ -53,6 +53,9 @@ pub struct SettleConfig {
     pub max_batch: usize,
     /// The key the meter seals records with: a record without its seal is refused.
     pub seal: super::SealKey,
+    /// A paid pool: each record is paid from its job's tenant's escrow (`SettleUsage`, one
+    /// tenant per batch, drawn from the job's reservation) instead of minted from nothing.
+    pub paid: bool,
 }
 
 impl Default for SettleConfig {
@@ -60,6 +63,7 @@ impl Default for SettleConfig {
         SettleConfig {
             max_batch: MAX_BATCH_RECEIPTS,
             seal: super::SealKey::default(),
+            paid: false,
         }
     }
 }
@@ -115,6 +119,8 @@ struct Pending {
     rec: UsageRecord,
     uid: [u8; 16],
     entry: UsageEntry,
+    /// Id of the tenant paying for it in a paid pool (see [`super::budget::tenant_of`]).
+    tenant: [u8; 32],
 }
 
 /// A member as the settler sees it: alive on the hub, with its identity and owner.
@@ -381,7 +387,7 @@ impl ClusterSettlement<'_> {
             return Ok(());
         }
         self.ensure_token_account(&account.owner).await?;
-        self.send_all(&account.owner, &pending, report).await;
+        self.send_all(&account.owner, &mut pending, report).await;
         Ok(())
     }
 
@@ -609,7 +615,13 @@ impl ClusterSettlement<'_> {
             gpu_seconds: rec.spec.gpu_seconds as u64,
             gpu_class: class as u8,
         };
-        Some(Pending { rec, uid, entry })
+        let tenant = super::budget::tenant_id_of(&rec.spec.job_namespace);
+        Some(Pending {
+            rec,
+            uid,
+            entry,
+            tenant,
+        })
     }
 
     /// Whether the record's receipt is already on chain: finalized (the record is marked
@@ -669,13 +681,18 @@ impl ClusterSettlement<'_> {
         Ok(())
     }
 
-    /// Sends the records in batches; a rejected batch is retried record by record.
-    async fn send_all(&self, owner: &Pubkey, pending: &[Pending], report: &mut SettleReport) {
-        let (records, ledger, config, cluster_id) =
-            (self.records, self.ledger, self.config, &self.cluster_id);
+    /// Sends the records in batches (in a paid pool, one tenant per batch); a rejected batch
+    /// is retried record by record.
+    async fn send_all(&self, owner: &Pubkey, pending: &mut [Pending], report: &mut SettleReport) {
+        let (records, ledger, cluster_id) = (self.records, self.ledger, &self.cluster_id);
         let max = self.cfg.max_batch.clamp(1, MAX_BATCH_RECEIPTS);
-        for chunk in pending.chunks(max) {
-            match send_batch(ledger, config, cluster_id, owner, chunk).await {
+        let paid = self.cfg.paid;
+        if paid {
+            pending.sort_by_key(|p| p.tenant);
+        }
+        let groups = pending.chunk_by(|a, b| !paid || a.tenant == b.tenant);
+        for chunk in groups.flat_map(|g| g.chunks(max)) {
+            match self.send_batch(owner, chunk).await {
                 Ok(sig) => {
                     report.batches_sent += 1;
                     let sig = sig.to_string();
@@ -687,10 +704,7 @@ impl ClusterSettlement<'_> {
                         SendError::Rejected { .. } => {
                             // One record may be bad (or already paid): go one by one.
                             for p in chunk {
-                                settle_single(
-                                    records, ledger, config, cluster_id, owner, p, report,
-                                )
-                                .await;
+                                self.settle_single(owner, p, report).await;
                             }
                         }
                         SendError::Unknown(_) | SendError::NotSent(_) => {
@@ -703,51 +717,55 @@ impl ClusterSettlement<'_> {
             }
         }
     }
-}
 
-async fn send_batch(
-    ledger: &Ledger,
-    config: &PoolConfig,
-    cluster_id: &[u8; 32],
-    owner: &Pubkey,
-    chunk: &[Pending],
-) -> Result<solana_signature::Signature, SendError> {
-    let entries: Vec<UsageEntry> = chunk.iter().map(|p| p.entry).collect();
-    let instructions = ledger.usage_batch_instructions(&config.mint, cluster_id, owner, &entries);
-    ledger.send(&instructions, &[]).await
-}
-
-async fn settle_single(
-    records: &Api<UsageRecord>,
-    ledger: &Ledger,
-    config: &PoolConfig,
-    cluster_id: &[u8; 32],
-    owner: &Pubkey,
-    p: &Pending,
-    report: &mut SettleReport,
-) {
-    let client = ledger.client.as_ref();
-    let program = gpupool_ledger::ID;
-    let one = std::slice::from_ref(p);
-    if let Ok(Some(_)) =
-        ledger::read_receipt(client, &program, cluster_id, &p.uid, p.entry.period).await
-    {
-        // Already on chain (a concurrent or earlier send): settled once finalized.
-        after_confirmed(records, ledger, cluster_id, one, "", report).await;
-        return;
+    /// One batch: `RecordUsageBatch`, or in a paid pool `SettleUsage` from the tenant of the
+    /// chunk's records (all of one tenant).
+    async fn send_batch(
+        &self,
+        owner: &Pubkey,
+        chunk: &[Pending],
+    ) -> Result<solana_signature::Signature, SendError> {
+        let (ledger, config, cluster_id) = (self.ledger, self.config, &self.cluster_id);
+        let entries: Vec<UsageEntry> = chunk.iter().map(|p| p.entry).collect();
+        let instructions = match chunk.first().filter(|_| self.cfg.paid) {
+            Some(first) => ledger.escrow_batch_instructions(
+                &config.mint,
+                cluster_id,
+                owner,
+                &first.tenant,
+                &config.treasury,
+                &entries,
+            ),
+            None => ledger.usage_batch_instructions(&config.mint, cluster_id, owner, &entries),
+        };
+        ledger.send(&instructions, &[]).await
     }
-    match send_batch(ledger, config, cluster_id, owner, one).await {
-        Ok(sig) => {
-            report.batches_sent += 1;
-            after_confirmed(records, ledger, cluster_id, one, &sig.to_string(), report).await;
+
+    async fn settle_single(&self, owner: &Pubkey, p: &Pending, report: &mut SettleReport) {
+        let (records, ledger, cluster_id) = (self.records, self.ledger, &self.cluster_id);
+        let client = ledger.client.as_ref();
+        let program = gpupool_ledger::ID;
+        let one = std::slice::from_ref(p);
+        if let Ok(Some(_)) =
+            ledger::read_receipt(client, &program, cluster_id, &p.uid, p.entry.period).await
+        {
+            // Already on chain (a concurrent or earlier send): settled once finalized.
+            after_confirmed(records, ledger, cluster_id, one, "", report).await;
+            return;
         }
-        Err(e) => {
-            report.batches_failed += 1;
-            if e.ledger_error() == Some(LedgerError::ReceiptAlreadyExists) {
-                after_confirmed(records, ledger, cluster_id, one, "", report).await;
-                return;
+        match self.send_batch(owner, one).await {
+            Ok(sig) => {
+                report.batches_sent += 1;
+                after_confirmed(records, ledger, cluster_id, one, &sig.to_string(), report).await;
             }
-            failed(records, &p.rec, &e, report).await;
+            Err(e) => {
+                report.batches_failed += 1;
+                if e.ledger_error() == Some(LedgerError::ReceiptAlreadyExists) {
+                    after_confirmed(records, ledger, cluster_id, one, "", report).await;
+                    return;
+                }
+                failed(records, &p.rec, &e, report).await;
+            }
         }
     }
 }

@@ -52,6 +52,11 @@ struct Inner {
     receipts_closed: IntCounter,
     settlement_failures: IntCounterVec,
     unpaid_gpu_seconds: IntGaugeVec,
+    tenant_escrow: IntGaugeVec,
+    tenant_reserved: IntGaugeVec,
+    tenant_spent: IntGaugeVec,
+    tenant_burn_rate: IntGaugeVec,
+    tenant_runway: IntGaugeVec,
     client_throttled: CounterVec,
     events_skipped: IntCounterVec,
     leader: IntGauge,
@@ -180,6 +185,31 @@ mod defs {
         "GPU-seconds claimed by members that the hub refuses to pay, by member cluster and reason (last metering pass)",
         &["cluster", "reason"],
     );
+    pub(super) const TENANT_ESCROW: Def = def(
+        "gpupool_tenant_escrow_tokens",
+        "Tokens in a tenant's escrow (a paid pool), as last read from the ledger",
+        &["tenant"],
+    );
+    pub(super) const TENANT_RESERVED: Def = def(
+        "gpupool_tenant_reserved_tokens",
+        "Tokens of a tenant's escrow reserved for its jobs",
+        &["tenant"],
+    );
+    pub(super) const TENANT_SPENT: Def = def(
+        "gpupool_tenant_spent_tokens",
+        "Tokens a tenant's escrow has paid for usage (burned and minted to owners, plus fees), lifetime",
+        &["tenant"],
+    );
+    pub(super) const TENANT_BURN_RATE: Def = def(
+        "gpupool_tenant_burn_rate_tokens_per_second",
+        "Most tokens per second a tenant's running jobs cost (all their GPUs at the highest rate)",
+        &["tenant"],
+    );
+    pub(super) const TENANT_RUNWAY: Def = def(
+        "gpupool_tenant_runway_seconds",
+        "Seconds a tenant's escrow lasts at its burn rate (only tenants with running jobs)",
+        &["tenant"],
+    );
     pub(super) const CLIENT_THROTTLED: Def = def(
         "gpupool_client_throttled_seconds_total",
         "Time requests waited for the client-side rate limit (--hub-qps/--member-qps), by client",
@@ -265,6 +295,11 @@ impl Default for Metrics {
             receipts_closed: r.counter(RECEIPTS_CLOSED),
             settlement_failures: r.counters(SETTLEMENT_FAILURES),
             unpaid_gpu_seconds: r.gauges(UNPAID_GPU_SECONDS),
+            tenant_escrow: r.gauges(TENANT_ESCROW),
+            tenant_reserved: r.gauges(TENANT_RESERVED),
+            tenant_spent: r.gauges(TENANT_SPENT),
+            tenant_burn_rate: r.gauges(TENANT_BURN_RATE),
+            tenant_runway: r.gauges(TENANT_RUNWAY),
             client_throttled: r.float_counters(CLIENT_THROTTLED),
             events_skipped: r.counters(EVENTS_SKIPPED),
             leader: r.gauge(LEADER),
@@ -545,6 +580,33 @@ impl Metrics {
         g.reset();
         for (cluster, reason, secs) in items {
             g.with_label_values(&[cluster, reason]).add(secs);
+        }
+    }
+
+    /// Replaces the tenant gauges with (tenant, escrow, reserved, spent, burn rate per second)
+    /// of this pass; the runway is set for tenants that burn.
+    pub fn set_tenants<'a>(&self, items: impl IntoIterator<Item = (&'a str, u64, u64, u64, u64)>) {
+        let i = &self.inner;
+        for g in [
+            &i.tenant_escrow,
+            &i.tenant_reserved,
+            &i.tenant_spent,
+            &i.tenant_burn_rate,
+            &i.tenant_runway,
+        ] {
+            g.reset();
+        }
+        let v = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+        for (tenant, escrow, reserved, spent, burn) in items {
+            i.tenant_escrow.with_label_values(&[tenant]).set(v(escrow));
+            i.tenant_reserved
+                .with_label_values(&[tenant])
+                .set(v(reserved));
+            i.tenant_spent.with_label_values(&[tenant]).set(v(spent));
+            i.tenant_burn_rate.with_label_values(&[tenant]).set(v(burn));
+            if let Some(runway) = escrow.checked_div(burn) {
+                i.tenant_runway.with_label_values(&[tenant]).set(v(runway));
+            }
         }
     }
 

@@ -15,6 +15,7 @@
 //!   The scheduler writes only the decision: the job's controller, woken by that write, creates
 //!   the member objects from it.
 
+mod budget_gate;
 pub mod cache;
 pub mod jobs;
 pub mod queue;
@@ -65,6 +66,8 @@ const EVENTS_PER_SECOND: u32 = 20;
 const EVENT_BURST: u32 = 200;
 
 struct State {
+    /// A paid pool's tenant budgets (see [`budget_gate`]); `None`: every placement starts.
+    budget: Option<crate::metering::budget::Budget>,
     cache: PoolCache,
     queue: Queue<Pending>,
     /// Hub job kinds listed at least once: [TrainingJob, InferenceJob].
@@ -217,6 +220,7 @@ fn topology_facts(t: &GpuTopology) -> TopologyFacts {
 impl State {
     fn new() -> State {
         State {
+            budget: None,
             cache: PoolCache::new(),
             queue: Queue::new(),
             listed: [false, false],
@@ -440,6 +444,7 @@ impl State {
             (Pending::Training(j), Ok(_)) => jobs::decide_training(&self.cache, j),
             (Pending::Inference(j), Ok(_)) => jobs::decide_inference(&self.cache, j),
         };
+        let decision = budget_gate::gate(self.budget.as_ref(), &job, decision);
         metrics.observe_placement(kind, t0.elapsed());
         tracing::debug!(job = %job.name().name, took = ?t0.elapsed(), placed = !matches!(decision, Decision::Wait { .. }), "scheduling decision");
         let position = self.queue.position(&uid).unwrap_or(1);
@@ -503,6 +508,19 @@ impl Scheduler {
             training_store: OnceLock::new(),
             inference_store: OnceLock::new(),
         })
+    }
+
+    /// Gates placements on tenant budgets (a paid pool) and wakes the jobs waiting for one
+    /// each time the budgets are read again.
+    pub fn set_budget(self: &Arc<Self>, budget: crate::metering::budget::Budget) {
+        let me = Arc::downgrade(self);
+        budget.on_refresh(Arc::new(move || {
+            if let Some(s) = me.upgrade() {
+                s.lock().queue.wake(|n| *n == queue::Need::nothing());
+                s.notify.notify_one();
+            }
+        }));
+        self.lock().budget = Some(budget);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
