@@ -644,11 +644,14 @@ async fn a_replica_the_member_scheduler_refuses_is_placed_elsewhere() {
     .await
     .unwrap();
 
-    // Behind gpupool's back: a pod whose claim takes any one GPU of the only node.
+    // Behind gpupool's back: a pod whose claim takes any one GPU of the only node. The hub
+    // counts the GPUs of claims it did not make as busy; this one carries gpupool's own job
+    // label, so the hub takes it for one of its claims and cannot see it (as with a claim
+    // allocated between a decision and the binding): the member's scheduler is what catches it.
     let claims: Api<ResourceClaim> = Api::namespaced(m1.clone(), "default");
     let any: ResourceClaim = serde_json::from_value(serde_json::json!({
         "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
-        "metadata": {"name": "outside", "namespace": "default"},
+        "metadata": {"name": "outside", "namespace": "default", "labels": {"gpupool.io/job-uid": "forged"}},
         "spec": {"devices": {"requests": [{"name": "g", "exactly": {"deviceClassName": "gpu.nvidia.com"}}]}},
     }))
     .unwrap();
