@@ -1247,6 +1247,7 @@ fn dashboard_and_alerts_are_off_by_default_and_valid_promql_on_real_metrics() {
             "GpupoolReconcileErrors",
             "GpupoolUnpaidUsage",
             "GpupoolKubeletGpuMismatch",
+            "GpupoolTenantLowRunway",
         ]
     );
     let mut rule_exprs = Vec::new();
@@ -1265,7 +1266,7 @@ fn dashboard_and_alerts_are_off_by_default_and_valid_promql_on_real_metrics() {
         &serde_yaml::to_string(&rule["spec"]).unwrap(),
     );
     let (ok, out) = run_promtool(&["check", "rules", &rules_file]);
-    assert!(ok && out.contains("SUCCESS: 8 rules found"), "{out}");
+    assert!(ok && out.contains("SUCCESS: 9 rules found"), "{out}");
     // Each alert links its runbook section, and the README has that section.
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
     for r in rule["spec"]["groups"][0]["rules"].as_array().unwrap() {
@@ -1406,6 +1407,11 @@ tests:
       # Two kubelet mismatches in west from minute 1 on.
       - series: 'gpupool_kubelet_gpu_mismatches{cluster="west"}'
         values: '0 2x30'
+      # team-a's runway falls under an hour at minute 10; team-b keeps two hours.
+      - series: 'gpupool_tenant_runway_seconds{tenant="team-a"}'
+        values: '7200x9 1800x30'
+      - series: 'gpupool_tenant_runway_seconds{tenant="team-b"}'
+        values: '7200x40'
     alert_rule_test:
       - eval_time: 4m
         alertname: GpupoolMemberNotReady
@@ -1499,6 +1505,17 @@ tests:
               runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupoolkubeletgpumismatch
               summary: The kubelet of west gave pods other GPUs than gpupool chose
               description: 2 device-plugin pods in west run on GPUs other than the ones gpupool placed them on; the hub follows the kubelet, but NVLink placement is lost for them.
+      - eval_time: 12m
+        alertname: GpupoolTenantLowRunway
+        exp_alerts: []
+      - eval_time: 16m
+        alertname: GpupoolTenantLowRunway
+        exp_alerts:
+          - exp_labels: {severity: warning, tenant: team-a}
+            exp_annotations:
+              runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupooltenantlowrunway
+              summary: Tenant team-a has less than an hour of escrow left
+              description: At the burn rate of its running jobs, the escrow of tenant team-a lasts 1800 s more; then their reservations cannot be renewed and they are stopped. kubectl gpupool balance --tenant team-a; fund it with gpupool escrow deposit.
 "#
     );
     let f = write(dir.path(), "alerts_test.yaml", &tests);
