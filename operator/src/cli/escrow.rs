@@ -292,6 +292,7 @@ mod tests {
             gpus,
             runtime_left: None,
             live,
+            ended: !live,
         };
         assert_eq!(burn_rate(&[d(true, 4), d(false, 8), d(true, 2)], 10), 60);
         let b = Balance {

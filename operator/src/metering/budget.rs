@@ -114,6 +114,8 @@ pub struct Demand {
     pub runtime_left: Option<u64>,
     /// Placed and not finished: it holds (or must hold) a reservation.
     pub live: bool,
+    /// Finished or being deleted: its reservation is released once its usage is settled.
+    pub ended: bool,
 }
 
 impl Demand {
@@ -146,6 +148,7 @@ pub fn training_demand(j: &TrainingJob, now: i64) -> Option<Demand> {
             .filter(|m| *m > 0)
             .map(|m| u64::try_from((m - ran).max(0)).unwrap_or(0)),
         live: placed && !finished && j.metadata.deletion_timestamp.is_none(),
+        ended: finished || j.metadata.deletion_timestamp.is_some(),
     })
 }
 
@@ -161,6 +164,7 @@ pub fn inference_demand(j: &InferenceJob) -> Option<Demand> {
             .saturating_mul(u64::try_from(j.spec.gpus_per_replica.max(0)).unwrap_or(0)),
         runtime_left: None,
         live: placed && j.metadata.deletion_timestamp.is_none(),
+        ended: j.metadata.deletion_timestamp.is_some(),
     })
 }
 
@@ -576,14 +580,16 @@ async fn release_finished(
     demands: &[Demand],
     report: &mut BudgetReport,
 ) {
-    let live: BTreeSet<&str> = demands
+    // Jobs on the hub that have not ended (running, waiting, restarting) keep theirs.
+    let keep: BTreeSet<&str> = demands
         .iter()
-        .filter(|d| d.live)
+        .filter(|d| !d.ended)
         .map(|d| d.uid.as_str())
         .collect();
-    // uid → (namespace, everything settled)
+    // uid → (namespace, everything settled): ended jobs, jobs gone from the hub (by their
+    // records), and jobs this process reserved for that are gone.
     let mut candidates: BTreeMap<String, (String, bool)> = BTreeMap::new();
-    for d in demands.iter().filter(|d| !d.live) {
+    for d in demands.iter().filter(|d| d.ended) {
         candidates.insert(d.uid.clone(), (d.namespace.clone(), true));
     }
     for r in view.records.values() {
@@ -605,7 +611,7 @@ async fn release_finished(
         candidates.insert(uid, (ns, true));
     }
     for (uid, (ns, settled)) in candidates {
-        if live.contains(uid.as_str()) || budget.lock().released.contains(&uid) {
+        if keep.contains(uid.as_str()) || budget.lock().released.contains(&uid) {
             continue;
         }
         if !settled {
@@ -647,6 +653,7 @@ async fn cover_unsettled(
         gpus: 0,
         runtime_left: None,
         live: false,
+        ended: true,
     };
     match renew(ledger, config, &d, unsettled, 0).await {
         Ok((_, added)) => report.reserved = report.reserved.saturating_add(added),
@@ -773,6 +780,7 @@ mod tests {
             gpus,
             runtime_left,
             live: false,
+            ended: false,
         }
     }
 
@@ -850,6 +858,8 @@ mod tests {
         let mut done = tj.clone();
         done.status.as_mut().unwrap().phase = TrainingPhase::Succeeded;
         assert!(!training_demand(&done, 200).unwrap().live);
+        assert!(training_demand(&done, 200).unwrap().ended);
+        assert!(!d.ended);
         assert_eq!(describe_window(7200), "2 hours");
         assert_eq!(describe_window(90), "90 s");
     }
