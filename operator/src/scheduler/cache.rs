@@ -460,7 +460,7 @@ impl PoolCache {
     /// Replaces the GPUs that ResourceClaims outside gpupool hold, per node of a member (all of
     /// them, after any claim or slice change): they count as busy, so no decision picks them.
     pub fn resync_outside_claims(&mut self, member: &str, all: BTreeMap<String, Vec<String>>) {
-        let m = self.members.entry(member.to_string()).or_default();
+        let m = self.member_mut(member);
         let changed: BTreeSet<String> = m
             .outside_claims
             .keys()
@@ -736,7 +736,11 @@ impl PoolCache {
             .get(member)
             .and_then(|m| m.outside_claims.get(node))
         {
-            for g in graph.gpus().iter().filter(|g| claimed.contains(&g.uuid)) {
+            for g in graph
+                .gpus()
+                .iter()
+                .filter(|g| claimed.iter().any(|u| **u == *g.uuid))
+            {
                 busy.insert(g.index);
             }
         }

@@ -112,7 +112,7 @@ fn gpus_outside_claims_hold_are_never_free_and_come_back_when_released() {
     c.resync_outside_claims("m", outside(&[0, 1, 2]));
     assert_eq!(free(&c, "n"), 5);
     // A whole-node gang cannot have node n while a claim holds part of it.
-    let (cands, _) = c.candidates(&request(8, NvLinkMode::Clique), 1);
+    let (cands, _) = c.snapshot().candidates(&request(8, NvLinkMode::Clique), 1);
     let offered: Vec<&str> = cands
         .iter()
         .flat_map(|m| m.nodes.iter().map(|n| n.name.as_str()))
