@@ -157,12 +157,15 @@ impl Member {
     }
 }
 
+/// Why a published spec is no usable topology, and the UUIDs it lists.
+type Unusable = (String, Vec<Arc<str>>);
+
 /// A published topology as the cache keeps it: its graph, built once (the spec itself is not
 /// kept: every node of a shape shares the graph's interconnect, and the spec's names are in it).
 struct Published {
     /// The graph and the hash of the topology's shape, or why the spec is no usable topology
     /// (with the UUIDs it lists, which it still claims).
-    graph: Result<(Arc<GpuGraph>, u64), (String, Vec<Arc<str>>)>,
+    graph: Result<(Arc<GpuGraph>, u64), Unusable>,
     /// GPUs the spec lists.
     gpus: usize,
     busy: Vec<String>,

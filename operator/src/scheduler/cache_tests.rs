@@ -342,7 +342,7 @@ fn a_snapshot_brought_up_to_date_offers_what_a_fresh_one_does() {
             2 => c.unassume(&format!("r{}", round.max(1) - 1)),
             3 => {
                 let facts = NodeFacts {
-                    ready: rng.next() % 2 == 0,
+                    ready: rng.next().is_multiple_of(2),
                     allocatable: 8,
                 };
                 c.set_node(m, n, Some(facts))
@@ -350,10 +350,10 @@ fn a_snapshot_brought_up_to_date_offers_what_a_fresh_one_does() {
             4 => c.set_topology(m, n, None),
             5 => {
                 let mut info = schedulable(1);
-                info.schedulable = rng.next() % 3 != 0;
+                info.schedulable = !rng.next().is_multiple_of(3);
                 c.set_member(m, info);
             }
-            _ if rng.next() % 4 == 0 => c.remove_member(m),
+            _ if rng.next().is_multiple_of(4) => c.remove_member(m),
             _ => add_node(&mut c, m, n, SHAPES[(round % SHAPES.len() as u64) as usize]),
         }
         if round % 4 == 3 {
