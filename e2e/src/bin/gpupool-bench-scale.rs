@@ -4,8 +4,10 @@
 //!    over pools of `--pools` (default 100 members × 1 000 nodes and 1 000 × 100) of eight node
 //!    shapes (DGX H100, HGX H100, DGX A100, DGX-1 V100, H100 NVL pairs, A100 ×2, L40S ×8,
 //!    RTX 4090 ×8, round robin), each GPU busy with probability `--use` (default 0, 25 and 75 %):
-//!    the cache's build time and bytes a node (every byte the process allocated for it), then
-//!    p50/p99/max of `--rounds` decisions (default 200) of each shape — 1×1 and 1×2
+//!    the cache's build time and bytes a node (every byte the process allocated for it) and
+//!    those of the loop's first snapshot of it, then p50/p99/max of `--rounds` decisions
+//!    (default 200, each timed as the loop takes it: snapshot update, then the decision) of each
+//!    shape — 1×1 and 1×2
 //!    `preferred`, 1×8 `clique` and `ring`, a 4×8 `clique` gang, 16×1 and 16×2 replicas spread
 //!    across members — each placed decision assumed so the pool fills, and the first decision of
 //!    each shape (the allocator's answers for a new request are computed then) apart. Last, a
