@@ -15,9 +15,13 @@
 //!   The scheduler writes only the decision: the job's controller, woken by that write, creates
 //!   the member objects from it.
 
+pub mod admit;
 pub mod cache;
+pub mod fairshare;
 pub mod jobs;
 pub mod queue;
+mod queue_status;
+pub mod quota;
 pub mod writes;
 
 #[cfg(test)]
@@ -27,7 +31,7 @@ pub use cache::{JobName, MemberInfo, PoolCache, Slot};
 pub use jobs::Pending;
 pub use queue::{Need, Queue};
 
-use crate::api::{GpuTopology, InferenceJob, TrainingJob};
+use crate::api::{GpuQueue, GpuQueueSpec, GpuTopology, InferenceJob, TrainingJob};
 use crate::federation::{Change, allocatable_gpus, labels, node_ready};
 use crate::metrics::Metrics;
 use cache::{NodeFacts, TopologyFacts};
@@ -90,6 +94,11 @@ struct State {
     /// Waiting jobs whose written position is to be rewritten, and when they were last looked for.
     refresh: std::collections::VecDeque<String>,
     last_refresh: Option<Instant>,
+    /// Queue quotas and usage; the `GpuQueue` objects (listed at least once: `Some`), and while
+    /// their watch lists again, the ones listed so far.
+    quotas: quota::Quotas,
+    queue_objects: Option<BTreeMap<String, GpuQueueSpec>>,
+    queue_relist: Option<BTreeMap<String, GpuQueueSpec>>,
 }
 
 /// Of waiting jobs at `positions` (1-based, queue order), those whose `reported` position
@@ -231,6 +240,9 @@ impl State {
             superseded: HashMap::new(),
             refresh: Default::default(),
             last_refresh: None,
+            quotas: quota::Quotas::new(),
+            queue_objects: None,
+            queue_relist: None,
         }
     }
 
@@ -264,6 +276,7 @@ impl State {
         self.observe_job(
             &uid,
             jobs::training_name(j),
+            j.spec.queue.as_deref(),
             jobs::training_slots(j),
             jobs::training_waits(j),
             jobs::order_of(j, self.classes.of(j).unwrap_or(0)),
@@ -277,6 +290,7 @@ impl State {
         self.observe_job(
             &uid,
             jobs::inference_name(j),
+            j.spec.queue.as_deref(),
             jobs::inference_slots(j),
             jobs::inference_waits(j),
             jobs::order_of(j, self.classes.of(j).unwrap_or(0)),
@@ -289,11 +303,14 @@ impl State {
         &mut self,
         uid: &str,
         name: JobName,
+        queue: Option<&str>,
         slots: BTreeSet<Slot>,
         waits: bool,
         (priority, created, generation): (i64, i64, i64),
         pending: impl FnOnce() -> Pending,
     ) {
+        self.quotas
+            .set_job(uid, &name.namespace, queue, slots.clone());
         self.cache.set_job(uid, name, slots);
         if waits {
             // A job whose decision is being written stays in flight with the newer object; one
@@ -305,6 +322,7 @@ impl State {
         } else {
             self.queue.remove(uid);
             self.reported.remove(uid);
+            self.quotas.set_waiting(uid, None);
         }
     }
 
@@ -332,17 +350,34 @@ impl State {
         self.queue.wake(|_| true);
     }
 
+    /// A node's published GPU model: the class its GPUs count as in queue quotas.
+    fn note_model(&mut self, member: &str, t: &GpuTopology) {
+        if let Some(g) = t.spec.gpus.first() {
+            self.quotas
+                .set_node_model(member, &t.spec.node_name, &g.model);
+        }
+    }
+
+    /// The `GpuQueue` objects are now `queues`: every job counts against its queue again, and
+    /// every waiting job is tried again.
+    fn set_queues(&mut self, queues: BTreeMap<String, GpuQueueSpec>) {
+        self.quotas.set_queues(queues.clone());
+        self.queue_objects = Some(queues);
+        self.queue.wake(|_| true);
+    }
+
     fn forget(&mut self, uid: &str) {
         self.superseded.remove(uid);
         self.suspects.remove(uid);
         self.cache.forget_job(uid);
+        self.quotas.forget(uid);
         self.queue.remove(uid);
         self.reported.remove(uid);
     }
 
     fn apply_wakes(&mut self) {
         let w = self.cache.take_wakes();
-        if w.all {
+        if w.all || self.quotas.take_released() {
             self.queue.wake(|_| true);
         } else if !w.nodes.is_empty() {
             self.queue.wake(|n| {
@@ -416,7 +451,7 @@ impl State {
     }
 
     fn next(&mut self, metrics: &Metrics) -> Step {
-        if !(self.listed[0] && self.listed[1]) {
+        if !(self.listed[0] && self.listed[1] && self.queue_objects.is_some()) {
             return Step::Idle;
         }
         self.apply_wakes();
@@ -431,20 +466,27 @@ impl State {
             Pending::Training(_) => "trainingjob",
             Pending::Inference(_) => "inferencejob",
         };
-        let decision = match (&job, self.classes.of(&job)) {
+        let (decision, queue, hungry) = match self.classes.of(&job) {
             // Waits for its PriorityClass to exist (woken when the classes change).
-            (_, Err(reason)) => Decision::Wait {
-                reason,
-                need: Need::nothing(),
-            },
-            (Pending::Training(j), Ok(_)) => jobs::decide_training(&self.cache, j),
-            (Pending::Inference(j), Ok(_)) => jobs::decide_inference(&self.cache, j),
+            Err(reason) => {
+                let need = Need::nothing();
+                (Decision::Wait { reason, need }, None, false)
+            }
+            Ok(_) => {
+                let a = admit::decide(&self.cache, &self.quotas, &job);
+                (a.decision, a.queue, a.hungry)
+            }
         };
         metrics.observe_placement(kind, t0.elapsed());
         tracing::debug!(job = %job.name().name, took = ?t0.elapsed(), placed = !matches!(decision, Decision::Wait { .. }), "scheduling decision");
         let position = self.queue.position(&uid).unwrap_or(1);
         match &decision {
             Decision::Training { slots, .. } | Decision::Inference { slots, .. } => {
+                self.quotas.assume(&uid, slots.clone());
+                self.quotas.set_waiting(&uid, None);
+                if let Some(q) = &queue {
+                    metrics.inc_queue_admission(q);
+                }
                 self.cache.assume(&uid, slots.clone());
                 self.in_flight.insert(uid.clone());
                 Step::Work(Box::new(Work {
@@ -457,6 +499,8 @@ impl State {
             }
             Decision::Wait { reason, need } => {
                 self.queue.park(&uid, need.clone(), Instant::now());
+                self.quotas
+                    .set_waiting(&uid, queue.as_deref().map(|q| (q, hungry)));
                 let (report, event) = match self.reported.get(&uid) {
                     None => (true, true),
                     Some((r, p, at)) => (
@@ -632,6 +676,39 @@ impl Scheduler {
         self.notify.notify_one();
     }
 
+    /// A `GpuQueue` watch event from the hub. Nothing is placed until the queues are listed
+    /// (a job of a queue must not be admitted beyond a quota not read yet).
+    pub fn gpu_queue_event(&self, ev: &watcher::Event<GpuQueue>) {
+        let mut st = self.lock();
+        let mut queues = st.queue_objects.clone().unwrap_or_default();
+        match ev {
+            watcher::Event::Apply(q) => {
+                queues.insert(q.name_any(), q.spec.clone());
+            }
+            watcher::Event::Delete(q) => {
+                queues.remove(&q.name_any());
+            }
+            watcher::Event::Init => {
+                st.queue_relist = Some(BTreeMap::new());
+                return;
+            }
+            watcher::Event::InitApply(q) => {
+                let relist = st.queue_relist.get_or_insert_default();
+                relist.insert(q.name_any(), q.spec.clone());
+                return;
+            }
+            watcher::Event::InitDone => queues = st.queue_relist.take().unwrap_or_default(),
+        }
+        st.set_queues(queues);
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// Queue quotas and usage (briefly: the loop waits meanwhile).
+    pub fn with_quotas<T>(&self, f: impl FnOnce(&quota::Quotas) -> T) -> T {
+        f(&self.lock().quotas)
+    }
+
     /// A member node changed.
     pub fn node_change(&self, member: &str, c: Change<Node>) {
         let mut st = self.lock();
@@ -655,17 +732,23 @@ impl Scheduler {
         let mut st = self.lock();
         match c {
             Change::Applied(t) => {
+                st.note_model(member, &t);
                 st.cache
                     .set_topology(member, &t.name_any(), Some(topology_facts(&t)))
             }
             Change::Deleted(t) => st.cache.set_topology(member, &t.name_any(), None),
             Change::Relisting => {}
-            Change::Listed(all) => st.cache.resync_topologies(
-                member,
-                all.iter()
-                    .map(|t| (t.name_any(), topology_facts(t)))
-                    .collect(),
-            ),
+            Change::Listed(all) => {
+                for t in &all {
+                    st.note_model(member, t);
+                }
+                st.cache.resync_topologies(
+                    member,
+                    all.iter()
+                        .map(|t| (t.name_any(), topology_facts(t)))
+                        .collect(),
+                )
+            }
         }
         drop(st);
         self.notify.notify_one();
@@ -937,6 +1020,7 @@ impl Scheduler {
         }
         let mut st = self.lock();
         st.cache.unassume(uid);
+        st.quotas.unassume(uid);
         st.in_flight.remove(uid);
         st.reported.remove(uid);
         st.queue.retry_after_failure(uid, Instant::now());
