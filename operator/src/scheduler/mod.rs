@@ -19,6 +19,7 @@ pub mod admit;
 pub mod cache;
 pub mod fairshare;
 pub mod jobs;
+pub mod preempt;
 pub mod queue;
 mod queue_status;
 pub mod quota;
