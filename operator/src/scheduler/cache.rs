@@ -123,6 +123,8 @@ struct Member {
     nodes: BTreeMap<String, NodeFacts>,
     /// GPU devices each node offers in the member's ResourceSlices (DRA members).
     slice_devices: BTreeMap<String, i64>,
+    /// GPU UUIDs per node that ResourceClaims outside gpupool hold (DRA members): busy.
+    outside_claims: BTreeMap<String, Vec<String>>,
     topologies: BTreeMap<String, Published>,
     /// GpuTopology object name → node name.
     topology_names: HashMap<String, String>,
@@ -440,6 +442,23 @@ impl PoolCache {
         self.refresh(member, node);
     }
 
+    /// Replaces the GPUs that ResourceClaims outside gpupool hold, per node of a member (all of
+    /// them, after any claim or slice change): they count as busy, so no decision picks them.
+    pub fn resync_outside_claims(&mut self, member: &str, all: BTreeMap<String, Vec<String>>) {
+        let m = self.members.entry(member.to_string()).or_default();
+        let changed: BTreeSet<String> = m
+            .outside_claims
+            .keys()
+            .chain(all.keys())
+            .filter(|n| m.outside_claims.get(*n) != all.get(*n))
+            .cloned()
+            .collect();
+        m.outside_claims = all;
+        for n in changed {
+            self.refresh(member, &n);
+        }
+    }
+
     /// Replaces the ResourceSlice device counts of every node of a member (after a relist).
     pub fn resync_slice_devices(&mut self, member: &str, all: BTreeMap<String, i64>) {
         let m = self.members.entry(member.to_string()).or_default();
@@ -689,6 +708,15 @@ impl PoolCache {
                 for g in graph.gpus().iter().filter(|g| &g.uuid == u) {
                     busy.insert(g.index);
                 }
+            }
+        }
+        if let Some(claimed) = self
+            .members
+            .get(member)
+            .and_then(|m| m.outside_claims.get(node))
+        {
+            for g in graph.gpus().iter().filter(|g| claimed.contains(&g.uuid)) {
+                busy.insert(g.index);
             }
         }
         let mut held = GpuSet::EMPTY;

@@ -85,6 +85,43 @@ fn a_re_decision_of_the_same_job_never_frees_its_earlier_assumption() {
     assert_eq!(free(&c), 8);
 }
 
+#[test]
+fn gpus_outside_claims_hold_are_never_free_and_come_back_when_released() {
+    let mut c = PoolCache::new();
+    c.set_member("m", schedulable(1));
+    c.resync_pods("m", BTreeMap::new());
+    add_node(&mut c, "m", "n", "dgx-h100");
+    add_node(&mut c, "m", "o", "dgx-h100");
+    let free = |c: &PoolCache, n: &str| c.node("m", n).unwrap().free().len();
+    let outside = |uuids: &[usize]| -> BTreeMap<String, Vec<String>> {
+        [(
+            "n".to_string(),
+            uuids.iter().map(|i| format!("GPU-m-n-{i}")).collect(),
+        )]
+        .into()
+    };
+    c.resync_outside_claims("m", outside(&[4, 5]));
+    assert_eq!(free(&c, "n"), 6);
+    assert_eq!(free(&c, "o"), 8);
+    // A UUID of another node in the list changes nothing there.
+    c.resync_outside_claims(
+        "m",
+        [("o".to_string(), vec!["GPU-m-n-0".to_string()])].into(),
+    );
+    assert_eq!((free(&c, "n"), free(&c, "o")), (8, 8));
+    c.resync_outside_claims("m", outside(&[0, 1, 2]));
+    assert_eq!(free(&c, "n"), 5);
+    // A whole-node gang cannot have node n while a claim holds part of it.
+    let (cands, _) = c.candidates(&request(8, NvLinkMode::Clique), 1);
+    let offered: Vec<&str> = cands
+        .iter()
+        .flat_map(|m| m.nodes.iter().map(|n| n.name.as_str()))
+        .collect();
+    assert_eq!(offered, ["o"]);
+    c.resync_outside_claims("m", BTreeMap::new());
+    assert_eq!(free(&c, "n"), 8);
+}
+
 /// splitmix64, so the pools are the same on every run.
 struct Rng(u64);
 impl Rng {

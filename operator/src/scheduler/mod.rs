@@ -761,6 +761,13 @@ impl Scheduler {
         self.notify.notify_one();
     }
 
+    /// GPU UUIDs per node that ResourceClaims outside gpupool hold in a member (all nodes, after
+    /// any claim or slice change).
+    pub fn outside_claims_change(&self, member: &str, per_node: BTreeMap<String, Vec<String>>) {
+        self.lock().cache.resync_outside_claims(member, per_node);
+        self.notify.notify_one();
+    }
+
     /// A gpupool pod in a member changed.
     pub fn pod_change(&self, member: &str, c: &Change<Pod>) {
         let mut st = self.lock();
