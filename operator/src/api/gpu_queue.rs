@@ -80,7 +80,7 @@ pub struct GpuQueueSpec {
     /// that names this queue must be in one of them too. A namespace listed by several queues
     /// defaults to the first of them by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[schemars(schema_with = "namespaces_schema")]
     #[x_kube(validation = Rule::new("self.all(n, size(n) > 0 && size(n) <= 63 && n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))").message("namespaces must be namespace names (DNS labels of at most 63 characters)"))]
     pub namespaces: Vec<String>,
     /// Queues with the same cohort lend each other their idle quota of a class (up to each
@@ -100,6 +100,18 @@ pub struct GpuQueueSpec {
         validation = Rule::new("size(self) >= 1").message("quotas needs at least one entry")
     )]
     pub quotas: Vec<ClassQuota>,
+}
+
+/// Schema of `namespaces`: a set of at most 256 namespace names (bounded, so the API server's
+/// CEL cost estimate of the rule on them stays small).
+fn namespaces_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Namespaces whose jobs submit to this queue when they name none (spec.queue); a job that names this queue must be in one of them too. A namespace listed by several queues defaults to the first of them by name.",
+        "type": "array",
+        "maxItems": 256,
+        "x-kubernetes-list-type": "set",
+        "items": {"type": "string", "maxLength": 63},
+    })
 }
 
 fn default_weight() -> i32 {

@@ -138,6 +138,7 @@ pub struct TrainingJobSpec {
     /// does not exist, the job waits and its status says why. Mutable: a job that waits is
     /// admitted against the queue it names then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
     #[x_kube(validation = Rule::new("size(self) <= 63 && self.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("queue must name a GpuQueue: a DNS label of at most 63 characters"))]
     pub queue: Option<String>,
     /// Port of the rank-0 rendezvous (torchrun `MASTER_PORT`). Immutable.
