@@ -484,6 +484,22 @@ fn record_gpu_indexes(cache: &PoolCache, placements: &mut [ClusterPlacement]) {
     }
 }
 
+/// What a decision's Event and condition say about its new replicas.
+fn replica_detail(new: &[(String, PodPlacement)]) -> String {
+    new.iter()
+        .map(|(c, p)| {
+            format!(
+                "replica {} → {c}/{} GPUs [{}] score {}",
+                p.index,
+                p.node,
+                p.gpu_uuids.join(","),
+                p.score
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Places the missing replicas of an InferenceJob.
 pub fn decide_inference(cache: &PoolCache, j: &InferenceJob) -> Decision {
     decide_inference_as(cache, j, None, usize::MAX)
@@ -539,19 +555,7 @@ pub fn decide_inference_as(
         }
     }
     let generation = j.metadata.generation;
-    let detail = new
-        .iter()
-        .map(|(c, p)| {
-            format!(
-                "replica {} → {c}/{} GPUs [{}] score {}",
-                p.index,
-                p.node,
-                p.gpu_uuids.join(","),
-                p.score
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ");
+    let detail = replica_detail(&new);
     let mut st = before.clone();
     let revision = crate::rollout::revision(&j.spec);
     let mut all = kept;
