@@ -40,6 +40,7 @@ pub fn gpu_class(model: &str) -> &'static str {
     category = "gpupool",
     label("app.kubernetes.io/part-of", "gpupool"),
     status = "GpuQueueStatus",
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63").message("metadata.name must be a DNS label (lowercase letters, digits and '-', starting with a letter, at most 63 characters): jobs name their queue by it"),
     doc = "A queue with GPU quotas per GPU class. Cluster-scoped. Jobs of the namespaces it lists (or that name it in spec.queue) are placed only within its nominal quota, or within idle quota its cohort lends, up to its borrowing limit. Jobs outside every queue are not limited.",
     printcolumn(name = "Cohort", type_ = "string", json_path = ".spec.cohort"),
     printcolumn(name = "Weight", type_ = "integer", json_path = ".spec.weight"),
@@ -74,7 +75,6 @@ pub fn gpu_class(model: &str) -> &'static str {
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63").message("metadata.name must be a DNS label (lowercase letters, digits and '-', starting with a letter, at most 63 characters): jobs name their queue by it"))]
 pub struct GpuQueueSpec {
     /// Namespaces whose jobs submit to this queue when they name none (`spec.queue`); a job
     /// that names this queue must be in one of them too. A namespace listed by several queues

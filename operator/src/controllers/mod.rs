@@ -284,6 +284,10 @@ fn watch_gpu_queues(ctx: &Context) -> impl std::future::Future<Output = ()> + us
     .for_each(move |ev| {
         match &ev {
             Ok(ev) => sched.gpu_queue_event(ev),
+            // A hub whose GpuQueue CRD is not installed has no queues: nothing is limited.
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
+                sched.no_gpu_queues();
+            }
             Err(e) => tracing::warn!(error = %e, "watching GpuQueues failed (retrying)"),
         }
         futures::future::ready(())

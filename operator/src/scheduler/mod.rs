@@ -276,8 +276,7 @@ impl State {
         self.observed_version(&uid, j.metadata.resource_version.as_deref());
         self.observe_job(
             &uid,
-            jobs::training_name(j),
-            j.spec.queue.as_deref(),
+            (jobs::training_name(j), j.spec.queue.as_deref()),
             jobs::training_slots(j),
             jobs::training_waits(j),
             jobs::order_of(j, self.classes.of(j).unwrap_or(0)),
@@ -290,8 +289,7 @@ impl State {
         self.observed_version(&uid, j.metadata.resource_version.as_deref());
         self.observe_job(
             &uid,
-            jobs::inference_name(j),
-            j.spec.queue.as_deref(),
+            (jobs::inference_name(j), j.spec.queue.as_deref()),
             jobs::inference_slots(j),
             jobs::inference_waits(j),
             jobs::order_of(j, self.classes.of(j).unwrap_or(0)),
@@ -299,12 +297,12 @@ impl State {
         );
     }
 
-    /// Records a job's placed GPUs in the cache and keeps it queued exactly while it waits.
+    /// Records a job's placed GPUs (in the cache and against its queue, `queue` the one it
+    /// names) and keeps it queued exactly while it waits.
     fn observe_job(
         &mut self,
         uid: &str,
-        name: JobName,
-        queue: Option<&str>,
+        (name, queue): (JobName, Option<&str>),
         slots: BTreeSet<Slot>,
         waits: bool,
         (priority, created, generation): (i64, i64, i64),
@@ -703,6 +701,16 @@ impl Scheduler {
         st.set_queues(queues);
         drop(st);
         self.notify.notify_one();
+    }
+
+    /// The hub serves no GpuQueues (their CRD is not installed): no queue limits anything.
+    pub fn no_gpu_queues(&self) {
+        let mut st = self.lock();
+        if st.queue_objects.is_none() {
+            st.set_queues(BTreeMap::new());
+            drop(st);
+            self.notify.notify_one();
+        }
     }
 
     /// Queue quotas and usage (briefly: the loop waits meanwhile).
