@@ -2,10 +2,10 @@
 //! queue's quota ([`super::quota`]); when the GPUs it would get are of a class its queue has no
 //! room for, the placement is tried again on each class the queue does have room for. Pure.
 
-use super::cache::{PoolCache, Slot};
+use super::cache::{Slot, Snapshot};
 use super::jobs::{self, Decision, Pending};
 use super::queue::Need;
-use super::quota::{Demand, Quotas, Refusal};
+use super::quota::{Demand, QuotaView, Refusal};
 use crate::api::{ANY_CLASS, gpu_class};
 use std::collections::BTreeSet;
 
@@ -21,7 +21,7 @@ pub struct Admitted {
 }
 
 /// GPUs per class of a decision's slots (the class of a node's published model).
-pub fn demand(cache: &PoolCache, slots: &BTreeSet<Slot>) -> Demand {
+pub fn demand(cache: &Snapshot, slots: &BTreeSet<Slot>) -> Demand {
     let mut d = Demand::new();
     for s in slots {
         let class = cache
@@ -50,7 +50,7 @@ fn queue_field(job: &Pending) -> (String, Option<String>, bool, usize) {
 }
 
 /// The placement with the job's GPU model narrowed to `class`, replicas to `cap`.
-fn place(cache: &PoolCache, job: &Pending, class: Option<&str>, cap: usize) -> Decision {
+fn place(cache: &Snapshot, job: &Pending, class: Option<&str>, cap: usize) -> Decision {
     match job {
         Pending::Training(j) => jobs::decide_training_as(cache, j, class),
         Pending::Inference(j) => jobs::decide_inference_as(cache, j, class, cap),
@@ -66,7 +66,7 @@ fn slots_of(d: &Decision) -> Option<&BTreeSet<Slot>> {
 
 /// Decides for `job`: as without queues for a job outside every queue; within its queue's
 /// quota otherwise.
-pub fn decide(cache: &PoolCache, quotas: &Quotas, job: &Pending) -> Admitted {
+pub fn decide(cache: &Snapshot, quotas: &QuotaView, job: &Pending) -> Admitted {
     let (namespace, named, has_model, per_pod) = queue_field(job);
     let queue = match quotas.queue_of(&namespace, named.as_deref()) {
         Err(reason) => {

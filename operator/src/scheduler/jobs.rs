@@ -1,7 +1,7 @@
 //! What the scheduler reads from hub jobs (the GPUs they hold, whether they wait, what they need)
 //! and the decisions it takes for them. Pure: a decision is a function of the job and the cache.
 
-use super::cache::{JobName, PoolCache, Slot};
+use super::cache::{JobName, PoolCache, Slot, Snapshot};
 use super::queue::Need;
 use crate::api::{
     ClusterPlacement, ClusterSelector, GpuSelector, InferenceJob, InferenceJobStatus,
@@ -263,7 +263,7 @@ pub enum Decision {
     },
 }
 
-fn with_models(cache: &PoolCache, cluster: &str, pods: &mut [PodPlacement]) {
+fn with_models(cache: &Snapshot, cluster: &str, pods: &mut [PodPlacement]) {
     for p in pods {
         if let Some(m) = cache.model_of(cluster, &p.node) {
             p.model = m;
@@ -280,13 +280,13 @@ fn describe(reasons: Vec<String>) -> String {
 }
 
 /// Places a gang with the pure placement functions over the cache.
-pub fn decide_training(cache: &PoolCache, j: &TrainingJob) -> Decision {
+pub fn decide_training(cache: &Snapshot, j: &TrainingJob) -> Decision {
     decide_training_as(cache, j, None)
 }
 
 /// [`decide_training`] on GPUs whose model contains `model` (when set: a quota class the job's
 /// queue has room for).
-pub fn decide_training_as(cache: &PoolCache, j: &TrainingJob, model: Option<&str>) -> Decision {
+pub fn decide_training_as(cache: &Snapshot, j: &TrainingJob, model: Option<&str>) -> Decision {
     let mut req = training_request(j);
     if let Some(m) = model {
         req.gpu.model = Some(m.to_string());
@@ -476,7 +476,7 @@ pub fn group(flat: &[Placed]) -> Vec<ClusterPlacement> {
 }
 
 /// Writes each replica's GPU indexes beside its UUIDs (what `where` shows from the hub alone).
-fn record_gpu_indexes(cache: &PoolCache, placements: &mut [ClusterPlacement]) {
+fn record_gpu_indexes(cache: &Snapshot, placements: &mut [ClusterPlacement]) {
     for cp in placements {
         for g in &mut cp.gpus {
             g.gpu_indexes = cache.gpu_indexes(&cp.cluster, &g.node, &g.gpu_uuids);
@@ -501,14 +501,14 @@ fn replica_detail(new: &[(String, PodPlacement)]) -> String {
 }
 
 /// Places the missing replicas of an InferenceJob.
-pub fn decide_inference(cache: &PoolCache, j: &InferenceJob) -> Decision {
+pub fn decide_inference(cache: &Snapshot, j: &InferenceJob) -> Decision {
     decide_inference_as(cache, j, None, usize::MAX)
 }
 
 /// [`decide_inference`] on GPUs whose model contains `model` (when set), at most `cap` new
 /// replicas (what the job's queue has room for).
 pub fn decide_inference_as(
-    cache: &PoolCache,
+    cache: &Snapshot,
     j: &InferenceJob,
     model: Option<&str>,
     cap: usize,

@@ -28,7 +28,7 @@ pub mod writes;
 #[cfg(test)]
 mod tests;
 
-pub use cache::{JobName, MemberInfo, PoolCache, Slot};
+pub use cache::{JobName, MemberInfo, PoolCache, Slot, Snapshot};
 pub use jobs::Pending;
 pub use queue::{Need, Queue};
 
@@ -123,6 +123,8 @@ struct Work {
     decision: Decision,
     position: usize,
     report_event: bool,
+    /// The job's GpuQueue, when it is placed in one.
+    queue: Option<String>,
 }
 
 enum Step {
@@ -430,6 +432,7 @@ impl State {
                 decision: Decision::Wait { reason, need },
                 position,
                 report_event: false,
+                queue: None,
             })));
         }
         None
@@ -449,43 +452,73 @@ impl State {
             .min()
     }
 
-    fn next(&mut self, metrics: &Metrics) -> Step {
+    /// One step of the loop under one lock (tests; the loop decides without the lock).
+    #[cfg(test)]
+    fn next(&mut self, snap: &mut Snapshot, metrics: &Metrics) -> Step {
+        match self.pick(snap) {
+            Ok(p) => {
+                let d = p.decide(snap, metrics);
+                self.settle(p, d)
+            }
+            Err(step) => step,
+        }
+    }
+
+    /// Takes the next job to decide and brings the loop's snapshot up to date (copying what
+    /// changed since the last decision); or what to do instead.
+    fn pick(&mut self, snap: &mut Snapshot) -> Result<Picked, Step> {
         if !(self.listed[0] && self.listed[1] && self.queue_objects.is_some()) {
-            return Step::Idle;
+            return Err(Step::Idle);
         }
         self.apply_wakes();
         let now = Instant::now();
         self.refresh_positions(now);
         let Some((uid, job)) = self.queue.pop(now) else {
-            return self.next_position().unwrap_or(Step::Idle);
+            return Err(self.next_position().unwrap_or(Step::Idle));
         };
         let job = job.clone();
-        let t0 = Instant::now();
-        let kind = match &job {
-            Pending::Training(_) => "trainingjob",
-            Pending::Inference(_) => "inferencejob",
+        let class = self.classes.of(&job).err();
+        self.cache.update_snapshot(snap);
+        let quotas = self.quotas.view();
+        Ok(Picked {
+            uid,
+            job,
+            class,
+            quotas,
+        })
+    }
+
+    /// Acts on a decision taken on the snapshot: dropped when the job left the queue or changed
+    /// meanwhile, tried again when the GPUs it chose were taken meanwhile, else assumed (placed)
+    /// or parked (waits).
+    fn settle(&mut self, p: Picked, admitted: admit::Admitted) -> Step {
+        let Picked { uid, job, .. } = p;
+        let admit::Admitted {
+            decision,
+            queue,
+            hungry,
+        } = admitted;
+        let Some(current) = self.queue.get(&uid) else {
+            // Deleted, or observed placed, while it was decided.
+            return Step::Parked;
         };
-        let (decision, queue, hungry) = match self.classes.of(&job) {
-            // Waits for its PriorityClass to exist (woken when the classes change).
-            Err(reason) => {
-                let need = Need::nothing();
-                (Decision::Wait { reason, need }, None, false)
+        let changed = current.resource_version() != job.resource_version();
+        let taken = match &decision {
+            Decision::Training { slots, .. } | Decision::Inference { slots, .. } => {
+                !self.cache.still_free(slots)
             }
-            Ok(_) => {
-                let a = admit::decide(&self.cache, &self.quotas, &job);
-                (a.decision, a.queue, a.hungry)
-            }
+            Decision::Wait { .. } => false,
         };
-        metrics.observe_placement(kind, t0.elapsed());
-        tracing::debug!(job = %job.name().name, took = ?t0.elapsed(), placed = !matches!(decision, Decision::Wait { .. }), "scheduling decision");
+        if changed || taken {
+            tracing::debug!(job = %job.name().name, changed, taken, "decision overtaken by events: deciding again");
+            self.queue.retry_now(&uid);
+            return Step::Parked;
+        }
         let position = self.queue.position(&uid).unwrap_or(1);
         match &decision {
             Decision::Training { slots, .. } | Decision::Inference { slots, .. } => {
                 self.quotas.assume(&uid, slots.clone());
                 self.quotas.set_waiting(&uid, None);
-                if let Some(q) = &queue {
-                    metrics.inc_queue_admission(q);
-                }
                 self.cache.assume(&uid, slots.clone());
                 self.in_flight.insert(uid.clone());
                 Step::Work(Box::new(Work {
@@ -494,6 +527,7 @@ impl State {
                     decision,
                     position,
                     report_event: false,
+                    queue,
                 }))
             }
             Decision::Wait { reason, need } => {
@@ -519,9 +553,46 @@ impl State {
                     decision,
                     position,
                     report_event: event,
+                    queue: None,
                 }))
             }
         }
+    }
+}
+
+/// A job taken from the queue, to be decided on the snapshot.
+struct Picked {
+    uid: String,
+    job: Pending,
+    /// Why its PriorityClass does not resolve, when it does not.
+    class: Option<String>,
+    /// The queues and their use as the job was picked.
+    quotas: Arc<quota::QuotaView>,
+}
+
+impl Picked {
+    /// The decision, on the snapshot alone (no lock held).
+    fn decide(&self, snap: &Snapshot, metrics: &Metrics) -> admit::Admitted {
+        let t0 = Instant::now();
+        let kind = match &self.job {
+            Pending::Training(_) => "trainingjob",
+            Pending::Inference(_) => "inferencejob",
+        };
+        let admitted = match &self.class {
+            // Waits for its PriorityClass to exist (woken when the classes change).
+            Some(reason) => admit::Admitted {
+                decision: Decision::Wait {
+                    reason: reason.clone(),
+                    need: Need::nothing(),
+                },
+                queue: None,
+                hungry: false,
+            },
+            None => admit::decide(snap, &self.quotas, &self.job),
+        };
+        metrics.observe_placement(kind, t0.elapsed());
+        tracing::debug!(job = %self.job.name().name, took = ?t0.elapsed(), placed = !matches!(admitted.decision, Decision::Wait { .. }), "scheduling decision");
+        admitted
     }
 }
 
@@ -956,6 +1027,9 @@ impl Scheduler {
     /// Runs the scheduling loop until the task is dropped.
     pub async fn run(self: Arc<Self>) {
         let mut since_yield = 0usize;
+        // The pool as the loop decides on it, brought up to date under the lock before each
+        // decision; the decision itself runs without the lock.
+        let mut snap = Snapshot::default();
         loop {
             let permit = self
                 .writes
@@ -963,7 +1037,14 @@ impl Scheduler {
                 .acquire_owned()
                 .await
                 .expect("the write semaphore is never closed");
-            let step = self.lock().next(&self.metrics);
+            let picked = self.lock().pick(&mut snap);
+            let step = match picked {
+                Ok(p) => {
+                    let d = p.decide(&snap, &self.metrics);
+                    self.lock().settle(p, d)
+                }
+                Err(step) => step,
+            };
             match step {
                 Step::Work(w) => {
                     let me = self.clone();
@@ -1050,6 +1131,9 @@ impl Scheduler {
     async fn write(&self, w: Work) {
         let rv = w.job.resource_version();
         tracing::debug!(job = %w.job.name().name, ?rv, "writing a scheduling decision");
+        if let Some(q) = &w.queue {
+            self.metrics.inc_queue_admission(q);
+        }
         match (w.decision, &w.job) {
             (Decision::Training { status, note, .. }, Pending::Training(job)) => {
                 self.write_training(&w.uid, job, rv.as_deref(), &status, note)

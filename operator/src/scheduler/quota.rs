@@ -38,10 +38,21 @@ struct Held {
     counted: BTreeMap<NodeKey, i64>,
 }
 
-#[derive(Default, Debug)]
-struct QueueUse {
-    nodes: HashMap<NodeKey, i64>,
-    classes: BTreeMap<String, i64>,
+/// What an admission reads: the queues, their GPUs per class and which of them have jobs
+/// waiting for GPUs. Shared with a decision taken outside the scheduler's lock (cheap to hand
+/// over: the scheduler keeps it behind an `Arc`, copied only when it changes while a decision
+/// holds it).
+#[derive(Clone, Default, Debug)]
+pub struct QuotaView {
+    specs: BTreeMap<String, GpuQueueSpec>,
+    /// Namespace → the queue its jobs submit to by default.
+    defaults: HashMap<String, String>,
+    /// Queue → GPUs its jobs hold per class.
+    used: HashMap<String, BTreeMap<String, i64>>,
+    /// Queue → its waiting jobs that more GPUs could serve.
+    hungry_count: HashMap<String, usize>,
+    /// Queue → its waiting jobs.
+    waiting_count: HashMap<String, usize>,
 }
 
 /// Why a decision does not fit its queue.
@@ -57,66 +68,20 @@ pub struct Refusal {
 /// Queues, their jobs' GPUs per class, and the jobs waiting in each.
 #[derive(Default)]
 pub struct Quotas {
-    specs: BTreeMap<String, GpuQueueSpec>,
-    /// Namespace → the queue its jobs submit to by default.
-    defaults: HashMap<String, String>,
+    view: std::sync::Arc<QuotaView>,
     jobs: HashMap<String, Held>,
     node_class: HashMap<NodeKey, String>,
-    used: HashMap<String, QueueUse>,
-    /// Waiting jobs that more GPUs could serve → their queue; and per queue how many.
+    /// Queue → GPUs its jobs hold per node.
+    nodes: HashMap<String, HashMap<NodeKey, i64>>,
+    /// Waiting jobs that more GPUs could serve → their queue.
     hungry: HashMap<String, String>,
-    hungry_count: HashMap<String, usize>,
-    /// Waiting jobs per queue (any reason).
+    /// Waiting jobs → their queue (any reason).
     waiting: HashMap<String, String>,
     /// A queue's use went down while jobs of some queue wait (see [`Quotas::take_released`]).
     released: bool,
 }
 
-impl Quotas {
-    /// No queues and no jobs.
-    pub fn new() -> Quotas {
-        Quotas::default()
-    }
-
-    /// Whether any queue exists (without one, nothing is limited).
-    pub fn active(&self) -> bool {
-        !self.specs.is_empty()
-    }
-
-    /// Queue names.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.specs.keys().map(String::as_str)
-    }
-
-    /// The queues are now `specs` (by name): every job is counted again against its queue.
-    pub fn set_queues(&mut self, specs: BTreeMap<String, GpuQueueSpec>) {
-        if specs == self.specs {
-            return;
-        }
-        self.specs = specs;
-        self.defaults.clear();
-        for (name, s) in &self.specs {
-            for ns in &s.namespaces {
-                self.defaults
-                    .entry(ns.clone())
-                    .or_insert_with(|| name.clone());
-            }
-        }
-        self.used.clear();
-        let uids: Vec<String> = self.jobs.keys().cloned().collect();
-        for uid in uids {
-            if let Some(j) = self.jobs.get_mut(&uid) {
-                j.counted.clear();
-                j.queue = None;
-            }
-            self.recount(&uid);
-        }
-        let waiting: Vec<String> = self.waiting.keys().cloned().collect();
-        for uid in waiting {
-            self.set_waiting(&uid, None);
-        }
-    }
-
+impl QuotaView {
     /// The queue a job of `namespace` naming `named` submits to: `None` outside every queue;
     /// an error when it names a queue that does not exist or does not take its namespace.
     pub fn queue_of(&self, namespace: &str, named: Option<&str>) -> Result<Option<String>, String> {
@@ -134,148 +99,11 @@ impl Quotas {
         }
     }
 
-    /// GPUs on node `node` of `member` are of GPU model `model` (from its topology).
-    pub fn set_node_model(&mut self, member: &str, node: &str, model: &str) {
-        let key = (member.to_string(), node.to_string());
-        let class = gpu_class(model).to_string();
-        let old = self
-            .node_class
-            .insert(key.clone(), class.clone())
-            .unwrap_or_else(|| UNKNOWN_CLASS.to_string());
-        if old == class {
-            return;
-        }
-        for u in self.used.values_mut() {
-            let n = u.nodes.get(&key).copied().unwrap_or(0);
-            if n != 0 {
-                *u.classes.entry(old.clone()).or_default() -= n;
-                *u.classes.entry(class.clone()).or_default() += n;
-            }
-        }
-    }
-
-    fn class_of(&self, key: &NodeKey) -> String {
-        self.node_class
-            .get(key)
-            .cloned()
-            .unwrap_or_else(|| UNKNOWN_CLASS.to_string())
-    }
-
-    /// Job `uid` of `namespace`, naming queue `named`, holds `slots` by its hub status; an
-    /// assumption the status now covers is dropped.
-    pub fn set_job(
-        &mut self,
-        uid: &str,
-        namespace: &str,
-        named: Option<&str>,
-        slots: BTreeSet<Slot>,
-    ) {
-        let j = self.jobs.entry(uid.to_string()).or_default();
-        j.namespace = namespace.to_string();
-        j.named = named.map(str::to_string);
-        let hub = slots;
-        j.assumed.retain(|a| !a.iter().all(|s| hub.contains(s)));
-        j.hub = hub;
-        self.recount(uid);
-    }
-
-    /// Job `uid` is assumed to hold `slots` from now on (its decision is being written).
-    pub fn assume(&mut self, uid: &str, slots: BTreeSet<Slot>) {
-        if let Some(j) = self.jobs.get_mut(uid) {
-            j.assumed.push(slots);
-            self.recount(uid);
-        }
-    }
-
-    /// The latest assumption of job `uid` failed to be written.
-    pub fn unassume(&mut self, uid: &str) {
-        if let Some(j) = self.jobs.get_mut(uid) {
-            j.assumed.pop();
-            self.recount(uid);
-        }
-    }
-
-    /// Job `uid` is gone.
-    pub fn forget(&mut self, uid: &str) {
-        if let Some(mut j) = self.jobs.remove(uid) {
-            let counted = std::mem::take(&mut j.counted);
-            self.apply(j.queue.as_deref(), &counted, -1);
-        }
-        self.set_waiting(uid, None);
-    }
-
-    /// Counts job `uid` again: its queue and its GPUs per node.
-    fn recount(&mut self, uid: &str) {
-        let Some(j) = self.jobs.get(uid) else { return };
-        let queue = self
-            .queue_of(&j.namespace, j.named.as_deref())
-            .ok()
-            .flatten();
-        let mut now: BTreeMap<NodeKey, i64> = BTreeMap::new();
-        let all: BTreeSet<&Slot> = j.hub.iter().chain(j.assumed.iter().flatten()).collect();
-        for s in all {
-            *now.entry((s.member.clone(), s.node.clone())).or_default() += 1;
-        }
-        let (old_queue, old) = (j.queue.clone(), j.counted.clone());
-        if old_queue == queue && old == now {
-            return;
-        }
-        self.apply(old_queue.as_deref(), &old, -1);
-        self.apply(queue.as_deref(), &now, 1);
-        let j = self.jobs.get_mut(uid).expect("looked up above");
-        j.queue = queue;
-        j.counted = now;
-    }
-
-    fn apply(&mut self, queue: Option<&str>, nodes: &BTreeMap<NodeKey, i64>, sign: i64) {
-        let Some(q) = queue else { return };
-        if sign < 0 && !nodes.is_empty() && !self.waiting.is_empty() {
-            self.released = true;
-        }
-        let classes: Vec<(String, i64)> =
-            nodes.iter().map(|(k, n)| (self.class_of(k), *n)).collect();
-        let u = self.used.entry(q.to_string()).or_default();
-        for ((k, n), (class, _)) in nodes.iter().zip(classes) {
-            let e = u.nodes.entry(k.clone()).or_default();
-            *e += sign * n;
-            if *e == 0 {
-                u.nodes.remove(k);
-            }
-            *u.classes.entry(class).or_default() += sign * n;
-        }
-    }
-
-    /// Whether a queue's use went down since the last call while jobs waited: quota they wait
-    /// for may be free now, though no node that serves them changed.
-    pub fn take_released(&mut self) -> bool {
-        std::mem::take(&mut self.released)
-    }
-
-    /// Job `uid` waits (`Some`: in `queue`, and whether more GPUs could serve it) or does not.
-    pub fn set_waiting(&mut self, uid: &str, state: Option<(&str, bool)>) {
-        if let Some(q) = self.hungry.remove(uid)
-            && let Some(c) = self.hungry_count.get_mut(&q)
-        {
-            *c -= 1;
-            if *c == 0 {
-                self.hungry_count.remove(&q);
-            }
-        }
-        self.waiting.remove(uid);
-        if let Some((q, hungry)) = state {
-            self.waiting.insert(uid.to_string(), q.to_string());
-            if hungry {
-                self.hungry.insert(uid.to_string(), q.to_string());
-                *self.hungry_count.entry(q.to_string()).or_default() += 1;
-            }
-        }
-    }
-
     /// GPUs of class `class` that queue `q`'s jobs hold.
     fn used_class(&self, q: &str, class: &str) -> i64 {
         self.used
             .get(q)
-            .and_then(|u| u.classes.get(class))
+            .and_then(|u| u.get(class))
             .copied()
             .unwrap_or(0)
     }
@@ -287,8 +115,7 @@ impl Quotas {
             return self.used_class(q, entry);
         }
         self.used.get(q).map_or(0, |u| {
-            u.classes
-                .iter()
+            u.iter()
                 .filter(|(c, _)| !spec.quotas.iter().any(|e| &e.gpu_class == *c))
                 .map(|(_, n)| *n)
                 .sum()
@@ -463,7 +290,249 @@ impl Quotas {
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v
     }
+}
 
+impl Quotas {
+    /// No queues and no jobs.
+    pub fn new() -> Quotas {
+        Quotas::default()
+    }
+
+    /// Whether any queue exists (without one, nothing is limited).
+    pub fn active(&self) -> bool {
+        !self.view.specs.is_empty()
+    }
+
+    /// Queue names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.view.specs.keys().map(String::as_str)
+    }
+
+    fn view_mut(&mut self) -> &mut QuotaView {
+        std::sync::Arc::make_mut(&mut self.view)
+    }
+
+    /// The queues are now `specs` (by name): every job is counted again against its queue.
+    pub fn set_queues(&mut self, specs: BTreeMap<String, GpuQueueSpec>) {
+        if specs == self.view.specs {
+            return;
+        }
+        let mut defaults = HashMap::new();
+        for (name, s) in &specs {
+            for ns in &s.namespaces {
+                defaults.entry(ns.clone()).or_insert_with(|| name.clone());
+            }
+        }
+        let v = self.view_mut();
+        v.specs = specs;
+        v.defaults = defaults;
+        v.used.clear();
+        self.nodes.clear();
+        let uids: Vec<String> = self.jobs.keys().cloned().collect();
+        for uid in uids {
+            if let Some(j) = self.jobs.get_mut(&uid) {
+                j.counted.clear();
+                j.queue = None;
+            }
+            self.recount(&uid);
+        }
+        let waiting: Vec<String> = self.waiting.keys().cloned().collect();
+        for uid in waiting {
+            self.set_waiting(&uid, None);
+        }
+    }
+
+    /// The queue a job of `namespace` naming `named` submits to (see [`QuotaView::queue_of`]).
+    pub fn queue_of(&self, namespace: &str, named: Option<&str>) -> Result<Option<String>, String> {
+        self.view.queue_of(namespace, named)
+    }
+
+    /// What an admission reads, shared (see [`QuotaView`]).
+    pub fn view(&self) -> std::sync::Arc<QuotaView> {
+        std::sync::Arc::clone(&self.view)
+    }
+
+    /// Whether queue `q` may take `demand` now (see [`QuotaView::admit`]).
+    pub fn admit(&self, q: &str, demand: &Demand) -> Result<(), Refusal> {
+        self.view.admit(q, demand)
+    }
+
+    /// GPUs queue `q` could still take per quota entry (see [`QuotaView::room`]).
+    pub fn room(&self, q: &str) -> Vec<(String, i64)> {
+        self.view.room(q)
+    }
+
+    /// GPUs on node `node` of `member` are of GPU model `model` (from its topology).
+    pub fn set_node_model(&mut self, member: &str, node: &str, model: &str) {
+        let key = (member.to_string(), node.to_string());
+        let class = gpu_class(model).to_string();
+        let old = self
+            .node_class
+            .insert(key.clone(), class.clone())
+            .unwrap_or_else(|| UNKNOWN_CLASS.to_string());
+        if old == class {
+            return;
+        }
+        let moved: Vec<(String, i64)> = self
+            .nodes
+            .iter()
+            .filter_map(|(q, nodes)| nodes.get(&key).map(|n| (q.clone(), *n)))
+            .filter(|(_, n)| *n != 0)
+            .collect();
+        if moved.is_empty() {
+            return;
+        }
+        let v = self.view_mut();
+        for (q, n) in moved {
+            let u = v.used.entry(q).or_default();
+            *u.entry(old.clone()).or_default() -= n;
+            *u.entry(class.clone()).or_default() += n;
+        }
+    }
+
+    fn class_of(&self, key: &NodeKey) -> String {
+        self.node_class
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| UNKNOWN_CLASS.to_string())
+    }
+
+    /// Job `uid` of `namespace`, naming queue `named`, holds `slots` by its hub status; an
+    /// assumption the status now covers is dropped.
+    pub fn set_job(
+        &mut self,
+        uid: &str,
+        namespace: &str,
+        named: Option<&str>,
+        slots: BTreeSet<Slot>,
+    ) {
+        let j = self.jobs.entry(uid.to_string()).or_default();
+        j.namespace = namespace.to_string();
+        j.named = named.map(str::to_string);
+        let hub = slots;
+        j.assumed.retain(|a| !a.iter().all(|s| hub.contains(s)));
+        j.hub = hub;
+        self.recount(uid);
+    }
+
+    /// Job `uid` is assumed to hold `slots` from now on (its decision is being written).
+    pub fn assume(&mut self, uid: &str, slots: BTreeSet<Slot>) {
+        if let Some(j) = self.jobs.get_mut(uid) {
+            j.assumed.push(slots);
+            self.recount(uid);
+        }
+    }
+
+    /// The latest assumption of job `uid` failed to be written.
+    pub fn unassume(&mut self, uid: &str) {
+        if let Some(j) = self.jobs.get_mut(uid) {
+            j.assumed.pop();
+            self.recount(uid);
+        }
+    }
+
+    /// Job `uid` is gone.
+    pub fn forget(&mut self, uid: &str) {
+        if let Some(mut j) = self.jobs.remove(uid) {
+            let counted = std::mem::take(&mut j.counted);
+            self.apply(j.queue.as_deref(), &counted, -1);
+        }
+        self.set_waiting(uid, None);
+    }
+
+    /// Counts job `uid` again: its queue and its GPUs per node.
+    fn recount(&mut self, uid: &str) {
+        let Some(j) = self.jobs.get(uid) else { return };
+        let queue = self
+            .queue_of(&j.namespace, j.named.as_deref())
+            .ok()
+            .flatten();
+        let mut now: BTreeMap<NodeKey, i64> = BTreeMap::new();
+        let all: BTreeSet<&Slot> = j.hub.iter().chain(j.assumed.iter().flatten()).collect();
+        for s in all {
+            *now.entry((s.member.clone(), s.node.clone())).or_default() += 1;
+        }
+        let (old_queue, old) = (j.queue.clone(), j.counted.clone());
+        if old_queue == queue && old == now {
+            return;
+        }
+        self.apply(old_queue.as_deref(), &old, -1);
+        self.apply(queue.as_deref(), &now, 1);
+        let j = self.jobs.get_mut(uid).expect("looked up above");
+        j.queue = queue;
+        j.counted = now;
+    }
+
+    fn apply(&mut self, queue: Option<&str>, nodes: &BTreeMap<NodeKey, i64>, sign: i64) {
+        let Some(q) = queue else { return };
+        if sign < 0 && !nodes.is_empty() && !self.waiting.is_empty() {
+            self.released = true;
+        }
+        let classes: Vec<String> = nodes.keys().map(|k| self.class_of(k)).collect();
+        let per_node = self.nodes.entry(q.to_string()).or_default();
+        for (k, n) in nodes {
+            let e = per_node.entry(k.clone()).or_default();
+            *e += sign * n;
+            if *e == 0 {
+                per_node.remove(k);
+            }
+        }
+        let u = self.view_mut().used.entry(q.to_string()).or_default();
+        for ((_, n), class) in nodes.iter().zip(classes) {
+            *u.entry(class).or_default() += sign * n;
+        }
+    }
+
+    /// Whether a queue's use went down since the last call while jobs waited: quota they wait
+    /// for may be free now, though no node that serves them changed.
+    pub fn take_released(&mut self) -> bool {
+        std::mem::take(&mut self.released)
+    }
+
+    /// Job `uid` waits (`Some`: in `queue`, and whether more GPUs could serve it) or does not.
+    pub fn set_waiting(&mut self, uid: &str, state: Option<(&str, bool)>) {
+        let was_hungry = self.hungry.remove(uid);
+        let was_waiting = self.waiting.remove(uid);
+        let now = state.map(|(q, h)| (q.to_string(), h));
+        if was_hungry.is_none() && was_waiting.is_none() && now.is_none() {
+            return;
+        }
+        if let Some((q, hungry)) = &now {
+            self.waiting.insert(uid.to_string(), q.clone());
+            if *hungry {
+                self.hungry.insert(uid.to_string(), q.clone());
+            }
+        }
+        let v = self.view_mut();
+        let down = |m: &mut HashMap<String, usize>, q: &str| {
+            if let Some(c) = m.get_mut(q) {
+                *c -= 1;
+                if *c == 0 {
+                    m.remove(q);
+                }
+            }
+        };
+        if let Some(q) = was_hungry {
+            down(&mut v.hungry_count, &q);
+        }
+        if let Some(q) = was_waiting {
+            down(&mut v.waiting_count, &q);
+        }
+        if let Some((q, hungry)) = now {
+            if hungry {
+                *v.hungry_count.entry(q.clone()).or_default() += 1;
+            }
+            *v.waiting_count.entry(q).or_default() += 1;
+        }
+    }
+
+    /// What queue `q`'s status shows now.
+    pub fn status(&self, q: &str) -> Option<GpuQueueStatus> {
+        self.view.status(q)
+    }
+}
+
+impl QuotaView {
     /// What queue `q`'s status shows now.
     pub fn status(&self, q: &str) -> Option<GpuQueueStatus> {
         let spec = self.specs.get(q)?;
@@ -485,17 +554,9 @@ impl Quotas {
             nominal_gpus: classes.iter().map(|c| c.nominal).sum(),
             used_gpus: classes.iter().map(|c| c.used).sum(),
             borrowed_gpus: classes.iter().map(|c| c.borrowed).sum(),
-            pending_jobs: self.waiting.values().filter(|w| *w == q).count() as i64,
+            pending_jobs: self.waiting_count.get(q).copied().unwrap_or(0) as i64,
             classes,
             conditions: Vec::new(),
-        })
-    }
-
-    /// Queue `q`'s weighted dominant share now (0 while within nominal everywhere).
-    pub fn current_share(&self, q: &str) -> f64 {
-        self.specs.get(q).map_or(0.0, |s| {
-            let e = s.quotas.first().map_or(ANY_CLASS, |e| e.gpu_class.as_str());
-            self.share(q, s, e, self.used_entry(q, s, e))
         })
     }
 }
