@@ -1190,6 +1190,10 @@ fn dashboard_and_alerts_are_off_by_default_and_valid_promql_on_real_metrics() {
         "Unpaid GPU-seconds, by member and reason",
         "Kubelet GPU mismatches",
         "Job restarts (per hour)",
+        "Queue GPUs used vs nominal, by queue and class",
+        "Queue GPUs borrowed, by queue and class",
+        "Queue pending jobs",
+        "Queue admissions (per 5 minutes)",
     ] {
         assert!(
             titles.contains(&want),
@@ -1248,6 +1252,7 @@ fn dashboard_and_alerts_are_off_by_default_and_valid_promql_on_real_metrics() {
             "GpupoolUnpaidUsage",
             "GpupoolKubeletGpuMismatch",
             "GpupoolTenantLowRunway",
+            "GpupoolQueueStarved",
         ]
     );
     let mut rule_exprs = Vec::new();
@@ -1412,6 +1417,19 @@ tests:
         values: '7200x9 1800x30'
       - series: 'gpupool_tenant_runway_seconds{tenant="team-b"}'
         values: '7200x40'
+      # team-a holds 4 of its 8 H100 with jobs waiting from minute 1 on; team-b all of its 8.
+      - series: 'gpupool_queue_gpus{queue="team-a",gpu_class="H100",state="used"}'
+        values: '4x40'
+      - series: 'gpupool_queue_gpus{queue="team-a",gpu_class="H100",state="nominal"}'
+        values: '8x40'
+      - series: 'gpupool_queue_pending_jobs{queue="team-a"}'
+        values: '0 2x40'
+      - series: 'gpupool_queue_gpus{queue="team-b",gpu_class="H100",state="used"}'
+        values: '8x40'
+      - series: 'gpupool_queue_gpus{queue="team-b",gpu_class="H100",state="nominal"}'
+        values: '8x40'
+      - series: 'gpupool_queue_pending_jobs{queue="team-b"}'
+        values: '3x40'
     alert_rule_test:
       - eval_time: 4m
         alertname: GpupoolMemberNotReady
@@ -1516,6 +1534,17 @@ tests:
               runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupooltenantlowrunway
               summary: Tenant team-a has less than an hour of escrow left
               description: At the burn rate of its running jobs, the escrow of tenant team-a lasts 1800 s more; then their reservations cannot be renewed and they are stopped. kubectl gpupool balance --tenant team-a; fund it with gpupool escrow deposit.
+      - eval_time: 10m
+        alertname: GpupoolQueueStarved
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: GpupoolQueueStarved
+        exp_alerts:
+          - exp_labels: {severity: warning, queue: team-a}
+            exp_annotations:
+              runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupoolqueuestarved
+              summary: GpuQueue team-a has jobs waiting below its nominal quota
+              description: "Queue team-a holds 4 GPUs, less than its nominal quota, while its jobs have waited for 15m: its quota is lent to borrowers (gpupool does not preempt them yet) or the pool lacks the GPUs. kubectl gpupool queues; kubectl gpupool why <job>."
 "#
     );
     let f = write(dir.path(), "alerts_test.yaml", &tests);

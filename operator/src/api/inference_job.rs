@@ -27,6 +27,12 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("size(self.metadata.name) <= 63").message("metadata.name must be at most 63 characters: it names the replicas' Service and labels"),
     doc = "Replicated GPU inference serving, placed by gpupool on one or more member clusters.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Queue",
+        type_ = "string",
+        json_path = ".spec.queue",
+        priority = 1
+    ),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(
@@ -124,6 +130,14 @@ pub struct InferenceJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("size(self) > 0 && size(self) <= 253").message("priorityClassName must be 1-253 characters"))]
     pub priority_class_name: Option<String>,
+    /// The `GpuQueue` the job submits to; unset: the queue that lists the job's namespace, if
+    /// any. The queue must list the job's namespace (`spec.namespaces`); while it does not, or
+    /// does not exist, the job waits and its status says why. Mutable: a job that waits is
+    /// admitted against the queue it names then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new("size(self) <= 63 && self.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("queue must name a GpuQueue: a DNS label of at most 63 characters"))]
+    pub queue: Option<String>,
 }
 
 /// Rolling-update budgets, as in a Deployment's `strategy.rollingUpdate`.

@@ -7,6 +7,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 mod common;
+mod gpu_queue;
 mod gpu_topology;
 mod inference_job;
 mod join_request;
@@ -16,6 +17,7 @@ mod training_job;
 mod usage_record;
 
 pub use common::*;
+pub use gpu_queue::*;
 pub use gpu_topology::*;
 pub use inference_job::*;
 pub use join_request::*;
@@ -44,6 +46,7 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
         MemberWork::crd(),
         MemberReport::crd(),
         JoinRequest::crd(),
+        GpuQueue::crd(),
     ];
     // Single version each; merge_crds is a no-op check that names/groups agree.
     crds.into_iter()

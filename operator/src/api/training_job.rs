@@ -26,6 +26,12 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("size(self.metadata.name) <= 55").message("metadata.name must be at most 55 characters: the workers' Service <name>-workers must fit in 63"),
     doc = "A gang of training workers placed all-or-nothing on one member cluster. The gang-shaping fields (template, workers, gpusPerWorker, gpu, nvlink, masterPort) are immutable; backoffLimit, maxRuntimeSeconds and clusterSelector may change.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Queue",
+        type_ = "string",
+        json_path = ".spec.queue",
+        priority = 1
+    ),
     printcolumn(name = "Cluster", type_ = "string", json_path = ".status.cluster"),
     printcolumn(
         name = "Workers",
@@ -127,6 +133,14 @@ pub struct TrainingJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("size(self) > 0 && size(self) <= 253").message("priorityClassName must be 1-253 characters"))]
     pub priority_class_name: Option<String>,
+    /// The `GpuQueue` the job submits to; unset: the queue that lists the job's namespace, if
+    /// any. The queue must list the job's namespace (`spec.namespaces`); while it does not, or
+    /// does not exist, the job waits and its status says why. Mutable: a job that waits is
+    /// admitted against the queue it names then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new("size(self) <= 63 && self.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("queue must name a GpuQueue: a DNS label of at most 63 characters"))]
+    pub queue: Option<String>,
     /// Port of the rank-0 rendezvous (torchrun `MASTER_PORT`). Immutable.
     #[serde(default = "default_master_port")]
     #[x_kube(

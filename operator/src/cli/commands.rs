@@ -87,6 +87,7 @@ async fn answer(hub: &Hub, o: &Output, command: &Command) -> Result<String> {
         Command::Where { job, scope } => where_(hub, o, job, scope).await,
         Command::Queue { namespace, .. } => queue(hub, o, namespace.as_deref()).await,
         Command::Members => list_members(hub, o).await,
+        Command::Queues => list_queues(hub, o).await,
         Command::Approve { member } => {
             approval(hub, o, member, crate::api::Approval::Approved).await
         }
@@ -175,13 +176,54 @@ async fn why(hub: &Hub, o: &Output, job: &str, scope: &JobScope) -> Result<Strin
         .iter()
         .filter_map(|m| m.pointer("/metadata/name")?.as_str().map(String::from))
         .collect();
-    let doc = reports::why_report(kind, &obj, &names);
+    let mut doc = reports::why_report(kind, &obj, &names);
+    // The queue it submits to (when the hub has GpuQueues this user may read).
+    let queues = gpu_queues(hub).await.unwrap_or_default();
+    doc["queue"] = json!(super::queues::queue_of_job(&obj, &queues));
     emit(
         o,
         View {
             names: job_name(kind, &doc),
             doc: &doc,
-            table: &|d, _| reports::format_why(d),
+            table: &|d, _| {
+                let mut text = reports::format_why(d);
+                if let Some(q) = d["queue"].as_str() {
+                    text.push_str(&format!("Queue: {q} (kubectl gpupool queues)\n"));
+                }
+                text
+            },
+        },
+    )
+}
+
+async fn gpu_queues(hub: &Hub) -> Result<Vec<crate::api::GpuQueue>> {
+    let mut queues = Api::<crate::api::GpuQueue>::all(hub.client.clone())
+        .list(&ListParams::default())
+        .await
+        .context("listing GpuQueues")?
+        .items;
+    queues.sort_by_key(|q| q.metadata.name.clone());
+    Ok(queues)
+}
+
+async fn list_queues(hub: &Hub, o: &Output) -> Result<String> {
+    let queues = gpu_queues(hub).await?;
+    let doc = super::queues::queues_report(&queues);
+    let names = queues
+        .iter()
+        .map(|q| {
+            format!(
+                "gpuqueue.gpupool.io/{}",
+                q.metadata.name.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
+    emit(
+        o,
+        View {
+            names,
+            doc: &doc,
+            table: &super::queues::format_queues,
         },
     )
 }

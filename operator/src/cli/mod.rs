@@ -1,5 +1,5 @@
 //! Command-line tools: one set of subcommands and flags shared by `gpupool` and the
-//! `kubectl gpupool` plugin — pool users (`why`, `where`, `queue`), owners (`earnings`,
+//! `kubectl gpupool` plugin — pool users (`why`, `where`, `queue`, `queues`), owners (`earnings`,
 //! `members`) and pool admins (`approve`, `deny`, `cordon`, `uncordon`, `drain`, `join-token`).
 
 pub mod commands;
@@ -8,6 +8,7 @@ pub mod escrow;
 pub mod members;
 pub mod output;
 pub mod plugin;
+pub mod queues;
 
 pub use output::Output;
 use std::path::PathBuf;
@@ -69,6 +70,9 @@ pub enum Command {
         #[arg(short = 'w', long)]
         watch: bool,
     },
+    /// GpuQueues: GPUs used of the nominal quota per class, borrowing, waiting jobs and the
+    /// weighted fair share.
+    Queues,
     /// Member clusters: readiness, capacity, free NVLink islands, owner and what they earned.
     Members,
     /// GPU-seconds and tokens earned by a wallet or member cluster, on chain and in the hub.

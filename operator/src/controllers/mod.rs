@@ -242,6 +242,16 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) -> anyhow::R
         "priorityclass-watch",
         watch_priority_classes(&ctx),
     )));
+    let _queues = AbortOnDrop(tokio::spawn(supervised(
+        metrics.clone(),
+        "gpuqueue-watch",
+        watch_gpu_queues(&ctx),
+    )));
+    let _queue_status = AbortOnDrop(tokio::spawn(supervised(
+        metrics.clone(),
+        "gpuqueue-status",
+        ctx.scheduler.clone().report_queues(),
+    )));
     let (sched, registry) = (ctx.scheduler.clone(), ctx.registry.clone());
     metrics.set_debug_queue(Arc::new(move || {
         let (s, r) = (sched.clone(), registry.clone());
@@ -293,6 +303,27 @@ fn watch_priority_classes(ctx: &Context) -> impl std::future::Future<Output = ()
         match &ev {
             Ok(ev) => sched.priority_class_event(ev),
             Err(e) => tracing::warn!(error = %e, "watching PriorityClasses failed (retrying)"),
+        }
+        futures::future::ready(())
+    })
+}
+
+/// GpuQueues limit what the scheduler admits (quotas, borrowing, fair sharing).
+fn watch_gpu_queues(ctx: &Context) -> impl std::future::Future<Output = ()> + use<> {
+    let sched = ctx.scheduler.clone();
+    watcher(
+        Api::<crate::api::GpuQueue>::all(ctx.hub.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .for_each(move |ev| {
+        match &ev {
+            Ok(ev) => sched.gpu_queue_event(ev),
+            // A hub whose GpuQueue CRD is not installed has no queues: nothing is limited.
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
+                sched.no_gpu_queues();
+            }
+            Err(e) => tracing::warn!(error = %e, "watching GpuQueues failed (retrying)"),
         }
         futures::future::ready(())
     })

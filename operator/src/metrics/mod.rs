@@ -59,6 +59,9 @@ struct Inner {
     tenant_runway: IntGaugeVec,
     client_throttled: CounterVec,
     events_skipped: IntCounterVec,
+    queue_gpus: IntGaugeVec,
+    queue_pending: IntGaugeVec,
+    queue_admissions: IntCounterVec,
     leader: IntGauge,
     ready: std::sync::atomic::AtomicBool,
     /// Long-running tasks by name, and whether each still runs ([`Metrics::task`]).
@@ -220,6 +223,21 @@ mod defs {
         "Normal Events not published because their rate limit was reached, by reason",
         &["reason"],
     );
+    pub(super) const QUEUE_GPUS: Def = def(
+        "gpupool_queue_gpus",
+        "GPUs of a GpuQueue per quota class: its nominal quota (state=nominal), what its jobs hold (used) and what they hold beyond nominal (borrowed)",
+        &["queue", "gpu_class", "state"],
+    );
+    pub(super) const QUEUE_PENDING: Def = def(
+        "gpupool_queue_pending_jobs",
+        "Jobs of a GpuQueue waiting for GPUs",
+        &["queue"],
+    );
+    pub(super) const QUEUE_ADMISSIONS: Def = def(
+        "gpupool_queue_admissions_total",
+        "Placements the scheduler decided for jobs of a GpuQueue",
+        &["queue"],
+    );
     pub(super) const LEADER: Def = def(
         "gpupool_leader",
         "1 while this replica leads (runs the scheduler and controllers), 0 while it stands by",
@@ -302,6 +320,9 @@ impl Default for Metrics {
             tenant_runway: r.gauges(TENANT_RUNWAY),
             client_throttled: r.float_counters(CLIENT_THROTTLED),
             events_skipped: r.counters(EVENTS_SKIPPED),
+            queue_gpus: r.gauges(QUEUE_GPUS),
+            queue_pending: r.gauges(QUEUE_PENDING),
+            queue_admissions: r.counters(QUEUE_ADMISSIONS),
             leader: r.gauge(LEADER),
             pending: Mutex::default(),
             member_models: Mutex::default(),
@@ -360,6 +381,48 @@ impl Metrics {
     /// Counts an Event skipped by its rate limit.
     pub fn event_skipped(&self, reason: &str) {
         self.inner.events_skipped.with_label_values(&[reason]).inc();
+    }
+
+    /// What a GpuQueue's status shows: GPUs per class and state, and its waiting jobs.
+    pub fn set_queue(&self, queue: &str, status: &crate::api::GpuQueueStatus) {
+        for c in &status.classes {
+            for (state, v) in [
+                ("nominal", c.nominal),
+                ("used", c.used),
+                ("borrowed", c.borrowed),
+            ] {
+                self.inner
+                    .queue_gpus
+                    .with_label_values(&[queue, c.gpu_class.as_str(), state])
+                    .set(v);
+            }
+        }
+        self.inner
+            .queue_pending
+            .with_label_values(&[queue])
+            .set(status.pending_jobs);
+    }
+
+    /// Drops the series of a GpuQueue that no longer exists.
+    pub fn forget_queue(&self, queue: &str, last: &crate::api::GpuQueueStatus) {
+        for c in &last.classes {
+            for state in ["nominal", "used", "borrowed"] {
+                let _ = self.inner.queue_gpus.remove_label_values(&[
+                    queue,
+                    c.gpu_class.as_str(),
+                    state,
+                ]);
+            }
+        }
+        let _ = self.inner.queue_pending.remove_label_values(&[queue]);
+    }
+
+    /// The scheduler placed a job of GpuQueue `queue`.
+    pub fn inc_queue_admission(&self, queue: &str) {
+        self.inner
+            .queue_admissions
+            .with_label_values(&[queue])
+            .inc();
     }
 
     /// Records a placement decision's latency.

@@ -207,6 +207,14 @@ fn inference_request(j: &InferenceJob) -> JobRequest {
     request(s.gpus_per_replica, s.nvlink, &s.gpu, &s.cluster_selector)
 }
 
+/// What a waiting job needs from a node (see [`Need`]).
+pub fn need_of_job(job: &Pending) -> Need {
+    match job {
+        Pending::Training(j) => need_of(&training_request(j)),
+        Pending::Inference(j) => need_of(&inference_request(j)),
+    }
+}
+
 fn need_of(r: &JobRequest) -> Need {
     Need {
         gpus_per_pod: r.gpus_per_pod,
@@ -273,7 +281,16 @@ fn describe(reasons: Vec<String>) -> String {
 
 /// Places a gang with the pure placement functions over the cache.
 pub fn decide_training(cache: &Snapshot, j: &TrainingJob) -> Decision {
-    let req = training_request(j);
+    decide_training_as(cache, j, None)
+}
+
+/// [`decide_training`] on GPUs whose model contains `model` (when set: a quota class the job's
+/// queue has room for).
+pub fn decide_training_as(cache: &Snapshot, j: &TrainingJob, model: Option<&str>) -> Decision {
+    let mut req = training_request(j);
+    if let Some(m) = model {
+        req.gpu.model = Some(m.to_string());
+    }
     let indexes: Vec<i32> = (0..j.spec.workers.max(1)).collect();
     let (cands, mut member_reasons) = cache.candidates(&req, indexes.len());
     match place_gang(&cands, &req, &indexes) {
@@ -467,12 +484,43 @@ fn record_gpu_indexes(cache: &Snapshot, placements: &mut [ClusterPlacement]) {
     }
 }
 
+/// What a decision's Event and condition say about its new replicas.
+fn replica_detail(new: &[(String, PodPlacement)]) -> String {
+    new.iter()
+        .map(|(c, p)| {
+            format!(
+                "replica {} → {c}/{} GPUs [{}] score {}",
+                p.index,
+                p.node,
+                p.gpu_uuids.join(","),
+                p.score
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Places the missing replicas of an InferenceJob.
 pub fn decide_inference(cache: &Snapshot, j: &InferenceJob) -> Decision {
-    let req = inference_request(j);
+    decide_inference_as(cache, j, None, usize::MAX)
+}
+
+/// [`decide_inference`] on GPUs whose model contains `model` (when set), at most `cap` new
+/// replicas (what the job's queue has room for).
+pub fn decide_inference_as(
+    cache: &Snapshot,
+    j: &InferenceJob,
+    model: Option<&str>,
+    cap: usize,
+) -> Decision {
+    let mut req = inference_request(j);
+    if let Some(m) = model {
+        req.gpu.model = Some(m.to_string());
+    }
     let before = j.status.clone().unwrap_or_default();
     let kept = flatten(&before);
-    let missing = inference_missing(j);
+    let mut missing = inference_missing(j);
+    missing.truncate(cap.max(1));
     let (cands, member_reasons) = cache.candidates(&req, missing.len());
     let policy = j.spec.effective_placement();
     let pinned = if policy.multi_cluster() {
@@ -507,19 +555,7 @@ pub fn decide_inference(cache: &Snapshot, j: &InferenceJob) -> Decision {
         }
     }
     let generation = j.metadata.generation;
-    let detail = new
-        .iter()
-        .map(|(c, p)| {
-            format!(
-                "replica {} → {c}/{} GPUs [{}] score {}",
-                p.index,
-                p.node,
-                p.gpu_uuids.join(","),
-                p.score
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ");
+    let detail = replica_detail(&new);
     let mut st = before.clone();
     let revision = crate::rollout::revision(&j.spec);
     let mut all = kept;

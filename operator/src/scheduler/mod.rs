@@ -16,9 +16,14 @@
 //!   the member objects from it.
 
 mod budget_gate;
+pub mod admit;
 pub mod cache;
+pub mod fairshare;
 pub mod jobs;
+pub mod preempt;
 pub mod queue;
+mod queue_status;
+pub mod quota;
 pub mod writes;
 
 #[cfg(test)]
@@ -28,7 +33,7 @@ pub use cache::{JobName, MemberInfo, PoolCache, Slot, Snapshot};
 pub use jobs::Pending;
 pub use queue::{Need, Queue};
 
-use crate::api::{GpuTopology, InferenceJob, TrainingJob};
+use crate::api::{GpuQueue, GpuQueueSpec, GpuTopology, InferenceJob, TrainingJob};
 use crate::federation::{Change, allocatable_gpus, labels, node_ready};
 use crate::metrics::Metrics;
 use cache::{NodeFacts, TopologyFacts};
@@ -93,6 +98,11 @@ struct State {
     /// Waiting jobs whose written position is to be rewritten, and when they were last looked for.
     refresh: std::collections::VecDeque<String>,
     last_refresh: Option<Instant>,
+    /// Queue quotas and usage; the `GpuQueue` objects (listed at least once: `Some`), and while
+    /// their watch lists again, the ones listed so far.
+    quotas: quota::Quotas,
+    queue_objects: Option<BTreeMap<String, GpuQueueSpec>>,
+    queue_relist: Option<BTreeMap<String, GpuQueueSpec>>,
 }
 
 /// Of waiting jobs at `positions` (1-based, queue order), those whose `reported` position
@@ -116,6 +126,8 @@ struct Work {
     decision: Decision,
     position: usize,
     report_event: bool,
+    /// The job's GpuQueue, when it is placed in one.
+    queue: Option<String>,
 }
 
 enum Step {
@@ -235,6 +247,9 @@ impl State {
             superseded: HashMap::new(),
             refresh: Default::default(),
             last_refresh: None,
+            quotas: quota::Quotas::new(),
+            queue_objects: None,
+            queue_relist: None,
         }
     }
 
@@ -267,7 +282,7 @@ impl State {
         self.observed_version(&uid, j.metadata.resource_version.as_deref());
         self.observe_job(
             &uid,
-            jobs::training_name(j),
+            (jobs::training_name(j), j.spec.queue.as_deref()),
             jobs::training_slots(j),
             jobs::training_waits(j),
             jobs::order_of(j, self.classes.of(j).unwrap_or(0)),
@@ -280,7 +295,7 @@ impl State {
         self.observed_version(&uid, j.metadata.resource_version.as_deref());
         self.observe_job(
             &uid,
-            jobs::inference_name(j),
+            (jobs::inference_name(j), j.spec.queue.as_deref()),
             jobs::inference_slots(j),
             jobs::inference_waits(j),
             jobs::order_of(j, self.classes.of(j).unwrap_or(0)),
@@ -288,16 +303,19 @@ impl State {
         );
     }
 
-    /// Records a job's placed GPUs in the cache and keeps it queued exactly while it waits.
+    /// Records a job's placed GPUs (in the cache and against its queue, `queue` the one it
+    /// names) and keeps it queued exactly while it waits.
     fn observe_job(
         &mut self,
         uid: &str,
-        name: JobName,
+        (name, queue): (JobName, Option<&str>),
         slots: BTreeSet<Slot>,
         waits: bool,
         (priority, created, generation): (i64, i64, i64),
         pending: impl FnOnce() -> Pending,
     ) {
+        self.quotas
+            .set_job(uid, &name.namespace, queue, slots.clone());
         self.cache.set_job(uid, name, slots);
         if waits {
             // A job whose decision is being written stays in flight with the newer object; one
@@ -309,6 +327,7 @@ impl State {
         } else {
             self.queue.remove(uid);
             self.reported.remove(uid);
+            self.quotas.set_waiting(uid, None);
         }
     }
 
@@ -336,17 +355,34 @@ impl State {
         self.queue.wake(|_| true);
     }
 
+    /// A node's published GPU model: the class its GPUs count as in queue quotas.
+    fn note_model(&mut self, member: &str, t: &GpuTopology) {
+        if let Some(g) = t.spec.gpus.first() {
+            self.quotas
+                .set_node_model(member, &t.spec.node_name, &g.model);
+        }
+    }
+
+    /// The `GpuQueue` objects are now `queues`: every job counts against its queue again, and
+    /// every waiting job is tried again.
+    fn set_queues(&mut self, queues: BTreeMap<String, GpuQueueSpec>) {
+        self.quotas.set_queues(queues.clone());
+        self.queue_objects = Some(queues);
+        self.queue.wake(|_| true);
+    }
+
     fn forget(&mut self, uid: &str) {
         self.superseded.remove(uid);
         self.suspects.remove(uid);
         self.cache.forget_job(uid);
+        self.quotas.forget(uid);
         self.queue.remove(uid);
         self.reported.remove(uid);
     }
 
     fn apply_wakes(&mut self) {
         let w = self.cache.take_wakes();
-        if w.all {
+        if w.all || self.quotas.take_released() {
             self.queue.wake(|_| true);
         } else if !w.nodes.is_empty() {
             self.queue.wake(|n| {
@@ -400,6 +436,7 @@ impl State {
                 decision: Decision::Wait { reason, need },
                 position,
                 report_event: false,
+                queue: None,
             })));
         }
         None
@@ -434,7 +471,7 @@ impl State {
     /// Takes the next job to decide and brings the loop's snapshot up to date (copying what
     /// changed since the last decision); or what to do instead.
     fn pick(&mut self, snap: &mut Snapshot) -> Result<Picked, Step> {
-        if !(self.listed[0] && self.listed[1]) {
+        if !(self.listed[0] && self.listed[1] && self.queue_objects.is_some()) {
             return Err(Step::Idle);
         }
         self.apply_wakes();
@@ -446,14 +483,25 @@ impl State {
         let job = job.clone();
         let class = self.classes.of(&job).err();
         self.cache.update_snapshot(snap);
-        Ok(Picked { uid, job, class })
+        let quotas = self.quotas.view();
+        Ok(Picked {
+            uid,
+            job,
+            class,
+            quotas,
+        })
     }
 
     /// Acts on a decision taken on the snapshot: dropped when the job left the queue or changed
     /// meanwhile, tried again when the GPUs it chose were taken meanwhile, else assumed (placed)
     /// or parked (waits).
-    fn settle(&mut self, p: Picked, decision: Decision) -> Step {
+    fn settle(&mut self, p: Picked, admitted: admit::Admitted) -> Step {
         let Picked { uid, job, .. } = p;
+        let admit::Admitted {
+            decision,
+            queue,
+            hungry,
+        } = admitted;
         let Some(current) = self.queue.get(&uid) else {
             // Deleted, or observed placed, while it was decided.
             return Step::Parked;
@@ -474,6 +522,8 @@ impl State {
         let position = self.queue.position(&uid).unwrap_or(1);
         match &decision {
             Decision::Training { slots, .. } | Decision::Inference { slots, .. } => {
+                self.quotas.assume(&uid, slots.clone());
+                self.quotas.set_waiting(&uid, None);
                 self.cache.assume(&uid, slots.clone());
                 self.in_flight.insert(uid.clone());
                 Step::Work(Box::new(Work {
@@ -482,10 +532,13 @@ impl State {
                     decision,
                     position,
                     report_event: false,
+                    queue,
                 }))
             }
             Decision::Wait { reason, need } => {
                 self.queue.park(&uid, need.clone(), Instant::now());
+                self.quotas
+                    .set_waiting(&uid, queue.as_deref().map(|q| (q, hungry)));
                 let (report, event) = match self.reported.get(&uid) {
                     None => (true, true),
                     Some((r, p, at)) => (
@@ -505,6 +558,7 @@ impl State {
                     decision,
                     position,
                     report_event: event,
+                    queue: None,
                 }))
             }
         }
@@ -517,28 +571,33 @@ struct Picked {
     job: Pending,
     /// Why its PriorityClass does not resolve, when it does not.
     class: Option<String>,
+    /// The queues and their use as the job was picked.
+    quotas: Arc<quota::QuotaView>,
 }
 
 impl Picked {
     /// The decision, on the snapshot alone (no lock held).
-    fn decide(&self, snap: &Snapshot, metrics: &Metrics) -> Decision {
+    fn decide(&self, snap: &Snapshot, metrics: &Metrics) -> admit::Admitted {
         let t0 = Instant::now();
         let kind = match &self.job {
             Pending::Training(_) => "trainingjob",
             Pending::Inference(_) => "inferencejob",
         };
-        let decision = match (&self.job, &self.class) {
+        let admitted = match &self.class {
             // Waits for its PriorityClass to exist (woken when the classes change).
-            (_, Some(reason)) => Decision::Wait {
-                reason: reason.clone(),
-                need: Need::nothing(),
+            Some(reason) => admit::Admitted {
+                decision: Decision::Wait {
+                    reason: reason.clone(),
+                    need: Need::nothing(),
+                },
+                queue: None,
+                hungry: false,
             },
-            (Pending::Training(j), None) => jobs::decide_training(snap, j),
-            (Pending::Inference(j), None) => jobs::decide_inference(snap, j),
+            None => admit::decide(snap, &self.quotas, &self.job),
         };
         metrics.observe_placement(kind, t0.elapsed());
-        tracing::debug!(job = %self.job.name().name, took = ?t0.elapsed(), placed = !matches!(decision, Decision::Wait { .. }), "scheduling decision");
-        decision
+        tracing::debug!(job = %self.job.name().name, took = ?t0.elapsed(), placed = !matches!(admitted.decision, Decision::Wait { .. }), "scheduling decision");
+        admitted
     }
 }
 
@@ -705,6 +764,49 @@ impl Scheduler {
         self.notify.notify_one();
     }
 
+    /// A `GpuQueue` watch event from the hub. Nothing is placed until the queues are listed
+    /// (a job of a queue must not be admitted beyond a quota not read yet).
+    pub fn gpu_queue_event(&self, ev: &watcher::Event<GpuQueue>) {
+        let mut st = self.lock();
+        let mut queues = st.queue_objects.clone().unwrap_or_default();
+        match ev {
+            watcher::Event::Apply(q) => {
+                queues.insert(q.name_any(), q.spec.clone());
+            }
+            watcher::Event::Delete(q) => {
+                queues.remove(&q.name_any());
+            }
+            watcher::Event::Init => {
+                st.queue_relist = Some(BTreeMap::new());
+                return;
+            }
+            watcher::Event::InitApply(q) => {
+                let relist = st.queue_relist.get_or_insert_default();
+                relist.insert(q.name_any(), q.spec.clone());
+                return;
+            }
+            watcher::Event::InitDone => queues = st.queue_relist.take().unwrap_or_default(),
+        }
+        st.set_queues(queues);
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// The hub serves no GpuQueues (their CRD is not installed): no queue limits anything.
+    pub fn no_gpu_queues(&self) {
+        let mut st = self.lock();
+        if st.queue_objects.is_none() {
+            st.set_queues(BTreeMap::new());
+            drop(st);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Queue quotas and usage (briefly: the loop waits meanwhile).
+    pub fn with_quotas<T>(&self, f: impl FnOnce(&quota::Quotas) -> T) -> T {
+        f(&self.lock().quotas)
+    }
+
     /// A member node changed.
     pub fn node_change(&self, member: &str, c: Change<Node>) {
         let mut st = self.lock();
@@ -728,17 +830,23 @@ impl Scheduler {
         let mut st = self.lock();
         match c {
             Change::Applied(t) => {
+                st.note_model(member, &t);
                 st.cache
                     .set_topology(member, &t.name_any(), Some(topology_facts(&t)))
             }
             Change::Deleted(t) => st.cache.set_topology(member, &t.name_any(), None),
             Change::Relisting => {}
-            Change::Listed(all) => st.cache.resync_topologies(
-                member,
-                all.iter()
-                    .map(|t| (t.name_any(), topology_facts(t)))
-                    .collect(),
-            ),
+            Change::Listed(all) => {
+                for t in &all {
+                    st.note_model(member, t);
+                }
+                st.cache.resync_topologies(
+                    member,
+                    all.iter()
+                        .map(|t| (t.name_any(), topology_facts(t)))
+                        .collect(),
+                )
+            }
         }
         drop(st);
         self.notify.notify_one();
@@ -1027,6 +1135,7 @@ impl Scheduler {
         }
         let mut st = self.lock();
         st.cache.unassume(uid);
+        st.quotas.unassume(uid);
         st.in_flight.remove(uid);
         st.reported.remove(uid);
         st.queue.retry_after_failure(uid, Instant::now());
@@ -1040,6 +1149,9 @@ impl Scheduler {
     async fn write(&self, w: Work) {
         let rv = w.job.resource_version();
         tracing::debug!(job = %w.job.name().name, ?rv, "writing a scheduling decision");
+        if let Some(q) = &w.queue {
+            self.metrics.inc_queue_admission(q);
+        }
         match (w.decision, &w.job) {
             (Decision::Training { status, note, .. }, Pending::Training(job)) => {
                 self.write_training(&w.uid, job, rv.as_deref(), &status, note)

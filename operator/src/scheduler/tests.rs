@@ -512,6 +512,7 @@ fn a_waiting_job_naming_an_unknown_class_is_parked_with_the_reason() {
     use std::sync::Arc;
     let mut st = super::State::new();
     st.listed = [true, true];
+    st.set_queues(BTreeMap::new());
     st.cache = pool(&[("m", &[("a", "dgx-h100")])]);
     let j = training_at("gold", "2026-01-01T00:00:01Z", Some("gold"), 0);
     st.observe_training(&j, || Arc::new(j.clone()));
@@ -629,6 +630,7 @@ fn written_queue_positions_follow_the_queue_so_no_two_jobs_show_the_same() {
     use std::sync::Arc;
     let mut st = super::State::new();
     st.listed = [true, true];
+    st.set_queues(BTreeMap::new());
     st.cache = pool(&[("m", &[("a", "dgx-h100")])]);
     let metrics = crate::metrics::Metrics::default();
     let mut positions = BTreeMap::new();
@@ -715,11 +717,120 @@ fn stale_positions_are_found_front_first_and_capped() {
     assert_eq!(stale, ["b"]);
 }
 
+/// A scheduler state over one DGX H100, the hub's jobs and queues listed, with `queues`.
+fn state_with_queues(queues: &[(&str, &str)]) -> super::State {
+    let mut st = super::State::new();
+    st.listed = [true, true];
+    st.cache = pool(&[("m", &[("a", "dgx-h100")])]);
+    st.quotas.set_node_model("m", "a", "NVIDIA H100 80GB HBM3");
+    st.set_queues(
+        queues
+            .iter()
+            .map(|(n, spec)| (n.to_string(), serde_yaml::from_str(spec).unwrap()))
+            .collect(),
+    );
+    st
+}
+
+#[test]
+fn a_queue_admits_within_its_quota_and_a_restarted_scheduler_counts_placed_jobs_again() {
+    use std::sync::Arc;
+    let team = "{namespaces: [default], quotas: [{gpuClass: H100, nominal: 4, borrowingLimit: 0}]}";
+    let metrics = crate::metrics::Metrics::default();
+    let a = training("a", 1, 4);
+    let b = training("b", 1, 1);
+    // Nothing is placed before the queues are listed.
+    let mut st = super::State::new();
+    st.listed = [true, true];
+    st.cache = pool(&[("m", &[("a", "dgx-h100")])]);
+    st.observe_training(&a, || Arc::new(a.clone()));
+    let mut snap = super::Snapshot::default();
+    assert!(matches!(st.next(&mut snap, &metrics), super::Step::Idle));
+
+    let mut st = state_with_queues(&[("team", team)]);
+    let mut snap = super::Snapshot::default();
+    st.observe_training(&a, || Arc::new(a.clone()));
+    let super::Step::Work(w) = st.next(&mut snap, &metrics) else {
+        panic!("a is decided")
+    };
+    let Decision::Training { status, .. } = w.decision else {
+        panic!("a fits its quota: {:?}", w.decision)
+    };
+    st.observe_training(&b, || Arc::new(b.clone()));
+    let super::Step::Work(w) = st.next(&mut snap, &metrics) else {
+        panic!("b's wait is reported")
+    };
+    let Decision::Wait { reason, .. } = &w.decision else {
+        panic!("b must wait: {:?}", w.decision)
+    };
+    let want = "queue team: 4 of 4 H100 in use, the job needs 1, borrowing limit reached";
+    assert_eq!(reason, want);
+    assert_eq!(st.quotas.status("team").unwrap().pending_jobs, 1);
+
+    // A new scheduler reads a's recorded placement: the quota is still used.
+    let mut placed = a.clone();
+    placed.status = Some(status);
+    let mut st = state_with_queues(&[("team", team)]);
+    let mut snap = super::Snapshot::default();
+    st.observe_training(&placed, || Arc::new(placed.clone()));
+    st.observe_training(&b, || Arc::new(b.clone()));
+    let super::Step::Work(w) = st.next(&mut snap, &metrics) else {
+        panic!("b's wait is reported")
+    };
+    assert!(
+        matches!(&w.decision, Decision::Wait { reason, .. } if reason == want),
+        "{:?}",
+        w.decision
+    );
+    // a finishes: b is woken and placed.
+    st.in_flight.clear();
+    let mut done = placed.clone();
+    done.status.as_mut().unwrap().phase = crate::api::TrainingPhase::Succeeded;
+    st.observe_training(&done, || Arc::new(done.clone()));
+    let super::Step::Work(w) = st.next(&mut snap, &metrics) else {
+        panic!("b is decided again")
+    };
+    assert!(
+        matches!(w.decision, Decision::Training { .. }),
+        "{:?}",
+        w.decision
+    );
+}
+
+#[test]
+fn a_job_of_a_namespace_no_queue_lists_is_not_limited_but_one_naming_a_foreign_queue_waits() {
+    use std::sync::Arc;
+    let metrics = crate::metrics::Metrics::default();
+    let mut st = state_with_queues(&[(
+        "team",
+        "{namespaces: [ml], quotas: [{gpuClass: H100, nominal: 0, borrowingLimit: 0}]}",
+    )]);
+    let mut snap = super::Snapshot::default();
+    let free = training("free", 1, 8);
+    st.observe_training(&free, || Arc::new(free.clone()));
+    let super::Step::Work(w) = st.next(&mut snap, &metrics) else {
+        panic!("decided")
+    };
+    assert!(matches!(w.decision, Decision::Training { .. }));
+    let mut sneaky = training("sneaky", 1, 1);
+    sneaky.spec.queue = Some("team".into());
+    st.observe_training(&sneaky, || Arc::new(sneaky.clone()));
+    let super::Step::Work(w) = st.next(&mut snap, &metrics) else {
+        panic!("decided")
+    };
+    assert!(
+        matches!(&w.decision, Decision::Wait { reason, .. } if reason.contains("queue team does not take jobs of namespace default")),
+        "{:?}",
+        w.decision
+    );
+}
+
 #[test]
 fn a_decision_overtaken_by_watch_events_is_not_assumed_and_is_taken_again() {
     use std::sync::Arc;
     let mut st = super::State::new();
     st.listed = [true, true];
+    st.set_queues(BTreeMap::new());
     st.cache = pool(&[("m", &[("a", "dgx-h100"), ("b", "dgx-h100")])]);
     let j = training("big", 1, 8);
     st.observe_training(&j, || Arc::new(j.clone()));
@@ -727,8 +838,8 @@ fn a_decision_overtaken_by_watch_events_is_not_assumed_and_is_taken_again() {
     let mut snap = super::Snapshot::default();
     let p = st.pick(&mut snap).ok().expect("a job to decide");
     let d = p.decide(&snap, &metrics);
-    let Decision::Training { slots, .. } = &d else {
-        panic!("fits: {d:?}")
+    let Decision::Training { slots, .. } = &d.decision else {
+        panic!("fits: {:?}", d.decision)
     };
     // While it was decided (without the lock), a pod took one of the GPUs it chose.
     let taken = slots.iter().next().unwrap().clone();
@@ -754,6 +865,7 @@ fn a_job_deleted_while_it_was_decided_holds_nothing() {
     use std::sync::Arc;
     let mut st = super::State::new();
     st.listed = [true, true];
+    st.set_queues(BTreeMap::new());
     st.cache = pool(&[("m", &[("a", "dgx-h100")])]);
     let j = training("gone", 1, 8);
     st.observe_training(&j, || Arc::new(j.clone()));
@@ -761,7 +873,11 @@ fn a_job_deleted_while_it_was_decided_holds_nothing() {
     let mut snap = super::Snapshot::default();
     let p = st.pick(&mut snap).ok().expect("a job to decide");
     let d = p.decide(&snap, &metrics);
-    assert!(matches!(d, Decision::Training { .. }), "{d:?}");
+    assert!(
+        matches!(d.decision, Decision::Training { .. }),
+        "{:?}",
+        d.decision
+    );
     st.forget("gone-uid");
     assert!(matches!(st.settle(p, d), super::Step::Parked));
     assert!(!st.cache.is_assumed("gone-uid"));
