@@ -37,6 +37,8 @@ pub struct Config {
     pub member_refusal: Duration,
     /// How long GPUs a member's scheduler refused stay out of placement.
     pub suspect_for: Duration,
+    /// Base URL of the inference gateway, from which each InferenceJob's `status.url` is made.
+    pub gateway_url: Option<String>,
 }
 
 impl Default for Config {
@@ -51,6 +53,7 @@ impl Default for Config {
             pending_retry: Duration::from_secs(60),
             member_refusal: Duration::from_secs(60),
             suspect_for: Duration::from_secs(600),
+            gateway_url: None,
         }
     }
 }
