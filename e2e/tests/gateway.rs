@@ -324,6 +324,7 @@ async fn streams_and_load(
     for _ in 0..3 {
         let req = Request::post(format!("{url}v1/completions"))
             .header("authorization", format!("Bearer {caller}"))
+            .header("content-type", "application/json")
             .body(Full::new(Bytes::from(hold)))
             .unwrap();
         let resp = http.request(req).await.unwrap();

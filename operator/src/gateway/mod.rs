@@ -3,9 +3,10 @@
 //! job (least requests in flight, the caller's region first), the answer streamed back as it
 //! comes (server-sent events included). Callers present a bearer token the hub accepts and
 //! may `create` `inferencejobs/endpoint` of the job; each tenant is rate-limited. A request that
-//! never reached its replica (no connection), or an idempotent one (`GET`, `HEAD`, `OPTIONS`,
-//! `PUT`, `DELETE`, or carrying `Idempotency-Key`) that failed, is sent once more to another
-//! replica, and the failed replica is left out for a while.
+//! never reached its replica (no connection) goes to another one (three tries in all), an
+//! idempotent one (`GET`, `HEAD`, `OPTIONS`, `PUT`, `DELETE`, or carrying `Idempotency-Key`)
+//! that failed after reaching it is sent once more, preferably to another member, and the failed
+//! replica is left out for a while.
 //!
 //! It runs apart from the operator (`gpupool gateway`, its own Deployment) and writes nothing:
 //! the job's `status.url` is the InferenceJob controller's, from the operator's `--gateway-url`.
@@ -38,6 +39,9 @@ use tokio::task::JoinHandle;
 
 /// Header a caller may set to name its region (else the gateway's `--region`).
 pub const REGION_HEADER: &str = "x-gpupool-region";
+/// Tries of one request at most, while none reached a replica (a request that reached one is
+/// sent again at most once, and only when idempotent).
+pub const MAX_TRIES: usize = 3;
 /// Header on every answer naming the member that served it.
 pub const MEMBER_HEADER: &str = "x-gpupool-member";
 
@@ -279,7 +283,9 @@ fn idempotent(out: &Outgoing) -> bool {
     ) || out.headers.contains_key("idempotency-key")
 }
 
-/// Sends `out` to the best replica, once more to another one if it failed and that is safe.
+/// Sends `out` to the best replica; after a failure, to another one (of another member if there
+/// is one): once more if the request may have reached the failed replica and is idempotent,
+/// up to [`MAX_TRIES`] in all while no try reached a replica.
 async fn forward(
     gw: &Gateway,
     who: &Who,
@@ -289,10 +295,12 @@ async fn forward(
     t0: Instant,
 ) -> Response {
     let mut tried: Vec<String> = Vec::new();
-    let mut last = String::new();
-    while tried.len() < 2 {
+    let mut last: Option<(String, String)> = None;
+    let mut all_unsent = true;
+    while tried.len() < if all_unsent { MAX_TRIES } else { 2 } {
         let regions = gw.views.regions.read().expect("regions lock").clone();
-        let Some((r, slot)) = gw.balancer.pick(replicas, &tried, &regions, region) else {
+        let avoid = last.as_ref().map(|(m, _)| m.as_str());
+        let Some((r, slot)) = gw.balancer.pick(replicas, &tried, &regions, region, avoid) else {
             break;
         };
         match gw.upstreams.send(&r, out).await {
@@ -305,14 +313,18 @@ async fn forward(
                     .with_label_values(&[&who.ns, &who.job, &r.member])
                     .inc();
                 tried.push(r.id());
-                last = format!("{}: {f}", r.id());
-                if !(idempotent(out) || matches!(f, Failure::NotSent(_))) {
-                    break;
+                last = Some((r.member.clone(), format!("{}: {f}", r.id())));
+                if !matches!(f, Failure::NotSent(_)) {
+                    all_unsent = false;
+                    if !idempotent(out) {
+                        break;
+                    }
                 }
             }
         }
     }
-    let m = format!("no replica of {}/{} answered ({last})", who.ns, who.job);
+    let why = last.map(|(_, e)| e).unwrap_or_default();
+    let m = format!("no replica of {}/{} answered ({why})", who.ns, who.job);
     refuse(gw, StatusCode::BAD_GATEWAY, "unreachable", m)
 }
 

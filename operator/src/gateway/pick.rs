@@ -57,13 +57,15 @@ impl Balancer {
 
     /// Picks one of `candidates` (those in `tried` excluded) and counts a request in flight to
     /// it. `regions` gives each member's region; `region` is the caller's. Ejected replicas are
-    /// taken only when nothing else is left.
+    /// taken only when nothing else is left, replicas of member `avoid` (where the last try
+    /// failed) only when no other member has one.
     pub fn pick(
         self: &Arc<Self>,
         candidates: &[Replica],
         tried: &[String],
         regions: &HashMap<String, String>,
         region: Option<&str>,
+        avoid: Option<&str>,
     ) -> Option<(Replica, InFlight)> {
         let now = Instant::now();
         let mut st = self.state.lock().expect("balancer lock");
@@ -72,6 +74,16 @@ impl Balancer {
             .iter()
             .filter(|r| !tried.contains(&r.id()))
             .collect();
+        let elsewhere: Vec<&Replica> = open
+            .iter()
+            .copied()
+            .filter(|r| Some(r.member.as_str()) != avoid)
+            .collect();
+        let open = if elsewhere.is_empty() {
+            open
+        } else {
+            elsewhere
+        };
         let healthy: Vec<&Replica> = open
             .iter()
             .copied()
@@ -136,7 +148,7 @@ mod tests {
         let rs = vec![r("m1", "a"), r("m1", "b"), r("m2", "c")];
         let none = HashMap::new();
         let held: Vec<_> = (0..6)
-            .map(|_| b.pick(&rs, &[], &none, None).unwrap())
+            .map(|_| b.pick(&rs, &[], &none, None, None).unwrap())
             .collect();
         for x in &rs {
             assert_eq!(b.in_flight(x), 2, "{x:?}");
@@ -146,10 +158,10 @@ mod tests {
             assert_eq!(b.in_flight(x), 0);
         }
         // Two held on `a`: the next two go to the others.
-        let _a1 = b.pick(&rs[..1], &[], &none, None).unwrap();
-        let _a2 = b.pick(&rs[..1], &[], &none, None).unwrap();
-        let (p1, _g1) = b.pick(&rs, &[], &none, None).unwrap();
-        let (p2, _g2) = b.pick(&rs, &[], &none, None).unwrap();
+        let _a1 = b.pick(&rs[..1], &[], &none, None, None).unwrap();
+        let _a2 = b.pick(&rs[..1], &[], &none, None, None).unwrap();
+        let (p1, _g1) = b.pick(&rs, &[], &none, None, None).unwrap();
+        let (p2, _g2) = b.pick(&rs, &[], &none, None, None).unwrap();
         assert_ne!(p1.pod, "a");
         assert_ne!(p2.pod, "a");
         assert_ne!(p1, p2);
@@ -165,11 +177,11 @@ mod tests {
             .collect();
         let mut held = Vec::new();
         for _ in 0..=REGION_SLACK {
-            let (p, g) = b.pick(&rs, &[], &regions, Some("us")).unwrap();
+            let (p, g) = b.pick(&rs, &[], &regions, Some("us"), None).unwrap();
             assert_eq!(p.member, "west");
             held.push(g);
         }
-        let (p, _g) = b.pick(&rs, &[], &regions, Some("us")).unwrap();
+        let (p, _g) = b.pick(&rs, &[], &regions, Some("us"), None).unwrap();
         assert_eq!(p.member, "east", "the caller's region is too busy now");
     }
 
@@ -180,16 +192,16 @@ mod tests {
         let none = HashMap::new();
         let tried = vec![rs[0].id()];
         for _ in 0..4 {
-            assert_eq!(b.pick(&rs, &tried, &none, None).unwrap().0.pod, "b");
+            assert_eq!(b.pick(&rs, &tried, &none, None, None).unwrap().0.pod, "b");
         }
         b.eject(&rs[1]);
         for _ in 0..4 {
-            assert_eq!(b.pick(&rs, &[], &none, None).unwrap().0.pod, "a");
+            assert_eq!(b.pick(&rs, &[], &none, None, None).unwrap().0.pod, "a");
         }
         // Only ejected replicas left: one is still tried rather than refusing the call.
-        assert_eq!(b.pick(&rs, &tried, &none, None).unwrap().0.pod, "b");
+        assert_eq!(b.pick(&rs, &tried, &none, None, None).unwrap().0.pod, "b");
         assert!(
-            b.pick(&rs, &[rs[0].id(), rs[1].id()], &none, None)
+            b.pick(&rs, &[rs[0].id(), rs[1].id()], &none, None, None)
                 .is_none()
         );
     }
