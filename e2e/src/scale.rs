@@ -364,7 +364,8 @@ pub fn proc_kib(pid: u32, field: &str) -> Option<u64> {
 }
 
 /// Mutating requests an API server has served so far, by `VERB resource[/subresource]`, from its
-/// own `apiserver_request_total` counter (POST, PUT, PATCH, APPLY, DELETE).
+/// own `apiserver_request_total` counter (POST, PUT, PATCH, APPLY, DELETE); conflicts (409) are
+/// counted under the same key with ` (409)` appended.
 pub async fn api_writes(client: &kube::Client) -> Result<BTreeMap<String, f64>> {
     let req = http::Request::get("/metrics").body(Vec::new())?;
     let text = client.request_text(req).await?;
@@ -388,11 +389,15 @@ pub async fn api_writes(client: &kube::Client) -> Result<BTreeMap<String, f64>> 
             continue;
         }
         let (resource, sub) = (label("resource"), label("subresource"));
-        let key = if sub.is_empty() {
+        let mut key = if sub.is_empty() {
             format!("{verb} {resource}")
         } else {
             format!("{verb} {resource}/{sub}")
         };
+        // Refused writes apart: a 409 is a write that lost a race with a newer version.
+        if label("code") == "409" {
+            key.push_str(" (409)");
+        }
         *out.entry(key).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
     }
     Ok(out)

@@ -506,7 +506,10 @@ fn rendered_objects_have_the_expected_shape() {
             expect("secrets", &["create", "patch"]),
             expect("configmaps", &["create", "patch"]),
             expect("deviceclasses", &["get"]),
-            expect("resourceclaims", &["create", "delete", "get", "list"]),
+            expect(
+                "resourceclaims",
+                &["create", "delete", "get", "list", "watch"]
+            ),
             expect("resourceslices", &["get", "list", "watch"]),
         ]
     );

@@ -10,7 +10,7 @@ use gpupool_e2e::{
 };
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::resource::v1::ResourceClaim;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -382,8 +382,9 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
     .await
     .unwrap();
 
-    // GPUs taken outside gpupool are invisible to the hub until an agent reports them; the
-    // member's scheduler still refuses to hand them out, and the hub says so.
+    // The hub reads the member's ResourceClaims: a GPU an outside claim holds is busy there, so
+    // a gang that needs both of member-1's nodes whole waits instead of being sent to a member
+    // whose scheduler must refuse it.
     let mut blocked = training_job("blocked", 2, "region-1");
     blocked.spec.gpus_per_worker = 8;
     blocked.spec.nvlink = gpupool::api::NvLinkMode::None;
@@ -411,6 +412,31 @@ async fn dra_member_allocates_exactly_the_hubs_gpus_beside_a_device_plugin_membe
     );
     blocked.spec.gpu_containers = vec!["trainer".into(), "profiler".into()];
     tjs.create(&PostParams::default(), &blocked).await.unwrap();
+    let reason = eventually(60, "the gang waiting for room", || async {
+        let st = tjs.get("blocked").await?.status.unwrap_or_default();
+        Ok(st.pending_reason.filter(|_| st.cluster.is_none()))
+    })
+    .await
+    .unwrap();
+    println!("with {taken} held by an outside claim the gang waits: {reason}");
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let st = tjs.get("blocked").await.unwrap().status.unwrap_or_default();
+    assert!(
+        st.cluster.is_none() && st.workers.is_empty(),
+        "placed on a node whose GPU an outside claim holds: {st:?}"
+    );
+    // A claim the hub cannot see — this one carries gpupool's own job label, which the hub takes
+    // for one of its claims — is still caught by the member's scheduler, and the hub says so.
+    claims
+        .patch(
+            "rogue",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"labels": {"gpupool.io/job-uid": "forged"}}}),
+            ),
+        )
+        .await
+        .unwrap();
     let ev = eventually(60, "a MemberSchedulerRefused event", || async {
         let out = fed
             .hub
@@ -618,11 +644,14 @@ async fn a_replica_the_member_scheduler_refuses_is_placed_elsewhere() {
     .await
     .unwrap();
 
-    // Behind gpupool's back: a pod whose claim takes any one GPU of the only node.
+    // Behind gpupool's back: a pod whose claim takes any one GPU of the only node. The hub
+    // counts the GPUs of claims it did not make as busy; this one carries gpupool's own job
+    // label, so the hub takes it for one of its claims and cannot see it (as with a claim
+    // allocated between a decision and the binding): the member's scheduler is what catches it.
     let claims: Api<ResourceClaim> = Api::namespaced(m1.clone(), "default");
     let any: ResourceClaim = serde_json::from_value(serde_json::json!({
         "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
-        "metadata": {"name": "outside", "namespace": "default"},
+        "metadata": {"name": "outside", "namespace": "default", "labels": {"gpupool.io/job-uid": "forged"}},
         "spec": {"devices": {"requests": [{"name": "g", "exactly": {"deviceClassName": "gpu.nvidia.com"}}]}},
     }))
     .unwrap();

@@ -206,6 +206,7 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
     };
     // The join controller runs with exactly the identity and RBAC the chart gives it.
     let jc = join_controller_client(&fed, &hub, &endpoint).await;
+    let overreach = jc.clone();
     let controller = spawn_join_controller(jc, false);
     let mcs: Api<MemberCluster> = Api::all(hub.clone());
     let ns = names::member_namespace(MEMBER);
@@ -259,6 +260,7 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
     // The join token is spent.
     let spent = hub::client(&endpoint, &token.token).await.unwrap();
     token_refused(&spent, &token.id, 10, "spent").await;
+    join_controller_cannot_overreach(&overreach, MEMBER).await;
 
     // --- Heartbeat Lease renewed.
     let first = renew_time(&hub, &ns).await.unwrap();
@@ -640,6 +642,78 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
 
 /// Applies the hub chart's join-controller objects (ServiceAccount, join namespace, RBAC) to the
 /// hub and returns a client with that ServiceAccount's token.
+/// With the join controller's own credential: no other admission policy can be weakened, no
+/// Push member or pre-approved member created, and a joined member's wallet, mode or labels
+/// never changed; setting its approval back to Pending (a re-join) is allowed.
+async fn join_controller_cannot_overreach(jc: &kube::Client, member: &str) {
+    use kube::api::{Patch, PatchParams};
+    let refused = |what: &str, r: Result<MemberCluster, kube::Error>, want: &str| match r {
+        Err(kube::Error::Api(e)) => assert!(e.message.contains(want), "{what}: {e:?}"),
+        other => panic!("{what} was allowed: {other:?}"),
+    };
+    let vaps: Api<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy> =
+        Api::all(jc.clone());
+    let weaken = serde_json::json!({"spec": {"failurePolicy": "Ignore"}});
+    match vaps
+        .patch(
+            "gp-gpupool-usagerecord-writers",
+            &PatchParams::default(),
+            &Patch::Merge(&weaken),
+        )
+        .await
+    {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "{e:?}"),
+        other => panic!("the join controller changed the UsageRecord policy: {other:?}"),
+    }
+    let mcs: Api<MemberCluster> = Api::all(jc.clone());
+    let mut push: MemberCluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "gpupool.io/v1alpha1", "kind": "MemberCluster",
+        "metadata": {"name": "sneaky-push"},
+        "spec": {"mode": "Push", "ownerWallet": WALLET,
+                 "kubeconfigSecretRef": {"name": "x", "key": "kubeconfig"}},
+    }))
+    .unwrap();
+    refused(
+        "a Push member",
+        mcs.create(&PostParams::default(), &push).await,
+        "creates and changes only Pull members",
+    );
+    push.metadata.name = Some("sneaky-approved".into());
+    push.spec = serde_json::from_value(serde_json::json!({
+        "mode": "Pull", "approval": "Approved", "ownerWallet": WALLET,
+    }))
+    .unwrap();
+    refused(
+        "a pre-approved member",
+        mcs.create(&PostParams::default(), &push).await,
+        "waits for an admin's approval",
+    );
+    for (what, spec) in [
+        (
+            "the wallet",
+            serde_json::json!({"ownerWallet": "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin"}),
+        ),
+        ("the labels", serde_json::json!({"labels": {"gpu": "b200"}})),
+        (
+            "the approval",
+            serde_json::json!({"approval": "Approved", "schedulable": false}),
+        ),
+    ] {
+        refused(
+            &format!("changing {what}"),
+            mcs.patch(
+                member,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": spec})),
+            )
+            .await,
+            "may",
+        );
+    }
+    let wallet = mcs.get(member).await.unwrap().spec.owner_wallet;
+    assert_eq!(wallet, WALLET);
+}
+
 async fn join_controller_client(
     fed: &Federation,
     hub: &kube::Client,
@@ -655,9 +729,9 @@ async fn join_controller_client(
         })
         .map(|d| d.to_string())
         .collect();
-    // ServiceAccount, ClusterRole and its binding; the join namespace and its admission policy
-    // with its binding.
-    assert_eq!(docs.len(), 6, "{docs:?}");
+    // ServiceAccount, ClusterRole and its binding, the policy scoping what it may do to
+    // MemberClusters and its binding; the join namespace and its admission policy with its binding.
+    assert_eq!(docs.len(), 8, "{docs:?}");
     let f = fed.hub.dir().join("join-controller.yaml");
     std::fs::write(&f, docs.join("\n---\n")).unwrap();
     let kubectl = fed.hub.kubectl();

@@ -4,8 +4,10 @@
 //!    over pools of `--pools` (default 100 members × 1 000 nodes and 1 000 × 100) of eight node
 //!    shapes (DGX H100, HGX H100, DGX A100, DGX-1 V100, H100 NVL pairs, A100 ×2, L40S ×8,
 //!    RTX 4090 ×8, round robin), each GPU busy with probability `--use` (default 0, 25 and 75 %):
-//!    the cache's build time and bytes a node (every byte the process allocated for it), then
-//!    p50/p99/max of `--rounds` decisions (default 200) of each shape — 1×1 and 1×2
+//!    the cache's build time and bytes a node (every byte the process allocated for it) and
+//!    those of the loop's first snapshot of it, then p50/p99/max of `--rounds` decisions
+//!    (default 200, each timed as the loop takes it: snapshot update, then the decision) of each
+//!    shape — 1×1 and 1×2
 //!    `preferred`, 1×8 `clique` and `ring`, a 4×8 `clique` gang, 16×1 and 16×2 replicas spread
 //!    across members — each placed decision assumed so the pool fills, and the first decision of
 //!    each shape (the allocator's answers for a new request are computed then) apart. Last, a
@@ -28,7 +30,7 @@ use gpupool::api::{InferenceJob, TrainingJob};
 use gpupool::meta::FINALIZER;
 use gpupool::scheduler::cache::{NodeFacts, TopologyFacts};
 use gpupool::scheduler::jobs::{Decision, decide_inference, decide_training};
-use gpupool::scheduler::{JobName, MemberInfo, PoolCache, Slot};
+use gpupool::scheduler::{JobName, MemberInfo, PoolCache, Slot, Snapshot};
 use gpupool_e2e::scale::{ScalePool, api_writes, cpu_seconds, proc_kib, writes_between};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command};
@@ -325,11 +327,14 @@ fn job(shape: Shape, uid: &str) -> Job {
     }
 }
 
-/// The scheduler's decision for `j` (what the benchmark times).
-fn decide(cache: &PoolCache, j: &Job) -> Decision {
+/// The scheduler's decision for `j` as its loop takes it (what the benchmark times): the
+/// snapshot brought up to date with the cache's changes since the last decision, then the
+/// decision on it.
+fn decide(cache: &mut PoolCache, snap: &mut Snapshot, j: &Job) -> Decision {
+    cache.update_snapshot(snap);
     match j {
-        Job::Training(j) => decide_training(cache, j),
-        Job::Inference(j) => decide_inference(cache, j),
+        Job::Training(j) => decide_training(snap, j),
+        Job::Inference(j) => decide_inference(snap, j),
     }
 }
 
@@ -389,11 +394,11 @@ fn build_pool(members: usize, nodes: usize, busy_pct: u64, rng: &mut Rng) -> (Po
 /// Times `rounds` decisions of each shape on one pool (each placed decision assumed, as the
 /// loop does, so the pool fills); the first decision of each shape (cold allocator memo for
 /// new requests) is reported apart.
-fn time_decisions(cache: &mut PoolCache, rounds: usize, tag: &str) {
+fn time_decisions(cache: &mut PoolCache, snap: &mut Snapshot, rounds: usize, tag: &str) {
     for (label, shape) in DECISIONS {
         let warm = job(shape, "warm");
         let t = Instant::now();
-        let _ = decide(cache, &warm);
+        let _ = decide(cache, snap, &warm);
         let cold = t.elapsed();
         let mut took = Vec::with_capacity(rounds);
         let mut waited = 0;
@@ -401,7 +406,7 @@ fn time_decisions(cache: &mut PoolCache, rounds: usize, tag: &str) {
             let uid = format!("{label}-{r}");
             let j = job(shape, &uid);
             let t = Instant::now();
-            let d = decide(cache, &j);
+            let d = decide(cache, snap, &j);
             took.push(t.elapsed());
             match d {
                 Decision::Training { slots, .. } | Decision::Inference { slots, .. } => {
@@ -456,6 +461,7 @@ fn pathological_node() -> Result<()> {
         "  joining the cache: {:.1} ms",
         t.elapsed().as_secs_f64() * 1e3
     );
+    let mut snap = Snapshot::default();
     for (label, shape) in [
         (
             "1×4 clique",
@@ -500,10 +506,10 @@ fn pathological_node() -> Result<()> {
     ] {
         let j = job(shape, "odd");
         let t = Instant::now();
-        let d = decide(&cache, &j);
+        let d = decide(&mut cache, &mut snap, &j);
         let cold = t.elapsed();
         let t = Instant::now();
-        let _ = decide(&cache, &j);
+        let _ = decide(&mut cache, &mut snap, &j);
         let warm = t.elapsed();
         let placed = !matches!(d, Decision::Wait { .. });
         println!(
@@ -530,17 +536,29 @@ fn placement_bench(pools: &[(usize, usize)], uses: &[u64], rounds: usize) -> Res
             let (mut cache, held) = build_pool(members, nodes, busy, &mut rng);
             let built = t0.elapsed();
             let bytes = held_bytes().saturating_sub(before);
+            let t1 = Instant::now();
+            let mut snap = Snapshot::default();
+            cache.update_snapshot(&mut snap);
+            let snapped = t1.elapsed();
+            let snap_bytes = held_bytes().saturating_sub(before + bytes);
             println!();
             println!(
-                "{members} members × {nodes} nodes, p = {busy} % ({held} GPUs in use): cache built in {:.2} s, {} bytes a node",
+                "{members} members × {nodes} nodes, p = {busy} % ({held} GPUs in use): cache built in {:.2} s, {} bytes a node; the loop's first snapshot {:.2} s, {} bytes a node more",
                 built.as_secs_f64(),
-                bytes / (members * nodes)
+                bytes / (members * nodes),
+                snapped.as_secs_f64(),
+                snap_bytes / (members * nodes)
             );
             println!(
                 "| pool, use | decision | p50 ms | p99 ms | max ms | first (cold) ms | decisions |"
             );
             println!("|---|---|---|---|---|---|---|");
-            time_decisions(&mut cache, rounds, &format!("{members}×{nodes}, {busy} %"));
+            time_decisions(
+                &mut cache,
+                &mut snap,
+                rounds,
+                &format!("{members}×{nodes}, {busy} %"),
+            );
         }
     }
     println!();

@@ -152,6 +152,11 @@ pub fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schem
         "maxProperties": 64,
         "additionalProperties": {"x-kubernetes-int-or-string": true, "anyOf": [{"type": "integer"}, {"type": "string"}]},
     });
+    let seccomp = serde_json::json!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "properties": {"type": {"type": "string", "maxLength": 64}},
+    });
     let container = serde_json::json!({
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true,
@@ -173,6 +178,9 @@ pub fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schem
                 "x-kubernetes-preserve-unknown-fields": true,
                 "properties": {
                     "privileged": {"type": "boolean"},
+                    "allowPrivilegeEscalation": {"type": "boolean"},
+                    "procMount": {"type": "string", "maxLength": 64},
+                    "seccompProfile": seccomp.clone(),
                     "capabilities": {
                         "type": "object",
                         "x-kubernetes-preserve-unknown-fields": true,
@@ -203,7 +211,7 @@ pub fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schem
     let string_map =
         serde_json::json!({"type": "object", "additionalProperties": {"type": "string"}});
     serde_json::from_value(serde_json::json!({
-        "description": "Pod template (a core/v1 PodTemplateSpec) for every pod of the job. gpupool keeps it as written and adds only what it owns: the GPU binding of the first container or those named in gpuContainers (a ResourceClaim on DRA members, `nvidia.com/gpu` and `NVIDIA_VISIBLE_DEVICES` on device-plugin members), node pinning (node affinity on DRA members, `nodeName` otherwise), the reserved environment variables, gpupool's labels and annotations, and for training `hostname`, `subdomain` and `restartPolicy: Never`. Templates that set `nodeName`, request `nvidia.com/gpu`, set a reserved environment variable or use the claim name `gpupool-gpus` are rejected, and so is whatever would reach beyond the job's own pods in a member owned by someone else: host namespaces, `hostPath` volumes, host ports, privileged containers, added capabilities, a `serviceAccountName` or `automountServiceAccountToken: true`, a `schedulerName` and the `system-*` priority classes.",
+        "description": "Pod template (a core/v1 PodTemplateSpec) for every pod of the job. gpupool keeps it as written and adds only what it owns: the GPU binding of the first container or those named in gpuContainers (a ResourceClaim on DRA members, `nvidia.com/gpu` and `NVIDIA_VISIBLE_DEVICES` on device-plugin members), node pinning (node affinity on DRA members, `nodeName` otherwise), the reserved environment variables, gpupool's labels and annotations, and for training `hostname`, `subdomain` and `restartPolicy: Never`. Templates that set `nodeName`, request `nvidia.com/gpu`, set a reserved environment variable or use the claim name `gpupool-gpus` are rejected, and so is whatever would reach beyond the job's own pods in a member owned by someone else: host namespaces, `hostPath` volumes, host ports, privileged containers, added capabilities, privilege escalation, an `Unconfined` seccomp profile, an unmasked `/proc`, sysctls, a `serviceAccountName` or `automountServiceAccountToken: true`, a `schedulerName` and the `system-*` priority classes.",
         "type": "object",
         "required": ["spec"],
         "properties": {
@@ -218,6 +226,18 @@ pub fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schem
                 "x-kubernetes-validations": cel_rules(POD_SPEC_RULES),
                 "properties": {
                     "nodeName": {"type": "string", "maxLength": 253},
+                    "securityContext": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": true,
+                        "properties": {
+                            "seccompProfile": seccomp,
+                            "sysctls": {
+                                "type": "array",
+                                "maxItems": 64,
+                                "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                            },
+                        },
+                    },
                     "hostNetwork": {"type": "boolean"},
                     "hostPID": {"type": "boolean"},
                     "hostIPC": {"type": "boolean"},
@@ -293,6 +313,14 @@ pub const POD_SPEC_RULES: &[(&str, &str)] = &[
         "!has(self.volumes) || self.volumes.all(v, !has(v.hostPath))",
         "template.spec.volumes must not use hostPath: gpupool's pods see nothing of a member's nodes",
     ),
+    (
+        "!has(self.securityContext) || !has(self.securityContext.seccompProfile) || self.securityContext.seccompProfile.type != 'Unconfined'",
+        "template.spec.securityContext.seccompProfile.type must not be Unconfined: gpupool's pods keep the runtime's seccomp filter in a member",
+    ),
+    (
+        "!has(self.securityContext) || !has(self.securityContext.sysctls) || size(self.securityContext.sysctls) == 0",
+        "template.spec.securityContext.sysctls must not be set: a pod's sysctls reach the kernel of a member's node",
+    ),
 ];
 
 /// CEL rules on every container and init container of a template (see [`POD_SPEC_RULES`]).
@@ -308,6 +336,18 @@ pub const CONTAINER_RULES: &[(&str, &str)] = &[
     (
         "!has(self.securityContext) || !has(self.securityContext.capabilities) || !has(self.securityContext.capabilities.add) || size(self.securityContext.capabilities.add) == 0",
         "template containers must not set securityContext.capabilities.add: gpupool's pods get no added capabilities in a member",
+    ),
+    (
+        "!has(self.securityContext) || !has(self.securityContext.allowPrivilegeEscalation) || !self.securityContext.allowPrivilegeEscalation",
+        "template containers must not set securityContext.allowPrivilegeEscalation to true: gpupool's pods gain no privileges in a member",
+    ),
+    (
+        "!has(self.securityContext) || !has(self.securityContext.seccompProfile) || self.securityContext.seccompProfile.type != 'Unconfined'",
+        "template containers must not set securityContext.seccompProfile.type to Unconfined: gpupool's pods keep the runtime's seccomp filter in a member",
+    ),
+    (
+        "!has(self.securityContext) || !has(self.securityContext.procMount) || self.securityContext.procMount == 'Default'",
+        "template containers must not set securityContext.procMount other than Default: gpupool's pods see a masked /proc in a member",
     ),
 ];
 

@@ -276,6 +276,14 @@ impl MemberSink for Sink {
         self.scheduler.slice_devices_change(member, per_node);
     }
 
+    fn outside_claims(
+        &self,
+        member: &str,
+        per_node: std::collections::BTreeMap<String, Vec<String>>,
+    ) {
+        self.scheduler.outside_claims_change(member, per_node);
+    }
+
     fn pod(&self, member: &str, change: Change<k8s_openapi::api::core::v1::Pod>) {
         self.scheduler.pod_change(member, &change);
         match &change {

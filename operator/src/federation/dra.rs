@@ -343,6 +343,59 @@ pub fn gpu_devices_per_node(
     out
 }
 
+/// GPU UUIDs per node that `claims` hold: each allocated device result of NVIDIA's driver,
+/// looked up by (pool, device) in the newest generation of `slices`. A device no slice names
+/// (its slice is gone or not seen yet) is left out.
+pub fn claimed_gpus_per_node(
+    slices: &[std::sync::Arc<ResourceSlice>],
+    claims: &[std::sync::Arc<ResourceClaim>],
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    use std::collections::{BTreeMap, HashMap};
+    let driver = crate::workloads::NVIDIA_DRA_DRIVER;
+    let mut newest: HashMap<&str, i64> = HashMap::new();
+    for s in slices.iter().filter(|s| s.spec.driver == driver) {
+        let g = newest.entry(&s.spec.pool.name).or_insert(i64::MIN);
+        *g = (*g).max(s.spec.pool.generation);
+    }
+    // (pool, device) → (node, UUID)
+    let mut devices: HashMap<(&str, &str), (&str, &str)> = HashMap::new();
+    for s in slices.iter().filter(|s| s.spec.driver == driver) {
+        if newest.get(s.spec.pool.name.as_str()) != Some(&s.spec.pool.generation) {
+            continue;
+        }
+        let Some(node) = s.spec.node_name.as_deref() else {
+            continue;
+        };
+        for d in s.spec.devices.iter().flatten() {
+            let uuid = d
+                .attributes
+                .as_ref()
+                .and_then(|a| a.get("uuid"))
+                .and_then(|v| v.string.as_deref());
+            if let Some(uuid) = uuid {
+                devices.insert((&s.spec.pool.name, &d.name), (node, uuid));
+            }
+        }
+    }
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let results = claims.iter().filter_map(|c| {
+        let a = c.status.as_ref()?.allocation.as_ref()?;
+        Some(a.devices.as_ref()?.results.iter().flatten())
+    });
+    for r in results.flatten().filter(|r| r.driver == driver) {
+        if let Some((node, uuid)) = devices.get(&(r.pool.as_str(), r.device.as_str())) {
+            out.entry(node.to_string())
+                .or_default()
+                .push(uuid.to_string());
+        }
+    }
+    for v in out.values_mut() {
+        v.sort();
+        v.dedup();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,5 +580,70 @@ mod tests {
             gpu_devices_per_node(&slices),
             [("n1".to_string(), 4), ("n2".to_string(), 8)].into()
         );
+    }
+
+    fn gpu_slice(node: &str, generation: i64, uuids: &[&str]) -> ResourceSlice {
+        let mut s = slice(node, "gpu.nvidia.com", node, generation, 0);
+        s.spec.devices = Some(
+            uuids
+                .iter()
+                .enumerate()
+                .map(|(i, u)| {
+                    serde_json::from_value(serde_json::json!({
+                        "name": format!("gpu-{i}"),
+                        "attributes": {"uuid": {"string": u}, "index": {"int": i}},
+                    }))
+                    .unwrap()
+                })
+                .collect(),
+        );
+        s
+    }
+
+    fn allocated(name: &str, results: &[(&str, &str, &str)]) -> ResourceClaim {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"devices": {"requests": [{"name": "g", "exactly": {"deviceClassName": "gpu.nvidia.com"}}]}},
+            "status": {"allocation": {"devices": {"results": results.iter().map(|(driver, pool, device)| serde_json::json!({
+                "request": "g", "driver": driver, "pool": pool, "device": device,
+            })).collect::<Vec<_>>()}}},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn gpus_held_by_outside_claims_are_named_per_node_by_uuid() {
+        let slices = [
+            gpu_slice("n1", 1, &["OLD-0", "OLD-1"]),
+            gpu_slice("n1", 2, &["GPU-a0", "GPU-a1", "GPU-a2"]),
+            gpu_slice("n2", 1, &["GPU-b0", "GPU-b1"]),
+        ]
+        .map(Arc::new);
+        let mut pending = allocated("pending", &[]);
+        pending.status = None;
+        let claims = [
+            allocated(
+                "two",
+                &[
+                    ("gpu.nvidia.com", "n1", "gpu-2"),
+                    ("gpu.nvidia.com", "n2", "gpu-0"),
+                ],
+            ),
+            allocated("again", &[("gpu.nvidia.com", "n1", "gpu-2")]),
+            // Another driver's device, a device no slice names, a claim not allocated yet.
+            allocated("nic", &[("nic.example.com", "n1", "gpu-0")]),
+            allocated("gone", &[("gpu.nvidia.com", "n3", "gpu-0")]),
+            pending,
+        ]
+        .map(Arc::new);
+        assert_eq!(
+            claimed_gpus_per_node(&slices, &claims),
+            [
+                ("n1".to_string(), vec!["GPU-a2".to_string()]),
+                ("n2".to_string(), vec!["GPU-b0".to_string()]),
+            ]
+            .into()
+        );
+        assert!(claimed_gpus_per_node(&slices, &[]).is_empty());
     }
 }

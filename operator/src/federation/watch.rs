@@ -18,7 +18,7 @@ use super::labels;
 use crate::api::GpuTopology;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::api::resource::v1::ResourceSlice;
+use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -51,6 +51,15 @@ pub trait MemberSink: Send + Sync {
     fn pod(&self, member: &str, change: Change<Pod>);
     /// The ResourceSlices changed: GPU devices of NVIDIA's DRA driver per node, all of them.
     fn slice_devices(&self, member: &str, per_node: std::collections::BTreeMap<String, i64>);
+    /// The ResourceClaims outside gpupool or the ResourceSlices changed: the GPU UUIDs per node
+    /// that claims gpupool did not make hold, all of them. (A pull member's agent reports no
+    /// claims; its feed never calls this.)
+    fn outside_claims(
+        &self,
+        _member: &str,
+        _per_node: std::collections::BTreeMap<String, Vec<String>>,
+    ) {
+    }
 }
 
 /// A job's pods are few (its workers or replicas): a list, not a hash set, per job.
@@ -316,6 +325,20 @@ where
         .is_some_and(|r| r.is_ok())
 }
 
+/// What a member's DRA watches have seen: its ResourceSlices and the ResourceClaims gpupool did
+/// not make.
+#[derive(Default)]
+struct DraSeen {
+    slices: Vec<Arc<ResourceSlice>>,
+    claims: Vec<Arc<ResourceClaim>>,
+}
+
+impl DraSeen {
+    fn outside(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        super::dra::claimed_gpus_per_node(&self.slices, &self.claims)
+    }
+}
+
 fn drop_managed_fields<K: kube::Resource>(o: &mut K) {
     o.meta_mut().managed_fields = None;
 }
@@ -386,6 +409,7 @@ impl MemberWatch {
         let ends: EndIndex = Arc::default();
         let relisting: Relisting = Arc::default();
         let sink_slices = sink.clone();
+        let sink_claims = sink.clone();
         let (m, s, idx, ends_w) = (member.to_string(), sink, by_job.clone(), ends.clone());
         let listing = relisting.clone();
         let (pods, t3) = spawn_reflector(
@@ -401,7 +425,10 @@ impl MemberWatch {
         );
         // A member that does not serve `resource.k8s.io/v1` answers 404 and the watch keeps
         // retrying with backoff: such a member has no DRA, and nothing is reported.
-        let m = member.to_string();
+        // Slices and the claims gpupool did not make (its own carry its job label) together say
+        // which GPUs others hold: each watch keeps its half and reports the whole.
+        let seen: Arc<std::sync::Mutex<DraSeen>> = Arc::default();
+        let (m, seen_s) = (member.to_string(), seen.clone());
         let (_, t4) = spawn_reflector(
             Api::<ResourceSlice>::all(client.clone()),
             watcher::Config::default(),
@@ -409,7 +436,33 @@ impl MemberWatch {
             move |c, store| match c {
                 Change::Relisting => {}
                 _ => {
-                    sink_slices.slice_devices(&m, super::dra::gpu_devices_per_node(&store.state()))
+                    let slices = store.state();
+                    sink_slices.slice_devices(&m, super::dra::gpu_devices_per_node(&slices));
+                    let outside = seen_s.lock().map(|mut s| {
+                        s.slices = slices;
+                        s.outside()
+                    });
+                    if let Ok(o) = outside {
+                        sink_slices.outside_claims(&m, o);
+                    }
+                }
+            },
+        );
+        let (m, sink_claims) = (member.to_string(), sink_claims);
+        let (_, t5) = spawn_reflector(
+            Api::<ResourceClaim>::all(client.clone()),
+            watcher::Config::default().labels(&format!("!{}", crate::meta::labels::JOB_UID)),
+            drop_managed_fields,
+            move |c, store| match c {
+                Change::Relisting => {}
+                _ => {
+                    let outside = seen.lock().map(|mut s| {
+                        s.claims = store.state();
+                        s.outside()
+                    });
+                    if let Ok(o) = outside {
+                        sink_claims.outside_claims(&m, o);
+                    }
                 }
             },
         );
@@ -420,7 +473,7 @@ impl MemberWatch {
             by_job,
             ends,
             relisting,
-            tasks: vec![t1, t2, t3, t4],
+            tasks: vec![t1, t2, t3, t4, t5],
         }
     }
 

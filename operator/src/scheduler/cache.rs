@@ -2,9 +2,11 @@
 //! assignment — from hub job statuses, from gpupool pods in the members, and *assumed* ones the
 //! scheduler decided but whose hub status write it has not yet observed.
 //!
-//! Pure and synchronous: fed by watch events, read by the scheduling loop. A decision reads only
-//! the nodes that can take the request (see [`PoolCache::candidates`]), so its cost does not grow
-//! with the number of jobs and barely with the number of nodes.
+//! Pure and synchronous: fed by watch events. The scheduling loop decides on a [`Snapshot`] it
+//! brings up to date from the cache before each decision (copying only what changed), so events
+//! are applied while it decides. A decision reads only the nodes that can take the request (see
+//! [`Snapshot::candidates`]), so its cost does not grow with the number of jobs and barely with
+//! the number of nodes.
 //!
 //! Supply is checked, not believed: a node's usable GPUs are capped by its `nvidia.com/gpu`
 //! allocatable on device-plugin members, and on DRA members (whose nodes advertise no
@@ -16,7 +18,6 @@
 //! node it names, so nothing one member publishes or annotates can block another member's GPUs.
 
 use crate::api::{BindingMode, CapacitySummary, GpuTopologySpec, ModelCapacity};
-use crate::placement::{ClusterCandidate, JobRequest, NodeCandidate};
 use crate::topology::{GpuGraph, GpuSet};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
@@ -24,7 +25,9 @@ use std::sync::Arc;
 
 #[path = "index.rs"]
 mod index;
-use index::NodeIndex;
+#[path = "snapshot.rs"]
+mod snapshot;
+pub use snapshot::Snapshot;
 
 /// What the scheduler needs to know about a member from its MemberCluster and heartbeat.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -123,11 +126,13 @@ struct Member {
     nodes: BTreeMap<String, NodeFacts>,
     /// GPU devices each node offers in the member's ResourceSlices (DRA members).
     slice_devices: BTreeMap<String, i64>,
+    /// GPU UUIDs per node that ResourceClaims outside gpupool hold (DRA members): busy.
+    outside_claims: BTreeMap<String, Vec<String>>,
     topologies: BTreeMap<String, Published>,
     /// GpuTopology object name → node name.
     topology_names: HashMap<String, String>,
-    /// Placeable nodes.
-    ready: BTreeMap<String, NodeState>,
+    /// Placeable nodes (shared with the loop's [`Snapshot`]).
+    ready: BTreeMap<String, Arc<NodeState>>,
     /// Nodes that cannot take work, with the reason.
     unusable: BTreeMap<String, String>,
 }
@@ -152,12 +157,15 @@ impl Member {
     }
 }
 
+/// Why a published spec is no usable topology, and the UUIDs it lists.
+type Unusable = (String, Vec<Arc<str>>);
+
 /// A published topology as the cache keeps it: its graph, built once (the spec itself is not
 /// kept: every node of a shape shares the graph's interconnect, and the spec's names are in it).
 struct Published {
     /// The graph and the hash of the topology's shape, or why the spec is no usable topology
     /// (with the UUIDs it lists, which it still claims).
-    graph: Result<(Arc<GpuGraph>, u64), (String, Vec<String>)>,
+    graph: Result<(Arc<GpuGraph>, u64), Unusable>,
     /// GPUs the spec lists.
     gpus: usize,
     busy: Vec<String>,
@@ -170,7 +178,7 @@ impl Published {
             Ok(g) => Ok((Arc::new(g), shape_of(&t.spec))),
             Err(e) => Err((
                 format!("bad GpuTopology: {e}"),
-                t.spec.gpus.iter().map(|g| g.uuid.clone()).collect(),
+                t.spec.gpus.iter().map(|g| g.uuid.as_str().into()).collect(),
             )),
         };
         Published {
@@ -194,11 +202,11 @@ impl Published {
             && self.published == other.published
     }
 
-    /// The UUIDs the topology lists (claimed by its node).
-    fn uuids(&self) -> Vec<&str> {
+    /// The UUIDs the topology lists (claimed by its node), shared with its graph.
+    fn uuids(&self) -> Vec<Arc<str>> {
         match &self.graph {
-            Ok((g, _)) => g.gpus().iter().map(|g| g.uuid.as_str()).collect(),
-            Err((_, uuids)) => uuids.iter().map(String::as_str).collect(),
+            Ok((g, _)) => g.gpus().iter().map(|g| g.uuid.clone()).collect(),
+            Err((_, uuids)) => uuids.clone(),
         }
     }
 }
@@ -263,11 +271,11 @@ pub struct Wakes {
 pub struct PoolCache {
     members: BTreeMap<String, Member>,
     claims: HashMap<Arc<str>, Vec<Claim>>,
-    /// UUIDs each node claims (the keys of `claims`).
-    node_claims: HashMap<(String, String), Box<[Arc<str>]>>,
     holds: HashMap<Slot, u32>,
-    /// Placeable nodes of every member by class, and per member tallies.
-    index: NodeIndex,
+    /// Members whose facts changed since the last [`PoolCache::update_snapshot`].
+    dirty_members: BTreeSet<String>,
+    /// Nodes derived since the last [`PoolCache::update_snapshot`].
+    dirty_nodes: BTreeSet<(String, String)>,
     jobs: HashMap<String, JobHolds>,
     pods: HashMap<(String, String, String), Slots>,
     /// GPUs a member's scheduler refused to give a gpupool pod: kept out of placement (as busy)
@@ -303,7 +311,7 @@ fn usable_gpus(node: &str, graph: &GpuGraph, cap: (i64, &str)) -> (GpuSet, Vec<S
     let mut usable = GpuSet::all(graph.len());
     let mut count: HashMap<&str, usize> = HashMap::new();
     for g in graph.gpus() {
-        *count.entry(g.uuid.as_str()).or_default() += 1;
+        *count.entry(&*g.uuid).or_default() += 1;
     }
     let dups: BTreeSet<&str> = count
         .iter()
@@ -312,7 +320,7 @@ fn usable_gpus(node: &str, graph: &GpuGraph, cap: (i64, &str)) -> (GpuSet, Vec<S
         .collect();
     if !dups.is_empty() {
         for g in graph.gpus() {
-            if dups.contains(g.uuid.as_str()) {
+            if dups.contains(&*g.uuid) {
                 usable.remove(g.index);
             }
         }
@@ -342,20 +350,29 @@ impl PoolCache {
 
     // ----- members -----
 
+    /// A member, added (and marked for the next snapshot update) when new.
+    fn member_mut(&mut self, name: &str) -> &mut Member {
+        if !self.members.contains_key(name) {
+            self.dirty_members.insert(name.to_string());
+        }
+        self.members.entry(name.to_string()).or_default()
+    }
+
     /// Sets what the hub knows about a member; returns whether it changed.
     pub fn set_member(&mut self, name: &str, info: MemberInfo) -> bool {
-        let m = self.members.entry(name.to_string()).or_default();
+        let m = self.member_mut(name);
         if m.info == info {
             return false;
         }
         let became = info.schedulable && !m.info.schedulable;
         let rebind = info.binding != m.info.binding;
         m.info = info;
+        let nodes: Vec<String> = m.nodes.keys().cloned().collect();
+        self.dirty_members.insert(name.to_string());
         if became {
             self.wakes.all = true;
         }
         if rebind {
-            let nodes: Vec<String> = m.nodes.keys().cloned().collect();
             for n in nodes {
                 self.refresh(name, &n);
             }
@@ -365,16 +382,19 @@ impl PoolCache {
 
     /// Forgets a member and everything on it.
     pub fn remove_member(&mut self, name: &str) {
-        let Some(m) = self.members.remove(name) else {
+        let Some(m) = self.members.get(name) else {
             return;
         };
-        for st in m.ready.values() {
-            self.index.remove(name, st);
-        }
         let nodes: Vec<String> = m.topologies.keys().cloned().collect();
         let mut affected = Vec::new();
-        for n in nodes {
-            affected.extend(self.release_claims(name, &n));
+        for n in &nodes {
+            affected.extend(self.release_claims(name, n));
+        }
+        let m = self.members.remove(name).expect("present");
+        self.dirty_members.insert(name.to_string());
+        let known = m.ready.keys().chain(m.unusable.keys());
+        for n in known.chain(m.topologies.keys()) {
+            self.dirty_nodes.insert((name.to_string(), n.clone()));
         }
         let pods: Vec<_> = self.pods.keys().filter(|k| k.0 == name).cloned().collect();
         for k in pods {
@@ -399,7 +419,7 @@ impl PoolCache {
     /// A node was added or changed (`None`: deleted). Nodes without GPUs are kept too: on a DRA
     /// member a node's GPUs are not in its `Node` object.
     pub fn set_node(&mut self, member: &str, node: &str, facts: Option<NodeFacts>) {
-        let m = self.members.entry(member.to_string()).or_default();
+        let m = self.member_mut(member);
         if m.nodes.get(node) == facts.as_ref() {
             return;
         }
@@ -412,7 +432,7 @@ impl PoolCache {
 
     /// Replaces every node of a member (after a relist).
     pub fn resync_nodes(&mut self, member: &str, nodes: BTreeMap<String, NodeFacts>) {
-        let m = self.members.entry(member.to_string()).or_default();
+        let m = self.member_mut(member);
         let gone: Vec<String> = m
             .nodes
             .keys()
@@ -429,7 +449,7 @@ impl PoolCache {
 
     /// How many GPU devices a node offers in the member's ResourceSlices (`None`: none known).
     pub fn set_slice_devices(&mut self, member: &str, node: &str, devices: Option<i64>) {
-        let m = self.members.entry(member.to_string()).or_default();
+        let m = self.member_mut(member);
         if m.slice_devices.get(node).copied() == devices {
             return;
         }
@@ -440,9 +460,26 @@ impl PoolCache {
         self.refresh(member, node);
     }
 
+    /// Replaces the GPUs that ResourceClaims outside gpupool hold, per node of a member (all of
+    /// them, after any claim or slice change): they count as busy, so no decision picks them.
+    pub fn resync_outside_claims(&mut self, member: &str, all: BTreeMap<String, Vec<String>>) {
+        let m = self.member_mut(member);
+        let changed: BTreeSet<String> = m
+            .outside_claims
+            .keys()
+            .chain(all.keys())
+            .filter(|n| m.outside_claims.get(*n) != all.get(*n))
+            .cloned()
+            .collect();
+        m.outside_claims = all;
+        for n in changed {
+            self.refresh(member, &n);
+        }
+    }
+
     /// Replaces the ResourceSlice device counts of every node of a member (after a relist).
     pub fn resync_slice_devices(&mut self, member: &str, all: BTreeMap<String, i64>) {
-        let m = self.members.entry(member.to_string()).or_default();
+        let m = self.member_mut(member);
         let gone: Vec<String> = m
             .slice_devices
             .keys()
@@ -459,31 +496,29 @@ impl PoolCache {
 
     /// A `GpuTopology` object was added or changed (`None`: deleted).
     pub fn set_topology(&mut self, member: &str, object: &str, t: Option<TopologyFacts>) {
-        let m = self.members.entry(member.to_string()).or_default();
+        let m = self.member_mut(member);
         let old_node = m.topology_names.get(object).cloned();
         let new_node = t.as_ref().map(|t| t.spec.node_name.clone());
         if let Some(old) = &old_node
             && Some(old) != new_node.as_ref()
         {
             m.topology_names.remove(object);
-            m.topologies.remove(old);
-            self.refresh(member, old);
+            self.put_topology(member, old, None);
         }
-        let m = self.members.entry(member.to_string()).or_default();
+        let m = self.member_mut(member);
         if let (Some(t), Some(n)) = (t, new_node) {
             let t = Published::of(t);
             if m.topologies.get(&n).is_some_and(|old| old.same(&t)) {
                 return;
             }
             m.topology_names.insert(object.to_string(), n.clone());
-            m.topologies.insert(n.clone(), t);
-            self.refresh(member, &n);
+            self.put_topology(member, &n, Some(t));
         }
     }
 
     /// Replaces every topology of a member (after a relist): object name → facts.
     pub fn resync_topologies(&mut self, member: &str, all: BTreeMap<String, TopologyFacts>) {
-        let m = self.members.entry(member.to_string()).or_default();
+        let m = self.member_mut(member);
         let gone: Vec<String> = m
             .topology_names
             .keys()
@@ -498,13 +533,19 @@ impl PoolCache {
         }
     }
 
+    /// Drops the node's claims on the UUIDs its published topology lists (there are none when
+    /// it could not claim them); returns the other claimants of those UUIDs. Called before the
+    /// topology is replaced or removed, so the cache keeps no list of a node's claims.
     fn release_claims(&mut self, member: &str, node: &str) -> Vec<(String, String)> {
         let mut affected = Vec::new();
-        let uuids = self
-            .node_claims
-            .remove(&(member.to_string(), node.to_string()))
-            .unwrap_or_default();
-        for u in uuids {
+        let Some(t) = self
+            .members
+            .get(member)
+            .and_then(|m| m.topologies.get(node))
+        else {
+            return affected;
+        };
+        for u in t.uuids() {
             if let Some(cs) = self.claims.get_mut(&u) {
                 cs.retain(|c| !(&*c.member == member && &*c.node == node));
                 affected.extend(
@@ -519,9 +560,26 @@ impl PoolCache {
         affected
     }
 
+    /// Replaces (`None`: removes) the topology published for a node, and refreshes it.
+    fn put_topology(&mut self, member: &str, node: &str, t: Option<Published>) {
+        let affected = self.release_claims(member, node);
+        let m = self.member_mut(member);
+        match t {
+            Some(t) => m.topologies.insert(node.to_string(), t),
+            None => m.topologies.remove(node),
+        };
+        self.claim(member, node, affected);
+    }
+
     /// Recomputes a node's claims and derived state, and that of nodes sharing its UUIDs.
     fn refresh(&mut self, member: &str, node: &str) {
-        let mut affected = self.release_claims(member, node);
+        let affected = self.release_claims(member, node);
+        self.claim(member, node, affected);
+    }
+
+    /// Claims the UUIDs of a node's topology when it may offer GPUs, then derives it and the
+    /// other claimants of its UUIDs (`affected`, and those found now).
+    fn claim(&mut self, member: &str, node: &str, mut affected: Vec<(String, String)>) {
         if let Some(m) = self.members.get(member)
             && m.gpu_cap(node).is_some()
             && let Some(t) = m.topologies.get(node)
@@ -531,30 +589,17 @@ impl PoolCache {
                 member: member.into(),
                 node: node.into(),
             };
-            let uuids: BTreeSet<&str> = t.uuids().into_iter().collect();
-            let mut keys = Vec::with_capacity(uuids.len());
+            let uuids: BTreeSet<Arc<str>> = t.uuids().into_iter().collect();
             for u in uuids {
-                let (key, cs) = match self.claims.get_key_value(u) {
-                    Some((k, _)) => {
-                        let k = k.clone();
-                        let cs = self.claims.get_mut(u).expect("just found");
-                        (k, cs)
-                    }
-                    None => {
-                        let k: Arc<str> = u.into();
-                        (k.clone(), self.claims.entry(k).or_default())
-                    }
-                };
+                // A new key is the UUID shared with the node's graph.
+                let cs = self.claims.entry(u).or_default();
                 affected.extend(
                     cs.iter()
                         .map(|c| (c.member.to_string(), c.node.to_string())),
                 );
                 let at = cs.partition_point(|c| *c < claim);
                 cs.insert(at, claim.clone());
-                keys.push(key);
             }
-            self.node_claims
-                .insert((member.to_string(), node.to_string()), keys.into());
         }
         affected.sort();
         affected.dedup();
@@ -566,17 +611,16 @@ impl PoolCache {
         }
     }
 
-    /// Rebuilds the placeable state of one node from its facts, claims and holds: the node
-    /// leaves the index, and comes back placeable or with the reason it is not.
+    /// Rebuilds the placeable state of one node from its facts, claims and holds: it comes back
+    /// placeable or with the reason it is not, and is marked for the next snapshot update.
     fn derive(&mut self, member: &str, node: &str) {
         let Some(m) = self.members.get_mut(member) else {
             return;
         };
         let old = m.ready.remove(node);
         m.unusable.remove(node);
-        if let Some(o) = &old {
-            self.index.remove(member, o);
-        }
+        self.dirty_nodes
+            .insert((member.to_string(), node.to_string()));
         let st = match self.placeable(member, node) {
             Ok(Some(st)) => st,
             Ok(None) => return,
@@ -596,9 +640,8 @@ impl PoolCache {
                 graph: st.graph.clone(),
             });
         }
-        self.index.add(member, &st);
         let m = self.members.get_mut(member).expect("member exists");
-        m.ready.insert(node.to_string(), st);
+        m.ready.insert(node.to_string(), Arc::new(st));
     }
 
     /// The node's placeable state; `None` when it is no GPU node, the reason when it cannot
@@ -615,7 +658,7 @@ impl PoolCache {
             model: graph
                 .gpus()
                 .first()
-                .map(|g| g.model.clone())
+                .map(|g| g.model.to_string())
                 .unwrap_or_default(),
             memory_mib: graph.gpus().iter().map(|g| g.memory_mib).min().unwrap_or(0),
             graph,
@@ -658,7 +701,7 @@ impl PoolCache {
             .gpus()
             .iter()
             .filter_map(|g| {
-                let owner = self.claims.get(g.uuid.as_str())?.first()?;
+                let owner = self.claims.get(&*g.uuid)?.first()?;
                 (&*owner.member != member || &*owner.node != node).then(|| {
                     format!(
                         "{} (first published by {}/{})",
@@ -686,9 +729,22 @@ impl PoolCache {
             .and_then(|m| m.topologies.get(node))
         {
             for u in &t.busy {
-                for g in graph.gpus().iter().filter(|g| &g.uuid == u) {
+                for g in graph.gpus().iter().filter(|g| *g.uuid == **u) {
                     busy.insert(g.index);
                 }
+            }
+        }
+        if let Some(claimed) = self
+            .members
+            .get(member)
+            .and_then(|m| m.outside_claims.get(node))
+        {
+            for g in graph
+                .gpus()
+                .iter()
+                .filter(|g| claimed.iter().any(|u| **u == *g.uuid))
+            {
+                busy.insert(g.index);
             }
         }
         let mut held = GpuSet::EMPTY;
@@ -855,11 +911,12 @@ impl PoolCache {
         for ((ns, name), s) in pods {
             self.set_pod(member, &ns, &name, s);
         }
-        let m = self.members.entry(member.to_string()).or_default();
+        let m = self.member_mut(member);
         if !m.pods_synced {
             // The member's nodes were held back until its pods were known.
             m.pods_synced = true;
             self.wakes.all = true;
+            self.dirty_members.insert(member.to_string());
         }
     }
 
@@ -867,6 +924,7 @@ impl PoolCache {
     pub fn pods_unsynced(&mut self, member: &str) {
         if let Some(m) = self.members.get_mut(member) {
             m.pods_synced = false;
+            self.dirty_members.insert(member.to_string());
         }
     }
 
@@ -890,7 +948,7 @@ impl PoolCache {
     pub fn model_of(&self, member: &str, node: &str) -> Option<String> {
         let m = self.members.get(member)?;
         let (g, _) = m.topologies.get(node)?.graph.as_ref().ok()?;
-        g.gpus().first().map(|g| g.model.clone())
+        g.gpus().first().map(|g| g.model.to_string())
     }
 
     /// Indexes on their node of the GPUs with these UUIDs, in their order (empty unless the
@@ -912,7 +970,7 @@ impl PoolCache {
                 graph
                     .gpus()
                     .iter()
-                    .find(|g| g.uuid == *u)
+                    .find(|g| *g.uuid == **u)
                     .map(|g| g.index as i32)
             })
             .collect::<Option<Vec<i32>>>()
@@ -921,7 +979,7 @@ impl PoolCache {
 
     /// One placeable node.
     pub fn node(&self, member: &str, node: &str) -> Option<&NodeState> {
-        self.members.get(member)?.ready.get(node)
+        self.members.get(member)?.ready.get(node).map(|n| &**n)
     }
 
     /// Why a node cannot take work, if it cannot.
@@ -971,9 +1029,9 @@ impl PoolCache {
             let free = n.free();
             for g in n.graph.gpus().iter().filter(|g| n.usable.contains(g.index)) {
                 let e = by_model
-                    .entry((g.model.clone(), g.memory_mib))
+                    .entry((g.model.to_string(), g.memory_mib))
                     .or_insert_with(|| ModelCapacity {
-                        model: g.model.clone(),
+                        model: g.model.to_string(),
                         memory_mib: g.memory_mib,
                         ..Default::default()
                     });
@@ -1011,97 +1069,17 @@ impl PoolCache {
         }
     }
 
-    /// The candidates for `pods` pods of `req`: per schedulable member, of the nodes that can
-    /// take one pod only its best-ranked ones — the first `pods` by rank and the nodes tied with
-    /// the last of them, in name order — which is all a placement of `pods` pods can use
-    /// ([`index`]'s module docs). Members left out come with the reason.
-    pub fn candidates(
-        &self,
-        req: &JobRequest,
-        pods: usize,
-    ) -> (Vec<ClusterCandidate>, Vec<String>) {
-        let mut reasons = Vec::new();
-        let usable = |name: &str, m: &Member| -> Result<(), String> {
-            if !m.info.schedulable {
-                let why = if m.info.reason.is_empty() {
-                    "not ready"
-                } else {
-                    m.info.reason.as_str()
-                };
-                return Err(format!("{name}: {why}"));
-            }
-            if !m.pods_synced {
-                return Err(format!("{name}: its pods are not listed yet"));
-            }
-            Ok(())
-        };
-        let sel = self.index.select(req, pods, |name| {
-            self.members
-                .get(name)
-                .is_some_and(|m| usable(name, m).is_ok())
-        });
-        let mut out = Vec::new();
-        for (name, m) in &self.members {
-            if let Err(why) = usable(name, m) {
-                reasons.push(why);
-                continue;
-            }
-            let nodes = sel.nodes.get(name.as_str()).map_or_else(Vec::new, |names| {
-                names
-                    .iter()
-                    .filter_map(|n| m.ready.get(*n))
-                    .map(|n| NodeCandidate {
-                        name: n.name.clone(),
-                        graph: n.graph.clone(),
-                        free: n.free(),
-                        model: n.model.clone(),
-                        memory_mib: n.memory_mib,
-                    })
-                    .collect()
-            });
-            out.push(ClusterCandidate {
-                name: name.clone(),
-                labels: m.info.labels.clone(),
-                price: m.info.price,
-                nodes,
-                skipped: self.skipped(name, m, req, sel.refused.get(name.as_str())),
-                whole_nodes: self.index.whole_nodes(name),
-            });
-        }
-        (out, reasons)
-    }
-
-    /// Why a member's nodes are not among its candidates, for a refusal.
-    fn skipped(
-        &self,
-        name: &str,
-        m: &Member,
-        req: &JobRequest,
-        refused: Option<&(usize, String)>,
-    ) -> Vec<String> {
-        let k = req.gpus_per_pod.max(1);
-        let (too_small, wrong_model) = self.index.skipped_counts(name, req);
-        let mut skipped: Vec<String> = Vec::new();
-        if too_small > 0 {
-            skipped.push(format!("{too_small} node(s) with fewer than {k} free GPUs"));
-        }
-        if wrong_model > 0 {
-            skipped.push(format!(
-                "{wrong_model} node(s) of another GPU model or with less memory"
-            ));
-        }
-        if let Some((count, first)) = refused {
-            skipped.push(format!(
-                "{count} node(s) without {k} free GPUs as the request needs them ({first})"
-            ));
-        }
-        for (n, why) in m.unusable.iter().take(3) {
-            skipped.push(format!("{n}: {why}"));
-        }
-        if m.unusable.len() > 3 {
-            skipped.push(format!("{} more node(s) unusable", m.unusable.len() - 3));
-        }
-        skipped
+    /// Whether every GPU of `slots` is free now (on a placeable node, neither busy nor held):
+    /// what a decision taken on a [`Snapshot`] is checked against before it is assumed.
+    pub fn still_free(&self, slots: &BTreeSet<Slot>) -> bool {
+        slots.iter().all(|s| {
+            let Some(n) = self.node(&s.member, &s.node) else {
+                return false;
+            };
+            n.graph
+                .index_of(&s.uuid)
+                .is_some_and(|i| n.free().contains(i))
+        })
     }
 
     /// Slots of a placement on `member`: (node, UUIDs) per pod.

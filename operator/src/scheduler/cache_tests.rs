@@ -1,8 +1,8 @@
-//! Tests of the cache's assumptions and of the node index behind [`PoolCache::candidates`].
+//! Tests of the cache's assumptions and of the node index behind [`Snapshot::candidates`].
 
 use super::*;
 use crate::api::{NvLinkMode, ReplicaPlacement, SpreadPolicy};
-use crate::placement::{place_gang, place_replicas};
+use crate::placement::{ClusterCandidate, JobRequest, NodeCandidate, place_gang, place_replicas};
 use crate::topology::fixtures;
 
 fn schedulable(price: i64) -> MemberInfo {
@@ -83,6 +83,43 @@ fn a_re_decision_of_the_same_job_never_frees_its_earlier_assumption() {
     assert_eq!(free(&c), 6);
     c.forget_job("j");
     assert_eq!(free(&c), 8);
+}
+
+#[test]
+fn gpus_outside_claims_hold_are_never_free_and_come_back_when_released() {
+    let mut c = PoolCache::new();
+    c.set_member("m", schedulable(1));
+    c.resync_pods("m", BTreeMap::new());
+    add_node(&mut c, "m", "n", "dgx-h100");
+    add_node(&mut c, "m", "o", "dgx-h100");
+    let free = |c: &PoolCache, n: &str| c.node("m", n).unwrap().free().len();
+    let outside = |uuids: &[usize]| -> BTreeMap<String, Vec<String>> {
+        [(
+            "n".to_string(),
+            uuids.iter().map(|i| format!("GPU-m-n-{i}")).collect(),
+        )]
+        .into()
+    };
+    c.resync_outside_claims("m", outside(&[4, 5]));
+    assert_eq!(free(&c, "n"), 6);
+    assert_eq!(free(&c, "o"), 8);
+    // A UUID of another node in the list changes nothing there.
+    c.resync_outside_claims(
+        "m",
+        [("o".to_string(), vec!["GPU-m-n-0".to_string()])].into(),
+    );
+    assert_eq!((free(&c, "n"), free(&c, "o")), (8, 8));
+    c.resync_outside_claims("m", outside(&[0, 1, 2]));
+    assert_eq!(free(&c, "n"), 5);
+    // A whole-node gang cannot have node n while a claim holds part of it.
+    let (cands, _) = c.snapshot().candidates(&request(8, NvLinkMode::Clique), 1);
+    let offered: Vec<&str> = cands
+        .iter()
+        .flat_map(|m| m.nodes.iter().map(|n| n.name.as_str()))
+        .collect();
+    assert_eq!(offered, ["o"]);
+    c.resync_outside_claims("m", BTreeMap::new());
+    assert_eq!(free(&c, "n"), 8);
 }
 
 /// splitmix64, so the pools are the same on every run.
@@ -187,7 +224,7 @@ fn the_index_offers_few_nodes_and_places_exactly_as_every_node_would() {
             (3, 5, NvLinkMode::None),
         ] {
             let req = request(k, mode);
-            let (cands, _) = c.candidates(&req, pods);
+            let (cands, _) = c.snapshot().candidates(&req, pods);
             let every = every_node(&c, &all, &cands);
             let offered: usize = cands.iter().map(|c| c.nodes.len()).sum();
             let placeable: usize = every.iter().map(|c| c.nodes.len()).sum();
@@ -214,7 +251,9 @@ fn the_index_offers_few_nodes_and_places_exactly_as_every_node_would() {
 #[test]
 fn a_one_gpu_request_is_offered_only_the_best_ranked_nodes_of_a_member() {
     let (c, all) = random_pool(7, 2, 3);
-    let (cands, _) = c.candidates(&request(1, NvLinkMode::Preferred), 1);
+    let (cands, _) = c
+        .snapshot()
+        .candidates(&request(1, NvLinkMode::Preferred), 1);
     let every = every_node(&c, &all, &cands);
     for (few, many) in cands.iter().zip(&every) {
         assert!(!few.nodes.is_empty());
@@ -237,7 +276,7 @@ fn refusals_count_the_nodes_left_out_and_say_why() {
     add_node(&mut c, "m", "a", "pcie-a100-bridged");
     // Eight all-NVLink-connected GPUs: the DGX-1 (largest clique 4) and the L40S (no NVLink)
     // have eight free GPUs but no such set; the A100 node has too few GPUs.
-    let (cands, _) = c.candidates(&request(8, NvLinkMode::Clique), 1);
+    let (cands, _) = c.snapshot().candidates(&request(8, NvLinkMode::Clique), 1);
     assert!(cands[0].nodes.is_empty());
     let skipped = cands[0].skipped.join("; ");
     assert!(
@@ -251,7 +290,7 @@ fn refusals_count_the_nodes_left_out_and_say_why() {
     assert!(skipped.contains("node d"), "{skipped}");
     let mut r = request(4, NvLinkMode::Preferred);
     r.gpu.model = Some("L40S".into());
-    let (cands, _) = c.candidates(&r, 1);
+    let (cands, _) = c.snapshot().candidates(&r, 1);
     assert_eq!(cands[0].nodes.len(), 1);
     assert!(
         cands[0]
@@ -263,7 +302,78 @@ fn refusals_count_the_nodes_left_out_and_say_why() {
     c.remove_member("m");
     c.set_member("m", schedulable(0));
     c.resync_pods("m", BTreeMap::new());
-    let (cands, _) = c.candidates(&request(1, NvLinkMode::Preferred), 1);
+    let (cands, _) = c
+        .snapshot()
+        .candidates(&request(1, NvLinkMode::Preferred), 1);
     assert!(cands[0].nodes.is_empty());
     assert_eq!(cands[0].whole_nodes, Default::default());
+}
+
+/// What a snapshot offers for `req`, comparable: per member the candidate nodes with their free
+/// GPUs, what was skipped and the whole NVLink nodes; the members left out with the reason.
+fn offer(s: &Snapshot, req: &JobRequest, pods: usize) -> String {
+    let (cands, reasons) = s.candidates(req, pods);
+    let cands: Vec<_> = cands
+        .iter()
+        .map(|c| {
+            let nodes: Vec<_> = c.nodes.iter().map(|n| (&n.name, n.free)).collect();
+            (&c.name, nodes, &c.skipped, c.whole_nodes)
+        })
+        .collect();
+    format!("{cands:?} {reasons:?}")
+}
+
+#[test]
+fn a_snapshot_brought_up_to_date_offers_what_a_fresh_one_does() {
+    let (mut c, all) = random_pool(7, 3, 3);
+    let mut snap = Snapshot::default();
+    c.update_snapshot(&mut snap);
+    let mut rng = Rng(11);
+    let requests = [
+        (request(1, NvLinkMode::Preferred), 1),
+        (request(2, NvLinkMode::Preferred), 3),
+        (request(8, NvLinkMode::Clique), 2),
+    ];
+    for round in 0..120 {
+        let (m, n) = &all[(rng.next() % all.len() as u64) as usize];
+        match rng.next() % 7 {
+            0 => c.set_job(&format!("{m}-{n}"), name(), BTreeSet::new()),
+            1 => c.assume(&format!("r{round}"), [slot(m, n, 0)].into_iter().collect()),
+            2 => c.unassume(&format!("r{}", round.max(1) - 1)),
+            3 => {
+                let facts = NodeFacts {
+                    ready: rng.next().is_multiple_of(2),
+                    allocatable: 8,
+                };
+                c.set_node(m, n, Some(facts))
+            }
+            4 => c.set_topology(m, n, None),
+            5 => {
+                let mut info = schedulable(1);
+                info.schedulable = !rng.next().is_multiple_of(3);
+                c.set_member(m, info);
+            }
+            _ if rng.next().is_multiple_of(4) => c.remove_member(m),
+            _ => add_node(&mut c, m, n, SHAPES[(round % SHAPES.len() as u64) as usize]),
+        }
+        if round % 4 == 3 {
+            c.update_snapshot(&mut snap);
+            let fresh = c.snapshot();
+            for (req, pods) in &requests {
+                assert_eq!(
+                    offer(&snap, req, *pods),
+                    offer(&fresh, req, *pods),
+                    "round {round}"
+                );
+            }
+            for (m, n) in &all {
+                assert_eq!(snap.model_of(m, n), fresh.model_of(m, n), "{m}/{n}");
+                let uuids = [format!("GPU-{m}-{n}-1")];
+                assert_eq!(
+                    snap.gpu_indexes(m, n, &uuids),
+                    fresh.gpu_indexes(m, n, &uuids)
+                );
+            }
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! What the scheduler reads from hub jobs (the GPUs they hold, whether they wait, what they need)
 //! and the decisions it takes for them. Pure: a decision is a function of the job and the cache.
 
-use super::cache::{JobName, PoolCache, Slot};
+use super::cache::{JobName, PoolCache, Slot, Snapshot};
 use super::queue::Need;
 use crate::api::{
     ClusterPlacement, ClusterSelector, GpuSelector, InferenceJob, InferenceJobStatus,
@@ -255,7 +255,7 @@ pub enum Decision {
     },
 }
 
-fn with_models(cache: &PoolCache, cluster: &str, pods: &mut [PodPlacement]) {
+fn with_models(cache: &Snapshot, cluster: &str, pods: &mut [PodPlacement]) {
     for p in pods {
         if let Some(m) = cache.model_of(cluster, &p.node) {
             p.model = m;
@@ -272,7 +272,7 @@ fn describe(reasons: Vec<String>) -> String {
 }
 
 /// Places a gang with the pure placement functions over the cache.
-pub fn decide_training(cache: &PoolCache, j: &TrainingJob) -> Decision {
+pub fn decide_training(cache: &Snapshot, j: &TrainingJob) -> Decision {
     let req = training_request(j);
     let indexes: Vec<i32> = (0..j.spec.workers.max(1)).collect();
     let (cands, mut member_reasons) = cache.candidates(&req, indexes.len());
@@ -459,7 +459,7 @@ pub fn group(flat: &[Placed]) -> Vec<ClusterPlacement> {
 }
 
 /// Writes each replica's GPU indexes beside its UUIDs (what `where` shows from the hub alone).
-fn record_gpu_indexes(cache: &PoolCache, placements: &mut [ClusterPlacement]) {
+fn record_gpu_indexes(cache: &Snapshot, placements: &mut [ClusterPlacement]) {
     for cp in placements {
         for g in &mut cp.gpus {
             g.gpu_indexes = cache.gpu_indexes(&cp.cluster, &g.node, &g.gpu_uuids);
@@ -468,7 +468,7 @@ fn record_gpu_indexes(cache: &PoolCache, placements: &mut [ClusterPlacement]) {
 }
 
 /// Places the missing replicas of an InferenceJob.
-pub fn decide_inference(cache: &PoolCache, j: &InferenceJob) -> Decision {
+pub fn decide_inference(cache: &Snapshot, j: &InferenceJob) -> Decision {
     let req = inference_request(j);
     let before = j.status.clone().unwrap_or_default();
     let kept = flatten(&before);

@@ -23,7 +23,7 @@ pub mod writes;
 #[cfg(test)]
 mod tests;
 
-pub use cache::{JobName, MemberInfo, PoolCache, Slot};
+pub use cache::{JobName, MemberInfo, PoolCache, Slot, Snapshot};
 pub use jobs::Pending;
 pub use queue::{Need, Queue};
 
@@ -415,33 +415,57 @@ impl State {
             .min()
     }
 
-    fn next(&mut self, metrics: &Metrics) -> Step {
+    /// One step of the loop under one lock (tests; the loop decides without the lock).
+    #[cfg(test)]
+    fn next(&mut self, snap: &mut Snapshot, metrics: &Metrics) -> Step {
+        match self.pick(snap) {
+            Ok(p) => {
+                let d = p.decide(snap, metrics);
+                self.settle(p, d)
+            }
+            Err(step) => step,
+        }
+    }
+
+    /// Takes the next job to decide and brings the loop's snapshot up to date (copying what
+    /// changed since the last decision); or what to do instead.
+    fn pick(&mut self, snap: &mut Snapshot) -> Result<Picked, Step> {
         if !(self.listed[0] && self.listed[1]) {
-            return Step::Idle;
+            return Err(Step::Idle);
         }
         self.apply_wakes();
         let now = Instant::now();
         self.refresh_positions(now);
         let Some((uid, job)) = self.queue.pop(now) else {
-            return self.next_position().unwrap_or(Step::Idle);
+            return Err(self.next_position().unwrap_or(Step::Idle));
         };
         let job = job.clone();
-        let t0 = Instant::now();
-        let kind = match &job {
-            Pending::Training(_) => "trainingjob",
-            Pending::Inference(_) => "inferencejob",
+        let class = self.classes.of(&job).err();
+        self.cache.update_snapshot(snap);
+        Ok(Picked { uid, job, class })
+    }
+
+    /// Acts on a decision taken on the snapshot: dropped when the job left the queue or changed
+    /// meanwhile, tried again when the GPUs it chose were taken meanwhile, else assumed (placed)
+    /// or parked (waits).
+    fn settle(&mut self, p: Picked, decision: Decision) -> Step {
+        let Picked { uid, job, .. } = p;
+        let Some(current) = self.queue.get(&uid) else {
+            // Deleted, or observed placed, while it was decided.
+            return Step::Parked;
         };
-        let decision = match (&job, self.classes.of(&job)) {
-            // Waits for its PriorityClass to exist (woken when the classes change).
-            (_, Err(reason)) => Decision::Wait {
-                reason,
-                need: Need::nothing(),
-            },
-            (Pending::Training(j), Ok(_)) => jobs::decide_training(&self.cache, j),
-            (Pending::Inference(j), Ok(_)) => jobs::decide_inference(&self.cache, j),
+        let changed = current.resource_version() != job.resource_version();
+        let taken = match &decision {
+            Decision::Training { slots, .. } | Decision::Inference { slots, .. } => {
+                !self.cache.still_free(slots)
+            }
+            Decision::Wait { .. } => false,
         };
-        metrics.observe_placement(kind, t0.elapsed());
-        tracing::debug!(job = %job.name().name, took = ?t0.elapsed(), placed = !matches!(decision, Decision::Wait { .. }), "scheduling decision");
+        if changed || taken {
+            tracing::debug!(job = %job.name().name, changed, taken, "decision overtaken by events: deciding again");
+            self.queue.retry_now(&uid);
+            return Step::Parked;
+        }
         let position = self.queue.position(&uid).unwrap_or(1);
         match &decision {
             Decision::Training { slots, .. } | Decision::Inference { slots, .. } => {
@@ -479,6 +503,37 @@ impl State {
                 }))
             }
         }
+    }
+}
+
+/// A job taken from the queue, to be decided on the snapshot.
+struct Picked {
+    uid: String,
+    job: Pending,
+    /// Why its PriorityClass does not resolve, when it does not.
+    class: Option<String>,
+}
+
+impl Picked {
+    /// The decision, on the snapshot alone (no lock held).
+    fn decide(&self, snap: &Snapshot, metrics: &Metrics) -> Decision {
+        let t0 = Instant::now();
+        let kind = match &self.job {
+            Pending::Training(_) => "trainingjob",
+            Pending::Inference(_) => "inferencejob",
+        };
+        let decision = match (&self.job, &self.class) {
+            // Waits for its PriorityClass to exist (woken when the classes change).
+            (_, Some(reason)) => Decision::Wait {
+                reason: reason.clone(),
+                need: Need::nothing(),
+            },
+            (Pending::Training(j), None) => jobs::decide_training(snap, j),
+            (Pending::Inference(j), None) => jobs::decide_inference(snap, j),
+        };
+        metrics.observe_placement(kind, t0.elapsed());
+        tracing::debug!(job = %self.job.name().name, took = ?t0.elapsed(), placed = !matches!(decision, Decision::Wait { .. }), "scheduling decision");
+        decision
     }
 }
 
@@ -677,6 +732,13 @@ impl Scheduler {
         self.notify.notify_one();
     }
 
+    /// GPU UUIDs per node that ResourceClaims outside gpupool hold in a member (all nodes, after
+    /// any claim or slice change).
+    pub fn outside_claims_change(&self, member: &str, per_node: BTreeMap<String, Vec<String>>) {
+        self.lock().cache.resync_outside_claims(member, per_node);
+        self.notify.notify_one();
+    }
+
     /// A gpupool pod in a member changed.
     pub fn pod_change(&self, member: &str, c: &Change<Pod>) {
         let mut st = self.lock();
@@ -857,6 +919,9 @@ impl Scheduler {
     /// Runs the scheduling loop until the task is dropped.
     pub async fn run(self: Arc<Self>) {
         let mut since_yield = 0usize;
+        // The pool as the loop decides on it, brought up to date under the lock before each
+        // decision; the decision itself runs without the lock.
+        let mut snap = Snapshot::default();
         loop {
             let permit = self
                 .writes
@@ -864,7 +929,14 @@ impl Scheduler {
                 .acquire_owned()
                 .await
                 .expect("the write semaphore is never closed");
-            let step = self.lock().next(&self.metrics);
+            let picked = self.lock().pick(&mut snap);
+            let step = match picked {
+                Ok(p) => {
+                    let d = p.decide(&snap, &self.metrics);
+                    self.lock().settle(p, d)
+                }
+                Err(step) => step,
+            };
             match step {
                 Step::Work(w) => {
                     let me = self.clone();

@@ -302,6 +302,11 @@ impl<T> Queue<T> {
         self.set_state(uid, State::Parked(need, now));
     }
 
+    /// The job's decision was overtaken by events while it was taken: it is next again.
+    pub fn retry_now(&mut self, uid: &str) {
+        self.set_state(uid, State::Active);
+    }
+
     /// A write for the job failed: try again after an exponential backoff (from 100 ms to 30 s).
     pub fn retry_after_failure(&mut self, uid: &str, now: Instant) {
         let Some(e) = self.entries.get_mut(uid) else {

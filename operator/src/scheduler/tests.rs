@@ -98,9 +98,9 @@ fn usable_gpus_are_capped_by_the_nodes_allocatable() {
         c.problems("m")
     );
     // An 8-GPU worker does not fit; two 4-GPU ones cannot both land there.
-    let (cands, _) = c.candidates(&req(8), 1);
+    let (cands, _) = c.snapshot().candidates(&req(8), 1);
     assert!(cands[0].nodes.is_empty());
-    let (cands, _) = c.candidates(&req(4), 2);
+    let (cands, _) = c.snapshot().candidates(&req(4), 2);
     assert_eq!(cands[0].nodes.len(), 1);
     assert_eq!(cands[0].nodes[0].free.len(), 4);
 }
@@ -227,7 +227,7 @@ fn candidates_list_only_the_best_ranked_nodes_that_can_take_a_pod() {
         job_name(),
         (0..8).map(|i| slot("m", "h00", i)).collect(),
     );
-    let (cands, reasons) = c.candidates(&req(8), 2);
+    let (cands, reasons) = c.snapshot().candidates(&req(8), 2);
     assert!(reasons.is_empty());
     let names: Vec<&str> = cands[0].nodes.iter().map(|n| n.name.as_str()).collect();
     // Two idle H100 nodes, first by name: the idle L40S nodes rank below them (no NVLink ring
@@ -237,7 +237,7 @@ fn candidates_list_only_the_best_ranked_nodes_that_can_take_a_pod() {
     assert!(cands[0].skipped[0].contains("1 node(s) with fewer than 8 free"));
     let mut r = req(8);
     r.gpu.model = Some("H100".into());
-    let (cands, _) = c.candidates(&r, 1);
+    let (cands, _) = c.snapshot().candidates(&r, 1);
     let names: Vec<&str> = cands[0].nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(names, ["h01"]);
 }
@@ -253,7 +253,7 @@ fn members_that_cannot_take_work_say_why() {
             ..Default::default()
         },
     );
-    let (cands, reasons) = c.candidates(&req(1), 1);
+    let (cands, reasons) = c.snapshot().candidates(&req(1), 1);
     assert!(cands.is_empty());
     assert_eq!(reasons, ["m: not ready"]);
     // Becoming schedulable wakes every waiting job.
@@ -261,7 +261,7 @@ fn members_that_cannot_take_work_say_why() {
     c.set_member("m", schedulable());
     assert!(c.take_wakes().all);
     c.pods_unsynced("m");
-    let (_, reasons) = c.candidates(&req(1), 1);
+    let (_, reasons) = c.snapshot().candidates(&req(1), 1);
     assert_eq!(reasons, ["m: its pods are not listed yet"]);
 }
 
@@ -280,7 +280,7 @@ fn a_gang_decision_assumed_in_the_cache_keeps_the_next_one_off_its_gpus() {
     let mut seen = BTreeSet::new();
     for i in 0..2 {
         let j = training(&format!("j{i}"), 2, 4);
-        let Decision::Training { slots, status, .. } = decide_training(&c, &j) else {
+        let Decision::Training { slots, status, .. } = decide_training(&c.snapshot(), &j) else {
             panic!("fits")
         };
         assert_eq!(status.workers.len(), 2);
@@ -289,7 +289,8 @@ fn a_gang_decision_assumed_in_the_cache_keeps_the_next_one_off_its_gpus() {
         c.assume(&format!("j{i}"), slots);
     }
     assert_eq!(seen.len(), 16);
-    let Decision::Wait { reason, need } = decide_training(&c, &training("j2", 1, 1)) else {
+    let Decision::Wait { reason, need } = decide_training(&c.snapshot(), &training("j2", 1, 1))
+    else {
         panic!("the pool is full")
     };
     assert_eq!(need.gpus_per_pod, 1);
@@ -321,7 +322,7 @@ fn dra_nodes_are_capped_by_their_resource_slices_or_their_topology() {
         (c.capacity("m").gpus_total, c.capacity("m").gpus_free),
         (8, 8)
     );
-    let (cands, _) = c.candidates(&req(8), 1);
+    let (cands, _) = c.snapshot().candidates(&req(8), 1);
     assert_eq!(cands[0].nodes.len(), 1);
     // The DRA driver's ResourceSlices offer 4 devices on the node: only 4 are usable.
     c.set_slice_devices("m", "n", Some(4));
@@ -331,7 +332,7 @@ fn dra_nodes_are_capped_by_their_resource_slices_or_their_topology() {
         "{:?}",
         c.problems("m")
     );
-    let (cands, _) = c.candidates(&req(8), 1);
+    let (cands, _) = c.snapshot().candidates(&req(8), 1);
     assert!(cands[0].nodes.is_empty());
     // Slices gone (driver restarting): back to the topology; a CPU node stays out.
     c.resync_slice_devices("m", BTreeMap::new());
@@ -397,7 +398,7 @@ fn gpus_a_member_scheduler_refused_are_kept_out_of_placement_until_cleared() {
     let n = c.node("m", "n").unwrap();
     assert_eq!(n.free().len(), 4);
     assert!(refused.iter().all(|s| {
-        let g = n.graph.gpus().iter().find(|g| g.uuid == s.uuid).unwrap();
+        let g = n.graph.gpus().iter().find(|g| *g.uuid == *s.uuid).unwrap();
         !n.free().contains(g.index)
     }));
     assert_eq!(
@@ -515,7 +516,7 @@ fn a_waiting_job_naming_an_unknown_class_is_parked_with_the_reason() {
     let j = training_at("gold", "2026-01-01T00:00:01Z", Some("gold"), 0);
     st.observe_training(&j, || Arc::new(j.clone()));
     let metrics = crate::metrics::Metrics::default();
-    let super::Step::Work(w) = st.next(&metrics) else {
+    let super::Step::Work(w) = st.next(&mut Default::default(), &metrics) else {
         panic!("the first wait is reported")
     };
     let Decision::Wait { reason, need } = &w.decision else {
@@ -526,13 +527,16 @@ fn a_waiting_job_naming_an_unknown_class_is_parked_with_the_reason() {
     assert!(!need.served_by(&h100, h100.all(), "NVIDIA H100", 81920));
     // It stays parked while GPUs come and go, and is placed once its class exists.
     st.in_flight.clear();
-    assert!(matches!(st.next(&metrics), super::Step::Idle));
+    assert!(matches!(
+        st.next(&mut Default::default(), &metrics),
+        super::Step::Idle
+    ));
     st.set_classes(super::queue::PriorityClasses::new([(
         "gold".to_string(),
         1,
         false,
     )]));
-    let super::Step::Work(w) = st.next(&metrics) else {
+    let super::Step::Work(w) = st.next(&mut Default::default(), &metrics) else {
         panic!("woken by the class")
     };
     assert!(
@@ -560,7 +564,7 @@ fn candidates_count_every_whole_nvlink_node_and_the_idle_ones() {
         "j",
         [slot("m", "d", 0), slot("m", "d", 1)].into_iter().collect(),
     );
-    let (cands, _) = c.candidates(&req(1), 1);
+    let (cands, _) = c.snapshot().candidates(&req(1), 1);
     // One pod: only the best-ranked node (the partly used DGX-1) is offered.
     let names: Vec<&str> = cands[0].nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(names, ["d"]);
@@ -569,7 +573,7 @@ fn candidates_count_every_whole_nvlink_node_and_the_idle_ones() {
         crate::placement::rank::WholeNodes { total: 4, idle: 3 }
     );
     c.unassume("j");
-    let (cands, _) = c.candidates(&req(1), 1);
+    let (cands, _) = c.snapshot().candidates(&req(1), 1);
     assert_eq!(cands[0].whole_nodes.idle, 4);
 }
 
@@ -577,7 +581,8 @@ fn candidates_count_every_whole_nvlink_node_and_the_idle_ones() {
 fn placements_carry_the_hub_clock_time_they_were_made() {
     let c = pool(&[("m", &[("a", "dgx-h100")])]);
     let before = k8s_openapi::jiff::Timestamp::now().as_second();
-    let Decision::Training { status, .. } = decide_training(&c, &training("j", 1, 2)) else {
+    let Decision::Training { status, .. } = decide_training(&c.snapshot(), &training("j", 1, 2))
+    else {
         panic!("fits")
     };
     let at = status
@@ -592,7 +597,8 @@ fn placements_carry_the_hub_clock_time_they_were_made() {
     )
     .unwrap();
     ij.metadata.finalizers = Some(vec![FINALIZER.into()]);
-    let Decision::Inference { status, .. } = super::jobs::decide_inference(&c, &ij) else {
+    let Decision::Inference { status, .. } = super::jobs::decide_inference(&c.snapshot(), &ij)
+    else {
         panic!("fits")
     };
     let times: Vec<i64> = status
@@ -631,7 +637,7 @@ fn written_queue_positions_follow_the_queue_so_no_two_jobs_show_the_same() {
         st.observe_training(&j, || Arc::new(j.clone()));
     }
     for _ in 0..2 {
-        let super::Step::Work(w) = st.next(&metrics) else {
+        let super::Step::Work(w) = st.next(&mut Default::default(), &metrics) else {
             panic!("each wait is reported")
         };
         positions.insert(w.job.name().name.clone(), w.position);
@@ -656,7 +662,7 @@ fn written_queue_positions_follow_the_queue_so_no_two_jobs_show_the_same() {
     // rewritten at their new positions, without being decided again.
     st.last_refresh = Some(std::time::Instant::now() - super::POSITION_REFRESH);
     loop {
-        match st.next(&metrics) {
+        match st.next(&mut Default::default(), &metrics) {
             super::Step::Work(w) => {
                 assert!(matches!(w.decision, Decision::Wait { .. }));
                 seen.insert(w.job.name().name.clone(), (w.position, w.report_event));
@@ -707,4 +713,57 @@ fn stale_positions_are_found_front_first_and_capped() {
     assert_eq!(stale, ["b", "d"]);
     let stale = super::stale_positions(queue.into_iter(), &reported, 1);
     assert_eq!(stale, ["b"]);
+}
+
+#[test]
+fn a_decision_overtaken_by_watch_events_is_not_assumed_and_is_taken_again() {
+    use std::sync::Arc;
+    let mut st = super::State::new();
+    st.listed = [true, true];
+    st.cache = pool(&[("m", &[("a", "dgx-h100"), ("b", "dgx-h100")])]);
+    let j = training("big", 1, 8);
+    st.observe_training(&j, || Arc::new(j.clone()));
+    let metrics = crate::metrics::Metrics::default();
+    let mut snap = super::Snapshot::default();
+    let p = st.pick(&mut snap).ok().expect("a job to decide");
+    let d = p.decide(&snap, &metrics);
+    let Decision::Training { slots, .. } = &d else {
+        panic!("fits: {d:?}")
+    };
+    // While it was decided (without the lock), a pod took one of the GPUs it chose.
+    let taken = slots.iter().next().unwrap().clone();
+    let node = taken.node.clone();
+    st.cache
+        .set_pod("m", "other", "p", [taken.clone()].into_iter().collect());
+    assert!(matches!(st.settle(p, d), super::Step::Parked));
+    assert!(!st.cache.is_assumed("big-uid"), "nothing assumed");
+    assert!(st.in_flight.is_empty());
+    // Taken again at once, on the snapshot brought up to date: the other node.
+    let super::Step::Work(w) = st.next(&mut snap, &metrics) else {
+        panic!("decided again")
+    };
+    let Decision::Training { slots, .. } = &w.decision else {
+        panic!("placed: {:?}", w.decision)
+    };
+    assert!(slots.iter().all(|s| s.node != node), "{slots:?}");
+    assert!(st.cache.is_assumed("big-uid"));
+}
+
+#[test]
+fn a_job_deleted_while_it_was_decided_holds_nothing() {
+    use std::sync::Arc;
+    let mut st = super::State::new();
+    st.listed = [true, true];
+    st.cache = pool(&[("m", &[("a", "dgx-h100")])]);
+    let j = training("gone", 1, 8);
+    st.observe_training(&j, || Arc::new(j.clone()));
+    let metrics = crate::metrics::Metrics::default();
+    let mut snap = super::Snapshot::default();
+    let p = st.pick(&mut snap).ok().expect("a job to decide");
+    let d = p.decide(&snap, &metrics);
+    assert!(matches!(d, Decision::Training { .. }), "{d:?}");
+    st.forget("gone-uid");
+    assert!(matches!(st.settle(p, d), super::Step::Parked));
+    assert!(!st.cache.is_assumed("gone-uid"));
+    assert_eq!(st.cache.node("m", "a").unwrap().free().len(), 8);
 }

@@ -46,6 +46,10 @@ pub const MAX_RING_DP: usize = 20;
 /// handful. Beyond this, graphs get a private id and simply share no memoized results.
 const MAX_INTERNED_SHAPES: usize = 4096;
 
+/// Distinct GPU model names interned per process (a pool has a few dozen); beyond this a graph
+/// keeps its own copy.
+const MAX_INTERNED_MODELS: usize = 4096;
+
 /// A set of GPU indexes on one node, as a bitmask (bit `i` = GPU index `i`).
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GpuSet(pub u64);
@@ -212,10 +216,10 @@ impl PairLink {
 pub struct GpuNode {
     /// NVML index (= position in the graph).
     pub index: usize,
-    /// NVML UUID.
-    pub uuid: String,
-    /// Model name.
-    pub model: String,
+    /// NVML UUID (shared with the scheduler cache's claims on it).
+    pub uuid: Arc<str>,
+    /// Model name (interned: every GPU of a model shares one).
+    pub model: Arc<str>,
     /// Memory in MiB.
     pub memory_mib: i64,
     /// NVLinks into the NVSwitch fabric.
@@ -275,6 +279,21 @@ struct ShapeKey {
 }
 
 static NEXT_SHAPE_ID: AtomicU64 = AtomicU64::new(1);
+static MODELS: LazyLock<Mutex<std::collections::HashSet<Arc<str>>>> =
+    LazyLock::new(|| Mutex::new(std::collections::HashSet::new()));
+
+/// The process's one copy of a GPU model name.
+fn intern_model(model: &str) -> Arc<str> {
+    let mut models = MODELS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(m) = models.get(model) {
+        return m.clone();
+    }
+    let m: Arc<str> = model.into();
+    if models.len() < MAX_INTERNED_MODELS {
+        models.insert(m.clone());
+    }
+    m
+}
 static SHAPES: LazyLock<Mutex<HashMap<ShapeKey, Arc<Shape>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
@@ -307,8 +326,8 @@ fn gpus_of(spec: &GpuTopologySpec) -> Result<Vec<GpuNode>, TopologyError> {
             Some(i) if slots[i].is_none() => {
                 slots[i] = Some(GpuNode {
                     index: i,
-                    uuid: g.uuid.clone(),
-                    model: g.model.clone(),
+                    uuid: g.uuid.as_str().into(),
+                    model: intern_model(&g.model),
                     memory_mib: g.memory_mib,
                     nvswitch_links: g.nvswitch_links.max(0) as u32,
                 })
@@ -820,12 +839,12 @@ impl GpuGraph {
 
     /// Index of the GPU with this UUID.
     pub fn index_of(&self, uuid: &str) -> Option<usize> {
-        self.gpus.iter().position(|g| g.uuid == uuid)
+        self.gpus.iter().position(|g| &*g.uuid == uuid)
     }
 
     /// UUIDs of a set, by ascending index.
     pub fn uuids(&self, set: GpuSet) -> Vec<String> {
-        set.iter().map(|i| self.gpus[i].uuid.clone()).collect()
+        set.iter().map(|i| self.gpus[i].uuid.to_string()).collect()
     }
 
     /// Best pair quality of GPU `g` with any other GPU of `within` (0 if none).

@@ -204,7 +204,7 @@ fn validation() {
     ));
     // Indexes may come in any order; a missing pair is cross-socket PCIe without NVLink.
     let g = GpuGraph::from_spec(&tiny(&[2, 0, 1], vec![l(1, 0)])).unwrap();
-    assert_eq!(g.gpus()[2].uuid, "GPU-2");
+    assert_eq!(&*g.gpus()[2].uuid, "GPU-2");
     assert!(g.nvlinked(0, 1));
     assert_eq!(
         g.link(0, 2),
