@@ -34,11 +34,16 @@ pub enum Refusal {
     Unavailable(String),
 }
 
+/// A token's hash, the job's namespace and name.
+type CacheKey = ([u8; 32], String, String);
+/// An answer and when it was given.
+type Cached = (Result<String, Refusal>, Instant);
+
 /// Checks callers against the hub and limits each tenant's rate.
 pub struct Auth {
     hub: kube::Client,
     ttl: Duration,
-    cache: Mutex<HashMap<([u8; 32], String, String), (Result<String, Refusal>, Instant)>>,
+    cache: Mutex<HashMap<CacheKey, Cached>>,
     limiter: DefaultKeyedRateLimiter<String>,
 }
 
