@@ -71,6 +71,12 @@ impl Federation {
     /// KWOK, kube-scheduler and kube-controller-manager in each member, installs gpupool's CRDs
     /// into the hub and the members, and the `gpu.nvidia.com` DeviceClass into DRA members.
     pub async fn start_with(kinds: &[MemberKind]) -> Result<Self> {
+        let cidrs = vec!["10.244.0.0/16".to_string(); kinds.len()];
+        Self::start_with_pod_cidrs(kinds, &cidrs).await
+    }
+
+    /// [`Federation::start_with`], the pods of member `i` getting addresses in `cidrs[i]`.
+    pub async fn start_with_pod_cidrs(kinds: &[MemberKind], cidrs: &[String]) -> Result<Self> {
         let t0 = Instant::now();
         let names: Vec<String> = (1..=kinds.len()).map(|i| format!("member-{i}")).collect();
         let (hub, members) = tokio::join!(
@@ -79,10 +85,10 @@ impl Federation {
         );
         let hub = hub?;
         let mut ms = Vec::new();
-        for (cp, kind) in members.into_iter().zip(kinds) {
+        for ((cp, kind), cidr) in members.into_iter().zip(kinds).zip(cidrs) {
             let mut cp = cp?;
             cp.start_scheduling()?;
-            let kwok = Kwok::start(&cp)?;
+            let kwok = Kwok::start_with_pod_cidr(&cp, cidr)?;
             ms.push(Member {
                 cp,
                 kwok,

@@ -20,8 +20,14 @@ pub struct Kwok {
 
 impl Kwok {
     /// Starts KWOK against `cp`, managing nodes annotated `kwok.x-k8s.io/node=fake`, with the
-    /// stages in `e2e/harness/kwok-stages.yaml`.
+    /// stages in `e2e/harness/kwok-stages.yaml`; pods get addresses in 10.244.0.0/16.
     pub fn start(cp: &ControlPlane) -> Result<Self> {
+        Self::start_with_pod_cidr(cp, "10.244.0.0/16")
+    }
+
+    /// [`Kwok::start`] giving pods addresses in `cidr` (a loopback range such as
+    /// `127.18.1.0/24` lets a test serve on the pods' addresses).
+    pub fn start_with_pod_cidr(cp: &ControlPlane, cidr: &str) -> Result<Self> {
         let tools = crate::Tools::get()?;
         let stages = crate::repo_root().join("e2e/harness/kwok-stages.yaml");
         let log = std::fs::File::create(cp.dir().join("kwok.log"))?;
@@ -34,7 +40,7 @@ impl Kwok {
                     "--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake"
                 ))
                 .arg("--node-lease-duration-seconds=40")
-                .arg("--cidr=10.244.0.0/16")
+                .arg(format!("--cidr={cidr}"))
                 .arg("--node-ip=10.0.0.1"),
             log,
         )

@@ -13,6 +13,7 @@ mod control_plane;
 mod federation;
 mod kubectl;
 mod kwok;
+pub mod model_server;
 mod pool;
 pub mod scale;
 pub mod soak;

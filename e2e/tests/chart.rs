@@ -901,6 +901,11 @@ async fn hub_and_member_manifests_pass_a_server_side_dry_run() -> Result<()> {
                     "operator.podDisruptionBudget.enabled=true",
                     "--set",
                     "metrics.grafanaDashboard.enabled=true",
+                    // The inference gateway's Deployment, Service and RBAC.
+                    "--set",
+                    "gateway.enabled=true",
+                    "--set",
+                    "gateway.url=https://gateway.example.com",
                 ]
                 .map(String::from),
             );

@@ -3,6 +3,7 @@ pub mod api;
 pub mod cli;
 pub mod controllers;
 pub mod federation;
+pub mod gateway;
 pub mod join;
 pub mod leader;
 pub mod ledger;

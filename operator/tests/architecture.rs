@@ -38,6 +38,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("scheduler", 10),
     ("controllers", 11),
     ("cli", 12),
+    // The inference gateway: hub jobs and member pods in, requests out.
+    ("gateway", 12),
 ];
 
 /// Production functions allowed over [`MAX_FN_LINES`], each with its reason. Keep it short:

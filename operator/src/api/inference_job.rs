@@ -357,6 +357,11 @@ pub struct InferenceJobStatus {
     /// Service endpoints (`cluster/namespace/service:port`).
     #[serde(default)]
     pub endpoints: Vec<String>,
+    /// The job's endpoint on the hub's inference gateway (`<gateway>/<namespace>/<name>/`),
+    /// forwarding to a Ready replica in any member; set when the operator knows the gateway's
+    /// address (`--gateway-url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// Conditions.
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]

@@ -22,6 +22,8 @@ enum Command {
     Run(gpupool::controllers::RunArgs),
     /// Run in a member cluster: join the pool in pull mode and apply the hub's work here.
     MemberAgent(gpupool::member_agent::AgentArgs),
+    /// Run the inference gateway: one endpoint on the hub for every InferenceJob's replicas.
+    Gateway(gpupool::gateway::GatewayArgs),
     /// Run the hub's join controller (answers join requests, hands out member credentials).
     JoinController {
         /// Approve joining members without an admin.
@@ -70,6 +72,10 @@ async fn run() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Run(args) => gpupool::controllers::run(args).await,
+        Command::Gateway(args) => {
+            gpupool::telemetry::init_logging();
+            gpupool::gateway::run(args).await
+        }
         Command::MemberAgent(args) => {
             gpupool::telemetry::init_logging();
             gpupool::member_agent::run(args).await

@@ -39,6 +39,8 @@ pub struct Config {
     pub suspect_for: Duration,
     /// Tenant budgets: whether the pool is paid, the reservation window, the exhaustion grace.
     pub budget: crate::metering::budget::BudgetConfig,
+    /// Base URL of the inference gateway, from which each InferenceJob's `status.url` is made.
+    pub gateway_url: Option<String>,
 }
 
 impl Default for Config {
@@ -54,6 +56,7 @@ impl Default for Config {
             member_refusal: Duration::from_secs(60),
             suspect_for: Duration::from_secs(600),
             budget: Default::default(),
+            gateway_url: None,
         }
     }
 }

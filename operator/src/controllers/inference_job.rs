@@ -570,6 +570,7 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
         &step.rolling_from,
         &sorted.unschedulable,
     );
+    st.url = gateway_url(ctx.config.gateway_url.as_deref(), job);
     if st != before {
         let api: Api<InferenceJob> =
             Api::namespaced(ctx.hub.clone(), &job.namespace().unwrap_or_default());
@@ -586,9 +587,40 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
     ))
 }
 
+/// The job's endpoint on the gateway at `base`: `<base>/<namespace>/<name>/`.
+fn gateway_url(base: Option<&str>, job: &InferenceJob) -> Option<String> {
+    let base = base?.trim_end_matches('/');
+    Some(format!(
+        "{base}/{}/{}/",
+        job.namespace().unwrap_or_default(),
+        job.name_any()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gateway_url_names_the_job_under_the_gateway() {
+        let mut job: InferenceJob = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gpupool.io/v1alpha1", "kind": "InferenceJob",
+            "metadata": {"name": "web", "namespace": "team-a"},
+            "spec": {"template": {"spec": {"containers": [{"name": "s", "image": "i"}]}},
+                     "replicas": 1, "gpusPerReplica": 1},
+        }))
+        .unwrap();
+        assert_eq!(gateway_url(None, &job), None);
+        assert_eq!(
+            gateway_url(Some("https://gw.example.com/"), &job).as_deref(),
+            Some("https://gw.example.com/team-a/web/")
+        );
+        job.metadata.name = Some("chat".into());
+        assert_eq!(
+            gateway_url(Some("http://10.0.0.1:8443"), &job).as_deref(),
+            Some("http://10.0.0.1:8443/team-a/chat/")
+        );
+    }
 
     #[test]
     fn an_old_replica_missing_from_a_relisting_store_is_kept() {

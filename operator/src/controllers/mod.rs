@@ -39,6 +39,10 @@ pub struct RunArgs {
     /// Namespace holding member kubeconfig Secrets that name no namespace.
     #[arg(long, env = "GPUPOOL_NAMESPACE", default_value = "gpupool-system")]
     pub namespace: String,
+    /// Base URL of the inference gateway (`gpupool gateway`) as callers reach it; each
+    /// InferenceJob's `status.url` is `<this>/<namespace>/<name>/`.
+    #[arg(long, env = "GPUPOOL_GATEWAY_URL")]
+    pub gateway_url: Option<String>,
     /// Seconds between member heartbeats.
     #[arg(long, default_value_t = 2)]
     pub heartbeat_seconds: u64,
@@ -163,6 +167,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         member_grace: Duration::from_secs(args.member_grace_seconds),
         member_refusal: Duration::from_secs(args.member_refusal_seconds.max(1)),
         suspect_for: Duration::from_secs(args.suspect_gpu_seconds),
+        gateway_url: args.gateway_url.clone(),
         member_limits: crate::federation::ClientLimits {
             qps: args.member_qps,
             burst: args.member_burst,
