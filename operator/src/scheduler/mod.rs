@@ -15,8 +15,8 @@
 //!   The scheduler writes only the decision: the job's controller, woken by that write, creates
 //!   the member objects from it.
 
-mod budget_gate;
 pub mod admit;
+mod budget_gate;
 pub mod cache;
 pub mod fairshare;
 pub mod jobs;
