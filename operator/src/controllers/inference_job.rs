@@ -8,7 +8,7 @@ use super::{Context, Error, Result};
 use crate::api::{InferenceJob, InferenceJobStatus, InferencePhase, condition};
 use crate::federation::MemberView;
 use crate::meta::set_condition;
-use crate::rollout::{Replica, budgets, plan, revision};
+use crate::rollout::{Plan, Replica, budgets, plan, revision};
 use crate::scheduler::jobs::{Placed, flatten, group};
 use crate::workloads::{inference_objects, inference_pod_name, pod_node};
 use k8s_openapi::api::core::v1::Pod;
@@ -430,11 +430,29 @@ fn roll_up(
     unschedulable: &[(i32, String)],
 ) -> Vec<(&'static str, String)> {
     let want = job.spec.replicas.max(0);
-    let current = revision(&job.spec);
-    let generation = job.metadata.generation;
     let (max_surge, max_unavailable) = budgets(job.spec.rollout.as_ref(), want);
     let replicas: Vec<Replica> = kept.iter().map(Placed::replica).collect();
-    let now = plan(want, &current, &replicas, max_surge, max_unavailable);
+    let now = plan(
+        want,
+        &revision(&job.spec),
+        &replicas,
+        max_surge,
+        max_unavailable,
+    );
+    roll_up_replicas(job, before, st, kept, &now);
+    set_ready(job, st, now.available, unschedulable);
+    set_progressing(job, before, st, &now, rolling_from)
+}
+
+/// Placements (with what left them retired), replica counts, endpoints, clusters and phase.
+fn roll_up_replicas(
+    job: &InferenceJob,
+    before: &InferenceJobStatus,
+    st: &mut InferenceJobStatus,
+    kept: &[Placed],
+    now: &Plan,
+) {
+    let want = job.spec.replicas.max(0);
     st.placements = group(kept);
     // What left the placements stays metered up to now (and no longer).
     st.retire_replicas(
@@ -454,8 +472,17 @@ fn roll_up(
         .collect();
     let clusters: Vec<String> = st.placements.iter().map(|p| p.cluster.clone()).collect();
     st.clusters = (!clusters.is_empty()).then(|| clusters.join(","));
-    let available = now.available;
-    st.phase = phase(want, kept.len() as i32, available, &before.phase);
+    st.phase = phase(want, kept.len() as i32, now.available, &before.phase);
+}
+
+/// `Ready`: every wanted replica available, else how many are and why one cannot be placed.
+fn set_ready(
+    job: &InferenceJob,
+    st: &mut InferenceJobStatus,
+    available: i32,
+    unschedulable: &[(i32, String)],
+) {
+    let want = job.spec.replicas.max(0);
     let (reason, msg) = match unschedulable.first() {
         Some((index, why)) if available < want => (
             "ReplicaUnschedulable",
@@ -479,8 +506,23 @@ fn roll_up(
         available == want,
         reason,
         &msg,
-        generation,
+        job.metadata.generation,
     );
+}
+
+/// `Progressing`: the rollout's state (and `observedGeneration` once it is realized); the
+/// Event to report when a rollout just completed.
+fn set_progressing(
+    job: &InferenceJob,
+    before: &InferenceJobStatus,
+    st: &mut InferenceJobStatus,
+    now: &Plan,
+    rolling_from: &BTreeSet<String>,
+) -> Vec<(&'static str, String)> {
+    let want = job.spec.replicas.max(0);
+    let current = revision(&job.spec);
+    let generation = job.metadata.generation;
+    let available = now.available;
     let was_rolling = before
         .conditions
         .iter()

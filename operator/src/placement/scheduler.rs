@@ -351,10 +351,24 @@ pub fn place_replicas(
         };
         return (Vec::new(), vec![r]);
     }
-    let mut whole = pool_whole_nodes(cands);
+    let whole = pool_whole_nodes(cands);
     if !policy.multi_cluster() {
         return place_on_one_member(&eligible, req, whole, indexes);
     }
+    let (members, member_reasons) = spread_domains(eligible, policy);
+    let (out, mut reasons) = spread_replicas(&members, req, whole, indexes, policy, existing);
+    if out.len() < indexes.len() {
+        reasons.extend(member_reasons);
+    }
+    (out, reasons)
+}
+
+/// The members replicas may spread over, each with its domain (the value of `topologyKey`, or
+/// its own name), and why the others may not.
+fn spread_domains<'a>(
+    eligible: Vec<&'a ClusterCandidate>,
+    policy: &ReplicaPlacement,
+) -> (Vec<(&'a ClusterCandidate, String)>, Vec<String>) {
     let mut member_reasons = Vec::new();
     let key = policy
         .spread
@@ -373,6 +387,19 @@ pub fn place_replicas(
             None => members.push((c, c.name.clone())),
         }
     }
+    (members, member_reasons)
+}
+
+/// Each replica to its best (member, node) among `members` under the policy's skew and
+/// per-member cap (see [`place_replicas`]).
+fn spread_replicas(
+    members: &[(&ClusterCandidate, String)],
+    req: &JobRequest,
+    mut whole: WholeNodes,
+    indexes: &[i32],
+    policy: &ReplicaPlacement,
+    existing: &BTreeMap<String, usize>,
+) -> (Vec<(String, PodPlacement)>, Vec<String>) {
     let max_skew = policy.spread.as_ref().map(|s| s.max_skew.max(1) as usize);
     let cap = policy.max_replicas_per_cluster.map(|m| m.max(1) as usize);
     let mut free: Vec<Vec<GpuSet>> = members
@@ -381,7 +408,7 @@ pub fn place_replicas(
         .collect();
     let mut held: BTreeMap<String, usize> = existing.clone();
     let mut in_domain: BTreeMap<String, usize> = BTreeMap::new();
-    for (c, d) in &members {
+    for (c, d) in members {
         *in_domain.entry(d.clone()).or_default() += held.get(&c.name).copied().unwrap_or(0);
     }
     let mut out = Vec::new();
@@ -452,9 +479,6 @@ pub fn place_replicas(
                 }
             )),
         }
-    }
-    if out.len() < indexes.len() {
-        reasons.extend(member_reasons);
     }
     (out, reasons)
 }
