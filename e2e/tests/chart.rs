@@ -2086,3 +2086,178 @@ async fn helm_upgrade_from_the_previous_chart_keeps_jobs_running() -> Result<()>
     ensure!(after_pods.len() == before_pods.len() + 1, "{after_pods:?}");
     Ok(())
 }
+
+/// A TrainingJob `name` whose template takes `DB_PASSWORD` from Secret `db` and mounts
+/// ConfigMap `cfg` when `config_map` (gpupool would copy both into the members).
+fn job_referencing(name: &str, secret: Option<&str>, config_map: Option<&str>) -> String {
+    let env = secret.map_or(String::new(), |s| {
+        format!(
+            "        env:\n        - name: DB_PASSWORD\n          valueFrom: {{secretKeyRef: {{name: {s}, key: password}}}}\n"
+        )
+    });
+    let (mounts, volumes) = config_map.map_or((String::new(), String::new()), |c| {
+        (
+            "        volumeMounts: [{name: cfg, mountPath: /etc/cfg}]\n".to_string(),
+            format!("      volumes:\n      - name: cfg\n        configMap: {{name: {c}}}\n"),
+        )
+    });
+    format!(
+        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: team-a}}\n\
+spec:\n  workers: 1\n  gpusPerWorker: 1\n  template:\n    spec:\n      containers:\n      - name: main\n        image: busybox\n{env}{mounts}{volumes}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_may_reference_only_the_secrets_and_config_maps_its_author_can_read() -> Result<()> {
+    let cp = ControlPlane::start("chart-refs")
+        .await
+        .context("control plane starts")?;
+    let dir = tempfile::tempdir()?;
+    let s = |v: &str| v.to_string();
+    install_chart_crds(&cp, dir.path()).await?;
+    let manifest = render(&[
+        "--show-only",
+        "templates/job-references-admission-policy.yaml",
+    ]);
+    ensure!(
+        kinds(&docs(&manifest))
+            == [
+                "ValidatingAdmissionPolicy/gp-gpupool-job-references",
+                "ValidatingAdmissionPolicyBinding/gp-gpupool-job-references"
+            ],
+        "{manifest}"
+    );
+    let f = write(dir.path(), "policy.yaml", &manifest);
+    kubectl_ok(&cp, vec![s("apply"), s("--server-side"), s("-f"), f]).await?;
+    let setup = r#"apiVersion: v1
+kind: Namespace
+metadata: {name: team-a}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: db, namespace: team-a}
+stringData: {password: hunter2}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg, namespace: team-a}
+data: {a: b}
+---
+# carol may submit jobs and nothing else; dave may also read the Secret and the ConfigMap.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: submit-jobs, namespace: team-a}
+rules:
+- {apiGroups: [gpupool.io], resources: [trainingjobs, inferencejobs], verbs: [create, get, update, patch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: read-db-config, namespace: team-a}
+rules:
+- {apiGroups: [""], resources: [secrets], resourceNames: [db], verbs: [get]}
+- {apiGroups: [""], resources: [configmaps], resourceNames: [cfg], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: submit-jobs, namespace: team-a}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: submit-jobs}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: carol}
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: dave}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: read-db-config, namespace: team-a}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: read-db-config}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: dave}
+"#;
+    let f = write(dir.path(), "setup.yaml", setup);
+    kubectl_ok(&cp, vec![s("apply"), s("-f"), f]).await?;
+
+    let k = cp.kubectl();
+    let create_as = |user: &str, file: &str, yaml: &str| {
+        let f = write(dir.path(), file, yaml);
+        k.run(&["--as", user, "create", "-f", &f]).unwrap()
+    };
+    // The policy's authorizer checks are live as soon as the binding is: retry while the API
+    // server has not loaded it yet (a job accepted meanwhile is deleted and tried again).
+    let mut refused = None;
+    for attempt in 0..60 {
+        let o = create_as(
+            "carol",
+            "leak.yaml",
+            &job_referencing("leak", Some("db"), None),
+        );
+        if !o.success {
+            refused = Some(o.stderr);
+            break;
+        }
+        k.ok(&[
+            "-n",
+            "team-a",
+            "delete",
+            "trainingjob",
+            "leak",
+            "--wait=false",
+        ])?;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        ensure!(
+            attempt < 59,
+            "carol's job referencing Secret db was accepted"
+        );
+    }
+    let m = refused.unwrap_or_default();
+    ensure!(
+        m.contains("Secret db") && m.contains("carol") && m.contains("team-a"),
+        "the refusal names the Secret, the user and the namespace: {m}"
+    );
+    let o = create_as(
+        "carol",
+        "cfg.yaml",
+        &job_referencing("cfg", None, Some("cfg")),
+    );
+    ensure!(
+        !o.success && o.stderr.contains("ConfigMap cfg"),
+        "carol's job mounting ConfigMap cfg: {o:?}"
+    );
+    // What carol may do: a job that references nothing.
+    let o = create_as("carol", "plain.yaml", &job_referencing("plain", None, None));
+    ensure!(o.success, "carol's plain job: {}", o.stderr);
+    // dave may read both, so his job may use both.
+    let o = create_as(
+        "dave",
+        "both.yaml",
+        &job_referencing("both", Some("db"), Some("cfg")),
+    );
+    ensure!(o.success, "dave's job: {}", o.stderr);
+    // A template edit is checked too: carol may not add the Secret to her InferenceJob (whose
+    // template may change: a rollout).
+    let serve = |secret: &str| {
+        format!(
+            "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {{name: serve, namespace: team-a}}\n\
+spec:\n  port: 8000\n  replicas: 1\n  gpusPerReplica: 1\n  template:\n    spec:\n      containers:\n      - name: main\n        image: busybox\n{secret}"
+        )
+    };
+    let o = create_as("carol", "serve.yaml", &serve(""));
+    ensure!(o.success, "carol's InferenceJob: {}", o.stderr);
+    let f = write(
+        dir.path(),
+        "serve-edit.yaml",
+        &serve("        envFrom: [{secretRef: {name: db}}]\n"),
+    );
+    let o = k.run(&[
+        "--as",
+        "carol",
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        &f,
+    ])?;
+    ensure!(
+        !o.success && o.stderr.contains("Secret db"),
+        "carol's edit adding Secret db: {o:?}"
+    );
+    Ok(())
+}
