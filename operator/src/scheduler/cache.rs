@@ -12,8 +12,9 @@
 //! allocatable on device-plugin members, and on DRA members (whose nodes advertise no
 //! `nvidia.com/gpu`: their GPUs are ResourceSlice devices) by the node's devices of the GPU driver
 //! in its ResourceSlices, or by its published topology while no slice is known; a GPU UUID belongs to the node that published it first (earliest `GpuTopology`
-//! creation, then member and node name) and a later node publishing the same UUID is quarantined
-//! without affecting the first; a UUID listed twice inside one node makes those GPUs unusable
+//! creation, then member and node name; a node that publishes the same UUIDs again within
+//! ten minutes keeps its first time, so an owner re-creating its `GpuTopology` keeps its GPUs)
+//! and a later node publishing the same UUID is quarantined without affecting the first; a UUID listed twice inside one node makes those GPUs unusable
 //! without marking anything else busy; and an assignment only ever holds GPUs on the member and
 //! node it names, so nothing one member publishes or annotates can block another member's GPUs.
 
@@ -211,6 +212,9 @@ impl Published {
     }
 }
 
+/// How long a node's dropped claim on a UUID is remembered (see `PoolCache::released`).
+pub const CLAIM_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// A node's claim on a GPU UUID (the names are shared by all of the node's claims).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Claim {
@@ -271,6 +275,11 @@ pub struct Wakes {
 pub struct PoolCache {
     members: BTreeMap<String, Member>,
     claims: HashMap<Arc<str>, Vec<Claim>>,
+    /// Claims dropped when a node's topology was replaced or removed, by (UUID, member, node):
+    /// when it was published and when dropped. A node that publishes the same UUIDs again
+    /// within [`CLAIM_MEMORY`] (its owner re-created its `GpuTopology`) keeps its place
+    /// before nodes that copied them meanwhile.
+    released: HashMap<(Arc<str>, Arc<str>, Arc<str>), (i64, std::time::Instant)>,
     holds: HashMap<Slot, u32>,
     /// Members whose facts changed since the last [`PoolCache::update_snapshot`].
     dirty_members: BTreeSet<String>,
@@ -545,8 +554,21 @@ impl PoolCache {
         else {
             return affected;
         };
+        let now = std::time::Instant::now();
+        if self.released.len() > 4096 {
+            self.released
+                .retain(|_, (_, at)| now.duration_since(*at) < CLAIM_MEMORY);
+        }
         for u in t.uuids() {
             if let Some(cs) = self.claims.get_mut(&u) {
+                for c in cs
+                    .iter()
+                    .filter(|c| &*c.member == member && &*c.node == node)
+                {
+                    let key = (u.clone(), c.member.clone(), c.node.clone());
+                    let e = self.released.entry(key).or_insert((c.published, now));
+                    *e = (e.0.min(c.published), now);
+                }
                 cs.retain(|c| !(&*c.member == member && &*c.node == node));
                 affected.extend(
                     cs.iter()
@@ -584,13 +606,21 @@ impl PoolCache {
             && m.gpu_cap(node).is_some()
             && let Some(t) = m.topologies.get(node)
         {
-            let claim = Claim {
-                published: t.published,
-                member: member.into(),
-                node: node.into(),
-            };
+            let (member_name, node_name): (Arc<str>, Arc<str>) = (member.into(), node.into());
             let uuids: BTreeSet<Arc<str>> = t.uuids().into_iter().collect();
+            let published = t.published;
             for u in uuids {
+                let key = (u.clone(), member_name.clone(), node_name.clone());
+                let earlier = self
+                    .released
+                    .remove(&key)
+                    .filter(|(_, at)| at.elapsed() < CLAIM_MEMORY)
+                    .map(|(p, _)| p);
+                let claim = Claim {
+                    published: earlier.map_or(published, |p| p.min(published)),
+                    member: member_name.clone(),
+                    node: node_name.clone(),
+                };
                 // A new key is the UUID shared with the node's graph.
                 let cs = self.claims.entry(u).or_default();
                 affected.extend(
@@ -598,7 +628,7 @@ impl PoolCache {
                         .map(|c| (c.member.to_string(), c.node.to_string())),
                 );
                 let at = cs.partition_point(|c| *c < claim);
-                cs.insert(at, claim.clone());
+                cs.insert(at, claim);
             }
         }
         affected.sort();

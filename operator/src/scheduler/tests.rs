@@ -371,6 +371,40 @@ fn the_kubelets_pod_devices_count_as_busy() {
 }
 
 #[test]
+fn an_owner_re_creating_its_topology_keeps_its_gpus_from_a_node_that_copied_them() {
+    let mut c = pool(&[("a", &[("n1", "dgx-h100")])]);
+    c.set_member("b", schedulable());
+    c.resync_pods("b", BTreeMap::new());
+    c.set_node("b", "copy", ready(8));
+    let mut stolen = topo("dgx-h100", "n1");
+    stolen.node_name = "copy".into();
+    c.set_topology("b", "copy", Some(facts(stolen, 100)));
+    assert!(c.node("b", "copy").is_none());
+    // a's owner deletes its GpuTopology and its agent publishes it again, newer than the copy.
+    c.set_topology("a", "n1", None);
+    c.set_topology("a", "n1", Some(facts(topo("dgx-h100", "n1"), 200)));
+    assert_eq!(
+        c.node("a", "n1").expect("the owner's node").free().len(),
+        8,
+        "{:?}",
+        c.unusable_reason("a", "n1")
+    );
+    assert!(
+        c.unusable_reason("b", "copy")
+            .is_some_and(|r| r.starts_with("quarantined")),
+        "{:?}",
+        c.unusable_reason("b", "copy")
+    );
+    // A node that never published those UUIDs gains nothing from the memory: a third copy,
+    // published after the re-creation, is quarantined too.
+    c.set_node("b", "late", ready(8));
+    let mut late = topo("dgx-h100", "n1");
+    late.node_name = "late".into();
+    c.set_topology("b", "late", Some(facts(late, 300)));
+    assert!(c.node("b", "late").is_none());
+}
+
+#[test]
 fn removing_the_first_publisher_frees_the_nodes_quarantined_behind_it() {
     // The same cluster seen through two members: b's node is quarantined behind a's.
     let mut c = pool(&[("a", &[("n1", "dgx-h100")])]);
