@@ -212,6 +212,9 @@ impl Published {
     }
 }
 
+/// A dropped claim: (UUID, member, node).
+type ReleasedClaim = (Arc<str>, Arc<str>, Arc<str>);
+
 /// How long a node's dropped claim on a UUID is remembered (see `PoolCache::released`).
 pub const CLAIM_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -279,7 +282,7 @@ pub struct PoolCache {
     /// when it was published and when dropped. A node that publishes the same UUIDs again
     /// within [`CLAIM_MEMORY`] (its owner re-created its `GpuTopology`) keeps its place
     /// before nodes that copied them meanwhile.
-    released: HashMap<(Arc<str>, Arc<str>, Arc<str>), (i64, std::time::Instant)>,
+    released: HashMap<ReleasedClaim, (i64, std::time::Instant)>,
     holds: HashMap<Slot, u32>,
     /// Members whose facts changed since the last [`PoolCache::update_snapshot`].
     dirty_members: BTreeSet<String>,
