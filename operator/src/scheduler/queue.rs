@@ -50,7 +50,7 @@ impl Need {
     }
 
     /// The allocator request of one pod (as the placement builds it).
-    fn request(&self) -> GpuRequest {
+    pub fn request(&self) -> GpuRequest {
         GpuRequest::new(self.gpus_per_pod, self.nvlink).with_min_link(self.min_link_gbps)
     }
 }
@@ -305,6 +305,11 @@ impl<T> Queue<T> {
     /// The job's decision was overtaken by events while it was taken: it is next again.
     pub fn retry_now(&mut self, uid: &str) {
         self.set_state(uid, State::Active);
+    }
+
+    /// Try the job again at `at` (it waits for something no wake-up reports).
+    pub fn retry_at(&mut self, uid: &str, at: Instant) {
+        self.set_state(uid, State::Backoff(at));
     }
 
     /// A write for the job failed: try again after an exponential backoff (from 100 ms to 30 s).
