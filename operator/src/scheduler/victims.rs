@@ -297,3 +297,7 @@ fn quota_allows(inp: &Inputs<'_>, p: &Preemptor<'_>, member: &str, plan: &Plan<S
     }
     after.admit(p.queue, &demand).is_ok()
 }
+
+#[cfg(test)]
+#[path = "victims_tests.rs"]
+mod tests;
