@@ -113,6 +113,9 @@ async fn withdraw_old_generations(
     st: &TrainingJobStatus,
     ctx: &Context,
 ) -> Result<()> {
+    if st.restarts == 0 {
+        return Ok(());
+    }
     let uid = job.uid().unwrap_or_default();
     let ns = job.namespace().unwrap_or_default();
     let mut clusters: Vec<&str> = st.cluster.iter().map(String::as_str).collect();
@@ -527,7 +530,8 @@ async fn restart_gang(
     st.start_time = None;
     st.message = Some(format!(
         "{why}; restarting the gang ({}/{})",
-        st.restarts, job.spec.backoff_limit
+        st.restarts - st.preemptions,
+        job.spec.backoff_limit
     ));
     for c in [condition::SCHEDULED, condition::RUNNING] {
         set_condition(&mut st.conditions, c, false, reason, &why, generation);

@@ -113,6 +113,11 @@ struct State {
     preempting: HashMap<String, BTreeSet<Slot>>,
     /// Jobs preempted whose status is not yet observed without its placement.
     being_preempted: HashSet<String>,
+    /// Moves whenever what preemption could find changes (running gangs, queues, priorities).
+    preempt_epoch: u64,
+    /// Waiting jobs whose last search found no victims → the epoch it looked at (not searched
+    /// again until something changed).
+    searched: HashMap<String, u64>,
 }
 
 /// Of waiting jobs at `positions` (1-based, queue order), those whose `reported` position
@@ -265,6 +270,8 @@ impl State {
             running: HashMap::new(),
             preempting: HashMap::new(),
             being_preempted: HashSet::new(),
+            preempt_epoch: 0,
+            searched: HashMap::new(),
         }
     }
 
@@ -296,13 +303,18 @@ impl State {
         let Some(uid) = j.uid() else { return };
         self.observed_version(&uid, j.metadata.resource_version.as_deref());
         let slots = jobs::training_slots(j);
-        if slots.is_empty() {
-            self.running.remove(&uid);
+        let was = if slots.is_empty() {
             self.being_preempted.remove(&uid);
+            self.running.remove(&uid)
         } else {
             let priority = i64::from(self.classes.of(j).unwrap_or(0));
+            let now = jobs::running_of(j, priority);
             self.running
-                .insert(uid.clone(), jobs::running_of(j, priority));
+                .insert(uid.clone(), now.clone())
+                .filter(|w| *w == now)
+        };
+        if was.is_none() != slots.is_empty() {
+            self.preempt_epoch += 1;
         }
         self.observe_job(
             &uid,
@@ -338,6 +350,10 @@ impl State {
         (priority, created, generation): (i64, i64, i64),
         pending: impl FnOnce() -> Pending,
     ) {
+        // A job's GPUs changed: queues' use and holders, what preemption looks at.
+        if !self.cache.hub_slots(uid).iter().eq(slots.iter()) {
+            self.preempt_epoch += 1;
+        }
         self.quotas
             .set_job(uid, &name.namespace, queue, slots.clone());
         self.cache.set_job(uid, name, slots);
@@ -362,6 +378,7 @@ impl State {
             return;
         }
         self.classes = classes;
+        self.preempt_epoch += 1;
         let queued: Vec<(String, Pending)> = self
             .queue
             .positions()
@@ -391,11 +408,16 @@ impl State {
     /// every waiting job is tried again.
     fn set_queues(&mut self, queues: BTreeMap<String, GpuQueueSpec>) {
         self.quotas.set_queues(queues.clone());
+        self.preempt_epoch += 1;
         self.queue_objects = Some(queues);
         self.queue.wake(|_| true);
     }
 
     fn forget(&mut self, uid: &str) {
+        self.searched.remove(uid);
+        if self.running.contains_key(uid) {
+            self.preempt_epoch += 1;
+        }
         if self.cache.unreserve(uid) {
             self.queue.wake(|_| true);
         }
@@ -406,7 +428,7 @@ impl State {
         self.suspects.remove(uid);
         self.cache.forget_job(uid);
         self.quotas.forget(uid);
-        self.queue.remove(uid);
+        self.queue.forget(uid);
         self.reported.remove(uid);
     }
 

@@ -40,6 +40,10 @@ impl State {
             }
             self.preempting.remove(uid);
         }
+        // Searched in vain, and nothing a search could find has changed since.
+        if self.searched.get(uid) == Some(&self.preempt_epoch) {
+            return None;
+        }
         let priority = i64::from(self.classes.of(job).ok()?);
         let name = job.name();
         let (pods, selector) = match job {
@@ -62,7 +66,11 @@ impl State {
             running: &self.running,
             busy: &self.being_preempted,
         };
-        let found = victims::find(&inputs, &p)?;
+        let Some(found) = victims::find(&inputs, &p) else {
+            self.searched.insert(uid.to_string(), self.preempt_epoch);
+            return None;
+        };
+        self.searched.remove(uid);
         for v in &found.victims {
             self.being_preempted.insert(v.uid.clone());
         }

@@ -979,4 +979,10 @@ fn a_preemption_reserves_the_victims_gpus_for_the_preemptor_until_it_is_placed()
     assert_eq!((st_low.restarts, st_low.preemptions), (1, 1));
     assert_eq!(st_low.phase, crate::api::TrainingPhase::Pending);
     assert_eq!(st_low.past_placements.len(), 1);
+    // The meter pays the retired placement's pods until they end, at most their grace period
+    // past the preemption.
+    let past = &st_low.past_placements[0];
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    assert!((past.until.0.as_second() - now - 30).abs() <= 2, "{past:?}");
+    assert_eq!(past.workers[0].gpu_uuids.len(), 8);
 }
