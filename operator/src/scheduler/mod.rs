@@ -576,9 +576,11 @@ impl State {
             self.queue.retry_now(&uid);
             return Step::Parked;
         }
+        // Only a job waiting for GPUs or quota may preempt (not one its tenant's budget stops).
+        let wants_gpus = matches!(decision, Decision::Wait { .. });
         let decision = budget_gate::gate(self.budget.as_ref(), &job, decision);
         let (decision, victims) = match (decision, queue.as_deref()) {
-            (Decision::Wait { reason, need }, Some(q)) => {
+            (Decision::Wait { reason, need }, Some(q)) if wants_gpus => {
                 match self.preemption(&uid, &job, q, !hungry) {
                     Some((reason, victims)) => (Decision::Wait { reason, need }, victims),
                     None => (Decision::Wait { reason, need }, Vec::new()),
