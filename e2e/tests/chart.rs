@@ -1199,6 +1199,7 @@ fn dashboard_and_alerts_are_off_by_default_and_valid_promql_on_real_metrics() {
         "Queue GPUs borrowed, by queue and class",
         "Queue pending jobs",
         "Queue admissions (per 5 minutes)",
+        "Queue preemptions (per 5 minutes), by queue and reason",
     ] {
         assert!(
             titles.contains(&want),
@@ -1549,7 +1550,7 @@ tests:
             exp_annotations:
               runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupoolqueuestarved
               summary: GpuQueue team-a has jobs waiting below its nominal quota
-              description: "Queue team-a holds 4 GPUs, less than its nominal quota, while its jobs have waited for 15m: its quota is lent to borrowers (gpupool does not preempt them yet) or the pool lacks the GPUs. kubectl gpupool queues; kubectl gpupool why <job>."
+              description: "Queue team-a holds 4 GPUs, less than its nominal quota, while its jobs have waited for 15m: the pool lacks the GPUs its jobs ask for, or borrowers hold its lent quota and preempting them would not place its jobs. kubectl gpupool queues; kubectl gpupool why <job>."
 "#
     );
     let f = write(dir.path(), "alerts_test.yaml", &tests);

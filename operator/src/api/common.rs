@@ -420,4 +420,8 @@ pub mod condition {
     /// An InferenceJob's replicas run the current revision of its spec (`RolloutComplete`) or
     /// are being replaced (`RollingUpdate`).
     pub const PROGRESSING: &str = "Progressing";
+    /// The job's GPUs were taken back for another job (`PreemptedByPriority`: a job of higher
+    /// priority in its queue; `Reclaimed`: a queue reclaiming the quota it lent): it waits in
+    /// its queue again, in its original order.
+    pub const PREEMPTED: &str = "Preempted";
 }

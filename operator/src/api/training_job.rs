@@ -274,9 +274,12 @@ pub struct TrainingJobStatus {
     /// When the job finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
-    /// Gang restarts so far.
+    /// Gang restarts so far (the gang's generation: preemptions included).
     #[serde(default)]
     pub restarts: i32,
+    /// Of `restarts`, those caused by preemption (they do not count against `backoffLimit`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub preemptions: i32,
     /// Placements the gang had before its restarts, oldest first (the last
     /// [`MAX_PAST_PLACEMENTS`]): the meter pays a pod of an earlier placement for the time that
     /// placement was current, and nothing else.

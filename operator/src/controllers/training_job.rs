@@ -1,7 +1,7 @@
 //! TrainingJob controller: worker pods of a placed gang, gang restarts, roll-up from the member's
 //! pod watch. Placement itself is the scheduler's.
 
-use super::member_io::{cleanup_job, create_objects, delete_pods, ensure_namespace};
+use super::member_io::{cleanup_job, create_objects, delete_pods, ensure_namespace, withdraw_pods};
 use super::status::{RESYNC, STALE_RETRY, apply_status, event, now, reconcile_finalized};
 use super::{Context, Error, Result};
 use crate::api::{TrainingJob, TrainingJobStatus, TrainingPhase, condition};
@@ -94,11 +94,57 @@ async fn apply(job: &TrainingJob, ctx: &Context) -> Result<Action> {
     ) {
         return Ok(Action::requeue(STALE_RETRY));
     }
+    // Pods of an earlier gang generation still in a member (a preempted gang's: the scheduler
+    // recorded the preemption, the pods are this controller's to withdraw).
+    withdraw_old_generations(job, &st, ctx).await?;
     // Not placed yet (or being restarted): the scheduler places the gang and writes the status.
     if st.cluster.is_none() || st.workers.is_empty() {
         return Ok(Action::await_change());
     }
     run_placed(job, st, ctx).await
+}
+
+/// Deletes, with their termination grace period, the job's pods of generations before
+/// `status.restarts` on the members of its current and last placement (only where the member's
+/// pod watch still shows one: nothing is asked of a member otherwise). Their end is what frees
+/// their GPUs for the job that preempted them, and stops their metering.
+async fn withdraw_old_generations(
+    job: &TrainingJob,
+    st: &TrainingJobStatus,
+    ctx: &Context,
+) -> Result<()> {
+    if st.restarts == 0 {
+        return Ok(());
+    }
+    let uid = job.uid().unwrap_or_default();
+    let ns = job.namespace().unwrap_or_default();
+    let mut clusters: Vec<&str> = st.cluster.iter().map(String::as_str).collect();
+    if let Some(p) = st.past_placements.last() {
+        clusters.push(&p.cluster);
+    }
+    clusters.dedup();
+    let generation = st.restarts;
+    let old = |p: &Pod| pod_generation(p).is_some_and(|g| g < generation);
+    for cluster in clusters {
+        let Some(m) = ctx.registry.get(cluster).await else {
+            continue;
+        };
+        let (Some(client), Some(watch)) = (
+            m.client.clone().filter(|_| m.reachable),
+            m.watch.clone().filter(|w| w.synced()),
+        ) else {
+            continue;
+        };
+        let left = watch
+            .pods_of(&uid)
+            .iter()
+            .any(|p| old(p) && p.metadata.deletion_timestamp.is_none());
+        if left {
+            let n = withdraw_pods(&client, cluster, &ns, &uid, old).await?;
+            tracing::info!(job = %job.name_any(), cluster, withdrawn = n, "withdrew the pods of an earlier gang generation");
+        }
+    }
+    Ok(())
 }
 
 /// The gang's generation of a member pod (its `gpupool.io/generation` label).
@@ -461,7 +507,7 @@ async fn restart_gang(
     let generation = job.metadata.generation;
     // The gang's pods are deleted (or out of reach): none of them counts as running any more.
     st.running_workers = 0;
-    if st.restarts >= job.spec.backoff_limit {
+    if st.restarts - st.preemptions >= job.spec.backoff_limit {
         set_condition(
             &mut st.conditions,
             condition::RUNNING,
@@ -484,7 +530,8 @@ async fn restart_gang(
     st.start_time = None;
     st.message = Some(format!(
         "{why}; restarting the gang ({}/{})",
-        st.restarts, job.spec.backoff_limit
+        st.restarts - st.preemptions,
+        job.spec.backoff_limit
     ));
     for c in [condition::SCHEDULED, condition::RUNNING] {
         set_condition(&mut st.conditions, c, false, reason, &why, generation);

@@ -139,6 +139,27 @@ impl MemberLink {
         uid: &str,
         doomed: impl Fn(&Pod) -> bool,
     ) -> kube::Result<usize> {
+        self.remove_pods(ns, uid, doomed, Some(0)).await
+    }
+
+    /// [`Self::delete_pods`] with each pod's own termination grace period (a preempted job's
+    /// pods: they may checkpoint before they stop).
+    pub async fn withdraw_pods(
+        &self,
+        ns: &str,
+        uid: &str,
+        doomed: impl Fn(&Pod) -> bool,
+    ) -> kube::Result<usize> {
+        self.remove_pods(ns, uid, doomed, None).await
+    }
+
+    async fn remove_pods(
+        &self,
+        ns: &str,
+        uid: &str,
+        doomed: impl Fn(&Pod) -> bool,
+        grace: Option<u32>,
+    ) -> kube::Result<usize> {
         match self {
             MemberLink::Push(client) => {
                 let api: Api<Pod> = Api::namespaced(client.clone(), &tenant::namespace_name(ns));
@@ -146,11 +167,14 @@ impl MemberLink {
                     .list(&ListParams::default().labels(&format!("{}={uid}", labels::JOB_UID)))
                     .await?;
                 let mut n = 0;
+                let dp = match grace {
+                    Some(g) => DeleteParams::background().grace_period(g),
+                    None => DeleteParams::background(),
+                };
+                // A pod already terminating keeps its grace period.
+                let doomed = |p: &Pod| doomed(p) && !(grace.is_none() && terminating(p));
                 for p in pods.items.iter().filter(|p| doomed(p)) {
-                    let gone = api
-                        .delete(&p.name_any(), &DeleteParams::background().grace_period(0))
-                        .await
-                        .or_absent()?;
+                    let gone = api.delete(&p.name_any(), &dp).await.or_absent()?;
                     n += usize::from(gone.is_some());
                 }
                 Ok(n)
@@ -226,4 +250,9 @@ impl MemberLink {
             }
         }
     }
+}
+
+/// Whether a pod is being deleted already.
+fn terminating(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_some()
 }

@@ -862,3 +862,39 @@ fn an_end_persisted_in_a_record_bounds_the_pod_after_a_restart() {
     );
     assert_eq!(paid(&by), 4 * 10);
 }
+
+#[test]
+fn a_preempted_gang_is_paid_until_its_pods_end_at_most_its_grace_period_past_the_preemption() {
+    // Placed at +11, preempted at +40 with a 30 s grace period: the scheduler retires the
+    // placement as current until +70.
+    let mut j = training_job(Some("2023-11-14T22:13:31Z"));
+    j.status.as_mut().unwrap().retire_placement(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(1_700_000_070).unwrap(),
+        ),
+    );
+    let jobs = meter::hub_jobs(&[j], &[]);
+    let now = 1_700_000_100;
+    let pay = |p: Pod| {
+        paid(&usage_by_job_period(
+            "m1",
+            &[p],
+            &jobs,
+            seen(&BTreeMap::new()),
+            now,
+            3_600,
+        ))
+    };
+    // Its worker stopped at +52, within the grace period: paid to the second it ended.
+    let ended = placed_pod(
+        "w",
+        "n1",
+        "2023-11-14T22:13:20Z",
+        Some("2023-11-14T22:14:12Z"),
+        4,
+    );
+    assert_eq!(pay(ended), 4 * (52 - 11));
+    // A worker still reported running after its grace period is not paid past it.
+    let stuck = placed_pod("w", "n1", "2023-11-14T22:13:20Z", None, 4);
+    assert_eq!(pay(stuck), 4 * (70 - 11));
+}

@@ -62,6 +62,7 @@ struct Inner {
     queue_gpus: IntGaugeVec,
     queue_pending: IntGaugeVec,
     queue_admissions: IntCounterVec,
+    queue_preemptions: IntCounterVec,
     leader: IntGauge,
     ready: std::sync::atomic::AtomicBool,
     /// Long-running tasks by name, and whether each still runs ([`Metrics::task`]).
@@ -238,6 +239,11 @@ mod defs {
         "Placements the scheduler decided for jobs of a GpuQueue",
         &["queue"],
     );
+    pub(super) const QUEUE_PREEMPTIONS: Def = def(
+        "gpupool_queue_preemptions_total",
+        "Jobs of a GpuQueue the scheduler preempted, by reason: priority (a job of higher priority in the same queue) or reclaim (a queue reclaiming the quota it lent)",
+        &["queue", "reason"],
+    );
     pub(super) const LEADER: Def = def(
         "gpupool_leader",
         "1 while this replica leads (runs the scheduler and controllers), 0 while it stands by",
@@ -323,6 +329,7 @@ impl Default for Metrics {
             queue_gpus: r.gauges(QUEUE_GPUS),
             queue_pending: r.gauges(QUEUE_PENDING),
             queue_admissions: r.counters(QUEUE_ADMISSIONS),
+            queue_preemptions: r.counters(QUEUE_PREEMPTIONS),
             leader: r.gauge(LEADER),
             pending: Mutex::default(),
             member_models: Mutex::default(),
@@ -422,6 +429,14 @@ impl Metrics {
         self.inner
             .queue_admissions
             .with_label_values(&[queue])
+            .inc();
+    }
+
+    /// The scheduler preempted a job of GpuQueue `queue` (`reason`: `priority` or `reclaim`).
+    pub fn inc_queue_preemption(&self, queue: &str, reason: &str) {
+        self.inner
+            .queue_preemptions
+            .with_label_values(&[queue, reason])
             .inc();
     }
 

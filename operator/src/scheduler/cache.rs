@@ -289,6 +289,10 @@ pub struct PoolCache {
     /// Nodes derived since the last [`PoolCache::update_snapshot`].
     dirty_nodes: BTreeSet<(String, String)>,
     jobs: HashMap<String, JobHolds>,
+    /// GPUs reserved for a job that preempted their holders: held until it is decided again.
+    reserved: HashMap<String, Slots>,
+    /// (member, node) → jobs whose hub status holds GPUs there (preemption's candidates).
+    on_node: HashMap<(String, String), BTreeSet<String>>,
     pods: HashMap<(String, String, String), Slots>,
     /// GPUs a member's scheduler refused to give a gpupool pod: kept out of placement (as busy)
     /// until [`PoolCache::set_suspect`] clears them.
@@ -856,6 +860,8 @@ impl PoolCache {
         let old = std::mem::take(&mut j.hub);
         let slots = slots_of(slots);
         self.replace(&old, &slots);
+        self.index_nodes(uid, &old, false);
+        self.index_nodes(uid, &slots, true);
         j.hub = slots;
         j.name = Some(name);
         let (seen, kept): (Vec<Slots>, Vec<Slots>) = std::mem::take(&mut j.assumed)
@@ -868,10 +874,90 @@ impl PoolCache {
         self.jobs.insert(uid.to_string(), j);
     }
 
+    fn index_nodes(&mut self, uid: &str, slots: &[Slot], on: bool) {
+        let nodes: BTreeSet<(String, String)> = slots
+            .iter()
+            .map(|s| (s.member.clone(), s.node.clone()))
+            .collect();
+        for k in nodes {
+            if on {
+                self.on_node.entry(k).or_default().insert(uid.to_string());
+            } else if let Some(set) = self.on_node.get_mut(&k) {
+                set.remove(uid);
+                if set.is_empty() {
+                    self.on_node.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Reserves `slots` for job `uid` (the GPUs of jobs preempted for it): no other job gets
+    /// them once their holders release them.
+    pub fn reserve(&mut self, uid: &str, slots: &BTreeSet<Slot>) {
+        self.unreserve(uid);
+        let slots: Slots = slots.iter().cloned().collect();
+        self.replace(&[], &slots);
+        self.reserved.insert(uid.to_string(), slots);
+    }
+
+    /// Drops job `uid`'s reservation (it is gone). Returns whether it had one.
+    pub fn unreserve(&mut self, uid: &str) -> bool {
+        let Some(s) = self.reserved.remove(uid) else {
+            return false;
+        };
+        self.replace(&s, &[]);
+        true
+    }
+
+    /// Drops job `uid`'s reservation for its own decision: the GPUs freed are its alone, no
+    /// other job is woken for them (see [`super::State::settle`]).
+    pub fn unreserve_for_decision(&mut self, uid: &str) {
+        let woken = self.wakes.nodes.len();
+        if self.unreserve(uid) {
+            self.wakes.nodes.truncate(woken);
+        }
+    }
+
+    /// Jobs whose hub status holds GPUs on `node` of `member`.
+    pub fn jobs_on_node(&self, member: &str, node: &str) -> Vec<String> {
+        self.on_node
+            .get(&(member.to_string(), node.to_string()))
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The GPUs job `uid`'s hub status holds.
+    pub fn hub_slots(&self, uid: &str) -> &[Slot] {
+        self.jobs.get(uid).map_or(&[], |j| &j.hub)
+    }
+
+    /// Kind, namespace and name of job `uid`, when known.
+    pub fn job_name(&self, uid: &str) -> Option<&JobName> {
+        self.jobs.get(uid)?.name.as_ref()
+    }
+
+    /// Whether new work may be placed on `member` (schedulable, its pods listed), and its
+    /// labels.
+    pub fn member_open(&self, member: &str) -> Option<&BTreeMap<String, String>> {
+        self.members
+            .get(member)
+            .filter(|m| m.info.schedulable && m.pods_synced)
+            .map(|m| &m.info.labels)
+    }
+
+    /// Of `slots`, how many are held (not free) now.
+    pub fn held_count(&self, slots: &BTreeSet<Slot>) -> usize {
+        slots
+            .iter()
+            .filter(|s| self.holds.get(*s).is_some_and(|n| *n > 0))
+            .count()
+    }
+
     /// Job `uid` is gone from the hub.
     pub fn forget_job(&mut self, uid: &str) {
         if let Some(j) = self.jobs.remove(uid) {
             self.replace(&j.hub, &[]);
+            self.index_nodes(uid, &j.hub, false);
             for a in j.assumed {
                 self.replace(&a, &[]);
             }

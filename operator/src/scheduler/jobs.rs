@@ -104,6 +104,16 @@ pub fn order_of<K: kube::Resource>(j: &K, priority: i32) -> (i64, i64, i64) {
     )
 }
 
+/// What preemption weighs of a placed gang: its priority and when it started (or was placed;
+/// 0 when neither is recorded).
+pub fn running_of(j: &TrainingJob, priority: i64) -> super::victims::Running {
+    let st = j.status.as_ref();
+    let started = st
+        .and_then(|s| s.start_time.as_ref().or(s.placed_at.as_ref()))
+        .map_or(0, |t| t.0.as_second());
+    super::victims::Running { priority, started }
+}
+
 fn ready_to_schedule<K: kube::Resource>(j: &K) -> bool {
     j.meta().deletion_timestamp.is_none() && j.finalizers().iter().any(|f| f == FINALIZER)
 }
@@ -327,6 +337,15 @@ pub fn decide_training_as(cache: &Snapshot, j: &TrainingJob, model: Option<&str>
                 st.message.as_deref().unwrap_or(""),
                 generation,
             );
+            if st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == condition::PREEMPTED && c.status == "True")
+            {
+                let msg = st.message.clone().unwrap_or_default();
+                let c = condition::PREEMPTED;
+                set_condition(&mut st.conditions, c, false, "Placed", &msg, generation);
+            }
             st.observed_generation = generation;
             let detail = choice
                 .pods
@@ -395,6 +414,43 @@ pub fn training_waiting_status(
         generation,
     );
     st.observed_generation = generation;
+    st
+}
+
+/// The status of a gang preempted at `now`: its placement retired (the meter pays its pods
+/// until they end, at most their termination grace period `grace_s` past `now`), a new gang
+/// generation that does not count against `backoffLimit`, back to `Pending` in its queue (in
+/// its original order: the queue orders by creation), `Preempted=True` with `reason` and `why`.
+pub fn training_preempted_status(
+    j: &TrainingJob,
+    reason: &str,
+    why: &str,
+    now: Time,
+    grace_s: i64,
+) -> TrainingJobStatus {
+    let generation = j.metadata.generation;
+    let mut st = j.status.clone().unwrap_or_default();
+    let until = k8s_openapi::jiff::Timestamp::from_second(now.0.as_second() + grace_s.max(0))
+        .map(Time)
+        .unwrap_or(now);
+    st.retire_placement(until);
+    st.restarts += 1;
+    st.preemptions += 1;
+    st.phase = TrainingPhase::Pending;
+    st.start_time = None;
+    st.running_workers = 0;
+    st.message = Some(why.to_string());
+    for c in [condition::SCHEDULED, condition::RUNNING] {
+        set_condition(&mut st.conditions, c, false, "Preempted", why, generation);
+    }
+    set_condition(
+        &mut st.conditions,
+        condition::PREEMPTED,
+        true,
+        reason,
+        why,
+        generation,
+    );
     st
 }
 

@@ -21,9 +21,11 @@ pub mod cache;
 pub mod fairshare;
 pub mod jobs;
 pub mod preempt;
+mod preemption;
 pub mod queue;
 mod queue_status;
 pub mod quota;
+pub mod victims;
 pub mod writes;
 
 #[cfg(test)]
@@ -69,6 +71,8 @@ const POSITION_BATCH: usize = 100;
 const EVENTS_PER_SECOND: u32 = 20;
 /// See [`EVENTS_PER_SECOND`].
 const EVENT_BURST: u32 = 200;
+/// How often a job waiting for the GPUs of jobs preempted for it looks whether they are free.
+const PREEMPTION_POLL: Duration = Duration::from_secs(1);
 
 struct State {
     /// A paid pool's tenant budgets (see [`budget_gate`]); `None`: every placement starts.
@@ -103,6 +107,17 @@ struct State {
     quotas: quota::Quotas,
     queue_objects: Option<BTreeMap<String, GpuQueueSpec>>,
     queue_relist: Option<BTreeMap<String, GpuQueueSpec>>,
+    /// Placed TrainingJobs: what preemption weighs (see [`victims`]).
+    running: HashMap<String, victims::Running>,
+    /// Waiting jobs for which jobs were preempted → those jobs' GPUs they wait for.
+    preempting: HashMap<String, BTreeSet<Slot>>,
+    /// Jobs preempted whose status is not yet observed without its placement.
+    being_preempted: HashSet<String>,
+    /// Moves whenever what preemption could find changes (running gangs, queues, priorities).
+    preempt_epoch: u64,
+    /// Waiting jobs whose last search found no victims → the epoch it looked at (not searched
+    /// again until something changed).
+    searched: HashMap<String, u64>,
 }
 
 /// Of waiting jobs at `positions` (1-based, queue order), those whose `reported` position
@@ -128,6 +143,8 @@ struct Work {
     report_event: bool,
     /// The job's GpuQueue, when it is placed in one.
     queue: Option<String>,
+    /// Jobs preempted for it (their statuses are written first).
+    victims: Vec<victims::Victim>,
 }
 
 enum Step {
@@ -250,6 +267,11 @@ impl State {
             quotas: quota::Quotas::new(),
             queue_objects: None,
             queue_relist: None,
+            running: HashMap::new(),
+            preempting: HashMap::new(),
+            being_preempted: HashSet::new(),
+            preempt_epoch: 0,
+            searched: HashMap::new(),
         }
     }
 
@@ -280,10 +302,24 @@ impl State {
     fn observe_training(&mut self, j: &TrainingJob, shared: impl FnOnce() -> Arc<TrainingJob>) {
         let Some(uid) = j.uid() else { return };
         self.observed_version(&uid, j.metadata.resource_version.as_deref());
+        let slots = jobs::training_slots(j);
+        let was = if slots.is_empty() {
+            self.being_preempted.remove(&uid);
+            self.running.remove(&uid)
+        } else {
+            let priority = i64::from(self.classes.of(j).unwrap_or(0));
+            let now = jobs::running_of(j, priority);
+            self.running
+                .insert(uid.clone(), now.clone())
+                .filter(|w| *w == now)
+        };
+        if was.is_none() != slots.is_empty() {
+            self.preempt_epoch += 1;
+        }
         self.observe_job(
             &uid,
             (jobs::training_name(j), j.spec.queue.as_deref()),
-            jobs::training_slots(j),
+            slots,
             jobs::training_waits(j),
             jobs::order_of(j, self.classes.of(j).unwrap_or(0)),
             || Pending::Training(shared()),
@@ -314,6 +350,10 @@ impl State {
         (priority, created, generation): (i64, i64, i64),
         pending: impl FnOnce() -> Pending,
     ) {
+        // A job's GPUs changed: queues' use and holders, what preemption looks at.
+        if !self.cache.hub_slots(uid).iter().eq(slots.iter()) {
+            self.preempt_epoch += 1;
+        }
         self.quotas
             .set_job(uid, &name.namespace, queue, slots.clone());
         self.cache.set_job(uid, name, slots);
@@ -338,6 +378,7 @@ impl State {
             return;
         }
         self.classes = classes;
+        self.preempt_epoch += 1;
         let queued: Vec<(String, Pending)> = self
             .queue
             .positions()
@@ -367,16 +408,27 @@ impl State {
     /// every waiting job is tried again.
     fn set_queues(&mut self, queues: BTreeMap<String, GpuQueueSpec>) {
         self.quotas.set_queues(queues.clone());
+        self.preempt_epoch += 1;
         self.queue_objects = Some(queues);
         self.queue.wake(|_| true);
     }
 
     fn forget(&mut self, uid: &str) {
+        self.searched.remove(uid);
+        if self.running.contains_key(uid) {
+            self.preempt_epoch += 1;
+        }
+        if self.cache.unreserve(uid) {
+            self.queue.wake(|_| true);
+        }
+        self.running.remove(uid);
+        self.preempting.remove(uid);
+        self.being_preempted.remove(uid);
         self.superseded.remove(uid);
         self.suspects.remove(uid);
         self.cache.forget_job(uid);
         self.quotas.forget(uid);
-        self.queue.remove(uid);
+        self.queue.forget(uid);
         self.reported.remove(uid);
     }
 
@@ -437,6 +489,7 @@ impl State {
                 position,
                 report_event: false,
                 queue: None,
+                victims: Vec::new(),
             })));
         }
         None
@@ -481,6 +534,8 @@ impl State {
             return Err(self.next_position().unwrap_or(Step::Idle));
         };
         let job = job.clone();
+        // GPUs reserved for it (released by jobs preempted for it) are its to take now.
+        self.cache.unreserve_for_decision(&uid);
         let class = self.classes.of(&job).err();
         self.cache.update_snapshot(snap);
         let quotas = self.quotas.view();
@@ -514,16 +569,34 @@ impl State {
             Decision::Wait { .. } => false,
         };
         if changed || taken {
+            if let Some(slots) = self.preempting.get(&uid) {
+                self.cache.reserve(&uid, slots);
+            }
             tracing::debug!(job = %job.name().name, changed, taken, "decision overtaken by events: deciding again");
             self.queue.retry_now(&uid);
             return Step::Parked;
         }
+        // Only a job waiting for GPUs or quota may preempt (not one its tenant's budget stops).
+        let wants_gpus = matches!(decision, Decision::Wait { .. });
         let decision = budget_gate::gate(self.budget.as_ref(), &job, decision);
+        let (decision, victims) = match (decision, queue.as_deref()) {
+            (Decision::Wait { reason, need }, Some(q)) if wants_gpus => {
+                match self.preemption(&uid, &job, q, !hungry) {
+                    Some((reason, victims)) => (Decision::Wait { reason, need }, victims),
+                    None => (Decision::Wait { reason, need }, Vec::new()),
+                }
+            }
+            (d, _) => (d, Vec::new()),
+        };
         let position = self.queue.position(&uid).unwrap_or(1);
         match &decision {
             Decision::Training { slots, .. } | Decision::Inference { slots, .. } => {
                 self.quotas.assume(&uid, slots.clone());
                 self.quotas.set_waiting(&uid, None);
+                if self.preempting.remove(&uid).is_some() {
+                    // What it left of the GPUs released for it is free for others now.
+                    self.queue.wake(|_| true);
+                }
                 self.cache.assume(&uid, slots.clone());
                 self.in_flight.insert(uid.clone());
                 Step::Work(Box::new(Work {
@@ -533,10 +606,20 @@ impl State {
                     position,
                     report_event: false,
                     queue,
+                    victims,
                 }))
             }
             Decision::Wait { reason, need } => {
-                self.queue.park(&uid, need.clone(), Instant::now());
+                match self.preempting.get(&uid) {
+                    // Waits for the GPUs of jobs preempted for it: kept for it meanwhile, and
+                    // looked at again each second (their release frees nothing it could see).
+                    Some(slots) => {
+                        self.cache.reserve(&uid, slots);
+                        let at = Instant::now() + PREEMPTION_POLL;
+                        self.queue.retry_at(&uid, at);
+                    }
+                    None => self.queue.park(&uid, need.clone(), Instant::now()),
+                }
                 self.quotas
                     .set_waiting(&uid, queue.as_deref().map(|q| (q, hungry)));
                 let (report, event) = match self.reported.get(&uid) {
@@ -546,6 +629,7 @@ impl State {
                         r != reason,
                     ),
                 };
+                let report = report || !victims.is_empty();
                 if !report {
                     return Step::Parked;
                 }
@@ -558,7 +642,8 @@ impl State {
                     decision,
                     position,
                     report_event: event,
-                    queue: None,
+                    queue,
+                    victims,
                 }))
             }
         }
@@ -1149,8 +1234,15 @@ impl Scheduler {
     async fn write(&self, w: Work) {
         let rv = w.job.resource_version();
         tracing::debug!(job = %w.job.name().name, ?rv, "writing a scheduling decision");
-        if let Some(q) = &w.queue {
+        if let Some(q) = w
+            .queue
+            .as_ref()
+            .filter(|_| !matches!(w.decision, Decision::Wait { .. }))
+        {
             self.metrics.inc_queue_admission(q);
+        }
+        for v in &w.victims {
+            self.preempt(&w.uid, &w.job, v).await;
         }
         match (w.decision, &w.job) {
             (Decision::Training { status, note, .. }, Pending::Training(job)) => {
@@ -1185,6 +1277,57 @@ impl Scheduler {
                 tracing::error!(job = %job.name().name, "decision does not match the job kind");
                 self.lock().in_flight.remove(&w.uid);
             }
+        }
+    }
+
+    /// Records on victim `v`'s status that it is preempted for `preemptor` (job `by`):
+    /// conditional on the version read from the API server now, so a gang that changed
+    /// meanwhile (finished, restarted) is not preempted on an old view; then its Event and the
+    /// metric. Its controller withdraws its pods (with their grace period) from that status.
+    async fn preempt(&self, preemptor: &str, by: &Pending, v: &victims::Victim) {
+        let api: Api<TrainingJob> = Api::namespaced(self.hub.clone(), &v.name.namespace);
+        let placed = |j: &TrainingJob| j.status.as_ref().is_some_and(|s| s.cluster.is_some());
+        let job = match api.get_opt(&v.name.name).await {
+            Ok(Some(j)) if j.uid().as_deref() == Some(v.uid.as_str()) && placed(&j) => j,
+            other => {
+                if let Err(e) = other {
+                    tracing::warn!(job = %v.name.name, error = %e, "reading a job to preempt failed");
+                }
+                self.lock().preemption_failed(preemptor, &v.uid);
+                return self.notify.notify_one();
+            }
+        };
+        let grace = job
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        let st = jobs::training_preempted_status(&job, v.reason.condition(), &v.note, now, grace);
+        let rv = job.resource_version();
+        if let Err(e) = writes::apply_status(&api, &job, rv.as_deref(), &st).await {
+            if !writes::is_conflict(&e) {
+                tracing::warn!(job = %v.name.name, error = %e, "writing a preemption failed");
+            }
+            self.lock().preemption_failed(preemptor, &v.uid);
+            return self.notify.notify_one();
+        }
+        self.lock().wrote_over(&v.uid, rv.as_deref());
+        self.metrics
+            .inc_queue_preemption(&v.queue, v.reason.label());
+        tracing::info!(job = %v.name.name, preemptor = %by.name().name, note = %v.note, "preempted");
+        self.publish(&job, true, "Preempted", v.note.clone()).await;
+        let note = format!(
+            "preempting {}/{} ({})",
+            v.name.namespace, v.name.name, v.note
+        );
+        match by {
+            Pending::Training(j) => self.publish(&**j, false, "Preempting", note).await,
+            Pending::Inference(j) => self.publish(&**j, false, "Preempting", note).await,
         }
     }
 

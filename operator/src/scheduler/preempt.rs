@@ -63,6 +63,113 @@ pub fn victims_on_node<'a, V>(
     None
 }
 
+/// A node where preemption victims may be taken: its free GPUs and the preemptible jobs on it.
+#[derive(Clone, Debug)]
+pub struct NodeView<V> {
+    /// Node name.
+    pub node: String,
+    /// Its GPU graph.
+    pub graph: std::sync::Arc<GpuGraph>,
+    /// Its free GPUs.
+    pub free: GpuSet,
+    /// The preemptible jobs holding GPUs on it.
+    pub holders: Vec<Holder<V>>,
+}
+
+/// What preemption gives a waiting job on one member: the victims (each once) and the GPUs each
+/// of its pods gets, per node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan<V> {
+    /// The jobs to preempt.
+    pub victims: Vec<Holder<V>>,
+    /// Node and GPUs of each pod of the preemptor.
+    pub pods: Vec<(String, GpuSet)>,
+}
+
+impl<V> Plan<V> {
+    /// What the plan costs (see [`cost`]): fewer victims, lower priorities, more recently
+    /// started first.
+    pub fn cost(&self) -> (usize, i64, i64, i64) {
+        cost(&self.victims.iter().collect::<Vec<_>>())
+    }
+}
+
+/// Victims on one member's `nodes` for `pods` pods of `req`: pod by pod, the node whose
+/// cheapest victims ([`victims_on_node`]) cost least, a victim's GPUs on every node freed
+/// with it (a gang goes whole); then, while sparing one of the chosen victims gives a cheaper
+/// plan (a gang preempted later in the plan may free what an earlier victim was taken for),
+/// that one. `None` when not every pod fits even so: nothing is preempted for a job that would
+/// still wait.
+pub fn plan_member<V: Clone + PartialEq>(
+    nodes: &[NodeView<V>],
+    req: &GpuRequest,
+    pods: usize,
+) -> Option<Plan<V>> {
+    let mut spared: Vec<V> = Vec::new();
+    let mut plan = greedy(nodes, req, pods, &spared)?;
+    'better: loop {
+        for v in &plan.victims {
+            let mut also = spared.clone();
+            also.push(v.id.clone());
+            if let Some(p) = greedy(nodes, req, pods, &also)
+                && p.cost() < plan.cost()
+            {
+                spared = also;
+                plan = p;
+                continue 'better;
+            }
+        }
+        return Some(plan);
+    }
+}
+
+/// One greedy pass of [`plan_member`], never taking a job of `spared`.
+fn greedy<V: Clone + PartialEq>(
+    nodes: &[NodeView<V>],
+    req: &GpuRequest,
+    pods: usize,
+    spared: &[V],
+) -> Option<Plan<V>> {
+    let mut free: Vec<GpuSet> = nodes.iter().map(|n| n.free).collect();
+    let mut plan = Plan {
+        victims: Vec::new(),
+        pods: Vec::new(),
+    };
+    for _ in 0..pods {
+        let mut best: Option<(usize, Vec<Holder<V>>, GpuSet)> = None;
+        for (i, n) in nodes.iter().enumerate() {
+            let left: Vec<Holder<V>> = n
+                .holders
+                .iter()
+                .filter(|h| !plan.victims.iter().any(|v| v.id == h.id) && !spared.contains(&h.id))
+                .cloned()
+                .collect();
+            let Some((set, alloc)) = victims_on_node(&n.graph, free[i], &left, req) else {
+                continue;
+            };
+            if best
+                .as_ref()
+                .is_some_and(|(_, b, _)| cost(&b.iter().collect::<Vec<_>>()) <= cost(&set))
+            {
+                continue;
+            }
+            best = Some((i, set.into_iter().cloned().collect(), alloc.set));
+        }
+        let (i, new, got) = best?;
+        for v in new {
+            for (j, n) in nodes.iter().enumerate() {
+                for h in n.holders.iter().filter(|h| h.id == v.id) {
+                    free[j] = GpuSet(free[j].0 | h.gpus.0);
+                }
+            }
+            plan.victims.push(v);
+        }
+        free[i] = free[i].minus(got);
+        plan.pods.push((nodes[i].node.clone(), got));
+    }
+    Some(plan)
+}
+
 /// Every `k`-subset of `0..n`, as index lists in lexicographic order.
 fn combinations(n: usize, k: usize) -> Vec<Vec<usize>> {
     let mut out = Vec::new();
@@ -172,6 +279,52 @@ mod tests {
         let (v, _) =
             victims_on_node(&g, free, &holders, &GpuRequest::new(1, NvLinkMode::None)).unwrap();
         assert!(v.is_empty());
+    }
+
+    fn view(
+        node: &str,
+        g: &GpuGraph,
+        free: &[usize],
+        holders: Vec<Holder<&'static str>>,
+    ) -> NodeView<&'static str> {
+        NodeView {
+            node: node.into(),
+            graph: std::sync::Arc::new(g.clone()),
+            free: GpuSet::from_indexes(free.iter().copied()),
+            holders,
+        }
+    }
+
+    #[test]
+    fn a_gang_frees_its_gpus_on_every_node_and_workers_share_victims() {
+        let g = graph("dgx-h100");
+        // "gang" holds 4 GPUs on each of two nodes; "small" 4 on n1 too.
+        let nodes = [
+            view(
+                "n1",
+                &g,
+                &[],
+                vec![
+                    holder("gang", &[0, 1, 2, 3], 0, 5),
+                    holder("small", &[4, 5, 6, 7], 0, 9),
+                ],
+            ),
+            view(
+                "n2",
+                &g,
+                &[4, 5, 6, 7],
+                vec![holder("gang", &[0, 1, 2, 3], 0, 5)],
+            ),
+        ];
+        // Two workers of 4: one fits n2's free half; the other needs one victim.
+        let p = plan_member(&nodes, &GpuRequest::new(4, NvLinkMode::Clique), 2).unwrap();
+        assert_eq!(p.victims.len(), 1);
+        // Three workers of 4: the gang's GPUs on both nodes are freed by preempting it once.
+        let p = plan_member(&nodes, &GpuRequest::new(4, NvLinkMode::Clique), 3).unwrap();
+        assert_eq!(ids(&p.victims.iter().collect::<Vec<_>>()), vec!["gang"]);
+        assert_eq!(p.pods.len(), 3);
+        // Five workers of 4 do not fit however many go: nothing is proposed.
+        assert!(plan_member(&nodes, &GpuRequest::new(4, NvLinkMode::Clique), 5).is_none());
     }
 
     #[test]

@@ -50,7 +50,7 @@ impl Need {
     }
 
     /// The allocator request of one pod (as the placement builds it).
-    fn request(&self) -> GpuRequest {
+    pub fn request(&self) -> GpuRequest {
         GpuRequest::new(self.gpus_per_pod, self.nvlink).with_min_link(self.min_link_gbps)
     }
 }
@@ -145,6 +145,9 @@ pub struct Queue<T> {
     /// Parked jobs by when they were parked.
     parked: BTreeSet<(Instant, String)>,
     seq: u64,
+    /// Arrival order of jobs that left the queue (placed), until they are forgotten: a job that
+    /// comes back (preempted) keeps its place among jobs created in the same second.
+    former: HashMap<String, u64>,
 }
 
 impl<T> Default for Queue<T> {
@@ -156,6 +159,7 @@ impl<T> Default for Queue<T> {
             backoff: BTreeSet::new(),
             parked: BTreeSet::new(),
             seq: 0,
+            former: HashMap::new(),
         }
     }
 }
@@ -218,7 +222,7 @@ impl<T> Queue<T> {
         let order = Order {
             neg_priority: -priority,
             created,
-            seq: self.seq,
+            seq: self.former.get(uid).copied().unwrap_or(self.seq),
         };
         if let Some(e) = self.entries.get_mut(uid) {
             e.item = item;
@@ -244,7 +248,9 @@ impl<T> Queue<T> {
             }
             return;
         }
-        self.seq += 1;
+        if self.former.remove(uid).is_none() {
+            self.seq += 1;
+        }
         self.entries.insert(
             uid.to_string(),
             Entry {
@@ -264,7 +270,14 @@ impl<T> Queue<T> {
         self.set_state(uid, State::InFlight);
         let e = self.entries.remove(uid)?;
         self.all.remove(&(e.order, uid.to_string()));
+        self.former.insert(uid.to_string(), e.order.seq);
         Some(e.item)
+    }
+
+    /// Forgets a job for good (deleted): its arrival order too.
+    pub fn forget(&mut self, uid: &str) {
+        self.remove(uid);
+        self.former.remove(uid);
     }
 
     /// Makes jobs whose backoff ended, and jobs parked for [`PARKED_FLUSH`], active again.
@@ -305,6 +318,11 @@ impl<T> Queue<T> {
     /// The job's decision was overtaken by events while it was taken: it is next again.
     pub fn retry_now(&mut self, uid: &str) {
         self.set_state(uid, State::Active);
+    }
+
+    /// Try the job again at `at` (it waits for something no wake-up reports).
+    pub fn retry_at(&mut self, uid: &str, at: Instant) {
+        self.set_state(uid, State::Backoff(at));
     }
 
     /// A write for the job failed: try again after an exponential backoff (from 100 ms to 30 s).
@@ -473,6 +491,22 @@ mod tests {
         );
         assert_eq!(q.position("new-high"), Some(1));
         assert_eq!(q.position("same-second-later"), Some(5));
+    }
+
+    #[test]
+    fn a_job_placed_and_back_keeps_its_arrival_order_until_forgotten() {
+        let mut q = Queue::new();
+        let now = Instant::now();
+        q.upsert("first", 0, 100, 1, ());
+        q.remove("first");
+        q.upsert("second", 0, 100, 1, ());
+        // Preempted: back in the queue, before the job that arrived after it in its second.
+        q.upsert("first", 0, 100, 1, ());
+        let order: Vec<String> = std::iter::from_fn(|| q.pop(now).map(|(u, _)| u)).collect();
+        assert_eq!(order, ["first", "second"]);
+        q.forget("first");
+        q.upsert("first", 0, 100, 1, ());
+        assert_eq!(q.position("first"), Some(2));
     }
 
     #[test]

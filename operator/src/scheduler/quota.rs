@@ -530,6 +530,58 @@ impl Quotas {
     pub fn status(&self, q: &str) -> Option<GpuQueueStatus> {
         self.view.status(q)
     }
+
+    /// The queue job `uid`'s GPUs count against, if any.
+    pub fn queue_of_job(&self, uid: &str) -> Option<&str> {
+        self.jobs.get(uid)?.queue.as_deref()
+    }
+
+    /// Nodes where jobs of queue `q` hold GPUs.
+    pub fn nodes_of(&self, q: &str) -> Vec<(String, String)> {
+        self.nodes
+            .get(q)
+            .map(|n| n.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The quota class of GPUs on `node` of `member`.
+    pub fn node_class(&self, member: &str, node: &str) -> String {
+        self.class_of(&(member.to_string(), node.to_string()))
+    }
+}
+
+impl QuotaView {
+    /// The queues of `q`'s cohort, itself included.
+    pub fn cohort_queues(&self, q: &str) -> Vec<String> {
+        let Some(spec) = self.specs.get(q) else {
+            return Vec::new();
+        };
+        let cohort = Self::cohort_of(spec);
+        self.specs
+            .iter()
+            .filter(|(_, s)| Self::cohort_of(s) == cohort)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Queue `q`'s (used, nominal) GPUs of the quota entry GPUs of `class` count against;
+    /// `None` when it has no entry for them.
+    pub fn entry_use(&self, q: &str, class: &str) -> Option<(i64, i64)> {
+        let spec = self.specs.get(q)?;
+        let e = Self::entry_for(spec, class)?;
+        Some((self.used_entry(q, spec, &e.gpu_class), i64::from(e.nominal)))
+    }
+
+    /// This view as if queue `q`'s jobs held `freed` GPUs (per class) fewer: what admission
+    /// would say once preempted jobs released them.
+    pub fn without(&self, q: &str, freed: &Demand) -> QuotaView {
+        let mut v = self.clone();
+        let u = v.used.entry(q.to_string()).or_default();
+        for (class, n) in freed {
+            *u.entry(class.clone()).or_default() -= n;
+        }
+        v
+    }
 }
 
 impl QuotaView {

@@ -917,3 +917,106 @@ fn a_job_deleted_while_it_was_decided_holds_nothing() {
     assert!(!st.cache.is_assumed("gone-uid"));
     assert_eq!(st.cache.node("m", "a").unwrap().free().len(), 8);
 }
+
+#[test]
+fn a_preemption_reserves_the_victims_gpus_for_the_preemptor_until_it_is_placed() {
+    use std::sync::Arc;
+    let mut st = super::State::new();
+    st.listed = [true, true];
+    st.cache = pool(&[("m", &[("a", "dgx-h100")])]);
+    let team: crate::api::GpuQueueSpec = serde_json::from_value(serde_json::json!({
+        "namespaces": ["default"],
+        "quotas": [{"gpuClass": "H100", "nominal": 8}],
+    }))
+    .unwrap();
+    st.set_queues([("team".to_string(), team)].into());
+    st.note_model("m", &{
+        let mut t = crate::api::GpuTopology::new("a", topo("dgx-h100", "a"));
+        t.spec.node_name = "a".into();
+        t
+    });
+    // A low-priority gang holds the node.
+    let mut low = training_at("low", "2026-01-01T00:00:00Z", None, 0);
+    low.spec.gpus_per_worker = 8;
+    low.status = Some(crate::api::TrainingJobStatus {
+        cluster: Some("m".into()),
+        workers: vec![crate::api::WorkerPlacement {
+            rank: 0,
+            node: "a".into(),
+            gpu_uuids: (0..8).map(|i| format!("GPU-a-{i}")).collect(),
+            ..Default::default()
+        }],
+        phase: crate::api::TrainingPhase::Running,
+        ..Default::default()
+    });
+    st.observe_training(&low, || Arc::new(low.clone()));
+    let mut high = training_at("high", "2026-01-01T00:00:05Z", None, 100);
+    high.spec.gpus_per_worker = 8;
+    st.observe_training(&high, || Arc::new(high.clone()));
+    let metrics = crate::metrics::Metrics::default();
+    let super::Step::Work(w) = st.next(&mut Default::default(), &metrics) else {
+        panic!("the preemption is written")
+    };
+    let Decision::Wait { reason, .. } = &w.decision else {
+        panic!("waits for the victim: {:?}", w.decision)
+    };
+    assert_eq!(
+        reason,
+        "waiting for preempted jobs to release 8 GPUs on m/a"
+    );
+    assert_eq!(w.victims.len(), 1);
+    assert_eq!(w.victims[0].name.name, "low");
+    assert_eq!(
+        w.victims[0].note,
+        "preempted by default/high (priority 100) in queue team"
+    );
+    st.in_flight.clear();
+    // The victim's status is observed without its placement (its pods are gone too): it waits
+    // again, but the GPUs are the preemptor's — a job of higher priority outside every queue
+    // does not get them.
+    let mut preempted = low.clone();
+    preempted.status = Some(super::jobs::training_preempted_status(
+        &low,
+        "PreemptedByPriority",
+        &w.victims[0].note,
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+        30,
+    ));
+    preempted.metadata.resource_version = Some("2".into());
+    st.observe_training(&preempted, || Arc::new(preempted.clone()));
+    let mut other = training_at("other", "2026-01-01T00:00:01Z", None, 1000);
+    other.metadata.namespace = Some("elsewhere".into());
+    other.spec.gpus_per_worker = 8;
+    st.observe_training(&other, || Arc::new(other.clone()));
+    for _ in 0..2 {
+        if let super::Step::Work(w) = st.next(&mut Default::default(), &metrics) {
+            assert!(
+                matches!(w.decision, Decision::Wait { .. }),
+                "{} placed on reserved GPUs",
+                w.job.name().name
+            );
+        }
+        st.in_flight.clear();
+    }
+    // The preemptor's turn: placed on the released GPUs.
+    st.queue.retry_now("high-uid");
+    let super::Step::Work(w) = st.next(&mut Default::default(), &metrics) else {
+        panic!("the preemptor is decided")
+    };
+    assert_eq!(w.job.name().name, "high");
+    assert!(
+        matches!(w.decision, Decision::Training { .. }),
+        "{:?}",
+        w.decision
+    );
+    let st_low = preempted.status.unwrap();
+    assert_eq!((st_low.restarts, st_low.preemptions), (1, 1));
+    assert_eq!(st_low.phase, crate::api::TrainingPhase::Pending);
+    assert_eq!(st_low.past_placements.len(), 1);
+    // The meter pays the retired placement's pods until they end, at most their grace period
+    // past the preemption.
+    let past = &st_low.past_placements[0];
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    assert!((past.until.0.as_second() - now - 30).abs() <= 2, "{past:?}");
+    assert_eq!(past.workers[0].gpu_uuids.len(), 8);
+}
