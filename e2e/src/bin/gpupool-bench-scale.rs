@@ -187,8 +187,17 @@ const SHAPES: [(&str, &str, &str, i64, usize); 8] = [
 
 /// The spec of `shape` for one node, its UUIDs unique in the pool.
 fn shape_spec(shape: usize, member: usize, node: usize) -> gpupool::api::GpuTopologySpec {
-    let (_, fixture, model, memory, keep) = SHAPES[shape];
-    let mut spec = gpupool::topology::fixtures::get(fixture);
+    // The fixtures parsed once (YAML), not per node: the build time is the cache's own.
+    static BASE: std::sync::OnceLock<Vec<gpupool::api::GpuTopologySpec>> =
+        std::sync::OnceLock::new();
+    let base = BASE.get_or_init(|| {
+        SHAPES
+            .iter()
+            .map(|s| gpupool::topology::fixtures::get(s.1))
+            .collect()
+    });
+    let (_, _, model, memory, keep) = SHAPES[shape];
+    let mut spec = base[shape].clone();
     spec.gpus.retain(|g| (g.index as usize) < keep);
     spec.links
         .retain(|l| (l.a as usize) < keep && (l.b as usize) < keep);
