@@ -58,14 +58,23 @@ pub const EXACT_LIMIT: u128 = 20_000;
 pub const UNIT_DIVISOR: i64 = 6;
 /// Memoized answers kept before the table is cleared (≈ 100 bytes each).
 pub const MEMO_CAPACITY: usize = 1 << 20;
-/// Work the heuristic search of a large node may do, in maximal NVLink cliques visited (each
-/// set scored walks every clique of the node twice): a set is scored at most
-/// `HEURISTIC_WORK / cliques` times, never fewer than [`HEURISTIC_MIN_SCORES`]. A real node has
-/// a handful of cliques and never reaches it; a pathological one (tens of thousands of cliques)
-/// gets the greedy sets improved as far as the budget goes instead of stalling the loop.
+/// Work the heuristic search of a large node may do, in elementary steps: scoring a set walks
+/// every maximal NVLink clique of the node twice and finds its ring bottleneck (a few
+/// Hamiltonian-cycle tests by dynamic programming over the set's subsets, `k · 2^(k-1)` steps
+/// each); an NVLink-ring admission test is one such test. A real node spends a small fraction
+/// of it; a pathological one (tens of thousands of cliques, or 16-GPU rings on a dense graph)
+/// keeps the best set found when it is spent instead of stalling the loop. Counted, not timed,
+/// so the answer stays deterministic. At least one greedy set is always completed and scored.
 pub const HEURISTIC_WORK: usize = 50_000_000;
-/// See [`HEURISTIC_WORK`].
-pub const HEURISTIC_MIN_SCORES: usize = 64;
+
+/// Steps of one Hamiltonian-cycle test on `k` GPUs (see [`HEURISTIC_WORK`]).
+fn ring_test_steps(k: usize) -> usize {
+    if k <= 3 {
+        k * k
+    } else {
+        k.saturating_mul(1usize << (k.min(40) - 1))
+    }
+}
 
 /// What a worker needs on one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -776,17 +785,30 @@ fn heuristic(
 ) -> Option<(i64, GpuSet)> {
     let g = ctx.g;
     let mode = admit;
-    let fits = |s: GpuSet| admissible(g, s, mode) && (min == 0 || g.ring_bottleneck(s) >= min);
-    // Scoring budget (see HEURISTIC_WORK): once spent, the sets found so far are kept as they are.
-    let budget = (HEURISTIC_WORK / (2 * g.nvlink_cliques().len()).max(1)).max(HEURISTIC_MIN_SCORES);
-    let scores = std::cell::Cell::new(0usize);
-    let spent = || scores.get() >= budget;
+    // Work budget (see HEURISTIC_WORK): once spent, the sets found so far are kept as they are.
+    let ring_test = ring_test_steps(count);
+    // The bottleneck bisects over the set's distinct pair qualities: log2(pairs) tests at most.
+    let bisection = (u64::BITS - (pairs(count).max(1) as u64).leading_zeros()) as usize;
+    let fit_cost = match mode {
+        NvLinkMode::Ring => ring_test,
+        _ => count * count,
+    } + if min > 0 { bisection * ring_test } else { 0 };
+    let eval_cost = 2 * g.nvlink_cliques().len() + bisection * ring_test;
+    let work = std::cell::Cell::new(0usize);
+    let spent = || work.get() >= HEURISTIC_WORK;
+    let fits = |s: GpuSet| {
+        work.set(work.get().saturating_add(fit_cost));
+        admissible(g, s, mode) && (min == 0 || g.ring_bottleneck(s) >= min)
+    };
     let eval = |s: GpuSet| {
-        scores.set(scores.get() + 1);
+        work.set(work.get().saturating_add(eval_cost));
         ctx.key(s, g.set_quality(s), score)
     };
     let mut best: Option<(i64, GpuSet)> = None;
     for seed in ctx.free.iter() {
+        if spent() && best.is_some() {
+            break;
+        }
         let mut set = GpuSet::from_indexes([seed]);
         while set.len() < count {
             let pick = ctx

@@ -544,3 +544,56 @@ fn min_link_gbps_refuses_sets_whose_ring_has_a_slower_hop() {
     // The memo keeps answers with and without a minimum apart.
     assert!(allocate(&l40s, l40s.all(), &GpuRequest::new(2, Preferred)).is_ok());
 }
+
+/// A 32-GPU node whose NVLink graph has 3^10 = 59 049 maximal cliques (ten groups of three,
+/// every GPU linked to every GPU outside its group) plus two GPUs on PCIe only.
+fn moon_moser() -> GpuGraph {
+    let mut spec = fixtures::get("pcie-l40s");
+    let g0 = spec.gpus[0].clone();
+    spec.gpus = (0..32)
+        .map(|i| {
+            let mut g = g0.clone();
+            g.index = i;
+            g.uuid = format!("GPU-mm-{i}");
+            g
+        })
+        .collect();
+    let l0 = spec.links[0].clone();
+    spec.links = (0..30)
+        .flat_map(|a| (a + 1..30).map(move |b| (a, b)))
+        .filter(|(a, b)| a / 3 != b / 3)
+        .map(|(a, b)| {
+            let mut l = l0.clone();
+            l.a = a;
+            l.b = b;
+            l.nvlinks = 2;
+            l
+        })
+        .collect();
+    GpuGraph::from_spec(&spec).unwrap()
+}
+
+#[test]
+fn a_pathological_node_still_answers_large_ring_requests_within_the_work_budget() {
+    // 16 of 32 GPUs is far past the exact search; every admission test and score of a 16-GPU
+    // set runs Hamiltonian-cycle tests over 2^15 subsets: the counted budget stops the search
+    // with the best set found (before, it ran every seed and swap: 1.6 s in a release build).
+    let g = moon_moser();
+    assert!(binomial(32, 16) > EXACT_LIMIT);
+    let a = allocate(&g, g.all(), &GpuRequest::new(16, Preferred)).unwrap();
+    assert_eq!(a.gpus.len(), 16);
+    let set = GpuSet::from_indexes(a.gpus.iter().copied());
+    assert!(
+        g.has_nvlink_ring(set),
+        "an all-NVLink ring exists and is found"
+    );
+    assert!(
+        a.gpus.iter().all(|&i| i < 30),
+        "no PCIe-only GPU: {:?}",
+        a.gpus
+    );
+    // Counted, not timed: the same request gets the same answer.
+    let b = allocate_uncached(&g, g.all(), &GpuRequest::new(16, Preferred)).unwrap();
+    assert_eq!(a.gpus, b.gpus);
+    assert!(ring_test_steps(16) > ring_test_steps(8));
+}
