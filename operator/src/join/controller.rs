@@ -157,7 +157,17 @@ async fn reconcile_request(req: Arc<JoinRequest>, ctx: Arc<Ctx>) -> Result<Actio
         return Ok(wait);
     }
     let name = &req.spec.member_name;
-    let mc = Api::<MemberCluster>::all(hub.clone()).get(name).await?;
+    let Some(mc) = Api::<MemberCluster>::all(hub.clone()).get_opt(name).await? else {
+        // Removed right after this pass created or re-joined it, before the request recorded
+        // its answer: void, as `policy::member_removed` says of an answered request (deleting
+        // a member completes; it is not created again from this request).
+        let why = format!(
+            "member {name} was removed from the pool while this request waited; join again with a new join token"
+        );
+        set_status(hub, &req, refused(why)).await?;
+        token::revoke(hub, &req.name_any()).await?;
+        return Ok(Action::await_change());
+    };
     let (phase, message) = match mc.spec.approval {
         Approval::Approved => return hand_over(hub, &req, &mc).await,
         Approval::Pending => (
