@@ -213,30 +213,11 @@ fn shape_spec(shape: usize, member: usize, node: usize) -> gpupool::api::GpuTopo
 /// A 32-GPU node whose NVLink graph has 3^10 = 59 049 maximal cliques (a Moon–Moser graph:
 /// ten groups of three, every GPU linked to every GPU outside its group) plus two GPUs on PCIe.
 fn moon_moser_spec() -> gpupool::api::GpuTopologySpec {
-    let mut spec = gpupool::topology::fixtures::get("pcie-l40s");
-    let g0 = spec.gpus[0].clone();
-    spec.node_name = "node-moon-moser".into();
-    spec.gpus = (0..32)
-        .map(|i| {
-            let mut g = g0.clone();
-            g.index = i;
-            g.uuid = format!("GPU-moon-moser-{i}");
-            g.model = "Moon-Moser".into();
-            g
-        })
-        .collect();
-    let l0 = spec.links[0].clone();
-    spec.links = (0..30)
-        .flat_map(|a| (a + 1..30).map(move |b| (a, b)))
-        .filter(|(a, b)| a / 3 != b / 3)
-        .map(|(a, b)| {
-            let mut l = l0.clone();
-            l.a = a;
-            l.b = b;
-            l.nvlinks = 2;
-            l
-        })
-        .collect();
+    let mut spec = gpupool::topology::fixtures::moon_moser("node-moon-moser");
+    for g in &mut spec.gpus {
+        g.uuid = format!("GPU-moon-moser-{}", g.index);
+        g.model = "Moon-Moser".into();
+    }
     spec
 }
 

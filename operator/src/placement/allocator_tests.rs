@@ -545,32 +545,9 @@ fn min_link_gbps_refuses_sets_whose_ring_has_a_slower_hop() {
     assert!(allocate(&l40s, l40s.all(), &GpuRequest::new(2, Preferred)).is_ok());
 }
 
-/// A 32-GPU node whose NVLink graph has 3^10 = 59 049 maximal cliques (ten groups of three,
-/// every GPU linked to every GPU outside its group) plus two GPUs on PCIe only.
+/// The pathological Moon–Moser node (59 049 maximal NVLink cliques).
 fn moon_moser() -> GpuGraph {
-    let mut spec = fixtures::get("pcie-l40s");
-    let g0 = spec.gpus[0].clone();
-    spec.gpus = (0..32)
-        .map(|i| {
-            let mut g = g0.clone();
-            g.index = i;
-            g.uuid = format!("GPU-mm-{i}");
-            g
-        })
-        .collect();
-    let l0 = spec.links[0].clone();
-    spec.links = (0..30)
-        .flat_map(|a| (a + 1..30).map(move |b| (a, b)))
-        .filter(|(a, b)| a / 3 != b / 3)
-        .map(|(a, b)| {
-            let mut l = l0.clone();
-            l.a = a;
-            l.b = b;
-            l.nvlinks = 2;
-            l
-        })
-        .collect();
-    GpuGraph::from_spec(&spec).unwrap()
+    GpuGraph::from_spec(&fixtures::moon_moser("mm")).unwrap()
 }
 
 #[test]

@@ -922,6 +922,36 @@ pub mod fixtures {
             .map(|(_, s)| s)
             .unwrap_or_else(|| panic!("no fixture {name}"))
     }
+
+    /// A pathological 32-GPU node, `node`: its NVLink graph has 3^10 = 59 049 maximal cliques
+    /// (a Moon–Moser graph: ten groups of three, every GPU linked to every GPU outside its
+    /// group by two NVLinks), and two more GPUs on PCIe only. UUIDs `GPU-<node>-<index>`.
+    pub fn moon_moser(node: &str) -> GpuTopologySpec {
+        let mut spec = get("pcie-l40s");
+        let g0 = spec.gpus[0].clone();
+        spec.node_name = node.into();
+        spec.gpus = (0..32)
+            .map(|i| {
+                let mut g = g0.clone();
+                g.index = i;
+                g.uuid = format!("GPU-{node}-{i}");
+                g
+            })
+            .collect();
+        let l0 = spec.links[0].clone();
+        spec.links = (0..30)
+            .flat_map(|a| (a + 1..30).map(move |b| (a, b)))
+            .filter(|(a, b)| a / 3 != b / 3)
+            .map(|(a, b)| {
+                let mut l = l0.clone();
+                l.a = a;
+                l.b = b;
+                l.nvlinks = 2;
+                l
+            })
+            .collect();
+        spec
+    }
 }
 
 #[cfg(test)]
