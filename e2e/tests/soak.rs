@@ -40,5 +40,12 @@ async fn a_two_minute_soak_with_every_fault_breaks_no_invariant() {
         report.memory.iter().any(|m| m.leader_kib.is_some()),
         "{text}"
     );
-    assert!(report.violations.is_empty(), "invariants broken:\n{text}");
+    if !report.violations.is_empty() {
+        // The processes' logs stay for whoever reads the failure.
+        let kept = dir.keep();
+        panic!(
+            "invariants broken (logs in {}):\n{text}",
+            kept.display()
+        );
+    }
 }

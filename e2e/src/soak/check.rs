@@ -200,18 +200,26 @@ impl Checker {
                     holders
                         .entry(u.clone())
                         .or_default()
-                        .insert(job_key("TrainingJob", j));
+                        .insert(format!("{} rank {}", job_key("TrainingJob", j), w.rank));
                 }
             }
         }
+        // Per replica (cluster, position, revision): two replicas of one job on one GPU count too.
         for j in &snap.inference {
             for p in j.status.iter().flat_map(|s| &s.placements) {
-                for g in &p.gpus {
+                for (i, g) in p.gpus.iter().enumerate() {
+                    let replica = format!(
+                        "{} replica {} on {} (revision {})",
+                        job_key("InferenceJob", j),
+                        p.replicas.get(i).map_or("?".into(), |r| r.to_string()),
+                        p.cluster,
+                        g.revision
+                    );
                     for u in &g.gpu_uuids {
                         holders
                             .entry(u.clone())
                             .or_default()
-                            .insert(job_key("InferenceJob", j));
+                            .insert(replica.clone());
                     }
                 }
             }
@@ -548,6 +556,8 @@ fn training_health(j: &TrainingJob, pods: &[&MemberPod]) -> Option<String> {
         )),
         TrainingPhase::Pending if st.pending_reason.is_some() || st.message.is_some() => None,
         TrainingPhase::Pending => Some("Pending without a reason".into()),
+        // A gang restarting waits in the queue like a pending one: with its reason.
+        TrainingPhase::Restarting if st.pending_reason.is_some() => None,
         p => Some(format!("{p:?}")),
     }
 }
@@ -562,11 +572,19 @@ fn inference_health(j: &InferenceJob, pods: &[&MemberPod]) -> Option<String> {
         .iter()
         .filter(|p| p.phase == "Running" && !p.deleting)
         .count() as i32;
+    // `observedGeneration` of an InferenceJob means realized: it lags while a change waits for
+    // GPUs. Waiting is fine when the scheduler has answered this very generation with a reason.
     let stale = st
         .observed_generation
         .is_some_and(|g| Some(g) < j.metadata.generation);
+    let waiting = st.pending_reason.is_some()
+        && st.conditions.iter().any(|c| {
+            c.type_ == "Scheduled"
+                && c.status == "False"
+                && c.observed_generation == j.metadata.generation
+        });
     match st.phase {
-        _ if stale => Some("spec change not observed".into()),
+        _ if stale && !waiting => Some("spec change not observed".into()),
         InferencePhase::Running if running >= j.spec.replicas => None,
         InferencePhase::Running => Some(format!(
             "Running on the hub, {running}/{} pods running",

@@ -278,6 +278,52 @@ pub fn orphans<'a>(
         .collect()
 }
 
+/// GPU UUIDs held in the member: UUID → the pod holding it. A pod holds its GPUs from its
+/// creation until it is gone, terminating included (the kubelet keeps a terminating pod's devices
+/// too); a pod that has finished holds none.
+pub type GpuHolders = HashMap<String, (String, String)>;
+
+/// The GPU UUIDs a pod (or a pod manifest) was given by the hub (its `gpupool.io/gpu-uuids`
+/// annotation).
+pub fn manifest_gpus(manifest: &Value) -> Vec<String> {
+    str_at(manifest, &["metadata", "annotations", labels::GPU_UUIDS])
+        .map(|s| {
+            s.split(',')
+                .filter(|u| !u.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Who holds which GPU among the member's pods (see [`GpuHolders`]).
+pub fn gpu_holders<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> GpuHolders {
+    let mut out = GpuHolders::new();
+    for p in pods {
+        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            continue;
+        }
+        let key = (p.namespace().unwrap_or_default(), p.name_any());
+        if let Some(uuids) = p.annotations().get(labels::GPU_UUIDS) {
+            for u in uuids.split(',').filter(|u| !u.is_empty()) {
+                out.insert(u.to_string(), key.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Why pod `ns/name` asking for `gpus` must not be created yet: another pod still holds one of
+/// them (e.g. the pod it replaces, still terminating). `None`: every GPU is free or its own.
+pub fn gpu_conflict(ns: &str, name: &str, gpus: &[String], held: &GpuHolders) -> Option<String> {
+    gpus.iter().find_map(|u| {
+        let (hns, hname) = held.get(u)?;
+        (hns != ns || hname != name)
+            .then(|| format!("Pod {ns}/{name} waits for GPU {u}, still held by pod {hns}/{hname}"))
+    })
+}
+
 /// What the hub learns about one pod.
 pub fn pod_report(p: &Pod) -> PodReport {
     let st = p.status.as_ref();
@@ -343,6 +389,50 @@ mod tests {
             namespaces: BTreeSet::new(),
             own_namespace: "gpupool-system".into(),
         }
+    }
+
+    fn member_pod(name: &str, uuids: &str, phase: &str, terminating: bool) -> Pod {
+        let mut p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "gpupool-ml",
+                         "annotations": {"gpupool.io/gpu-uuids": uuids}},
+            "status": {"phase": phase}}))
+        .unwrap();
+        if terminating {
+            p.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        }
+        p
+    }
+
+    #[test]
+    fn a_pod_waits_while_another_pod_even_terminating_holds_one_of_its_gpus() {
+        let pods = [
+            member_pod("old-r0", "GPU-1,GPU-2", "Running", true),
+            member_pod("done", "GPU-3", "Succeeded", false),
+            member_pod("other", "GPU-4", "Pending", false),
+        ];
+        let held = gpu_holders(&pods);
+        let gpus = |s: &str| {
+            manifest_gpus(&json!({"metadata": {"annotations": {"gpupool.io/gpu-uuids": s}}}))
+        };
+        // The replacement of a terminating pod on the same GPU waits for it to be gone.
+        let why = gpu_conflict("gpupool-ml", "new-r0", &gpus("GPU-2"), &held).unwrap();
+        assert!(
+            why.contains("GPU-2") && why.contains("gpupool-ml/old-r0"),
+            "{why}"
+        );
+        assert!(gpu_conflict("gpupool-ml", "new-r1", &gpus("GPU-4,GPU-5"), &held).is_some());
+        // A finished pod holds nothing; a pod is never in its own way; a pod without GPUs waits
+        // for nothing.
+        assert_eq!(
+            gpu_conflict("gpupool-ml", "new-r2", &gpus("GPU-3,GPU-5"), &held),
+            None
+        );
+        assert_eq!(
+            gpu_conflict("gpupool-ml", "old-r0", &gpus("GPU-1"), &held),
+            None
+        );
+        assert_eq!(gpu_conflict("gpupool-ml", "svc", &gpus(""), &held), None);
+        assert!(manifest_gpus(&json!({"metadata": {}})).is_empty());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use kube::api::{
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -371,11 +371,13 @@ fn kind_resource(kind: &str) -> ApiResource {
     }
 }
 
-/// The keys of the objects of one kind the agent applied, from its watch store.
+/// The keys of the objects of one kind the agent applied, from its watch store; objects already
+/// being deleted are left out (deleting them again only repeats the request).
 fn applied_keys<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<ObjectKey> {
     store
         .state()
         .iter()
+        .filter(|o| o.meta().deletion_timestamp.is_none())
         .map(|o| {
             (
                 K::kind(&()).into_owned(),
@@ -483,6 +485,8 @@ async fn apply_loop(
     let mut namespaces: BTreeSet<String> = BTreeSet::new();
     let mut next_full = tokio::time::Instant::now();
     let mut preparer = apply::Preparer::default();
+    // Pods this agent created that its pod watch has not shown yet: they hold their GPUs too.
+    let mut recent: Recent = HashMap::new();
     loop {
         let full = tokio::time::Instant::now() >= next_full;
         if full {
@@ -498,7 +502,28 @@ async fn apply_loop(
                 full || done.get(&w.uid().unwrap_or_default()) != Some(&generation)
             })
             .collect();
-        let results = apply_works(&member, &todo, &want, &refused, &mut namespaces).await;
+        // Who holds which GPU, read only when there is something to apply (a pass over the pods).
+        let mut held = if todo.is_empty() {
+            apply::GpuHolders::new()
+        } else {
+            apply::gpu_holders(pods.state().iter().map(|p| &**p))
+        };
+        recent.retain(|key, (_, at)| {
+            at.elapsed() < RECENT && pods.get(&ObjectRef::new(&key.1).within(&key.0)).is_none()
+        });
+        for (key, (gpus, _)) in &recent {
+            for u in gpus {
+                held.entry(u.clone()).or_insert_with(|| key.clone());
+            }
+        }
+        let (results, deferred) = apply_works(
+            &member,
+            &todo,
+            (&want, &refused),
+            &mut namespaces,
+            (&mut held, &mut recent),
+        )
+        .await;
         let changed = record_applied(&state, results, &owned) || full || !todo.is_empty();
         if changed {
             report.notify_one();
@@ -507,24 +532,41 @@ async fn apply_loop(
             existing.extend(applied_keys(claims));
             delete_unwanted(&member, &existing, &want).await;
         }
+        // A pod waiting for GPUs another pod still holds is tried again shortly: the holder's
+        // deletion is a pod event, which does not wake this loop (only work changes do).
+        let next = if deferred {
+            next_full.min(tokio::time::Instant::now() + DEFERRED_RETRY)
+        } else {
+            next_full
+        };
         tokio::select! {
             _ = wake.notified() => {}
-            _ = tokio::time::sleep_until(next_full) => {}
+            _ = tokio::time::sleep_until(next) => {}
         }
     }
 }
 
+/// Pods created by this agent and not yet seen by its watch: key → (GPU UUIDs, when).
+type Recent = HashMap<(String, String), (Vec<String>, std::time::Instant)>;
+/// How long a created pod counts as holding its GPUs before the watch shows it.
+const RECENT: Duration = Duration::from_secs(60);
+/// How soon a pod waiting for another pod's GPUs is tried again.
+const DEFERRED_RETRY: Duration = Duration::from_secs(1);
+
 /// Server-side applies each work's objects (creating their namespaces first); per work, what
-/// went wrong.
+/// went wrong, and whether a pod waits for GPUs another pod still holds (not created: the GPUs of
+/// a pod are its own until it is gone, as on a node whose kubelet keeps a terminating pod's
+/// devices).
 async fn apply_works(
     member: &kube::Client,
     todo: &[&Arc<MemberWork>],
-    want: &apply::Wanted,
-    refused: &apply::Refusals,
+    (want, refused): (&apply::Wanted, &apply::Refusals),
     namespaces: &mut BTreeSet<String>,
-) -> Vec<WorkResult> {
+    (held, recent): (&mut apply::GpuHolders, &mut Recent),
+) -> (Vec<WorkResult>, bool) {
     let objects = apply::by_work(want);
     let mut results = Vec::new();
+    let mut deferred = false;
     for w in todo {
         let work = w.name_any();
         let mut errs = refused.get(&work).cloned().unwrap_or_default();
@@ -545,19 +587,38 @@ async fn apply_works(
                     }
                 }
             }
+            let gpus = if kind == "Pod" {
+                apply::manifest_gpus(manifest)
+            } else {
+                Vec::new()
+            };
+            if let Some(why) = apply::gpu_conflict(ns, name, &gpus, held) {
+                tracing::debug!(%ns, %name, %why, "pod not created yet");
+                errs.push(why);
+                deferred = true;
+                continue;
+            }
             let api: Api<DynamicObject> =
                 Api::namespaced_with(member.clone(), ns, &api_resource(manifest));
             tracing::debug!(%kind, %ns, %name, "applying");
             let pp = PatchParams::apply(apply::AGENT).force();
-            if let Err(e) = api.patch(name, &pp, &Patch::Apply(&**manifest)).await {
-                errs.push(format!("{kind} {ns}/{name}: {e}"));
+            match api.patch(name, &pp, &Patch::Apply(&**manifest)).await {
+                Ok(_) if !gpus.is_empty() => {
+                    let key = (ns.clone(), name.clone());
+                    for u in &gpus {
+                        held.insert(u.clone(), key.clone());
+                    }
+                    recent.insert(key, (gpus, std::time::Instant::now()));
+                }
+                Ok(_) => {}
+                Err(e) => errs.push(format!("{kind} {ns}/{name}: {e}")),
             }
         }
         tracing::debug!(%work, errors = errs.len(), "applied");
         let generation = w.metadata.generation.unwrap_or(0);
         results.push((w.uid().unwrap_or_default(), work, generation, errs));
     }
-    results
+    (results, deferred)
 }
 
 /// Records an apply pass for the status loop and forgets withdrawn works; whether a work was

@@ -439,7 +439,12 @@ fn spread_replicas(
             }
             let (best, member_why) = best_of[ci].get_or_insert_with(|| {
                 let mut w = Vec::new();
-                (best_node(c, &free[ci], req, whole, ix, &mut w), w)
+                let best = best_node(c, &free[ci], req, whole, ix, &mut w);
+                if best.is_none() && w.is_empty() {
+                    // Its nodes were left out before the decision (full, wrong model, unusable).
+                    w.extend(c.skipped.iter().map(|s| format!("{}: {s}", c.name)));
+                }
+                (best, w)
             });
             why.extend(member_why.iter().cloned());
             if let Some((ni, p, set, fit)) = best {

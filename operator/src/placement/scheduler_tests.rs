@@ -388,6 +388,37 @@ fn replicas_without_spread_land_on_one_member_that_fits_the_most() {
     );
 }
 
+#[test]
+fn a_spread_replica_that_fits_nowhere_names_why_each_members_nodes_were_left_out() {
+    // The scheduler's snapshot leaves nodes that cannot fit out of a candidate and says why in
+    // `skipped`: a full member must not read as a member without GPU nodes.
+    let mut full = member("full", Vec::new());
+    full.skipped = vec!["1 node(s) with fewer than 2 free GPUs".into()];
+    let cands = vec![
+        full,
+        member("busy", vec![node("dgx-h100", "b0", &[0, 1, 2, 3, 4, 5, 6])]),
+    ];
+    let policy = ReplicaPlacement {
+        spread: Some(SpreadPolicy::default()),
+        max_replicas_per_cluster: None,
+    };
+    let (placed, reasons) = place_replicas(
+        &cands,
+        &job(2, NvLinkMode::Preferred),
+        &[0],
+        &policy,
+        None,
+        &BTreeMap::new(),
+    );
+    assert!(placed.is_empty());
+    let r = reasons.join("; ");
+    assert!(
+        r.contains("full: 1 node(s) with fewer than 2 free GPUs") && r.contains("b0"),
+        "{r}"
+    );
+    assert!(!r.contains("no GPU nodes"), "{r}");
+}
+
 fn counts(placed: &[(String, PodPlacement)]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for (c, _) in placed {
