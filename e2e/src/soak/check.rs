@@ -197,10 +197,11 @@ impl Checker {
             }
             for w in &st.workers {
                 for u in &w.gpu_uuids {
-                    holders
-                        .entry(u.clone())
-                        .or_default()
-                        .insert(format!("{} rank {}", job_key("TrainingJob", j), w.rank));
+                    holders.entry(u.clone()).or_default().insert(format!(
+                        "{} rank {}",
+                        job_key("TrainingJob", j),
+                        w.rank
+                    ));
                 }
             }
         }

@@ -111,7 +111,8 @@ pub async fn client(kubeconfig: &Path) -> Result<kube::Client> {
 
 impl Churn {
     async fn refresh(&mut self) -> Result<()> {
-        let lp = ListParams::default().labels(SOAK_LABEL);
+        // The churn's own jobs only: the fault process's probes are not the churn's to delete.
+        let lp = ListParams::default().labels(&format!("{SOAK_LABEL}=true"));
         let tjs = self.tjs.list(&lp).await?.items;
         self.open_training = tjs
             .iter()

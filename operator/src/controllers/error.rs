@@ -61,6 +61,16 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Whether the finalizer could not be removed because the object is already gone: an
+    /// earlier pass removed it and the API server deleted the object (nothing left to do).
+    pub fn is_gone(&self) -> bool {
+        use kube::runtime::finalizer::Error as F;
+        matches!(self, Error::Finalizer(f) if matches!(&**f,
+            F::RemoveFinalizer(kube::Error::Api(s)) if s.code == 404))
+    }
+}
+
 impl From<kube::Error> for Error {
     fn from(e: kube::Error) -> Self {
         Error::Hub(e)
@@ -79,5 +89,27 @@ impl<T> MemberErr<T> for std::result::Result<T, kube::Error> {
             cluster: cluster.to_string(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+    use kube::runtime::finalizer::Error as F;
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(Status::failure("x", "y").with_code(code).boxed())
+    }
+
+    #[test]
+    fn a_finalizer_removal_that_finds_the_object_gone_is_no_failure() {
+        let gone = Error::Finalizer(Box::new(F::RemoveFinalizer(api(404))));
+        assert!(gone.is_gone() && !gone.is_conflict());
+        let raced = Error::Finalizer(Box::new(F::RemoveFinalizer(api(409))));
+        assert!(!raced.is_gone() && raced.is_conflict());
+        // A job missing while its cleanup runs is a real failure, as is any other 404.
+        assert!(!Error::Finalizer(Box::new(F::CleanupFailed(Error::Hub(api(404))))).is_gone());
+        assert!(!Error::Hub(api(404)).is_gone());
     }
 }

@@ -33,6 +33,9 @@ pub fn error_policy(job: Arc<TrainingJob>, err: &Error, _ctx: Arc<Context>) -> A
         // A newer version exists (often the scheduler's placement): look at it right away.
         return Action::requeue(Duration::from_millis(50));
     }
+    if err.is_gone() {
+        return Action::await_change();
+    }
     tracing::warn!(job = %job.name_any(), error = %err, "trainingjob reconcile failed");
     Action::requeue(Duration::from_secs(3))
 }
