@@ -521,7 +521,7 @@ async fn apply_loop(
             &todo,
             (&want, &refused),
             &mut namespaces,
-            (&mut held, &mut recent),
+            (pods, &mut held, &mut recent),
         )
         .await;
         let changed = record_applied(&state, results, &owned) || full || !todo.is_empty();
@@ -562,7 +562,7 @@ async fn apply_works(
     todo: &[&Arc<MemberWork>],
     (want, refused): (&apply::Wanted, &apply::Refusals),
     namespaces: &mut BTreeSet<String>,
-    (held, recent): (&mut apply::GpuHolders, &mut Recent),
+    (pods, held, recent): (&Store<Pod>, &mut apply::GpuHolders, &mut Recent),
 ) -> (Vec<WorkResult>, bool) {
     let objects = apply::by_work(want);
     let mut results = Vec::new();
@@ -587,7 +587,10 @@ async fn apply_works(
                     }
                 }
             }
-            let gpus = if kind == "Pod" {
+            // Only a pod to be created takes GPUs: applying a pod the member already has (running
+            // or finished) changes none.
+            let creates_pod = kind == "Pod" && pods.get(&ObjectRef::new(name).within(ns)).is_none();
+            let gpus = if creates_pod {
                 apply::manifest_gpus(manifest)
             } else {
                 Vec::new()
