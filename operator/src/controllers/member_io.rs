@@ -51,18 +51,6 @@ pub async fn delete_pods(
     link.delete_pods(ns, uid, doomed).await.member(cluster)
 }
 
-/// Deletes pods of job `uid` in the member for which `doomed` is true, each with its own
-/// termination grace period (a preempted job's pods); returns how many.
-pub async fn withdraw_pods(
-    link: &MemberLink,
-    cluster: &str,
-    ns: &str,
-    uid: &str,
-    doomed: impl Fn(&Pod) -> bool,
-) -> Result<usize> {
-    link.withdraw_pods(ns, uid, doomed).await.member(cluster)
-}
-
 /// Deletes every pod and service of job `uid` in the member.
 pub async fn delete_all(link: &MemberLink, cluster: &str, ns: &str, uid: &str) -> Result<usize> {
     link.delete_all(ns, uid).await.member(cluster)

@@ -1,7 +1,7 @@
 //! TrainingJob controller: worker pods of a placed gang, gang restarts, roll-up from the member's
 //! pod watch. Placement itself is the scheduler's.
 
-use super::member_io::{cleanup_job, create_objects, delete_pods, ensure_namespace, withdraw_pods};
+use super::member_io::{cleanup_job, create_objects, delete_pods, ensure_namespace};
 use super::status::{RESYNC, STALE_RETRY, apply_status, event, now, reconcile_finalized};
 use super::{Context, Error, Result};
 use crate::api::{TrainingJob, TrainingJobStatus, TrainingPhase, condition};
@@ -143,7 +143,7 @@ async fn withdraw_old_generations(
             .iter()
             .any(|p| old(p) && p.metadata.deletion_timestamp.is_none());
         if left {
-            let n = withdraw_pods(&client, cluster, &ns, &uid, old).await?;
+            let n = delete_pods(&client, cluster, &ns, &uid, old).await?;
             tracing::info!(job = %job.name_any(), cluster, withdrawn = n, "withdrew the pods of an earlier gang generation");
         }
     }

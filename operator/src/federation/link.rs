@@ -131,34 +131,16 @@ impl MemberLink {
     }
 
     /// Deletes the pods of hub job `uid` (hub namespace `ns`; the pods are in its tenant
-    /// namespace) for which `doomed` is true; returns
-    /// how many.
+    /// namespace) for which `doomed` is true, each with its own termination grace period; returns
+    /// how many. Never a forced deletion: a pod's object stays, holding its GPUs in every cache
+    /// (the hub's, the member scheduler's), until its kubelet has stopped it — removing the object
+    /// at once would free GPUs a container may still be using. A pod already terminating is left
+    /// to finish.
     pub async fn delete_pods(
         &self,
         ns: &str,
         uid: &str,
         doomed: impl Fn(&Pod) -> bool,
-    ) -> kube::Result<usize> {
-        self.remove_pods(ns, uid, doomed, Some(0)).await
-    }
-
-    /// [`Self::delete_pods`] with each pod's own termination grace period (a preempted job's
-    /// pods: they may checkpoint before they stop).
-    pub async fn withdraw_pods(
-        &self,
-        ns: &str,
-        uid: &str,
-        doomed: impl Fn(&Pod) -> bool,
-    ) -> kube::Result<usize> {
-        self.remove_pods(ns, uid, doomed, None).await
-    }
-
-    async fn remove_pods(
-        &self,
-        ns: &str,
-        uid: &str,
-        doomed: impl Fn(&Pod) -> bool,
-        grace: Option<u32>,
     ) -> kube::Result<usize> {
         match self {
             MemberLink::Push(client) => {
@@ -167,13 +149,8 @@ impl MemberLink {
                     .list(&ListParams::default().labels(&format!("{}={uid}", labels::JOB_UID)))
                     .await?;
                 let mut n = 0;
-                let dp = match grace {
-                    Some(g) => DeleteParams::background().grace_period(g),
-                    None => DeleteParams::background(),
-                };
-                // A pod already terminating keeps its grace period.
-                let doomed = |p: &Pod| doomed(p) && !(grace.is_none() && terminating(p));
-                for p in pods.items.iter().filter(|p| doomed(p)) {
+                let dp = DeleteParams::background();
+                for p in pods.items.iter().filter(|p| doomed(p) && !terminating(p)) {
                     let gone = api.delete(&p.name_any(), &dp).await.or_absent()?;
                     n += usize::from(gone.is_some());
                 }
