@@ -166,14 +166,16 @@ async fn renew_time(hub: &kube::Client, ns: &str) -> Option<String> {
 }
 
 fn work(name: &str, pods: &[(&str, &str)]) -> MemberWork {
+    // Each pod its own GPU: the agent creates no pod while another live pod holds its GPUs.
     let manifests = pods
         .iter()
         .map(|(pod, node)| {
+            let uuid = format!("GPU-{pod}");
             serde_json::json!({
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": pod, "namespace": "gpupool-ml",
                              "labels": {"app.kubernetes.io/managed-by": "gpupool", "gpupool.io/job-namespace": "ml"},
-                             "annotations": {"gpupool.io/gpu-uuids": "GPU-0"}},
+                             "annotations": {"gpupool.io/gpu-uuids": uuid}},
                 "spec": {"nodeName": node,
                          "tolerations": [{"operator": "Exists"}],
                          "containers": [{"name": "worker", "image": "trainer",
