@@ -299,6 +299,53 @@ impl ScalePool {
         }
     }
 
+    /// Waits until `n` TrainingJobs named `<prefix>-*` are `Running` on the hub (their
+    /// controller has rolled the pods' phases up); how long that took. Listed in pages, every
+    /// two seconds.
+    pub async fn wait_running(
+        &self,
+        prefix: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let api: Api<TrainingJob> = Api::namespaced(self.hub.clone(), NAMESPACE);
+        let t0 = Instant::now();
+        let start = format!("{prefix}-");
+        loop {
+            let mut running = 0;
+            let mut lp = ListParams::default().limit(2000);
+            loop {
+                let page = api.list(&lp).await?;
+                running += page
+                    .items
+                    .iter()
+                    .filter(|j| {
+                        j.metadata
+                            .name
+                            .as_deref()
+                            .is_some_and(|x| x.starts_with(&start))
+                    })
+                    .filter(|j| {
+                        j.status
+                            .as_ref()
+                            .is_some_and(|s| s.phase == gpupool::api::TrainingPhase::Running)
+                    })
+                    .count();
+                match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                    Some(c) => lp = lp.continue_token(&c),
+                    None => break,
+                }
+            }
+            if running >= n {
+                return Ok(t0.elapsed());
+            }
+            if t0.elapsed() > timeout {
+                bail!("{running} of {n} jobs Running on the hub after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
     /// GPUs held by more than one unfinished pod, from the members' pods themselves.
     pub async fn shared_gpus(&self) -> Result<Vec<String>> {
         let mut holders: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -363,10 +410,11 @@ pub fn proc_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-/// Mutating requests an API server has served so far, by `VERB resource[/subresource]`, from its
-/// own `apiserver_request_total` counter (POST, PUT, PATCH, APPLY, DELETE); conflicts (409) are
-/// counted under the same key with ` (409)` appended.
-pub async fn api_writes(client: &kube::Client) -> Result<BTreeMap<String, f64>> {
+/// Requests an API server has served so far, by `VERB resource[/subresource]`, from its own
+/// `apiserver_request_total` counter: writes (POST, PUT, PATCH, APPLY, DELETE) and reads (GET,
+/// LIST; not WATCH, which stays open); conflicts (409) are counted under the same key with
+/// ` (409)` appended.
+pub async fn api_requests(client: &kube::Client) -> Result<BTreeMap<String, f64>> {
     let req = http::Request::get("/metrics").body(Vec::new())?;
     let text = client.request_text(req).await?;
     let mut out: BTreeMap<String, f64> = BTreeMap::new();
@@ -385,7 +433,10 @@ pub async fn api_writes(client: &kube::Client) -> Result<BTreeMap<String, f64>> 
                 .unwrap_or("")
         };
         let verb = label("verb");
-        if !matches!(verb, "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE") {
+        if !matches!(
+            verb,
+            "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE" | "GET" | "LIST"
+        ) {
             continue;
         }
         let (resource, sub) = (label("resource"), label("subresource"));
@@ -401,6 +452,11 @@ pub async fn api_writes(client: &kube::Client) -> Result<BTreeMap<String, f64>> 
         *out.entry(key).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
     }
     Ok(out)
+}
+
+/// Whether a key of [`api_requests`] counts a read.
+pub fn is_read(key: &str) -> bool {
+    key.starts_with("GET ") || key.starts_with("LIST ")
 }
 
 /// `after - before`, per key, without the keys that did not change.

@@ -31,7 +31,7 @@ use gpupool::meta::FINALIZER;
 use gpupool::scheduler::cache::{NodeFacts, TopologyFacts};
 use gpupool::scheduler::jobs::{Decision, decide_inference, decide_training};
 use gpupool::scheduler::{JobName, MemberInfo, PoolCache, Slot, Snapshot};
-use gpupool_e2e::scale::{ScalePool, api_writes, cpu_seconds, proc_kib, writes_between};
+use gpupool_e2e::scale::{ScalePool, api_requests, cpu_seconds, is_read, proc_kib, writes_between};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -555,6 +555,9 @@ fn placement_bench(pools: &[(usize, usize)], uses: &[u64], rounds: usize) -> Res
     pathological_node()
 }
 
+/// How long the operator's CPU is measured once every job runs and nothing changes.
+const IDLE_WINDOW: Duration = Duration::from_secs(30);
+
 /// The operator's `/metrics` text.
 async fn operator_metrics(port: u16) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -667,7 +670,7 @@ async fn e2e(
     }
     let mut writes0 = Vec::new();
     for (_, c) in &clients {
-        writes0.push(api_writes(c).await?);
+        writes0.push(api_requests(c).await?);
     }
     let cpu0 = cpu_seconds(pid).unwrap_or(0.0);
     let r = pool
@@ -683,22 +686,31 @@ async fn e2e(
             p99 * 1e3
         );
     }
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let cpu2 = cpu_seconds(pid).unwrap_or(0.0);
+    // Steady state: every job Running on the hub (the roll-ups done), then nothing changes.
+    let running = pool
+        .wait_running("job", n, Duration::from_secs(900))
+        .await?;
+    eprintln!(
+        "N={n}: every job Running on the hub {:.1}s after the last pod landed",
+        running.as_secs_f64()
+    );
+    let cpu_steady = cpu_seconds(pid).unwrap_or(0.0);
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let idle_share = (cpu_seconds(pid).unwrap_or(0.0) - cpu_steady) / IDLE_WINDOW.as_secs_f64();
     // API writes per placed job, per API server, once all settled (the bench's own creates included: POST
     // trainingjobs on the hub, one per job).
     for ((name, c), w0) in clients.iter().zip(&writes0) {
-        let d = writes_between(w0, &api_writes(c).await?);
-        let total: f64 = d.values().sum();
+        let d = writes_between(w0, &api_requests(c).await?);
         let per = |v: f64| v / r.landed.max(1) as f64;
-        eprintln!(
-            "N={n}: {name} writes per placed job {:.2}: {}",
-            per(total),
-            d.iter()
-                .map(|(k, v)| format!("{k} {:.2}", per(*v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let list = |reads: bool| {
+            let kept = d.iter().filter(|(k, _)| is_read(k) == reads);
+            let total: f64 = kept.clone().map(|(_, v)| v).sum();
+            let each: Vec<String> = kept.map(|(k, v)| format!("{k} {:.2}", per(*v))).collect();
+            (per(total), each.join(", "))
+        };
+        let ((writes, w), (reads, rd)) = (list(false), list(true));
+        eprintln!("N={n}: {name} writes per placed job {writes:.2}: {w}");
+        eprintln!("N={n}: {name} reads per placed job {reads:.2}: {rd}");
     }
     let hwm = proc_kib(pid, "VmHWM").unwrap_or(0);
     let rss = proc_kib(pid, "VmRSS").unwrap_or(0);
@@ -747,7 +759,7 @@ async fn e2e(
         cpu1 - cpu0,
         hwm / 1024,
         rss / 1024,
-        (cpu2 - cpu1) * 10.0,
+        idle_share * 100.0,
         fits.as_secs_f64(),
         freed.as_secs_f64(),
         if shared.is_empty() && r.shared_gpus.is_empty() {

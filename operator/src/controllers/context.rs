@@ -41,6 +41,8 @@ pub struct Config {
     pub budget: crate::metering::budget::BudgetConfig,
     /// Base URL of the inference gateway, from which each InferenceJob's `status.url` is made.
     pub gateway_url: Option<String>,
+    /// Reconciles of one kind running at once.
+    pub concurrency: u16,
 }
 
 impl Default for Config {
@@ -55,6 +57,7 @@ impl Default for Config {
             pending_retry: Duration::from_secs(60),
             member_refusal: Duration::from_secs(60),
             suspect_for: Duration::from_secs(600),
+            concurrency: super::CONTROLLER_CONCURRENCY,
             budget: Default::default(),
             gateway_url: None,
         }

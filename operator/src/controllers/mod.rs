@@ -30,8 +30,11 @@ use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Reconciles of one kind running at once.
-pub const CONTROLLER_CONCURRENCY: u16 = 64;
+/// Reconciles of one kind running at once, by default. Most reconciles wait on one API round
+/// trip; when every slot is taken, kube-runtime keeps the due requests in an unordered set and
+/// takes them in no particular order, so a job placed early can wait behind many placed after
+/// it. Enough slots that a burst rarely fills them keeps the order the requests came in.
+pub const CONTROLLER_CONCURRENCY: u16 = 256;
 
 /// `gpupool run` arguments.
 #[derive(clap::Args, Clone, Debug)]
@@ -92,6 +95,9 @@ pub struct RunArgs {
     /// Requests each member's clients may send at once after a quiet period.
     #[arg(long, default_value_t = crate::federation::ClientLimits::MEMBER.burst)]
     pub member_burst: u32,
+    /// Reconciles of one kind (TrainingJob, InferenceJob, MemberCluster) running at once.
+    #[arg(long, default_value_t = CONTROLLER_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..))]
+    pub controller_concurrency: u16,
     /// A paid pool: tenants (job namespaces) pay for usage from their escrows on the ledger;
     /// a job starts only when its tenant funds its reservation (needs --rpc-url).
     #[arg(long, env = "GPUPOOL_PAID_POOL")]
@@ -173,6 +179,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             burst: args.member_burst,
         },
         budget: budget_config(&args)?,
+        concurrency: args.controller_concurrency,
         ..Config::default()
     };
     let server = crate::metrics::serve(args.metrics_addr.parse()?, metrics.clone());
@@ -343,7 +350,7 @@ async fn member_controller(ctx: &Arc<Context>, store: reflector::store::Writer<M
         .reflect(store)
         .applied_objects();
     Controller::for_stream(stream, ctx.members.clone())
-        .with_config(controller_config())
+        .with_config(controller_config(ctx))
         .shutdown_on_signal()
         .run(
             member_cluster::reconcile,
@@ -354,8 +361,8 @@ async fn member_controller(ctx: &Arc<Context>, store: reflector::store::Writer<M
         .await
 }
 
-fn controller_config() -> controller::Config {
-    controller::Config::default().concurrency(CONTROLLER_CONCURRENCY)
+fn controller_config(ctx: &Context) -> controller::Config {
+    controller::Config::default().concurrency(ctx.config.concurrency)
 }
 
 /// The TrainingJob controller, on the watch that also feeds the scheduler.
@@ -384,7 +391,7 @@ async fn training_controller(
         })
         .applied_objects();
     Controller::for_stream(stream, reader)
-        .with_config(controller_config())
+        .with_config(controller_config(ctx))
         .reconcile_on(one)
         .reconcile_all_on(all)
         .shutdown_on_signal()
@@ -420,7 +427,7 @@ async fn inference_controller(
         })
         .applied_objects();
     Controller::for_stream(stream, reader)
-        .with_config(controller_config())
+        .with_config(controller_config(ctx))
         .reconcile_on(one)
         .reconcile_all_on(all)
         .shutdown_on_signal()

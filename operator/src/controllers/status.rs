@@ -6,7 +6,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -55,7 +54,8 @@ where
     Ok(())
 }
 
-/// Publishes an Event on a hub object (failures are logged, never fatal).
+/// Publishes an Event on a hub object in the background (failures are logged, never fatal;
+/// Normal ones share the scheduler's rate limit: one budget for all per-job Events).
 pub async fn event<K: Resource<DynamicType = ()>>(
     ctx: &Context,
     obj: &K,
@@ -64,29 +64,8 @@ pub async fn event<K: Resource<DynamicType = ()>>(
     action: &str,
     note: String,
 ) {
-    // Normal Events share the scheduler's rate limit (one budget for all per-job Events).
-    if !warning && !ctx.scheduler.allow_normal_event(reason) {
-        return;
-    }
-    let ev = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx
-        .scheduler
-        .recorder(warning, reason)
-        .publish(&ev, &obj.object_ref(&()))
-        .await
-    {
-        tracing::warn!(error = %e, reason, "publishing event failed");
-    }
+    ctx.scheduler
+        .send_event(obj.object_ref(&()), warning, reason, action, note);
 }
 
 /// Runs a namespaced job's reconcile under the cleanup finalizer and records its metrics.
@@ -109,10 +88,19 @@ where
     let ns = obj
         .namespace()
         .ok_or_else(|| Error::Invalid(format!("{controller} without namespace")))?;
+    let (name, rv) = (obj.name_any(), obj.resource_version());
     let api: Api<K> = Api::namespaced(ctx.hub.clone(), &ns);
     let res = finalizer(&api, FINALIZER, obj, reconcile)
         .await
         .map_err(|e| Error::Finalizer(Box::new(e)));
+    tracing::debug!(
+        controller,
+        job = %name,
+        ?rv,
+        took = ?t0.elapsed(),
+        ok = res.is_ok(),
+        "reconciled"
+    );
     ctx.metrics.observe_reconcile(
         controller,
         t0.elapsed(),

@@ -448,10 +448,27 @@ fn roll_up(
     st.phase
 }
 
+/// Whether the rolled-up status `after` tells more than `before`, the status on the hub. A worker
+/// pod that was just created (`Pending`) is no news: the placement already says the gang is
+/// scheduled, and a write per created pod would add a hub status write to every job's start (the
+/// phase is written with the next change: `Running`, a failure, a restart).
+fn news(before: &TrainingJobStatus, after: &TrainingJobStatus) -> bool {
+    let quiet = |s: &TrainingJobStatus| {
+        let mut s = s.clone();
+        for w in &mut s.workers {
+            if w.pod_phase.as_deref() == Some("Pending") {
+                w.pod_phase = None;
+            }
+        }
+        s
+    };
+    before != after && quiet(before) != quiet(after)
+}
+
 /// Writes the rolled-up status if it changed, with an Event when the gang started or finished.
 async fn write_roll_up(job: &TrainingJob, st: &TrainingJobStatus, ctx: &Context) -> Result<()> {
     let before = job.status.clone().unwrap_or_default();
-    if before == *st {
+    if !news(&before, st) {
         return Ok(());
     }
     let api: Api<TrainingJob> =
@@ -624,5 +641,24 @@ mod tests {
         let w = observe_workers(&mut st, &refs, 0);
         assert_eq!(w.failed, Some(0));
         assert_eq!(st.workers[1].pod_phase, None);
+    }
+
+    #[test]
+    fn created_pods_alone_are_not_written() {
+        let placed = status(0, 2);
+        let pods = [pod(0, 0, "Pending"), pod(0, 1, "Pending")];
+        let refs: Vec<&Pod> = pods.iter().collect();
+        let mut st = placed.clone();
+        observe_workers(&mut st, &refs, 0);
+        assert_ne!(st, placed, "the roll-up records the Pending pods");
+        assert!(!news(&placed, &st), "but they are no reason to write");
+        // One worker running is news, and so is a worker leaving Running.
+        let pods = [pod(0, 0, "Running"), pod(0, 1, "Pending")];
+        let refs: Vec<&Pod> = pods.iter().collect();
+        let mut running = placed.clone();
+        observe_workers(&mut running, &refs, 0);
+        assert!(news(&placed, &running));
+        assert!(news(&running, &st));
+        assert!(!news(&running, &running));
     }
 }

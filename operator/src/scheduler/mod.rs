@@ -1188,6 +1188,20 @@ impl Scheduler {
         reason: &str,
         note: String,
     ) {
+        self.send_event(obj.object_ref(&()), warning, reason, "Place", note);
+    }
+
+    /// Publishes an Event on a hub object in the background: Normal ones within the shared
+    /// budget ([`Scheduler::allow_normal_event`]), failures logged, never fatal. Not awaited, so
+    /// the write permit or reconcile slot of the caller is not held for the Event's round trip.
+    pub fn send_event(
+        &self,
+        obj: k8s_openapi::api::core::v1::ObjectReference,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         if !warning && !self.allow_normal_event(reason) {
             return;
         }
@@ -1199,16 +1213,16 @@ impl Scheduler {
             },
             reason: reason.into(),
             note: Some(note.chars().take(1000).collect()),
-            action: "Place".into(),
+            action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self
-            .recorder(warning, reason)
-            .publish(&ev, &obj.object_ref(&()))
-            .await
-        {
-            tracing::warn!(error = %e, reason, "publishing event failed");
-        }
+        let recorder = self.recorder(warning, reason);
+        let reason = reason.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&ev, &obj).await {
+                tracing::warn!(error = %e, reason, "publishing event failed");
+            }
+        });
     }
 
     /// The write failed: forget the assumption and try the job again later.
