@@ -45,6 +45,25 @@ pub mod labels {
     pub const SELECTOR: &str = "app.kubernetes.io/managed-by=gpupool";
 }
 
+/// The GPU UUIDs of a `gpupool.io/gpu-uuids` annotation value ([`labels::GPU_UUIDS`]):
+/// comma-separated, each trimmed, blanks dropped, in the order written. Every reader of the
+/// annotation (the scheduler's cache, the pull agent's GPU guard, metering, the kubelet
+/// cross-check) reads it through this, so they agree on what a pod claims.
+pub fn gpu_uuids(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|u| !u.is_empty())
+}
+
+/// The GPU UUIDs assigned to an object by its [`labels::GPU_UUIDS`] annotation (none without).
+pub fn assigned_gpus(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Vec<String> {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(labels::GPU_UUIDS))
+        .map(|v| gpu_uuids(v).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
 /// Names of the objects the join flow uses on the hub.
 pub mod names {
     /// Namespace of join tokens, join requests and credential hand-over Secrets.

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 const MANAGED: &str = "app.kubernetes.io/managed-by=gpupool";
 const JOB_UID: &str = "gpupool.io/job-uid";
-const GPU_UUIDS: &str = "gpupool.io/gpu-uuids";
 
 /// Clients of the hub and the members (by MemberCluster name).
 pub struct Clients {
@@ -520,16 +519,7 @@ async fn member_pods(member: &str, client: &kube::Client) -> Result<Vec<MemberPo
                 .and_then(|s| s.phase.clone())
                 .unwrap_or_default(),
             deleting: p.metadata.deletion_timestamp.is_some(),
-            uuids: p
-                .annotations()
-                .get(GPU_UUIDS)
-                .map(|s| {
-                    s.split(',')
-                        .filter(|u| !u.is_empty())
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            uuids: gpupool::meta::assigned_gpus(&p.metadata),
         })
         .collect())
 }

@@ -25,8 +25,8 @@ pub struct Config {
     pub member_timeout: Duration,
     /// Client-side request rate limit of each member's clients.
     pub member_limits: crate::federation::ClientLimits,
-    /// Unused: running jobs are rolled up on watch events only. Kept so existing configurations
-    /// still build.
+    /// Unused: running jobs are rolled up on watch events, and looked at again every
+    /// 5 minutes whatever happens. Kept so existing configurations still build.
     pub resync: Duration,
     /// Unused: waiting jobs are retried by the scheduler when capacity that could serve them
     /// changes. Kept so existing configurations still build.

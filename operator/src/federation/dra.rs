@@ -229,15 +229,7 @@ pub fn kubelet_mismatches(
         if assigned.is_empty() {
             continue;
         }
-        let mut chosen: Vec<String> = ann
-            .and_then(|a| a.get(labels::GPU_UUIDS))
-            .map(|s| {
-                s.split(',')
-                    .filter(|u| !u.is_empty())
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut chosen = crate::meta::assigned_gpus(&p.metadata);
         chosen.sort();
         assigned.sort();
         assigned.dedup();

@@ -287,12 +287,7 @@ pub type GpuHolders = HashMap<String, (String, String)>;
 /// annotation).
 pub fn manifest_gpus(manifest: &Value) -> Vec<String> {
     str_at(manifest, &["metadata", "annotations", labels::GPU_UUIDS])
-        .map(|s| {
-            s.split(',')
-                .filter(|u| !u.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
+        .map(|s| crate::meta::gpu_uuids(s).map(str::to_string).collect())
         .unwrap_or_default()
 }
 
@@ -305,10 +300,8 @@ pub fn gpu_holders<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> GpuHolders {
             continue;
         }
         let key = (p.namespace().unwrap_or_default(), p.name_any());
-        if let Some(uuids) = p.annotations().get(labels::GPU_UUIDS) {
-            for u in uuids.split(',').filter(|u| !u.is_empty()) {
-                out.insert(u.to_string(), key.clone());
-            }
+        for u in crate::meta::assigned_gpus(&p.metadata) {
+            out.insert(u, key.clone());
         }
     }
     out

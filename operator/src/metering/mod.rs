@@ -95,7 +95,7 @@ pub const LABEL_JOB_NAME: &str = "gpupool.io/job-name";
 /// `metadata.uid` of the job on the hub.
 pub const LABEL_JOB_UID: &str = "gpupool.io/job-uid";
 /// Comma-separated NVML UUIDs of the pod's GPUs.
-pub const ANNOTATION_GPU_UUIDS: &str = "gpupool.io/gpu-uuids";
+pub const ANNOTATION_GPU_UUIDS: &str = crate::meta::labels::GPU_UUIDS;
 /// GPU model name of the pod's GPUs.
 pub const ANNOTATION_GPU_MODEL: &str = "gpupool.io/gpu-model";
 /// Extended resource name of NVIDIA GPUs.
@@ -295,16 +295,9 @@ pub fn pod_run(pod: &Pod) -> Option<PodRun> {
 /// GPUs assigned to a pod: the annotated UUIDs, else the containers' `nvidia.com/gpu` limits
 /// (requests where no limit is set).
 pub fn pod_gpus(pod: &Pod) -> u64 {
-    if let Some(uuids) = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ANNOTATION_GPU_UUIDS))
-    {
-        let n = uuids.split(',').filter(|u| !u.trim().is_empty()).count() as u64;
-        if n > 0 {
-            return n;
-        }
+    let n = crate::meta::assigned_gpus(&pod.metadata).len() as u64;
+    if n > 0 {
+        return n;
     }
     let Some(spec) = pod.spec.as_ref() else {
         return 0;
@@ -505,18 +498,7 @@ pub struct MemberUsage {
 
 /// GPU UUIDs the pod's annotation claims (sorted).
 fn claimed_uuids(pod: &Pod) -> Vec<String> {
-    let mut v: Vec<String> = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ANNOTATION_GPU_UUIDS))
-        .map(|s| {
-            s.split(',')
-                .map(|u| u.trim().to_string())
-                .filter(|u| !u.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut v = crate::meta::assigned_gpus(&pod.metadata);
     v.sort();
     v
 }

@@ -200,9 +200,7 @@ pub fn pod_slots(member: &str, p: &Pod) -> BTreeSet<Slot> {
     let Some(uuids) = p.annotations().get(labels::GPU_UUIDS) else {
         return BTreeSet::new();
     };
-    uuids
-        .split(',')
-        .filter(|u| !u.is_empty())
+    crate::meta::gpu_uuids(uuids)
         .map(|u| Slot {
             member: member.to_string(),
             node: node.to_string(),
