@@ -4,7 +4,7 @@
 
 use super::member_io::{cleanup_job, create_objects, delete_all, delete_pods, ensure_namespace};
 use super::status::{RESYNC, STALE_RETRY, apply_status, event, reconcile_finalized};
-use super::{Context, Error, Result};
+use super::{Context, Error, Lane, Result};
 use crate::api::{InferenceJob, InferenceJobStatus, InferencePhase, condition};
 use crate::federation::MemberView;
 use crate::meta::set_condition;
@@ -22,7 +22,7 @@ use std::time::Duration;
 
 /// Reconciles one InferenceJob.
 pub async fn reconcile(job: Arc<InferenceJob>, ctx: Arc<Context>) -> Result<Action> {
-    reconcile_finalized(&ctx, "inferencejob", job, |ev| async {
+    reconcile_finalized(&ctx, ("inferencejob", Lane::Other), job, |ev| async {
         match ev {
             Finalizer::Apply(job) => apply(&job, &ctx).await,
             Finalizer::Cleanup(job) => cleanup_job(&*job, &ctx).await,

@@ -18,7 +18,7 @@ mod refusal;
 mod status;
 mod training_job;
 
-pub use context::{Config, Context, MemberHealth, Triggers};
+pub use context::{Config, Context, Lane, Lanes, MemberHealth, Triggers};
 pub use error::{Error, Result};
 pub use member_cluster::SUPPLY_VERIFIED;
 use refusal::member_refusals;
@@ -30,10 +30,8 @@ use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Reconciles of one kind running at once, by default. Most reconciles wait on one API round
-/// trip; when every slot is taken, kube-runtime keeps the due requests in an unordered set and
-/// takes them in no particular order, so a job placed early can wait behind many placed after
-/// it. Enough slots that a burst rarely fills them keeps the order the requests came in.
+/// Reconciles running at once, by default: of MemberClusters, and of jobs in the two
+/// [`Lanes`] together (half each). Most reconciles wait on one API round trip.
 pub const CONTROLLER_CONCURRENCY: u16 = 256;
 
 /// `gpupool run` arguments.
@@ -95,7 +93,8 @@ pub struct RunArgs {
     /// Requests each member's clients may send at once after a quiet period.
     #[arg(long, default_value_t = crate::federation::ClientLimits::MEMBER.burst)]
     pub member_burst: u32,
-    /// Reconciles of one kind (TrainingJob, InferenceJob, MemberCluster) running at once.
+    /// Reconciles running at once: of MemberClusters, and of jobs (TrainingJobs and
+    /// InferenceJobs together, half of them for creating the pods of fresh placements).
     #[arg(long, default_value_t = CONTROLLER_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..))]
     pub controller_concurrency: u16,
     /// A paid pool: tenants (job namespaces) pay for usage from their escrows on the ledger;
@@ -365,6 +364,12 @@ fn controller_config(ctx: &Context) -> controller::Config {
     controller::Config::default().concurrency(ctx.config.concurrency)
 }
 
+/// The job controllers start every due reconcile at once: their [`Lanes`] bound how many run
+/// and keep them in order (see there why not kube-runtime's limit).
+fn job_controller_config() -> controller::Config {
+    controller::Config::default()
+}
+
 /// The TrainingJob controller, on the watch that also feeds the scheduler.
 async fn training_controller(
     ctx: &Arc<Context>,
@@ -391,7 +396,7 @@ async fn training_controller(
         })
         .applied_objects();
     Controller::for_stream(stream, reader)
-        .with_config(controller_config(ctx))
+        .with_config(job_controller_config())
         .reconcile_on(one)
         .reconcile_all_on(all)
         .shutdown_on_signal()
@@ -427,7 +432,7 @@ async fn inference_controller(
         })
         .applied_objects();
     Controller::for_stream(stream, reader)
-        .with_config(controller_config(ctx))
+        .with_config(job_controller_config())
         .reconcile_on(one)
         .reconcile_all_on(all)
         .shutdown_on_signal()

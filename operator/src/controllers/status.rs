@@ -71,7 +71,7 @@ pub async fn event<K: Resource<DynamicType = ()>>(
 /// Runs a namespaced job's reconcile under the cleanup finalizer and records its metrics.
 pub async fn reconcile_finalized<K, F, Fut>(
     ctx: &Context,
-    controller: &str,
+    (controller, lane): (&str, super::Lane),
     obj: Arc<K>,
     reconcile: F,
 ) -> Result<Action>
@@ -84,6 +84,7 @@ where
     F: FnOnce(Finalizer<K>) -> Fut,
     Fut: std::future::Future<Output = Result<Action>>,
 {
+    let _slot = ctx.lanes.enter(lane).await;
     let t0 = Instant::now();
     let ns = obj
         .namespace()

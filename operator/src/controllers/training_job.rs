@@ -3,7 +3,7 @@
 
 use super::member_io::{cleanup_job, create_objects, delete_pods, ensure_namespace};
 use super::status::{RESYNC, STALE_RETRY, apply_status, event, now, reconcile_finalized};
-use super::{Context, Error, Result};
+use super::{Context, Error, Lane, Result};
 use crate::api::{TrainingJob, TrainingJobStatus, TrainingPhase, condition};
 use crate::federation::labels;
 use crate::meta::set_condition;
@@ -18,13 +18,43 @@ use std::time::Duration;
 
 /// Reconciles one TrainingJob.
 pub async fn reconcile(job: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action> {
-    reconcile_finalized(&ctx, "trainingjob", job, |ev| async {
+    let lane = lane(&job, &ctx).await;
+    reconcile_finalized(&ctx, ("trainingjob", lane), job, |ev| async {
         match ev {
             Finalizer::Apply(job) => apply(&job, &ctx).await,
             Finalizer::Cleanup(job) => cleanup_job(&*job, &ctx).await,
         }
     })
     .await
+}
+
+/// [`Lane::Place`] for a placed gang (still `Scheduled`, not being deleted) of which the member's
+/// pod watch shows no pod of the current generation yet; [`Lane::Other`] otherwise.
+async fn lane(job: &TrainingJob, ctx: &Context) -> Lane {
+    let Some(st) = job.status.as_ref() else {
+        return Lane::Other;
+    };
+    let Some(cluster) = st.cluster.as_deref() else {
+        return Lane::Other;
+    };
+    if st.workers.is_empty()
+        || st.phase != TrainingPhase::Scheduled
+        || job.metadata.deletion_timestamp.is_some()
+    {
+        return Lane::Other;
+    }
+    let uid = job.uid().unwrap_or_default();
+    let started = ctx
+        .registry
+        .get(cluster)
+        .await
+        .and_then(|m| m.watch)
+        .is_some_and(|w| {
+            w.pods_of(&uid)
+                .iter()
+                .any(|p| pod_generation(p) == Some(st.restarts))
+        });
+    if started { Lane::Other } else { Lane::Place }
 }
 
 /// Retries a failed reconcile with a delay.
