@@ -778,20 +778,12 @@ async fn binding_report(member: &kube::Client, kind: MemberKind) -> Result<Vec<S
         .collect();
     let mut out = Vec::new();
     for p in pods {
-        let ann = p.metadata.annotations.clone().unwrap_or_default();
-        let hub: Vec<&str> = ann
-            .get(gpupool::federation::labels::GPU_UUIDS)
-            .map(|s| s.split(',').collect())
-            .unwrap_or_default();
+        let hub = gpupool::meta::assigned_gpus(&p.metadata);
         let node = gpupool::workloads::pod_node(&p)
             .unwrap_or_default()
             .to_string();
         let fixture = fixture_of(&node);
-        let hub_ix = indexes_of(
-            &node,
-            fixture,
-            &hub.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-        );
+        let hub_ix = indexes_of(&node, fixture, &hub);
         if kind == MemberKind::Dra {
             let cn = gpupool::workloads::claim_name(&p.name_any());
             let results = claims

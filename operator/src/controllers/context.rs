@@ -41,7 +41,7 @@ pub struct Config {
     pub budget: crate::metering::budget::BudgetConfig,
     /// Base URL of the inference gateway, from which each InferenceJob's `status.url` is made.
     pub gateway_url: Option<String>,
-    /// Reconciles of one kind running at once.
+    /// Reconciles running at once: of MemberClusters, and of jobs in the two [`Lanes`] together.
     pub concurrency: u16,
 }
 

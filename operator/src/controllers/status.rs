@@ -94,17 +94,11 @@ where
     let res = finalizer(&api, FINALIZER, obj, reconcile)
         .await
         .map_err(|e| Error::Finalizer(Box::new(e)));
-    tracing::debug!(
-        controller,
-        job = %name,
-        ?rv,
-        took = ?t0.elapsed(),
-        ok = res.is_ok(),
-        "reconciled"
-    );
+    let took = t0.elapsed();
+    tracing::debug!(controller, job = %name, ?rv, ?took, ok = res.is_ok(), "reconciled");
     ctx.metrics.observe_reconcile(
         controller,
-        t0.elapsed(),
+        took,
         res.as_ref().err().map(|e| e.metric_label()),
     );
     res
