@@ -57,8 +57,8 @@ fn node(fixture: &str, name: String) -> NodeCandidate {
     }
     let graph = GpuGraph::from_spec(&spec).expect("fixture");
     NodeCandidate {
-        name,
-        model: spec.gpus[0].model.clone(),
+        name: name.into(),
+        model: spec.gpus[0].model.as_str().into(),
         memory_mib: spec.gpus[0].memory_mib,
         free: graph.all(),
         graph: graph.into(),
@@ -146,7 +146,7 @@ fn gpupool_placer(cands: &[ClusterCandidate], req: &JobRequest) -> Option<Spot> 
     let ch = place_gang(cands, req, &[0]).ok()?;
     let ci = cands.iter().position(|c| c.name == ch.cluster)?;
     let p = &ch.pods[0];
-    let ni = cands[ci].nodes.iter().position(|n| n.name == p.node)?;
+    let ni = cands[ci].nodes.iter().position(|n| *n.name == *p.node)?;
     let g = &cands[ci].nodes[ni].graph;
     let set = GpuSet::from_indexes(p.gpu_uuids.iter().filter_map(|u| g.index_of(u)));
     Some((ci, ni, set))

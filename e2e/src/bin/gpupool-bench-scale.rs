@@ -185,6 +185,20 @@ const SHAPES: [(&str, &str, &str, i64, usize); 8] = [
     ),
 ];
 
+/// A GPU UUID as NVML prints them (`GPU-` and 36 hex digits and dashes), unique in the pool.
+fn uuid(member: usize, node: usize, index: usize) -> String {
+    let x = ((member * 100_003 + node) * 64 + index) as u64;
+    let r = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    format!(
+        "GPU-{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        r >> 32,
+        (r >> 16) & 0xffff,
+        r & 0xffff,
+        index,
+        x
+    )
+}
+
 /// The spec of `shape` for one node, its UUIDs unique in the pool.
 fn shape_spec(shape: usize, member: usize, node: usize) -> gpupool::api::GpuTopologySpec {
     // The fixtures parsed once (YAML), not per node: the build time is the cache's own.
@@ -203,7 +217,7 @@ fn shape_spec(shape: usize, member: usize, node: usize) -> gpupool::api::GpuTopo
         .retain(|l| (l.a as usize) < keep && (l.b as usize) < keep);
     spec.node_name = format!("node-{node:04}");
     for g in &mut spec.gpus {
-        g.uuid = format!("GPU-{member:04}-{node:04}-{}", g.index);
+        g.uuid = uuid(member, node, g.index as usize);
         g.model = model.into();
         g.memory_mib = memory;
     }
@@ -328,13 +342,49 @@ fn decide(cache: &mut PoolCache, snap: &mut Snapshot, j: &Job) -> Decision {
     }
 }
 
-/// A pool of `members` × `nodes` nodes of the eight shapes (round robin), each GPU held by a
-/// running job with probability `busy_pct` %; returns it with the GPUs held.
-fn build_pool(members: usize, nodes: usize, busy_pct: u64, rng: &mut Rng) -> (PoolCache, usize) {
+/// What the cache of one member is fed: its name, then per node the published topology and
+/// the GPUs a running job holds there.
+type MemberInput = (String, Vec<(TopologyFacts, BTreeSet<Slot>)>);
+
+/// The watch events of a pool of `members` × `nodes` nodes of the eight shapes (round robin),
+/// each GPU held by a running job with probability `busy_pct` % — made before the cache is
+/// timed, as the operator gets them deserialized from its watches.
+fn pool_input(members: usize, nodes: usize, busy_pct: u64, rng: &mut Rng) -> Vec<MemberInput> {
+    (0..members)
+        .map(|m| {
+            let member = format!("member-{m:04}");
+            let nodes = (0..nodes)
+                .map(|n| {
+                    let spec = shape_spec((m + n) % SHAPES.len(), m, n);
+                    let slots: BTreeSet<Slot> = spec
+                        .gpus
+                        .iter()
+                        .filter(|_| rng.next() % 100 < busy_pct)
+                        .map(|g| Slot {
+                            member: member.clone(),
+                            node: spec.node_name.clone(),
+                            uuid: g.uuid.clone(),
+                        })
+                        .collect();
+                    let published = TopologyFacts {
+                        spec,
+                        busy: Vec::new(),
+                        published: 0,
+                    };
+                    (published, slots)
+                })
+                .collect();
+            (member, nodes)
+        })
+        .collect()
+}
+
+/// The cache built from `input` (each node's `Node`, its topology and its running job, as the
+/// watches deliver them); returns it with the GPUs held.
+fn build_pool(input: Vec<MemberInput>) -> (PoolCache, usize) {
     let mut cache = PoolCache::new();
     let mut held = 0usize;
-    for m in 0..members {
-        let member = format!("member-{m:04}");
+    for (m, (member, nodes)) in input.into_iter().enumerate() {
         cache.set_member(
             &member,
             MemberInfo {
@@ -343,41 +393,29 @@ fn build_pool(members: usize, nodes: usize, busy_pct: u64, rng: &mut Rng) -> (Po
             },
         );
         cache.resync_pods(&member, BTreeMap::new());
-        for n in 0..nodes {
-            let spec = shape_spec((m + n) % SHAPES.len(), m, n);
-            let node = spec.node_name.clone();
-            let gpus = spec.gpus.len();
+        for (n, (published, slots)) in nodes.into_iter().enumerate() {
+            let node = published.spec.node_name.clone();
             let facts = NodeFacts {
                 ready: true,
-                allocatable: gpus as i64,
+                allocatable: published.spec.gpus.len() as i64,
             };
             cache.set_node(&member, &node, Some(facts));
-            let slots: BTreeSet<Slot> = (0..gpus)
-                .filter(|_| rng.next() % 100 < busy_pct)
-                .map(|i| Slot {
-                    member: member.clone(),
-                    node: node.clone(),
-                    uuid: format!("GPU-{m:04}-{n:04}-{i}"),
-                })
-                .collect();
-            let published = TopologyFacts {
-                spec,
-                busy: Vec::new(),
-                published: 0,
-            };
             cache.set_topology(&member, &node, Some(published));
             if !slots.is_empty() {
                 held += slots.len();
-                let name = format!("running-{m}-{n}");
+                // Keyed by its UID, as the scheduler keys jobs.
+                let uid = format!("{m:08x}-0000-4000-8000-{n:012x}");
                 let job = JobName {
                     kind: "TrainingJob",
                     namespace: "bench".into(),
-                    name: name.clone(),
+                    name: format!("running-{m}-{n}"),
                 };
-                cache.set_job(&name, job, slots);
+                cache.set_job(&uid, job, slots);
             }
         }
     }
+    // The loop takes what woke after every event; nothing waits here.
+    cache.take_wakes();
     (cache, held)
 }
 
@@ -522,8 +560,9 @@ fn placement_bench(pools: &[(usize, usize)], uses: &[u64], rounds: usize) -> Res
         for &busy in uses {
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ busy);
             let before = held_bytes();
+            let input = pool_input(members, nodes, busy, &mut rng);
             let t0 = Instant::now();
-            let (mut cache, held) = build_pool(members, nodes, busy, &mut rng);
+            let (mut cache, held) = build_pool(input);
             let built = t0.elapsed();
             let bytes = held_bytes().saturating_sub(before);
             let t1 = Instant::now();

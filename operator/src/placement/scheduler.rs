@@ -47,14 +47,14 @@ pub fn free_island_sizes(spec: &GpuTopologySpec, free: &BTreeSet<String>) -> Vec
 /// A node that could take work.
 #[derive(Clone, Debug)]
 pub struct NodeCandidate {
-    /// Node name.
-    pub name: String,
+    /// Node name (shared with the scheduler's cache).
+    pub name: std::sync::Arc<str>,
     /// Its GPU graph (shared with the scheduler's cache; built once per topology change).
     pub graph: std::sync::Arc<GpuGraph>,
     /// Free GPUs.
     pub free: GpuSet,
-    /// GPU model (of GPU 0).
-    pub model: String,
+    /// GPU model (of GPU 0; interned).
+    pub model: std::sync::Arc<str>,
     /// Memory per GPU (smallest on the node), MiB.
     pub memory_mib: i64,
 }
@@ -171,7 +171,7 @@ fn best_node(
     // memory) cannot beat it (ties keep the earlier node): it is not asked again.
     let mut fitted: std::collections::HashSet<(u64, GpuSet, &str, i64)> = Default::default();
     for (i, n) in c.nodes.iter().enumerate() {
-        let key = (n.graph.shape_id(), free[i], n.model.as_str(), n.memory_mib);
+        let key = (n.graph.shape_id(), free[i], &*n.model, n.memory_mib);
         if fitted.contains(&key) {
             continue;
         }
@@ -195,9 +195,9 @@ fn best_node(
         let n = &c.nodes[i];
         let p = PodPlacement {
             index,
-            node: n.name.clone(),
+            node: n.name.to_string(),
             gpu_uuids: a.uuids,
-            model: n.model.clone(),
+            model: n.model.to_string(),
             score: a.score,
         };
         (i, p, a.set, fit)

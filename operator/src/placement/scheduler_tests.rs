@@ -22,7 +22,7 @@ fn node(fixture: &str, name: &str, busy: &[usize]) -> NodeCandidate {
         .minus(GpuSet::from_indexes(busy.iter().copied()));
     NodeCandidate {
         name: name.into(),
-        model: spec.gpus[0].model.clone(),
+        model: spec.gpus[0].model.as_str().into(),
         memory_mib: spec.gpus[0].memory_mib,
         graph: graph.into(),
         free,
@@ -62,7 +62,7 @@ fn job(gpus: usize, nvlink: NvLinkMode) -> JobRequest {
 /// Marks the GPUs of `p` as taken in `cands`.
 fn take(cands: &mut [ClusterCandidate], cluster: &str, p: &PodPlacement) {
     let c = cands.iter_mut().find(|c| c.name == cluster).unwrap();
-    let n = c.nodes.iter_mut().find(|n| n.name == p.node).unwrap();
+    let n = c.nodes.iter_mut().find(|n| *n.name == *p.node).unwrap();
     let set = GpuSet::from_indexes(p.gpu_uuids.iter().filter_map(|u| n.graph.index_of(u)));
     assert!(
         set.is_subset(n.free),
@@ -298,7 +298,7 @@ fn preferred_jobs_take_a_pcie_hop_rather_than_break_a_scarce_idle_nvlink_node() 
     let n = cands[0]
         .nodes
         .iter()
-        .find(|n| n.name == ch.pods[0].node)
+        .find(|n| *n.name == *ch.pods[0].node)
         .unwrap();
     let set = GpuSet::from_indexes(
         ch.pods[0]
@@ -306,7 +306,7 @@ fn preferred_jobs_take_a_pcie_hop_rather_than_break_a_scarce_idle_nvlink_node() 
             .iter()
             .filter_map(|u| n.graph.index_of(u)),
     );
-    assert_ne!(n.name, "l40s");
+    assert_ne!(&*n.name, "l40s");
     assert!(n.graph.has_nvlink_ring(set), "{:?}", ch.pods[0]);
 }
 

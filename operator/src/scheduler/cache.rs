@@ -93,13 +93,13 @@ pub struct JobName {
 #[derive(Clone, Debug)]
 pub struct NodeState {
     /// Node name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Its GPU graph, rebuilt only when the published topology changes.
     pub graph: Arc<GpuGraph>,
     /// Hash of the topology's shape (GPUs and links without names and UUIDs).
     pub shape: u64,
-    /// GPU model (of GPU 0).
-    pub model: String,
+    /// GPU model (of GPU 0; interned, shared with the graph).
+    pub model: Arc<str>,
     /// Smallest memory per GPU, MiB.
     pub memory_mib: i64,
     /// GPUs gpupool may use (allocatable cap, UUID checks).
@@ -218,13 +218,35 @@ type ReleasedClaim = (Arc<str>, Arc<str>, Arc<str>);
 /// How long a node's dropped claim on a UUID is remembered (see `PoolCache::released`).
 pub const CLAIM_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// A node's claim on a GPU UUID (the names are shared by all of the node's claims).
+/// A node's claim on a GPU UUID: when it was published, and the (member, node) — one
+/// allocation shared by all of the node's claims (16 bytes a claim).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Claim {
     published: i64,
-    member: Arc<str>,
-    node: Arc<str>,
+    at: Arc<(Arc<str>, Arc<str>)>,
 }
+
+impl Claim {
+    fn member(&self) -> &str {
+        &self.at.0
+    }
+
+    fn node(&self) -> &str {
+        &self.at.1
+    }
+
+    fn is(&self, member: &str, node: &str) -> bool {
+        self.member() == member && self.node() == node
+    }
+
+    fn names(&self) -> (String, String) {
+        (self.member().to_string(), self.node().to_string())
+    }
+}
+
+/// The claims on one UUID, earliest first. Almost every UUID has one claimant: kept inline
+/// in the map's slot (24 bytes) instead of a `Vec`'s first allocation of four.
+type Claims = smallvec::SmallVec<[Claim; 1]>;
 
 /// GPUs held by one job or pod, sorted and unique. Most hold one to eight: a `BTreeSet`'s
 /// smallest node has room for eleven and would weigh some 800 bytes more than the slots.
@@ -255,7 +277,7 @@ pub struct Wake {
     /// Free GPUs on the node that changed.
     pub free: usize,
     /// Its GPU model.
-    pub model: String,
+    pub model: Arc<str>,
     /// Its memory per GPU.
     pub memory_mib: i64,
     /// Its free GPUs.
@@ -277,7 +299,7 @@ pub struct Wakes {
 #[derive(Default)]
 pub struct PoolCache {
     members: BTreeMap<String, Member>,
-    claims: HashMap<Arc<str>, Vec<Claim>>,
+    claims: HashMap<Arc<str>, Claims>,
     /// Claims dropped when a node's topology was replaced or removed, by (UUID, member, node):
     /// when it was published and when dropped. A node that publishes the same UUIDs again
     /// within [`CLAIM_MEMORY`] (its owner re-created its `GpuTopology`) keeps its place
@@ -292,7 +314,8 @@ pub struct PoolCache {
     /// GPUs reserved for a job that preempted their holders: held until it is decided again.
     reserved: HashMap<String, Slots>,
     /// (member, node) → jobs whose hub status holds GPUs there (preemption's candidates).
-    on_node: HashMap<(String, String), BTreeSet<String>>,
+    /// A sorted `Vec`: a node holds a few jobs, and a `BTreeSet`'s first node weighs ~280 bytes.
+    on_node: HashMap<(String, String), Vec<String>>,
     pods: HashMap<(String, String, String), Slots>,
     /// GPUs a member's scheduler refused to give a gpupool pod: kept out of placement (as busy)
     /// until [`PoolCache::set_suspect`] clears them.
@@ -568,19 +591,13 @@ impl PoolCache {
         }
         for u in t.uuids() {
             if let Some(cs) = self.claims.get_mut(&u) {
-                for c in cs
-                    .iter()
-                    .filter(|c| &*c.member == member && &*c.node == node)
-                {
-                    let key = (u.clone(), c.member.clone(), c.node.clone());
+                for c in cs.iter().filter(|c| c.is(member, node)) {
+                    let key = (u.clone(), c.at.0.clone(), c.at.1.clone());
                     let e = self.released.entry(key).or_insert((c.published, now));
                     *e = (e.0.min(c.published), now);
                 }
-                cs.retain(|c| !(&*c.member == member && &*c.node == node));
-                affected.extend(
-                    cs.iter()
-                        .map(|c| (c.member.to_string(), c.node.to_string())),
-                );
+                cs.retain(|c| !c.is(member, node));
+                affected.extend(cs.iter().map(Claim::names));
                 if cs.is_empty() {
                     self.claims.remove(&u);
                 }
@@ -613,11 +630,11 @@ impl PoolCache {
             && m.gpu_cap(node).is_some()
             && let Some(t) = m.topologies.get(node)
         {
-            let (member_name, node_name): (Arc<str>, Arc<str>) = (member.into(), node.into());
+            let at: Arc<(Arc<str>, Arc<str>)> = Arc::new((member.into(), node.into()));
             let uuids: BTreeSet<Arc<str>> = t.uuids().into_iter().collect();
             let published = t.published;
             for u in uuids {
-                let key = (u.clone(), member_name.clone(), node_name.clone());
+                let key = (u.clone(), at.0.clone(), at.1.clone());
                 let earlier = self
                     .released
                     .remove(&key)
@@ -625,17 +642,13 @@ impl PoolCache {
                     .map(|(p, _)| p);
                 let claim = Claim {
                     published: earlier.map_or(published, |p| p.min(published)),
-                    member: member_name.clone(),
-                    node: node_name.clone(),
+                    at: at.clone(),
                 };
                 // A new key is the UUID shared with the node's graph.
                 let cs = self.claims.entry(u).or_default();
-                affected.extend(
-                    cs.iter()
-                        .map(|c| (c.member.to_string(), c.node.to_string())),
-                );
-                let at = cs.partition_point(|c| *c < claim);
-                cs.insert(at, claim);
+                affected.extend(cs.iter().map(Claim::names));
+                let pos = cs.partition_point(|c| *c < claim);
+                cs.insert(pos, claim);
             }
         }
         affected.sort();
@@ -691,12 +704,11 @@ impl PoolCache {
         let (usable, problems) = usable_gpus(node, &graph, cap);
         let (busy, held) = self.busy_and_held(member, node, &graph);
         Ok(Some(NodeState {
-            name: node.to_string(),
+            name: node.into(),
             model: graph
                 .gpus()
                 .first()
-                .map(|g| g.model.to_string())
-                .unwrap_or_default(),
+                .map_or_else(|| "".into(), |g| g.model.clone()),
             memory_mib: graph.gpus().iter().map(|g| g.memory_mib).min().unwrap_or(0),
             graph,
             shape,
@@ -739,10 +751,12 @@ impl PoolCache {
             .iter()
             .filter_map(|g| {
                 let owner = self.claims.get(&*g.uuid)?.first()?;
-                (&*owner.member != member || &*owner.node != node).then(|| {
+                (!owner.is(member, node)).then(|| {
                     format!(
                         "{} (first published by {}/{})",
-                        g.uuid, owner.member, owner.node
+                        g.uuid,
+                        owner.member(),
+                        owner.node()
                     )
                 })
             })
@@ -826,7 +840,9 @@ impl PoolCache {
 
     // ----- assignments -----
 
-    fn hold(&mut self, s: &Slot, up: bool) {
+    /// Counts one more (`up`) or one fewer hold on `s`; returns whether the GPU became held or
+    /// free (its node must be derived again).
+    fn hold(&mut self, s: &Slot, up: bool) -> bool {
         let c = self.holds.entry(s.clone()).or_default();
         let before = *c;
         if up {
@@ -838,17 +854,27 @@ impl PoolCache {
         if after == 0 {
             self.holds.remove(s);
         }
-        if (before == 0) != (after == 0) {
-            self.derive(&s.member.clone(), &s.node.clone());
-        }
+        (before == 0) != (after == 0)
     }
 
+    /// Holds `new` and releases `old` (slots in both stay held), then derives each node whose
+    /// GPUs changed once, whatever the number of its slots.
     fn replace(&mut self, old: &[Slot], new: &[Slot]) {
+        let mut changed: Vec<(&str, &str)> = Vec::new();
         for s in new.iter().filter(|s| !contains(old, s)) {
-            self.hold(s, true);
+            if self.hold(s, true) {
+                changed.push((&s.member, &s.node));
+            }
         }
         for s in old.iter().filter(|s| !contains(new, s)) {
-            self.hold(s, false);
+            if self.hold(s, false) {
+                changed.push((&s.member, &s.node));
+            }
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        for (m, n) in changed {
+            self.derive(m, n);
         }
     }
 
@@ -881,9 +907,12 @@ impl PoolCache {
             .collect();
         for k in nodes {
             if on {
-                self.on_node.entry(k).or_default().insert(uid.to_string());
+                let jobs = self.on_node.entry(k).or_default();
+                if let Err(at) = jobs.binary_search_by(|j| j.as_str().cmp(uid)) {
+                    jobs.insert(at, uid.to_string());
+                }
             } else if let Some(set) = self.on_node.get_mut(&k) {
-                set.remove(uid);
+                set.retain(|j| j != uid);
                 if set.is_empty() {
                     self.on_node.remove(&k);
                 }
@@ -922,7 +951,7 @@ impl PoolCache {
     pub fn jobs_on_node(&self, member: &str, node: &str) -> Vec<String> {
         self.on_node
             .get(&(member.to_string(), node.to_string()))
-            .map(|s| s.iter().cloned().collect())
+            .map(|s| s.to_vec())
             .unwrap_or_default()
     }
 

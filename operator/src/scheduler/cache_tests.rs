@@ -115,7 +115,7 @@ fn gpus_outside_claims_hold_are_never_free_and_come_back_when_released() {
     let (cands, _) = c.snapshot().candidates(&request(8, NvLinkMode::Clique), 1);
     let offered: Vec<&str> = cands
         .iter()
-        .flat_map(|m| m.nodes.iter().map(|n| n.name.as_str()))
+        .flat_map(|m| m.nodes.iter().map(|n| &*n.name))
         .collect();
     assert_eq!(offered, ["o"]);
     c.resync_outside_claims("m", BTreeMap::new());

@@ -30,7 +30,7 @@ use std::sync::Arc;
 struct ClassKey {
     shape: u64,
     free: u64,
-    model: String,
+    model: Arc<str>,
     memory_mib: i64,
 }
 
@@ -49,7 +49,7 @@ impl ClassKey {
 struct Class {
     /// The graph of one of them (the allocator's answer depends only on the shape).
     graph: Arc<GpuGraph>,
-    members: BTreeMap<u32, BTreeSet<String>>,
+    members: BTreeMap<u32, BTreeSet<Arc<str>>>,
 }
 
 /// What a member's refusals name, and its whole NVLink nodes.
@@ -57,7 +57,7 @@ struct Class {
 struct Tally {
     whole: WholeNodes,
     /// Placeable nodes by (model, memory per GPU), counted by free GPUs.
-    by_free: BTreeMap<(String, i64), Vec<u32>>,
+    by_free: BTreeMap<(Arc<str>, i64), Vec<u32>>,
 }
 
 /// Placeable nodes by class, and per member tallies. See the module docs.
@@ -72,8 +72,8 @@ pub struct NodeIndex {
 /// What [`NodeIndex::select`] found.
 #[derive(Debug, Default)]
 pub struct Selection<'a> {
-    /// Per member, the nodes to offer the placement (by name).
-    pub nodes: HashMap<&'a str, BTreeSet<&'a str>>,
+    /// Per member, the nodes to offer the placement (names, sorted).
+    pub nodes: HashMap<&'a str, Vec<&'a str>>,
     /// Per member, nodes with enough free GPUs of the right model on which the allocator finds
     /// no acceptable set: how many, and the reason for the first.
     pub refused: HashMap<&'a str, (usize, String)>,
@@ -119,7 +119,7 @@ impl NodeIndex {
         let key = ClassKey::of(n);
         if let Some(class) = self.classes.get_mut(&key) {
             if let Some(nodes) = class.members.get_mut(&id) {
-                nodes.remove(&n.name);
+                nodes.remove(&*n.name);
                 if nodes.is_empty() {
                     class.members.remove(&id);
                 }
@@ -196,7 +196,7 @@ impl NodeIndex {
                 .map(|(id, r)| (self.member_names[id as usize].as_str(), r))
                 .collect(),
         };
-        let mut chosen: Vec<BTreeSet<&str>> = vec![BTreeSet::new(); self.member_names.len()];
+        let mut chosen: Vec<Vec<&str>> = vec![Vec::new(); self.member_names.len()];
         // Whole NVLink nodes becoming scarce changes ranks only for multi-GPU `preferred`.
         let scarcity_matters = req.gpus_per_pod > 1 && req.nvlink == NvLinkMode::Preferred;
         for scarce in [false, true] {
@@ -210,8 +210,10 @@ impl NodeIndex {
             ranked.sort_by_key(|a| a.0);
             self.take_best(&ranked, pods, &ok, &mut chosen);
         }
-        for (id, nodes) in chosen.into_iter().enumerate() {
+        for (id, mut nodes) in chosen.into_iter().enumerate() {
             if !nodes.is_empty() {
+                nodes.sort_unstable();
+                nodes.dedup();
                 sel.nodes.insert(self.member_names[id].as_str(), nodes);
             }
         }
@@ -240,7 +242,7 @@ impl NodeIndex {
                 continue;
             }
             let matches = *models
-                .entry((key.model.as_str(), key.memory_mib))
+                .entry((&*key.model, key.memory_mib))
                 .or_insert_with(|| model_matches(req, want.as_deref(), &key.model, key.memory_mib));
             if !matches {
                 continue;
@@ -249,7 +251,7 @@ impl NodeIndex {
                 Ok(a) => fitting.push((node_fit(&a, &gr, false), node_fit(&a, &gr, true), class)),
                 Err(r) => {
                     for (id, nodes) in class.members.iter().filter(|(id, _)| ok[**id as usize]) {
-                        let first = nodes.first().map_or("", String::as_str);
+                        let first = nodes.first().map_or("", |n| &**n);
                         let e = refused.entry(*id).or_insert_with(|| (0, r.message(first)));
                         e.0 += nodes.len();
                     }
@@ -266,7 +268,7 @@ impl NodeIndex {
         ranked: &[(NodeFit, &'a Class)],
         pods: usize,
         ok: &[bool],
-        chosen: &mut [BTreeSet<&'a str>],
+        chosen: &mut [Vec<&'a str>],
     ) {
         let eligible = ok.iter().filter(|x| **x).count();
         // Per member: nodes taken, and the rank at which it had enough.
@@ -282,7 +284,7 @@ impl NodeIndex {
                 if !ok[id] || (t.0 >= pods && t.1 != Some(*fit)) {
                     continue;
                 }
-                chosen[id].extend(nodes.iter().take(pods).map(String::as_str));
+                chosen[id].extend(nodes.iter().take(pods).map(|n| &**n));
                 t.0 += nodes.len().min(pods);
                 if t.0 >= pods && t.1.is_none() {
                     t.1 = Some(*fit);

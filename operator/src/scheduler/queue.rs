@@ -651,7 +651,7 @@ mod tests {
                         name: name.into(),
                         graph: g.clone(),
                         free,
-                        model: model.clone(),
+                        model: model.as_str().into(),
                         memory_mib: memory,
                     }],
                     skipped: Vec::new(),

@@ -229,7 +229,7 @@ fn candidates_list_only_the_best_ranked_nodes_that_can_take_a_pod() {
     );
     let (cands, reasons) = c.snapshot().candidates(&req(8), 2);
     assert!(reasons.is_empty());
-    let names: Vec<&str> = cands[0].nodes.iter().map(|n| n.name.as_str()).collect();
+    let names: Vec<&str> = cands[0].nodes.iter().map(|n| &*n.name).collect();
     // Two idle H100 nodes, first by name: the idle L40S nodes rank below them (no NVLink ring
     // for a `preferred` 8-GPU pod) and two pods never need more than two nodes; the full node
     // is left out.
@@ -238,7 +238,7 @@ fn candidates_list_only_the_best_ranked_nodes_that_can_take_a_pod() {
     let mut r = req(8);
     r.gpu.model = Some("H100".into());
     let (cands, _) = c.snapshot().candidates(&r, 1);
-    let names: Vec<&str> = cands[0].nodes.iter().map(|n| n.name.as_str()).collect();
+    let names: Vec<&str> = cands[0].nodes.iter().map(|n| &*n.name).collect();
     assert_eq!(names, ["h01"]);
 }
 
@@ -601,7 +601,7 @@ fn candidates_count_every_whole_nvlink_node_and_the_idle_ones() {
     );
     let (cands, _) = c.snapshot().candidates(&req(1), 1);
     // One pod: only the best-ranked node (the partly used DGX-1) is offered.
-    let names: Vec<&str> = cands[0].nodes.iter().map(|n| n.name.as_str()).collect();
+    let names: Vec<&str> = cands[0].nodes.iter().map(|n| &*n.name).collect();
     assert_eq!(names, ["d"]);
     assert_eq!(
         cands[0].whole_nodes,
