@@ -5,11 +5,12 @@
 //! answer from the allocator and the same rank ([`crate::placement::rank`]) for any request, so
 //! a decision asks the allocator once per class (a few thousand in a pool of 100 000 nodes of a
 //! dozen shapes; an 8-GPU shape has 256 free masks) instead of once per node, ranks the classes
-//! that fit and takes, per member, only its best-ranked nodes: as many as the request has pods,
-//! and every node tied with the last of them. A pod placed one at a time on its best node (as
-//! [`crate::placement::scheduler`] does, within one member) lands either on a node an earlier pod
-//! of the same decision changed or on the best node nobody changed — among the first `pods` by
-//! rank — so the placement over this selection is the placement over every node. Whole NVLink
+//! that fit and takes, per member, only its best nodes by rank and then name: as many as the
+//! request has pods. A pod placed one at a time on its best node (as
+//! [`crate::placement::scheduler`] does, within one member, the first name winning a tie) lands
+//! either on a node an earlier pod of the same decision changed or on the best node nobody
+//! changed — among the first `pods` by rank and name — so the placement over this selection is
+//! the placement over every node. Whole NVLink
 //! nodes becoming scarce halfway through a decision changes ranks; for requests where it can
 //! (multi-GPU `preferred`), the selection is the union of the best nodes under both rankings.
 //!
@@ -261,8 +262,9 @@ impl NodeIndex {
         (fitting, refused)
     }
 
-    /// Walks `ranked` best first, giving each eligible member its first `pods` nodes and every
-    /// node tied with the last of them.
+    /// Walks `ranked` best first, giving each eligible member its first `pods` nodes by rank,
+    /// then name: the placement breaks ties between equally ranked nodes by name, so of the
+    /// classes tied at a member's last rank only the first names are needed.
     fn take_best<'a>(
         &'a self,
         ranked: &[(NodeFit, &'a Class)],
@@ -270,26 +272,34 @@ impl NodeIndex {
         ok: &[bool],
         chosen: &mut [Vec<&'a str>],
     ) {
-        let eligible = ok.iter().filter(|x| **x).count();
-        // Per member: nodes taken, and the rank at which it had enough.
-        let mut taken: Vec<(usize, Option<NodeFit>)> = vec![(0, None); ok.len()];
-        let (mut full, mut last_boundary) = (0usize, None::<NodeFit>);
-        for (fit, class) in ranked {
-            if full == eligible && last_boundary.is_some_and(|b| *fit > b) {
+        let mut wanted = ok.iter().filter(|x| **x).count();
+        let mut taken: Vec<usize> = vec![0; ok.len()];
+        // Nodes of one rank (several classes may share it): (member, name).
+        let mut tied: Vec<(u32, &'a str)> = Vec::new();
+        for group in ranked.chunk_by(|a, b| a.0 == b.0) {
+            if wanted == 0 {
                 break;
             }
-            for (id, nodes) in &class.members {
-                let id = *id as usize;
-                let t = &mut taken[id];
-                if !ok[id] || (t.0 >= pods && t.1 != Some(*fit)) {
-                    continue;
+            tied.clear();
+            for (_, class) in group {
+                for (id, nodes) in &class.members {
+                    let need = pods - taken[*id as usize];
+                    if ok[*id as usize] && need > 0 {
+                        tied.extend(nodes.iter().take(need).map(|n| (*id, &**n)));
+                    }
                 }
-                chosen[id].extend(nodes.iter().take(pods).map(|n| &**n));
-                t.0 += nodes.len().min(pods);
-                if t.0 >= pods && t.1.is_none() {
-                    t.1 = Some(*fit);
-                    full += 1;
-                    last_boundary = last_boundary.max(Some(*fit));
+            }
+            if group.len() > 1 {
+                tied.sort_unstable();
+            }
+            for &(id, name) in &tied {
+                let t = &mut taken[id as usize];
+                if *t < pods {
+                    chosen[id as usize].push(name);
+                    *t += 1;
+                    if *t == pods {
+                        wanted -= 1;
+                    }
                 }
             }
         }

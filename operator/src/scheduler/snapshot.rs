@@ -145,8 +145,8 @@ impl Snapshot {
     }
 
     /// The candidates for `pods` pods of `req`: per schedulable member, of the nodes that can
-    /// take one pod only its best-ranked ones — the first `pods` by rank and the nodes tied with
-    /// the last of them, in name order — which is all a placement of `pods` pods can use
+    /// take one pod only its best ones — the first `pods` by rank and then name, in name
+    /// order — which is all a placement of `pods` pods can use
     /// ([`super::index`]'s module docs). Members left out come with the reason.
     pub fn candidates(
         &self,
