@@ -390,6 +390,10 @@ fn spread_domains<'a>(
     (members, member_reasons)
 }
 
+/// A member's best node for a replica — (node, placement, GPUs, rank) — and why its other
+/// nodes do not fit.
+type Best = (Option<(usize, PodPlacement, GpuSet, NodeFit)>, Vec<String>);
+
 /// Each replica to its best (member, node) among `members` under the policy's skew and
 /// per-member cap (see [`place_replicas`]).
 fn spread_replicas(
@@ -417,7 +421,6 @@ fn spread_replicas(
     // the member that took the last replica: the others' free GPUs did not change, and the
     // replicas are all the same size, so their answer stays the same (all are asked again
     // when whole NVLink nodes become scarce, which changes the ranks).
-    type Best = (Option<(usize, PodPlacement, GpuSet, NodeFit)>, Vec<String>);
     let mut best_of: Vec<Option<Best>> = vec![None; members.len()];
     let mut scarce = whole.scarce();
     for &ix in indexes {
@@ -425,19 +428,15 @@ fn spread_replicas(
             scarce = whole.scarce();
             best_of.iter_mut().for_each(|b| *b = None);
         }
-        let mut why = Vec::new();
-        // Every member's best node for this replica.
-        let mut options = Vec::new();
+        // Every member's best node for this replica: (member, rank, domain's and member's
+        // replicas), the placement itself read from `best_of` for the winner only.
+        let mut options: Vec<(usize, NodeFit, usize, usize)> = Vec::new();
         for (ci, (c, d)) in members.iter().enumerate() {
             let h = held.get(&c.name).copied().unwrap_or(0);
             if cap.is_some_and(|m| h >= m) {
-                why.push(format!(
-                    "{}: holds {h} replicas (maxReplicasPerCluster)",
-                    c.name
-                ));
                 continue;
             }
-            let (best, member_why) = best_of[ci].get_or_insert_with(|| {
+            let (best, _) = best_of[ci].get_or_insert_with(|| {
                 let mut w = Vec::new();
                 let best = best_node(c, &free[ci], req, whole, ix, &mut w);
                 if best.is_none() && w.is_empty() {
@@ -446,24 +445,23 @@ fn spread_replicas(
                 }
                 (best, w)
             });
-            why.extend(member_why.iter().cloned());
-            if let Some((ni, p, set, fit)) = best {
-                let mut p = p.clone();
-                p.index = ix;
-                options.push((ci, *ni, p, *set, *fit, in_domain[d], h));
+            if let Some((_, _, _, fit)) = best {
+                options.push((ci, *fit, in_domain[d], h));
             }
         }
-        let min_domain = options.iter().map(|o| o.5).min();
+        let min_domain = options.iter().map(|o| o.2).min();
         let best = options
             .into_iter()
-            .filter(|o| max_skew.is_none_or(|s| min_domain.is_none_or(|m| o.5 + 1 - m <= s)))
-            .min_by(|a, b| {
-                let ka = (a.4, a.5, a.6, members[a.0].0.price.unwrap_or(0), a.0);
-                let kb = (b.4, b.5, b.6, members[b.0].0.price.unwrap_or(0), b.0);
-                ka.cmp(&kb)
-            });
-        match best {
-            Some((ci, ni, p, set, _, _, _)) => {
+            .filter(|o| max_skew.is_none_or(|s| min_domain.is_none_or(|m| o.2 + 1 - m <= s)))
+            .min_by_key(|o| (o.1, o.2, o.3, members[o.0].0.price.unwrap_or(0), o.0));
+        let chosen = best.and_then(|o| {
+            let (ni, p, set, _) = best_of[o.0].as_ref()?.0.as_ref()?;
+            let mut p = p.clone();
+            p.index = ix;
+            Some((o.0, *ni, p, *set))
+        });
+        match chosen {
+            Some((ci, ni, p, set)) => {
                 let (c, d) = &members[ci];
                 let g = &c.nodes[ni].graph;
                 if free[ci][ni] == g.all() && WholeNodes::is_whole_nvlink_node(g) {
@@ -475,17 +473,43 @@ fn spread_replicas(
                 *in_domain.entry(d.clone()).or_default() += 1;
                 out.push((c.name.clone(), p));
             }
-            None => reasons.push(format!(
-                "replica {ix}: {}",
-                if why.is_empty() {
-                    "no GPU nodes".into()
-                } else {
-                    why.join(", ")
-                }
-            )),
+            None => {
+                let why = unplaced_why(members, &best_of, &held, cap);
+                reasons.push(format!(
+                    "replica {ix}: {}",
+                    if why.is_empty() {
+                        "no GPU nodes".into()
+                    } else {
+                        why.join(", ")
+                    }
+                ))
+            }
         }
     }
     (out, reasons)
+}
+
+/// Why no member took a replica: the members at their cap, and each other member's reasons
+/// for its nodes (as [`spread_replicas`] found them).
+fn unplaced_why(
+    members: &[(&ClusterCandidate, String)],
+    best_of: &[Option<Best>],
+    held: &BTreeMap<String, usize>,
+    cap: Option<usize>,
+) -> Vec<String> {
+    let mut why = Vec::new();
+    for (ci, (c, _)) in members.iter().enumerate() {
+        let h = held.get(&c.name).copied().unwrap_or(0);
+        if cap.is_some_and(|m| h >= m) {
+            why.push(format!(
+                "{}: holds {h} replicas (maxReplicasPerCluster)",
+                c.name
+            ));
+        } else if let Some((_, w)) = &best_of[ci] {
+            why.extend(w.iter().cloned());
+        }
+    }
+    why
 }
 
 /// All replicas on one member: the one that fits the most, then best fit, price, name. Each
