@@ -309,7 +309,9 @@ pub struct PoolCache {
     /// Members whose facts changed since the last [`PoolCache::update_snapshot`].
     dirty_members: BTreeSet<String>,
     /// Nodes derived since the last [`PoolCache::update_snapshot`].
-    dirty_nodes: BTreeSet<(String, String)>,
+    /// (By member: a node derived again and again before the next update is found without
+    /// allocating its names.)
+    dirty_nodes: BTreeMap<String, BTreeSet<String>>,
     jobs: HashMap<String, JobHolds>,
     /// GPUs reserved for a job that preempted their holders: held until it is decided again.
     reserved: HashMap<String, Slots>,
@@ -433,7 +435,7 @@ impl PoolCache {
         self.dirty_members.insert(name.to_string());
         let known = m.ready.keys().chain(m.unusable.keys());
         for n in known.chain(m.topologies.keys()) {
-            self.dirty_nodes.insert((name.to_string(), n.clone()));
+            self.mark_dirty(name, n);
         }
         let pods: Vec<_> = self.pods.keys().filter(|k| k.0 == name).cloned().collect();
         for k in pods {
@@ -634,10 +636,13 @@ impl PoolCache {
             let uuids: BTreeSet<Arc<str>> = t.uuids().into_iter().collect();
             let published = t.published;
             for u in uuids {
-                let key = (u.clone(), at.0.clone(), at.1.clone());
-                let earlier = self
-                    .released
-                    .remove(&key)
+                // (Hashing three names per UUID only when some claim was dropped lately.)
+                let earlier = (!self.released.is_empty())
+                    .then(|| {
+                        let key = (u.clone(), at.0.clone(), at.1.clone());
+                        self.released.remove(&key)
+                    })
+                    .flatten()
                     .filter(|(_, at)| at.elapsed() < CLAIM_MEMORY)
                     .map(|(p, _)| p);
                 let claim = Claim {
@@ -669,9 +674,9 @@ impl PoolCache {
         };
         let old = m.ready.remove(node);
         m.unusable.remove(node);
-        self.dirty_nodes
-            .insert((member.to_string(), node.to_string()));
-        let st = match self.placeable(member, node) {
+        self.mark_dirty(member, node);
+        let name = old.as_ref().map(|o| o.name.clone());
+        let st = match self.placeable(member, node, name) {
             Ok(Some(st)) => st,
             Ok(None) => return,
             Err(why) => {
@@ -694,9 +699,29 @@ impl PoolCache {
         m.ready.insert(node.to_string(), Arc::new(st));
     }
 
-    /// The node's placeable state; `None` when it is no GPU node, the reason when it cannot
-    /// take work.
-    fn placeable(&self, member: &str, node: &str) -> Result<Option<NodeState>, String> {
+    /// Marks a node for the next snapshot update.
+    fn mark_dirty(&mut self, member: &str, node: &str) {
+        match self.dirty_nodes.get_mut(member) {
+            Some(nodes) => {
+                if !nodes.contains(node) {
+                    nodes.insert(node.to_string());
+                }
+            }
+            None => {
+                let nodes = BTreeSet::from([node.to_string()]);
+                self.dirty_nodes.insert(member.to_string(), nodes);
+            }
+        }
+    }
+
+    /// The node's placeable state (`name`: its name shared, when it was placeable before);
+    /// `None` when it is no GPU node, the reason when it cannot take work.
+    fn placeable(
+        &self,
+        member: &str,
+        node: &str,
+        name: Option<Arc<str>>,
+    ) -> Result<Option<NodeState>, String> {
         let Some((graph, shape, cap)) = self.graph_of(member, node)? else {
             return Ok(None);
         };
@@ -704,7 +729,7 @@ impl PoolCache {
         let (usable, problems) = usable_gpus(node, &graph, cap);
         let (busy, held) = self.busy_and_held(member, node, &graph);
         Ok(Some(NodeState {
-            name: node.into(),
+            name: name.unwrap_or_else(|| node.into()),
             model: graph
                 .gpus()
                 .first()

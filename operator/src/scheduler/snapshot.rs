@@ -75,8 +75,10 @@ impl PoolCache {
         for name in std::mem::take(&mut self.dirty_members) {
             snap.set_member(self, &name);
         }
-        for (member, node) in std::mem::take(&mut self.dirty_nodes) {
-            snap.set_node(self, &member, &node);
+        for (member, nodes) in std::mem::take(&mut self.dirty_nodes) {
+            for node in nodes {
+                snap.set_node(self, &member, &node);
+            }
         }
     }
 }
