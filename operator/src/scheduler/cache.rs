@@ -164,6 +164,8 @@ type Unusable = (String, Vec<Arc<str>>);
 /// A published topology as the cache keeps it: its graph, built once (the spec itself is not
 /// kept: every node of a shape shares the graph's interconnect, and the spec's names are in it).
 struct Published {
+    /// The node's names (shared).
+    at: NodeRef,
     /// The graph and the hash of the topology's shape, or why the spec is no usable topology
     /// (with the UUIDs it lists, which it still claims).
     graph: Result<(Arc<GpuGraph>, u64), Unusable>,
@@ -174,7 +176,7 @@ struct Published {
 }
 
 impl Published {
-    fn of(t: TopologyFacts) -> Published {
+    fn of(t: TopologyFacts, at: NodeRef) -> Published {
         let graph = match GpuGraph::from_spec(&t.spec) {
             Ok(g) => Ok((Arc::new(g), shape_of(&t.spec))),
             Err(e) => Err((
@@ -183,6 +185,7 @@ impl Published {
             )),
         };
         Published {
+            at,
             graph,
             gpus: t.spec.gpus.len(),
             busy: t.busy,
@@ -248,15 +251,46 @@ impl Claim {
 /// in the map's slot (24 bytes) instead of a `Vec`'s first allocation of four.
 type Claims = smallvec::SmallVec<[Claim; 1]>;
 
-/// GPUs held by one job or pod, sorted and unique. Most hold one to eight: a `BTreeSet`'s
-/// smallest node has room for eleven and would weigh some 800 bytes more than the slots.
-type Slots = Box<[Slot]>;
+/// A member's node, named once: shared by the node's published topology, its claims, and the
+/// holds and jobs' GPUs on it.
+type NodeRef = Arc<(Arc<str>, Arc<str>)>;
 
-fn slots_of(set: BTreeSet<Slot>) -> Slots {
-    set.into_iter().collect()
+/// One GPU as the cache keeps a [`Slot`]: 24 bytes, its node's names and its UUID shared
+/// with the node's published topology when the node has one (a `Slot` of three strings is
+/// some 180 bytes). Orders as `Slot` does: member, node, UUID.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Gpu {
+    at: NodeRef,
+    uuid: Arc<str>,
 }
 
-fn contains(set: &[Slot], s: &Slot) -> bool {
+impl Gpu {
+    fn member(&self) -> &str {
+        &self.at.0
+    }
+
+    fn node(&self) -> &str {
+        &self.at.1
+    }
+
+    fn slot(&self) -> Slot {
+        Slot {
+            member: self.member().to_string(),
+            node: self.node().to_string(),
+            uuid: self.uuid.to_string(),
+        }
+    }
+
+    fn is(&self, s: &Slot) -> bool {
+        self.member() == s.member && self.node() == s.node && *self.uuid == *s.uuid
+    }
+}
+
+/// GPUs held by one job or pod, sorted and unique. Most hold one to eight: a `BTreeSet`'s
+/// smallest node has room for eleven and would weigh some 800 bytes more than the slots.
+type Slots = Box<[Gpu]>;
+
+fn contains(set: &[Gpu], s: &Gpu) -> bool {
     set.binary_search(s).is_ok()
 }
 
@@ -305,7 +339,7 @@ pub struct PoolCache {
     /// within [`CLAIM_MEMORY`] (its owner re-created its `GpuTopology`) keeps its place
     /// before nodes that copied them meanwhile.
     released: HashMap<ReleasedClaim, (i64, std::time::Instant)>,
-    holds: HashMap<Slot, u32>,
+    holds: HashMap<Gpu, u32>,
     /// Members whose facts changed since the last [`PoolCache::update_snapshot`].
     dirty_members: BTreeSet<String>,
     /// Nodes derived since the last [`PoolCache::update_snapshot`].
@@ -317,7 +351,7 @@ pub struct PoolCache {
     reserved: HashMap<String, Slots>,
     /// (member, node) → jobs whose hub status holds GPUs there (preemption's candidates).
     /// A sorted `Vec`: a node holds a few jobs, and a `BTreeSet`'s first node weighs ~280 bytes.
-    on_node: HashMap<(String, String), Vec<String>>,
+    on_node: HashMap<NodeRef, Vec<String>>,
     pods: HashMap<(String, String, String), Slots>,
     /// GPUs a member's scheduler refused to give a gpupool pod: kept out of placement (as busy)
     /// until [`PoolCache::set_suspect`] clears them.
@@ -548,7 +582,11 @@ impl PoolCache {
         }
         let m = self.member_mut(member);
         if let (Some(t), Some(n)) = (t, new_node) {
-            let t = Published::of(t);
+            let at = m.topologies.get(&n).map_or_else(
+                || Arc::new((member.into(), n.as_str().into())),
+                |old| old.at.clone(),
+            );
+            let t = Published::of(t, at);
             if m.topologies.get(&n).is_some_and(|old| old.same(&t)) {
                 return;
             }
@@ -632,7 +670,7 @@ impl PoolCache {
             && m.gpu_cap(node).is_some()
             && let Some(t) = m.topologies.get(node)
         {
-            let at: Arc<(Arc<str>, Arc<str>)> = Arc::new((member.into(), node.into()));
+            let at = t.at.clone();
             let uuids: BTreeSet<Arc<str>> = t.uuids().into_iter().collect();
             let published = t.published;
             for u in uuids {
@@ -824,22 +862,48 @@ impl PoolCache {
             }
         }
         let mut held = GpuSet::EMPTY;
-        let mut s = Slot {
-            member: member.to_string(),
-            node: node.to_string(),
-            uuid: String::new(),
-        };
+        let at = self.node_ref(member, node);
         for g in graph.gpus() {
-            s.uuid.clear();
-            s.uuid.push_str(&g.uuid);
-            if self.suspect.contains(&s) {
+            let gpu = Gpu {
+                at: at.clone(),
+                uuid: g.uuid.clone(),
+            };
+            if !self.suspect.is_empty() && self.suspect.contains(&gpu.slot()) {
                 busy.insert(g.index);
             }
-            if self.holds.get(&s).copied().unwrap_or(0) > 0 {
+            if self.holds.get(&gpu).copied().unwrap_or(0) > 0 {
                 held.insert(g.index);
             }
         }
         (busy, held)
+    }
+
+    /// The node's shared names (new ones when it has published no topology).
+    fn node_ref(&self, member: &str, node: &str) -> NodeRef {
+        self.members
+            .get(member)
+            .and_then(|m| m.topologies.get(node))
+            .map_or_else(|| Arc::new((member.into(), node.into())), |t| t.at.clone())
+    }
+
+    /// A slot as the cache keeps it: its names and UUID shared where the cache has them.
+    fn gpu(&self, s: &Slot) -> Gpu {
+        let uuid = self
+            .claims
+            .get_key_value(s.uuid.as_str())
+            .map_or_else(|| s.uuid.as_str().into(), |(u, _)| u.clone());
+        Gpu {
+            at: self.node_ref(&s.member, &s.node),
+            uuid,
+        }
+    }
+
+    /// Slots as the cache keeps them, sorted.
+    fn gpus<'a>(&self, slots: impl IntoIterator<Item = &'a Slot>) -> Slots {
+        let mut out: Vec<Gpu> = slots.into_iter().map(|s| self.gpu(s)).collect();
+        out.sort_unstable();
+        out.dedup();
+        out.into()
     }
 
     // ----- suspect GPUs -----
@@ -867,7 +931,7 @@ impl PoolCache {
 
     /// Counts one more (`up`) or one fewer hold on `s`; returns whether the GPU became held or
     /// free (its node must be derived again).
-    fn hold(&mut self, s: &Slot, up: bool) -> bool {
+    fn hold(&mut self, s: &Gpu, up: bool) -> bool {
         let c = self.holds.entry(s.clone()).or_default();
         let before = *c;
         if up {
@@ -884,16 +948,16 @@ impl PoolCache {
 
     /// Holds `new` and releases `old` (slots in both stay held), then derives each node whose
     /// GPUs changed once, whatever the number of its slots.
-    fn replace(&mut self, old: &[Slot], new: &[Slot]) {
+    fn replace(&mut self, old: &[Gpu], new: &[Gpu]) {
         let mut changed: Vec<(&str, &str)> = Vec::new();
         for s in new.iter().filter(|s| !contains(old, s)) {
             if self.hold(s, true) {
-                changed.push((&s.member, &s.node));
+                changed.push((s.member(), s.node()));
             }
         }
         for s in old.iter().filter(|s| !contains(new, s)) {
             if self.hold(s, false) {
-                changed.push((&s.member, &s.node));
+                changed.push((s.member(), s.node()));
             }
         }
         changed.sort_unstable();
@@ -909,7 +973,7 @@ impl PoolCache {
         let j = self.jobs.remove(uid).unwrap_or_default();
         let mut j = j;
         let old = std::mem::take(&mut j.hub);
-        let slots = slots_of(slots);
+        let slots = self.gpus(&slots);
         self.replace(&old, &slots);
         self.index_nodes(uid, &old, false);
         self.index_nodes(uid, &slots, true);
@@ -925,21 +989,20 @@ impl PoolCache {
         self.jobs.insert(uid.to_string(), j);
     }
 
-    fn index_nodes(&mut self, uid: &str, slots: &[Slot], on: bool) {
-        let nodes: BTreeSet<(String, String)> = slots
-            .iter()
-            .map(|s| (s.member.clone(), s.node.clone()))
-            .collect();
+    fn index_nodes(&mut self, uid: &str, slots: &[Gpu], on: bool) {
+        // Sorted by node: each node once.
+        let mut nodes: Vec<&NodeRef> = slots.iter().map(|s| &s.at).collect();
+        nodes.dedup();
         for k in nodes {
             if on {
-                let jobs = self.on_node.entry(k).or_default();
+                let jobs = self.on_node.entry(k.clone()).or_default();
                 if let Err(at) = jobs.binary_search_by(|j| j.as_str().cmp(uid)) {
                     jobs.insert(at, uid.to_string());
                 }
-            } else if let Some(set) = self.on_node.get_mut(&k) {
+            } else if let Some(set) = self.on_node.get_mut(k) {
                 set.retain(|j| j != uid);
                 if set.is_empty() {
-                    self.on_node.remove(&k);
+                    self.on_node.remove(k);
                 }
             }
         }
@@ -949,7 +1012,7 @@ impl PoolCache {
     /// them once their holders release them.
     pub fn reserve(&mut self, uid: &str, slots: &BTreeSet<Slot>) {
         self.unreserve(uid);
-        let slots: Slots = slots.iter().cloned().collect();
+        let slots = self.gpus(slots);
         self.replace(&[], &slots);
         self.reserved.insert(uid.to_string(), slots);
     }
@@ -974,15 +1037,24 @@ impl PoolCache {
 
     /// Jobs whose hub status holds GPUs on `node` of `member`.
     pub fn jobs_on_node(&self, member: &str, node: &str) -> Vec<String> {
+        let key: (Arc<str>, Arc<str>) = (member.into(), node.into());
         self.on_node
-            .get(&(member.to_string(), node.to_string()))
+            .get(&key)
             .map(|s| s.to_vec())
             .unwrap_or_default()
     }
 
     /// The GPUs job `uid`'s hub status holds.
-    pub fn hub_slots(&self, uid: &str) -> &[Slot] {
-        self.jobs.get(uid).map_or(&[], |j| &j.hub)
+    pub fn hub_slots(&self, uid: &str) -> Vec<Slot> {
+        self.jobs
+            .get(uid)
+            .map_or_else(Vec::new, |j| j.hub.iter().map(Gpu::slot).collect())
+    }
+
+    /// Whether job `uid`'s hub status holds exactly `slots`, as last set.
+    pub fn hub_holds(&self, uid: &str, slots: &BTreeSet<Slot>) -> bool {
+        let hub = self.jobs.get(uid).map_or(&[][..], |j| &j.hub);
+        hub.len() == slots.len() && hub.iter().zip(slots).all(|(g, s)| g.is(s))
     }
 
     /// Kind, namespace and name of job `uid`, when known.
@@ -1003,7 +1075,7 @@ impl PoolCache {
     pub fn held_count(&self, slots: &BTreeSet<Slot>) -> usize {
         slots
             .iter()
-            .filter(|s| self.holds.get(*s).is_some_and(|n| *n > 0))
+            .filter(|s| self.holds.get(&self.gpu(s)).is_some_and(|n| *n > 0))
             .count()
     }
 
@@ -1037,7 +1109,7 @@ impl PoolCache {
     /// Earlier assumptions of the job are kept (see [`JobHolds`]).
     pub fn assume(&mut self, uid: &str, slots: BTreeSet<Slot>) {
         let mut j = self.jobs.remove(uid).unwrap_or_default();
-        let slots = slots_of(slots);
+        let slots = self.gpus(&slots);
         self.replace(&[], &slots);
         j.assumed.push(slots);
         self.jobs.insert(uid.to_string(), j);
@@ -1063,7 +1135,7 @@ impl PoolCache {
         let key = (member.to_string(), ns.to_string(), name.to_string());
         let old = self.pods.remove(&key).unwrap_or_default();
         // A pod holds GPUs only on its own member.
-        let slots: Slots = slots.into_iter().filter(|s| s.member == member).collect();
+        let slots = self.gpus(slots.iter().filter(|s| s.member == member));
         self.replace(&old, &slots);
         if !slots.is_empty() {
             self.pods.insert(key, slots);
@@ -1105,7 +1177,7 @@ impl PoolCache {
     pub fn jobs_on(&self, member: &str) -> Vec<JobName> {
         self.jobs
             .values()
-            .filter(|j| j.hub.iter().any(|s| s.member == member))
+            .filter(|j| j.hub.iter().any(|s| s.member() == member))
             .filter_map(|j| j.name.clone())
             .collect()
     }

@@ -349,7 +349,7 @@ impl State {
         pending: impl FnOnce() -> Pending,
     ) {
         // A job's GPUs changed: queues' use and holders, what preemption looks at.
-        if !self.cache.hub_slots(uid).iter().eq(slots.iter()) {
+        if !self.cache.hub_holds(uid, &slots) {
             self.preempt_epoch += 1;
         }
         self.quotas
