@@ -23,7 +23,7 @@ use crate::placement::JobRequest;
 use crate::placement::allocator::{GpuRequest, assess};
 use crate::placement::rank::{NodeFit, WholeNodes, node_fit};
 use crate::topology::{GpuGraph, GpuSet, MAX_GPUS};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// Nodes of one class produce the same allocation for the same request.
@@ -50,7 +50,8 @@ impl ClassKey {
 struct Class {
     /// The graph of one of them (the allocator's answer depends only on the shape).
     graph: Arc<GpuGraph>,
-    members: BTreeMap<u32, BTreeSet<Arc<str>>>,
+    /// (By name, each with its state: a decision reads its candidates from here.)
+    members: BTreeMap<u32, BTreeMap<Arc<str>, Arc<NodeState>>>,
 }
 
 /// What a member's refusals name, and its whole NVLink nodes.
@@ -73,8 +74,8 @@ pub struct NodeIndex {
 /// What [`NodeIndex::select`] found.
 #[derive(Debug, Default)]
 pub struct Selection<'a> {
-    /// Per member, the nodes to offer the placement (names, sorted).
-    pub nodes: HashMap<&'a str, Vec<&'a str>>,
+    /// Per member, the nodes to offer the placement (sorted by name).
+    pub nodes: HashMap<&'a str, Vec<&'a Arc<NodeState>>>,
     /// Per member, nodes with enough free GPUs of the right model on which the allocator finds
     /// no acceptable set: how many, and the reason for the first.
     pub refused: HashMap<&'a str, (usize, String)>,
@@ -99,7 +100,7 @@ impl NodeIndex {
     }
 
     /// A placeable node joins (or comes back with new free GPUs).
-    pub fn add(&mut self, member: &str, n: &NodeState) {
+    pub fn add(&mut self, member: &str, n: &Arc<NodeState>) {
         let id = self.member_id(member);
         let class = self
             .classes
@@ -108,7 +109,8 @@ impl NodeIndex {
                 graph: n.graph.clone(),
                 members: BTreeMap::new(),
             });
-        class.members.entry(id).or_default().insert(n.name.clone());
+        let nodes = class.members.entry(id).or_default();
+        nodes.insert(n.name.clone(), n.clone());
         self.tally(id, n, true);
     }
 
@@ -197,7 +199,7 @@ impl NodeIndex {
                 .map(|(id, r)| (self.member_names[id as usize].as_str(), r))
                 .collect(),
         };
-        let mut chosen: Vec<Vec<&str>> = vec![Vec::new(); self.member_names.len()];
+        let mut chosen: Vec<Vec<&Arc<NodeState>>> = vec![Vec::new(); self.member_names.len()];
         // Whole NVLink nodes becoming scarce changes ranks only for multi-GPU `preferred`.
         let scarcity_matters = req.gpus_per_pod > 1 && req.nvlink == NvLinkMode::Preferred;
         for scarce in [false, true] {
@@ -213,8 +215,8 @@ impl NodeIndex {
         }
         for (id, mut nodes) in chosen.into_iter().enumerate() {
             if !nodes.is_empty() {
-                nodes.sort_unstable();
-                nodes.dedup();
+                nodes.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+                nodes.dedup_by(|a, b| a.name == b.name);
                 sel.nodes.insert(self.member_names[id].as_str(), nodes);
             }
         }
@@ -252,7 +254,7 @@ impl NodeIndex {
                 Ok(a) => fitting.push((node_fit(&a, &gr, false), node_fit(&a, &gr, true), class)),
                 Err(r) => {
                     for (id, nodes) in class.members.iter().filter(|(id, _)| ok[**id as usize]) {
-                        let first = nodes.first().map_or("", |n| &**n);
+                        let first = nodes.first_key_value().map_or("", |(n, _)| &**n);
                         let e = refused.entry(*id).or_insert_with(|| (0, r.message(first)));
                         e.0 += nodes.len();
                     }
@@ -270,12 +272,12 @@ impl NodeIndex {
         ranked: &[(NodeFit, &'a Class)],
         pods: usize,
         ok: &[bool],
-        chosen: &mut [Vec<&'a str>],
+        chosen: &mut [Vec<&'a Arc<NodeState>>],
     ) {
         let mut wanted = ok.iter().filter(|x| **x).count();
         let mut taken: Vec<usize> = vec![0; ok.len()];
-        // Nodes of one rank (several classes may share it): (member, name).
-        let mut tied: Vec<(u32, &'a str)> = Vec::new();
+        // Nodes of one rank (several classes may share it), by member.
+        let mut tied: Vec<(u32, &'a Arc<NodeState>)> = Vec::new();
         for group in ranked.chunk_by(|a, b| a.0 == b.0) {
             if wanted == 0 {
                 break;
@@ -285,17 +287,24 @@ impl NodeIndex {
                 for (id, nodes) in &class.members {
                     let need = pods - taken[*id as usize];
                     if ok[*id as usize] && need > 0 {
-                        tied.extend(nodes.iter().take(need).map(|n| (*id, &**n)));
+                        tied.extend(nodes.values().take(need).map(|n| (*id, n)));
                     }
                 }
             }
             if group.len() > 1 {
-                tied.sort_unstable();
+                // Per member its first names: sorted by member (cheap), and by name only where
+                // a member has more than it needs.
+                tied.sort_by_key(|t| t.0);
+                for run in tied.chunk_by_mut(|a, b| a.0 == b.0) {
+                    if run.len() > pods - taken[run[0].0 as usize] {
+                        run.sort_unstable_by(|a, b| a.1.name.cmp(&b.1.name));
+                    }
+                }
             }
-            for &(id, name) in &tied {
+            for &(id, node) in &tied {
                 let t = &mut taken[id as usize];
                 if *t < pods {
-                    chosen[id as usize].push(name);
+                    chosen[id as usize].push(node);
                     *t += 1;
                     if *t == pods {
                         wanted -= 1;

@@ -181,19 +181,21 @@ impl Snapshot {
                 reasons.push(why);
                 continue;
             }
-            let nodes = sel.nodes.get(name.as_str()).map_or_else(Vec::new, |names| {
-                names
-                    .iter()
-                    .filter_map(|n| m.ready.get(*n))
-                    .map(|n| NodeCandidate {
-                        name: n.name.clone(),
-                        graph: n.graph.clone(),
-                        free: n.free(),
-                        model: n.model.clone(),
-                        memory_mib: n.memory_mib,
-                    })
-                    .collect()
-            });
+            let nodes = sel
+                .nodes
+                .get(name.as_str())
+                .map_or_else(Vec::new, |chosen| {
+                    chosen
+                        .iter()
+                        .map(|n| NodeCandidate {
+                            name: n.name.clone(),
+                            graph: n.graph.clone(),
+                            free: n.free(),
+                            model: n.model.clone(),
+                            memory_mib: n.memory_mib,
+                        })
+                        .collect()
+                });
             out.push(ClusterCandidate {
                 name: name.clone(),
                 labels: m.info.labels.clone(),
