@@ -131,6 +131,8 @@ struct Member {
     outside_claims: BTreeMap<String, Vec<String>>,
     topologies: BTreeMap<String, Published>,
     /// GpuTopology object name → node name.
+    /// (Only objects not named after their node: the node agent names each after its node,
+    /// and [`Published::named_after_node`] says so without a second copy of both names.)
     topology_names: HashMap<String, String>,
     /// Placeable nodes (shared with the loop's [`Snapshot`]).
     ready: BTreeMap<String, Arc<NodeState>>,
@@ -166,6 +168,8 @@ type Unusable = (String, Vec<Arc<str>>);
 struct Published {
     /// The node's names (shared).
     at: NodeRef,
+    /// Published by the `GpuTopology` object named after the node.
+    named_after_node: bool,
     /// The graph and the hash of the topology's shape, or why the spec is no usable topology
     /// (with the UUIDs it lists, which it still claims).
     graph: Result<(Arc<GpuGraph>, u64), Unusable>,
@@ -186,6 +190,7 @@ impl Published {
         };
         Published {
             at,
+            named_after_node: false,
             graph,
             gpus: t.spec.gpus.len(),
             busy: t.busy,
@@ -569,10 +574,22 @@ impl PoolCache {
         }
     }
 
+    /// The node whose topology the `GpuTopology` object `object` published.
+    fn node_of_object(m: &Member, object: &str) -> Option<String> {
+        match m.topology_names.get(object) {
+            Some(n) => Some(n.clone()),
+            None => m
+                .topologies
+                .get(object)
+                .filter(|t| t.named_after_node)
+                .map(|_| object.to_string()),
+        }
+    }
+
     /// A `GpuTopology` object was added or changed (`None`: deleted).
     pub fn set_topology(&mut self, member: &str, object: &str, t: Option<TopologyFacts>) {
         let m = self.member_mut(member);
-        let old_node = m.topology_names.get(object).cloned();
+        let old_node = Self::node_of_object(m, object);
         let new_node = t.as_ref().map(|t| t.spec.node_name.clone());
         if let Some(old) = &old_node
             && Some(old) != new_node.as_ref()
@@ -586,11 +603,16 @@ impl PoolCache {
                 || Arc::new((member.into(), n.as_str().into())),
                 |old| old.at.clone(),
             );
-            let t = Published::of(t, at);
+            let mut t = Published::of(t, at);
             if m.topologies.get(&n).is_some_and(|old| old.same(&t)) {
                 return;
             }
-            m.topology_names.insert(object.to_string(), n.clone());
+            t.named_after_node = object == n;
+            if t.named_after_node {
+                m.topology_names.remove(object);
+            } else {
+                m.topology_names.insert(object.to_string(), n.clone());
+            }
             self.put_topology(member, &n, Some(t));
         }
     }
@@ -598,9 +620,15 @@ impl PoolCache {
     /// Replaces every topology of a member (after a relist): object name → facts.
     pub fn resync_topologies(&mut self, member: &str, all: BTreeMap<String, TopologyFacts>) {
         let m = self.member_mut(member);
+        let named_after_node = m
+            .topologies
+            .iter()
+            .filter(|(_, t)| t.named_after_node)
+            .map(|(n, _)| n);
         let gone: Vec<String> = m
             .topology_names
             .keys()
+            .chain(named_after_node)
             .filter(|o| !all.contains_key(*o))
             .cloned()
             .collect();

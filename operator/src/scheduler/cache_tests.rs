@@ -384,3 +384,40 @@ fn a_snapshot_brought_up_to_date_offers_what_a_fresh_one_does() {
         }
     }
 }
+
+#[test]
+fn a_topology_goes_with_the_object_that_published_it_whatever_its_name() {
+    let mut c = PoolCache::new();
+    c.set_member("m", schedulable(0));
+    c.resync_pods("m", BTreeMap::new());
+    // "a" by the object named after it, "b" by an object of another name.
+    add_node(&mut c, "m", "a", "dgx-h100");
+    add_node(&mut c, "m", "b", "dgx-h100");
+    let mut t = TopologyFacts {
+        spec: fixtures::get("pcie-l40s"),
+        busy: Vec::new(),
+        published: 0,
+    };
+    t.spec.node_name = "b".into();
+    for g in &mut t.spec.gpus {
+        g.uuid = format!("GPU-m-b-l40s-{}", g.index);
+    }
+    c.set_topology("m", "b", None);
+    c.set_topology("m", "other-name", Some(t.clone()));
+    assert!(c.node("m", "a").is_some() && c.node("m", "b").is_some());
+    // Deleting an object that published nothing changes nothing; deleting the publisher does.
+    c.set_topology("m", "b", None);
+    assert!(c.node("m", "b").is_some());
+    c.set_topology("m", "other-name", None);
+    assert!(c.node("m", "b").is_none());
+    c.set_topology("m", "a", None);
+    assert!(c.node("m", "a").is_none());
+    // A relist drops what is gone, named after its node or not.
+    add_node(&mut c, "m", "a", "dgx-h100");
+    c.set_topology("m", "other-name", Some(t.clone()));
+    c.resync_topologies("m", BTreeMap::from([("other-name".to_string(), t)]));
+    assert!(c.node("m", "a").is_none());
+    assert!(c.node("m", "b").is_some());
+    c.resync_topologies("m", BTreeMap::new());
+    assert!(c.node("m", "b").is_none());
+}
