@@ -256,6 +256,11 @@ impl Claim {
 /// in the map's slot (24 bytes) instead of a `Vec`'s first allocation of four.
 type Claims = smallvec::SmallVec<[Claim; 1]>;
 
+/// The maps a pool's every GPU or job passes through (UUIDs, holds, jobs): aHash, keyed at
+/// random per map like std's SipHash (UUIDs are what members publish, so the keys must stay
+/// unpredictable), at a fraction of its cost on 40-byte UUIDs.
+type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
+
 /// A member's node, named once: shared by the node's published topology, its claims, and the
 /// holds and jobs' GPUs on it.
 type NodeRef = Arc<(Arc<str>, Arc<str>)>;
@@ -338,25 +343,25 @@ pub struct Wakes {
 #[derive(Default)]
 pub struct PoolCache {
     members: BTreeMap<String, Member>,
-    claims: HashMap<Arc<str>, Claims>,
+    claims: FastMap<Arc<str>, Claims>,
     /// Claims dropped when a node's topology was replaced or removed, by (UUID, member, node):
     /// when it was published and when dropped. A node that publishes the same UUIDs again
     /// within [`CLAIM_MEMORY`] (its owner re-created its `GpuTopology`) keeps its place
     /// before nodes that copied them meanwhile.
     released: HashMap<ReleasedClaim, (i64, std::time::Instant)>,
-    holds: HashMap<Gpu, u32>,
+    holds: FastMap<Gpu, u32>,
     /// Members whose facts changed since the last [`PoolCache::update_snapshot`].
     dirty_members: BTreeSet<String>,
     /// Nodes derived since the last [`PoolCache::update_snapshot`].
     /// (By member: a node derived again and again before the next update is found without
     /// allocating its names.)
     dirty_nodes: BTreeMap<String, BTreeSet<String>>,
-    jobs: HashMap<String, JobHolds>,
+    jobs: FastMap<String, JobHolds>,
     /// GPUs reserved for a job that preempted their holders: held until it is decided again.
     reserved: HashMap<String, Slots>,
     /// (member, node) → jobs whose hub status holds GPUs there (preemption's candidates).
     /// A sorted `Vec`: a node holds a few jobs, and a `BTreeSet`'s first node weighs ~280 bytes.
-    on_node: HashMap<NodeRef, Vec<String>>,
+    on_node: FastMap<NodeRef, Vec<String>>,
     pods: HashMap<(String, String, String), Slots>,
     /// GPUs a member's scheduler refused to give a gpupool pod: kept out of placement (as busy)
     /// until [`PoolCache::set_suspect`] clears them.
