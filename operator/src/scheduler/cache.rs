@@ -21,7 +21,6 @@
 use crate::api::{BindingMode, CapacitySummary, GpuTopologySpec, ModelCapacity};
 use crate::topology::{GpuGraph, GpuSet};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 #[path = "index.rs"]
@@ -96,7 +95,7 @@ pub struct NodeState {
     pub name: Arc<str>,
     /// Its GPU graph, rebuilt only when the published topology changes.
     pub graph: Arc<GpuGraph>,
-    /// Hash of the topology's shape (GPUs and links without names and UUIDs).
+    /// Id of the topology's interned shape ([`GpuGraph::shape_id`]).
     pub shape: u64,
     /// GPU model (of GPU 0; interned, shared with the graph).
     pub model: Arc<str>,
@@ -182,7 +181,12 @@ struct Published {
 impl Published {
     fn of(t: TopologyFacts, at: NodeRef) -> Published {
         let graph = match GpuGraph::from_spec(&t.spec) {
-            Ok(g) => Ok((Arc::new(g), shape_of(&t.spec))),
+            // The interned shape's id: nodes of one shape share the allocator's answers (the
+            // model and memory are keys of their own where they matter).
+            Ok(g) => {
+                let shape = g.shape_id();
+                Ok((Arc::new(g), shape))
+            }
             Err(e) => Err((
                 format!("bad GpuTopology: {e}"),
                 t.spec.gpus.iter().map(|g| g.uuid.as_str().into()).collect(),
@@ -369,39 +373,18 @@ pub struct PoolCache {
     wakes: Wakes,
 }
 
-fn shape_of(spec: &GpuTopologySpec) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    let mut gpus: Vec<_> = spec
-        .gpus
-        .iter()
-        .map(|g| (g.index, &g.model, g.memory_mib, g.nvswitch_links))
-        .collect();
-    gpus.sort();
-    gpus.hash(&mut h);
-    let mut links: Vec<_> = spec
-        .links
-        .iter()
-        .map(|l| (l.a.min(l.b), l.a.max(l.b), l.nvlinks, l.nvswitch, l.pcie))
-        .collect();
-    links.sort();
-    links.hash(&mut h);
-    h.finish()
-}
-
 /// The GPUs of a node gpupool may use, and the supply problems found: a UUID listed twice
 /// inside the node makes those GPUs unaddressable; never more GPUs than `cap` (the kubelet's
 /// device plugin or the DRA driver) offers.
 fn usable_gpus(node: &str, graph: &GpuGraph, cap: (i64, &str)) -> (GpuSet, Vec<String>) {
     let mut problems = Vec::new();
     let mut usable = GpuSet::all(graph.len());
-    let mut count: HashMap<&str, usize> = HashMap::new();
-    for g in graph.gpus() {
-        *count.entry(&*g.uuid).or_default() += 1;
-    }
-    let dups: BTreeSet<&str> = count
-        .iter()
-        .filter(|(_, c)| **c > 1)
-        .map(|(u, _)| *u)
+    let mut uuids: Vec<&str> = graph.gpus().iter().map(|g| &*g.uuid).collect();
+    uuids.sort_unstable();
+    let dups: BTreeSet<&str> = uuids
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
         .collect();
     if !dups.is_empty() {
         for g in graph.gpus() {
