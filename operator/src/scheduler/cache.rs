@@ -134,7 +134,7 @@ struct Member {
     /// and [`Published::named_after_node`] says so without a second copy of both names.)
     topology_names: HashMap<String, String>,
     /// Placeable nodes (shared with the loop's [`Snapshot`]).
-    ready: BTreeMap<String, Arc<NodeState>>,
+    ready: BTreeMap<Arc<str>, Arc<NodeState>>,
     /// Nodes that cannot take work, with the reason.
     unusable: BTreeMap<String, String>,
 }
@@ -460,8 +460,9 @@ impl PoolCache {
         }
         let m = self.members.remove(name).expect("present");
         self.dirty_members.insert(name.to_string());
-        let known = m.ready.keys().chain(m.unusable.keys());
-        for n in known.chain(m.topologies.keys()) {
+        let known = m.ready.keys().map(|n| &**n);
+        let known = known.chain(m.unusable.keys().map(String::as_str));
+        for n in known.chain(m.topologies.keys().map(String::as_str)) {
             self.mark_dirty(name, n);
         }
         let pods: Vec<_> = self.pods.keys().filter(|k| k.0 == name).cloned().collect();
@@ -750,7 +751,7 @@ impl PoolCache {
             });
         }
         let m = self.members.get_mut(member).expect("member exists");
-        m.ready.insert(node.to_string(), Arc::new(st));
+        m.ready.insert(st.name.clone(), Arc::new(st));
     }
 
     /// Marks a node for the next snapshot update.

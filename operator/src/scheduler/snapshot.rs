@@ -21,7 +21,7 @@ use std::sync::Arc;
 struct SnapMember {
     info: MemberInfo,
     pods_synced: bool,
-    ready: BTreeMap<String, Arc<NodeState>>,
+    ready: BTreeMap<Arc<str>, Arc<NodeState>>,
     /// Nodes that cannot take work, with the reason.
     unusable: BTreeMap<String, String>,
     /// Graphs of published topologies of nodes that are not placeable (GPU indexes of earlier
@@ -54,8 +54,9 @@ impl PoolCache {
         let mut s = Snapshot::default();
         for (name, m) in &self.members {
             s.set_member(self, name);
-            let nodes = m.topologies.keys().chain(m.ready.keys());
-            for n in nodes.chain(m.unusable.keys()) {
+            let nodes = m.topologies.keys().map(String::as_str);
+            let nodes = nodes.chain(m.ready.keys().map(|n| &**n));
+            for n in nodes.chain(m.unusable.keys().map(String::as_str)) {
                 s.set_node(self, name, n);
             }
         }
@@ -116,7 +117,7 @@ impl Snapshot {
         };
         if let Some(st) = m.ready.get(node) {
             self.index.add(member, st);
-            s.ready.insert(node.to_string(), st.clone());
+            s.ready.insert(st.name.clone(), st.clone());
             return;
         }
         if let Some(why) = m.unusable.get(node) {
