@@ -270,6 +270,10 @@ fn schema_and_checks_reject_bad_values_naming_the_field() {
             &["--set", "operator.heartbeatSeconds=true"],
             "/operator/heartbeatSeconds",
         ),
+        (
+            &["--set", "operator.controllerConcurrency=0"],
+            "/operator/controllerConcurrency",
+        ),
         (&["--set", "opertor.replicas=1"], "opertor"),
         // Cross-field checks in the templates.
         (
@@ -359,6 +363,7 @@ fn rendered_objects_have_the_expected_shape() {
     for want in [
         "--leader-elect",
         "--lease-name=gpupool-operator",
+        "--controller-concurrency=256",
         "--metrics-addr=0.0.0.0:8080",
         "--rpc-url=https://api.devnet.solana.com",
         "--oracle-keypair=/var/run/secrets/gpupool/oracle/keypair.json",

@@ -7,7 +7,7 @@
 //! node its rank prefers, a gang to the member where its pods' summed rank is best; ties go to
 //! the cheaper member, then the name.
 
-use super::allocator::{Allocation, GpuRequest, allocate};
+use super::allocator::{Allocation, GpuRequest, assess};
 use super::rank::{GangFit, NodeFit, WholeNodes, node_fit};
 use crate::api::{GpuSelector, GpuTopologySpec, NvLinkMode, ReplicaPlacement};
 use crate::topology::{GpuGraph, GpuSet};
@@ -153,16 +153,37 @@ fn pool_whole_nodes(cands: &[ClusterCandidate]) -> WholeNodes {
         .fold(WholeNodes::default(), |w, c| w.plus(c.whole_nodes))
 }
 
+/// Where one pod of a member would go, before anything is named: node (index in the member's
+/// candidates), GPUs and their within-node score. Members are compared on these; only the
+/// chosen member's pods are named ([`named`]), so ranking a thousand members copies no UUIDs.
+#[derive(Clone, Copy, Debug)]
+struct Spot {
+    node: usize,
+    set: GpuSet,
+    score: i64,
+}
+
+/// The pod at `spot` of member `c`, named: node, UUIDs (ascending GPU index), model.
+fn named(c: &ClusterCandidate, spot: &Spot, index: i32) -> PodPlacement {
+    let n = &c.nodes[spot.node];
+    PodPlacement {
+        index,
+        node: n.name.to_string(),
+        gpu_uuids: n.graph.uuids(spot.set),
+        model: n.model.to_string(),
+        score: spot.score,
+    }
+}
+
 /// Best node for one pod in `c` given the current free sets, by best fit ([`super::rank`]),
-/// `whole` the pool's whole NVLink nodes; returns (node idx, placement, GPUs taken, rank).
+/// `whole` the pool's whole NVLink nodes; returns its spot and rank.
 fn best_node(
     c: &ClusterCandidate,
     free: &[GpuSet],
     req: &JobRequest,
     whole: WholeNodes,
-    index: i32,
     why: &mut Vec<String>,
-) -> Option<(usize, PodPlacement, GpuSet, NodeFit)> {
+) -> Option<(Spot, NodeFit)> {
     let scarce = whole.scarce();
     let gr = GpuRequest::new(req.gpus_per_pod, req.nvlink)
         .with_min_link(req.gpu.min_link_gbps.unwrap_or(0));
@@ -179,7 +200,7 @@ fn best_node(
             why.push(e);
             continue;
         }
-        match allocate(&n.graph, free[i], &gr) {
+        match assess(&n.graph, free[i], &gr) {
             Ok(a) => {
                 fitted.insert(key);
                 let fit = node_fit(&a, &gr, scarce);
@@ -188,44 +209,41 @@ fn best_node(
                     best = Some((fit, i, a));
                 }
             }
-            Err(e) => why.push(format!("{}: {e}", n.name)),
+            Err(r) => why.push(format!("{}: {}", n.name, r.message(n.graph.node_name()))),
         }
     }
-    best.map(|(fit, i, a)| {
-        let n = &c.nodes[i];
-        let p = PodPlacement {
-            index,
-            node: n.name.to_string(),
-            gpu_uuids: a.uuids,
-            model: n.model.to_string(),
+    best.map(|(fit, node, a)| {
+        let spot = Spot {
+            node,
+            set: a.set,
             score: a.score,
         };
-        (i, p, a.set, fit)
+        (spot, fit)
     })
 }
 
-/// Places pods of `indexes` one by one on `c` (each on its best node) until one does not fit,
-/// `whole` the pool's whole NVLink nodes before the first. Returns the placements, their summed
-/// rank and, if not all fit, why.
+/// Places pods one by one on `c` (each on its best node) until one does not fit, `whole` the
+/// pool's whole NVLink nodes before the first; `pods` of them at most. Returns their spots,
+/// their summed rank and, if not all fit, why.
 fn fit_greedy(
     c: &ClusterCandidate,
     req: &JobRequest,
     mut whole: WholeNodes,
-    indexes: &[i32],
-) -> (Vec<PodPlacement>, GangFit, Option<String>) {
+    pods: usize,
+) -> (Vec<Spot>, GangFit, Option<String>) {
     let mut free: Vec<GpuSet> = c.nodes.iter().map(|n| n.free).collect();
-    let mut pods = Vec::new();
+    let mut spots = Vec::with_capacity(pods);
     let mut fit = GangFit::default();
-    for &ix in indexes {
+    while spots.len() < pods {
         let mut why = Vec::new();
-        match best_node(c, &free, req, whole, ix, &mut why) {
-            Some((i, p, set, f)) => {
-                let g = &c.nodes[i].graph;
-                if free[i] == g.all() && WholeNodes::is_whole_nvlink_node(g) {
+        match best_node(c, &free, req, whole, &mut why) {
+            Some((spot, f)) => {
+                let g = &c.nodes[spot.node].graph;
+                if free[spot.node] == g.all() && WholeNodes::is_whole_nvlink_node(g) {
                     whole.idle = whole.idle.saturating_sub(1);
                 }
-                free[i] = free[i].minus(set);
-                pods.push(p);
+                free[spot.node] = free[spot.node].minus(spot.set);
+                spots.push(spot);
                 fit.add(&f);
             }
             None => {
@@ -238,19 +256,24 @@ fn fit_greedy(
                 let reason = format!(
                     "{}: only {} of {} pods of {} GPU(s) fit ({detail})",
                     c.name,
-                    pods.len(),
-                    indexes.len(),
+                    spots.len(),
+                    pods,
                     req.gpus_per_pod
                 );
-                return (pods, fit, Some(reason));
+                return (spots, fit, Some(reason));
             }
         }
     }
-    (pods, fit, None)
+    (spots, fit, None)
 }
 
-/// The choice made of the pods placed on `c`.
-fn choice_of(c: &ClusterCandidate, pods: Vec<PodPlacement>) -> ClusterChoice {
+/// The choice made of the pods placed on `c` (`indexes[i]` at `spots[i]`).
+fn choice_of(c: &ClusterCandidate, spots: &[Spot], indexes: &[i32]) -> ClusterChoice {
+    let pods: Vec<PodPlacement> = spots
+        .iter()
+        .zip(indexes)
+        .map(|(s, ix)| named(c, s, *ix))
+        .collect();
     let score = if pods.is_empty() {
         0
     } else {
@@ -263,30 +286,18 @@ fn choice_of(c: &ClusterCandidate, pods: Vec<PodPlacement>) -> ClusterChoice {
     }
 }
 
-/// Places `indexes.len()` pods on one cluster, all or nothing.
-fn fit_all(
-    c: &ClusterCandidate,
-    req: &JobRequest,
-    whole: WholeNodes,
-    indexes: &[i32],
-) -> Result<(ClusterChoice, GangFit), String> {
-    let (pods, fit, failed) = fit_greedy(c, req, whole, indexes);
-    match failed {
-        Some(reason) => Err(reason),
-        None => Ok((choice_of(c, pods), fit)),
-    }
+/// A member's pods before they are named, and their summed rank.
+struct Fitted<'a> {
+    c: &'a ClusterCandidate,
+    spots: Vec<Spot>,
+    fit: GangFit,
 }
 
-/// Ranking of a member's choice: best fit first, then the cheaper member, then the name.
-fn better_choice(
-    a: &ClusterChoice,
-    a_fit: &GangFit,
-    a_price: Option<i64>,
-    b: &ClusterChoice,
-    b_fit: &GangFit,
-    b_price: Option<i64>,
-) -> bool {
-    (a_fit, a_price.unwrap_or(0), &a.cluster) < (b_fit, b_price.unwrap_or(0), &b.cluster)
+impl Fitted<'_> {
+    /// Ranking of a member's choice: best fit first, then the cheaper member, then the name.
+    fn key(&self) -> (&GangFit, i64, &str) {
+        (&self.fit, self.c.price.unwrap_or(0), &self.c.name)
+    }
 }
 
 /// Places a gang (all `indexes`) on the single member that fits all of them best, summing each
@@ -298,7 +309,7 @@ pub fn place_gang(
     req: &JobRequest,
     indexes: &[i32],
 ) -> Result<ClusterChoice, Unschedulable> {
-    let mut best: Option<(ClusterChoice, GangFit, Option<i64>)> = None;
+    let mut best: Option<Fitted> = None;
     let mut reasons = Vec::new();
     let whole = pool_whole_nodes(cands);
     for c in cands {
@@ -306,19 +317,18 @@ pub fn place_gang(
             reasons.push(format!("{}: clusterSelector does not match", c.name));
             continue;
         }
-        match fit_all(c, req, whole, indexes) {
-            Ok((ch, fit)) => {
-                if best
-                    .as_ref()
-                    .is_none_or(|(b, bf, bp)| better_choice(&ch, &fit, c.price, b, bf, *bp))
-                {
-                    best = Some((ch, fit, c.price));
-                }
-            }
-            Err(e) => reasons.push(e),
+        let (spots, fit, failed) = fit_greedy(c, req, whole, indexes.len());
+        if let Some(e) = failed {
+            reasons.push(e);
+            continue;
+        }
+        let f = Fitted { c, spots, fit };
+        if best.as_ref().is_none_or(|b| f.key() < b.key()) {
+            best = Some(f);
         }
     }
-    best.map(|(c, _, _)| c).ok_or(Unschedulable { reasons })
+    best.map(|b| choice_of(b.c, &b.spots, indexes))
+        .ok_or(Unschedulable { reasons })
 }
 
 /// Places inference replicas under `policy` (`existing`: member → replicas of this job already
@@ -390,9 +400,8 @@ fn spread_domains<'a>(
     (members, member_reasons)
 }
 
-/// A member's best node for a replica — (node, placement, GPUs, rank) — and why its other
-/// nodes do not fit.
-type Best = (Option<(usize, PodPlacement, GpuSet, NodeFit)>, Vec<String>);
+/// A member's best spot for a replica and its rank, and why its other nodes do not fit.
+type Best = (Option<(Spot, NodeFit)>, Vec<String>);
 
 /// Each replica to its best (member, node) among `members` under the policy's skew and
 /// per-member cap (see [`place_replicas`]).
@@ -438,14 +447,14 @@ fn spread_replicas(
             }
             let (best, _) = best_of[ci].get_or_insert_with(|| {
                 let mut w = Vec::new();
-                let best = best_node(c, &free[ci], req, whole, ix, &mut w);
+                let best = best_node(c, &free[ci], req, whole, &mut w);
                 if best.is_none() && w.is_empty() {
                     // Its nodes were left out before the decision (full, wrong model, unusable).
                     w.extend(c.skipped.iter().map(|s| format!("{}: {s}", c.name)));
                 }
                 (best, w)
             });
-            if let Some((_, _, _, fit)) = best {
+            if let Some((_, fit)) = best {
                 options.push((ci, *fit, in_domain[d], h));
             }
         }
@@ -454,15 +463,12 @@ fn spread_replicas(
             .into_iter()
             .filter(|o| max_skew.is_none_or(|s| min_domain.is_none_or(|m| o.2 + 1 - m <= s)))
             .min_by_key(|o| (o.1, o.2, o.3, members[o.0].0.price.unwrap_or(0), o.0));
-        let chosen = best.and_then(|o| {
-            let (ni, p, set, _) = best_of[o.0].as_ref()?.0.as_ref()?;
-            let mut p = p.clone();
-            p.index = ix;
-            Some((o.0, *ni, p, *set))
-        });
+        let chosen = best.and_then(|o| Some((o.0, best_of[o.0].as_ref()?.0.as_ref()?.0)));
         match chosen {
-            Some((ci, ni, p, set)) => {
+            Some((ci, spot)) => {
                 let (c, d) = &members[ci];
+                let (ni, set) = (spot.node, spot.set);
+                let p = named(c, &spot, ix);
                 let g = &c.nodes[ni].graph;
                 if free[ci][ni] == g.all() && WholeNodes::is_whole_nvlink_node(g) {
                     whole.idle = whole.idle.saturating_sub(1);
@@ -521,26 +527,29 @@ fn place_on_one_member(
     whole: WholeNodes,
     indexes: &[i32],
 ) -> (Vec<(String, PodPlacement)>, Vec<String>) {
-    let mut best: Option<(usize, ClusterChoice, GangFit, Option<i64>)> = None;
+    let mut best: Option<Fitted> = None;
     let mut reasons = Vec::new();
     for c in eligible {
-        let (pods, fit, failed) = fit_greedy(c, req, whole, indexes);
+        let (spots, fit, failed) = fit_greedy(c, req, whole, indexes.len());
         if let Some(r) = failed {
             reasons.push(r);
         }
-        let n = pods.len();
-        if n == 0 {
+        if spots.is_empty() {
             continue;
         }
-        let ch = choice_of(c, pods);
-        if best.as_ref().is_none_or(|(bn, b, bf, bp)| {
-            n > *bn || (n == *bn && better_choice(&ch, &fit, c.price, b, bf, *bp))
-        }) {
-            best = Some((n, ch, fit, c.price));
+        let f = Fitted { c, spots, fit };
+        let more = |b: &Fitted| f.spots.len().cmp(&b.spots.len());
+        if best
+            .as_ref()
+            .is_none_or(|b| more(b).is_gt() || (more(b).is_eq() && f.key() < b.key()))
+        {
+            best = Some(f);
         }
     }
     match best {
-        Some((n, ch, _, _)) => {
+        Some(b) => {
+            let n = b.spots.len();
+            let ch = choice_of(b.c, &b.spots, indexes);
             let placed = ch
                 .pods
                 .iter()
