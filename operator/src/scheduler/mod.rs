@@ -18,6 +18,7 @@
 pub mod admit;
 mod budget_gate;
 pub mod cache;
+mod events;
 pub mod fairshare;
 pub mod jobs;
 pub mod preempt;
@@ -163,6 +164,8 @@ pub struct Scheduler {
     metrics: Metrics,
     writes: Arc<Semaphore>,
     events: governor::DefaultDirectRateLimiter,
+    /// Events in order per object, off the callers' path (made on first use, in the runtime).
+    event_lanes: OnceLock<events::EventLanes>,
     /// The controllers' hub job stores: a queued job shares the store's object.
     training_store: OnceLock<Store<TrainingJob>>,
     inference_store: OnceLock<Store<InferenceJob>>,
@@ -702,6 +705,7 @@ impl Scheduler {
                 )
                 .allow_burst(std::num::NonZeroU32::new(EVENT_BURST).expect("not zero")),
             ),
+            event_lanes: OnceLock::new(),
             training_store: OnceLock::new(),
             inference_store: OnceLock::new(),
         })
@@ -1191,7 +1195,8 @@ impl Scheduler {
 
     /// Publishes an Event on a hub object in the background: Normal ones within the shared
     /// budget ([`Scheduler::allow_normal_event`]), failures logged, never fatal. Not awaited, so
-    /// the write permit or reconcile slot of the caller is not held for the Event's round trip.
+    /// the write permit or reconcile slot of the caller is not held for the Event's round trip;
+    /// queued behind the object's earlier Events, so they arrive in order ([`events`]).
     pub fn send_event(
         &self,
         obj: k8s_openapi::api::core::v1::ObjectReference,
@@ -1215,12 +1220,9 @@ impl Scheduler {
             secondary: None,
         };
         let recorder = self.recorder(warning, reason);
-        let reason = reason.to_string();
-        tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&ev, &obj).await {
-                tracing::warn!(error = %e, reason, "publishing event failed");
-            }
-        });
+        self.event_lanes
+            .get_or_init(events::EventLanes::new)
+            .send(recorder, ev, obj);
     }
 
     /// The write failed: forget the assumption and try the job again later.
