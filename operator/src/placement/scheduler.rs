@@ -419,10 +419,23 @@ fn spread_replicas(
         .iter()
         .map(|(c, _)| c.nodes.iter().map(|n| n.free).collect())
         .collect();
-    let mut held: BTreeMap<String, usize> = existing.clone();
-    let mut in_domain: BTreeMap<String, usize> = BTreeMap::new();
-    for (c, d) in members {
-        *in_domain.entry(d.clone()).or_default() += held.get(&c.name).copied().unwrap_or(0);
+    // Replicas per member and per domain, by position (no name look-ups per replica and
+    // member: a spread over a thousand members compares them sixteen thousand times).
+    let mut held: Vec<usize> = members
+        .iter()
+        .map(|(c, _)| existing.get(&c.name).copied().unwrap_or(0))
+        .collect();
+    let mut domain_ids: BTreeMap<&str, usize> = BTreeMap::new();
+    let domain: Vec<usize> = members
+        .iter()
+        .map(|(_, d)| {
+            let next = domain_ids.len();
+            *domain_ids.entry(d.as_str()).or_insert(next)
+        })
+        .collect();
+    let mut in_domain: Vec<usize> = vec![0; domain_ids.len()];
+    for (ci, h) in held.iter().enumerate() {
+        in_domain[domain[ci]] += h;
     }
     let mut out = Vec::new();
     let mut reasons = Vec::new();
@@ -440,8 +453,8 @@ fn spread_replicas(
         // Every member's best node for this replica: (member, rank, domain's and member's
         // replicas), the placement itself read from `best_of` for the winner only.
         let mut options: Vec<(usize, NodeFit, usize, usize)> = Vec::new();
-        for (ci, (c, d)) in members.iter().enumerate() {
-            let h = held.get(&c.name).copied().unwrap_or(0);
+        for (ci, (c, _)) in members.iter().enumerate() {
+            let h = held[ci];
             if cap.is_some_and(|m| h >= m) {
                 continue;
             }
@@ -455,7 +468,7 @@ fn spread_replicas(
                 (best, w)
             });
             if let Some((_, fit)) = best {
-                options.push((ci, *fit, in_domain[d], h));
+                options.push((ci, *fit, in_domain[domain[ci]], h));
             }
         }
         let min_domain = options.iter().map(|o| o.2).min();
@@ -466,7 +479,7 @@ fn spread_replicas(
         let chosen = best.and_then(|o| Some((o.0, best_of[o.0].as_ref()?.0.as_ref()?.0)));
         match chosen {
             Some((ci, spot)) => {
-                let (c, d) = &members[ci];
+                let c = members[ci].0;
                 let (ni, set) = (spot.node, spot.set);
                 let p = named(c, &spot, ix);
                 let g = &c.nodes[ni].graph;
@@ -475,8 +488,8 @@ fn spread_replicas(
                 }
                 free[ci][ni] = free[ci][ni].minus(set);
                 best_of[ci] = None;
-                *held.entry(c.name.clone()).or_default() += 1;
-                *in_domain.entry(d.clone()).or_default() += 1;
+                held[ci] += 1;
+                in_domain[domain[ci]] += 1;
                 out.push((c.name.clone(), p));
             }
             None => {
@@ -500,12 +513,12 @@ fn spread_replicas(
 fn unplaced_why(
     members: &[(&ClusterCandidate, String)],
     best_of: &[Option<Best>],
-    held: &BTreeMap<String, usize>,
+    held: &[usize],
     cap: Option<usize>,
 ) -> Vec<String> {
     let mut why = Vec::new();
     for (ci, (c, _)) in members.iter().enumerate() {
-        let h = held.get(&c.name).copied().unwrap_or(0);
+        let h = held[ci];
         if cap.is_some_and(|m| h >= m) {
             why.push(format!(
                 "{}: holds {h} replicas (maxReplicasPerCluster)",
