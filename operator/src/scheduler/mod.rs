@@ -1455,8 +1455,13 @@ impl Scheduler {
         } else {
             let mut st = self.lock();
             st.in_flight.remove(uid);
-            // Report again at the next attempt.
+            // Report again at the next attempt, and make one: a parked job is otherwise tried
+            // again only when something frees (a quota wait: maybe never), and its newer
+            // version (a finalizer added meanwhile: the usual 409) keeps it parked.
             st.reported.remove(uid);
+            st.queue.retry_after_failure(uid, Instant::now());
+            drop(st);
+            self.notify.notify_one();
         }
         let kind = if name.kind == "TrainingJob" {
             "trainingjob"
