@@ -419,24 +419,7 @@ fn spread_replicas(
         .iter()
         .map(|(c, _)| c.nodes.iter().map(|n| n.free).collect())
         .collect();
-    // Replicas per member and per domain, by position (no name look-ups per replica and
-    // member: a spread over a thousand members compares them sixteen thousand times).
-    let mut held: Vec<usize> = members
-        .iter()
-        .map(|(c, _)| existing.get(&c.name).copied().unwrap_or(0))
-        .collect();
-    let mut domain_ids: BTreeMap<&str, usize> = BTreeMap::new();
-    let domain: Vec<usize> = members
-        .iter()
-        .map(|(_, d)| {
-            let next = domain_ids.len();
-            *domain_ids.entry(d.as_str()).or_insert(next)
-        })
-        .collect();
-    let mut in_domain: Vec<usize> = vec![0; domain_ids.len()];
-    for (ci, h) in held.iter().enumerate() {
-        in_domain[domain[ci]] += h;
-    }
+    let (mut held, domain, mut in_domain) = replica_counts(members, existing);
     let mut out = Vec::new();
     let mut reasons = Vec::new();
     // Each member's best node (and why its nodes do not fit), computed once and again only for
@@ -506,6 +489,31 @@ fn spread_replicas(
         }
     }
     (out, reasons)
+}
+
+/// Replicas per member, each member's domain (an index) and replicas per domain — by position,
+/// so that a spread over a thousand members does not look names up sixteen thousand times.
+fn replica_counts(
+    members: &[(&ClusterCandidate, String)],
+    existing: &BTreeMap<String, usize>,
+) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+    let held: Vec<usize> = members
+        .iter()
+        .map(|(c, _)| existing.get(&c.name).copied().unwrap_or(0))
+        .collect();
+    let mut domain_ids: BTreeMap<&str, usize> = BTreeMap::new();
+    let domain: Vec<usize> = members
+        .iter()
+        .map(|(_, d)| {
+            let next = domain_ids.len();
+            *domain_ids.entry(d.as_str()).or_insert(next)
+        })
+        .collect();
+    let mut in_domain: Vec<usize> = vec![0; domain_ids.len()];
+    for (ci, h) in held.iter().enumerate() {
+        in_domain[domain[ci]] += h;
+    }
+    (held, domain, in_domain)
 }
 
 /// Why no member took a replica: the members at their cap, and each other member's reasons
