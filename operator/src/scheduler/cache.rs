@@ -116,6 +116,17 @@ impl NodeState {
     pub fn free(&self) -> GpuSet {
         self.usable.minus(self.busy).minus(self.held)
     }
+
+    /// The node as a placement candidate (its names and graph shared, its free GPUs now).
+    pub fn candidate(&self) -> crate::placement::NodeCandidate {
+        crate::placement::NodeCandidate {
+            name: self.name.clone(),
+            graph: self.graph.clone(),
+            free: self.free(),
+            model: self.model.clone(),
+            memory_mib: self.memory_mib,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -235,7 +246,7 @@ pub const CLAIM_MEMORY: std::time::Duration = std::time::Duration::from_secs(600
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Claim {
     published: i64,
-    at: Arc<(Arc<str>, Arc<str>)>,
+    at: NodeRef,
 }
 
 impl Claim {

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::api::{NvLinkMode, ReplicaPlacement, SpreadPolicy};
-use crate::placement::{ClusterCandidate, JobRequest, NodeCandidate, place_gang, place_replicas};
+use crate::placement::{ClusterCandidate, JobRequest, place_gang, place_replicas};
 use crate::topology::fixtures;
 
 fn schedulable(price: i64) -> MemberInfo {
@@ -181,13 +181,7 @@ fn every_node(
                 .iter()
                 .filter(|(m, _)| *m == cand.name)
                 .filter_map(|(m, n)| c.node(m, n))
-                .map(|n| NodeCandidate {
-                    name: n.name.clone(),
-                    graph: n.graph.clone(),
-                    free: n.free(),
-                    model: n.model.clone(),
-                    memory_mib: n.memory_mib,
-                })
+                .map(NodeState::candidate)
                 .collect();
             cand
         })

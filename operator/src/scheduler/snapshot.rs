@@ -11,7 +11,7 @@
 
 use super::index::NodeIndex;
 use super::{MemberInfo, NodeState, PoolCache};
-use crate::placement::{ClusterCandidate, JobRequest, NodeCandidate};
+use crate::placement::{ClusterCandidate, JobRequest};
 use crate::topology::GpuGraph;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -186,16 +186,7 @@ impl Snapshot {
                 .nodes
                 .get(name.as_str())
                 .map_or_else(Vec::new, |chosen| {
-                    chosen
-                        .iter()
-                        .map(|n| NodeCandidate {
-                            name: n.name.clone(),
-                            graph: n.graph.clone(),
-                            free: n.free(),
-                            model: n.model.clone(),
-                            memory_mib: n.memory_mib,
-                        })
-                        .collect()
+                    chosen.iter().map(|n| n.candidate()).collect()
                 });
             out.push(ClusterCandidate {
                 name: name.clone(),
