@@ -11,6 +11,7 @@
 pub mod chain;
 mod control_plane;
 mod federation;
+pub mod http;
 mod kubectl;
 mod kwok;
 pub mod model_server;

@@ -765,8 +765,12 @@ fn hardening_renders_policies_pdb_secure_metrics_and_join_objects() {
         ]
     );
     let jc = find(&hard, "NetworkPolicy", "gp-gpupool-join-controller");
-    assert_eq!(jc["spec"]["ingress"], serde_json::json!([]));
+    assert_eq!(jc["spec"]["ingress"][0]["ports"][0]["port"], "metrics");
     assert_eq!(egress(jc).len(), 2, "{jc}");
+    // The join controller serves probes and metrics on the port its policy opens.
+    let jc = &find(&hard, "Deployment", "gp-gpupool-join-controller")["spec"]["template"]["spec"]["containers"]
+        [0];
+    assert_probes_and_metrics(jc);
 
     // Secure metrics: the operator on loopback, the proxy on HTTPS with TokenReview and
     // SubjectAccessReview rights, probes through the proxy, the ServiceMonitor on HTTPS.
@@ -808,8 +812,12 @@ fn hardening_renders_policies_pdb_secure_metrics_and_join_objects() {
             (s(&["198.51.100.5/32"]), s(&["443/TCP", "6443/TCP"])),
         ]
     );
+    assert_eq!(ma["spec"]["ingress"][0]["ports"][0]["port"], "metrics");
     let agent = find(&member, "NetworkPolicy", "gp-gpupool-agent");
     assert_eq!(egress(agent).len(), 2);
+    let ma = &find(&member, "Deployment", "gp-gpupool-member-agent")["spec"]["template"]["spec"]["containers"]
+        [0];
+    assert_probes_and_metrics(ma);
 
     // What is missing is named.
     let chart = chart_dir();
@@ -851,6 +859,23 @@ fn hardening_renders_policies_pdb_secure_metrics_and_join_objects() {
             out.stderr
         );
     }
+}
+
+/// A container that serves /healthz, /readyz and /metrics on its `metrics` port (the chart's
+/// default 8080), with the probes pointing there.
+fn assert_probes_and_metrics(c: &Value) {
+    assert!(
+        c["args"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("--metrics-addr=0.0.0.0:8080")),
+        "{c}"
+    );
+    assert_eq!(c["ports"][0]["name"], "metrics", "{c}");
+    assert_eq!(c["ports"][0]["containerPort"], 8080, "{c}");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz", "{c}");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "metrics", "{c}");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{c}");
 }
 
 /// Installs the CRDs as the chart renders them (written into `dir`) and waits until they are
@@ -1259,9 +1284,11 @@ fn dashboard_and_alerts_are_off_by_default_and_valid_promql_on_real_metrics() {
             "GpupoolSettlementFailing",
             "GpupoolOracleBalanceLow",
             "GpupoolOperatorAbsent",
+            "GpupoolOperatorLeaderless",
             "GpupoolReconcileErrors",
             "GpupoolUnpaidUsage",
             "GpupoolKubeletGpuMismatch",
+            "GpupoolSupplyRejected",
             "GpupoolTenantLowRunway",
             "GpupoolQueueStarved",
         ]
@@ -1282,7 +1309,7 @@ fn dashboard_and_alerts_are_off_by_default_and_valid_promql_on_real_metrics() {
         &serde_yaml::to_string(&rule["spec"]).unwrap(),
     );
     let (ok, out) = run_promtool(&["check", "rules", &rules_file]);
-    assert!(ok && out.contains("SUCCESS: 10 rules found"), "{out}");
+    assert!(ok && out.contains("SUCCESS: 12 rules found"), "{out}");
     // Each alert links its runbook section, and the README has that section.
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
     for r in rule["spec"]["groups"][0]["rules"].as_array().unwrap() {
@@ -1362,6 +1389,8 @@ fn dashboard_and_alerts_are_off_by_default_and_valid_promql_on_real_metrics() {
         "gpupool_kubelet_gpu_mismatches",
         "gpupool_job_restarts_total",
         "gpupool_reconcile_errors_total",
+        "gpupool_leader",
+        "gpupool_member_supply_problems",
     ] {
         assert!(used.contains(must), "nothing reads {must}: {used:?}");
     }
@@ -1412,6 +1441,17 @@ tests:
       # The only operator replica stops being scraped as up at minute 3.
       - series: 'up{job="gp-gpupool-operator-metrics",namespace="gpupool-system",pod="op-0"}'
         values: '1x2 0x30'
+      # Two replicas of a second release are up; the leader steps down at minute 4 and nobody
+      # takes over.
+      - series: 'gpupool_leader{job="gp-gpupool-operator-metrics",namespace="gpupool-system",pod="op-1"}'
+        values: '1x3 0x30'
+      - series: 'gpupool_leader{job="gp-gpupool-operator-metrics",namespace="gpupool-system",pod="op-2"}'
+        values: '0x33'
+      # east publishes 3 GPUs the hub refuses from minute 2 on; west none.
+      - series: 'gpupool_member_supply_problems{cluster="east",pod="a"}'
+        values: '0 0 3x30'
+      - series: 'gpupool_member_supply_problems{cluster="west",pod="a"}'
+        values: '0x32'
       # The MemberCluster controller fails from minute 5 on; the jobs controller once.
       - series: 'gpupool_reconcile_errors_total{controller="membercluster",error="api"}'
         values: '0x5 1+1x30'
@@ -1501,6 +1541,28 @@ tests:
               runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupooloperatorabsent
               summary: No gpupool operator replica is up
               description: "Prometheus has scraped no live gpupool operator replica (Service gp-gpupool-operator-metrics in gpupool-system) for 5m: no job is placed, moved or metered. kubectl -n gpupool-system get pods,lease."
+      - eval_time: 7m
+        alertname: GpupoolOperatorLeaderless
+        exp_alerts: []
+      - eval_time: 10m
+        alertname: GpupoolOperatorLeaderless
+        exp_alerts:
+          - exp_labels: {severity: warning}
+            exp_annotations:
+              runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupooloperatorleaderless
+              summary: gpupool operator replicas run but none leads
+              description: "Operator replicas in gpupool-system are scraped, but none has held the leader Lease for 5m: nothing is placed, moved or metered. kubectl -n gpupool-system get lease,pods; check that the replicas can reach the hub API and update their Lease."
+      - eval_time: 12m
+        alertname: GpupoolSupplyRejected
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: GpupoolSupplyRejected
+        exp_alerts:
+          - exp_labels: {severity: warning, cluster: east}
+            exp_annotations:
+              runbook_url: https://github.com/gpupool/gpupool/blob/main/README.md#gpupoolsupplyrejected
+              summary: The hub refuses GPUs that member east publishes
+              description: 3 GPUs east publishes are not placed on (more than its nodes allocate, or UUIDs another member or node already claims). kubectl describe membercluster east (condition SupplyVerified) says which.
       - eval_time: 18m
         alertname: GpupoolReconcileErrors
         exp_alerts: []

@@ -5,25 +5,7 @@
 use gpupool::api::MemberCluster;
 use gpupool_e2e::{ControlPlane, eventually, operator_bin};
 use kube::api::{Api, Patch, PatchParams};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Child, Command};
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    Some((
-        code,
-        buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_string(),
-    ))
-}
 
 /// Both replicas' output, for failure messages.
 fn replica_logs(cp: &ControlPlane) -> String {
@@ -85,11 +67,11 @@ async fn two_replicas_one_leader_metrics_and_member_status() {
     // Both replicas become ready (the standby too) and expose metrics.
     for p in &ports {
         eventually(30, "readyz", || async {
-            Ok((http_get(*p, "/readyz").map(|r| r.0) == Some(200)).then_some(()))
+            Ok((gpupool_e2e::http::get(*p, "/readyz").map(|r| r.0) == Some(200)).then_some(()))
         })
         .await
         .unwrap();
-        let h = http_get(*p, "/healthz");
+        let h = gpupool_e2e::http::get(*p, "/healthz");
         if h.as_ref().map(|r| r.0) != Some(200) {
             panic!("/healthz on {p}: {h:?}; logs:\n{}", replica_logs(&cp));
         }
@@ -142,7 +124,7 @@ async fn two_replicas_one_leader_metrics_and_member_status() {
     } else {
         ports[0]
     };
-    let m = http_get(leader_port, "/metrics")
+    let m = gpupool_e2e::http::get(leader_port, "/metrics")
         .unwrap_or_else(|| {
             panic!(
                 "the leader stopped serving /metrics; logs:\n{}",
@@ -154,7 +136,7 @@ async fn two_replicas_one_leader_metrics_and_member_status() {
         m.contains("gpupool_reconciles_total{controller=\"membercluster\"}"),
         "{m}"
     );
-    let s = http_get(standby_port, "/metrics")
+    let s = gpupool_e2e::http::get(standby_port, "/metrics")
         .unwrap_or_else(|| {
             panic!(
                 "the standby replica stopped serving /metrics; logs:\n{}",
@@ -171,13 +153,14 @@ async fn two_replicas_one_leader_metrics_and_member_status() {
     // Who leads is exported, and only the leader has a queue to show.
     assert!(m.contains("\ngpupool_leader 1\n"), "{m}");
     assert!(s.contains("\ngpupool_leader 0\n"), "{s}");
-    let (code, body) = http_get(leader_port, "/debug/queue").expect("the leader answers");
+    let (code, body) =
+        gpupool_e2e::http::get(leader_port, "/debug/queue").expect("the leader answers");
     assert_eq!(code, 200, "{body}");
     let q: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(q["queue"].as_array().is_some_and(|q| q.is_empty()), "{q}");
     assert!(q["members"].get("lonely").is_some(), "{q}");
     assert_eq!(
-        http_get(standby_port, "/debug/queue").map(|r| r.0),
+        gpupool_e2e::http::get(standby_port, "/debug/queue").map(|r| r.0),
         Some(503)
     );
     drop(procs);

@@ -112,6 +112,7 @@ async fn a_pull_agent_outlives_its_member_api_outage_and_says_so_in_its_heartbea
         JoinConfig {
             auto_approve: true,
             resync: Duration::from_secs(1),
+            ..Default::default()
         },
     ));
     let _op = Operator::start(hub.clone(), Operator::test_config(30));

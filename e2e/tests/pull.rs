@@ -15,7 +15,7 @@ use gpupool::join::{self, controller::JoinConfig, names};
 use gpupool::member_agent::hub::{self, HubEndpoint};
 use gpupool::pull;
 use gpupool_e2e::{
-    Federation, GpuNode, Operator, Tools, eventually, operator_bin, publish_fixture,
+    Federation, GpuNode, Operator, Tools, eventually, http, operator_bin, publish_fixture,
     register_member,
 };
 use k8s_openapi::api::coordination::v1::Lease;
@@ -30,16 +30,19 @@ use std::time::{Duration, Instant};
 const WALLET: &str = "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU";
 const MEMBER: &str = "pull-1";
 
-/// The hub's join controller (resync every second), as a task.
+/// The hub's join controller (resync every second), as a task; probes and metrics on
+/// `metrics_port`.
 fn spawn_join_controller(
     hub: kube::Client,
     auto_approve: bool,
+    metrics_port: Option<u16>,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     tokio::spawn(join::controller::run(
         hub,
         JoinConfig {
             auto_approve,
             resync: Duration::from_secs(1),
+            metrics_addr: metrics_port.map(|p| ([127, 0, 0, 1], p).into()),
         },
     ))
 }
@@ -48,6 +51,8 @@ fn spawn_join_controller(
 struct Agent {
     child: Child,
     log: PathBuf,
+    /// Where it serves /healthz, /readyz and /metrics.
+    metrics_port: u16,
 }
 
 impl Agent {
@@ -59,8 +64,10 @@ impl Agent {
             .append(true)
             .open(&log)
             .unwrap();
+        let metrics_port = http::free_port();
         let mut cmd = Command::new(operator_bin("gpupool"));
         cmd.arg("member-agent")
+            .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
             .args(["--hub-url", &fed.hub.server_url()])
             .arg("--hub-ca-file")
             .arg(fed.hub.dir().join("pki/ca.crt"))
@@ -80,11 +87,18 @@ impl Agent {
         Agent {
             child: cmd.spawn().unwrap(),
             log,
+            metrics_port,
         }
     }
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET path` on its probe and metrics port.
+    fn get(&self, path: &str) -> (u16, String) {
+        http::get(self.metrics_port, path)
+            .unwrap_or_else(|| panic!("the agent serves {path}:\n{}", self.log()))
     }
 
     /// Waits for the process to exit; returns (success, log).
@@ -209,7 +223,8 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
     // The join controller runs with exactly the identity and RBAC the chart gives it.
     let jc = join_controller_client(&fed, &hub, &endpoint).await;
     let overreach = jc.clone();
-    let controller = spawn_join_controller(jc, false);
+    let jc_port = http::free_port();
+    let controller = spawn_join_controller(jc, false, Some(jc_port));
     let mcs: Api<MemberCluster> = Api::all(hub.clone());
     let ns = names::member_namespace(MEMBER);
 
@@ -234,6 +249,26 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Waiting for an admin: live, not ready; the join controller counts the waiting request.
+    assert_eq!(agent.get("/healthz").0, 200);
+    assert_eq!(agent.get("/readyz"), (503, "joining the pool\n".into()));
+    eventually(
+        30,
+        "the join controller's metrics count a pending request",
+        || async {
+            let m = http::get(jc_port, "/metrics")
+                .map(|(_, m)| m)
+                .unwrap_or_default();
+            Ok(
+                (http::sample(&m, "gpupool_join_requests{phase=\"Pending\"}") == Some(1.0))
+                    .then_some(()),
+            )
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(http::get(jc_port, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(http::get(jc_port, "/readyz").map(|r| r.0), Some(200));
     assert!(
         Api::<ServiceAccount>::namespaced(hub.clone(), &ns)
             .get_opt(names::MEMBER_AGENT_SA)
@@ -282,6 +317,23 @@ async fn pull_member_joins_serves_work_and_is_confined_to_its_own_objects() {
     .await
     .unwrap();
     assert_eq!(report.spec.cluster_id, member_id);
+    // Joined: ready, and its metrics say the hub takes its heartbeats and reports.
+    assert_eq!(agent.get("/readyz").0, 200);
+    let m = agent.get("/metrics").1;
+    for series in [
+        "gpupool_member_agent_heartbeats_total{result=\"ok\"}",
+        "gpupool_member_agent_reports_total{result=\"ok\"}",
+        "gpupool_member_agent_member_api_up",
+    ] {
+        assert!(http::sample(&m, series) >= Some(1.0), "{series} in {m}");
+    }
+    assert!(
+        http::sample(
+            &m,
+            "gpupool_member_agent_credential_expiry_timestamp_seconds"
+        ) > Some(k8s_openapi::jiff::Timestamp::now().as_second() as f64),
+        "{m}"
+    );
     let n = &report.spec.nodes[0];
     assert_eq!((n.name.as_str(), n.gpus, n.ready), ("gpu-0", 8, true));
     assert_eq!(n.topology.as_ref().unwrap().gpus.len(), 8);
@@ -958,7 +1010,7 @@ async fn the_scheduler_places_on_pull_members_like_on_push_members() {
         .await
         .unwrap();
     let hub = fed.hub.client().await.unwrap();
-    let controller = spawn_join_controller(hub.clone(), false);
+    let controller = spawn_join_controller(hub.clone(), false, None);
     let op = Operator::start(hub.clone(), Operator::test_config(4));
     let mcs: Api<MemberCluster> = Api::all(hub.clone());
 
@@ -1305,7 +1357,7 @@ async fn a_dra_pull_member_binds_the_hubs_exact_gpus_through_resource_claims() {
     let member = fed.members[0].cp.client().await.unwrap();
     publish_fixture(&member, "dgx-h100", "dgx-0").await.unwrap();
     let hub = fed.hub.client().await.unwrap();
-    let controller = spawn_join_controller(hub.clone(), true);
+    let controller = spawn_join_controller(hub.clone(), true, None);
     let _op = Operator::start(hub.clone(), Operator::test_config(4));
     let mcs: Api<MemberCluster> = Api::all(hub.clone());
     let token = join::token::create(&hub, Duration::from_secs(3600), None)

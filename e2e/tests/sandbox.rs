@@ -287,6 +287,7 @@ async fn pull_pool(
         JoinConfig {
             auto_approve,
             resync: Duration::from_secs(1),
+            ..Default::default()
         },
     ));
     let op = Operator::start(hub.clone(), Operator::test_config(4));

@@ -264,6 +264,7 @@ async fn main() -> Result<()> {
         gpupool::join::controller::JoinConfig {
             auto_approve: false,
             resync: Duration::from_secs(1),
+            ..Default::default()
         },
     ));
     let mut agent = None;

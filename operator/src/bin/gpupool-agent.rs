@@ -132,14 +132,7 @@ async fn run(args: Args) -> Result<()> {
     }
     let client = client(&args).await?;
     let health = agent::health::AgentHealth::new(Duration::from_secs(args.interval.max(1)));
-    let _server = args.metrics_addr.map(|addr| {
-        let h = health.clone();
-        tokio::spawn(async move {
-            if let Err(e) = h.serve(addr).await {
-                tracing::error!("serving health and metrics on {addr}: {e:#}");
-            }
-        })
-    });
+    let _server = health.probes().spawn_server(args.metrics_addr).await?;
     let mut reading = reading;
     loop {
         if let Err(e) = publish(&client, &args, &reading).await {

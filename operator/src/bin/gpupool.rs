@@ -29,6 +29,9 @@ enum Command {
         /// Approve joining members without an admin.
         #[arg(long)]
         auto_approve: bool,
+        /// Serve /healthz, /readyz and /metrics on this address (e.g. 0.0.0.0:8080).
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     #[command(flatten)]
     Pool(gpupool::cli::Command),
@@ -80,11 +83,15 @@ async fn run() -> anyhow::Result<()> {
             gpupool::telemetry::init_logging();
             gpupool::member_agent::run(args).await
         }
-        Command::JoinController { auto_approve } => {
+        Command::JoinController {
+            auto_approve,
+            metrics_addr,
+        } => {
             gpupool::telemetry::init_logging();
             let hub = kube::Client::try_default().await?;
             let cfg = gpupool::join::controller::JoinConfig {
                 auto_approve,
+                metrics_addr,
                 ..Default::default()
             };
             gpupool::join::controller::run(hub, cfg).await

@@ -829,6 +829,8 @@ async fn heartbeat(mc: &MemberCluster, ctx: &Arc<Context>) -> Result<Action> {
     let status = member_status(mc, &beat, grace);
     ctx.metrics
         .set_member_capacity(&name, view.ready, &status.capacity);
+    ctx.metrics
+        .set_supply_problems(&name, beat.supply.problems.len());
     ctx.registry.put(view.clone()).await;
     if mc.status.as_ref() != Some(&status) || prev.is_none() {
         let api = Api::<MemberCluster>::all(ctx.hub.clone());

@@ -3,6 +3,7 @@
 
 use super::names::{self, JOIN_NAMESPACE};
 use super::policy::{self, Decision};
+use super::probes::JoinMetrics;
 use super::token::{self, with_type};
 use crate::api::{Approval, JoinPhase, JoinRequest, JoinRequestStatus, MemberCluster, MemberMode};
 use crate::meta::OrAbsent;
@@ -27,6 +28,8 @@ pub struct JoinConfig {
     pub auto_approve: bool,
     /// How often waiting requests are looked at again and expired tokens swept.
     pub resync: Duration,
+    /// Serve /healthz, /readyz and /metrics on this address.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for JoinConfig {
@@ -34,6 +37,7 @@ impl Default for JoinConfig {
         JoinConfig {
             auto_approve: false,
             resync: Duration::from_secs(10),
+            metrics_addr: None,
         }
     }
 }
@@ -66,46 +70,82 @@ fn part_of() -> BTreeMap<String, String> {
 /// Runs the join controller, the member-access enforcer and the token sweeper until the
 /// process stops. Installs the join namespace and admission policy first.
 pub async fn run(hub: kube::Client, cfg: JoinConfig) -> anyhow::Result<()> {
+    let metrics = JoinMetrics::new();
+    let _server = metrics.probes.spawn_server(cfg.metrics_addr).await?;
     token::install(&hub).await?;
+    metrics.probes.set_ready(Ok(()));
     let ctx = Arc::new(Ctx {
         hub: hub.clone(),
         cfg: cfg.clone(),
     });
     let requests: Api<JoinRequest> = Api::namespaced(hub.clone(), JOIN_NAMESPACE);
     let members: Api<MemberCluster> = Api::all(hub.clone());
-    let join = Controller::new(requests, watcher::Config::default())
-        .watches(members.clone(), watcher::Config::default(), |mc| {
+    let join = Controller::new(requests, watcher::Config::default()).watches(
+        members.clone(),
+        watcher::Config::default(),
+        |mc| {
             mc.annotations()
                 .get(names::JOIN_REQUEST)
                 .map(|id| ObjectRef::new(id).within(JOIN_NAMESPACE))
-        })
-        .run(reconcile_request, request_error, ctx.clone())
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "join reconcile");
-            }
-        });
-    let access = Controller::new(members, watcher::Config::default())
-        .run(reconcile_access, access_error, ctx.clone())
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "member access reconcile");
-            }
-        });
+        },
+    );
+    let store = join.store();
+    let join = counted(
+        join.run(reconcile_request, request_error, ctx.clone()),
+        &metrics,
+        "request",
+    );
+    let access = counted(
+        Controller::new(members, watcher::Config::default()).run(
+            reconcile_access,
+            access_error,
+            ctx.clone(),
+        ),
+        &metrics,
+        "access",
+    );
     let sweeper = async {
+        let pulse = metrics.probes.pulse(
+            "token-sweeper",
+            Some(cfg.resync * 3 + Duration::from_secs(60)),
+        );
         loop {
             match token::sweep_expired(&hub).await {
                 Ok(gone) if !gone.is_empty() => {
+                    metrics.tokens_expired.inc_by(gone.len() as u64);
                     tracing::info!(?gone, "expired join tokens revoked")
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "sweeping join tokens"),
+                Err(e) => {
+                    metrics.sweep_failures.inc();
+                    tracing::warn!(error = %e, "sweeping join tokens")
+                }
             }
+            metrics.count_requests(store.state().iter().map(|r| &**r));
+            pulse.beat();
             tokio::time::sleep(cfg.resync).await;
         }
     };
     tokio::join!(join, access, sweeper);
     Ok(())
+}
+
+/// Drives a controller's stream, counting its reconciles; its liveness check fails if it ends.
+async fn counted<S, T, E>(stream: S, metrics: &JoinMetrics, controller: &'static str)
+where
+    S: futures::Stream<Item = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let _alive = metrics.probes.pulse(controller, None);
+    stream
+        .for_each(|r| {
+            metrics.reconciled(controller, r.is_ok());
+            if let Err(e) = r {
+                tracing::debug!(error = %e, controller, "join reconcile");
+            }
+            futures::future::ready(())
+        })
+        .await;
 }
 
 fn request_error(_: Arc<JoinRequest>, e: &Error, _: Arc<Ctx>) -> Action {

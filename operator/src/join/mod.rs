@@ -24,6 +24,7 @@
 pub mod admin;
 pub mod controller;
 pub mod policy;
+mod probes;
 pub mod token;
 
 /// Names of the objects the join flow uses on the hub (defined in [`crate::meta`], which every

@@ -13,6 +13,7 @@
 
 pub mod apply;
 pub mod hub;
+mod metrics;
 pub mod report;
 mod run;
 

@@ -2,6 +2,7 @@
 
 use super::apply::{self, ObjectKey, Policy};
 use super::hub::{self, Credential, HubEndpoint};
+use super::metrics::AgentMetrics;
 use super::report;
 use crate::api::{
     BindingMode, GpuTopology, JoinRequestSpec, MemberReport, MemberReportSpec, MemberWork,
@@ -76,6 +77,9 @@ pub struct AgentArgs {
     /// Seconds between full re-applies of every work (repairs drift in the member).
     #[arg(long, default_value_t = 60)]
     pub resync_seconds: u64,
+    /// Serve /healthz, /readyz and /metrics on this address (e.g. 0.0.0.0:8080).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -88,30 +92,6 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 enum Ended {
     /// The credential was renewed; serve again with the new one.
     Renewed,
-}
-
-/// The member API server's health as the agent last found it: `None` while it answers, else
-/// since when and why not. Read by the heartbeat.
-#[derive(Clone, Default)]
-struct MemberApiHealth(Arc<std::sync::Mutex<Option<(Timestamp, String)>>>);
-
-impl MemberApiHealth {
-    fn set(&self, problem: Option<String>) {
-        let mut h = self.0.lock().expect("health lock");
-        match (problem, h.as_ref()) {
-            (None, _) => *h = None,
-            (Some(p), Some((since, _))) => *h = Some((*since, p)),
-            (Some(p), None) => *h = Some((Timestamp::now(), p)),
-        }
-    }
-
-    /// The heartbeat's [`pull::MEMBER_API_ANNOTATION`].
-    fn annotation(&self) -> String {
-        match &*self.0.lock().expect("health lock") {
-            None => pull::MEMBER_API_OK.into(),
-            Some((since, why)) => format!("unreachable since {since}: {why}"),
-        }
-    }
 }
 
 /// Whether the agent should try again after `e`: an API server (the member's or the hub's) that
@@ -136,9 +116,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             None => None,
         },
     };
-    let health = MemberApiHealth::default();
+    let metrics = AgentMetrics::new(Duration::from_secs(args.heartbeat_seconds));
+    let _server = metrics.probes.spawn_server(args.metrics_addr).await?;
     let mut backoff = Duration::from_secs(1);
     loop {
+        metrics.joining();
         let round = async {
             let cluster_id = crate::join::member_identity(&member).await?;
             let cred = credential(&args, &member, &hub, &cluster_id).await?;
@@ -149,7 +131,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 hub_client,
                 &cred,
                 &cluster_id,
-                &health,
+                &metrics,
             )
             .await
         };
@@ -236,11 +218,12 @@ async fn serve(
     hub: kube::Client,
     cred: &Credential,
     cluster_id: &str,
-    health: &MemberApiHealth,
+    m: &AgentMetrics,
 ) -> anyhow::Result<Ended> {
-    let work = work_loop(args, member.clone(), hub.clone(), cred);
-    let heartbeat = heartbeat_loop(args, hub.clone(), cred, health);
-    let reports = report_loop(args, member.clone(), hub.clone(), cred, cluster_id, health);
+    m.serving(hub::claims(&cred.token).ok().and_then(|c| c.expires));
+    let work = work_loop(args, member.clone(), hub.clone(), cred, m);
+    let heartbeat = heartbeat_loop(args, hub.clone(), cred, m);
+    let reports = report_loop(args, member.clone(), hub.clone(), cred, cluster_id, m);
     let renew = renew_credential(&member, &hub, args, cred);
     tokio::select! {
         r = work => r.map(|_| Ended::Renewed),
@@ -256,7 +239,7 @@ async fn heartbeat_loop(
     args: &AgentArgs,
     hub: kube::Client,
     cred: &Credential,
-    health: &MemberApiHealth,
+    m: &AgentMetrics,
 ) -> anyhow::Result<Ended> {
     let leases: Api<Lease> = Api::namespaced(hub, &cred.namespace);
     let pp = PatchParams::apply(apply::AGENT).force();
@@ -265,7 +248,7 @@ async fn heartbeat_loop(
             metadata: kube::api::ObjectMeta {
                 name: Some(names::HEARTBEAT_LEASE.into()),
                 annotations: Some(
-                    [(pull::MEMBER_API_ANNOTATION.to_string(), health.annotation())].into(),
+                    [(pull::MEMBER_API_ANNOTATION.to_string(), m.api.annotation())].into(),
                 ),
                 ..Default::default()
             },
@@ -278,11 +261,15 @@ async fn heartbeat_loop(
         };
         let patch = Patch::Apply(crate::join::token::with_type(&lease));
         match leases.patch(names::HEARTBEAT_LEASE, &pp, &patch).await {
-            Ok(_) => {}
+            Ok(_) => m.heartbeat(Ok(())),
             Err(e) if unauthorized(&e) => {
+                m.heartbeat(Err(e.to_string()));
                 anyhow::bail!("the hub refused this member's credential (revoked)")
             }
-            Err(e) => tracing::warn!(error = %e, "heartbeat"),
+            Err(e) => {
+                m.heartbeat(Err(e.to_string()));
+                tracing::warn!(error = %e, "heartbeat")
+            }
         }
         tokio::time::sleep(Duration::from_secs(args.heartbeat_seconds)).await;
     }
@@ -413,6 +400,7 @@ async fn work_loop(
     member: kube::Client,
     hub: kube::Client,
     cred: &Credential,
+    m: &AgentMetrics,
 ) -> anyhow::Result<()> {
     let (to_apply, to_report) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let works_api: Api<MemberWork> = Api::namespaced(hub.clone(), &cred.namespace);
@@ -458,7 +446,7 @@ async fn work_loop(
         state.clone(),
         to_apply,
         to_report.clone(),
-        Duration::from_secs(args.resync_seconds),
+        (Duration::from_secs(args.resync_seconds), m),
     );
     let report = status_loop(works_api, &works, &pods, &policy, state, to_report);
     tokio::try_join!(apply, report)?;
@@ -480,7 +468,7 @@ async fn apply_loop(
     state: Arc<std::sync::Mutex<Applied>>,
     wake: Arc<Notify>,
     report: Arc<Notify>,
-    resync: Duration,
+    (resync, m): (Duration, &AgentMetrics),
 ) -> anyhow::Result<()> {
     let mut namespaces: BTreeSet<String> = BTreeSet::new();
     let mut next_full = tokio::time::Instant::now();
@@ -524,6 +512,11 @@ async fn apply_loop(
             (pods, &mut held, &mut recent),
         )
         .await;
+        m.applied(
+            owned.len(),
+            refused.len(),
+            results.iter().map(|(.., errs)| errs.is_empty()),
+        );
         let changed = record_applied(&state, results, &owned) || full || !todo.is_empty();
         if changed {
             report.notify_one();
@@ -838,7 +831,7 @@ async fn report_loop(
     hub: kube::Client,
     cred: &Credential,
     cluster_id: &str,
-    health: &MemberApiHealth,
+    m: &AgentMetrics,
 ) -> anyhow::Result<()> {
     let reports: Api<MemberReport> = Api::namespaced(hub, &cred.namespace);
     let mut last: Option<Inventory> = None;
@@ -847,9 +840,11 @@ async fn report_loop(
     loop {
         match read_inventory(&member, &mut binding, &mut slices_forbidden_said).await {
             Ok(now) => {
-                health.set(None);
+                m.api.set(None);
                 if last.as_ref() != Some(&now) {
-                    match publish_report(&reports, cred, cluster_id, &now).await {
+                    let written = publish_report(&reports, cred, cluster_id, &now).await;
+                    m.reported(written.is_ok());
+                    match written {
                         Ok(()) => last = Some(now),
                         Err(e) if e.downcast_ref::<kube::Error>().is_some_and(unauthorized) => {
                             anyhow::bail!("the hub refused this member's credential (revoked)")
@@ -860,7 +855,7 @@ async fn report_loop(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the member's API server does not answer");
-                health.set(Some(e.to_string()));
+                m.api.set(Some(e.to_string()));
             }
         }
         tokio::time::sleep(Duration::from_secs(args.report_seconds)).await;

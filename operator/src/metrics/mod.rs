@@ -45,6 +45,7 @@ struct Inner {
     /// Every metric family name in the registry (histograms without their series suffixes).
     names: Vec<String>,
     kubelet_mismatches: IntGaugeVec,
+    supply_problems: IntGaugeVec,
     gang_restarts: IntCounterVec,
     usage_gpu_seconds: IntCounterVec,
     tokens_minted: IntCounterVec,
@@ -152,6 +153,11 @@ mod defs {
     pub(super) const KUBELET_MISMATCHES: Def = def(
         "gpupool_kubelet_gpu_mismatches",
         "Device-plugin pods whose GPUs, as the kubelet assigned them, differ from gpupool's choice",
+        &["cluster"],
+    );
+    pub(super) const SUPPLY_PROBLEMS: Def = def(
+        "gpupool_member_supply_problems",
+        "Published GPUs of the member the hub refuses to place on (over the allocatable, duplicate or already claimed UUIDs); the member's SupplyVerified condition says which",
         &["cluster"],
     );
     pub(super) const GANG_RESTARTS: Def = def(
@@ -312,6 +318,7 @@ impl Default for Metrics {
             model_gpus_allocated: r.gauges(MODEL_GPUS_ALLOCATED),
             oracle_balance: r.gauge(ORACLE_BALANCE),
             kubelet_mismatches: r.gauges(KUBELET_MISMATCHES),
+            supply_problems: r.gauges(SUPPLY_PROBLEMS),
             gang_restarts: r.counters(GANG_RESTARTS),
             usage_gpu_seconds: r.counters(USAGE_GPU_SECONDS),
             tokens_minted: r.counters(TOKENS_MINTED),
@@ -585,8 +592,17 @@ impl Metrics {
             .set(n as i64);
     }
 
+    /// Published GPUs of the member the hub refuses (its `SupplyVerified` problems).
+    pub fn set_supply_problems(&self, cluster: &str, n: usize) {
+        self.inner
+            .supply_problems
+            .with_label_values(&[cluster])
+            .set(n as i64);
+    }
+
     /// Drops a deleted member's series.
     pub fn forget_member(&self, cluster: &str) {
+        let _ = self.inner.supply_problems.remove_label_values(&[cluster]);
         let _ = self
             .inner
             .kubelet_mismatches

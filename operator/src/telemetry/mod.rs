@@ -1,4 +1,6 @@
-//! Logging setup.
+//! Logging setup, and the health and metrics endpoints of the agents ([`probes`]).
+
+pub mod probes;
 
 /// Installs a `tracing` subscriber (RUST_LOG, default `info`; `GPUPOOL_LOG_JSON=1` for JSON).
 pub fn init_logging() {
