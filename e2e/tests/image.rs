@@ -330,4 +330,18 @@ fn the_release_workflow_passes_actionlint_and_publishes_signed_multi_arch_artifa
     );
     assert_eq!(wf["jobs"]["publish"]["permissions"]["packages"], "write");
     assert_eq!(wf["permissions"]["contents"], "read");
+    // The command-line binaries, the plugin's completion among them, go to the release with
+    // their checksums; only that job may write the repository's releases.
+    let cli = wf["jobs"]["cli"].to_string();
+    for want in [
+        "kubectl_complete-gpupool",
+        "gh release upload",
+        "SHA256SUMS",
+    ] {
+        assert!(text.contains(want), "release.yml lacks {want:?}");
+    }
+    assert_eq!(
+        wf["jobs"]["cli"]["permissions"]["contents"], "write",
+        "{cli}"
+    );
 }

@@ -45,6 +45,36 @@ fn kubectl_gpupool(fed: &Federation, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// What `kubectl gpupool <args><TAB>` offers: kubectl's own `__complete`, which runs
+/// `kubectl_complete-gpupool` found on the PATH beside the plugin; the candidates' values.
+fn kubectl_completes(fed: &Federation, args: &[&str]) -> Vec<String> {
+    let plugin = operator_bin("kubectl-gpupool");
+    let completer = operator_bin("kubectl_complete-gpupool");
+    assert_eq!(plugin.parent(), completer.parent());
+    let path = format!(
+        "{}:{}",
+        plugin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(Tools::get().unwrap().kubectl)
+        .args(["__complete", "gpupool"])
+        .args(args)
+        .env("PATH", path)
+        .env("KUBECONFIG", fed.hub.kubeconfig_path())
+        .output()
+        .expect("kubectl starts");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines().last().is_some_and(|l| l.starts_with(':')),
+        "Cobra's directive line ends the answer: {text}"
+    );
+    text.lines()
+        .filter(|l| !l.starts_with(':'))
+        .map(|l| l.split('\t').next().unwrap_or_default().to_string())
+        .collect()
+}
+
 /// `gpupool <args>` (the operator binary's pool commands), against the hub with `--kubeconfig`.
 fn gpupool(fed: &Federation, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(operator_bin("gpupool"))
@@ -204,6 +234,21 @@ async fn why_where_and_members_answer_from_the_hub() {
         ok && script.contains("_gpupool()") && script.contains("cordon"),
         "completion"
     );
+    // `kubectl gpupool <TAB>` through kubectl's plugin completion: subcommands, then names that
+    // live on the hub.
+    let top = kubectl_completes(&fed, &[""]);
+    for c in ["why", "where", "members", "approve", "cordon", "drain"] {
+        assert!(top.contains(&c.to_string()), "{c} in {top:?}");
+    }
+    assert_eq!(kubectl_completes(&fed, &["unc"]), vec!["uncordon"]);
+    assert_eq!(
+        kubectl_completes(&fed, &["cordon", ""]),
+        vec!["member-1", "member-2"]
+    );
+    assert_eq!(
+        kubectl_completes(&fed, &["members", "-o", "y"]),
+        vec!["yaml"]
+    );
 
     // The queue, watched: the job that cannot fit shows up in it as it is created.
     let (mut watcher, lines) = spawn_plugin(&fed, &["queue", "--watch", "-o", "name"]);
@@ -272,6 +317,13 @@ async fn why_where_and_members_answer_from_the_hub() {
     })
     .await
     .unwrap();
+    // Job names complete from the context's namespace, with the kind prefix typed.
+    assert_eq!(kubectl_completes(&fed, &["where", "tj/f"]), vec!["tj/fits"]);
+    let jobs = kubectl_completes(&fed, &["why", "-n", "default", ""]);
+    assert!(
+        jobs.contains(&"fits".to_string()) && jobs.contains(&"too-big".to_string()),
+        "{jobs:?}"
+    );
     let w = json_of(&fed, &["where", "fits", "-o", "json"]);
     let p = &w["placements"][0];
     assert_eq!(p["worker"], "rank 0");

@@ -3,6 +3,7 @@
 //! `members`) and pool admins (`approve`, `deny`, `cordon`, `uncordon`, `drain`, `join-token`).
 
 pub mod commands;
+pub mod complete;
 pub mod earnings;
 pub mod escrow;
 pub mod members;
@@ -31,6 +32,23 @@ pub struct GlobalArgs {
         value_name = "FORMAT"
     )]
     pub output: Output,
+}
+
+/// `kubectl gpupool`: the plugin binary's arguments (its completion reads the same tree).
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "kubectl-gpupool",
+    bin_name = "kubectl gpupool",
+    version,
+    about = "Ask the gpupool hub why a job waits, where it runs, what the pool holds and what members earned; administer members"
+)]
+pub struct Plugin {
+    /// Flags of every command.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
 }
 
 /// Where a job lives.
