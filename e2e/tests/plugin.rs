@@ -4,7 +4,7 @@
 //! alone), listing members and the queue, watching, cordoning and draining members — and
 //! `gpupool` answering the same commands with the same flags.
 
-use gpupool::api::TrainingJob;
+use gpupool::api::{InferenceJob, TrainingJob};
 use gpupool_e2e::{
     Federation, GpuNode, Operator, Tools, eventually, operator_bin, publish_fixture,
     register_member,
@@ -143,6 +143,24 @@ fn wait_line(rx: &std::sync::mpsc::Receiver<String>, want: &str, secs: u64) -> V
         }
     }
     panic!("no line with {want:?} within {secs}s; got {seen:?}");
+}
+
+/// An InferenceJob of two one-GPU replicas in `default`; `gpu` adds spec fields.
+fn ij(name: &str, gpu: &str) -> InferenceJob {
+    serde_yaml::from_str(&format!(
+        "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {{name: {name}, namespace: default}}\nspec: {{template: {{spec: {{containers: [{{name: srv, image: ghcr.io/example/srv:1}}]}}}}, replicas: 2, gpusPerReplica: 1, nvlink: none{gpu}}}\n"
+    ))
+    .unwrap()
+}
+
+/// Whether every one of the job's `n` replicas is placed on `member` and Ready.
+fn ready_on(j: &InferenceJob, member: &str, n: i32) -> bool {
+    let st = j.status.clone().unwrap_or_default();
+    st.ready_replicas == n
+        && st
+            .placements
+            .iter()
+            .all(|p| p.cluster == member && p.replicas.len() as i32 == n)
 }
 
 fn json_of(fed: &Federation, args: &[&str]) -> Value {
@@ -391,17 +409,77 @@ async fn why_where_and_members_answer_from_the_hub() {
     .await
     .unwrap();
 
-    // Drain: cordons, and gives up naming the jobs still there; once they are gone it succeeds.
-    let (ok, _, err) = kubectl_gpupool(&fed, &["drain", "member-1", "--timeout", "3s"]);
+    // Drain moves the jobs. Two InferenceJobs join the gangs on member-1 (member-2 cordoned
+    // meanwhile): `web` may run on any GPU, `pinned` only on H100s, which member-2 lacks.
+    tjs.delete("after-cordon", &Default::default())
+        .await
+        .unwrap();
+    let ijs: Api<InferenceJob> = Api::namespaced(hub.clone(), "default");
+    kubectl_gpupool(&fed, &["cordon", "member-2"]);
+    for (name, gpu) in [("web", ""), ("pinned", ", gpu: {model: H100}")] {
+        ijs.create(&PostParams::default(), &ij(name, gpu))
+            .await
+            .unwrap();
+    }
+    for name in ["web", "pinned"] {
+        eventually(90, "both replicas Ready on member-1", || async {
+            Ok(ready_on(&ijs.get(name).await?, "member-1", 2).then_some(()))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    kubectl_gpupool(&fed, &["uncordon", "member-2"]);
+    // `pinned` cannot move: one replica goes (its maxUnavailable), the other stays, and the
+    // drain gives up naming it. `web` moves to member-2 one replica at a time; the gang restarts
+    // and waits (no H100 elsewhere), not counted against its backoffLimit.
+    let (ok, _, err) = kubectl_gpupool(&fed, &["drain", "member-1", "--timeout", "20s"]);
     assert!(
-        !ok && err.contains("trainingjob/default/fits")
-            && err.contains("trainingjob/default/after-cordon"),
+        !ok && err.contains("inferencejob/default/pinned")
+            && !err.contains("trainingjob/default/fits"),
         "{err}"
     );
     let m = json_of(&fed, &["members", "-o", "json"]);
-    assert_eq!(m["members"][0]["schedulable"], false, "{m}");
-    for name in ["fits", "after-cordon"] {
-        tjs.delete(name, &Default::default()).await.unwrap();
+    assert_eq!(
+        (
+            &m["members"][0]["schedulable"],
+            &m["members"][0]["draining"]
+        ),
+        (&Value::from(false), &Value::from(true)),
+        "{m}"
+    );
+    eventually(60, "web serves from member-2 alone", || async {
+        Ok(ready_on(&ijs.get("web").await?, "member-2", 2).then_some(()))
+    })
+    .await
+    .unwrap();
+    let pinned = ijs.get("pinned").await.unwrap().status.unwrap_or_default();
+    let on: Vec<(String, Vec<i32>)> = pinned
+        .placements
+        .iter()
+        .map(|p| (p.cluster.clone(), p.replicas.clone()))
+        .collect();
+    assert_eq!(on.len(), 1, "{on:?}");
+    assert_eq!((on[0].0.as_str(), on[0].1.len()), ("member-1", 1), "{on:?}");
+    let fits = tjs.get("fits").await.unwrap().status.unwrap_or_default();
+    assert_eq!(
+        (fits.cluster.as_deref(), fits.restarts, fits.preemptions),
+        (None, 1, 1),
+        "{fits:?}"
+    );
+    // Uncordoning ends the drain: the gang and the pinned replica come back.
+    let (ok, _, err) = gpupool(&fed, &["uncordon", "member-1"]);
+    assert!(ok, "{err}");
+    eventually(90, "fits and pinned are back on member-1", || async {
+        let w = json_of(&fed, &["where", "fits", "-o", "json"]);
+        let back = w["placements"][0]["member"] == "member-1"
+            && ready_on(&ijs.get("pinned").await?, "member-1", 2);
+        Ok(back.then_some(()))
+    })
+    .await
+    .unwrap();
+    tjs.delete("fits", &Default::default()).await.unwrap();
+    for name in ["web", "pinned"] {
+        ijs.delete(name, &Default::default()).await.unwrap();
     }
     let (ok, out, err) = gpupool(&fed, &["drain", "member-1", "--timeout", "60s"]);
     assert!(ok && out.contains("drained"), "{out} {err}");

@@ -103,6 +103,13 @@ pub struct MemberClusterSpec {
     /// When false, no new work is placed on this member (existing work keeps running).
     #[serde(default = "default_true")]
     pub schedulable: bool,
+    /// Move the work off this member (`gpupool drain`): training gangs restart on other members
+    /// (not counted against their `backoffLimit`) and inference replicas are deleted here and
+    /// placed elsewhere, as many at a time as their `maxUnavailable` allows (at least one), the
+    /// next once those are Ready. No new work is placed here while set, whatever `schedulable`
+    /// says.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drain: bool,
 }
 
 fn default_true() -> bool {
@@ -121,6 +128,7 @@ impl Default for MemberClusterSpec {
             labels: BTreeMap::new(),
             price_per_gpu_hour: None,
             schedulable: true,
+            drain: false,
         }
     }
 }

@@ -277,7 +277,8 @@ pub struct TrainingJobStatus {
     /// Gang restarts so far (the gang's generation: preemptions included).
     #[serde(default)]
     pub restarts: i32,
-    /// Of `restarts`, those caused by preemption (they do not count against `backoffLimit`).
+    /// Of `restarts`, those caused by preemption or by a drain of the member (they do not count
+    /// against `backoffLimit`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub preemptions: i32,
     /// Placements the gang had before its restarts, oldest first (the last

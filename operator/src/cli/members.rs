@@ -121,24 +121,20 @@ pub async fn token(hub: &kube::Client, o: &Output, cmd: TokenCommand) -> anyhow:
     }
 }
 
-/// `cordon` / `uncordon`: sets `spec.schedulable` of a MemberCluster (the admin's field).
+/// `cordon` / `uncordon`: sets `spec.schedulable` of a MemberCluster (the admin's field);
+/// uncordoning also ends a drain (`spec.drain`).
 pub async fn set_schedulable(
     hub: &kube::Client,
     o: &Output,
     member: &str,
     schedulable: bool,
 ) -> anyhow::Result<String> {
-    let api: Api<MemberCluster> = Api::all(hub.clone());
-    if api.get_opt(member).await?.is_none() {
-        bail!("no MemberCluster named {member:?}");
-    }
-    api.patch(
-        member,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"schedulable": schedulable}})),
-    )
-    .await
-    .with_context(|| format!("updating MemberCluster {member}"))?;
+    let spec = if schedulable {
+        json!({"schedulable": true, "drain": null})
+    } else {
+        json!({"schedulable": false})
+    };
+    patch_spec(hub, member, spec).await?;
     let doc = json!({"member": member, "schedulable": schedulable});
     emit(
         o,
@@ -158,6 +154,26 @@ pub async fn set_schedulable(
             },
         },
     )
+}
+
+/// Merge-patches `spec` into MemberCluster `member`, which must exist.
+async fn patch_spec(
+    hub: &kube::Client,
+    member: &str,
+    spec: serde_json::Value,
+) -> anyhow::Result<()> {
+    let api: Api<MemberCluster> = Api::all(hub.clone());
+    if api.get_opt(member).await?.is_none() {
+        bail!("no MemberCluster named {member:?}");
+    }
+    api.patch(
+        member,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": spec })),
+    )
+    .await
+    .with_context(|| format!("updating MemberCluster {member}"))?;
+    Ok(())
 }
 
 /// Jobs that still hold GPUs on `member`, as `kind/namespace/name`.
@@ -198,15 +214,17 @@ pub async fn jobs_on(hub: &kube::Client, member: &str) -> anyhow::Result<Vec<Str
     Ok(out)
 }
 
-/// `drain`: cordons the member, then waits (up to `timeout`) until no job holds GPUs there.
+/// `drain`: cordons the member and sets `spec.drain` — the operator moves its jobs elsewhere
+/// (training gangs restart on other members, inference replicas go within `maxUnavailable`) —
+/// then waits (up to `timeout`) until no job holds GPUs there.
 pub async fn drain(
     hub: &kube::Client,
     o: &Output,
     member: &str,
     timeout: Duration,
 ) -> anyhow::Result<String> {
-    let cordoned = set_schedulable(hub, &Output::Table, member, false).await?;
-    eprint!("{cordoned}");
+    patch_spec(hub, member, json!({"schedulable": false, "drain": true})).await?;
+    eprintln!("membercluster.gpupool.io/{member} cordoned; moving its jobs elsewhere");
     let deadline = tokio::time::Instant::now() + timeout;
     let mut reported = Vec::new();
     loop {
@@ -224,7 +242,7 @@ pub async fn drain(
         }
         if tokio::time::Instant::now() >= deadline {
             bail!(
-                "{member} is cordoned but {} job(s) still run there after {}s: {}",
+                "{member} is cordoned and draining but {} job(s) still run there after {}s: {}",
                 left.len(),
                 timeout.as_secs(),
                 left.join(", ")

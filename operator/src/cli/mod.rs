@@ -115,12 +115,13 @@ pub enum Command {
         /// MemberCluster name.
         member: String,
     },
-    /// Let new work be placed on a member again.
+    /// Let new work be placed on a member again (ends a drain).
     Uncordon {
         /// MemberCluster name.
         member: String,
     },
-    /// Cordon a member, then wait until no job runs there any more.
+    /// Cordon a member and move its jobs elsewhere (training gangs restart on other members,
+    /// inference replicas move within maxUnavailable); wait until none runs there.
     Drain {
         /// MemberCluster name.
         member: String,

@@ -494,6 +494,7 @@ pub fn members_report(members: &[Value], records: &[UsageRecord]) -> Value {
             "name": name,
             "ready": cond("Ready"),
             "schedulable": m.pointer("/spec/schedulable").cloned().unwrap_or(json!(true)),
+            "draining": m.pointer("/spec/drain").cloned().unwrap_or(json!(false)),
             "region": m.pointer("/spec/region"),
             "owner": m.pointer("/spec/ownerWallet"),
             "bindingMode": m.pointer("/status/bindingMode"),
@@ -551,7 +552,9 @@ pub fn format_members(r: &Value, wide: bool) -> String {
             vec![
                 m["name"].as_str().unwrap_or("").to_string(),
                 m["ready"].as_str().unwrap_or("").to_string(),
-                if m["schedulable"] == false {
+                if m["draining"] == true {
+                    "draining"
+                } else if m["schedulable"] == false {
                     "no"
                 } else {
                     "yes"

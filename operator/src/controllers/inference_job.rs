@@ -123,6 +123,9 @@ struct Sorted {
     vanished: Vec<Placed>,
     /// Refused by the member's scheduler for the GPUs' or the member's sake: withdrawn.
     refused: Vec<Placed>,
+    /// On a member being drained, let go now within `maxUnavailable`: deleted there and placed
+    /// again elsewhere.
+    drained: Vec<Placed>,
     /// Refused for the pod's own constraints: kept, the reason reported (index, message).
     unschedulable: Vec<(i32, String)>,
     /// When to look again at a refusal that has not lasted long enough yet.
@@ -165,7 +168,73 @@ async fn sort_replicas(
             _ => out.lost.entry(c).or_default().push(p.pod.index),
         }
     }
+    let draining: BTreeSet<&str> = members
+        .values()
+        .filter(|m| m.spec.drain)
+        .map(|m| m.name.as_str())
+        .collect();
+    // At least one at a time, so that a drain ends even where the rollout allows no replica
+    // to be unavailable (replacements come after the replica leaves, not before it).
+    let (_, max_unavailable) = budgets(job.spec.rollout.as_ref(), want);
+    out.drained = pick_drained(&mut out.kept, &draining, want, max_unavailable.max(1));
     out
+}
+
+/// The replicas on drained members to let go now, taken out of `kept`: those not Ready, and
+/// Ready ones whose index has another Ready replica elsewhere, at once; other Ready ones only as
+/// long as `want - max_unavailable` indexes stay available — as `kubectl drain` honours a
+/// PodDisruptionBudget. The scheduler places their indexes again on other members; the next
+/// ones go once those are Ready. Pure.
+fn pick_drained(
+    kept: &mut Vec<Placed>,
+    draining: &BTreeSet<&str>,
+    want: i32,
+    max_unavailable: i32,
+) -> Vec<Placed> {
+    let on_drained = |p: &Placed| draining.contains(p.cluster.as_str());
+    let ready_elsewhere: BTreeSet<i32> = kept
+        .iter()
+        .filter(|p| p.ready && !on_drained(p))
+        .map(|p| p.pod.index)
+        .collect();
+    let mut available = kept
+        .iter()
+        .filter(|p| p.ready && p.pod.index < want)
+        .map(|p| p.pod.index)
+        .collect::<BTreeSet<_>>()
+        .len() as i32;
+    let mut order: Vec<usize> = (0..kept.len()).filter(|&i| on_drained(&kept[i])).collect();
+    // Those that cost no availability first, then by index.
+    order.sort_by_key(|&i| {
+        let p = &kept[i];
+        (
+            p.ready && !ready_elsewhere.contains(&p.pod.index),
+            p.pod.index,
+        )
+    });
+    let mut take = BTreeSet::new();
+    for i in order {
+        let p = &kept[i];
+        let free = !p.ready || ready_elsewhere.contains(&p.pod.index);
+        if !free {
+            if available - 1 < want - max_unavailable {
+                break;
+            }
+            available -= 1;
+        }
+        take.insert(i);
+    }
+    let mut drained = Vec::new();
+    let mut i = 0;
+    kept.retain(|p| {
+        let go = take.contains(&i);
+        i += 1;
+        if go {
+            drained.push(p.clone());
+        }
+        !go
+    });
+    drained
 }
 
 /// Sorts one replica on a ready member by its pod there.
@@ -241,6 +310,14 @@ async fn withdraw(
     }
     for p in s.scaled_down.iter().chain(&s.refused).chain(&s.vanished) {
         delete_replica(members, job, p).await?;
+    }
+    for p in &s.drained {
+        delete_replica(members, job, p).await?;
+        let note = format!(
+            "member {} is being drained: replica {} on node {} deleted; placing it elsewhere",
+            p.cluster, p.pod.index, p.pod.node
+        );
+        event(ctx, job, false, "ReplicaDrained", "Replace", note).await;
     }
     for p in &s.failed {
         delete_replica(members, job, p).await?;
@@ -688,5 +765,72 @@ mod tests {
         assert_eq!(phase(2, 2, 1, &Running), Degraded);
         assert_eq!(phase(2, 1, 1, &Scheduled), Degraded);
         assert_eq!(phase(2, 2, 1, &Scheduled), Scheduled);
+    }
+
+    fn placed(cluster: &str, index: i32, ready: bool) -> Placed {
+        Placed {
+            cluster: cluster.into(),
+            pod: crate::placement::PodPlacement {
+                index,
+                node: format!("{cluster}-n{index}"),
+                gpu_uuids: vec![format!("GPU-{cluster}-{index}")],
+                model: "H100".into(),
+                score: 0,
+            },
+            revision: "r1".into(),
+            ready,
+            placed_at: None,
+        }
+    }
+
+    fn at(ps: &[Placed]) -> Vec<(String, i32)> {
+        ps.iter()
+            .map(|p| (p.cluster.clone(), p.pod.index))
+            .collect()
+    }
+
+    #[test]
+    fn a_drain_lets_replicas_go_within_max_unavailable() {
+        let draining: BTreeSet<&str> = ["east"].into();
+        // Four replicas, three on east (Ready), one on west; maxUnavailable 1: one at a time.
+        let mut kept = vec![
+            placed("east", 0, true),
+            placed("east", 1, true),
+            placed("west", 2, true),
+            placed("east", 3, true),
+        ];
+        let drained = pick_drained(&mut kept, &draining, 4, 1);
+        assert_eq!(at(&drained), [("east".to_string(), 0)]);
+        assert_eq!(kept.len(), 3);
+        // Replica 0 is placed on west, not Ready yet: nothing more may go.
+        kept.push(placed("west", 0, false));
+        assert!(pick_drained(&mut kept, &draining, 4, 1).is_empty());
+        // Ready: the next one goes.
+        kept.last_mut().unwrap().ready = true;
+        assert_eq!(
+            at(&pick_drained(&mut kept, &draining, 4, 1)),
+            [("east".to_string(), 1)]
+        );
+        // Not Ready replicas serve nothing and go at once, as does a Ready one whose index
+        // serves elsewhere (a surge replacement of a rollout, say) — whatever the budget.
+        let mut kept = vec![
+            placed("east", 0, false),
+            placed("east", 1, true),
+            placed("west", 1, true),
+            placed("east", 2, true),
+        ];
+        let drained = pick_drained(&mut kept, &draining, 3, 0);
+        assert_eq!(
+            at(&drained),
+            [("east".to_string(), 0), ("east".to_string(), 1)]
+        );
+        assert_eq!(
+            at(&kept),
+            [("west".to_string(), 1), ("east".to_string(), 2)]
+        );
+        // Nothing drains on a member that is not drained.
+        let mut kept = vec![placed("west", 0, true)];
+        assert!(pick_drained(&mut kept, &draining, 1, 1).is_empty());
+        assert_eq!(kept.len(), 1);
     }
 }

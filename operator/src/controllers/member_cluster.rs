@@ -498,7 +498,9 @@ fn member_info(
     if let Some(r) = &mc.spec.region {
         labels.insert("region".into(), r.clone());
     }
-    let reason = if !mc.spec.schedulable {
+    let reason = if mc.spec.drain {
+        "being drained (spec.drain=true)".into()
+    } else if !mc.spec.schedulable {
         "not schedulable (spec.schedulable=false)".into()
     } else if !mc.spec.approved() {
         format!("not approved ({})", mc.spec.approval)
@@ -519,6 +521,7 @@ fn member_info(
         schedulable: view.schedulable(),
         reason,
         binding: view.binding_mode(),
+        draining: mc.spec.drain,
     }
 }
 
@@ -760,9 +763,10 @@ async fn report_pods(mc: &MemberCluster, ctx: &Context, view: &mut MemberView, s
     }
 }
 
-/// Step 8, events: supply newly rejected, a newly found duplicate, readiness gained or lost
-/// (which also wakes the jobs running there: their member may be lost; waiting jobs are woken by
-/// the scheduler when the member becomes schedulable).
+/// Step 8, events: supply newly rejected, a newly found duplicate, a drain begun, readiness
+/// gained or lost (the last two also wake the jobs running there: they must move, or their
+/// member may be lost; waiting jobs are woken by the scheduler when the member becomes
+/// schedulable).
 async fn announce(
     mc: &MemberCluster,
     ctx: &Context,
@@ -781,6 +785,11 @@ async fn announce(
     if !was_duplicate && let Some(msg) = &b.identity.duplicate {
         let reason = crate::api::DUPLICATE_CLUSTER;
         event(ctx, mc, true, reason, "Verify", msg.clone()).await;
+    }
+    if b.view.spec.drain && !prev.is_some_and(|p| p.spec.drain) {
+        let note = format!("member {name} is being drained: its jobs move to other members");
+        event(ctx, mc, false, "Draining", "Drain", note).await;
+        ctx.wake_jobs_on(name);
     }
     if b.readiness.was_ready == b.view.ready && prev.is_some() {
         return;

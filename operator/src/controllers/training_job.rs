@@ -306,6 +306,15 @@ async fn ready_member(
 ) -> Result<std::result::Result<crate::federation::MemberView, Action>> {
     let cluster = st.cluster.clone().unwrap_or_default();
     let (reason, why) = match ctx.member_health(&cluster).await {
+        super::MemberHealth::Ready(m) if m.spec.drain => {
+            // An admin's eviction, like a preemption: not the job's failure.
+            let mut st = st.clone();
+            st.preemptions += 1;
+            let why = format!("member {cluster} is being drained");
+            return restart_gang(job, st, ctx, "MemberDrained", why)
+                .await
+                .map(Err);
+        }
         super::MemberHealth::Ready(m) => return Ok(Ok(*m)),
         super::MemberHealth::Pending => return Ok(Err(Action::requeue(ctx.config.heartbeat))),
         super::MemberHealth::Lost => ("MemberLost", format!("member {cluster} is not ready")),
@@ -591,12 +600,12 @@ async fn restart_gang(
     apply_status(ctx, &api, job, &st).await?;
     if matches!(
         reason,
-        "MemberLost" | "Deregistered" | "MemberSchedulerRefused"
+        "MemberLost" | "Deregistered" | "MemberSchedulerRefused" | "MemberDrained"
     ) {
-        let note = if reason == "MemberSchedulerRefused" {
-            format!("{why}; the gang on {from} is withdrawn")
-        } else {
-            format!("{why}: the gang on {from} is lost")
+        let note = match reason {
+            "MemberSchedulerRefused" => format!("{why}; the gang on {from} is withdrawn"),
+            "MemberDrained" => format!("{why}: the gang on {from} is moved elsewhere"),
+            _ => format!("{why}: the gang on {from} is lost"),
         };
         event(ctx, job, true, reason, "Restart", note).await;
     }

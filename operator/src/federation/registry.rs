@@ -43,11 +43,13 @@ impl MemberView {
         self.binding.map(|b| b.mode).unwrap_or_default()
     }
 
-    /// Whether new work may be placed here (a pull member only once a pool admin approved it).
+    /// Whether new work may be placed here (a pull member only once a pool admin approved it;
+    /// none while it is drained).
     pub fn schedulable(&self) -> bool {
         self.ready
             && self.reachable
             && self.spec.schedulable
+            && !self.spec.drain
             && self.spec.approved()
             && self.client.is_some()
     }

@@ -103,6 +103,7 @@ pub fn decide(
             labels: req.labels.clone(),
             price_per_gpu_hour: req.price_per_gpu_hour,
             schedulable: true,
+            drain: false,
             ..Default::default()
         })),
     }

@@ -42,6 +42,8 @@ pub struct MemberInfo {
     pub reason: String,
     /// How GPUs are bound to pods there (decides what caps a node's usable GPUs).
     pub binding: BindingMode,
+    /// Being drained: its jobs move elsewhere (a job's replicas there do not pin it there).
+    pub draining: bool,
 }
 
 /// What a member's `Node` object says.

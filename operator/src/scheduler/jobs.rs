@@ -561,6 +561,21 @@ pub fn decide_inference(cache: &Snapshot, j: &InferenceJob) -> Decision {
     decide_inference_as(cache, j, None, usize::MAX)
 }
 
+/// The member a single-cluster job's new replicas must go to: where its replicas are — unless
+/// that member is drained: then the first replacement chooses the member the others follow.
+fn pinned_member(
+    cache: &Snapshot,
+    policy: &crate::api::ReplicaPlacement,
+    kept: &[Placed],
+) -> Option<String> {
+    if policy.multi_cluster() {
+        return None;
+    }
+    kept.iter()
+        .find(|p| !cache.draining(&p.cluster))
+        .map(|p| p.cluster.clone())
+}
+
 /// [`decide_inference`] on GPUs whose model contains `model` (when set), at most `cap` new
 /// replicas (what the job's queue has room for).
 pub fn decide_inference_as(
@@ -579,11 +594,7 @@ pub fn decide_inference_as(
     missing.truncate(cap.max(1));
     let (cands, member_reasons) = cache.candidates(&req, missing.len());
     let policy = j.spec.effective_placement();
-    let pinned = if policy.multi_cluster() {
-        None
-    } else {
-        kept.first().map(|p| p.cluster.clone())
-    };
+    let pinned = pinned_member(cache, &policy, &kept);
     let mut existing: BTreeMap<String, usize> = BTreeMap::new();
     for p in &kept {
         *existing.entry(p.cluster.clone()).or_default() += 1;

@@ -128,6 +128,11 @@ impl Snapshot {
         }
     }
 
+    /// Whether `member` is being drained.
+    pub fn draining(&self, member: &str) -> bool {
+        self.members.get(member).is_some_and(|m| m.info.draining)
+    }
+
     /// GPU model on a node, when known.
     pub fn model_of(&self, member: &str, node: &str) -> Option<String> {
         let g = self.members.get(member)?.graph(node)?;

@@ -660,6 +660,57 @@ fn placements_carry_the_hub_clock_time_they_were_made() {
 }
 
 #[test]
+fn a_single_cluster_job_leaves_a_drained_member_for_another() {
+    let mut c = pool(&[("a", &[("na", "dgx-h100")]), ("b", &[("nb", "dgx-h100")])]);
+    // Replica 1 runs on member a; replica 0 was let go there by the drain.
+    let mut ij: crate::api::InferenceJob = serde_yaml::from_str(
+        "apiVersion: gpupool.io/v1alpha1\nkind: InferenceJob\nmetadata: {name: web, namespace: default, uid: web-uid}\nspec: {template: {spec: {containers: [{name: main, image: x}]}}, replicas: 2, gpusPerReplica: 1}\nstatus: {placements: [{cluster: a, replicas: [1], gpus: [{node: na, gpuUuids: [GPU-x]}]}]}\n",
+    )
+    .unwrap();
+    ij.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    // Replica 1 runs the current revision.
+    let rev = crate::rollout::revision(&ij.spec);
+    ij.status.as_mut().unwrap().placements[0].gpus[0].revision = rev;
+    let placed_on = |c: &PoolCache| {
+        let Decision::Inference { status, .. } = super::jobs::decide_inference(&c.snapshot(), &ij)
+        else {
+            return Vec::new();
+        };
+        let mut at: Vec<(String, Vec<i32>)> = status
+            .placements
+            .iter()
+            .map(|p| (p.cluster.clone(), p.replicas.clone()))
+            .collect();
+        at.sort();
+        at
+    };
+    // Member a only cordoned: the job stays pinned there and waits.
+    c.set_member(
+        "a",
+        MemberInfo {
+            schedulable: false,
+            reason: "not schedulable".into(),
+            ..Default::default()
+        },
+    );
+    assert!(placed_on(&c).is_empty(), "pinned to its cordoned member");
+    // Drained: replica 0 goes to b, beside replica 1 still on a.
+    c.set_member(
+        "a",
+        MemberInfo {
+            schedulable: false,
+            reason: "being drained".into(),
+            draining: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        placed_on(&c),
+        [("a".to_string(), vec![1]), ("b".to_string(), vec![0])]
+    );
+}
+
+#[test]
 fn written_queue_positions_follow_the_queue_so_no_two_jobs_show_the_same() {
     use std::sync::Arc;
     let mut st = super::State::new();
