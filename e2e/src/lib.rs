@@ -28,7 +28,8 @@ pub use kubectl::Kubectl;
 pub use kwok::{GpuNode, Kwok};
 pub use pool::{
     OPERATOR_NAMESPACE, Operator, api_requests, eventually, ready_with_gpus, record_state,
-    register_member, usage_records, wait_member_ready, wait_running_on, wait_training_phase,
+    register_member, register_member_with, usage_records, wait_member_ready, wait_running_on,
+    wait_training_phase,
 };
 pub use tools::Tools;
 pub use topology::{allocated_uuids, fixture_for_node, node_uuid, publish_fixture};

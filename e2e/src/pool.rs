@@ -24,6 +24,17 @@ pub async fn register_member(
     wallet: &str,
     region: &str,
 ) -> Result<()> {
+    register_member_with(hub, name, &member.kubeconfig_yaml(), wallet, region).await
+}
+
+/// [`register_member`] with the hub reaching the member through `kubeconfig`.
+pub async fn register_member_with(
+    hub: &kube::Client,
+    name: &str,
+    kubeconfig: &str,
+    wallet: &str,
+    region: &str,
+) -> Result<()> {
     let ns: Api<Namespace> = Api::all(hub.clone());
     if ns.get_opt(OPERATOR_NAMESPACE).await?.is_none() {
         let mut n = Namespace::default();
@@ -40,7 +51,7 @@ pub async fn register_member(
     s.data = Some(
         [(
             "kubeconfig".to_string(),
-            ByteString(member.kubeconfig_yaml().into_bytes()),
+            ByteString(kubeconfig.as_bytes().to_vec()),
         )]
         .into(),
     );

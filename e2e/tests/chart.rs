@@ -596,7 +596,26 @@ fn rendered_objects_have_the_expected_shape() {
             .to_string()
             .contains("\"--simulate-dra\"")
     );
-    let token = find(&member, "Secret", "gp-gpupool-hub-token");
+    // The hub gets a bound token it renews: its identity may mint tokens of itself alone, and
+    // no never-expiring token Secret is rendered unless asked for.
+    let renew = find(&member, "Role", "gp-gpupool-hub-access-renew");
+    assert_eq!(
+        renew["rules"][0],
+        serde_json::json!({"apiGroups": [""], "resources": ["serviceaccounts/token"],
+            "resourceNames": ["gp-gpupool-hub"], "verbs": ["create"]})
+    );
+    assert!(
+        !member
+            .iter()
+            .any(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "gp-gpupool-hub-token")
+    );
+    let legacy = docs(&render(&[
+        "--set",
+        "mode=member",
+        "--set",
+        "member.hubAccess.legacyTokenSecret=true",
+    ]));
+    let token = find(&legacy, "Secret", "gp-gpupool-hub-token");
     assert_eq!(token["type"], "kubernetes.io/service-account-token");
     // hostPath access: one library file, read-only, and privileged for the device cgroup.
     let hp = docs(&render(&[

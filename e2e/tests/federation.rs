@@ -944,3 +944,126 @@ async fn a_cordoned_member_keeps_its_jobs_and_a_removed_one_is_drained() {
         "a removal reads as a loss: {events}"
     );
 }
+
+/// A push member whose kubeconfig on the hub carries a bound token (as the chart's NOTES make
+/// it): the operator mints the next token through the member's API server before the one in use
+/// expires, writes it into the kubeconfig Secret, and keeps working with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_push_members_bound_token_is_renewed_before_it_expires() {
+    use gpupool::federation::credential;
+    use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+    gpupool::telemetry::init_logging();
+    let fed = Federation::start(1).await.expect("federation starts");
+    fed.add_nodes(0, &[GpuNode::new("gpu-0", 8, "NVIDIA H100 80GB HBM3")])
+        .await
+        .unwrap();
+    let m = &fed.members[0].cp;
+    let admin = m.client().await.unwrap();
+    publish_fixture(&admin, "dgx-h100", "gpu-0").await.unwrap();
+    // The hub's identity in the member: a ServiceAccount with a binding, and a 10-minute token
+    // (the shortest the API server issues).
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some("gpupool-system".into());
+    let _ = Api::<Namespace>::all(admin.clone())
+        .create(&PostParams::default(), &ns)
+        .await;
+    let mut sa = ServiceAccount::default();
+    sa.metadata.name = Some("gpupool-hub".into());
+    Api::<ServiceAccount>::namespaced(admin.clone(), "gpupool-system")
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    let mut crb = ClusterRoleBinding::default();
+    crb.metadata.name = Some("gpupool-hub".into());
+    crb.role_ref = RoleRef {
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        kind: "ClusterRole".into(),
+        name: "cluster-admin".into(),
+    };
+    crb.subjects = Some(vec![Subject {
+        kind: "ServiceAccount".into(),
+        name: "gpupool-hub".into(),
+        namespace: Some("gpupool-system".into()),
+        ..Default::default()
+    }]);
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&PostParams::default(), &crb)
+        .await
+        .unwrap();
+    let ttl = std::time::Duration::from_secs(600);
+    let first = credential::mint(&admin, "gpupool-system", "gpupool-hub", ttl)
+        .await
+        .unwrap();
+    let ca = std::fs::read(m.dir().join("pki/ca.crt")).unwrap();
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": "member",
+        "clusters": [{"name": "member", "cluster": {"server": m.server_url(),
+            "certificate-authority-data": k8s_openapi::ByteString(ca)}}],
+        "users": [{"name": "gpupool-hub", "user": {"token": first}}],
+        "contexts": [{"name": "member", "context": {"cluster": "member", "user": "gpupool-hub"}}],
+    });
+    let kubeconfig = serde_yaml::to_string(&kubeconfig).unwrap();
+    let old = credential::bound_token(&kubeconfig).expect("a bound token");
+    let hub = fed.hub.client().await.unwrap();
+    gpupool_e2e::register_member_with(&hub, "east", &kubeconfig, WALLET_1, "eu")
+        .await
+        .unwrap();
+    // Renewed 5 s after issue (595 s before its expiry) instead of at two thirds of its life.
+    let mut cfg = Operator::test_config(30);
+    cfg.token_renew_before = Some(std::time::Duration::from_secs(595));
+    let op = Operator::start(hub.clone(), cfg);
+    gpupool_e2e::wait_member_ready(&hub, "east", 60)
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(hub.clone(), gpupool_e2e::OPERATOR_NAMESPACE);
+    let renewed = eventually(60, "the kubeconfig Secret holds a newer token", || async {
+        let s = secrets.get("east-kubeconfig").await?;
+        let text = String::from_utf8(s.data.unwrap_or_default()["kubeconfig"].0.clone())?;
+        Ok(credential::bound_token(&text)
+            .filter(|b| b.expires > old.expires)
+            .map(|b| (b, text)))
+    })
+    .await
+    .unwrap();
+    let (b, text) = renewed;
+    assert_eq!(
+        (b.namespace.as_str(), b.name.as_str(), b.lifetime()),
+        ("gpupool-system", "gpupool-hub", ttl),
+        "the same ServiceAccount, the same lifetime"
+    );
+    // Everything else in the kubeconfig is as the admin wrote it.
+    let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    assert_eq!(
+        v["clusters"][0]["cluster"]["server"],
+        m.server_url().as_str()
+    );
+    // The new token works, and the operator goes on with it: the member stays Ready and takes
+    // a job.
+    let probe = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::from_yaml(&text).unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    probe.apiserver_version().await.unwrap();
+    let tjs: Api<TrainingJob> = Api::namespaced(hub.clone(), "default");
+    let tj: TrainingJob = serde_yaml::from_str(
+        "apiVersion: gpupool.io/v1alpha1\nkind: TrainingJob\nmetadata: {name: after-renewal, namespace: default}\nspec: {template: {spec: {containers: [{name: main, image: trainer}]}}, workers: 1, gpusPerWorker: 2, gpu: {model: H100}}\n",
+    )
+    .unwrap();
+    tjs.create(&PostParams::default(), &tj).await.unwrap();
+    let on = gpupool_e2e::wait_running_on(&tjs, "after-renewal", 90)
+        .await
+        .unwrap();
+    assert_eq!(on, "east");
+    let mc = Api::<MemberCluster>::all(hub.clone())
+        .get("east")
+        .await
+        .unwrap();
+    assert!(gpupool_e2e::ready_with_gpus(&mc), "{:?}", mc.status);
+    drop(op);
+}

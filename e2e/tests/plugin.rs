@@ -433,9 +433,10 @@ async fn why_where_and_members_answer_from_the_hub() {
     // drain gives up naming it. `web` moves to member-2 one replica at a time; the gang restarts
     // and waits (no H100 elsewhere), not counted against its backoffLimit.
     let (ok, _, err) = kubectl_gpupool(&fed, &["drain", "member-1", "--timeout", "20s"]);
+    let last = err.lines().last().unwrap_or_default();
     assert!(
-        !ok && err.contains("inferencejob/default/pinned")
-            && !err.contains("trainingjob/default/fits"),
+        !ok && last.contains("still run there after 20s: inferencejob/default/pinned")
+            && !last.contains("trainingjob/default/fits"),
         "{err}"
     );
     let m = json_of(&fed, &["members", "-o", "json"]);

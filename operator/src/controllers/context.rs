@@ -43,6 +43,9 @@ pub struct Config {
     pub gateway_url: Option<String>,
     /// Reconciles running at once: of MemberClusters, and of jobs in the two [`Lanes`] together.
     pub concurrency: u16,
+    /// When a push member's bound token is renewed: this long before it expires (`None`: at two
+    /// thirds of its life).
+    pub token_renew_before: Option<Duration>,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             concurrency: super::CONTROLLER_CONCURRENCY,
             budget: Default::default(),
             gateway_url: None,
+            token_renew_before: None,
         }
     }
 }

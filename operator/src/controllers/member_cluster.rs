@@ -14,7 +14,6 @@ use crate::meta::names;
 use crate::meta::set_condition;
 use crate::scheduler::MemberInfo;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -171,33 +170,6 @@ pub fn error_policy(_mc: Arc<MemberCluster>, err: &Error, ctx: Arc<Context>) -> 
     Action::requeue(ctx.config.heartbeat)
 }
 
-async fn kubeconfig(
-    mc: &MemberCluster,
-    ctx: &Context,
-) -> std::result::Result<(String, Option<String>), String> {
-    let Some(r) = mc.spec.kubeconfig_ref() else {
-        return Err("no kubeconfigSecretRef".into());
-    };
-    let ns = r
-        .namespace
-        .clone()
-        .unwrap_or_else(|| ctx.config.namespace.clone());
-    let secrets: Api<Secret> = Api::namespaced(ctx.hub.clone(), &ns);
-    let s = match secrets.get_opt(&r.name).await {
-        Ok(Some(s)) => s,
-        Ok(None) => return Err(format!("Secret {ns}/{} not found", r.name)),
-        Err(e) => return Err(format!("reading Secret {ns}/{}: {e}", r.name)),
-    };
-    let data = s
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&r.key))
-        .ok_or_else(|| format!("Secret {ns}/{} has no key {:?}", r.name, r.key))?;
-    let text = String::from_utf8(data.0.clone())
-        .map_err(|_| format!("Secret {ns}/{} key {:?} is not UTF-8", r.name, r.key))?;
-    Ok((text, s.metadata.resource_version.clone()))
-}
-
 /// Why a member cannot be reached: `(reason, message)` for its `Reachable` condition.
 type Problem = (String, String);
 
@@ -323,6 +295,8 @@ fn new_view(mc: &MemberCluster) -> MemberView {
         binding: None,
         kubelet_mismatches: Vec::new(),
         refused_pods: Default::default(),
+        credential: None,
+        credential_error: None,
     }
 }
 
@@ -342,7 +316,7 @@ async fn connect_push(
     view: &mut MemberView,
     was_duplicate: bool,
 ) -> Option<Problem> {
-    let (text, version) = match kubeconfig(mc, ctx).await {
+    let (text, version) = match super::credential::kubeconfig(mc, ctx).await {
         Ok(k) => k,
         Err(e) => return Some(("KubeconfigUnavailable".into(), e)),
     };
@@ -367,6 +341,8 @@ async fn connect_push(
                 .then(|| Arc::new(MemberWatch::start(&w, &name, ctx.member_sink())));
             view.client = Some(MemberLink::Push(c));
             view.secret_version = version;
+            view.credential = crate::federation::credential::bound_token(&text);
+            view.credential_error = None;
             None
         }
         Err(e) => Some(("KubeconfigInvalid".into(), e)),
@@ -419,7 +395,13 @@ async fn probe(
         probe_pull(mc, ctx, view).await
     } else {
         match connect_push(mc, ctx, view, was_duplicate).await {
-            None => probe_push(ctx, view).await,
+            None => {
+                let problem = probe_push(ctx, view).await;
+                if problem.is_none() {
+                    super::credential::renew(mc, ctx, view).await;
+                }
+                problem
+            }
             p => p,
         }
     };

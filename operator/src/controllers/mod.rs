@@ -10,6 +10,7 @@
 
 mod budget;
 mod context;
+mod credential;
 mod error;
 mod inference_job;
 mod member_cluster;
@@ -57,6 +58,10 @@ pub struct RunArgs {
     /// Seconds GPUs that a member's scheduler refused stay out of placement.
     #[arg(long, default_value_t = 600)]
     pub suspect_gpu_seconds: u64,
+    /// Renew a push member's bound token this many seconds before it expires (default: at two
+    /// thirds of its life).
+    #[arg(long, value_name = "SECONDS")]
+    pub member_token_renew_before_seconds: Option<u64>,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: String,
@@ -173,6 +178,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         member_refusal: Duration::from_secs(args.member_refusal_seconds.max(1)),
         suspect_for: Duration::from_secs(args.suspect_gpu_seconds),
         gateway_url: args.gateway_url.clone(),
+        token_renew_before: args
+            .member_token_renew_before_seconds
+            .map(Duration::from_secs),
         member_limits: crate::federation::ClientLimits {
             qps: args.member_qps,
             burst: args.member_burst,

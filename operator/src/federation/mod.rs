@@ -11,6 +11,7 @@
 //! a job's pods from the watch's index.
 
 mod client;
+pub mod credential;
 pub mod dra;
 mod errors;
 mod inventory;

@@ -35,6 +35,11 @@ pub struct MemberView {
     pub kubelet_mismatches: Vec<super::dra::KubeletMismatch>,
     /// Pods (`namespace/name`) whose refusal by the member's scheduler was already reported.
     pub refused_pods: std::collections::BTreeSet<String>,
+    /// The bound token of a push member's kubeconfig, renewed by the operator
+    /// ([`super::credential`]); `None` for other credentials.
+    pub credential: Option<super::credential::BoundToken>,
+    /// Why the last renewal failed (reported once per distinct failure).
+    pub credential_error: Option<String>,
 }
 
 impl MemberView {

@@ -5,8 +5,7 @@ use crate::api::{JoinPhase, JoinRequest, JoinRequestSpec};
 use crate::join::names::JOIN_NAMESPACE;
 use base64::Engine;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use std::time::Duration;
 
@@ -52,32 +51,7 @@ pub async fn client(hub: &HubEndpoint, token: &str) -> anyhow::Result<kube::Clie
     Ok(kube::Client::try_from(cfg)?)
 }
 
-/// Claims of a ServiceAccount token the agent needs (read without verifying: the hub verifies).
-#[derive(Clone, Debug, PartialEq)]
-pub struct TokenClaims {
-    /// `sub`: `system:serviceaccount:<ns>:<name>`.
-    pub subject: String,
-    /// `exp`, unix seconds.
-    pub expires: Option<i64>,
-    /// `iat`, unix seconds.
-    pub issued: Option<i64>,
-}
-
-/// Reads the claims of a JWT.
-pub fn claims(token: &str) -> anyhow::Result<TokenClaims> {
-    let payload = token
-        .split('.')
-        .nth(1)
-        .ok_or_else(|| anyhow::anyhow!("the token is not a JWT"))?;
-    let raw =
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('='))?;
-    let v: serde_json::Value = serde_json::from_slice(&raw)?;
-    Ok(TokenClaims {
-        subject: v["sub"].as_str().unwrap_or_default().to_string(),
-        expires: v["exp"].as_i64(),
-        issued: v["iat"].as_i64(),
-    })
-}
+pub use crate::federation::credential::{TokenClaims, claims};
 
 /// The join token's id (the name of its ServiceAccount and of the request it may create).
 pub fn join_token_id(token: &str) -> anyhow::Result<String> {
@@ -166,20 +140,8 @@ pub const CREDENTIAL_TTL: Duration = Duration::from_secs(24 * 3600);
 /// A token of the member agent's ServiceAccount in its hub namespace, minted with `client`
 /// (the approved join token at first, the agent's own credential when renewing).
 pub async fn mint(client: &kube::Client, ns: &str, ttl: Duration) -> kube::Result<String> {
-    let tr = Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create_token_request(
-            crate::join::names::MEMBER_AGENT_SA,
-            &PostParams::default(),
-            &TokenRequest {
-                spec: Some(TokenRequestSpec {
-                    expiration_seconds: Some(ttl.as_secs() as i64),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )
-        .await?;
-    Ok(tr.status.and_then(|s| s.token).unwrap_or_default())
+    let sa = crate::join::names::MEMBER_AGENT_SA;
+    crate::federation::credential::mint(client, ns, sa, ttl).await
 }
 
 /// Reads the agent's stored credential from its Secret.
