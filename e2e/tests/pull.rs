@@ -1436,5 +1436,61 @@ async fn a_dra_pull_member_binds_the_hubs_exact_gpus_through_resource_claims() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+
+    // The owner's own workload takes a GPU through a claim of its own: the agent reports it,
+    // and the hub counts that GPU busy (as it does for a push member, whose claims it watches).
+    let outside: ResourceClaim = serde_json::from_value(serde_json::json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+        "metadata": {"name": "owners", "namespace": "default"},
+        "spec": {"devices": {"requests": [{"name": "g", "exactly": {"deviceClassName": "gpu.nvidia.com"}}]}},
+    }))
+    .unwrap();
+    let owner_claims: Api<ResourceClaim> = Api::namespaced(member.clone(), "default");
+    owner_claims
+        .create(&PostParams::default(), &outside)
+        .await
+        .unwrap();
+    let owner_pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "owners", "namespace": "default"},
+        "spec": {
+            "containers": [{"name": "c", "image": "busybox", "resources": {"claims": [{"name": "g"}]}}],
+            "resourceClaims": [{"name": "g", "resourceClaimName": "owners"}],
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(member.clone(), "default")
+        .create(&PostParams::default(), &owner_pod)
+        .await
+        .unwrap();
+    let held = eventually(60, "the owner's claim allocated", || async {
+        let (_, u) = gpupool_e2e::allocated_uuids(&owner_claims.get("owners").await?);
+        Ok((u.len() == 1).then_some(u))
+    })
+    .await
+    .unwrap();
+    let held: Vec<String> = held.into_iter().collect();
+    eventually(
+        60,
+        "the report names it and the hub counts 7 GPUs free",
+        || async {
+            let r = reports.get(MEMBER).await?;
+            let named = r.spec.nodes[0].outside_claimed_gpu_uuids == held;
+            let st = mcs.get(MEMBER).await?.status.unwrap_or_default();
+            Ok((named && st.capacity.gpus_free == 7).then_some(()))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    // An 8-GPU worker no longer fits; one of 7 does, never on the owner's GPU.
+    tjs.create(&PostParams::default(), &training_job("seven", 7, None))
+        .await
+        .unwrap();
+    let job = gpupool_e2e::wait_training_phase(&tjs, "seven", TrainingPhase::Running, 90)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let uuids = &job.status.unwrap().workers[0].gpu_uuids;
+    assert!(!uuids.contains(&held[0]), "{uuids:?} includes {held:?}");
     controller.abort();
 }

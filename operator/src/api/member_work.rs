@@ -228,6 +228,10 @@ pub struct NodeReport {
     /// GPUs busy with processes gpupool did not start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub busy_gpu_uuids: Vec<String>,
+    /// On a DRA member: this node's GPUs allocated to ResourceClaims gpupool did not make (the
+    /// hub places nothing on them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outside_claimed_gpu_uuids: Vec<String>,
 }
 
 /// The hub's verdict on a report (the agent cannot write it: its role has no `status` right).

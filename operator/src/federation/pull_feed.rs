@@ -100,6 +100,25 @@ pub fn derive_slice_devices(reports: &[MemberReport]) -> BTreeMap<String, i64> {
         .collect()
 }
 
+/// On a DRA member, the GPUs per node its agent reports as allocated to claims gpupool did not
+/// make — handed to the scheduler's cache as a push member's claim watch hands them. Empty for a
+/// device-plugin member.
+pub fn derive_outside_claims(reports: &[MemberReport]) -> BTreeMap<String, Vec<String>> {
+    let current = pull::current_report(reports);
+    let dra = current
+        .first()
+        .is_some_and(|r| r.spec.binding_mode == Some(BindingMode::Dra));
+    if !dra {
+        return BTreeMap::new();
+    }
+    current
+        .iter()
+        .flat_map(|r| r.spec.nodes.iter())
+        .filter(|n| !n.outside_claimed_gpu_uuids.is_empty())
+        .map(|n| (n.name.clone(), n.outside_claimed_gpu_uuids.clone()))
+        .collect()
+}
+
 /// The pods of one work by `namespace/name`, as the member reported them.
 pub fn derive_pods(work: &MemberWork) -> BTreeMap<String, Pod> {
     pull::inventory(&[], std::slice::from_ref(work))
@@ -338,6 +357,7 @@ impl Feed {
         self.topo_mirror
             .update(t, first, &mut |c| sink.topology(member, c));
         sink.slice_devices(member, derive_slice_devices(&reports));
+        sink.outside_claims(member, derive_outside_claims(&reports));
         self.reports_changed = false;
     }
 
@@ -396,6 +416,7 @@ mod tests {
                         links: vec![],
                     }),
                     busy_gpu_uuids: busy.iter().map(|s| s.to_string()).collect(),
+                    outside_claimed_gpu_uuids: vec![],
                 }],
             },
         )
@@ -425,8 +446,20 @@ mod tests {
         assert!(derive_slice_devices(std::slice::from_ref(&r)).is_empty());
         r.spec.binding_mode = Some(BindingMode::Dra);
         assert_eq!(
-            derive_slice_devices(&[r]),
+            derive_slice_devices(std::slice::from_ref(&r)),
             BTreeMap::from([("gpu-0".to_string(), 6)])
+        );
+        // GPUs the agent found allocated to claims gpupool did not make: busy for the hub.
+        assert!(derive_outside_claims(std::slice::from_ref(&r)).is_empty());
+        r.spec.nodes[0].outside_claimed_gpu_uuids = vec!["GPU-3".into()];
+        assert_eq!(
+            derive_outside_claims(std::slice::from_ref(&r)),
+            BTreeMap::from([("gpu-0".to_string(), vec!["GPU-3".to_string()])])
+        );
+        r.spec.binding_mode = Some(BindingMode::DevicePlugin);
+        assert!(
+            derive_outside_claims(&[r]).is_empty(),
+            "only a DRA member's"
         );
     }
 

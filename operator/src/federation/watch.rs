@@ -52,8 +52,8 @@ pub trait MemberSink: Send + Sync {
     /// The ResourceSlices changed: GPU devices of NVIDIA's DRA driver per node, all of them.
     fn slice_devices(&self, member: &str, per_node: std::collections::BTreeMap<String, i64>);
     /// The ResourceClaims outside gpupool or the ResourceSlices changed: the GPU UUIDs per node
-    /// that claims gpupool did not make hold, all of them. (A pull member's agent reports no
-    /// claims; its feed never calls this.)
+    /// that claims gpupool did not make hold, all of them (a pull member's: as its agent
+    /// reports them).
     fn outside_claims(
         &self,
         _member: &str,

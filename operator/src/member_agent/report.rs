@@ -20,7 +20,7 @@ pub const SHARD_BYTES: usize = 512 * 1024;
 pub fn node_reports(
     nodes: Vec<Node>,
     topologies: Vec<GpuTopology>,
-    dra: Option<&BTreeMap<String, i64>>,
+    dra: Option<&DraInventory>,
 ) -> Vec<NodeReport> {
     let mut topo: BTreeMap<String, GpuTopology> = topologies
         .into_iter()
@@ -32,7 +32,8 @@ pub fn node_reports(
         let t = topo.remove(&name);
         let gpus = match dra {
             None => allocatable_gpus(&n),
-            Some(slices) => slices
+            Some(d) => d
+                .devices
                 .get(&name)
                 .copied()
                 .or_else(|| t.as_ref().map(|t| t.spec.gpus.len() as i64))
@@ -42,6 +43,9 @@ pub fn node_reports(
             continue;
         }
         let ready = node_ready(&n);
+        let outside = dra
+            .and_then(|d| d.outside_claims.get(&name).cloned())
+            .unwrap_or_default();
         out.push(NodeReport {
             name,
             ready,
@@ -52,10 +56,20 @@ pub fn node_reports(
                 .map(|s| s.gpus_in_use.clone())
                 .unwrap_or_default(),
             topology: t.map(|t| t.spec),
+            outside_claimed_gpu_uuids: outside,
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// What a DRA member's ResourceSlices and ResourceClaims say, per node.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DraInventory {
+    /// GPU devices of NVIDIA's driver.
+    pub devices: BTreeMap<String, i64>,
+    /// UUIDs of GPUs allocated to claims gpupool did not make.
+    pub outside_claims: BTreeMap<String, Vec<String>>,
 }
 
 /// Splits nodes (in order) into shards whose serialized size stays below `max_bytes`; always at
@@ -116,17 +130,30 @@ mod tests {
             GpuTopology::new(node, spec)
         };
         let nodes = vec![node("cpu", 0), node("sliced", 0), node("published", 0)];
-        let slices: BTreeMap<String, i64> = [("sliced".to_string(), 6)].into();
+        // One GPU of "sliced" is allocated to a claim gpupool did not make.
+        let dra = DraInventory {
+            devices: [("sliced".to_string(), 6)].into(),
+            outside_claims: [("sliced".to_string(), vec!["GPU-o".to_string()])].into(),
+        };
         let r = node_reports(
             nodes.clone(),
             vec![topo("sliced"), topo("published")],
-            Some(&slices),
+            Some(&dra),
         );
-        let got: Vec<(&str, i64, bool)> = r
+        let got: Vec<(&str, i64, bool, Vec<String>)> = r
             .iter()
-            .map(|n| (n.name.as_str(), n.gpus, n.topology.is_some()))
+            .map(|n| {
+                let outside = n.outside_claimed_gpu_uuids.clone();
+                (n.name.as_str(), n.gpus, n.topology.is_some(), outside)
+            })
             .collect();
-        assert_eq!(got, [("published", 8, true), ("sliced", 6, true)]);
+        assert_eq!(
+            got,
+            [
+                ("published", 8, true, vec![]),
+                ("sliced", 6, true, vec!["GPU-o".to_string()])
+            ]
+        );
         // The same nodes read as device-plugin nodes offer nothing.
         assert!(node_reports(nodes, vec![topo("sliced")], None).is_empty());
     }
@@ -140,6 +167,7 @@ mod tests {
                 gpus: 8,
                 topology: None,
                 busy_gpu_uuids: vec![format!("GPU-{i}")],
+                outside_claimed_gpu_uuids: vec![],
             })
             .collect();
         let one = serde_json::to_vec(&nodes[0]).unwrap().len() + 1;

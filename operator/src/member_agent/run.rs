@@ -794,28 +794,50 @@ async fn binding_mode(member: &kube::Client) -> kube::Result<BindingMode> {
 
 /// GPU devices per node in the member's ResourceSlices ([`dra::gpu_devices_per_node`]). Without
 /// the right to list them each node offers its published GPUs (said once, in `said`).
-async fn slice_devices(
+/// A DRA member's GPU devices per node from its ResourceSlices, and the GPUs claims gpupool did
+/// not make hold (its own carry the job label). A role without the right to list one of them
+/// is said once and reads as empty.
+async fn dra_inventory(
     member: &kube::Client,
     said: &mut bool,
-) -> kube::Result<BTreeMap<String, i64>> {
-    let slices = match Api::<ResourceSlice>::all(member.clone())
-        .list(&ListParams::default())
-        .await
-    {
-        Ok(l) => l.items,
+) -> kube::Result<report::DraInventory> {
+    let slices: Vec<Arc<ResourceSlice>> = listed_or_forbidden(
+        Api::<ResourceSlice>::all(member.clone()),
+        &ListParams::default(),
+        said,
+    )
+    .await?;
+    let outside = ListParams::default().labels(&format!("!{}", labels::JOB_UID));
+    let claims: Vec<Arc<ResourceClaim>> =
+        listed_or_forbidden(Api::<ResourceClaim>::all(member.clone()), &outside, said).await?;
+    Ok(report::DraInventory {
+        devices: dra::gpu_devices_per_node(&slices),
+        outside_claims: dra::claimed_gpus_per_node(&slices, &claims),
+    })
+}
+
+/// The objects `api` lists, or none when the agent's role may not list them (said once).
+async fn listed_or_forbidden<K>(
+    api: Api<K>,
+    lp: &ListParams,
+    said: &mut bool,
+) -> kube::Result<Vec<Arc<K>>>
+where
+    K: Clone + std::fmt::Debug + serde::de::DeserializeOwned + kube::Resource,
+{
+    match api.list(lp).await {
+        Ok(l) => Ok(l.items.into_iter().map(Arc::new).collect()),
         Err(kube::Error::Api(e)) if e.code == 403 => {
             if !std::mem::replace(said, true) {
                 tracing::warn!(
                     error = %e.message,
-                    "cannot list ResourceSlices (the agent's role lacks it): reporting each node's published GPUs"
+                    "cannot list the member's ResourceSlices or ResourceClaims (the agent's role lacks it): reporting each node's published GPUs"
                 );
             }
-            Vec::new()
+            Ok(Vec::new())
         }
-        Err(e) => return Err(e),
-    };
-    let slices: Vec<Arc<ResourceSlice>> = slices.into_iter().map(Arc::new).collect();
-    Ok(dra::gpu_devices_per_node(&slices))
+        Err(e) => Err(e),
+    }
 }
 
 /// What the agent reports about its member: the API server's version, how GPUs are bound and
@@ -882,8 +904,8 @@ async fn read_inventory(
             mode
         }
     };
-    let slices = match mode {
-        BindingMode::Dra => Some(slice_devices(member, slices_forbidden_said).await?),
+    let dra = match mode {
+        BindingMode::Dra => Some(dra_inventory(member, slices_forbidden_said).await?),
         BindingMode::DevicePlugin => None,
     };
     let nodes = Api::<Node>::all(member.clone())
@@ -895,7 +917,7 @@ async fn read_inventory(
         .or_absent()?
         .map(|l| l.items)
         .unwrap_or_default();
-    let nodes = report::node_reports(nodes.items, topologies, slices.as_ref());
+    let nodes = report::node_reports(nodes.items, topologies, dra.as_ref());
     Ok((version, mode, nodes))
 }
 

@@ -80,6 +80,7 @@ fn report(shard: i32, shards: i32, at: &str, nodes: &[&str]) -> MemberReport {
                     gpus: 8,
                     topology: None,
                     busy_gpu_uuids: vec![format!("GPU-{n}")],
+                    outside_claimed_gpu_uuids: vec![],
                 })
                 .collect(),
         },
