@@ -148,14 +148,33 @@ async fn check_sandboxed(member: &kube::Client, job: &str, what: &str) {
         .await
         .unwrap();
     assert_eq!(password(&owners), "owner", "{what}: the owner's Secret");
-    if what == "push" {
-        let refs = copy.metadata.owner_references.unwrap_or_default();
-        assert!(
-            refs.iter()
-                .any(|r| Some(&r.uid) == pods[0].metadata.uid.as_ref()),
-            "push: the copy is owned by the pod that uses it: {refs:?}"
-        );
-    }
+    // The copy is owned by the pod that uses it (push: the operator links them; pull: the
+    // agent), so the member's garbage collector deletes it with the job's last pod.
+    let owned = eventually(30, "the copy owned by the pod", || async {
+        let c = Api::<Secret>::namespaced(member.clone(), &tenant_ns)
+            .get("owner-db-password")
+            .await?;
+        let refs = c.metadata.owner_references.unwrap_or_default();
+        Ok(refs
+            .iter()
+            .any(|r| Some(&r.uid) == pods[0].metadata.uid.as_ref())
+            .then_some(()))
+    })
+    .await;
+    assert!(owned.is_ok(), "{what}: {owned:?}");
+}
+
+/// Once the job is gone from the hub, no copy of the hub's Secret stays in the member.
+async fn check_copies_leave(member: &kube::Client, what: &str) {
+    let tenant_ns = tenant::namespace_name("default");
+    let gone = eventually(60, "the Secret copy deleted with the job's pod", || async {
+        let left = Api::<Secret>::namespaced(member.clone(), &tenant_ns)
+            .get_opt("owner-db-password")
+            .await?;
+        Ok(left.is_none().then_some(()))
+    })
+    .await;
+    assert!(gone.is_ok(), "{what}: {gone:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,6 +204,8 @@ async fn push_member_pods_run_in_the_tenant_namespace_with_the_hubs_config_only(
         .await
         .unwrap();
     check_sandboxed(&member, "leaky", "push").await;
+    tjs.delete("leaky", &Default::default()).await.unwrap();
+    check_copies_leave(&member, "push").await;
 
     // A member namespace of the tenant's name that the owner made is never used.
     let owners_ns = tenant::namespace_name("owned");
@@ -314,6 +335,8 @@ async fn pull_member_pods_run_in_the_tenant_namespace_with_the_hubs_config_only(
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
     check_sandboxed(&member, "leaky", "pull").await;
+    tjs.delete("leaky", &Default::default()).await.unwrap();
+    check_copies_leave(&member, "pull").await;
     controller.abort();
 }
 

@@ -266,6 +266,44 @@ pub fn by_work(want: &Wanted) -> BTreeMap<&str, Vec<&ObjectKey>> {
     out
 }
 
+/// For each Secret or ConfigMap copy the works want, the wanted pods of its namespace that
+/// reference it: they are made its owners in the member, so that the member's garbage collector
+/// deletes a copy with the last pod that used it (a copy may serve several jobs of one tenant
+/// namespace; the agent may not list or read Secrets). Only pods of namespaces that hold copies
+/// are read.
+pub fn copy_users(want: &Wanted) -> BTreeMap<&ObjectKey, Vec<&ObjectKey>> {
+    let copies: Vec<&ObjectKey> = want
+        .keys()
+        .filter(|(k, ..)| k == "Secret" || k == "ConfigMap")
+        .collect();
+    let namespaces: BTreeSet<&str> = copies.iter().map(|(_, ns, _)| ns.as_str()).collect();
+    let mut out: BTreeMap<&ObjectKey, Vec<&ObjectKey>> = BTreeMap::new();
+    for (key, (_, manifest)) in want {
+        let (kind, ns, _) = key;
+        if kind != "Pod" || !namespaces.contains(ns.as_str()) {
+            continue;
+        }
+        let Ok(spec) = serde_json::from_value::<k8s_openapi::api::core::v1::PodSpec>(
+            manifest.get("spec").cloned().unwrap_or_default(),
+        ) else {
+            continue;
+        };
+        let refs = tenant::config_refs(&spec);
+        for c in &copies {
+            let (ck, cns, cname) = c;
+            let used = cns == ns
+                && match ck.as_str() {
+                    "Secret" => refs.secrets.contains(cname),
+                    _ => refs.config_maps.contains(cname),
+                };
+            if used {
+                out.entry(*c).or_default().push(key);
+            }
+        }
+    }
+    out
+}
+
 /// Objects the agent applied that no work wants any more.
 pub fn orphans<'a>(
     existing: impl IntoIterator<Item = &'a ObjectKey>,
@@ -554,6 +592,44 @@ mod tests {
         // A work that is gone is forgotten; one without a generation is prepared every time.
         p.desired(&[work("c", vec![])], &policy());
         assert!(p.by_uid.is_empty());
+    }
+
+    #[test]
+    fn a_copy_is_owned_by_the_pods_that_use_it() {
+        let key = |k: &str, ns: &str, n: &str| (k.to_string(), ns.to_string(), n.to_string());
+        let mut want: Wanted = BTreeMap::new();
+        let mut put = |k: ObjectKey, v: Value| {
+            want.insert(k, ("w".into(), Arc::new(v)));
+        };
+        put(key("Secret", "gpupool-ml", "db"), json!({}));
+        put(key("ConfigMap", "gpupool-ml", "cfg"), json!({}));
+        let env_secret = json!({"containers": [{"name": "c", "env": [{"name": "P",
+            "valueFrom": {"secretKeyRef": {"name": "db", "key": "p"}}}]}]});
+        put(
+            key("Pod", "gpupool-ml", "a"),
+            pod("gpupool-ml", "a", env_secret),
+        );
+        let both = json!({"containers": [{"name": "c"}], "volumes": [
+            {"name": "s", "secret": {"secretName": "db"}},
+            {"name": "c", "configMap": {"name": "cfg"}}]});
+        put(key("Pod", "gpupool-ml", "b"), pod("gpupool-ml", "b", both));
+        put(
+            key("Pod", "gpupool-ml", "plain"),
+            pod(
+                "gpupool-ml",
+                "plain",
+                json!({"containers": [{"name": "c"}]}),
+            ),
+        );
+        // A pod of another tenant namespace using a Secret of the same name owns nothing here.
+        let other = json!({"containers": [{"name": "c"}], "volumes": [{"name": "s", "secret": {"secretName": "db"}}]});
+        put(key("Pod", "gpupool-cv", "o"), pod("gpupool-cv", "o", other));
+        let users = copy_users(&want);
+        let names =
+            |k: &ObjectKey| -> Vec<&str> { users[k].iter().map(|(_, _, n)| n.as_str()).collect() };
+        assert_eq!(names(&key("Secret", "gpupool-ml", "db")), ["a", "b"]);
+        assert_eq!(names(&key("ConfigMap", "gpupool-ml", "cfg")), ["b"]);
+        assert_eq!(users.len(), 2);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use kube::api::{
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -475,6 +475,9 @@ async fn apply_loop(
     let mut preparer = apply::Preparer::default();
     // Pods this agent created that its pod watch has not shown yet: they hold their GPUs too.
     let mut recent: Recent = HashMap::new();
+    // Owner links already written from Secret/ConfigMap copies to the pods that use them.
+    let mut copy_owners: HashSet<(ObjectKey, String)> = HashSet::new();
+    let mut copies_wait = false;
     loop {
         let full = tokio::time::Instant::now() >= next_full;
         if full {
@@ -525,9 +528,13 @@ async fn apply_loop(
             existing.extend(applied_keys(claims));
             delete_unwanted(&member, &existing, &want).await;
         }
+        if changed || copies_wait {
+            copies_wait = own_copies(&member, &want, pods, &mut copy_owners).await;
+        }
         // A pod waiting for GPUs another pod still holds is tried again shortly: the holder's
-        // deletion is a pod event, which does not wake this loop (only work changes do).
-        let next = if deferred {
+        // deletion is a pod event, which does not wake this loop (only work changes do). So is
+        // a copy whose pods the watch has not shown yet.
+        let next = if deferred || copies_wait {
             next_full.min(tokio::time::Instant::now() + DEFERRED_RETRY)
         } else {
             next_full
@@ -642,6 +649,55 @@ fn record_applied(
     st.generations.retain(|uid, _| live.contains(uid));
     st.errors.retain(|n, _| names.contains(n));
     withdrawn
+}
+
+/// Makes the pods that use each Secret or ConfigMap copy its owners (a strategic merge: added
+/// to those it has), so that the member's garbage collector deletes a copy with the last pod
+/// that used it — a withdrawn work leaves no copy of the hub's Secrets behind. Links already
+/// written (`done`) are not written again. Whether a user pod is not in the watch yet (its link
+/// is to be made on a later pass).
+async fn own_copies(
+    member: &kube::Client,
+    want: &apply::Wanted,
+    pods: &Store<Pod>,
+    done: &mut HashSet<(ObjectKey, String)>,
+) -> bool {
+    done.retain(|(copy, _)| want.contains_key(copy));
+    let mut unseen = false;
+    for (copy, users) in apply::copy_users(want) {
+        let new: Vec<(String, String)> = users
+            .iter()
+            .filter_map(|(_, ns, name)| {
+                let p = pods.get(&ObjectRef::new(name).within(ns));
+                unseen |= p.is_none();
+                p
+            })
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| Some((p.name_any(), p.uid()?)))
+            .filter(|(_, uid)| !done.contains(&(copy.clone(), uid.clone())))
+            .collect();
+        if new.is_empty() {
+            continue;
+        }
+        let owners: Vec<serde_json::Value> = new
+            .iter()
+            .map(|(name, uid)| {
+                serde_json::json!({"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid})
+            })
+            .collect();
+        let (kind, ns, name) = copy;
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(member.clone(), ns, &kind_resource(kind));
+        let patch = serde_json::json!({"metadata": {"ownerReferences": owners}});
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await
+        {
+            Ok(_) => done.extend(new.into_iter().map(|(_, uid)| (copy.clone(), uid))),
+            Err(e) => tracing::warn!(%kind, %ns, %name, error = %e, "owning a copy"),
+        }
+    }
+    unseen
 }
 
 /// Deletes what the agent applied (`existing`) that no work wants.
