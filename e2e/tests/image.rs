@@ -7,7 +7,6 @@
 use anyhow::{Context, Result, bail, ensure};
 use gpupool_e2e::{ControlPlane, operator_bin, repo_root};
 use serde_json::{Value, json};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -59,28 +58,6 @@ fn build_images(out: &Path) -> String {
         String::from_utf8_lossy(&res.stderr)
     );
     String::from_utf8(res.stdout).unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET path` on 127.0.0.1:port: the status code, or None when nothing answers.
-fn http_status(port: u16, path: &str) -> Option<u16> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The runtime bundle's config for the test run: `gpupool run` against `kubeconfig` (mounted
@@ -232,7 +209,7 @@ async fn images_are_non_root_with_an_entrypoint_and_labels_and_the_operator_star
 
     let hub = ControlPlane::start("image").await.context("hub starts")?;
     gpupool_e2e::install_crds(&hub).await?;
-    let port = free_port();
+    let port = gpupool_e2e::http::free_port();
     let spec_path = bundle.join("config.json");
     let mut spec: Value = serde_json::from_slice(&std::fs::read(&spec_path)?)?;
     ensure!(
@@ -262,8 +239,8 @@ async fn images_are_non_root_with_an_entrypoint_and_labels_and_the_operator_star
     let (mut healthz, mut readyz) = (None, None);
     while Instant::now() < deadline && !(healthz == Some(200) && readyz == Some(200)) {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        healthz = http_status(port, "/healthz");
-        readyz = http_status(port, "/readyz");
+        healthz = gpupool_e2e::http::get(port, "/healthz").map(|r| r.0);
+        readyz = gpupool_e2e::http::get(port, "/readyz").map(|r| r.0);
     }
     let logs = std::fs::read_to_string(dir.path().join("operator.log")).unwrap_or_default();
     ensure!(

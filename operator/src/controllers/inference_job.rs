@@ -22,12 +22,18 @@ use std::time::Duration;
 
 /// Reconciles one InferenceJob.
 pub async fn reconcile(job: Arc<InferenceJob>, ctx: Arc<Context>) -> Result<Action> {
-    reconcile_finalized(&ctx, ("inferencejob", Lane::Other), job, |ev| async {
-        match ev {
-            Finalizer::Apply(job) => apply(&job, &ctx).await,
-            Finalizer::Cleanup(job) => cleanup_job(&*job, &ctx).await,
-        }
-    })
+    let newest = ctx.scheduler.inference_store();
+    reconcile_finalized(
+        &ctx,
+        ("inferencejob", Lane::Other),
+        (job, newest),
+        |ev| async {
+            match ev {
+                Finalizer::Apply(job) => apply(&job, &ctx).await,
+                Finalizer::Cleanup(job) => cleanup_job(&*job, &ctx).await,
+            }
+        },
+    )
     .await
 }
 

@@ -7,6 +7,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -69,10 +70,16 @@ pub async fn event<K: Resource<DynamicType = ()>>(
 }
 
 /// Runs a namespaced job's reconcile under the cleanup finalizer and records its metrics.
+///
+/// A reconcile may wait for its lane's permit while the job changes on the hub (the scheduler
+/// writes a placement, a pod report lands): once the permit is held it works on the newest
+/// version the watch holds (`newest`, from the store the controller reads), not the one it was
+/// started with — acting on the older one only earns a 409 on its conditional status write, and
+/// another round.
 pub async fn reconcile_finalized<K, F, Fut>(
     ctx: &Context,
     (controller, lane): (&str, super::Lane),
-    obj: Arc<K>,
+    (obj, newest): (Arc<K>, Option<Store<K>>),
     reconcile: F,
 ) -> Result<Action>
 where
@@ -85,6 +92,9 @@ where
     Fut: std::future::Future<Output = Result<Action>>,
 {
     let _slot = ctx.lanes.enter(lane).await;
+    let obj = newest
+        .and_then(|s| s.get(&ObjectRef::from_obj(&*obj)))
+        .unwrap_or(obj);
     let t0 = Instant::now();
     let ns = obj
         .namespace()

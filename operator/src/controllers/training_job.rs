@@ -19,7 +19,8 @@ use std::time::Duration;
 /// Reconciles one TrainingJob.
 pub async fn reconcile(job: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action> {
     let lane = lane(&job, &ctx).await;
-    reconcile_finalized(&ctx, ("trainingjob", lane), job, |ev| async {
+    let newest = ctx.scheduler.training_store();
+    reconcile_finalized(&ctx, ("trainingjob", lane), (job, newest), |ev| async {
         match ev {
             Finalizer::Apply(job) => apply(&job, &ctx).await,
             Finalizer::Cleanup(job) => cleanup_job(&*job, &ctx).await,

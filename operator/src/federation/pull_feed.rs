@@ -81,11 +81,11 @@ pub fn derive_inventory(
     )
 }
 
-/// On a DRA member, the GPUs its agent reports per node are the node's GPU devices in its
-/// ResourceSlices (or its published GPU count while it has none): they are handed to the
-/// scheduler's cache as the slice devices, which cap a DRA member's nodes as they do a push
-/// member's. Empty for a device-plugin member (its nodes are capped by the allocatable).
-pub fn derive_slice_devices(reports: &[MemberReport]) -> BTreeMap<String, i64> {
+/// `f` of each node of the current reports, when the member binds with DRA (empty otherwise).
+fn dra_nodes<T>(
+    reports: &[MemberReport],
+    f: impl Fn(&crate::api::NodeReport) -> Option<T>,
+) -> BTreeMap<String, T> {
     let current = pull::current_report(reports);
     let dra = current
         .first()
@@ -96,27 +96,26 @@ pub fn derive_slice_devices(reports: &[MemberReport]) -> BTreeMap<String, i64> {
     current
         .iter()
         .flat_map(|r| r.spec.nodes.iter())
-        .map(|n| (n.name.clone(), n.gpus))
+        .filter_map(|n| Some((n.name.clone(), f(n)?)))
         .collect()
+}
+
+/// On a DRA member, the GPUs its agent reports per node are the node's GPU devices in its
+/// ResourceSlices (or its published GPU count while it has none): they are handed to the
+/// scheduler's cache as the slice devices, which cap a DRA member's nodes as they do a push
+/// member's. Empty for a device-plugin member (its nodes are capped by the allocatable).
+pub fn derive_slice_devices(reports: &[MemberReport]) -> BTreeMap<String, i64> {
+    dra_nodes(reports, |n| Some(n.gpus))
 }
 
 /// On a DRA member, the GPUs per node its agent reports as allocated to claims gpupool did not
 /// make — handed to the scheduler's cache as a push member's claim watch hands them. Empty for a
 /// device-plugin member.
 pub fn derive_outside_claims(reports: &[MemberReport]) -> BTreeMap<String, Vec<String>> {
-    let current = pull::current_report(reports);
-    let dra = current
-        .first()
-        .is_some_and(|r| r.spec.binding_mode == Some(BindingMode::Dra));
-    if !dra {
-        return BTreeMap::new();
-    }
-    current
-        .iter()
-        .flat_map(|r| r.spec.nodes.iter())
-        .filter(|n| !n.outside_claimed_gpu_uuids.is_empty())
-        .map(|n| (n.name.clone(), n.outside_claimed_gpu_uuids.clone()))
-        .collect()
+    dra_nodes(reports, |n| {
+        let held = &n.outside_claimed_gpu_uuids;
+        (!held.is_empty()).then(|| held.clone())
+    })
 }
 
 /// The pods of one work by `namespace/name`, as the member reported them.

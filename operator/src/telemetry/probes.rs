@@ -48,46 +48,32 @@ pub struct Pulse {
 }
 
 impl Pulse {
+    /// Changes this pulse's check.
+    fn update(&self, f: impl FnOnce(&mut Check)) {
+        let mut checks = self.inner.checks.lock().expect("checks lock");
+        if let Some(c) = checks.get_mut(self.index) {
+            f(c);
+        }
+    }
+
     /// The loop made a turn.
     pub fn beat(&self) {
-        if let Some(c) = self
-            .inner
-            .checks
-            .lock()
-            .expect("checks lock")
-            .get_mut(self.index)
-        {
+        self.update(|c| {
             c.last = Instant::now();
             c.resting = false;
-        }
+        });
     }
 
     /// The loop is not running for a legitimate reason (e.g. waiting for an admin): no beat is
     /// due until the next one.
     pub fn rest(&self) {
-        if let Some(c) = self
-            .inner
-            .checks
-            .lock()
-            .expect("checks lock")
-            .get_mut(self.index)
-        {
-            c.resting = true;
-        }
+        self.update(|c| c.resting = true);
     }
 }
 
 impl Drop for Pulse {
     fn drop(&mut self) {
-        if let Some(c) = self
-            .inner
-            .checks
-            .lock()
-            .expect("checks lock")
-            .get_mut(self.index)
-        {
-            c.stopped = true;
-        }
+        self.update(|c| c.stopped = true);
     }
 }
 
