@@ -66,7 +66,7 @@ pub(super) async fn renew(mc: &MemberCluster, ctx: &Context, view: &mut MemberVi
                 "renewed the member's token of ServiceAccount {}/{}; the next one expires at {expires}",
                 b.namespace, b.name
             );
-            event(ctx, mc, false, "CredentialRenewed", "Renew", note).await;
+            event(ctx, mc, false, "CredentialRenewed", "Renew", note);
         }
         Err(e) => {
             tracing::warn!(member = %mc.name_any(), error = %e, "renewing the member token");
@@ -77,7 +77,7 @@ pub(super) async fn renew(mc: &MemberCluster, ctx: &Context, view: &mut MemberVi
                         .map(|t| t.to_string())
                         .unwrap_or_default()
                 );
-                event(ctx, mc, true, "CredentialRenewalFailed", "Renew", note).await;
+                event(ctx, mc, true, "CredentialRenewalFailed", "Renew", note);
                 view.credential_error = Some(e);
             }
         }

@@ -286,7 +286,7 @@ async fn sort_on_member(
             ctx.config.member_refusal.as_secs(),
             r.message
         );
-        event(ctx, job, true, "MemberSchedulerRefused", "Replace", note).await;
+        event(ctx, job, true, "MemberSchedulerRefused", "Replace", note);
         out.refused.push(p);
         return;
     }
@@ -312,7 +312,7 @@ async fn withdraw(
             _ => ("MemberLost", "is not ready"),
         };
         let note = format!("member {c} {why}; replicas {idx:?} will be re-placed");
-        event(ctx, job, true, reason, "Replace", note).await;
+        event(ctx, job, true, reason, "Replace", note);
     }
     for p in s.scaled_down.iter().chain(&s.refused).chain(&s.vanished) {
         delete_replica(members, job, p).await?;
@@ -323,7 +323,7 @@ async fn withdraw(
             "member {} is being drained: replica {} on node {} deleted; placing it elsewhere",
             p.cluster, p.pod.index, p.pod.node
         );
-        event(ctx, job, false, "ReplicaDrained", "Replace", note).await;
+        event(ctx, job, false, "ReplicaDrained", "Replace", note);
     }
     for p in &s.failed {
         delete_replica(members, job, p).await?;
@@ -331,7 +331,7 @@ async fn withdraw(
             "replica {} on {}/{} failed; re-placing it",
             p.pod.index, p.cluster, p.pod.node
         );
-        event(ctx, job, true, "ReplicaFailed", "Replace", note).await;
+        event(ctx, job, true, "ReplicaFailed", "Replace", note);
     }
     Ok(())
 }
@@ -705,7 +705,7 @@ async fn apply(job: &InferenceJob, ctx: &Context) -> Result<Action> {
         apply_status(ctx, &api, job, &st).await?;
     }
     for (reason, note) in step.events.into_iter().chain(done) {
-        event(ctx, job, false, reason, "Rollout", note).await;
+        event(ctx, job, false, reason, "Rollout", note);
     }
     // Pod changes, member readiness and placements wake the job; a refusal by a member's
     // scheduler that has not lasted long enough yet needs a timer, and every job is looked at

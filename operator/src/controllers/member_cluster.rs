@@ -161,7 +161,7 @@ async fn drain(
         }
     }
     tracing::info!(cluster = %name, reason, note, "member removed");
-    event(ctx, mc, warning, reason, "Deregister", note).await;
+    event(ctx, mc, warning, reason, "Deregister", note);
 }
 
 /// Retries a failed reconcile after a short delay.
@@ -691,7 +691,7 @@ async fn sweep(
                 "this cluster was removed from the pool while unreachable; deleted {n} pods of \
                  jobs that moved away, with their Services and claims"
             );
-            event(ctx, mc, false, "LeftoversSwept", "Sweep", note).await
+            event(ctx, mc, false, "LeftoversSwept", "Sweep", note)
         }
         Ok(None) => {}
         Err(e) => {
@@ -726,7 +726,7 @@ async fn report_pods(mc: &MemberCluster, ctx: &Context, view: &mut MemberView, s
             m.assigned.join(","),
             m.chosen.join(",")
         );
-        event(ctx, mc, true, "KubeletChoseOtherGPUs", "Reconcile", note).await;
+        event(ctx, mc, true, "KubeletChoseOtherGPUs", "Reconcile", note);
     }
     let refused = crate::federation::dra::scheduler_refusals(&pods);
     let key = |namespace: &str, pod: &str| format!("{namespace}/{pod}");
@@ -741,7 +741,7 @@ async fn report_pods(mc: &MemberCluster, ctx: &Context, view: &mut MemberView, s
             "the member's scheduler cannot place pod {}/{}: {}",
             r.namespace, r.pod, r.message
         );
-        event(ctx, mc, true, "MemberSchedulerRefused", "Reconcile", note).await;
+        event(ctx, mc, true, "MemberSchedulerRefused", "Reconcile", note);
     }
 }
 
@@ -762,15 +762,15 @@ async fn announce(
         (c.status == "True") == supply_ok && c.message == supply_msg
     });
     if supply_changed && !supply_ok && b.view.reachable && b.synced {
-        event(ctx, mc, true, "SupplyRejected", "Verify", supply_msg).await;
+        event(ctx, mc, true, "SupplyRejected", "Verify", supply_msg);
     }
     if !was_duplicate && let Some(msg) = &b.identity.duplicate {
         let reason = crate::api::DUPLICATE_CLUSTER;
-        event(ctx, mc, true, reason, "Verify", msg.clone()).await;
+        event(ctx, mc, true, reason, "Verify", msg.clone());
     }
     if b.view.spec.drain && !prev.is_some_and(|p| p.spec.drain) {
         let note = format!("member {name} is being drained: its jobs move to other members");
-        event(ctx, mc, false, "Draining", "Drain", note).await;
+        event(ctx, mc, false, "Draining", "Drain", note);
         ctx.wake_jobs_on(name);
     }
     if b.readiness.was_ready == b.view.ready && prev.is_some() {
@@ -778,11 +778,11 @@ async fn announce(
     }
     if b.view.ready {
         let note = format!("member {name} is ready: {} GPU nodes", b.supply.nodes);
-        event(ctx, mc, false, "MemberReady", "Probe", note).await;
+        event(ctx, mc, false, "MemberReady", "Probe", note);
     } else if prev.is_some() {
         let why = b.problem.as_ref().map(|p| p.1.as_str()).unwrap_or_default();
         let note = format!("member {name} is not ready: {why}");
-        event(ctx, mc, true, "MemberLost", "Probe", note).await;
+        event(ctx, mc, true, "MemberLost", "Probe", note);
     }
     ctx.wake_jobs_on(name);
 }

@@ -111,8 +111,7 @@ pub async fn cleanup_job<K: Resource<DynamicType = ()>>(
         "Deleted",
         "Cleanup",
         "workloads removed from member clusters".into(),
-    )
-    .await;
+    );
     Ok(kube::runtime::controller::Action::await_change())
 }
 

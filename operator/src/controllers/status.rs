@@ -57,7 +57,7 @@ where
 
 /// Publishes an Event on a hub object in the background (failures are logged, never fatal;
 /// Normal ones share the scheduler's rate limit: one budget for all per-job Events).
-pub async fn event<K: Resource<DynamicType = ()>>(
+pub fn event<K: Resource<DynamicType = ()>>(
     ctx: &Context,
     obj: &K,
     warning: bool,

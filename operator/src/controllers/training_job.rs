@@ -391,7 +391,7 @@ async fn run_placed(job: &TrainingJob, mut st: TrainingJobStatus, ctx: &Context)
             super::budget::Verdict::Funded => None,
             super::budget::Verdict::Grace { left, event: note } => {
                 if let Some(note) = note {
-                    event(ctx, job, true, "BudgetExhausted", "Run", note).await;
+                    event(ctx, job, true, "BudgetExhausted", "Run", note);
                 }
                 Some(left)
             }
@@ -523,7 +523,7 @@ async fn write_roll_up(job: &TrainingJob, st: &TrainingJobStatus, ctx: &Context)
         _ => return Ok(()),
     };
     let note = st.message.clone().unwrap_or_default();
-    event(ctx, job, false, reason, "Run", note).await;
+    event(ctx, job, false, reason, "Run", note);
     Ok(())
 }
 
@@ -550,7 +550,7 @@ async fn fail(
     );
     st.message = Some(why.clone());
     apply_status(ctx, &api, job, &st).await?;
-    event(ctx, job, true, "Failed", "Run", why).await;
+    event(ctx, job, true, "Failed", "Run", why);
     Ok(Action::await_change())
 }
 
@@ -608,10 +608,10 @@ async fn restart_gang(
             "MemberDrained" => format!("{why}: the gang on {from} is moved elsewhere"),
             _ => format!("{why}: the gang on {from} is lost"),
         };
-        event(ctx, job, true, reason, "Restart", note).await;
+        event(ctx, job, true, reason, "Restart", note);
     }
     let note = st.message.clone().unwrap_or_default();
-    event(ctx, job, true, "Rescheduled", "Restart", note).await;
+    event(ctx, job, true, "Rescheduled", "Restart", note);
     ctx.metrics.inc_restart("trainingjob");
     Ok(Action::requeue(Duration::from_millis(200)))
 }
