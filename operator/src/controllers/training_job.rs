@@ -45,16 +45,11 @@ async fn lane(job: &TrainingJob, ctx: &Context) -> Lane {
         return Lane::Other;
     }
     let uid = job.uid().unwrap_or_default();
-    let started = ctx
-        .registry
-        .get(cluster)
-        .await
-        .and_then(|m| m.watch)
-        .is_some_and(|w| {
-            w.pods_of(&uid)
-                .iter()
-                .any(|p| pod_generation(p) == Some(st.restarts))
-        });
+    let started = ctx.registry.watch(cluster).await.is_some_and(|w| {
+        w.pods_of(&uid)
+            .iter()
+            .any(|p| pod_generation(p) == Some(st.restarts))
+    });
     if started { Lane::Other } else { Lane::Place }
 }
 

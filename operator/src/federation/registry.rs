@@ -77,6 +77,11 @@ impl Registry {
         self.inner.read().await.get(name).cloned()
     }
 
+    /// One member's pod watch, without copying its view (hot paths that only read pods).
+    pub async fn watch(&self, name: &str) -> Option<Arc<super::MemberWatch>> {
+        self.inner.read().await.get(name)?.watch.clone()
+    }
+
     /// Inserts or replaces a member's view.
     pub async fn put(&self, view: MemberView) {
         self.inner.write().await.insert(view.name.clone(), view);
