@@ -30,15 +30,16 @@ async fn two_replicas_one_leader_metrics_and_member_status() {
     let cp = ControlPlane::start("opbin").await.unwrap();
     gpupool_e2e::install_crds(&cp).await.unwrap();
     let bin = operator_bin("gpupool");
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
+    // Both ports chosen while both listeners are open: two bind-and-close calls may be handed
+    // the same port, and the second replica then serves no metrics.
+    let listeners: Vec<std::net::TcpListener> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    drop(listeners);
     let procs: Vec<Proc> = ports
         .iter()
         .enumerate()
